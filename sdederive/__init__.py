@@ -1,0 +1,30 @@
+"""sdederive: derive SDE approximations of stochastic optimizers from their update rules."""
+
+from . import noise, optimizers, regimes, transforms
+from .derive import clear_cache, derive
+from .errors import (
+    ExpectationError,
+    HyperparameterError,
+    NoiseModelError,
+    RegimeMismatchError,
+    ScalingRuleError,
+    SdederiveError,
+    SpecError,
+    UnknownNameError,
+)
+from .expectation import register_expectation
+from .hyper import Hyper
+from .noise import Gaussian, StudentT
+from .optimizers import Optimizer, chain, from_update
+from .regimes import Regime
+from .sde import SDE
+from .symbols import sym, symbols
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "derive", "clear_cache", "SDE", "Optimizer", "chain", "from_update", "Hyper", "Regime", "Gaussian",
+    "StudentT", "register_expectation", "sym", "symbols", "noise", "optimizers", "regimes", "transforms",
+    "SdederiveError", "UnknownNameError", "HyperparameterError", "SpecError", "NoiseModelError",
+    "RegimeMismatchError", "ExpectationError", "ScalingRuleError", "__version__",
+]

@@ -1,0 +1,54 @@
+"""Exceptions raised for user mistakes.  Each message names the offending value and what is allowed."""
+
+from __future__ import annotations
+
+__all__ = [
+    "SdederiveError",
+    "UnknownNameError",
+    "HyperparameterError",
+    "SpecError",
+    "NoiseModelError",
+    "RegimeMismatchError",
+    "ExpectationError",
+    "ScalingRuleError",
+]
+
+
+class SdederiveError(ValueError):
+    """Base class of every error this package raises for bad input."""
+
+
+class UnknownNameError(SdederiveError, KeyError):
+    """An optimizer, noise model or regime name that is not registered."""
+
+    def __init__(self, kind: str, name: object, valid) -> None:
+        self.kind, self.name, self.valid = kind, name, sorted(valid)
+        super().__init__(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(self.valid)}")
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]
+
+
+class HyperparameterError(SdederiveError):
+    """A hyperparameter value outside its allowed range."""
+
+
+class SpecError(SdederiveError):
+    """An optimizer spec that cannot be an optimizer (undefined state, no gradient, ...)."""
+
+
+class NoiseModelError(SdederiveError):
+    """Invalid noise parameters (nu <= 0, sigma < 0, non-PSD Sigma) or a moment that does not exist."""
+
+
+class RegimeMismatchError(SdederiveError):
+    """The optimizer has no limit in the requested regime (a drift or diffusion diverges, a state
+    moves O(1) per step and cannot be eliminated, ...)."""
+
+
+class ExpectationError(SdederiveError):
+    """The update contains a function of the noise whose expectation has no registered rule."""
+
+
+class ScalingRuleError(SdederiveError):
+    """No power-law hyperparameter map leaves the SDE invariant."""

@@ -17,13 +17,15 @@ from .hyper import Hyper
 from .noise import Gaussian, StudentT
 from .optimizers import Optimizer, chain, from_update
 from .regimes import Regime
+from .scaling import ScalingRule, scaling_rule
 from .sde import SDE
+from .stationary import Stationary, stationary
 from .symbols import sym, symbols
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "derive", "clear_cache", "SDE", "Optimizer", "chain", "from_update", "Hyper", "Regime", "Gaussian",
+    "derive", "clear_cache", "SDE", "scaling_rule", "ScalingRule", "stationary", "Stationary", "Optimizer", "chain", "from_update", "Hyper", "Regime", "Gaussian",
     "StudentT", "register_expectation", "sym", "symbols", "noise", "optimizers", "regimes", "transforms",
     "SdederiveError", "UnknownNameError", "HyperparameterError", "SpecError", "NoiseModelError",
     "RegimeMismatchError", "ExpectationError", "ScalingRuleError", "__version__",

@@ -33,7 +33,7 @@ __all__ = ["register_expectation", "Atom", "extract_atoms", "expand_eta", "leadi
 
 _eta, _z = sym("eta"), sym("z")
 
-#: function class -> rule(noise, n, a, b) returning E[z**n * f(a + b*z)]
+#: function class -> rule(noise, n, a, b, p) returning E[z**n * f(a + b*z)**p]
 _RULES: dict[type, Callable] = {}
 
 _NONSMOOTH = (sp.sign, sp.Abs, sp.Heaviside, sp.Max, sp.Min)
@@ -42,10 +42,11 @@ _NONSMOOTH = (sp.sign, sp.Abs, sp.Heaviside, sp.Max, sp.Min)
 def register_expectation(func, rule: Callable) -> None:
     """Teach the engine ``E[z**n * func(a + b*z)]``.
 
-    ``rule(noise, n, a, b)`` must return a sympy expression (it may depend on ``eta`` through
-    ``a`` and ``b``; the engine expands the result).  Example, for a user's ``soft_sign``::
+    ``rule(noise, n, a, b, p)`` must return ``E[z**n * func(a + b*z)**p]`` as a sympy expression
+    (``p = 1`` for means, ``p = 2`` for covariances; it may depend on ``eta`` through ``a`` and
+    ``b``, the engine expands the result).  Example, for a user's ``soft_sign``::
 
-        sd.register_expectation(soft_sign, lambda noise, n, a, b: ...)
+        sd.register_expectation(soft_sign, lambda noise, n, a, b, p: ...)
     """
     if not (isinstance(func, type) and issubclass(func, sp.Function)) and func not in _NONSMOOTH:
         raise TypeError(f"register_expectation needs a sympy function class (e.g. sympy.tanh), got {func!r}")
@@ -108,7 +109,7 @@ def _affine(arg: sp.Expr, what: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
         raise ExpectationError(
             f"cannot take the expectation of {what}: its argument is not affine in the noise z "
             f"(g = grad + sigma*z). Register a rule with sdederive.register_expectation({type(what).__name__}, "
-            "rule) where rule(noise, n, a, b) returns E[z**n * f(a + b*z)], or rewrite the update."
+            "rule) where rule(noise, n, a, b, p) returns E[z**n * f(a + b*z)**p], or rewrite the update."
         )
     return sp.simplify(arg.subs(_z, 0)), sp.simplify(b)
 
@@ -144,8 +145,8 @@ def extract_atoms(exprs: dict[str, sp.Expr]) -> tuple[dict[str, sp.Expr], list[A
                 f"cannot take the expectation of {node}: it is a function of the noise z "
                 "(g = grad + sigma*z) at leading order and no rule is registered for "
                 f"{type(node).__name__}. Register one with sdederive.register_expectation("
-                f"sympy.{type(node).__name__}, rule) where rule(noise, n, a, b) returns "
-                "E[z**n * f(a + b*z)]."
+                f"sympy.{type(node).__name__}, rule) where rule(noise, n, a, b, p) returns "
+                "E[z**n * f(a + b*z)**p]."
             )
 
     for e in out.values():
@@ -240,9 +241,9 @@ class Expectation:
             if n >= 1:
                 self.conditions.update(self.noise.conditions(n))
             val = det * sb * self.noise.sign_moment(n, r)
-        elif len(rest) == 1:
+        elif rest[0].kind == "rule" and all(a is rest[0] for a in rest):
             a = rest[0]
-            val = det * _RULES[a.func](self.noise, n, a.a, a.b)
+            val = det * _RULES[a.func](self.noise, n, a.a, a.b, len(rest))
         elif len(rest) == 2 and n == 0 and all(a.kind == "sign" for a in rest):
             # sign(z + r1) sign(z + r2) = 1 - 2*1{z between -r1 and -r2}: E = 1 - |s(r2) - s(r1)|
             a1, a2 = rest

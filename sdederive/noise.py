@@ -101,7 +101,7 @@ def _check_Sigma(Sigma) -> tuple | None:
     if not np.allclose(S, S.T, rtol=1e-10, atol=1e-12):
         i, j = np.unravel_index(np.argmax(np.abs(S - S.T)), S.shape)
         raise NoiseModelError(
-            f"Sigma is not symmetric: Sigma[{i},{j}]={S[i, j]!r} but Sigma[{j},{i}]={S[j, i]!r}; "
+            f"Sigma is not symmetric: Sigma[{i},{j}]={float(S[i, j])!r} but Sigma[{j},{i}]={float(S[j, i])!r}; "
             "a covariance matrix must be symmetric"
         )
     w = np.linalg.eigvalsh(S)

@@ -242,6 +242,8 @@ def from_update(
             if kind not in KINDS:
                 raise SpecError(f"hyperparameter {hn!r}: kind {kind!r} unknown; valid kinds: {sorted(KINDS)}")
             hs.append(Hyper(hn, default, kind))
+    if "x" not in update:
+        raise SpecError(f"optimizer {name!r} has no update of the parameter 'x'; updates given: {list(update)}")
     init = dict(init or {})
     kinds = dict(kinds or {})
     aux = [s for s in update if s != "x"]
@@ -332,8 +334,9 @@ def get(optimizer, **hyper) -> Optimizer:
         key = optimizer.strip().lower().replace("-", "_")
         if key not in BUILTINS:
             raise UnknownNameError("optimizer", optimizer, BUILTINS)
-        try:
-            return BUILTINS[key](**hyper)
-        except TypeError:
-            raise UnknownNameError(f"hyperparameter of {key}", next(iter(hyper)), BUILTINS[key]().hyper) from None
+        valid = BUILTINS[key]().hyper
+        unknown = [h for h in hyper if h not in valid]
+        if unknown:
+            raise UnknownNameError(f"hyperparameter of {key}", unknown[0], valid)
+        return BUILTINS[key](**hyper)
     raise SpecError(f"optimizer must be a name ({', '.join(names())}) or an Optimizer, got {optimizer!r}")

@@ -266,10 +266,11 @@ class SDE:
             def P(text):
                 return sympify_expr(text, names, assumptions)
 
+            drift_text = d["drift"]
             diff = d["diffusion"]
             r = d.get("noise_sources")
             if r is None:
-                r = max((len(v) if isinstance(v, list) else 1) for v in diff.values())
+                r = max([(len(v) if isinstance(v, list) else 1) for v in diff.values()] or [0])
             D = sp.zeros(len(states), r)
             for i, s in enumerate(states):
                 v = diff.get(s, "0")
@@ -282,7 +283,7 @@ class SDE:
                 C = (D * D.T).applyfunc(sp.simplify)
             return cls(
                 optimizer=d["optimizer"], noise=d["noise"], regime=d["regime"], states=states,
-                drift={s: P(d["drift"][s]) for s in states}, diffusion_matrix=D, covariance=C,
+                drift={s: P(drift_text[s]) for s in states}, diffusion_matrix=D, covariance=C,
                 tau=P(d["tau"]), order=int(d.get("order", 1)),
                 params={k: P(v) for k, v in d.get("params", {}).items()},
                 state_map={k: P(v) for k, v in d.get("state_map", {}).items()},

@@ -1,0 +1,317 @@
+"""Command line interface: ``sdederive list | derive | scaling-rule | stationary | tour``.
+
+Every command has ``--help`` with an example.  Bad input (an unknown optimizer, noise model or
+regime, an invalid ``nu``, an optimizer with no limit in the regime asked for, ...) prints
+``sdederive: error: <message>`` on stderr and exits with status 2, without a traceback.
+
+The scaling-rule and stationary commands import :mod:`sdederive.scaling` and
+:mod:`sdederive.stationary` when they run, so the rest of the CLI does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import textwrap
+import time
+from typing import Sequence
+
+from . import noise as noise_mod
+from . import optimizers as opt_mod
+from . import regimes as regime_mod
+from .derive import derive
+from .errors import SdederiveError
+
+__all__ = ["main", "build_parser"]
+
+PROG = "sdederive"
+
+#: one line per built-in noise model, for ``sdederive list``
+NOISE_DOCS = {
+    "gaussian": "g = grad + sigma*z, z ~ N(0, 1) per coordinate",
+    "student-t": "g = grad + sigma*T_nu: heavy tails, scale sigma, nu degrees of freedom (--nu; symbolic if omitted)",
+    "minibatch": "Gaussian with sigma = sigma1/sqrt(B): per-example std sigma1, batch size B",
+}
+
+_NOISE_HELP = f"gradient-noise model: {', '.join(noise_mod.names())} (default: gaussian)"
+_REGIME_HELP = f"asymptotic regime: {', '.join(regime_mod.names())} (default: the optimizer's natural one)"
+_NU_HELP = "Student-t degrees of freedom, a number > 0 (only with --noise student-t; default: symbolic nu)"
+
+
+class _UsageError(Exception):
+    """argparse found bad command-line syntax (raised instead of exiting, so main() can return 2)."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # noqa: D401 - argparse hook
+        raise _UsageError(message, self.format_usage())
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=28, width=100)
+
+
+# -- shared helpers --------------------------------------------------------------------------------
+
+
+def _one_line(doc: str) -> str:
+    """A plain-text summary of an optimizer docstring: its first line without RST math markup."""
+    first = (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+    head, sep, _ = first.partition(": ")
+    text = head if sep else first
+    text = re.sub(r":math:`([^`]*)`", r"\1", text).replace("``", "").replace("`", "")
+    return text.rstrip(".")
+
+
+def _noise_params(args) -> dict:
+    """``nu=...`` for the noise constructor, refusing ``--nu`` for noise models that have none."""
+    if args.nu is None:
+        return {}
+    key = str(args.noise).strip().lower()
+    if key not in ("student-t", "student_t", "studentt", "t"):
+        noise_mod.get(args.noise)  # an unknown noise name is the clearer error
+        raise SdederiveError(f"--nu={args.nu} applies only to --noise student-t (got --noise {args.noise})")
+    try:
+        nu: object = float(args.nu)
+    except ValueError:
+        nu = args.nu  # not a number: the noise model refuses it with its own message
+    else:
+        if nu == int(nu):  # keep nu=3 an integer so that exact moments stay exact
+            nu = int(nu)
+    return {"nu": nu}
+
+
+def _derive(args, order: int = 1):
+    return derive(args.optimizer, args.noise, args.regime, order, **_noise_params(args))
+
+
+def _dump(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def cmd_list(args, out) -> int:
+    print("Optimizers (sdederive derive NAME):", file=out)
+    rows = []
+    for name in opt_mod.names():
+        opt = opt_mod.get(name)
+        states = ", ".join(s.name for s in opt.states) or "-"
+        rows.append((name, opt.natural_regime, states, _one_line(opt.doc)))
+    w = [max(len(r[i]) for r in rows + [("name", "natural regime", "states", "")]) for i in range(3)]
+    print(f"  {'name':<{w[0]}}  {'natural regime':<{w[1]}}  {'states':<{w[2]}}  description", file=out)
+    for r in rows:
+        print(f"  {r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}", file=out)
+
+    print("\nNoise models (--noise NAME):", file=out)
+    wn = max(len(n) for n in noise_mod.names())
+    for name in noise_mod.names():
+        print(f"  {name:<{wn}}  {NOISE_DOCS.get(name, '')}", file=out)
+
+    print("\nRegimes (--regime NAME):", file=out)
+    wr = max(len(n) for n in regime_mod.names())
+    wt = max(len(str(regime_mod.get(n).tau)) for n in regime_mod.names())
+    indent = " " * (2 + wr + 2 + len("tau = ") + wt + 2)
+    for name in regime_mod.names():
+        rg = regime_mod.get(name)
+        head = f"  {name:<{wr}}  tau = {str(rg.tau):<{wt}}  "
+        doc = " ".join(rg.doc.split()) or "-"
+        print(textwrap.fill(doc, width=110, initial_indent=head, subsequent_indent=indent), file=out)
+    return 0
+
+
+def cmd_derive(args, out) -> int:
+    sde = _derive(args, args.order)
+    if args.json:
+        print(sde.to_json(), file=out)
+    elif args.latex:
+        print(sde.latex(), file=out)
+    else:
+        print(sde, file=out)
+    return 0
+
+
+def cmd_scaling_rule(args, out) -> int:
+    from .scaling import scaling_rule
+
+    rule = scaling_rule(_derive(args), kappa=args.kappa)
+    print(_dump(rule.to_dict()) if args.json else rule, file=out)
+    return 0
+
+
+def cmd_stationary(args, out) -> int:
+    from .stationary import stationary
+
+    sde = _derive(args)
+    st = stationary(sde, curvature=args.curvature)
+    print(_dump(st.to_dict()) if args.json else st, file=out)
+    return 0
+
+
+def cmd_tour(args, out) -> int:
+    t0 = time.perf_counter()
+
+    def heading(text: str) -> None:
+        print(f"\n== {text} ==", file=out)
+
+    print("sdederive tour: SDE approximations derived from optimizer update rules (sympy, one coordinate).",
+          file=out)
+    print("Notation: grad = true gradient, sigma = noise std, eta = learning rate, t = k*tau.", file=out)
+
+    heading("1. SGD, Gaussian noise (regime sgd: tau = eta; Li, Tai & E's SME)")
+    print(derive("sgd"), file=out)
+
+    heading("2. SignSGD, Gaussian noise: the drift is an erf of the signal-to-noise ratio")
+    print(derive("signsgd"), file=out)
+
+    heading("3. SignSGD, Student-t noise with nu = 3: heavy tails change the erf into a 2F1")
+    print(derive("signsgd", "student-t", nu=3), file=out)
+
+    heading("4. Adam, noise-dominated regime (tau = eta**2; Malladi et al. 2022)")
+    adam = derive("adam", regime="noise-dominated")
+    print(adam, file=out)
+
+    heading("5. AdamW, balanced regime (tau = eta, 1 - beta = rho*eta; Compagnoni et al. 2025)")
+    print(derive("adamw", regime="balanced"), file=out)
+
+    heading("6. Adam's square-root scaling rule: batch B -> kappa*B leaves the SDE unchanged")
+    try:
+        from .scaling import scaling_rule
+    except ImportError as e:
+        print(f"(scaling rules unavailable: {e})", file=out)
+    else:
+        print(scaling_rule(adam), file=out)
+
+    heading("7. Stationary loss on f = h*x**2/2: SGD vs SignSGD")
+    try:
+        from .stationary import stationary
+    except ImportError as e:
+        print(f"(stationary analysis unavailable: {e})", file=out)
+    else:
+        for name in ("sgd", "signsgd"):
+            st = stationary(derive(name), curvature="h")
+            how = "exact" if getattr(st, "exact", False) else "linearized around x = 0"
+            print(f"  {name:<8} E[f] = {st.loss}   ({how})", file=out)
+
+    print(f"\nDone in {time.perf_counter() - t0:.1f} s. Next: `sdederive list`, "
+          "`sdederive derive adam --latex`, `sdederive derive lion --json`.", file=out)
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+
+def _examples(*lines: str) -> str:
+    return "Example:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _add_problem_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("optimizer", metavar="OPT", help=f"built-in optimizer: {', '.join(opt_mod.names())}")
+    p.add_argument("--noise", default="gaussian", metavar="NOISE", help=_NOISE_HELP)
+    p.add_argument("--nu", default=None, metavar="NU", help=_NU_HELP)
+    p.add_argument("--regime", default=None, metavar="R", help=_REGIME_HELP)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        formatter_class=_Formatter,
+        description="Derive SDE approximations of stochastic optimizers from their update rules.",
+        epilog=_examples(f"{PROG} tour", f"{PROG} derive adam --latex", f"{PROG} derive signsgd --noise student-t --nu 3")
+        + f"\n\nRun `{PROG} COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser(
+        "list", help="list built-in optimizers, noise models and regimes", formatter_class=_Formatter,
+        description="List the built-in optimizers (with their natural regime), noise models and regimes.",
+        epilog=_examples(f"{PROG} list"),
+    )
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "derive", help="derive the SDE of an optimizer", formatter_class=_Formatter,
+        description="Derive the SDE dX = b dt + D dW of a built-in optimizer (one coordinate) by a one-step "
+        "moment expansion in the learning rate eta. Prints a readable form by default.",
+        epilog=_examples(f"{PROG} derive sgd", f"{PROG} derive adam --regime noise-dominated --latex",
+                         f"{PROG} derive signsgd --noise student-t --nu 3 --json",
+                         f"{PROG} derive sgd --order 2"),
+    )
+    _add_problem_args(p)
+    p.add_argument("--order", type=int, default=1, choices=(1, 2),
+                   help="1: leading order; 2: stochastic modified equation of order 2 (needs tau = eta)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the SDE as JSON (the NOTATION.md schema)")
+    fmt.add_argument("--latex", action="store_true", help="print the SDE as a LaTeX aligned block")
+    p.set_defaults(func=cmd_derive)
+
+    p = sub.add_parser(
+        "scaling-rule", help="batch-size scaling rule that leaves the SDE invariant", formatter_class=_Formatter,
+        description="Find how to change the hyperparameters when the batch size B becomes kappa*B so that the "
+        "SDE (and so the training dynamics, to leading order) is unchanged; e.g. Adam's square-root rule.",
+        epilog=_examples(f"{PROG} scaling-rule adam", f"{PROG} scaling-rule sgd --json"),
+    )
+    _add_problem_args(p)
+    p.add_argument("--kappa", default="kappa", metavar="NAME", help="name of the batch-size multiplier (default: kappa)")
+    p.add_argument("--json", action="store_true", help="print the rule as JSON")
+    p.set_defaults(func=cmd_scaling_rule)
+
+    p = sub.add_parser(
+        "stationary", help="stationary variance and loss on a quadratic", formatter_class=_Formatter,
+        description="Stationary variance of x and expected loss of the SDE on the quadratic f = h*x**2/2 "
+        "(one coordinate, curvature h).",
+        epilog=_examples(f"{PROG} stationary sgd", f"{PROG} stationary signsgd --json"),
+    )
+    _add_problem_args(p)
+    p.add_argument("--curvature", default="h", metavar="NAME", help="name of the curvature symbol (default: h)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_stationary)
+
+    p = sub.add_parser(
+        "tour", help="a short demo: a few SDEs, a scaling rule, stationary losses", formatter_class=_Formatter,
+        description="Derive and print a few SDEs (SGD, SignSGD under Gaussian and Student-t noise, Adam, AdamW), "
+        "Adam's square-root scaling rule and the stationary losses of SGD and SignSGD.",
+        epilog=_examples(f"{PROG} tour"),
+    )
+    p.set_defaults(func=cmd_tour)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except _UsageError as e:
+        sys.stderr.write(e.usage)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help, --version
+        return e.code if isinstance(e.code, int) else 0
+    if getattr(args, "func", None) is None:
+        parser.print_usage(sys.stderr)
+        print(f"{PROG}: error: a command is required: list, derive, scaling-rule, stationary, tour", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args, sys.stdout)
+    except SdederiveError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `sdederive tour | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Shared test helpers: numerical equivalence of sympy expressions at random points."""
+
+from __future__ import annotations
+
+import random
+
+import sympy as sp
+
+
+def values_for(exprs, seed: int = 0, overrides: dict | None = None) -> dict:
+    """Random values for every free symbol: positive where assumed, decays in (0, 1), else signed."""
+    rnd = random.Random(seed)
+    out = {}
+    for e in exprs:
+        for s in sp.sympify(e).free_symbols:
+            if s in out:
+                continue
+            name = str(s)
+            if overrides and name in overrides:
+                out[s] = overrides[name]
+            elif name.startswith(("beta", "mu")):
+                out[s] = rnd.uniform(0.2, 0.9)
+            elif name == "nu":
+                out[s] = rnd.uniform(2.5, 6.0)
+            elif s.is_positive or s.is_nonnegative:
+                out[s] = rnd.uniform(0.2, 1.5)
+            else:
+                out[s] = rnd.choice([-1, 1]) * rnd.uniform(0.2, 1.5)
+    return out
+
+
+def assert_equiv(a, b, trials: int = 4, rel: float = 1e-10, overrides: dict | None = None, msg: str = "") -> None:
+    """``a`` and ``b`` agree at ``trials`` random points (a numerical identity test)."""
+    a, b = sp.sympify(a), sp.sympify(b)
+    for k in range(trials):
+        vals = values_for([a, b], seed=k, overrides=overrides)
+        va = complex(sp.N(a.xreplace(vals), 30))
+        vb = complex(sp.N(b.xreplace(vals), 30))
+        assert abs(va - vb) <= rel * max(1.0, abs(vb)), f"{msg}\n  {a}\n  != {b}\n  at {vals}: {va} vs {vb}"

@@ -26,7 +26,7 @@ _LATEX_NAMES = {
     "eta": r"\eta", "sigma": r"\sigma", "sigma0": r"\sigma_0", "sigma1": r"\sigma_1", "eps": r"\epsilon",
     "eps0": r"\epsilon_0", "rho": r"\rho", "rho1": r"\rho_1", "rho2": r"\rho_2", "c1": "c_1", "c2": "c_2",
     "beta": r"\beta", "beta1": r"\beta_1", "beta2": r"\beta_2", "mu": r"\mu", "nu": r"\nu",
-    "grad": r"\partial_i f", "hess": r"\partial_{ii} f", "wd": r"\lambda_{\mathrm{wd}}", "kappa": r"\kappa",
+    "grad": r"(\partial_i f)", "hess": r"(\partial_{ii} f)", "wd": r"\lambda_{\mathrm{wd}}", "kappa": r"\kappa",
     "tau": r"\tau",
 }
 

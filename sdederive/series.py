@@ -18,6 +18,7 @@ Unsupported nodes fall back to ``sympy.series``.
 from __future__ import annotations
 
 import random
+import zlib
 
 import sympy as sp
 
@@ -37,7 +38,7 @@ def numeric_zero(expr: sp.Expr, trials: int = 3) -> bool | None:
     Symbols get random values of random sign (positive where assumed), so an expression that
     vanishes only on a half-line is not mistaken for zero."""
     free = sorted(expr.free_symbols, key=str)
-    rnd = random.Random(hash(sp.srepr(expr)) & 0xFFFFFFFF)
+    rnd = random.Random(zlib.crc32(sp.srepr(expr).encode()))  # stable across processes
     for _ in range(trials):
         vals = {}
         for s in free:

@@ -98,7 +98,14 @@ def _derive(opt, nm, rg, order: int) -> SDE:
             hsubs[h.symbol] = s / _eta
             params[s.name] = h.symbol * _eta
     for name, expr in rg.subs:
-        hsubs[sym(name)] = sp.sympify(expr)
+        target = next((h.symbol for h in opt.hypers if h.name == name), sym(name))
+        expr = sp.sympify(expr)
+        hsubs[target] = expr
+        new_syms = [f for f in expr.free_symbols if f != _eta]
+        if len(new_syms) == 1:  # record the scaled symbol's definition, e.g. wd0 = wd/eta
+            sol = sp.solve(sp.Eq(target, expr), new_syms[0])
+            if len(sol) == 1:
+                params[str(new_syms[0])] = sol[0]
     gsub = nm.scale * _z + _grad
     if rg.scale_noise:
         if nm.batch:

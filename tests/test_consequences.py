@@ -129,3 +129,19 @@ def test_stationary_reference_numbers():
 def test_stationary_not_linearizable():
     with pytest.raises(sd.SdederiveError, match="not differentiable"):
         sd.stationary(sd.derive("signum"))
+
+
+def test_user_defined_regime():
+    """A regime of one's own: noise-dominated with weight decay scaled as wd = wd0*eta."""
+    eta_, wd0 = S("eta"), S("wd0", nonnegative=True)
+    reg = sd.Regime("nd-wd-test", eta_**2, decay_power=2, decay_prefix="c", scale_noise=True, scale_eps=True,
+                    rescale=("second_moment",), subs=(("wd", wd0 * eta_),))
+    sd.regimes.register(reg)
+    sde = sd.derive("adamw", regime="nd-wd-test")
+    assert sde.params["wd0"] == S("wd") / eta_
+    x = S("x")
+    assert sp.simplify(sp.diff(sde.drift["x"], x) + wd0) == 0
+    rule = sd.scaling_rule(sde)
+    # the square-root rule; wd0 = wd/eta must stay fixed, so wd scales like eta: sqrt(kappa)
+    assert sp.simplify(rule.map["wd"] - sp.sqrt(kappa) * S("wd")) == 0
+    assert "nd-wd-test" in sd.regimes.names()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import sympy as sp
 
 import sdederive as sd
-from sdederive import transforms as T
 
 x, g, m, v = sd.symbols("x g m v")
 eta, beta1, beta2, eps, wd = sd.symbols("eta beta1 beta2 eps wd")

@@ -4,8 +4,8 @@ Every command has ``--help`` with an example.  Bad input (an unknown optimizer, 
 regime, an invalid ``nu``, an optimizer with no limit in the regime asked for, ...) prints
 ``sdederive: error: <message>`` on stderr and exits with status 2, without a traceback.
 
-The scaling-rule and stationary commands import :mod:`sdederive.scaling` and
-:mod:`sdederive.stationary` when they run, so the rest of the CLI does not depend on them.
+The scaling-rule and stationary commands (and the tour) import :mod:`sdederive.scaling` and
+:mod:`sdederive.stationary` when they run.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import re
 import sys
 import textwrap
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import noise as noise_mod
 from . import optimizers as opt_mod
@@ -54,8 +54,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Fixed width (so docs/cli.md does not depend on the terminal); descriptions wrapped, examples kept."""
+
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=28, width=100)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paras = text.split("\n\n")
+        return "\n\n".join(p if p.startswith("Example") else textwrap.fill(" ".join(p.split()), width,
+                                                                            initial_indent=indent,
+                                                                            subsequent_indent=indent)
+                             for p in paras)
 
 
 # -- shared helpers --------------------------------------------------------------------------------
@@ -142,7 +151,7 @@ def cmd_derive(args, out) -> int:
 def cmd_scaling_rule(args, out) -> int:
     from .scaling import scaling_rule
 
-    rule = scaling_rule(_derive(args), kappa=args.kappa)
+    rule = scaling_rule(_derive(args), kappa="kappa")
     print(_dump(rule.to_dict()) if args.json else rule, file=out)
     return 0
 
@@ -151,7 +160,7 @@ def cmd_stationary(args, out) -> int:
     from .stationary import stationary
 
     sde = _derive(args)
-    st = stationary(sde, curvature=args.curvature)
+    st = stationary(sde, curvature="h")
     print(_dump(st.to_dict()) if args.json else st, file=out)
     return 0
 
@@ -183,23 +192,17 @@ def cmd_tour(args, out) -> int:
     print(derive("adamw", regime="balanced"), file=out)
 
     heading("6. Adam's square-root scaling rule: batch B -> kappa*B leaves the SDE unchanged")
-    try:
-        from .scaling import scaling_rule
-    except ImportError as e:
-        print(f"(scaling rules unavailable: {e})", file=out)
-    else:
-        print(scaling_rule(adam), file=out)
+    from .scaling import scaling_rule
+
+    print(scaling_rule(adam), file=out)
 
     heading("7. Stationary loss on f = h*x**2/2: SGD vs SignSGD")
-    try:
-        from .stationary import stationary
-    except ImportError as e:
-        print(f"(stationary analysis unavailable: {e})", file=out)
-    else:
-        for name in ("sgd", "signsgd"):
-            st = stationary(derive(name), curvature="h")
-            how = "exact" if getattr(st, "exact", False) else "linearized around x = 0"
-            print(f"  {name:<8} E[f] = {st.loss}   ({how})", file=out)
+    from .stationary import stationary
+
+    for name in ("sgd", "signsgd"):
+        st = stationary(derive(name), curvature="h")
+        how = "exact" if st.exact else "linearized around x = 0"
+        print(f"  {name:<8} E[f] = {st.loss}   ({how})", file=out)
 
     print(f"\nDone in {time.perf_counter() - t0:.1f} s. Next: `sdederive list`, "
           "`sdederive derive adam --latex`, `sdederive derive lion --json`.", file=out)
@@ -263,7 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples(f"{PROG} scaling-rule adam", f"{PROG} scaling-rule sgd --json"),
     )
     _add_problem_args(p)
-    p.add_argument("--kappa", default="kappa", metavar="NAME", help="name of the batch-size multiplier (default: kappa)")
     p.add_argument("--json", action="store_true", help="print the rule as JSON")
     p.set_defaults(func=cmd_scaling_rule)
 
@@ -274,7 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples(f"{PROG} stationary sgd", f"{PROG} stationary signsgd --json"),
     )
     _add_problem_args(p)
-    p.add_argument("--curvature", default="h", metavar="NAME", help="name of the curvature symbol (default: h)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_stationary)
 

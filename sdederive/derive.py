@@ -166,6 +166,14 @@ def _derive(opt, nm, rg, order: int) -> SDE:
                 f"in regime {rg.name!r} the parameter x of {opt.name!r} moves O(1) per step "
                 f"(increment {incr['x']}); no SDE limit. Try another regime ({', '.join(regime_mod.names())})."
             )
+        for a in atoms:
+            inside = [f for f in fast if a.a.has(syms[f]) or a.b.has(syms[f])]
+            if inside:
+                raise RegimeMismatchError(
+                    f"state {inside[0]} of {opt.name!r} is fast in regime {rg.name!r} (its increment does not "
+                    f"vanish as eta -> 0) and enters the update through {a.expr}, nonlinearly, so it cannot be "
+                    f"averaged out. Use a regime in which it is slow ({', '.join(regime_mod.names())})."
+                )
         incr, eliminated = _eliminate(incr, fast, syms, opt, rg)
         for f in fast:
             notes.append(
@@ -198,7 +206,7 @@ def _derive(opt, nm, rg, order: int) -> SDE:
         notes.append("order-2 drift: b0 + eta*(E2 - (grad b0) b0 / 2); assumes sigma independent of x")
 
     # 6. covariance ------------------------------------------------------------------------------
-    cov, pmin = None, None
+    pmin = None
     for extra in (0, 2, 4):
         n2 = N + extra
         if extra:
@@ -358,10 +366,8 @@ def _limit_powers(e: sp.Expr, tau: sp.Expr, opt, N: int, bias: dict) -> sp.Expr:
                     f"{p} has no limit as eta -> 0 with k = t/tau (its logarithm is O(eta**{min(co)}))"
                 )
             limit = sp.exp(co.get(sp.S.Zero, sp.S.Zero))
-            for G, val in bias.items():
-                if val == 1 - limit:
-                    break
-            else:
+            G = next((G_ for G_, val in bias.items() if val == 1 - limit), None)
+            if G is None:
                 G = sp.Dummy(f"G{len(bias) + 1}", positive=True)
                 bias[G] = 1 - limit
             repl[p] = 1 - G

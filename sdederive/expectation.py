@@ -19,8 +19,8 @@ An update containing a function of the noise with neither is refused with an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import sympy as sp
 

@@ -74,7 +74,7 @@ class Hyper:
             return sym(self.name, nonnegative=True)
         return sym(self.name)
 
-    def with_default(self, value) -> "Hyper":
+    def with_default(self, value) -> Hyper:
         check_value(self.name, self.kind, value)
         return Hyper(self.name, None if isinstance(value, sp.Basic) else float(value), self.kind, self.doc)
 

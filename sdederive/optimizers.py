@@ -19,8 +19,8 @@ Built-ins (PyTorch defaults where PyTorch has the optimizer): ``sgd``, ``sgd_mom
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import sympy as sp
 
@@ -84,7 +84,7 @@ class Optimizer:
                 return s
         raise KeyError(name)
 
-    def with_defaults(self, **values) -> "Optimizer":
+    def with_defaults(self, **values) -> Optimizer:
         """A copy with other default hyperparameters (each value is range-checked)."""
         hyp = self.hyper
         for k in values:
@@ -158,7 +158,7 @@ def _validate(opt: Optimizer) -> None:
         if bad:
             same_name = [b for b in bad if b in allowed_names]
             hint = (
-                f" (a symbol of that name exists with other assumptions: build symbols with sd.sym/sd.symbols)"
+                " (a symbol of that name exists with other assumptions: build symbols with sd.sym/sd.symbols)"
                 if same_name
                 else " (a state used before it is defined? declare it in `init`, or a hyperparameter in `hypers`)"
             )
@@ -167,9 +167,8 @@ def _validate(opt: Optimizer) -> None:
                 f"{sorted(declared | {'x'})}, a hyperparameter {sorted(h.name for h in opt.hypers)}, the "
                 f"gradient 'g' nor the step counter 'k'{hint}"
             )
-    for name, expr in opt.update:
-        if name == "x" and upd[name] == _X:
-            raise SpecError(f"optimizer {opt.name!r}: the update of 'x' leaves x unchanged")
+    if upd["x"] == _X:
+        raise SpecError(f"optimizer {opt.name!r}: the update of 'x' leaves x unchanged")
     if not any(e.has(_G) for e in upd.values()):
         raise SpecError(
             f"optimizer {opt.name!r}: no update depends on the gradient 'g'; an optimizer must use it"

@@ -271,7 +271,7 @@ def _solve(sde: SDE, kap: sp.Symbol, relax: bool) -> ScalingRule:
     values = dict(zip(unk_list, vals))
     free = []
     fixes = {}
-    for u, v in values.items():
+    for v in values.values():
         for f in v.free_symbols & set(unk_list):
             fixes[f] = sp.S.Zero
             free.append(f"{str(f)[2:]} (unconstrained; set to no change)")
@@ -282,7 +282,7 @@ def _solve(sde: SDE, kap: sp.Symbol, relax: bool) -> ScalingRule:
     rule.exponents = {str(u)[2:]: v for u, v in values.items()}
     a_eta = values[unknowns["eta"]]
     rule.map["eta"] = kap**a_eta * eta
-    for name, kind, _ in sde.hypers:
+    for name, _kind, _ in sde.hypers:
         if name == "eta":
             continue
         if name in decay_prim:

@@ -11,8 +11,8 @@ covariance per unit time before any modelling choice of the regime (``drop_noise
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Mapping
 
 import sympy as sp
 
@@ -115,7 +115,7 @@ class SDE:
         return out
 
     # -- substitution ---------------------------------------------------------------------------
-    def subs(self, values: Mapping[str, object] | None = None, **kw) -> "SDE":
+    def subs(self, values: Mapping[str, object] | None = None, **kw) -> SDE:
         """Substitute numbers (or expressions) for symbols by name, with range checks
         (``eta > 0``, ``beta in [0, 1)``, ``nu > 0``, ``sigma >= 0`` ...)."""
         values = {**(values or {}), **kw}
@@ -252,7 +252,7 @@ class SDE:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_json(cls, data: str | Mapping) -> "SDE":
+    def from_json(cls, data: str | Mapping) -> SDE:
         """Rebuild an SDE from :meth:`to_json` output (or a dict of the NOTATION schema)."""
         d = json.loads(data) if isinstance(data, str) else dict(data)
         try:

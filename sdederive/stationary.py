@@ -91,25 +91,50 @@ def stationary(sde: SDE, curvature: str = "h") -> Stationary:
         J = drift_vec.jacobian(svars).xreplace(at)
     except Exception as e:  # noqa: BLE001 - sympy raises various errors on non-differentiable drifts
         raise SdederiveError(f"the {sde.optimizer} drift cannot be linearized at its fixed point: {e}") from None
-    J = J.applyfunc(lambda e: sp.simplify(e.doit()))
+    J = J.applyfunc(lambda e: sp.simplify(e.doit()) if sp.count_ops(e) < 150 else sp.cancel(e.doit()))
     if any(e.has(sp.DiracDelta, sp.nan, sp.zoo) or isinstance(e, sp.Subs) for e in J):
         raise SdederiveError(
             f"the {sde.optimizer} drift is not differentiable at its fixed point {fp} (e.g. sign(m) at m = 0): "
             "no OU linearization"
         )
-    Dfp = D.xreplace(at).applyfunc(sp.simplify)
-    Q = Dfp * Dfp.T if Dfp.shape[1] else sp.zeros(len(states))
+    Dfp = D.xreplace(at)
+    Q = (Dfp * Dfp.T).applyfunc(sp.simplify) if Dfp.shape[1] else sp.zeros(len(states))
     n = len(states)
+    # Lyapunov equation as a linear system in the upper triangle of C (linsolve: sp.solve is far
+    # slower on these coefficients)
     cs = sp.symbols(f"C0:{n * n}")
     C = sp.Matrix(n, n, lambda i, j: cs[min(i, j) * n + max(i, j)])
-    eqs = list(J * C + C * J.T + Q)
+    # solve with placeholder symbols for the entries of J and Q, then substitute: linsolve on the
+    # raw entries (erf/exp/pi coefficients for Lion) is orders of magnitude slower
+    back = {}
+
+    def ph(e, name):
+        if e == 0 or e.is_number:
+            return e
+        p = sp.Symbol(name)
+        back[p] = e
+        return p
+
+    Jp = sp.Matrix(n, n, lambda i, j: ph(J[i, j], f"J{i}{j}"))
+    Qp = sp.Matrix(n, n, lambda i, j: ph(Q[min(i, j), max(i, j)], f"Q{min(i, j)}{max(i, j)}"))
+    L = Jp * C + C * Jp.T + Qp
+    eqs = [L[i, j] for i in range(n) for j in range(i, n)]
     unknowns = sorted({c for c in C}, key=str)
-    sol = sp.solve(eqs, unknowns, dict=True)
-    if not sol:
+    sol = sp.linsolve(eqs, unknowns)
+    if not sol or sol == sp.EmptySet:
         raise SdederiveError(f"the Lyapunov equation of the {sde.optimizer} SDE has no solution (unstable fixed point?)")
-    Cs = C.xreplace(sol[0]).applyfunc(lambda e: sp.factor(sp.simplify(e)))
+    (vals,) = list(sol)
+    vals = [v.xreplace(back) for v in vals]
+    if any(v.free_symbols & set(unknowns) for v in vals):
+        raise SdederiveError(f"the Lyapunov equation of the {sde.optimizer} SDE has no unique solution "
+                             "(a direction without restoring drift)")
+    def neat(e):  # full simplify only where it is affordable (Lion's linearization is large)
+        e = sp.cancel(sp.together(e))
+        return sp.factor(sp.simplify(e)) if sp.count_ops(e) < 150 else sp.factor(e)
+
+    Cs = C.xreplace(dict(zip(unknowns, vals))).applyfunc(neat)
     var = Cs[0, 0]
     exact = all(sp.diff(d, v, 2) == 0 for d in drift for v in svars) and all(
         not any(e.has(v) for v in svars) for e in D)
-    return Stationary(sde, var, sp.factor(sp.simplify(h * var / 2)), Cs,
+    return Stationary(sde, var, neat(h * var / 2), Cs,
                       {str(k): v for k, v in fp.items() if k != x}, J, exact)

@@ -14,8 +14,8 @@ Every transform documents its update in its docstring; symbols follow NOTATION.m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import sympy as sp
 

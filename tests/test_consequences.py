@@ -145,3 +145,10 @@ def test_user_defined_regime():
     # the square-root rule; wd0 = wd/eta must stay fixed, so wd scales like eta: sqrt(kappa)
     assert sp.simplify(rule.map["wd"] - sp.sqrt(kappa) * S("wd")) == 0
     assert "nd-wd-test" in sd.regimes.names()
+
+
+def test_stationary_lion_reduces_to_signsgd():
+    """Lion with beta1 = 0 steps along sign(g): its linearized stationary variance is SignSGD's."""
+    lion = sd.stationary(sd.derive("lion")).variance.subs({S("beta1"): 0, wd: 0})
+    sign = sd.stationary(sd.derive("signsgd")).variance
+    assert sp.simplify(lion - sign) == 0

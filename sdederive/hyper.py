@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Real
 
 import sympy as sp
 
@@ -77,7 +76,3 @@ class Hyper:
     def with_default(self, value) -> Hyper:
         check_value(self.name, self.kind, value)
         return Hyper(self.name, None if isinstance(value, sp.Basic) else float(value), self.kind, self.doc)
-
-
-def is_number(value) -> bool:
-    return isinstance(value, Real) or (isinstance(value, sp.Basic) and value.is_number)

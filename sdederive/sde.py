@@ -18,7 +18,7 @@ import sympy as sp
 
 from .errors import HyperparameterError, SdederiveError
 from .hyper import check_value
-from .symbols import KNOWN, sym, sympify_expr
+from .symbols import KNOWN, sympify_expr
 
 __all__ = ["SDE"]
 
@@ -308,7 +308,3 @@ class SDE:
         b = sp.lambdify(args, [self.drift[s] for s in self.states], modules=modules)
         D = sp.lambdify(args, self.diffusion_matrix.tolist(), modules=modules)
         return b, D, names
-
-
-def _sym(name: str) -> sp.Symbol:
-    return sym(name)

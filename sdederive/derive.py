@@ -70,10 +70,12 @@ def clear_cache() -> None:
     _derive.cache_clear()
 
 
-def _bounded_subs(opt) -> dict:
-    """Substitution h -> 1/(1+w), w > 0, for hyperparameters known to lie in [0, 1)."""
+def _unit_interval(opt) -> dict:
+    """``{symbol: w}`` for the hyperparameters known to lie in [0, 1) (decays, interpolation weights,
+    heavy-ball mu), each with a positive placeholder ``w`` used to tell sympy so:
+    ``h = 1/(1 + w)`` for sign decisions, ``h = 1 - w`` for simplification."""
     return {
-        h.symbol: 1 / (1 + sp.Dummy(f"w_{h.name}", positive=True))
+        h.symbol: sp.Dummy(f"w_{h.name}", positive=True)
         for h in opt.hypers
         if h.kind in ("decay", "interp", "momentum")
     }
@@ -135,13 +137,14 @@ def _derive(opt, nm, rg, order: int) -> SDE:
 
     tau = rg.tau
     subs_all = {_g: gsub, **hsubs, **ssubs}
+    unit = _unit_interval(opt)
     bias: dict = {}
     new_vals: dict[str, sp.Expr] = {}
     for sname, expr in opt.update:
         e = expr.xreplace(subs_all)
         if sname in rename:
             e = _eta**2 * e
-        new_vals[rename.get(sname, sname)] = _limit_powers(e, tau, opt, N, bias)
+        new_vals[rename.get(sname, sname)] = _limit_powers(e, tau, unit, N, bias)
     syms = {"x": sym("x")}
     for sd_ in opt.states:
         name = rename.get(sd_.name, sd_.name)
@@ -150,11 +153,7 @@ def _derive(opt, nm, rg, order: int) -> SDE:
 
     # 3. atoms (non-smooth functions of the noise) -------------------------------------------------
     incr, atoms = extract_atoms(incr)
-    bounded = _bounded_subs(opt)
-    _TIDY_BOUNDED.clear()
-    _TIDY_BOUNDED.update({h.symbol: sp.Dummy(f"w_{h.name}", positive=True) for h in opt.hypers
-                          if h.kind in ("decay", "interp", "momentum") and not (rg.decay_power and h.kind == "decay")})
-    E = Expectation(nm, atoms, bounded, N)
+    E = Expectation(nm, atoms, {h: 1 / (1 + w) for h, w in unit.items()}, N)
 
     # 4. expansions; fast states ----------------------------------------------------------------
     exp_ = {s: expand_eta(e, N) for s, e in incr.items()}
@@ -199,10 +198,10 @@ def _derive(opt, nm, rg, order: int) -> SDE:
                 f"this regime; try another ({', '.join(regime_mod.names())}) or scale the hyperparameter "
                 "responsible (a custom Regime with subs=...)."
             )
-        drift[s] = _tidy(means[s].get(q, sp.S.Zero))
+        drift[s] = _tidy(means[s].get(q, sp.S.Zero), unit)
 
     if order == 2:
-        drift = _order2(drift, means, states, syms, q, tau, rg)
+        drift = _order2(drift, means, states, syms, q, tau, rg, unit)
         notes.append("order-2 drift: b0 + eta*(E2 - (grad b0) b0 / 2); assumes sigma independent of x")
 
     # 6. covariance ------------------------------------------------------------------------------
@@ -235,7 +234,7 @@ def _derive(opt, nm, rg, order: int) -> SDE:
                 f"({', '.join(regime_mod.names())})."
             )
         for (si, sj), d in cov_exp.items():
-            c = _tidy(d.get(pmin, sp.S.Zero) * _eta ** (pmin - q))
+            c = _tidy(d.get(pmin, sp.S.Zero) * _eta ** (pmin - q), unit)
             i, j = states.index(si), states.index(sj)
             C[i, j] = C[j, i] = c
 
@@ -251,7 +250,7 @@ def _derive(opt, nm, rg, order: int) -> SDE:
             f"the O(sqrt(eta)) diffusion of {', '.join(dropped)} is left out of the model as in the published "
             f"SDE (regime {rg.name!r}); the full local covariance is SDE.covariance (regime 'balanced-full' keeps it)"
         )
-    D = _factor(Cm)
+    D = _factor(Cm, unit)
 
     linear = _linear_noise(exp_, states, Cm, atoms)
     if nm.Sigma is not None and not linear:
@@ -262,10 +261,9 @@ def _derive(opt, nm, rg, order: int) -> SDE:
         )
     notes.extend(sorted(E.conditions))
     if bias:
-        back = {G: v for G, v in bias.items()}
-        drift = {k: v.xreplace(back) for k, v in drift.items()}
-        D = D.xreplace(back)
-        C = C.xreplace(back)
+        drift = {k: v.xreplace(bias) for k, v in drift.items()}
+        D = D.xreplace(bias)
+        C = C.xreplace(bias)
         notes.append("bias corrections 1 - beta**(k+1) -> " + ", ".join(str(v) for v in bias.values())
                      + " (k = t/tau, eta -> 0)")
 
@@ -297,10 +295,7 @@ def _pretty(e: sp.Expr) -> str:
     return str(sp.factor_terms(e))
 
 
-_TIDY_BOUNDED: dict = {}
-
-
-def _tidy(e: sp.Expr) -> sp.Expr:
+def _tidy(e: sp.Expr, unit: dict) -> sp.Expr:
     """Canonical, readable form: the smallest of a few rewrites.
 
     Hyperparameters in [0, 1) are written ``1 - w`` with ``w > 0`` while simplifying, so that
@@ -310,8 +305,8 @@ def _tidy(e: sp.Expr) -> sp.Expr:
         return sp.S.Zero
     e = sp.unpolarify(e)
     orig = e
-    fwd = {h: 1 - w for h, w in _TIDY_BOUNDED.items()}
-    back = {w: 1 - h for h, w in _TIDY_BOUNDED.items()}
+    fwd = {h: 1 - w for h, w in unit.items()}
+    back = {w: 1 - h for h, w in unit.items()}
     # nonnegative states as squares, so that sqrt(v) is a polynomial generator for factoring
     for s_ in e.free_symbols:
         if s_.is_nonnegative and str(s_) in ("v", "u"):
@@ -342,7 +337,7 @@ def _tidy(e: sp.Expr) -> sp.Expr:
     return sp.factor_terms(best) if sp.count_ops(sp.factor_terms(best)) <= sp.count_ops(best) else best
 
 
-def _limit_powers(e: sp.Expr, tau: sp.Expr, opt, N: int, bias: dict) -> sp.Expr:
+def _limit_powers(e: sp.Expr, tau: sp.Expr, unit: dict, N: int, bias: dict) -> sp.Expr:
     """Replace the step counter: ``k = t/tau``; powers ``b**f(k)`` by their eta -> 0 limit.
 
     A power whose limit is ``exp(L0(t))`` becomes ``1 - G`` with ``G`` a positive placeholder in
@@ -351,7 +346,6 @@ def _limit_powers(e: sp.Expr, tau: sp.Expr, opt, N: int, bias: dict) -> sp.Expr:
     """
     if not e.has(_k):
         return e
-    bounded = {h.symbol for h in opt.hypers if h.kind in ("decay", "interp", "momentum")}
     repl = {}
     for p in e.atoms(sp.Pow):
         base, ex = p.args
@@ -371,7 +365,7 @@ def _limit_powers(e: sp.Expr, tau: sp.Expr, opt, N: int, bias: dict) -> sp.Expr:
                 G = sp.Dummy(f"G{len(bias) + 1}", positive=True)
                 bias[G] = 1 - limit
             repl[p] = 1 - G
-        elif base in bounded or (base.is_number and 0 <= base < 1):
+        elif base in unit or (base.is_number and 0 <= base < 1):
             repl[p] = sp.S.Zero  # a fixed decay to the power t/tau -> 0: the bias correction is spent
         else:
             raise RegimeMismatchError(
@@ -424,7 +418,7 @@ def _mul_trunc(a: dict, b: dict, order) -> dict:
     return out
 
 
-def _order2(drift, means, states, syms, q, tau, rg):
+def _order2(drift, means, states, syms, q, tau, rg, unit):
     if q != 1:
         raise SdederiveError(f"order=2 needs tau = eta; regime {rg.name!r} has tau = {tau}")
     if any(b.has(_t) for b in drift.values()):
@@ -440,11 +434,11 @@ def _order2(drift, means, states, syms, q, tau, rg):
     for s in states:
         e2 = means[s].get(q + 1, sp.S.Zero)
         jb = sum(d(drift[s], r) * drift[r] for r in states)
-        new[s] = _tidy(drift[s] + _eta * (e2 - jb / 2))
+        new[s] = _tidy(drift[s] + _eta * (e2 - jb / 2), unit)
     return new
 
 
-def _factor(C: sp.Matrix) -> sp.Matrix:
+def _factor(C: sp.Matrix, unit: dict) -> sp.Matrix:
     """A diffusion factor D with D D^T = C: one column when C has rank one (signs kept from the
     covariances), else a symbolic Cholesky factor over the noisy states."""
     n = C.shape[0]
@@ -457,7 +451,7 @@ def _factor(C: sp.Matrix) -> sp.Matrix:
         col = sp.zeros(n, 1)
         root = sp.sqrt(C[r, r])
         for i in idx:
-            col[i, 0] = _tidy(root if i == r else C[i, r] / root)
+            col[i, 0] = _tidy(root if i == r else C[i, r] / root, unit)
         return col
     # pivot on the simplest variance first (the state driven linearly by the noise)
     idx = sorted(idx, key=lambda i: sp.count_ops(C[i, i]))
@@ -466,7 +460,7 @@ def _factor(C: sp.Matrix) -> sp.Matrix:
     D = sp.zeros(n, len(idx))
     for a, i in enumerate(idx):
         for b in range(len(idx)):
-            D[i, b] = _tidy(L[a, b])
+            D[i, b] = _tidy(L[a, b], unit)
     return D
 
 

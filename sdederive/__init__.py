@@ -1,8 +1,9 @@
 """sdederive: derive SDE approximations of stochastic optimizers from their update rules."""
 
-from . import noise, optimizers, regimes, transforms
+from . import noise, optimizers, problems, regimes, transforms
 from .derive import clear_cache, derive
 from .errors import (
+    DivergenceError,
     ExpectationError,
     HyperparameterError,
     NoiseModelError,
@@ -18,7 +19,9 @@ from .noise import Gaussian, StudentT
 from .optimizers import Optimizer, chain, from_update
 from .regimes import Regime
 from .scaling import ScalingRule, scaling_rule
+from .problems import Custom, LogisticRegression, Quadratic
 from .sde import SDE
+from .simulate import SimulationResult, Simulator, compile
 from .stationary import Stationary, stationary
 from .symbols import sym, symbols
 
@@ -28,5 +31,6 @@ __all__ = [
     "derive", "clear_cache", "SDE", "scaling_rule", "ScalingRule", "stationary", "Stationary", "Optimizer", "chain", "from_update", "Hyper", "Regime", "Gaussian",
     "StudentT", "register_expectation", "sym", "symbols", "noise", "optimizers", "regimes", "transforms",
     "SdederiveError", "UnknownNameError", "HyperparameterError", "SpecError", "NoiseModelError",
-    "RegimeMismatchError", "ExpectationError", "ScalingRuleError", "__version__",
+    "RegimeMismatchError", "ExpectationError", "ScalingRuleError", "DivergenceError", "compile", "Simulator",
+    "SimulationResult", "problems", "Quadratic", "LogisticRegression", "Custom", "__version__",
 ]

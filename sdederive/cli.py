@@ -212,6 +212,61 @@ def cmd_tour(args, out) -> int:
 # -- parser --------------------------------------------------------------------------------------
 
 
+def _kv_list(items, what: str) -> dict:
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise SdederiveError(f"{what} {it!r} is not NAME=VALUE (e.g. beta1=0.9)")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            raise SdederiveError(f"{what} {it!r}: {v!r} is not a number") from None
+    return out
+
+
+def cmd_simulate(args, out) -> int:
+    import numpy as np
+
+    from .problems import Quadratic, load
+    from .simulate import compile as sd_compile
+    from .errors import DivergenceError
+
+    problem = load(args.problem) if args.problem else Quadratic(h=np.geomspace(0.1, 10, 10), sigma=np.ones(10),
+                                                                 x0=np.ones(10))
+    hyper = _kv_list(args.hp, "--hp")
+    init = _kv_list(args.init, "--init")
+    if args.mode == "sde":
+        from .noise import StudentT
+
+        noise = StudentT(nu=problem.nu) if problem.noise == "student-t" else "gaussian"
+        obj = derive(args.optimizer, noise, args.regime)
+    else:
+        obj = opt_mod.get(args.optimizer)
+    sim = sd_compile(obj, problem, backend=args.backend, dtype=args.dtype, scheme=args.scheme,
+                     regime=args.regime if args.mode == "discrete" else None)
+    try:
+        res = sim.run(paths=args.paths, steps=args.steps, eta=args.eta, hyper=hyper, seed=args.seed,
+                      save_every=args.save_every or max(1, args.steps // 100), init=init or None,
+                      mask_diverged=args.mask_diverged,
+                      progress=args.progress)
+    except DivergenceError as e:
+        raise SdederiveError(str(e)) from None
+    if args.json:
+        d = res.to_dict()
+        out.write(json.dumps(d) + "\n")
+        return 0
+    se = res.se
+    out.write(f"{res.mode} {res.name}: {res.paths} paths, {args.steps} steps, backend {args.backend}, "
+              f"compile {res.timing['compile_s']:.2f}s, run {res.timing['run_s']:.2f}s\n")
+    out.write(f"{'t':>12} {'E[loss]':>14} {'se':>10}\n")
+    for j in range(len(res.t)):
+        out.write(f"{res.t[j]:12.6g} {res.mean['loss'][j]:14.6g} {se['loss'][j]:10.3g}\n")
+    for n in res.notes:
+        out.write(f"note: {n}\n")
+    return 0
+
+
 def _examples(*lines: str) -> str:
     return "Example:\n" + "\n".join(f"  {line}" for line in lines)
 
@@ -278,6 +333,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_problem_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_stationary)
+
+    p = sub.add_parser(
+        "simulate", help="simulate the SDE or the discrete optimizer on a problem", formatter_class=_Formatter,
+        description="Compile and run an ensemble simulator: --mode sde integrates the derived SDE, --mode discrete "
+        "runs the optimizer's update rule, both on the time axis t = k*tau with the discrete hyperparameters "
+        "(--eta, --hp). Prints E[loss] over time, or with --json the means, variances and standard errors of the "
+        "loss, |x|^2 and every state. Without --problem: a 10-dimensional diagonal quadratic, h = geomspace(0.1, "
+        "10), sigma = 1, x0 = 1.",
+        epilog=_examples(
+            f"{PROG} simulate adam --mode sde --problem quad.json --paths 10000 --steps 5000 --eta 0.01 "
+            "--hp beta1=0.9 --hp beta2=0.999 --seed 0 --json",
+            f"{PROG} simulate rmsprop --mode discrete --paths 1000 --steps 1000 --eta 0.01 --save-every 100",
+            'quad.json: {"kind": "quadratic", "h": [1, 10], "sigma": [1, 1], "noise": "gaussian", "x0": [1, 1]}'),
+    )
+    p.add_argument("optimizer", metavar="OPT", help=f"built-in optimizer: {', '.join(opt_mod.names())}")
+    p.add_argument("--mode", choices=("sde", "discrete"), default="sde", help="what to simulate (default: sde)")
+    p.add_argument("--regime", default=None, metavar="R", help=_REGIME_HELP)
+    p.add_argument("--problem", default=None, metavar="FILE", help="problem JSON file (quadratic, logistic, custom)")
+    p.add_argument("--paths", type=int, default=1000, help="number of independent paths (default 1000)")
+    p.add_argument("--steps", type=int, default=1000, help="number of steps k; t = k*tau (default 1000)")
+    p.add_argument("--eta", type=float, default=None, help="learning rate (default: the optimizer's)")
+    p.add_argument("--hp", action="append", metavar="NAME=VALUE", help="a discrete hyperparameter (repeatable)")
+    p.add_argument("--init", action="append", metavar="STATE=VALUE",
+                   help="initial value of an auxiliary state, in the optimizer's variables (e.g. v=1e-4)")
+    p.add_argument("--seed", type=int, default=0, help="Philox key (default 0)")
+    p.add_argument("--save-every", type=int, default=None, help="snapshot every N steps (default steps/100)")
+    p.add_argument("--backend", choices=("numba", "cupy"), default="numba", help="numba (CPU) or cupy (GPU)")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="state precision")
+    p.add_argument("--scheme", choices=("euler", "weak2"), default="euler",
+                   help="SDE integrator: Euler-Maruyama or Platen's weak order-2 scheme")
+    p.add_argument("--mask-diverged", action="store_true", help="drop diverged paths instead of stopping")
+    p.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(
         "tour", help="a short demo: a few SDEs, a scaling rule, stationary losses", formatter_class=_Formatter,

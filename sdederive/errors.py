@@ -11,6 +11,7 @@ __all__ = [
     "RegimeMismatchError",
     "ExpectationError",
     "ScalingRuleError",
+    "DivergenceError",
 ]
 
 
@@ -52,3 +53,12 @@ class ExpectationError(SdederiveError):
 
 class ScalingRuleError(SdederiveError):
     """No power-law hyperparameter map leaves the SDE invariant."""
+
+
+class DivergenceError(SdederiveError):
+    """A simulated path became non-finite.  ``path`` and ``step`` name the first one (smallest path
+    index); ``result`` holds what was computed up to the chunk in which it happened."""
+
+    def __init__(self, message: str, path: int, step: int, n_diverged: int, result=None) -> None:
+        super().__init__(message)
+        self.path, self.step, self.n_diverged, self.result = path, step, n_diverged, result

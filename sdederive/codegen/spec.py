@@ -1,0 +1,174 @@
+r"""What a kernel computes, independent of the backend: :class:`KernelSpec`.
+
+Built from an :class:`~sdederive.sde.SDE` (:func:`sde_spec`) or an
+:class:`~sdederive.optimizers.Optimizer` (:func:`discrete_spec`) and a problem.  Holds three
+straight-line functions of one coordinate, as sympy assignments:
+
+``coef``  (SDE mode) drift ``a_s`` and diffusion ``b_{s,r}`` of every state ``s``;
+``upd``   (discrete mode) the state after one step;
+``obs``   the reported states in the *discrete* optimizer's variables (``v = u/eta**2``), so both
+          modes report the same observables.
+
+Kernel argument names: state ``s`` is ``s_<s>``, hyperparameter ``h`` is ``hp_<h>``, and ``gr``,
+``hs``, ``sg`` are the coordinate's gradient, Hessian diagonal and noise scale, ``gv`` the
+stochastic gradient, ``tt`` the time, ``kk`` the step counter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import sympy as sp
+
+from ..optimizers import Optimizer
+from ..problems import Problem
+from ..sde import SDE
+from ..symbols import sym
+from .lower import GRAD, HESS, SIGMA, Assignments, CodegenError, T, check_supported, cse_assignments
+
+__all__ = ["KernelSpec", "sde_spec", "discrete_spec"]
+
+_GR, _HS, _SG, _TT, _KK, _GV = (sp.Symbol(n, real=True) for n in ("gr", "hs", "sg", "tt", "kk", "gv"))
+
+
+@dataclass(frozen=True, eq=False)
+class KernelSpec:
+    mode: str  # "sde" | "discrete"
+    name: str
+    states: tuple[str, ...]  # kernel state names (SDE or discrete variables), x first
+    outputs: tuple[str, ...]  # reported states (discrete names), x first
+    scalars: tuple[str, ...]  # scalar parameters, in HP order (discrete hyperparameters, nu)
+    coef: Assignments | None  # SDE: a_<s>, b_<s>_<r>
+    upd: Assignments | None  # discrete: n_<s>
+    obs: Assignments  # o_<out>
+    n_sources: int  # SDE noise sources per coordinate (1 for discrete)
+    noise_form: str  # "diag" | "corr" (correlated increment xi, SDE linear in it)
+    uses: frozenset  # subset of {"hs", "sg", "tt", "kk"}
+    notes: tuple[str, ...] = ()
+
+    def fingerprint(self) -> str:
+        text = repr((self.mode, self.states, self.outputs, self.scalars, self.n_sources, self.noise_form,
+                     sorted(self.uses),
+                     [(n, sp.srepr(e)) for a in (self.coef, self.upd, self.obs) if a for n, e in a.temps + a.outputs]))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _rename(states: tuple[str, ...], scalars: tuple[str, ...]) -> dict:
+    m = {sym(s): sp.Symbol(f"s_{s}", real=True) for s in states}
+    m.update({sym(h): sp.Symbol(f"hp_{h}", real=True) for h in scalars})
+    m.update({GRAD: _GR, HESS: _HS, SIGMA: _SG, T: _TT, sym("k"): _KK, sym("g"): _GV})
+    return m
+
+
+def _student_t_elementary(e: sp.Expr, nu: float | None) -> sp.Expr:
+    if not e.has(sp.hyper):
+        return e
+    if nu is None:
+        raise CodegenError("the SDE uses the Student-t CDF but the problem gives no nu")
+    e = sp.hyperexpand(e.subs(sym("nu"), sp.nsimplify(nu)))
+    if e.has(sp.hyper):
+        raise CodegenError(
+            f"the Student-t CDF with nu={nu:g} has no elementary form the kernel printers can lower; use an "
+            "integer or half-integer nu (1, 1.5, 2, 3, ...)"
+        )
+    return sp.simplify(e)
+
+
+def _scalars_of(exprs, known_states, hypers_order) -> tuple[str, ...]:
+    per_coord = {"grad", "hess", "sigma", "t", "k", "g", *known_states}
+    names = set()
+    for e in exprs:
+        names |= {str(s) for s in sp.sympify(e).free_symbols}
+    names -= per_coord
+    order = [h for h in hypers_order if h in names] + sorted(names - set(hypers_order))
+    return tuple(order)
+
+
+def sde_spec(sde: SDE, problem: Problem, *, correlated: bool) -> KernelSpec:
+    """Kernel spec of an SDE on a problem.  ``correlated``: the problem's noise is correlated across
+    coordinates (then a linear-noise SDE uses the correlated increment, otherwise the per-coordinate
+    marginal scale, which is recorded in ``notes``)."""
+    states = tuple(sde.states)
+    params = {sym(k) if isinstance(k, str) else k: v for k, v in sde.params.items()}
+    notes = []
+    sigma1, B = sym("sigma1"), sym("B")
+
+    def prep(e):
+        e = sp.sympify(e).xreplace(params)
+        if e.has(sigma1):  # minibatch-form SDE: sigma = sigma1/sqrt(B)
+            e = e.xreplace({sigma1: SIGMA * sp.sqrt(B)})
+        return _student_t_elementary(e, problem.nu)
+
+    drift = {s: prep(sde.drift[s]) for s in states}
+    D = sde.diffusion_matrix.applyfunc(prep)
+    r = D.shape[1]
+    noise_form = "diag"
+    if correlated:
+        if sde.linear_noise and r == 1:
+            Dn = D.applyfunc(lambda e: sp.simplify(e / SIGMA))
+            if any(d.has(SIGMA) and sp.simplify(sp.diff(d, SIGMA)) != 0 for d in Dn):
+                notes.append("diffusion is not proportional to sigma; correlated noise replaced by its marginals")
+            else:
+                D, noise_form = Dn, "corr"
+        else:
+            notes.append(
+                f"the {sde.optimizer} SDE was derived per coordinate and its noise is not linear in the gradient "
+                "noise: correlated gradient noise enters through its per-coordinate marginal scale only"
+            )
+    hyper_names = [h[0] for h in sde.hypers]
+    all_exprs = list(drift.values()) + list(D)
+    # reported states: discrete names via the inverse of the state map (u = eta**2 v -> v = u/eta**2)
+    outs, out_exprs = [], []
+    inv = {}
+    for s in states:
+        if s in sde.state_map:
+            dname = [str(f) for f in sp.sympify(sde.state_map[s]).free_symbols if str(f) not in hyper_names]
+            if len(dname) != 1:
+                raise CodegenError(f"cannot invert the state map {s} = {sde.state_map[s]}")
+            dv = sym(dname[0])
+            sol = sp.solve(sp.Eq(sym(s), sp.sympify(sde.state_map[s]).xreplace(params)), dv)
+            inv[s] = (dname[0], sol[0])
+        else:
+            inv[s] = (s, sym(s))
+    for s in states:
+        outs.append(inv[s][0])
+        out_exprs.append(inv[s][1])
+    all_exprs += out_exprs
+    for e in all_exprs:
+        check_supported(e, f"SDE of {sde.optimizer}")
+    scalars = _scalars_of(all_exprs, states, hyper_names)
+    bad = [s for s in scalars if s not in hyper_names and s not in ("nu", "B")]
+    if bad:
+        raise CodegenError(f"SDE of {sde.optimizer}: symbol(s) {bad} have no value: they are neither "
+                           f"hyperparameters {hyper_names} nor problem quantities (grad, hess, sigma, t, nu, B)")
+    ren = _rename(states, scalars)
+    coef_out = [(f"a_{s}", drift[s].xreplace(ren)) for s in states]
+    coef_out += [(f"b_{s}_{j}", D[i, j].xreplace(ren)) for j in range(r) for i, s in enumerate(states)]
+    coef = cse_assignments(coef_out, "w")
+    obs = cse_assignments([(f"o_{o}", e.xreplace(ren)) for o, e in zip(outs, out_exprs)], "q")
+    uses = _uses(coef_out)
+    return KernelSpec("sde", sde.optimizer, states, tuple(outs), scalars, coef, None, obs, r, noise_form,
+                      uses, tuple(notes))
+
+
+def _uses(outs) -> frozenset:
+    fs = set()
+    for _, e in outs:
+        fs |= {str(s) for s in e.free_symbols}
+    return frozenset(fs & {"hs", "sg", "tt", "kk"})
+
+
+def discrete_spec(opt: Optimizer) -> KernelSpec:
+    """Kernel spec of the discrete update rule (same for every problem: the gradient is an input)."""
+    states = opt.state_names
+    hyper_names = [h.name for h in opt.hypers]
+    upd = opt.updates
+    for s in states:
+        check_supported(upd[s], f"update of {opt.name}")
+    scalars = tuple(hyper_names)
+    ren = _rename(states, scalars)
+    outs = [(f"n_{s}", upd[s].xreplace(ren)) for s in states]
+    a = cse_assignments(outs, "w")
+    obs = cse_assignments([(f"o_{s}", sym(s).xreplace(ren)) for s in states], "q")
+    return KernelSpec("discrete", opt.name, states, states, scalars, None, a, obs, 1, "diag", _uses(outs))

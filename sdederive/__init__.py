@@ -17,9 +17,9 @@ from .expectation import register_expectation
 from .hyper import Hyper
 from .noise import Gaussian, StudentT
 from .optimizers import Optimizer, chain, from_update
+from .problems import Custom, LogisticRegression, Quadratic
 from .regimes import Regime
 from .scaling import ScalingRule, scaling_rule
-from .problems import Custom, LogisticRegression, Quadratic
 from .sde import SDE
 from .simulate import SimulationResult, Simulator, compile
 from .stationary import Stationary, stationary

@@ -228,9 +228,9 @@ def _kv_list(items, what: str) -> dict:
 def cmd_simulate(args, out) -> int:
     import numpy as np
 
+    from .errors import DivergenceError
     from .problems import Quadratic, load
     from .simulate import compile as sd_compile
-    from .errors import DivergenceError
 
     problem = load(args.problem) if args.problem else Quadratic(h=np.geomspace(0.1, 10, 10), sigma=np.ones(10),
                                                                  x0=np.ones(10))

@@ -21,7 +21,6 @@ the SDE's variables (``u = eta**2 v``).  ``init={"v": ...}`` overrides those val
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -257,7 +256,7 @@ class Simulator:
                 st = [init[s.name][i] for s in opt.states]
                 hvals = [hv[h.name] for h in opt.hypers]
 
-                def integrand(z, i=i, st=st, hvals=hvals):
+                def integrand(z, i=i, st=st, hvals=hvals, f=f):
                     return f(x0[i], gr[i] + sg[i] * z, 0, *st, *hvals) * dens(z)
 
                 if sg[i] == 0:
@@ -365,7 +364,6 @@ class Simulator:
         import cupy as cp
 
         src = self.source
-        S, d = len(self.spec.states), self.problem.d
         nobs = MEAN.shape[2]
         g = {k: cp.asarray(v) for k, v in dict(state=state, DIV=DIV, HP=HP, PV=PV, PM=PM, PL=PL, PY=PY).items()}
         threads = 128
@@ -615,4 +613,4 @@ def _check_noise_match(sde: SDE, problem: Problem) -> None:
     if fam != want:
         raise SdederiveError(
             f"the SDE was derived under {sde.noise} noise but the problem's noise is {problem.noise}; derive it "
-            f"with noise={'sd.StudentT(nu=%g)' % problem.nu if want == 'student-t' else 'gaussian'!s}")
+            + (f"with noise=sd.StudentT(nu={problem.nu:g})" if want == "student-t" else "with noise='gaussian'"))

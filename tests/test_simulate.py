@@ -260,9 +260,10 @@ def test_bad_input():
 
 
 def test_cli_simulate_json(tmp_path):
-    from sdederive.cli import main
-    import io
     import contextlib
+    import io
+
+    from sdederive.cli import main
 
     f = tmp_path / "quad.json"
     f.write_text(json.dumps({"kind": "quadratic", "h": [1, 10], "sigma": [1, 1], "noise": "gaussian",

@@ -366,9 +366,10 @@ def compile_check(source: str, arch: str = "sm_90", fmad: bool = True) -> dict:
         _nv_ok(err, "nvrtcCreateProgram")
         (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         err, size = nvrtc.nvrtcGetProgramLogSize(prog)
-        log = b" " * size
+        # a fresh mutable buffer: NVRTC writes into it, and `b" " * 1` would be CPython's shared b" "
+        log = bytearray(max(int(size), 1))
         nvrtc.nvrtcGetProgramLog(prog, log)
-        log_s = log.decode(errors="replace").strip("\x00 \n")
+        log_s = bytes(log).decode(errors="replace").strip("\x00 \n")
         if res != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             raise CodegenError(f"NVRTC failed to compile the generated CUDA kernel for {arch}:\n{log_s}")
         err, n = nvrtc.nvrtcGetCUBINSize(prog)

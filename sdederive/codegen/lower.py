@@ -118,7 +118,8 @@ def print_c(a: Assignments, indent: str, real: str = "double") -> str:
     """C99/CUDA statements; ``real="float"`` prints single-precision literals and functions."""
     settings = {}
     if real == "float":
-        from sympy.codegen.ast import float32, real as real_t
+        from sympy.codegen.ast import float32
+        from sympy.codegen.ast import real as real_t
 
         settings["type_aliases"] = {real_t: float32}
     p = _CudaPrinter(settings)

@@ -61,14 +61,14 @@ def _functions(spec: KernelSpec) -> str:
     out = []
     if spec.mode == "sde":
         names = [f"a_{s}" for s in spec.states] + [f"b_{s}_{j}" for j in range(spec.n_sources) for s in spec.states]
-        out.append(f"@njit(inline='always', fastmath=False)\ndef coef({_args(spec, 'coef')}):\n"
+        out.append(f"@njit(fastmath=False)\ndef coef({_args(spec, 'coef')}):\n"
                    f"{print_python(spec.coef, '    ')}\n    {_ret(names)}\n")
     else:
         names = [f"n_{s}" for s in spec.states]
-        out.append(f"@njit(inline='always', fastmath=False)\ndef upd({_args(spec, 'upd')}):\n"
+        out.append(f"@njit(fastmath=False)\ndef upd({_args(spec, 'upd')}):\n"
                    f"{print_python(spec.upd, '    ')}\n    {_ret(names)}\n")
     names = [f"o_{o}" for o in spec.outputs]
-    out.append(f"@njit(inline='always', fastmath=False)\ndef obs({_args(spec, 'obs')}):\n"
+    out.append(f"@njit(fastmath=False)\ndef obs({_args(spec, 'obs')}):\n"
                f"{print_python(spec.obs, '    ')}\n    {_ret(names)}\n")
     return "\n".join(out)
 
@@ -77,7 +77,7 @@ def _functions(spec: KernelSpec) -> str:
 # PV: float vector data, PM/PL: matrices, PY: labels.  Every fragment is plain loops numba vectorises.
 _PROBLEM = {
     "quadratic_diag": '''
-@njit(inline='always')
+@njit
 def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
     d = xv.size
     for i in range(d):
@@ -86,7 +86,7 @@ def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
         for i in range(d):
             HS[i] = PV[i]
 
-@njit(inline='always')
+@njit
 def prob_loss(xv, PV, PM, PL, PY, W):
     acc = 0.0
     for i in range(xv.size):
@@ -94,7 +94,7 @@ def prob_loss(xv, PV, PM, PL, PY, W):
     return acc
 ''',
     "quadratic_dense": '''
-@njit(inline='always')
+@njit
 def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
     d = xv.size
     for i in range(d):
@@ -106,7 +106,7 @@ def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
         for i in range(d):
             HS[i] = PM[i, i]
 
-@njit(inline='always')
+@njit
 def prob_loss(xv, PV, PM, PL, PY, W):
     d = xv.size
     acc = 0.0
@@ -119,7 +119,7 @@ def prob_loss(xv, PV, PM, PL, PY, W):
 ''',
     # logistic: PM = A (n x d), PY = y, PV = [l2, B]; W = work (>= 2n): margins then -y*s
     "logistic": '''
-@njit(inline='always')
+@njit
 def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
     n, d = PM.shape
     l2 = PV[0]
@@ -157,7 +157,7 @@ def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
         if need_hs:
             HS[i] = HS[i] / n + l2
 
-@njit(inline='always')
+@njit
 def prob_loss(xv, PV, PM, PL, PY, W):
     n, d = PM.shape
     acc = 0.0
@@ -189,9 +189,9 @@ def _custom_fragment(problem) -> str:
     a = cse_assignments(grads, "c")
     h = cse_assignments(hess, "e")
     lo = cse_assignments([("loss", problem.f.xreplace(sub))], "f")
-    return (f"\n@njit(inline='always')\ndef prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):\n"
+    return (f"\n@njit\ndef prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):\n"
             f"{print_python(a, '    ')}\n    if need_hs:\n{print_python(h, '        ')}\n"
-            f"\n@njit(inline='always')\ndef prob_loss(xv, PV, PM, PL, PY, W):\n{print_python(lo, '    ')}\n"
+            f"\n@njit\ndef prob_loss(xv, PV, PM, PL, PY, W):\n{print_python(lo, '    ')}\n"
             f"    return loss\n") if d else ""
 
 

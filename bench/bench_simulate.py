@@ -1,0 +1,137 @@
+"""Simulator throughput: the generated numba kernel against baselines run in the same process.
+
+Reference case (issue 3 / reference note §6): the RMSprop SDE (noise-dominated regime) on a diagonal
+quadratic, N=1000 paths, d=100, T=1000 steps, float64.  Prints a table of coordinate-steps/s and the
+ratio of ours to each baseline:
+
+* numpy: the same Euler–Maruyama step vectorised over (paths, d) with ``Generator.standard_normal``
+  (always available);
+* diffrax (Euler + UnsafeBrownianPath, jit+vmap) and torchsde (euler), from ``bench/baselines.py``
+  when installed (``pip install -e '.[bench]'``).
+
+Compile times are measured in fresh subprocesses: cold (empty cache) and from the on-disk cache.
+
+    python bench/bench_simulate.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import sdederive as sd  # noqa: E402
+from sdederive.problems import Quadratic  # noqa: E402
+
+ETA, BETA, EPS = 1e-2, 0.99, 1e-8
+
+
+def problem(d: int) -> Quadratic:
+    return Quadratic(h=np.geomspace(0.1, 10, d), sigma=np.ones(d), x0=np.ones(d))
+
+
+def ours(N, d, T, repeats=3):
+    sim = sd.compile(sd.derive("rmsprop"), problem(d))
+    sim.run(paths=N, steps=10, eta=ETA, seed=0)  # warm
+    best = np.inf
+    for _ in range(repeats):
+        r = sim.run(paths=N, steps=T, eta=ETA, seed=0, save_every=T)
+        best = min(best, r.timing["run_s"])
+    return {"run_s": best, "coord_steps_per_s": N * d * T / best, "mean_loss": float(r.mean["loss"][-1])}
+
+
+def ours_discrete(N, d, T, repeats=3):
+    sim = sd.compile("rmsprop", problem(d))
+    best = np.inf
+    for _ in range(repeats):
+        r = sim.run(paths=N, steps=T, eta=ETA, seed=0, save_every=T)
+        best = min(best, r.timing["run_s"])
+    return {"run_s": best, "coord_steps_per_s": N * d * T / best, "mean_loss": float(r.mean["loss"][-1])}
+
+
+def numpy_em(N, d, T):
+    """Plain numpy Euler–Maruyama of the same SDE (x, u), u started at sigma0^2."""
+    rng = np.random.default_rng(0)
+    h = np.geomspace(0.1, 10, d)
+    s0, e0, c, dt = ETA * 1.0, EPS * ETA, (1 - BETA) / ETA**2, ETA**2
+    x = np.ones((N, d))
+    u = np.full((N, d), s0**2)
+    t0 = time.perf_counter()
+    sq = np.sqrt(dt)
+    for _ in range(T):
+        den = e0 + np.sqrt(u)
+        x += -(h * x) / den * dt + s0 / den * sq * rng.standard_normal((N, d))
+        u += c * (s0**2 - u) * dt
+    el = time.perf_counter() - t0
+    return {"run_s": el, "coord_steps_per_s": N * d * T / el, "mean_loss": float(np.mean(0.5 * (h * x * x).sum(1)))}
+
+
+_COMPILE = """
+import time, numpy as np
+t0 = time.perf_counter()
+import sdederive as sd
+from sdederive.problems import Quadratic
+sde = sd.derive("rmsprop")
+p = Quadratic(h=np.geomspace(0.1, 10, 100), sigma=np.ones(100), x0=np.ones(100))
+t1 = time.perf_counter()
+sim = sd.compile(sde, p)
+t2 = time.perf_counter()
+sim2 = sd.compile("rmsprop", p)
+t3 = time.perf_counter()
+print(t1 - t0, t2 - t1, t3 - t2)
+"""
+
+
+def compile_times():
+    with tempfile.TemporaryDirectory() as td:
+        env = dict(os.environ, SDEDERIVE_CACHE=td)
+        cold = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, check=True)
+        warm = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, check=True)
+    c = [float(v) for v in cold.stdout.split()]
+    w = [float(v) for v in warm.stdout.split()]
+    return {"import_and_derive_s": c[0], "cold_first_s": c[1], "cold_second_s": c[2], "cached_first_s": w[1],
+            "cached_second_s": w[2]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller T for the baselines")
+    a = ap.parse_args()
+    N, d, T = 1000, 100, 1000
+    rows = [("sdederive numba, SDE (EM)", ours(N, d, T)), ("sdederive numba, discrete RMSprop", ours_discrete(N, d, T)),
+            ("numpy EM (vectorised)", numpy_em(N, d, T // 10 if a.quick else T))]
+    try:
+        import baselines
+
+        for label, fn, TT in (("diffrax Euler+UnsafeBrownianPath", baselines.diffrax_run, T),
+                              ("torchsde euler", baselines.torchsde_run, T // 10)):
+            try:
+                rows.append((label, fn(N, d, TT)))
+            except ImportError as e:
+                print(f"# skipped {label}: {e}")
+    except ImportError as e:
+        print(f"# baselines unavailable: {e}")
+    ref = rows[0][1]["coord_steps_per_s"]
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
+          f"N={N} d={d} T={T} float64")
+    print(f"| {'implementation':<36} | {'run s':>8} | {'coord-steps/s':>14} | {'ours / this':>11} | {'E[loss] at T':>12} |")
+    print(f"|{'-' * 38}|{'-' * 10}|{'-' * 16}|{'-' * 13}|{'-' * 14}|")
+    for label, r in rows:
+        print(f"| {label:<36} | {r['run_s']:8.3f} | {r['coord_steps_per_s']:14.3e} | {ref / r['coord_steps_per_s']:11.1f} "
+              f"| {r.get('mean_loss', float('nan')):12.4g} |")
+    ct = compile_times()
+    print("\ncompile (fresh processes):")
+    for k, v in ct.items():
+        print(f"  {k:<22} {v:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()

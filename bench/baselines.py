@@ -21,7 +21,9 @@ Both functions return ``{"compile_s", "run_s", "coord_steps_per_s", "mean_loss"}
   compiles nothing, the cold first call).
 * ``run_s``: best of 3 timed calls after that warm-up.
 * ``coord_steps_per_s``: ``N * d * T / run_s``.  Throughput is counted per coordinate-step, so a run with a
-  smaller ``T`` (or ``N``) is comparable with the full case: the cost of every step is the same.
+  smaller ``T`` is comparable with the full case: every step costs the same (checked for torchsde at
+  T = 100, 300, 1000).  Keep ``N`` and ``d`` though: a step's cost is not linear in the batch (per-step
+  overhead dominates small batches).
 * ``mean_loss``: mean over paths of ``f(x_T)``.
 
 By default both baselines draw one Gaussian per state component per step, i.e. ``2 d`` (the ``u`` components

@@ -111,8 +111,10 @@ def main() -> None:
     try:
         import baselines
 
-        for label, fn, TT in (("diffrax Euler+UnsafeBrownianPath", baselines.diffrax_run, T),
-                              ("torchsde euler", baselines.torchsde_run, T // 10)):
+        for label, fn, TT in (("diffrax Euler+UBP, d normals/step",
+                               lambda N, d, T: baselines.diffrax_run(N, d, T, brownian="x"), T),
+                              ("diffrax Euler+UBP, 2d normals/step", baselines.diffrax_run, T),
+                              ("torchsde euler", baselines.torchsde_run, T // 10 if a.quick else T)):
             try:
                 rows.append((label, fn(N, d, TT)))
             except ImportError as e:

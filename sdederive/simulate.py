@@ -196,10 +196,7 @@ class Simulator:
             and kinds[outputs[s]].init == 0.0 and outputs[s] not in init
         ]
         offset = singular_t or bool(singular_states)
-        disc: dict = {"x": p.x0.copy()}
-        for s in sde.states[1:]:
-            name = outputs[s]
-            disc[name] = np.full(p.d, float(kinds[name].init) if name in kinds else 0.0)
+        disc = self._disc_init_vector()
         if offset:
             if opt is None:
                 raise SdederiveError(
@@ -311,7 +308,7 @@ class Simulator:
         DIV = np.full(paths, -1, dtype=np.int64)
         key0, key1 = int(seed) & 0xFFFFFFFF, (int(seed) >> 32) & 0xFFFFFFFF
         # host snapshots of the deterministic start (all paths equal)
-        snap0 = self._host_obs(self._disc_init_vector(hv), PV, PM, PL, PY, HP, discrete=True)
+        snap0 = self._host_obs(self._disc_init_vector(), PV, PM, PL, PY, HP, discrete=True)
         self._put_snapshot(MEAN, CNT, 0, snap0, paths)
         if k_start > 0 and k_start % save_every == 0:
             self._put_snapshot(MEAN, CNT, k_start // save_every,
@@ -343,18 +340,23 @@ class Simulator:
                     chunk = max(1, int(chunk * min(4.0, chunk_seconds / el)))
         except KeyboardInterrupt:
             interrupted = True
-        done_save = (k // save_every) if not interrupted else (k // save_every)
-        res = self._result(MEAN, M2, CNT, n_save, done_save, save_every, tau, paths, DIV, hv, seed,
+        res = self._result(MEAN, M2, CNT, n_save, k // save_every, save_every, tau, paths, DIV, hv, seed,
                            interrupted, t_run)
-        if not mask_diverged and np.any(DIV >= 0):
-            bad = np.flatnonzero(DIV >= 0)
-            p0 = int(bad[0])
-            raise DivergenceError(
-                f"{self.spec.mode} simulation of {self.spec.name} diverged: path {p0} became non-finite at step "
-                f"{int(DIV[p0])} (t = {int(DIV[p0]) * tau:.6g}); {bad.size} of {paths} paths diverged by step {k}. "
-                "Lower eta, or pass mask_diverged=True (CLI: --mask-diverged) to drop diverged paths from the "
-                "statistics.", p0, int(DIV[p0]), int(bad.size), res)
+        if not mask_diverged:
+            self._raise_if_diverged(DIV, tau, k, res)
         return res
+
+    def _raise_if_diverged(self, DIV, tau, k, res) -> None:
+        """:class:`DivergenceError` naming the first (smallest-index) diverged path and its step."""
+        bad = np.flatnonzero(DIV >= 0)
+        if bad.size == 0:
+            return
+        p0 = int(bad[0])
+        raise DivergenceError(
+            f"{self.spec.mode} simulation of {self.spec.name} diverged: path {p0} became non-finite at step "
+            f"{int(DIV[p0])} (t = {int(DIV[p0]) * tau:.6g}); {bad.size} of {DIV.size} paths diverged by step {k}. "
+            "Lower eta, or pass mask_diverged=True (CLI: --mask-diverged) to drop diverged paths from the "
+            "statistics.", p0, int(DIV[p0]), int(bad.size), res)
 
     def _run_cuda(self, state, DIV, k_start, steps, save_every, substeps, tau, key0, key1, HP, PV, PM, PL, PY,
                   MEAN, M2, CNT, n_save, paths, hv, seed, mask_diverged, progress) -> SimulationResult:
@@ -416,16 +418,12 @@ class Simulator:
         state[:] = cp.asnumpy(g["state"])
         res = self._result(MEAN, M2, CNT, n_save, k // save_every, save_every, tau, paths, DIV, hv, seed,
                            interrupted, t_run)
-        if not mask_diverged and np.any(DIV >= 0):
-            bad = np.flatnonzero(DIV >= 0)
-            p0 = int(bad[0])
-            raise DivergenceError(
-                f"{self.spec.mode} simulation of {self.spec.name} diverged: path {p0} became non-finite at step "
-                f"{int(DIV[p0])}; {bad.size} of {paths} paths diverged. Lower eta or pass mask_diverged=True.",
-                p0, int(DIV[p0]), int(bad.size), res)
+        if not mask_diverged:
+            self._raise_if_diverged(DIV, tau, k, res)
         return res
 
-    def _disc_init_vector(self, hv) -> dict:
+    def _disc_init_vector(self) -> dict:
+        """The discrete optimizer's initial states (``x0``, the spec's inits), keyed by discrete name."""
         if self.mode == "discrete":
             return self._discrete_init(self.obj)
         opt = _opt.get(self.obj.optimizer) if self.obj.optimizer in _opt.BUILTINS else None

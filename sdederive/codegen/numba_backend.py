@@ -201,18 +201,6 @@ def problem_fragment(problem) -> str:
     return _PROBLEM[problem.kind]
 
 
-def _noise_fill(spec: KernelSpec, problem, scheme: str) -> list[str]:
-    """Code that fills ``Z`` (standard normals, stream 0) for the step with counter ``cstep``."""
-    return [
-        "                for jb in range(nz4 // 4):",
-        "                    z0, z1, z2, z3 = normal_pair(cstep, jb, p, 0, key0, key1)",
-        "                    Z[4 * jb] = z0",
-        "                    Z[4 * jb + 1] = z1",
-        "                    Z[4 * jb + 2] = z2",
-        "                    Z[4 * jb + 3] = z3",
-    ]
-
-
 def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "float64") -> str:
     """The generated module's source text."""
     S = len(spec.states)
@@ -376,12 +364,7 @@ def _discrete_step(w, spec, problem, hp_args, nz) -> None:
             w(f"{ind}for i in range(d):")
             w(f"{ind}    G[i] = GR[i] + SG[i] * student_t(PV[2 * d], cstep, i, p, key0, key1)")
         else:
-            w(f"{ind}for jb in range(nz4 // 4):")
-            w(f"{ind}    z0, z1, z2, z3 = normal_pair(cstep, jb, p, 0, key0, key1)")
-            w(f"{ind}    Z[4 * jb] = z0")
-            w(f"{ind}    Z[4 * jb + 1] = z1")
-            w(f"{ind}    Z[4 * jb + 2] = z2")
-            w(f"{ind}    Z[4 * jb + 3] = z3")
+            _fill_normals(w, ind)
             if getattr(problem, "Sigma", None) is not None:
                 w(f"{ind}for i in range(d):")
                 w(f"{ind}    acc = 0.0")

@@ -1,4 +1,4 @@
-"""Command line interface: ``sdederive list | derive | scaling-rule | stationary | tour``.
+"""Command line interface: ``sdederive list | derive | scaling-rule | stationary | simulate | rate | optimal-lr | tour``.
 
 Every command has ``--help`` with an example.  Bad input (an unknown optimizer, noise model or
 regime, an invalid ``nu``, an optimizer with no limit in the regime asked for, ...) prints
@@ -278,6 +278,54 @@ def _add_problem_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regime", default=None, metavar="R", help=_REGIME_HELP)
 
 
+_ASSUME = ("smooth", "anisotropic", "pl", "convex", "batch", "exact")
+_ASSUME_DOC = {"smooth": "scalar L-smoothness (default)", "anisotropic": "per-coordinate smoothness L_i",
+               "pl": "mu-PL inequality", "convex": "convexity: averaged-iterate bound via a distance Lyapunov function",
+               "batch": "noise sigma_i/sqrt(B) with per-example sigma_i", "exact": "no small signal-to-noise "
+               "linearization of nonlinear drifts (SignSGD then has no closed form)"}
+
+
+def _assumptions(text: str):
+    from .assumptions import Assumptions
+
+    items = [a.strip().lower() for a in text.split(",") if a.strip()]
+    bad = [a for a in items if a not in _ASSUME]
+    if bad:
+        raise SdederiveError(f"unknown assumption {bad[0]!r} in --assume; allowed: "
+                             + "; ".join(f"{k} ({v})" for k, v in _ASSUME_DOC.items()))
+    return Assumptions("anisotropic" if "anisotropic" in items else "scalar", pl="pl" in items,
+                       convex="convex" in items, B="B" if "batch" in items else None, small_snr="exact" not in items)
+
+
+def cmd_rate(args, out) -> int:
+    from . import rates
+
+    A = _assumptions(args.assume)
+    sde = _derive(args, 1)
+    bound = rates.convex_bound(sde, A) if A.convex else rates.loss_bound(sde, A)
+    if args.json:
+        print(json.dumps(bound.to_dict(), indent=2), file=out)
+    elif args.latex:
+        print(bound.latex(), file=out)
+    else:
+        print(bound, file=out)
+    return 0
+
+
+def cmd_optimal_lr(args, out) -> int:
+    from .batchsize import optimal_lr
+
+    kw = {"nu": args.nu} if args.nu is not None else {}
+    res = optimal_lr(args.direction, noise=args.noise, **kw)
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2), file=out)
+    elif args.latex:
+        print(res.latex(), file=out)
+    else:
+        print(res, file=out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -369,6 +417,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(
+        "rate", help="a convergence bound derived from the SDE (Ito + assumptions + Gronwall)",
+        formatter_class=_Formatter,
+        description="Apply Ito's formula to the loss (or, with 'convex', to a distance to the minimizer) along the "
+        "optimizer's SDE, bound each term with the assumptions given, and integrate. Prints every step with the "
+        "assumption it uses, then the rate and floor (or the averaged-iterate bound). Assumptions (comma-separated): "
+        f"{', '.join(_ASSUME)}.",
+        epilog=_examples(f"{PROG} rate signsgd --assume pl,anisotropic --latex", f"{PROG} rate sgd --assume pl",
+                         f"{PROG} rate adagrad --assume convex,anisotropic,batch",
+                         f"{PROG} rate signsgd --noise student-t --nu 1 --assume pl --json"),
+    )
+    _add_problem_args(p)
+    p.add_argument("--assume", default="pl", metavar="LIST",
+                   help=f"comma-separated assumptions: {', '.join(_ASSUME)} (default: pl)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the bound as JSON (with every step)")
+    fmt.add_argument("--latex", action="store_true", help="print the bound as a LaTeX aligned block")
+    p.set_defaults(func=cmd_rate)
+
+    p = sub.add_parser(
+        "optimal-lr", help="optimal learning rate vs batch size, noise scale B_noise", formatter_class=_Formatter,
+        description="From the one-step expected loss change of an update direction on a quadratic, derive "
+        "eps_opt(B), the noise scale B_noise and eps_max: the McCandlish form for SGD, the surge form for sign "
+        "updates (Adam at beta1 = beta2 = 0).",
+        epilog=_examples(f"{PROG} optimal-lr sgd", f"{PROG} optimal-lr sign --latex", f"{PROG} optimal-lr adam --json"),
+    )
+    p.add_argument("direction", metavar="DIR", help="update direction: sgd, sign, signsgd, adam")
+    p.add_argument("--noise", default="gaussian", help=_NOISE_HELP)
+    p.add_argument("--nu", type=float, default=None, help=_NU_HELP)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the result as JSON")
+    fmt.add_argument("--latex", action="store_true", help="print eps_opt, B_noise, eps_max as LaTeX")
+    p.set_defaults(func=cmd_optimal_lr)
+
+    p = sub.add_parser(
         "tour", help="a short demo: a few SDEs, a scaling rule, stationary losses", formatter_class=_Formatter,
         description="Derive and print a few SDEs (SGD, SignSGD under Gaussian and Student-t noise, Adam, AdamW), "
         "Adam's square-root scaling rule and the stationary losses of SGD and SignSGD.",
@@ -391,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     if getattr(args, "func", None) is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: a command is required: list, derive, scaling-rule, stationary, tour", file=sys.stderr)
+        print(f"{PROG}: error: a command is required: list, derive, scaling-rule, stationary, simulate, rate, optimal-lr, validate, tour", file=sys.stderr)
         return 2
     try:
         return args.func(args, sys.stdout)

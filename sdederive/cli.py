@@ -450,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--latex", action="store_true", help="print eps_opt, B_noise, eps_max as LaTeX")
     p.set_defaults(func=cmd_optimal_lr)
 
+    from validators.cli import add_validate_parser  # the validators package ships with sdederive
+
+    add_validate_parser(sub)
+
     p = sub.add_parser(
         "tour", help="a short demo: a few SDEs, a scaling rule, stationary losses", formatter_class=_Formatter,
         description="Derive and print a few SDEs (SGD, SignSGD under Gaussian and Student-t noise, Adam, AdamW), "

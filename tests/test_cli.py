@@ -229,3 +229,14 @@ def test_help_has_an_example(capsys, command):
 def test_version(capsys):
     rc, out, _ = run(capsys, "--version")
     assert rc == 0 and sd.__version__ in out
+
+
+def test_docs_cli_md_is_up_to_date():
+    """docs/cli.md is the --help of every command (regenerate with python docs/gen_cli.py)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(root / "docs" / "gen_cli.py"), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -301,3 +301,21 @@ def test_kernel_cache_reused_by_second_process(tmp_path):
     assert int(hits) >= 1
     assert loss == outs[0][2] == outs[1][2]
     assert len(list((tmp_path / "kernels").glob("sdegen_*.py"))) == 1
+
+
+@pytest.mark.parametrize("opt", ["sgd", "rmsprop", "signsgd", "adam"])
+def test_discrete_and_sde_paths_of_one_seed_are_positively_coupled(opt):
+    """The SDE's noise columns are oriented like the discrete update's response to z, so that the
+    two runs of one seed move together (their difference is then far less noisy than either)."""
+    from sdederive.problems import Quadratic
+
+    prob = Quadratic(h=[1.0], sigma=[1.0], x0=[0.05])
+    disc = sd.compile(sd.optimizers.get(opt), prob)
+    sde = sd.compile(sd.derive(opt), prob)
+    key = "x" if opt != "adam" else "m"
+    a, b = [], []
+    for seed in range(12):
+        a.append(disc.run(paths=1, steps=2, eta=0.01, seed=seed, save_every=2).mean[key][-1][0])
+        b.append(sde.run(paths=1, steps=2, eta=0.01, seed=seed, save_every=2).mean[key][-1][0])
+    a, b = np.array(a) - np.mean(a), np.array(b) - np.mean(b)
+    assert a @ b / np.sqrt((a @ a) * (b @ b)) > 0.5

@@ -85,6 +85,69 @@ def _scalars_of(exprs, known_states, hypers_order) -> tuple[str, ...]:
     return tuple(order)
 
 
+def _coupling_signs(sde: SDE, D: sp.Matrix) -> list[int]:
+    """Orient each noise column of ``D`` like the discrete update's response to ``z``.
+
+    ``D`` and ``-D`` give the same SDE in law; the derivation fixes the sign of a Cholesky factor,
+    not the sign with which the gradient noise moves the state.  The simulators feed the discrete
+    run and the SDE run of one seed the same Gaussians (``g = grad + sigma z``, ``dW = sqrt(tau) z``);
+    for that coupling to make their difference small, ``dW`` must push the state the way ``z`` does.
+    Per column: take its first nonzero row ``s`` and compare the sign of ``D[s, j]`` with the sign
+    of ``x_s(z = +1) - x_s(z = -1)`` of the optimizer's update (a difference, not a derivative, so
+    that ``sign(g)`` responds too), at a generic point with a small gradient.  Returns +1 or -1 per
+    column; +1 where the optimizer is unknown or the state was eliminated.
+    """
+    r = D.shape[1]
+    out = [1] * r
+    if sde.eliminated or r == 0:
+        return out
+    try:
+        from ..optimizers import get
+
+        opt = get(sde.optimizer)
+    except Exception:  # noqa: BLE001 - a user's SDE without a registered optimizer: keep the derived sign
+        return out
+    upd = opt.updates
+    z = sym("z")
+    point = {sym("grad"): 0.1, SIGMA: 1.0, sym("hess"): 1.0, sym("x"): 0.3, sym("k"): 5, sym("t"): 0.7}
+    for h in opt.hypers:
+        if h.default is not None:
+            point[sym(h.name)] = h.default
+    for st in opt.states:
+        point.setdefault(sym(st.name), 0.5)
+    names = {}
+    for s in sde.states:
+        if s in sde.state_map:
+            free = [str(f) for f in sp.sympify(sde.state_map[s]).free_symbols if str(f) in opt.state_names]
+            names[s] = free[0] if len(free) == 1 else None
+        else:
+            names[s] = s if s in opt.state_names else None
+
+    def num(e, extra=None):
+        e = sp.sympify(e).xreplace({**point, **(extra or {})})
+        e = e.xreplace({f: 0.37 for f in e.free_symbols})  # anything left (scaled params, eps0, ...)
+        try:
+            return complex(sp.N(e)).real
+        except (TypeError, ValueError):
+            return 0.0
+
+    g_of_z = sym("grad") + SIGMA * z
+    for j in range(r):
+        for i, s in enumerate(sde.states):
+            dv = num(D[i, j])
+            if abs(dv) < 1e-12:
+                continue
+            dname = names.get(s)
+            if dname is None or dname not in upd:
+                break
+            e = sp.sympify(upd[dname]).xreplace({sym("g"): g_of_z})
+            resp = num(e, {z: 1.0}) - num(e, {z: -1.0})
+            if resp * dv < 0:
+                out[j] = -1
+            break
+    return out
+
+
 def sde_spec(sde: SDE, problem: Problem, *, correlated: bool) -> KernelSpec:
     """Kernel spec of an SDE on a problem.  ``correlated``: the problem's noise is correlated across
     coordinates (then a linear-noise SDE uses the correlated increment, otherwise the per-coordinate
@@ -103,6 +166,9 @@ def sde_spec(sde: SDE, problem: Problem, *, correlated: bool) -> KernelSpec:
     drift = {s: prep(sde.drift[s]) for s in states}
     D = sde.diffusion_matrix.applyfunc(prep)
     r = D.shape[1]
+    for j, sgn in enumerate(_coupling_signs(sde, D)):
+        if sgn < 0:
+            D[:, j] = -D[:, j]
     noise_form = "diag"
     if correlated:
         if sde.linear_noise and r == 1:

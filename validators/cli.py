@@ -1,0 +1,161 @@
+"""``sdederive validate``: discrete optimizer against its SDE, from the command line.
+
+:func:`add_validate_parser` adds the subcommand to an ``argparse`` subparsers object (it sets
+``func=run_validate``); :func:`run_validate` runs it.  Bad input prints ``sdederive: error: <message>``
+on stderr and returns 2, as every ``sdederive`` command does; a failed ``--tol`` or
+``--expected-order`` check returns 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sdederive.errors import SdederiveError
+
+from .errors import ValidationError
+
+__all__ = ["add_validate_parser", "run_validate"]
+
+PROG = "sdederive"
+
+_DESCRIPTION = (
+    "Run the discrete optimizer and its derived SDE on a problem at several learning rates, to the same continuous "
+    "time (t = k*tau), and report the weak error max_t |E g(x_k) - E g(X_t)| of each observable with a confidence "
+    "interval (independent replicate batches of coupled paths), whether it is resolved, and the weak order (log-log "
+    "slope against eta). --report DIR writes report.md, report.json and comparison.png (each atomically).\n\n"
+    "--problem is a JSON problem file (as for `sdederive simulate`) or a built-in: quadratic (default: d = 10, "
+    "h = geomspace(0.1, 10), sigma = 1, x0 = 1), breast-cancer (logistic regression on the Wisconsin data, "
+    "standardized, batch --batch), synthetic-logistic."
+)
+
+
+def _formatter():
+    try:  # the same fixed-width help layout as the other sdederive commands
+        from sdederive.cli import _Formatter
+
+        return _Formatter
+    except ImportError:  # pragma: no cover
+        return argparse.RawDescriptionHelpFormatter
+
+
+def add_validate_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``validate`` to ``subparsers`` (from ``parser.add_subparsers()``); returns its parser."""
+    from sdederive import optimizers as opt_mod
+
+    from .problems import names as problem_names
+
+    ex = "\n".join([
+        "Example:",
+        f"  {PROG} validate sgd --etas 0.04,0.02,0.01 --paths 20000 --horizon 2 --expected-order 1",
+        f"  {PROG} validate adam --problem quad.json --etas 0.04,0.02,0.01 --paths 20000 --horizon 2 "
+        "--hp beta1=0.9 --report out/",
+        f"  {PROG} validate rmsprop --problem breast-cancer --batch 32 --etas 0.02 --paths 2000 --horizon 0.1 "
+        "--tol 0.01",
+    ])
+    p = subparsers.add_parser(
+        "validate", help="weak error and weak order of the SDE against the discrete optimizer",
+        formatter_class=_formatter(), description=_DESCRIPTION, epilog=ex)
+    p.add_argument("optimizer", metavar="OPT", help=f"built-in optimizer: {', '.join(opt_mod.names())}")
+    p.add_argument("--problem", default="quadratic", metavar="FILE|NAME",
+                   help=f"problem JSON file or built-in name: {', '.join(problem_names())} (default quadratic)")
+    p.add_argument("--batch", type=int, default=None, metavar="B",
+                   help="batch size of the built-in logistic problems (default 32 for breast-cancer, 8 synthetic)")
+    p.add_argument("--etas", default="0.04,0.02,0.01", metavar="E1,E2,...",
+                   help="comma-separated learning rates in integer ratios (default 0.04,0.02,0.01)")
+    p.add_argument("--paths", type=int, default=20000, help="paths per eta and mode (default 20000)")
+    p.add_argument("--horizon", type=float, default=2.0, help="continuous time T = k*tau of every run (default 2)")
+    p.add_argument("--hp", action="append", metavar="NAME=VALUE", help="a discrete hyperparameter (repeatable)")
+    p.add_argument("--observables", default="loss", metavar="O1,O2",
+                   help="comma-separated: loss, sqnorm, x, m, v (a state: every coordinate) or x[0] (default loss)")
+    p.add_argument("--regime", default=None, metavar="R", help="regime of the SDE (default the optimizer's natural one)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--replicates", type=int, default=10, help="independent replicate batches (default 10)")
+    p.add_argument("--points", type=int, default=20, help="about this many grid times in (0, T] (default 20)")
+    p.add_argument("--tol", type=float, default=None, help="pass if the weak error's upper CI bound is below TOL")
+    p.add_argument("--expected-order", type=float, default=None, help="pass if the weak order is within --order-tol")
+    p.add_argument("--order-tol", type=float, default=0.3, help="tolerance of --expected-order (default 0.3)")
+    p.add_argument("--scheme", choices=("auto", "euler", "weak2"), default="auto",
+                   help="SDE integrator (default auto: weak order 2 where possible)")
+    p.add_argument("--backend", choices=("numba", "cupy"), default="numba", help="numba (CPU) or cupy (GPU)")
+    p.add_argument("--report", default=None, metavar="DIR", help="write report.md, report.json, comparison.png")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (without the time series)")
+    p.add_argument("--progress", action="store_true", help="a line per eta and replicate on stderr")
+    p.set_defaults(func=run_validate)
+    return p
+
+
+def _floats(text: str, what: str) -> list[float]:
+    out = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise ValidationError(f"{what} {text!r}: {item!r} is not a number") from None
+    if not out:
+        raise ValidationError(f"{what} {text!r} is empty; allowed: comma-separated numbers, e.g. 0.04,0.02,0.01")
+    return out
+
+
+def _kv(items, what: str) -> dict:
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise ValidationError(f"{what} {it!r} is not NAME=VALUE (e.g. beta1=0.9)")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            raise ValidationError(f"{what} {it!r}: {v!r} is not a number") from None
+    return out
+
+
+def _load_problem(spec: str, batch: int | None):
+    from sdederive.problems import load
+
+    from .problems import get, names
+
+    if spec.lower().endswith(".json") or os.path.sep in spec or os.path.exists(spec):
+        if batch is not None:
+            raise ValidationError("--batch applies to the built-in logistic problems; set B in the JSON file")
+        return load(spec)
+    key = spec.strip().lower().replace("_", "-")
+    if key not in names():
+        raise ValidationError(f"unknown problem {spec!r}; valid problems: {', '.join(names())}, or a JSON file")
+    if batch is not None:
+        if key == "quadratic":
+            raise ValidationError("--batch applies to breast-cancer and synthetic-logistic, not to quadratic")
+        return get(key, B=batch)
+    return get(key)
+
+
+def run_validate(args: argparse.Namespace, out=None) -> int:
+    """Run ``sdederive validate`` with parsed ``args``; print the report to ``out`` (default stdout).
+    Returns 0 (done / passed), 1 (a requested check failed) or 2 (bad input: ``sdederive: error: ...``)."""
+    out = sys.stdout if out is None else out
+    try:
+        from .compare import compare
+
+        problem = _load_problem(args.problem, getattr(args, "batch", None))
+        res = compare(
+            args.optimizer, problem, etas=_floats(args.etas, "--etas"), paths=args.paths, horizon=args.horizon,
+            observables=[o.strip() for o in str(args.observables).split(",") if o.strip()],
+            hyper=_kv(args.hp, "--hp"), regime=args.regime, seed=args.seed, replicates=args.replicates,
+            tol=args.tol, backend=args.backend, n_points=args.points, progress=args.progress,
+            expected_order=args.expected_order, order_tol=args.order_tol, scheme=args.scheme)
+        out.write((res.to_json(curves=False) if args.json else res.table()) + "\n")
+        if args.report:
+            paths = res.write_report(args.report)
+            if not args.json:
+                out.write("report: " + ", ".join(str(p) for p in paths.values()) + "\n")
+    except SdederiveError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 1 if res.passed is False else 0

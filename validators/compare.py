@@ -1,0 +1,899 @@
+r"""Weak error and weak order of a derived SDE against the discrete optimizer it approximates.
+
+Weak approximation
+    The SDE :math:`dX = b\,dt + D\,dW` of an optimizer with step size :math:`\eta` is a weak
+    approximation of order :math:`\alpha` on :math:`[0, T]` when, for test functions :math:`g`,
+
+    .. math:: \max_{k\tau \le T} \big|\,\mathbb E\,g(x_k) - \mathbb E\,g(X_{k\tau})\,\big| \le C\,\eta^\alpha,
+
+    with :math:`\tau` the regime's time per step (``eta`` or ``eta**2``).  :func:`compare` measures
+    the left-hand side for ``g`` = the loss, ``|x|^2`` or a state, on a continuous-time grid common
+    to all step sizes, and :func:`weak_order` fits :math:`\alpha` as the log-log slope of the
+    measured weak error against :math:`\eta`.
+
+Simulation
+    Both the discrete optimizer and the SDE are compiled once (:func:`sdederive.compile`) and run
+    from the same initial point with the same discrete hyperparameters.  The SDE is integrated with
+    one integrator step per optimizer step; by default (``scheme="auto"``) with Platen's weak
+    order-2 scheme where the SDE allows it (one noise source, uncorrelated noise), else
+    Euler–Maruyama.  (Euler–Maruyama with :math:`\Delta t = \tau` applied to SGD's SDE *is* SGD, so
+    it would measure no error at all; the weak order-2 scheme's own error, :math:`O(\tau^2)`, is of
+    higher order than the :math:`O(\eta)` being measured.)  The discrete run and the SDE run of
+    one seed use the same Gaussians (``g_k = grad + sigma z_k``, ``dW_k = sqrt(tau) z_k``), which
+    makes their difference far less noisy than either (for logistic regression the discrete
+    optimizer samples real minibatches, and Student-t draws are not the SDE's Gaussians, so the two
+    are not coupled).  ``substeps > 1`` refines the SDE but draws other Gaussians, which breaks the
+    coupling (the intervals stay valid, only wider).
+
+Coupling sign
+    The derived diffusion is fixed only up to the sign of each Brownian motion (``D D^T`` is what
+    the derivation determines), and with the first one the SDE may pair its noise with ``-z``
+    (SGD's ``D = +sqrt(eta) sigma`` against the discrete ``-eta sigma z``): the runs are then
+    *anti*-correlated and their difference noisier than either.  :func:`compare` measures the
+    correlation of the first step over a few one-path runs and, when it is negative, negates the
+    first Brownian motion (column 0 of ``D``; the same SDE in law) before the comparison, with a
+    note in the report.
+
+Confidence intervals
+    The simulator returns only means across paths, so the correlation between the coupled runs
+    cannot be estimated path by path.  Instead the ``paths`` are split into ``R = replicates``
+    independent batches (seeds derived from ``seed``); batch ``r`` runs ``paths/R`` coupled paths of
+    both and gives the difference of means :math:`d_r(t) = \bar g^{disc}_r(t) - \bar g^{sde}_r(t)`.
+    The :math:`d_r` are i.i.d. with mean :math:`\Delta(t) = \mathbb E g(x_k) - \mathbb E g(X_t)`, so
+
+    .. math:: \hat\Delta(t) = \frac1R\sum_r d_r(t), \qquad
+              h(t) = t_{R-1,\,1-\gamma}\,\frac{s_d(t)}{\sqrt R},
+
+    where :math:`s_d` is the sample standard deviation of the :math:`d_r` (Student-t interval,
+    exact for normal :math:`d_r`, which the central limit theorem makes accurate for batches of
+    hundreds of paths).  With ``simultaneous=True`` (default) :math:`\gamma = (1-\text{level})/(2M)`
+    over the :math:`M` grid points (times x coordinates) of an observable (Bonferroni), so that all
+    :math:`M` intervals hold together with probability at least ``level``; otherwise
+    :math:`\gamma = (1-\text{level})/2` (pointwise).  The weak error
+    :math:`\hat e = \max_t |\hat\Delta(t)|` then has the interval
+
+    .. math:: \Big[\max_t\big(|\hat\Delta(t)| - h(t)\big)_+,\ \max_t\big(|\hat\Delta(t)| + h(t)\big)\Big],
+
+    which covers :math:`\max_t|\Delta(t)|` whenever all pointwise intervals hold.  The difference
+    is *resolved* when the lower end is positive (some interval excludes 0); otherwise the report
+    says that the difference is below the Monte Carlo resolution :math:`\pm\max_t h(t)`.  A
+    floating-point floor :math:`10^{-12}\max(|\bar g^{disc}|, |\bar g^{sde}|)` is added to
+    :math:`h` in quadrature.  :math:`\hat e` is biased upwards by the noise (a maximum of noisy
+    values), which matters only for barely resolved differences.
+
+Weak order
+    The slope of :math:`\log\hat e` against :math:`\log\eta` by least squares, over the resolved
+    step sizes only (at least two are needed).  Its interval is a percentile bootstrap over the
+    replicate batches: each resample redraws the :math:`R` batches of every step size with
+    replacement (step sizes use independent seeds), recomputes :math:`\hat e` and the slope.  It
+    covers Monte Carlo error only: a slope that has not reached its asymptote (step sizes too
+    large) is reported as measured.
+
+Tolerance
+    With ``tol`` the comparison passes when the upper end of the weak-error interval is below
+    ``tol`` at every step size (and, with ``expected_order``, when the fitted order is within
+    ``order_tol`` of it).  A pilot run (``R`` batches of a tenth of the paths per step size)
+    estimates the per-path standard deviation of the difference; if ``paths`` cannot bring
+    :math:`\max_t h(t)` below ``tol/2`` a :class:`ValidationError` says how many paths are needed.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import sympy as sp
+
+import sdederive as sd
+from sdederive import optimizers as opt_mod
+from sdederive.errors import DivergenceError
+from sdederive.problems import LogisticRegression, Problem
+from sdederive.sde import SDE
+from sdederive.symbols import sym
+
+from . import reporting
+from .errors import ValidationError
+
+__all__ = ["compare", "weak_order", "Comparison"]
+
+_ETA = sym("eta")
+_ALIASES = {"|x|^2": "sqnorm", "x2": "sqnorm", "|x|2": "sqnorm"}
+_FLOOR = 1e-12
+_SCHEMES = ("auto", "euler", "weak2")
+
+
+# ------------------------------------------------------------------------------------------------
+# the report
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    """Result of :func:`compare`.
+
+    Per observable (keys of the dicts), arrays follow ``etas`` (sorted decreasing):
+
+    - ``weak_error[obs]``: :math:`\\hat e = \\max_t |\\hat\\Delta(t)|`;
+    - ``interval[obs]``: ``(n_eta, 2)`` confidence interval of the weak error;
+    - ``ci[obs]``: its upper half width, ``interval[:, 1] - weak_error``;
+    - ``resolution[obs]``: :math:`\\max_t h(t)`, the Monte Carlo resolution of the difference;
+    - ``resolved[obs]``: the interval excludes 0;
+    - ``t_star[obs]``: the time of the largest difference;
+    - ``order[obs]``, ``order_ci[obs]``: fitted weak order and its bootstrap interval (NaN when
+      fewer than two step sizes are resolved);
+    - ``hyper[i]``: the discrete hyperparameters used at ``etas[i]``;
+    - ``curves[obs][i]``: per step size, arrays over ``t`` (shape ``(n_t, width)``): ``disc_mean``,
+      ``disc_ci``, ``sde_mean``, ``sde_ci`` (pointwise), ``diff``, ``diff_ci`` (as judged).
+    """
+
+    optimizer: str
+    sde_name: str
+    noise: str
+    regime: str
+    tau: str
+    scheme: str
+    substeps: int
+    problem: str
+    d: int
+    etas: np.ndarray
+    taus: np.ndarray
+    t: np.ndarray
+    horizon: float
+    paths: int
+    replicates: int
+    paths_per_batch: int
+    level: float
+    simultaneous: bool
+    observables: tuple[str, ...]
+    hyper: list
+    seed: int
+    weak_error: dict
+    interval: dict
+    ci: dict
+    resolution: dict
+    resolved: dict
+    t_star: dict
+    order: dict
+    order_ci: dict
+    curves: dict
+    plot_coord: dict
+    tol: dict | None = None
+    expected_order: float | None = None
+    order_tol: float | None = None
+    notes: tuple[str, ...] = ()
+    timing: dict = field(default_factory=dict)
+
+    # -- verdict -------------------------------------------------------------------------------
+    @property
+    def checks(self) -> list[tuple[str, bool, str]]:
+        """``(name, passed, message)`` for every requested criterion."""
+        out = []
+        for obs in self.observables:
+            if self.tol is not None and obs in self.tol:
+                tol = self.tol[obs]
+                hi = np.asarray(self.interval[obs])[:, 1]
+                bad = [f"eta={e:g}: upper {u:.3g}" for e, u in zip(self.etas, hi) if not u < tol]
+                ok = not bad
+                msg = (f"weak error of {obs} below tol={tol:g} at every eta (upper {self.level:.0%} bound "
+                       f"max {hi.max():.3g})" if ok else
+                       f"weak error of {obs} not shown below tol={tol:g}: " + "; ".join(bad))
+                out.append((f"tol[{obs}]", ok, msg))
+            if self.expected_order is not None:
+                a = self.order[obs]
+                if not math.isfinite(a):
+                    n = int(np.sum(self.resolved[obs]))
+                    out.append((f"order[{obs}]", False, f"order of {obs}: not measurable ({n} of {len(self.etas)} "
+                                "etas resolved; 2 needed)"))
+                else:
+                    ok = abs(a - self.expected_order) <= self.order_tol
+                    out.append((f"order[{obs}]", ok, f"order of {obs} = {a:.3f}, expected {self.expected_order:g} "
+                                f"+- {self.order_tol:g}" + ("" if ok else " -- outside")))
+        return out
+
+    @property
+    def passed(self) -> bool | None:
+        """All requested criteria hold (``None`` when neither ``tol`` nor ``expected_order`` was given)."""
+        ch = self.checks
+        return None if not ch else all(ok for _, ok, _ in ch)
+
+    # -- text ----------------------------------------------------------------------------------
+    def _status(self, obs: str, i: int) -> str:
+        if self.resolved[obs][i]:
+            return "yes"
+        return f"no: difference below the Monte Carlo resolution ±{self.resolution[obs][i]:.3g}"
+
+    def order_line(self, obs: str) -> str:
+        n = int(np.sum(self.resolved[obs]))
+        a = self.order[obs]
+        if not math.isfinite(a):
+            return (f"weak order ({obs}): not measured: {n} of {len(self.etas)} etas resolved, at least 2 needed")
+        lo, hi = self.order_ci[obs]
+        return (f"weak order ({obs}): {a:.3f}  {self.level:.0%} CI [{lo:.3f}, {hi:.3f}]  ({n} of {len(self.etas)} "
+                "etas resolved; least-squares log-log slope, percentile bootstrap over replicate batches)")
+
+    def table(self) -> str:
+        """The readable report: settings, one row per (observable, eta), the fitted orders, the checks."""
+        head = [
+            f"SDE vs discrete: {self.optimizer} on {self.problem} (d={self.d}) | SDE: {self.sde_name}, "
+            f"{self.noise} noise, regime {self.regime}, tau = {self.tau}, scheme {self.scheme}"
+            + (f" x{self.substeps} substeps" if self.substeps > 1 else ""),
+            f"  {self.paths} paths in {self.replicates} replicate batches of {self.paths_per_batch} | horizon "
+            f"t = {self.t[-1]:g} | {len(self.t) - 1} grid points | {self.level:.0%} CIs "
+            + ("simultaneous over the grid (Bonferroni)" if self.simultaneous else "pointwise")
+            + self._hyper_text() + f" | seed {self.seed}",
+        ]
+        rows = [("observable", "eta", "tau", "weak error", f"{self.level:.0%} CI", "t*", "resolved")]
+        for obs in self.observables:
+            for i, eta in enumerate(self.etas):
+                lo, hi = self.interval[obs][i]
+                rows.append((obs, f"{eta:g}", f"{self.taus[i]:.4g}", f"{self.weak_error[obs][i]:.4g}",
+                             f"[{lo:.3g}, {hi:.3g}]", f"{self.t_star[obs][i]:.4g}", self._status(obs, i)))
+        w = [max(len(r[k]) for r in rows) for k in range(6)]
+        lines = head + ["  " + "  ".join(f"{r[k]:<{w[k]}}" for k in range(6)) + "  " + r[6] for r in rows]
+        if len(self.etas) >= 2:
+            lines += ["  " + self.order_line(obs) for obs in self.observables]
+        for n in self.notes:
+            lines.append(f"  note: {n}")
+        for _, ok, msg in self.checks:
+            lines.append(f"  {'ok  ' if ok else 'FAIL'} {msg}")
+        p = self.passed
+        if p is not None:
+            lines.append("  PASSED" if p else "  FAILED")
+        return "\n".join(lines)
+
+    def _hyper_text(self) -> str:
+        if not any(self.hyper):
+            return ""
+        if all(h == self.hyper[0] for h in self.hyper):
+            return f" | hyper {self.hyper[0]}"
+        return " | hyper " + "; ".join(f"eta={e:g}: {h}" for e, h in zip(self.etas, self.hyper))
+
+    def __str__(self) -> str:
+        return self.table()
+
+    # -- machine-readable ----------------------------------------------------------------------
+    def to_dict(self, curves: bool = True) -> dict:
+        """JSON-ready (NaN as ``None``); ``curves=False`` leaves out the time series."""
+        per_obs = {}
+        for obs in self.observables:
+            entry = {
+                "weak_error": self.weak_error[obs], "ci": self.ci[obs], "interval": self.interval[obs],
+                "resolution": self.resolution[obs], "resolved": self.resolved[obs], "t_star": self.t_star[obs],
+                "order": self.order[obs], "order_ci": list(self.order_ci[obs]),
+            }
+            if curves:
+                entry["curves"] = [{k: v for k, v in cv.items()} for cv in self.curves[obs]]
+            per_obs[obs] = entry
+        out = {
+            "optimizer": self.optimizer, "sde": {"optimizer": self.sde_name, "noise": self.noise,
+                                                 "regime": self.regime, "tau": self.tau},
+            "scheme": self.scheme, "substeps": self.substeps, "problem": self.problem, "d": self.d,
+            "etas": self.etas, "taus": self.taus, "t": self.t, "horizon": self.horizon, "paths": self.paths,
+            "replicates": self.replicates, "paths_per_batch": self.paths_per_batch, "level": self.level,
+            "simultaneous": self.simultaneous, "observables": list(self.observables), "hyper": self.hyper,
+            "seed": self.seed, "tol": self.tol, "expected_order": self.expected_order, "order_tol": self.order_tol,
+            "passed": self.passed, "checks": [{"name": n, "passed": ok, "message": m} for n, ok, m in self.checks],
+            "results": per_obs, "notes": list(self.notes), "timing": self.timing,
+        }
+        return reporting.json_ready(out)
+
+    def to_json(self, curves: bool = True) -> str:
+        return reporting.dumps(self.to_dict(curves))
+
+    def plot(self, path: str | Path) -> Path:
+        """Write the figure (PNG, matplotlib's Agg backend) atomically; see
+        :func:`validators.reporting.plot_comparison`."""
+        return reporting.plot_comparison(self, path)
+
+    def markdown(self, figure: str | None = "comparison.png") -> str:
+        lines = [f"# SDE vs discrete {self.optimizer}", "", "```", self.table(), "```", ""]
+        if figure:
+            lines += [f"![discrete vs SDE means and weak error]({figure})", ""]
+        lines += [f"Weak error: max over the time grid of |E_disc - E_sde|. {self.level:.0%} CIs from {self.replicates} "
+                  "independent replicate batches, each running the discrete optimizer and the SDE with the same seed "
+                  "(Student-t interval on the per-batch differences of means"
+                  + (", Bonferroni over the grid" if self.simultaneous else ", pointwise") + "). Weak order: "
+                  "least-squares log-log slope over the resolved etas, percentile bootstrap over the batches.", ""]
+        return "\n".join(lines)
+
+    def write_report(self, dirname: str | Path) -> dict[str, Path]:
+        """Write ``report.json``, ``comparison.png`` and ``report.md`` into ``dirname`` (created if
+        needed), each atomically (temporary file in the same directory, then :func:`os.replace`)."""
+        d = Path(dirname)
+        d.mkdir(parents=True, exist_ok=True)
+        out = {"json": reporting.atomic_write_text(d / "report.json", self.to_json() + "\n"),
+               "png": self.plot(d / "comparison.png")}
+        out["md"] = reporting.atomic_write_text(d / "report.md", self.markdown("comparison.png"))
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# input checks
+# ------------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, v, lo: int) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
+        raise ValidationError(f"{name}={v!r} is invalid; allowed: an integer >= {lo}")
+    return int(v)
+
+
+def _check_etas(etas) -> np.ndarray:
+    if isinstance(etas, (int, float, np.number)):
+        etas = [etas]
+    try:
+        vals = [float(e) for e in etas]
+    except (TypeError, ValueError):
+        raise ValidationError(f"etas={etas!r} is invalid; allowed: a list of step sizes > 0") from None
+    if not vals:
+        raise ValidationError("etas=[] is empty; allowed: one or more step sizes > 0")
+    for e in vals:
+        if not math.isfinite(e) or e <= 0:
+            raise ValidationError(f"eta={e!r} in etas is invalid; allowed: finite step sizes > 0")
+    dup = sorted({e for e in vals if vals.count(e) > 1})
+    if dup:
+        raise ValidationError(f"etas={vals} has duplicates {dup}; allowed: distinct step sizes")
+    return np.array(sorted(vals, reverse=True))
+
+
+def _check_tol(tol, observables) -> dict | None:
+    if tol is None:
+        return None
+    if isinstance(tol, Mapping):
+        unknown = [k for k in tol if k not in observables]
+        if unknown:
+            raise ValidationError(f"tol names observable(s) {unknown} that are not compared; compared: "
+                                  f"{list(observables)}")
+        items = dict(tol)
+    else:
+        items = {o: tol for o in observables}
+    out = {}
+    for k, v in items.items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ValidationError(f"tol={v!r} is invalid; allowed: a number > 0") from None
+        if not math.isfinite(f) or f <= 0:
+            raise ValidationError(f"tol={v!r} is invalid; allowed: a number > 0")
+        out[k] = f
+    return out
+
+
+def _valid_observables(outputs: Sequence[str], d: int) -> list[str]:
+    return ["loss", "sqnorm (or |x|^2)"] + list(outputs) + [f"{outputs[0]}[i] for 0 <= i < {d}"]
+
+
+def _parse_observable(name, outputs: Sequence[str], d: int) -> tuple[str, int | None]:
+    """``(result key, coordinate or None)``."""
+    valid = _valid_observables(outputs, d)
+    if not isinstance(name, str):
+        raise ValidationError(f"observable {name!r} is not a name; valid observables: {', '.join(valid)}")
+    key = _ALIASES.get(name.strip(), name.strip())
+    if key in ("loss", "sqnorm") or key in outputs:
+        return key, None
+    if key.endswith("]") and "[" in key:
+        base, idx = key[:-1].split("[", 1)
+        if base in outputs:
+            try:
+                i = int(idx)
+            except ValueError:
+                i = -1
+            if 0 <= i < d:
+                return base, i
+            raise ValidationError(f"observable {name!r}: coordinate {idx!r} is invalid; allowed: 0 <= i < d = {d}")
+    raise ValidationError(f"unknown observable {name!r}; valid observables: {', '.join(valid)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# time grid
+# ------------------------------------------------------------------------------------------------
+
+
+def _common_step(taus: np.ndarray) -> float | None:
+    """The least common multiple of the ``taus`` (as exact fractions), or None when they have none of
+    reasonable size (non-rational ratios)."""
+    fr = []
+    for t in taus:
+        f = Fraction(float(t)).limit_denominator(10**9)
+        if abs(float(f) - t) > 1e-9 * t:
+            return None
+        fr.append(f)
+    num = 1
+    den = 0
+    for f in fr:
+        num = num * f.numerator // math.gcd(num, f.numerator)
+        den = math.gcd(den, f.denominator)
+    return num / den
+
+
+def _grid(etas: np.ndarray, taus: np.ndarray, horizon: float, n_points: int) -> tuple[float, int, list[int], str]:
+    """``(dt, n_grid, save_every per eta, note)``: snapshots every ``dt = save_every_i*tau_i`` (the same
+    for every eta), ``n_grid`` of them after ``t = 0``."""
+    tmax = float(taus.max())
+    if horizon < tmax * (1 - 1e-12):
+        raise ValidationError(
+            f"horizon={horizon:g} is shorter than one step of the largest eta={etas[int(np.argmax(taus))]:g} "
+            f"(tau = {tmax:g}); allowed: horizon >= {tmax:g}")
+    L = _common_step(taus)
+    if L is None or L > horizon * (1 + 1e-9):
+        raise ValidationError(
+            f"the etas {etas.tolist()} (tau = {taus.tolist()}) have no common time grid within horizon={horizon:g}: "
+            "every grid time must be a whole number of steps for each eta; allowed: etas whose taus are in integer "
+            "ratios, e.g. 0.04, 0.02, 0.01 (or a longer horizon)")
+    N = int(math.floor(horizon / L * (1 + 1e-12)))
+    target = min(n_points, N)
+    q = next(k for k in range(target, N + 1) if N % k == 0)
+    dt = L * (N // q)
+    save = [int(round(dt / t)) for t in taus]
+    for s, t in zip(save, taus):
+        if abs(s * t - dt) > 1e-9 * dt:  # pragma: no cover - guaranteed by the lcm
+            raise ValidationError(f"no common time grid for tau={t:g}")
+    note = ""
+    if abs(N * L - horizon) > 1e-9 * horizon:
+        note = (f"the grid ends at t = {q * dt:g}, the last common multiple of the taus (step {L:g}) "
+                f"not beyond horizon={horizon:g}")
+    return dt, q, save, note
+
+
+# ------------------------------------------------------------------------------------------------
+# runs and statistics
+# ------------------------------------------------------------------------------------------------
+
+
+def _seed(seed: int, purpose: int, i: int, r: int) -> int:
+    """Seed of batch ``r`` of eta number ``i`` (``purpose`` 0: main runs, 1: pilot), in [0, 2**64)."""
+    return int(np.random.SeedSequence([seed, purpose, i, r]).generate_state(1, np.uint64)[0])
+
+
+def _extract(res, key: str, coord: int | None) -> np.ndarray:
+    a = np.asarray(res.mean[key], float)
+    if a.ndim == 1:
+        a = a[:, None]
+    return a[:, coord:coord + 1] if coord is not None else a
+
+
+def _run_pair(c, n: int, seed: int, substeps: int):
+    out = []
+    for sim, kw in ((c.disc, {}), (c.sde, {"substeps": substeps})):
+        try:
+            res = sim.run(paths=n, steps=c.steps, eta=c.eta, hyper=c.hyper, seed=seed, save_every=c.save, **kw)
+        except DivergenceError as e:
+            raise DivergenceError(f"eta={c.eta:g}: {e}", e.path, e.step, e.n_diverged, e.result) from None
+        if res.interrupted:
+            raise KeyboardInterrupt
+        out.append(res)
+    return out
+
+
+def _batches(c, obs_keys: dict, n: int, seeds: list[int], substeps: int, say=None) -> dict:
+    """Per observable: ``(disc, sde)`` arrays ``(R, n_t, width)`` of batch means."""
+    disc: dict = {o: [] for o in obs_keys}
+    sde: dict = {o: [] for o in obs_keys}
+    for r, s in enumerate(seeds):
+        t0 = time.perf_counter()
+        rd, rs = _run_pair(c, n, s, substeps)
+        for o, (key, coord) in obs_keys.items():
+            disc[o].append(_extract(rd, key, coord))
+            sde[o].append(_extract(rs, key, coord))
+        if say:
+            say(f"  replicate {r + 1}/{len(seeds)}: {n} paths x {c.steps} steps, {time.perf_counter() - t0:.2f}s")
+    return {o: (np.array(disc[o]), np.array(sde[o])) for o in obs_keys}
+
+
+def _quantile(level: float, R: int, M: int, simultaneous: bool) -> float:
+    from scipy import stats
+
+    alpha = 1 - level
+    return float(stats.t.ppf(1 - alpha / (2 * (M if simultaneous else 1)), R - 1))
+
+
+def _diff_stats(dd: np.ndarray, ds: np.ndarray, level: float, simultaneous: bool) -> dict:
+    """Statistics of one (observable, eta): see the module docstring."""
+    R = dd.shape[0]
+    d = dd - ds
+    D = d.mean(0)
+    se = d.std(0, ddof=1) / math.sqrt(R)
+    M = d[:, 1:].shape[1] * d.shape[2]
+    q = _quantile(level, R, M, simultaneous)
+    qp = _quantile(level, R, 1, False)
+    scale = np.maximum(np.abs(dd.mean(0)), np.abs(ds.mean(0)))
+    h = np.sqrt((q * se) ** 2 + (_FLOOR * scale) ** 2)
+    A = np.abs(D)[1:]  # t = 0 is the common deterministic start
+    H = h[1:]
+    j = np.unravel_index(int(np.argmax(A)), A.shape)
+    err = float(A[j])
+    lo = float(np.max(np.maximum(A - H, 0.0)))
+    hi = float(np.max(A + H))
+    return {
+        "err": err, "lo": lo, "hi": hi, "resolution": float(H.max()), "resolved": bool(np.any(A > H)),
+        "t_index": int(j[0]) + 1, "coord": int(j[1]), "diff": D, "diff_ci": h,
+        "disc_mean": dd.mean(0), "disc_ci": qp * dd.std(0, ddof=1) / math.sqrt(R),
+        "sde_mean": ds.mean(0), "sde_ci": qp * ds.std(0, ddof=1) / math.sqrt(R),
+        "sd_path": d.std(0, ddof=1),  # sd of one batch's mean difference
+    }
+
+
+def _slope(etas: np.ndarray, errs: np.ndarray) -> float:
+    return float(np.polyfit(np.log(etas), np.log(errs), 1)[0])
+
+
+def _order(etas: np.ndarray, diffs: list[np.ndarray], errs: np.ndarray, level: float, n_boot: int,
+           rng: np.random.Generator) -> tuple[float, tuple[float, float]]:
+    """Least-squares slope and its percentile-bootstrap interval over the replicate batches."""
+    a = _slope(etas, errs)
+    boots = np.empty((n_boot, len(etas)))
+    for i, d in enumerate(diffs):
+        R = d.shape[0]
+        flat = d[:, 1:].reshape(R, -1)
+        idx = rng.integers(0, R, size=(n_boot, R))
+        W = np.zeros((n_boot, R))
+        np.add.at(W, (np.repeat(np.arange(n_boot), R), idx.ravel()), 1.0)
+        boots[:, i] = np.max(np.abs(W @ flat / R), axis=1)
+    boots = np.maximum(boots, 1e-300)
+    X = np.log(etas) - np.log(etas).mean()
+    slopes = (np.log(boots) - np.log(boots).mean(1, keepdims=True)) @ X / (X @ X)
+    alpha = 1 - level
+    lo, hi = np.quantile(slopes, [alpha / 2, 1 - alpha / 2])
+    return a, (float(lo), float(hi))
+
+
+# ------------------------------------------------------------------------------------------------
+# setup
+# ------------------------------------------------------------------------------------------------
+
+
+def _problem(problem) -> Problem:
+    if isinstance(problem, Problem):
+        return problem
+    if isinstance(problem, str):
+        from .problems import get
+
+        return get(problem)
+    raise ValidationError(f"problem must be a sdederive.problems.Problem or a built-in name; got "
+                          f"{type(problem).__name__}")
+
+
+def _derive_sde(opt, problem: Problem, sde, regime) -> SDE:
+    if sde is None:
+        noise = sd.StudentT(nu=problem.nu) if problem.noise == "student-t" else "gaussian"
+        return sd.derive(opt, noise, regime)
+    if not isinstance(sde, SDE):
+        raise ValidationError(f"sde must be a sdederive.SDE (from sd.derive); got {type(sde).__name__}")
+    if sde.optimizer != opt.name:
+        raise ValidationError(f"incompatible optimizer/SDE pair: the SDE was derived for {sde.optimizer!r} but the "
+                              f"optimizer is {opt.name!r}; allowed: an SDE of {opt.name!r} (sd.derive({opt.name!r}))")
+    if regime is not None and regime != sde.regime:
+        raise ValidationError(f"regime={regime!r} differs from the SDE's regime {sde.regime!r}; allowed: "
+                              f"{sde.regime!r} or None")
+    return sde
+
+
+def _compile_pair(opt, problem, sde: SDE, backend: str, scheme: str):
+    if scheme not in _SCHEMES:
+        raise ValidationError(f"scheme={scheme!r} is invalid; allowed: {', '.join(_SCHEMES)}")
+    disc = sd.compile(opt, problem, backend=backend, regime=sde.regime)
+    if sp.simplify(sp.sympify(disc.tau_expr) - sp.sympify(sde.tau)) != 0:
+        raise ValidationError(f"incompatible optimizer/SDE pair: the SDE's time per step is tau = {sde.tau} but "
+                              f"{opt.name}'s regime {sde.regime!r} has tau = {disc.tau_expr}")
+    if scheme == "auto":
+        try:
+            sde_sim = sd.compile(sde, problem, backend=backend, scheme="weak2")
+            used = "weak2"
+        except sd.SdederiveError as e:
+            if "weak2" not in str(e):
+                raise
+            sde_sim = sd.compile(sde, problem, backend=backend, scheme="euler")
+            used = "euler"
+    else:
+        sde_sim = sd.compile(sde, problem, backend=backend, scheme=scheme)
+        used = scheme
+    return disc, sde_sim, used
+
+
+def _check_outputs(opt, disc, sde_sim) -> None:
+    dout, sout = disc.spec.outputs, sde_sim.spec.outputs
+    extra = [s for s in sout if s not in dout]
+    if extra or not sout or sout[0] != dout[0]:
+        raise ValidationError(f"incompatible optimizer/SDE pair: the SDE reports states {list(sout)} but "
+                              f"{opt.name} has states {list(dout)}")
+
+
+def _coupling(disc_sim, sde_sim, eta: float, hyper: dict, seed: int, n_seeds: int = 8) -> float:
+    """Correlation, across seeds and coordinates, of the states after the SDE's first step in the
+    discrete and the SDE run of the same seed (one path each; differences between seeds remove the
+    means), for the state where it is strongest (``x`` of Adam barely moves in one step, ``m`` does).
+    Near +1: coupled; near -1: coupled with the opposite sign of the noise; near 0: independent."""
+    k0, _ = sde_sim.initial_state(sde_sim.resolve_hyper(eta, hyper))
+    names = [o for o in disc_sim.spec.outputs if o in sde_sim.spec.outputs]
+    xs: dict = {("d", o): [] for o in names} | {("s", o): [] for o in names}
+    for j in range(n_seeds):
+        s = _seed(seed, 2, 0, j)
+        for key, sim in (("d", disc_sim), ("s", sde_sim)):
+            res = sim.run(paths=1, steps=k0 + 1, eta=eta, hyper=hyper, seed=s, save_every=1)
+            for o in names:
+                xs[key, o].append(np.asarray(res.mean[o][-1], float))
+    best = 0.0
+    for o in names:
+        a = np.diff(np.array(xs["d", o]), axis=0).ravel()
+        b = np.diff(np.array(xs["s", o]), axis=0).ravel()
+        den = math.sqrt(float(a @ a) * float(b @ b))
+        rho = float(a @ b) / den if den > 0 and np.all(np.isfinite([a @ b, den])) else 0.0
+        if abs(rho) > abs(best):
+            best = rho
+    return best
+
+
+def _flip_first_noise(sde: SDE) -> SDE:
+    """The same SDE in law with the first Brownian motion negated (``W -> -W``): column 0 of ``D``
+    changes sign, ``D D^T`` does not."""
+    D = sp.Matrix(sde.diffusion_matrix)
+    D[:, 0] = -D[:, 0]
+    return replace(sde, diffusion_matrix=D)
+
+
+# ------------------------------------------------------------------------------------------------
+# entry points
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Case:
+    """Everything one step size needs: its problem, hyperparameters, compiled pair and grid."""
+
+    eta: float
+    tau: float
+    problem: Problem
+    hyper: dict
+    disc: object
+    sde: object
+    save: int
+    steps: int
+
+
+def _hyper_at(hyper, eta: float) -> dict:
+    h = hyper(eta) if callable(hyper) else hyper
+    if h is not None and not isinstance(h, Mapping):
+        raise ValidationError(f"hyper must be a mapping (or a function of eta returning one); got {h!r}")
+    out = {}
+    for k, v in dict(h or {}).items():
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError):
+            raise ValidationError(f"hyperparameter {k}={v!r} is not a number") from None
+    if "eta" in out:
+        raise ValidationError("hyper must not contain 'eta'; give the step sizes as etas=[...]")
+    return out
+
+
+def compare(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), paths: int = 20_000,
+            horizon: float = 2.0, observables: Sequence[str] | str = ("loss",), hyper=None,
+            sde: SDE | None = None, regime: str | None = None, seed: int = 0, replicates: int = 10,
+            tol: float | Mapping | None = None, backend: str = "numba", n_points: int = 20, progress: bool = False,
+            *, expected_order: float | None = None, order_tol: float = 0.3, scheme: str = "auto",
+            substeps: int = 1, level: float = 0.95, simultaneous: bool = True, n_boot: int = 2000,
+            pilot: bool = True) -> Comparison:
+    """Run the discrete optimizer and its SDE to ``horizon`` (continuous time) at each ``eta`` and
+    measure the weak error of each observable (see the module docstring for the statistics).
+
+    Parameters
+    ----------
+    optimizer: built-in name or :class:`sdederive.Optimizer`.
+    problem: a :class:`sdederive.problems.Problem`, a built-in name (:mod:`validators.problems`), or a
+        function ``eta -> Problem`` (to hold a scaled quantity fixed, e.g. ``sigma = sigma0/eta`` in the
+        noise-dominated regime).
+    etas: distinct step sizes > 0 whose taus are in integer ratios (a common time grid).
+    paths: total paths per eta and per mode, split into ``replicates`` batches.
+    horizon: continuous time ``T``; every run takes ``T/tau`` steps.
+    observables: ``"loss"``, ``"sqnorm"`` (``|x|^2``), a state (``"x"``, ``"m"``, ``"v"``: every coordinate)
+        or one coordinate (``"x[0]"``).
+    hyper: discrete hyperparameters other than ``eta`` (``{"beta1": 0.9}``), or a function ``eta -> dict``
+        (``lambda eta: {"beta": 1 - 2*eta**2}`` holds ``c = (1 - beta)/eta**2`` fixed).
+    sde: the SDE to test (default ``sd.derive(optimizer, regime=regime)`` with the problem's noise family).
+    regime: the regime to derive in (default the optimizer's natural one).
+    seed: base seed; batch seeds are derived from it (same seed, same numbers).
+    replicates: number of independent batches ``R`` (>= 2; 10 or more for useful intervals).
+    tol: pass/fail threshold on the weak error (a number, or ``{observable: number}``).
+    n_points: about this many grid times (snapshots) in ``(0, T]``.
+    progress: print a line per eta and replicate on stderr.
+    expected_order, order_tol: also require ``|order - expected_order| <= order_tol``.
+    scheme: SDE integrator: ``"auto"`` (weak order 2 where possible), ``"euler"`` or ``"weak2"``.
+    substeps: SDE integrator steps per optimizer step (> 1 loses the coupling).
+    level: confidence level of every interval.
+    simultaneous: Bonferroni over the grid (default) or pointwise intervals.
+    n_boot: bootstrap resamples for the order interval.
+    pilot: with ``tol``, check first that ``paths`` suffices (else :class:`ValidationError`).
+    """
+    t_all = time.perf_counter()
+    opt = opt_mod.get(optimizer)
+    etas_a = _check_etas(etas)
+    paths = _check_int("paths", paths, 2)
+    R = _check_int("replicates", replicates, 2)
+    n_points = _check_int("n_points", n_points, 1)
+    substeps = _check_int("substeps", substeps, 1)
+    n_boot = _check_int("n_boot", n_boot, 10)
+    seed = _check_int("seed", seed, 0)
+    try:
+        horizon = float(horizon)
+    except (TypeError, ValueError):
+        raise ValidationError(f"horizon={horizon!r} is invalid; allowed: a number > 0") from None
+    if not math.isfinite(horizon) or horizon <= 0:
+        raise ValidationError(f"horizon={horizon!r} is invalid; allowed: a finite number > 0")
+    if not 0 < float(level) < 1:
+        raise ValidationError(f"level={level!r} is invalid; allowed: 0 < level < 1")
+    if expected_order is not None and (not math.isfinite(float(expected_order)) or order_tol is None
+                                       or not float(order_tol) > 0):
+        raise ValidationError(f"expected_order={expected_order!r} / order_tol={order_tol!r} are invalid; allowed: a "
+                              "finite order and order_tol > 0")
+    if expected_order is not None and len(etas_a) < 2:
+        raise ValidationError(f"a weak order needs at least 2 etas; got etas={etas_a.tolist()}")
+    n = paths // R
+    if n < 2:
+        raise ValidationError(f"paths={paths} is too few for replicates={R}: each batch needs at least 2 paths; "
+                              f"allowed: paths >= {2 * R}")
+    if isinstance(observables, str):
+        observables = (observables,)
+    observables = tuple(observables)
+    if not observables:
+        raise ValidationError("observables=() is empty; allowed: one or more of loss, sqnorm, x, ...")
+    if len(set(observables)) != len(observables):
+        raise ValidationError(f"observables={list(observables)} has duplicates")
+    tol_d = _check_tol(tol, observables)
+    hypers = [_hyper_at(hyper, float(e)) for e in etas_a]
+    problems = [_problem(problem(float(e)) if callable(problem) else problem) for e in etas_a]
+    prob0 = problems[0]
+
+    sde_obj = _derive_sde(opt, prob0, sde, regime)
+    disc0, sde0, used = _compile_pair(opt, prob0, sde_obj, backend, scheme)
+    _check_outputs(opt, disc0, sde0)
+    obs_keys = {o: _parse_observable(o, disc0.spec.outputs, prob0.d) for o in observables}
+    for o, (key, _) in obs_keys.items():
+        if key not in ("loss", "sqnorm") and key not in sde0.spec.outputs:
+            raise ValidationError(f"observable {o!r}: the SDE has no state {key!r}; valid observables: "
+                                  f"{', '.join(_valid_observables(sde0.spec.outputs, prob0.d))}")
+    tau_f = sp.lambdify(_ETA, sp.sympify(sde_obj.tau), "math")
+    taus = np.array([float(tau_f(e)) for e in etas_a])
+    dt, q, save, grid_note = _grid(etas_a, taus, horizon, n_points)
+
+    notes = []
+    if grid_note:
+        notes.append(grid_note)
+    if paths % R:
+        notes.append(f"{R * n} of the {paths} paths used ({R} batches of {n})")
+    if isinstance(prob0, LogisticRegression) or prob0.noise == "student-t" or substeps > 1:
+        why = ("the discrete optimizer samples minibatches, the SDE Gaussian noise" if isinstance(
+            prob0, LogisticRegression) else "Student-t gradient noise vs Gaussian SDE noise"
+            if prob0.noise == "student-t" else "substeps > 1 draw other Gaussians")
+        notes.append(f"discrete and SDE runs are not coupled ({why})")
+    else:
+        disc0.resolve_hyper(float(etas_a[0]), hypers[0])
+        rho = _coupling(disc0, sde0, float(etas_a[0]), hypers[0], seed)
+        if rho < -0.3:
+            # The kernels feed the same z to g = grad + sigma*z and to dW = sqrt(tau)*z, but the derived
+            # diffusion's sign convention may pair the SDE's noise with -z: negate W (same law).
+            sde_obj = _flip_first_noise(sde_obj)
+            sde0 = sd.compile(sde_obj, prob0, backend=backend, scheme=used)
+            rho2 = _coupling(disc0, sde0, float(etas_a[0]), hypers[0], seed)
+            notes.append(f"the SDE's first Brownian motion was negated (W -> -W, same law) so that the paths of "
+                         f"one seed are positively coupled (first-step correlation {rho:.2f} -> {rho2:.2f})")
+        elif rho > 0.3:
+            notes.append(f"discrete and SDE runs of a batch share their Gaussians (coupled; first-step correlation "
+                         f"{rho:.2f})")
+        else:
+            notes.append(f"discrete and SDE runs are weakly coupled (first-step correlation {rho:.2f})")
+    if used == "euler" and scheme == "auto":
+        notes.append("SDE integrated by Euler-Maruyama with dt = tau (the weak order-2 scheme needs one "
+                     "uncorrelated noise source); its own O(tau) error is part of the measured difference (for SGD, "
+                     "Euler-Maruyama with dt = eta is SGD itself); substeps=k refines it but uncouples the runs")
+    notes.extend(sde0.spec.notes)
+
+    cases = []
+    for i, e in enumerate(etas_a):
+        pr = problems[i]
+        if pr is prob0:
+            dsim, ssim = disc0, sde0
+        else:
+            if pr.d != prob0.d or pr.kind != prob0.kind:
+                raise ValidationError(f"problem(eta) must keep its kind and dimension across etas; got {pr.kind} "
+                                      f"d={pr.d} at eta={e:g} but {prob0.kind} d={prob0.d} at eta={etas_a[0]:g}")
+            dsim = sd.compile(opt, pr, backend=backend, regime=sde_obj.regime)
+            ssim = sd.compile(sde_obj, pr, backend=backend, scheme=used)
+        dsim.resolve_hyper(float(e), hypers[i])  # names and ranges, before any run
+        ssim.resolve_hyper(float(e), hypers[i])
+        cases.append(_Case(float(e), float(taus[i]), pr, hypers[i], dsim, ssim, save[i], q * save[i]))
+
+    def say(msg: str) -> None:
+        if progress:
+            sys.stderr.write(f"[compare] {msg}\n")
+            sys.stderr.flush()
+
+    if tol_d is not None and pilot:
+        _pilot_check(cases, obs_keys, tol_d, q, paths, R, seed, substeps, level, simultaneous, say)
+
+    stats: dict = {o: [] for o in observables}
+    diffs: dict = {o: [] for o in observables}
+    t_run = time.perf_counter()
+    for i, c in enumerate(cases):
+        say(f"eta={c.eta:g} ({i + 1}/{len(cases)}): {c.steps} steps, {R} batches of {n} paths")
+        seeds = [_seed(seed, 0, i, r) for r in range(R)]
+        arrs = _batches(c, obs_keys, n, seeds, substeps, say if progress else None)
+        for o in observables:
+            dd, ds = arrs[o]
+            stats[o].append(_diff_stats(dd, ds, level, simultaneous))
+            diffs[o].append(dd - ds)
+    t_run = time.perf_counter() - t_run
+
+    rng = np.random.default_rng([seed, 7])
+    out: dict = {k: {} for k in ("weak_error", "interval", "ci", "resolution", "resolved", "t_star", "order",
+                                 "order_ci", "curves", "plot_coord")}
+    t_grid = np.arange(q + 1) * dt
+    for o in observables:
+        st = stats[o]
+        err = np.array([s["err"] for s in st])
+        res = np.array([s["resolved"] for s in st])
+        out["weak_error"][o] = err
+        out["interval"][o] = np.array([[s["lo"], s["hi"]] for s in st])
+        out["ci"][o] = out["interval"][o][:, 1] - err
+        out["resolution"][o] = np.array([s["resolution"] for s in st])
+        out["resolved"][o] = res
+        out["t_star"][o] = np.array([t_grid[s["t_index"]] for s in st])
+        out["plot_coord"][o] = st[int(np.argmax(err))]["coord"]
+        out["curves"][o] = [{k: s[k] for k in ("disc_mean", "disc_ci", "sde_mean", "sde_ci", "diff", "diff_ci")}
+                            for s in st]
+        if res.sum() >= 2:
+            a, ci = _order(etas_a[res], [diffs[o][i] for i in np.flatnonzero(res)], err[res], level, n_boot, rng)
+        else:
+            a, ci = float("nan"), (float("nan"), float("nan"))
+        out["order"][o] = a
+        out["order_ci"][o] = ci
+
+    return Comparison(
+        optimizer=opt.name, sde_name=sde_obj.optimizer, noise=sde_obj.noise, regime=sde_obj.regime,
+        tau=str(sde_obj.tau), scheme=used, substeps=substeps, problem=prob0.kind, d=prob0.d, etas=etas_a,
+        taus=taus, t=t_grid, horizon=horizon, paths=paths, replicates=R, paths_per_batch=n, level=float(level),
+        simultaneous=bool(simultaneous), observables=observables, hyper=hypers, seed=seed, tol=tol_d,
+        expected_order=None if expected_order is None else float(expected_order),
+        order_tol=None if expected_order is None else float(order_tol), notes=tuple(notes),
+        timing={"run_s": t_run, "total_s": time.perf_counter() - t_all}, **out,
+    )
+
+
+def _pilot_check(cases, obs_keys, tol_d, q, paths, R, seed, substeps, level, simultaneous, say) -> None:
+    """Estimate from a pilot the paths needed for ``max_t h(t) <= tol/2`` and refuse too few."""
+    n_p = max(2, min(paths // R, max(20, paths // (10 * R))))
+    need: dict = {}
+    for i, c in enumerate(cases):
+        say(f"pilot eta={c.eta:g}: {R} batches of {n_p} paths")
+        seeds = [_seed(seed, 1, i, r) for r in range(R)]
+        arrs = _batches(c, obs_keys, n_p, seeds, substeps)
+        for o, tol in tol_d.items():
+            dd, ds = arrs[o]
+            st = _diff_stats(dd, ds, level, simultaneous)
+            qq = _quantile(level, R, q * dd.shape[2], simultaneous)
+            sig = float(np.max(st["sd_path"][1:])) * math.sqrt(n_p)  # per-path sd of the difference
+            n_tot = math.ceil((2 * qq * sig / tol) ** 2)
+            if n_tot > need.get(o, (0, 0.0))[0]:
+                need[o] = (n_tot, c.eta)
+    if not need:
+        return
+    o, (n_tot, eta) = max(need.items(), key=lambda kv: kv[1][0])
+    if n_tot > paths:
+        raise ValidationError(
+            f"paths={paths} is too few to resolve tol={tol_d[o]:g} for {o}: a pilot run estimates that about "
+            f"{n_tot} paths are needed at eta={eta:g} for a {level:.0%} CI half width below tol/2 = {tol_d[o] / 2:g}; "
+            f"pass paths >= {n_tot} (or a larger tol)")
+
+
+def weak_order(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), **kw) -> Comparison:
+    """:func:`compare` over at least two step sizes; the fitted weak order is ``result.order[obs]``
+    (least-squares slope of log weak error against log eta over the resolved step sizes) with its
+    bootstrap interval ``result.order_ci[obs]``."""
+    etas_a = _check_etas(etas)
+    if len(etas_a) < 2:
+        raise ValidationError(f"a weak order needs at least 2 etas; got etas={etas_a.tolist()}")
+    return compare(optimizer, problem, etas_a.tolist(), **kw)

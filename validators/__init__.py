@@ -10,10 +10,13 @@ honest confidence intervals, and its order in ``eta`` (:class:`Comparison`: tabl
 atomic reports).  :mod:`validators.testing` turns them into assertions for a test suite
 (:func:`assert_weak_order`, :func:`assert_sde_matches`); :mod:`validators.problems` has ready-made
 problems (breast-cancer logistic regression, quadratics); :mod:`validators.cli` the
-``sdederive validate`` command.
+``sdederive validate`` command.  :mod:`validators.checks` holds the papers' predictions as checks
+(square-root rule, SignSGD vs SGD, heavy tails, RMSpropW under noise, Adagrad vs SGD at a fixed
+sample budget, optimal learning rate vs batch size), each returning a ``CheckResult`` with figures
+and pass/fail.
 """
 
-from . import problems, testing
+from . import checks, problems, testing
 from .compare import Comparison, compare, weak_order
 from .errors import ValidationError
 from .onestep import OneStepResult, onestep_check
@@ -21,5 +24,5 @@ from .testing import assert_sde_matches, assert_weak_order
 
 __all__ = [
     "onestep_check", "OneStepResult", "compare", "weak_order", "Comparison", "ValidationError",
-    "assert_weak_order", "assert_sde_matches", "problems", "testing",
+    "assert_weak_order", "assert_sde_matches", "problems", "testing", "checks",
 ]

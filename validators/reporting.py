@@ -62,7 +62,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def json_ready(obj):
-    """Arrays to lists, numpy scalars to Python numbers, NaN/inf to ``None`` (strict JSON)."""
+    """Arrays to lists, numpy scalars to Python numbers, NaN/inf to ``None`` (strict JSON), sympy
+    expressions to their text."""
     if isinstance(obj, dict):
         return {str(k): json_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -76,6 +77,8 @@ def json_ready(obj):
     if isinstance(obj, (float, np.floating)):
         f = float(obj)
         return f if math.isfinite(f) else None
+    if hasattr(obj, "free_symbols") and hasattr(obj, "atoms"):  # a sympy expression: its text
+        return str(obj)
     return obj
 
 

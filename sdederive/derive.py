@@ -48,6 +48,8 @@ _grad, _hess, _sigma, _sigma0 = sym("grad"), sym("hess"), sym("sigma"), sym("sig
 def derive(optimizer="adam", noise="gaussian", regime=None, order: int = 1, **noise_params) -> SDE:
     """Derive the SDE of ``optimizer`` under ``noise`` in ``regime``.
 
+    Results are cached: deriving the same (optimizer, noise, regime, order) again is free.
+
     Parameters
     ----------
     optimizer: a built-in name (``sdederive.optimizers.names()``) or an :class:`~sdederive.Optimizer`.
@@ -55,8 +57,6 @@ def derive(optimizer="adam", noise="gaussian", regime=None, order: int = 1, **no
         ``noise_params`` (``nu=3``, ``sigma=...``, ``Sigma=...``) are passed to its constructor.
     regime: a regime name or :class:`~sdederive.regimes.Regime`; default: the optimizer's natural one.
     order: 1 (leading order) or 2 (stochastic modified equation of order 2; needs ``tau = eta``).
-
-    Results are cached: deriving the same (optimizer, noise, regime, order) again is free.
     """
     opt = opt_mod.get(optimizer)
     nm = noise_mod.get(noise, **noise_params)

@@ -15,8 +15,22 @@ __all__ = [
 ]
 
 
+#: the page that explains the common mistakes; an error class with a ``doc`` anchor points to it
+TROUBLESHOOTING = "docs/troubleshooting.md"
+
+
 class SdederiveError(ValueError):
-    """Base class of every error this package raises for bad input."""
+    """Base class of every error this package raises for bad input.
+
+    Subclasses for the common mistakes set ``doc`` to an anchor of ``docs/troubleshooting.md``;
+    the message then ends with a pointer to that section.
+    """
+
+    doc: str = ""
+
+    def __str__(self) -> str:
+        msg = super().__str__()
+        return f"{msg} (see {TROUBLESHOOTING}#{self.doc})" if self.doc else msg
 
 
 class UnknownNameError(SdederiveError, KeyError):
@@ -31,7 +45,9 @@ class UnknownNameError(SdederiveError, KeyError):
 
 
 class HyperparameterError(SdederiveError):
-    """A hyperparameter value outside its allowed range."""
+    """A hyperparameter that is missing or outside its allowed range."""
+
+    doc = "missing-or-invalid-hyperparameter"
 
 
 class SpecError(SdederiveError):
@@ -46,9 +62,13 @@ class RegimeMismatchError(SdederiveError):
     """The optimizer has no limit in the requested regime (a drift or diffusion diverges, a state
     moves O(1) per step and cannot be eliminated, ...)."""
 
+    doc = "wrong-regime"
+
 
 class ExpectationError(SdederiveError):
     """The update contains a function of the noise whose expectation has no registered rule."""
+
+    doc = "unsupported-nonlinearity"
 
 
 class ScalingRuleError(SdederiveError):
@@ -58,6 +78,8 @@ class ScalingRuleError(SdederiveError):
 class DivergenceError(SdederiveError):
     """A simulated path became non-finite.  ``path`` and ``step`` name the first one (smallest path
     index); ``result`` holds what was computed up to the chunk in which it happened."""
+
+    doc = "divergence"
 
     def __init__(self, message: str, path: int, step: int, n_diverged: int, result=None) -> None:
         super().__init__(message)

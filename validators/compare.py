@@ -98,7 +98,7 @@ from sdederive.sde import SDE
 from sdederive.symbols import sym
 
 from . import reporting
-from .errors import ValidationError
+from .errors import TooFewPathsError, ValidationError
 
 __all__ = ["compare", "weak_order", "Comparison"]
 
@@ -883,7 +883,7 @@ def _pilot_check(cases, obs_keys, tol_d, q, paths, R, seed, substeps, level, sim
         return
     o, (n_tot, eta) = max(need.items(), key=lambda kv: kv[1][0])
     if n_tot > paths:
-        raise ValidationError(
+        raise TooFewPathsError(
             f"paths={paths} is too few to resolve tol={tol_d[o]:g} for {o}: a pilot run estimates that about "
             f"{n_tot} paths are needed at eta={eta:g} for a {level:.0%} CI half width below tol/2 = {tol_d[o] / 2:g}; "
             f"pass paths >= {n_tot} (or a larger tol)")

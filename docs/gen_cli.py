@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sdederive.cli import main
 
-COMMANDS = ["list", "derive", "scaling-rule", "stationary", "simulate", "rate", "optimal-lr", "validate", "tour"]
+COMMANDS = ["list", "derive", "scaling-rule", "stationary", "simulate", "rate", "optimal-lr", "validate", "sweep", "tour"]
 OUT = Path(__file__).with_name("cli.md")
 
 INTRO = """\

@@ -453,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     from validators.cli import add_validate_parser  # the validators package ships with sdederive
 
     add_validate_parser(sub)
+    from .sweep.cli import add_sweep_parser
+
+    add_sweep_parser(sub)
 
     p = sub.add_parser(
         "tour", help="a short demo: a few SDEs, a scaling rule, stationary losses", formatter_class=_Formatter,
@@ -477,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     if getattr(args, "func", None) is None:
         parser.print_usage(sys.stderr)
-        print(f"{PROG}: error: a command is required: list, derive, scaling-rule, stationary, simulate, rate, optimal-lr, validate, tour", file=sys.stderr)
+        print(f"{PROG}: error: a command is required: list, derive, scaling-rule, stationary, simulate, rate, optimal-lr, validate, sweep, tour", file=sys.stderr)
         return 2
     try:
         return args.func(args, sys.stdout)

@@ -1,0 +1,12 @@
+"""Sweeps: grids of simulations (optimizer x learning rate x batch size x seed ...) on any
+``concurrent.futures.Executor`` (a local process pool, or a Dask cluster through
+``client.get_executor()``), stored as Parquet with resume, and analysed (optimal learning rate per
+batch size with a bootstrap band, McCandlish and surge fits)."""
+
+from .analysis import Optimum, SweepResult
+from .grid import Grid, cell_id
+from .runner import run, run_cell, with_batch
+from .store import compact, done_ids, load
+
+__all__ = ["Grid", "cell_id", "run", "run_cell", "with_batch", "SweepResult", "Optimum", "load", "done_ids",
+           "compact"]

@@ -1,0 +1,126 @@
+"""``sdederive sweep grid.toml --out results/ [--scheduler tcp://host:8786] [--resume] [--workers N]``.
+
+The TOML file::
+
+    steps = 1                    # per cell
+    paths = 2000
+    mode = "discrete"            # or "sde"
+
+    [problem]                    # a problem JSON/TOML table (sdederive.problems.from_dict),
+    preset = "surge"             # or the preset of Li et al.'s experiment: H = (1-rho) I + rho 11^T,
+    d = 20                       # gradient c*1 at the start, per-example noise sigma_i = 1
+    rho = 0.5
+    c = 0.04
+
+    [grid]                       # axes; {geomspace = [lo, hi, n]}, {pow2 = [lo, hi]}, {range = [a, b]}
+    optimizer = ["signsgd"]
+    eta = {geomspace = [6e-4, 2e-2, 16]}
+    B = {pow2 = [4, 4096]}
+    seed = {range = [0, 3]}
+
+    [analysis]                   # optional: optimal eta per B, with a fit and a plot
+    param = "eta"
+    by = "B"
+    fit = "surge"                # or "mccandlish"
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ..errors import SdederiveError
+
+__all__ = ["add_sweep_parser", "run_sweep", "surge_problem"]
+
+
+def surge_problem(d: int = 100, rho: float = 0.5, c: float = 0.02):
+    """Li et al.'s §5B set-up: ``H = (1-rho) I + rho 11^T``, start where the gradient is ``c*1``,
+    per-example noise ``sigma_i = 1`` (a sweep's ``B`` axis divides it by ``sqrt(B)``)."""
+    from ..problems import Quadratic
+
+    H = (1 - rho) * np.eye(d) + rho * np.ones((d, d))
+    return Quadratic(H=H, sigma=np.ones(d), x0=np.linalg.solve(H, c * np.ones(d)))
+
+
+def _load(path: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise SdederiveError(f"sweep file {path!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SdederiveError(f"sweep file {path!r} is not valid TOML: {e}") from None
+
+
+def add_sweep_parser(sub) -> None:
+    from ..cli import _examples, _Formatter
+
+    p = sub.add_parser(
+        "sweep", help="run a grid of simulations (optimizer x eta x batch size x seed) and analyse it",
+        formatter_class=_Formatter,
+        description="Run every cell of the grid in a TOML file on a local process pool or a Dask cluster "
+        "(--scheduler), writing one Parquet row per finished cell to --out; --resume skips finished cells. "
+        "With an [analysis] table, prints the optimal eta per batch size with a bootstrap band, fits the "
+        "surge or McCandlish curve and writes optimal.png.",
+        epilog=_examples("sdederive sweep grid.toml --out results/", "sdederive sweep grid.toml --out results/ --resume",
+                         "sdederive sweep grid.toml --out results/ --scheduler tcp://127.0.0.1:8786"),
+    )
+    p.add_argument("file", metavar="GRID.toml", help="sweep description (see `sdederive sweep --help` and docs)")
+    p.add_argument("--out", required=True, metavar="DIR", help="results directory (Parquet)")
+    p.add_argument("--resume", action="store_true", help="skip the cells already in --out")
+    p.add_argument("--scheduler", default=None, metavar="ADDR", help="a Dask scheduler address (tcp://host:port)")
+    p.add_argument("--workers", type=int, default=None, help="local processes (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=run_sweep)
+
+
+def run_sweep(args, out=sys.stdout) -> int:
+    from ..problems import from_dict
+    from .grid import Grid
+    from .runner import run
+
+    spec = _load(args.file)
+    unknown = sorted(set(spec) - {"steps", "paths", "mode", "problem", "grid", "analysis"})
+    if unknown:
+        raise SdederiveError(f"unknown key(s) {unknown} in {args.file}; allowed: steps, paths, mode, problem, grid, "
+                             "analysis")
+    if "grid" not in spec:
+        raise SdederiveError(f"{args.file} has no [grid] table")
+    pspec = dict(spec.get("problem", {"preset": "surge"}))
+    if pspec.pop("preset", None) == "surge":
+        problem = surge_problem(**pspec)
+    else:
+        problem = from_dict(pspec)
+    grid = Grid.from_dict(spec["grid"])
+    executor, client = None, None
+    if args.scheduler:
+        from distributed import Client
+
+        client = Client(args.scheduler)
+        executor = client.get_executor()
+    try:
+        res = run(grid, problem, steps=int(spec.get("steps", 1000)), paths=int(spec.get("paths", 1000)),
+                  executor=executor, out=args.out, resume=args.resume, mode=spec.get("mode", "discrete"),
+                  max_workers=args.workers, progress=not args.quiet)
+    finally:
+        if client is not None:
+            client.close()
+    print(f"{len(res)} cells in {args.out} ({res.wall:.1f} s this run)", file=out)
+    an = spec.get("analysis")
+    if an:
+        opt = res.optimal(an.get("param", "eta"), by=an.get("by", "B"), metric=an.get("metric", "final_loss"))
+        print(opt.table(), file=out)
+        fit = an.get("fit")
+        if fit in ("surge", "mccandlish"):
+            f = opt.fit_surge() if fit == "surge" else opt.fit_mccandlish()
+            print(f"{fit} fit: B_noise = {f['B_noise']:.4g}, eps_max = {f['eps_max']:.4g}", file=out)
+        elif fit is not None:
+            raise SdederiveError(f"[analysis] fit={fit!r}; allowed: 'surge', 'mccandlish'")
+        print(f"plot: {opt.plot(f'{args.out}/optimal.png')}", file=out)
+    return 0

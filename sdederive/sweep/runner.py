@@ -1,0 +1,138 @@
+r"""Run a :class:`~sdederive.sweep.grid.Grid` on any ``concurrent.futures.Executor``.
+
+Each cell compiles (or reuses: kernels are cached on disk and in the worker process) the
+discrete optimizer or its SDE, rescales the problem's noise to the cell's batch size
+(:math:`\sigma/\sqrt B`, :math:`\Sigma/B`; a real minibatch size for logistic regression), runs
+``paths`` paths for ``steps`` steps and returns one row.  The driver writes each row to disk as
+its future completes (:mod:`sdederive.sweep.store`), so a killed sweep keeps every finished cell
+and ``resume=True`` skips them.
+
+Executors: ``None`` is a local process pool (``spawn`` context, one single-threaded kernel per
+process); a Dask cluster is ``client.get_executor()`` (tested on a ``distributed.LocalCluster``);
+a GPU cell asks for ``backend="cupy"`` (one Dask worker per GPU, e.g. ``dask_cuda.LocalCUDACluster``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SdederiveError
+from ..problems import LogisticRegression, Problem, Quadratic
+from . import store
+from .grid import RESERVED, Grid
+
+__all__ = ["run", "run_cell", "with_batch"]
+
+
+def with_batch(problem: Problem, B: int | None) -> Problem:
+    """The problem at batch size ``B``: noise ``sigma/sqrt(B)`` (``Sigma/B``) on a quadratic (its
+    ``sigma`` is per example), the minibatch size ``B`` for logistic regression."""
+    if B is None:
+        return problem
+    if isinstance(problem, LogisticRegression):
+        return replace(problem, B=int(B))
+    if isinstance(problem, Quadratic):
+        if problem.Sigma is not None:
+            return Quadratic(h=problem.h, H=problem.H, Sigma=problem.Sigma / B, noise=problem.noise, nu=problem.nu,
+                             x0=problem.x0)
+        return Quadratic(h=problem.h, H=problem.H, sigma=problem.sigma / np.sqrt(B), noise=problem.noise,
+                         nu=problem.nu, x0=problem.x0)
+    raise SdederiveError(f"a batch-size axis needs a Quadratic or LogisticRegression problem, got "
+                         f"{type(problem).__name__}")
+
+
+def run_cell(cell: dict, problem: Problem, steps: int, paths: int, mode: str = "discrete",
+             threads: int = 1) -> dict:
+    """Simulate one cell and return its row (cell values, final loss and its standard error, the
+    fraction of diverged paths, timings)."""
+    import sdederive as sd
+
+    t0 = time.perf_counter()
+    name = cell.get("optimizer", "sgd")
+    mode = cell.get("mode", mode)
+    prob = with_batch(problem, cell.get("B"))
+    hyper = {k: v for k, v in cell.items() if k not in RESERVED and k != "cell_id"}
+    obj = sd.optimizers.get(name) if mode == "discrete" else sd.derive(name)
+    sim = sd.compile(obj, prob, backend=cell.get("backend", "numba"))
+    t1 = time.perf_counter()
+    res = sim.run(paths=paths, steps=steps, eta=float(cell["eta"]), hyper=hyper, seed=int(cell.get("seed", 0)),
+                  save_every=steps, threads=threads, mask_diverged=True)
+    t2 = time.perf_counter()
+    final = float(res.mean["loss"][-1]) if res.count[-1] > 0 else float("nan")
+    return {**cell, "mode": mode, "final_loss": final, "final_loss_se": float(res.se["loss"][-1]),
+            "initial_loss": float(res.mean["loss"][0]), "diverged_fraction": float(res.diverged) / paths,
+            "paths": int(paths), "steps": int(steps), "coord_steps": float(paths) * steps * prob.d,
+            "compile_s": t1 - t0, "sim_s": t2 - t1, "cell_s": time.perf_counter() - t0}
+
+
+def _progress(done: int, total: int, t0: float, skipped: int, stream=sys.stderr) -> None:
+    el = time.perf_counter() - t0
+    rate = done / el if el > 0 else 0.0
+    eta_s = (total - done) / rate if rate > 0 else float("inf")
+    stream.write(f"\r[sweep] {done + skipped}/{total + skipped} cells ({skipped} resumed), {rate:.2f} cells/s, "
+                 f"ETA {eta_s:.0f} s   ")
+    stream.flush()
+
+
+def run(grid: Grid, problem: Problem, steps: int = 1000, paths: int = 1000, *, executor: cf.Executor | None = None,
+        out: str | Path | None = None, resume: bool = False, mode: str = "discrete", threads_per_cell: int = 1,
+        max_workers: int | None = None, progress: bool = True):
+    """Run every cell of ``grid`` (see the module docstring); returns a :class:`SweepResult`.
+
+    ``out``: results directory (Parquet parts, then ``results.parquet``); ``resume``: skip the cells
+    already in ``out``; ``mode``: ``"discrete"`` (the optimizer) or ``"sde"``.
+    """
+    from .analysis import SweepResult
+
+    if not isinstance(grid, Grid):
+        raise SdederiveError(f"run() needs a sd.sweep.Grid, got {type(grid).__name__}")
+    if mode not in ("discrete", "sde"):
+        raise SdederiveError(f"mode={mode!r}; allowed: 'discrete', 'sde'")
+    if int(steps) < 1 or int(paths) < 1:
+        raise SdederiveError(f"steps={steps!r}, paths={paths!r}; allowed: integers >= 1")
+    if "eta" not in grid.axes:
+        raise SdederiveError("the grid has no 'eta' axis; every cell needs a learning rate")
+    if resume and out is None:
+        raise SdederiveError("resume=True needs out= (the directory of a previous run)")
+    cells = grid.cells()
+    skip = store.done_ids(out) if (resume and out is not None) else set()
+    if out is not None and not resume and store.done_ids(out):
+        raise SdederiveError(f"{out} already holds results; pass resume=True (CLI: --resume) to continue that sweep, "
+                             "or choose another directory")
+    todo = [c for c in cells if c["cell_id"] not in skip]
+    own = executor is None
+    if own:
+        executor = cf.ProcessPoolExecutor(max_workers=max_workers or os.cpu_count() or 1,
+                                          mp_context=mp.get_context("spawn"))
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    last = 0.0
+    try:
+        futs = {executor.submit(run_cell, c, problem, int(steps), int(paths), mode, threads_per_cell): c for c in todo}
+        for k, f in enumerate(cf.as_completed(futs), 1):
+            row = f.result()
+            if out is not None:
+                store.write_row(out, row)
+            rows.append(row)
+            if progress and (time.perf_counter() - last > 0.5 or k == len(todo)):
+                last = time.perf_counter()
+                _progress(k, len(todo), t0, len(skip))
+    finally:
+        if own:
+            executor.shutdown(wait=True, cancel_futures=True)
+    if progress:
+        sys.stderr.write("\n")
+    wall = time.perf_counter() - t0
+    if out is not None:
+        store.compact(out)
+        table = store.load(out)
+        return SweepResult(table.to_pylist(), wall=wall, out=Path(out))
+    return SweepResult(rows, wall=wall, out=None)

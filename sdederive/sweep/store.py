@@ -1,0 +1,81 @@
+"""Sweep results on disk: one Parquet part file per finished cell, written atomically.
+
+A part is written to a temporary name in the results directory and moved into place with
+``os.replace`` (atomic on POSIX), so a killed sweep leaves only complete parts: it loses at most the
+cells in flight, never a finished one, and never a half-written file.  ``--resume`` reads the
+``cell_id`` of the parts present and skips those cells.  :func:`load` reads the directory as one
+table (pyarrow); :func:`compact` merges the parts into ``results.parquet`` (atomically too) and
+removes them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["write_row", "done_ids", "load", "compact"]
+
+MERGED = "results.parquet"
+
+
+def _atomic_write_table(table: pa.Table, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_row(out: str | Path, row: dict) -> Path:
+    """Write one cell's row as ``part-<cell_id>.parquet`` (atomically)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"part-{row['cell_id']}.parquet"
+    _atomic_write_table(pa.Table.from_pylist([row]), path)
+    return path
+
+
+def _files(out: Path) -> list[Path]:
+    if not out.exists():
+        return []
+    parts = sorted(out.glob("part-*.parquet"))
+    merged = out / MERGED
+    return ([merged] if merged.exists() else []) + parts
+
+
+def done_ids(out: str | Path) -> set[str]:
+    """``cell_id`` of every finished cell in ``out``."""
+    ids: set[str] = set()
+    for f in _files(Path(out)):
+        ids.update(pq.read_table(f, columns=["cell_id"]).column("cell_id").to_pylist())
+    return ids
+
+
+def load(out: str | Path) -> pa.Table:
+    """All finished cells as one table (columns unified across parts)."""
+    files = _files(Path(out))
+    if not files:
+        return pa.table({})
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+
+
+def compact(out: str | Path) -> Path:
+    """Merge the parts into ``results.parquet`` and remove them (a crash in between only leaves
+    duplicates of finished cells, which :func:`load` callers drop by ``cell_id``)."""
+    out = Path(out)
+    table = load(out)
+    if table.num_rows:
+        ids = table.column("cell_id").to_pylist()
+        keep = sorted({c: i for i, c in enumerate(ids)}.values())
+        table = table.take(keep)
+    _atomic_write_table(table, out / MERGED)
+    for f in out.glob("part-*.parquet"):
+        f.unlink()
+    return out / MERGED

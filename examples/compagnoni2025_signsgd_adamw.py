@@ -17,11 +17,10 @@ Claims reproduced with the generated discrete optimizers against predictions der
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
+
+from _example import parse_args, write_json  # examples/_example.py, next to this script
 
 from validators import checks as C
 
@@ -29,11 +28,7 @@ NAME = "compagnoni2025_signsgd_adamw"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="reduced sizes (CI)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"), help="output directory")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
+    args, out = parse_args(__doc__, argv)
     t0 = time.perf_counter()
     q = args.quick
     results = {
@@ -63,10 +58,9 @@ def main(argv=None) -> int:
         print(f"== {label}")
         print(r)
         print()
-    out.mkdir(parents=True, exist_ok=True)
     png = C.plot_results(list(results.values()), out / f"{NAME}.png",
                          title="Compagnoni et al. 2025: SignSGD vs SGD, heavy tails, RMSpropW/AdamW", ncol=4)
-    (out / f"{NAME}.json").write_text(json.dumps({k: r.to_dict() for k, r in results.items()}, indent=1))
+    write_json(out / f"{NAME}.json", {k: r.to_dict() for k, r in results.items()})
     want = {k: "fails by design" not in k for k in results}
     summary = [{"claim": k, "passed": r.passed, "expected": want[k]} for k, r in results.items()]
     print(C.markdown_table(summary))

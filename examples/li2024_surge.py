@@ -17,13 +17,11 @@ numbers and antithetic pairs (``validators.checks.optimal_lr_vs_batch``).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _example import parse_args, write_json  # examples/_example.py, next to this script
 
 from validators import checks as C
 
@@ -31,11 +29,7 @@ NAME = "li2024_surge"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="reduced sizes (CI)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"), help="output directory")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
+    args, out = parse_args(__doc__, argv)
     t0 = time.perf_counter()
     if args.quick:
         kw = dict(d=20, c=(0.04, 0.02), batch_sizes=np.logspace(0, 4, 13), paths=1000, replicates=4, n_eps=3)
@@ -49,10 +43,8 @@ def main(argv=None) -> int:
         print(f"== {label}")
         print(r)
         print()
-    out.mkdir(parents=True, exist_ok=True)
     png = C.plot_results([surge], out / f"{NAME}.png", title="Li et al. 2024: surge of the optimal step of sign updates")
-    (out / f"{NAME}.json").write_text(json.dumps({"surge": surge.to_dict(), "wrong_formula": wrong.to_dict()},
-                                                 indent=1))
+    write_json(out / f"{NAME}.json", {"surge": surge.to_dict(), "wrong_formula": wrong.to_dict()})
     f = surge.figures
     cs = kw["c"]
     rows = []

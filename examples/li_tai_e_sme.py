@@ -15,13 +15,11 @@ weak order = log-log slope over eta).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _example import parse_args, write_json  # examples/_example.py, next to this script
 
 import sdederive as sd
 from validators import compare
@@ -31,11 +29,7 @@ NAME = "li_tai_e_sme"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="reduced sizes (CI)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"), help="output directory")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
+    args, out = parse_args(__doc__, argv)
     t0 = time.perf_counter()
     d = 10
     problem = sd.Quadratic(h=np.geomspace(0.1, 1.0, d), sigma=np.ones(d), x0=np.ones(d))
@@ -52,10 +46,8 @@ def main(argv=None) -> int:
         print(f"== order-{order} SME")
         print(comps[order])
         print()
-    out.mkdir(parents=True, exist_ok=True)
     pngs = [comps[o].plot(out / f"{NAME}_order{o}.png") for o in (1, 2)]
-    (out / f"{NAME}.json").write_text(json.dumps({f"order{o}": comps[o].to_dict(curves=False) for o in comps},
-                                                 indent=1, default=str))
+    write_json(out / f"{NAME}.json", {f"order{o}": comps[o].to_dict(curves=False) for o in comps}, default=str)
     rows = []
     for o, c in comps.items():
         for i, eta in enumerate(c.etas):

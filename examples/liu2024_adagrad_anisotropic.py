@@ -18,13 +18,11 @@ w*_i = +-U(0.5, 1.5); control w* = e_1.  The runs are the generated discrete SGD
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _example import parse_args, write_json  # examples/_example.py, next to this script
 
 from validators import checks as C
 
@@ -32,11 +30,7 @@ NAME = "liu2024_adagrad_anisotropic"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="reduced sizes (CI)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"), help="output directory")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
+    args, out = parse_args(__doc__, argv)
     t0 = time.perf_counter()
     if args.quick:
         kw = dict(d=32, budget=2**11, batch_sizes=(1, 16, 256), seeds=2,
@@ -45,10 +39,9 @@ def main(argv=None) -> int:
         kw = dict(d=128, budget=2**14, batch_sizes=(1, 4, 16, 64, 256, 1024, 4096), seeds=3)
     res = C.adagrad_vs_sgd_batch(**kw)
     print(res)
-    out.mkdir(parents=True, exist_ok=True)
     png = C.plot_results([res], out / f"{NAME}.png", ncol=2,
                          title="Liu, Pan & Zhang: AdaGrad vs SGD at a fixed sample budget")
-    (out / f"{NAME}.json").write_text(json.dumps(res.to_dict(), indent=1))
+    write_json(out / f"{NAME}.json", res.to_dict())
     f = res.figures
     print(f"\nnorms: |L|_1 = {f['|L|_1']:.3g}, |L|_inf = {f['|L|_inf']:.3g}, |sigma|_1 = {f['|sigma|_1']:.3g}, "
           f"|sigma|_2 = {f['|sigma|_2']:.3g}, D_inf = {f['D_inf']:.3g}, D_2 = {f['D_2']:.3g}; "

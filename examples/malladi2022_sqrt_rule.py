@@ -15,11 +15,10 @@ regression (full size only).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
+
+from _example import parse_args, write_json  # examples/_example.py, next to this script
 
 import sdederive as sd
 from validators import checks as C
@@ -28,11 +27,7 @@ NAME = "malladi2022_sqrt_rule"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="reduced sizes (CI)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"), help="output directory")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
+    args, out = parse_args(__doc__, argv)
     t0 = time.perf_counter()
     if args.quick:
         size = dict(kappas=(1, 4), paths=500, n_save=10)
@@ -60,10 +55,9 @@ def main(argv=None) -> int:
         print(f"== {label}")
         print(r)
         print()
-    out.mkdir(parents=True, exist_ok=True)
     png = C.plot_results(list(results.values()), out / f"{NAME}.png",
                          title="Malladi et al. 2022: square-root rule (Adam, RMSprop) vs linear rule")
-    (out / f"{NAME}.json").write_text(json.dumps({k: r.to_dict() for k, r in results.items()}, indent=1))
+    write_json(out / f"{NAME}.json", {k: r.to_dict() for k, r in results.items()})
 
     print("Summary (E[f] per epoch, max |L_kappa - L_1| / (3 SE + 0.1 L_1); <= 1 passes):")
     summary = [{"setting": k, "passed": r.passed, "worst dev/tol": r.figures["worst_dev_over_tol"],

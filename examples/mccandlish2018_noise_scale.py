@@ -18,14 +18,12 @@ m <- (1 - eps h) m, v <- (1 - eps h)^2 v + eps^2 s/B; no sampling), best eps per
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _example import parse_args, write_json  # examples/_example.py, next to this script
 
 from sdederive.batchsize import sgd_noise_scale
 from validators import checks as C
@@ -94,11 +92,7 @@ def tradeoff(Bs: np.ndarray, n_eps: int, d: int = 20, target: float = 0.02, max_
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="reduced sizes (CI)")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "out"), help="output directory")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
+    args, out = parse_args(__doc__, argv)
     t0 = time.perf_counter()
     q = args.quick
     one = C.optimal_lr_vs_batch("sgd", batch_sizes=np.logspace(0, 4, 5 if q else 17), paths=2000 if q else 20000,
@@ -112,10 +106,8 @@ def main(argv=None) -> int:
         print(f"== {label}")
         print(r)
         print()
-    out.mkdir(parents=True, exist_ok=True)
     png = C.plot_results([one, trade], out / f"{NAME}.png", title="McCandlish et al. 2018: noise scale", ncol=2)
-    (out / f"{NAME}.json").write_text(json.dumps({"one_step": one.to_dict(), "wrong_formula": wrong.to_dict(),
-                                                  "tradeoff": trade.to_dict()}, indent=1))
+    write_json(out / f"{NAME}.json", {"one_step": one.to_dict(), "wrong_formula": wrong.to_dict(), "tradeoff": trade.to_dict()})
     f = one.figures
     print(f"B_noise = {f['5A B_noise']:.4g}, eps_max = {f['5A eps_max']:.4g}; "
           f"B_crit = {trade.figures['B_crit']:.4g}, S_min = {trade.figures['S_min']:.4g}, "

@@ -137,15 +137,20 @@ def cmd_list(args, out) -> int:
     return 0
 
 
+def _show(args, out, obj, json_text) -> int:
+    """Print ``obj`` as JSON (``--json``: ``json_text()``), LaTeX (``--latex``) or text."""
+    if args.json:
+        print(json_text(), file=out)
+    elif getattr(args, "latex", False):
+        print(obj.latex(), file=out)
+    else:
+        print(obj, file=out)
+    return 0
+
+
 def cmd_derive(args, out) -> int:
     sde = _derive(args, args.order)
-    if args.json:
-        print(sde.to_json(), file=out)
-    elif args.latex:
-        print(sde.latex(), file=out)
-    else:
-        print(sde, file=out)
-    return 0
+    return _show(args, out, sde, sde.to_json)
 
 
 def cmd_scaling_rule(args, out) -> int:
@@ -303,13 +308,7 @@ def cmd_rate(args, out) -> int:
     A = _assumptions(args.assume)
     sde = _derive(args, 1)
     bound = rates.convex_bound(sde, A) if A.convex else rates.loss_bound(sde, A)
-    if args.json:
-        print(json.dumps(bound.to_dict(), indent=2), file=out)
-    elif args.latex:
-        print(bound.latex(), file=out)
-    else:
-        print(bound, file=out)
-    return 0
+    return _show(args, out, bound, lambda: _dump(bound.to_dict()))
 
 
 def cmd_optimal_lr(args, out) -> int:
@@ -317,13 +316,7 @@ def cmd_optimal_lr(args, out) -> int:
 
     kw = {"nu": args.nu} if args.nu is not None else {}
     res = optimal_lr(args.direction, noise=args.noise, **kw)
-    if args.json:
-        print(json.dumps(res.to_dict(), indent=2), file=out)
-    elif args.latex:
-        print(res.latex(), file=out)
-    else:
-        print(res, file=out)
-    return 0
+    return _show(args, out, res, lambda: _dump(res.to_dict()))
 
 
 def build_parser() -> argparse.ArgumentParser:

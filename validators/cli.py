@@ -101,19 +101,6 @@ def _floats(text: str, what: str) -> list[float]:
     return out
 
 
-def _kv(items, what: str) -> dict:
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise ValidationError(f"{what} {it!r} is not NAME=VALUE (e.g. beta1=0.9)")
-        k, v = it.split("=", 1)
-        try:
-            out[k.strip()] = float(v)
-        except ValueError:
-            raise ValidationError(f"{what} {it!r}: {v!r} is not a number") from None
-    return out
-
-
 def _load_problem(spec: str, batch: int | None):
     from sdederive.problems import load
 
@@ -138,13 +125,15 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
     Returns 0 (done / passed), 1 (a requested check failed) or 2 (bad input: ``sdederive: error: ...``)."""
     out = sys.stdout if out is None else out
     try:
+        from sdederive.cli import _kv_list  # the NAME=VALUE parser of every sdederive command
+
         from .compare import compare
 
         problem = _load_problem(args.problem, getattr(args, "batch", None))
         res = compare(
             args.optimizer, problem, etas=_floats(args.etas, "--etas"), paths=args.paths, horizon=args.horizon,
             observables=[o.strip() for o in str(args.observables).split(",") if o.strip()],
-            hyper=_kv(args.hp, "--hp"), regime=args.regime, seed=args.seed, replicates=args.replicates,
+            hyper=_kv_list(args.hp, "--hp"), regime=args.regime, seed=args.seed, replicates=args.replicates,
             tol=args.tol, backend=args.backend, n_points=args.points, progress=args.progress,
             expected_order=args.expected_order, order_tol=args.order_tol, scheme=args.scheme)
         out.write((res.to_json(curves=False) if args.json else res.table()) + "\n")

@@ -177,10 +177,9 @@ def _prep(sde: SDE, A: Assumptions):
     free = sde._free()
     sig = free.get("sigma", sym("sigma"))
     rep = {sig: A.sigma_i() / sp.sqrt(A.B_sym)}
-    for name in ("sigma0",):
-        if name in free:
-            raise SdederiveError(f"the {sde.optimizer} SDE is in the {sde.regime} regime (sigma0 = sigma*eta); "
-                                 "rates need the unscaled noise: derive it in the 'sgd' or 'balanced' regime")
+    if "sigma0" in free:
+        raise SdederiveError(f"the {sde.optimizer} SDE is in the {sde.regime} regime (sigma0 = sigma*eta); "
+                             "rates need the unscaled noise: derive it in the 'sgd' or 'balanced' regime")
     return rep
 
 
@@ -207,7 +206,7 @@ def _nonpos_terms(e: sp.Expr, var: sp.Symbol) -> tuple[sp.Expr, list[sp.Expr]]:
     return e, []
 
 
-def _coord_sum(e: sp.Expr, A: Assumptions, steps: list[Step]) -> sp.Expr:
+def _coord_sum(e: sp.Expr, A: Assumptions) -> sp.Expr:
     """``sum_i e`` with the usual names for the sums that have them."""
     s = A.sigma_i()
     Li = A.L_i()
@@ -250,35 +249,34 @@ def loss_bound(sde, A: Assumptions, regime=None) -> Bound:
                   f"d_ii f)], b = {sde.drift[sde.states[0]]}", gen.summand)]
     svars = [s for s in sde._free().values() if str(s) in sde.states[1:]]
     bx = (gen.drift_part / grad).xreplace(rep)
+    # (DD^T)_xx as the product of the diffusion row, not the generator's simplified ito_part:
+    # sympy's simplify turns eta*(1 - erf(.)**2) into forms whose nonpositive terms it cannot see
     Qxx = (sde.diffusion_matrix.row(0) * sde.diffusion_matrix.row(0).T)[0, 0].xreplace(rep) \
         if sde.diffusion_matrix.shape[1] else sp.S.Zero
+    unbounded = sp.Sum(gen.summand.xreplace(rep), (idx, 1, A.d))  # dF/dt = this, before any bound
 
-    def open_(why: str, rhs: sp.Expr) -> Bound:
+    def open_(why: str, rhs: sp.Expr = unbounded) -> Bound:
         return Bound(sde.optimizer, "loss", A, rhs, None, None, None, steps,
                      f"No closed-form rate follows: {why}.", False)
 
     x = sde._free().get("x", sym("x"))
     if any(bx.has(v) or Qxx.has(v) for v in svars) or bx.has(t_) or Qxx.has(t_):
         return open_(f"the drift or diffusion of x depends on the states {[str(v) for v in svars]} or on t; "
-                     "bound them first (e.g. the stationary analysis sd.rates.stationary_loss)",
-                     sp.Sum(gen.summand.xreplace(rep), (idx, 1, A.d)))
+                     "bound them first (e.g. the stationary analysis sd.rates.stationary_loss)")
     if bx.has(x):
-        return open_("the drift has a term in x that the gradient does not control (weight decay?)",
-                     sp.Sum(gen.summand.xreplace(rep), (idx, 1, A.d)))
+        return open_("the drift has a term in x that the gradient does not control (weight decay?)")
     # -- drift term: b_x * d_i f = -a * (d_i f)^2 -----------------------------------------------
     a = -bx / grad
     if a.has(grad):
         if not A.small_snr:
-            return open_("the drift is nonlinear in the gradient (e.g. SignSGD's erf) and small_snr=False",
-                         sp.Sum(gen.summand.xreplace(rep), (idx, 1, A.d)))
+            return open_("the drift is nonlinear in the gradient (e.g. SignSGD's erf) and small_snr=False")
         a0 = sp.simplify(sp.limit(sp.hyperexpand(-bx / grad), grad, 0))
         steps.append(Step("approximation", f"small signal-to-noise ratio |d_i f|/sigma_i: drift b_i = {bx} "
                           f"linearized at d_i f = 0 to -({a0}) d_i f (Compagnoni et al.'s phase 3)",
                           -a0 * grad**2, "small_snr"))
         a = a0
     if not a.is_positive:
-        return open_(f"the drift coefficient -b/d_i f = {a} is not positive, so the drift need not decrease f",
-                     sp.Sum(gen.summand.xreplace(rep), (idx, 1, A.d)))
+        return open_(f"the drift coefficient -b/d_i f = {a} is not positive, so the drift need not decrease f")
     s = A.sigma_i()
     amin = a
     if a.has(s):
@@ -288,8 +286,7 @@ def loss_bound(sde, A: Assumptions, regime=None) -> Bound:
             steps.append(Step("inequality", f"-sum_i {a} (d_i f)^2 <= -{amin} |grad f|^2", -amin * G2,
                               f"sigma_i <= {A.sigma_max} = ||{A.sigma}||_inf, and {a} decreases in sigma_i"))
         else:
-            return open_(f"the drift coefficient {a} is not decreasing in sigma_i; no coordinate-free lower bound",
-                         sp.Sum(gen.summand.xreplace(rep), (idx, 1, A.d)))
+            return open_(f"the drift coefficient {a} is not decreasing in sigma_i; no coordinate-free lower bound")
     else:
         steps.append(Step("identity", f"sum_i -({a}) (d_i f)^2 = -({a}) |grad f|^2", -amin * G2))
     # -- Ito term: 1/2 (DD^T)_xx d_ii f ------------------------------------------------------------
@@ -304,7 +301,7 @@ def loss_bound(sde, A: Assumptions, regime=None) -> Bound:
         return open_("the Ito correction 1/2 (DD^T)_xx d_ii f needs an upper bound on the curvature (smoothness)",
                      -amin * G2 + sp.Sum(Qb * hess / 2, (idx, 1, A.d)))
     Li = A.L_i()
-    C = _coord_sum(Qb * Li / 2, A, steps)
+    C = _coord_sum(Qb * Li / 2, A)
     steps.append(Step("inequality", f"sum_i 1/2 (DD^T)_xx d_ii f <= sum_i 1/2 ({Qb}) {Li} = {C}", C,
                       f"d_ii f <= {Li} ({'anisotropic ' if A.anisotropic else ''}smoothness), (DD^T)_xx >= 0"))
     rhs_open = -amin * G2 + C
@@ -375,7 +372,7 @@ def convex_bound(sde, A: Assumptions, regime=None, choose_eta: bool = True) -> B
         Q = sp.simplify((2 * gen.ito_part).xreplace(rep))
         if Q.has(grad) or Q.has(x):
             raise SdederiveError(f"convex_bound: the diffusion {Q} of the {sde.optimizer} SDE depends on the state")
-        noise = _coord_sum(Q / 2, A, steps)
+        noise = _coord_sum(Q / 2, A)
         steps.append(Step("inequality", f"sum_i (x_i - x*_i) d_i f >= f - f*: dphi/dt <= -{a} F + {noise}",
                           -a * F + noise, "convexity"))
         T = sp.Symbol("T", positive=True)

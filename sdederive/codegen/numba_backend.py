@@ -19,10 +19,10 @@ import hashlib
 import importlib
 import os
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
+from .._atomic import atomic_write_text
 from .lower import print_python
 from .spec import KernelSpec
 
@@ -499,12 +499,7 @@ def load_module(source: str):
     path = kdir / f"{name}.py"
     with _lock:
         if not path.exists() or path.read_text() != source:
-            fd, tmp = tempfile.mkstemp(dir=kdir, prefix=f".{name}.", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                f.write(source)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the whole new one
+            atomic_write_text(path, source)  # readers see the old file or the whole new one
         if str(kdir) not in sys.path:
             sys.path.insert(0, str(kdir))
         if name in sys.modules:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_write
 from ..errors import SdederiveError
 
 __all__ = ["SweepResult", "Optimum"]
@@ -98,8 +99,6 @@ class Optimum:
         ax.set_ylabel(f"optimal {self.param} ({self.metric})")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        from validators.reporting import atomic_write
-
         path = Path(path)
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
         return path

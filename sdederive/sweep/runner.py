@@ -132,7 +132,5 @@ def run(grid: Grid, problem: Problem, steps: int = 1000, paths: int = 1000, *, e
         sys.stderr.write("\n")
     wall = time.perf_counter() - t0
     if out is not None:
-        store.compact(out)
-        table = store.load(out)
-        return SweepResult(table.to_pylist(), wall=wall, out=Path(out))
+        return SweepResult(store.compact(out).to_pylist(), wall=wall, out=Path(out))
     return SweepResult(rows, wall=wall, out=None)

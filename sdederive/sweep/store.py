@@ -10,12 +10,12 @@ removes them.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .._atomic import atomic_write
 
 __all__ = ["write_row", "done_ids", "load", "compact"]
 
@@ -23,14 +23,7 @@ MERGED = "results.parquet"
 
 
 def _atomic_write_table(table: pa.Table, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_row(out: str | Path, row: dict) -> Path:
@@ -66,9 +59,10 @@ def load(out: str | Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
 
 
-def compact(out: str | Path) -> Path:
-    """Merge the parts into ``results.parquet`` and remove them (a crash in between only leaves
-    duplicates of finished cells, which :func:`load` callers drop by ``cell_id``)."""
+def compact(out: str | Path) -> pa.Table:
+    """Merge the parts into ``results.parquet`` (one row per ``cell_id``) and remove them; returns
+    the merged table.  A crash in between only leaves duplicates of finished cells, which the next
+    ``compact`` drops."""
     out = Path(out)
     table = load(out)
     if table.num_rows:
@@ -78,4 +72,4 @@ def compact(out: str | Path) -> Path:
     _atomic_write_table(table, out / MERGED)
     for f in out.glob("part-*.parquet"):
         f.unlink()
-    return out / MERGED
+    return table

@@ -263,18 +263,24 @@ def optimal_lr(direction="sgd", noise="gaussian", approximation: str = "auto", *
     exact = (e1, e2)
 
     def structure(m1, m2):
+        """``(N, D)`` as ``{power of B: coefficient}``, or None when ``E V_i`` is not one power of ``B``."""
         p1 = _by_power(m1)
-        var = sp.expand(m2 - m1**2)
-        pv = _by_power(var) if var != 0 else {}
-        if not p1 or (var != 0 and not pv):
-            return None
-        num = {q: sp.expand(_gi * c) for q, c in p1.items()}
-        den: dict = {}
-        for q, c in pv.items():  # trace term: sum_i H_ii Var V_i
-            den.setdefault(q, _Coef()).diag = sp.simplify(den.get(q, _Coef()).diag + c)
         if len(p1) != 1:
             return None
         (q1, c1), = p1.items()
+        num = {q1: sp.expand(_gi * c1)}
+        if not m2.has(B):
+            # D = sum_i H_ii E V_i^2 + sum_{i != j} H_ij E V_i E V_j: the diagonal of the outer product
+            # and -E[V_i]^2 in Var V_i cancel (Li et al. eq. 13)
+            den = {sp.S.Zero: _Coef(diag=m2)}
+            co = den.setdefault(2 * q1, _Coef())
+            co.outer, co.full = c1, False
+            return num, den
+        var = sp.expand(m2 - m1**2)
+        pv = _by_power(var) if var != 0 else {}
+        if var != 0 and not pv:
+            return None
+        den = {q: _Coef(diag=c) for q, c in pv.items()}  # trace term: sum_i H_ii Var V_i
         co = den.setdefault(2 * q1, _Coef())
         co.outer, co.full = c1, True  # E[V]^T H E[V] over all i, j
         return num, den
@@ -282,14 +288,12 @@ def optimal_lr(direction="sgd", noise="gaussian", approximation: str = "auto", *
     st = None
     if approximation in ("auto", "exact"):
         st = structure(e1, e2)
-        used = "exact"
     if st is None and approximation in ("auto", "small-batch"):
         l1 = _leading(e1)
         l2 = _leading(e2)
         steps.append(f"small-batch regime B*G_i^2/sigma_i^2 << 1 (B << pi*sigma_i^2/(2*G_i^2) for Gaussian noise): E[V_i] ~ {l1}, E[V_i^2] ~ {l2} "
                      "(leading order as B -> 0; Li et al. Theorem 3 linearization)")
         st = structure(l1, l2)
-        used = "small-batch"
     if st is None and approximation == "exact":
         # no power-law structure: N and D with the exact moments, no B_noise
         body1 = e1.xreplace({_gi: G[i], _si: Sg[i]})
@@ -304,11 +308,7 @@ def optimal_lr(direction="sgd", noise="gaussian", approximation: str = "auto", *
         raise SdederiveError(f"the moments of V = {V} do not separate into powers of B "
                              f"(E[V_i] = {e1}); no closed form for eps_opt(B)")
     num, den = st
-    if used == "small-batch" and not l2.has(B):
-        # rebuild D from the second moment itself: D = sum_i H_ii E V_i^2 + sum_{i != j} H_ij E V_i E V_j
-        (q1, c1), = _by_power(l1).items()
-        den = {sp.S.Zero: _Coef(diag=l2)}
-        den[2 * q1] = _Coef(outer=c1, full=False)
+    if any(not co.full and co.outer != 0 for co in den.values()):
         steps.append("D = sum_i H_ii E[V_i^2] + sum_{i != j} H_ij E[V_i] E[V_j]: the diagonal of the outer "
                      "product cancels against -E[V_i]^2 in Var V_i (Li et al. eq. 13)")
     Nexpr = sum((B**q * sp.Sum(c.xreplace({_gi: G[i], _si: Sg[i]}), (i, 1, d)) for q, c in num.items()), sp.S.Zero)

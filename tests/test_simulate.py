@@ -303,6 +303,28 @@ def test_kernel_cache_reused_by_second_process(tmp_path):
     assert len(list((tmp_path / "kernels").glob("sdegen_*.py"))) == 1
 
 
+def test_editing_the_random_number_code_renames_every_kernel(monkeypatch):
+    """numba's cache of a kernel only tracks the kernel's own file, so code the kernel takes from
+    rng.py / kernel_support.py must be part of its content hash: a changed generator or snapshot
+    routine gives a new module (never a cached kernel with the old code linked in)."""
+    import hashlib
+
+    from sdederive.codegen import kernel_support, numba_backend, rng
+    from sdederive.codegen.spec import sde_spec
+    from sdederive.problems import Quadratic
+
+    for mod in (rng, kernel_support):
+        assert mod.SOURCE_HASH == hashlib.sha256(open(mod.__file__, "rb").read()).hexdigest()
+    prob = Quadratic(h=[1.0, 2.0], sigma=[1.0, 1.0], x0=[1.0, 1.0])
+    spec = sde_spec(sd.derive("sgd"), prob, correlated=False)
+    base = numba_backend.generate(spec, prob)
+    for mod in (rng, kernel_support):
+        with monkeypatch.context() as m:
+            m.setattr(mod, "SOURCE_HASH", "0" * 64)
+            assert numba_backend.generate(spec, prob) != base
+    assert numba_backend.generate(spec, prob) == base
+
+
 @pytest.mark.parametrize("opt", ["sgd", "rmsprop", "signsgd", "adam"])
 def test_discrete_and_sde_paths_of_one_seed_are_positively_coupled(opt):
     """The SDE's noise columns are oriented like the discrete update's response to z, so that the

@@ -1,12 +1,13 @@
 r"""numba backend: one generated module per (kernel spec, problem kind, scheme, dtype).
 
-The module holds three inlined functions printed from the spec (``coef``/``upd``, ``obs``), the
-problem's gradient/loss fragment, the random-number code of :mod:`sdederive.codegen.rng` (pasted,
-so the content hash covers it) and a ``@njit(parallel=True, cache=True)`` kernel: ``prange`` over
-fixed blocks of paths, every path advanced through a chunk of steps with its state in local
-arrays, snapshot statistics (Welford mean and M2 over the paths of the block) accumulated in the
-kernel.  The number of blocks depends only on the number of paths, so results are bit-identical
-for any thread count.
+The module holds the functions printed from the spec (``coef`` or ``upd``, and ``obs``), the
+problem's gradient/loss fragment, and one ``@njit(cache=True, nogil=True)`` kernel that advances
+a range of fixed blocks of paths: every path goes through a chunk of steps with its state in local
+arrays, and the snapshot statistics (Welford mean and M2 over the paths of the block) are
+accumulated in the kernel.  :class:`~sdederive.simulate.Simulator` spreads the blocks over OS
+threads; the number of blocks depends only on the number of paths, so results are bit-identical
+for any thread count.  Random numbers come from :mod:`sdederive.codegen.rng` (imported; the
+module carries rng.py's SHA-256, so editing the generator changes every kernel's content hash).
 
 It is written to ``<cache>/sdegen_<sha256[:16]>.py`` (atomically: temporary file, then
 ``os.replace``) and imported; numba's own cache (``cache=True``) then keeps the machine code next
@@ -23,12 +24,29 @@ import threading
 from pathlib import Path
 
 from .._atomic import atomic_write_text
+from . import kernel_support, rng
 from .lower import print_python
 from .spec import KernelSpec
 
 __all__ = ["generate", "load_module", "cache_dir"]
 
-_RNG_SOURCE = (Path(__file__).with_name("rng.py")).read_text()
+# Decorator of the kernel's helpers (spec functions, problem fragments; LLVM inlines them into the
+# kernel): numpy's error model like the kernel, so x/0 gives inf, which the kernel's divergence
+# check reports with its path and step, and no ZeroDivisionError branch blocks vectorisation.
+_HELPER = "njit(fastmath=False, error_model='numpy')"
+
+# The generated module's imports.  Random numbers come from :mod:`sdederive.codegen.rng`
+# (normal_pair inlined, the rare Student-t and minibatch draws through cached block fillers), the
+# snapshot statistics from :mod:`sdederive.codegen.kernel_support`; the hashes of both files are
+# printed into the module, so editing either gives every kernel a new content hash.
+_PRELUDE = (
+    "import math\n\nimport numpy as np\nfrom numba import njit\n\n"
+    "from sdederive.codegen.kernel_support import snapshot_add\n"
+    "from sdederive.codegen.rng import draw_indices, fill_student_t, normal_pair\n\n"
+    f"HELPER = {_HELPER}\n"
+    "# sdederive.codegen.rng sha256: {rng}\n"
+    "# sdederive.codegen.kernel_support sha256: {support}\n"
+)
 _lock = threading.Lock()
 
 
@@ -61,14 +79,14 @@ def _functions(spec: KernelSpec) -> str:
     out = []
     if spec.mode == "sde":
         names = [f"a_{s}" for s in spec.states] + [f"b_{s}_{j}" for j in range(spec.n_sources) for s in spec.states]
-        out.append(f"@njit(fastmath=False)\ndef coef({_args(spec, 'coef')}):\n"
+        out.append(f"@HELPER\ndef coef({_args(spec, 'coef')}):\n"
                    f"{print_python(spec.coef, '    ')}\n    {_ret(names)}\n")
     else:
         names = [f"n_{s}" for s in spec.states]
-        out.append(f"@njit(fastmath=False)\ndef upd({_args(spec, 'upd')}):\n"
+        out.append(f"@HELPER\ndef upd({_args(spec, 'upd')}):\n"
                    f"{print_python(spec.upd, '    ')}\n    {_ret(names)}\n")
     names = [f"o_{o}" for o in spec.outputs]
-    out.append(f"@njit(fastmath=False)\ndef obs({_args(spec, 'obs')}):\n"
+    out.append(f"@HELPER\ndef obs({_args(spec, 'obs')}):\n"
                f"{print_python(spec.obs, '    ')}\n    {_ret(names)}\n")
     return "\n".join(out)
 
@@ -77,7 +95,7 @@ def _functions(spec: KernelSpec) -> str:
 # PV: float vector data, PM/PL: matrices, PY: labels.  Every fragment is plain loops numba vectorises.
 _PROBLEM = {
     "quadratic_diag": '''
-@njit
+@HELPER
 def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
     d = xv.size
     for i in range(d):
@@ -86,7 +104,7 @@ def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
         for i in range(d):
             HS[i] = PV[i]
 
-@njit
+@HELPER
 def prob_loss(xv, PV, PM, PL, PY, W):
     acc = 0.0
     for i in range(xv.size):
@@ -94,7 +112,7 @@ def prob_loss(xv, PV, PM, PL, PY, W):
     return acc
 ''',
     "quadratic_dense": '''
-@njit
+@HELPER
 def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
     d = xv.size
     for i in range(d):
@@ -106,7 +124,7 @@ def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
         for i in range(d):
             HS[i] = PM[i, i]
 
-@njit
+@HELPER
 def prob_loss(xv, PV, PM, PL, PY, W):
     d = xv.size
     acc = 0.0
@@ -119,7 +137,7 @@ def prob_loss(xv, PV, PM, PL, PY, W):
 ''',
     # logistic: PM = A (n x d), PY = y, PV = [l2, B]; W = work (>= 2n): margins then -y*s
     "logistic": '''
-@njit
+@HELPER
 def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
     n, d = PM.shape
     l2 = PV[0]
@@ -157,7 +175,7 @@ def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
         if need_hs:
             HS[i] = HS[i] / n + l2
 
-@njit
+@HELPER
 def prob_loss(xv, PV, PM, PL, PY, W):
     n, d = PM.shape
     acc = 0.0
@@ -189,9 +207,9 @@ def _custom_fragment(problem) -> str:
     a = cse_assignments(grads, "c")
     h = cse_assignments(hess, "e")
     lo = cse_assignments([("loss", problem.f.xreplace(sub))], "f")
-    return (f"\n@njit\ndef prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):\n"
+    return (f"\n@HELPER\ndef prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):\n"
             f"{print_python(a, '    ')}\n    if need_hs:\n{print_python(h, '        ')}\n"
-            f"\n@njit\ndef prob_loss(xv, PV, PM, PL, PY, W):\n{print_python(lo, '    ')}\n"
+            f"\n@HELPER\ndef prob_loss(xv, PV, PM, PL, PY, W):\n{print_python(lo, '    ')}\n"
             f"    return loss\n") if d else ""
 
 
@@ -216,12 +234,7 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
     w = L.append
     # normals per step
     if spec.mode == "discrete":
-        if kind == "logistic":
-            nz = "0"
-        elif problem.noise == "student-t":
-            nz = "0"
-        else:
-            nz = "d"
+        nz = "0" if kind == "logistic" else "d"  # Gaussian or Student-t draws, one per coordinate
     else:
         if corr and kind == "logistic":
             nz = "PM.shape[0]"
@@ -250,6 +263,8 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
     w("        XI = np.zeros(d)")
     w("        Z = np.zeros(nz4 + 4)")
     w("        W = np.zeros(nwork)")
+    if spec.mode == "discrete" and kind == "logistic":
+        w("        IDX = np.zeros(int(PV[1]) + 4, np.int64)")
     w(f"        OBS = np.empty(2 + {nout} * d)")
     if scheme == "weak2":
         w(f"        A0 = np.empty(({S}, d))")
@@ -299,27 +314,18 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
     w("                    jsave = (k + 1) // save_every")
     w("                    xrow = X[0]")
     w("                    OBS[0] = prob_loss(xrow, PV, PM, PL, PY, W)")
-    w("                    sq = 0.0")
-    w("                    for i in range(d):")
-    w("                        sq += X[0, i] * X[0, i]")
-    w("                    OBS[1] = sq")
     w("                    for i in range(d):")
     outs = ", ".join(f"o{j}" for j in range(nout)) + ("," if nout == 1 else "")
     w(f"                        {outs} = obs({st_load}{', ' if hp_args else ''}{hp_args})")
     for j in range(nout):
         w(f"                        OBS[2 + {j} * d + i] = o{j}")
-    w("                    CNT[b, jsave] += 1")
-    w("                    cn = CNT[b, jsave]")
-    w("                    for o in range(OBS.size):")
-    w("                        dl = OBS[o] - MEAN[b, jsave, o]")
-    w("                        MEAN[b, jsave, o] += dl / cn")
-    w("                        M2[b, jsave, o] += dl * (OBS[o] - MEAN[b, jsave, o])")
+    w("                    snapshot_add(MEAN, M2, CNT, b, jsave, OBS, xrow)")
     w(f"            for j in range({S}):")
     w("                for i in range(d):")
     w("                    STATE[p, j, i] = X[j, i]")
     body = "\n".join(L)
     header = ("# generated by sdederive: do not edit (regenerated from the spec; file name = content hash)\n")
-    return (header + _RNG_SOURCE + "\n\n"
+    return (header + _PRELUDE.format(rng=rng.SOURCE_HASH, support=kernel_support.SOURCE_HASH) + "\n"
             + f"# kernel: {spec.mode} {spec.name} on {problem.kind}, scheme {scheme}, dtype {dtype}\n"
             + f"DT = np.{dtype}\n"
             + "\n".join(f"# note: {n}" for n in spec.notes) + "\n"
@@ -343,26 +349,23 @@ def _discrete_step(w, spec, problem, hp_args, nz) -> None:
         w(f"{ind}Bm = int(PV[1])")
         w(f"{ind}for i in range(d):")
         w(f"{ind}    G[i] = 0.0")
-        w(f"{ind}for jb in range((Bm + 3) // 4):")
-        w(f"{ind}    r0, r1, r2, r3 = philox4x32(cstep, jb, p, 1, key0, key1)")
-        w(f"{ind}    for q in range(4):")
-        w(f"{ind}        if 4 * jb + q >= Bm:")
-        w(f"{ind}            break")
-        w(f"{ind}        rr = r0 if q == 0 else (r1 if q == 1 else (r2 if q == 2 else r3))")
-        w(f"{ind}        jx = int((np.uint64(rr) * np.uint64(n_ex)) >> np.uint64(32))")
-        w(f"{ind}        mg = 0.0")
-        w(f"{ind}        for i in range(d):")
-        w(f"{ind}            mg += PM[jx, i] * xrow[i]")
-        w(f"{ind}        s = -PY[jx] / (1.0 + math.exp(PY[jx] * mg))")
-        w(f"{ind}        for i in range(d):")
-        w(f"{ind}            G[i] += s * PM[jx, i]")
+        w(f"{ind}draw_indices(IDX, Bm, n_ex, cstep, p, 1, key0, key1)")
+        w(f"{ind}for jb in range(Bm):")
+        w(f"{ind}    jx = IDX[jb]")
+        w(f"{ind}    mg = 0.0")
+        w(f"{ind}    for i in range(d):")
+        w(f"{ind}        mg += PM[jx, i] * xrow[i]")
+        w(f"{ind}    s = -PY[jx] / (1.0 + math.exp(PY[jx] * mg))")
+        w(f"{ind}    for i in range(d):")
+        w(f"{ind}        G[i] += s * PM[jx, i]")
         w(f"{ind}for i in range(d):")
         w(f"{ind}    G[i] = G[i] / Bm + PV[0] * xrow[i]")
     else:
         w(f"{ind}prob_grad(xrow, GR, HS, SG, PV, PM, PL, PY, W, False, False)")
         if problem.noise == "student-t":
+            w(f"{ind}fill_student_t(Z, d, PV[2 * d], cstep, p, key0, key1)")
             w(f"{ind}for i in range(d):")
-            w(f"{ind}    G[i] = GR[i] + SG[i] * student_t(PV[2 * d], cstep, i, p, key0, key1)")
+            w(f"{ind}    G[i] = GR[i] + SG[i] * Z[i]")
         else:
             _fill_normals(w, ind)
             if getattr(problem, "Sigma", None) is not None:

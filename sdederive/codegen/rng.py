@@ -1,11 +1,17 @@
 r"""Counter-based random numbers for the generated kernels: Philox4x32-10 and a Box–Muller
 transform that vectorises.
 
-This file is self-contained (``math``, ``numpy``, ``numba`` only) because its *text* is pasted
-into every generated numba module: numba's on-disk cache only tracks the source file of the
-function it compiles, so the random-number code must live in that file for a change here to
-invalidate old kernels (it is part of the content hash).  The CUDA twin is :data:`CUDA_SOURCE`
-in :mod:`sdederive.codegen.rng_c`; both are tested against each other bit for bit.
+Generated numba kernels import this module.  The Gaussian path inlines :func:`normal_pair`
+(``inline="always"``: numba inlines at IR level, so the Philox rounds and the polynomials
+vectorise across coordinate blocks inside the kernel's loop; a call to a separately compiled
+filler instead measured 15 to 35 % slower, since the kernel's vector registers are spilled
+around every call).  The rare paths call two block fillers, :func:`fill_student_t` and
+:func:`draw_indices`, compiled once per machine and kept in numba's on-disk cache
+(``cache=True``), so no kernel pays for compiling them.  numba's cache of a kernel only tracks
+the kernel's own file, so the generated module carries the SHA-256 of this file
+(:data:`SOURCE_HASH`): editing it gives every kernel a new content hash, and no kernel keeps
+stale random-number code in its cached machine code.  The CUDA twin is :data:`CUDA_SOURCE` in
+:mod:`sdederive.codegen.rng_c`; both are tested against each other bit for bit.
 
 Streams.  One Philox call maps a counter ``(c0, c1, c2, c3)`` and a key ``(k0, k1)`` to four
 uint32.  The kernels use ``c0 = step, c1 = block of four coordinates, c2 = path, c3 = stream``
@@ -30,13 +36,19 @@ exponent from a count of leading zeros, and ``2 pi u`` its quadrant from the top
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
 import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros  # LLVM ctlz; vectorises (vplzcnt)
 
-__all__ = ["philox4x32", "neg2log_u01", "sincos_2pi_u01", "box_muller", "normal_pair", "u01", "student_t"]
+__all__ = ["philox4x32", "neg2log_u01", "sincos_2pi_u01", "normal_pair", "u01", "student_t",
+           "fill_student_t", "draw_indices", "SOURCE_HASH"]
+
+#: SHA-256 of this file: part of every generated numba module, so editing it invalidates their caches.
+SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 _M0 = np.uint64(0xD2511F53)
 _M1 = np.uint64(0xCD9E8D57)
@@ -140,19 +152,26 @@ def sincos_2pi_u01(b):
 
 
 @njit(inline="always", cache=False)
-def box_muller(a, b):
-    """Two independent standard normals from two uint32."""
-    r = math.sqrt(neg2log_u01(a))
-    s, c = sincos_2pi_u01(b)
-    return r * c, r * s
-
-
-@njit(inline="always", cache=False)
 def normal_pair(c0, c1, c2, c3, k0, k1):
-    """Four standard normals from one Philox block (two Box–Muller pairs)."""
+    """Four standard normals from one Philox block: Box–Muller on the word pairs ``(a, b)`` and
+    ``(c, d)``.  The two pairs go through one loop so that numba inlines :func:`neg2log_u01` and
+    :func:`sincos_2pi_u01` once, not twice: numba's IR inliner deep-copies and re-runs its untyped
+    passes on the callee per call site, and this function is inlined into every generated kernel
+    (nested call sites cost about 1.5 s of each kernel's cold compile, the loop about 0.5 s)."""
     a, b, c, d = philox4x32(c0, c1, c2, c3, k0, k1)
-    z0, z1 = box_muller(a, b)
-    z2, z3 = box_muller(c, d)
+    z0 = 0.0
+    z1 = 0.0
+    z2 = 0.0
+    z3 = 0.0
+    for h in range(2):
+        r = math.sqrt(neg2log_u01(a if h == 0 else c))
+        sn, cs = sincos_2pi_u01(b if h == 0 else d)
+        if h == 0:
+            z0 = r * cs
+            z1 = r * sn
+        else:
+            z2 = r * cs
+            z3 = r * sn
     return z0, z1, z2, z3
 
 
@@ -171,3 +190,30 @@ def student_t(nu, c0, c1, c2, k0, k1):
         if w < 1.0:
             return uu * math.sqrt(nu * (math.exp((-2.0 / nu) * math.log(w)) - 1.0) / w)
         j += 1
+
+
+# -- block fillers: what the generated kernels call (compiled once, cached on disk) -----------------
+# nogil so that the kernel threads never serialise on them; error_model="numpy" so a division does
+# not carry a ZeroDivisionError branch that would stop LLVM from vectorising the loop.
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def fill_student_t(Z, n, nu, step, path, k0, k1):
+    """``Z[i] = T_nu(step, i, path)`` for ``i < n`` (:func:`student_t`, coordinate ``i`` as counter)."""
+    for i in range(n):
+        Z[i] = student_t(nu, step, i, path, k0, k1)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def draw_indices(IDX, B, n, step, path, stream, k0, k1):
+    """``B`` example indices, uniform on ``{0, ..., n-1}`` with replacement: Philox block ``j`` gives
+    draws ``4j .. 4j + 3``, each ``floor(r n / 2^32)`` of a uint32 ``r`` (Lemire's multiply-shift;
+    its bias is below ``n / 2^32``)."""
+    nn = np.uint64(n)
+    for jb in range((B + 3) // 4):
+        r0, r1, r2, r3 = philox4x32(step, jb, path, stream, k0, k1)
+        for q in range(4):
+            if 4 * jb + q >= B:
+                break
+            rr = r0 if q == 0 else (r1 if q == 1 else (r2 if q == 2 else r3))
+            IDX[4 * jb + q] = np.int64((np.uint64(rr) * nn) >> _S32)

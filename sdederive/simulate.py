@@ -42,6 +42,8 @@ __all__ = ["compile", "Simulator", "SimulationResult"]
 _BACKENDS = ("numba", "cupy")
 _SCHEMES = ("euler", "weak2")
 _DTYPES = ("float64", "float32")
+# CUDA path: observables per reduction slab (doubles), the size of the per-path observable buffer
+_CUDA_OBS_SLAB = 2**26
 
 
 @dataclass
@@ -370,12 +372,12 @@ class Simulator:
         g = {k: cp.asarray(v) for k, v in dict(state=state, DIV=DIV, HP=HP, PV=PV, PM=PM, PL=PL, PY=PY).items()}
         threads = 128
         grid = ((paths + threads - 1) // threads,)
-        # totals go to block 0; the other blocks hold the host-filled snapshots only
-        MEAN[1:, 1:] = 0
-        CNT[1:, 1:] = 0
-        MEAN[0, 1:] = 0
-        CNT[0, 1:] = 0
-        slab = max(1, int(2**26 // max(nobs, 1)))
+        # totals go to block 0; the other blocks hold the host-filled snapshots only (step 0, and step
+        # k_start where that is a save point: the kernel writes the save points after k_start)
+        j0 = k_start // save_every + 1
+        MEAN[:, j0:] = 0
+        CNT[:, j0:] = 0
+        slab = max(1, int(_CUDA_OBS_SLAB // max(nobs, 1)))
         out = cp.empty((min(paths, slab), nobs))
         t_run, k, interrupted = 0.0, k_start, False
         t0 = time.perf_counter()
@@ -393,9 +395,10 @@ class Simulator:
                     s2 = cp.zeros(nobs)
                     for p0 in range(0, paths, out.shape[0]):
                         m = min(out.shape[0], paths - p0)
+                        # N = p0 + m: the threads of the last block past the slab write no row of `out`
                         src.obs(((m + threads - 1) // threads,), (threads,),
                                 (g["state"], g["DIV"], g["HP"], g["PV"], g["PM"], g["PL"], g["PY"], out,
-                                 np.int64(p0), np.int64(paths)))
+                                 np.int64(p0), np.int64(p0 + m)))
                         a = alive[p0:p0 + m, None]
                         blk = cp.where(a, out[:m], 0.0)
                         s1 += blk.sum(0)

@@ -183,12 +183,12 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
     w("    real X[S][D], GR[D], HS[D], SG[D], G[D], XI[D], W[NEX + 1];")
     w("    double Z[NZ4 + 4];")
     w("    for (int j = 0; j < S; ++j) for (int i = 0; i < D; ++i) X[j][i] = (real)STATE[(p * S + j) * D + i];")
-    w("    for (int i = 0; i < D; ++i) { GR[i] = 0; HS[i] = 0; G[i] = 0; XI[i] = 0; SG[i] = (real)PV[D + i]; }")
-    if kind == "logistic":
-        w("    for (int i = 0; i < D; ++i) SG[i] = 0;")
+    # PV = [h, sigma, nu] for quadratic and custom problems, [l2, B] for logistic regression (SG computed)
+    sg0 = "0" if kind == "logistic" else "(real)PV[D + i]"
+    w(f"    for (int i = 0; i < D; ++i) {{ GR[i] = 0; HS[i] = 0; G[i] = 0; XI[i] = 0; SG[i] = {sg0}; }}")
     if scheme == "weak2":
         w("    real A0[S][D], B0[S][D], YB[S][D], YP[S][D], YM[S][D];")
-        w("    real GRB[D], GRP[D], GRM[D], HSB[D], HSP[D], HSM[D];")
+        w("    real GRB[D], GRP[D], GRM[D], HSB[D], HSP[D], HSM[D], SGB[D], SGP[D], SGM[D];")
     w("    int bad = 0;")
     w("    for (long long k = k_begin; k < k_end; ++k) {")
     if spec.mode == "discrete":
@@ -199,13 +199,15 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
         w("        for (int ss = 0; ss < sub; ++ss) {")
         w("            const unsigned int cstep = (unsigned int)(k * sub + ss);")
         w("            const real tt = (real)((k + (double)ss / sub) * tau);")
+        # the gradient first: the correlated increment of logistic regression uses its W and GR
+        w(f"            prob_grad(X[0], GR, HS, SG, PV, PM, PL, PY, W, {need_hs}, {need_sg});")
         _c_fill(w, "            ")
         if corr:
             _c_corr(w, kind, "            ")
         if scheme == "weak2":
             _c_weak2(w, spec, hp_args, need_hs, need_sg)
         else:
-            _c_euler(w, spec, hp_args, need_hs, need_sg, corr)
+            _c_euler(w, spec, hp_args, corr)
         w("            if (bad) break;")
         w("        }")
     w("        if (bad) { DIV[p] = k + 1; break; }")
@@ -289,10 +291,9 @@ def _c_discrete(w, spec, problem, hp_args) -> None:
     w(f"{ind}}}")
 
 
-def _c_euler(w, spec, hp_args, need_hs, need_sg, corr) -> None:
+def _c_euler(w, spec, hp_args, corr) -> None:
     S, r = len(spec.states), spec.n_sources
     ind = "            "
-    w(f"{ind}prob_grad(X[0], GR, HS, SG, PV, PM, PL, PY, W, {need_hs}, {need_sg});")
     st = ", ".join(f"X[{j}][i]" for j in range(S))
     names = [f"a{j}" for j in range(S)] + [f"b{j}_{q}" for q in range(r) for j in range(S)]
     w(f"{ind}for (int i = 0; i < D; ++i) {{")
@@ -310,7 +311,6 @@ def _c_euler(w, spec, hp_args, need_hs, need_sg, corr) -> None:
 def _c_weak2(w, spec, hp_args, need_hs, need_sg) -> None:
     S = len(spec.states)
     ind = "            "
-    w(f"{ind}prob_grad(X[0], GR, HS, SG, PV, PM, PL, PY, W, {need_hs}, {need_sg});")
     st = ", ".join(f"X[{j}][i]" for j in range(S))
     ab = [f"a{j}" for j in range(S)] + [f"b{j}" for j in range(S)]
     w(f"{ind}for (int i = 0; i < D; ++i) {{")
@@ -323,16 +323,18 @@ def _c_weak2(w, spec, hp_args, need_hs, need_sg) -> None:
         w(f"{ind}    YP[{j}][i] = X[{j}][i] + a{j} * dt + b{j} * sdt;")
         w(f"{ind}    YM[{j}][i] = X[{j}][i] + a{j} * dt - b{j} * sdt;")
     w(f"{ind}}}")
-    w(f"{ind}prob_grad(YB[0], GRB, HSB, SG, PV, PM, PL, PY, W, {need_hs}, {need_sg});")
-    w(f"{ind}prob_grad(YP[0], GRP, HSP, SG, PV, PM, PL, PY, W, {need_hs}, {need_sg});")
-    w(f"{ind}prob_grad(YM[0], GRM, HSM, SG, PV, PM, PL, PY, W, {need_hs}, {need_sg});")
+    # each support point has its own noise scale (recomputed there where the problem computes it)
+    w(f"{ind}for (int i = 0; i < D; ++i) {{ SGB[i] = SG[i]; SGP[i] = SG[i]; SGM[i] = SG[i]; }}")
+    w(f"{ind}prob_grad(YB[0], GRB, HSB, SGB, PV, PM, PL, PY, W, {need_hs}, {need_sg});")
+    w(f"{ind}prob_grad(YP[0], GRP, HSP, SGP, PV, PM, PL, PY, W, {need_hs}, {need_sg});")
+    w(f"{ind}prob_grad(YM[0], GRM, HSM, SGM, PV, PM, PL, PY, W, {need_hs}, {need_sg});")
     w(f"{ind}const real t1 = tt + dt;")
     w(f"{ind}for (int i = 0; i < D; ++i) {{")
     for tag in ("B", "P", "M"):
         names = [f"a{tag}{j}" for j in range(S)] + [f"b{tag}{j}" for j in range(S)]
         stt = ", ".join(f"Y{tag}[{j}][i]" for j in range(S))
         w(f"{ind}    real {', '.join(names)};")
-        w(f"{ind}    coef({stt}, GR{tag}[i], HS{tag}[i], SG[i], t1{hp_args}, {', '.join('&' + n for n in names)});")
+        w(f"{ind}    coef({stt}, GR{tag}[i], HS{tag}[i], SG{tag}[i], t1{hp_args}, {', '.join('&' + n for n in names)});")
     w(f"{ind}    const real dw = sdt * (real)Z[i];")
     for j in range(S):
         w(f"{ind}    const real y{j} = X[{j}][i] + (real)0.5 * (aB{j} + A0[{j}][i]) * dt + (real)0.25 * (bP{j} + bM{j} + "

@@ -4,7 +4,7 @@ No GPU is needed: a fake ``cupy`` module (numpy-backed, installed into ``sys.mod
 ``fake_cupy`` fixture) implements exactly the part of the CuPy API that :meth:`Simulator._run_cuda`
 and :meth:`CudaSource.build` use.  Its ``RawModule`` compiles the generated CUDA C as host C++ with
 g++ behind a small shim (``__global__``/``__device__`` defined away, ``threadIdx``/``blockIdx``/...
-as globals, ``__clzll``) plus an ``extern "C"`` launcher per ``__global__`` kernel that loops over
+as globals, ``__clzll``, ``__dmul_rn``) plus an ``extern "C"`` launcher per ``__global__`` kernel that loops over
 the grid and block, called through ctypes.  The fake does memory movement, launches and the
 reductions ``_run_cuda`` asks for, nothing else, and it is strict where a GPU would fail silently:
 kernel arguments must have the exact C type of the kernel's parameter, device arrays must be
@@ -63,6 +63,7 @@ using std::isfinite; using std::isnan; using std::isinf;
 struct sdhost_dim3 { unsigned int x, y, z; };
 static sdhost_dim3 threadIdx, blockIdx, blockDim, gridDim;
 static inline int __clzll(long long v) { return v == 0 ? 64 : __builtin_clzll((unsigned long long)v); }
+static inline double __dmul_rn(double a, double b) { return a * b; }  /* round-to-nearest product */
 #define __CUDACC__ 1
 #define __global__
 #define __device__

@@ -95,21 +95,72 @@ def test_student_t_distribution(nu):
     assert stats.kstest(t, stats.t(nu).cdf).pvalue > 1e-3
 
 
-def _host_lib(tmp_path):
+# The device branch of CUDA_SOURCE on the host: __dmul_rn as a product the compiler must round (the
+# empty asm makes the value opaque, so it cannot be fused into an FMA), like the device intrinsic.
+_DEVICE_SHIM = r"""
+#define __CUDACC__ 1
+#define __host__
+#define __device__
+#define __forceinline__ inline
+static inline int __clzll(long long v) { return __builtin_clzll((unsigned long long)v); }
+static inline double __dmul_rn(double a, double b) { double r = a * b; __asm__("" : "+x"(r)); return r; }
+"""
+
+
+def _host_lib(tmp_path, device_branch: bool = False):
+    """The CUDA RNG built as host C: the host branch without contraction, or the device branch
+    under FMA contraction everywhere it is allowed (``-mfma -ffp-contract=fast``, like NVRTC's default
+    ``--fmad=true``)."""
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
         pytest.skip("no C compiler on this machine to build the CUDA RNG as host code")
-    src = tmp_path / "rng.c"
-    src.write_text("#include <math.h>\n" + CUDA_SOURCE + r"""
+    tag = "device" if device_branch else "host"
+    src = tmp_path / f"rng_{tag}.c"
+    src.write_text("#include <math.h>\n" + (_DEVICE_SHIM if device_branch else "") + CUDA_SOURCE + r"""
 void philox_out(unsigned int *c, unsigned int k0, unsigned int k1) { sd_philox4x32(c, k0, k1); }
 void normals_out(int n, unsigned int step, unsigned int path, unsigned int k0, unsigned int k1, double *out) {
     for (int j = 0; j < n; ++j) sd_normal4(step, (unsigned int)j, path, 0u, k0, k1, out + 4 * j);
 }
 """)
-    lib = tmp_path / "librng.so"
-    subprocess.run([gcc, "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-o", str(lib), str(src), "-lm"],
-                   check=True)
+    lib = tmp_path / f"librng_{tag}.so"
+    flags = ["-O2", "-mfma", "-ffp-contract=fast"] if device_branch else ["-O2", "-ffp-contract=off"]
+    subprocess.run([gcc, *flags, "-shared", "-fPIC", "-o", str(lib), str(src), "-lm"], check=True)
     return ctypes.CDLL(str(lib))
+
+
+def _has_fma() -> bool:
+    try:
+        return " fma " in open("/proc/cpuinfo").read().replace("\n", " ")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_fma(), reason="the CPU has no FMA unit to contract with")
+def test_device_branch_is_bit_identical_under_fma_contraction(tmp_path):
+    """Every product of the Gaussian path that feeds an addition goes through SD_MUL (__dmul_rn on
+    the device), so contracting all the others into FMAs, as NVRTC does by default, changes no bit.
+    The host branch under the same flags is the control: there the polynomials do contract, so the
+    check can fail."""
+    n = 50_000
+    ref = _normals(n, 17, 5, 42, 7)
+    out = np.empty(4 * n)
+    _host_lib(tmp_path, device_branch=True).normals_out(
+        n, 17, 5, 42, 7, out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+    np.testing.assert_array_equal(out.view(np.uint64), ref.view(np.uint64))
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    src = tmp_path / "rng_control.c"
+    src.write_text("#include <math.h>\n" + CUDA_SOURCE + r"""
+void normals_out(int n, unsigned int step, unsigned int path, unsigned int k0, unsigned int k1, double *out) {
+    for (int j = 0; j < n; ++j) sd_normal4(step, (unsigned int)j, path, 0u, k0, k1, out + 4 * j);
+}
+""")
+    lib = tmp_path / "librng_control.so"
+    subprocess.run([gcc, "-O2", "-mfma", "-ffp-contract=fast", "-shared", "-fPIC", "-o", str(lib), str(src), "-lm"],
+                   check=True)
+    ctl = np.empty(4 * n)
+    ctypes.CDLL(str(lib)).normals_out(n, 17, 5, 42, 7, ctl.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+    assert np.any(ctl.view(np.uint64) != ref.view(np.uint64))
+    np.testing.assert_allclose(ctl, ref, rtol=1e-12, atol=1e-14)
 
 
 def test_c_twin_matches_numba_bit_for_bit(tmp_path):

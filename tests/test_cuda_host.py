@@ -569,6 +569,17 @@ def test_custom_objective(fake_cupy):
     assert_same(a, b)
 
 
+def test_variance_far_from_the_origin(fake_cupy):
+    """|x|^2 near 1e16 with a variance of 4e13 to 1.5e14: from raw sums, s2 - n mu^2 cancels about 32
+    digits (the rounding of n mu^2 alone is ~1e18 against M2 ~ 1e16) and the variance is lost; the CUDA
+    path sums deviations from the previous snapshot's mean and agrees with numba's Welford."""
+    far = Quadratic(h=[1e-8], sigma=[1.0], x0=[1e8])
+    a, b = _both(sd.derive("sgd"), far, fake_cupy, paths=200, steps=40, eta=0.01, seed=3, save_every=10)
+    va, vb = a.var["sqnorm"][1:], b.var["sqnorm"][1:]
+    assert np.all(va > 1e13) and np.all(a.mean["sqnorm"] > 9e15)
+    np.testing.assert_allclose(vb, va, rtol=1e-6)
+
+
 def test_float32_state(fake_cupy):
     """float32 on both sides: the CUDA kernel computes in float, the numba kernel stores float32 states but
     computes in double, so they agree to single precision only (and differ from float64)."""

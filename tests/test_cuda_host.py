@@ -662,3 +662,24 @@ def test_a_wrong_kernel_is_caught(fake_cupy, monkeypatch):
     b = sd.compile(sd.derive("sgd"), DIAG, backend="cupy").run(**RUN)
     with pytest.raises(AssertionError):
         assert_same(a, b)
+
+
+def test_gpu_benchmark_script_runs(fake_cupy, capsys):
+    """bench/bench_gpu.py end to end on the stand-in (tiny sizes): it measures both dtypes and the
+    numba baseline, and its float64 GPU figure is the same simulation as numba's (same seed, paths)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.gpu_name() == "unknown CUDA device"
+    assert bench.main(["--paths", "128", "--cpu-paths", "128", "--d", "4", "--steps", "20", "--save-every", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "| cupy    | float32 |" in out and "| cupy    | float64 |" in out and "| numba   | float64 |" in out
+    assert "coordinate-steps/s (issue 3 target on an H100" in out
+    g = bench.measure("cupy", "float64", 128, 4, 20, 10)
+    c = bench.measure("numba", "float64", 128, 4, 20, 10)
+    assert g["coord_steps_per_s"] > 0 and g["run_s"] > 0
+    np.testing.assert_allclose(g["loss"], c["loss"], rtol=1e-10)

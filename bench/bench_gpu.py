@@ -1,0 +1,95 @@
+"""GPU throughput of the generated CUDA kernel, against the numba kernel run in the same process.
+
+Issue 3's target: >= 1e11 coordinate-steps/s in float32 on an H100.  Reference case as in
+``bench_simulate.py`` (the RMSprop SDE, noise-dominated regime, on the diagonal quadratic
+``h = geomspace(0.1, 10, d)``, ``sigma = 1``), with enough paths to fill the GPU (default 2^20, one
+thread per path).  ``run_s`` is the simulation alone (``res.timing["run_s"]``: the step kernel,
+the observable kernel and CuPy's reductions at each save point, synchronised), after a warm-up run
+that compiles the kernel.  The baseline is the numba backend on this machine's CPU, in the same
+process, on ``--cpu-paths`` paths.
+
+    python bench/bench_gpu.py [--paths N] [--d D] [--steps T] [--save-every K] [--cpu-paths N]
+
+Without CuPy or without a GPU it says so and exits with status 0 (nothing to measure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import sdederive as sd  # noqa: E402
+from sdederive.problems import Quadratic  # noqa: E402
+
+ETA = 1e-2  # beta, eps: RMSprop's defaults (0.99, 1e-8), as in bench_simulate.py
+
+
+def gpu_name() -> str | None:
+    """The GPU's name, or None when CuPy or a device is missing."""
+    try:
+        import cupy as cp
+    except ImportError:
+        return None
+    try:
+        if not cp.cuda.is_available():
+            return None
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except AttributeError:  # a CuPy stand-in without the runtime API
+        return "unknown CUDA device"
+    except Exception:  # noqa: BLE001 - CUDA driver errors: no usable device
+        return None
+
+
+def measure(backend: str, dtype: str, paths: int, d: int, steps: int, save_every: int) -> dict:
+    """One warm-up run (compiles), then the timed run; coordinate-steps/s from ``run_s``."""
+    prob = Quadratic(h=np.geomspace(0.1, 10, d), sigma=np.ones(d), x0=np.ones(d))
+    sim = sd.compile(sd.derive("rmsprop"), prob, backend=backend, dtype=dtype)
+    sim.run(paths=min(paths, 1024), steps=2, eta=ETA, seed=1, save_every=1)
+    res = sim.run(paths=paths, steps=steps, eta=ETA, seed=0, save_every=save_every)
+    run_s = res.timing["run_s"]
+    loss = float(res.mean["loss"][-1])
+    se = float(np.sqrt(res.var["loss"][-1] / paths))
+    return {"backend": backend, "dtype": dtype, "paths": paths, "run_s": run_s, "compile_s": sim.compile_s,
+            "coord_steps_per_s": paths * d * steps / run_s, "loss": loss, "loss_se": se}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--paths", type=int, default=2**20)
+    ap.add_argument("--d", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--save-every", type=int, default=100)
+    ap.add_argument("--cpu-paths", type=int, default=1000)
+    a = ap.parse_args(argv)
+    name = gpu_name()
+    if name is None:
+        print("# no CuPy or no CUDA GPU on this machine: nothing to measure")
+        return 0
+    rows = [measure("cupy", dt, a.paths, a.d, a.steps, a.save_every) for dt in ("float32", "float64")]
+    rows.append(measure("numba", "float64", a.cpu_paths, a.d, a.steps, a.save_every))
+    ref = rows[-1]["coord_steps_per_s"]
+    print(f"# GPU: {name}; CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"RMSprop SDE, d={a.d}, T={a.steps}, save_every={a.save_every}")
+    print(f"| {'backend':<7} | {'dtype':<7} | {'paths':>8} | {'run s':>8} | {'coord-steps/s':>13} | {'/ numba':>8} "
+          f"| {'E[loss] at T (se)':>22} |")
+    print(f"|{'-' * 9}|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 15}|{'-' * 10}|{'-' * 24}|")
+    for r in rows:
+        print(f"| {r['backend']:<7} | {r['dtype']:<7} | {r['paths']:>8} | {r['run_s']:8.3f} | "
+              f"{r['coord_steps_per_s']:13.3e} | {r['coord_steps_per_s'] / ref:8.1f} | "
+              f"{r['loss']:.5f} ({r['loss_se']:.1e}) |")
+    fp32 = rows[0]["coord_steps_per_s"]
+    print(f"float32 GPU: {fp32:.3e} coordinate-steps/s (issue 3 target on an H100: >= 1e11: "
+          f"{'met' if fp32 >= 1e11 else 'not met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

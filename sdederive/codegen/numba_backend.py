@@ -6,8 +6,9 @@ a range of fixed blocks of paths: every path goes through a chunk of steps with 
 arrays, and the snapshot statistics (Welford mean and M2 over the paths of the block) are
 accumulated in the kernel.  :class:`~sdederive.simulate.Simulator` spreads the blocks over OS
 threads; the number of blocks depends only on the number of paths, so results are bit-identical
-for any thread count.  Random numbers come from :mod:`sdederive.codegen.rng` (imported; the
-module carries rng.py's SHA-256, so editing the generator changes every kernel's content hash).
+for any thread count.  Random numbers come from :mod:`sdederive.codegen.rng` and the snapshot
+update from :mod:`sdederive.codegen.kernel_support` (imported; the module carries both files'
+SHA-256, so editing either changes every kernel's content hash).
 
 It is written to ``<cache>/sdegen_<sha256[:16]>.py`` (atomically: temporary file, then
 ``os.replace``) and imported; numba's own cache (``cache=True``) then keeps the machine code next

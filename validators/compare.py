@@ -324,6 +324,16 @@ def _check_int(name: str, v, lo: int) -> int:
     return int(v)
 
 
+def _check_positive(name: str, v) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        f = math.nan
+    if not math.isfinite(f) or f <= 0:
+        raise ValidationError(f"{name}={v!r} is invalid; allowed: a finite number > 0")
+    return f
+
+
 def _check_etas(etas) -> np.ndarray:
     if isinstance(etas, (int, float, np.number)):
         etas = [etas]
@@ -353,16 +363,7 @@ def _check_tol(tol, observables) -> dict | None:
         items = dict(tol)
     else:
         items = {o: tol for o in observables}
-    out = {}
-    for k, v in items.items():
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            raise ValidationError(f"tol={v!r} is invalid; allowed: a number > 0") from None
-        if not math.isfinite(f) or f <= 0:
-            raise ValidationError(f"tol={v!r} is invalid; allowed: a number > 0")
-        out[k] = f
-    return out
+    return {k: _check_positive("tol", v) for k, v in items.items()}
 
 
 def _valid_observables(outputs: Sequence[str], d: int) -> list[str]:
@@ -718,12 +719,7 @@ def compare(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), path
     substeps = _check_int("substeps", substeps, 1)
     n_boot = _check_int("n_boot", n_boot, 10)
     seed = _check_int("seed", seed, 0)
-    try:
-        horizon = float(horizon)
-    except (TypeError, ValueError):
-        raise ValidationError(f"horizon={horizon!r} is invalid; allowed: a number > 0") from None
-    if not math.isfinite(horizon) or horizon <= 0:
-        raise ValidationError(f"horizon={horizon!r} is invalid; allowed: a finite number > 0")
+    horizon = _check_positive("horizon", horizon)
     if not 0 < float(level) < 1:
         raise ValidationError(f"level={level!r} is invalid; allowed: 0 < level < 1")
     if expected_order is not None and (not math.isfinite(float(expected_order)) or order_tol is None

@@ -137,6 +137,13 @@ def cmd_list(args, out) -> int:
     return 0
 
 
+def _add_format_args(p: argparse.ArgumentParser, json_what: str, latex_what: str) -> None:
+    """``--json`` / ``--latex`` (exclusive), read by :func:`_show`."""
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help=f"print {json_what}")
+    fmt.add_argument("--latex", action="store_true", help=f"print {latex_what}")
+
+
 def _show(args, out, obj, json_text) -> int:
     """Print ``obj`` as JSON (``--json``: ``json_text()``), LaTeX (``--latex``) or text."""
     if args.json:
@@ -350,9 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_problem_args(p)
     p.add_argument("--order", type=int, default=1, choices=(1, 2),
                    help="1: leading order; 2: stochastic modified equation of order 2 (needs tau = eta)")
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="print the SDE as JSON (the NOTATION.md schema)")
-    fmt.add_argument("--latex", action="store_true", help="print the SDE as a LaTeX aligned block")
+    _add_format_args(p, "the SDE as JSON (the NOTATION.md schema)", "the SDE as a LaTeX aligned block")
     p.set_defaults(func=cmd_derive)
 
     p = sub.add_parser(
@@ -423,9 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_problem_args(p)
     p.add_argument("--assume", default="pl", metavar="LIST",
                    help=f"comma-separated assumptions: {', '.join(_ASSUME)} (default: pl)")
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="print the bound as JSON (with every step)")
-    fmt.add_argument("--latex", action="store_true", help="print the bound as a LaTeX aligned block")
+    _add_format_args(p, "the bound as JSON (with every step)", "the bound as a LaTeX aligned block")
     p.set_defaults(func=cmd_rate)
 
     p = sub.add_parser(
@@ -438,9 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("direction", metavar="DIR", help="update direction: sgd, sign, signsgd, adam")
     p.add_argument("--noise", default="gaussian", help=_NOISE_HELP)
     p.add_argument("--nu", type=float, default=None, help=_NU_HELP)
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="print the result as JSON")
-    fmt.add_argument("--latex", action="store_true", help="print eps_opt, B_noise, eps_max as LaTeX")
+    _add_format_args(p, "the result as JSON", "eps_opt, B_noise, eps_max as LaTeX")
     p.set_defaults(func=cmd_optimal_lr)
 
     from validators.cli import add_validate_parser  # the validators package ships with sdederive

@@ -1,4 +1,5 @@
-"""Shared test helpers: numerical equivalence of sympy expressions at random points."""
+"""Shared test helpers: numerical equivalence of sympy expressions at random points; the CUDA
+built-ins the generated CUDA source uses, for building it as host C/C++."""
 
 from __future__ import annotations
 
@@ -37,3 +38,19 @@ def assert_equiv(a, b, trials: int = 4, rel: float = 1e-10, overrides: dict | No
         va = complex(sp.N(a.xreplace(vals), 30))
         vb = complex(sp.N(b.xreplace(vals), 30))
         assert abs(va - vb) <= rel * max(1.0, abs(vb)), f"{msg}\n  {a}\n  != {b}\n  at {vals}: {va} vs {vb}"
+
+
+# The device branch of the generated CUDA source (``__CUDACC__``) compiled for the host: qualifiers
+# defined away (``__forceinline__`` static, so a C build needs no external definition), ``__clzll``
+# and ``__dmul_rn`` with their device semantics.  ``__dmul_rn`` is a product
+# the compiler must round (the empty asm makes the value opaque, so it cannot be fused into an FMA),
+# like the device intrinsic.  Valid C and C++.
+CUDA_BUILTINS_ON_HOST = r"""
+#define __CUDACC__ 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ static inline __attribute__((always_inline))
+static inline int __clzll(long long v) { return v == 0 ? 64 : __builtin_clzll((unsigned long long)v); }
+static inline double __dmul_rn(double a, double b) { double r = a * b; __asm__("" : "+m"(r)); return r; }
+"""

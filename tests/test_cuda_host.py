@@ -42,6 +42,7 @@ import sympy as sp
 import sdederive as sd
 from sdederive.codegen import cuda_backend
 from sdederive.problems import Custom, LogisticRegression, Quadratic
+from tests.helpers import CUDA_BUILTINS_ON_HOST
 
 GXX = shutil.which("g++")
 pytestmark = pytest.mark.skipif(GXX is None, reason="needs g++ to build the generated CUDA kernels as host code")
@@ -62,13 +63,7 @@ using std::tanh; using std::sin; using std::cos; using std::copysign; using std:
 using std::isfinite; using std::isnan; using std::isinf;
 struct sdhost_dim3 { unsigned int x, y, z; };
 static sdhost_dim3 threadIdx, blockIdx, blockDim, gridDim;
-static inline int __clzll(long long v) { return v == 0 ? 64 : __builtin_clzll((unsigned long long)v); }
-static inline double __dmul_rn(double a, double b) { return a * b; }  /* round-to-nearest product */
-#define __CUDACC__ 1
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline
+""" + CUDA_BUILTINS_ON_HOST + """
 #line 1 "generated.cu"
 """
 

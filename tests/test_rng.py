@@ -14,6 +14,7 @@ from scipy import stats
 
 from sdederive.codegen import rng
 from sdederive.codegen.rng_c import CUDA_SOURCE
+from tests.helpers import CUDA_BUILTINS_ON_HOST
 
 # Random123 tests/kat_vectors (philox4x32 10): counter, key -> expected
 KAT = [
@@ -95,37 +96,31 @@ def test_student_t_distribution(nu):
     assert stats.kstest(t, stats.t(nu).cdf).pvalue > 1e-3
 
 
-# The device branch of CUDA_SOURCE on the host: __dmul_rn as a product the compiler must round (the
-# empty asm makes the value opaque, so it cannot be fused into an FMA), like the device intrinsic.
-_DEVICE_SHIM = r"""
-#define __CUDACC__ 1
-#define __host__
-#define __device__
-#define __forceinline__ inline
-static inline int __clzll(long long v) { return __builtin_clzll((unsigned long long)v); }
-static inline double __dmul_rn(double a, double b) { double r = a * b; __asm__("" : "+x"(r)); return r; }
-"""
-
-
-def _host_lib(tmp_path, device_branch: bool = False):
-    """The CUDA RNG built as host C: the host branch without contraction, or the device branch
-    under FMA contraction everywhere it is allowed (``-mfma -ffp-contract=fast``, like NVRTC's default
-    ``--fmad=true``)."""
+def _host_lib(tmp_path, device_branch: bool = False, contract: bool = False):
+    """The CUDA RNG built as host C: its host branch, or its device branch (``__dmul_rn`` as on the
+    device); without FMA contraction, or with it wherever it is allowed (``-mfma -ffp-contract=fast``,
+    like NVRTC's default ``--fmad=true``)."""
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
         pytest.skip("no C compiler on this machine to build the CUDA RNG as host code")
-    tag = "device" if device_branch else "host"
+    tag = f"{'device' if device_branch else 'host'}_{'fma' if contract else 'nofma'}"
     src = tmp_path / f"rng_{tag}.c"
-    src.write_text("#include <math.h>\n" + (_DEVICE_SHIM if device_branch else "") + CUDA_SOURCE + r"""
+    src.write_text("#include <math.h>\n" + (CUDA_BUILTINS_ON_HOST if device_branch else "") + CUDA_SOURCE + r"""
 void philox_out(unsigned int *c, unsigned int k0, unsigned int k1) { sd_philox4x32(c, k0, k1); }
 void normals_out(int n, unsigned int step, unsigned int path, unsigned int k0, unsigned int k1, double *out) {
     for (int j = 0; j < n; ++j) sd_normal4(step, (unsigned int)j, path, 0u, k0, k1, out + 4 * j);
 }
 """)
     lib = tmp_path / f"librng_{tag}.so"
-    flags = ["-O2", "-mfma", "-ffp-contract=fast"] if device_branch else ["-O2", "-ffp-contract=off"]
+    flags = ["-O2", "-mfma", "-ffp-contract=fast"] if contract else ["-O2", "-ffp-contract=off"]
     subprocess.run([gcc, *flags, "-shared", "-fPIC", "-o", str(lib), str(src), "-lm"], check=True)
     return ctypes.CDLL(str(lib))
+
+
+def _host_normals(lib, n: int) -> np.ndarray:
+    out = np.empty(4 * n)
+    lib.normals_out(n, 17, 5, 42, 7, out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+    return out
 
 
 def _has_fma() -> bool:
@@ -143,22 +138,9 @@ def test_device_branch_is_bit_identical_under_fma_contraction(tmp_path):
     check can fail."""
     n = 50_000
     ref = _normals(n, 17, 5, 42, 7)
-    out = np.empty(4 * n)
-    _host_lib(tmp_path, device_branch=True).normals_out(
-        n, 17, 5, 42, 7, out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+    out = _host_normals(_host_lib(tmp_path, device_branch=True, contract=True), n)
     np.testing.assert_array_equal(out.view(np.uint64), ref.view(np.uint64))
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    src = tmp_path / "rng_control.c"
-    src.write_text("#include <math.h>\n" + CUDA_SOURCE + r"""
-void normals_out(int n, unsigned int step, unsigned int path, unsigned int k0, unsigned int k1, double *out) {
-    for (int j = 0; j < n; ++j) sd_normal4(step, (unsigned int)j, path, 0u, k0, k1, out + 4 * j);
-}
-""")
-    lib = tmp_path / "librng_control.so"
-    subprocess.run([gcc, "-O2", "-mfma", "-ffp-contract=fast", "-shared", "-fPIC", "-o", str(lib), str(src), "-lm"],
-                   check=True)
-    ctl = np.empty(4 * n)
-    ctypes.CDLL(str(lib)).normals_out(n, 17, 5, 42, 7, ctl.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+    ctl = _host_normals(_host_lib(tmp_path, device_branch=False, contract=True), n)
     assert np.any(ctl.view(np.uint64) != ref.view(np.uint64))
     np.testing.assert_allclose(ctl, ref, rtol=1e-12, atol=1e-14)
 
@@ -171,7 +153,6 @@ def test_c_twin_matches_numba_bit_for_bit(tmp_path):
         lib.philox_out(c, key[0], key[1])
         assert tuple(c) == want
     n = 50_000
-    out = np.empty(4 * n)
-    lib.normals_out(n, 17, 5, 42, 7, out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+    out = _host_normals(lib, n)
     ref = _normals(n, 17, 5, 42, 7)
     np.testing.assert_array_equal(out.view(np.uint64), ref.view(np.uint64))

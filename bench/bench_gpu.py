@@ -24,10 +24,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import sdederive as sd  # noqa: E402
-from sdederive.problems import Quadratic  # noqa: E402
+from bench_simulate import ETA, problem  # noqa: E402  (the reference case; beta, eps: RMSprop's defaults)
 
-ETA = 1e-2  # beta, eps: RMSprop's defaults (0.99, 1e-8), as in bench_simulate.py
+import sdederive as sd  # noqa: E402
 
 
 def gpu_name() -> str | None:
@@ -50,8 +49,7 @@ def gpu_name() -> str | None:
 
 def measure(backend: str, dtype: str, paths: int, d: int, steps: int, save_every: int) -> dict:
     """One warm-up run (compiles), then the timed run; coordinate-steps/s from ``run_s``."""
-    prob = Quadratic(h=np.geomspace(0.1, 10, d), sigma=np.ones(d), x0=np.ones(d))
-    sim = sd.compile(sd.derive("rmsprop"), prob, backend=backend, dtype=dtype)
+    sim = sd.compile(sd.derive("rmsprop"), problem(d), backend=backend, dtype=dtype)
     sim.run(paths=min(paths, 1024), steps=2, eta=ETA, seed=1, save_every=1)
     res = sim.run(paths=paths, steps=steps, eta=ETA, seed=0, save_every=save_every)
     run_s = res.timing["run_s"]

@@ -391,9 +391,10 @@ class Simulator:
                 if k_end % save_every == 0:
                     j = k_end // save_every
                     alive = g["DIV"] < 0
-                    # two passes per slab (its mean, then squared deviations from it), slabs merged with
-                    # Chan et al.'s formula: no s2 - n mu^2 cancellation (|x|^2 of a far-away x is 1e16)
-                    n, mu, m2 = 0, cp.zeros(nobs), cp.zeros(nobs)
+                    # two passes per slab (its mean, then squared deviations from it), slabs merged like
+                    # the numba blocks (_merge_blocks): no s2 - n mu^2 cancellation (|x|^2 of a far-away
+                    # x is 1e16)
+                    slabs = []
                     for p0 in range(0, paths, out.shape[0]):
                         m = min(out.shape[0], paths - p0)
                         # N = p0 + m: the threads of the last block past the slab write no row of `out`
@@ -406,17 +407,13 @@ class Simulator:
                             continue
                         mb = cp.where(a, out[:m], 0.0).sum(0) / nb
                         dev = cp.where(a, out[:m] - mb, 0.0)
-                        m2b = (dev * dev).sum(0)
-                        if n == 0:
-                            n, mu, m2 = nb, mb, m2b
-                        else:
-                            delta = mb - mu
-                            mu = mu + delta * (nb / (n + nb))
-                            m2 = m2 + m2b + delta * delta * (n * nb / (n + nb))
-                            n += nb
-                    MEAN[0, j] = cp.asnumpy(mu)
-                    M2[0, j] = cp.asnumpy(m2)
-                    CNT[0, j] = n
+                        slabs.append((nb, cp.asnumpy(mb), cp.asnumpy((dev * dev).sum(0))))
+                    if slabs:
+                        with np.errstate(over="ignore", invalid="ignore"):
+                            n, MEAN[0, j], M2[0, j] = _merge_blocks(np.array([sl[0] for sl in slabs], float),
+                                                                    np.stack([sl[1] for sl in slabs]),
+                                                                    np.stack([sl[2] for sl in slabs]))
+                        CNT[0, j] = int(n)
                 cp.cuda.Device().synchronize()
                 t_run += time.perf_counter() - c0
                 k = k_end
@@ -478,18 +475,14 @@ class Simulator:
 
     def _result(self, MEAN, M2, CNT, n_save, done_save, save_every, tau, paths, DIV, hv, seed, interrupted,
                 t_run) -> SimulationResult:
-        # Chan et al.'s pairwise combination of the per-block Welford statistics
+        # the per-block Welford statistics, combined by _merge_blocks (Chan et al.)
         with np.errstate(over="ignore", invalid="ignore"):
             return self._result_inner(MEAN, M2, CNT, n_save, done_save, save_every, tau, paths, DIV, hv, seed,
                                       interrupted, t_run)
 
     def _result_inner(self, MEAN, M2, CNT, n_save, done_save, save_every, tau, paths, DIV, hv, seed, interrupted,
                       t_run) -> SimulationResult:
-        n_b = CNT.astype(float)
-        n = n_b.sum(0)
-        nz = np.maximum(n, 1)
-        mean = (n_b[:, :, None] * MEAN).sum(0) / nz[:, None]
-        m2 = (M2 + n_b[:, :, None] * (MEAN - mean[None]) ** 2).sum(0)
+        n, mean, m2 = _merge_blocks(CNT.astype(float), MEAN, M2)
         var = m2 / np.maximum(n - 1, 1)[:, None]
         keep = slice(0, done_save + 1)
         d = self.problem.d
@@ -537,6 +530,17 @@ class Simulator:
 
 
 _POOLS: dict = {}
+
+
+def _merge_blocks(n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray):
+    r"""Chan et al.'s combination of per-block statistics, all blocks at once (axis 0):
+    :math:`n = \sum_b n_b,\ \bar y = \sum_b n_b \bar y_b / n,\
+    M_2 = \sum_b \big(M_{2,b} + n_b (\bar y_b - \bar y)^2\big)`; ``n_b`` has one axis fewer than
+    ``mean_b`` and ``m2_b`` (the observables).  One block gives its own mean and ``M2`` unchanged."""
+    n = n_b.sum(0)
+    w = n_b[..., None]
+    mean = (w * mean_b).sum(0) / np.maximum(n, 1)[..., None]
+    return n, mean, (m2_b + w * (mean_b - mean[None]) ** 2).sum(0)
 
 
 def _default_threads() -> int:

@@ -70,14 +70,41 @@ def _gpu():
         return False
 
 
+_GPU_CASES = {  # (target, problem, compile options): every problem kind, scheme and precision of the host tests
+    "sde-rmsprop": (lambda: sd.derive("rmsprop"), DIAG, {}),
+    "discrete-adam": (lambda: "adam", DIAG, {}),
+    "sde-signsgd": (lambda: sd.derive("signsgd"), DIAG, {}),
+    "sde-rmsprop-weak2": (lambda: sd.derive("rmsprop"), DIAG, {"scheme": "weak2"}),
+    "sde-rmsprop-dense": (lambda: sd.derive("rmsprop"), DENSE, {}),
+    "sde-signsgd-student": (lambda: sd.derive("signsgd", noise=sd.StudentT(nu=3)), STUDENT, {}),
+    "discrete-signsgd-student": (lambda: "signsgd", STUDENT, {}),
+    "sde-sgd-logistic": (lambda: sd.derive("sgd"), LOGI, {}),
+    "discrete-adam-logistic": (lambda: "adam", LOGI, {}),
+    "sde-sgd-custom": (lambda: sd.derive("sgd"), CUSTOM, {}),
+}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not _gpu(), reason="needs a CUDA GPU (CuPy)")
-@pytest.mark.parametrize("obj", ["sde-rmsprop", "discrete-adam", "sde-signsgd"])
-def test_gpu_matches_numba(obj):
-    mode, name = obj.split("-")
-    target = sd.derive(name) if mode == "sde" else name
+@pytest.mark.parametrize("case", list(_GPU_CASES))
+def test_gpu_matches_numba(case):
+    """Same seed, same statistics as the numba backend (the Gaussians are bit-identical; the rest of the
+    kernel may contract to FMAs, hence a relative tolerance far below the Monte Carlo error)."""
+    make, prob, opts = _GPU_CASES[case]
+    target = make()
     kw = dict(paths=4096, steps=200, eta=0.01, seed=3, save_every=50)
-    a = sd.compile(target, DIAG, backend="numba").run(**kw)
-    b = sd.compile(target, DIAG, backend="cupy").run(**kw)
+    a = sd.compile(target, prob, backend="numba", **opts).run(**kw)
+    b = sd.compile(target, prob, backend="cupy", **opts).run(**kw)
     for k in a.mean:
-        np.testing.assert_allclose(b.mean[k], a.mean[k], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(b.mean[k], a.mean[k], rtol=1e-9, atol=1e-12, err_msg=f"{case}: mean of {k}")
+        np.testing.assert_allclose(b.var[k], a.var[k], rtol=1e-7, atol=1e-12, err_msg=f"{case}: variance of {k}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu(), reason="needs a CUDA GPU (CuPy)")
+def test_gpu_float32_tracks_float64():
+    """float32 on the GPU against float64 numba: the same paths, to float32 accuracy over 200 steps."""
+    kw = dict(paths=4096, steps=200, eta=0.01, seed=5, save_every=200)
+    a = sd.compile(sd.derive("rmsprop"), DIAG, backend="numba").run(**kw)
+    b = sd.compile(sd.derive("rmsprop"), DIAG, backend="cupy", dtype="float32").run(**kw)
+    np.testing.assert_allclose(b.mean["loss"], a.mean["loss"], rtol=1e-4)

@@ -673,7 +673,10 @@ def test_gpu_benchmark_script_runs(fake_cupy, capsys):
     assert bench.main(["--paths", "128", "--cpu-paths", "128", "--d", "4", "--steps", "20", "--save-every", "10"]) == 0
     out = capsys.readouterr().out
     assert "| cupy    | float32 |" in out and "| cupy    | float64 |" in out and "| numba   | float64 |" in out
-    assert "coordinate-steps/s (issue 3 target on an H100" in out
+    assert "coordinate-steps/s (target on an H100/H200: >= 1e11" in out
+    assert bench.main(["--paths", "128", "--cpu-paths", "128", "--d", "4", "--steps", "20", "--only", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "| cupy    | float32 |" in out and "| cupy    | float64 |" not in out and "| numba   | float64 |" in out
     g = bench.measure("cupy", "float64", 128, 4, 20, 10)
     c = bench.measure("numba", "float64", 128, 4, 20, 10)
     assert g["coord_steps_per_s"] > 0 and g["run_s"] > 0

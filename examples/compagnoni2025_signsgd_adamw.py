@@ -58,7 +58,8 @@ def main(argv=None) -> int:
         print(f"== {label}")
         print(r)
         print()
-    png = C.plot_results(list(results.values()), out / f"{NAME}.png",
+    png = out / f"{NAME}.png"
+    C.plot_results(list(results.values()), png,
                          title="Compagnoni et al. 2025: SignSGD vs SGD, heavy tails, RMSpropW/AdamW", ncol=4)
     write_json(out / f"{NAME}.json", {k: r.to_dict() for k, r in results.items()})
     want = {k: "fails by design" not in k for k in results}

@@ -43,7 +43,8 @@ def main(argv=None) -> int:
         print(f"== {label}")
         print(r)
         print()
-    png = C.plot_results([surge], out / f"{NAME}.png", title="Li et al. 2024: surge of the optimal step of sign updates")
+    png = out / f"{NAME}.png"
+    C.plot_results([surge], png, title="Li et al. 2024: surge of the optimal step of sign updates")
     write_json(out / f"{NAME}.json", {"surge": surge.to_dict(), "wrong_formula": wrong.to_dict()})
     f = surge.figures
     cs = kw["c"]

@@ -46,7 +46,9 @@ def main(argv=None) -> int:
         print(f"== order-{order} SME")
         print(comps[order])
         print()
-    pngs = [comps[o].plot(out / f"{NAME}_order{o}.png") for o in (1, 2)]
+    pngs = [out / f"{NAME}_order{o}.png" for o in (1, 2)]
+    for o, png in zip((1, 2), pngs):
+        comps[o].plot(png)
     write_json(out / f"{NAME}.json", {f"order{o}": comps[o].to_dict(curves=False) for o in comps}, default=str)
     rows = []
     for o, c in comps.items():

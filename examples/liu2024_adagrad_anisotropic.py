@@ -39,7 +39,8 @@ def main(argv=None) -> int:
         kw = dict(d=128, budget=2**14, batch_sizes=(1, 4, 16, 64, 256, 1024, 4096), seeds=3)
     res = C.adagrad_vs_sgd_batch(**kw)
     print(res)
-    png = C.plot_results([res], out / f"{NAME}.png", ncol=2,
+    png = out / f"{NAME}.png"
+    C.plot_results([res], png, ncol=2,
                          title="Liu, Pan & Zhang: AdaGrad vs SGD at a fixed sample budget")
     write_json(out / f"{NAME}.json", res.to_dict())
     f = res.figures

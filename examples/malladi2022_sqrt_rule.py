@@ -55,7 +55,8 @@ def main(argv=None) -> int:
         print(f"== {label}")
         print(r)
         print()
-    png = C.plot_results(list(results.values()), out / f"{NAME}.png",
+    png = out / f"{NAME}.png"
+    C.plot_results(list(results.values()), png,
                          title="Malladi et al. 2022: square-root rule (Adam, RMSprop) vs linear rule")
     write_json(out / f"{NAME}.json", {k: r.to_dict() for k, r in results.items()})
 

@@ -106,7 +106,8 @@ def main(argv=None) -> int:
         print(f"== {label}")
         print(r)
         print()
-    png = C.plot_results([one, trade], out / f"{NAME}.png", title="McCandlish et al. 2018: noise scale", ncol=2)
+    png = out / f"{NAME}.png"
+    C.plot_results([one, trade], png, title="McCandlish et al. 2018: noise scale", ncol=2)
     write_json(out / f"{NAME}.json", {"one_step": one.to_dict(), "wrong_formula": wrong.to_dict(), "tradeoff": trade.to_dict()})
     f = one.figures
     print(f"B_noise = {f['5A B_noise']:.4g}, eps_max = {f['5A eps_max']:.4g}; "

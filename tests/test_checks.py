@@ -139,10 +139,10 @@ def test_result_object(tmp_path):
     json.dumps(d)
     assert d["name"] == "signsgd_vs_sgd_stationary" and set(d) >= {"passed", "figures", "rows", "table"}
     assert "| optimizer" in r.table and ("PASSED" in str(r) or "FAILED" in str(r))
-    png = r.plot(tmp_path / "fig.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    both = C.plot_results([r, r], tmp_path / "both.png", title="two")
-    assert both.exists()
+    r.plot(tmp_path / "fig.png")
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    C.plot_results([r, r], tmp_path / "both.pdf", title="two")
+    assert (tmp_path / "both.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 @pytest.mark.parametrize("call, words", [

@@ -123,45 +123,49 @@ class CheckResult:
 
     __repr__ = __str__
 
-    def plot(self, path: str | Path) -> Path:
-        """Write the panels as one PNG (matplotlib, Agg canvas: no display needed); returns the path."""
+    def plot(self, path: str | Path | None = None):
+        """The panels as one :class:`matplotlib.figure.Figure` (Agg canvas: no display needed), written
+        to ``path`` when given (format from the suffix: PDF, SVG, EPS or PNG)."""
         return plot_results([self], path)
 
 
 def _draw_panel(ax, p: Mapping) -> None:
+    """One panel of a check; labels written with the notation's plain names are set as mathtext."""
+    from sdederive._figures import log_axis, math_label
+
     for ln in p.get("lines", []):
         x, y = np.asarray(ln["x"], float), np.asarray(ln["y"], float)
         style = ln.get("style", "-")
+        label = math_label(ln["label"]) if ln.get("label") else None
         if ln.get("yerr") is not None:
-            ax.errorbar(x, y, yerr=np.asarray(ln["yerr"], float), fmt=style, label=ln.get("label"), capsize=2, ms=4)
+            ax.errorbar(x, y, yerr=np.asarray(ln["yerr"], float), fmt=style, label=label, capsize=2)
         else:
-            ax.plot(x, y, style, label=ln.get("label"), ms=4)
+            ax.plot(x, y, style, label=label)
     for hl in p.get("hlines", []):
-        ax.axhline(hl["y"], ls=hl.get("ls", ":"), color=hl.get("color", "k"), label=hl.get("label"))
+        ax.axhline(hl["y"], ls=hl.get("ls", ":"), color=hl.get("color", "k"),
+                   label=math_label(hl["label"]) if hl.get("label") else None)
     for vl in p.get("vlines", []):
-        ax.axvline(vl["x"], ls=vl.get("ls", ":"), color=vl.get("color", "grey"), label=vl.get("label"))
-    from matplotlib.ticker import NullFormatter
-
-    ax.set_xscale(p.get("xscale", "linear"))
-    ax.set_yscale(p.get("yscale", "linear"))
-    for axis, sc in ((ax.xaxis, p.get("xscale")), (ax.yaxis, p.get("yscale"))):
-        if sc == "log":
-            axis.set_minor_formatter(NullFormatter())  # unreadable overlapping minor labels on short log ranges
-    ax.set_title(p.get("title", ""), fontsize=8)
-    ax.set_xlabel(p.get("xlabel", ""), fontsize=8)
-    ax.set_ylabel(p.get("ylabel", ""), fontsize=8)
-    ax.tick_params(labelsize=7)
-    if any(ln.get("label") for ln in p.get("lines", [])) or any(h.get("label") for h in p.get("hlines", [])):
-        ax.legend(fontsize=6)
-    ax.grid(alpha=0.3)
+        ax.axvline(vl["x"], ls=vl.get("ls", ":"), color=vl.get("color", "grey"),
+                   label=math_label(vl["label"]) if vl.get("label") else None)
+    for which in ("x", "y"):
+        if p.get(f"{which}scale") == "log":
+            log_axis(ax, which)
+    ax.set_title(math_label(p.get("title", "")))
+    ax.set_xlabel(math_label(p.get("xlabel", "")))
+    ax.set_ylabel(math_label(p.get("ylabel", "")))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
 
 
-def plot_results(results: Sequence[CheckResult], path: str | Path, title: str | None = None,
-                 ncol: int = 3) -> Path:
-    """All panels of ``results`` in one PNG (Agg canvas), each titled with its check's verdict."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def plot_results(results: Sequence[CheckResult], path: str | Path | None = None, title: str | None = None,
+                 ncol: int = 3):
+    """All panels of ``results`` in one figure, each titled with its check's verdict; written to
+    ``path`` (format from its suffix: PDF, SVG, EPS or PNG) when given.  Returns the
+    :class:`matplotlib.figure.Figure`."""
+    from sdederive import _figures as F
 
+    if path is not None:
+        F.figure_format(path)
     panels = []
     for r in results:
         verdict = "PASSED" if r.passed else "FAILED"
@@ -172,19 +176,20 @@ def plot_results(results: Sequence[CheckResult], path: str | Path, title: str | 
     n = len(panels)
     ncol = max(1, min(n, ncol))
     nrow = (n + ncol - 1) // ncol
-    fig = Figure(figsize=(5.0 * ncol, 3.8 * nrow))
-    FigureCanvasAgg(fig)
-    for i, p in enumerate(panels):
-        _draw_panel(fig.add_subplot(nrow, ncol, i + 1), p)
-    if title is None and len(results) == 1:
-        title = f"{results[0].name}: {'PASSED' if results[0].passed else 'FAILED'}"
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    return out
+    with F.style():
+        fig, axes = F.figure(nrow, ncol, width="column" if ncol == 1 else "page", aspect=0.8 if ncol > 1 else 0.75)
+        flat = axes.ravel()
+        for i, p in enumerate(panels):
+            _draw_panel(flat[i], p)
+        for ax in flat[n:]:
+            ax.set_visible(False)
+        if title is None and len(results) == 1:
+            title = f"{results[0].name}: {'PASSED' if results[0].passed else 'FAILED'}"
+        if title:
+            fig.suptitle(title)
+    if path is not None:
+        F.save(fig, path)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -286,9 +286,9 @@ class Comparison:
     def to_json(self, curves: bool = True) -> str:
         return reporting.dumps(self.to_dict(curves))
 
-    def plot(self, path: str | Path) -> Path:
-        """Write the figure (PNG, matplotlib's Agg backend) atomically; see
-        :func:`validators.reporting.plot_comparison`."""
+    def plot(self, path: str | Path | None = None):
+        """The figure (a :class:`matplotlib.figure.Figure`), written atomically to ``path`` when given,
+        in the format of its suffix (PDF, SVG, EPS, PNG); see :func:`validators.reporting.plot_comparison`."""
         return reporting.plot_comparison(self, path)
 
     def markdown(self, figure: str | None = "comparison.png") -> str:
@@ -308,7 +308,8 @@ class Comparison:
         d = Path(dirname)
         d.mkdir(parents=True, exist_ok=True)
         out = {"json": reporting.atomic_write_text(d / "report.json", self.to_json() + "\n"),
-               "png": self.plot(d / "comparison.png")}
+               "png": d / "comparison.png"}
+        self.plot(out["png"])
         out["md"] = reporting.atomic_write_text(d / "report.md", self.markdown("comparison.png"))
         return out
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_write
 from ..errors import SdederiveError
 
 __all__ = ["SweepResult", "Optimum"]
@@ -76,32 +75,33 @@ class Optimum:
             lines.append(f"| {g:g} | {b:.4g} | [{lo:.4g}, {hi:.4g}] |")
         return "\n".join(lines)
 
-    def plot(self, path: str | Path) -> Path:
-        """Optimum vs ``by`` on log-log axes with the bootstrap band and the fits made so far."""
-        import matplotlib
+    def plot(self, path: str | Path | None = None):
+        """Optimum vs ``by`` on log-log axes with the bootstrap band and the fits made so far; written
+        to ``path`` when given (format from the suffix: PDF, SVG, EPS or PNG).  Returns the
+        :class:`matplotlib.figure.Figure`."""
+        from .. import _figures as F
 
-        matplotlib.use("Agg", force=False)
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(6, 4))
-        ax = fig.add_subplot()
-        ax.fill_between(self.groups, self.lo, self.hi, alpha=0.25, label="bootstrap band (seeds)")
-        ax.plot(self.groups, self.best, "o", label=f"optimal {self.param}")
-        Bs = np.geomspace(self.groups.min(), self.groups.max(), 200)
-        for name, f in (("mccandlish", _mccandlish), ("surge", _surge)):
-            if name in self.fits:
-                ft = self.fits[name]
-                ax.plot(Bs, np.exp(f(Bs, np.log(ft["eps_max"]), np.log(ft["B_noise"]))),
-                        label=f"{name}: B_noise={ft['B_noise']:.3g}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel(self.by)
-        ax.set_ylabel(f"optimal {self.param} ({self.metric})")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = Path(path)
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-        return path
+        if path is not None:
+            F.figure_format(path)
+        with F.style():
+            fig, axes = F.figure()
+            ax = axes[0, 0]
+            ax.fill_between(self.groups, self.lo, self.hi, alpha=0.3, lw=0, label="bootstrap band (seeds)")
+            ax.plot(self.groups, self.best, "o", label=F.math_label(f"optimal {self.param}"))
+            Bs = np.geomspace(self.groups.min(), self.groups.max(), 200)
+            for name, f in (("mccandlish", _mccandlish), ("surge", _surge)):
+                if name in self.fits:
+                    ft = self.fits[name]
+                    ax.plot(Bs, np.exp(f(Bs, np.log(ft["eps_max"]), np.log(ft["B_noise"]))),
+                            label=f"{name}: $B_{{\\rm noise}}={ft['B_noise']:.3g}$")
+            F.log_axis(ax, "x")
+            F.log_axis(ax, "y")
+            ax.set_xlabel(F.math_label(f"${self.by}$" if len(self.by) == 1 else self.by))
+            ax.set_ylabel(F.math_label(f"optimal {self.param} ({self.metric})"))
+            ax.legend()
+        if path is not None:
+            F.save(fig, path)
+        return fig
 
 
 class SweepResult:

@@ -122,5 +122,6 @@ def run_sweep(args, out=sys.stdout) -> int:
             print(f"{fit} fit: B_noise = {f['B_noise']:.4g}, eps_max = {f['eps_max']:.4g}", file=out)
         elif fit is not None:
             raise SdederiveError(f"[analysis] fit={fit!r}; allowed: 'surge', 'mccandlish'")
-        print(f"plot: {opt.plot(f'{args.out}/optimal.png')}", file=out)
+        opt.plot(f"{args.out}/optimal.png")
+        print(f"plot: {args.out}/optimal.png", file=out)
     return 0

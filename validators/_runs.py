@@ -8,6 +8,7 @@ Nothing here states a claim of a paper; the claims and their tolerances live in
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,11 +151,11 @@ def _draw_panel(ax, p: Mapping) -> None:
     for which in ("x", "y"):
         if p.get(f"{which}scale") == "log":
             log_axis(ax, which)
-    ax.set_title(math_label(p.get("title", "")))
+    ax.set_title(math_label(textwrap.fill(p.get("title", ""), 46)))
     ax.set_xlabel(math_label(p.get("xlabel", "")))
     ax.set_ylabel(math_label(p.get("ylabel", "")))
     if ax.get_legend_handles_labels()[0]:
-        ax.legend()
+        ax.legend(frameon=True, framealpha=0.85, edgecolor="none")
 
 
 def plot_results(results: Sequence[CheckResult], path: str | Path | None = None, title: str | None = None,
@@ -177,7 +178,8 @@ def plot_results(results: Sequence[CheckResult], path: str | Path | None = None,
     ncol = max(1, min(n, ncol))
     nrow = (n + ncol - 1) // ncol
     with F.style():
-        fig, axes = F.figure(nrow, ncol, width="column" if ncol == 1 else "page", aspect=0.8 if ncol > 1 else 0.75)
+        # a dashboard: each panel keeps a column's width (3.4 in), so its labels read at print size
+        fig, axes = F.figure(nrow, ncol, width=F.WIDTHS["column"] * ncol, aspect=0.78)
         flat = axes.ravel()
         for i, p in enumerate(panels):
             _draw_panel(flat[i], p)

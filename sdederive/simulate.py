@@ -21,6 +21,7 @@ the SDE's variables (``u = eta**2 v``).  ``init={"v": ...}`` overrides those val
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import sympy as sp
 
 from . import optimizers as _opt
 from . import regimes as _reg
+from ._quadrature import break_points, noise_expectation
 from .codegen.spec import KernelSpec, discrete_spec, sde_spec
 from .errors import DivergenceError, HyperparameterError, SdederiveError, UnknownNameError
 from .hyper import check_value
@@ -97,6 +99,21 @@ def _progress(done: int, total: int, t0: float, stream=sys.stderr) -> None:
     if done >= total:
         stream.write("\n")
     stream.flush()
+
+
+def _timed(run):
+    """``timing["total_s"]``: the wall time of the whole call (start values, set-up and the kernel), and
+    ``timing["start_s"]``, its part outside the kernel (``total_s - run_s``): what a user waits for."""
+
+    @functools.wraps(run)
+    def wrapper(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        res = run(self, *args, **kwargs)
+        res.timing["total_s"] = time.perf_counter() - t0
+        res.timing["start_s"] = res.timing["total_s"] - res.timing.get("run_s", 0.0)
+        return res
+
+    return wrapper
 
 
 class Simulator:
@@ -227,48 +244,52 @@ class Simulator:
 
     def _grad_at(self, x):
         p = self.problem
-        if isinstance(p, Quadratic):
-            return p.hessian() @ x
+        if isinstance(p, Quadratic):  # h*x for a diagonal one: no d x d matrix
+            return p.h * x if p.H is None else p.H @ x
         if isinstance(p, LogisticRegression):
             return p.per_example_grads(x).mean(0)
         fn = sp.lambdify([p.xs], [sp.diff(p.f, xi) for xi in p.xs], "numpy")
         return np.asarray(fn(x), float)
 
     def _expected_first_step(self, opt, hv: dict) -> dict:
-        """``E[s_1]`` per coordinate over ``g = grad(x0) + sigma z`` by adaptive quadrature, split at the
-        point where ``g = 0`` (sign-type updates are discontinuous there)."""
-        from scipy import integrate, stats
-
+        """``E[s_1]`` per coordinate over ``g = grad(x0) + sigma z``, all coordinates at once
+        (:func:`sdederive._quadrature.noise_expectation`: Gauss–Legendre pieces cut at ``g = 0`` and at
+        the update's other kinks and jumps in ``g``, :func:`~sdederive._quadrature.break_points`)."""
         p = self.problem
         x0 = p.x0
         gr = self._grad_at(x0)
         sg = self._noise_scale_at(x0)
-        dens = stats.t(p.nu).pdf if p.noise == "student-t" else stats.norm.pdf
+        nu = float(p.nu) if p.noise == "student-t" else None
         args = [sym("x"), sym("g"), sym("k")] + [s.symbol for s in opt.states] + [h.symbol for h in opt.hypers]
         init = self._discrete_init(opt)
+        hvals = [float(hv[h.name]) for h in opt.hypers]
+        full = [np.broadcast_to(x0, gr.shape), None, 0.0] + [init[s.name] for s in opt.states] + hvals
         out = {}
         for name, expr in opt.update:
-            f = sp.lambdify(args, expr, "math")
+            f = sp.lambdify(args, expr, "numpy")
+            # kinks and jumps of the update in g (clipping at +-c, sign(g - a)): cut the rule there too
+            roots = break_points(expr, sym("g"))
+            rf = sp.lambdify(args, roots, "numpy") if roots else None
             vals = np.empty(p.d)
-            for i in range(p.d):
-                fixed = [x0[i]]
-                st = [init[s.name][i] for s in opt.states]
-                hvals = [hv[h.name] for h in opt.hypers]
+            for lo in range(0, p.d, 512):  # blocks of coordinates: the (rows, nodes) arrays stay in cache
+                rows = slice(lo, min(lo + 512, p.d))
+                cols = [np.asarray(a, float)[rows, None] if np.ndim(a) else a for a in full]
 
-                def integrand(z, i=i, st=st, hvals=hvals, f=f):
-                    return f(x0[i], gr[i] + sg[i] * z, 0, *st, *hvals) * dens(z)
+                def F(g, f=f, cols=cols):
+                    # every argument as a full array: numpy's Max/Min printers stack their arguments
+                    return np.broadcast_to(f(*np.broadcast_arrays(*[g if a is None else a for a in cols])), g.shape)
 
-                if sg[i] == 0:
-                    vals[i] = f(*fixed, gr[i], 0, *st, *hvals)
-                    continue
-                z0 = -gr[i] / sg[i]
-                a = integrate.quad(integrand, -np.inf, z0, limit=200)[0]
-                b = integrate.quad(integrand, z0, np.inf, limit=200)[0]
-                vals[i] = a + b
+                breaks = None
+                if rf is not None:
+                    at = [c[:, 0] if np.ndim(c) else c for c in cols]
+                    at[1] = gr[rows]
+                    breaks = np.stack([np.broadcast_to(np.asarray(r, float), gr[rows].shape) for r in rf(*at)], axis=1)
+                vals[rows] = noise_expectation(F, gr[rows], sg[rows], nu, breaks)
             out[name] = vals
         return out
 
     # -- running ----------------------------------------------------------------------------------
+    @_timed
     def run(self, paths: int = 1000, steps: int = 1000, eta: float | None = None, hyper: dict | None = None,
             seed: int = 0, save_every: int = 1, init: dict | None = None, mask_diverged: bool = False,
             progress: bool = False, substeps: int = 1, chunk_seconds: float = 0.5,

@@ -41,13 +41,16 @@ MAX_DEPTH = 100
 #: largest |numerator| / |denominator| of a numeric exponent (``x**1000`` is fine, ``x**10**6`` is not)
 MAX_EXPONENT = 1000
 #: largest exact number (bits of numerator or denominator) an expression may contain or produce
-MAX_BITS = 4096
+MAX_BITS = 1024
+#: largest exact number (bits) under a root: sympy factors it to simplify ``sqrt(n)``, which costs
+MAX_ROOT_BITS = 128
 #: a name sdederive accepts for a symbol, a state or a hyperparameter: ASCII, not starting with ``_``
 IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 
 
-def _arity(lo: int, hi: int | None = None):
-    return (lo, lo if hi is None else hi)
+def _arity(lo: int, hi: int | None = -1) -> tuple[int, int | None]:
+    """``(min, max)`` argument counts; ``hi=None``: no maximum; default: exactly ``lo``."""
+    return (lo, lo if hi == -1 else hi)
 
 
 #: functions an SDE file may call: what :meth:`SDE.to_json` prints for the built-in optimizers
@@ -82,7 +85,7 @@ OBJECTIVE_FUNCTIONS = {k: SDE_FUNCTIONS[k] for k in ("sqrt", "exp", "log", "sin"
 _CONSTANTS = {"pi": sp.pi, "E": sp.E}
 
 #: arguments of these must stay small numbers when they are numbers (sympy evaluates gamma(n) = (n-1)!)
-_SMALL_NUMERIC_ARGS = {"gamma": 1000}
+_SMALL_NUMERIC_ARGS = {"gamma": 100}
 
 
 def _node_name(node: ast.AST) -> str:
@@ -210,8 +213,12 @@ class _Builder:
                 raise self.fail(f"the numeric exponent {sp.sstr(b)[:40]} is too large (numerator, denominator and "
                                 f"value at most {MAX_EXPONENT})")
             if isinstance(a, sp.Rational) and isinstance(b, sp.Rational):
-                if max(abs(a.p).bit_length(), a.q.bit_length()) * abs(b.p) > MAX_BITS:
+                bits = max(abs(a.p).bit_length(), a.q.bit_length())
+                if bits * abs(b.p) > MAX_BITS:
                     raise self.fail(f"the power {sp.sstr(a)[:40]}**{sp.sstr(b)} has more than {MAX_BITS} bits")
+                if b.q != 1 and bits > MAX_ROOT_BITS:
+                    raise self.fail(f"the root {sp.sstr(a)[:40]}**({sp.sstr(b)}) of a number with more than "
+                                    f"{MAX_ROOT_BITS} bits is not allowed")
                 if a == 0 and b.is_negative:
                     raise self.fail("division by zero (0 to a negative power)")
         return a**b
@@ -249,7 +256,9 @@ class _Builder:
             raise self.fail("DiracDelta(x, k) needs an integer derivative order 0 <= k <= 16")
         if name == "Heaviside" and n == 2 and not args[1].is_number:
             raise self.fail("Heaviside(x, h0) needs a number h0")
-        return fn(*args)
+        if name == "sqrt":
+            return self.number_ok(self.power(args[0], sp.S.Half), "a square root")
+        return self.number_ok(fn(*args), f"{name}(...)")
 
 
 def parse_expr(text: str, *, symbols: Mapping[str, sp.Basic] | Callable[[str], sp.Basic | None],

@@ -261,7 +261,7 @@ def test_named_hostile_cases_name_what_is_wrong():
         "__x": "the name '__x' is not allowed",
         "exec(x)": "the function 'exec' is not allowed",
         "sqrt(x, y=1)": "keyword arguments",
-        "gamma(10**9)": "numeric argument beyond 1000",
+        "gamma(10**9)": "numeric argument beyond 100",
         "1/0": "division by zero",
         "sqrt(" * 150 + "x" + ")" * 150: "nesting deeper than 100",
         "(" * 250 + "x" + ")" * 250: "too many nested parentheses",
@@ -308,7 +308,7 @@ def test_every_derived_sde_round_trips(name, noise, kw, order):
     text = sde.to_json()
     back = sd.SDE.from_json(text)
     assert back == sde
-    # the same symbols (with their assumptions) and the same functions, and a fixed point after one trip
+    # the same symbols (with their assumptions) and the same functions, and a second trip changes nothing
     assert back._free() == sde._free()
     assert {type(f) for e in back._exprs() for f in sp.sympify(e).atoms(sp.Function)} == \
         {type(f) for e in sde._exprs() for f in sp.sympify(e).atoms(sp.Function)}
@@ -316,7 +316,7 @@ def test_every_derived_sde_round_trips(name, noise, kw, order):
         a, b = getattr(back, key), getattr(sde, key)
         assert a.keys() == b.keys() and all(sp.simplify(a[k] - b[k]) == 0 for k in a), key
     assert (back.hypers, back.notes, back.noise_values) == (sde.hypers, sde.notes, sde.noise_values)
-    assert sd.SDE.from_json(back.to_json()).to_dict() == back.to_dict()
+    assert sd.SDE.from_json(back.to_json()) == sde
 
 
 # -- bad input: clear errors -------------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import stat
 import sys
 import threading
@@ -42,7 +41,7 @@ from .._atomic import atomic_write_text
 from ..errors import SdederiveError
 from . import kernel_support, rng
 from .lower import CodegenError, print_python
-from .spec import KernelSpec
+from .spec import KernelSpec, check_names
 
 __all__ = ["generate", "load_module", "cache_dir"]
 
@@ -111,23 +110,10 @@ def _check_private(folder: Path, own: bool) -> None:
                   "the group can run code in your processes through it", stacklevel=3)
 
 
-_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
-
-
 def _comment(text: object) -> str:
     """``text`` as one line of printable ASCII for a ``#`` comment: line breaks, control and non-ASCII
     characters escaped (``\\n``), so nothing in it can end the comment and become code."""
     return str(text).encode("unicode_escape").decode("ascii")
-
-
-def check_names(spec: KernelSpec) -> None:
-    """Every name the generated code is built from must be a plain identifier (the spec's states,
-    outputs and scalar parameters become argument names)."""
-    for what, names in (("state", spec.states), ("reported state", spec.outputs), ("parameter", spec.scalars)):
-        for n in names:
-            if not isinstance(n, str) or not _IDENT.match(n):
-                raise CodegenError(f"{spec.mode} kernel of {spec.name!r}: {what} name {n!r} is not an "
-                                   "identifier; allowed: letters, digits and '_', starting with a letter")
 
 
 def _args(spec: KernelSpec, what: str) -> str:

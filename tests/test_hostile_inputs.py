@@ -183,6 +183,15 @@ def test_cache_folder_must_be_private(tmp_path, monkeypatch):
     with pytest.raises(sd.SdederiveError, match="writable by everyone"):
         cache_dir()
     shared.chmod(0o700)
+    # the default folder (~/.cache/sdederive) is sdederive's own: a loose one (umask 002) is tightened
+    monkeypatch.delenv("SDEDERIVE_CACHE_SHARED")
+    monkeypatch.delenv("SDEDERIVE_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    default = tmp_path / "home" / ".cache" / "sdederive"
+    default.mkdir(parents=True)
+    default.chmod(0o775)
+    assert cache_dir() == default
+    assert stat.S_IMODE(default.stat().st_mode) == 0o755
 
 
 # -- hostile strings -----------------------------------------------------------------------------------------

@@ -68,21 +68,26 @@ _lock = threading.Lock()
 def cache_dir() -> Path:
     """``$SDEDERIVE_CACHE`` or ``~/.cache/sdederive`` (per user), with its ``kernels/`` folder.
 
-    Folders it creates are private (``0700``).  numba's cache files there are pickles, so a folder
-    owned by another user or writable by others is refused (:class:`~sdederive.errors.SdederiveError`
-    naming it); a group-writable one too, unless ``SDEDERIVE_CACHE_SHARED=1`` says the group is trusted.
+    Folders it creates are private (``0700``), and the ones it manages (the default folder,
+    ``kernels/``, ``kernels/__pycache__``) lose group/other write bits.  numba's cache files there are
+    pickles, so a ``$SDEDERIVE_CACHE`` owned by another user or writable by others is refused
+    (:class:`~sdederive.errors.SdederiveError` naming it); a group-writable one too, unless
+    ``SDEDERIVE_CACHE_SHARED=1`` says the group is trusted.
     """
-    d = Path(os.environ.get("SDEDERIVE_CACHE", Path.home() / ".cache" / "sdederive")).expanduser()
+    given = os.environ.get("SDEDERIVE_CACHE")
+    d = Path(given or Path.home() / ".cache" / "sdederive").expanduser()
+    shared = os.environ.get("SDEDERIVE_CACHE_SHARED", "") == "1"
     for folder in (d, d / "kernels", d / "kernels" / "__pycache__"):
         if not folder.is_dir():
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _check_private(folder, own=folder != d)
+            folder.mkdir(mode=0o770 if shared else 0o700, parents=True, exist_ok=True)
+        _check_private(folder, own=folder != d or not given)  # a folder the user names is never chmod-ed
     return d
 
 
 def _check_private(folder: Path, own: bool) -> None:
     """Refuse ``folder`` unless only this user can write it.  ``own``: a folder sdederive manages
-    (``kernels/``, its ``__pycache__``), whose group/other write bits are simply removed."""
+    (the default cache folder, ``kernels/``, its ``__pycache__``), whose group/other write bits are
+    simply removed when it belongs to this user."""
     if not hasattr(os, "getuid"):  # pragma: no cover - Windows: ACLs, not mode bits
         return
     st = folder.stat()
@@ -95,7 +100,7 @@ def _check_private(folder: Path, own: bool) -> None:
     loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     if not loose:
         return
-    if own and st.st_uid == os.getuid():
+    if own and st.st_uid == os.getuid() and not shared:
         os.chmod(folder, stat.S_IMODE(st.st_mode) & ~(stat.S_IWGRP | stat.S_IWOTH))
         return
     if st.st_mode & stat.S_IWOTH or not shared:

@@ -217,7 +217,16 @@ def _hostile():
                           st.sampled_from(["'os'", "'pathlib'", "x"]))
     printable = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
     anything = st.text(max_size=30)
-    return st.one_of(templated, printable, anything)
+    # random expression trees mixing allowed and forbidden pieces
+    funcs = st.sampled_from(["sqrt", "exp", "gamma", "hyper", "Max", "eval", "getattr", "__import__", "open", "type"])
+    trees = st.recursive(fill, lambda sub: st.one_of(
+        st.builds(lambda a, op, b: f"({a}){op}({b})", sub, st.sampled_from(["+", "-", "*", "/", "**", "//", "%", "<",
+                                                                          " and ", " if 1 else ", "@", "|"]), sub),
+        st.builds(lambda f, args: f"{f}({', '.join(args)})", funcs, st.lists(sub, max_size=3)),
+        st.builds(lambda a, b: f"({a}).{b}", sub, st.sampled_from(["__class__", "real", "__globals__", "func"])),
+        st.builds(lambda a, b: f"({a})[{b}]", sub, sub),
+        st.builds(lambda a: f"-({a})", sub)), max_leaves=12)
+    return st.one_of(templated, trees, printable, anything)
 
 
 def _inert(e) -> bool:
@@ -232,7 +241,7 @@ def _inert(e) -> bool:
                for s in e.free_symbols)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=_hostile())
 def test_hostile_strings_are_errors_or_inert(tmp_path_factory, text):
     marker = tmp_path_factory.getbasetemp() / "hostile_marker"
@@ -287,9 +296,9 @@ def test_parser_keeps_exact_numbers_and_long_sums():
     assert parse_expr("0.1", symbols={}) == sp.Float("0.1")
     assert parse_expr("2**(1/2)", symbols={}) == sp.sqrt(2)
     assert parse_expr("pi + E", symbols={}) == sp.pi + sp.E
-    xs = sp.symbols("x_0:500", real=True)
-    f = parse_expr(" + ".join(f"{i + 1}*x_{i}**2" for i in range(500)), symbols={str(s): s for s in xs})
-    assert f == sum((i + 1) * xs[i] ** 2 for i in range(500))
+    xs = sp.symbols("x_0:200", real=True)
+    f = parse_expr(" + ".join(f"{i + 1}*x_{i}**2" for i in range(200)), symbols={str(s): s for s in xs})
+    assert f == sum((i + 1) * xs[i] ** 2 for i in range(200))
 
 
 # -- every derived SDE reads back exactly -----------------------------------------------------------------

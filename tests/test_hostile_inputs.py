@@ -312,6 +312,13 @@ def _supported():
     return out
 
 
+def _reference(text: str, d: dict) -> sp.Expr:
+    """sympy's parser with the SDE's names pinned to their canonical symbols (sympy would otherwise read
+    ``beta``, ``gamma``, ``B``, ``E`` ... as its functions and constants)."""
+    loc = {n: sd.sym(n) for n in set(d["symbols"]) | set(d["states"])}
+    return sp.sympify(text, locals=loc)
+
+
 _FAST = {("sgd", "gaussian", 2), ("signsgd", "student-t", 1), ("adam", "gaussian", 1), ("rmsprop", "student-t", 1),
          ("adagrad", "gaussian", 1), ("sgd_momentum", "student-t", 1), ("signum", "minibatch", 2)}
 
@@ -330,6 +337,14 @@ def test_every_derived_sde_round_trips(name, noise, kw, order):
     assert back._free() == sde._free()
     assert {type(f) for e in back._exprs() for f in sp.sympify(e).atoms(sp.Function)} == \
         {type(f) for e in sde._exprs() for f in sp.sympify(e).atoms(sp.Function)}
+    # exact, not just equal: the same trees as sympy's own parser builds from the same text (used here
+    # only on text this test generated itself, as an independent reference)
+    d = json.loads(text)
+    texts = [*d["drift"].values(), d["tau"]] + [e for v in d["diffusion"].values() for e in
+                                                 (v if isinstance(v, list) else [v])]
+    names = set(d["symbols"]) | set(d["states"])
+    for t in texts:
+        assert sp.srepr(parse_expr(t, symbols=lambda n: sd.sym(n) if n in names else None)) == sp.srepr(_reference(t, d)), t
     for key in ("params", "state_map", "init"):
         a, b = getattr(back, key), getattr(sde, key)
         assert a.keys() == b.keys() and all(sp.simplify(a[k] - b[k]) == 0 for k in a), key

@@ -352,6 +352,18 @@ def test_every_derived_sde_round_trips(name, noise, kw, order):
     assert sd.SDE.from_json(back.to_json()) == sde
 
 
+def test_user_optimizer_with_its_own_names_round_trips():
+    """Names outside the notation come back as the same symbols (assumptions from the JSON)."""
+    x, g, eta = sd.symbols("x g eta")
+    lam, q = sd.sym("lam", positive=True), sd.sym("q")
+    opt = sd.from_update("my-opt v2", {"x": x - eta * lam * g - eta * q * x},
+                         hypers={"eta": (0.1, "lr"), "lam": (1.0, "positive"), "q": (0.0, "real")})
+    sde = sd.derive(opt)
+    back = sd.SDE.from_json(sde.to_json())
+    assert back == sde and back._free() == sde._free() and back.optimizer == "my-opt v2"
+    assert back._free()["lam"] == lam and back._free()["lam"].is_positive
+
+
 # -- bad input: clear errors -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("f,msg", [

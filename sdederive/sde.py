@@ -138,8 +138,9 @@ class SDE:
                 try:
                     check_value(name, kind, val)
                 except HyperparameterError as e:
-                    raise HyperparameterError(str(e).replace("hyperparameter ", "")) from None
-            mapping[free[name]] = sp.sympify(val)
+                    raise HyperparameterError(str(e.args[0]).replace("hyperparameter ", "")) from None
+            mapping[free[name]] = (parse_expr(val, symbols=lambda n: free.get(n) or sym(n), what=f"subs: {name}")
+                                   if isinstance(val, str) else sp.sympify(val))  # text is never evaluated
 
         def f(e):
             return sp.sympify(e).xreplace(mapping)

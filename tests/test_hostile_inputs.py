@@ -290,6 +290,15 @@ def test_named_hostile_cases_name_what_is_wrong():
             parse_expr(text, **r)
 
 
+def test_sde_subs_text_is_not_evaluated(tmp_path):
+    marker = tmp_path / "marker"
+    sde = sd.derive("sgd")
+    assert sde.subs(grad="2*x").drift["x"] == -2 * sd.sym("x")
+    with pytest.raises(ExpressionError, match="subs: grad"):
+        sde.subs(grad=_payload(marker))
+    assert not marker.exists()
+
+
 def test_parser_keeps_exact_numbers_and_long_sums():
     x = sd.sym("x")
     assert parse_expr("1/2*x + 3/4", symbols={"x": x}) == sp.Rational(1, 2) * x + sp.Rational(3, 4)

@@ -84,3 +84,12 @@ class DivergenceError(SdederiveError):
     def __init__(self, message: str, path: int, step: int, n_diverged: int, result=None) -> None:
         super().__init__(message)
         self.path, self.step, self.n_diverged, self.result = path, step, n_diverged, result
+
+
+class ExpressionError(SdederiveError):
+    """Expression text from a file (an SDE JSON, a custom problem's ``f``) that is not in the safe
+    expression grammar of :mod:`sdederive._safe_expr`: arithmetic, numbers, the allowed names and the
+    whitelisted functions, nothing else (the text is never evaluated as Python)."""
+
+
+__all__ += ["ExpressionError"]

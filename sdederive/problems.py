@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import sympy as sp
 
+from ._safe_expr import OBJECTIVE_FUNCTIONS, parse_expr
 from .errors import NoiseModelError, SdederiveError, UnknownNameError
 
 __all__ = ["Problem", "Quadratic", "LogisticRegression", "Custom", "from_dict", "load", "ProblemError"]
@@ -246,7 +247,9 @@ class LogisticRegression(Problem):
 
 @dataclass(frozen=True, eq=False)
 class Custom(Problem):
-    """``f`` a sympy expression of the symbols ``x_0 ... x_{d-1}`` (``sympy.symbols("x_0:d")``)."""
+    """``f`` a sympy expression of the symbols ``x_0 ... x_{d-1}`` (``sympy.symbols("x_0:d")``), or its text
+    (``"x_0**4/4 + x_1**2/2"``, read by the safe parser of :mod:`sdederive._safe_expr`: numbers,
+    ``+ - * / **``, ``x_i``, ``pi``, ``E`` and ``sqrt exp log sin cos tanh atan erf erfc``)."""
 
     f: sp.Expr | None = None
     sigma: np.ndarray | None = None
@@ -255,15 +258,12 @@ class Custom(Problem):
     kind = "custom"
 
     def __init__(self, f, sigma, x0, noise: str = "gaussian", nu=None):
-        f = sp.sympify(f)
         x0v = _vec("x0", x0, None if np.ndim(x0) else None)
         d = x0v.size
+        if d == 0:
+            raise ProblemError("x0 of a custom problem is empty; allowed: a list of d >= 1 numbers")
         xs = sp.symbols(f"x_0:{d}", real=True)
-        plain = {sp.Symbol(f"x_{i}"): xs[i] for i in range(d)}
-        f = f.xreplace(plain)
-        extra = sorted(str(s) for s in f.free_symbols - set(xs))
-        if extra:
-            raise ProblemError(f"f may only use x_0..x_{d - 1} (d = len(x0) = {d}); it also uses {extra}")
+        f = _objective(f, xs)
         nk, nuf = _noise_kind(noise, nu)
         object.__setattr__(self, "x0", x0v)
         object.__setattr__(self, "noise", nk)
@@ -286,6 +286,30 @@ class Custom(Problem):
         if self.nu is not None:
             out["nu"] = self.nu
         return out
+
+
+def _objective(f, xs: tuple) -> sp.Expr:
+    """``f`` of a custom problem as a sympy expression of ``xs``.  Text (from a problem file, a sweep
+    grid or the API) goes through the safe parser, never ``sympify``; a sympy expression is taken as it
+    is, its plain ``x_i`` symbols replaced by the real ones."""
+    d = len(xs)
+    names = f"x_0..x_{d - 1} (d = len(x0) = {d})" if d > 1 else "x_0 (d = len(x0) = 1)"
+    if isinstance(f, str):
+        f = parse_expr(f, symbols={f"x_{i}": x for i, x in enumerate(xs)}, functions=OBJECTIVE_FUNCTIONS,
+                       what="f of the custom problem", allowed=f"the variables {names}, pi and E")
+    elif isinstance(f, (int, float)) and not isinstance(f, bool):
+        f = sp.Float(f) if isinstance(f, float) else sp.Integer(f)
+    elif not isinstance(f, sp.Expr):
+        raise ProblemError(f"f of the custom problem is a {type(f).__name__} ({str(f)[:60]}); allowed: a scalar "
+                           f"expression of {names}, as text (\"x_0**2 + 2*x_1**2\") or a sympy expression")
+    f = f.xreplace({sp.Symbol(f"x_{i}"): xs[i] for i in range(d)})
+    extra = sorted(str(s) for s in f.free_symbols - set(xs))
+    if extra:
+        raise ProblemError(f"f may only use {names}; it also uses {extra}")
+    if f.has(sp.I, sp.zoo, sp.nan, sp.oo, -sp.oo):
+        raise ProblemError(f"f = {sp.sstr(f)[:80]} of the custom problem is complex or infinite; allowed: a real, "
+                           "finite objective")
+    return f
 
 
 _KEYS = {
@@ -311,6 +335,10 @@ def from_dict(spec: dict) -> Problem:
     if kind == "quadratic":
         return Quadratic(**args)
     if kind == "custom":
+        missing = [k for k in ("f", "sigma", "x0") if k not in args]
+        if missing:
+            raise ProblemError(f"a custom problem needs the field(s) {missing}; e.g. "
+                               '{"kind": "custom", "f": "x_0**4/4 + x_1**2/2", "sigma": [1, 1], "x0": [1, 1]}')
         return Custom(**args)
     syn = args.pop("synthetic", None)
     if syn is not None:

@@ -11,14 +11,17 @@ covariance per unit time before any modelling choice of the regime (``drop_noise
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
+from ._safe_expr import IDENTIFIER, parse_expr
 from .errors import HyperparameterError, SdederiveError
-from .hyper import check_value
-from .symbols import KNOWN, sympify_expr
+from .hyper import KINDS, check_value
+from .symbols import KNOWN, sym
 
 __all__ = ["SDE"]
 
@@ -135,8 +138,9 @@ class SDE:
                 try:
                     check_value(name, kind, val)
                 except HyperparameterError as e:
-                    raise HyperparameterError(str(e).replace("hyperparameter ", "")) from None
-            mapping[free[name]] = sp.sympify(val)
+                    raise HyperparameterError(str(e.args[0]).replace("hyperparameter ", "")) from None
+            mapping[free[name]] = (parse_expr(val, symbols=lambda n: free.get(n) or sym(n), what=f"subs: {name}")
+                                   if isinstance(val, str) else sp.sympify(val))  # text is never evaluated
 
         def f(e):
             return sp.sympify(e).xreplace(mapping)
@@ -253,51 +257,15 @@ class SDE:
 
     @classmethod
     def from_json(cls, data: str | Mapping) -> SDE:
-        """Rebuild an SDE from :meth:`to_json` output (or a dict of the NOTATION schema)."""
-        d = json.loads(data) if isinstance(data, str) else dict(data)
-        try:
-            states = tuple(d["states"])
-            assumptions = d.get("assumptions", {})
-            names = set(d.get("symbols", [])) | set(states) | set(assumptions) | set(KNOWN)
-            for key in ("params", "state_map"):
-                for k in d.get(key, {}):
-                    names.add(k)
+        """Rebuild an SDE from :meth:`to_json` output (or a dict of the NOTATION schema).
 
-            def P(text):
-                return sympify_expr(text, names, assumptions)
-
-            drift_text = d["drift"]
-            diff = d["diffusion"]
-            r = d.get("noise_sources")
-            if r is None:
-                r = max([(len(v) if isinstance(v, list) else 1) for v in diff.values()] or [0])
-            D = sp.zeros(len(states), r)
-            for i, s in enumerate(states):
-                v = diff.get(s, "0")
-                vals = v if isinstance(v, list) else [v]
-                for j, e in enumerate(vals[:r]):
-                    D[i, j] = P(e)
-            if "covariance" in d:
-                C = sp.Matrix([[P(e) for e in row] for row in d["covariance"]])
-            else:
-                C = (D * D.T).applyfunc(sp.simplify)
-            return cls(
-                optimizer=d["optimizer"], noise=d["noise"], regime=d["regime"], states=states,
-                drift={s: P(drift_text[s]) for s in states}, diffusion_matrix=D, covariance=C,
-                tau=P(d["tau"]), order=int(d.get("order", 1)),
-                params={k: P(v) for k, v in d.get("params", {}).items()},
-                state_map={k: P(v) for k, v in d.get("state_map", {}).items()},
-                init={k: P(v) for k, v in d.get("init", {}).items()},
-                linear_noise=bool(d.get("linear_noise", True)),
-                eliminated={f: {k: P(v) for k, v in m.items()} for f, m in d.get("eliminated", {}).items()},
-                notes=tuple(d.get("notes", ())),
-                noise_values=d.get("noise_values", {}),
-                hypers=tuple(tuple(h) for h in d.get("hypers", ())),
-            )
-        except KeyError as e:
-            raise SdederiveError(f"SDE JSON is missing the key {e.args[0]!r} (see NOTATION.md for the schema)") from None
-        except (sp.SympifyError, TypeError, SyntaxError) as e:
-            raise SdederiveError(f"SDE JSON has an expression that does not parse: {e}") from None
+        The text is never evaluated: every expression goes through the safe parser of
+        :mod:`sdederive._safe_expr` (numbers, ``+ - * / **``, names, whitelisted functions), and the
+        structure is checked (``states`` a non-empty list of names, ``diffusion`` one expression or a
+        list of ``noise_sources`` expressions per state, ``order`` 1 or 2, ...).  Anything else raises
+        :class:`~sdederive.errors.SdederiveError` naming the field and what is allowed.
+        """
+        return _from_json(cls, data)
 
     # -- numerics -----------------------------------------------------------------------------------
     def lambdify(self, modules: str = "numpy"):
@@ -308,3 +276,211 @@ class SDE:
         b = sp.lambdify(args, [self.drift[s] for s in self.states], modules=modules)
         D = sp.lambdify(args, self.diffusion_matrix.tolist(), modules=modules)
         return b, D, names
+
+
+# -- loading (SDE.from_json) ---------------------------------------------------------------------------
+_KEYS_REQUIRED = ("optimizer", "noise", "regime", "states", "drift", "diffusion", "tau")
+_KEYS_OPTIONAL = ("symbols", "order", "noise_sources", "covariance", "params", "state_map", "init", "linear_noise",
+                  "eliminated", "notes", "assumptions", "hypers", "noise_values")
+#: optimizer, noise model and regime names: letters, digits and ``_ . + -`` (and inner spaces), no
+#: line breaks or other characters that could leave a comment of generated code
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\- ]{0,99}\Z")
+_ASSUMPTION_KEYS = ("real", "positive", "nonnegative")
+_MAX_STATES = 64
+_MAX_SOURCES = 64
+
+
+def _json_err(msg: str) -> SdederiveError:
+    return SdederiveError(f"SDE JSON: {msg} (see docs/notation.md for the schema)")
+
+
+def _label(d: dict, key: str) -> str:
+    v = d[key]
+    if not isinstance(v, str) or not _LABEL.match(v):
+        raise _json_err(f"{key} = {v!r} is not a valid name; allowed: 1 to 100 letters, digits, '_', '.', '+', '-' "
+                        "or inner spaces, starting with a letter or digit")
+    return v
+
+
+def _ident(v, what: str) -> str:
+    if not isinstance(v, str) or not IDENTIFIER.match(v) or len(v) > 64:
+        raise _json_err(f"{what} {v!r} is not a valid name; allowed: an identifier of letters, digits and '_' "
+                        "starting with a letter (at most 64 characters)")
+    return v
+
+
+def _mapping(d: dict, key: str, default=None) -> dict:
+    v = d.get(key, {} if default is None else default)
+    if not isinstance(v, Mapping):
+        raise _json_err(f"{key} must be an object (name -> value); got {type(v).__name__} {str(v)[:60]}")
+    return dict(v)
+
+
+def _number(v, what: str):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise _json_err(f"{what} = {v!r} is not a finite number")
+    return v
+
+
+def _from_json(cls, data) -> SDE:
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _json_err(f"the text is not UTF-8 ({e})") from None
+    if isinstance(data, str):
+        try:
+            d = json.loads(data)
+        except json.JSONDecodeError as e:
+            raise _json_err(f"not valid JSON: {e}") from None
+        except RecursionError:
+            raise _json_err("not valid JSON: nested too deeply") from None
+    elif isinstance(data, Mapping):
+        d = data
+    else:
+        raise _json_err(f"expected JSON text or a dict; got {type(data).__name__}")
+    if not isinstance(d, Mapping):
+        raise _json_err(f"the top level must be an object; got {type(d).__name__}")
+    d = dict(d)
+    missing = [k for k in _KEYS_REQUIRED if k not in d]
+    if missing:
+        raise _json_err(f"missing the key {', '.join(map(repr, missing))}; required: {', '.join(_KEYS_REQUIRED)}")
+    unknown = sorted(str(k) for k in d if k not in _KEYS_REQUIRED + _KEYS_OPTIONAL)
+    if unknown:
+        raise _json_err(f"unknown key(s) {unknown}; allowed: {sorted(_KEYS_REQUIRED + _KEYS_OPTIONAL)}")
+    optimizer, noise, regime = _label(d, "optimizer"), _label(d, "noise"), _label(d, "regime")
+
+    states = d["states"]
+    if not isinstance(states, list) or not states or len(states) > _MAX_STATES:
+        raise _json_err(f"states = {str(states)[:80]} must be a non-empty list of at most {_MAX_STATES} state names, "
+                        "parameter first (e.g. [\"x\", \"m\"])")
+    states = tuple(_ident(s, "state") for s in states)
+    if len(set(states)) != len(states):
+        raise _json_err(f"states = {list(states)} names a state twice")
+
+    order = d.get("order", 1)
+    if isinstance(order, bool) or order not in (1, 2) or not isinstance(order, int):
+        raise _json_err(f"order = {order!r} is not allowed; allowed: 1 or 2 (an integer)")
+    linear_noise = d.get("linear_noise", True)
+    if not isinstance(linear_noise, bool):
+        raise _json_err(f"linear_noise = {linear_noise!r} is not allowed; allowed: true or false")
+
+    assumptions = _mapping(d, "assumptions")
+    for name, a in assumptions.items():
+        _ident(name, "assumptions: symbol")
+        if not isinstance(a, Mapping) or any(k not in _ASSUMPTION_KEYS or not isinstance(v, bool) for k, v in a.items()):
+            raise _json_err(f"assumptions of {name!r} = {a!r}; allowed: an object with true/false values for "
+                            f"{', '.join(_ASSUMPTION_KEYS)}")
+        if name in KNOWN and {k: v for k, v in a.items() if v} not in ({}, KNOWN[name][0]):
+            raise _json_err(f"assumptions of {name!r} = {dict(a)} differ from the notation's {KNOWN[name][0]}; "
+                            "use another name for a different quantity")
+    declared = set(states) | set(assumptions)
+    syms = d.get("symbols", [])
+    if not isinstance(syms, list):
+        raise _json_err(f"symbols must be a list of names; got {type(syms).__name__}")
+    declared |= {_ident(s, "symbol") for s in syms}
+    cache: dict[str, sp.Symbol] = {}
+
+    def resolve(name: str):
+        if name in ("pi", "E") and name not in declared:
+            return None  # the constant
+        s = cache.get(name)
+        if s is None:
+            a = {k: v for k, v in assumptions.get(name, {}).items()}
+            s = cache[name] = sym(name) if name in KNOWN else sym(name, **a)
+        return s
+
+    def P(text, what: str) -> sp.Expr:
+        if not isinstance(text, str):
+            hint = f" such as \"{text}\"" if isinstance(text, (int, float)) and not isinstance(text, bool) else ""
+            raise _json_err(f"{what} = {str(text)[:60]} ({type(text).__name__}) is not allowed; allowed: an "
+                            f"expression string{hint}")
+        return parse_expr(text, symbols=resolve, what=f"SDE JSON {what}")
+
+    drift_text = _mapping(d, "drift")
+    missing = [s for s in states if s not in drift_text]
+    extra = sorted(str(k) for k in drift_text if k not in states)
+    if missing or extra:
+        raise _json_err(f"drift must have one expression per state {list(states)}; missing {missing}, "
+                        f"unknown {extra}")
+    drift = {s: P(drift_text[s], f"drift of {s}") for s in states}
+
+    diff = _mapping(d, "diffusion")
+    extra = sorted(str(k) for k in diff if k not in states)
+    if extra:
+        raise _json_err(f"diffusion has entries {extra} that are not states; states: {list(states)}")
+    r = d.get("noise_sources")
+    if r is None:
+        r = max([(len(v) if isinstance(v, list) else 1) for v in diff.values()] or [0])
+    if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= _MAX_SOURCES:
+        raise _json_err(f"noise_sources = {r!r} is not allowed; allowed: an integer from 0 to {_MAX_SOURCES}")
+    D = sp.zeros(len(states), r)
+    for i, s in enumerate(states):
+        v = diff.get(s, "0")
+        if isinstance(v, list):
+            if len(v) != r:
+                raise _json_err(f"diffusion of {s} has {len(v)} entries; allowed: one per noise source "
+                                f"(noise_sources = {r})")
+            vals = v
+        elif r > 1:
+            raise _json_err(f"diffusion of {s} = {str(v)[:60]!r} must be a list of {r} expression strings "
+                            f"(noise_sources = {r})")
+        else:
+            vals = [v]
+        for j, e in enumerate(vals):
+            val = P(e, f"diffusion of {s}" + (f"[{j}]" if isinstance(v, list) else ""))
+            if r == 0:
+                if val != 0:
+                    raise _json_err(f"diffusion of {s} = {e!r} is nonzero but noise_sources = 0")
+            else:
+                D[i, j] = val
+    if "covariance" in d:
+        C = d["covariance"]
+        n = len(states)
+        if not isinstance(C, list) or len(C) != n or any(not isinstance(row, list) or len(row) != n for row in C):
+            raise _json_err(f"covariance must be a {n}x{n} list of lists of expression strings (one row and column "
+                            f"per state); got {str(C)[:80]}")
+        C = sp.Matrix([[P(e, f"covariance[{i}][{j}]") for j, e in enumerate(row)] for i, row in enumerate(C)])
+    else:
+        C = (D * D.T).applyfunc(sp.simplify)
+
+    def exprs(key: str) -> dict:
+        return {_ident(k, f"{key}: name"): P(v, f"{key} of {k}") for k, v in _mapping(d, key).items()}
+
+    eliminated = {}
+    for f, m in _mapping(d, "eliminated").items():
+        if not isinstance(m, Mapping):
+            raise _json_err(f"eliminated of {f!r} must be an object (state -> expression); got {str(m)[:60]}")
+        eliminated[_ident(f, "eliminated: state")] = {_ident(k, "eliminated: state"): P(v, f"eliminated {f} of {k}")
+                                                      for k, v in m.items()}
+    notes = d.get("notes", [])
+    if not isinstance(notes, list) or any(not isinstance(n, str) or len(n) > 2000 for n in notes):
+        raise _json_err("notes must be a list of strings (at most 2000 characters each)")
+    hypers = []
+    raw = d.get("hypers", [])
+    if not isinstance(raw, list):
+        raise _json_err(f"hypers must be a list of [name, kind, default]; got {str(raw)[:60]}")
+    for h in raw:
+        if not isinstance(h, list) or len(h) != 3:
+            raise _json_err(f"hypers entry {str(h)[:60]} must be [name, kind, default]")
+        name, kind, default = h
+        _ident(name, "hyperparameter")
+        if kind not in KINDS:
+            raise _json_err(f"hyperparameter {name!r} has kind {kind!r}; allowed: {sorted(KINDS)}")
+        if default is not None:
+            _number(default, f"default of hyperparameter {name!r}")
+            check_value(name, kind, default)
+        hypers.append((name, kind, default))
+    noise_values = _mapping(d, "noise_values")
+    for k, v in noise_values.items():
+        _ident(k, "noise_values: name")
+        flat = v if isinstance(v, list) else [v]
+        flat = [y for x in flat for y in (x if isinstance(x, list) else [x])]
+        for x in flat:
+            _number(x, f"noise_values of {k!r}")
+    return cls(
+        optimizer=optimizer, noise=noise, regime=regime, states=states, drift=drift, diffusion_matrix=D,
+        covariance=C, tau=P(d["tau"], "tau"), order=order, params=exprs("params"), state_map=exprs("state_map"),
+        init=exprs("init"), linear_noise=linear_noise, eliminated=eliminated, notes=tuple(notes),
+        noise_values=noise_values, hypers=tuple(hypers),
+    )

@@ -112,10 +112,13 @@ def locals_for(names, assumptions: dict[str, dict] | None = None) -> dict:
 
 
 def sympify_expr(text: str, names, assumptions: dict[str, dict] | None = None) -> sp.Expr:
-    """Parse an expression string written with NOTATION names into canonical symbols."""
+    """Parse an expression string written with NOTATION names into canonical symbols.
+
+    The text is never evaluated: it goes through the safe parser of :mod:`sdederive._safe_expr`
+    (numbers, ``+ - * / **``, names, whitelisted functions).  ``names`` get their canonical symbols
+    (``assumptions`` for the non-notation ones); other identifiers become :func:`sym` symbols, and
+    ``pi``/``E`` are the constants unless listed in ``names``."""
+    from ._safe_expr import parse_expr
+
     loc = locals_for(names, assumptions)
-    # sympy's parser would turn these into functions or constants; pin them as symbols.
-    for n in ("beta", "gamma", "B", "E", "I", "S", "N", "O", "Q", "pi"):
-        if n in names:
-            loc[n] = sym(n, **(assumptions or {}).get(n, {}))
-    return sp.sympify(text, locals=loc)
+    return parse_expr(text, symbols=lambda n: loc[n] if n in loc else (None if n in ("pi", "E") else sym(n)))

@@ -23,7 +23,7 @@ import sympy as sp
 
 from .lower import CodegenError, cse_assignments, print_c
 from .rng_c import CUDA_SOURCE
-from .spec import KernelSpec
+from .spec import KernelSpec, check_names
 
 __all__ = ["generate", "compile_check", "CudaSource", "nvrtc_available"]
 
@@ -145,6 +145,7 @@ __device__ real prob_loss(const real *xv, const double *PV, const double *PM, co
 
 def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "float64") -> str:
     """CUDA C source of ``step_kernel`` and ``obs_kernel`` (``extern "C"``)."""
+    check_names(spec)
     real = "float" if dtype == "float32" else "double"
     REAL[0] = real
     S, d = len(spec.states), problem.d

@@ -10,24 +10,38 @@ for any thread count.  Random numbers come from :mod:`sdederive.codegen.rng` and
 update from :mod:`sdederive.codegen.kernel_support` (imported; the module carries both files'
 SHA-256, so editing either changes every kernel's content hash).
 
-It is written to ``<cache>/sdegen_<sha256[:16]>.py`` (atomically: temporary file, then
-``os.replace``) and imported; numba's own cache (``cache=True``) then keeps the machine code next
-to it, so a second process loads the compiled kernel instead of compiling it again.
+It is written to ``<cache>/kernels/sdegen_<sha256[:16]>.py`` (atomically: temporary file, then
+``os.replace``) and executed from the source text in memory (never from the file or a ``.pyc``, so a
+damaged or edited file on disk cannot change what runs); numba's own cache (``cache=True``) then
+keeps the machine code in ``<cache>/kernels/__pycache__`` (or under ``NUMBA_CACHE_DIR``), so a
+second process loads the compiled kernel instead of compiling it again.
+
+Cache safety.  numba's cache index (``.nbi``) and data (``.nbc``) files are pickles: whoever can
+write them can run code in the next process that loads a kernel.  :func:`cache_dir` therefore
+creates its folders private (``0700``) and refuses a cache folder owned by another user or writable
+by others (group-writable ones only with ``SDEDERIVE_CACHE_SHARED=1``, for a group that trusts its
+members).  A damaged cache (truncated or garbage ``.nbi``/``.nbc``, garbage in the kernel file) is
+detected when the kernel is loaded: its entries are dropped and the kernel is compiled again.
+Text from an SDE or a problem (optimizer names, notes) reaches the module only inside comments,
+escaped to one line of ASCII by :func:`_comment`; names in code are checked identifiers.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
+import stat
 import sys
 import threading
+import types
+import warnings
 from pathlib import Path
 
 from .._atomic import atomic_write_text
+from ..errors import SdederiveError
 from . import kernel_support, rng
-from .lower import print_python
-from .spec import KernelSpec
+from .lower import CodegenError, print_python
+from .spec import KernelSpec, check_names
 
 __all__ = ["generate", "load_module", "cache_dir"]
 
@@ -52,11 +66,59 @@ _lock = threading.Lock()
 
 
 def cache_dir() -> Path:
-    """``$SDEDERIVE_CACHE`` or ``~/.cache/sdederive`` (numba's cache goes under ``numba/`` in it
-    unless ``NUMBA_CACHE_DIR`` is set)."""
-    d = Path(os.environ.get("SDEDERIVE_CACHE", Path.home() / ".cache" / "sdederive")).expanduser()
-    (d / "kernels").mkdir(parents=True, exist_ok=True)
+    """``$SDEDERIVE_CACHE`` or ``~/.cache/sdederive`` (per user), with its ``kernels/`` folder.
+
+    Folders it creates are private (``0700``), and the ones it manages (the default folder,
+    ``kernels/``, ``kernels/__pycache__``) lose group/other write bits.  numba's cache files there are
+    pickles, so a ``$SDEDERIVE_CACHE`` owned by another user or writable by others is refused
+    (:class:`~sdederive.errors.SdederiveError` naming it); a group-writable one too, unless
+    ``SDEDERIVE_CACHE_SHARED=1`` says the group is trusted.
+    """
+    given = os.environ.get("SDEDERIVE_CACHE")
+    d = Path(given or Path.home() / ".cache" / "sdederive").expanduser()
+    shared = os.environ.get("SDEDERIVE_CACHE_SHARED", "") == "1"
+    for folder in (d, d / "kernels", d / "kernels" / "__pycache__"):
+        if not folder.is_dir():
+            folder.mkdir(mode=0o770 if shared else 0o700, parents=True, exist_ok=True)
+        _check_private(folder, own=folder != d or not given)  # a folder the user names is never chmod-ed
     return d
+
+
+def _check_private(folder: Path, own: bool) -> None:
+    """Refuse ``folder`` unless only this user can write it.  ``own``: a folder sdederive manages
+    (the default cache folder, ``kernels/``, its ``__pycache__``), whose group/other write bits are
+    simply removed when it belongs to this user."""
+    if not hasattr(os, "getuid"):  # pragma: no cover - Windows: ACLs, not mode bits
+        return
+    st = folder.stat()
+    shared = os.environ.get("SDEDERIVE_CACHE_SHARED", "") == "1"
+    if st.st_uid != os.getuid() and not shared:
+        raise SdederiveError(
+            f"the kernel cache folder {str(folder)!r} belongs to another user (uid {st.st_uid}); numba's cache "
+            "files are pickles that run code when loaded, so the cache must be your own: set SDEDERIVE_CACHE to a "
+            "folder only you can write (see docs/simulators.md#kernel-cache)")
+    loose = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if not loose:
+        return
+    if own and st.st_uid == os.getuid() and not shared:
+        os.chmod(folder, stat.S_IMODE(st.st_mode) & ~(stat.S_IWGRP | stat.S_IWOTH))
+        return
+    if st.st_mode & stat.S_IWOTH or not shared:
+        who = "everyone" if st.st_mode & stat.S_IWOTH else "its group"
+        raise SdederiveError(
+            f"the kernel cache folder {str(folder)!r} is writable by {who} (mode {stat.S_IMODE(st.st_mode):o}); "
+            "numba's cache files are pickles that run code when loaded, so only you may write there: "
+            f"run `chmod go-w {folder}` or set SDEDERIVE_CACHE to a private folder"
+            + ("" if st.st_mode & stat.S_IWOTH else " (or SDEDERIVE_CACHE_SHARED=1 if the group is trusted)")
+            + " (see docs/simulators.md#kernel-cache)")
+    warnings.warn(f"kernel cache folder {folder} is group-writable (SDEDERIVE_CACHE_SHARED=1): every member of "
+                  "the group can run code in your processes through it", stacklevel=3)
+
+
+def _comment(text: object) -> str:
+    """``text`` as one line of printable ASCII for a ``#`` comment: line breaks, control and non-ASCII
+    characters escaped (``\\n``), so nothing in it can end the comment and become code."""
+    return str(text).encode("unicode_escape").decode("ascii")
 
 
 def _args(spec: KernelSpec, what: str) -> str:
@@ -222,6 +284,7 @@ def problem_fragment(problem) -> str:
 
 def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "float64") -> str:
     """The generated module's source text."""
+    check_names(spec)
     S = len(spec.states)
     nout = len(spec.outputs)
     st_load = ", ".join(f"X[{j}, i]" for j in range(S))
@@ -327,10 +390,16 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
     body = "\n".join(L)
     header = ("# generated by sdederive: do not edit (regenerated from the spec; file name = content hash)\n")
     return (header + _PRELUDE.format(rng=rng.SOURCE_HASH, support=kernel_support.SOURCE_HASH) + "\n"
-            + f"# kernel: {spec.mode} {spec.name} on {problem.kind}, scheme {scheme}, dtype {dtype}\n"
-            + f"DT = np.{dtype}\n"
-            + "\n".join(f"# note: {n}" for n in spec.notes) + "\n"
+            + _comment(f"# kernel: {spec.mode} {spec.name} on {problem.kind}, scheme {scheme}, dtype {dtype}") + "\n"
+            + f"DT = np.{_dtype(dtype)}\n"
+            + "\n".join(_comment(f"# note: {n}") for n in spec.notes) + "\n"
             + problem_fragment(problem) + "\n" + _functions(spec) + "\n" + body + "\n")
+
+
+def _dtype(dtype: str) -> str:
+    if dtype not in ("float64", "float32"):
+        raise CodegenError(f"dtype {dtype!r} is not supported; allowed: float64, float32")
+    return dtype
 
 
 def _check_line(w, indent: str, names) -> None:
@@ -493,23 +562,67 @@ def _weak2_step(w, spec, problem, hp_args, need_hs, need_sg, corr) -> None:
     _check_line(w, ind + "    ", [f"y{j}" for j in range(S)])
 
 
-def load_module(source: str):
-    """Write ``source`` to the cache under its content hash (atomically) and import it."""
+def _module_name(source: str) -> str:
     import numba
 
-    key = hashlib.sha256((source + numba.__version__ + sys.version).encode()).hexdigest()[:16]
-    name = f"sdegen_{key}"
+    return "sdegen_" + hashlib.sha256((source + numba.__version__ + sys.version).encode()).hexdigest()[:16]
+
+
+def load_module(source: str, fresh: bool = False):
+    """Write ``source`` to the cache under its content hash (atomically) and run it as a module.
+
+    The module is executed from ``source`` itself, compiled with the cache file as its file name (numba's
+    cache keys on that file), so a damaged or edited file on disk is rewritten, never executed, and no
+    ``.pyc`` is read.  ``fresh``: build a new module object even if one is loaded (new dispatchers,
+    which read numba's on-disk cache again).
+    """
+    name = _module_name(source)
     kdir = cache_dir() / "kernels"
     path = kdir / f"{name}.py"
+    data = source.encode("utf-8")
     with _lock:
-        if not path.exists() or path.read_text() != source:
+        try:
+            same = path.read_bytes() == data
+        except OSError:
+            same = False
+        if not same:
             atomic_write_text(path, source)  # readers see the old file or the whole new one
-        if str(kdir) not in sys.path:
-            sys.path.insert(0, str(kdir))
-        if name in sys.modules:
+        if name in sys.modules and not fresh:
             return sys.modules[name]
-        importlib.invalidate_caches()
-        return importlib.import_module(name)
+        module = types.ModuleType(name)
+        module.__file__ = str(path)
+        code = compile(source, str(path), "exec", dont_inherit=True)
+        sys.modules[name] = module
+        try:
+            exec(code, module.__dict__)  # noqa: S102 - our own generated source, not text from a file
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        return module
+
+
+def _drop_numba_cache(module) -> list[str]:
+    """Forget the on-disk numba cache of every cached dispatcher the kernel module uses (its kernel and
+    the random-number and snapshot routines it calls): each index is emptied (``Cache.flush``) and the
+    kernel's own ``.nbi``/``.nbc`` files removed.  Returns what was dropped, for the error message."""
+    dropped = []
+    for obj in list(vars(module).values()):
+        cache = getattr(obj, "_cache", None)
+        if cache is None or not hasattr(cache, "flush"):
+            continue
+        try:
+            cache.flush()
+            dropped.append(getattr(obj, "__name__", "?"))
+        except OSError:
+            pass
+    stem = Path(module.__file__).stem
+    for f in (Path(module.__file__).parent / "__pycache__").glob(f"{stem}.*"):
+        if f.suffix in (".nbi", ".nbc"):
+            try:
+                f.unlink()
+            except OSError:
+                pass
+    return dropped
 
 
 class NumbaSource:
@@ -527,7 +640,19 @@ class NumbaSource:
         S, d = len(self.spec.states), self.problem.d
         # compile now (or load from numba's cache) with the argument types run() uses
         z2 = np.zeros((1, 1))
-        self.module.kernel(np.zeros((1, S, d)), np.full(1, -1, np.int64), 0, 0, 1, 1, 1.0, 0, 0,
-                           np.zeros(len(self.spec.scalars) + 1), np.zeros(2 * d + 1), z2, z2, np.zeros(1),
-                           np.zeros((1, 1, 2 + len(self.spec.outputs) * d)), np.zeros((1, 1, 2 + len(self.spec.outputs) * d)),
-                           np.zeros((1, 1), np.int64), 1, 0, 0)
+        nobs = 2 + len(self.spec.outputs) * d
+        args = (np.zeros((1, S, d)), np.full(1, -1, np.int64), 0, 0, 1, 1, 1.0, 0, 0,
+                np.zeros(len(self.spec.scalars) + 1), np.zeros(2 * d + 1), z2, z2, np.zeros(1),
+                np.zeros((1, 1, nobs)), np.zeros((1, 1, nobs)), np.zeros((1, 1), np.int64), 1, 0, 0)
+        try:
+            self.module.kernel(*args)
+        except Exception as first:  # noqa: BLE001 - a damaged numba cache raises whatever unpickling raises
+            # A truncated or garbage .nbi/.nbc (disk full, killed writer, copied cache) makes numba's
+            # loader fail.  Drop the cache entries, build a fresh module (new dispatchers) and compile again.
+            with _lock:
+                _drop_numba_cache(self.module)
+            self.module = load_module(self.text, fresh=True)
+            self.module.kernel(*args)  # a failure that is not the cache's repeats here and is raised
+            warnings.warn(f"the numba cache of kernel {Path(self.module.__file__).name} was damaged "
+                          f"({type(first).__name__}: {str(first)[:120]}); it was rebuilt", RuntimeWarning,
+                          stacklevel=2)

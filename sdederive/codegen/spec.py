@@ -17,6 +17,7 @@ stochastic gradient, ``tt`` the time, ``kk`` the step counter.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import sympy as sp
@@ -27,7 +28,7 @@ from ..sde import SDE
 from ..symbols import sym
 from .lower import GRAD, HESS, SIGMA, Assignments, CodegenError, T, check_supported, cse_assignments
 
-__all__ = ["KernelSpec", "sde_spec", "discrete_spec"]
+__all__ = ["KernelSpec", "sde_spec", "discrete_spec", "check_names"]
 
 _GR, _HS, _SG, _TT, _KK, _GV = (sp.Symbol(n, real=True) for n in ("gr", "hs", "sg", "tt", "kk", "gv"))
 
@@ -52,6 +53,20 @@ class KernelSpec:
                      sorted(self.uses),
                      [(n, sp.srepr(e)) for a in (self.coef, self.upd, self.obs) if a for n, e in a.temps + a.outputs]))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+
+
+def check_names(spec: KernelSpec) -> None:
+    """Every name the generated code is built from must be a plain ASCII identifier: the spec's states,
+    reported states and scalar parameters become argument names of the generated functions (a name
+    from a hand-built SDE could otherwise put code into the kernel source)."""
+    for what, names in (("state", spec.states), ("reported state", spec.outputs), ("parameter", spec.scalars)):
+        for n in names:
+            if not isinstance(n, str) or not _IDENT.match(n):
+                raise CodegenError(f"{spec.mode} kernel of {spec.name!r}: {what} name {n!r} is not an identifier; "
+                                   "allowed: letters, digits and '_', starting with a letter")
 
 
 def _rename(states: tuple[str, ...], scalars: tuple[str, ...]) -> dict:

@@ -56,3 +56,13 @@ def test_sweep_frames_and_latex():
     np.testing.assert_array_equal(o["eta"].to_numpy(), best)
     tex = opt.to_latex()
     assert "\\toprule" in tex and "0.03" in tex and "band\\_lo" in tex and "final\\_loss" in tex
+
+
+def test_comparison_renders_in_jupyter(comparison, monkeypatch):
+    import sys
+
+    html = comparison._repr_html_()
+    assert "<table" in html and "weak_error" in html
+    monkeypatch.setitem(sys.modules, "pandas", None)  # without pandas: the text report, escaped
+    html = comparison._repr_html_()
+    assert html.startswith("<pre>") and "weak error" in html and "<table" not in html

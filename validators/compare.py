@@ -238,6 +238,15 @@ class Comparison:
                          "level": self.level})
         return df
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the weak-error table (pandas' HTML when pandas is there, else the text report)."""
+        import html
+
+        try:
+            return f"<p><b>SDE vs discrete {html.escape(self.optimizer)}</b></p>" + self.to_pandas().to_html(index=False)
+        except sd.SdederiveError:  # no pandas: the text report
+            return f"<pre>{html.escape(self.table())}</pre>"
+
     def to_latex(self, caption: str | None = None, label: str | None = None) -> str:
         """A booktabs table of the weak errors (one row per observable and eta) for a paper."""
         from sdederive._tables import booktabs, tex_escape

@@ -46,11 +46,19 @@ def figure_format(path: str | os.PathLike) -> str:
     return FORMATS[suffix]
 
 
+def _matplotlib():
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise SdederiveError("figures need matplotlib, which is the 'plot' extra: pip install 'sdederive[plot]'") from e
+    return matplotlib
+
+
 @contextmanager
 def style():
     """The project's rc settings (sizes for a column-width figure, TrueType fonts in PDF/EPS, text
     kept as text in SVG), for the artists created inside the block."""
-    import matplotlib
+    matplotlib = _matplotlib()
 
     with matplotlib.rc_context(_RC):
         yield
@@ -60,6 +68,7 @@ def figure(nrows: int = 1, ncols: int = 1, width: str | float = "column", aspect
     """``(fig, axes)``: a constrained-layout Figure on the Agg canvas, ``width`` inches wide
     (``"column"``, ``"page"`` or a number) and ``aspect * width / ncols * nrows`` tall; ``axes`` is a
     2-d array.  Call inside :func:`style` so the artists get the project's sizes."""
+    _matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

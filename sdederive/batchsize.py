@@ -199,6 +199,10 @@ class OptimalLR:
                      rf"\epsilon_{{opt}}(B) &= {sp.latex(self.eps_form.subs({_BN: bn, _EM: em}))}"]
         return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
 
+    def _repr_latex_(self) -> str:
+        """Jupyter: the LaTeX block, rendered."""
+        return "$$" + self.latex() + "$$"
+
     def to_dict(self) -> dict:
         return {"direction": self.direction, "noise": self.noise, "form": self.form,
                 "mean": str(self.mean), "second_moment": str(self.second),

@@ -140,6 +140,10 @@ class Bound:
             rows.append(rf"{lhs} &\le {sp.latex(self.integrated, symbol_names=names)}")
         return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
 
+    def _repr_latex_(self) -> str:
+        """Jupyter: the LaTeX block, rendered."""
+        return "$$" + self.latex() + "$$"
+
     def to_dict(self) -> dict:
         s = (lambda e: None if e is None else str(e))  # noqa: E731
         return {"optimizer": self.optimizer, "kind": self.kind, "closed": self.closed,
@@ -469,6 +473,10 @@ class RateComparison:
     def latex(self) -> str:
         rows = [rf"\text{{{k}}} &: {sp.latex(v, symbol_names=_latex_names(v))}" for k, v in self.forms.items()]
         return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
+
+    def _repr_latex_(self) -> str:
+        """Jupyter: the LaTeX block, rendered."""
+        return "$$" + self.latex() + "$$"
 
     def table(self, values: dict, batch_sizes, budget: float | None = None) -> list[dict]:
         """Numbers at a fixed budget (``N=``) as the batch size grows: one row per ``B`` with each

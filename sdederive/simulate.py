@@ -75,6 +75,14 @@ class SimulationResult:
         c = np.maximum(self.count, 1).astype(float)
         return {k: np.sqrt(v / (c if v.ndim == 1 else c[:, None])) for k, v in self.var.items()}
 
+    def to_pandas(self):
+        """The snapshots as a long :class:`pandas.DataFrame`: one row per (snapshot, observable,
+        coordinate) with ``step, t, observable, coord, mean, var, se, count`` (``coord = -1`` for
+        ``loss`` and ``sqnorm``); ``df.attrs`` holds mode, name, paths, seed.  Needs the ``pandas`` extra."""
+        from ._tables import simulation_frame
+
+        return simulation_frame(self)
+
     def to_dict(self) -> dict:
         """JSON-ready: ``{"t", "mean", "var", "se", "count", "paths", "timing", ...}``."""
         se = self.se

@@ -56,6 +56,18 @@ class Stationary:
 
     __repr__ = __str__
 
+    def latex(self) -> str:
+        """An aligned LaTeX block: the stationary variance and loss on :math:`f = h x^2/2`."""
+        lx = self.sde._lx
+        rows = [rf"\operatorname{{Var}}_\infty(x) &= {lx(self.variance)}",
+                rf"\mathbb E_\infty[f] &= {lx(self.loss)}"]
+        rows += [rf"{lx(sym(k))}^\ast &= {lx(v)}" for k, v in self.fixed_point.items()]
+        return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
+
+    def _repr_latex_(self) -> str:
+        """Jupyter: the LaTeX block, rendered."""
+        return "$$" + self.latex() + "$$"
+
 
 def stationary(sde: SDE, curvature: str = "h") -> Stationary:
     """Stationary variance of ``x`` and expected loss on ``f = h*x**2/2`` (see the module docstring)."""

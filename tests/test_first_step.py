@@ -70,7 +70,7 @@ def _quad_first_step(opt, x0, gr, sg, hv, nu=None):
             cuts = sorted({-60.0, 60.0, min(max(z0, -60.0), 60.0)})
             pieces = list(zip(cuts[:-1], cuts[1:])) + ([(-np.inf, -60.0), (60.0, np.inf)] if nu else [])
 
-            def integrand(z, i=i, st=st, hvals=hvals):
+            def integrand(z, i=i, st=st, hvals=hvals, f=f):
                 return f(x0[i], gr[i] + sg[i] * z, 0, *st, *hvals) * dens(z)
 
             vals.append(sum(integrate.quad(integrand, lo, hi, limit=400, epsabs=1e-14, epsrel=1e-12)[0]

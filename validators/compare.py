@@ -217,6 +217,48 @@ class Comparison:
         return (f"weak order ({obs}): {a:.3f}  {self.level:.0%} CI [{lo:.3f}, {hi:.3f}]  ({n} of {len(self.etas)} "
                 "etas resolved; least-squares log-log slope, percentile bootstrap over replicate batches)")
 
+    def to_pandas(self):
+        """One row per (observable, eta): ``observable, eta, tau, weak_error, ci_lo, ci_hi, t_star,
+        resolved, order, order_lo, order_hi`` (the order columns repeat the fit over the etas);
+        settings in ``df.attrs``.  Needs the ``pandas`` extra."""
+        from sdederive._tables import pandas
+
+        rows = []
+        for obs in self.observables:
+            olo, ohi = self.order_ci[obs]
+            for i, eta in enumerate(self.etas):
+                lo, hi = self.interval[obs][i]
+                rows.append({"observable": obs, "eta": float(eta), "tau": float(self.taus[i]),
+                             "weak_error": float(self.weak_error[obs][i]), "ci_lo": float(lo), "ci_hi": float(hi),
+                             "t_star": float(self.t_star[obs][i]), "resolved": bool(self.resolved[obs][i]),
+                             "order": float(self.order[obs]), "order_lo": float(olo), "order_hi": float(ohi)})
+        df = pandas().DataFrame(rows)
+        df.attrs.update({"optimizer": self.optimizer, "sde": self.sde_name, "noise": self.noise,
+                         "regime": self.regime, "problem": self.problem, "paths": self.paths, "seed": self.seed,
+                         "level": self.level})
+        return df
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the weak-error table (pandas' HTML when pandas is there, else the text report)."""
+        import html
+
+        try:
+            return f"<p><b>SDE vs discrete {html.escape(self.optimizer)}</b></p>" + self.to_pandas().to_html(index=False)
+        except sd.SdederiveError:  # no pandas: the text report
+            return f"<pre>{html.escape(self.table())}</pre>"
+
+    def to_latex(self, caption: str | None = None, label: str | None = None) -> str:
+        """A booktabs table of the weak errors (one row per observable and eta) for a paper."""
+        from sdederive._tables import booktabs, tex_escape
+
+        df = self.to_pandas()[["observable", "eta", "weak_error", "ci_lo", "ci_hi", "resolved"]]
+        df = df.rename(columns={"eta": "$\\eta$", "weak_error": "weak error",
+                                "ci_lo": f"{self.level:.0%} CI low", "ci_hi": f"{self.level:.0%} CI high"})
+        if caption is None:
+            caption = tex_escape(f"Weak error of the {self.sde_name} SDE against {self.optimizer} on {self.problem} "
+                                 f"({self.paths} paths, {self.level:.0%} confidence intervals).")
+        return booktabs(df, caption=caption, label=label).replace("\\$\\textbackslash eta\\$", "$\\eta$")
+
     def table(self) -> str:
         """The readable report: settings, one row per (observable, eta), the fitted orders, the checks."""
         head = [

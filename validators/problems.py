@@ -31,7 +31,9 @@ __all__ = ["breast_cancer", "synthetic_logistic", "quadratic", "get", "names"]
 
 def breast_cancer(B: int = 32, l2: float = 1e-3, standardize: bool = True, intercept: bool = False,
                   x0=None) -> LogisticRegression:
-    """Logistic regression on :func:`sklearn.datasets.load_breast_cancer`.
+    """Logistic regression on the Breast Cancer Wisconsin data (569 samples, 30 features), the copy
+    of :func:`sklearn.datasets.load_breast_cancer` bundled with the validators (no scikit-learn needed;
+    labels: benign ``+1``, malignant ``-1``).
 
     Parameters
     ----------
@@ -42,11 +44,7 @@ def breast_cancer(B: int = 32, l2: float = 1e-3, standardize: bool = True, inter
     intercept: append a constant-1 column (a bias weight); ``d`` becomes 31.
     x0: initial weights (default zeros: loss ``log 2``).
     """
-    try:
-        from sklearn.datasets import load_breast_cancer
-    except ImportError as e:  # pragma: no cover - scikit-learn is a dependency
-        raise ValidationError("breast_cancer() needs scikit-learn (pip install scikit-learn)") from e
-    A, y = load_breast_cancer(return_X_y=True)
+    A, y = _breast_cancer_data()
     A = np.asarray(A, dtype=float)
     if standardize:
         A = (A - A.mean(0)) / A.std(0)
@@ -54,6 +52,14 @@ def breast_cancer(B: int = 32, l2: float = 1e-3, standardize: bool = True, inter
         A = np.hstack([A, np.ones((A.shape[0], 1))])
     labels = np.where(np.asarray(y) == 1, 1.0, -1.0)
     return LogisticRegression(A, labels, B=B, l2=l2, x0=x0)
+
+
+def _breast_cancer_data() -> tuple[np.ndarray, np.ndarray]:
+    """``(A, y)`` from ``validators/data/breast_cancer.npz`` (see the README beside it)."""
+    from importlib.resources import files
+
+    with files(__package__).joinpath("data", "breast_cancer.npz").open("rb") as fh, np.load(fh) as z:
+        return np.asarray(z["A"], dtype=float), np.asarray(z["y"], dtype=int)
 
 
 def synthetic_logistic(n: int = 512, d: int = 10, B: int = 8, seed: int = 0, l2: float = 1e-3,

@@ -69,6 +69,19 @@ class Optimum:
         k = int(np.nanargmax(self.best))
         return self._fit("surge", _surge, (np.log(self.best[k]), np.log(float(self.groups[k]))))
 
+    def to_pandas(self):
+        """``by``, the optimal ``param`` and its bootstrap band, one row per group (``pandas`` extra)."""
+        from .._tables import pandas
+
+        return pandas().DataFrame({self.by: self.groups, self.param: self.best, "band_lo": self.lo, "band_hi": self.hi})
+
+    def to_latex(self, caption: str | None = None, label: str | None = None) -> str:
+        """A booktabs table of the optimum per group for a paper."""
+        from .._tables import booktabs, tex_escape
+
+        return booktabs(self.to_pandas(), caption=caption or tex_escape(
+            f"Optimal {self.param} ({self.metric}) against {self.by}, with the bootstrap band over seeds."), label=label)
+
     def table(self) -> str:
         lines = [f"| {self.by} | {self.param} optimal | band |", "|---|---|---|"]
         for g, b, lo, hi in zip(self.groups, self.best, self.lo, self.hi):
@@ -112,6 +125,12 @@ class SweepResult:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def to_pandas(self):
+        """The rows (one per cell: its settings and results) as a :class:`pandas.DataFrame`."""
+        from .._tables import pandas
+
+        return pandas().DataFrame(self.rows)
 
     def column(self, name: str) -> np.ndarray:
         return np.array([r.get(name) for r in self.rows])

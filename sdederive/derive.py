@@ -27,6 +27,7 @@ through ``hess``; for SGD this is :math:`-\nabla(f + \tfrac\eta4|\nabla f|^2)`.
 from __future__ import annotations
 
 import functools
+import math
 
 import sympy as sp
 
@@ -154,7 +155,13 @@ def _derive(opt, nm, rg, order: int) -> SDE:
     incr = {s: new_vals[s] - syms[s] for s in states}
 
     # 3. atoms (non-smooth functions of the noise) -------------------------------------------------
-    incr, atoms = extract_atoms(incr)
+    try:
+        incr, atoms = extract_atoms(incr)
+    except ExpectationError as exc:  # show bias placeholders as what they stand for
+        msg = exc.args[0]
+        for G in sorted(bias, key=lambda d: -len(str(d))):
+            msg = msg.replace(str(G), f"({bias[G]})")
+        raise ExpectationError(msg) from None
     readable = {a.symbol: a.expr for a in atoms} | bias  # the engine's placeholders, for messages
 
     def show(e: sp.Expr) -> str:
@@ -283,7 +290,7 @@ def _derive(opt, nm, rg, order: int) -> SDE:
         notes.append("bias corrections 1 - beta**(k+1) -> " + ", ".join(str(v) for v in bias.values())
                      + " (k = t/tau, eta -> 0)")
 
-    _check_clean(opt, rg, drift, C, D, show)
+    _check_clean(opt, rg, drift, C, D, show, finite=getattr(nm, "nu", None) is not None)
 
     return SDE(
         optimizer=opt.name,
@@ -422,9 +429,11 @@ def _check_moves(means: dict, cov_exp: dict, drift: dict, q, tau, rg, opt, show)
         )
 
 
-def _check_clean(opt, rg, drift: dict, C: sp.Matrix, D: sp.Matrix, show) -> None:
+def _check_clean(opt, rg, drift: dict, C: sp.Matrix, D: sp.Matrix, show, finite: bool = False) -> None:
     """Last guard: a derived coefficient must be a function of the state, free of the noise ``z``, of
-    point masses and of the engine's placeholders; anything else is a derivation that went wrong."""
+    point masses and of the engine's placeholders; anything else is a derivation that went wrong.
+    ``finite``: also evaluate every coefficient at a generic point (a numeric Student-t ``nu``), which
+    must give a finite number."""
     entries = [(f"drift of {s}", e) for s, e in drift.items()]
     entries += [(f"covariance[{i},{j}]", C[i, j]) for i in range(C.shape[0]) for j in range(C.shape[1])]
     entries += [(f"diffusion[{i},{j}]", D[i, j]) for i in range(D.shape[0]) for j in range(D.shape[1])]
@@ -436,6 +445,19 @@ def _check_clean(opt, rg, drift: dict, C: sp.Matrix, D: sp.Matrix, show) -> None
             bad = "a DiracDelta"
         elif any(isinstance(f, sp.Dummy) for f in e.free_symbols):
             bad = "an internal placeholder"
+        if not bad and finite and e != 0:
+            point = {f: sp.Float(0.6180339887 if f.is_nonnegative else 0.3247179572, 30) for f in e.free_symbols}
+            try:
+                val = complex(sp.N(e.xreplace(point), 20))
+            except (TypeError, ValueError, ZeroDivisionError):
+                val = complex("nan")
+            if not (math.isfinite(val.real) and math.isfinite(val.imag)):
+                at = ", ".join(f"{k}={float(v):.4g}" for k, v in point.items())
+                raise ExpectationError(
+                    f"the derivation of {opt.name!r} in regime {rg.name!r} failed: the {what}, {show(e)}, is not "
+                    f"finite at {at} ({val.real:g}) for this noise; the noise parameters are outside what the "
+                    "closed forms can represent in floating point"
+                )
         if bad:
             raise ExpectationError(
                 f"the derivation of {opt.name!r} in regime {rg.name!r} failed: the {what} still contains {bad} "

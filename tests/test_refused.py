@@ -303,3 +303,26 @@ def test_student_t_message_does_not_promise_signum_for_every_nu():
         sd.derive("signum", noise="student-t", nu=1.5)
     msg = str(info.value)
     assert "needs nu > 2" in msg and "signum, lion) are defined for every" not in msg, msg
+
+
+def test_no_internal_names_in_unsupported_function_message():
+    # the bias placeholder inside an unsupported function of the noise is shown as 1 - exp(-rho1*t)
+    x, g, m, s, b1, b2, eps, k, hy = _adam_like()
+    m1 = b1 * m + (1 - b1) * g
+    opt = sd.from_update("tanh_bias", {"m": m1, "x": x - eta * sp.tanh(g / (1 - b1 ** (k + 1)))},
+                         hypers={n: hy[n] for n in ("eta", "beta1")})
+    with pytest.raises(sd.ExpectationError) as info:
+        sd.derive(opt, regime="balanced")
+    msg = str(info.value)
+    assert not _INTERNAL.search(msg) and "1 - exp(-rho1*t)" in msg, msg
+
+
+@pytest.mark.parametrize("nu", [0.1, 2.7, 1e5])
+def test_student_t_sign_drift_matches_scipy(nu):
+    # E[-sign(grad + sigma*T_nu)] = -(2*F_nu(grad/sigma) - 1), F_nu from scipy
+    from scipy import stats
+
+    sde = sd.derive("signsgd", noise="student-t", nu=nu)
+    for gv, sv in [(0.5, 1.0), (-2.0, 0.7)]:
+        ref = -(2 * stats.t.cdf(gv / sv, nu) - 1)
+        assert abs(_num(sde.drift["x"], {grad: gv, sigma: sv}) - ref) < 1e-12

@@ -322,8 +322,9 @@ def _pretty(e: sp.Expr) -> str:
 
 def _heavy(e: sp.Expr) -> bool:
     """Expressions that rational simplification would blow up: large powers of sums (a numeric
-    Student-t ``nu`` puts ``(1 + r**2/nu)**(-(nu + 1)/2)`` into the density), or float constants."""
-    return e.has(sp.Float) or any(
+    Student-t ``nu`` puts ``(1 + r**2/nu)**(-(nu + 1)/2)`` into the density), large expressions with
+    the Student-t CDF (Lion's Cholesky factor: seconds), or float constants."""
+    return e.has(sp.Float) or (e.has(sp.hyper) and sp.count_ops(e) > 100) or any(
         p.base.is_Add and p.exp.is_Rational and abs(p.exp) > 4 for p in e.atoms(sp.Pow)
     )
 

@@ -110,6 +110,11 @@ def _tau_form(name: str, tau) -> tuple[sp.Expr, sp.Rational, sp.Expr]:
     c, q = sp.powsimp(sp.expand(tau)).as_coeff_exponent(_eta)
     if isinstance(q, sp.Float):
         q = sp.nsimplify(q, rational=True)
+    if not c.has(_eta) and q.is_Rational and q.is_positive and c.is_positive is None and not c.is_number:
+        raise RegimeMismatchError(
+            f"regime {name!r}: the constant {c} of tau={tau} is not known to be positive; build its symbols with "
+            "positive=True (e.g. sd.sym('a', positive=True)); " + allowed
+        )
     if c.has(_eta) or not q.is_Rational or not q.is_positive or c.is_positive is not True or not c.is_finite:
         raise RegimeMismatchError(f"regime {name!r}: tau={tau} is not of the form c*eta**q; {allowed}")
     q = sp.Rational(q)

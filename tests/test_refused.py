@@ -326,3 +326,14 @@ def test_student_t_sign_drift_matches_scipy(nu):
     for gv, sv in [(0.5, 1.0), (-2.0, 0.7)]:
         ref = -(2 * stats.t.cdf(gv / sv, nu) - 1)
         assert abs(_num(sde.drift["x"], {grad: gv, sigma: sv}) - ref) < 1e-12
+
+
+def test_no_internal_names_when_x_moves_order_one():
+    # used to print the increment as -lam*_S0 (the sign atom's placeholder)
+    x, g = sd.symbols("x g")
+    lam = S("lam", positive=True)
+    opt = sd.from_update("o1", {"x": x - lam * sp.sign(g)}, hypers={"lam": (0.1, "positive")})
+    with pytest.raises(sd.RegimeMismatchError) as info:
+        sd.derive(opt)
+    msg = str(info.value)
+    assert "moves O(1)" in msg and "sign(grad + sigma*z)" in msg and not _INTERNAL.search(msg), msg

@@ -92,7 +92,7 @@ def _noise_params(args) -> dict:
     except ValueError:
         nu = args.nu  # not a number: the noise model refuses it with its own message
     else:
-        if nu == int(nu):  # keep nu=3 an integer so that exact moments stay exact
+        if nu.is_integer():  # keep nu=3 an integer so that exact moments stay exact (nan, inf: refused later)
             nu = int(nu)
     return {"nu": nu}
 

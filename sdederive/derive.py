@@ -27,6 +27,7 @@ through ``hess``; for SGD this is :math:`-\nabla(f + \tfrac\eta4|\nabla f|^2)`.
 from __future__ import annotations
 
 import functools
+import math
 
 import sympy as sp
 
@@ -83,7 +84,7 @@ def _unit_interval(opt) -> dict:
 
 @functools.lru_cache(maxsize=256)
 def _derive(opt, nm, rg, order: int) -> SDE:
-    q = sp.Rational(rg.tau_power)
+    q, ctau = rg.tau_power, rg.tau_coeff  # tau = ctau*eta**q
     N = int(sp.ceiling(q)) + 2  # expansion order of the increments
     notes: list[str] = []
 
@@ -136,6 +137,8 @@ def _derive(opt, nm, rg, order: int) -> SDE:
             for s in opt.states}
 
     tau = rg.tau
+    if order == 2:
+        _order2_allowed(opt, rg)
     subs_all = {_g: gsub, **hsubs, **ssubs}
     unit = _unit_interval(opt)
     bias: dict = {}
@@ -152,8 +155,19 @@ def _derive(opt, nm, rg, order: int) -> SDE:
     incr = {s: new_vals[s] - syms[s] for s in states}
 
     # 3. atoms (non-smooth functions of the noise) -------------------------------------------------
-    incr, atoms = extract_atoms(incr)
-    E = Expectation(nm, atoms, {h: 1 / (1 + w) for h, w in unit.items()}, N)
+    try:
+        incr, atoms = extract_atoms(incr)
+    except ExpectationError as exc:  # show bias placeholders as what they stand for
+        msg = exc.args[0]
+        for G in sorted(bias, key=lambda d: -len(str(d))):
+            msg = msg.replace(str(G), f"({bias[G]})")
+        raise ExpectationError(msg) from None
+    readable = {a.symbol: a.expr for a in atoms} | bias  # the engine's placeholders, for messages
+
+    def show(e: sp.Expr) -> str:
+        return _pretty(sp.sympify(e).xreplace(readable).xreplace(readable))
+
+    E = Expectation(nm, atoms, {h: 1 / (1 + w) for h, w in unit.items()}, N, names=readable)
 
     # 4. expansions; fast states ----------------------------------------------------------------
     exp_ = {s: expand_eta(e, N) for s, e in incr.items()}
@@ -163,17 +177,18 @@ def _derive(opt, nm, rg, order: int) -> SDE:
         if "x" in fast:
             raise RegimeMismatchError(
                 f"in regime {rg.name!r} the parameter x of {opt.name!r} moves O(1) per step "
-                f"(increment {incr['x']}); no SDE limit. Try another regime ({', '.join(regime_mod.names())})."
+                f"(increment {show(incr['x'])}); no SDE limit. Try another regime "
+                f"({', '.join(regime_mod.names())})."
             )
         for a in atoms:
             inside = [f for f in fast if a.a.has(syms[f]) or a.b.has(syms[f])]
             if inside:
                 raise RegimeMismatchError(
-                    f"state {inside[0]} of {opt.name!r} is fast in regime {rg.name!r} (its increment does not "
-                    f"vanish as eta -> 0) and enters the update through {a.expr}, nonlinearly, so it cannot be "
-                    f"averaged out. Use a regime in which it is slow ({', '.join(regime_mod.names())})."
+                    f"state {inside[0]} of {opt.name!r} is fast in regime {rg.name!r}: "
+                    f"{_fast_cause(inside[0], exp_[inside[0]], opt, show)}. It enters the update through "
+                    f"{show(a.expr)}, nonlinearly, so it cannot be averaged out."
                 )
-        incr, eliminated = _eliminate(incr, fast, syms, opt, rg)
+        incr, eliminated = _eliminate(incr, fast, syms, opt, rg, exp_, show)
         for f in fast:
             notes.append(
                 f"state {f} is fast in regime {rg.name!r} (O(1) change per step) and was eliminated: "
@@ -194,15 +209,18 @@ def _derive(opt, nm, rg, order: int) -> SDE:
             p = min(low)
             raise RegimeMismatchError(
                 f"the drift of {s} diverges in regime {rg.name!r} for {opt.name!r}: E[increment] has the term "
-                f"({_pretty(low[p])})*eta**{p}, of lower order than tau = {tau}. The optimizer has no limit in "
+                f"({show(low[p])})*eta**{p}, of lower order than tau = {tau}. The optimizer has no limit in "
                 f"this regime; try another ({', '.join(regime_mod.names())}) or scale the hyperparameter "
                 "responsible (a custom Regime with subs=...)."
             )
-        drift[s] = _tidy(means[s].get(q, sp.S.Zero), unit)
+        drift[s] = _tidy(means[s].get(q, sp.S.Zero) / ctau, unit)
 
     if order == 2:
-        drift = _order2(drift, means, states, syms, q, tau, rg, unit)
-        notes.append("order-2 drift: b0 + eta*(E2 - (grad b0) b0 / 2); assumes sigma independent of x")
+        drift = _order2(drift, means, states, syms, tau, rg, unit)
+        notes.append("order-2 drift: b0 + eta*(E2 - (grad b0) b0 / 2); assumes sigma independent of x and a "
+                     "diagonal Hessian (the correction is per coordinate, hess = d grad_i/dx_i, not the full H grad; "
+                     "on a problem whose Hessian couples coordinates the SDE is only first order and the "
+                     "simulators refuse it)")
 
     # 6. covariance ------------------------------------------------------------------------------
     pmin = None
@@ -234,9 +252,11 @@ def _derive(opt, nm, rg, order: int) -> SDE:
                 f"({', '.join(regime_mod.names())})."
             )
         for (si, sj), d in cov_exp.items():
-            c = _tidy(d.get(pmin, sp.S.Zero) * _eta ** (pmin - q), unit)
+            c = _tidy(d.get(pmin, sp.S.Zero) * _eta ** (pmin - q) / ctau, unit)
             i, j = states.index(si), states.index(sj)
             C[i, j] = C[j, i] = c
+
+    _check_moves(means, cov_exp, drift, q, tau, rg, opt, show)
 
     # 7. modelled diffusion ----------------------------------------------------------------------
     dropped = [s for s in states if kinds.get(s) in rg.drop_noise and any(C[states.index(s), j] != 0 for j in range(n))]
@@ -260,12 +280,17 @@ def _derive(opt, nm, rg, order: int) -> SDE:
             "(diagonal) noise."
         )
     notes.extend(sorted(E.conditions))
+    if getattr(nm, "gaussian_limit", False):
+        notes.append(f"Student-t nu={nm.nu:g} >= {noise_mod.NU_GAUSSIAN:g}: its moments and CDF are replaced by "
+                     "the Gaussian limits (errors O(1/nu), below 2e-7)")
     if bias:
         drift = {k: v.xreplace(bias) for k, v in drift.items()}
         D = D.xreplace(bias)
         C = C.xreplace(bias)
         notes.append("bias corrections 1 - beta**(k+1) -> " + ", ".join(str(v) for v in bias.values())
                      + " (k = t/tau, eta -> 0)")
+
+    _check_clean(opt, rg, drift, C, D, show, finite=getattr(nm, "nu", None) is not None)
 
     return SDE(
         optimizer=opt.name,
@@ -295,6 +320,15 @@ def _pretty(e: sp.Expr) -> str:
     return str(sp.factor_terms(e))
 
 
+def _heavy(e: sp.Expr) -> bool:
+    """Expressions that rational simplification would blow up: large powers of sums (a numeric
+    Student-t ``nu`` puts ``(1 + r**2/nu)**(-(nu + 1)/2)`` into the density), large expressions with
+    the Student-t CDF (Lion's Cholesky factor: seconds), or float constants."""
+    return e.has(sp.Float) or (e.has(sp.hyper) and sp.count_ops(e) > 100) or any(
+        p.base.is_Add and p.exp.is_Rational and abs(p.exp) > 4 for p in e.atoms(sp.Pow)
+    )
+
+
 def _tidy(e: sp.Expr, unit: dict) -> sp.Expr:
     """Canonical, readable form: the smallest of a few rewrites.
 
@@ -304,6 +338,8 @@ def _tidy(e: sp.Expr, unit: dict) -> sp.Expr:
     if e == 0:
         return sp.S.Zero
     e = sp.unpolarify(e)
+    if _heavy(e):
+        return sp.factor_terms(e)
     orig = e
     fwd = {h: 1 - w for h, w in unit.items()}
     back = {w: 1 - h for h, w in unit.items()}
@@ -318,7 +354,7 @@ def _tidy(e: sp.Expr, unit: dict) -> sp.Expr:
                   lambda n: sp.Pow(sp.factor(n.base), n.exp))
     base = sp.factor_terms(sp.cancel(sp.together(e)))
     cands = [base]
-    if sp.count_ops(base) < 80:
+    if sp.count_ops(base) < 80 and not base.has(sp.hyper):  # simplify would hyperexpand: seconds per nu
         try:
             cands.append(sp.simplify(base))
         except Exception:  # noqa: BLE001 - simplify is a best effort
@@ -376,7 +412,85 @@ def _limit_powers(e: sp.Expr, tau: sp.Expr, unit: dict, N: int, bias: dict) -> s
     return out.subs(_k, _t / tau)
 
 
-def _eliminate(incr: dict, fast: list[str], syms: dict, opt, rg) -> tuple[dict, dict]:
+def _check_moves(means: dict, cov_exp: dict, drift: dict, q, tau, rg, opt, show) -> None:
+    """Refuse a regime whose clock is too fast for the parameter: ``E[Delta x]`` nonzero but of
+    higher order than ``tau`` and ``Cov[Delta x]/tau -> 0``, so that the limit would be the trivial
+    ``dX = 0`` while the optimizer moves on a longer time scale."""
+    if not is_zero(drift["x"]):
+        return
+    higher = sorted(p for p in means["x"] if p > q)
+    var = cov_exp.get(("x", "x"), {})
+    if higher and (not var or min(var) > q):
+        p = higher[0]
+        raise RegimeMismatchError(
+            f"in regime {rg.name!r} (tau = {tau}) the parameter x of {opt.name!r} does not move: E[increment of x] "
+            f"= ({show(means['x'][p])})*{_eta**p} + ... is of higher order than tau and its variance vanishes "
+            f"faster than tau, so the limit would be dx = 0. The optimizer has no limit in this regime; its time "
+            f"scale is tau = {_eta**p}."
+        )
+
+
+def _check_clean(opt, rg, drift: dict, C: sp.Matrix, D: sp.Matrix, show, finite: bool = False) -> None:
+    """Last guard: a derived coefficient must be a function of the state, free of the noise ``z``, of
+    point masses and of the engine's placeholders; anything else is a derivation that went wrong.
+    ``finite``: also evaluate every coefficient at a generic point (a numeric Student-t ``nu``), which
+    must give a finite number."""
+    entries = [(f"drift of {s}", e) for s, e in drift.items()]
+    entries += [(f"covariance[{i},{j}]", C[i, j]) for i in range(C.shape[0]) for j in range(C.shape[1])]
+    entries += [(f"diffusion[{i},{j}]", D[i, j]) for i in range(D.shape[0]) for j in range(D.shape[1])]
+    for what, e in entries:
+        bad = None
+        if e.has(_z):
+            bad = "the noise variable z"
+        elif e.has(sp.DiracDelta):
+            bad = "a DiracDelta"
+        elif any(isinstance(f, sp.Dummy) for f in e.free_symbols):
+            bad = "an internal placeholder"
+        if not bad and finite and e != 0:
+            point = {f: sp.Float(0.6180339887 if f.is_nonnegative else 0.3247179572, 30) for f in e.free_symbols}
+            try:
+                val = complex(sp.N(e.xreplace(point), 20))
+            except (TypeError, ValueError, ZeroDivisionError):
+                val = complex("nan")
+            if not (math.isfinite(val.real) and math.isfinite(val.imag)):
+                at = ", ".join(f"{k}={float(v):.4g}" for k, v in point.items())
+                raise ExpectationError(
+                    f"the derivation of {opt.name!r} in regime {rg.name!r} failed: the {what}, {show(e)}, is not "
+                    f"finite at {at} ({val.real:g}) for this noise; the noise parameters are outside what the "
+                    "closed forms can represent in floating point"
+                )
+        if bad:
+            raise ExpectationError(
+                f"the derivation of {opt.name!r} in regime {rg.name!r} failed: the {what} still contains {bad} "
+                f"({show(e)}); the update has a function of the noise the expectation engine does not handle. Rewrite "
+                "the update (e.g. without nested non-smooth functions of g)."
+            )
+
+
+def _fast_cause(f: str, exp_f: dict, opt, show) -> str:
+    """Why state ``f`` is fast: the part of its increment that does not vanish as eta -> 0, and what
+    would have to be scaled with eta for it to be slow (or that nothing can)."""
+    p0 = min(exp_f)
+    lead = exp_f[p0]
+    names = {h.name for h in opt.hypers}
+    hy = sorted(str(s_) for s_ in lead.free_symbols if str(s_) in names)
+    part = f"its increment has the part {show(lead * _eta**p0)}"
+    part += ", which does not vanish as eta -> 0"
+    if not hy:
+        return (part + "; it involves no hyperparameter, so no scaling of hyperparameters makes the state slow: "
+                "only a rescaling of the state itself can (regimes 'accumulator' and 'noise-dominated' rescale "
+                "u = eta**2*v for states of kind 'accumulator' or 'second_moment'); a state that stores the last "
+                "gradient moves O(1) per step in every regime")
+    kinds = {h.name: h.kind for h in opt.hypers}
+    decays = [h_ for h_ in hy if kinds[h_] == "decay"]
+    how = (f"regimes 'balanced' (1 - {decays[0]} = rho*eta) and 'noise-dominated' (c*eta**2) scale decays"
+           if decays and len(decays) == len(hy) else
+           f"a custom sd.Regime(name, tau, subs=(({hy[0]!r}, <expression in eta>),))")
+    return (part + f"; it comes from {', '.join(hy)}, unscaled in this regime and entering every step: for {f} to be "
+            f"slow, {'it' if len(hy) == 1 else 'they'} must scale with a power of eta ({how})")
+
+
+def _eliminate(incr: dict, fast: list[str], syms: dict, opt, rg, exp_: dict, show) -> tuple[dict, dict]:
     """Adiabatic elimination of fast states entering affinely (see the module docstring)."""
     fsyms = [syms[f] for f in fast]
     slow = [s for s in incr if s not in fast]
@@ -384,9 +498,9 @@ def _eliminate(incr: dict, fast: list[str], syms: dict, opt, rg) -> tuple[dict, 
         for f in fsyms:
             if not is_zero(sp.diff(e, f, 2)) or any(not is_zero(sp.diff(e, f, f2)) for f2 in fsyms if f2 != f):
                 raise RegimeMismatchError(
-                    f"state {f} of {opt.name!r} is fast in regime {rg.name!r} (its increment does not vanish as "
-                    f"eta -> 0) and enters the update of {s} nonlinearly, so it cannot be averaged out. Use a "
-                    f"regime in which it is slow ({', '.join(regime_mod.names())})."
+                    f"state {f} of {opt.name!r} is fast in regime {rg.name!r}: "
+                    f"{_fast_cause(str(f), exp_[str(f)], opt, show)}. It enters the update of {s} nonlinearly, "
+                    "so it cannot be averaged out."
                 )
     out, coeffs = {}, {f: {} for f in fast}
     for s in slow:
@@ -398,7 +512,7 @@ def _eliminate(incr: dict, fast: list[str], syms: dict, opt, rg) -> tuple[dict, 
                           for v in sol[0].values()):
             raise RegimeMismatchError(
                 f"the fast state(s) {fast} of {opt.name!r} cannot be eliminated from {s} with deterministic "
-                f"coefficients in regime {rg.name!r}; use a regime in which they are slow"
+                f"coefficients in regime {rg.name!r}: for {fast[0]}, {_fast_cause(fast[0], exp_[fast[0]], opt, show)}"
             )
         ysol = sp.simplify(y.subs(sol[0]))
         if any(ysol.has(fs) for fs in fsyms):
@@ -418,11 +532,26 @@ def _mul_trunc(a: dict, b: dict, order) -> dict:
     return out
 
 
-def _order2(drift, means, states, syms, q, tau, rg, unit):
-    if q != 1:
-        raise SdederiveError(f"order=2 needs tau = eta; regime {rg.name!r} has tau = {tau}")
-    if any(b.has(_t) for b in drift.values()):
-        raise SdederiveError("order=2 is not supported for time-dependent drifts (bias corrections)")
+def _order2_allowed(opt, rg) -> None:
+    """Refuse ``order=2`` where the order-2 drift below would not be of order 2."""
+    if rg.tau != _eta:
+        raise SdederiveError(f"order=2 needs tau = eta; regime {rg.name!r} has tau = {rg.tau}")
+    timed = [(s, e) for s, e in opt.update if e.has(_k)]
+    if timed:
+        s, e = timed[0]
+        where = next((str(p) for p in sp.preorder_traversal(e) if isinstance(p, sp.Pow) and p.exp.has(_k)), None)
+        raise SdederiveError(
+            f"order=2 is not available for {opt.name!r}: the update of {s} depends on the step counter k"
+            + (f" (through {where}, a bias correction)" if where else "")
+            + ", so its coefficients depend on time t = k*tau; the order-2 drift b0 + eta*(E2 - (grad b0) b0/2) "
+            "holds only for time-independent coefficients (the time-derivative terms of the modified equation "
+            "are not derived), and would be only first order. Use order=1, or an optimizer without bias "
+            "correction (e.g. rmsprop instead of adam)."
+        )
+
+
+def _order2(drift, means, states, syms, tau, rg, unit):
+    q = sp.S.One
 
     def d(expr, s):
         out = sp.diff(expr, syms[s])

@@ -38,7 +38,8 @@ class UnknownNameError(SdederiveError, KeyError):
 
     def __init__(self, kind: str, name: object, valid) -> None:
         self.kind, self.name, self.valid = kind, name, sorted(valid)
-        super().__init__(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(self.valid)}")
+        head, of, tail = kind.partition(" of ")  # "hyperparameter of sgd" -> "hyperparameters of sgd"
+        super().__init__(f"unknown {kind} {name!r}; valid {head}s{of}{tail}: {', '.join(self.valid)}")
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return self.args[0]

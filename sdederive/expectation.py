@@ -97,21 +97,84 @@ def _rewrite_nonsmooth(expr: sp.Expr) -> sp.Expr:
         if len(e.args) != 2:
             raise ExpectationError(f"{e}: only two-argument Max/Min of the noise are supported")
         a, b = e.args
+        if not _is_affine(a - b):
+            raise ExpectationError(
+                f"cannot take the expectation of {e}: it compares {a} with {b}, and their difference is not affine "
+                "in the noise z (g = grad + sigma*z), so the sign of the difference has no closed form. An "
+                "expectation rule cannot help here (rules take an argument affine in z); rewrite the update "
+                "(e.g. compare quantities linear in g)."
+            )
         s = 1 if isinstance(e, sp.Max) else -1
         return (a + b + s * (a - b) * sp.sign(a - b)) / 2
 
+    expr = expr.replace(
+        lambda e: isinstance(e, sp.sign) and any(m.has(_z) for m in e.args[0].atoms(sp.Max, sp.Min)), _sign_maxmin
+    )
     return expr.replace(lambda e: isinstance(e, (sp.Max, sp.Min)) and has_z(e), maxmin)
 
 
+def _sign_maxmin(node: sp.Expr) -> sp.Expr:
+    """``sign(k*Min(A, B) - k*d)`` (``Max`` likewise) with ``B - d`` free of the noise and of known
+    sign, written exactly through ``sign(A - d)``: for ``B > d``, ``min(A, B) > d`` iff ``A > d``;
+    for ``B < d`` it never is; for ``B = d``, ``sign(min(A - d, 0)) = (sign(A - d) - 1)/2``.
+    Other nestings are left alone (and refused later, their argument not being affine in z)."""
+    arg = node.args[0]
+    ms = [m for m in arg.atoms(sp.Max, sp.Min) if m.has(_z)]
+    if len(ms) != 1 or len(ms[0].args) != 2:
+        return node
+    M = ms[0]
+    w = sp.Dummy("w")
+    lin = arg.xreplace({M: w})
+    k = sp.diff(lin, w)
+    sk = sp.sign(k)
+    if k.has(w) or k.has(_z) or sk not in (1, -1):
+        return node
+    d = -lin.subs(w, 0) / k
+    is_min = isinstance(M, sp.Min)
+    for X, Y in (M.args, M.args[::-1]):
+        gap = sp.simplify(X - d)
+        if gap.has(_z):
+            continue
+        s = sp.sign(gap)
+        if s not in (1, -1, 0):
+            continue
+        inner = sp.sign(Y - d)
+        if s == 0:
+            out = (inner - 1) / 2 if is_min else (inner + 1) / 2
+        elif (s == 1) == is_min:  # the deterministic branch never binds: min(A, B) - d ~ A - d
+            out = inner
+        else:  # the deterministic branch always binds: the sign is that of B - d
+            out = s
+        return sk * out
+    return node
+
+
+_NOISY_NONSMOOTH = (sp.sign, sp.Abs, sp.Heaviside, sp.Max, sp.Min, sp.Piecewise, sp.DiracDelta)
+
+
+def _is_affine(arg: sp.Expr) -> bool:
+    try:
+        _affine(arg, arg)
+    except ExpectationError:
+        return False
+    return True
+
+
 def _affine(arg: sp.Expr, what: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
-    b = sp.diff(arg, _z)
-    if b.has(_z) and not is_zero(sp.diff(b, _z)):
+    """``(a, b)`` with ``arg = a + b*z`` exactly (``a``, ``b`` free of z); anything else is refused."""
+    nested = [n for n in sp.preorder_traversal(arg) if isinstance(n, _NOISY_NONSMOOTH) and n.has(_z)]
+    e = sp.expand(arg) if not nested else arg
+    a, b = e.coeff(_z, 0), e.coeff(_z, 1)
+    if nested or a.has(_z) or b.has(_z) or not is_zero(sp.expand(e - a - b * _z)):
+        why = (f"its argument contains {nested[0]}, a non-smooth function of the noise inside another (nested "
+               "non-smooth functions of the noise are supported only as sign(Min(A, B) - d) or sign(Max(A, B) - d) "
+               "with B - d deterministic and of known sign)") if nested else "its argument is not affine in the noise z"
         raise ExpectationError(
-            f"cannot take the expectation of {what}: its argument is not affine in the noise z "
-            f"(g = grad + sigma*z). Register a rule with sdederive.register_expectation({type(what).__name__}, "
-            "rule) where rule(noise, n, a, b, p) returns E[z**n * f(a + b*z)**p], or rewrite the update."
+            f"cannot take the expectation of {what}: {why} (g = grad + sigma*z). The closed forms, and any rule "
+            "registered with sdederive.register_expectation, need an argument a + b*z affine in z; rewrite the "
+            "update so that it is."
         )
-    return sp.simplify(arg.subs(_z, 0)), sp.simplify(b)
+    return sp.simplify(a), sp.simplify(b)
 
 
 def extract_atoms(exprs: dict[str, sp.Expr]) -> tuple[dict[str, sp.Expr], list[Atom]]:
@@ -198,8 +261,11 @@ def _sign_of(b: sp.Expr, bounded: dict) -> sp.Expr:
 class Expectation:
     """E[.] of polynomials in ``z`` and atom placeholders, under one noise model."""
 
-    def __init__(self, noise: NoiseModel, atoms: list[Atom], bounded: dict, order: int) -> None:
+    def __init__(self, noise: NoiseModel, atoms: list[Atom], bounded: dict, order: int,
+                 names: dict | None = None) -> None:
         self.noise, self.atoms, self.bounded, self.order = noise, {a.symbol: a for a in atoms}, bounded, order
+        # placeholders -> what they stand for, so that messages show the user's expressions
+        self.names = {a.symbol: a.expr for a in atoms} | dict(names or {})
         self.conditions: set[str] = set()
         self._cache: dict = {}
         self._asym: dict = {}
@@ -216,6 +282,9 @@ class Expectation:
                             f"{a.expr} replaced by its deterministic limit; the error is O(eta**nu) under "
                             "Student-t noise"
                         )
+
+    def _show(self, e: sp.Expr) -> str:
+        return str(e.xreplace(self.names).xreplace(self.names))
 
     def moment(self, n: int) -> sp.Expr:
         self.conditions.update(self.noise.conditions(n))
@@ -251,7 +320,7 @@ class Expectation:
             s2 = self.noise.sign_mean(a2.a / a2.b)
             val = det * _sign_of(a1.b, self.bounded) * _sign_of(a2.b, self.bounded) * (1 - sp.Abs(s2 - s1))
         else:
-            names = " * ".join(str(a.expr) for a in rest)
+            names = " * ".join(self._show(a.expr) for a in rest)
             raise ExpectationError(
                 f"no closed form for E[z**{n} * {names}] (a product of several non-smooth functions of the "
                 "same noise). Register a combined rule or rewrite the update."
@@ -271,7 +340,12 @@ class Expectation:
             syms = []
             for base, p in pw.items():
                 if not (p.is_Integer and p > 0):
-                    raise ExpectationError(f"term {term} is not polynomial in the noise; cannot take E[.]")
+                    raise ExpectationError(
+                        f"cannot take the expectation of {self._show(term)}: the noise z (g = grad + sigma*z) enters "
+                        "it through a non-polynomial function whose argument is random at order one (not small as "
+                        "eta -> 0), so it cannot be Taylor-expanded, and it is not a sign/Abs/Max/Min with a closed "
+                        "form. Rewrite the update, or scale its hyperparameters so that the noise inside is small."
+                    )
                 if base == _z:
                     n += int(p)
                 elif base in self.atoms:
@@ -283,8 +357,9 @@ class Expectation:
                         syms.extend([base] * int(p))
                 else:
                     raise ExpectationError(
-                        f"cannot take the expectation of {base}: a non-polynomial function of the noise z "
-                        "remained after expansion. Register a rule with sdederive.register_expectation."
+                        f"cannot take the expectation of {self._show(base)}: a non-polynomial function of the noise "
+                        "z remained after expansion. Register a rule with sdederive.register_expectation "
+                        "(for a one-argument function of an argument affine in z), or rewrite the update."
                     )
             key = (n, tuple(sorted(syms, key=str)))
             groups[key] = groups.get(key, sp.S.Zero) + coeff

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 import sympy as sp
 
 from .errors import HyperparameterError
-from .symbols import sym
+from .symbols import KNOWN, describe, sym
+
+#: reserved names (NOTATION.md) that are hyperparameters; every other reserved name is refused
+_HYPER_NAMES = ("eta", "beta", "beta1", "beta2", "mu", "eps", "wd")
 
 __all__ = ["Hyper", "KINDS", "check_value"]
 
@@ -59,6 +62,12 @@ class Hyper:
         if self.kind not in KINDS:
             raise HyperparameterError(
                 f"hyperparameter kind {self.kind!r} of {self.name!r} is unknown; valid kinds: {sorted(KINDS)}"
+            )
+        if self.name in KNOWN and self.name not in _HYPER_NAMES:
+            raise HyperparameterError(
+                f"hyperparameter name {self.name!r} is reserved: the notation uses it for {describe(self.name)}. "
+                f"Give the hyperparameter another name, e.g. {self.name + '_h'!r} (and build its symbol with "
+                f"sd.sym({self.name + '_h'!r}) in the update)"
             )
         if self.default is not None:
             check_value(self.name, self.kind, self.default)

@@ -27,7 +27,7 @@ import sympy as sp
 from . import transforms as T
 from .errors import HyperparameterError, SpecError, UnknownNameError
 from .hyper import KINDS, Hyper, check_value
-from .symbols import sym
+from .symbols import is_registry_symbol, spelling, sym
 from .transforms import Context, StateDecl, Transform
 
 __all__ = ["Optimizer", "chain", "from_update", "get", "names", "BUILTINS"]
@@ -157,8 +157,10 @@ def _validate(opt: Optimizer) -> None:
         bad = sorted(str(s) for s in expr.free_symbols - allowed)
         if bad:
             same_name = [b for b in bad if b in allowed_names]
+            canon = {str(a): a for a in allowed}
             hint = (
-                " (a symbol of that name exists with other assumptions: build symbols with sd.sym/sd.symbols)"
+                f" (a symbol of that name exists with other assumptions: write "
+                f"{', '.join(spelling(canon[b]) for b in same_name)})"
                 if same_name
                 else " (a state used before it is defined? declare it in `init`, or a hyperparameter in `hypers`)"
             )
@@ -251,6 +253,11 @@ def from_update(
             raise SpecError(f"optimizer {name!r}: state {s!r} in init/kinds has no update; updated states: {aux}")
     states = tuple(StateDecl(s, float(init.get(s, 0.0)), kinds.get(s, "aux")) for s in aux)
     upd = tuple((s, sp.sympify(update[s])) for s in aux) + (("x", sp.sympify(update["x"])),)
+    # a hyperparameter or state written with sd.sym(name) (default assumptions) is that symbol
+    own = {h.name: h.symbol for h in hs} | {s.name: s.symbol for s in states}
+    upd = tuple((s, e.xreplace({f: own[f.name] for f in e.free_symbols
+                                if f.name in own and f != own[f.name] and is_registry_symbol(f)}))
+                if isinstance(e, sp.Basic) else (s, e) for s, e in upd)
     return Optimizer(name, tuple(hs), states, upd, natural_regime, doc, ("from_update",))
 
 

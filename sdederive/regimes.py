@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from .errors import UnknownNameError
+from .errors import RegimeMismatchError, UnknownNameError
 from .symbols import sym
 
 __all__ = ["Regime", "get", "names", "register", "REGIMES"]
@@ -50,7 +50,8 @@ class Regime:
     Attributes
     ----------
     name, doc: identification.
-    tau: continuous time per step, an expression in ``eta``.
+    tau: continuous time per step, ``c*eta**q`` with a constant ``c > 0`` and a rational ``q > 0``
+        (``eta``, ``2*eta``, ``sqrt(eta)``); anything else is refused.
     decay_power: ``p`` such that ``1 - beta = (scaled)*eta**p`` for every ``decay`` hyperparameter
         (``None``: decays stay fixed).
     decay_prefix: name prefix of the scaled decays (``"rho"``, ``"c"``).
@@ -76,15 +77,48 @@ class Regime:
     doc: str = ""
 
     def __post_init__(self) -> None:
-        tau = sp.sympify(self.tau)
-        if not tau.has(_eta) or not (tau.subs(_eta, sp.Rational(1, 10**6)) < 1):
-            raise ValueError(f"regime {self.name!r}: tau={tau} must be a positive power of eta (small as eta -> 0)")
+        coeff, power, tau = _tau_form(self.name, self.tau)
         object.__setattr__(self, "tau", tau)
+        object.__setattr__(self, "_coeff", coeff)
+        object.__setattr__(self, "_power", power)
 
     @property
-    def tau_power(self) -> sp.Expr:
-        """``q`` with ``tau = const*eta**q``."""
-        return sp.Poly(self.tau, _eta).monoms()[0][0] if self.tau.is_polynomial(_eta) else sp.S(1)
+    def tau_power(self) -> sp.Rational:
+        """``q`` with ``tau = c*eta**q``."""
+        return self._power
+
+    @property
+    def tau_coeff(self) -> sp.Expr:
+        """``c`` with ``tau = c*eta**q`` (positive, free of ``eta``)."""
+        return self._coeff
+
+
+def _tau_form(name: str, tau) -> tuple[sp.Expr, sp.Rational, sp.Expr]:
+    """``(c, q, c*eta**q)`` for a time per step ``tau = c*eta**q`` with ``c > 0`` free of ``eta`` and
+    ``q > 0`` rational; anything else is refused with a :class:`RegimeMismatchError`."""
+    allowed = ("allowed: tau = c*eta**q with a constant c > 0 and a rational q > 0, e.g. eta, 2*eta, "
+               "eta**2/3, sqrt(eta) (eta = sd.sym('eta'))")
+    try:
+        tau = sp.sympify(tau)
+    except (sp.SympifyError, TypeError) as exc:
+        raise RegimeMismatchError(f"regime {name!r}: tau={tau!r} is not an expression; {allowed}") from exc
+    if not isinstance(tau, sp.Expr) or not tau.has(_eta):
+        hint = ""
+        if isinstance(tau, sp.Expr) and any(str(s) == "eta" for s in tau.free_symbols):
+            hint = " (its eta is not sd.sym('eta'): build it with sd.sym)"
+        raise RegimeMismatchError(f"regime {name!r}: tau={tau} does not depend on eta{hint}; {allowed}")
+    c, q = sp.powsimp(sp.expand(tau)).as_coeff_exponent(_eta)
+    if isinstance(q, sp.Float):
+        q = sp.nsimplify(q, rational=True)
+    if not c.has(_eta) and q.is_Rational and q.is_positive and c.is_positive is None and not c.is_number:
+        raise RegimeMismatchError(
+            f"regime {name!r}: the constant {c} of tau={tau} is not known to be positive; build its symbols with "
+            "positive=True (e.g. sd.sym('a', positive=True)); " + allowed
+        )
+    if c.has(_eta) or not q.is_Rational or not q.is_positive or c.is_positive is not True or not c.is_finite:
+        raise RegimeMismatchError(f"regime {name!r}: tau={tau} is not of the form c*eta**q; {allowed}")
+    q = sp.Rational(q)
+    return c, q, c * _eta**q
 
 
 _BUILTIN = [

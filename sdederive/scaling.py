@@ -294,7 +294,7 @@ def _solve(sde: SDE, kap: sp.Symbol, relax: bool) -> ScalingRule:
             rule.map[name] = kap ** values[unknowns[name]] * h
     lam = kap ** values[ell]
     rule.time_change = lam
-    q = sp.Poly(sde.tau, eta).monoms()[0][0] if sde.tau.is_polynomial(eta) else 1
+    q = sp.powsimp(sp.expand(sde.tau)).as_coeff_exponent(eta)[1]  # tau = c*eta**q (q may be fractional)
     rule.steps = sp.simplify(sym("k") * kap ** (-(values[ell] + q * a_eta)))
     for s in sde.states[1:]:
         key = "state_" + s

@@ -88,6 +88,22 @@ def sym(name: str, **assumptions) -> sp.Symbol:
     return s
 
 
+def spelling(s: sp.Symbol) -> str:
+    """The call that builds ``s`` from the registry: ``sd.sym('gamma', positive=True)``; for a symbol
+    the registry did not build, the call building one of that name with the default assumptions."""
+    if s.name in KNOWN:
+        return f"sd.sym({s.name!r})"
+    for (name, assumptions), canon in _cache.items():
+        if canon is s and assumptions != (("real", True),):
+            return f"sd.sym({name!r}, " + ", ".join(f"{k}={v!r}" for k, v in assumptions) + ")"
+    return f"sd.sym({s.name!r})"
+
+
+def is_registry_symbol(s: sp.Basic) -> bool:
+    """True if ``s`` was built by :func:`sym` (with any assumptions)."""
+    return isinstance(s, sp.Symbol) and any(canon is s for canon in _cache.values())
+
+
 def symbols(names: str) -> tuple[sp.Symbol, ...]:
     """``symbols("x m v")`` -> the canonical symbols, in order."""
     return tuple(sym(n) for n in names.split())

@@ -163,10 +163,39 @@ def _coupling_signs(sde: SDE, D: sp.Matrix) -> list[int]:
     return out
 
 
+def _require_diagonal_hessian(sde: SDE, problem: Problem) -> None:
+    """The order-2 drift is derived per coordinate: its ``(grad b0) b0`` term uses ``hess`` =
+    ``d grad_i/dx_i`` only, so on a problem whose Hessian couples coordinates it misses ``H grad``'s
+    off-diagonal part and the SDE is only first order.  Refuse such a problem."""
+    import numpy as np
+
+    from ..problems import Custom, LogisticRegression, Quadratic
+
+    why = None
+    if isinstance(problem, Quadratic) and problem.H is not None:
+        H = np.asarray(problem.H, dtype=float)
+        if not np.array_equal(H, np.diag(np.diag(H))):
+            why = "a quadratic with a non-diagonal H"
+    elif isinstance(problem, LogisticRegression) and problem.d > 1:
+        why = "logistic regression (its Hessian A^T W A/n couples the coordinates)"
+    elif isinstance(problem, Custom):
+        xs = problem.xs
+        if any(sp.diff(problem.f, xs[i], xs[j]) != 0 for i in range(len(xs)) for j in range(i + 1, len(xs))):
+            why = "a custom loss whose Hessian is not diagonal (f is not a sum of functions of one coordinate)"
+    if why:
+        raise CodegenError(
+            f"the order-2 SDE of {sde.optimizer} assumes a diagonal Hessian (its correction uses hess = "
+            f"d grad_i/dx_i per coordinate, not the full H grad), so on {why} it is only first order. Simulate "
+            "it on a problem with a diagonal Hessian, or use the order-1 SDE (sd.derive(..., order=1))."
+        )
+
+
 def sde_spec(sde: SDE, problem: Problem, *, correlated: bool) -> KernelSpec:
     """Kernel spec of an SDE on a problem.  ``correlated``: the problem's noise is correlated across
     coordinates (then a linear-noise SDE uses the correlated increment, otherwise the per-coordinate
     marginal scale, which is recorded in ``notes``)."""
+    if getattr(sde, "order", 1) == 2:
+        _require_diagonal_hessian(sde, problem)
     states = tuple(sde.states)
     params = {sym(k) if isinstance(k, str) else k: v for k, v in sde.params.items()}
     notes = []

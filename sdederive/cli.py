@@ -11,7 +11,6 @@ The scaling-rule and stationary commands (and the tour) import :mod:`sdederive.s
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import textwrap
@@ -21,6 +20,7 @@ from collections.abc import Sequence
 from . import noise as noise_mod
 from . import optimizers as opt_mod
 from . import regimes as regime_mod
+from ._json import dumps as json_dumps
 from .derive import derive
 from .errors import SdederiveError
 
@@ -102,7 +102,7 @@ def _derive(args, order: int = 1):
 
 
 def _dump(obj) -> str:
-    return json.dumps(obj, indent=2, default=str)
+    return json_dumps(obj, indent=2)
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -242,6 +242,7 @@ def cmd_simulate(args, out) -> int:
 
     from .errors import DivergenceError
     from .problems import Quadratic, load
+    from .simulate import check_run_args
     from .simulate import compile as sd_compile
 
     problem = load(args.problem) if args.problem else Quadratic(h=np.geomspace(0.1, 10, 10), sigma=np.ones(10),
@@ -255,28 +256,41 @@ def cmd_simulate(args, out) -> int:
         obj = derive(args.optimizer, noise, args.regime)
     else:
         obj = opt_mod.get(args.optimizer)
+    save_every = args.save_every if args.save_every is not None else max(1, args.steps // 100)
+    # the run's sizes are checked before the (seconds-long) compile
+    check_run_args(paths=args.paths, steps=args.steps, save_every=save_every, seed=args.seed)
     sim = sd_compile(obj, problem, backend=args.backend, dtype=args.dtype, scheme=args.scheme,
                      regime=args.regime if args.mode == "discrete" else None)
     try:
         res = sim.run(paths=args.paths, steps=args.steps, eta=args.eta, hyper=hyper, seed=args.seed,
-                      save_every=args.save_every or max(1, args.steps // 100), init=init or None,
-                      mask_diverged=args.mask_diverged,
+                      save_every=save_every, init=init or None, mask_diverged=args.mask_diverged,
                       progress=args.progress)
     except DivergenceError as e:
         raise SdederiveError(str(e)) from None
+    status = 130 if res.partial else 0
+    if res.partial:
+        print(f"{PROG}: interrupted: partial result, completed {res.steps_done} of {res.steps_total} steps",
+              file=sys.stderr)
     if args.json:
-        d = res.to_dict()
-        out.write(json.dumps(d) + "\n")
-        return 0
+        out.write(json_dumps(res.to_dict()) + "\n")
+        return status
     se = res.se
-    out.write(f"{res.mode} {res.name}: {res.paths} paths, {args.steps} steps, backend {args.backend}, "
+    done = (f"{args.steps} steps" if not res.partial else
+            f"partial: completed {res.steps_done} of {res.steps_total} steps (interrupted)")
+    out.write(f"{res.mode} {res.name}: {res.paths} paths, {done}, backend {args.backend}, "
               f"compile {res.timing['compile_s']:.2f}s, run {res.timing['run_s']:.2f}s\n")
+    if res.diverged:
+        out.write(f"{res.diverged} of {res.paths} paths diverged and were left out of the statistics "
+                  "(--mask-diverged)\n")
     out.write(f"{'t':>12} {'E[loss]':>14} {'se':>10}\n")
     for j in range(len(res.t)):
-        out.write(f"{res.t[j]:12.6g} {res.mean['loss'][j]:14.6g} {se['loss'][j]:10.3g}\n")
+        if res.count[j] == 0:
+            out.write(f"{res.t[j]:12.6g} {'no path left':>14} {'-':>10}  (all {res.paths} paths diverged)\n")
+        else:
+            out.write(f"{res.t[j]:12.6g} {res.mean['loss'][j]:14.6g} {se['loss'][j]:10.3g}\n")
     for n in res.notes:
         out.write(f"note: {n}\n")
-    return 0
+    return status
 
 
 def _examples(*lines: str) -> str:
@@ -481,6 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SdederiveError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while deriving or compiling (a running simulation returns its partial result)
+        print(f"\n{PROG}: interrupted (Ctrl-C) before any result; nothing was written", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `sdederive tour | head`
         sys.stderr.close()
         return 0

@@ -11,6 +11,7 @@ The scaling-rule and stationary commands (and the tour) import :mod:`sdederive.s
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import textwrap
@@ -22,7 +23,7 @@ from . import optimizers as opt_mod
 from . import regimes as regime_mod
 from ._json import dumps as json_dumps
 from .derive import derive
-from .errors import SdederiveError
+from .errors import NoiseModelError, SdederiveError
 
 __all__ = ["main", "build_parser"]
 
@@ -92,6 +93,8 @@ def _noise_params(args) -> dict:
     except ValueError:
         nu = args.nu  # not a number: the noise model refuses it with its own message
     else:
+        if not math.isfinite(nu):  # nan, inf, 1e400 (which float() reads as inf)
+            raise NoiseModelError(f"--nu={args.nu} is invalid; allowed: a finite number nu > 0")
         if nu == int(nu):  # keep nu=3 an integer so that exact moments stay exact
             nu = int(nu)
     return {"nu": nu}
@@ -230,6 +233,10 @@ def _kv_list(items, what: str) -> dict:
         if "=" not in it:
             raise SdederiveError(f"{what} {it!r} is not NAME=VALUE (e.g. beta1=0.9)")
         k, v = it.split("=", 1)
+        if not k.strip():
+            raise SdederiveError(f"{what} {it!r} has no name before '='; allowed: NAME=VALUE (e.g. beta1=0.9)")
+        if k.strip() in out:
+            raise SdederiveError(f"{what} {k.strip()} is given twice ({it!r}); allowed: each name once")
         try:
             out[k.strip()] = float(v)
         except ValueError:
@@ -335,8 +342,7 @@ def cmd_rate(args, out) -> int:
 def cmd_optimal_lr(args, out) -> int:
     from .batchsize import optimal_lr
 
-    kw = {"nu": args.nu} if args.nu is not None else {}
-    res = optimal_lr(args.direction, noise=args.noise, **kw)
+    res = optimal_lr(args.direction, noise=args.noise, **_noise_params(args))
     return _show(args, out, res, lambda: _dump(res.to_dict()))
 
 
@@ -454,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("direction", metavar="DIR", help="update direction: sgd, sign, signsgd, adam")
     p.add_argument("--noise", default="gaussian", help=_NOISE_HELP)
-    p.add_argument("--nu", type=float, default=None, help=_NU_HELP)
+    p.add_argument("--nu", default=None, metavar="NU", help=_NU_HELP)
     _add_format_args(p, "the result as JSON", "eps_opt, B_noise, eps_max as LaTeX")
     p.set_defaults(func=cmd_optimal_lr)
 

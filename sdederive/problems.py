@@ -381,10 +381,17 @@ def from_dict(spec: dict) -> Problem:
 def load(path: str | Path) -> Problem:
     """Read a problem JSON file."""
     p = Path(path)
+    if p.is_dir():
+        raise ProblemError(f"problem file {str(p)!r} is a directory; allowed: a JSON problem file")
     try:
-        spec = json.loads(p.read_text())
+        spec = json.loads(p.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ProblemError(f"problem file {str(p)!r} does not exist") from None
+    except UnicodeDecodeError:
+        raise ProblemError(f"problem file {str(p)!r} is not a text (UTF-8 JSON) file; a binary file such as "
+                           ".npz cannot be a problem; allowed: a JSON problem file") from None
+    except OSError as e:
+        raise ProblemError(f"problem file {str(p)!r} cannot be read: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise ProblemError(f"problem file {str(p)!r} is not valid JSON: {e}") from None
     return from_dict(spec)

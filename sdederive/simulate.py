@@ -165,6 +165,9 @@ class Simulator:
         values = {n: d for n, (_, d) in table.items() if d is not None}
         given = dict(hyper or {})
         if eta is not None:
+            if "eta" in given and given["eta"] != eta:
+                raise HyperparameterError(f"eta is given twice, eta={eta!r} and hyper eta={given['eta']!r} (CLI: "
+                                          "--eta and --hp eta=); allowed: one of them")
             given["eta"] = eta
         for k, v in given.items():
             if k not in table:
@@ -678,9 +681,16 @@ def check_run_args(paths=1, steps=1, save_every=1, substeps=1, seed=0, threads=N
 def _default_threads() -> int:
     import os
 
-    env = os.environ.get("SDEDERIVE_THREADS") or os.environ.get("NUMBA_NUM_THREADS")
-    if env:
-        return max(1, int(env))
+    for var in ("SDEDERIVE_THREADS", "NUMBA_NUM_THREADS"):
+        env = os.environ.get(var)
+        if env:
+            try:
+                n = int(env)
+            except ValueError:
+                n = 0
+            if n < 1:
+                raise SdederiveError(f"{var}={env!r} is invalid; allowed: an integer >= 1 (or unset: all cores)")
+            return n
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

@@ -502,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C while deriving or compiling (a running simulation returns its partial result)
-        print(f"\n{PROG}: interrupted (Ctrl-C) before any result; nothing was written", file=sys.stderr)
+        print(f"\n{PROG}: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `sdederive tour | head`
         sys.stderr.close()

@@ -445,7 +445,7 @@ class Simulator:
         if work:
             parts.append(f"minibatch indices (B={self.problem.B}): {fmt_bytes(work)}")
         check_memory(need, f"this run ({'; '.join(parts)})",
-                     "lower paths or d, raise save_every, or split the run over seeds")
+                     "lower paths or d (or B), raise save_every, or split the run over seeds")
 
     def _raise_if_diverged(self, DIV, tau, k, res) -> None:
         """:class:`DivergenceError` naming the first (smallest-index) diverged path and its step."""
@@ -508,10 +508,11 @@ class Simulator:
                         a = alive[p0:p0 + m]
                         # a non-finite or overflowing observable of a finite state (the numba kernels'
                         # snapshot_add test): that path diverged at this step
-                        over = a & ~(cp.abs(out[:m]) < OBS_LIMIT).all(1)
+                        fin = ((out[:m] < OBS_LIMIT) & (out[:m] > -OBS_LIMIT)).all(1)  # False for NaN
+                        over = cp.where(fin, False, a)
                         if bool(over.any()):
                             g["DIV"][p0:p0 + m] = cp.where(over, np.int64(k_end), g["DIV"][p0:p0 + m])
-                            a = a & ~over
+                            a = cp.where(over, False, a)
                         a = a[:, None]
                         nb = int(a.sum())
                         if nb == 0:

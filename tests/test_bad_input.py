@@ -337,6 +337,25 @@ def test_overflowing_loss_with_finite_state_is_a_divergence(sim):
     assert f"path 0 became non-finite at step {e.step}" in str(e)
 
 
+def test_cuda_path_shares_the_overflow_check(request):
+    """The CUDA backend (its generated source built on the host with g++, tests/test_cuda_host.py's fake
+    CuPy) finds the same path and step as the numba kernel, and masks the same paths."""
+    from tests.test_cuda_host import FakeCupy
+
+    fake = FakeCupy(request.getfixturevalue("tmp_path"))
+    mp = request.getfixturevalue("monkeypatch")
+    mp.setitem(sys.modules, "cupy", fake)
+    try:
+        cuda = sd.compile("sgd", Q0, backend="cupy")
+        with pytest.raises(DivergenceError) as ei:
+            cuda.run(paths=3, steps=1200, eta=2.5, save_every=100)
+        assert ei.value.path == 0 and ei.value.step % 100 == 0 and ei.value.step <= 900
+        res = cuda.run(paths=3, steps=1200, eta=2.5, save_every=100, mask_diverged=True)
+        assert res.diverged == 3 and res.count[-1] == 0 and np.isnan(res.mean["loss"][-1])
+    finally:
+        fake.finish_builds()
+
+
 def test_masked_overflow_gives_standard_json_and_no_path_left(capsys, files, tmp_path):
     p = _write(tmp_path / "q0.json", Q0.to_dict())
     rc, out, err = run_cli(capsys, "simulate", "sgd", "--mode", "discrete", "--problem", p, "--eta", "2.5",

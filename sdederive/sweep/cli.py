@@ -143,10 +143,17 @@ def run_sweep(args, out=sys.stdout) -> int:
 
         client = Client(args.scheduler)
         executor = client.get_executor()
+    from . import store
+
     try:
         res = run(grid, problem, steps=steps, paths=paths,
                   executor=executor, out=args.out, resume=args.resume, mode=mode,
                   max_workers=args.workers, progress=not args.quiet)
+    except KeyboardInterrupt:
+        n = len(store.done_ids(args.out))
+        print(f"\nsdederive: interrupted (Ctrl-C): {n} finished cell(s) are kept in {args.out}; run again with "
+              "--resume to compute only the missing ones", file=sys.stderr)
+        return 130
     finally:
         if client is not None:
             client.close()

@@ -63,11 +63,18 @@ def run_cell(cell: dict, problem: Problem, steps: int, paths: int, mode: str = "
     obj = sd.optimizers.get(name) if mode == "discrete" else sd.derive(name)
     sim = sd.compile(obj, prob, backend=cell.get("backend", "numba"))
     t1 = time.perf_counter()
-    res = sim.run(paths=paths, steps=steps, eta=float(cell["eta"]), hyper=hyper, seed=int(cell.get("seed", 0)),
-                  save_every=steps, threads=threads, mask_diverged=True)
+    from ..errors import DivergenceError
+
+    try:
+        res = sim.run(paths=paths, steps=steps, eta=float(cell["eta"]), hyper=hyper, seed=int(cell.get("seed", 0)),
+                      save_every=steps, threads=threads, mask_diverged=True)
+        nonfinite = False
+    except DivergenceError as e:  # finite paths whose variance overflows: the cell diverged as a whole
+        res, nonfinite = e.result, True
     t2 = time.perf_counter()
-    final = float(res.mean["loss"][-1]) if res.count[-1] > 0 else float("nan")
-    return {**cell, "mode": mode, "final_loss": final, "final_loss_se": float(res.se["loss"][-1]),
+    final = float(res.mean["loss"][-1]) if res.count[-1] > 0 and not nonfinite else float("nan")
+    se = float(res.se["loss"][-1]) if not nonfinite else float("nan")
+    return {**cell, "mode": mode, "final_loss": final, "final_loss_se": se,
             "initial_loss": float(res.mean["loss"][0]), "diverged_fraction": float(res.diverged) / paths,
             "paths": int(paths), "steps": int(steps), "coord_steps": float(paths) * steps * prob.d,
             "compile_s": t1 - t0, "sim_s": t2 - t1, "cell_s": time.perf_counter() - t0}

@@ -325,11 +325,16 @@ class Simulator:
         """Simulate ``paths`` independent paths for ``steps`` steps (``t = steps*tau``).
 
         ``eta`` and ``hyper`` are the *discrete* hyperparameters in both modes.  ``substeps`` (SDE
-        mode) splits each ``tau`` into that many integrator steps.  A non-finite state raises
+        mode) splits each ``tau`` into that many integrator steps.  A non-finite state, or at a snapshot
+        a non-finite or overflowing observable of a finite state (the loss of a huge ``x``), raises
         :class:`~sdederive.errors.DivergenceError` naming the first path and step, unless
-        ``mask_diverged`` (then those paths leave the statistics and ``result.diverged`` counts them).
-        Ctrl-C stops at the end of the current chunk and returns what was computed
-        (``result.interrupted``).
+        ``mask_diverged`` (then those paths leave the statistics and ``result.diverged`` counts them; a
+        snapshot no path is left in has NaN statistics and ``count`` 0).  A mean or variance that is still
+        not finite raises :class:`~sdederive.errors.DivergenceError` in both cases.  The memory the run
+        needs is estimated first and refused (:class:`~sdederive.errors.MemoryLimitError`) above 80 % of the
+        available memory.  Ctrl-C stops at the end of the current chunk and returns what was computed
+        (``result.interrupted``, ``result.partial``, ``result.steps_done`` of ``result.steps_total``); a
+        second Ctrl-C interrupts the chunk.
         """
         check_run_args(paths=paths, steps=steps, save_every=save_every, substeps=substeps, seed=seed, threads=threads,
                        chunk_seconds=chunk_seconds)

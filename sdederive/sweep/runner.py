@@ -71,6 +71,8 @@ def run_cell(cell: dict, problem: Problem, steps: int, paths: int, mode: str = "
         nonfinite = False
     except DivergenceError as e:  # finite paths whose variance overflows: the cell diverged as a whole
         res, nonfinite = e.result, True
+    if res.partial:  # Ctrl-C reached this worker: a partial cell is not a row (resume computes it again)
+        raise KeyboardInterrupt
     t2 = time.perf_counter()
     final = float(res.mean["loss"][-1]) if res.count[-1] > 0 and not nonfinite else float("nan")
     se = float(res.se["loss"][-1]) if not nonfinite else float("nan")

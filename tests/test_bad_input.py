@@ -560,3 +560,14 @@ def test_validate_exit_codes_1_and_2(capsys, files):
     assert rc == 1 and "sdederive: error" not in err
     rc, _, err = run_cli(capsys, *argv, "--report", files["afile"])
     assert rc == 2 and "is a file" in err
+
+
+def test_noise_parameter_of_another_model_is_named():
+    """nu= with Gaussian noise: the old code raised a TypeError from the noise constructor."""
+    from sdederive.batchsize import optimal_lr
+    from sdederive.errors import NoiseModelError
+
+    with pytest.raises(NoiseModelError, match="'gaussian' takes no parameter nu.*student-t"):
+        optimal_lr("sgd", noise="gaussian", nu=3)
+    with pytest.raises(NoiseModelError, match="'student-t' takes no parameter Sigma"):
+        sd.noise.get("student-t", nu=3, Sigma=[[1.0]])

@@ -276,6 +276,8 @@ def cmd_simulate(args, out) -> int:
         raise SdederiveError(str(e)) from None
     status = 130 if res.partial else 0
     if res.partial:
+        if args.progress:  # end the progress bar's line
+            sys.stderr.write("\n")
         print(f"{PROG}: interrupted: partial result, completed {res.steps_done} of {res.steps_total} steps",
               file=sys.stderr)
     if args.json:

@@ -73,4 +73,5 @@ def check_memory(nbytes: float, what: str, hint: str = "") -> None:
     if nbytes > _SHARE * limit:
         raise MemoryLimitError(
             f"{what} needs about {fmt_bytes(nbytes)} of memory, more than the limit of {fmt_bytes(_SHARE * limit)} "
-            f"(80% of the {fmt_bytes(limit)} available)" + (f"; {hint}" if hint else ""), nbytes, limit)
+            f"(80% of the {fmt_bytes(limit)} available)" + (f"; {hint}" if hint else "")
+            + " (SDEDERIVE_MEMORY_LIMIT=<bytes> sets the available memory)", nbytes, limit)

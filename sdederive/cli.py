@@ -11,7 +11,7 @@ The scaling-rule and stationary commands (and the tour) import :mod:`sdederive.s
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import re
 import sys
 import textwrap
@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from . import noise as noise_mod
 from . import optimizers as opt_mod
 from . import regimes as regime_mod
+from ._json import dumps as json_dumps
 from .derive import derive
-from .errors import SdederiveError
+from .errors import NoiseModelError, SdederiveError
 
 __all__ = ["main", "build_parser"]
 
@@ -92,7 +93,9 @@ def _noise_params(args) -> dict:
     except ValueError:
         nu = args.nu  # not a number: the noise model refuses it with its own message
     else:
-        if nu.is_integer():  # keep nu=3 an integer so that exact moments stay exact (nan, inf: refused later)
+        if not math.isfinite(nu):  # nan, inf, 1e400 (which float() reads as inf)
+            raise NoiseModelError(f"--nu={args.nu} is invalid; allowed: a finite number nu > 0")
+        if nu == int(nu):  # keep nu=3 an integer so that exact moments stay exact
             nu = int(nu)
     return {"nu": nu}
 
@@ -102,7 +105,7 @@ def _derive(args, order: int = 1):
 
 
 def _dump(obj) -> str:
-    return json.dumps(obj, indent=2, default=str)
+    return json_dumps(obj, indent=2)
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -230,6 +233,10 @@ def _kv_list(items, what: str) -> dict:
         if "=" not in it:
             raise SdederiveError(f"{what} {it!r} is not NAME=VALUE (e.g. beta1=0.9)")
         k, v = it.split("=", 1)
+        if not k.strip():
+            raise SdederiveError(f"{what} {it!r} has no name before '='; allowed: NAME=VALUE (e.g. beta1=0.9)")
+        if k.strip() in out:
+            raise SdederiveError(f"{what} {k.strip()} is given twice ({it!r}); allowed: each name once")
         try:
             out[k.strip()] = float(v)
         except ValueError:
@@ -242,6 +249,7 @@ def cmd_simulate(args, out) -> int:
 
     from .errors import DivergenceError
     from .problems import Quadratic, load
+    from .simulate import check_run_args
     from .simulate import compile as sd_compile
 
     problem = load(args.problem) if args.problem else Quadratic(h=np.geomspace(0.1, 10, 10), sigma=np.ones(10),
@@ -255,28 +263,43 @@ def cmd_simulate(args, out) -> int:
         obj = derive(args.optimizer, noise, args.regime)
     else:
         obj = opt_mod.get(args.optimizer)
+    save_every = args.save_every if args.save_every is not None else max(1, args.steps // 100)
+    # the run's sizes are checked before the (seconds-long) compile
+    check_run_args(paths=args.paths, steps=args.steps, save_every=save_every, seed=args.seed)
     sim = sd_compile(obj, problem, backend=args.backend, dtype=args.dtype, scheme=args.scheme,
                      regime=args.regime if args.mode == "discrete" else None)
     try:
         res = sim.run(paths=args.paths, steps=args.steps, eta=args.eta, hyper=hyper, seed=args.seed,
-                      save_every=args.save_every or max(1, args.steps // 100), init=init or None,
-                      mask_diverged=args.mask_diverged,
+                      save_every=save_every, init=init or None, mask_diverged=args.mask_diverged,
                       progress=args.progress)
     except DivergenceError as e:
         raise SdederiveError(str(e)) from None
+    status = 130 if res.partial else 0
+    if res.partial:
+        if args.progress:  # end the progress bar's line
+            sys.stderr.write("\n")
+        print(f"{PROG}: interrupted: partial result, completed {res.steps_done} of {res.steps_total} steps",
+              file=sys.stderr)
     if args.json:
-        d = res.to_dict()
-        out.write(json.dumps(d) + "\n")
-        return 0
+        out.write(json_dumps(res.to_dict()) + "\n")
+        return status
     se = res.se
-    out.write(f"{res.mode} {res.name}: {res.paths} paths, {args.steps} steps, backend {args.backend}, "
+    done = (f"{args.steps} steps" if not res.partial else
+            f"partial: completed {res.steps_done} of {res.steps_total} steps (interrupted)")
+    out.write(f"{res.mode} {res.name}: {res.paths} paths, {done}, backend {args.backend}, "
               f"compile {res.timing['compile_s']:.2f}s, run {res.timing['run_s']:.2f}s\n")
+    if res.diverged:
+        out.write(f"{res.diverged} of {res.paths} paths diverged and were left out of the statistics "
+                  "(--mask-diverged)\n")
     out.write(f"{'t':>12} {'E[loss]':>14} {'se':>10}\n")
     for j in range(len(res.t)):
-        out.write(f"{res.t[j]:12.6g} {res.mean['loss'][j]:14.6g} {se['loss'][j]:10.3g}\n")
+        if res.count[j] == 0:
+            out.write(f"{res.t[j]:12.6g} {'no path left':>14} {'-':>10}  (all {res.paths} paths diverged)\n")
+        else:
+            out.write(f"{res.t[j]:12.6g} {res.mean['loss'][j]:14.6g} {se['loss'][j]:10.3g}\n")
     for n in res.notes:
         out.write(f"note: {n}\n")
-    return 0
+    return status
 
 
 def _examples(*lines: str) -> str:
@@ -321,8 +344,7 @@ def cmd_rate(args, out) -> int:
 def cmd_optimal_lr(args, out) -> int:
     from .batchsize import optimal_lr
 
-    kw = {"nu": args.nu} if args.nu is not None else {}
-    res = optimal_lr(args.direction, noise=args.noise, **kw)
+    res = optimal_lr(args.direction, noise=args.noise, **_noise_params(args))
     return _show(args, out, res, lambda: _dump(res.to_dict()))
 
 
@@ -440,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("direction", metavar="DIR", help="update direction: sgd, sign, signsgd, adam")
     p.add_argument("--noise", default="gaussian", help=_NOISE_HELP)
-    p.add_argument("--nu", type=float, default=None, help=_NU_HELP)
+    p.add_argument("--nu", default=None, metavar="NU", help=_NU_HELP)
     _add_format_args(p, "the result as JSON", "eps_opt, B_noise, eps_max as LaTeX")
     p.set_defaults(func=cmd_optimal_lr)
 
@@ -481,6 +503,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SdederiveError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while deriving or compiling (a running simulation returns its partial result)
+        print(f"\n{PROG}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `sdederive tour | head`
         sys.stderr.close()
         return 0

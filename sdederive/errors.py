@@ -12,6 +12,7 @@ __all__ = [
     "ExpectationError",
     "ScalingRuleError",
     "DivergenceError",
+    "MemoryLimitError",
 ]
 
 
@@ -31,6 +32,21 @@ class SdederiveError(ValueError):
     def __str__(self) -> str:
         msg = super().__str__()
         return f"{msg} (see {TROUBLESHOOTING}#{self.doc})" if self.doc else msg
+
+    def __reduce__(self):
+        # Exception's default pickling calls ``cls(*self.args)``, which fails for subclasses whose
+        # ``__init__`` takes other arguments than the message (UnknownNameError, DivergenceError):
+        # a worker's error then becomes a BrokenProcessPool in the driver.  Rebuild from ``args`` and
+        # the instance dict instead, without calling ``__init__``.
+        return (_restore, (type(self), self.args, dict(self.__dict__)))
+
+
+def _restore(cls, args, state):
+    """Unpickle an :class:`SdederiveError` (see ``SdederiveError.__reduce__``)."""
+    err = cls.__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(state)
+    return err
 
 
 class UnknownNameError(SdederiveError, KeyError):
@@ -82,7 +98,7 @@ class DivergenceError(SdederiveError):
 
     doc = "divergence"
 
-    def __init__(self, message: str, path: int, step: int, n_diverged: int, result=None) -> None:
+    def __init__(self, message: str, path: int | None, step: int, n_diverged: int, result=None) -> None:
         super().__init__(message)
         self.path, self.step, self.n_diverged, self.result = path, step, n_diverged, result
 
@@ -94,3 +110,12 @@ class ExpressionError(SdederiveError):
 
 
 __all__ += ["ExpressionError"]
+
+
+class MemoryLimitError(SdederiveError):
+    """A run or problem whose estimated memory exceeds what the machine has available; ``needed`` and
+    ``limit`` are in bytes."""
+
+    def __init__(self, message: str, needed: float, limit: float) -> None:
+        super().__init__(message)
+        self.needed, self.limit = needed, limit

@@ -293,6 +293,11 @@ def get(noise, **params) -> NoiseModel:
     if not isinstance(noise, str) or noise.strip().lower() not in _NAMES:
         raise UnknownNameError("noise model", noise, names())
     key = _NAMES[noise.strip().lower()]
+    allowed = {"gaussian": ("sigma", "Sigma"), "minibatch": ("sigma", "Sigma"), "student-t": ("nu", "sigma")}[key]
+    extra = sorted(set(params) - set(allowed))
+    if extra:  # e.g. nu= with Gaussian noise (a TypeError from the constructor otherwise)
+        raise NoiseModelError(f"noise model {key!r} takes no parameter {', '.join(extra)}; allowed: "
+                              f"{', '.join(allowed)}" + (" (nu is for noise='student-t')" if "nu" in extra else ""))
     if key == "gaussian":
         return Gaussian(**params)
     if key == "minibatch":

@@ -33,14 +33,49 @@ class ProblemError(SdederiveError):
     """A problem description that cannot be simulated."""
 
 
+def _short(v, n: int = 60) -> str:
+    text = repr(v)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _as_float_array(name: str, v) -> np.ndarray:
+    """``np.asarray(v, float)``, refusing text, booleans and ragged nested lists with a message."""
+    if isinstance(v, (str, bytes, bool, np.bool_)):
+        raise ProblemError(f"{name}={_short(v)} is not a number; allowed: a number or a list of numbers")
+    try:
+        arr = np.asarray(v, dtype=float)
+    except (TypeError, ValueError):
+        raise ProblemError(f"{name}={_short(v)} is not a number, a list of numbers or a rectangular list of lists "
+                           "(ragged rows or non-numeric entries)") from None
+    return arr
+
+
+def _dim(d) -> int | None:
+    """The dimension field ``d``: ``None`` or an integer >= 1 (its memory is checked when vectors of that size
+    are built)."""
+    if d is None:
+        return None
+    if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer, float)) or (
+            isinstance(d, float) and not d.is_integer()) or d < 1:
+        raise ProblemError(f"dimension d={_short(d)} is invalid; allowed: an integer >= 1")
+    d = int(d)
+    from ._memory import check_memory
+
+    # h, sigma, x0 and the simulator's per-path copy of x, at 8 bytes a coordinate
+    check_memory(4 * 8 * d, f"a problem with d={d}")
+    return d
+
+
 def _vec(name: str, v, d: int | None, *, positive: bool = False, nonneg: bool = False) -> np.ndarray:
-    arr = np.asarray(v, dtype=float)
+    arr = _as_float_array(name, v)
     if arr.ndim == 0:
         if d is None:
             raise ProblemError(f"{name}={v!r}: a scalar needs the dimension from another field")
         arr = np.full(d, float(arr))
     if arr.ndim != 1 or (d is not None and arr.size != d):
         raise ProblemError(f"{name} must be a scalar or a vector of length d={d}; got shape {arr.shape}")
+    if arr.size == 0:
+        raise ProblemError(f"{name} is empty (d = 0); allowed: at least one coordinate")
     if not np.all(np.isfinite(arr)):
         raise ProblemError(f"{name} has non-finite entries: {arr[~np.isfinite(arr)][:3].tolist()}; allowed: finite")
     if positive and np.any(arr <= 0):
@@ -48,6 +83,32 @@ def _vec(name: str, v, d: int | None, *, positive: bool = False, nonneg: bool = 
     if nonneg and np.any(arr < 0):
         raise ProblemError(f"{name} must be >= 0 in every coordinate; got {arr[arr < 0][:3].tolist()}")
     return arr
+
+
+def _psd_matrix(name: str, M, dd: int | None, what: str) -> np.ndarray:
+    """A symmetric positive semi-definite ``dd x dd`` matrix, checked in the order shape, finite, symmetric,
+    PSD (so a NaN is reported as a NaN, not as an asymmetry).  The PSD test allows eigenvalues down to
+    ``-1e-10 * max(1, |lambda|_max)`` (rounding of a singular matrix)."""
+    S = _as_float_array(name, M)
+    if S.ndim != 2 or S.shape[0] != S.shape[1] or (dd is not None and S.shape[0] != dd):
+        size = f"{dd}x{dd}" if dd is not None else "square"
+        raise ProblemError(f"{name} must be a {size} matrix ({what}); got shape {S.shape}")
+    if S.shape[0] == 0:
+        raise ProblemError(f"{name} is empty (d = 0); allowed: at least one coordinate")
+    if not np.all(np.isfinite(S)):
+        bad = np.argwhere(~np.isfinite(S))[0]
+        raise ProblemError(f"{name} has a non-finite entry {name}[{bad[0]}][{bad[1]}] = {S[tuple(bad)]}; "
+                           "allowed: finite numbers")
+    scale = float(np.abs(S).max())
+    if not np.allclose(S, S.T, rtol=1e-12, atol=1e-14 * max(scale, 1.0)):
+        i, j = np.unravel_index(int(np.argmax(np.abs(S - S.T))), S.shape)
+        raise ProblemError(f"{name} must be symmetric; {name}[{i}][{j}] = {S[i, j]:.6g} but {name}[{j}][{i}] = "
+                           f"{S[j, i]:.6g}")
+    w = np.linalg.eigvalsh(S)
+    if w.min() < -1e-10 * max(1.0, abs(w).max()):
+        raise ProblemError(f"{name} is not positive semi-definite (smallest eigenvalue {w.min():.3g}); allowed: "
+                           f"a PSD matrix ({what})")
+    return S
 
 
 def _noise_kind(noise: str, nu) -> tuple[str, float | None]:
@@ -103,16 +164,13 @@ class Quadratic(Problem):
     def __init__(self, h=None, H=None, sigma=None, Sigma=None, noise="gaussian", nu=None, x0=None, d=None):
         if (h is None) == (H is None):
             raise ProblemError("a quadratic needs exactly one of h (diagonal curvature) or H (dense matrix)")
+        d = _dim(d)
         if H is not None:
-            Hm = np.asarray(H, dtype=float)
-            if Hm.ndim != 2 or Hm.shape[0] != Hm.shape[1]:
-                raise ProblemError(f"H must be a square matrix; got shape {Hm.shape}")
-            if not np.all(np.isfinite(Hm)) or not np.allclose(Hm, Hm.T, rtol=1e-12, atol=1e-14):
-                raise ProblemError("H must be a finite symmetric matrix")
+            Hm = _psd_matrix("H", H, d, "the Hessian of a convex quadratic")
             dd = Hm.shape[0]
             hv = None
         else:
-            hv = _vec("h", h, d if d is not None else (None if x0 is None else np.asarray(x0).size))
+            hv = _vec("h", h, d if d is not None else (None if x0 is None else np.asarray(x0).size), nonneg=True)
             dd = hv.size
             Hm = None
         nk, nuf = _noise_kind(noise, nu)
@@ -123,12 +181,7 @@ class Quadratic(Problem):
             if nk != "gaussian":
                 raise ProblemError("a full covariance Sigma is only supported for Gaussian noise; give Student-t "
                                    "noise a per-coordinate sigma")
-            S = np.asarray(Sigma, dtype=float)
-            if S.shape != (dd, dd) or not np.allclose(S, S.T, rtol=1e-12, atol=1e-14):
-                raise ProblemError(f"Sigma must be a symmetric {dd}x{dd} matrix; got shape {S.shape}")
-            w = np.linalg.eigvalsh(S)
-            if w.min() < -1e-10 * max(1.0, abs(w).max()):
-                raise ProblemError(f"Sigma is not positive semi-definite (smallest eigenvalue {w.min():.3g})")
+            S = _psd_matrix("Sigma", Sigma, dd, "a covariance")
             # eigen-factor (works for singular Sigma, unlike Cholesky); L L^T = Sigma
             ww, V = np.linalg.eigh(S)
             L = V * np.sqrt(np.clip(ww, 0, None))
@@ -188,16 +241,22 @@ class LogisticRegression(Problem):
     kind = "logistic"
 
     def __init__(self, A, y, B: int = 1, l2: float = 0.0, x0=None):
-        Am = np.ascontiguousarray(np.asarray(A, dtype=float))
-        if Am.ndim != 2 or Am.shape[0] < 2:
+        Am = np.ascontiguousarray(_as_float_array("A", A))
+        if Am.ndim != 2 or Am.shape[0] < 2 or Am.shape[1] < 1:
             raise ProblemError(f"A must be an (n, d) matrix with n >= 2 examples; got shape {Am.shape}")
-        yv = np.asarray(y, dtype=float).ravel()
+        if not np.all(np.isfinite(Am)):
+            bad = np.argwhere(~np.isfinite(Am))[0]
+            raise ProblemError(f"A has a non-finite entry A[{bad[0]}][{bad[1]}] = {Am[tuple(bad)]}; allowed: finite "
+                               "numbers")
+        yv = _as_float_array("y", y).ravel()
         if yv.size != Am.shape[0] or not np.all(np.isin(yv, (-1.0, 1.0))):
             raise ProblemError(f"y must hold n={Am.shape[0]} labels in {{-1, +1}}; got {np.unique(yv)[:5]}")
-        if int(B) != B or B < 1:
+        if isinstance(B, (bool, np.bool_)) or not isinstance(B, (int, np.integer, float)) or not np.isfinite(B) \
+                or int(B) != B or B < 1:
             raise ProblemError(f"batch size B={B!r} is invalid; allowed: an integer >= 1")
-        if not np.isfinite(l2) or l2 < 0:
-            raise ProblemError(f"l2={l2!r} is invalid; allowed: l2 >= 0")
+        if isinstance(l2, (bool, np.bool_)) or not isinstance(l2, (int, np.integer, float)) or not np.isfinite(l2) \
+                or l2 < 0:
+            raise ProblemError(f"l2={l2!r} is invalid; allowed: a finite number >= 0")
         d = Am.shape[1]
         object.__setattr__(self, "x0", _vec("x0", np.zeros(d) if x0 is None else x0, d))
         object.__setattr__(self, "noise", "minibatch")
@@ -350,10 +409,17 @@ def from_dict(spec: dict) -> Problem:
 def load(path: str | Path) -> Problem:
     """Read a problem JSON file."""
     p = Path(path)
+    if p.is_dir():
+        raise ProblemError(f"problem file {str(p)!r} is a directory; allowed: a JSON problem file")
     try:
-        spec = json.loads(p.read_text())
+        spec = json.loads(p.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ProblemError(f"problem file {str(p)!r} does not exist") from None
+    except UnicodeDecodeError:
+        raise ProblemError(f"problem file {str(p)!r} is not a text (UTF-8 JSON) file; a binary file such as "
+                           ".npz cannot be a problem; allowed: a JSON problem file") from None
+    except OSError as e:
+        raise ProblemError(f"problem file {str(p)!r} cannot be read: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise ProblemError(f"problem file {str(p)!r} is not valid JSON: {e}") from None
     return from_dict(spec)

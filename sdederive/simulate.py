@@ -22,7 +22,9 @@ the SDE's variables (``u = eta**2 v``).  ``init={"v": ...}`` overrides those val
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -31,15 +33,16 @@ import sympy as sp
 
 from . import optimizers as _opt
 from . import regimes as _reg
+from ._memory import fmt_bytes
 from ._quadrature import break_points, noise_expectation
 from .codegen.spec import KernelSpec, discrete_spec, sde_spec
 from .errors import DivergenceError, HyperparameterError, SdederiveError, UnknownNameError
-from .hyper import check_value
+from .hyper import KINDS, check_value
 from .problems import LogisticRegression, Problem, Quadratic
 from .sde import SDE
 from .symbols import sym
 
-__all__ = ["compile", "Simulator", "SimulationResult"]
+__all__ = ["compile", "Simulator", "SimulationResult", "check_run_args"]
 
 _BACKENDS = ("numba", "cupy")
 _SCHEMES = ("euler", "weak2")
@@ -64,6 +67,9 @@ class SimulationResult:
     name: str
     diverged: int = 0
     interrupted: bool = False
+    #: steps completed and asked for (they differ after Ctrl-C or a divergence stop)
+    steps_done: int = -1
+    steps_total: int = -1
     timing: dict = field(default_factory=dict)
     notes: tuple = ()
     hyper: dict = field(default_factory=dict)
@@ -71,7 +77,7 @@ class SimulationResult:
 
     @property
     def se(self) -> dict:
-        """Standard error of each mean: ``sqrt(var/count)``."""
+        """Standard error of each mean: ``sqrt(var/count)`` (NaN where no path is left)."""
         c = np.maximum(self.count, 1).astype(float)
         return {k: np.sqrt(v / (c if v.ndim == 1 else c[:, None])) for k, v in self.var.items()}
 
@@ -83,18 +89,55 @@ class SimulationResult:
 
         return simulation_frame(self)
 
+    @property
+    def partial(self) -> bool:
+        """Whether the run stopped before its last step (Ctrl-C)."""
+        return bool(self.interrupted) or (0 <= self.steps_done < self.steps_total)
+
     def to_dict(self) -> dict:
-        """JSON-ready: ``{"t", "mean", "var", "se", "count", "paths", "timing", ...}``."""
+        """Standard JSON-ready: ``{"t", "mean", "var", "se", "count", "paths", "timing", ...}``.  A statistic
+        without a value (a snapshot no path entered: ``count`` 0) is ``null``, flagged by ``"nonfinite": true``
+        and ``"no_paths_left"``; ``"partial"`` and ``"steps_done"`` say whether the run was interrupted."""
+        from ._json import finite_or_none, has_nonfinite
+
         se = self.se
+        raw = {"mean": self.mean, "var": self.var, "se": se}
         return {
             "mode": self.mode, "name": self.name, "t": self.t.tolist(), "steps": self.steps.tolist(),
-            "mean": {k: v.tolist() for k, v in self.mean.items()},
-            "var": {k: v.tolist() for k, v in self.var.items()},
-            "se": {k: v.tolist() for k, v in se.items()},
+            **{k: finite_or_none(v) for k, v in raw.items()},
+            "nonfinite": has_nonfinite(raw), "no_paths_left": bool(self.count.size and self.count[-1] == 0),
             "count": self.count.tolist(), "paths": self.paths, "diverged": self.diverged,
-            "interrupted": self.interrupted, "timing": self.timing, "notes": list(self.notes),
-            "hyper": self.hyper, "seed": self.seed,
+            "interrupted": self.interrupted, "partial": self.partial, "steps_done": self.steps_done,
+            "steps_total": self.steps_total, "timing": self.timing, "notes": list(self.notes),
+            "hyper": finite_or_none(self.hyper), "seed": self.seed,
         }
+
+
+class _StopFlag:
+    """While a run is in progress (main thread only), the first Ctrl-C sets this flag instead of raising
+    :class:`KeyboardInterrupt` in the middle of a chunk: the loop stops after the chunk, with consistent
+    statistics, and returns them marked ``interrupted``.  A second Ctrl-C raises as usual."""
+
+    def __init__(self) -> None:
+        self.set = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._old = signal.signal(signal.SIGINT, self._handler)
+            except (ValueError, OSError):  # pragma: no cover - no signals here
+                self._old = None
+
+    def _handler(self, signum, frame) -> None:
+        self.set = True
+        self.restore()  # a second Ctrl-C raises KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+    def __bool__(self) -> bool:
+        return self.set
 
 
 def _progress(done: int, total: int, t0: float, stream=sys.stderr) -> None:
@@ -147,10 +190,16 @@ class Simulator:
         values = {n: d for n, (_, d) in table.items() if d is not None}
         given = dict(hyper or {})
         if eta is not None:
+            if "eta" in given and given["eta"] != eta:
+                raise HyperparameterError(f"eta is given twice, eta={eta!r} and hyper eta={given['eta']!r} (CLI: "
+                                          "--eta and --hp eta=); allowed: one of them")
             given["eta"] = eta
         for k, v in given.items():
             if k not in table:
                 raise UnknownNameError(f"hyperparameter of {self.spec.name}", k, table)
+            if isinstance(v, (bool, np.bool_)):
+                raise HyperparameterError(f"hyperparameter {k}={v!r} is a boolean; allowed: a number, "
+                                          f"{KINDS[table[k][0]][0]}")
             check_value(k, table[k][0], v)
             values[k] = float(v)
         missing = [n for n in table if n not in values]
@@ -305,22 +354,24 @@ class Simulator:
         """Simulate ``paths`` independent paths for ``steps`` steps (``t = steps*tau``).
 
         ``eta`` and ``hyper`` are the *discrete* hyperparameters in both modes.  ``substeps`` (SDE
-        mode) splits each ``tau`` into that many integrator steps.  A non-finite state raises
+        mode) splits each ``tau`` into that many integrator steps.  A non-finite state, or at a snapshot
+        a non-finite or overflowing observable of a finite state (the loss of a huge ``x``), raises
         :class:`~sdederive.errors.DivergenceError` naming the first path and step, unless
-        ``mask_diverged`` (then those paths leave the statistics and ``result.diverged`` counts them).
-        Ctrl-C stops at the end of the current chunk and returns what was computed
-        (``result.interrupted``).
+        ``mask_diverged`` (then those paths leave the statistics and ``result.diverged`` counts them; a
+        snapshot no path is left in has NaN statistics and ``count`` 0).  A mean or variance that is still
+        not finite raises :class:`~sdederive.errors.DivergenceError` in both cases.  The memory the run
+        needs is estimated first and refused (:class:`~sdederive.errors.MemoryLimitError`) above 80 % of the
+        available memory.  Ctrl-C stops at the end of the current chunk and returns what was computed
+        (``result.interrupted``, ``result.partial``, ``result.steps_done`` of ``result.steps_total``); a
+        second Ctrl-C interrupts the chunk.
         """
-        for nm, v, lo in (("paths", paths, 1), ("steps", steps, 1), ("save_every", save_every, 1),
-                          ("substeps", substeps, 1)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
-                raise SdederiveError(f"{nm}={v!r} is invalid; allowed: an integer >= {lo}")
-        if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
-            raise SdederiveError(f"seed={seed!r} is invalid; allowed: an integer in [0, 2**64)")
+        check_run_args(paths=paths, steps=steps, save_every=save_every, substeps=substeps, seed=seed, threads=threads,
+                       chunk_seconds=chunk_seconds)
         if steps * substeps >= 2**32:
             raise SdederiveError(f"steps*substeps={steps * substeps} exceeds the 2**32 Philox step counter")
         if self.mode == "discrete" and substeps != 1:
             raise SdederiveError("substeps applies to SDE mode only; the discrete optimizer takes one step per k")
+        self._check_memory(paths, steps // save_every, threads)
         hv = self.resolve_hyper(eta, hyper)
         tau = float(self.tau_expr.subs(sym("eta"), hv["eta"]))
         HP = self._scalar_values(hv)
@@ -354,8 +405,9 @@ class Simulator:
         chunk = max(1, min(steps - k_start, int(1e6 // max(1, paths * d * S)), max(1, steps // 100)))
         interrupted = False
         t0 = time.perf_counter()
+        stop = _StopFlag()
         try:
-            while k < steps:
+            while k < steps and not stop:
                 k_end = min(steps, k + chunk)
                 c0 = time.perf_counter()
                 self._launch(kern, (state, DIV, k, k_end, save_every, substeps, tau, key0, key1, HP, PV, PM,
@@ -369,13 +421,65 @@ class Simulator:
                     break
                 if el > 0:
                     chunk = max(1, int(chunk * min(4.0, chunk_seconds / el)))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second Ctrl-C, inside a chunk (the threads finish it in the background)
             interrupted = True
+        finally:
+            stop.restore()
+        interrupted = interrupted or bool(stop)
+        return self._finish(MEAN, M2, CNT, n_save, k, steps, save_every, tau, paths, DIV, hv, seed, interrupted,
+                            t_run, mask_diverged)
+
+    def _finish(self, MEAN, M2, CNT, n_save, k, steps, save_every, tau, paths, DIV, hv, seed, interrupted, t_run,
+                mask_diverged) -> SimulationResult:
+        """The result of both backends, then their shared checks: a diverged path (unless masked), then any
+        statistic that is still non-finite."""
         res = self._result(MEAN, M2, CNT, n_save, k // save_every, save_every, tau, paths, DIV, hv, seed,
                            interrupted, t_run)
+        res.steps_done, res.steps_total = int(k), int(steps)
         if not mask_diverged:
             self._raise_if_diverged(DIV, tau, k, res)
+        self._raise_if_nonfinite(res)
         return res
+
+    def _raise_if_nonfinite(self, res: SimulationResult) -> None:
+        """:class:`DivergenceError` for a non-finite mean or variance at a snapshot that has paths (the kernels
+        drop a path whose observables are non-finite or overflow; this catches a variance across finite paths
+        that overflows all the same).  Snapshots without paths (all masked) hold NaN and are not errors."""
+        live = res.count > 0
+        for name in res.mean:
+            for arr, what in ((res.mean[name], "mean"), (res.var[name], "variance")):
+                bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(1) & live
+                if bad.any():
+                    j = int(np.flatnonzero(bad)[0])
+                    step = int(res.steps[j])
+                    raise DivergenceError(
+                        f"{self.spec.mode} simulation of {self.spec.name}: the {what} of {name} across the "
+                        f"{int(res.count[j])} paths is not finite at step {step} (t = {res.t[j]:.6g}), although "
+                        "each path's value is: they are too large to be averaged. Lower eta.", None, step,
+                        int(res.diverged), res)
+
+    def _check_memory(self, paths: int, n_save: int, threads: int | None) -> None:
+        """Estimate the host memory of a run before allocating it (:func:`~sdederive._memory.check_memory`):
+        the state and divergence arrays (per path), the per-block snapshot statistics and the temporaries of
+        their merge (per snapshot), and for the discrete optimizer on logistic regression the minibatch index
+        buffer of every kernel thread (``B`` integers each)."""
+        from ._memory import check_memory
+
+        S, d = len(self.spec.states), self.problem.d
+        nblk = int(min(paths, 64))
+        nobs = 2 + len(self.spec.outputs) * d
+        per_path = 8.0 * (S * d + 1)
+        stats = 8.0 * nblk * (n_save + 1) * (2 * nobs + 1) + 8.0 * 4 * (n_save + 1) * nobs
+        work = 0.0
+        if isinstance(self.problem, LogisticRegression) and self.mode == "discrete":
+            work = 8.0 * (self.problem.B + 4) * min(nblk, threads or _default_threads())
+        need = per_path * paths + stats + work
+        parts = [f"{paths} paths x {S} state(s) x d={d}: {fmt_bytes(per_path * paths)}",
+                 f"{n_save + 1} snapshots x {nobs} observables: {fmt_bytes(stats)}"]
+        if work:
+            parts.append(f"minibatch indices (B={self.problem.B}): {fmt_bytes(work)}")
+        check_memory(need, f"this run ({'; '.join(parts)})",
+                     "lower paths or d (or B), raise save_every, or split the run over seeds")
 
     def _raise_if_diverged(self, DIV, tau, k, res) -> None:
         """:class:`DivergenceError` naming the first (smallest-index) diverged path and its step."""
@@ -385,7 +489,9 @@ class Simulator:
         p0 = int(bad[0])
         raise DivergenceError(
             f"{self.spec.mode} simulation of {self.spec.name} diverged: path {p0} became non-finite at step "
-            f"{int(DIV[p0])} (t = {int(DIV[p0]) * tau:.6g}); {bad.size} of {DIV.size} paths diverged by step {k}. "
+            f"{int(DIV[p0])} (t = {int(DIV[p0]) * tau:.6g}; a state, or at a snapshot its loss or another "
+            "observable, which are checked every save_every steps); "
+            f"{bad.size} of {DIV.size} paths diverged by step {k}. "
             "Lower eta, or pass mask_diverged=True (CLI: --mask-diverged) to drop diverged paths from the "
             "statistics.", p0, int(DIV[p0]), int(bad.size), res)
 
@@ -395,6 +501,8 @@ class Simulator:
         ``obs_kernel`` writes each path's observables and CuPy reduces them (block 0 of the statistics
         arrays holds the totals)."""
         import cupy as cp
+
+        from .codegen.kernel_support import OBS_LIMIT
 
         src = self.source
         nobs = MEAN.shape[2]
@@ -410,8 +518,9 @@ class Simulator:
         out = cp.empty((min(paths, slab), nobs))
         t_run, k, interrupted = 0.0, k_start, False
         t0 = time.perf_counter()
+        stop = _StopFlag()
         try:
-            while k < steps:
+            while k < steps and not stop:
                 k_end = min(steps, (k // save_every + 1) * save_every)
                 c0 = time.perf_counter()
                 src.step(grid, (threads,), (g["state"], g["DIV"], np.int64(k), np.int64(k_end), np.int32(substeps),
@@ -430,7 +539,15 @@ class Simulator:
                         src.obs(((m + threads - 1) // threads,), (threads,),
                                 (g["state"], g["DIV"], g["HP"], g["PV"], g["PM"], g["PL"], g["PY"], out,
                                  np.int64(p0), np.int64(p0 + m)))
-                        a = alive[p0:p0 + m, None]
+                        a = alive[p0:p0 + m]
+                        # a non-finite or overflowing observable of a finite state (the numba kernels'
+                        # snapshot_add test): that path diverged at this step
+                        fin = ((out[:m] < OBS_LIMIT) & (out[:m] > -OBS_LIMIT)).all(1)  # False for NaN
+                        over = cp.where(fin, False, a)
+                        if bool(over.any()):
+                            g["DIV"][p0:p0 + m] = cp.where(over, np.int64(k_end), g["DIV"][p0:p0 + m])
+                            a = cp.where(over, False, a)
+                        a = a[:, None]
                         nb = int(a.sum())
                         if nb == 0:
                             continue
@@ -452,13 +569,13 @@ class Simulator:
                     break
         except KeyboardInterrupt:
             interrupted = True
+        finally:
+            stop.restore()
+        interrupted = interrupted or bool(stop)
         DIV[:] = cp.asnumpy(g["DIV"])
         state[:] = cp.asnumpy(g["state"])
-        res = self._result(MEAN, M2, CNT, n_save, k // save_every, save_every, tau, paths, DIV, hv, seed,
-                           interrupted, t_run)
-        if not mask_diverged:
-            self._raise_if_diverged(DIV, tau, k, res)
-        return res
+        return self._finish(MEAN, M2, CNT, n_save, k, steps, save_every, tau, paths, DIV, hv, seed, interrupted,
+                            t_run, mask_diverged)
 
     def _disc_init_vector(self) -> dict:
         """The discrete optimizer's initial states (``x0``, the spec's inits), keyed by discrete name."""
@@ -513,6 +630,9 @@ class Simulator:
                       t_run) -> SimulationResult:
         n, mean, m2 = _merge_blocks(CNT.astype(float), MEAN, M2)
         var = m2 / np.maximum(n - 1, 1)[:, None]
+        # a snapshot no path entered (all diverged and masked) has no statistics, not zeros
+        mean[n == 0] = np.nan
+        var[n == 0] = np.nan
         keep = slice(0, done_save + 1)
         d = self.problem.d
         means = {"loss": mean[keep, 0], "sqnorm": mean[keep, 1]}
@@ -572,12 +692,40 @@ def _merge_blocks(n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray):
     return n, mean, (m2_b + w * (mean_b - mean[None]) ** 2).sum(0)
 
 
+def check_run_args(paths=1, steps=1, save_every=1, substeps=1, seed=0, threads=None, chunk_seconds=0.5) -> None:
+    """Validate the size arguments of :meth:`Simulator.run` (shared by the API, the CLI and sweeps):
+    ``paths``, ``steps``, ``save_every``, ``substeps`` integers >= 1 (not ``bool``), ``save_every <= steps``,
+    ``seed`` an integer in ``[0, 2**64)``, ``threads`` ``None`` or an integer >= 1, ``chunk_seconds > 0``;
+    raises :class:`~sdederive.errors.SdederiveError` naming the value."""
+    for nm, v in (("paths", paths), ("steps", steps), ("save_every", save_every), ("substeps", substeps)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or v < 1:
+            raise SdederiveError(f"{nm}={v!r} is invalid; allowed: an integer >= 1")
+    if save_every > steps:
+        raise SdederiveError(f"save_every={save_every} is larger than steps={steps}: no snapshot after the start; "
+                             "allowed: 1 <= save_every <= steps")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_)) or not 0 <= int(seed) < 2**64:
+        raise SdederiveError(f"seed={seed!r} is invalid; allowed: an integer in [0, 2**64)")
+    if threads is not None and (not isinstance(threads, (int, np.integer)) or isinstance(threads, (bool, np.bool_))
+                                or threads < 1):
+        raise SdederiveError(f"threads={threads!r} is invalid; allowed: None (all cores) or an integer >= 1")
+    if isinstance(chunk_seconds, (bool, np.bool_)) or not isinstance(chunk_seconds, (int, float)) or not (
+            0 < chunk_seconds < float("inf")):
+        raise SdederiveError(f"chunk_seconds={chunk_seconds!r} is invalid; allowed: a finite number > 0")
+
+
 def _default_threads() -> int:
     import os
 
-    env = os.environ.get("SDEDERIVE_THREADS") or os.environ.get("NUMBA_NUM_THREADS")
-    if env:
-        return max(1, int(env))
+    for var in ("SDEDERIVE_THREADS", "NUMBA_NUM_THREADS"):
+        env = os.environ.get(var)
+        if env:
+            try:
+                n = int(env)
+            except ValueError:
+                n = 0
+            if n < 1:
+                raise SdederiveError(f"{var}={env!r} is invalid; allowed: an integer >= 1 (or unset: all cores)")
+            return n
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

@@ -129,6 +129,10 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
 
         from .compare import compare
 
+        if args.report:  # before the work, not after it (a file there, or a folder that cannot be written)
+            from sdederive._outdir import check_output_dir
+
+            check_output_dir(args.report, "--report directory")
         problem = _load_problem(args.problem, getattr(args, "batch", None))
         res = compare(
             args.optimizer, problem, etas=_floats(args.etas, "--etas"), paths=args.paths, horizon=args.horizon,

@@ -17,7 +17,11 @@ from pathlib import Path
 
 from numba import njit
 
-__all__ = ["snapshot_add", "SOURCE_HASH"]
+__all__ = ["snapshot_add", "SOURCE_HASH", "OBS_LIMIT"]
+
+#: an observable at or above this magnitude (``sqrt`` of the largest double) makes its path diverged:
+#: its square, and so the variance across paths, would overflow
+OBS_LIMIT = 1.3407807929942596e154
 
 #: SHA-256 of this file (see the module docstring).
 SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
@@ -25,7 +29,9 @@ SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def snapshot_add(MEAN, M2, CNT, b, j, OBS, X0):
-    r"""Add one path's snapshot to block ``b``'s running statistics at save index ``j``.
+    r"""Add one path's snapshot to block ``b``'s running statistics at save index ``j``; returns
+    ``False`` (and adds nothing) when an observable is non-finite or at least :data:`OBS_LIMIT` in
+    magnitude (a finite state whose loss overflowed): the kernel then marks the path diverged.
 
     ``OBS[1]`` is set to :math:`|x|^2` from ``X0`` (the parameter row), then Welford's update over
     the paths of the block, for every observable ``o``:
@@ -36,9 +42,13 @@ def snapshot_add(MEAN, M2, CNT, b, j, OBS, X0):
     for i in range(X0.size):
         sq += X0[i] * X0[i]
     OBS[1] = sq
+    for o in range(OBS.size):
+        if not (abs(OBS[o]) < 1.3407807929942596e154):  # OBS_LIMIT; also False for NaN
+            return False
     CNT[b, j] += 1
     cn = CNT[b, j]
     for o in range(OBS.size):
         dl = OBS[o] - MEAN[b, j, o]
         MEAN[b, j, o] += dl / cn
         M2[b, j, o] += dl * (OBS[o] - MEAN[b, j, o])
+    return True

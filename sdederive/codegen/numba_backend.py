@@ -383,7 +383,10 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
     w(f"                        {outs} = obs({st_load}{', ' if hp_args else ''}{hp_args})")
     for j in range(nout):
         w(f"                        OBS[2 + {j} * d + i] = o{j}")
-    w("                    snapshot_add(MEAN, M2, CNT, b, jsave, OBS, xrow)")
+    # a non-finite (or overflowing) observable of a finite state, e.g. the loss of a huge x: diverged
+    w("                    if not snapshot_add(MEAN, M2, CNT, b, jsave, OBS, xrow):")
+    w("                        DIV[p] = k + 1")
+    w("                        break")
     w(f"            for j in range({S}):")
     w("                for i in range(d):")
     w("                    STATE[p, j, i] = X[j, i]")
@@ -454,7 +457,7 @@ def _discrete_step(w, spec, problem, hp_args, nz) -> None:
     w(f"{ind}    {news} = upd({st_load}, G[i], kk{', ' if hp_args else ''}{hp_args})")
     for j in range(S):
         w(f"{ind}    X[{j}, i] = n{j}")
-    _check_line(w, ind + "    ", [f"n{j}" for j in range(S)])
+    _check_line(w, ind + "    ", [f"X[{j}, i]" for j in range(S)])
 
 
 def _fill_normals(w, ind) -> None:
@@ -512,7 +515,7 @@ def _euler_step(w, spec, problem, hp_args, need_hs, need_sg, corr) -> None:
         w(f"{ind}    y{j} = X[{j}, i] + a{j} * dt{noise}")
     for j in range(S):
         w(f"{ind}    X[{j}, i] = y{j}")
-    _check_line(w, ind + "    ", [f"y{j}" for j in range(S)])
+    _check_line(w, ind + "    ", [f"X[{j}, i]" for j in range(S)])
 
 
 def _weak2_step(w, spec, problem, hp_args, need_hs, need_sg, corr) -> None:
@@ -559,7 +562,7 @@ def _weak2_step(w, spec, problem, hp_args, need_hs, need_sg, corr) -> None:
           f" + 0.25 * (bP{j} - bM{j}) * (dw * dw - dt) / sdt)")
     for j in range(S):
         w(f"{ind}    X[{j}, i] = y{j}")
-    _check_line(w, ind + "    ", [f"y{j}" for j in range(S)])
+    _check_line(w, ind + "    ", [f"X[{j}, i]" for j in range(S)])
 
 
 def _module_name(source: str) -> str:

@@ -30,7 +30,7 @@ import sys
 
 import numpy as np
 
-from ..errors import SdederiveError
+from ..errors import SdederiveError, UnknownNameError
 
 __all__ = ["add_sweep_parser", "run_sweep", "surge_problem"]
 
@@ -40,6 +40,20 @@ def surge_problem(d: int = 100, rho: float = 0.5, c: float = 0.02):
     per-example noise ``sigma_i = 1`` (a sweep's ``B`` axis divides it by ``sqrt(B)``)."""
     from ..problems import Quadratic
 
+    for name, v in (("d", d), ("rho", rho), ("c", c)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            raise SdederiveError(f"surge preset: {name}={v!r} is not a finite number")
+    if not float(d).is_integer() or d < 1:
+        raise SdederiveError(f"surge preset: d={d!r} is invalid; allowed: an integer >= 1")
+    d = int(d)
+    # eigenvalues 1 - rho (d - 1 times) and 1 + (d - 1) rho: positive definite (x0 = H^-1 c 1 exists) iff
+    # -1/(d - 1) < rho < 1
+    if d > 1 and not -1.0 / (d - 1) < rho < 1:
+        raise SdederiveError(f"surge preset: rho={rho!r} makes H = (1-rho) I + rho 11^T singular or indefinite "
+                             f"(d={d}); allowed: {-1.0 / (d - 1):.4g} < rho < 1")
+    from .._memory import check_memory
+
+    check_memory(8.0 * 3 * d * d, f"the surge preset with d={d} (dense {d}x{d} H)")
     H = (1 - rho) * np.eye(d) + rho * np.ones((d, d))
     return Quadratic(H=H, sigma=np.ones(d), x0=np.linalg.solve(H, c * np.ones(d)))
 
@@ -56,6 +70,16 @@ def _load(path: str) -> dict:
         raise SdederiveError(f"sweep file {path!r} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise SdederiveError(f"sweep file {path!r} is not valid TOML: {e}") from None
+
+
+def _count(spec: dict, key: str) -> int:
+    """``steps``/``paths`` of a sweep file: an integer >= 1 (``2e3`` is accepted as 2000)."""
+    v = spec.get(key, 1000)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise SdederiveError(f"{key} = {v!r} in the sweep file is invalid; allowed: an integer >= 1")
+    return v
 
 
 def add_sweep_parser(sub) -> None:
@@ -92,11 +116,26 @@ def run_sweep(args, out=sys.stdout) -> int:
                              "analysis")
     if "grid" not in spec:
         raise SdederiveError(f"{args.file} has no [grid] table")
-    pspec = dict(spec.get("problem", {"preset": "surge"}))
-    if pspec.pop("preset", None) == "surge":
+    pspec = spec.get("problem", {"preset": "surge"})
+    if not isinstance(pspec, dict):
+        raise SdederiveError(f"[problem] in {args.file} must be a table; got {pspec!r}")
+    pspec = dict(pspec)
+    preset = pspec.pop("preset", None)
+    if preset == "surge":
+        extra = sorted(set(pspec) - {"d", "rho", "c"})
+        if extra:
+            raise SdederiveError(f"unknown key(s) {extra} for the surge preset; allowed: d, rho, c")
         problem = surge_problem(**pspec)
+    elif preset is not None:
+        raise UnknownNameError("problem preset", preset, ["surge"])
     else:
         problem = from_dict(pspec)
+    mode = spec.get("mode", "discrete")
+    if mode not in ("discrete", "sde"):
+        raise SdederiveError(f"mode={mode!r} in {args.file}; allowed: 'discrete', 'sde'")
+    steps, paths = (_count(spec, k) for k in ("steps", "paths"))
+    if args.workers is not None and args.workers < 1:
+        raise SdederiveError(f"--workers {args.workers} is invalid; allowed: an integer >= 1 (default: all cores)")
     grid = Grid.from_dict(spec["grid"])
     executor, client = None, None
     if args.scheduler:
@@ -104,10 +143,17 @@ def run_sweep(args, out=sys.stdout) -> int:
 
         client = Client(args.scheduler)
         executor = client.get_executor()
+    from . import store
+
     try:
-        res = run(grid, problem, steps=int(spec.get("steps", 1000)), paths=int(spec.get("paths", 1000)),
-                  executor=executor, out=args.out, resume=args.resume, mode=spec.get("mode", "discrete"),
+        res = run(grid, problem, steps=steps, paths=paths,
+                  executor=executor, out=args.out, resume=args.resume, mode=mode,
                   max_workers=args.workers, progress=not args.quiet)
+    except KeyboardInterrupt:
+        n = len(store.done_ids(args.out))
+        print(f"\nsdederive: interrupted (Ctrl-C): {n} finished cell(s) are kept in {args.out}; run again with "
+              "--resume to compute only the missing ones", file=sys.stderr)
+        return 130
     finally:
         if client is not None:
             client.close()

@@ -37,6 +37,55 @@ def cell_id(cell: dict) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
+_GENERATORS = {"geomspace": "[lo, hi, n] with 0 < lo, hi and n >= 1", "linspace": "[lo, hi, n] with n >= 1",
+               "range": "[stop], [start, stop] or [start, stop, step] (integers)",
+               "pow2": "[lo, hi], integers with 1 <= lo <= hi"}
+
+
+def _gen_error(axis: str, kind: str, args, why: str) -> SdederiveError:
+    return SdederiveError(f"grid axis {axis}: {{{kind} = {args!r}}} {why}; allowed: {{{kind} = {_GENERATORS[kind]}}}")
+
+
+def _expand(axis: str, gen: dict) -> list:
+    """The values of a generator table ``{kind = [args]}`` (see :meth:`Grid.from_dict`)."""
+    if len(gen) != 1:
+        raise SdederiveError(f"grid axis {axis}: a generator has exactly one key, one of {', '.join(_GENERATORS)}; "
+                             f"got {sorted(gen)}")
+    (kind, args), = gen.items()
+    if kind not in _GENERATORS:
+        raise SdederiveError(f"grid axis {axis}: unknown generator {kind!r}; allowed: geomspace, linspace, "
+                             "range, pow2")
+    if not isinstance(args, (list, tuple)):
+        raise _gen_error(axis, kind, args, "is not a list of arguments")
+    if any(isinstance(a, bool) or not isinstance(a, (int, float)) or not np.isfinite(a) for a in args):
+        raise _gen_error(axis, kind, args, "has an argument that is not a finite number")
+    n_ok = {"geomspace": (3,), "linspace": (3,), "range": (1, 2, 3), "pow2": (2,)}[kind]
+    if len(args) not in n_ok:
+        raise _gen_error(axis, kind, args, f"has {len(args)} argument(s)")
+    if kind in ("geomspace", "linspace"):
+        lo, hi, n = args
+        if not float(n).is_integer() or n < 1:
+            raise _gen_error(axis, kind, args, f"has n = {n!r}, not an integer >= 1")
+        if kind == "geomspace" and (lo <= 0 or hi <= 0):
+            raise _gen_error(axis, kind, args, "has a bound <= 0 (a geometric sequence needs positive bounds)")
+        f = np.geomspace if kind == "geomspace" else np.linspace
+        return f(float(lo), float(hi), int(n)).tolist()
+    if any(not float(a).is_integer() for a in args):
+        raise _gen_error(axis, kind, args, "has a non-integer argument")
+    ints = [int(a) for a in args]
+    if kind == "range":
+        if len(ints) == 3 and ints[2] == 0:
+            raise _gen_error(axis, kind, args, "has step 0")
+        vals = list(range(*ints))
+        if not vals:
+            raise _gen_error(axis, kind, args, "is empty")
+        return vals
+    lo, hi = ints
+    if lo < 1 or hi < lo:
+        raise _gen_error(axis, kind, args, "has lo < 1 or hi < lo")
+    return [lo * 2**j for j in range(int(np.log2(hi // lo)) + 1)]
+
+
 class Grid:
     """Cartesian product of axes (see the module docstring)."""
 
@@ -46,12 +95,25 @@ class Grid:
         self.axes: dict[str, list] = {}
         for name, vals in axes.items():
             vals = [vals] if isinstance(vals, (str, int, float)) else [_plain(v) for v in vals]
+            vals = [_plain(v) for v in vals]
             if not vals:
                 raise SdederiveError(f"grid axis {name!r} is empty; allowed: a non-empty list of values")
-            if name == "eta" and any(not (isinstance(v, (int, float)) and v > 0) for v in vals):
+            if any(isinstance(v, (bool, np.bool_)) for v in vals):
+                raise SdederiveError(f"grid axis {name}={vals!r} has a boolean value; allowed: numbers (or names)")
+            if name == "eta" and any(not (isinstance(v, (int, float)) and v > 0 and np.isfinite(v)) for v in vals):
                 raise SdederiveError(f"grid axis eta={vals!r} has a value that is not > 0")
             if name == "B" and any(not (isinstance(v, int) and v >= 1) for v in vals):
                 raise SdederiveError(f"grid axis B={vals!r} has a value that is not an integer >= 1")
+            if name == "seed" and any(not (isinstance(v, int) and 0 <= v < 2**64) for v in vals):
+                raise SdederiveError(f"grid axis seed={vals!r} has a value that is not an integer in [0, 2**64)")
+            if name == "mode" and any(v not in ("discrete", "sde") for v in vals):
+                raise SdederiveError(f"grid axis mode={vals!r} has a value other than 'discrete' or 'sde'")
+            if name == "backend" and any(v not in ("numba", "cupy") for v in vals):
+                raise SdederiveError(f"grid axis backend={vals!r} has a value other than 'numba' or 'cupy'")
+            if name == "optimizer" and any(not isinstance(v, str) for v in vals):
+                raise SdederiveError(f"grid axis optimizer={vals!r} has a value that is not an optimizer name")
+            if name not in RESERVED and any(not isinstance(v, (int, float)) for v in vals):
+                raise SdederiveError(f"grid axis {name}={vals!r} (a hyperparameter) has a value that is not a number")
             self.axes[name] = vals
 
     def __len__(self) -> int:
@@ -68,24 +130,16 @@ class Grid:
 
     @classmethod
     def from_dict(cls, spec: dict) -> Grid:
-        """Axes from a dict (a TOML ``[grid]`` table); ``{"geomspace": [lo, hi, n]}`` and
-        ``{"range": [a, b]}`` expand to values, as do ``{"pow2": [lo, hi]}`` (``lo, 2lo, ..., hi``)."""
+        """Axes from a dict (a TOML ``[grid]`` table); ``{"geomspace": [lo, hi, n]}``, ``{"linspace": [lo, hi, n]}``
+        and ``{"range": [a, b]}`` expand to values, as do ``{"pow2": [lo, hi]}`` (``lo, 2lo, ..., hi``).  A
+        generator with the wrong form (two keys, too few arguments, text for a number, reversed or zero
+        bounds) is refused with a message naming the axis."""
+        if not isinstance(spec, dict):
+            raise SdederiveError(f"a grid is a table of axes; got {type(spec).__name__}")
         axes = {}
         for k, v in spec.items():
             if isinstance(v, dict):
-                (kind, args), = v.items()
-                if kind == "geomspace":
-                    v = np.geomspace(float(args[0]), float(args[1]), int(args[2])).tolist()
-                elif kind == "linspace":
-                    v = np.linspace(float(args[0]), float(args[1]), int(args[2])).tolist()
-                elif kind == "range":
-                    v = list(range(*[int(a) for a in args]))
-                elif kind == "pow2":
-                    lo, hi = int(args[0]), int(args[1])
-                    v = [lo * 2**k for k in range(int(np.log2(hi // lo)) + 1)]
-                else:
-                    raise SdederiveError(f"grid axis {k}: unknown generator {kind!r}; allowed: geomspace, linspace, "
-                                         "range, pow2")
+                v = _expand(k, v)
             axes[k] = v
         return cls(**axes)
 

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import SdederiveError
 from ..problems import LogisticRegression, Problem, Quadratic
 from . import store
-from .grid import RESERVED, Grid
+from .grid import RESERVED, Grid, cell_id
 
 __all__ = ["run", "run_cell", "with_batch"]
 
@@ -63,14 +63,92 @@ def run_cell(cell: dict, problem: Problem, steps: int, paths: int, mode: str = "
     obj = sd.optimizers.get(name) if mode == "discrete" else sd.derive(name)
     sim = sd.compile(obj, prob, backend=cell.get("backend", "numba"))
     t1 = time.perf_counter()
-    res = sim.run(paths=paths, steps=steps, eta=float(cell["eta"]), hyper=hyper, seed=int(cell.get("seed", 0)),
-                  save_every=steps, threads=threads, mask_diverged=True)
+    from ..errors import DivergenceError
+
+    try:
+        res = sim.run(paths=paths, steps=steps, eta=float(cell["eta"]), hyper=hyper, seed=int(cell.get("seed", 0)),
+                      save_every=steps, threads=threads, mask_diverged=True)
+        nonfinite = False
+    except DivergenceError as e:  # finite paths whose variance overflows: the cell diverged as a whole
+        res, nonfinite = e.result, True
+    if res.partial:  # Ctrl-C reached this worker: a partial cell is not a row (resume computes it again)
+        raise KeyboardInterrupt
     t2 = time.perf_counter()
-    final = float(res.mean["loss"][-1]) if res.count[-1] > 0 else float("nan")
-    return {**cell, "mode": mode, "final_loss": final, "final_loss_se": float(res.se["loss"][-1]),
+    final = float(res.mean["loss"][-1]) if res.count[-1] > 0 and not nonfinite else float("nan")
+    se = float(res.se["loss"][-1]) if not nonfinite else float("nan")
+    return {**cell, "mode": mode, "final_loss": final, "final_loss_se": se,
             "initial_loss": float(res.mean["loss"][0]), "diverged_fraction": float(res.diverged) / paths,
             "paths": int(paths), "steps": int(steps), "coord_steps": float(paths) * steps * prob.d,
             "compile_s": t1 - t0, "sim_s": t2 - t1, "cell_s": time.perf_counter() - t0}
+
+
+def _exit_with_parent() -> None:
+    """Worker initializer: a daemon thread that ends this worker when the driver process dies (a killed
+    driver otherwise leaves its idle workers blocked on the task queue forever, busy ones after their cell)."""
+    import threading
+    from multiprocessing.connection import wait
+
+    parent = mp.parent_process()
+    if parent is None:  # pragma: no cover - not a multiprocessing child
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="sdederive-exit-with-parent", daemon=True).start()
+
+
+def _run_key(problem: Problem, steps: int, paths: int, mode: str) -> dict:
+    """Everything besides the cell's own values that determines its result, hashed into its ``cell_id``: the
+    fixed settings (steps, paths, default mode), the problem (its full JSON form: every number) and the
+    package version.  ``--resume`` after changing any of them recomputes the cells."""
+    import hashlib
+    import json
+
+    from .. import __version__
+    from .._json import finite_or_none
+
+    try:
+        pdesc = json.dumps(finite_or_none(problem.to_dict()), sort_keys=True, default=str)
+    except NotImplementedError:  # pragma: no cover - a Problem subclass without a JSON form
+        pdesc = repr(problem)
+    return {"__steps": steps, "__paths": paths, "__mode": mode,
+            "__problem": hashlib.sha256(pdesc.encode()).hexdigest(), "__version": __version__}
+
+
+def _validate_cells(grid: Grid, problem: Problem, mode: str) -> None:
+    """Check every cell's settings in the driver, before any worker starts: the optimizer names and their
+    hyperparameters (names and ranges), the modes (and, for ``"sde"``, that the SDE can be derived), the
+    backends, and the problem at every batch size.  Each distinct combination is built once."""
+    import sdederive as sd
+
+    from ..simulate import _BACKENDS
+
+    seen: set = set()
+    for c in grid.cells():
+        name = c.get("optimizer", "sgd")
+        m = c.get("mode", mode)
+        hyper = {k: v for k, v in c.items() if k not in RESERVED and k != "cell_id"}
+        key = (name, m, tuple(sorted(hyper.items())))
+        if key not in seen:
+            seen.add(key)
+            sd.optimizers.get(name, **hyper)  # unknown optimizer or hyperparameter, out-of-range value
+            if m not in ("discrete", "sde"):
+                raise SdederiveError(f"cell mode={m!r}; allowed: 'discrete', 'sde'")
+            if m == "sde" and ("sde", name) not in seen:
+                seen.add(("sde", name))
+                sd.derive(name)
+        b = c.get("backend", "numba")
+        if b not in _BACKENDS:
+            raise SdederiveError(f"cell backend={b!r}; allowed: {', '.join(_BACKENDS)}")
+        if ("B", c.get("B")) not in seen:
+            seen.add(("B", c.get("B")))
+            with_batch(problem, c.get("B"))
+    from ..hyper import check_value
+
+    for v in grid.axes["eta"]:
+        check_value("eta", "lr", v)
 
 
 def _progress(done: int, total: int, t0: float, skipped: int, stream=sys.stderr) -> None:
@@ -90,19 +168,28 @@ def run(grid: Grid, problem: Problem, steps: int = 1000, paths: int = 1000, *, e
     ``out``: results directory (Parquet parts, then ``results.parquet``); ``resume``: skip the cells
     already in ``out``; ``mode``: ``"discrete"`` (the optimizer) or ``"sde"``.
     """
+    from ..simulate import check_run_args
     from .analysis import SweepResult
 
     if not isinstance(grid, Grid):
         raise SdederiveError(f"run() needs a sd.sweep.Grid, got {type(grid).__name__}")
+    if not isinstance(problem, Problem):
+        raise SdederiveError(f"run() needs a sdederive.problems.Problem, got {type(problem).__name__}")
     if mode not in ("discrete", "sde"):
         raise SdederiveError(f"mode={mode!r}; allowed: 'discrete', 'sde'")
-    if int(steps) < 1 or int(paths) < 1:
-        raise SdederiveError(f"steps={steps!r}, paths={paths!r}; allowed: integers >= 1")
+    check_run_args(paths=paths, steps=steps, threads=threads_per_cell)
+    if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int)
+                                    or max_workers < 1):
+        raise SdederiveError(f"max_workers={max_workers!r} is invalid; allowed: None (all cores) or an integer >= 1")
     if "eta" not in grid.axes:
         raise SdederiveError("the grid has no 'eta' axis; every cell needs a learning rate")
     if resume and out is None:
         raise SdederiveError("resume=True needs out= (the directory of a previous run)")
-    cells = grid.cells()
+    if out is not None:
+        store.check_writable(out)
+    _validate_cells(grid, problem, mode)
+    run_key = _run_key(problem, int(steps), int(paths), mode)
+    cells = [{**c, "cell_id": cell_id({**c, **run_key})} for c in grid.cells()]
     skip = store.done_ids(out) if (resume and out is not None) else set()
     if out is not None and not resume and store.done_ids(out):
         raise SdederiveError(f"{out} already holds results; pass resume=True (CLI: --resume) to continue that sweep, "
@@ -111,7 +198,7 @@ def run(grid: Grid, problem: Problem, steps: int = 1000, paths: int = 1000, *, e
     own = executor is None
     if own:
         executor = cf.ProcessPoolExecutor(max_workers=max_workers or os.cpu_count() or 1,
-                                          mp_context=mp.get_context("spawn"))
+                                          mp_context=mp.get_context("spawn"), initializer=_exit_with_parent)
     rows: list[dict] = []
     t0 = time.perf_counter()
     last = 0.0

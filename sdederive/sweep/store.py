@@ -17,9 +17,17 @@ import pyarrow.parquet as pq
 
 from .._atomic import atomic_write
 
-__all__ = ["write_row", "done_ids", "load", "compact"]
+__all__ = ["write_row", "done_ids", "load", "compact", "check_writable"]
 
 MERGED = "results.parquet"
+
+
+def check_writable(out: str | Path) -> Path:
+    """Create the results directory ``out`` if needed and check that files can be written in it, before any
+    cell runs (not after all the work): refuses a path that is a file or an unwritable directory."""
+    from .._outdir import check_output_dir
+
+    return check_output_dir(out, "sweep results directory (--out)")
 
 
 def _atomic_write_table(table: pa.Table, path: Path) -> None:

@@ -1,0 +1,48 @@
+"""Standard JSON out of results that may hold NaN or infinity: those become ``null`` (``json.dumps``
+would otherwise write the non-standard ``NaN``/``Infinity``, which strict parsers refuse)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+__all__ = ["finite_or_none", "has_nonfinite", "dumps"]
+
+
+def finite_or_none(obj):
+    """``obj`` with arrays as lists, numpy scalars as Python numbers and every non-finite float as ``None``."""
+    if isinstance(obj, dict):
+        return {str(k): finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return finite_or_none(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    return obj
+
+
+def has_nonfinite(obj) -> bool:
+    """Whether ``obj`` (nested dicts, lists, arrays, numbers) holds a NaN or an infinity."""
+    if isinstance(obj, dict):
+        return any(has_nonfinite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(has_nonfinite(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return obj.dtype.kind in "fc" and not bool(np.isfinite(obj).all())
+    if isinstance(obj, (float, np.floating)):
+        return not math.isfinite(float(obj))
+    return False
+
+
+def dumps(obj, **kw) -> str:
+    """``json.dumps`` of :func:`finite_or_none` of ``obj`` with ``allow_nan=False`` (``default=str`` for the rest)."""
+    kw.setdefault("default", str)
+    return json.dumps(finite_or_none(obj), allow_nan=False, **kw)

@@ -114,9 +114,9 @@ def test_first_step_of_a_clipped_update_is_exact():
     import sympy as sp
 
     x, g = sd.symbols("x g")
-    eta, c = sd.sym("eta"), sd.sym("c")
+    eta, c = sd.sym("eta"), sd.sym("cl")
     opt = sd.from_update("clipped", {"x": x - eta * sp.Min(sp.Max(g, -c), c)},
-                         hypers={"eta": (0.1, "lr"), "c": (0.5, "positive")})
+                         hypers={"eta": (0.1, "lr"), "cl": (0.5, "positive")})
     prob = sd.Quadratic(h=[1.0, 1.0, 1.0], sigma=[1.0, 0.2, 2.0], x0=[0.3, 2.0, -1.0])
     sim = sd.compile(opt, prob)
     got = sim._expected_first_step(opt, sim.resolve_hyper(0.1, None))["x"]

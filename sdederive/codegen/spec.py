@@ -69,11 +69,25 @@ def check_names(spec: KernelSpec) -> None:
                                    "allowed: letters, digits and '_', starting with a letter")
 
 
-def _rename(states: tuple[str, ...], scalars: tuple[str, ...]) -> dict:
-    m = {sym(s): sp.Symbol(f"s_{s}", real=True) for s in states}
-    m.update({sym(h): sp.Symbol(f"hp_{h}", real=True) for h in scalars})
-    m.update({GRAD: _GR, HESS: _HS, SIGMA: _SG, T: _TT, sym("k"): _KK, sym("g"): _GV})
-    return m
+class _Rename:
+    """Kernel argument names for an expression's symbols, matched by *name*: a user's hyperparameter
+    ``sd.sym("cl", positive=True)`` and a plain ``sd.sym("cl")`` are different sympy symbols but one
+    kernel argument ``hp_cl``."""
+
+    def __init__(self, states: tuple[str, ...], scalars: tuple[str, ...]) -> None:
+        m = {s: sp.Symbol(f"s_{s}", real=True) for s in states}
+        m.update({h: sp.Symbol(f"hp_{h}", real=True) for h in scalars})
+        m.update({str(GRAD): _GR, str(HESS): _HS, str(SIGMA): _SG, str(T): _TT, "k": _KK, "g": _GV})
+        self.by_name = m
+
+    def __call__(self, e: sp.Expr) -> sp.Expr:
+        e = sp.sympify(e)
+        return e.xreplace({f: self.by_name[f.name] for f in e.free_symbols
+                           if isinstance(f, sp.Symbol) and f.name in self.by_name})
+
+
+def _rename(states: tuple[str, ...], scalars: tuple[str, ...]) -> _Rename:
+    return _Rename(states, scalars)
 
 
 def _student_t_elementary(e: sp.Expr, nu: float | None) -> sp.Expr:
@@ -253,10 +267,10 @@ def sde_spec(sde: SDE, problem: Problem, *, correlated: bool) -> KernelSpec:
         raise CodegenError(f"SDE of {sde.optimizer}: symbol(s) {bad} have no value: they are neither "
                            f"hyperparameters {hyper_names} nor problem quantities (grad, hess, sigma, t, nu, B)")
     ren = _rename(states, scalars)
-    coef_out = [(f"a_{s}", drift[s].xreplace(ren)) for s in states]
-    coef_out += [(f"b_{s}_{j}", D[i, j].xreplace(ren)) for j in range(r) for i, s in enumerate(states)]
+    coef_out = [(f"a_{s}", ren(drift[s])) for s in states]
+    coef_out += [(f"b_{s}_{j}", ren(D[i, j])) for j in range(r) for i, s in enumerate(states)]
     coef = cse_assignments(coef_out, "w")
-    obs = cse_assignments([(f"o_{o}", e.xreplace(ren)) for o, e in zip(outs, out_exprs)], "q")
+    obs = cse_assignments([(f"o_{o}", ren(e)) for o, e in zip(outs, out_exprs)], "q")
     uses = _uses(coef_out)
     return KernelSpec("sde", sde.optimizer, states, tuple(outs), scalars, coef, None, obs, r, noise_form,
                       uses, tuple(notes))
@@ -278,7 +292,7 @@ def discrete_spec(opt: Optimizer) -> KernelSpec:
         check_supported(upd[s], f"update of {opt.name}")
     scalars = tuple(hyper_names)
     ren = _rename(states, scalars)
-    outs = [(f"n_{s}", upd[s].xreplace(ren)) for s in states]
+    outs = [(f"n_{s}", ren(upd[s])) for s in states]
     a = cse_assignments(outs, "w")
-    obs = cse_assignments([(f"o_{s}", sym(s).xreplace(ren)) for s in states], "q")
+    obs = cse_assignments([(f"o_{s}", ren(sym(s))) for s in states], "q")
     return KernelSpec("discrete", opt.name, states, states, scalars, None, a, obs, 1, "diag", _uses(outs))

@@ -1,6 +1,6 @@
 """sdederive: derive SDE approximations of stochastic optimizers from their update rules."""
 
-from . import assumptions, batchsize, ito, noise, optimizers, problems, rates, regimes, sweep, transforms
+from . import assumptions, batchsize, export, ito, noise, optimizers, problems, rates, regimes, sweep, transforms
 from .derive import clear_cache, derive
 from .errors import (
     DivergenceError,
@@ -33,5 +33,5 @@ __all__ = [
     "SdederiveError", "UnknownNameError", "HyperparameterError", "SpecError", "NoiseModelError",
     "RegimeMismatchError", "ExpectationError", "ScalingRuleError", "DivergenceError", "compile", "Simulator",
     "SimulationResult", "problems", "Quadratic", "LogisticRegression", "Custom", "__version__",
-    "assumptions", "rates", "ito", "batchsize", "sweep",
+    "assumptions", "rates", "ito", "batchsize", "sweep", "export",
 ]

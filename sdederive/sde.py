@@ -192,6 +192,18 @@ class SDE:
     def _repr_latex_(self) -> str:
         return "$$" + self.latex() + "$$"
 
+    def to_diffrax(self, problem, eta=None, hyper: dict | None = None):
+        """JAX drift and diffusion of this SDE on ``problem`` for diffrax (:func:`sdederive.export.to_diffrax`)."""
+        from .export import to_diffrax
+
+        return to_diffrax(self, problem, eta, hyper)
+
+    def to_torchsde(self, problem, eta=None, hyper: dict | None = None):
+        """A torchsde module of this SDE on ``problem`` (:func:`sdederive.export.to_torchsde`)."""
+        from .export import to_torchsde
+
+        return to_torchsde(self, problem, eta, hyper)
+
     def __str__(self) -> str:
         lines = [f"SDE of {self.optimizer} | noise {self.noise} | regime {self.regime} | tau = {self.tau}"
                  + (f" | order {self.order}" if self.order != 1 else "")]

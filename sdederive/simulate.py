@@ -30,7 +30,7 @@ import sympy as sp
 
 from . import optimizers as _opt
 from . import regimes as _reg
-from .codegen.spec import KernelSpec, discrete_spec, sde_spec
+from .codegen.spec import KernelSpec, discrete_spec, sde_spec, source_optimizer
 from .errors import DivergenceError, HyperparameterError, SdederiveError, UnknownNameError
 from .hyper import check_value
 from .problems import LogisticRegression, Problem, Quadratic
@@ -42,6 +42,8 @@ __all__ = ["compile", "Simulator", "SimulationResult"]
 _BACKENDS = ("numba", "cupy")
 _SCHEMES = ("euler", "weak2")
 _DTYPES = ("float64", "float32")
+# keep_final: the most memory the per-path final values (x and loss, doubles) may take
+_FINAL_MAX_BYTES = 2 * 2**30
 # CUDA path: observables per reduction slab (doubles), the size of the per-path observable buffer
 _CUDA_OBS_SLAB = 2**26
 
@@ -66,6 +68,7 @@ class SimulationResult:
     notes: tuple = ()
     hyper: dict = field(default_factory=dict)
     seed: int = 0
+    final: dict | None = None  # keep_final=True: per-path "x" (paths, d) and "loss" (paths,) at the end
 
     @property
     def se(self) -> dict:
@@ -183,7 +186,7 @@ class Simulator:
                 st[k] = np.broadcast_to(np.asarray(v, float), (p.d,)).copy()
             return 0, st
         sde: SDE = self.obj
-        opt = _opt.get(sde.optimizer) if sde.optimizer in _opt.BUILTINS else None
+        opt = source_optimizer(sde)
         outputs = dict(zip(self.spec.states, self.spec.outputs))  # SDE state -> discrete name
         disc_names = set(outputs.values())
         for k in init:
@@ -272,7 +275,7 @@ class Simulator:
     def run(self, paths: int = 1000, steps: int = 1000, eta: float | None = None, hyper: dict | None = None,
             seed: int = 0, save_every: int = 1, init: dict | None = None, mask_diverged: bool = False,
             progress: bool = False, substeps: int = 1, chunk_seconds: float = 0.5,
-            threads: int | None = None) -> SimulationResult:
+            threads: int | None = None, keep_final: bool = False) -> SimulationResult:
         """Simulate ``paths`` independent paths for ``steps`` steps (``t = steps*tau``).
 
         ``eta`` and ``hyper`` are the *discrete* hyperparameters in both modes.  ``substeps`` (SDE
@@ -280,7 +283,8 @@ class Simulator:
         :class:`~sdederive.errors.DivergenceError` naming the first path and step, unless
         ``mask_diverged`` (then those paths leave the statistics and ``result.diverged`` counts them).
         Ctrl-C stops at the end of the current chunk and returns what was computed
-        (``result.interrupted``).
+        (``result.interrupted``).  ``keep_final``: also return every path's final ``x`` and loss
+        (``result.final``; NaN rows for diverged paths), refused above ``_FINAL_MAX_BYTES``.
         """
         for nm, v, lo in (("paths", paths, 1), ("steps", steps, 1), ("save_every", save_every, 1),
                           ("substeps", substeps, 1)):
@@ -292,7 +296,16 @@ class Simulator:
             raise SdederiveError(f"steps*substeps={steps * substeps} exceeds the 2**32 Philox step counter")
         if self.mode == "discrete" and substeps != 1:
             raise SdederiveError("substeps applies to SDE mode only; the discrete optimizer takes one step per k")
+        if keep_final and paths * (self.problem.d + 1) * 8 > _FINAL_MAX_BYTES:
+            raise SdederiveError(f"keep_final with paths={paths} and d={self.problem.d} needs "
+                                 f"{paths * (self.problem.d + 1) * 8 / 2**30:.2f} GiB for the per-path final values; "
+                                 f"allowed: at most {_FINAL_MAX_BYTES / 2**30:.0f} GiB (fewer paths)")
         hv = self.resolve_hyper(eta, hyper)
+        if self.mode == "sde" and getattr(_reg.REGIMES.get(self.obj.regime), "scale_noise", False):
+            # a RegimeWarning when the problem is outside the SDE's regime (sdederive.regime_check)
+            from .regime_check import regime_check
+
+            regime_check(self.obj, self.problem, hv["eta"], hv).warn(stacklevel=2)
         tau = float(self.tau_expr.subs(sym("eta"), hv["eta"]))
         HP = self._scalar_values(hv)
         PV, PM, PL, PY = self._problem_arrays()
@@ -316,8 +329,9 @@ class Simulator:
             self._put_snapshot(MEAN, CNT, k_start // save_every,
                                self._host_obs(st0, PV, PM, PL, PY, HP, discrete=False), paths)
         if self.backend == "cupy":
-            return self._run_cuda(state, DIV, k_start, steps, save_every, substeps, tau, key0, key1, HP, PV, PM,
-                                  PL, PY, MEAN, M2, CNT, n_save, paths, hv, seed, mask_diverged, progress)
+            res = self._run_cuda(state, DIV, k_start, steps, save_every, substeps, tau, key0, key1, HP, PV, PM,
+                                 PL, PY, MEAN, M2, CNT, n_save, paths, hv, seed, mask_diverged, progress)
+            return self._keep_final(res, state, DIV, PV, PM, PL, PY) if keep_final else res
         kern = self._kernel()
         t_run = 0.0
         k = k_start
@@ -346,6 +360,17 @@ class Simulator:
                            interrupted, t_run)
         if not mask_diverged:
             self._raise_if_diverged(DIV, tau, k, res)
+        return self._keep_final(res, state, DIV, PV, PM, PL, PY) if keep_final else res
+
+    def _keep_final(self, res, state, DIV, PV, PM, PL, PY) -> SimulationResult:
+        """``res`` with ``final = {"x": (paths, d), "loss": (paths,)}`` from the kernel's final states."""
+        x = np.array(state[:, 0, :], dtype=np.float64)
+        x[DIV >= 0] = np.nan
+        mod = self.module
+        W = np.zeros(2 * PM.shape[0] + 4)
+        loss = np.array([float(mod.prob_loss(np.ascontiguousarray(xi), PV, PM, PL, PY, W)) if np.all(np.isfinite(xi))
+                         else np.nan for xi in x])
+        res.final = {"x": x, "loss": loss}
         return res
 
     def _raise_if_diverged(self, DIV, tau, k, res) -> None:
@@ -435,7 +460,7 @@ class Simulator:
         """The discrete optimizer's initial states (``x0``, the spec's inits), keyed by discrete name."""
         if self.mode == "discrete":
             return self._discrete_init(self.obj)
-        opt = _opt.get(self.obj.optimizer) if self.obj.optimizer in _opt.BUILTINS else None
+        opt = source_optimizer(self.obj)
         out = {"x": self.problem.x0.copy()}
         for o in self.spec.outputs[1:]:
             init = 0.0

@@ -106,7 +106,7 @@ def _clamp_sqrt(e: sp.Expr) -> sp.Expr:
     def fix(p):
         base = p.base
         if p.exp == sp.S.Half and base.is_nonnegative is not True:
-            return sp.sqrt(sp.Max(base, 0))
+            return sp.sqrt(sp.Max(base, sp.Float(0)))  # 0.0: fmax(double, double) in CUDA
         return p
 
     return e.replace(lambda a: isinstance(a, sp.Pow) and a.exp == sp.S.Half, fix)

@@ -81,7 +81,7 @@ Tolerance
     :math:`\max_t h(t)` below ``tol/2`` a :class:`ValidationError` says how many paths are needed.
 
 Regime check
-    Before running, :func:`sdederive.regime_check` measures on the problem the quantities the
+    Before running, :func:`sdederive.regime_check.regime_check` measures on the problem the quantities the
     SDE's regime scales (``|grad|/sigma`` per coordinate at ``x0``; across the step sizes the
     powers of ``eta`` of ``1 - beta`` and of ``sigma``).  A fixed data set has a fixed ``sigma``,
     which the noise-dominated regime (``sigma = sigma0/eta``) does not fit: the weak error then
@@ -975,7 +975,7 @@ def _pilot_check(cases, obs_keys, tol_d, q, paths, R, seed, substeps, level, sim
 
 
 def _regime_check(sde_obj, disc0, problems, etas_a, hypers, svag_l, prob0, strict: bool):
-    """:func:`sdederive.regime_check` over the etas (full discrete hyperparameters; with SVAG on logistic
+    """:func:`sdederive.regime_check.regime_check` over the etas (full discrete hyperparameters; with SVAG on logistic
     regression the noise amplification ``l``); a :class:`RegimeWarning`, or with ``strict`` a refusal."""
     import warnings
 

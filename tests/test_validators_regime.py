@@ -161,13 +161,11 @@ def test_keep_final_refuses_too_much_memory():
 
 
 @pytest.mark.slow
-def test_svag_weak_error_shrinks_on_breast_cancer():
-    bc = problems.breast_cancer()
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always", RegimeWarning)
-        c = compare("adam", bc, [0.02, 0.01], paths=200, horizon=0.016, hyper={"beta2": 0.99}, replicates=8,
-                    n_points=2, svag=1)
-    assert not any(issubclass(x.category, RegimeWarning) for x in w), [str(x.message) for x in w]
-    assert c.resolved["loss"].all(), c.table()
-    lo, _ = c.order_ci["loss"]
-    assert lo > 0, c.table()  # the weak error shrinks as eta (SVAG's eta0/l) shrinks
+def test_svag_weak_error_shrinks_on_breast_cancer_and_validate_passes():
+    # Adam in its noise-dominated regime on the real data, the discrete side amplified by SVAG (l = 1, 2)
+    rc, out, err = _validate("adam", "--problem", "breast-cancer", "--etas", "0.02,0.01", "--svag", "1", "--paths",
+                             "200", "--horizon", "0.016", "--points", "2", "--hp", "beta2=0.99", "--tol", "0.1",
+                             "--replicates", "8")
+    assert rc == 0 and "PASSED" in out, out
+    assert "weak error of loss shrinks with eta" in out and "SVAG" in out
+    assert "warning" not in err, err  # the regime check holds with SVAG's scalings

@@ -55,8 +55,8 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
         f"  {PROG} validate sgd --etas 0.04,0.02,0.01 --paths 20000 --horizon 2 --expected-order 1",
         f"  {PROG} validate adam --problem quad.json --etas 0.04,0.02,0.01 --paths 20000 --horizon 2 "
         "--hp beta1=0.9 --report out/",
-        f"  {PROG} validate rmsprop --problem breast-cancer --etas 0.02,0.01,0.005 --svag 1 --paths 1000 "
-        "--horizon 0.05 --tol 0.05",
+        f"  {PROG} validate adam --problem breast-cancer --etas 0.02,0.01 --svag 1 --hp beta2=0.99 --paths 200 "
+        "--horizon 0.016 --points 2 --tol 0.1",
     ])
     p = subparsers.add_parser(
         "validate", help="weak error and weak order of the SDE against the discrete optimizer",

@@ -244,16 +244,31 @@ def _kv_list(items, what: str) -> dict:
     return out
 
 
-def cmd_simulate(args, out) -> int:
+#: noise scale of the default problem of ``simulate`` for regimes with ``sigma = sigma0/eta``: ten times
+#: the largest gradient at x0 (|grad_i|/sigma_i <= 0.1, inside sdederive.regime_check's criterion)
+_NOISE_DOMINATED_SIGMA = 100.0
+
+
+def _default_problem(optimizer: str, regime: str | None):
+    """The problem of ``simulate`` without ``--problem``: ``f = sum_i h_i x_i**2/2``, ``h = geomspace(0.1, 10,
+    10)``, ``x0 = 1``, with ``sigma = 1``, or ``sigma = 100`` where the regime (``--regime`` or the optimizer's
+    natural one) is noise-dominated, so that ``|grad|/sigma`` is small as that regime assumes."""
     import numpy as np
 
+    from .problems import Quadratic
+
+    rg = regime_mod.get(regime if regime is not None else opt_mod.get(optimizer).natural_regime)
+    sigma = _NOISE_DOMINATED_SIGMA if rg.scale_noise else 1.0
+    return Quadratic(h=np.geomspace(0.1, 10, 10), sigma=np.full(10, sigma), x0=np.ones(10))
+
+
+def cmd_simulate(args, out) -> int:
     from .errors import DivergenceError
-    from .problems import Quadratic, load
+    from .problems import load
     from .simulate import check_run_args
     from .simulate import compile as sd_compile
 
-    problem = load(args.problem) if args.problem else Quadratic(h=np.geomspace(0.1, 10, 10), sigma=np.ones(10),
-                                                                 x0=np.ones(10))
+    problem = load(args.problem) if args.problem else _default_problem(args.optimizer, args.regime)
     hyper = _kv_list(args.hp, "--hp")
     init = _kv_list(args.init, "--init")
     if args.mode == "sde":
@@ -268,12 +283,23 @@ def cmd_simulate(args, out) -> int:
     check_run_args(paths=args.paths, steps=args.steps, save_every=save_every, seed=args.seed)
     sim = sd_compile(obj, problem, backend=args.backend, dtype=args.dtype, scheme=args.scheme,
                      regime=args.regime if args.mode == "discrete" else None)
+    import warnings
+
+    from .regime_check import RegimeWarning
+
     try:
-        res = sim.run(paths=args.paths, steps=args.steps, eta=args.eta, hyper=hyper, seed=args.seed,
-                      save_every=save_every, init=init or None, mask_diverged=args.mask_diverged,
-                      progress=args.progress)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RegimeWarning)
+            res = sim.run(paths=args.paths, steps=args.steps, eta=args.eta, hyper=hyper, seed=args.seed,
+                          save_every=save_every, init=init or None, mask_diverged=args.mask_diverged,
+                          progress=args.progress)
     except DivergenceError as e:
         raise SdederiveError(str(e)) from None
+    for w in caught:
+        if issubclass(w.category, RegimeWarning):
+            print(f"{PROG}: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     status = 130 if res.partial else 0
     if res.partial:
         if args.progress:  # end the progress bar's line
@@ -408,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
         "runs the optimizer's update rule, both on the time axis t = k*tau with the discrete hyperparameters "
         "(--eta, --hp). Prints E[loss] over time, or with --json the means, variances and standard errors of the "
         "loss, |x|^2 and every state. Without --problem: a 10-dimensional diagonal quadratic, h = geomspace(0.1, "
-        "10), sigma = 1, x0 = 1.",
+        "10), x0 = 1, sigma = 1 (sigma = 100 for a noise-dominated regime: adam, rmsprop). A warning says when the "
+        "problem is outside the SDE's regime (sdederive.regime_check).",
         epilog=_examples(
             f"{PROG} simulate adam --mode sde --problem quad.json --paths 10000 --steps 5000 --eta 0.01 "
             "--hp beta1=0.9 --hp beta2=0.999 --seed 0 --json",

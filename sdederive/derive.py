@@ -310,6 +310,7 @@ def _derive(opt, nm, rg, order: int) -> SDE:
         notes=tuple(notes),
         noise_values=dict(nm.values),
         hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers),
+        source=opt,
     )
 
 

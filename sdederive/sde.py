@@ -55,6 +55,9 @@ class SDE:
     eliminated: fast states averaged out: ``{fast: {slow: a}}``, the SDE's ``slow`` being the
         discrete ``slow + a*fast`` (heavy ball at fixed ``mu``: ``x + eta*mu/(mu - 1)*m``).
     notes: conditions and modelling choices (``nu > 2``, eliminated fast states, ...).
+    source: the :class:`~sdederive.optimizers.Optimizer` it was derived from (the simulators take the
+        states' kinds, initial values and update from it); ``None`` after :meth:`from_json` (an update
+        rule is code, not JSON), where the simulators resolve a built-in by name.
     """
 
     optimizer: str
@@ -74,6 +77,7 @@ class SDE:
     notes: tuple[str, ...] = ()
     noise_values: dict = field(default_factory=dict)
     hypers: tuple = ()
+    source: object = None  # the Optimizer derived from (state kinds, inits, update); not in the JSON
 
     # -- views --------------------------------------------------------------------------------
     @property

@@ -35,7 +35,7 @@ from . import optimizers as _opt
 from . import regimes as _reg
 from ._memory import fmt_bytes
 from ._quadrature import break_points, noise_expectation
-from .codegen.spec import KernelSpec, discrete_spec, sde_spec
+from .codegen.spec import KernelSpec, discrete_spec, sde_spec, source_optimizer
 from .errors import DivergenceError, HyperparameterError, SdederiveError, UnknownNameError
 from .hyper import KINDS, check_value
 from .problems import LogisticRegression, Problem, Quadratic
@@ -47,6 +47,8 @@ __all__ = ["compile", "Simulator", "SimulationResult", "check_run_args"]
 _BACKENDS = ("numba", "cupy")
 _SCHEMES = ("euler", "weak2")
 _DTYPES = ("float64", "float32")
+# keep_final: the most memory the per-path final values (x and loss, doubles) may take
+_FINAL_MAX_BYTES = 2 * 2**30
 # CUDA path: observables per reduction slab (doubles), the size of the per-path observable buffer
 _CUDA_OBS_SLAB = 2**26
 
@@ -74,6 +76,7 @@ class SimulationResult:
     notes: tuple = ()
     hyper: dict = field(default_factory=dict)
     seed: int = 0
+    final: dict | None = None  # keep_final=True: per-path "x" (paths, d) and "loss" (paths,) at the end
 
     @property
     def se(self) -> dict:
@@ -257,7 +260,7 @@ class Simulator:
                 st[k] = np.broadcast_to(np.asarray(v, float), (p.d,)).copy()
             return 0, st
         sde: SDE = self.obj
-        opt = _opt.get(sde.optimizer) if sde.optimizer in _opt.BUILTINS else None
+        opt = source_optimizer(sde)
         outputs = dict(zip(self.spec.states, self.spec.outputs))  # SDE state -> discrete name
         disc_names = set(outputs.values())
         for k in init:
@@ -350,7 +353,7 @@ class Simulator:
     def run(self, paths: int = 1000, steps: int = 1000, eta: float | None = None, hyper: dict | None = None,
             seed: int = 0, save_every: int = 1, init: dict | None = None, mask_diverged: bool = False,
             progress: bool = False, substeps: int = 1, chunk_seconds: float = 0.5,
-            threads: int | None = None) -> SimulationResult:
+            threads: int | None = None, keep_final: bool = False) -> SimulationResult:
         """Simulate ``paths`` independent paths for ``steps`` steps (``t = steps*tau``).
 
         ``eta`` and ``hyper`` are the *discrete* hyperparameters in both modes.  ``substeps`` (SDE
@@ -363,7 +366,8 @@ class Simulator:
         needs is estimated first and refused (:class:`~sdederive.errors.MemoryLimitError`) above 80 % of the
         available memory.  Ctrl-C stops at the end of the current chunk and returns what was computed
         (``result.interrupted``, ``result.partial``, ``result.steps_done`` of ``result.steps_total``); a
-        second Ctrl-C interrupts the chunk.
+        second Ctrl-C interrupts the chunk.  ``keep_final``: also return every path's final ``x`` and loss
+        (``result.final``; NaN rows for diverged paths), refused above ``_FINAL_MAX_BYTES``.
         """
         check_run_args(paths=paths, steps=steps, save_every=save_every, substeps=substeps, seed=seed, threads=threads,
                        chunk_seconds=chunk_seconds)
@@ -372,7 +376,16 @@ class Simulator:
         if self.mode == "discrete" and substeps != 1:
             raise SdederiveError("substeps applies to SDE mode only; the discrete optimizer takes one step per k")
         self._check_memory(paths, steps // save_every, threads)
+        if keep_final and paths * (self.problem.d + 1) * 8 > _FINAL_MAX_BYTES:
+            raise SdederiveError(f"keep_final with paths={paths} and d={self.problem.d} needs "
+                                 f"{paths * (self.problem.d + 1) * 8 / 2**30:.2f} GiB for the per-path final values; "
+                                 f"allowed: at most {_FINAL_MAX_BYTES / 2**30:.0f} GiB (fewer paths)")
         hv = self.resolve_hyper(eta, hyper)
+        if self.mode == "sde" and getattr(_reg.REGIMES.get(self.obj.regime), "scale_noise", False):
+            # a RegimeWarning when the problem is outside the SDE's regime (sdederive.regime_check)
+            from .regime_check import regime_check
+
+            regime_check(self.obj, self.problem, hv["eta"], hv).warn(stacklevel=2)
         tau = float(self.tau_expr.subs(sym("eta"), hv["eta"]))
         HP = self._scalar_values(hv)
         PV, PM, PL, PY = self._problem_arrays()
@@ -396,8 +409,9 @@ class Simulator:
             self._put_snapshot(MEAN, CNT, k_start // save_every,
                                self._host_obs(st0, PV, PM, PL, PY, HP, discrete=False), paths)
         if self.backend == "cupy":
-            return self._run_cuda(state, DIV, k_start, steps, save_every, substeps, tau, key0, key1, HP, PV, PM,
-                                  PL, PY, MEAN, M2, CNT, n_save, paths, hv, seed, mask_diverged, progress)
+            res = self._run_cuda(state, DIV, k_start, steps, save_every, substeps, tau, key0, key1, HP, PV, PM,
+                                 PL, PY, MEAN, M2, CNT, n_save, paths, hv, seed, mask_diverged, progress)
+            return self._keep_final(res, state, DIV, PV, PM, PL, PY) if keep_final else res
         kern = self._kernel()
         t_run = 0.0
         k = k_start
@@ -426,8 +440,9 @@ class Simulator:
         finally:
             stop.restore()
         interrupted = interrupted or bool(stop)
-        return self._finish(MEAN, M2, CNT, n_save, k, steps, save_every, tau, paths, DIV, hv, seed, interrupted,
-                            t_run, mask_diverged)
+        res = self._finish(MEAN, M2, CNT, n_save, k, steps, save_every, tau, paths, DIV, hv, seed, interrupted,
+                           t_run, mask_diverged)
+        return self._keep_final(res, state, DIV, PV, PM, PL, PY) if keep_final else res
 
     def _finish(self, MEAN, M2, CNT, n_save, k, steps, save_every, tau, paths, DIV, hv, seed, interrupted, t_run,
                 mask_diverged) -> SimulationResult:
@@ -439,6 +454,17 @@ class Simulator:
         if not mask_diverged:
             self._raise_if_diverged(DIV, tau, k, res)
         self._raise_if_nonfinite(res)
+        return res
+
+    def _keep_final(self, res, state, DIV, PV, PM, PL, PY) -> SimulationResult:
+        """``res`` with ``final = {"x": (paths, d), "loss": (paths,)}`` from the kernel's final states."""
+        x = np.array(state[:, 0, :], dtype=np.float64)
+        x[DIV >= 0] = np.nan
+        mod = self.module
+        W = np.zeros(2 * PM.shape[0] + 4)
+        loss = np.array([float(mod.prob_loss(np.ascontiguousarray(xi), PV, PM, PL, PY, W)) if np.all(np.isfinite(xi))
+                         else np.nan for xi in x])
+        res.final = {"x": x, "loss": loss}
         return res
 
     def _raise_if_nonfinite(self, res: SimulationResult) -> None:
@@ -581,7 +607,7 @@ class Simulator:
         """The discrete optimizer's initial states (``x0``, the spec's inits), keyed by discrete name."""
         if self.mode == "discrete":
             return self._discrete_init(self.obj)
-        opt = _opt.get(self.obj.optimizer) if self.obj.optimizer in _opt.BUILTINS else None
+        opt = source_optimizer(self.obj)
         out = {"x": self.problem.x0.copy()}
         for o in self.spec.outputs[1:]:
             init = 0.0

@@ -17,12 +17,12 @@ and pass/fail.
 """
 
 from . import checks, problems, testing
-from .compare import Comparison, compare, weak_order
+from .compare import Comparison, compare, compare_final, weak_order
 from .errors import ValidationError
 from .onestep import OneStepResult, onestep_check
 from .testing import assert_sde_matches, assert_weak_order
 
 __all__ = [
-    "onestep_check", "OneStepResult", "compare", "weak_order", "Comparison", "ValidationError",
+    "onestep_check", "OneStepResult", "compare", "compare_final", "weak_order", "Comparison", "ValidationError",
     "assert_weak_order", "assert_sde_matches", "problems", "testing", "checks",
 ]

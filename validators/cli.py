@@ -25,6 +25,10 @@ _DESCRIPTION = (
     "time (t = k*tau), and report the weak error max_t |E g(x_k) - E g(X_t)| of each observable with a confidence "
     "interval (independent replicate batches of coupled paths), whether it is resolved, and the weak order (log-log "
     "slope against eta). --report DIR writes report.md, report.json and comparison.png (each atomically).\n\n"
+    "With --tol, PASSED needs the upper CI bound of the weak error below TOL at every eta and the error shrinking "
+    "with eta: the fitted order's lower CI bound above half the claimed order (--expected-order, default the "
+    "SDE's order); one eta is inconclusive. A regime check (sdederive.regime_check) warns when the problem does "
+    "not scale as the SDE's regime assumes (--strict refuses).\n\n"
     "--problem is a JSON problem file (as for `sdederive simulate`) or a built-in: quadratic (default: d = 10, "
     "h = geomspace(0.1, 10), sigma = 1, x0 = 1), breast-cancer (logistic regression on the Wisconsin data, "
     "standardized, batch --batch), synthetic-logistic."
@@ -51,8 +55,8 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
         f"  {PROG} validate sgd --etas 0.04,0.02,0.01 --paths 20000 --horizon 2 --expected-order 1",
         f"  {PROG} validate adam --problem quad.json --etas 0.04,0.02,0.01 --paths 20000 --horizon 2 "
         "--hp beta1=0.9 --report out/",
-        f"  {PROG} validate rmsprop --problem breast-cancer --batch 32 --etas 0.02 --paths 2000 --horizon 0.1 "
-        "--tol 0.01",
+        f"  {PROG} validate adam --problem breast-cancer --etas 0.02,0.01 --svag 1 --hp beta2=0.99 --paths 200 "
+        "--horizon 0.016 --points 2 --tol 0.1",
     ])
     p = subparsers.add_parser(
         "validate", help="weak error and weak order of the SDE against the discrete optimizer",
@@ -76,6 +80,11 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=None, help="pass if the weak error's upper CI bound is below TOL")
     p.add_argument("--expected-order", type=float, default=None, help="pass if the weak order is within --order-tol")
     p.add_argument("--order-tol", type=float, default=0.3, help="tolerance of --expected-order (default 0.3)")
+    p.add_argument("--svag", type=float, default=None, metavar="L",
+                   help="discrete side as SVAG (Malladi et al. 2022), multiplier L at the largest eta and L*max(etas)/eta "
+                   "at each eta: the noise-dominated limit on a fixed data set (adam, rmsprop)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse when the problem is outside the SDE's regime (default: a warning and a note)")
     p.add_argument("--scheme", choices=("auto", "euler", "weak2"), default="auto",
                    help="SDE integrator (default auto: weak order 2 where possible)")
     p.add_argument("--backend", choices=("numba", "cupy"), default="numba", help="numba (CPU) or cupy (GPU)")
@@ -125,7 +134,10 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
     Returns 0 (done / passed), 1 (a requested check failed) or 2 (bad input: ``sdederive: error: ...``)."""
     out = sys.stdout if out is None else out
     try:
+        import warnings
+
         from sdederive.cli import _kv_list  # the NAME=VALUE parser of every sdederive command
+        from sdederive.regime_check import RegimeWarning
 
         from .compare import compare
 
@@ -134,12 +146,18 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
 
             check_output_dir(args.report, "--report directory")
         problem = _load_problem(args.problem, getattr(args, "batch", None))
-        res = compare(
-            args.optimizer, problem, etas=_floats(args.etas, "--etas"), paths=args.paths, horizon=args.horizon,
-            observables=[o.strip() for o in str(args.observables).split(",") if o.strip()],
-            hyper=_kv_list(args.hp, "--hp"), regime=args.regime, seed=args.seed, replicates=args.replicates,
-            tol=args.tol, backend=args.backend, n_points=args.points, progress=args.progress,
-            expected_order=args.expected_order, order_tol=args.order_tol, scheme=args.scheme)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RegimeWarning)
+            res = compare(
+                args.optimizer, problem, etas=_floats(args.etas, "--etas"), paths=args.paths, horizon=args.horizon,
+                observables=[o.strip() for o in str(args.observables).split(",") if o.strip()],
+                hyper=_kv_list(args.hp, "--hp"), regime=args.regime, seed=args.seed, replicates=args.replicates,
+                tol=args.tol, backend=args.backend, n_points=args.points, progress=args.progress,
+                expected_order=args.expected_order, order_tol=args.order_tol, scheme=args.scheme,
+                svag=getattr(args, "svag", None), strict=getattr(args, "strict", False))
+        for w in caught:
+            if issubclass(w.category, RegimeWarning):
+                print(f"{PROG}: warning: {w.message}", file=sys.stderr)
         out.write((res.to_json(curves=False) if args.json else res.table()) + "\n")
         if args.report:
             paths = res.write_report(args.report)

@@ -71,10 +71,35 @@ Weak order
 
 Tolerance
     With ``tol`` the comparison passes when the upper end of the weak-error interval is below
-    ``tol`` at every step size (and, with ``expected_order``, when the fitted order is within
-    ``order_tol`` of it).  A pilot run (``R`` batches of a tenth of the paths per step size)
+    ``tol`` at every step size **and** the error shrinks at the claimed order ``p``
+    (``expected_order``, default the SDE's order): with two or more resolved step sizes the lower
+    end of the fitted order's interval must exceed ``p/2``; with fewer, the resolved step sizes
+    must be the largest ones (the error falls below the Monte Carlo resolution as ``eta`` shrinks).
+    One step size cannot show a trend: the report says *inconclusive* and does not pass.  With
+    ``expected_order`` the fitted order must also be within ``order_tol`` of it.  A pilot run (``R`` batches of a tenth of the paths per step size)
     estimates the per-path standard deviation of the difference; if ``paths`` cannot bring
     :math:`\max_t h(t)` below ``tol/2`` a :class:`ValidationError` says how many paths are needed.
+
+Regime check
+    Before running, :func:`sdederive.regime_check.regime_check` measures on the problem the quantities the
+    SDE's regime scales (``|grad|/sigma`` per coordinate at ``x0``; across the step sizes the
+    powers of ``eta`` of ``1 - beta`` and of ``sigma``).  A fixed data set has a fixed ``sigma``,
+    which the noise-dominated regime (``sigma = sigma0/eta``) does not fit: the weak error then
+    need not shrink with ``eta``.  A failed check is a :class:`~sdederive.regime_check.RegimeWarning`
+    and a note naming the regimes that fit; ``strict=True`` refuses.
+
+SVAG
+    ``svag=L`` (Malladi et al. 2022; Li, Malladi & Arora 2021 for SGD) approaches the
+    noise-dominated limit on a fixed problem.  At step size ``eta`` the multiplier is
+    ``l = L*max(etas)/eta``; the discrete optimizer runs with learning rate ``eta`` on the
+    gradient ``g = r1*g1 + r2*g2`` of two independent minibatches, ``r1,2 = (1 +- sqrt(2 l**2 - 1))/2``
+    (``r1 + r2 = 1``, ``r1**2 + r2**2 = l**2``: the noise is ``l*sigma``), with
+    ``1 - beta -> (1 - beta)/l**2`` for every decay and ``eps -> eps*l``.  These maps hold
+    ``sigma0 = eta*l*sigma``, ``c = (1 - beta)/eta**2`` and ``eps0 = eps*l*eta`` at the values of
+    the base step size ``L*max(etas)``, so every step size approximates the same SDE.  On logistic
+    regression the two minibatches are drawn (numpy, ``Optimizer.numpy_step``) and the SDE sees
+    ``Sigma(x)/(B/l**2)``; on a quadratic with Gaussian noise ``r1*z1 + r2*z2`` is ``l*z`` in law,
+    so the problem's ``sigma`` is multiplied by ``l`` (and the runs stay coupled).
 """
 
 from __future__ import annotations
@@ -93,14 +118,14 @@ import sympy as sp
 import sdederive as sd
 from sdederive import optimizers as opt_mod
 from sdederive.errors import DivergenceError
-from sdederive.problems import LogisticRegression, Problem
+from sdederive.problems import LogisticRegression, Problem, Quadratic
 from sdederive.sde import SDE
 from sdederive.symbols import sym
 
 from . import reporting
 from .errors import TooFewPathsError, ValidationError
 
-__all__ = ["compare", "weak_order", "Comparison"]
+__all__ = ["compare", "weak_order", "Comparison", "compare_final"]
 
 _ETA = sym("eta")
 _ALIASES = {"|x|^2": "sqnorm", "x2": "sqnorm", "|x|2": "sqnorm"}
@@ -168,6 +193,9 @@ class Comparison:
     order_tol: float | None = None
     notes: tuple[str, ...] = ()
     timing: dict = field(default_factory=dict)
+    claimed_order: float = 1.0
+    regime_check: dict | None = None
+    svag: np.ndarray | None = None
 
     # -- verdict -------------------------------------------------------------------------------
     @property
@@ -184,6 +212,7 @@ class Comparison:
                        f"max {hi.max():.3g})" if ok else
                        f"weak error of {obs} not shown below tol={tol:g}: " + "; ".join(bad))
                 out.append((f"tol[{obs}]", ok, msg))
+                out.append((f"trend[{obs}]", *self._trend(obs)))
             if self.expected_order is not None:
                 a = self.order[obs]
                 if not math.isfinite(a):
@@ -195,6 +224,26 @@ class Comparison:
                     out.append((f"order[{obs}]", ok, f"order of {obs} = {a:.3f}, expected {self.expected_order:g} "
                                 f"+- {self.order_tol:g}" + ("" if ok else " -- outside")))
         return out
+
+    def _trend(self, obs: str) -> tuple[bool, str]:
+        """The weak error must shrink at the claimed order (see the module docstring, *Tolerance*)."""
+        p = self.claimed_order
+        if len(self.etas) < 2:
+            return False, (f"inconclusive: one eta cannot show that the weak error of {obs} shrinks (order {p:g}); "
+                           "give at least two etas (CLI: --etas E1,E2)")
+        res = np.asarray(self.resolved[obs], bool)
+        a = self.order[obs]
+        if math.isfinite(a):
+            lo, hi = self.order_ci[obs]
+            ok = lo > p / 2
+            return ok, (f"weak error of {obs} shrinks with eta: order {a:.3f}, {self.level:.0%} CI [{lo:.3f}, "
+                        f"{hi:.3f}], lower bound {'>' if ok else '<='} {p / 2:g} (half the claimed order {p:g})")
+        # fewer than two resolved: consistent only when the resolved etas are the largest ones
+        k = int(res.sum())
+        ok = bool(np.all(res[:k])) if k else True
+        return ok, (f"weak error of {obs}: {k} of {len(self.etas)} etas resolved, "
+                    + ("the smaller etas below the Monte Carlo resolution (consistent with a shrinking error)"
+                       if ok else "a smaller eta resolved where a larger one is not: the error does not shrink"))
 
     @property
     def passed(self) -> bool | None:
@@ -286,7 +335,9 @@ class Comparison:
             lines.append(f"  {'ok  ' if ok else 'FAIL'} {msg}")
         p = self.passed
         if p is not None:
-            lines.append("  PASSED" if p else "  FAILED")
+            failed = [m for _, ok, m in self.checks if not ok]
+            lines.append("  PASSED" if p else "  INCONCLUSIVE (not passed)" if all(
+                m.startswith("inconclusive") for m in failed) else "  FAILED")
         return "\n".join(lines)
 
     def _hyper_text(self) -> str:
@@ -322,6 +373,7 @@ class Comparison:
             "seed": self.seed, "tol": self.tol, "expected_order": self.expected_order, "order_tol": self.order_tol,
             "passed": self.passed, "checks": [{"name": n, "passed": ok, "message": m} for n, ok, m in self.checks],
             "results": per_obs, "notes": list(self.notes), "timing": self.timing,
+            "claimed_order": self.claimed_order, "regime_check": self.regime_check, "svag": self.svag,
         }
         return reporting.json_ready(out)
 
@@ -503,10 +555,16 @@ def _extract(res, key: str, coord: int | None) -> np.ndarray:
 
 
 def _run_pair(c, n: int, seed: int, substeps: int):
+    import warnings
+
+    from sdederive.regime_check import RegimeWarning
+
     out = []
     for sim, kw in ((c.disc, {}), (c.sde, {"substeps": substeps})):
         try:
-            res = sim.run(paths=n, steps=c.steps, eta=c.eta, hyper=c.hyper, seed=seed, save_every=c.save, **kw)
+            with warnings.catch_warnings():  # compare's own regime check covers every eta at once
+                warnings.simplefilter("ignore", RegimeWarning)
+                res = sim.run(paths=n, steps=c.steps, eta=c.eta, hyper=c.hyper, seed=seed, save_every=c.save, **kw)
         except DivergenceError as e:
             raise DivergenceError(f"eta={c.eta:g}: {e}", e.path, e.step, e.n_diverged, e.result) from None
         if res.interrupted:
@@ -653,13 +711,19 @@ def _coupling(disc_sim, sde_sim, eta: float, hyper: dict, seed: int, n_seeds: in
     discrete and the SDE run of the same seed (one path each; differences between seeds remove the
     means), for the state where it is strongest (``x`` of Adam barely moves in one step, ``m`` does).
     Near +1: coupled; near -1: coupled with the opposite sign of the noise; near 0: independent."""
+    import warnings
+
+    from sdederive.regime_check import RegimeWarning
+
     k0, _ = sde_sim.initial_state(sde_sim.resolve_hyper(eta, hyper))
     names = [o for o in disc_sim.spec.outputs if o in sde_sim.spec.outputs]
     xs: dict = {("d", o): [] for o in names} | {("s", o): [] for o in names}
     for j in range(n_seeds):
         s = _seed(seed, 2, 0, j)
         for key, sim in (("d", disc_sim), ("s", sde_sim)):
-            res = sim.run(paths=1, steps=k0 + 1, eta=eta, hyper=hyper, seed=s, save_every=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RegimeWarning)
+                res = sim.run(paths=1, steps=k0 + 1, eta=eta, hyper=hyper, seed=s, save_every=1)
             for o in names:
                 xs[key, o].append(np.asarray(res.mean[o][-1], float))
     best = 0.0
@@ -721,7 +785,7 @@ def compare(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), path
             tol: float | Mapping | None = None, backend: str = "numba", n_points: int = 20, progress: bool = False,
             *, expected_order: float | None = None, order_tol: float = 0.3, scheme: str = "auto",
             substeps: int = 1, level: float = 0.95, simultaneous: bool = True, n_boot: int = 2000,
-            pilot: bool = True) -> Comparison:
+            pilot: bool = True, svag: float | None = None, strict: bool = False) -> Comparison:
     """Run the discrete optimizer and its SDE to ``horizon`` (continuous time) at each ``eta`` and
     measure the weak error of each observable (see the module docstring for the statistics).
 
@@ -752,6 +816,10 @@ def compare(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), path
     simultaneous: Bonferroni over the grid (default) or pointwise intervals.
     n_boot: bootstrap resamples for the order interval.
     pilot: with ``tol``, check first that ``paths`` suffices (else :class:`ValidationError`).
+    svag: run the discrete side as SVAG (Malladi et al. 2022) with multiplier ``l = svag*max(etas)/eta``
+        at each ``eta`` (see the module docstring): the noise-dominated limit on a fixed data set.
+    strict: refuse (:class:`ValidationError`) when the regime check fails, instead of a
+        :class:`~sdederive.regime_check.RegimeWarning` and a note.
     """
     t_all = time.perf_counter()
     opt = opt_mod.get(optimizer)
@@ -788,6 +856,14 @@ def compare(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), path
     prob0 = problems[0]
 
     sde_obj = _derive_sde(opt, prob0, sde, regime)
+    svag_l = _svag_multipliers(svag, etas_a, sde_obj, prob0)
+    if svag_l is not None:
+        hypers = [_svag_hyper(opt, h, float(e), float(lv)) for h, e, lv in zip(hypers, etas_a, svag_l)]
+        if not isinstance(prob0, LogisticRegression):  # Gaussian: r1*g1 + r2*g2 = grad + l*sigma*z in law
+            from ._runs import quadratic_like
+
+            problems = [quadratic_like(pr, sigma_factor=float(lv)) for pr, lv in zip(problems, svag_l)]
+            prob0 = problems[0]
     disc0, sde0, used = _compile_pair(opt, prob0, sde_obj, backend, scheme)
     _check_outputs(opt, disc0, sde0)
     obs_keys = {o: _parse_observable(o, disc0.spec.outputs, prob0.d) for o in observables}
@@ -800,6 +876,14 @@ def compare(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), path
     dt, q, save, grid_note = _grid(etas_a, taus, horizon, n_points)
 
     notes = []
+    rc = _regime_check(sde_obj, disc0, problems, etas_a, hypers, svag_l, prob0, strict)
+    if not rc.holds:
+        notes.append(rc.message)
+    if svag_l is not None:
+        notes.append(f"SVAG (Malladi et al. 2022): the discrete side runs lr eta with multiplier l = "
+                     f"{', '.join(f'{v:g}' for v in svag_l)} (noise l*sigma from r1*g1 + r2*g2, "
+                     "r = (1 +- sqrt(2 l**2 - 1))/2, 1 - beta -> (1 - beta)/l**2, eps -> eps*l), which holds "
+                     "sigma0, c and eps0 of the SDE fixed")
     if grid_note:
         notes.append(grid_note)
     if paths % R:
@@ -834,7 +918,10 @@ def compare(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), path
     cases = []
     for i, e in enumerate(etas_a):
         pr = problems[i]
-        if pr is prob0:
+        if svag_l is not None and isinstance(pr, LogisticRegression):
+            dsim = _SvagLogistic(opt, pr, float(svag_l[i]), disc0)
+            ssim = sd.compile(sde_obj, _amplified(pr, float(svag_l[i])), backend=backend, scheme=used)
+        elif pr is prob0:
             dsim, ssim = disc0, sde0
         else:
             if pr.d != prob0.d or pr.kind != prob0.kind:
@@ -898,6 +985,8 @@ def compare(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), path
         simultaneous=bool(simultaneous), observables=observables, hyper=hypers, seed=seed, tol=tol_d,
         expected_order=None if expected_order is None else float(expected_order),
         order_tol=None if expected_order is None else float(order_tol), notes=tuple(notes),
+        claimed_order=float(expected_order if expected_order is not None else sde_obj.order),
+        regime_check=rc.to_dict(), svag=None if svag_l is None else svag_l,
         timing={"run_s": t_run, "total_s": time.perf_counter() - t_all}, **out,
     )
 
@@ -926,6 +1015,168 @@ def _pilot_check(cases, obs_keys, tol_d, q, paths, R, seed, substeps, level, sim
             f"paths={paths} is too few to resolve tol={tol_d[o]:g} for {o}: a pilot run estimates that about "
             f"{n_tot} paths are needed at eta={eta:g} for a {level:.0%} CI half width below tol/2 = {tol_d[o] / 2:g}; "
             f"pass paths >= {n_tot} (or a larger tol)")
+
+
+def _regime_check(sde_obj, disc0, problems, etas_a, hypers, svag_l, prob0, strict: bool):
+    """:func:`sdederive.regime_check.regime_check` over the etas (full discrete hyperparameters; with SVAG on logistic
+    regression the noise amplification ``l``); a :class:`RegimeWarning`, or with ``strict`` a refusal."""
+    import warnings
+
+    from sdederive.regime_check import RegimeWarning, regime_check
+
+    full = [disc0.resolve_hyper(float(e), h) for e, h in zip(etas_a, hypers)]
+    if svag_l is not None and isinstance(prob0, LogisticRegression):
+        problems = [_amplified(pr, float(lv)) for pr, lv in zip(problems, svag_l)]
+    rc = regime_check(sde_obj, problems, etas_a, full)
+    if not rc.holds:
+        if strict:
+            raise ValidationError(rc.message + " (strict: refused)")
+        warnings.warn(rc.message, RegimeWarning, stacklevel=3)
+    return rc
+
+
+def _svag_multipliers(svag, etas_a: np.ndarray, sde_obj: SDE, prob0: Problem) -> np.ndarray | None:
+    if svag is None:
+        return None
+    L = _check_positive("svag", svag)
+    if L < 1:
+        raise ValidationError(f"svag={svag!r} is invalid; allowed: a multiplier >= 1 (at the largest eta)")
+    from sdederive import regimes
+
+    rg = regimes.REGIMES.get(sde_obj.regime)
+    if rg is None or not rg.scale_noise:
+        raise ValidationError(f"svag applies to regimes with sigma = sigma0/eta (noise-dominated); the SDE's regime "
+                              f"is {sde_obj.regime!r}")
+    if not isinstance(prob0, LogisticRegression) and (prob0.noise != "gaussian" or not isinstance(prob0, Quadratic)):
+        raise ValidationError(f"svag needs logistic regression (two real minibatches) or a quadratic with Gaussian "
+                              f"noise; got a {prob0.kind} problem with {prob0.noise} noise")
+    return L * float(etas_a.max()) / etas_a
+
+
+def _svag_hyper(opt, h: dict, eta: float, lv: float) -> dict:
+    """SVAG's maps at multiplier ``l``: ``1 - beta -> (1 - beta)/l**2`` (decays), ``eps -> eps*l``."""
+    out = dict(h)
+    for hp in opt.hypers:
+        if hp.kind == "lr":
+            continue
+        v = out.get(hp.name, hp.default)
+        if hp.kind == "decay":
+            out[hp.name] = 1.0 - (1.0 - float(v)) / lv**2
+        elif hp.kind == "eps":
+            out[hp.name] = float(v) * lv
+        else:
+            raise ValidationError(f"svag: no SVAG map for {opt.name}'s hyperparameter {hp.name!r} (kind {hp.kind}); "
+                                  "SVAG maps lr, decays and eps (RMSprop, Adam)")
+    return out
+
+
+def _amplified(pr: LogisticRegression, lv: float) -> LogisticRegression:
+    """The SDE's view of SVAG's noise ``l*sigma`` on logistic regression: the same data with the gradient
+    covariance ``Sigma(x)/B`` taken at the (non-integer) batch ``B/l**2``; only the SDE side uses it."""
+    out = LogisticRegression(pr.A, pr.y, B=pr.B, l2=pr.l2, x0=pr.x0)
+    object.__setattr__(out, "B", pr.B / lv**2)
+    return out
+
+
+class _SvagLogistic:
+    """SVAG's discrete run on logistic regression (numpy, vectorised over paths): each step draws two
+    independent minibatches of ``B`` examples (with replacement) and uses ``g = r1*g1 + r2*g2``,
+    ``r = (1 +- sqrt(2 l**2 - 1))/2`` (Malladi et al. 2022)."""
+
+    def __init__(self, opt, problem: LogisticRegression, lv: float, disc0):
+        self.opt, self.problem, self.l, self._disc0 = opt, problem, lv, disc0
+        q = math.sqrt(2 * lv * lv - 1)
+        self.r1, self.r2 = (1 + q) / 2, (1 - q) / 2
+        self.spec = disc0.spec
+        self._step = opt.numpy_step()
+
+    def resolve_hyper(self, eta=None, hyper=None) -> dict:
+        return self._disc0.resolve_hyper(eta, hyper)
+
+    def _grad(self, X: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        p = self.problem
+        a = p.A[idx]  # (paths, B, d)
+        yy = p.y[idx]
+        mg = np.einsum("pbd,pd->pb", a, X) * yy
+        s = 1.0 / (1.0 + np.exp(mg))
+        return -np.einsum("pb,pbd->pd", yy * s, a) / idx.shape[1] + p.l2 * X
+
+    def run(self, paths: int, steps: int, eta: float, hyper: dict, seed: int, save_every: int, **_):
+        from types import SimpleNamespace
+
+        p = self.problem
+        hv = self.resolve_hyper(eta, hyper)
+        rng = np.random.default_rng(seed)
+        st = {"x": np.tile(p.x0, (paths, 1))}
+        for s in self.opt.states:
+            st[s.name] = np.full((paths, p.d), float(s.init))
+        outs = self.spec.outputs
+
+        def snap():
+            return {"loss": p.loss(st["x"]), "sqnorm": np.sum(st["x"] ** 2, axis=1),
+                    **{o: st[o] for o in outs}}
+
+        acc = {k: [] for k in ("loss", "sqnorm", *outs)}
+
+        def put():
+            for k, v in snap().items():
+                acc[k].append(np.mean(v, axis=0))
+
+        put()
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for k in range(steps):
+                i1 = rng.integers(0, p.n, size=(paths, p.B))
+                i2 = rng.integers(0, p.n, size=(paths, p.B))
+                g = self.r1 * self._grad(st["x"], i1) + self.r2 * self._grad(st["x"], i2)
+                st = self._step(st, g, k, hv)
+                if not np.all(np.isfinite(st["x"])):
+                    bad = int(np.flatnonzero(~np.all(np.isfinite(st["x"]), axis=1))[0])
+                    raise DivergenceError(f"SVAG run diverged: path {bad} became non-finite at step {k + 1}",
+                                          bad, k + 1, 1, None)
+                if (k + 1) % save_every == 0:
+                    put()
+        return SimpleNamespace(mean={k: np.array(v) for k, v in acc.items()}, interrupted=False)
+
+
+def compare_final(a, b, key: str = "loss", coord: int | None = None,
+                  quantiles: Sequence[float] = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)) -> dict:
+    """Compare the per-path final values of two runs beyond two moments (``Simulator.run(...,
+    keep_final=True)``): quantiles, the two-sample Kolmogorov-Smirnov statistic and p-value
+    (:func:`scipy.stats.ks_2samp`) and the Wasserstein-1 distance (:func:`scipy.stats.wasserstein_distance`).
+
+    ``key``: ``"loss"`` or ``"x"`` (then ``coord`` selects a coordinate, default 0).  Diverged paths (NaN)
+    are left out.  The KS p-value assumes independent samples: give the two runs different seeds (the
+    runs of one seed share their Gaussians).
+    """
+    from scipy import stats
+
+    vals = []
+    for r in (a, b):
+        fin = getattr(r, "final", None)
+        if not fin:
+            raise ValidationError("compare_final needs per-path final values: run with keep_final=True")
+        if key not in fin:
+            raise ValidationError(f"compare_final: unknown key {key!r}; allowed: {', '.join(fin)}")
+        v = np.asarray(fin[key], float)
+        if v.ndim == 2:
+            c = 0 if coord is None else int(coord)
+            if not 0 <= c < v.shape[1]:
+                raise ValidationError(f"compare_final: coord={coord!r} is invalid; allowed: 0 <= coord < {v.shape[1]}")
+            v = v[:, c]
+        v = v[np.isfinite(v)]
+        if v.size < 2:
+            raise ValidationError(f"compare_final: {v.size} finite final values; at least 2 are needed")
+        vals.append(v)
+    qs = np.asarray(quantiles, float)
+    ks = stats.ks_2samp(vals[0], vals[1])
+    return {
+        "n": (int(vals[0].size), int(vals[1].size)),
+        "mean": (float(vals[0].mean()), float(vals[1].mean())),
+        "quantiles": {float(q): (float(x), float(y)) for q, x, y in
+                      zip(qs, np.quantile(vals[0], qs), np.quantile(vals[1], qs))},
+        "ks": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
+        "wasserstein": float(stats.wasserstein_distance(vals[0], vals[1])),
+    }
 
 
 def weak_order(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), **kw) -> Comparison:

@@ -28,7 +28,7 @@ from ..sde import SDE
 from ..symbols import sym
 from .lower import GRAD, HESS, SIGMA, Assignments, CodegenError, T, check_supported, cse_assignments
 
-__all__ = ["KernelSpec", "sde_spec", "discrete_spec", "check_names"]
+__all__ = ["KernelSpec", "sde_spec", "discrete_spec", "check_names", "source_optimizer"]
 
 _GR, _HS, _SG, _TT, _KK, _GV = (sp.Symbol(n, real=True) for n in ("gr", "hs", "sg", "tt", "kk", "gv"))
 
@@ -114,6 +114,33 @@ def _scalars_of(exprs, known_states, hypers_order) -> tuple[str, ...]:
     return tuple(order)
 
 
+def source_optimizer(sde: SDE) -> Optimizer | None:
+    """The optimizer ``sde`` was derived from: ``sde.source`` (set by :func:`sdederive.derive`), else
+    the built-in of that name (an SDE read from JSON), else ``None``.  The simulators take the states'
+    kinds, initial values and update rule from it, so a user-written copy of a built-in simulates
+    exactly like the built-in."""
+    if isinstance(sde.source, Optimizer):
+        return sde.source
+    from ..optimizers import BUILTINS, get
+
+    return get(sde.optimizer) if sde.optimizer in BUILTINS else None
+
+
+def _clamp_sqrt(e: sp.Expr) -> sp.Expr:
+    """``sqrt(A) -> sqrt(Max(A, 0))`` where ``A`` is not known to be nonnegative.  A diffusion entry
+    under a square root is a Cholesky pivot ``Var - Cov**2/Var`` (nonnegative by Cauchy-Schwarz);
+    floating point can still make it a tiny negative number where the two terms cancel (Lion's
+    ``1 - erf(.)**2 - ...`` at a large signal-to-noise ratio, where ``erf`` rounds to 1), which would
+    turn a zero into NaN."""
+    def fix(p):
+        base = p.base
+        if p.exp == sp.S.Half and base.is_nonnegative is not True:
+            return sp.sqrt(sp.Max(base, sp.Float(0)))  # 0.0: fmax(double, double) in CUDA
+        return p
+
+    return e.replace(lambda a: isinstance(a, sp.Pow) and a.exp == sp.S.Half, fix)
+
+
 def _coupling_signs(sde: SDE, D: sp.Matrix) -> list[int]:
     """Orient each noise column of ``D`` like the discrete update's response to ``z``.
 
@@ -130,11 +157,8 @@ def _coupling_signs(sde: SDE, D: sp.Matrix) -> list[int]:
     out = [1] * r
     if sde.eliminated or r == 0:
         return out
-    try:
-        from ..optimizers import get
-
-        opt = get(sde.optimizer)
-    except Exception:  # noqa: BLE001 - a user's SDE without a registered optimizer: keep the derived sign
+    opt = source_optimizer(sde)
+    if opt is None:  # an SDE read from JSON of an optimizer that is not a built-in: keep the derived sign
         return out
     upd = opt.updates
     z = sym("z")
@@ -222,7 +246,7 @@ def sde_spec(sde: SDE, problem: Problem, *, correlated: bool) -> KernelSpec:
         return _student_t_elementary(e, problem.nu)
 
     drift = {s: prep(sde.drift[s]) for s in states}
-    D = sde.diffusion_matrix.applyfunc(prep)
+    D = sde.diffusion_matrix.applyfunc(lambda e: _clamp_sqrt(prep(e)))
     r = D.shape[1]
     for j, sgn in enumerate(_coupling_signs(sde, D)):
         if sgn < 0:

@@ -385,7 +385,7 @@ class Simulator:
             # a RegimeWarning when the problem is outside the SDE's regime (sdederive.regime_check)
             from .regime_check import regime_check
 
-            regime_check(self.obj, self.problem, hv["eta"], hv).warn(stacklevel=2)
+            regime_check(self.obj, self.problem, hv["eta"], hv).warn(stacklevel=3)  # the caller of run (through _timed)
         tau = float(self.tau_expr.subs(sym("eta"), hv["eta"]))
         HP = self._scalar_values(hv)
         PV, PM, PL, PY = self._problem_arrays()

@@ -139,8 +139,10 @@ _BUILTIN = [
         "(Malladi, Lyu, Panigrahi & Arora 2022).",
     ),
     Regime(
-        "accumulator", _eta**2, scale_eps=True, rescale=("accumulator",),
-        doc="tau = eta**2; eps = eps0/eta; running sums of squares rescaled to u = eta**2*v (Adagrad).",
+        "accumulator", _eta**2, scale_eps=True, rescale=("accumulator",), drop_noise=("accumulator",),
+        doc="tau = eta**2; eps = eps0/eta; running sums of squares rescaled to u = eta**2*v (Adagrad), modelled "
+        "without diffusion: its O(eta) noise (variance rate eta**2) is within the order-1 weak error in tau = eta**2, "
+        "and kept it would drive u below 0 from its start near 0.",
     ),
 ]
 

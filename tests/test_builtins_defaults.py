@@ -26,12 +26,7 @@ def _final(capsys, name: str, mode: str) -> tuple[float, float, float]:
     return d["mean"]["loss"][0], d["mean"]["loss"][-1], d["se"]["loss"][-1]
 
 
-_BROKEN = {
-    # The derived accumulator-regime SDE keeps an O(eta) diffusion of u = eta**2*v that does not vanish at
-    # u = 0: from u(0) = 0 (or E[u_1] = tau*(grad**2 + sigma**2)) the SDE itself leaves u >= 0 with
-    # probability O(1) in its first steps, whatever eta is (reported; the fix belongs in regimes.py).
-    "adagrad": "accumulator-regime SDE: u's diffusion does not vanish at u = 0, u < 0 in the first steps",
-}
+_BROKEN: dict = {}  # none left: Adagrad's accumulator regime drops u's O(eta) diffusion (it drove u < 0)
 
 
 @pytest.mark.slow

@@ -68,7 +68,8 @@ class Exported:
 
 
 def _elementary(e: sp.Expr) -> sp.Expr:
-    """Forms every array library prints: ``Max``/``Min`` of two by ``(a + b +- |a - b|)/2``,
+    """Forms every array library prints: ``Max``/``Min`` of two by ``(a + b +- |a - b|)/2`` (and the
+    kernels' square-root clamp ``NonNeg(a)`` by ``(a + |a|)/2``),
     ``Heaviside(u)`` by ``(1 + sign(u))/2`` (also 1/2 at 0), numbers as floats."""
     def mx(*a):
         out = a[0]
@@ -82,7 +83,10 @@ def _elementary(e: sp.Expr) -> sp.Expr:
             out = (out + b - sp.Abs(out - b)) / 2
         return out
 
+    from .codegen.lower import NonNeg
+
     e = e.replace(sp.Max, mx).replace(sp.Min, mn).replace(sp.Heaviside, lambda u, *h: (1 + sp.sign(u)) / 2)
+    e = e.replace(NonNeg, lambda a: (a + sp.Abs(a)) / 2)
     return e.evalf()
 
 

@@ -674,7 +674,8 @@ def test_gpu_benchmark_script_runs(fake_cupy, capsys):
     out = capsys.readouterr().out
     assert "| cupy    | float32 |" in out and "| cupy    | float64 |" in out and "| numba   | float64 |" in out
     assert "coordinate-steps/s (target on an H100/H200: >= 1e11" in out
-    assert bench.main(["--paths", "128", "--cpu-paths", "128", "--d", "4", "--steps", "20", "--only", "float32"]) == 0
+    assert bench.main(["--paths", "128", "--cpu-paths", "128", "--d", "4", "--steps", "20", "--save-every", "10",
+                       "--only", "float32"]) == 0
     out = capsys.readouterr().out
     assert "| cupy    | float32 |" in out and "| cupy    | float64 |" not in out and "| numba   | float64 |" in out
     g = bench.measure("cupy", "float64", 128, 4, 20, 10)

@@ -37,8 +37,28 @@ class CodegenError(SdederiveError):
     """An expression the kernel printers cannot lower (an unsupported function, a symbol with no value)."""
 
 
+class NonNeg(sp.Function):
+    """``max(a, 0)``, the clamp of a Cholesky pivot under a square root (``sdederive.codegen.spec``).
+
+    Its own function rather than ``Max(a, 0.0)``: sympy's code-rewriting passes rebuild every node,
+    and ``Max`` refuses to be rebuilt around arguments it cannot prove real.  Printed the same way by
+    both backends, ``(a if a > 0 else 0)``, so a NaN pivot gives 0 on the CPU and the GPU alike."""
+
+    nargs = 1
+    is_real = True
+    is_nonnegative = True
+
+    @classmethod
+    def eval(cls, a):
+        if a.is_nonnegative:
+            return a
+        if a.is_number and a.is_comparable:
+            return sp.Max(a, 0)
+        return None
+
+
 _SUPPORTED_FUNCS = (sp.exp, sp.log, sp.erf, sp.erfc, sp.sign, sp.Abs, sp.atan, sp.tanh, sp.sin, sp.cos,
-                    sp.Max, sp.Min, sp.Heaviside, sp.Piecewise)
+                    sp.Max, sp.Min, sp.Heaviside, sp.Piecewise, NonNeg)
 
 
 def fold_numbers(e: sp.Expr) -> sp.Expr:
@@ -84,6 +104,10 @@ class _NumbaPrinter(PythonCodePrinter):
         a = self._print(e.args[0])
         return f"(0.0 if {a} == 0 else math.copysign(1.0, {a}))"
 
+    def _print_NonNeg(self, e):
+        a = self._print(e.args[0])
+        return f"({a} if {a} > 0.0 else 0.0)"
+
     def _print_Float(self, e):
         return repr(float(e))
 
@@ -112,6 +136,10 @@ class _CudaPrinter(C99CodePrinter):
     def _print_Heaviside(self, e):
         a = self._print(e.args[0])
         return f"(({a}) > 0 ? 1.0 : (({a}) < 0 ? 0.0 : 0.5))"
+
+    def _print_NonNeg(self, e):
+        a = self._print(e.args[0])
+        return f"(({a}) > 0 ? ({a}) : {self._print(sp.Float(0))})"
 
 
 def print_c(a: Assignments, indent: str, real: str = "double") -> str:

@@ -26,7 +26,7 @@ from ..optimizers import Optimizer
 from ..problems import Problem
 from ..sde import SDE
 from ..symbols import sym
-from .lower import GRAD, HESS, SIGMA, Assignments, CodegenError, T, check_supported, cse_assignments
+from .lower import GRAD, HESS, SIGMA, Assignments, CodegenError, NonNeg, T, check_supported, cse_assignments
 
 __all__ = ["KernelSpec", "sde_spec", "discrete_spec", "check_names", "source_optimizer"]
 
@@ -127,7 +127,7 @@ def source_optimizer(sde: SDE) -> Optimizer | None:
 
 
 def _clamp_sqrt(e: sp.Expr) -> sp.Expr:
-    """``sqrt(A) -> sqrt(Max(A, 0))`` where ``A`` is not known to be nonnegative.  A diffusion entry
+    """``sqrt(A) -> sqrt(NonNeg(A))`` (``max(A, 0)``) where ``A`` is not known to be nonnegative.  A diffusion entry
     under a square root is a Cholesky pivot ``Var - Cov**2/Var`` (nonnegative by Cauchy-Schwarz);
     floating point can still make it a tiny negative number where the two terms cancel (Lion's
     ``1 - erf(.)**2 - ...`` at a large signal-to-noise ratio, where ``erf`` rounds to 1), which would
@@ -135,7 +135,7 @@ def _clamp_sqrt(e: sp.Expr) -> sp.Expr:
     def fix(p):
         base = p.base
         if p.exp == sp.S.Half and base.is_nonnegative is not True:
-            return sp.sqrt(sp.Max(base, sp.Float(0)))  # 0.0: fmax(double, double) in CUDA
+            return sp.sqrt(NonNeg(base))
         return p
 
     return e.replace(lambda a: isinstance(a, sp.Pow) and a.exp == sp.S.Half, fix)

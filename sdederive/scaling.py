@@ -105,6 +105,37 @@ class ScalingRule:
 
     __repr__ = __str__
 
+    def latex(self) -> str:
+        r"""An aligned LaTeX block: each hyperparameter's new value when :math:`B \to \kappa B`, the steps
+        and, where there is one, the time change."""
+        from .sde import _LATEX_NAMES
+
+        def lx(e) -> str:
+            e = sp.sympify(e)
+            names = {f: _LATEX_NAMES[str(f)] for f in e.free_symbols if str(f) in _LATEX_NAMES}
+            return sp.latex(e, symbol_names={**names, self.kappa: r"\kappa"})
+
+        rows = []
+        for name, val in self.map.items():
+            h = sym(name)
+            if name in self.decays:  # 1 - beta -> factor*(1 - beta), as the text form writes it
+                factor = sp.simplify((1 - val) / (1 - h))
+                rhs = rf"1 - {lx(factor)}\,(1 - {lx(h)})" if factor != 1 else lx(h)
+            else:
+                rhs = lx(val)
+            rows.append(rf"{lx(h)} &\to {rhs}")
+        rows.append(rf"k &\to {lx(self.steps)} \quad\text{{(steps)}}")
+        if self.time_change != 1:
+            rows.append(rf"t' &= t / {lx(self.time_change)}")
+        for st, f in self.state_scaling.items():
+            if f != 1:
+                rows.append(rf"{lx(sym(st))} &\to {lx(f)}\,{lx(sym(st))}")
+        return "\\begin{aligned}\n" + " \\\\\n".join(rows) + "\n\\end{aligned}"
+
+    def _repr_latex_(self) -> str:
+        """Jupyter: the LaTeX block, rendered."""
+        return "$$" + self.latex() + "$$"
+
 
 class _Inconsistent(Exception):
     pass

@@ -41,6 +41,15 @@ def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
 
 def test_import_loads_no_optional_dependency():
     code = ("import sys, sdederive, validators; "
-            "print(sorted(m for m in ('matplotlib', 'sklearn', 'torch') if m in sys.modules))")
+            "print(sorted(m for m in ('matplotlib', 'sklearn', 'torch', 'pyarrow', 'pandas', 'jax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_missing_pyarrow_names_the_sweep_extra(monkeypatch, tmp_path):
+    from sdederive.sweep import store
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(sd.SdederiveError, match=r"sdederive\[sweep\]"):
+        store.write_row(tmp_path, {"cell_id": "a", "final_loss": 1.0})

@@ -30,3 +30,12 @@ def test_bound_comparison_and_optimal_lr_render():
     assert "\\text{sgd}" in _block(c) and "\\text{adagrad}" in _block(c)
     olr = sd.batchsize.optimal_lr("sign")
     assert "\\epsilon_{opt}(B)" in _block(olr)
+
+
+def test_scaling_rule_latex_is_the_square_root_rule():
+    rule = sd.scaling_rule(sd.derive("adam"))
+    tex = _block(rule)
+    kappa, eta = rule.kappa, sd.sym("eta")
+    assert sp.simplify(rule.map["eta"] - sp.sqrt(kappa) * eta) == 0  # Malladi et al.: eta -> sqrt(kappa) eta
+    assert "\\eta &\\to \\eta \\sqrt{\\kappa}" in tex and "1 - \\kappa\\,(1 - \\beta_1)" in tex
+    assert "k &\\to \\frac{k}{\\kappa}" in tex and "\\epsilon" in tex

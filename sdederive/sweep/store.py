@@ -11,15 +11,29 @@ removes them.
 from __future__ import annotations
 
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from .._atomic import atomic_write
+from ..errors import SdederiveError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
 
 __all__ = ["write_row", "done_ids", "load", "compact", "check_writable"]
 
 MERGED = "results.parquet"
+
+
+def _arrow():
+    """``(pyarrow, pyarrow.parquet)``, imported when a sweep stores or reads results (``import sdederive``
+    does not load pyarrow), or an :class:`SdederiveError` naming the ``sweep`` extra."""
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError as e:
+        raise SdederiveError("sweep results are Parquet files, which need pyarrow, the 'sweep' extra: "
+                             "pip install 'sdederive[sweep]'") from e
+    return pyarrow, pyarrow.parquet
 
 
 def check_writable(out: str | Path) -> Path:
@@ -31,7 +45,7 @@ def check_writable(out: str | Path) -> Path:
 
 
 def _atomic_write_table(table: pa.Table, path: Path) -> None:
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(path, lambda tmp: _arrow()[1].write_table(table, tmp))
 
 
 def write_row(out: str | Path, row: dict) -> Path:
@@ -39,7 +53,7 @@ def write_row(out: str | Path, row: dict) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"part-{row['cell_id']}.parquet"
-    _atomic_write_table(pa.Table.from_pylist([row]), path)
+    _atomic_write_table(_arrow()[0].Table.from_pylist([row]), path)
     return path
 
 
@@ -55,12 +69,13 @@ def done_ids(out: str | Path) -> set[str]:
     """``cell_id`` of every finished cell in ``out``."""
     ids: set[str] = set()
     for f in _files(Path(out)):
-        ids.update(pq.read_table(f, columns=["cell_id"]).column("cell_id").to_pylist())
+        ids.update(_arrow()[1].read_table(f, columns=["cell_id"]).column("cell_id").to_pylist())
     return ids
 
 
 def load(out: str | Path) -> pa.Table:
     """All finished cells as one table (columns unified across parts)."""
+    pa, pq = _arrow()
     files = _files(Path(out))
     if not files:
         return pa.table({})

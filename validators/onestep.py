@@ -300,6 +300,21 @@ def _order2_mean(sde: SDE, drift: dict) -> dict:
     return out
 
 
+def _richardson(incr1, incr2, r_tau, r_cov, antithetic: bool, half: int):
+    """Per-sample Richardson combination of the runs at ``eta`` and ``2*eta``: mean, covariance and
+    their standard errors (from antithetic pair averages when ``antithetic``)."""
+    x = 2.0 * incr1 - r_tau * incr2
+    c1 = incr1 - incr1.mean(axis=0)
+    c2 = incr2 - incr2.mean(axis=0)
+    p = 2.0 * c1[:, :, None] * c1[:, None, :] - r_cov[None, :, :] * (c2[:, :, None] * c2[:, None, :])
+    mean, cov = x.mean(axis=0), p.mean(axis=0)
+    if antithetic:
+        xm, pm = 0.5 * (x[:half] + x[half:]), 0.5 * (p[:half] + p[half:])
+        return mean, cov, xm.std(axis=0, ddof=1) / math.sqrt(half), pm.std(axis=0, ddof=1) / math.sqrt(half)
+    n = x.shape[0]
+    return mean, cov, x.std(axis=0, ddof=1) / math.sqrt(n), p.std(axis=0, ddof=1) / math.sqrt(n)
+
+
 def _apply_drift_override(drift: dict, override) -> dict:
     if override is None:
         return dict(drift)
@@ -345,6 +360,7 @@ def onestep_check(
     noise_params: dict | None = None,
     antithetic: bool = True,
     step_doubling: bool | None = None,
+    richardson: bool = False,
     drift_override: Mapping | Callable | None = None,
     covariance_override: Mapping | Callable | None = None,
 ) -> OneStepResult:
@@ -367,6 +383,10 @@ def onestep_check(
         of the leading-order expansion (see the module docstring).  Default: on for ``order=1``,
         off for ``order=2`` (whose point is the ``eta**2`` term, which the allowance would absorb;
         asking for both is an error).
+    richardson: instead of the step-doubling allowance, compare the Richardson extrapolation
+        ``2*S(eta) - r*S(2 eta)`` (same random numbers; ``r`` the derived eta-scaling as above) with
+        the derived value, its standard error computed from the per-sample combination; the O(eta)
+        truncation cancels and no allowance is granted (implies the run at ``2*eta``).
     drift_override: ``{state: expr | callable(expr) -> expr}`` or ``callable(drift_dict) -> dict``,
         replacing the derived drift (to show that a wrong coefficient fails the check).
     covariance_override: ``{(state_i, state_j): expr | callable(expr) -> expr}`` (set
@@ -384,6 +404,10 @@ def onestep_check(
         raise ValueError(f"eta must be > 0, got {eta}")
     if step_doubling is None:
         step_doubling = order == 1
+    if richardson:
+        if order == 2:
+            raise ValueError("richardson=True extrapolates away the O(eta) term that order=2 checks; use order=1")
+        step_doubling = True
     if step_doubling and order == 2:
         raise ValueError("order=2 checks the eta**2 term of the mean; the step-doubling allowance would absorb it. "
                          "Use step_doubling=False (and an eta at which the O(eta**3) remainder is below the SE).")
@@ -411,7 +435,8 @@ def onestep_check(
     if "t" in free:
         t = pt["t"]
         if step_doubling:
-            k = ratio * max(1, int(round(t / tau2)))
+            mult = ratio**2 if richardson else ratio  # k divisible by the runs at 2*eta (and 4*eta)
+            k = mult * max(1, int(round(t / (tau1 * mult))))
         else:
             k = max(1, int(round(t / tau1)))
         t_used = k * tau1
@@ -537,19 +562,37 @@ def onestep_check(
     if step_doubling:
         incr2, _, _ = run(2 * eta, k // ratio if "t" in free else k)
         smean2, scov2, _, _ = stats(incr2)
-        _, dcov2 = derived_at(2 * eta)
-        r_tau = tau1 / tau2
-        nz = [(i, j) for i in range(d) for j in range(d) if dcov[i, j] != 0 and dcov2[i, j] != 0]
-        if nz:
-            i0, j0 = max(nz, key=lambda ij: abs(dcov[ij]))
-            r_lead = dcov[i0, j0] / dcov2[i0, j0]
+
+        def scalings(factor: float):
+            """r_tau, r_cov: the derived eta-scaling of means and covariance entries, eta vs factor*eta."""
+            _, dcov_f = derived_at(factor * eta)
+            r_t = tau1 / _num(sde.tau, {"eta": factor * eta})
+            nz = [(i, j) for i in range(d) for j in range(d) if dcov[i, j] != 0 and dcov_f[i, j] != 0]
+            if nz:
+                i0, j0 = max(nz, key=lambda ij: abs(dcov[ij]))
+                r_lead = dcov[i0, j0] / dcov_f[i0, j0]
+            else:
+                r_lead = r_t
+            return r_t, np.where((dcov != 0) & (dcov_f != 0), np.divide(dcov, np.where(dcov_f == 0, 1.0, dcov_f)),
+                                 r_lead)
+
+        r_tau, r_cov = scalings(2.0)
+        if richardson:
+            # R(eta) = 2*S(eta) - r*S(2 eta) removes an O(eta) relative truncation; what is left is
+            # O(eta**p), p >= 2, bounded by |R(eta) - R(2 eta)| = (2**p - 1)*|R(eta) - derived|
+            incr4, _, _ = run(4 * eta, k // ratio**2 if "t" in free else k)
+            smean4, scov4, _, _ = stats(incr4)
+            r_tau4, r_cov4 = scalings(4.0)
+            smean, scov, mse, cse = _richardson(incr1, incr2, r_tau, r_cov, antithetic, half)
+            mallow = np.abs(smean - (2 * r_tau * smean2 - r_tau4 * smean4))
+            callow = np.abs(scov - (2 * r_cov * scov2 - r_cov4 * scov4))
+            notes.append("Richardson extrapolation R = 2*S(eta) - r*S(2 eta) (O(eta) truncation removed); "
+                         "allowance |R(eta) - R(2 eta)| for the O(eta**2) remainder")
         else:
-            r_lead = r_tau
-        r_cov = np.where((dcov != 0) & (dcov2 != 0), np.divide(dcov, np.where(dcov2 == 0, 1.0, dcov2)), r_lead)
-        mallow = _SAFETY * np.abs(smean2 * r_tau - smean)
-        callow = _SAFETY * np.abs(scov2 * r_cov - scov)
-        notes.append(f"step doubling: allowance = {_SAFETY:g}*|S(2 eta)*r - S(eta)| (truncation of the "
-                     "leading-order expansion)")
+            mallow = _SAFETY * np.abs(smean2 * r_tau - smean)
+            callow = _SAFETY * np.abs(scov2 * r_cov - scov)
+            notes.append(f"step doubling: allowance = {_SAFETY:g}*|S(2 eta)*r - S(eta)| (truncation of the "
+                         "leading-order expansion)")
 
     return OneStepResult(
         optimizer=sde.optimizer, noise=sde.noise, regime=sde.regime, order=order, states=tuple(states),

@@ -54,10 +54,16 @@ class KernelSpec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _rename(states: tuple[str, ...], scalars: tuple[str, ...]) -> dict:
+def _rename(states: tuple[str, ...], scalars: tuple[str, ...], exprs=()) -> dict:
     m = {sym(s): sp.Symbol(f"s_{s}", real=True) for s in states}
     m.update({sym(h): sp.Symbol(f"hp_{h}", real=True) for h in scalars})
     m.update({GRAD: _GR, HESS: _HS, SIGMA: _SG, T: _TT, sym("k"): _KK, sym("g"): _GV})
+    # the same names with other assumptions (a nonnegative state vhat, a positive hyperparameter clip)
+    by_name = {str(k): v for k, v in m.items()}
+    for e in exprs:
+        for f in sp.sympify(e).free_symbols:
+            if f not in m and str(f) in by_name:
+                m[f] = by_name[str(f)]
     return m
 
 
@@ -189,12 +195,13 @@ def sde_spec(sde: SDE, problem: Problem, *, correlated: bool) -> KernelSpec:
     inv = {}
     for s in states:
         if s in sde.state_map:
-            dname = [str(f) for f in sp.sympify(sde.state_map[s]).free_symbols if str(f) not in hyper_names]
-            if len(dname) != 1:
+            dsyms = [f for f in sp.sympify(sde.state_map[s]).free_symbols if str(f) not in hyper_names]
+            if len(dsyms) != 1:
                 raise CodegenError(f"cannot invert the state map {s} = {sde.state_map[s]}")
-            dv = sym(dname[0])
-            sol = sp.solve(sp.Eq(sym(s), sp.sympify(sde.state_map[s]).xreplace(params)), dv)
-            inv[s] = (dname[0], sol[0])
+            dv = dsyms[0]  # the state's own symbol (assumptions included: vhat, s are nonnegative)
+            ssym = next((f for e in all_exprs for f in e.free_symbols if str(f) == s), sym(s))
+            sol = sp.solve(sp.Eq(ssym, sp.sympify(sde.state_map[s]).xreplace(params)), dv)
+            inv[s] = (str(dv), sol[0])
         else:
             inv[s] = (s, sym(s))
     for s in states:
@@ -208,7 +215,7 @@ def sde_spec(sde: SDE, problem: Problem, *, correlated: bool) -> KernelSpec:
     if bad:
         raise CodegenError(f"SDE of {sde.optimizer}: symbol(s) {bad} have no value: they are neither "
                            f"hyperparameters {hyper_names} nor problem quantities (grad, hess, sigma, t, nu, B)")
-    ren = _rename(states, scalars)
+    ren = _rename(states, scalars, all_exprs)
     coef_out = [(f"a_{s}", drift[s].xreplace(ren)) for s in states]
     coef_out += [(f"b_{s}_{j}", D[i, j].xreplace(ren)) for j in range(r) for i, s in enumerate(states)]
     coef = cse_assignments(coef_out, "w")
@@ -233,7 +240,7 @@ def discrete_spec(opt: Optimizer) -> KernelSpec:
     for s in states:
         check_supported(upd[s], f"update of {opt.name}")
     scalars = tuple(hyper_names)
-    ren = _rename(states, scalars)
+    ren = _rename(states, scalars, upd.values())
     outs = [(f"n_{s}", upd[s].xreplace(ren)) for s in states]
     a = cse_assignments(outs, "w")
     obs = cse_assignments([(f"o_{s}", sym(s).xreplace(ren)) for s in states], "q")

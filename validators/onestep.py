@@ -45,6 +45,14 @@ Truncation of the expansion
     leading order.  For exact cases (SGD, SignSGD, Lion: the one-step moments are exactly
     ``tau*b`` and ``tau*C``) ``step_doubling=False`` halves the cost.
 
+Richardson extrapolation
+    ``richardson=True`` runs ``eta``, ``2*eta`` and ``4*eta`` on the same random numbers and compares
+    ``R(eta) = 2*S(eta) - r*S(2 eta)`` (``r`` as above) with the derived value: an O(eta) relative
+    truncation cancels exactly, and what is left, ``O(eta**p)`` with ``p >= 2``, is bounded by the
+    allowance ``|R(eta) - r*R(2 eta)| = (2**p - 1)*|R(eta) - derived| >= 3*|R(eta) - derived|``.  The
+    standard errors are those of the per-sample combination (antithetic pairs as above).  This is
+    much tighter than the step-doubling allowance where the truncation is O(eta).
+
 Standard errors are estimated from the sample, so fluctuations that are rare events at the
 point (a sign flip of probability well below ``1/samples``) are not resolved: the sample shows no
 variance and the check fails (with a note).  Choose points where the noise is not rare.
@@ -373,8 +381,9 @@ def onestep_check(
         to a whole number of steps ``k = t/tau``, a multiple of ``tau(2 eta)/tau(eta)`` with step
         doubling, at least one doubled step), plus optionally values of discrete states that are
         not SDE states (the fast momentum ``m`` of heavy ball; default 0) and of discrete
-        hyperparameters that do not enter the SDE (default: the optimizer's).  For Student-t noise
-        without ``noise_params["nu"]``, ``nu`` comes from ``point``.
+        hyperparameters that do not enter the SDE (default: the optimizer's), and ``grad`` where the
+        SDE does not depend on it (default 0).  For Student-t noise without ``noise_params["nu"]``,
+        ``nu`` comes from ``point``.
     eta: the learning rate of the discrete steps.
     samples: number of noise draws (an even number of antithetic pairs when ``antithetic``).
     seed: seed of ``numpy.random.default_rng``.
@@ -415,7 +424,7 @@ def onestep_check(
     # -- names a point may give ------------------------------------------------------------------
     hyper_names = [h.name for h in opt.hypers if h.name != "eta"]
     disc_states = list(opt.state_names)
-    allowed = set(free) | set(hyper_names) | set(disc_states) | {"t", "k", "sigma", "sigma1", "B", "nu"}
+    allowed = set(free) | set(hyper_names) | set(disc_states) | {"t", "k", "sigma", "sigma1", "B", "nu", "grad"}
     allowed |= set(sde.params) | set(sde.state_map)
     bad = sorted(set(point) - allowed)
     if bad:
@@ -509,7 +518,7 @@ def onestep_check(
             for slow, a in m.items():
                 coef[(fast, slow)] = _num(a, {**known, **hyp, "eta": e})
                 st[slow] = known.get(slow, 0.0) - coef[(fast, slow)] * st[fast]
-        g = known["grad"] + scale * z
+        g = known.get("grad", 0.0) + scale * z  # grad may have dropped out of the SDE (default 0)
         new = step(st, g, k, hyp)
         new = {s: np.broadcast_to(np.asarray(v, dtype=float), (n,)) for s, v in new.items()}
 

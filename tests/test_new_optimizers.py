@@ -97,6 +97,17 @@ def test_clip_then_momentum_and_adam():
           eta=1e-4)
 
 
+def test_clip_of_a_slow_state():
+    """Clipping an EMA (balanced): the argument's noise vanishes, so x follows -clip(m, -c, c)."""
+    opt = sd.chain(sd.transforms.ema(0.9), sd.transforms.clip(1.0), sd.transforms.scale_by_learning_rate(),
+                   name="ema_clip", natural_regime="balanced")
+    sde = sd.derive(opt)
+    m, c = sd.sym("m"), sd.sym("clip", positive=True)
+    for mv, want in [(0.4, -0.4), (2.5, -1.2), (-3.0, 1.2)]:
+        assert float(sde.drift["x"].subs({m: mv, c: 1.2})) == pytest.approx(want)
+    check(opt, point=dict(grad=0.5, sigma=1.2, clip=0.8, rho=2.0, m=0.3, x=0.0), eta=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------
 # AMSGrad
 # ------------------------------------------------------------------------------------------------

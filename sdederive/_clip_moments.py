@@ -89,6 +89,14 @@ def rewrite_clip(expr: sp.Expr) -> sp.Expr:
 
     def rewrite(e):
         y, c = _clip_parts(e)
+        inner = [n for n in sp.preorder_traversal(y)
+                 if isinstance(n, (sp.sign, sp.Abs, sp.Heaviside, sp.Max, sp.Min, Clip)) and n.has(_z)]
+        if inner:
+            raise ExpectationError(
+                f"cannot take the expectation of clip({y}, -{c}, {c}): its argument contains {inner[0]}, itself a "
+                "non-smooth function of the noise z (g = grad + sigma*z); the clipped moments need an argument "
+                "a + b*z affine in z. Clip the gradient before the non-smooth step, or rewrite the update."
+            )
         lo = leading_order(sp.diff(y, _z))
         if lo is not None and lo <= 0:
             return c * Clip(y / c)

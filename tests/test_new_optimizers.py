@@ -108,6 +108,14 @@ def test_clip_of_a_slow_state():
     check(opt, point=dict(grad=0.5, sigma=1.2, clip=0.8, rho=2.0, m=0.3, x=0.0), eta=1e-4)
 
 
+def test_clip_of_a_non_smooth_function_of_the_noise_is_refused_quickly():
+    """Found by the differential test: clip(sign(.)) used to hang in the zero test of the atom's derivative."""
+    opt = sd.chain(sd.transforms.scale_by_sign(), sd.transforms.clip(0.5), sd.transforms.scale_by_learning_rate(),
+                   name="sign_clip")
+    with pytest.raises(sd.ExpectationError, match="itself a non-smooth function of the noise"):
+        sd.derive(opt)
+
+
 # ------------------------------------------------------------------------------------------------
 # AMSGrad
 # ------------------------------------------------------------------------------------------------

@@ -102,7 +102,15 @@ def rewrite_clip(expr: sp.Expr) -> sp.Expr:
             return c * Clip(y / c)
         return (sp.Abs(y + c) - sp.Abs(y - c)) / 2
 
-    return expr.replace(is_clip, rewrite)
+    out = expr.replace(is_clip, rewrite)
+    for n in sp.preorder_traversal(out):
+        if isinstance(n, (sp.sign, sp.Abs, sp.Heaviside, sp.Max, sp.Min)) and n.has(Clip) and n.has(_z):
+            raise ExpectationError(
+                f"cannot take the expectation of {n}: a non-smooth function of the clipped noise "
+                f"{next(iter(n.atoms(Clip)))} (g = grad + sigma*z) has no closed form here; rewrite the update "
+                "(e.g. sign(clip(g, -c, c)) = sign(g))."
+            )
+    return out
 
 
 def _family(noise) -> tuple[int, sp.Expr]:

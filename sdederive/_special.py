@@ -117,7 +117,8 @@ def _refuse_lagged(opt, rg) -> None:
                 raise RegimeMismatchError(
                     f"state {s.name} of {opt.name!r} stores the previous step's gradient ({s.name}' = {e}) and enters "
                     f"the update of {name} nonlinearly or multiplied by the current gradient: it jumps O(1) every "
-                    "step, so no regime makes it slow, it cannot be eliminated affinely, and the increments it "
+                    "step (no scaling of hyperparameters makes the state slow, in every regime), it cannot be "
+                    "eliminated affinely, and the increments it "
                     "enters are correlated across steps (their diffusion is a long-run covariance, which this "
                     f"engine does not compute). No SDE is derived for {opt.name!r} (in regime {rg.name!r} or any other)."
                 )

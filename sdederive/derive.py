@@ -34,6 +34,7 @@ import sympy as sp
 from . import noise as noise_mod
 from . import optimizers as opt_mod
 from . import regimes as regime_mod
+from ._special import derive_special
 from .errors import ExpectationError, RegimeMismatchError, SdederiveError
 from .expectation import Expectation, expand_eta, expect, extract_atoms, is_zero
 from .regimes import scaled_name
@@ -64,7 +65,7 @@ def derive(optimizer="adam", noise="gaussian", regime=None, order: int = 1, **no
     rg = regime_mod.get(regime if regime is not None else opt.natural_regime)
     if order not in (1, 2):
         raise SdederiveError(f"order={order!r} is not supported; allowed: 1 or 2")
-    return _derive(opt, nm, rg, order)
+    return derive_special(_derive, opt, nm, rg, order)  # running maxima, lagged gradients (_special.py)
 
 
 def clear_cache() -> None:

@@ -88,6 +88,9 @@ def _rewrite_nonsmooth(expr: sp.Expr) -> sp.Expr:
     def has_z(e):
         return e.has(_z)
 
+    from ._clip_moments import rewrite_clip  # clip(y, -c, c): closed-form truncated moments
+
+    expr = rewrite_clip(expr)
     expr = expr.replace(lambda e: isinstance(e, sp.Abs) and has_z(e), lambda e: e.args[0] * sp.sign(e.args[0]))
     expr = expr.replace(
         lambda e: isinstance(e, sp.Heaviside) and has_z(e), lambda e: (1 + sp.sign(e.args[0])) / 2
@@ -312,6 +315,8 @@ class Expectation:
             val = det * sb * self.noise.sign_moment(n, r)
         elif rest[0].kind == "rule" and all(a is rest[0] for a in rest):
             a = rest[0]
+            if n >= 1:
+                self.conditions.update(self.noise.conditions(n))
             val = det * _RULES[a.func](self.noise, n, a.a, a.b, len(rest))
         elif len(rest) == 2 and n == 0 and all(a.kind == "sign" for a in rest):
             # sign(z + r1) sign(z + r2) = 1 - 2*1{z between -r1 and -r2}: E = 1 - |s(r2) - s(r1)|

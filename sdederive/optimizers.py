@@ -13,12 +13,15 @@ from transforms with :func:`chain`, or write the update directly with :func:`fro
                          hypers={"eta": (1e-3, "lr"), "beta": (0.9, "decay")})
 
 Built-ins (PyTorch defaults where PyTorch has the optimizer): ``sgd``, ``sgd_momentum``,
-``signsgd``, ``signum``, ``rmsprop``, ``rmspropw``, ``adam``, ``adamw``, ``adagrad``, ``lion``.
+``signsgd``, ``signum``, ``rmsprop``, ``rmspropw``, ``adam``, ``adamw``, ``adagrad``, ``lion``;
+from their papers: ``amsgrad``, ``sgd_clip`` (per-coordinate clipping), ``adabelief``, ``qhadam``,
+and ``adan`` (resolved by :func:`get`, not in :func:`names`: its derivation is refused, see :func:`adan`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -30,7 +33,7 @@ from .hyper import KINDS, Hyper, check_value
 from .symbols import is_registry_symbol, spelling, sym
 from .transforms import Context, StateDecl, Transform
 
-__all__ = ["Optimizer", "chain", "from_update", "get", "names", "BUILTINS"]
+__all__ = ["Optimizer", "chain", "from_update", "get", "names", "BUILTINS", "UNDERIVABLE"]
 
 _X, _G, _K = sym("x"), sym("g"), sym("k")
 
@@ -323,12 +326,84 @@ def lion(eta: float = 1e-4, beta1: float = 0.9, beta2: float = 0.99, wd: float =
                  name="lion", natural_regime="balanced", doc=lion.__doc__)
 
 
+def sgd_clip(eta: float = 1e-3, clip: float = 1.0) -> Optimizer:
+    r"""SGD with per-coordinate gradient clipping: :math:`x_{k+1} = x_k - \eta\,\operatorname{clip}(g_k, -c, c)`.
+
+    The SDE uses the closed-form truncated moments of the noise (Gaussian, Student-t for every ``nu``).
+    """
+    return chain(T.clip(clip), T.scale_by_learning_rate(eta), name="sgd_clip", natural_regime="sgd",
+                 doc=sgd_clip.__doc__)
+
+
+def amsgrad(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> Optimizer:
+    r"""AMSGrad (Reddi, Kale & Kumar 2018): Adam without bias correction, with
+    :math:`\hat v_{k+1} = \max(\hat v_k, v_{k+1})` in the denominator.
+
+    In the noise-dominated (and balanced) regime ``v`` has no diffusion at leading order, and the
+    limit of the running maximum is the running maximum of ``v``'s limit:
+    ``d vhat = 1{v >= vhat} max(0, b_v) dt`` (``b_v`` the drift of ``v``), on ``vhat >= v``, which
+    the discrete chain and the SDE preserve.
+    """
+    return chain(T.scale_by_amsgrad(beta1, beta2, eps), T.scale_by_learning_rate(eta), name="amsgrad",
+                 natural_regime="noise-dominated", doc=amsgrad.__doc__)
+
+
+def adabelief(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-16) -> Optimizer:
+    r"""AdaBelief (Zhuang et al. 2020) as published: ``eps`` is added to ``s`` every step.
+
+    Defaults of the authors' ``adabelief-pytorch`` 0.2 (``eps = 1e-16``).  ``eps`` is held fixed in
+    every regime (kind ``wd``: nonnegative, never rescaled): in the natural noise-dominated regime ``u_s = eta**2*s``
+    then gains ``tau*eps`` per step (the drift ``+eps``) and ``eps`` drops out of the denominator.
+    For the balanced regime use ``eps = eps1*eta``::
+
+        rg = sd.Regime("balanced-belief", sd.sym("eta"), decay_power=1, drop_noise=("second_moment",),
+                       subs=(("eps", sd.sym("eps1", positive=True)*sd.sym("eta")),))
+        sd.derive("adabelief", regime=rg)
+    """
+    return chain(T.scale_by_belief(beta1, beta2, eps), T.scale_by_learning_rate(eta), name="adabelief",
+                 natural_regime="noise-dominated", doc=adabelief.__doc__)
+
+
+def qhadam(eta: float = 1e-3, beta1: float = 0.995, beta2: float = 0.999, nu1: float = 0.7, nu2: float = 1.0,
+           eps: float = 1e-8) -> Optimizer:
+    r"""QH-Adam (Ma & Yarats 2019), with the paper's recommended ``(nu1, nu2, beta1, beta2) = (0.7, 1, 0.995, 0.999)``.
+
+    With ``nu2 = 1`` the update is built with ``nu2 = 1`` substituted (``nu2`` is then not a
+    hyperparameter of the spec); the noise-dominated SDE exists, the numerator's
+    ``(1 - nu1)*g`` contributing both drift and diffusion.  With ``nu2 < 1`` the square root's
+    argument ``(1 - nu2) g**2 + nu2 vhat`` carries O(1) noise as ``eta -> 0`` in every regime, so
+    the one-step mean is the expectation of a non-polynomial function of the noise: the
+    derivation is refused (``ExpectationError``).
+    """
+    return chain(T.scale_by_qhadam(beta1, beta2, nu1, nu2, eps), T.scale_by_learning_rate(eta), name="qhadam",
+                 natural_regime="noise-dominated", doc=qhadam.__doc__)
+
+
+def adan(eta: float = 1e-3, beta1: float = 0.98, beta2: float = 0.92, beta3: float = 0.99, eps: float = 1e-8,
+         wd: float = 0.02) -> Optimizer:
+    r"""Adan (Xie et al. 2022), official-code convention ``betas = (0.98, 0.92, 0.99)``, decoupled ``wd``.
+
+    The spec (and its discrete simulation) is exact.  Deriving its SDE is refused: the second
+    moment ``n`` is driven by ``(g_k + beta2 (g_k - g_{k-1}))**2``, a product of the current and the
+    previous noise draw held in the lagged state ``gp``.  ``gp`` jumps O(1) every step and enters
+    ``n`` quadratically, so it cannot be eliminated affinely, and the increments of ``n`` are
+    correlated across steps (a moving average of order one), so their diffusion is the long-run
+    covariance, not the one-step one; the engine has neither (see ``sdederive._special``).
+    """
+    return chain(T.scale_by_adan(beta1, beta2, beta3, eps), T.add_decayed_weights(wd), T.scale_by_learning_rate(eta),
+                 name="adan", natural_regime="balanced", doc=adan.__doc__)
+
+
 BUILTINS: dict[str, Callable[..., Optimizer]] = {
-    f.__name__: f for f in (sgd, sgd_momentum, signsgd, signum, rmsprop, rmspropw, adam, adamw, adagrad, lion)
+    f.__name__: f for f in (sgd, sgd_momentum, signsgd, signum, rmsprop, rmspropw, adam, adamw, adagrad, lion,
+                            sgd_clip, amsgrad, adabelief, qhadam)
 }
+#: specs that :func:`get` resolves by name but whose SDE derivation is refused (not in :func:`names`)
+UNDERIVABLE: dict[str, Callable[..., Optimizer]] = {"adan": adan}
 
 
 def names() -> list[str]:
+    """The built-in optimizers with an SDE (``adan`` is resolved by :func:`get` but not listed)."""
     return sorted(BUILTINS)
 
 
@@ -338,11 +413,12 @@ def get(optimizer, **hyper) -> Optimizer:
         return optimizer.with_defaults(**hyper) if hyper else optimizer
     if isinstance(optimizer, str):
         key = optimizer.strip().lower().replace("-", "_")
-        if key not in BUILTINS:
+        make = BUILTINS.get(key) or UNDERIVABLE.get(key)
+        if make is None:
             raise UnknownNameError("optimizer", optimizer, BUILTINS)
-        valid = BUILTINS[key]().hyper
+        valid = {**make().hyper, **{p: None for p in inspect.signature(make).parameters}}
         unknown = [h for h in hyper if h not in valid]
         if unknown:
             raise UnknownNameError(f"hyperparameter of {key}", unknown[0], valid)
-        return BUILTINS[key](**hyper)
+        return make(**hyper)
     raise SpecError(f"optimizer must be a name ({', '.join(names())}) or an Optimizer, got {optimizer!r}")

@@ -33,6 +33,11 @@ __all__ = [
     "scale_by_rss",
     "scale_by_sign",
     "scale_by_lion",
+    "scale_by_amsgrad",
+    "scale_by_belief",
+    "scale_by_qhadam",
+    "scale_by_adan",
+    "clip",
     "add_decayed_weights",
     "scale_by_learning_rate",
     "scale",
@@ -204,6 +209,144 @@ def scale_by_lion(beta1: float = 0.9, beta2: float = 0.99) -> Transform:
         return sp.sign(b1 * m + (1 - b1) * u), {"m": b2 * m + (1 - b2) * u}
 
     return Transform("scale_by_lion", (h1, h2), (dm,), fn, scale_by_lion.__doc__)
+
+
+def clip(threshold: float = 1.0) -> Transform:
+    r"""Per-coordinate clipping: :math:`u' = \operatorname{clip}(u, -c, c) = \min(\max(u, -c), c)` (hyperparameter ``clip``).
+
+    The expectation engine uses the closed-form truncated moments of the noise (Gaussian and
+    Student-t, ``sdederive._clip_moments``), so the clipped gradient's moments exist for every
+    Student-t ``nu > 0``.  ``clip`` stays fixed in every regime.
+    """
+    hc = _h("clip", threshold, "positive", "clipping threshold c")
+
+    def fn(u, ctx):
+        c = hc.symbol
+        return sp.Min(sp.Max(u, -c), c), {}
+
+    return Transform("clip", (hc,), (), fn, clip.__doc__)
+
+
+def scale_by_amsgrad(beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> Transform:
+    r"""AMSGrad (Reddi, Kale & Kumar 2018, Algorithm 2; no bias correction, ``eps`` guard as in PyTorch).
+
+    .. math::
+        m_{k+1} = \beta_1 m_k + (1-\beta_1) u,\quad v_{k+1} = \beta_2 v_k + (1-\beta_2) u^2,\quad
+        \hat v_{k+1} = \max(\hat v_k, v_{k+1}),\quad u' = \frac{m_{k+1}}{\sqrt{\hat v_{k+1}} + \epsilon}.
+
+    ``vhat`` is a running maximum of ``v``; the engine derives its limit as the running maximum of
+    ``v``'s limit (``sdederive._running_max``).
+    """
+    h1, h2 = _h("beta1", beta1, "decay", "decay of m"), _h("beta2", beta2, "decay", "decay of v")
+    he = _h("eps", eps, "eps", "denominator guard")
+    dm = StateDecl("m", 0.0, "aux", "first moment")
+    dv = StateDecl("v", 0.0, "second_moment", "second moment")
+    dh = StateDecl("vhat", 0.0, "second_moment", "running maximum of v")
+
+    def fn(u, ctx):
+        b1, b2 = h1.symbol, h2.symbol
+        m_new = b1 * dm.symbol + (1 - b1) * u
+        v_new = b2 * dv.symbol + (1 - b2) * u**2
+        vh_new = sp.Max(dh.symbol, v_new)
+        return m_new / (sp.sqrt(vh_new) + he.symbol), {"m": m_new, "v": v_new, "vhat": vh_new}
+
+    return Transform("scale_by_amsgrad", (h1, h2, he), (dm, dv, dh), fn, scale_by_amsgrad.__doc__)
+
+
+def scale_by_belief(beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-16) -> Transform:
+    r"""AdaBelief (Zhuang et al. 2020, Algorithm 2, as in the authors' ``adabelief-pytorch`` 0.2).
+
+    .. math::
+        m_{k+1} = \beta_1 m_k + (1-\beta_1) u,\quad
+        s_{k+1} = \beta_2 s_k + (1-\beta_2)(u - m_{k+1})^2 + \epsilon,\quad
+        u' = \frac{m_{k+1}/(1-\beta_1^{k+1})}{\sqrt{s_{k+1}/(1-\beta_2^{k+1})} + \epsilon}.
+
+    ``eps`` is added inside ``s`` every step, so it is *not* rescaled like Adam's guard
+    (``eps = eps0/eta`` would make ``s`` diverge): it stays fixed, which
+    is the scaling under which the noise-dominated limit exists (``u_s = eta**2*s`` gains
+    ``eta**2*eps = tau*eps`` per step).  Its kind is ``wd``: nonnegative and never rescaled.  In a balanced regime the limit needs ``eps = eps1*eta``
+    (a custom Regime with ``subs=(("eps", eps1*eta),)``).
+    """
+    h1, h2 = _h("beta1", beta1, "decay", "decay of m"), _h("beta2", beta2, "decay", "decay of s")
+    he = _h("eps", eps, "wd", "added to s every step and to the denominator (never rescaled)")
+    dm = StateDecl("m", 0.0, "aux", "first moment")
+    ds = StateDecl("s", 0.0, "second_moment", "EMA of the squared deviation (g - m)**2, plus eps")
+
+    def fn(u, ctx):
+        b1, b2, e = h1.symbol, h2.symbol, he.symbol
+        m_new = b1 * dm.symbol + (1 - b1) * u
+        s_new = b2 * ds.symbol + (1 - b2) * (u - m_new) ** 2 + e
+        mhat = m_new / (1 - b1 ** (ctx.k + 1))
+        shat = s_new / (1 - b2 ** (ctx.k + 1))
+        return mhat / (sp.sqrt(shat) + e), {"m": m_new, "s": s_new}
+
+    return Transform("scale_by_belief", (h1, h2, he), (dm, ds), fn, scale_by_belief.__doc__)
+
+
+def scale_by_qhadam(beta1: float = 0.995, beta2: float = 0.999, nu1: float = 0.7, nu2: float | None = 1.0,
+                    eps: float = 1e-8) -> Transform:
+    r"""QH-Adam (Ma & Yarats 2019, with bias correction; paper's recommended defaults).
+
+    .. math::
+        u' = \frac{(1-\nu_1) u + \nu_1 \hat m_{k+1}}{\sqrt{(1-\nu_2) u^2 + \nu_2 \hat v_{k+1}} + \epsilon}.
+
+    ``nu2 = 1`` (the default, the paper's recommendation) builds the update with ``nu2 = 1``
+    substituted: the denominator is Adam's and the SDE limit exists.  Any other ``nu2`` (or ``None``:
+    symbolic) keeps ``nu2`` as a hyperparameter; then the square root's argument carries O(1) noise
+    as ``eta -> 0`` and the derivation is refused (see :func:`sdederive.optimizers.qhadam`).
+    """
+    h1, h2 = _h("beta1", beta1, "decay", "decay of m"), _h("beta2", beta2, "decay", "decay of v")
+    hn1 = _h("nu1", nu1, "interp", "weight of the momentum in the numerator")
+    he = _h("eps", eps, "eps", "denominator guard")
+    general = nu2 is None or float(nu2) != 1.0
+    hn2 = _h("nu2", nu2 if nu2 is not None else 1.0, "interp", "weight of v in the denominator")
+    dm = StateDecl("m", 0.0, "aux", "first moment")
+    dv = StateDecl("v", 0.0, "second_moment", "second moment")
+
+    def fn(u, ctx):
+        b1, b2, n1 = h1.symbol, h2.symbol, hn1.symbol
+        m_new = b1 * dm.symbol + (1 - b1) * u
+        v_new = b2 * dv.symbol + (1 - b2) * u**2
+        mhat = m_new / (1 - b1 ** (ctx.k + 1))
+        vhat = v_new / (1 - b2 ** (ctx.k + 1))
+        den2 = (1 - hn2.symbol) * u**2 + hn2.symbol * vhat if general else vhat
+        return ((1 - n1) * u + n1 * mhat) / (sp.sqrt(den2) + he.symbol), {"m": m_new, "v": v_new}
+
+    hyps = (h1, h2, hn1, hn2, he) if general else (h1, h2, hn1, he)
+    return Transform("scale_by_qhadam", hyps, (dm, dv), fn, scale_by_qhadam.__doc__)
+
+
+def scale_by_adan(beta1: float = 0.98, beta2: float = 0.92, beta3: float = 0.99, eps: float = 1e-8) -> Transform:
+    r"""Adan (Xie et al. 2022), in the official implementation's convention (``betas = 1 -`` the paper's).
+
+    .. math::
+        d_k = u - g_{k-1},\quad m_{k+1} = \beta_1 m_k + (1-\beta_1) u,\quad
+        v_{k+1} = \beta_2 v_k + (1-\beta_2) d_k,\quad
+        n_{k+1} = \beta_3 n_k + (1-\beta_3)(u + \beta_2 d_k)^2,\\
+        u' = \frac{m_{k+1} + \beta_2 v_{k+1}}{\sqrt{n_{k+1}} + \epsilon},\qquad g_k \text{ stored in the state } gp.
+
+    No bias correction (the paper's Algorithm 1).  The lagged gradient ``gp`` is a state that holds
+    the previous step's noise draw (initialised to 0 here; the official code starts with
+    ``gp = g_0``, i.e. ``d_0 = 0``).
+    """
+    h1, h2 = _h("beta1", beta1, "decay", "decay of m"), _h("beta2", beta2, "decay", "decay of v (gradient differences)")
+    h3 = _h("beta3", beta3, "decay", "decay of n")
+    he = _h("eps", eps, "eps", "denominator guard")
+    dm = StateDecl("m", 0.0, "aux", "EMA of gradients")
+    dv = StateDecl("vd", 0.0, "aux", "EMA of gradient differences")
+    dn = StateDecl("n", 0.0, "second_moment", "EMA of squared corrected gradients")
+    dg = StateDecl("gp", 0.0, "aux", "previous stochastic gradient g_{k-1}")
+
+    def fn(u, ctx):
+        b1, b2, b3 = h1.symbol, h2.symbol, h3.symbol
+        d = u - dg.symbol
+        m_new = b1 * dm.symbol + (1 - b1) * u
+        v_new = b2 * dv.symbol + (1 - b2) * d
+        n_new = b3 * dn.symbol + (1 - b3) * (u + b2 * d) ** 2
+        out = (m_new + b2 * v_new) / (sp.sqrt(n_new) + he.symbol)
+        return out, {"m": m_new, "vd": v_new, "n": n_new, "gp": u}
+
+    return Transform("scale_by_adan", (h1, h2, h3, he), (dm, dv, dn, dg), fn, scale_by_adan.__doc__)
 
 
 def add_decayed_weights(wd: float = 1e-2) -> Transform:

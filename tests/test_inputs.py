@@ -18,7 +18,7 @@ S = sd.sym
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: sd.derive("adamm"), r"unknown optimizer 'adamm'; valid optimizers: adagrad, adam,"),
+        (lambda: sd.derive("adamm"), r"unknown optimizer 'adamm'; valid optimizers: adabelief, adagrad, adam,"),
         (lambda: sd.derive("adam", noise="cauchy"), r"unknown noise model 'cauchy'.*gaussian, minibatch, student-t"),
         (lambda: sd.derive("adam", regime="fast"), r"unknown regime 'fast'.*balanced"),
         (lambda: sd.derive("sgd", noise="student-t", nu=0), r"nu=0 .*allowed: nu > 0"),

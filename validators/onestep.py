@@ -45,6 +45,14 @@ Truncation of the expansion
     leading order.  For exact cases (SGD, SignSGD, Lion: the one-step moments are exactly
     ``tau*b`` and ``tau*C``) ``step_doubling=False`` halves the cost.
 
+Richardson extrapolation
+    ``richardson=True`` runs ``eta``, ``2*eta`` and ``4*eta`` on the same random numbers and compares
+    ``R(eta) = 2*S(eta) - r*S(2 eta)`` (``r`` as above) with the derived value: an O(eta) relative
+    truncation cancels exactly, and what is left, ``O(eta**p)`` with ``p >= 2``, is bounded by the
+    allowance ``|R(eta) - r*R(2 eta)| = (2**p - 1)*|R(eta) - derived| >= 3*|R(eta) - derived|``.  The
+    standard errors are those of the per-sample combination (antithetic pairs as above).  This is
+    much tighter than the step-doubling allowance where the truncation is O(eta).
+
 Standard errors are estimated from the sample, so fluctuations that are rare events at the
 point (a sign flip of probability well below ``1/samples``) are not resolved: the sample shows no
 variance and the check fails (with a note).  Choose points where the noise is not rare.
@@ -300,6 +308,21 @@ def _order2_mean(sde: SDE, drift: dict) -> dict:
     return out
 
 
+def _richardson(incr1, incr2, r_tau, r_cov, antithetic: bool, half: int):
+    """Per-sample Richardson combination of the runs at ``eta`` and ``2*eta``: mean, covariance and
+    their standard errors (from antithetic pair averages when ``antithetic``)."""
+    x = 2.0 * incr1 - r_tau * incr2
+    c1 = incr1 - incr1.mean(axis=0)
+    c2 = incr2 - incr2.mean(axis=0)
+    p = 2.0 * c1[:, :, None] * c1[:, None, :] - r_cov[None, :, :] * (c2[:, :, None] * c2[:, None, :])
+    mean, cov = x.mean(axis=0), p.mean(axis=0)
+    if antithetic:
+        xm, pm = 0.5 * (x[:half] + x[half:]), 0.5 * (p[:half] + p[half:])
+        return mean, cov, xm.std(axis=0, ddof=1) / math.sqrt(half), pm.std(axis=0, ddof=1) / math.sqrt(half)
+    n = x.shape[0]
+    return mean, cov, x.std(axis=0, ddof=1) / math.sqrt(n), p.std(axis=0, ddof=1) / math.sqrt(n)
+
+
 def _apply_drift_override(drift: dict, override) -> dict:
     if override is None:
         return dict(drift)
@@ -345,6 +368,7 @@ def onestep_check(
     noise_params: dict | None = None,
     antithetic: bool = True,
     step_doubling: bool | None = None,
+    richardson: bool = False,
     drift_override: Mapping | Callable | None = None,
     covariance_override: Mapping | Callable | None = None,
 ) -> OneStepResult:
@@ -357,8 +381,9 @@ def onestep_check(
         to a whole number of steps ``k = t/tau``, a multiple of ``tau(2 eta)/tau(eta)`` with step
         doubling, at least one doubled step), plus optionally values of discrete states that are
         not SDE states (the fast momentum ``m`` of heavy ball; default 0) and of discrete
-        hyperparameters that do not enter the SDE (default: the optimizer's).  For Student-t noise
-        without ``noise_params["nu"]``, ``nu`` comes from ``point``.
+        hyperparameters that do not enter the SDE (default: the optimizer's), and ``grad`` where the
+        SDE does not depend on it (default 0).  For Student-t noise without ``noise_params["nu"]``,
+        ``nu`` comes from ``point``.
     eta: the learning rate of the discrete steps.
     samples: number of noise draws (an even number of antithetic pairs when ``antithetic``).
     seed: seed of ``numpy.random.default_rng``.
@@ -367,6 +392,10 @@ def onestep_check(
         of the leading-order expansion (see the module docstring).  Default: on for ``order=1``,
         off for ``order=2`` (whose point is the ``eta**2`` term, which the allowance would absorb;
         asking for both is an error).
+    richardson: instead of the step-doubling allowance, compare the Richardson extrapolation
+        ``2*S(eta) - r*S(2 eta)`` (same random numbers; ``r`` the derived eta-scaling as above) with
+        the derived value, its standard error computed from the per-sample combination; the O(eta)
+        truncation cancels and no allowance is granted (implies the run at ``2*eta``).
     drift_override: ``{state: expr | callable(expr) -> expr}`` or ``callable(drift_dict) -> dict``,
         replacing the derived drift (to show that a wrong coefficient fails the check).
     covariance_override: ``{(state_i, state_j): expr | callable(expr) -> expr}`` (set
@@ -384,6 +413,10 @@ def onestep_check(
         raise ValueError(f"eta must be > 0, got {eta}")
     if step_doubling is None:
         step_doubling = order == 1
+    if richardson:
+        if order == 2:
+            raise ValueError("richardson=True extrapolates away the O(eta) term that order=2 checks; use order=1")
+        step_doubling = True
     if step_doubling and order == 2:
         raise ValueError("order=2 checks the eta**2 term of the mean; the step-doubling allowance would absorb it. "
                          "Use step_doubling=False (and an eta at which the O(eta**3) remainder is below the SE).")
@@ -391,7 +424,7 @@ def onestep_check(
     # -- names a point may give ------------------------------------------------------------------
     hyper_names = [h.name for h in opt.hypers if h.name != "eta"]
     disc_states = list(opt.state_names)
-    allowed = set(free) | set(hyper_names) | set(disc_states) | {"t", "k", "sigma", "sigma1", "B", "nu"}
+    allowed = set(free) | set(hyper_names) | set(disc_states) | {"t", "k", "sigma", "sigma1", "B", "nu", "grad"}
     allowed |= set(sde.params) | set(sde.state_map)
     bad = sorted(set(point) - allowed)
     if bad:
@@ -411,7 +444,8 @@ def onestep_check(
     if "t" in free:
         t = pt["t"]
         if step_doubling:
-            k = ratio * max(1, int(round(t / tau2)))
+            mult = ratio**2 if richardson else ratio  # k divisible by the runs at 2*eta (and 4*eta)
+            k = mult * max(1, int(round(t / (tau1 * mult))))
         else:
             k = max(1, int(round(t / tau1)))
         t_used = k * tau1
@@ -484,7 +518,7 @@ def onestep_check(
             for slow, a in m.items():
                 coef[(fast, slow)] = _num(a, {**known, **hyp, "eta": e})
                 st[slow] = known.get(slow, 0.0) - coef[(fast, slow)] * st[fast]
-        g = known["grad"] + scale * z
+        g = known.get("grad", 0.0) + scale * z  # grad may have dropped out of the SDE (default 0)
         new = step(st, g, k, hyp)
         new = {s: np.broadcast_to(np.asarray(v, dtype=float), (n,)) for s, v in new.items()}
 
@@ -537,19 +571,37 @@ def onestep_check(
     if step_doubling:
         incr2, _, _ = run(2 * eta, k // ratio if "t" in free else k)
         smean2, scov2, _, _ = stats(incr2)
-        _, dcov2 = derived_at(2 * eta)
-        r_tau = tau1 / tau2
-        nz = [(i, j) for i in range(d) for j in range(d) if dcov[i, j] != 0 and dcov2[i, j] != 0]
-        if nz:
-            i0, j0 = max(nz, key=lambda ij: abs(dcov[ij]))
-            r_lead = dcov[i0, j0] / dcov2[i0, j0]
+
+        def scalings(factor: float):
+            """r_tau, r_cov: the derived eta-scaling of means and covariance entries, eta vs factor*eta."""
+            _, dcov_f = derived_at(factor * eta)
+            r_t = tau1 / _num(sde.tau, {"eta": factor * eta})
+            nz = [(i, j) for i in range(d) for j in range(d) if dcov[i, j] != 0 and dcov_f[i, j] != 0]
+            if nz:
+                i0, j0 = max(nz, key=lambda ij: abs(dcov[ij]))
+                r_lead = dcov[i0, j0] / dcov_f[i0, j0]
+            else:
+                r_lead = r_t
+            return r_t, np.where((dcov != 0) & (dcov_f != 0), np.divide(dcov, np.where(dcov_f == 0, 1.0, dcov_f)),
+                                 r_lead)
+
+        r_tau, r_cov = scalings(2.0)
+        if richardson:
+            # R(eta) = 2*S(eta) - r*S(2 eta) removes an O(eta) relative truncation; what is left is
+            # O(eta**p), p >= 2, bounded by |R(eta) - R(2 eta)| = (2**p - 1)*|R(eta) - derived|
+            incr4, _, _ = run(4 * eta, k // ratio**2 if "t" in free else k)
+            smean4, scov4, _, _ = stats(incr4)
+            r_tau4, r_cov4 = scalings(4.0)
+            smean, scov, mse, cse = _richardson(incr1, incr2, r_tau, r_cov, antithetic, half)
+            mallow = np.abs(smean - (2 * r_tau * smean2 - r_tau4 * smean4))
+            callow = np.abs(scov - (2 * r_cov * scov2 - r_cov4 * scov4))
+            notes.append("Richardson extrapolation R = 2*S(eta) - r*S(2 eta) (O(eta) truncation removed); "
+                         "allowance |R(eta) - R(2 eta)| for the O(eta**2) remainder")
         else:
-            r_lead = r_tau
-        r_cov = np.where((dcov != 0) & (dcov2 != 0), np.divide(dcov, np.where(dcov2 == 0, 1.0, dcov2)), r_lead)
-        mallow = _SAFETY * np.abs(smean2 * r_tau - smean)
-        callow = _SAFETY * np.abs(scov2 * r_cov - scov)
-        notes.append(f"step doubling: allowance = {_SAFETY:g}*|S(2 eta)*r - S(eta)| (truncation of the "
-                     "leading-order expansion)")
+            mallow = _SAFETY * np.abs(smean2 * r_tau - smean)
+            callow = _SAFETY * np.abs(scov2 * r_cov - scov)
+            notes.append(f"step doubling: allowance = {_SAFETY:g}*|S(2 eta)*r - S(eta)| (truncation of the "
+                         "leading-order expansion)")
 
     return OneStepResult(
         optimizer=sde.optimizer, noise=sde.noise, regime=sde.regime, order=order, states=tuple(states),

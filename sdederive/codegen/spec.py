@@ -271,12 +271,13 @@ def sde_spec(sde: SDE, problem: Problem, *, correlated: bool) -> KernelSpec:
     inv = {}
     for s in states:
         if s in sde.state_map:
-            dname = [str(f) for f in sp.sympify(sde.state_map[s]).free_symbols if str(f) not in hyper_names]
-            if len(dname) != 1:
+            dsyms = [f for f in sp.sympify(sde.state_map[s]).free_symbols if str(f) not in hyper_names]
+            if len(dsyms) != 1:
                 raise CodegenError(f"cannot invert the state map {s} = {sde.state_map[s]}")
-            dv = sym(dname[0])
-            sol = sp.solve(sp.Eq(sym(s), sp.sympify(sde.state_map[s]).xreplace(params)), dv)
-            inv[s] = (dname[0], sol[0])
+            dv = dsyms[0]  # the state's own symbol (assumptions included: vhat, s are nonnegative)
+            ssym = next((f for e in all_exprs for f in e.free_symbols if str(f) == s), sym(s))
+            sol = sp.solve(sp.Eq(ssym, sp.sympify(sde.state_map[s]).xreplace(params)), dv)
+            inv[s] = (str(dv), sol[0])
         else:
             inv[s] = (s, sym(s))
     for s in states:

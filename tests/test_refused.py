@@ -270,18 +270,25 @@ def test_last_gradient_state_is_not_sent_to_a_regime_that_cannot_exist():
     assert "in which it is slow" not in msg and "Try another regime" not in msg, msg
 
 
-def test_max_of_states_message_does_not_advise_a_rule():
-    # AMSGrad-like: Max(vmax, v_new) compares a state with one quadratic in g: no rule can apply
+def test_max_of_states_derives_as_the_running_maximum():
+    # AMSGrad-like: Max(vmax, v_new) compares a state with one quadratic in g.  It used to be refused
+    # (with advice to register a rule that could not apply); it now derives as the running maximum of
+    # v's limit: d vmax = 1{v >= vmax} max(0, b_v) dt, with b_v = rho2 (grad**2 + sigma**2 - v)
     x, g, m, s, b1, b2, eps, k, hy = _adam_like()
     v, vmax = S("v"), S("vmax")
     v1 = b2 * v + (1 - b2) * g**2
     vm1 = sp.Max(vmax, v1)
     opt = sd.from_update("ams_like", {"v": v1, "vmax": vm1, "x": x - eta * g / (sp.sqrt(vm1) + eps)},
                          hypers={n: hy[n] for n in ("eta", "beta2", "eps")}, kinds={"v": "second_moment"})
-    with pytest.raises(sd.ExpectationError) as info:
-        sd.derive(opt, regime="balanced")
-    msg = str(info.value)
-    assert "Max(vmax" in msg and "not affine" in msg and "register_expectation(sign" not in msg, msg
+    sde = sd.derive(opt, regime="balanced")
+    free = sde._free()
+    drift = sde.drift["vmax"]
+    for vv, vm, gr, sg in [(1.0, 2.0, 0.5, 1.0), (2.0, 2.0, 1.5, 1.0), (2.0, 2.0, 0.1, 0.5), (3.0, 2.0, 2.0, 0.5)]:
+        b_v = 0.7 * (gr**2 + sg**2 - vv)  # rho2 = 0.7
+        want = max(0.0, b_v) if vv >= vm else 0.0
+        got = float(drift.subs({free["v"]: vv, free["vmax"]: vm, free["grad"]: gr, free["sigma"]: sg,
+                                free["rho2"]: 0.7}))
+        assert got == pytest.approx(want, abs=1e-12), (vv, vm, gr, sg, got, want)
 
 
 def test_no_internal_names_in_messages():

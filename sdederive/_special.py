@@ -141,7 +141,10 @@ def derive_special(derive_fn, opt, nm, rg, order: int):
             "one-step mean is an integral over the noise with no closed form here and no Taylor expansion "
             f"applies. ({err.args[0] if err.args else err})"
         ) from err
-    sde = _finish_running_max(sde, found, rg) if found else sde
+    if found:
+        # the SDE carries the user's optimizer (its update with the Max), not the stand-in derived from:
+        # the simulators take the expected first step and the states' kinds from it
+        sde = dataclasses.replace(_finish_running_max(sde, found, rg), source=opt)
     return _expand_clip(sde)
 
 

@@ -154,9 +154,12 @@ def test_damaged_cache_is_rebuilt_and_names_in_comments_stay_comments(tmp_path, 
     assert "\nimport pathlib" not in text and "sgd\\nimport pathlib" in text
     _import_from_disk(kfile)
     assert not marker.exists()
-    pyc = kfile.parent / "__pycache__"
+    # numba's index and data: beside the kernel, or under NUMBA_CACHE_DIR when that is set
+    import numba
+
+    roots = [kfile.parent / "__pycache__"] + ([Path(numba.config.CACHE_DIR)] if numba.config.CACHE_DIR else [])
     for target, how in [("nbi", "garbage"), ("nbc", "truncate"), ("py", "garbage")]:
-        f = kfile if target == "py" else next(pyc.glob(f"{kfile.stem}.*.{target}"))
+        f = kfile if target == "py" else next(p for r in roots for p in r.rglob(f"{kfile.stem}.*.{target}"))
         _corrupt(f, how)
         sys.modules.pop(kfile.stem, None)  # the next load is a fresh module, as in a new process
         if target == "py":

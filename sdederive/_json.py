@@ -11,14 +11,15 @@ import numpy as np
 __all__ = ["finite_or_none", "has_nonfinite", "dumps"]
 
 
-def finite_or_none(obj):
-    """``obj`` with arrays as lists, numpy scalars as Python numbers and every non-finite float as ``None``."""
+def finite_or_none(obj, other=None):
+    """``obj`` with arrays as lists, numpy scalars as Python numbers and every non-finite float as ``None``;
+    ``other(o)``, when given, converts any other leaf (``validators.reporting.json_ready``: sympy to text)."""
     if isinstance(obj, dict):
-        return {str(k): finite_or_none(v) for k, v in obj.items()}
+        return {str(k): finite_or_none(v, other) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v) for v in obj]
+        return [finite_or_none(v, other) for v in obj]
     if isinstance(obj, np.ndarray):
-        return finite_or_none(obj.tolist())
+        return finite_or_none(obj.tolist(), other)
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, np.integer):
@@ -26,7 +27,7 @@ def finite_or_none(obj):
     if isinstance(obj, (float, np.floating)):
         f = float(obj)
         return f if math.isfinite(f) else None
-    return obj
+    return obj if other is None else other(obj)
 
 
 def has_nonfinite(obj) -> bool:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sdederive._atomic import atomic_write, atomic_write_text
+from sdederive._json import finite_or_none
 
 if TYPE_CHECKING:  # pragma: no cover
     from .compare import Comparison
@@ -25,22 +26,10 @@ __all__ = ["atomic_write", "atomic_write_text", "json_ready", "plot_comparison"]
 def json_ready(obj):
     """Arrays to lists, numpy scalars to Python numbers, NaN/inf to ``None`` (strict JSON), sympy
     expressions to their text."""
-    if isinstance(obj, dict):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_ready(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if hasattr(obj, "free_symbols") and hasattr(obj, "atoms"):  # a sympy expression: its text
-        return str(obj)
-    return obj
+    def text_of_sympy(o):
+        return str(o) if hasattr(o, "free_symbols") and hasattr(o, "atoms") else o
+
+    return finite_or_none(obj, text_of_sympy)
 
 
 def dumps(obj) -> str:

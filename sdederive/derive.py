@@ -267,9 +267,13 @@ def _derive(opt, nm, rg, order: int) -> SDE:
         for j in range(n):
             Cm[i, j] = Cm[j, i] = sp.S.Zero
     if dropped:
+        # the modelled covariance carries eta**(pmin - q), so the dropped diffusion is O(eta**((pmin - q)/2))
+        size = {sp.Rational(1, 2): "O(sqrt(eta))", sp.S.One: "O(eta)"}.get(sp.Rational(pmin - q) / 2,
+                                                                          f"O(eta**({sp.Rational(pmin - q) / 2}))")
         notes.append(
-            f"the O(sqrt(eta)) diffusion of {', '.join(dropped)} is left out of the model as in the published "
-            f"SDE (regime {rg.name!r}); the full local covariance is SDE.covariance (regime 'balanced-full' keeps it)"
+            f"the {size} diffusion of {', '.join(dropped)} is left out of the model as in the published "
+            f"SDE (regime {rg.name!r}); the full local covariance is SDE.covariance"
+            + (" (regime 'balanced-full' keeps it)" if rg.name == "balanced" else "")
         )
     D = _factor(Cm, unit)
 

@@ -219,6 +219,12 @@ def test_adagrad_accumulator():
     assert sde.tau == eta**2 and sde.states == ("x", "u")
     assert_equiv(sde.drift["x"], -grad / (sp.sqrt(u) + eps0))
     assert_equiv(sde.drift["u"], grad**2 + sigma**2)
+    # u is modelled without diffusion: its increment eta**2*g**2 has standard deviation O(eta**2) per step of
+    # tau = eta**2, a diffusion of O(eta); kept, it drove u below 0 from its start near 0
+    D = sde.diffusion_matrix
+    assert all(D[sde.states.index("u"), j] == 0 for j in range(D.shape[1]))
+    assert sp.simplify(sde.covariance[1, 1] / eta**2) != 0  # ... while the local covariance keeps it
+    assert any("O(eta) diffusion of u" in n and "balanced-full" not in n for n in sde.notes)
 
 
 def test_signsgd_noise_dominated_is_phase3():

@@ -86,10 +86,6 @@ class _Rename:
                            if isinstance(f, sp.Symbol) and f.name in self.by_name})
 
 
-def _rename(states: tuple[str, ...], scalars: tuple[str, ...]) -> _Rename:
-    return _Rename(states, scalars)
-
-
 def _student_t_elementary(e: sp.Expr, nu: float | None) -> sp.Expr:
     if not e.has(sp.hyper):
         return e
@@ -291,7 +287,7 @@ def sde_spec(sde: SDE, problem: Problem, *, correlated: bool) -> KernelSpec:
     if bad:
         raise CodegenError(f"SDE of {sde.optimizer}: symbol(s) {bad} have no value: they are neither "
                            f"hyperparameters {hyper_names} nor problem quantities (grad, hess, sigma, t, nu, B)")
-    ren = _rename(states, scalars)
+    ren = _Rename(states, scalars)
     coef_out = [(f"a_{s}", ren(drift[s])) for s in states]
     coef_out += [(f"b_{s}_{j}", ren(D[i, j])) for j in range(r) for i, s in enumerate(states)]
     coef = cse_assignments(coef_out, "w")
@@ -316,7 +312,7 @@ def discrete_spec(opt: Optimizer) -> KernelSpec:
     for s in states:
         check_supported(upd[s], f"update of {opt.name}")
     scalars = tuple(hyper_names)
-    ren = _rename(states, scalars)
+    ren = _Rename(states, scalars)
     outs = [(f"n_{s}", ren(upd[s])) for s in states]
     a = cse_assignments(outs, "w")
     obs = cse_assignments([(f"o_{s}", ren(sym(s))) for s in states], "q")

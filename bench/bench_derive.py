@@ -2,13 +2,13 @@
 
 For every built-in optimizer in its natural regime (Gaussian noise, order 1):
 
-* cold: ``sdederive.derive`` in a FRESH interpreter (so neither sdederive's result cache nor
+* cold: ``sdederive.derivation.engine`` in a FRESH interpreter (so neither sdederive's result cache nor
   sympy's cache helps); the time of the ``derive`` call alone, measured inside that subprocess
   (interpreter start and imports excluded).  Repeated ``--runs`` times; median and max reported.
 * cached: the same call repeated in that process (sdederive's ``lru_cache`` hit).
 * baseline: the same derivation with every eta-expansion done by ``sympy.series`` instead of
-  sdederive's truncated-series evaluator (``sdederive.expectation.eta_series`` monkeypatched to
-  ``sdederive.series._sympy_series``, then ``clear_cache()``), also cold in a fresh subprocess, killed
+  sdederive's truncated-series evaluator (``sdederive.derivation.expectation.eta_series`` monkeypatched to
+  ``sdederive.derivation.series._sympy_series``, then ``clear_cache()``), also cold in a fresh subprocess, killed
   after ``--timeout`` seconds.  After timing, that subprocess checks that the baseline SDE equals
   sdederive's (column "same").
 * eta-expansions: the part of each derivation spent inside ``eta_series`` (ours) or
@@ -37,8 +37,8 @@ LIMIT_S = 2.0
 def worker(mode: str, name: str) -> None:
     """Run in a fresh subprocess; print one JSON line of timings."""
     import sdederive as sd
-    import sdederive.expectation as ex
-    import sdederive.series as se
+    import sdederive.derivation.expectation as ex
+    import sdederive.derivation.series as se
 
     if mode == "sweep":  # name = "optimizer:regime:noise"
         opt, reg, noi = name.split(":")

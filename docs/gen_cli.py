@@ -11,7 +11,7 @@ import io
 import sys
 from pathlib import Path
 
-from sdederive.cli import main
+from sdederive.cli.main import main
 
 COMMANDS = ["list", "derive", "scaling-rule", "stationary", "simulate", "rate", "optimal-lr", "validate", "sweep", "tour"]
 OUT = Path(__file__).with_name("cli.md")
@@ -19,8 +19,8 @@ OUT = Path(__file__).with_name("cli.md")
 INTRO = """\
 # Command line
 
-`sdederive` is installed with the package (`pip install -e .`); `python -m sdederive.cli` works too.
-Every command derives with the same engine as `sdederive.derive` and uses the names of
+`sdederive` is installed with the package (`pip install -e .`); `python -m sdederive.cli.main` works too.
+Every command derives with the same engine as `sdederive.derivation.engine` and uses the names of
 [notation.md](notation.md).
 
 Errors in the input (an unknown optimizer, noise model or regime, an invalid `--nu`, an optimizer

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from validators.reporting import atomic_write_text
+from sdederive.validators.reporting import atomic_write_text
 
 
 def parse_args(doc: str, argv=None) -> tuple[argparse.Namespace, Path]:

@@ -21,8 +21,7 @@ import sys
 import time
 
 from _example import parse_args, write_json  # examples/_example.py, next to this script
-
-from validators import checks as C
+from sdederive.validators import checks as C
 
 NAME = "compagnoni2025_signsgd_adamw"
 

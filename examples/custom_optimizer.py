@@ -45,7 +45,7 @@ def main() -> None:
         print("no scaling rule:", e)
     print()
     try:
-        from validators import onestep_check
+        from sdederive.validators import onestep_check
     except ImportError:  # validators not installed
         return
     point = {"grad": 0.4, "sigma": 0.8, "rho1": 2.0, "rho2": 1.0, "eps": 0.1, "wd": 0.3, "m": 0.2, "v": 0.5,

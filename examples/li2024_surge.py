@@ -7,7 +7,7 @@ moves right as training progresses), and with no off-diagonal curvature there is
 
 Set-up of [RB] §5B: d = 100, H = (1 - rho) I + rho 11^T (rho = 0.5), per-example noise sigma_i = 1,
 gradient mu = c 1 with c = 0.02 and 0.01; control rho = 0.  Predictions from
-``sdederive.batchsize.sign_noise_scale`` (exact eq. 9, eq. 2, eq. 14, eq. 16, eq. 17); measurement:
+``sdederive.analysis.batchsize.sign_noise_scale`` (exact eq. 9, eq. 2, eq. 14, eq. 16, eq. 17); measurement:
 one step of the generated discrete SignSGD (``sd.compile``) over an eps grid with common random
 numbers and antithetic pairs (``validators.checks.optimal_lr_vs_batch``).
 
@@ -22,8 +22,7 @@ import time
 
 import numpy as np
 from _example import parse_args, write_json  # examples/_example.py, next to this script
-
-from validators import checks as C
+from sdederive.validators import checks as C
 
 NAME = "li2024_surge"
 

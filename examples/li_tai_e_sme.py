@@ -20,10 +20,10 @@ import time
 
 import numpy as np
 from _example import parse_args, write_json  # examples/_example.py, next to this script
+from sdederive.validators import compare
+from sdederive.validators.checks import markdown_table
 
 import sdederive as sd
-from validators import compare
-from validators.checks import markdown_table
 
 NAME = "li_tai_e_sme"
 

@@ -23,8 +23,7 @@ import time
 
 import numpy as np
 from _example import parse_args, write_json  # examples/_example.py, next to this script
-
-from validators import checks as C
+from sdederive.validators import checks as C
 
 NAME = "liu2024_adagrad_anisotropic"
 

@@ -19,9 +19,9 @@ import sys
 import time
 
 from _example import parse_args, write_json  # examples/_example.py, next to this script
+from sdederive.validators import checks as C
 
 import sdederive as sd
-from validators import checks as C
 
 NAME = "malladi2022_sqrt_rule"
 

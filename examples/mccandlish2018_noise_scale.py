@@ -3,7 +3,7 @@
 Claim 1 (one step, eq. 2.6-2.8): the step that minimises the expected loss after one SGD step at
 batch B is eps_opt(B) = eps_max/(1 + B_noise/B), with B_noise = tr(H Sigma)/(G^T H G); linear in B
 for B << B_noise, saturating at eps_max for B >> B_noise.  Predictions from
-``sdederive.batchsize.sgd_noise_scale``; measurement: one step of the generated discrete SGD
+``sdederive.analysis.batchsize.sgd_noise_scale``; measurement: one step of the generated discrete SGD
 (``sd.compile``) over an eps grid with common random numbers (``validators.checks.optimal_lr_vs_batch``).
 
 Claim 2 (training, eq. 2.11-2.12, [RB] §5A): the steps S and examples E = B*S needed to reach a target
@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 from _example import parse_args, write_json  # examples/_example.py, next to this script
+from sdederive.validators import checks as C
 
-from sdederive.batchsize import sgd_noise_scale
-from validators import checks as C
+from sdederive.analysis.batchsize import sgd_noise_scale
 
 NAME = "mccandlish2018_noise_scale"
 

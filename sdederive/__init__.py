@@ -1,8 +1,12 @@
 """sdederive: derive SDE approximations of stochastic optimizers from their update rules."""
 
-from . import assumptions, batchsize, export, ito, noise, optimizers, problems, rates, regimes, sweep, transforms
-from .derive import clear_cache, derive
-from .errors import (
+from sdederive import export, noise, problems, regimes, sweep
+from sdederive.analysis import assumptions, batchsize, ito, rates
+from sdederive.analysis.scaling import ScalingRule, scaling_rule
+from sdederive.analysis.stationary import Stationary, stationary
+from sdederive.derivation.engine import clear_cache, derive
+from sdederive.derivation.expectation import register_expectation
+from sdederive.errors import (
     DivergenceError,
     ExpectationError,
     HyperparameterError,
@@ -13,19 +17,27 @@ from .errors import (
     SpecError,
     UnknownNameError,
 )
-from .expectation import register_expectation
-from .hyper import Hyper
-from .noise import Gaussian, StudentT
-from .optimizers import Optimizer, chain, from_update
-from .problems import Custom, LogisticRegression, Quadratic
-from .regimes import Regime
-from .scaling import ScalingRule, scaling_rule
-from .sde import SDE
-from .simulate import SimulationResult, Simulator, compile
-from .stationary import Stationary, stationary
-from .symbols import sym, symbols
+from sdederive.noise import Gaussian, StudentT
+from sdederive.problems import Custom, LogisticRegression, Quadratic
+from sdederive.regimes import Regime
+from sdederive.sde import SDE
+from sdederive.simulate.simulator import SimulationResult, Simulator, compile
+from sdederive.spec import optimizers, transforms
+from sdederive.spec.hyper import Hyper
+from sdederive.spec.optimizers import Optimizer, chain, from_update
+from sdederive.symbols import sym, symbols
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # sd.validators: imported on first use (it pulls in the comparison and reporting code)
+    if name == "validators":
+        import importlib
+
+        return importlib.import_module("sdederive.validators")
+    raise AttributeError(f"module 'sdederive' has no attribute {name!r}")
+
 
 __all__ = [
     "derive", "clear_cache", "SDE", "scaling_rule", "ScalingRule", "stationary", "Stationary", "Optimizer", "chain", "from_update", "Hyper", "Regime", "Gaussian",

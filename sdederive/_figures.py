@@ -18,8 +18,8 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._atomic import atomic_write
-from .errors import SdederiveError
+from sdederive._atomic import atomic_write
+from sdederive.errors import SdederiveError
 
 __all__ = ["FORMATS", "figure", "save", "style", "math_label", "fmt_interval", "log_axis"]
 

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import SdederiveError
+from sdederive.errors import SdederiveError
 
 __all__ = ["check_output_dir"]
 

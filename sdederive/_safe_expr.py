@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 
 import sympy as sp
 
-from .errors import ExpressionError
+from sdederive.errors import ExpressionError
 
 __all__ = ["parse_expr", "SDE_FUNCTIONS", "OBJECTIVE_FUNCTIONS", "MAX_CHARS", "MAX_DEPTH", "IDENTIFIER"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import SdederiveError
+from sdederive.errors import SdederiveError
 
 __all__ = ["pandas", "simulation_frame", "booktabs", "tex_escape"]
 

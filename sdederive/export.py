@@ -4,7 +4,7 @@ r"""A derived SDE on a problem, as the drift and diffusion of the ecosystem's in
 ``diffrax.MultiTerm(ODETerm(drift), ControlTerm(diffusion, brownian))``; :func:`to_torchsde` gives a
 ``torch.nn.Module`` with ``f(t, y)`` and ``g(t, y)`` (``noise_type="general"``, ``sde_type="ito"``)
 for ``torchsde.sdeint``.  Both are built from the same lowering as this project's own kernels
-(:func:`sdederive.codegen.spec.sde_spec`): the per-coordinate drift :math:`a_s` and diffusion
+(:func:`sdederive.simulate.spec.sde_spec`): the per-coordinate drift :math:`a_s` and diffusion
 :math:`b_{s,r}` with the problem's gradient, Hessian diagonal and noise scale, and the same start
 (the expected first step where the SDE is singular at :math:`t = 0`).
 
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from .errors import SdederiveError
-from .problems import Custom, Problem, Quadratic
-from .sde import SDE
-from .symbols import sym
+from sdederive.errors import SdederiveError
+from sdederive.problems import Custom, Problem, Quadratic
+from sdederive.sde import SDE
+from sdederive.symbols import sym
 
 __all__ = ["Exported", "to_diffrax", "to_torchsde"]
 
@@ -83,7 +83,7 @@ def _elementary(e: sp.Expr) -> sp.Expr:
             out = (out + b - sp.Abs(out - b)) / 2
         return out
 
-    from .codegen.lower import NonNeg
+    from sdederive.simulate.lower import NonNeg
 
     e = e.replace(sp.Max, mx).replace(sp.Min, mn).replace(sp.Heaviside, lambda u, *h: (1 + sp.sign(u)) / 2)
     e = e.replace(NonNeg, lambda a: (a + sp.Abs(a)) / 2)
@@ -92,10 +92,10 @@ def _elementary(e: sp.Expr) -> sp.Expr:
 
 def _lowered(sde: SDE, problem: Problem, eta, hyper):
     """``(spec, scalar values, start, t0, tau)`` from the project's own simulator set-up."""
-    from .simulate import compile as _compile
+    from sdederive.simulate.simulator import compile as _compile
 
     if not isinstance(sde, SDE):
-        raise SdederiveError(f"export needs a derived SDE (sdederive.derive(...)), got {type(sde).__name__}")
+        raise SdederiveError(f"export needs a derived SDE (sdederive.derivation.engine(...)), got {type(sde).__name__}")
     if not isinstance(problem, (Quadratic, Custom)):
         raise SdederiveError(f"export supports Quadratic and Custom problems, got {type(problem).__name__} "
                              "(logistic regression's minibatch noise has no per-coordinate closed form here)")

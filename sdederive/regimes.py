@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from .errors import RegimeMismatchError, UnknownNameError
-from .symbols import sym
+from sdederive.errors import RegimeMismatchError, UnknownNameError
+from sdederive.symbols import sym
 
 __all__ = ["Regime", "get", "names", "register", "REGIMES"]
 
@@ -154,7 +154,7 @@ def names() -> list[str]:
 
 
 def register(regime: Regime) -> Regime:
-    """Make a user-defined regime available by name (to :func:`sdederive.derive` and the CLI)."""
+    """Make a user-defined regime available by name (to :func:`sdederive.derivation.engine` and the CLI)."""
     REGIMES[regime.name] = regime
     return regime
 

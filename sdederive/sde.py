@@ -18,10 +18,10 @@ from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
-from ._safe_expr import IDENTIFIER, parse_expr
-from .errors import HyperparameterError, SdederiveError
-from .hyper import KINDS, check_value
-from .symbols import KNOWN, sym
+from sdederive._safe_expr import IDENTIFIER, parse_expr
+from sdederive.errors import HyperparameterError, SdederiveError
+from sdederive.spec.hyper import KINDS, check_value
+from sdederive.symbols import KNOWN, sym
 
 __all__ = ["SDE"]
 
@@ -55,7 +55,7 @@ class SDE:
     eliminated: fast states averaged out: ``{fast: {slow: a}}``, the SDE's ``slow`` being the
         discrete ``slow + a*fast`` (heavy ball at fixed ``mu``: ``x + eta*mu/(mu - 1)*m``).
     notes: conditions and modelling choices (``nu > 2``, eliminated fast states, ...).
-    source: the :class:`~sdederive.optimizers.Optimizer` it was derived from (the simulators take the
+    source: the :class:`~sdederive.spec.optimizers.Optimizer` it was derived from (the simulators take the
         states' kinds, initial values and update from it); ``None`` after :meth:`from_json` (an update
         rule is code, not JSON), where the simulators resolve a built-in by name.
     """
@@ -198,13 +198,13 @@ class SDE:
 
     def to_diffrax(self, problem, eta=None, hyper: dict | None = None):
         """JAX drift and diffusion of this SDE on ``problem`` for diffrax (:func:`sdederive.export.to_diffrax`)."""
-        from .export import to_diffrax
+        from sdederive.export import to_diffrax
 
         return to_diffrax(self, problem, eta, hyper)
 
     def to_torchsde(self, problem, eta=None, hyper: dict | None = None):
         """A torchsde module of this SDE on ``problem`` (:func:`sdederive.export.to_torchsde`)."""
-        from .export import to_torchsde
+        from sdederive.export import to_torchsde
 
         return to_torchsde(self, problem, eta, hyper)
 

@@ -134,7 +134,7 @@ def sympify_expr(text: str, names, assumptions: dict[str, dict] | None = None) -
     (numbers, ``+ - * / **``, names, whitelisted functions).  ``names`` get their canonical symbols
     (``assumptions`` for the non-notation ones); other identifiers become :func:`sym` symbols, and
     ``pi``/``E`` are the constants unless listed in ``names``."""
-    from ._safe_expr import parse_expr
+    from sdederive._safe_expr import parse_expr
 
     loc = locals_for(names, assumptions)
     return parse_expr(text, symbols=lambda n: loc[n] if n in loc else (None if n in ("pi", "E") else sym(n)))

@@ -13,7 +13,7 @@ import sympy as sp
 from scipy.special import erf
 
 import sdederive as sd
-from sdederive import batchsize as bs
+from sdederive.analysis import batchsize as bs
 
 B = bs.B
 
@@ -166,7 +166,7 @@ def test_bad_input():
 
 
 def test_cli_optimal_lr(capsys):
-    from sdederive.cli import main
+    from sdederive.cli.main import main
 
     assert main(["optimal-lr", "sgd"]) == 0
     assert "mccandlish form" in capsys.readouterr().out

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import sdederive as sd
-from sdederive import transforms as T
-from sdederive.cli import main
-from sdederive.regime_check import RegimeWarning
+from sdederive.analysis.regime_check import RegimeWarning
+from sdederive.cli.main import main
+from sdederive.spec import transforms as T
 
 
 def _final(capsys, name: str, mode: str) -> tuple[float, float, float]:

@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
+from sdederive.validators import checks as C
 
 import sdederive as sd
-from validators import checks as C
 
 # -- batch-size scaling rules ([AS] §1.7, §2.6) -----------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The command line interface, called in-process through ``sdederive.cli.main``."""
+"""The command line interface, called in-process through ``sdederive.cli.main.main``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sympy.core.function import AppliedUndef
 from sympy.parsing.sympy_parser import parse_expr, standard_transformations
 
 import sdederive as sd
-from sdederive.cli import main
+from sdederive.cli.main import main
 
 COMMANDS = ["list", "derive", "scaling-rule", "stationary", "tour"]
 SCHEMA_KEYS = {"optimizer", "noise", "regime", "tau", "states", "drift", "diffusion", "symbols"}

@@ -8,9 +8,9 @@ import pytest
 import sympy as sp
 
 import sdederive as sd
-from sdederive.codegen.cuda_backend import compile_check, generate
-from sdederive.codegen.spec import discrete_spec, sde_spec
 from sdederive.problems import Custom, LogisticRegression, Quadratic
+from sdederive.simulate.backends.cuda_backend import compile_check, generate
+from sdederive.simulate.spec import discrete_spec, sde_spec
 
 DIAG = Quadratic(h=[1.0, 2.0, 3.0], sigma=[1.0, 1.0, 1.0], x0=[1.0, 1.0, 1.0])
 DENSE = Quadratic(H=[[2.0, 0.5], [0.5, 1.0]], Sigma=[[1.0, 0.3], [0.3, 1.0]], x0=[1.0, 1.0])

@@ -40,8 +40,8 @@ import pytest
 import sympy as sp
 
 import sdederive as sd
-from sdederive.codegen import cuda_backend
 from sdederive.problems import Custom, LogisticRegression, Quadratic
+from sdederive.simulate.backends import cuda_backend
 from tests.helpers import CUDA_BUILTINS_ON_HOST
 
 GXX = shutil.which("g++")
@@ -610,7 +610,7 @@ def test_divergence_reports_the_same_path_and_step(fake_cupy):
 def test_observables_reduced_in_several_slabs(fake_cupy, monkeypatch):
     """Many paths: the per-path observables are reduced slab by slab (a small slab here); the last block
     of threads of each slab must not write past the slab buffer."""
-    import sdederive.simulate as simulate
+    import sdederive.simulate.simulator as simulate
 
     nobs = 2 + 2 * DIAG.d  # rmsprop: loss, |x|^2, x, v
     monkeypatch.setattr(simulate, "_CUDA_OBS_SLAB", 200 * nobs)  # 200 paths per slab: 2 blocks of 128

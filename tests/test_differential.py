@@ -32,10 +32,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from sdederive.validators import onestep_check
 
 import sdederive as sd
-from sdederive import transforms as T
-from validators import onestep_check
+from sdederive.spec import transforms as T
 
 TIME_LIMIT_S = 120  # per derivation (the slowest compositions take ~20 s on a loaded 2-core machine)
 SAMPLES = 100_000  # 5e4 antithetic pairs; three runs (eta, 2 eta, 4 eta) per case

@@ -44,7 +44,7 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
 def test_quickstart_shows_what_the_tour_prints():
     text = (DOCS / "quickstart.md").read_text()
     shown = re.search(r"```text\n(.*?)```", text, re.S).group(1).strip().splitlines()
-    r = subprocess.run([sys.executable, "-m", "sdederive.cli", "tour"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "sdederive.cli.main", "tour"], capture_output=True, text=True)
     assert r.returncode == 0
     out = r.stdout.splitlines()
     assert out[: len(shown)] == shown
@@ -76,9 +76,9 @@ def _message(fn) -> str:
 def test_common_mistakes_point_to_their_section():
     import numpy as np
     import sympy as sp
+    from sdederive.validators import compare
 
     import sdederive as sd
-    from validators import compare
 
     anchors = set(re.findall(r"^## (.+)$", (DOCS / "troubleshooting.md").read_text(), re.M))
     slug = {a.lower().replace(" ", "-") for a in anchors}

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from sdederive.validators import compare
+from sdederive.validators._runs import CheckResult, plot_results
 
 import sdederive as sd
 from sdederive import _figures as F
 from sdederive.sweep.analysis import Optimum
-from validators import compare
-from validators._runs import CheckResult, plot_results
 
 MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF-", ".svg": b"<?xml", ".eps": b"%!PS-Adobe"}
 

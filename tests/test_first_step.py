@@ -8,7 +8,7 @@ import pytest
 from scipy import integrate, special, stats
 
 import sdederive as sd
-from sdederive._quadrature import noise_expectation
+from sdederive.simulate._quadrature import noise_expectation
 
 MU = np.array([1.0, 0.3, -2.0, 1e-9, 5.0, 30.0, 1.0, -40.0, 0.0, 1e6])
 S = np.array([1.0, 2.0, 0.5, 1.0, 1e-6, 1.0, 0.0, 2.0, 3.0, 1.0])
@@ -100,7 +100,7 @@ def test_expected_first_step_matches_adaptive_quadrature(name, noise):
 def test_break_points_of_clipping_and_shifted_signs():
     import sympy as sp
 
-    from sdederive._quadrature import break_points
+    from sdederive.simulate._quadrature import break_points
 
     g = sp.Symbol("g", real=True)
     c, a = sp.symbols("c a", positive=True)

@@ -15,7 +15,7 @@ GOLDEN = json.loads(golden_runs.PATH.read_text())
 CASES = dict(golden_runs._cases())
 
 
-@pytest.mark.filterwarnings("ignore::sdederive.regime_check.RegimeWarning")
+@pytest.mark.filterwarnings("ignore::sdederive.analysis.regime_check.RegimeWarning")
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_same_numbers_as_before(name):
     got = golden_runs.summary(CASES[name]())

@@ -8,7 +8,7 @@ must still read back every SDE the engine derives, exactly (``SDE.from_json(sde.
 
 Part two (issue 14, "major" and "bad input"): every bad-input case of the reviewer's table gives
 ``sdederive: error: <message naming the value>`` and exit status 2 (CLI, called in-process through
-``sdederive.cli.main``) or an ``SdederiveError`` subclass (API), and the major cases: a loss that
+``sdederive.cli.main.main``) or an ``SdederiveError`` subclass (API), and the major cases: a loss that
 overflows with a finite state, all paths masked, resume after a change of the fixed settings, grid
 validation in the driver, pickling of every error class, Ctrl-C, memory estimates and workers of a
 killed driver.  Those tests share one discrete SGD kernel on a 1-d diagonal quadratic.
@@ -40,11 +40,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sdederive as sd
-from sdederive import optimizers as O
 from sdederive._safe_expr import parse_expr
-from sdederive.cli import main
+from sdederive.cli.main import main
 from sdederive.errors import DivergenceError, ExpressionError, MemoryLimitError, SdederiveError
 from sdederive.problems import ProblemError, from_dict, load
+from sdederive.spec import optimizers as O
 
 
 def _payload(marker: Path) -> str:
@@ -174,7 +174,7 @@ def test_damaged_cache_is_rebuilt_and_names_in_comments_stay_comments(tmp_path, 
 
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX mode bits")
 def test_cache_folder_must_be_private(tmp_path, monkeypatch):
-    from sdederive.codegen.numba_backend import cache_dir
+    from sdederive.simulate.backends.numba_backend import cache_dir
 
     fresh = tmp_path / "fresh"
     monkeypatch.setenv("SDEDERIVE_CACHE", str(fresh))
@@ -698,9 +698,10 @@ def test_every_error_class_survives_pickling():
     (UnknownNameError and DivergenceError have their own __init__; the old code failed to unpickle them)."""
     import inspect
 
-    import sdederive.codegen.lower  # noqa: F401 - import every module that defines an error class
-    import validators._runs  # noqa: F401
-    import validators.errors  # noqa: F401
+    import sdederive.validators._runs  # noqa: F401
+    import sdederive.validators.errors  # noqa: F401
+
+    import sdederive.simulate.lower  # noqa: F401 - import every module that defines an error class
 
     classes = [SdederiveError, *_all_subclasses(SdederiveError)]
     names = {c.__name__ for c in classes}
@@ -945,7 +946,7 @@ def test_ctrl_c_keeps_the_partial_result_and_exits_130(tmp_path):
     traceback (the old code exited 0 and claimed all the steps)."""
     p = _write(tmp_path / "q.json", {"kind": "quadratic", "h": [1.0], "sigma": [1.0], "x0": [1.0]})
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "sdederive.cli", "simulate", "sgd", "--mode", "discrete",
+    proc = subprocess.Popen([sys.executable, "-m", "sdederive.cli.main", "simulate", "sgd", "--mode", "discrete",
                              "--problem", str(p), "--paths", "2000", "--steps", "100000000", "--save-every", "1000",
                              "--eta", "0.01", "--progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -974,12 +975,12 @@ def test_ctrl_c_keeps_the_partial_result_and_exits_130(tmp_path):
 
 
 def test_ctrl_c_during_compile_no_traceback(capsys, files, monkeypatch):
-    import sdederive.simulate
+    import sdederive.simulate.simulator
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sdederive.simulate, "compile", interrupted)
+    monkeypatch.setattr(sdederive.simulate.simulator, "compile", interrupted)
     rc, out, err = run_cli(capsys, "simulate", "sgd", "--mode", "discrete", "--problem", files["q1"], "--steps", "10")
     assert rc == 130 and "interrupted" in err and "Traceback" not in err and out == ""
 
@@ -996,7 +997,7 @@ def test_validate_exit_codes_1_and_2(capsys, files):
 
 def test_noise_parameter_of_another_model_is_named():
     """nu= with Gaussian noise: the old code raised a TypeError from the noise constructor."""
-    from sdederive.batchsize import optimal_lr
+    from sdederive.analysis.batchsize import optimal_lr
     from sdederive.errors import NoiseModelError
 
     with pytest.raises(NoiseModelError, match="'gaussian' takes no parameter nu.*student-t"):

@@ -9,8 +9,8 @@ import pytest
 import sympy as sp
 
 import sdederive as sd
-from sdederive import optimizers as O
-from sdederive import transforms as T
+from sdederive.spec import optimizers as O
+from sdederive.spec import transforms as T
 
 S = sd.sym
 
@@ -109,7 +109,7 @@ def test_registered_rule_is_used():
         var = sde.covariance[0, 0]
         assert sp.simplify(var - S("eta") * (Et(0, 2, S("grad"), S("sigma")) - Et(0, 1, S("grad"), S("sigma")) ** 2)) == 0
     finally:
-        from sdederive import expectation
+        from sdederive.derivation import expectation
 
         expectation._RULES.pop(sp.tanh, None)
 

@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+from sdederive.validators import problems
 
 import sdederive as sd
-from validators import problems
 
 
 def test_bundled_breast_cancer_is_scikit_learns_bit_for_bit():
@@ -32,7 +32,7 @@ def test_breast_cancer_needs_no_scikit_learn(monkeypatch):
 
 
 def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
-    from validators._runs import CheckResult
+    from sdederive.validators._runs import CheckResult
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(sd.SdederiveError, match=r"sdederive\[plot\]"):

@@ -43,10 +43,10 @@ import pytest
 import sympy as sp
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
+from sdederive.validators import OneStepResult, onestep_check
 
 import sdederive as sd
 from sdederive.errors import ExpectationError
-from validators import OneStepResult, onestep_check
 
 # No shrinking: each example is a Monte Carlo run; a failure is reported as drawn (with the table).
 # SDEDERIVE_MC_EXAMPLES raises the number of examples per case; SDEDERIVE_MC_RANDOM=1 draws new ones

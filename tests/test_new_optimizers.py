@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import sympy as sp
 from scipy import integrate, stats
+from sdederive.validators import onestep_check
 
 import sdederive as sd
-from sdederive._clip_moments import clip_moment
+from sdederive.derivation._clip_moments import clip_moment
 from sdederive.noise import Gaussian, StudentT
-from validators import onestep_check
 
 N = 1_000_000
 eta_s = sd.sym("eta")

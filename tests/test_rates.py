@@ -12,9 +12,9 @@ import pytest
 import sympy as sp
 
 import sdederive as sd
-from sdederive import rates
-from sdederive.assumptions import Anisotropic, Assumptions, Smooth
-from sdederive.ito import generator
+from sdederive.analysis import rates
+from sdederive.analysis.assumptions import Anisotropic, Assumptions, Smooth
+from sdederive.analysis.ito import generator
 
 eta, sigma, grad, hess, h = (sd.sym(n) for n in ("eta", "sigma", "grad", "hess", "h"))
 t = sd.sym("t")
@@ -223,7 +223,7 @@ def test_latex_and_json_of_a_bound():
 
 
 def test_cli_rate(capsys):
-    from sdederive.cli import main
+    from sdederive.cli.main import main
 
     assert main(["rate", "signsgd", "--assume", "pl,anisotropic", "--latex"]) == 0
     assert r"\|L\|_{1}" in capsys.readouterr().out

@@ -17,10 +17,10 @@ import pytest
 import sympy as sp
 
 import sdederive as sd
-from sdederive.cli import main
-from sdederive.codegen.lower import CodegenError
-from sdederive.codegen.spec import sde_spec
-from sdederive.expectation import is_zero
+from sdederive.cli.main import main
+from sdederive.derivation.expectation import is_zero
+from sdederive.simulate.lower import CodegenError
+from sdederive.simulate.spec import sde_spec
 
 S = sd.sym
 eta, grad, sigma, t = S("eta"), S("grad"), S("sigma"), S("t")

@@ -12,8 +12,8 @@ import pytest
 from numba import njit
 from scipy import stats
 
-from sdederive.codegen import rng
-from sdederive.codegen.rng_c import CUDA_SOURCE
+from sdederive.simulate.rng import philox as rng
+from sdederive.simulate.rng.philox_c import CUDA_SOURCE
 from tests.helpers import CUDA_BUILTINS_ON_HOST
 
 # Random123 tests/kat_vectors (philox4x32 10): counter, key -> expected

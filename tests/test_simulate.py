@@ -13,8 +13,8 @@ import pytest
 from numba import njit
 
 import sdederive as sd
-from sdederive.codegen import rng
 from sdederive.problems import Custom, LogisticRegression, Quadratic
+from sdederive.simulate.rng import philox as rng
 
 
 @njit
@@ -263,7 +263,7 @@ def test_cli_simulate_json(tmp_path):
     import contextlib
     import io
 
-    from sdederive.cli import main
+    from sdederive.cli.main import main
 
     f = tmp_path / "quad.json"
     f.write_text(json.dumps({"kind": "quadratic", "h": [1, 10], "sigma": [1, 1], "noise": "gaussian",
@@ -309,9 +309,10 @@ def test_editing_the_random_number_code_renames_every_kernel(monkeypatch):
     routine gives a new module (never a cached kernel with the old code linked in)."""
     import hashlib
 
-    from sdederive.codegen import kernel_support, numba_backend, rng
-    from sdederive.codegen.spec import sde_spec
     from sdederive.problems import Quadratic
+    from sdederive.simulate.backends import kernel_support, numba_backend
+    from sdederive.simulate.rng import philox as rng
+    from sdederive.simulate.spec import sde_spec
 
     for mod in (rng, kernel_support):
         assert mod.SOURCE_HASH == hashlib.sha256(open(mod.__file__, "rb").read()).hexdigest()

@@ -17,7 +17,7 @@ import pytest
 
 import sdederive as sd
 from sdederive import sweep
-from sdederive.batchsize import sign_noise_scale
+from sdederive.analysis.batchsize import sign_noise_scale
 from sdederive.sweep.cli import surge_problem
 
 D, RHO, C = 20, 0.5, 0.04
@@ -128,7 +128,7 @@ def test_resume_after_a_killed_sweep(tmp_path):
 
 
 def test_cli_sweep(tmp_path, capsys):
-    from sdederive.cli import main
+    from sdederive.cli.main import main
 
     toml = tmp_path / "grid.toml"
     toml.write_text(textwrap.dedent("""

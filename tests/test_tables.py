@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sdederive.validators import compare
 
 import sdederive as sd
 from sdederive.sweep.analysis import Optimum, SweepResult
-from validators import compare
 
 
 @pytest.fixture(scope="module")

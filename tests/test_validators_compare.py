@@ -15,9 +15,7 @@ import os
 
 import numpy as np
 import pytest
-
-import sdederive as sd
-from validators import (
+from sdederive.validators import (
     Comparison,
     ValidationError,
     assert_sde_matches,
@@ -26,8 +24,10 @@ from validators import (
     problems,
     weak_order,
 )
-from validators.cli import add_validate_parser, run_validate
-from validators.reporting import atomic_write, atomic_write_text
+from sdederive.validators.cli import add_validate_parser, run_validate
+from sdederive.validators.reporting import atomic_write, atomic_write_text
+
+import sdederive as sd
 
 H, SIGMA, X0 = 1.0, 0.5, 2.0
 ETAS = [0.2, 0.1, 0.05]

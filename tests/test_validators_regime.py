@@ -10,11 +10,11 @@ import warnings
 
 import numpy as np
 import pytest
+from sdederive.validators import ValidationError, compare, problems
+from sdederive.validators.cli import add_validate_parser, run_validate
 
 import sdederive as sd
-from sdederive.regime_check import RegimeWarning, regime_check
-from validators import ValidationError, compare, problems
-from validators.cli import add_validate_parser, run_validate
+from sdederive.analysis.regime_check import RegimeWarning, regime_check
 
 
 def _snr_by_hand(bc) -> np.ndarray:
@@ -121,8 +121,7 @@ def test_svag_makes_the_noise_dominated_weak_error_shrink_at_a_fixed_noise_level
 
 def test_keep_final_distributions_under_heavy_tailed_noise():
     from scipy import stats
-
-    from validators import compare_final
+    from sdederive.validators import compare_final
 
     eta, nu, paths, steps = 0.5, 3, 20000, 60
     p = sd.Quadratic(h=[1.0], sigma=[1.0], x0=[0.0], noise="student-t", nu=nu)

@@ -4,7 +4,7 @@ Each function runs the discrete optimizer compiled by :func:`sdederive.compile` 
 truth: the same sympy update rule the SDEs are derived from), compares what it measures with the
 prediction, and returns a :class:`CheckResult` (``passed``, headline ``figures``, a table, the
 criteria, a ``plot(path)``).  Wherever the package derives the prediction
-(:func:`sdederive.scaling_rule`, :func:`sdederive.stationary`) the check uses that derived
+(:func:`sdederive.scaling_rule`, :func:`sdederive.analysis.stationary`) the check uses that derived
 expression, not a formula copied from the paper; the paper's formula is reported next to it.
 
 Every check takes its sizes (paths, steps, grids) as arguments; the defaults are small (test
@@ -774,8 +774,8 @@ def adagrad_vs_sgd_batch(d: int = 32, budget: int = 2**12, batch_sizes: Sequence
 
 
 def _predictor(kind: str, G: np.ndarray, H: np.ndarray, sig: np.ndarray):
-    """``(noise scale object, curve B -> eps_opt compared with the measurement)`` from sdederive.batchsize."""
-    from sdederive import batchsize as bs
+    """``(noise scale object, curve B -> eps_opt compared with the measurement)`` from sdederive.analysis.batchsize."""
+    from sdederive.analysis import batchsize as bs
 
     if kind == "mccandlish":
         ns = bs.sgd_noise_scale(G, H, np.diag(sig**2))
@@ -835,7 +835,7 @@ def optimal_lr_vs_batch(update: str = "sign", *, prediction: str = "auto", d: in
                         z: float = 3.0, rtol: float = 0.1, peak_tol: float = 1.6) -> CheckResult:
     r"""Optimal one-step learning rate against batch size: McCandlish for SGD, the surge for sign updates.
 
-    Predictions (``sdederive.batchsize``, [RB] §1.3, §2.3-2.5, §4 items 1-5, 12-25):
+    Predictions (``sdederive.analysis.batchsize``, [RB] §1.3, §2.3-2.5, §4 items 1-5, 12-25):
 
     * ``update="sgd"`` ([RB] §1.3, 5A model: ``d = 20``, ``h = logspace(0, -2, d)``, per-example noise
       variance ``20 h``, ``theta = 1``): :math:`\epsilon_{opt}(B)=\epsilon_{max}/(1+\mathcal B_{noise}/B)`

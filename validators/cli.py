@@ -27,7 +27,7 @@ _DESCRIPTION = (
     "slope against eta). --report DIR writes report.md, report.json and comparison.png (each atomically).\n\n"
     "With --tol, PASSED needs the upper CI bound of the weak error below TOL at every eta and the error shrinking "
     "with eta: the fitted order's lower CI bound above half the claimed order (--expected-order, default the "
-    "SDE's order); one eta is inconclusive. A regime check (sdederive.regime_check) warns when the problem does "
+    "SDE's order); one eta is inconclusive. A regime check (sdederive.analysis.regime_check) warns when the problem does "
     "not scale as the SDE's regime assumes (--strict refuses).\n\n"
     "--problem is a JSON problem file (as for `sdederive simulate`) or a built-in: quadratic (default: d = 10, "
     "h = geomspace(0.1, 10), sigma = 1, x0 = 1), breast-cancer (logistic regression on the Wisconsin data, "
@@ -37,16 +37,16 @@ _DESCRIPTION = (
 
 def _formatter():
     try:  # the same fixed-width help layout as the other sdederive commands
-        from sdederive.cli import _Formatter
+        from sdederive.cli._common import Formatter
 
-        return _Formatter
+        return Formatter
     except ImportError:  # pragma: no cover
         return argparse.RawDescriptionHelpFormatter
 
 
 def add_validate_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``validate`` to ``subparsers`` (from ``parser.add_subparsers()``); returns its parser."""
-    from sdederive import optimizers as opt_mod
+    from sdederive.spec import optimizers as opt_mod
 
     from .problems import names as problem_names
 
@@ -136,8 +136,8 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
     try:
         import warnings
 
-        from sdederive.cli import _kv_list  # the NAME=VALUE parser of every sdederive command
-        from sdederive.regime_check import RegimeWarning
+        from sdederive.analysis.regime_check import RegimeWarning
+        from sdederive.cli._common import kv_list  # the NAME=VALUE parser of every sdederive command
 
         from .compare import compare
 
@@ -151,7 +151,7 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
             res = compare(
                 args.optimizer, problem, etas=_floats(args.etas, "--etas"), paths=args.paths, horizon=args.horizon,
                 observables=[o.strip() for o in str(args.observables).split(",") if o.strip()],
-                hyper=_kv_list(args.hp, "--hp"), regime=args.regime, seed=args.seed, replicates=args.replicates,
+                hyper=kv_list(args.hp, "--hp"), regime=args.regime, seed=args.seed, replicates=args.replicates,
                 tol=args.tol, backend=args.backend, n_points=args.points, progress=args.progress,
                 expected_order=args.expected_order, order_tol=args.order_tol, scheme=args.scheme,
                 svag=getattr(args, "svag", None), strict=getattr(args, "strict", False))

@@ -81,11 +81,11 @@ Tolerance
     :math:`\max_t h(t)` below ``tol/2`` a :class:`ValidationError` says how many paths are needed.
 
 Regime check
-    Before running, :func:`sdederive.regime_check.regime_check` measures on the problem the quantities the
+    Before running, :func:`sdederive.analysis.regime_check.regime_check` measures on the problem the quantities the
     SDE's regime scales (``|grad|/sigma`` per coordinate at ``x0``; across the step sizes the
     powers of ``eta`` of ``1 - beta`` and of ``sigma``).  A fixed data set has a fixed ``sigma``,
     which the noise-dominated regime (``sigma = sigma0/eta``) does not fit: the weak error then
-    need not shrink with ``eta``.  A failed check is a :class:`~sdederive.regime_check.RegimeWarning`
+    need not shrink with ``eta``.  A failed check is a :class:`~sdederive.analysis.regime_check.RegimeWarning`
     and a note naming the regimes that fit; ``strict=True`` refuses.
 
 SVAG
@@ -116,10 +116,10 @@ import numpy as np
 import sympy as sp
 
 import sdederive as sd
-from sdederive import optimizers as opt_mod
 from sdederive.errors import DivergenceError
 from sdederive.problems import LogisticRegression, Problem, Quadratic
 from sdederive.sde import SDE
+from sdederive.spec import optimizers as opt_mod
 from sdederive.symbols import sym
 
 from . import reporting
@@ -557,7 +557,7 @@ def _extract(res, key: str, coord: int | None) -> np.ndarray:
 def _run_pair(c, n: int, seed: int, substeps: int):
     import warnings
 
-    from sdederive.regime_check import RegimeWarning
+    from sdederive.analysis.regime_check import RegimeWarning
 
     out = []
     for sim, kw in ((c.disc, {}), (c.sde, {"substeps": substeps})):
@@ -713,7 +713,7 @@ def _coupling(disc_sim, sde_sim, eta: float, hyper: dict, seed: int, n_seeds: in
     Near +1: coupled; near -1: coupled with the opposite sign of the noise; near 0: independent."""
     import warnings
 
-    from sdederive.regime_check import RegimeWarning
+    from sdederive.analysis.regime_check import RegimeWarning
 
     k0, _ = sde_sim.initial_state(sde_sim.resolve_hyper(eta, hyper))
     names = [o for o in disc_sim.spec.outputs if o in sde_sim.spec.outputs]
@@ -819,7 +819,7 @@ def compare(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), path
     svag: run the discrete side as SVAG (Malladi et al. 2022) with multiplier ``l = svag*max(etas)/eta``
         at each ``eta`` (see the module docstring): the noise-dominated limit on a fixed data set.
     strict: refuse (:class:`ValidationError`) when the regime check fails, instead of a
-        :class:`~sdederive.regime_check.RegimeWarning` and a note.
+        :class:`~sdederive.analysis.regime_check.RegimeWarning` and a note.
     """
     t_all = time.perf_counter()
     opt = opt_mod.get(optimizer)
@@ -1018,11 +1018,11 @@ def _pilot_check(cases, obs_keys, tol_d, q, paths, R, seed, substeps, level, sim
 
 
 def _regime_check(sde_obj, disc0, problems, etas_a, hypers, svag_l, prob0, strict: bool):
-    """:func:`sdederive.regime_check.regime_check` over the etas (full discrete hyperparameters; with SVAG on logistic
+    """:func:`sdederive.analysis.regime_check.regime_check` over the etas (full discrete hyperparameters; with SVAG on logistic
     regression the noise amplification ``l``); a :class:`RegimeWarning`, or with ``strict`` a refusal."""
     import warnings
 
-    from sdederive.regime_check import RegimeWarning, regime_check
+    from sdederive.analysis.regime_check import RegimeWarning, regime_check
 
     full = [disc0.resolve_hyper(float(e), h) for e, h in zip(etas_a, hypers)]
     if svag_l is not None and isinstance(prob0, LogisticRegression):

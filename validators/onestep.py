@@ -79,10 +79,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from sdederive import derive
 from sdederive import noise as noise_mod
-from sdederive import optimizers as opt_mod
+from sdederive.derivation.engine import derive
 from sdederive.sde import SDE
+from sdederive.spec import optimizers as opt_mod
 from sdederive.symbols import sym
 
 __all__ = ["onestep_check", "OneStepResult"]
@@ -376,7 +376,7 @@ def onestep_check(
 
     Parameters
     ----------
-    optimizer, noise, regime, order, noise_params: as for :func:`sdederive.derive`.
+    optimizer, noise, regime, order, noise_params: as for :func:`sdederive.derivation.engine`.
     point: numeric values of the SDE-level symbols (``sde.symbols`` except ``eta``; ``t`` is rounded
         to a whole number of steps ``k = t/tau``, a multiple of ``tau(2 eta)/tau(eta)`` with step
         doubling, at least one doubled step), plus optionally values of discrete states that are

@@ -5,7 +5,7 @@ report (the table of weak errors, their confidence intervals, the fitted order, 
 
     # tests/test_my_optimizer.py
     import sdederive as sd
-    from validators.testing import assert_sde_matches, assert_weak_order
+    from sdederive.validators.testing import assert_sde_matches, assert_weak_order
 
     def test_sgd_sde_is_weak_order_one():
         problem = sd.Quadratic(h=[1.0], sigma=[0.5], x0=[2.0])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SdederiveError
+from sdederive.errors import SdederiveError
 
 __all__ = ["SweepResult", "Optimum"]
 
@@ -71,13 +71,13 @@ class Optimum:
 
     def to_pandas(self):
         """``by``, the optimal ``param`` and its bootstrap band, one row per group (``pandas`` extra)."""
-        from .._tables import pandas
+        from sdederive._tables import pandas
 
         return pandas().DataFrame({self.by: self.groups, self.param: self.best, "band_lo": self.lo, "band_hi": self.hi})
 
     def to_latex(self, caption: str | None = None, label: str | None = None) -> str:
         """A booktabs table of the optimum per group for a paper."""
-        from .._tables import booktabs, tex_escape
+        from sdederive._tables import booktabs, tex_escape
 
         return booktabs(self.to_pandas(), caption=caption or tex_escape(
             f"Optimal {self.param} ({self.metric}) against {self.by}, with the bootstrap band over seeds."), label=label)
@@ -92,7 +92,7 @@ class Optimum:
         """Optimum vs ``by`` on log-log axes with the bootstrap band and the fits made so far; written
         to ``path`` when given (format from the suffix: PDF, SVG, EPS or PNG).  Returns the
         :class:`matplotlib.figure.Figure`."""
-        from .. import _figures as F
+        from sdederive import _figures as F
 
         if path is not None:
             F.figure_format(path)
@@ -128,7 +128,7 @@ class SweepResult:
 
     def to_pandas(self):
         """The rows (one per cell: its settings and results) as a :class:`pandas.DataFrame`."""
-        from .._tables import pandas
+        from sdederive._tables import pandas
 
         return pandas().DataFrame(self.rows)
 

@@ -30,7 +30,7 @@ import sys
 
 import numpy as np
 
-from ..errors import SdederiveError, UnknownNameError
+from sdederive.errors import SdederiveError, UnknownNameError
 
 __all__ = ["add_sweep_parser", "run_sweep", "surge_problem"]
 
@@ -38,7 +38,7 @@ __all__ = ["add_sweep_parser", "run_sweep", "surge_problem"]
 def surge_problem(d: int = 100, rho: float = 0.5, c: float = 0.02):
     """Li et al.'s §5B set-up: ``H = (1-rho) I + rho 11^T``, start where the gradient is ``c*1``,
     per-example noise ``sigma_i = 1`` (a sweep's ``B`` axis divides it by ``sqrt(B)``)."""
-    from ..problems import Quadratic
+    from sdederive.problems import Quadratic
 
     for name, v in (("d", d), ("rho", rho), ("c", c)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
@@ -51,7 +51,7 @@ def surge_problem(d: int = 100, rho: float = 0.5, c: float = 0.02):
     if d > 1 and not -1.0 / (d - 1) < rho < 1:
         raise SdederiveError(f"surge preset: rho={rho!r} makes H = (1-rho) I + rho 11^T singular or indefinite "
                              f"(d={d}); allowed: {-1.0 / (d - 1):.4g} < rho < 1")
-    from .._memory import check_memory
+    from sdederive.simulate._memory import check_memory
 
     check_memory(8.0 * 3 * d * d, f"the surge preset with d={d} (dense {d}x{d} H)")
     H = (1 - rho) * np.eye(d) + rho * np.ones((d, d))
@@ -83,16 +83,16 @@ def _count(spec: dict, key: str) -> int:
 
 
 def add_sweep_parser(sub) -> None:
-    from ..cli import _examples, _Formatter
+    from sdederive.cli._common import Formatter, examples
 
     p = sub.add_parser(
         "sweep", help="run a grid of simulations (optimizer x eta x batch size x seed) and analyse it",
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
         description="Run every cell of the grid in a TOML file on a local process pool or a Dask cluster "
         "(--scheduler), writing one Parquet row per finished cell to --out; --resume skips finished cells. "
         "With an [analysis] table, prints the optimal eta per batch size with a bootstrap band, fits the "
         "surge or McCandlish curve and writes optimal.png.",
-        epilog=_examples("sdederive sweep grid.toml --out results/", "sdederive sweep grid.toml --out results/ --resume",
+        epilog=examples("sdederive sweep grid.toml --out results/", "sdederive sweep grid.toml --out results/ --resume",
                          "sdederive sweep grid.toml --out results/ --scheduler tcp://127.0.0.1:8786"),
     )
     p.add_argument("file", metavar="GRID.toml", help="sweep description (see `sdederive sweep --help` and docs)")
@@ -105,9 +105,9 @@ def add_sweep_parser(sub) -> None:
 
 
 def run_sweep(args, out=sys.stdout) -> int:
-    from ..problems import from_dict
-    from .grid import Grid
-    from .runner import run
+    from sdederive.problems import from_dict
+    from sdederive.sweep.grid import Grid
+    from sdederive.sweep.runner import run
 
     spec = _load(args.file)
     unknown = sorted(set(spec) - {"steps", "paths", "mode", "problem", "grid", "analysis"})
@@ -143,7 +143,7 @@ def run_sweep(args, out=sys.stdout) -> int:
 
         client = Client(args.scheduler)
         executor = client.get_executor()
-    from . import store
+    from sdederive.sweep import store
 
     try:
         res = run(grid, problem, steps=steps, paths=paths,

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..errors import SdederiveError
+from sdederive.errors import SdederiveError
 
 __all__ = ["Grid", "cell_id"]
 

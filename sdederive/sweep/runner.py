@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SdederiveError
-from ..problems import LogisticRegression, Problem, Quadratic
-from . import store
-from .grid import RESERVED, Grid, cell_id
+from sdederive.errors import SdederiveError
+from sdederive.problems import LogisticRegression, Problem, Quadratic
+from sdederive.sweep import store
+from sdederive.sweep.grid import RESERVED, Grid, cell_id
 
 __all__ = ["run", "run_cell", "with_batch"]
 
@@ -63,7 +63,7 @@ def run_cell(cell: dict, problem: Problem, steps: int, paths: int, mode: str = "
     obj = sd.optimizers.get(name) if mode == "discrete" else sd.derive(name)
     sim = sd.compile(obj, prob, backend=cell.get("backend", "numba"))
     t1 = time.perf_counter()
-    from ..errors import DivergenceError
+    from sdederive.errors import DivergenceError
 
     try:
         res = sim.run(paths=paths, steps=steps, eta=float(cell["eta"]), hyper=hyper, seed=int(cell.get("seed", 0)),
@@ -106,8 +106,8 @@ def _run_key(problem: Problem, steps: int, paths: int, mode: str) -> dict:
     import hashlib
     import json
 
-    from .. import __version__
-    from .._json import finite_or_none
+    from sdederive import __version__
+    from sdederive._json import finite_or_none
 
     try:
         pdesc = json.dumps(finite_or_none(problem.to_dict()), sort_keys=True, default=str)
@@ -122,8 +122,7 @@ def _validate_cells(grid: Grid, problem: Problem, mode: str) -> None:
     hyperparameters (names and ranges), the modes (and, for ``"sde"``, that the SDE can be derived), the
     backends, and the problem at every batch size.  Each distinct combination is built once."""
     import sdederive as sd
-
-    from ..simulate import _BACKENDS
+    from sdederive.simulate.simulator import _BACKENDS
 
     seen: set = set()
     for c in grid.cells():
@@ -145,7 +144,7 @@ def _validate_cells(grid: Grid, problem: Problem, mode: str) -> None:
         if ("B", c.get("B")) not in seen:
             seen.add(("B", c.get("B")))
             with_batch(problem, c.get("B"))
-    from ..hyper import check_value
+    from sdederive.spec.hyper import check_value
 
     for v in grid.axes["eta"]:
         check_value("eta", "lr", v)
@@ -168,8 +167,8 @@ def run(grid: Grid, problem: Problem, steps: int = 1000, paths: int = 1000, *, e
     ``out``: results directory (Parquet parts, then ``results.parquet``); ``resume``: skip the cells
     already in ``out``; ``mode``: ``"discrete"`` (the optimizer) or ``"sde"``.
     """
-    from ..simulate import check_run_args
-    from .analysis import SweepResult
+    from sdederive.simulate.simulator import check_run_args
+    from sdederive.sweep.analysis import SweepResult
 
     if not isinstance(grid, Grid):
         raise SdederiveError(f"run() needs a sd.sweep.Grid, got {type(grid).__name__}")

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._atomic import atomic_write
-from ..errors import SdederiveError
+from sdederive._atomic import atomic_write
+from sdederive.errors import SdederiveError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -39,7 +39,7 @@ def _arrow():
 def check_writable(out: str | Path) -> Path:
     """Create the results directory ``out`` if needed and check that files can be written in it, before any
     cell runs (not after all the work): refuses a path that is a file or an unwritable directory."""
-    from .._outdir import check_output_dir
+    from sdederive._outdir import check_output_dir
 
     return check_output_dir(out, "sweep results directory (--out)")
 

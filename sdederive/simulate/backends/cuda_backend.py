@@ -1,0 +1,425 @@
+r"""CUDA backend: CUDA C generated from the same :class:`~sdederive.simulate.spec.KernelSpec` as the
+numba backend, one thread per path, compiled with ``cupy.RawModule`` on a GPU machine.
+
+``step_kernel`` advances each path through a chunk of steps with its state in per-thread arrays
+(``d`` and the number of states are compile-time constants, so small states stay in registers);
+``obs_kernel`` writes each path's observables (loss, ``|x|^2``, the states in the discrete
+optimizer's variables) and CuPy reduces them over paths.  The Philox/Box–Muller code is
+:data:`~sdederive.simulate.rng.philox_c.CUDA_SOURCE`, the same algorithm and constants as the CPU side.
+
+Without a GPU the source can still be compiled, which is what CI does: :func:`compile_check` runs
+NVRTC through ``cuda-bindings`` (or a system ``nvcc``) for ``sm_90``, so a printing bug fails CI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import sympy as sp
+
+from sdederive.simulate.lower import CodegenError, cse_assignments, print_c
+from sdederive.simulate.rng.philox_c import CUDA_SOURCE
+from sdederive.simulate.spec import KernelSpec, check_names
+
+__all__ = ["generate", "compile_check", "CudaSource", "nvrtc_available"]
+
+
+def _sig(spec: KernelSpec, what: str, real: str) -> str:
+    st = [f"{real} s_{s}" for s in spec.states]
+    hp = [f"{real} hp_{h}" for h in spec.scalars]
+    if what == "coef":
+        names = [f"a_{s}" for s in spec.states] + [f"b_{s}_{j}" for j in range(spec.n_sources) for s in spec.states]
+        args = st + [f"{real} gr", f"{real} hs", f"{real} sg", f"{real} tt"] + hp
+    elif what == "upd":
+        names = [f"n_{s}" for s in spec.states]
+        args = st + [f"{real} gv", f"{real} kk"] + hp
+    else:
+        names = [f"o_{o}" for o in spec.outputs]
+        args = st + hp
+    outs = [f"{real} *out_{n}" for n in names]
+    return ", ".join(args + outs), names
+
+
+def _device_fn(name: str, spec: KernelSpec, a, what: str, real: str) -> str:
+    sig, names = _sig(spec, what, real)
+    body = print_c(a, "    ", real)
+    stores = "\n".join(f"    *out_{n} = {n};" for n in names)
+    return f"__device__ __forceinline__ void {name}({sig}) {{\n{body}\n{stores}\n}}\n"
+
+
+def _custom_fragment(problem, real: str) -> str:
+    xs = problem.xs
+    # a symbol named "xv[i]" prints as the array element (the C printer wants ranges for Indexed)
+    sub = {x: sp.Symbol(f"xv[{i}]", real=True) for i, x in enumerate(xs)}
+    g = cse_assignments([(f"g_{i}", sp.diff(problem.f, x).xreplace(sub)) for i, x in enumerate(xs)], "c")
+    h = cse_assignments([(f"h_{i}", sp.diff(problem.f, x, 2).xreplace(sub)) for i, x in enumerate(xs)], "e")
+    lo = cse_assignments([("loss", problem.f.xreplace(sub))], "f")
+    gs = "\n".join(f"    GR[{i}] = g_{i};" for i in range(len(xs)))
+    hs = "\n".join(f"        HS[{i}] = h_{i};" for i in range(len(xs)))
+    return (f"__device__ void prob_grad(const real *xv, real *GR, real *HS, real *SG, const double *PV, "
+            f"const double *PM, const double *PL, const double *PY, real *W, bool need_hs, bool need_sg) {{\n"
+            f"{print_c(g, '    ', REAL[0])}\n{gs}\n    if (need_hs) {{\n{print_c(h, '        ', REAL[0])}\n{hs}\n    }}\n}}\n"
+            f"__device__ real prob_loss(const real *xv, const double *PV, const double *PM, const double *PL, "
+            f"const double *PY, real *W) {{\n{print_c(lo, '    ', REAL[0])}\n    return loss;\n}}\n")
+
+
+REAL = ["double"]  # set per generation (the custom fragment prints with it)
+
+_PROBLEM = {
+    "quadratic_diag": r"""
+__device__ void prob_grad(const real *xv, real *GR, real *HS, real *SG, const double *PV, const double *PM,
+                          const double *PL, const double *PY, real *W, bool need_hs, bool need_sg) {
+    for (int i = 0; i < D; ++i) GR[i] = (real)PV[i] * xv[i];
+    if (need_hs) for (int i = 0; i < D; ++i) HS[i] = (real)PV[i];
+}
+__device__ real prob_loss(const real *xv, const double *PV, const double *PM, const double *PL, const double *PY,
+                          real *W) {
+    real acc = 0;
+    for (int i = 0; i < D; ++i) acc += (real)0.5 * (real)PV[i] * xv[i] * xv[i];
+    return acc;
+}
+""",
+    "quadratic_dense": r"""
+__device__ void prob_grad(const real *xv, real *GR, real *HS, real *SG, const double *PV, const double *PM,
+                          const double *PL, const double *PY, real *W, bool need_hs, bool need_sg) {
+    for (int i = 0; i < D; ++i) {
+        real acc = 0;
+        for (int j = 0; j < D; ++j) acc += (real)PM[i * D + j] * xv[j];
+        GR[i] = acc;
+    }
+    if (need_hs) for (int i = 0; i < D; ++i) HS[i] = (real)PM[i * D + i];
+}
+__device__ real prob_loss(const real *xv, const double *PV, const double *PM, const double *PL, const double *PY,
+                          real *W) {
+    real acc = 0;
+    for (int i = 0; i < D; ++i) {
+        real r = 0;
+        for (int j = 0; j < D; ++j) r += (real)PM[i * D + j] * xv[j];
+        acc += (real)0.5 * xv[i] * r;
+    }
+    return acc;
+}
+""",
+    "logistic": r"""
+__device__ void prob_grad(const real *xv, real *GR, real *HS, real *SG, const double *PV, const double *PM,
+                          const double *PL, const double *PY, real *W, bool need_hs, bool need_sg) {
+    const real l2 = (real)PV[0];
+    for (int i = 0; i < D; ++i) { GR[i] = 0; if (need_hs) HS[i] = 0; if (need_sg) SG[i] = 0; }
+    for (int j = 0; j < NEX; ++j) {
+        real mg = 0;
+        for (int i = 0; i < D; ++i) mg += (real)PM[j * D + i] * xv[i];
+        mg *= (real)PY[j];
+        real s = (real)1 / ((real)1 + exp(mg));
+        W[j] = -(real)PY[j] * s;
+        for (int i = 0; i < D; ++i) GR[i] += W[j] * (real)PM[j * D + i];
+        if (need_hs) { real w = s * ((real)1 - s); for (int i = 0; i < D; ++i) HS[i] += w * (real)(PM[j * D + i] * PM[j * D + i]); }
+    }
+    for (int i = 0; i < D; ++i) GR[i] /= (real)NEX;
+    if (need_sg) {
+        const real B = (real)PV[1];
+        for (int j = 0; j < NEX; ++j)
+            for (int i = 0; i < D; ++i) { real c = W[j] * (real)PM[j * D + i] - GR[i]; SG[i] += c * c; }
+        for (int i = 0; i < D; ++i) SG[i] = sqrt(SG[i] / ((real)NEX * B));
+    }
+    for (int i = 0; i < D; ++i) { GR[i] += l2 * xv[i]; if (need_hs) HS[i] = HS[i] / (real)NEX + l2; }
+}
+__device__ real prob_loss(const real *xv, const double *PV, const double *PM, const double *PL, const double *PY,
+                          real *W) {
+    real acc = 0, r = 0;
+    for (int j = 0; j < NEX; ++j) {
+        real mg = 0;
+        for (int i = 0; i < D; ++i) mg += (real)PM[j * D + i] * xv[i];
+        mg *= -(real)PY[j];
+        acc += (mg > 0 ? mg : (real)0) + log1p(exp(-fabs(mg)));
+    }
+    for (int i = 0; i < D; ++i) r += xv[i] * xv[i];
+    return acc / (real)NEX + (real)0.5 * (real)PV[0] * r;
+}
+""",
+}
+
+
+def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "float64") -> str:
+    """CUDA C source of ``step_kernel`` and ``obs_kernel`` (``extern "C"``)."""
+    check_names(spec)
+    real = "float" if dtype == "float32" else "double"
+    REAL[0] = real
+    S, d = len(spec.states), problem.d
+    nout = len(spec.outputs)
+    kind = problem.kind
+    corr = spec.noise_form == "corr"
+    nex = problem.n if kind == "logistic" else 1
+    r = spec.n_sources
+    if spec.mode == "discrete":
+        nz = "0" if (kind == "logistic" or problem.noise == "student-t") else "D"
+    else:
+        nz = "NEX" if (corr and kind == "logistic") else ("D" if corr else f"{r} * D")
+    need_hs = "true" if "hs" in spec.uses else "false"
+    need_sg = "true" if (kind == "logistic" and spec.mode == "sde") else "false"
+    hp_args = "".join(f", hp_{h}" for h in spec.scalars)
+    L: list[str] = []
+    w = L.append
+    w(f"#define D {d}\n#define S {S}\n#define NEX {nex}\n#define NZ ({nz})\n#define NZ4 (((NZ) + 3) / 4 * 4)")
+    w(f"typedef {real} real;")
+    w(CUDA_SOURCE)
+    w(_custom_fragment(problem, real) if kind == "custom" else _PROBLEM[kind])
+    if spec.mode == "sde":
+        w(_device_fn("coef", spec, spec.coef, "coef", real))
+    else:
+        w(_device_fn("upd", spec, spec.upd, "upd", real))
+    w(_device_fn("obs", spec, spec.obs, "obs", real))
+    w('extern "C" __global__ void step_kernel(double *STATE, long long *DIV, long long k_begin, long long k_end,')
+    w("        int sub, double tau, unsigned int key0, unsigned int key1, const double *HP, const double *PV,")
+    w("        const double *PM, const double *PL, const double *PY, long long N) {")
+    w("    const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;")
+    w("    if (p >= N || DIV[p] >= 0) return;")
+    w("    const real dt = (real)(tau / sub);")
+    w("    const real sdt = sqrt(dt);")
+    for j, h in enumerate(spec.scalars):
+        w(f"    const real hp_{h} = (real)HP[{j}];")
+    w("    real X[S][D], GR[D], HS[D], SG[D], G[D], XI[D], W[NEX + 1];")
+    w("    double Z[NZ4 + 4];")
+    w("    for (int j = 0; j < S; ++j) for (int i = 0; i < D; ++i) X[j][i] = (real)STATE[(p * S + j) * D + i];")
+    # PV = [h, sigma, nu] for quadratic and custom problems, [l2, B] for logistic regression (SG computed)
+    sg0 = "0" if kind == "logistic" else "(real)PV[D + i]"
+    w(f"    for (int i = 0; i < D; ++i) {{ GR[i] = 0; HS[i] = 0; G[i] = 0; XI[i] = 0; SG[i] = {sg0}; }}")
+    if scheme == "weak2":
+        w("    real A0[S][D], B0[S][D], YB[S][D], YP[S][D], YM[S][D];")
+        w("    real GRB[D], GRP[D], GRM[D], HSB[D], HSP[D], HSM[D], SGB[D], SGP[D], SGM[D];")
+    w("    int bad = 0;")
+    w("    for (long long k = k_begin; k < k_end; ++k) {")
+    if spec.mode == "discrete":
+        w("        const unsigned int cstep = (unsigned int)k;")
+        w("        const real kk = (real)k;")
+        _c_discrete(w, spec, problem, hp_args)
+    else:
+        w("        for (int ss = 0; ss < sub; ++ss) {")
+        w("            const unsigned int cstep = (unsigned int)(k * sub + ss);")
+        w("            const real tt = (real)((k + (double)ss / sub) * tau);")
+        # the gradient first: the correlated increment of logistic regression uses its W and GR
+        w(f"            prob_grad(X[0], GR, HS, SG, PV, PM, PL, PY, W, {need_hs}, {need_sg});")
+        _c_fill(w, "            ")
+        if corr:
+            _c_corr(w, kind, "            ")
+        if scheme == "weak2":
+            _c_weak2(w, spec, hp_args, need_hs, need_sg)
+        else:
+            _c_euler(w, spec, hp_args, corr)
+        w("            if (bad) break;")
+        w("        }")
+    w("        if (bad) { DIV[p] = k + 1; break; }")
+    w("    }")
+    w("    for (int j = 0; j < S; ++j) for (int i = 0; i < D; ++i) STATE[(p * S + j) * D + i] = (double)X[j][i];")
+    w("}")
+    # observables
+    w('extern "C" __global__ void obs_kernel(const double *STATE, const long long *DIV, const double *HP,')
+    w("        const double *PV, const double *PM, const double *PL, const double *PY, double *OUT, long long p0,")
+    w("        long long N) {")
+    w("    const long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x;")
+    w("    const long long p = p0 + q;")
+    w("    if (p >= N) return;")
+    for j, h in enumerate(spec.scalars):
+        w(f"    const real hp_{h} = (real)HP[{j}];")
+    w(f"    double *o = OUT + q * (2 + {nout} * D);")
+    w("    real X[S][D], W[NEX + 1];")
+    w("    for (int j = 0; j < S; ++j) for (int i = 0; i < D; ++i) X[j][i] = (real)STATE[(p * S + j) * D + i];")
+    w("    o[0] = (double)prob_loss(X[0], PV, PM, PL, PY, W);")
+    w("    double sq = 0; for (int i = 0; i < D; ++i) sq += (double)X[0][i] * (double)X[0][i];")
+    w("    o[1] = sq;")
+    w("    for (int i = 0; i < D; ++i) {")
+    w(f"        real {', '.join(f'v{j}' for j in range(nout))};")
+    st = ", ".join(f"X[{j}][i]" for j in range(S))
+    outs = ", ".join(f"&v{j}" for j in range(nout))
+    w(f"        obs({st}{hp_args}, {outs});")
+    for j in range(nout):
+        w(f"        o[2 + {j} * D + i] = (double)v{j};")
+    w("    }")
+    w("}")
+    return "\n".join(L) + "\n"
+
+
+def _c_fill(w, ind) -> None:
+    w(f"{ind}for (int jb = 0; jb < NZ4 / 4; ++jb) sd_normal4(cstep, (sd_u32)jb, (sd_u32)p, 0u, key0, key1, &Z[4 * jb]);")
+
+
+def _c_corr(w, kind, ind) -> None:
+    if kind == "logistic":
+        w(f"{ind}{{ real swz = 0; for (int i = 0; i < D; ++i) XI[i] = 0;")
+        w(f"{ind}  for (int j = 0; j < NEX; ++j) {{ swz += (real)Z[j]; real cw = W[j] * (real)Z[j];")
+        w(f"{ind}    for (int i = 0; i < D; ++i) XI[i] += cw * (real)PM[j * D + i]; }}")
+        w(f"{ind}  const real scl = (real)1 / sqrt((real)NEX * (real)PV[1]);")
+        w(f"{ind}  for (int i = 0; i < D; ++i) XI[i] = (XI[i] - swz * (GR[i] - (real)PV[0] * X[0][i])) * scl; }}")
+    else:
+        w(f"{ind}for (int i = 0; i < D; ++i) {{ real acc = 0; for (int j = 0; j < D; ++j) acc += (real)PL[i * D + j] * (real)Z[j]; XI[i] = acc; }}")
+
+
+def _c_discrete(w, spec, problem, hp_args) -> None:
+    S = len(spec.states)
+    ind = "        "
+    if problem.kind == "logistic":
+        w(f"{ind}{{ const int Bm = (int)PV[1];")
+        w(f"{ind}  for (int i = 0; i < D; ++i) G[i] = 0;")
+        w(f"{ind}  for (int jb = 0; jb < (Bm + 3) / 4; ++jb) {{")
+        w(f"{ind}    sd_u32 c[4] = {{cstep, (sd_u32)jb, (sd_u32)p, 1u}}; sd_philox4x32(c, key0, key1);")
+        w(f"{ind}    for (int q = 0; q < 4 && 4 * jb + q < Bm; ++q) {{")
+        w(f"{ind}      const int jx = (int)(((sd_u64)c[q] * (sd_u64)NEX) >> 32);")
+        w(f"{ind}      real mg = 0; for (int i = 0; i < D; ++i) mg += (real)PM[jx * D + i] * X[0][i];")
+        w(f"{ind}      const real s = -(real)PY[jx] / ((real)1 + exp((real)PY[jx] * mg));")
+        w(f"{ind}      for (int i = 0; i < D; ++i) G[i] += s * (real)PM[jx * D + i]; }} }}")
+        w(f"{ind}  for (int i = 0; i < D; ++i) G[i] = G[i] / (real)Bm + (real)PV[0] * X[0][i]; }}")
+    else:
+        w(f"{ind}prob_grad(X[0], GR, HS, SG, PV, PM, PL, PY, W, false, false);")
+        if problem.noise == "student-t":
+            w(f"{ind}for (int i = 0; i < D; ++i) G[i] = GR[i] + SG[i] * (real)sd_student_t(PV[2 * D], cstep, (sd_u32)i, (sd_u32)p, key0, key1);")
+        else:
+            _c_fill(w, ind)
+            if getattr(problem, "Sigma", None) is not None:
+                _c_corr(w, "quadratic", ind)
+                w(f"{ind}for (int i = 0; i < D; ++i) G[i] = GR[i] + XI[i];")
+            else:
+                w(f"{ind}for (int i = 0; i < D; ++i) G[i] = GR[i] + SG[i] * (real)Z[i];")
+    news = ", ".join(f"&n{j}" for j in range(S))
+    st = ", ".join(f"X[{j}][i]" for j in range(S))
+    w(f"{ind}for (int i = 0; i < D; ++i) {{")
+    w(f"{ind}    real {', '.join(f'n{j}' for j in range(S))};")
+    w(f"{ind}    upd({st}, G[i], kk{hp_args}, {news});")
+    for j in range(S):
+        w(f"{ind}    X[{j}][i] = n{j}; if (!isfinite(n{j})) bad = 1;")
+    w(f"{ind}}}")
+
+
+def _c_euler(w, spec, hp_args, corr) -> None:
+    S, r = len(spec.states), spec.n_sources
+    ind = "            "
+    st = ", ".join(f"X[{j}][i]" for j in range(S))
+    names = [f"a{j}" for j in range(S)] + [f"b{j}_{q}" for q in range(r) for j in range(S)]
+    w(f"{ind}for (int i = 0; i < D; ++i) {{")
+    w(f"{ind}    real {', '.join(names)};")
+    w(f"{ind}    coef({st}, GR[i], HS[i], SG[i], tt{hp_args}, {', '.join('&' + n for n in names)});")
+    for j in range(S):
+        noise = f" + b{j}_0 * (sdt * XI[i])" if corr else "".join(
+            f" + b{j}_{q} * (sdt * (real)Z[{q} * D + i])" for q in range(r))
+        w(f"{ind}    const real y{j} = X[{j}][i] + a{j} * dt{noise};")
+    for j in range(S):
+        w(f"{ind}    X[{j}][i] = y{j}; if (!isfinite(y{j})) bad = 1;")
+    w(f"{ind}}}")
+
+
+def _c_weak2(w, spec, hp_args, need_hs, need_sg) -> None:
+    S = len(spec.states)
+    ind = "            "
+    st = ", ".join(f"X[{j}][i]" for j in range(S))
+    ab = [f"a{j}" for j in range(S)] + [f"b{j}" for j in range(S)]
+    w(f"{ind}for (int i = 0; i < D; ++i) {{")
+    w(f"{ind}    real {', '.join(ab)};")
+    w(f"{ind}    coef({st}, GR[i], HS[i], SG[i], tt{hp_args}, {', '.join('&' + n for n in ab)});")
+    w(f"{ind}    const real dw = sdt * (real)Z[i];")
+    for j in range(S):
+        w(f"{ind}    A0[{j}][i] = a{j}; B0[{j}][i] = b{j};")
+        w(f"{ind}    YB[{j}][i] = X[{j}][i] + a{j} * dt + b{j} * dw;")
+        w(f"{ind}    YP[{j}][i] = X[{j}][i] + a{j} * dt + b{j} * sdt;")
+        w(f"{ind}    YM[{j}][i] = X[{j}][i] + a{j} * dt - b{j} * sdt;")
+    w(f"{ind}}}")
+    # each support point has its own noise scale (recomputed there where the problem computes it)
+    w(f"{ind}for (int i = 0; i < D; ++i) {{ SGB[i] = SG[i]; SGP[i] = SG[i]; SGM[i] = SG[i]; }}")
+    w(f"{ind}prob_grad(YB[0], GRB, HSB, SGB, PV, PM, PL, PY, W, {need_hs}, {need_sg});")
+    w(f"{ind}prob_grad(YP[0], GRP, HSP, SGP, PV, PM, PL, PY, W, {need_hs}, {need_sg});")
+    w(f"{ind}prob_grad(YM[0], GRM, HSM, SGM, PV, PM, PL, PY, W, {need_hs}, {need_sg});")
+    w(f"{ind}const real t1 = tt + dt;")
+    w(f"{ind}for (int i = 0; i < D; ++i) {{")
+    for tag in ("B", "P", "M"):
+        names = [f"a{tag}{j}" for j in range(S)] + [f"b{tag}{j}" for j in range(S)]
+        stt = ", ".join(f"Y{tag}[{j}][i]" for j in range(S))
+        w(f"{ind}    real {', '.join(names)};")
+        w(f"{ind}    coef({stt}, GR{tag}[i], HS{tag}[i], SG{tag}[i], t1{hp_args}, {', '.join('&' + n for n in names)});")
+    w(f"{ind}    const real dw = sdt * (real)Z[i];")
+    for j in range(S):
+        w(f"{ind}    const real y{j} = X[{j}][i] + (real)0.5 * (aB{j} + A0[{j}][i]) * dt + (real)0.25 * (bP{j} + bM{j} + "
+          f"(real)2 * B0[{j}][i]) * dw + (real)0.25 * (bP{j} - bM{j}) * (dw * dw - dt) / sdt;")
+    for j in range(S):
+        w(f"{ind}    X[{j}][i] = y{j}; if (!isfinite(y{j})) bad = 1;")
+    w(f"{ind}}}")
+
+
+# -- compiling without a GPU --------------------------------------------------------------------------
+
+def nvrtc_available() -> bool:
+    try:
+        from cuda.bindings import nvrtc  # noqa: F401
+
+        nvrtc.nvrtcVersion()
+        return True
+    except Exception:
+        return False
+
+
+def compile_check(source: str, arch: str = "sm_90", fmad: bool = True) -> dict:
+    """Compile CUDA ``source`` to a cubin for ``arch`` without a GPU: NVRTC via ``cuda-bindings``, else a
+    system ``nvcc``.  Returns ``{"tool", "cubin_bytes", "log"}``; raises :class:`CodegenError` with the
+    compiler log on failure."""
+    opts = [f"-arch={arch}".encode(), b"--std=c++17"] + ([] if fmad else [b"--fmad=false"])
+    if nvrtc_available():
+        from cuda.bindings import nvrtc
+
+        err, prog = nvrtc.nvrtcCreateProgram(source.encode(), b"sdederive_kernel.cu", 0, [], [])
+        _nv_ok(err, "nvrtcCreateProgram")
+        (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        err, size = nvrtc.nvrtcGetProgramLogSize(prog)
+        # a fresh mutable buffer: NVRTC writes into it, and `b" " * 1` would be CPython's shared b" "
+        log = bytearray(max(int(size), 1))
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        log_s = bytes(log).decode(errors="replace").strip("\x00 \n")
+        if res != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            raise CodegenError(f"NVRTC failed to compile the generated CUDA kernel for {arch}:\n{log_s}")
+        err, n = nvrtc.nvrtcGetCUBINSize(prog)
+        _nv_ok(err, "nvrtcGetCUBINSize")
+        nvrtc.nvrtcDestroyProgram(prog)
+        return {"tool": "nvrtc", "cubin_bytes": int(n), "log": log_s}
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        raise CodegenError("no CUDA compiler: install cuda-bindings and nvidia-cuda-nvrtc-cu12 "
+                           "(pip install -e '.[test]'), or put nvcc on PATH")
+    with tempfile.TemporaryDirectory() as td:
+        src = Path(td) / "k.cu"
+        src.write_text(source)
+        cmd = [nvcc, "-cubin", f"-arch={arch}", "-std=c++17", "-o", str(Path(td) / "k.cubin"), str(src)]
+        if not fmad:
+            cmd.insert(1, "--fmad=false")
+        pr = subprocess.run(cmd, capture_output=True, text=True)
+        if pr.returncode != 0:
+            raise CodegenError(f"nvcc failed to compile the generated CUDA kernel for {arch}:\n{pr.stderr}")
+        return {"tool": "nvcc", "cubin_bytes": (Path(td) / "k.cubin").stat().st_size, "log": pr.stderr}
+
+
+def _nv_ok(err, what) -> None:
+    from cuda.bindings import nvrtc
+
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        raise CodegenError(f"{what} failed: {err}")
+
+
+class CudaSource:
+    """Generated CUDA module: :meth:`build` compiles it with ``cupy.RawModule`` (needs a GPU)."""
+
+    def __init__(self, spec: KernelSpec, problem, scheme: str, dtype: str):
+        self.spec, self.problem, self.scheme, self.dtype = spec, problem, scheme, dtype
+        self.text = generate(spec, problem, scheme, dtype)
+        self.key = hashlib.sha256(self.text.encode()).hexdigest()[:16]
+        self.module = None
+
+    def build(self) -> None:
+        try:
+            import cupy
+        except ImportError:
+            raise CodegenError("backend='cupy' needs CuPy: pip install -e '.[gpu]'") from None
+        if not cupy.cuda.is_available():
+            raise CodegenError("backend='cupy' needs a CUDA GPU; none is visible (cupy.cuda.is_available() is "
+                               "False). Use backend='numba'.")
+        # CuPy caches compiled modules on disk by source hash (~/.cupy/kernel_cache)
+        self.module = cupy.RawModule(code=self.text, options=("--std=c++17",), name_expressions=None)
+        self.step = self.module.get_function("step_kernel")
+        self.obs = self.module.get_function("obs_kernel")

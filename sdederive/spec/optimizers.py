@@ -1,0 +1,424 @@
+"""Optimizer specs: the discrete one-step update of coordinate-wise states.
+
+An :class:`Optimizer` holds, for every state (the parameter ``x`` and auxiliary states such as
+``m``, ``v``), its value after one step as a sympy expression of the current states, the
+stochastic gradient ``g``, the 0-based step counter ``k`` and the hyperparameters.  Build one
+from transforms with :func:`chain`, or write the update directly with :func:`from_update`::
+
+    import sympy as sp, sdederive as sd
+    x, g, m = sd.symbols("x g m")
+    beta, eta = sd.sym("beta"), sd.sym("eta")
+    m1 = beta*m + (1 - beta)*g
+    opt = sd.from_update("ema_sign", {"m": m1, "x": x - eta*sp.sign(m1)},
+                         hypers={"eta": (1e-3, "lr"), "beta": (0.9, "decay")})
+
+Built-ins (PyTorch defaults where PyTorch has the optimizer): ``sgd``, ``sgd_momentum``,
+``signsgd``, ``signum``, ``rmsprop``, ``rmspropw``, ``adam``, ``adamw``, ``adagrad``, ``lion``;
+from their papers: ``amsgrad``, ``sgd_clip`` (per-coordinate clipping), ``adabelief``, ``qhadam``,
+and ``adan`` (resolved by :func:`get`, not in :func:`names`: its derivation is refused, see :func:`adan`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from sdederive.errors import HyperparameterError, SpecError, UnknownNameError
+from sdederive.spec import transforms as T
+from sdederive.spec.hyper import KINDS, Hyper, check_value
+from sdederive.spec.transforms import Context, StateDecl, Transform
+from sdederive.symbols import is_registry_symbol, spelling, sym
+
+__all__ = ["Optimizer", "chain", "from_update", "get", "names", "BUILTINS", "UNDERIVABLE"]
+
+_X, _G, _K = sym("x"), sym("g"), sym("k")
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """A coordinate-wise optimizer: ``update[s]`` is the state ``s`` after one step.
+
+    Attributes
+    ----------
+    name: registry name.
+    hypers: hyperparameters, with defaults and allowed ranges.
+    states: auxiliary states (``x`` excluded), with their initial values.
+    update: ``((state, expr), ...)`` with ``x`` last; expressions in the canonical symbols
+        ``x, g, k``, the states and the hyperparameters.
+    natural_regime: the regime :func:`sdederive.derivation.engine` uses when none is given.
+    """
+
+    name: str
+    hypers: tuple[Hyper, ...]
+    states: tuple[StateDecl, ...]
+    update: tuple[tuple[str, sp.Expr], ...]
+    natural_regime: str = "sgd"
+    doc: str = ""
+    transforms: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # -- views -------------------------------------------------------------------------------
+    @property
+    def hyper(self) -> dict[str, Hyper]:
+        return {h.name: h for h in self.hypers}
+
+    @property
+    def defaults(self) -> dict[str, float]:
+        return {h.name: h.default for h in self.hypers if h.default is not None}
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """All states, parameter first: ``("x", "m", "v")``."""
+        return ("x",) + tuple(s.name for s in self.states)
+
+    @property
+    def updates(self) -> dict[str, sp.Expr]:
+        return dict(self.update)
+
+    def state_decl(self, name: str) -> StateDecl:
+        for s in self.states:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def with_defaults(self, **values) -> Optimizer:
+        """A copy with other default hyperparameters (each value is range-checked)."""
+        hyp = self.hyper
+        for k in values:
+            if k not in hyp:
+                raise UnknownNameError(f"hyperparameter of {self.name}", k, hyp)
+        new = tuple(h.with_default(values[h.name]) if h.name in values else h for h in self.hypers)
+        return Optimizer(self.name, new, self.states, self.update, self.natural_regime, self.doc, self.transforms)
+
+    def check_hyper(self, values: Mapping[str, object]) -> None:
+        """Range-check numeric hyperparameter values (unknown names are refused)."""
+        hyp = self.hyper
+        for k, v in values.items():
+            if k not in hyp:
+                raise UnknownNameError(f"hyperparameter of {self.name}", k, hyp)
+            check_value(k, hyp[k].kind, v)
+
+    def fingerprint(self) -> str:
+        """Content hash of the spec (update rule, hyperparameter roles, states)."""
+        text = repr((self.name, [(h.name, h.kind) for h in self.hypers],
+                     [(s.name, s.kind, s.init) for s in self.states],
+                     [(k, sp.srepr(e)) for k, e in self.update]))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        lines = [f"Optimizer {self.name!r} (natural regime: {self.natural_regime})"]
+        for k, e in self.update:
+            lines.append(f"  {k}_(k+1) = {e}")
+        lines.append("  defaults: " + ", ".join(f"{k}={v:g}" for k, v in self.defaults.items()))
+        return "\n".join(lines)
+
+    def numpy_step(self) -> Callable:
+        """A numpy function ``step(states: dict, g, k, hyper: dict) -> dict`` evaluating one update.
+
+        Generated from the same sympy update with ``lambdify`` (vectorised over arrays).  Used by
+        the one-step Monte Carlo check and as a reference discrete simulator.
+        """
+        args = [_X, _G, _K] + [s.symbol for s in self.states] + [h.symbol for h in self.hypers]
+        fns = {k: sp.lambdify(args, e, modules="numpy") for k, e in self.update}
+        names = [s.name for s in self.states]
+        hnames = [h.name for h in self.hypers]
+
+        def step(states: Mapping, g, k, hyper: Mapping) -> dict:
+            h = {**self.defaults, **hyper}
+            missing = [n for n in hnames if n not in h]
+            if missing:
+                raise HyperparameterError(f"{self.name}: no value for hyperparameter(s) {missing}")
+            self.check_hyper(h)
+            vals = [states["x"], g, k] + [states[n] for n in names] + [h[n] for n in hnames]
+            return {key: f(*vals) for key, f in fns.items()}
+
+        return step
+
+
+def _validate(opt: Optimizer) -> None:
+    upd = dict(opt.update)
+    if "x" not in upd:
+        raise SpecError(f"optimizer {opt.name!r} has no update of the parameter 'x'; updates given: {list(upd)}")
+    declared = {s.name for s in opt.states}
+    extra = set(upd) - declared - {"x"}
+    if extra:
+        raise SpecError(
+            f"optimizer {opt.name!r} updates undeclared state(s) {sorted(extra)}; declared states: "
+            f"{sorted(declared)} (declare them in `init`)"
+        )
+    allowed = {_X, _G, _K} | {s.symbol for s in opt.states} | {h.symbol for h in opt.hypers}
+    allowed_names = sorted(str(a) for a in allowed)
+    for name, expr in opt.update:
+        if not isinstance(expr, sp.Basic):
+            raise SpecError(f"update of {name!r} in {opt.name!r} is {expr!r}, not a sympy expression")
+        bad = sorted(str(s) for s in expr.free_symbols - allowed)
+        if bad:
+            same_name = [b for b in bad if b in allowed_names]
+            canon = {str(a): a for a in allowed}
+            hint = (
+                f" (a symbol of that name exists with other assumptions: write "
+                f"{', '.join(spelling(canon[b]) for b in same_name)})"
+                if same_name
+                else " (a state used before it is defined? declare it in `init`, or a hyperparameter in `hypers`)"
+            )
+            raise SpecError(
+                f"update of {name!r} in optimizer {opt.name!r} uses {bad}, which is neither a state "
+                f"{sorted(declared | {'x'})}, a hyperparameter {sorted(h.name for h in opt.hypers)}, the "
+                f"gradient 'g' nor the step counter 'k'{hint}"
+            )
+    if upd["x"] == _X:
+        raise SpecError(f"optimizer {opt.name!r}: the update of 'x' leaves x unchanged")
+    if not any(e.has(_G) for e in upd.values()):
+        raise SpecError(
+            f"optimizer {opt.name!r}: no update depends on the gradient 'g'; an optimizer must use it"
+        )
+    if not upd["x"].has(_G) and not any(upd["x"].has(s.symbol) for s in opt.states):
+        raise SpecError(f"optimizer {opt.name!r}: the update of 'x' depends neither on g nor on any state")
+    seen = set()
+    for h in opt.hypers:
+        if h.name in seen:
+            raise SpecError(f"optimizer {opt.name!r}: hyperparameter {h.name!r} declared twice")
+        seen.add(h.name)
+
+
+def chain(*transforms: Transform, name: str, natural_regime: str = "sgd", doc: str = "") -> Optimizer:
+    """Compose transforms (applied left to right, starting from ``u = g``) into an optimizer.
+
+    The parameter update is ``x_{k+1} = x_k + u_final``; finish with
+    :func:`~sdederive.spec.transforms.scale_by_learning_rate`.
+    """
+    ctx = Context()
+    u: sp.Expr = ctx.g
+    hypers: dict[str, Hyper] = {}
+    states: dict[str, StateDecl] = {}
+    new: dict[str, sp.Expr] = {}
+    for tr in transforms:
+        for h in tr.hypers:
+            if h.name in hypers and hypers[h.name] != h:
+                raise SpecError(
+                    f"chain {name!r}: hyperparameter {h.name!r} is declared by two transforms with different "
+                    f"defaults or roles ({hypers[h.name]} vs {h})"
+                )
+            hypers[h.name] = h
+        for s in tr.states:
+            if s.name in states:
+                raise SpecError(f"chain {name!r}: state {s.name!r} is owned by two transforms")
+            states[s.name] = s
+        u, upd = tr(u, ctx)
+        new.update(upd)
+    update = tuple((s, new[s]) for s in states) + (("x", ctx.x + u),)
+    return Optimizer(name, tuple(hypers.values()), tuple(states.values()), update, natural_regime,
+                     doc, tuple(t.name for t in transforms))
+
+
+def from_update(
+    name: str,
+    update: Mapping[str, sp.Expr],
+    hypers: Mapping[str, object],
+    init: Mapping[str, float] | None = None,
+    kinds: Mapping[str, str] | None = None,
+    natural_regime: str = "sgd",
+    doc: str = "",
+) -> Optimizer:
+    """An optimizer from its update written out.
+
+    Parameters
+    ----------
+    update: state name -> its value after the step (``"x"`` required), in symbols from
+        :func:`sdederive.sym` (``x``, ``g``, ``k``, states, hyperparameters).
+    hypers: name -> ``(default, kind)`` or a :class:`~sdederive.spec.hyper.Hyper`; kinds are the keys of
+        :data:`sdederive.spec.hyper.KINDS` (``"decay"`` parameters are scaled by the regimes).
+    init: initial values of the auxiliary states (default 0).
+    kinds: state name -> ``"aux"`` | ``"second_moment"`` | ``"accumulator"``.
+    """
+    hs = []
+    for hn, spec in hypers.items():
+        if isinstance(spec, Hyper):
+            hs.append(spec)
+        else:
+            default, kind = spec if isinstance(spec, tuple) else (spec, "real")
+            if kind not in KINDS:
+                raise SpecError(f"hyperparameter {hn!r}: kind {kind!r} unknown; valid kinds: {sorted(KINDS)}")
+            hs.append(Hyper(hn, default, kind))
+    if "x" not in update:
+        raise SpecError(f"optimizer {name!r} has no update of the parameter 'x'; updates given: {list(update)}")
+    init = dict(init or {})
+    kinds = dict(kinds or {})
+    aux = [s for s in update if s != "x"]
+    for s in list(init) + list(kinds):
+        if s not in aux:
+            raise SpecError(f"optimizer {name!r}: state {s!r} in init/kinds has no update; updated states: {aux}")
+    states = tuple(StateDecl(s, float(init.get(s, 0.0)), kinds.get(s, "aux")) for s in aux)
+    upd = tuple((s, sp.sympify(update[s])) for s in aux) + (("x", sp.sympify(update["x"])),)
+    # a hyperparameter or state written with sd.sym(name) (default assumptions) is that symbol
+    own = {h.name: h.symbol for h in hs} | {s.name: s.symbol for s in states}
+    upd = tuple((s, e.xreplace({f: own[f.name] for f in e.free_symbols
+                                if f.name in own and f != own[f.name] and is_registry_symbol(f)}))
+                if isinstance(e, sp.Basic) else (s, e) for s, e in upd)
+    return Optimizer(name, tuple(hs), states, upd, natural_regime, doc, ("from_update",))
+
+
+# -- built-ins -----------------------------------------------------------------------------------
+
+
+def sgd(eta: float = 1e-3) -> Optimizer:
+    r"""SGD: :math:`x_{k+1} = x_k - \eta g_k`."""
+    return chain(T.scale_by_learning_rate(eta), name="sgd", natural_regime="sgd", doc=sgd.__doc__)
+
+
+def sgd_momentum(eta: float = 1e-3, mu: float = 0.9) -> Optimizer:
+    r"""Heavy-ball SGD (PyTorch): :math:`m_{k+1} = \mu m_k + g_k,\ x_{k+1} = x_k - \eta m_{k+1}`."""
+    return chain(T.trace(mu), T.scale_by_learning_rate(eta), name="sgd_momentum", natural_regime="sgd",
+                 doc=sgd_momentum.__doc__)
+
+
+def signsgd(eta: float = 1e-3) -> Optimizer:
+    r"""SignSGD: :math:`x_{k+1} = x_k - \eta\,\mathrm{sign}(g_k)`."""
+    return chain(T.scale_by_sign(), T.scale_by_learning_rate(eta), name="signsgd", natural_regime="sgd",
+                 doc=signsgd.__doc__)
+
+
+def signum(eta: float = 1e-3, beta: float = 0.9) -> Optimizer:
+    r"""Signum (Bernstein et al. 2018): :math:`m_{k+1} = \beta m_k + (1-\beta) g_k,\ x_{k+1} = x_k - \eta\,\mathrm{sign}(m_{k+1})`."""
+    return chain(T.ema(beta), T.scale_by_sign(), T.scale_by_learning_rate(eta), name="signum",
+                 natural_regime="balanced", doc=signum.__doc__)
+
+
+def rmsprop(eta: float = 1e-2, beta: float = 0.99, eps: float = 1e-8) -> Optimizer:
+    r"""RMSprop (PyTorch): :math:`v_{k+1} = \beta v_k + (1-\beta) g_k^2,\ x_{k+1} = x_k - \eta g_k/(\sqrt{v_{k+1}}+\epsilon)`."""
+    return chain(T.scale_by_rms(beta, eps), T.scale_by_learning_rate(eta), name="rmsprop",
+                 natural_regime="noise-dominated", doc=rmsprop.__doc__)
+
+
+def rmspropw(eta: float = 1e-2, beta: float = 0.99, eps: float = 1e-8, wd: float = 1e-2) -> Optimizer:
+    r"""RMSprop with decoupled weight decay: :math:`x_{k+1} = x_k - \eta\big(g_k/(\sqrt{v_{k+1}}+\epsilon) + w_d x_k\big)`."""
+    return chain(T.scale_by_rms(beta, eps), T.add_decayed_weights(wd), T.scale_by_learning_rate(eta),
+                 name="rmspropw", natural_regime="balanced", doc=rmspropw.__doc__)
+
+
+def adam(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> Optimizer:
+    r"""Adam with bias correction (PyTorch)."""
+    return chain(T.scale_by_adam(beta1, beta2, eps), T.scale_by_learning_rate(eta), name="adam",
+                 natural_regime="noise-dominated", doc=adam.__doc__)
+
+
+def adamw(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, wd: float = 1e-2) -> Optimizer:
+    r"""AdamW (PyTorch): Adam's direction plus decoupled weight decay ``wd*x``, times ``-eta``."""
+    return chain(T.scale_by_adam(beta1, beta2, eps), T.add_decayed_weights(wd), T.scale_by_learning_rate(eta),
+                 name="adamw", natural_regime="balanced", doc=adamw.__doc__)
+
+
+def adagrad(eta: float = 1e-2, eps: float = 1e-10) -> Optimizer:
+    r"""Adagrad (PyTorch, no lr decay): :math:`v_{k+1} = v_k + g_k^2,\ x_{k+1} = x_k - \eta g_k/(\sqrt{v_{k+1}}+\epsilon)`."""
+    return chain(T.scale_by_rss(eps), T.scale_by_learning_rate(eta), name="adagrad",
+                 natural_regime="accumulator", doc=adagrad.__doc__)
+
+
+def lion(eta: float = 1e-4, beta1: float = 0.9, beta2: float = 0.99, wd: float = 0.0) -> Optimizer:
+    r"""Lion (Chen et al. 2023): :math:`x_{k+1} = x_k - \eta(\mathrm{sign}(\beta_1 m_k + (1-\beta_1) g_k) + w_d x_k)`."""
+    return chain(T.scale_by_lion(beta1, beta2), T.add_decayed_weights(wd), T.scale_by_learning_rate(eta),
+                 name="lion", natural_regime="balanced", doc=lion.__doc__)
+
+
+def sgd_clip(eta: float = 1e-3, clip: float = 1.0) -> Optimizer:
+    r"""SGD with per-coordinate gradient clipping: :math:`x_{k+1} = x_k - \eta\,\operatorname{clip}(g_k, -c, c)`.
+
+    The SDE uses the closed-form truncated moments of the noise (Gaussian, Student-t for every ``nu``).
+    """
+    return chain(T.clip(clip), T.scale_by_learning_rate(eta), name="sgd_clip", natural_regime="sgd",
+                 doc=sgd_clip.__doc__)
+
+
+def amsgrad(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> Optimizer:
+    r"""AMSGrad (Reddi, Kale & Kumar 2018): Adam without bias correction, with
+    :math:`\hat v_{k+1} = \max(\hat v_k, v_{k+1})` in the denominator.
+
+    In the noise-dominated (and balanced) regime ``v`` has no diffusion at leading order, and the
+    limit of the running maximum is the running maximum of ``v``'s limit:
+    ``d vhat = 1{v >= vhat} max(0, b_v) dt`` (``b_v`` the drift of ``v``), on ``vhat >= v``, which
+    the discrete chain and the SDE preserve.
+    """
+    return chain(T.scale_by_amsgrad(beta1, beta2, eps), T.scale_by_learning_rate(eta), name="amsgrad",
+                 natural_regime="noise-dominated", doc=amsgrad.__doc__)
+
+
+def adabelief(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-16) -> Optimizer:
+    r"""AdaBelief (Zhuang et al. 2020) as published: ``eps`` is added to ``s`` every step.
+
+    Defaults of the authors' ``adabelief-pytorch`` 0.2 (``eps = 1e-16``).  ``eps`` is held fixed in
+    every regime (kind ``wd``: nonnegative, never rescaled): in the natural noise-dominated regime ``u_s = eta**2*s``
+    then gains ``tau*eps`` per step (the drift ``+eps``) and ``eps`` drops out of the denominator.
+    For the balanced regime use ``eps = eps1*eta``::
+
+        rg = sd.Regime("balanced-belief", sd.sym("eta"), decay_power=1, drop_noise=("second_moment",),
+                       subs=(("eps", sd.sym("eps1", positive=True)*sd.sym("eta")),))
+        sd.derive("adabelief", regime=rg)
+    """
+    return chain(T.scale_by_belief(beta1, beta2, eps), T.scale_by_learning_rate(eta), name="adabelief",
+                 natural_regime="noise-dominated", doc=adabelief.__doc__)
+
+
+def qhadam(eta: float = 1e-3, beta1: float = 0.995, beta2: float = 0.999, nu1: float = 0.7, nu2: float = 1.0,
+           eps: float = 1e-8) -> Optimizer:
+    r"""QH-Adam (Ma & Yarats 2019), with the paper's recommended ``(nu1, nu2, beta1, beta2) = (0.7, 1, 0.995, 0.999)``.
+
+    With ``nu2 = 1`` the update is built with ``nu2 = 1`` substituted (``nu2`` is then not a
+    hyperparameter of the spec); the noise-dominated SDE exists, the numerator's
+    ``(1 - nu1)*g`` contributing both drift and diffusion.  With ``nu2 < 1`` the square root's
+    argument ``(1 - nu2) g**2 + nu2 vhat`` carries O(1) noise as ``eta -> 0`` in every regime, so
+    the one-step mean is the expectation of a non-polynomial function of the noise: the
+    derivation is refused (``ExpectationError``).
+    """
+    return chain(T.scale_by_qhadam(beta1, beta2, nu1, nu2, eps), T.scale_by_learning_rate(eta), name="qhadam",
+                 natural_regime="noise-dominated", doc=qhadam.__doc__)
+
+
+def adan(eta: float = 1e-3, beta1: float = 0.98, beta2: float = 0.92, beta3: float = 0.99, eps: float = 1e-8,
+         wd: float = 0.02) -> Optimizer:
+    r"""Adan (Xie et al. 2022), official-code convention ``betas = (0.98, 0.92, 0.99)``, decoupled ``wd``.
+
+    The spec (and its discrete simulation) is exact.  Deriving its SDE is refused: the second
+    moment ``n`` is driven by ``(g_k + beta2 (g_k - g_{k-1}))**2``, a product of the current and the
+    previous noise draw held in the lagged state ``gp``.  ``gp`` jumps O(1) every step and enters
+    ``n`` quadratically, so it cannot be eliminated affinely, and the increments of ``n`` are
+    correlated across steps (a moving average of order one), so their diffusion is the long-run
+    covariance, not the one-step one; the engine has neither (see ``sdederive.derivation._special``).
+    """
+    return chain(T.scale_by_adan(beta1, beta2, beta3, eps), T.add_decayed_weights(wd), T.scale_by_learning_rate(eta),
+                 name="adan", natural_regime="balanced", doc=adan.__doc__)
+
+
+BUILTINS: dict[str, Callable[..., Optimizer]] = {
+    f.__name__: f for f in (sgd, sgd_momentum, signsgd, signum, rmsprop, rmspropw, adam, adamw, adagrad, lion,
+                            sgd_clip, amsgrad, adabelief, qhadam)
+}
+#: specs that :func:`get` resolves by name but whose SDE derivation is refused (not in :func:`names`)
+UNDERIVABLE: dict[str, Callable[..., Optimizer]] = {"adan": adan}
+
+
+def names() -> list[str]:
+    """The built-in optimizers with an SDE (``adan`` is resolved by :func:`get` but not listed)."""
+    return sorted(BUILTINS)
+
+
+def get(optimizer, **hyper) -> Optimizer:
+    """Resolve a name or pass an :class:`Optimizer` through (optionally with new defaults)."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer.with_defaults(**hyper) if hyper else optimizer
+    if isinstance(optimizer, str):
+        key = optimizer.strip().lower().replace("-", "_")
+        make = BUILTINS.get(key) or UNDERIVABLE.get(key)
+        if make is None:
+            raise UnknownNameError("optimizer", optimizer, BUILTINS)
+        valid = {**make().hyper, **{p: None for p in inspect.signature(make).parameters}}
+        unknown = [h for h in hyper if h not in valid]
+        if unknown:
+            raise UnknownNameError(f"hyperparameter of {key}", unknown[0], valid)
+        return make(**hyper)
+    raise SpecError(f"optimizer must be a name ({', '.join(names())}) or an Optimizer, got {optimizer!r}")

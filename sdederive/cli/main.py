@@ -219,7 +219,7 @@ def cmd_simulate(args, out) -> int:
     hyper = kv_list(args.hp, "--hp")
     init = kv_list(args.init, "--init")
     if args.mode == "sde":
-        from .noise import StudentT
+        from sdederive.noise import StudentT
 
         noise = StudentT(nu=problem.nu) if problem.noise == "student-t" else "gaussian"
         obj = derive(args.optimizer, noise, args.regime)

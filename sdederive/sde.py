@@ -1,6 +1,6 @@
 r"""The SDE object: :math:`dX = b(X,t)\,dt + D(X,t)\,dW`, per coordinate, with provenance.
 
-``drift[s]`` and ``diffusion[s]`` hold one entry per state (NOTATION.md).  When several states
+``drift[s]`` and ``diffusion[s]`` hold one entry per state (docs/notation.md).  When several states
 share one Brownian motion (the usual case: all noise comes from the one gradient noise ``z`` of
 the coordinate) ``diffusion[s]`` is the coefficient of that ``dW``; when the local covariance has
 rank above one (Lion: ``sign(.)`` and ``g`` are not proportional) ``diffusion[s]`` is the row of a
@@ -232,7 +232,7 @@ class SDE:
 
     # -- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        """The NOTATION.md JSON schema, plus sdederive's extra keys."""
+        """The docs/notation.md JSON schema, plus sdederive's extra keys."""
         diff = self.diffusion
         free = self._free()
         extra_syms = {}

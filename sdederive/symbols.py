@@ -1,4 +1,4 @@
-"""One sympy symbol per quantity, named as in ``shared/reference/NOTATION.md``.
+"""One sympy symbol per quantity, named as in ``docs/notation.md``.
 
 Every module asks this registry for its symbols, so that two parts of the code (and a JSON
 round-trip) always meet the *same* :class:`sympy.Symbol` with the same assumptions.  sympy
@@ -15,7 +15,7 @@ import sympy as sp
 
 __all__ = ["sym", "symbols", "NOISE", "KNOWN", "describe", "sympify_expr", "locals_for"]
 
-#: name -> (assumptions, meaning).  Names and meanings follow NOTATION.md; names marked
+#: name -> (assumptions, meaning).  Names and meanings follow docs/notation.md; names marked
 #: "(sdederive)" are this package's documented additions.
 KNOWN: dict[str, tuple[dict, str]] = {
     # state and time
@@ -75,7 +75,7 @@ def sym(name: str, **assumptions) -> sp.Symbol:
     if name in KNOWN:
         if assumptions and assumptions != KNOWN[name][0]:
             raise ValueError(
-                f"symbol {name!r} is reserved by NOTATION.md with assumptions {KNOWN[name][0]}; "
+                f"symbol {name!r} is reserved by docs/notation.md with assumptions {KNOWN[name][0]}; "
                 f"got {assumptions}. Use another name for a different quantity."
             )
         assumptions = KNOWN[name][0]

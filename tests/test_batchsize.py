@@ -1,7 +1,7 @@
 """Optimal learning rate vs batch size from the symbolic one-step loss change.
 
 Checked against McCandlish et al.'s and Li et al.'s formulas written out independently
-(rates_and_batch_scaling.md §1.3, §2.3-2.5, §4 facts 1-25) and against Monte Carlo draws of the
+(docs/reference/rates_and_batch_scaling.md §1.3, §2.3-2.5, §4 facts 1-25) and against Monte Carlo draws of the
 minibatch gradient.
 """
 

@@ -1,7 +1,7 @@
-"""The derived SDEs against the published ones (../shared/reference/adaptive_sdes.md).
+"""The derived SDEs against the published ones (docs/reference/adaptive_sdes.md).
 
 Each expected formula below is typed in from the reference, in its own notation, and mapped to
-NOTATION.md where the papers parametrize differently; nothing is copied from the engine's output.
+docs/notation.md where the papers parametrize differently; nothing is copied from the engine's output.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Rates from SDEs: the Itô generator, the bounding steps, Grönwall, and the published forms.
 
-Symbolic results are compared with the reference formulas (adaptive_sdes.md §2.3, §2.5;
-rates_and_batch_scaling.md §3.2) written out here independently, and the generator and one bound
+Symbolic results are compared with the reference formulas (docs/reference/adaptive_sdes.md §2.3, §2.5;
+docs/reference/rates_and_batch_scaling.md §3.2) written out here independently, and the generator and one bound
 are checked against Monte Carlo runs of the simulators.
 """
 
@@ -192,7 +192,7 @@ def test_convex_adagrad_bound_has_the_lpz_form():
 
 
 def test_sgd_vs_adagrad_table_at_a_fixed_sample_budget():
-    """rates_and_batch_scaling.md §5C set-up: as B grows at fixed N, SGD's bound degrades much more."""
+    """docs/reference/rates_and_batch_scaling.md §5C set-up: as B grows at fixed N, SGD's bound degrades much more."""
     cmp = rates.compare(["sgd", "adagrad"], Anisotropic(convex=True), budget="samples")
     dd = 128
     Li = np.arange(1, dd + 1.0) ** -2

@@ -11,7 +11,7 @@ Every check takes its sizes (paths, steps, grids) as arguments; the defaults are
 sizes); the scripts in ``examples/`` call them at full size.  Every check can fail: the test suite
 runs each one on a case where the claim is false (``tests/test_checks.py``).
 
-References are to the notes ``adaptive_sdes.md`` ([AS]) and ``rates_and_batch_scaling.md`` ([RB]).
+References are to the notes ``docs/reference/adaptive_sdes.md`` ([AS]) and ``docs/reference/rates_and_batch_scaling.md`` ([RB]).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Where the terms cannot be closed (no PL inequality, a drift not controlled by th
 state-dependent preconditioner without a bound on the state) the result is the differential
 inequality itself with ``closed = False`` and a statement of what is missing -- never a rate.
 
-Results on the reference's examples (Compagnoni et al. 2025 §3; ``adaptive_sdes.md`` §2.3):
+Results on the reference's examples (Compagnoni et al. 2025 §3; ``docs/reference/adaptive_sdes.md`` §2.3):
 SGD under L-smoothness, mu-PL and noise sigma_i: rate ``2*mu`` (independent of sigma), floor
 ``eta*L*||sigma||_2^2/(4*mu)``; SignSGD (small signal-to-noise linearization): rate
 ``2*mu*sqrt(2/pi)/sigma_max``, floor ``eta*L*d*sigma_max*sqrt(pi/2)/(4*mu)``.

@@ -4,8 +4,8 @@ Every command has ``--help`` with an example.  Bad input (an unknown optimizer, 
 regime, an invalid ``nu``, an optimizer with no limit in the regime asked for, ...) prints
 ``sdederive: error: <message>`` on stderr and exits with status 2, without a traceback.
 
-The scaling-rule and stationary commands (and the tour) import :mod:`sdederive.scaling` and
-:mod:`sdederive.stationary` when they run.
+The scaling-rule and stationary commands (and the tour) import :mod:`sdederive.analysis.scaling` and
+:mod:`sdederive.analysis.stationary` when they run.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def cmd_tour(args, out) -> int:
 
 
 #: noise scale of the default problem of ``simulate`` for regimes with ``sigma = sigma0/eta``: ten times
-#: the largest gradient at x0 (|grad_i|/sigma_i <= 0.1, inside sdederive.regime_check's criterion)
+#: the largest gradient at x0 (|grad_i|/sigma_i <= 0.1, inside sdederive.analysis.regime_check's criterion)
 _NOISE_DOMINATED_SIGMA = 100.0
 
 
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_problem_args(p)
     p.add_argument("--order", type=int, default=1, choices=(1, 2),
                    help="1: leading order; 2: stochastic modified equation of order 2 (needs tau = eta)")
-    _add_format_args(p, "the SDE as JSON (the NOTATION.md schema)", "the SDE as a LaTeX aligned block")
+    _add_format_args(p, "the SDE as JSON (the docs/notation.md schema)", "the SDE as a LaTeX aligned block")
     p.set_defaults(func=cmd_derive)
 
     p = sub.add_parser(
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(--eta, --hp). Prints E[loss] over time, or with --json the means, variances and standard errors of the "
         "loss, |x|^2 and every state. Without --problem: a 10-dimensional diagonal quadratic, h = geomspace(0.1, "
         "10), x0 = 1, sigma = 1 (sigma = 100 for a noise-dominated regime: adam, rmsprop). A warning says when the "
-        "problem is outside the SDE's regime (sdederive.regime_check).",
+        "problem is outside the SDE's regime (sdederive.analysis.regime_check).",
         epilog=examples(
             f"{PROG} simulate adam --mode sde --problem quad.json --paths 10000 --steps 5000 --eta 0.01 "
             "--hp beta1=0.9 --hp beta2=0.999 --seed 0 --json",

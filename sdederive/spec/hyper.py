@@ -10,7 +10,7 @@ import sympy as sp
 from sdederive.errors import HyperparameterError
 from sdederive.symbols import KNOWN, describe, sym
 
-#: reserved names (NOTATION.md) that are hyperparameters; every other reserved name is refused
+#: reserved names (docs/notation.md) that are hyperparameters; every other reserved name is refused
 _HYPER_NAMES = ("eta", "beta", "beta1", "beta2", "mu", "eps", "wd")
 
 __all__ = ["Hyper", "KINDS", "check_value"]

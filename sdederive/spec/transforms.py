@@ -8,7 +8,7 @@ gives the one-step update ``x_{k+1} = x_k + u_final`` of an optimizer::
     adam  = chain(scale_by_adam(), scale_by_learning_rate())
     adamw = chain(scale_by_adam(), add_decayed_weights(), scale_by_learning_rate())
 
-Every transform documents its update in its docstring; symbols follow NOTATION.md
+Every transform documents its update in its docstring; symbols follow docs/notation.md
 (``m`` momentum, ``v`` second moment, ``k`` the 0-based step counter).
 """
 

@@ -166,3 +166,24 @@ def test_run_bad_input(tmp_path):
     with pytest.raises(sd.SdederiveError, match="no 'eta' axis"):
         sweep.run(sweep.Grid(seed=[0]), prob, progress=False)
     Path(tmp_path).mkdir(exist_ok=True)
+
+
+def test_script_without_main_guard_gets_a_clear_error(tmp_path):
+    """A script calling sd.sweep.run at module level breaks the spawn pool (each worker re-imports the
+    script and Python stops the nested start); the error says to add the main guard, not BrokenProcessPool."""
+    script = tmp_path / "my_sweep.py"
+    script.write_text(textwrap.dedent("""
+        import sdederive as sd
+        problem = sd.Quadratic(h=[1.0], sigma=[1.0], x0=[1.0])
+        grid = sd.sweep.Grid(optimizer=["sgd"], eta=[0.1])
+        sd.sweep.run(grid, problem, steps=1, paths=10, max_workers=1, progress=False)
+    """))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode != 0
+    assert "SdederiveError" in r.stderr and 'if __name__ == "__main__":' in r.stderr, r.stderr[-2000:]
+    assert "my_sweep.py" in r.stderr
+    # with the guard the same script runs
+    body = script.read_text().replace("sd.sweep.run(", "if __name__ == '__main__':\n    sd.sweep.run(")
+    script.write_text(body)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -95,7 +95,7 @@ def add_sweep_parser(sub) -> None:
         epilog=examples("sdederive sweep grid.toml --out results/", "sdederive sweep grid.toml --out results/ --resume",
                          "sdederive sweep grid.toml --out results/ --scheduler tcp://127.0.0.1:8786"),
     )
-    p.add_argument("file", metavar="GRID.toml", help="sweep description (see `sdederive sweep --help` and docs)")
+    p.add_argument("file", metavar="GRID.toml", help="sweep description: a TOML file (format: docs/sweeps.md, section 'Grid file reference')")
     p.add_argument("--out", required=True, metavar="DIR", help="results directory (Parquet)")
     p.add_argument("--resume", action="store_true", help="skip the cells already in --out")
     p.add_argument("--scheduler", default=None, metavar="ADDR", help="a Dask scheduler address (tcp://host:port)")

@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 
@@ -159,6 +160,21 @@ def _progress(done: int, total: int, t0: float, skipped: int, stream=sys.stderr)
     stream.flush()
 
 
+def _broken_pool_error(e: BaseException) -> SdederiveError:
+    """What a broken local pool most often means: the script has no main guard, so each ``spawn``ed
+    worker, importing it again, tried to start a sweep of its own and was stopped by Python."""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    where = f" ({script})" if script else ""
+    return SdederiveError(
+        "a worker process of the sweep's process pool died"
+        f"{where}. If you call sd.sweep.run from a script, put the call under "
+        "`if __name__ == \"__main__\":` (the pool starts its workers with the 'spawn' method, which "
+        "imports the script again in every worker; without the guard each worker starts a sweep of its "
+        "own and Python stops it). Otherwise a worker crashed or ran out of memory: rerun with "
+        f"max_workers=1 to see its error. ({type(e).__name__}: {e})")
+
+
 def run(grid: Grid, problem: Problem, steps: int = 1000, paths: int = 1000, *, executor: cf.Executor | None = None,
         out: str | Path | None = None, resume: bool = False, mode: str = "discrete", threads_per_cell: int = 1,
         max_workers: int | None = None, progress: bool = True):
@@ -204,7 +220,10 @@ def run(grid: Grid, problem: Problem, steps: int = 1000, paths: int = 1000, *, e
     try:
         futs = {executor.submit(run_cell, c, problem, int(steps), int(paths), mode, threads_per_cell): c for c in todo}
         for k, f in enumerate(cf.as_completed(futs), 1):
-            row = f.result()
+            try:
+                row = f.result()
+            except BrokenProcessPool as e:
+                raise _broken_pool_error(e) from e
             if out is not None:
                 store.write_row(out, row)
             rows.append(row)

@@ -2,7 +2,7 @@
 
 For every built-in optimizer in its natural regime (Gaussian noise, order 1):
 
-* cold: ``sdederive.derivation.engine`` in a FRESH interpreter (so neither sdederive's result cache nor
+* cold: ``sdederive.derive`` in a FRESH interpreter (so neither sdederive's result cache nor
   sympy's cache helps); the time of the ``derive`` call alone, measured inside that subprocess
   (interpreter start and imports excluded).  Repeated ``--runs`` times; median and max reported.
 * cached: the same call repeated in that process (sdederive's ``lru_cache`` hit).

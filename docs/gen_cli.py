@@ -20,7 +20,7 @@ INTRO = """\
 # Command line
 
 `sdederive` is installed with the package (`pip install -e .`); `python -m sdederive.cli.main` works too.
-Every command derives with the same engine as `sdederive.derivation.engine` and uses the names of
+Every command derives with the same engine as `sdederive.derive` and uses the names of
 [notation.md](notation.md).
 
 Errors in the input (an unknown optimizer, noise model or regime, an invalid `--nu`, an optimizer

@@ -154,7 +154,7 @@ def names() -> list[str]:
 
 
 def register(regime: Regime) -> Regime:
-    """Make a user-defined regime available by name (to :func:`sdederive.derivation.engine` and the CLI)."""
+    """Make a user-defined regime available by name (to :func:`sdederive.derive` and the CLI)."""
     REGIMES[regime.name] = regime
     return regime
 

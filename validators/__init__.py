@@ -2,7 +2,7 @@
 
 :func:`onestep_check` runs one discrete step of an optimizer many times from one state and
 compares the sample mean and covariance of the increment with the derived ``tau*drift`` and
-``tau*covariance`` of :func:`sdederive.derivation.engine`.
+``tau*covariance`` of :func:`sdederive.derive`.
 
 :func:`compare` and :func:`weak_order` run the discrete optimizer and its SDE over a time horizon
 at several learning rates and measure the weak error ``max_t |E g(x_k) - E g(X_{k tau})|`` with

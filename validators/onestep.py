@@ -376,7 +376,7 @@ def onestep_check(
 
     Parameters
     ----------
-    optimizer, noise, regime, order, noise_params: as for :func:`sdederive.derivation.engine`.
+    optimizer, noise, regime, order, noise_params: as for :func:`sdederive.derive`.
     point: numeric values of the SDE-level symbols (``sde.symbols`` except ``eta``; ``t`` is rounded
         to a whole number of steps ``k = t/tau``, a multiple of ``tau(2 eta)/tau(eta)`` with step
         doubling, at least one doubled step), plus optionally values of discrete states that are

@@ -1,4 +1,4 @@
-r"""Update structures the moment expansion cannot see through, handled around :func:`sdederive.derivation.engine`.
+r"""Update structures the moment expansion cannot see through, handled around :func:`sdederive.derive`.
 
 Running maxima (AMSGrad)
     A state updated as ``s' = Max(s, w)`` where ``w`` is the new value of another state ``r``

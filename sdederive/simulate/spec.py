@@ -121,7 +121,7 @@ def _scalars_of(exprs, known_states, hypers_order) -> tuple[str, ...]:
 
 
 def source_optimizer(sde: SDE) -> Optimizer | None:
-    """The optimizer ``sde`` was derived from: ``sde.source`` (set by :func:`sdederive.derivation.engine`), else
+    """The optimizer ``sde`` was derived from: ``sde.source`` (set by :func:`sdederive.derive`), else
     the built-in of that name (an SDE read from JSON), else ``None``.  The simulators take the states'
     kinds, initial values and update rule from it, so a user-written copy of a built-in simulates
     exactly like the built-in."""

@@ -49,7 +49,7 @@ class Optimizer:
     states: auxiliary states (``x`` excluded), with their initial values.
     update: ``((state, expr), ...)`` with ``x`` last; expressions in the canonical symbols
         ``x, g, k``, the states and the hyperparameters.
-    natural_regime: the regime :func:`sdederive.derivation.engine` uses when none is given.
+    natural_regime: the regime :func:`sdederive.derive` uses when none is given.
     """
 
     name: str

@@ -47,3 +47,24 @@ def dumps(obj, **kw) -> str:
     """``json.dumps`` of :func:`finite_or_none` of ``obj`` with ``allow_nan=False`` (``default=str`` for the rest)."""
     kw.setdefault("default", str)
     return json.dumps(finite_or_none(obj), allow_nan=False, **kw)
+
+
+def provenance(seed: int | None = None) -> dict:
+    """What produced a result, for its JSON report: the versions of sdederive, Python and the libraries
+    the numbers depend on, and the seed (same versions and seed, same numbers)."""
+    import platform
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    from sdederive import __version__
+
+    out = {"versions": {"sdederive": __version__, "python": platform.python_version(),
+                        **{d: version(d) for d in ("numpy", "scipy", "sympy", "numba")}}}
+    if seed is not None:
+        out["seed"] = int(seed)
+    return out

@@ -17,6 +17,7 @@ import numpy as np
 import sympy as sp
 
 import sdederive as sd
+from sdederive._json import provenance
 from sdederive.errors import SdederiveError
 from sdederive.problems import LogisticRegression, Problem, Quadratic
 
@@ -84,6 +85,7 @@ class CheckResult:
     plots: panels for :meth:`plot`: dicts with ``title, xlabel, ylabel, xscale, yscale`` and
         ``lines``: dicts ``x, y`` (and optionally ``yerr, label, style``).
     notes: remarks (approximations used, sizes, what was not resolvable).
+    seed: the base seed of the check's runs (in the JSON with the package versions).
     """
 
     name: str
@@ -95,6 +97,7 @@ class CheckResult:
     plots: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     columns: list | None = None
+    seed: int | None = None
 
     @property
     def table(self) -> str:
@@ -106,7 +109,7 @@ class CheckResult:
         return json_ready({
             "name": self.name, "passed": bool(self.passed), "claim": self.claim, "figures": self.figures,
             "criteria": self.criteria, "rows": self.rows, "table": self.table, "notes": self.notes,
-            "plots": self.plots,
+            "plots": self.plots, "provenance": provenance(self.seed),
         })
 
     def __str__(self) -> str:

@@ -266,7 +266,7 @@ def square_root_rule(optimizer: str = "adam", problem: Problem | None = None, ka
     notes = []
     if not diag:
         notes.append("stationary prediction not computed (sd.stationary is for diagonal quadratics)")
-    return CheckResult("square_root_rule", passed, claim, figures, rows, crit, plots, notes)
+    return CheckResult("square_root_rule", passed, claim, figures, rows, crit, plots, notes, seed=seed)
 
 
 def linear_rule(optimizer: str = "sgd", problem: Problem | None = None, kappas: Sequence[float] = (1, 2, 4, 8),
@@ -365,7 +365,7 @@ def signsgd_vs_sgd_stationary(problem: Quadratic | None = None, eta: float = 0.0
                            "label": f"{n} predicted", "style": "-"} for n in meas]})
     claim = ("stationary E[f] of SignSGD = (eta/4) sqrt(pi/2) sum sigma_i (linear in the noise) and of SGD = "
              "(eta/4) sum sigma_i^2 (quadratic), as derived by sd.stationary ([AS] §2.3)")
-    return CheckResult("signsgd_vs_sgd_stationary", all(crit.values()), claim, figures, rows, crit, plots)
+    return CheckResult("signsgd_vs_sgd_stationary", all(crit.values()), claim, figures, rows, crit, plots, seed=seed)
 
 
 def signsgd_rate_vs_noise(sigmas: Sequence[float] = (1.0, 2.0, 4.0, 8.0), *, h: float = 1.0, x0: float = 0.5,
@@ -447,7 +447,7 @@ def signsgd_rate_vs_noise(sigmas: Sequence[float] = (1.0, 2.0, 4.0, 8.0), *, h: 
                   "label": f"{n} SDE", "style": "-"} for n in rates]}]
     claim = ("the exponential rate of E[f] - f_inf scales as 1/sigma for SignSGD and is independent of sigma for "
              "SGD ([AS] §2.3)")
-    return CheckResult("signsgd_rate_vs_noise", all(crit.values()), claim, figures, rows, crit, plots)
+    return CheckResult("signsgd_rate_vs_noise", all(crit.values()), claim, figures, rows, crit, plots, seed=seed)
 
 
 def heavy_tails(nu: Sequence[float] = (1.5,), *, problem: Quadratic | None = None, eta: float = 0.005,
@@ -551,7 +551,7 @@ def heavy_tails(nu: Sequence[float] = (1.5,), *, problem: Quadratic | None = Non
                          "style": "x"}]}]
     claim = ("under Student-t noise with nu <= 2, SignSGD's stationary E[f] is finite and equals "
              "eta*sum(sigma_i)/(8 f_nu(0)), while SGD's loss is heavy-tailed (no finite mean) ([AS] §2.2-2.3)")
-    return CheckResult("heavy_tails", all(crit.values()), claim, figures, rows, crit, plots)
+    return CheckResult("heavy_tails", all(crit.values()), claim, figures, rows, crit, plots, seed=seed)
 
 
 def rmspropw_bounded_in_noise(sigmas: Sequence[float] = (1.0, 4.0, 16.0, 64.0), wd: float = 0.5, *,
@@ -623,7 +623,7 @@ def rmspropw_bounded_in_noise(sigmas: Sequence[float] = (1.0, 4.0, 16.0, 64.0), 
               "hlines": [{"y": bound, "label": "eta sum h/(4 wd)"}] if wd > 0 else []}]
     claim = (f"{name} with decoupled weight decay wd > 0: the stationary loss stays below (eta/(4 wd)) sum h as "
              "sigma grows (with wd = 0 it grows like eta*sigma/4) ([AS] §2.5)")
-    return CheckResult("rmspropw_bounded_in_noise", all(crit.values()), claim, figures, rows, crit, plots)
+    return CheckResult("rmspropw_bounded_in_noise", all(crit.values()), claim, figures, rows, crit, plots, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -761,7 +761,8 @@ def adagrad_vs_sgd_batch(d: int = 32, budget: int = 2**12, batch_sizes: Sequence
              "while SGD's grows (SGD/AdaGrad ratio grows with M) under anisotropic smoothness and noise with a dense "
              "target; with a sparse target SGD wins ([RB] §3.2, §5C)")
     columns = ["target", "M", "T", "sgd", "sgd eta*", "adagrad", "adagrad eta*", "SGD/AdaGrad"]
-    res = CheckResult("adagrad_vs_sgd_batch", all(crit.values()), claim, figures, rows, crit, plots, columns=columns)
+    res = CheckResult("adagrad_vs_sgd_batch", all(crit.values()), claim, figures, rows, crit, plots, columns=columns,
+                      seed=seed)
     edges = [f"{r['target']} M={r['M']}: {n}" for r in rows for n in ("sgd", "adagrad") if r[f"{n} eta* at grid edge"]]
     if edges:
         res.notes.append("best eta at the edge of its grid (the loss may be flat there): " + "; ".join(edges))
@@ -947,4 +948,4 @@ def optimal_lr_vs_batch(update: str = "sign", *, prediction: str = "auto", d: in
              "moves right x4 when the gradient halves; no peak without off-diagonal curvature (Li et al. 2024, [RB] §2)")
     if kind != ("mccandlish" if update == "sgd" else "surge"):
         claim += f" [compared with the {kind} prediction instead]"
-    return CheckResult("optimal_lr_vs_batch", all(crit.values()), claim, figures, rows, crit, plots)
+    return CheckResult("optimal_lr_vs_batch", all(crit.values()), claim, figures, rows, crit, plots, seed=seed)

@@ -116,6 +116,7 @@ import numpy as np
 import sympy as sp
 
 import sdederive as sd
+from sdederive._json import provenance
 from sdederive.errors import DivergenceError
 from sdederive.problems import LogisticRegression, Problem, Quadratic
 from sdederive.sde import SDE
@@ -351,8 +352,9 @@ class Comparison:
         return self.table()
 
     # -- machine-readable ----------------------------------------------------------------------
-    def to_dict(self, curves: bool = True) -> dict:
-        """JSON-ready (NaN as ``None``); ``curves=False`` leaves out the time series."""
+    def to_dict(self, curves: bool = True, timing: bool = True) -> dict:
+        """JSON-ready (NaN as ``None``); ``curves=False`` leaves out the time series, ``timing=False`` the
+        wall times (the one part that differs between two runs with the same seed and versions)."""
         per_obs = {}
         for obs in self.observables:
             entry = {
@@ -374,11 +376,16 @@ class Comparison:
             "passed": self.passed, "checks": [{"name": n, "passed": ok, "message": m} for n, ok, m in self.checks],
             "results": per_obs, "notes": list(self.notes), "timing": self.timing,
             "claimed_order": self.claimed_order, "regime_check": self.regime_check, "svag": self.svag,
+            "provenance": provenance(self.seed),
         }
+        if not timing:
+            del out["timing"]
         return reporting.json_ready(out)
 
-    def to_json(self, curves: bool = True) -> str:
-        return reporting.dumps(self.to_dict(curves))
+    def to_json(self, curves: bool = True, timing: bool = True) -> str:
+        """:meth:`to_dict` as standard JSON, keys sorted; with ``timing=False`` the same seed and versions
+        give the same bytes (``report.json`` of :meth:`write_report` is written that way)."""
+        return reporting.dumps(self.to_dict(curves, timing))
 
     def plot(self, path: str | Path | None = None):
         """The figure (a :class:`matplotlib.figure.Figure`), written atomically to ``path`` when given,
@@ -401,7 +408,7 @@ class Comparison:
         needed), each atomically (temporary file in the same directory, then :func:`os.replace`)."""
         d = Path(dirname)
         d.mkdir(parents=True, exist_ok=True)
-        out = {"json": reporting.atomic_write_text(d / "report.json", self.to_json() + "\n"),
+        out = {"json": reporting.atomic_write_text(d / "report.json", self.to_json(timing=False) + "\n"),
                "png": d / "comparison.png"}
         self.plot(out["png"])
         out["md"] = reporting.atomic_write_text(d / "report.md", self.markdown("comparison.png"))

@@ -33,7 +33,8 @@ def json_ready(obj):
 
 
 def dumps(obj) -> str:
-    return json.dumps(json_ready(obj), indent=2, allow_nan=False)
+    """Standard JSON with sorted keys (the same result gives the same bytes)."""
+    return json.dumps(json_ready(obj), indent=2, allow_nan=False, sort_keys=True)
 
 
 def plot_comparison(c: Comparison, path: str | os.PathLike | None = None):

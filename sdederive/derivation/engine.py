@@ -292,7 +292,7 @@ def _derive(opt, nm, rg, order: int) -> SDE:
         drift = {k: v.xreplace(bias) for k, v in drift.items()}
         D = D.xreplace(bias)
         C = C.xreplace(bias)
-        notes.append("bias corrections 1 - beta**(k+1) -> " + ", ".join(str(v) for v in bias.values())
+        notes.append("bias corrections 1 - beta**(k+1) -> " + ", ".join(sorted(str(v) for v in bias.values()))
                      + " (k = t/tau, eta -> 0)")
 
     _check_clean(opt, rg, drift, C, D, show, finite=getattr(nm, "nu", None) is not None)

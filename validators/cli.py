@@ -95,7 +95,7 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, metavar="DIR", help="write report.md, report.json, comparison.png")
     p.add_argument("--json", action="store_true", help="print the report as JSON (without the time series)")
     p.add_argument("--progress", action="store_true", help="a line per eta and replicate on stderr")
-    p.set_defaults(func=run_validate)
+    p.set_defaults(func=run_validate, usage_parser=p)
     return p
 
 

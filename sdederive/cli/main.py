@@ -64,17 +64,24 @@ def _noise_params(args) -> dict:
     return {"nu": nu}
 
 
+def _optimizer_usage(args) -> str | None:
+    """The usage error of a command that takes ``OPT`` or ``--spec``: neither or both given (else ``None``)."""
+    if not hasattr(args, "spec") or not hasattr(args, "optimizer"):
+        return None
+    if args.spec is not None and args.optimizer is not None:
+        return f"both OPT ({args.optimizer}) and --spec ({args.spec}) are given; allowed: one of them"
+    if args.spec is None and args.optimizer is None:
+        return (f"no optimizer: give a built-in OPT ({', '.join(opt_mod.names())}) or --spec FILE.py:NAME or "
+                "--spec FILE.json")
+    return None
+
+
 def _optimizer(args):
     """The optimizer of a command: the built-in ``OPT`` or the ``--spec`` file (exactly one of them)."""
-    spec = getattr(args, "spec", None)
-    if spec is not None and args.optimizer is not None:
-        raise SdederiveError(f"both OPT ({args.optimizer}) and --spec ({spec}) are given; allowed: one of them")
-    if spec is not None:
-        return load_spec(spec)
-    if args.optimizer is None:
-        raise SdederiveError(f"no optimizer: give a built-in OPT ({', '.join(opt_mod.names())}) or --spec FILE.py:NAME "
-                             "or --spec FILE.json")
-    return args.optimizer
+    msg = _optimizer_usage(args)
+    if msg:
+        raise SdederiveError(msg)
+    return load_spec(args.spec) if args.spec is not None else args.optimizer
 
 
 def _derive(args, order: int = 1):
@@ -294,6 +301,7 @@ def _add_optimizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("optimizer", metavar="OPT", nargs="?", default=None,
                    help=f"built-in optimizer: {', '.join(opt_mod.names())} (or --spec)")
     p.add_argument("--spec", default=None, metavar="FILE", help=SPEC_HELP)
+    p.set_defaults(usage_parser=p)
 
 
 def _add_problem_args(p: argparse.ArgumentParser) -> None:
@@ -490,6 +498,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: a command is required: list, derive, scaling-rule, stationary, simulate, rate, optimal-lr, validate, sweep, tour", file=sys.stderr)
+        return 2
+    msg = _optimizer_usage(args)
+    if msg:  # OPT and --spec: exactly one (a usage error, as a missing positional argument is)
+        if getattr(args, "usage_parser", None) is not None:
+            sys.stderr.write(args.usage_parser.format_usage())
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
     try:
         return args.func(args, sys.stdout)

@@ -109,7 +109,9 @@ def add_sweep_parser(sub) -> None:
         description="Run every cell of the grid in a TOML file on a local process pool or a Dask cluster "
         "(--scheduler), writing one Parquet row per finished cell to --out; --resume skips finished cells. "
         "With an [analysis] table, prints the optimal eta per batch size with a bootstrap band, fits the "
-        "surge or McCandlish curve and writes optimal.png.",
+        "surge or McCandlish curve and writes optimal.png. A top-level spec = \"my_opt.json\" (or a list) adds "
+        "user-written optimizers from optimizer JSON files, relative to the sweep file (JSON only: a sweep file "
+        "may be shared, so it cannot name Python code).",
         epilog=examples("sdederive sweep grid.toml --out results/", "sdederive sweep grid.toml --out results/ --resume",
                          "sdederive sweep grid.toml --out results/ --scheduler tcp://127.0.0.1:8786"),
     )

@@ -145,6 +145,10 @@ def test_unserializable_update_is_refused_by_name():
     opt = sd.from_update("pw", {"x": x - sd.sym("eta") * sp.Piecewise((g, g > 0), (0, True))}, {"eta": (0.1, "lr")})
     with pytest.raises(sd.SpecError, match="update of 'x' cannot be written as JSON: it uses Piecewise"):
         opt.to_json()
+    custom = sd.from_update("rg", {"x": x - sd.sym("eta") * g}, {"eta": (0.1, "lr")},
+                            natural_regime=sd.regimes.get("sgd"))
+    with pytest.raises(sd.SpecError, match="the natural regime .* cannot be written as JSON; allowed: a regime name"):
+        custom.to_json()
     with pytest.raises(sd.SdederiveError, match="Piecewise"):
         sd.SDE(optimizer="pw", noise="gaussian", regime="sgd", states=("x",), drift={"x": -sd.sym("grad")},
                diffusion_matrix=sp.zeros(1, 0), covariance=sp.zeros(1, 1), tau=sd.sym("eta"), source=opt).to_json()

@@ -134,6 +134,7 @@ class Optimizer:
         function outside the parser's whitelist, a float of another precision) raises
         :class:`~sdederive.errors.SpecError` naming the state and the part that is not serializable.
         """
+        _check_writable(self)
         update = []
         for state, expr in self.update:
             text = _expr_text(expr)
@@ -311,6 +312,31 @@ def _unserializable(e: sp.Expr) -> str:
     return ""
 
 
+def _check_writable(opt: Optimizer) -> None:
+    """Refuse, at writing time, what :func:`_from_dict` would refuse at reading time (names, docs)."""
+    def bad(what: str, v, allowed: str) -> SpecError:
+        return SpecError(f"optimizer {opt.name!r}: {what} {str(v)[:60]!r} cannot be written as JSON; allowed: {allowed}")
+
+    label = "1 to 100 letters, digits, '_', '.', '+', '-' or inner spaces, starting with a letter or digit"
+    if not isinstance(opt.name, str) or not _LABEL.match(opt.name):
+        raise bad("the name", opt.name, label)
+    if not isinstance(opt.natural_regime, str) or not _LABEL.match(opt.natural_regime):
+        raise bad("the natural regime", opt.natural_regime, "a regime name (" + label + "); register a custom "
+                  "sd.Regime with sd.regimes.register and give its name")
+    for what, n in [("state", s.name) for s in opt.states] + [("hyperparameter", h.name) for h in opt.hypers]:
+        if not isinstance(n, str) or not IDENTIFIER.match(n) or len(n) > 64:
+            raise bad(f"the {what} name", n, "an identifier of letters, digits and '_' (at most 64 characters)")
+    docs = [opt.doc or ""] + [s.doc for s in opt.states] + [h.doc for h in opt.hypers]
+    if any(not isinstance(d, str) or len(d) > _MAX_DOC for d in docs):
+        raise bad("a doc string", next(d for d in docs if not isinstance(d, str) or len(d) > _MAX_DOC),
+                  f"strings of at most {_MAX_DOC} characters")
+    if len(opt.states) > _MAX_ENTRIES or len(opt.hypers) > _MAX_ENTRIES or len(opt.transforms) > _MAX_ENTRIES:
+        raise bad("the number of states, hyperparameters or transforms", len(opt.states), f"at most {_MAX_ENTRIES}")
+    for t in opt.transforms:
+        if not isinstance(t, str) or not IDENTIFIER.match(t) or len(t) > 64:
+            raise bad("the transform name", t, "an identifier")
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -471,10 +497,13 @@ def from_update(
     ----------
     update: state name -> its value after the step (``"x"`` required), in symbols from
         :func:`sdederive.sym` (``x``, ``g``, ``k``, states, hyperparameters).
-    hypers: name -> ``(default, kind)`` or a :class:`~sdederive.spec.hyper.Hyper`; kinds are the keys of
-        :data:`sdederive.spec.hyper.KINDS` (``"decay"`` parameters are scaled by the regimes).
+    hypers: name -> ``(default, kind)`` or a :class:`~sdederive.spec.hyper.Hyper`; kinds are
+        :class:`~sdederive.spec.kinds.HyperKind` values, the keys of :data:`sdederive.spec.hyper.KINDS`
+        (``"decay"`` parameters are scaled by the regimes).
     init: initial values of the auxiliary states (default 0).
-    kinds: state name -> ``"aux"`` | ``"second_moment"`` | ``"accumulator"``.
+    kinds: state name -> a :class:`~sdederive.spec.kinds.StateKind` or its value ``"aux"`` |
+        ``"second_moment"`` | ``"accumulator"`` (default ``"aux"``); regimes and simulators read the kind,
+        never the state's name.
     """
     hs = []
     for hn, spec in hypers.items():

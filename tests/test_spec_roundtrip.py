@@ -375,6 +375,37 @@ def test_sweep_grid_spec_is_json_only_and_relative(capsys, tmp_path):
     assert rc == 2 and "sub/missing.json' does not exist" in err, err
 
 
+def test_sweep_file_runs_a_json_spec(capsys, tmp_path, monkeypatch):
+    """A sweep file's spec = "x.json" (relative to the sweep file) runs that optimizer; threads instead of
+    processes keep the test fast (the process pool is what test_sweep.py covers)."""
+    import concurrent.futures as cf
+
+    from sdederive.sweep import load
+
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", lambda max_workers=None, **kw: cf.ThreadPoolExecutor(max_workers))
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "mine.json").write_text(_my_adagrad().to_json())
+    grid = tmp_path / "g.toml"
+    grid.write_text(textwrap.dedent("""
+        steps = 3
+        paths = 8
+        spec = ["specs/mine.json"]
+        [problem]
+        kind = "quadratic"
+        h = [0.5, 2.0]
+        sigma = [0.7, 0.3]
+        x0 = [1.0, -1.5]
+        [grid]
+        optimizer = ["my_adagrad", "adagrad"]
+        eta = [0.05]
+    """))
+    rc, out, err = _cli(capsys, "sweep", str(grid), "--out", str(tmp_path / "out"), "--workers", "1", "--quiet")
+    assert rc == 0, err
+    rows = {r["optimizer"]: r for r in load(tmp_path / "out").to_pylist()}
+    assert set(rows) == {"my_adagrad", "adagrad"}
+    assert rows["my_adagrad"]["final_loss"] == rows["adagrad"]["final_loss"]  # the same rule, the same seed
+
+
 def test_sweep_runs_a_spec_in_process(tmp_path, problem):
     """runner.run with specs: the grid gets the spec's name as its optimizer axis; the row equals the
     built-in's (same seed) because the rule is the same.  A one-worker thread pool keeps it in-process."""

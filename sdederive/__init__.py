@@ -24,6 +24,7 @@ from sdederive.sde import SDE
 from sdederive.simulate.simulator import SimulationResult, Simulator, compile
 from sdederive.spec import optimizers, transforms
 from sdederive.spec.hyper import Hyper
+from sdederive.spec.kinds import HyperKind, StateKind
 from sdederive.spec.optimizers import Optimizer, chain, from_update
 from sdederive.symbols import sym, symbols
 
@@ -47,3 +48,4 @@ __all__ = [
     "SimulationResult", "problems", "Quadratic", "LogisticRegression", "Custom", "__version__",
     "assumptions", "rates", "ito", "batchsize", "sweep", "export",
 ]
+__all__ += ["StateKind", "HyperKind"]  # the declared roles of states and hyperparameters (sdederive.spec.kinds)

@@ -18,9 +18,12 @@ from dataclasses import dataclass, field, replace
 
 import sympy as sp
 
+from sdederive import noise as noise_mod
 from sdederive._safe_expr import IDENTIFIER, parse_expr
 from sdederive.errors import HyperparameterError, SdederiveError
 from sdederive.spec.hyper import KINDS, check_value
+from sdederive.spec.kinds import HyperKind
+from sdederive.spec.optimizers import Optimizer
 from sdederive.symbols import KNOWN, sym
 
 __all__ = ["SDE"]
@@ -56,8 +59,11 @@ class SDE:
         discrete ``slow + a*fast`` (heavy ball at fixed ``mu``: ``x + eta*mu/(mu - 1)*m``).
     notes: conditions and modelling choices (``nu > 2``, eliminated fast states, ...).
     source: the :class:`~sdederive.spec.optimizers.Optimizer` it was derived from (the simulators take the
-        states' kinds, initial values and update from it); ``None`` after :meth:`from_json` (an update
-        rule is code, not JSON), where the simulators resolve a built-in by name.
+        states' kinds, initial values, update rule and noise-column signs from it); written to JSON under
+        ``"source"`` and restored by :meth:`from_json`.  ``None`` only for an SDE built by hand or read
+        from an old JSON without that key (the simulators then resolve a built-in of that name).
+    noise_model: the :class:`~sdederive.noise.NoiseModel` it was derived under (JSON key ``"noise_model"``:
+        its name and parameters).
     """
 
     optimizer: str
@@ -77,7 +83,8 @@ class SDE:
     notes: tuple[str, ...] = ()
     noise_values: dict = field(default_factory=dict)
     hypers: tuple = ()
-    source: object = None  # the Optimizer derived from (state kinds, inits, update); not in the JSON
+    source: object = None  # the Optimizer derived from (state kinds, inits, update); JSON "source"
+    noise_model: object = None  # the NoiseModel derived under; JSON "noise_model"
 
     # -- views --------------------------------------------------------------------------------
     @property
@@ -264,8 +271,10 @@ class SDE:
             "eliminated": {f: {k: str(v) for k, v in m.items()} for f, m in self.eliminated.items()},
             "notes": list(self.notes),
             "assumptions": extra_syms,
-            "hypers": [list(h) for h in self.hypers],
+            "hypers": [[n, str(k), v] for n, k, v in self.hypers],
             "noise_values": self.noise_values,
+            **({"source": self.source.to_dict()} if isinstance(self.source, Optimizer) else {}),
+            **({"noise_model": _noise_to_dict(self.noise_model)} if self.noise_model is not None else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -297,13 +306,62 @@ class SDE:
 # -- loading (SDE.from_json) ---------------------------------------------------------------------------
 _KEYS_REQUIRED = ("optimizer", "noise", "regime", "states", "drift", "diffusion", "tau")
 _KEYS_OPTIONAL = ("symbols", "order", "noise_sources", "covariance", "params", "state_map", "init", "linear_noise",
-                  "eliminated", "notes", "assumptions", "hypers", "noise_values")
+                  "eliminated", "notes", "assumptions", "hypers", "noise_values", "source", "noise_model")
 #: optimizer, noise model and regime names: letters, digits and ``_ . + -`` (and inner spaces), no
 #: line breaks or other characters that could leave a comment of generated code
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\- ]{0,99}\Z")
 _ASSUMPTION_KEYS = ("real", "positive", "nonnegative")
 _MAX_STATES = 64
 _MAX_SOURCES = 64
+
+
+_NOISE_PARAMS = ("sigma", "Sigma", "nu")
+_MAX_NOISE_NUMBERS = 1_000_000
+
+
+def _noise_key(nm) -> str:
+    return "minibatch" if getattr(nm, "batch", False) and nm.name == "gaussian" else str(nm.name)
+
+
+def _noise_to_dict(nm) -> dict:
+    """``{"name": ..., "params": {...}}`` of a noise model; refused where that does not rebuild it."""
+    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in getattr(nm, "values", ())}
+    if getattr(nm, "Sigma", None) is not None:
+        params["Sigma"] = [list(r) for r in nm.Sigma]
+    key = _noise_key(nm)
+    try:
+        same = noise_mod.get(key, **params) == nm
+    except SdederiveError:
+        same = False
+    if not same:
+        raise SdederiveError(f"SDE.to_json: the noise model {nm!r} ({type(nm).__name__}) cannot be written as JSON; "
+                             f"allowed: the built-in models {', '.join(noise_mod.names())} with parameters "
+                             f"{', '.join(_NOISE_PARAMS)}")
+    return {"name": key, "params": params}
+
+
+def _noise_from_dict(v, label: str):
+    if not isinstance(v, Mapping) or set(v) - {"name", "params"} or "name" not in v:
+        raise _json_err(f"noise_model = {str(v)[:80]} must be an object with the keys name and params")
+    name, params = v["name"], v.get("params", {})
+    if not isinstance(name, str) or name not in noise_mod.names():
+        raise _json_err(f"noise_model name {str(name)[:40]!r} is unknown; allowed: {', '.join(noise_mod.names())}")
+    if not isinstance(params, Mapping) or any(k not in _NOISE_PARAMS for k in params):
+        raise _json_err(f"noise_model params = {str(params)[:80]}; allowed: an object with the keys "
+                        f"{', '.join(_NOISE_PARAMS)}")
+    count = 0
+    for k, x in params.items():
+        rows = x if isinstance(x, list) else [x]
+        for r in rows:
+            for y in (r if isinstance(r, list) else [r]):
+                count += 1
+                if count > _MAX_NOISE_NUMBERS:
+                    raise _json_err(f"noise_model params hold more than {_MAX_NOISE_NUMBERS} numbers")
+                _number(y, f"noise_model {k}")
+    nm = noise_mod.get(name, **dict(params))  # the constructors check the values (NoiseModelError)
+    if nm.label != label:
+        raise _json_err(f"noise_model {name!r} is labelled {nm.label!r} but the SDE's noise is {label!r}")
+    return nm
 
 
 def _json_err(msg: str) -> SdederiveError:
@@ -481,8 +539,9 @@ def _from_json(cls, data) -> SDE:
             raise _json_err(f"hypers entry {str(h)[:60]} must be [name, kind, default]")
         name, kind, default = h
         _ident(name, "hyperparameter")
-        if kind not in KINDS:
-            raise _json_err(f"hyperparameter {name!r} has kind {kind!r}; allowed: {sorted(KINDS)}")
+        if not isinstance(kind, str) or kind not in KINDS:
+            raise _json_err(f"hyperparameter {name!r} has kind {str(kind)[:40]!r}; allowed: {sorted(KINDS)}")
+        kind = HyperKind(kind)
         if default is not None:
             _number(default, f"default of hyperparameter {name!r}")
             check_value(name, kind, default)
@@ -494,9 +553,24 @@ def _from_json(cls, data) -> SDE:
         flat = [y for x in flat for y in (x if isinstance(x, list) else [x])]
         for x in flat:
             _number(x, f"noise_values of {k!r}")
+    state_map = exprs("state_map")
+    source = None
+    if "source" in d:
+        source = Optimizer.from_dict(d["source"])
+        if source.name != optimizer:
+            raise _json_err(f"source is the optimizer {source.name!r} but the SDE is of {optimizer!r}; allowed: "
+                            "the optimizer the SDE was derived from")
+        if hypers and [h[0] for h in hypers] != [h.name for h in source.hypers]:
+            raise _json_err(f"hypers {[h[0] for h in hypers]} differ from the hyperparameters of source "
+                            f"{[h.name for h in source.hypers]}; allowed: the same names, in the same order")
+        odd = [s for s in states if s not in source.state_names and s not in state_map]
+        if odd:
+            raise _json_err(f"states {odd} are neither states of source {list(source.state_names)} nor defined in "
+                            "state_map")
+    noise_model = _noise_from_dict(d["noise_model"], noise) if "noise_model" in d else None
     return cls(
         optimizer=optimizer, noise=noise, regime=regime, states=states, drift=drift, diffusion_matrix=D,
-        covariance=C, tau=P(d["tau"], "tau"), order=order, params=exprs("params"), state_map=exprs("state_map"),
+        covariance=C, tau=P(d["tau"], "tau"), order=order, params=exprs("params"), state_map=state_map,
         init=exprs("init"), linear_noise=linear_noise, eliminated=eliminated, notes=tuple(notes),
-        noise_values=noise_values, hypers=tuple(hypers),
+        noise_values=noise_values, hypers=tuple(hypers), source=source, noise_model=noise_model,
     )

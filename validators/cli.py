@@ -61,7 +61,11 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "validate", help="weak error and weak order of the SDE against the discrete optimizer",
         formatter_class=_formatter(), description=_DESCRIPTION, epilog=ex)
-    p.add_argument("optimizer", metavar="OPT", help=f"built-in optimizer: {', '.join(opt_mod.names())}")
+    from sdederive.cli._common import SPEC_HELP
+
+    p.add_argument("optimizer", metavar="OPT", nargs="?", default=None,
+                   help=f"built-in optimizer: {', '.join(opt_mod.names())} (or --spec)")
+    p.add_argument("--spec", default=None, metavar="FILE", help=SPEC_HELP)
     p.add_argument("--problem", default="quadratic", metavar="FILE|NAME",
                    help=f"problem JSON file or built-in name: {', '.join(problem_names())} (default quadratic)")
     p.add_argument("--batch", type=int, default=None, metavar="B",
@@ -91,7 +95,7 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, metavar="DIR", help="write report.md, report.json, comparison.png")
     p.add_argument("--json", action="store_true", help="print the report as JSON (without the time series)")
     p.add_argument("--progress", action="store_true", help="a line per eta and replicate on stderr")
-    p.set_defaults(func=run_validate)
+    p.set_defaults(func=run_validate, usage_parser=p)
     return p
 
 
@@ -129,6 +133,21 @@ def _load_problem(spec: str, batch: int | None):
     return get(key)
 
 
+def _optimizer(args: argparse.Namespace, load_spec):
+    """The built-in ``OPT`` or the ``--spec`` optimizer (exactly one of them)."""
+    spec = getattr(args, "spec", None)
+    if spec is not None and args.optimizer is not None:
+        raise ValidationError(f"both OPT ({args.optimizer}) and --spec ({spec}) are given; allowed: one of them")
+    if spec is not None:
+        return load_spec(spec)
+    if args.optimizer is None:
+        from sdederive.spec import optimizers as opt_mod
+
+        raise ValidationError(f"no optimizer: give a built-in OPT ({', '.join(opt_mod.names())}) or --spec "
+                              "FILE.py:NAME or --spec FILE.json")
+    return args.optimizer
+
+
 def run_validate(args: argparse.Namespace, out=None) -> int:
     """Run ``sdederive validate`` with parsed ``args``; print the report to ``out`` (default stdout).
     Returns 0 (done / passed), 1 (a requested check failed) or 2 (bad input: ``sdederive: error: ...``)."""
@@ -137,7 +156,7 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
         import warnings
 
         from sdederive.analysis.regime_check import RegimeWarning
-        from sdederive.cli._common import kv_list  # the NAME=VALUE parser of every sdederive command
+        from sdederive.cli._common import kv_list, load_spec  # shared by every sdederive command
 
         from .compare import compare
 
@@ -145,11 +164,12 @@ def run_validate(args: argparse.Namespace, out=None) -> int:
             from sdederive._outdir import check_output_dir
 
             check_output_dir(args.report, "--report directory")
+        optimizer = _optimizer(args, load_spec)
         problem = _load_problem(args.problem, getattr(args, "batch", None))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RegimeWarning)
             res = compare(
-                args.optimizer, problem, etas=_floats(args.etas, "--etas"), paths=args.paths, horizon=args.horizon,
+                optimizer, problem, etas=_floats(args.etas, "--etas"), paths=args.paths, horizon=args.horizon,
                 observables=[o.strip() for o in str(args.observables).split(",") if o.strip()],
                 hyper=kv_list(args.hp, "--hp"), regime=args.regime, seed=args.seed, replicates=args.replicates,
                 tol=args.tol, backend=args.backend, n_points=args.points, progress=args.progress,

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from sdederive import noise as noise_mod
 from sdederive import regimes as regime_mod
 from sdederive._json import dumps as json_dumps
-from sdederive.cli._common import Formatter, Parser, UsageError, examples, kv_list, one_line
+from sdederive.cli._common import SPEC_HELP, Formatter, Parser, UsageError, examples, kv_list, load_spec, one_line
 from sdederive.derivation.engine import derive
 from sdederive.errors import NoiseModelError, SdederiveError
 from sdederive.spec import optimizers as opt_mod
@@ -64,8 +64,28 @@ def _noise_params(args) -> dict:
     return {"nu": nu}
 
 
+def _optimizer_usage(args) -> str | None:
+    """The usage error of a command that takes ``OPT`` or ``--spec``: neither or both given (else ``None``)."""
+    if not hasattr(args, "spec") or not hasattr(args, "optimizer"):
+        return None
+    if args.spec is not None and args.optimizer is not None:
+        return f"both OPT ({args.optimizer}) and --spec ({args.spec}) are given; allowed: one of them"
+    if args.spec is None and args.optimizer is None:
+        return (f"no optimizer: give a built-in OPT ({', '.join(opt_mod.names())}) or --spec FILE.py:NAME or "
+                "--spec FILE.json")
+    return None
+
+
+def _optimizer(args):
+    """The optimizer of a command: the built-in ``OPT`` or the ``--spec`` file (exactly one of them)."""
+    msg = _optimizer_usage(args)
+    if msg:
+        raise SdederiveError(msg)
+    return load_spec(args.spec) if args.spec is not None else args.optimizer
+
+
 def _derive(args, order: int = 1):
-    return derive(args.optimizer, args.noise, args.regime, order, **_noise_params(args))
+    return derive(_optimizer(args), args.noise, args.regime, order, **_noise_params(args))
 
 
 def _dump(obj) -> str:
@@ -196,7 +216,7 @@ def cmd_tour(args, out) -> int:
 _NOISE_DOMINATED_SIGMA = 100.0
 
 
-def _default_problem(optimizer: str, regime: str | None):
+def _default_problem(optimizer, regime: str | None):
     """The problem of ``simulate`` without ``--problem``: ``f = sum_i h_i x_i**2/2``, ``h = geomspace(0.1, 10,
     10)``, ``x0 = 1``, with ``sigma = 1``, or ``sigma = 100`` where the regime (``--regime`` or the optimizer's
     natural one) is noise-dominated, so that ``|grad|/sigma`` is small as that regime assumes."""
@@ -215,16 +235,17 @@ def cmd_simulate(args, out) -> int:
     from sdederive.simulate.simulator import check_run_args
     from sdederive.simulate.simulator import compile as sd_compile
 
-    problem = load(args.problem) if args.problem else _default_problem(args.optimizer, args.regime)
+    optimizer = _optimizer(args)
+    problem = load(args.problem) if args.problem else _default_problem(optimizer, args.regime)
     hyper = kv_list(args.hp, "--hp")
     init = kv_list(args.init, "--init")
     if args.mode == "sde":
         from sdederive.noise import StudentT
 
         noise = StudentT(nu=problem.nu) if problem.noise == "student-t" else "gaussian"
-        obj = derive(args.optimizer, noise, args.regime)
+        obj = derive(optimizer, noise, args.regime)
     else:
-        obj = opt_mod.get(args.optimizer)
+        obj = opt_mod.get(optimizer)
     save_every = args.save_every if args.save_every is not None else max(1, args.steps // 100)
     # the run's sizes are checked before the (seconds-long) compile
     check_run_args(paths=args.paths, steps=args.steps, save_every=save_every, seed=args.seed)
@@ -275,8 +296,16 @@ def cmd_simulate(args, out) -> int:
     return status
 
 
+def _add_optimizer_args(p: argparse.ArgumentParser) -> None:
+    """``OPT`` (a built-in name) or ``--spec FILE`` (read by :func:`_optimizer`)."""
+    p.add_argument("optimizer", metavar="OPT", nargs="?", default=None,
+                   help=f"built-in optimizer: {', '.join(opt_mod.names())} (or --spec)")
+    p.add_argument("--spec", default=None, metavar="FILE", help=SPEC_HELP)
+    p.set_defaults(usage_parser=p)
+
+
 def _add_problem_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("optimizer", metavar="OPT", help=f"built-in optimizer: {', '.join(opt_mod.names())}")
+    _add_optimizer_args(p)
     p.add_argument("--noise", default="gaussian", metavar="NOISE", help=_NOISE_HELP)
     p.add_argument("--nu", default=None, metavar="NU", help=_NU_HELP)
     p.add_argument("--regime", default=None, metavar="R", help=_REGIME_HELP)
@@ -339,11 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "derive", help="derive the SDE of an optimizer", formatter_class=Formatter,
-        description="Derive the SDE dX = b dt + D dW of a built-in optimizer (one coordinate) by a one-step "
-        "moment expansion in the learning rate eta. Prints a readable form by default.",
+        description="Derive the SDE dX = b dt + D dW of a built-in optimizer, or of your own (--spec), one "
+        "coordinate, by a one-step moment expansion in the learning rate eta. Prints a readable form by default.",
         epilog=examples(f"{PROG} derive sgd", f"{PROG} derive adam --regime noise-dominated --latex",
                          f"{PROG} derive signsgd --noise student-t --nu 3 --json",
-                         f"{PROG} derive sgd --order 2"),
+                         f"{PROG} derive sgd --order 2", f"{PROG} derive --spec my_opt.py:my_adagrad --json",
+                         f"{PROG} derive --spec my_adagrad.json"),
     )
     _add_problem_args(p)
     p.add_argument("--order", type=int, default=1, choices=(1, 2),
@@ -383,9 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
             f"{PROG} simulate adam --mode sde --problem quad.json --paths 10000 --steps 5000 --eta 0.01 "
             "--hp beta1=0.9 --hp beta2=0.999 --seed 0 --json",
             f"{PROG} simulate rmsprop --mode discrete --paths 1000 --steps 1000 --eta 0.01 --save-every 100",
+            f"{PROG} simulate --spec my_opt.py:my_adagrad --paths 1000 --steps 1000",
             'quad.json: {"kind": "quadratic", "h": [1, 10], "sigma": [1, 1], "noise": "gaussian", "x0": [1, 1]}'),
     )
-    p.add_argument("optimizer", metavar="OPT", help=f"built-in optimizer: {', '.join(opt_mod.names())}")
+    _add_optimizer_args(p)
     p.add_argument("--mode", choices=("sde", "discrete"), default="sde", help="what to simulate (default: sde)")
     p.add_argument("--regime", default=None, metavar="R", help=_REGIME_HELP)
     p.add_argument("--problem", default=None, metavar="FILE", help="problem JSON file (quadratic, logistic, custom)")
@@ -467,6 +498,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: a command is required: list, derive, scaling-rule, stationary, simulate, rate, optimal-lr, validate, sweep, tour", file=sys.stderr)
+        return 2
+    msg = _optimizer_usage(args)
+    if msg:  # OPT and --spec: exactly one (a usage error, as a missing positional argument is)
+        if getattr(args, "usage_parser", None) is not None:
+            sys.stderr.write(args.usage_parser.format_usage())
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 2
     try:
         return args.func(args, sys.stdout)

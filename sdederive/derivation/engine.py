@@ -316,6 +316,7 @@ def _derive(opt, nm, rg, order: int) -> SDE:
         noise_values=dict(nm.values),
         hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers),
         source=opt,
+        noise_model=nm,
     )
 
 

@@ -40,6 +40,7 @@ from sdederive.simulate._quadrature import break_points, noise_expectation
 from sdederive.simulate.spec import KernelSpec, discrete_spec, sde_spec, source_optimizer
 from sdederive.spec import optimizers as _opt
 from sdederive.spec.hyper import KINDS, check_value
+from sdederive.spec.kinds import StateKind
 from sdederive.symbols import sym
 
 __all__ = ["compile", "Simulator", "SimulationResult", "check_run_args"]
@@ -271,7 +272,7 @@ class Simulator:
         kinds = {s.name: s for s in opt.states} if opt else {}
         singular_states = [
             outputs[s] for s in sde.states[1:]
-            if outputs[s] in kinds and kinds[outputs[s]].kind in ("second_moment", "accumulator")
+            if outputs[s] in kinds and kinds[outputs[s]].kind in (StateKind.SECOND_MOMENT, StateKind.ACCUMULATOR)
             and kinds[outputs[s]].init == 0.0 and outputs[s] not in init
         ]
         offset = singular_t or bool(singular_states)
@@ -279,7 +280,8 @@ class Simulator:
         if offset:
             if opt is None:
                 raise SdederiveError(
-                    f"the SDE of {sde.optimizer!r} is singular at t = 0 and its optimizer is not a built-in, so "
+                    f"the SDE of {sde.optimizer!r} is singular at t = 0 and carries no optimizer (sde.source is None: "
+                    "built by hand, or read from an old JSON without \"source\") that is not a built-in, so "
                     "the expected first step cannot be computed; pass init={...} for every auxiliary state")
             disc.update(self._expected_first_step(opt, hv))
         for k, v in init.items():

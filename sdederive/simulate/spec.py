@@ -121,10 +121,11 @@ def _scalars_of(exprs, known_states, hypers_order) -> tuple[str, ...]:
 
 
 def source_optimizer(sde: SDE) -> Optimizer | None:
-    """The optimizer ``sde`` was derived from: ``sde.source`` (set by :func:`sdederive.derive`), else
-    the built-in of that name (an SDE read from JSON), else ``None``.  The simulators take the states'
-    kinds, initial values and update rule from it, so a user-written copy of a built-in simulates
-    exactly like the built-in."""
+    """The optimizer ``sde`` was derived from: ``sde.source`` (set by :func:`sdederive.derive` and
+    restored by :meth:`SDE.from_json <sdederive.sde.SDE.from_json>`), else the built-in of that name (an
+    SDE built by hand or read from an old JSON without ``"source"``), else ``None``.  The simulators take
+    the states' kinds, initial values and update rule from it, so a user-written copy of a built-in
+    simulates exactly like the built-in."""
     if isinstance(sde.source, Optimizer):
         return sde.source
     from sdederive.spec.optimizers import BUILTINS, get
@@ -164,7 +165,7 @@ def _coupling_signs(sde: SDE, D: sp.Matrix) -> list[int]:
     if sde.eliminated or r == 0:
         return out
     opt = source_optimizer(sde)
-    if opt is None:  # an SDE read from JSON of an optimizer that is not a built-in: keep the derived sign
+    if opt is None:  # a hand-built SDE (or old JSON) of an optimizer that is not a built-in: keep the derived sign
         return out
     upd = opt.updates
     z = sym("z")

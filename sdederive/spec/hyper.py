@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import sympy as sp
 
 from sdederive.errors import HyperparameterError
+from sdederive.spec.kinds import HyperKind
 from sdederive.symbols import KNOWN, describe, sym
 
 #: reserved names (docs/notation.md) that are hyperparameters; every other reserved name is refused
 _HYPER_NAMES = ("eta", "beta", "beta1", "beta2", "mu", "eps", "wd")
 
-__all__ = ["Hyper", "KINDS", "check_value"]
+__all__ = ["Hyper", "HyperKind", "KINDS", "check_value"]
 
 #: role -> (allowed-range text, predicate).  The role also tells regimes what to scale:
 #: ``decay`` parameters (EMA decays of a state) become ``1 - rho*eta`` in the balanced regime and
@@ -51,18 +52,22 @@ def check_value(name: str, kind: str, value) -> None:
 @dataclass(frozen=True)
 class Hyper:
     """One hyperparameter: ``name`` (a NOTATION name where one exists), ``default`` (PyTorch's where
-    one exists), ``kind`` (a key of :data:`KINDS`)."""
+    one exists), ``kind`` (a :class:`~sdederive.spec.kinds.HyperKind`; its plain string values, the keys
+    of :data:`KINDS`, are accepted)."""
 
     name: str
     default: float | None
-    kind: str = "real"
+    kind: HyperKind = HyperKind.REAL
     doc: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
+        try:
+            kind = HyperKind(self.kind)
+        except ValueError:
             raise HyperparameterError(
                 f"hyperparameter kind {self.kind!r} of {self.name!r} is unknown; valid kinds: {sorted(KINDS)}"
-            )
+            ) from None
+        object.__setattr__(self, "kind", kind)
         if self.name in KNOWN and self.name not in _HYPER_NAMES:
             raise HyperparameterError(
                 f"hyperparameter name {self.name!r} is reserved: the notation uses it for {describe(self.name)}. "
@@ -74,11 +79,12 @@ class Hyper:
 
     @property
     def symbol(self) -> sp.Symbol:
-        if self.kind in ("lr", "positive"):
-            return sym(self.name) if self.name in ("eta",) else sym(self.name, positive=True)
-        if self.name in ("beta", "beta1", "beta2", "mu", "eps", "wd"):
+        """The symbol: the notation's for a reserved name, else positive or nonnegative as the kind says."""
+        if self.name in KNOWN:
             return sym(self.name)
-        if self.kind in ("decay", "interp", "momentum", "eps", "wd"):
+        if self.kind in (HyperKind.LR, HyperKind.POSITIVE):
+            return sym(self.name, positive=True)
+        if self.kind.unit_interval or self.kind in (HyperKind.EPS, HyperKind.WD):
             return sym(self.name, nonnegative=True)
         return sym(self.name)
 

@@ -22,18 +22,25 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import sympy as sp
+from sympy.printing.str import StrPrinter
 
-from sdederive.errors import HyperparameterError, SpecError, UnknownNameError
+from sdederive import _json
+from sdederive._safe_expr import IDENTIFIER, SDE_FUNCTIONS, parse_expr
+from sdederive.errors import HyperparameterError, SdederiveError, SpecError, UnknownNameError
 from sdederive.spec import transforms as T
 from sdederive.spec.hyper import KINDS, Hyper, check_value
+from sdederive.spec.kinds import HyperKind, StateKind
 from sdederive.spec.transforms import Context, StateDecl, Transform
 from sdederive.symbols import is_registry_symbol, spelling, sym
 
-__all__ = ["Optimizer", "chain", "from_update", "get", "names", "BUILTINS", "UNDERIVABLE"]
+__all__ = ["Optimizer", "chain", "from_update", "get", "names", "BUILTINS", "UNDERIVABLE", "HyperKind", "StateKind"]
 
 _X, _G, _K = sym("x"), sym("g"), sym("k")
 
@@ -106,8 +113,8 @@ class Optimizer:
 
     def fingerprint(self) -> str:
         """Content hash of the spec (update rule, hyperparameter roles, states)."""
-        text = repr((self.name, [(h.name, h.kind) for h in self.hypers],
-                     [(s.name, s.kind, s.init) for s in self.states],
+        text = repr((self.name, [(h.name, h.kind.value) for h in self.hypers],
+                     [(s.name, s.kind.value, s.init) for s in self.states],
                      [(k, sp.srepr(e)) for k, e in self.update]))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -117,6 +124,88 @@ class Optimizer:
             lines.append(f"  {k}_(k+1) = {e}")
         lines.append("  defaults: " + ", ".join(f"{k}={v:g}" for k, v in self.defaults.items()))
         return "\n".join(lines)
+
+    # -- JSON ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """The optimizer as plain JSON data (schema in ``docs/notation.md``, "Optimizer JSON").
+
+        Expressions are written as text that :func:`sdederive._safe_expr.parse_expr` reads back to the
+        same sympy expression (floats with all their digits); an update that text cannot hold (a
+        function outside the parser's whitelist, a float of another precision) raises
+        :class:`~sdederive.errors.SpecError` naming the state and the part that is not serializable.
+        """
+        _check_writable(self)
+        update = []
+        for state, expr in self.update:
+            text = _expr_text(expr)
+            try:
+                back = _parse_update(text, self.states, self.hypers, f"update of {state}")
+            except SdederiveError as err:
+                back, why = None, str(err)
+            else:
+                why = "its text does not read back as the same expression"
+            if back != expr:
+                raise SpecError(
+                    f"optimizer {self.name!r}: the update of {state!r} cannot be written as JSON: "
+                    f"{_unserializable(expr) or why}. Allowed in an optimizer JSON: numbers, + - * / **, the "
+                    f"states, hyperparameters, x, g, k and the functions {', '.join(sorted(SDE_FUNCTIONS))}"
+                )
+            update.append({"state": state, "expr": text})
+        for s in self.states:
+            if not _is_number(s.init):
+                raise SpecError(f"optimizer {self.name!r}: the initial value {s.init!r} of state {s.name!r} cannot "
+                                "be written as JSON; allowed: a finite number")
+        for h in self.hypers:
+            if h.default is not None and not _is_number(h.default):
+                raise SpecError(f"optimizer {self.name!r}: the default {h.default!r} of hyperparameter {h.name!r} "
+                                "cannot be written as JSON; allowed: a finite number or None")
+        return {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "name": self.name,
+            "natural_regime": self.natural_regime,
+            "doc": self.doc or "",
+            "transforms": list(self.transforms),
+            "hypers": [{"name": h.name, "kind": h.kind.value, "default": None if h.default is None else h.default,
+                        "doc": h.doc} for h in self.hypers],
+            "states": [{"name": s.name, "kind": s.kind.value, "init": s.init, "doc": s.doc} for s in self.states],
+            "update": update,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as JSON text, byte-reproducible (sorted keys, no NaN)."""
+        return _json.dumps(self.to_dict(), sort_keys=True, indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Optimizer:
+        """Rebuild an optimizer from :meth:`to_dict` data (a file's content: checked, never evaluated).
+
+        Every expression goes through :func:`sdederive._safe_expr.parse_expr` with the optimizer's own
+        symbols only (``x``, ``g``, ``k``, its states and hyperparameters); names, kinds and numbers
+        are checked.  Anything else raises :class:`~sdederive.errors.SpecError` naming the field and
+        what is allowed.
+        """
+        return _from_dict(cls, data)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Optimizer:
+        """Rebuild an optimizer from :meth:`to_json` text (see :meth:`from_dict`)."""
+        if isinstance(text, (bytes, bytearray)):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _spec_err(f"the text is not UTF-8 ({e})") from None
+        if not isinstance(text, str):
+            raise _spec_err(f"expected JSON text; got {type(text).__name__}")
+        if len(text) > _MAX_TEXT:
+            raise _spec_err(f"the text has {len(text)} characters; allowed: at most {_MAX_TEXT}")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise _spec_err(f"not valid JSON: {e}") from None
+        except RecursionError:
+            raise _spec_err("not valid JSON: nested too deeply") from None
+        return _from_dict(cls, data)
 
     def numpy_step(self) -> Callable:
         """A numpy function ``step(states: dict, g, k, hyper: dict) -> dict`` evaluating one update.
@@ -187,6 +276,182 @@ def _validate(opt: Optimizer) -> None:
         seen.add(h.name)
 
 
+# -- JSON form ------------------------------------------------------------------------------------
+_FORMAT = "sdederive-optimizer"
+_VERSION = 1
+_MAX_TEXT = 2_000_000
+_MAX_ENTRIES = 64
+_MAX_DOC = 20_000
+#: an optimizer or regime name: letters, digits and ``_ . + -`` (and inner spaces), as in an SDE JSON
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\- ]{0,99}\Z")
+_KEYS_REQUIRED = ("name", "hypers", "states", "update")
+_KEYS_OPTIONAL = ("format", "version", "natural_regime", "doc", "transforms")
+
+
+class _TextPrinter(StrPrinter):
+    """``str`` of an expression, with every float written with all its digits (``repr`` of the double)."""
+
+    def _print_Float(self, expr: sp.Float) -> str:
+        return repr(float(expr))
+
+
+def _expr_text(e: sp.Expr) -> str:
+    return _TextPrinter().doprint(e)
+
+
+def _unserializable(e: sp.Expr) -> str:
+    """What of ``e`` the optimizer JSON cannot hold ('' if nothing obvious)."""
+    funcs = sorted({type(f).__name__ for f in e.atoms(sp.Function) if type(f).__name__ not in SDE_FUNCTIONS})
+    if funcs:
+        return f"it uses {', '.join(funcs)}, which the safe expression parser does not read"
+    odd = sorted({str(f) for f in e.atoms(sp.Float) if f._prec != 53})
+    if odd:
+        return f"it holds the float(s) {', '.join(odd)} with a precision other than double's 53 bits"
+    if e.has(sp.I, sp.oo, -sp.oo, sp.zoo, sp.nan):
+        return "it holds a complex or infinite number"
+    return ""
+
+
+def _check_writable(opt: Optimizer) -> None:
+    """Refuse, at writing time, what :func:`_from_dict` would refuse at reading time (names, docs)."""
+    def bad(what: str, v, allowed: str) -> SpecError:
+        return SpecError(f"optimizer {opt.name!r}: {what} {str(v)[:60]!r} cannot be written as JSON; allowed: {allowed}")
+
+    label = "1 to 100 letters, digits, '_', '.', '+', '-' or inner spaces, starting with a letter or digit"
+    if not isinstance(opt.name, str) or not _LABEL.match(opt.name):
+        raise bad("the name", opt.name, label)
+    if not isinstance(opt.natural_regime, str) or not _LABEL.match(opt.natural_regime):
+        raise bad("the natural regime", opt.natural_regime, "a regime name (" + label + "); register a custom "
+                  "sd.Regime with sd.regimes.register and give its name")
+    for what, n in [("state", s.name) for s in opt.states] + [("hyperparameter", h.name) for h in opt.hypers]:
+        if not isinstance(n, str) or not IDENTIFIER.match(n) or len(n) > 64:
+            raise bad(f"the {what} name", n, "an identifier of letters, digits and '_' (at most 64 characters)")
+    docs = [opt.doc or ""] + [s.doc for s in opt.states] + [h.doc for h in opt.hypers]
+    if any(not isinstance(d, str) or len(d) > _MAX_DOC for d in docs):
+        raise bad("a doc string", next(d for d in docs if not isinstance(d, str) or len(d) > _MAX_DOC),
+                  f"strings of at most {_MAX_DOC} characters")
+    if len(opt.states) > _MAX_ENTRIES or len(opt.hypers) > _MAX_ENTRIES or len(opt.transforms) > _MAX_ENTRIES:
+        raise bad("the number of states, hyperparameters or transforms", len(opt.states), f"at most {_MAX_ENTRIES}")
+    for t in opt.transforms:
+        if not isinstance(t, str) or not IDENTIFIER.match(t) or len(t) > 64:
+            raise bad("the transform name", t, "an identifier")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _spec_err(msg: str) -> SpecError:
+    return SpecError(f"optimizer JSON: {msg} (see docs/notation.md, \"Optimizer JSON\")")
+
+
+def _parse_update(text: str, states, hypers, what: str) -> sp.Expr:
+    """``text`` as an update expression in the optimizer's own symbols (floats as doubles)."""
+    names = {"x": sym("x"), "g": sym("g"), "k": sym("k")}
+    names |= {s.name: s.symbol for s in states} | {h.name: h.symbol for h in hypers}
+    e = parse_expr(text, symbols=names, what=f"optimizer JSON {what}",
+                   allowed="x, g, k and the optimizer's states and hyperparameters")
+    floats = {f: sp.Float(float(f)) for f in e.atoms(sp.Float) if f._prec != 53}
+    return e.xreplace(floats) if floats else e
+
+
+def _from_dict(cls, d) -> Optimizer:
+    if not isinstance(d, Mapping):
+        raise _spec_err(f"the top level must be an object; got {type(d).__name__}")
+    missing = [k for k in _KEYS_REQUIRED if k not in d]
+    if missing:
+        raise _spec_err(f"missing the key {', '.join(map(repr, missing))}; required: {', '.join(_KEYS_REQUIRED)}")
+    unknown = sorted(str(k) for k in d if k not in _KEYS_REQUIRED + _KEYS_OPTIONAL)
+    if unknown:
+        raise _spec_err(f"unknown key(s) {unknown}; allowed: {sorted(_KEYS_REQUIRED + _KEYS_OPTIONAL)}")
+    if d.get("format", _FORMAT) != _FORMAT:
+        raise _spec_err(f"format = {str(d['format'])[:60]!r} is not allowed; allowed: {_FORMAT!r}")
+    if d.get("version", _VERSION) != _VERSION or isinstance(d.get("version"), bool):
+        raise _spec_err(f"version = {str(d['version'])[:20]!r} is not supported; allowed: {_VERSION}")
+
+    def label(key: str, v) -> str:
+        if not isinstance(v, str) or not _LABEL.match(v):
+            raise _spec_err(f"{key} = {str(v)[:60]!r} is not a valid name; allowed: 1 to 100 letters, digits, '_', "
+                            "'.', '+', '-' or inner spaces, starting with a letter or digit")
+        return v
+
+    def ident(v, what: str) -> str:
+        if not isinstance(v, str) or not IDENTIFIER.match(v) or len(v) > 64:
+            raise _spec_err(f"{what} {str(v)[:60]!r} is not a valid name; allowed: an identifier of letters, digits "
+                            "and '_' starting with a letter (at most 64 characters)")
+        return v
+
+    def text(v, what: str) -> str:
+        if not isinstance(v, str) or len(v) > _MAX_DOC:
+            raise _spec_err(f"{what} must be a string of at most {_MAX_DOC} characters; got {type(v).__name__}")
+        return v
+
+    def number(v, what: str, none: bool = False):
+        if none and v is None:
+            return None
+        if not _is_number(v):
+            raise _spec_err(f"{what} = {str(v)[:60]} is not allowed; allowed: a finite number"
+                            + (" or null" if none else ""))
+        return v
+
+    def entries(key: str, fields: tuple[str, ...], required: tuple[str, ...]) -> list[dict]:
+        v = d[key]
+        if not isinstance(v, list) or len(v) > _MAX_ENTRIES + (key == "update"):
+            raise _spec_err(f"{key} must be a list of at most {_MAX_ENTRIES} objects; got {str(v)[:60]}")
+        out = []
+        for e in v:
+            if not isinstance(e, Mapping) or any(k not in fields for k in e) or any(k not in e for k in required):
+                raise _spec_err(f"{key} entry {str(e)[:80]} must be an object with the keys {', '.join(required)}"
+                                f"{' (optional: ' + ', '.join(f for f in fields if f not in required) + ')' if len(fields) > len(required) else ''}")
+            out.append(dict(e))
+        return out
+
+    def kind_of(enum, v, what: str):
+        try:
+            if not isinstance(v, str):
+                raise ValueError
+            return enum(v)
+        except ValueError:
+            raise _spec_err(f"{what} kind {str(v)[:40]!r} is unknown; allowed: {', '.join(k.value for k in enum)}") \
+                from None
+
+    name = label("name", d["name"])
+    regime = label("natural_regime", d.get("natural_regime", "sgd"))
+    doc = text(d.get("doc", ""), "doc")
+    tr = d.get("transforms", [])
+    if not isinstance(tr, list) or len(tr) > _MAX_ENTRIES:
+        raise _spec_err(f"transforms must be a list of at most {_MAX_ENTRIES} names")
+    transforms = tuple(ident(t, "transform") for t in tr)
+    hypers = []
+    for h in entries("hypers", ("name", "kind", "default", "doc"), ("name", "kind")):
+        hn = ident(h["name"], "hyperparameter")
+        hypers.append(Hyper(hn, number(h.get("default"), f"default of hyperparameter {hn!r}", none=True),
+                            kind_of(HyperKind, h["kind"], f"hyperparameter {hn!r}:"),
+                            text(h.get("doc", ""), f"doc of hyperparameter {hn!r}")))
+    states = []
+    for st in entries("states", ("name", "kind", "init", "doc"), ("name", "kind")):
+        sn = ident(st["name"], "state")
+        if sn in ("x", "g", "k"):
+            raise _spec_err(f"state {sn!r} is not allowed: x is the parameter, g the gradient, k the step counter")
+        states.append(StateDecl(sn, number(st.get("init", 0.0), f"init of state {sn!r}"),
+                                kind_of(StateKind, st["kind"], f"state {sn!r}:"),
+                                text(st.get("doc", ""), f"doc of state {sn!r}")))
+    taken = [s.name for s in states] + [h.name for h in hypers]
+    dup = sorted({n for n in taken if taken.count(n) > 1})
+    if dup:
+        raise _spec_err(f"the name(s) {dup} are declared twice (states and hyperparameters need distinct names)")
+    update, seen = [], set()
+    for u in entries("update", ("state", "expr"), ("state", "expr")):
+        sn = ident(u["state"], "update: state")
+        if sn in seen:
+            raise _spec_err(f"update: state {sn!r} is updated twice")
+        seen.add(sn)
+        if not isinstance(u["expr"], str):
+            raise _spec_err(f"update of {sn!r} = {str(u['expr'])[:60]} is not allowed; allowed: an expression string")
+        update.append((sn, _parse_update(u["expr"], states, hypers, f"update of {sn}")))
+    return cls(name, tuple(hypers), tuple(states), tuple(update), regime, doc, transforms)
+
+
 def chain(*transforms: Transform, name: str, natural_regime: str = "sgd", doc: str = "") -> Optimizer:
     """Compose transforms (applied left to right, starting from ``u = g``) into an optimizer.
 
@@ -232,10 +497,13 @@ def from_update(
     ----------
     update: state name -> its value after the step (``"x"`` required), in symbols from
         :func:`sdederive.sym` (``x``, ``g``, ``k``, states, hyperparameters).
-    hypers: name -> ``(default, kind)`` or a :class:`~sdederive.spec.hyper.Hyper`; kinds are the keys of
-        :data:`sdederive.spec.hyper.KINDS` (``"decay"`` parameters are scaled by the regimes).
+    hypers: name -> ``(default, kind)`` or a :class:`~sdederive.spec.hyper.Hyper`; kinds are
+        :class:`~sdederive.spec.kinds.HyperKind` values, the keys of :data:`sdederive.spec.hyper.KINDS`
+        (``"decay"`` parameters are scaled by the regimes).
     init: initial values of the auxiliary states (default 0).
-    kinds: state name -> ``"aux"`` | ``"second_moment"`` | ``"accumulator"``.
+    kinds: state name -> a :class:`~sdederive.spec.kinds.StateKind` or its value ``"aux"`` |
+        ``"second_moment"`` | ``"accumulator"`` (default ``"aux"``); regimes and simulators read the kind,
+        never the state's name.
     """
     hs = []
     for hn, spec in hypers.items():

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from sdederive.errors import SpecError
 from sdederive.spec.hyper import Hyper
-from sdederive.symbols import sym
+from sdederive.spec.kinds import StateKind
+from sdederive.symbols import KNOWN, sym
 
 __all__ = [
     "StateDecl",
@@ -48,20 +50,30 @@ __all__ = [
 class StateDecl:
     """An auxiliary coordinate-wise state.
 
-    ``kind`` tells regimes how the state scales: ``"second_moment"`` (an EMA of g**2, rescaled to
-    ``u = eta**2 * v`` in the noise-dominated regime), ``"accumulator"`` (a running sum of g**2,
-    rescaled likewise in the accumulator regime) or ``"aux"`` (left as is).
+    ``kind`` (a :class:`~sdederive.spec.kinds.StateKind`; the plain strings are accepted) tells regimes
+    how the state scales: ``"second_moment"`` (an EMA of g**2, rescaled to ``u = eta**2 * v`` in the
+    noise-dominated regime), ``"accumulator"`` (a running sum of g**2, rescaled likewise in the
+    accumulator regime) or ``"aux"`` (left as is).
     """
 
     name: str
     init: float = 0.0
-    kind: str = "aux"
+    kind: StateKind = StateKind.AUX
     doc: str = ""
+
+    def __post_init__(self) -> None:
+        try:
+            kind = StateKind(self.kind)
+        except ValueError:
+            raise SpecError(f"state {self.name!r}: kind {self.kind!r} is unknown; valid kinds: "
+                            f"{', '.join(k.value for k in StateKind)}") from None
+        object.__setattr__(self, "kind", kind)
 
     @property
     def symbol(self) -> sp.Symbol:
-        if self.kind in ("second_moment", "accumulator"):
-            return sym(self.name) if self.name in ("v", "u") else sym(self.name, nonnegative=True)
+        """The state's symbol: nonnegative for the kinds that are (second moments, accumulators)."""
+        if self.kind.nonnegative and self.name not in KNOWN:
+            return sym(self.name, nonnegative=True)
         return sym(self.name)
 
 

@@ -5,6 +5,8 @@ The TOML file::
     steps = 1                    # per cell
     paths = 2000
     mode = "discrete"            # or "sde"
+    spec = "my_opt.json"         # optional: user optimizer JSON file(s) (a string or a list), relative to
+                                 # this file; the [grid] optimizer axis names them (default: all of them)
 
     [problem]                    # a problem JSON/TOML table (sdederive.problems.from_dict),
     preset = "surge"             # or the preset of Li et al.'s experiment: H = (1-rho) I + rho 11^T,
@@ -26,6 +28,7 @@ The TOML file::
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -82,6 +85,21 @@ def _count(spec: dict, key: str) -> int:
     return v
 
 
+def _specs(value, grid_file: str):
+    """The optimizers of the sweep file's ``spec`` key: optimizer JSON files (a path or a list of paths),
+    relative to the sweep file's folder.  Only JSON: a shared sweep file must not run code."""
+    if value is None:
+        return None
+    from sdederive.cli._common import load_spec
+
+    files = [value] if isinstance(value, str) else value
+    if not isinstance(files, list) or not files or any(not isinstance(f, str) for f in files):
+        raise SdederiveError(f"spec = {value!r} in {grid_file} is invalid; allowed: an optimizer JSON file name "
+                             "(relative to the sweep file) or a non-empty list of them")
+    base = os.path.dirname(os.path.abspath(grid_file))
+    return [load_spec(os.path.join(base, f), f"spec {f!r} in {grid_file}", python=False) for f in files]
+
+
 def add_sweep_parser(sub) -> None:
     from sdederive.cli._common import Formatter, examples
 
@@ -91,7 +109,9 @@ def add_sweep_parser(sub) -> None:
         description="Run every cell of the grid in a TOML file on a local process pool or a Dask cluster "
         "(--scheduler), writing one Parquet row per finished cell to --out; --resume skips finished cells. "
         "With an [analysis] table, prints the optimal eta per batch size with a bootstrap band, fits the "
-        "surge or McCandlish curve and writes optimal.png.",
+        "surge or McCandlish curve and writes optimal.png. A top-level spec = \"my_opt.json\" (or a list) adds "
+        "user-written optimizers from optimizer JSON files, relative to the sweep file (JSON only: a sweep file "
+        "may be shared, so it cannot name Python code).",
         epilog=examples("sdederive sweep grid.toml --out results/", "sdederive sweep grid.toml --out results/ --resume",
                          "sdederive sweep grid.toml --out results/ --scheduler tcp://127.0.0.1:8786"),
     )
@@ -110,10 +130,11 @@ def run_sweep(args, out=sys.stdout) -> int:
     from sdederive.sweep.runner import run
 
     spec = _load(args.file)
-    unknown = sorted(set(spec) - {"steps", "paths", "mode", "problem", "grid", "analysis"})
+    unknown = sorted(set(spec) - {"steps", "paths", "mode", "spec", "problem", "grid", "analysis"})
     if unknown:
-        raise SdederiveError(f"unknown key(s) {unknown} in {args.file}; allowed: steps, paths, mode, problem, grid, "
-                             "analysis")
+        raise SdederiveError(f"unknown key(s) {unknown} in {args.file}; allowed: steps, paths, mode, spec, problem, "
+                             "grid, analysis")
+    specs = _specs(spec.get("spec"), args.file)
     if "grid" not in spec:
         raise SdederiveError(f"{args.file} has no [grid] table")
     pspec = spec.get("problem", {"preset": "surge"})
@@ -148,7 +169,7 @@ def run_sweep(args, out=sys.stdout) -> int:
     try:
         res = run(grid, problem, steps=steps, paths=paths,
                   executor=executor, out=args.out, resume=args.resume, mode=mode,
-                  max_workers=args.workers, progress=not args.quiet)
+                  max_workers=args.workers, progress=not args.quiet, specs=specs)
     except KeyboardInterrupt:
         n = len(store.done_ids(args.out))
         print(f"\nsdederive: interrupted (Ctrl-C): {n} finished cell(s) are kept in {args.out}; run again with "

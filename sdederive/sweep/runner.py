@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
@@ -50,14 +51,20 @@ def with_batch(problem: Problem, B: int | None) -> Problem:
                          f"{type(problem).__name__}")
 
 
+def _optimizer(name: str, specs: Mapping | None):
+    """The cell's optimizer: a user spec of that name (``specs``), else the built-in."""
+    return specs[name] if specs and name in specs else name
+
+
 def run_cell(cell: dict, problem: Problem, steps: int, paths: int, mode: str = "discrete",
-             threads: int = 1) -> dict:
+             threads: int = 1, specs: Mapping | None = None) -> dict:
     """Simulate one cell and return its row (cell values, final loss and its standard error, the
-    fraction of diverged paths, timings)."""
+    fraction of diverged paths, timings).  ``specs``: user optimizers by name (the grid's ``spec`` files),
+    used for the cells whose ``optimizer`` names one of them."""
     import sdederive as sd
 
     t0 = time.perf_counter()
-    name = cell.get("optimizer", "sgd")
+    name = _optimizer(cell.get("optimizer", "sgd"), specs)
     mode = cell.get("mode", mode)
     prob = with_batch(problem, cell.get("B"))
     hyper = {k: v for k, v in cell.items() if k not in RESERVED and k != "cell_id"}
@@ -100,10 +107,11 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="sdederive-exit-with-parent", daemon=True).start()
 
 
-def _run_key(problem: Problem, steps: int, paths: int, mode: str) -> dict:
+def _run_key(problem: Problem, steps: int, paths: int, mode: str, specs: Mapping | None = None) -> dict:
     """Everything besides the cell's own values that determines its result, hashed into its ``cell_id``: the
-    fixed settings (steps, paths, default mode), the problem (its full JSON form: every number) and the
-    package version.  ``--resume`` after changing any of them recomputes the cells."""
+    fixed settings (steps, paths, default mode), the problem (its full JSON form: every number), the user
+    optimizers (their JSON form) and the package version.  ``--resume`` after changing any of them recomputes
+    the cells."""
     import hashlib
     import json
 
@@ -114,11 +122,15 @@ def _run_key(problem: Problem, steps: int, paths: int, mode: str) -> dict:
         pdesc = json.dumps(finite_or_none(problem.to_dict()), sort_keys=True, default=str)
     except NotImplementedError:  # pragma: no cover - a Problem subclass without a JSON form
         pdesc = repr(problem)
-    return {"__steps": steps, "__paths": paths, "__mode": mode,
-            "__problem": hashlib.sha256(pdesc.encode()).hexdigest(), "__version": __version__}
+    key = {"__steps": steps, "__paths": paths, "__mode": mode,
+           "__problem": hashlib.sha256(pdesc.encode()).hexdigest(), "__version": __version__}
+    if specs:  # absent without specs: the cell ids of a built-in-only sweep are those of earlier versions
+        text = json.dumps({n: o.to_dict() for n, o in sorted(specs.items())}, sort_keys=True)
+        key["__specs"] = hashlib.sha256(text.encode()).hexdigest()
+    return key
 
 
-def _validate_cells(grid: Grid, problem: Problem, mode: str) -> None:
+def _validate_cells(grid: Grid, problem: Problem, mode: str, specs: Mapping | None = None) -> None:
     """Check every cell's settings in the driver, before any worker starts: the optimizer names and their
     hyperparameters (names and ranges), the modes (and, for ``"sde"``, that the SDE can be derived), the
     backends, and the problem at every batch size.  Each distinct combination is built once."""
@@ -127,17 +139,17 @@ def _validate_cells(grid: Grid, problem: Problem, mode: str) -> None:
 
     seen: set = set()
     for c in grid.cells():
-        name = c.get("optimizer", "sgd")
+        name = _optimizer(c.get("optimizer", "sgd"), specs)
         m = c.get("mode", mode)
         hyper = {k: v for k, v in c.items() if k not in RESERVED and k != "cell_id"}
-        key = (name, m, tuple(sorted(hyper.items())))
+        key = (str(c.get("optimizer", "sgd")), m, tuple(sorted(hyper.items())))
         if key not in seen:
             seen.add(key)
             sd.optimizers.get(name, **hyper)  # unknown optimizer or hyperparameter, out-of-range value
             if m not in ("discrete", "sde"):
                 raise SdederiveError(f"cell mode={m!r}; allowed: 'discrete', 'sde'")
-            if m == "sde" and ("sde", name) not in seen:
-                seen.add(("sde", name))
+            if m == "sde" and ("sde", key[0]) not in seen:
+                seen.add(("sde", key[0]))
                 sd.derive(name)
         b = c.get("backend", "numba")
         if b not in _BACKENDS:
@@ -149,6 +161,24 @@ def _validate_cells(grid: Grid, problem: Problem, mode: str) -> None:
 
     for v in grid.axes["eta"]:
         check_value("eta", "lr", v)
+
+
+def _spec_table(specs) -> dict | None:
+    """``{name: Optimizer}`` of ``run(specs=...)``, refusing anything else and two specs of one name."""
+    if specs is None:
+        return None
+    from sdederive.spec.optimizers import Optimizer
+
+    if isinstance(specs, Optimizer):
+        specs = [specs]
+    out: dict = {}
+    for o in specs:
+        if not isinstance(o, Optimizer):
+            raise SdederiveError(f"specs holds {o!r} ({type(o).__name__}); allowed: sdederive Optimizer objects")
+        if o.name in out and out[o.name] != o:
+            raise SdederiveError(f"specs: two different optimizers are named {o.name!r}; allowed: one per name")
+        out[o.name] = o
+    return out or None
 
 
 def _progress(done: int, total: int, t0: float, skipped: int, stream=sys.stderr) -> None:
@@ -177,11 +207,13 @@ def _broken_pool_error(e: BaseException) -> SdederiveError:
 
 def run(grid: Grid, problem: Problem, steps: int = 1000, paths: int = 1000, *, executor: cf.Executor | None = None,
         out: str | Path | None = None, resume: bool = False, mode: str = "discrete", threads_per_cell: int = 1,
-        max_workers: int | None = None, progress: bool = True):
+        max_workers: int | None = None, progress: bool = True, specs: Sequence | None = None):
     """Run every cell of ``grid`` (see the module docstring); returns a :class:`SweepResult`.
 
     ``out``: results directory (Parquet parts, then ``results.parquet``); ``resume``: skip the cells
-    already in ``out``; ``mode``: ``"discrete"`` (the optimizer) or ``"sde"``.
+    already in ``out``; ``mode``: ``"discrete"`` (the optimizer) or ``"sde"``.  ``specs``: user-written
+    :class:`~sdederive.spec.optimizers.Optimizer` objects; a cell whose ``optimizer`` is one's name runs it
+    (ahead of a built-in of that name), and a grid without an ``optimizer`` axis gets one of their names.
     """
     from sdederive.simulate.simulator import check_run_args
     from sdederive.sweep.analysis import SweepResult
@@ -200,10 +232,13 @@ def run(grid: Grid, problem: Problem, steps: int = 1000, paths: int = 1000, *, e
         raise SdederiveError("the grid has no 'eta' axis; every cell needs a learning rate")
     if resume and out is None:
         raise SdederiveError("resume=True needs out= (the directory of a previous run)")
+    specs = _spec_table(specs)
+    if specs and "optimizer" not in grid.axes:
+        grid = Grid(**grid.axes, optimizer=list(specs))
     if out is not None:
         store.check_writable(out)
-    _validate_cells(grid, problem, mode)
-    run_key = _run_key(problem, int(steps), int(paths), mode)
+    _validate_cells(grid, problem, mode, specs)
+    run_key = _run_key(problem, int(steps), int(paths), mode, specs)
     cells = [{**c, "cell_id": cell_id({**c, **run_key})} for c in grid.cells()]
     skip = store.done_ids(out) if (resume and out is not None) else set()
     if out is not None and not resume and store.done_ids(out):
@@ -218,7 +253,8 @@ def run(grid: Grid, problem: Problem, steps: int = 1000, paths: int = 1000, *, e
     t0 = time.perf_counter()
     last = 0.0
     try:
-        futs = {executor.submit(run_cell, c, problem, int(steps), int(paths), mode, threads_per_cell): c for c in todo}
+        futs = {executor.submit(run_cell, c, problem, int(steps), int(paths), mode, threads_per_cell, specs): c
+                for c in todo}
         for k, f in enumerate(cf.as_completed(futs), 1):
             try:
                 row = f.result()

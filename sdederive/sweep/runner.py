@@ -122,7 +122,7 @@ def _validate_cells(grid: Grid, problem: Problem, mode: str) -> None:
     hyperparameters (names and ranges), the modes (and, for ``"sde"``, that the SDE can be derived), the
     backends, and the problem at every batch size.  Each distinct combination is built once."""
     import sdederive as sd
-    from sdederive.simulate.simulator import _BACKENDS
+    from sdederive.simulate.backends.base import backend_names
 
     seen: set = set()
     for c in grid.cells():
@@ -139,8 +139,8 @@ def _validate_cells(grid: Grid, problem: Problem, mode: str) -> None:
                 seen.add(("sde", name))
                 sd.derive(name)
         b = c.get("backend", "numba")
-        if b not in _BACKENDS:
-            raise SdederiveError(f"cell backend={b!r}; allowed: {', '.join(_BACKENDS)}")
+        if b not in backend_names():
+            raise SdederiveError(f"cell backend={b!r}; allowed: {', '.join(backend_names())}")
         if ("B", c.get("B")) not in seen:
             seen.add(("B", c.get("B")))
             with_batch(problem, c.get("B"))

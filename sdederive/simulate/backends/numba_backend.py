@@ -4,8 +4,8 @@ The module holds the functions printed from the spec (``coef`` or ``upd``, and `
 problem's gradient/loss fragment, and one ``@njit(cache=True, nogil=True)`` kernel that advances
 a range of fixed blocks of paths: every path goes through a chunk of steps with its state in local
 arrays, and the snapshot statistics (Welford mean and M2 over the paths of the block) are
-accumulated in the kernel.  :class:`~sdederive.simulate.simulator.Simulator` spreads the blocks over OS
-threads; the number of blocks depends only on the number of paths, so results are bit-identical
+accumulated in the kernel.  :class:`NumbaBackend` (the registered ``"numba"`` backend) spreads the blocks
+over OS threads; the number of blocks depends only on the number of paths, so results are bit-identical
 for any thread count.  Random numbers come from :mod:`sdederive.simulate.rng.philox` and the snapshot
 update from :mod:`sdederive.simulate.backends.kernel_support` (imported; the module carries both files'
 SHA-256, so editing either changes every kernel's content hash).

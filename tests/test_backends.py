@@ -231,3 +231,19 @@ def test_cuda_custom_fragment_prints_in_the_precision_it_is_given():
     cuda_backend.generate(discrete_spec(sd.optimizers.get("sgd")), prob, dtype="float64")
     text = cuda_backend._custom_fragment(prob, "float")
     assert "const float g_0 =" in text and "const float loss =" in text and "const double g_" not in text
+
+
+def test_an_unavailable_backend_is_refused_with_its_reason_before_generating(monkeypatch):
+    class Offline(Counting):
+        name = "offline"
+
+        @classmethod
+        def available(cls):
+            return False, "offline: the accelerator is switched off"
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    register_backend(Offline)
+    Counting.calls = {}
+    with pytest.raises(BackendUnavailableError, match="offline: the accelerator is switched off"):
+        sd.compile("sgd", PROB, backend="offline")
+    assert Counting.calls == {}

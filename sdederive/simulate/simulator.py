@@ -37,7 +37,13 @@ from sdederive.problems import LogisticRegression, Problem, Quadratic
 from sdederive.sde import SDE
 from sdederive.simulate._memory import fmt_bytes
 from sdederive.simulate._quadrature import break_points, noise_expectation
-from sdederive.simulate.backends.base import AbstractBackend, KernelSource, RunArrays, get_backend
+from sdederive.simulate.backends.base import (
+    AbstractBackend,
+    BackendUnavailableError,
+    KernelSource,
+    RunArrays,
+    get_backend,
+)
 from sdederive.simulate.spec import KernelSpec, discrete_spec, sde_spec, source_optimizer
 from sdederive.spec import optimizers as _opt
 from sdederive.spec.hyper import KINDS, check_value
@@ -676,6 +682,9 @@ def compile(obj, problem: Problem, backend: str = "numba", dtype: str = "float64
         spec = discrete_spec(obj)
     tau_expr = _tau_for(obj, regime)
     t0 = time.perf_counter()
+    ok, why = impl.available()
+    if not ok:
+        raise BackendUnavailableError(why or f"backend {impl.name!r} cannot run here")
     source = impl.generate(spec, problem, scheme, dtype)
     handle = impl.build(source)
     return Simulator(spec, problem, impl, dtype, scheme, source, obj, tau_expr, time.perf_counter() - t0,

@@ -27,7 +27,7 @@ import abc
 import hashlib
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
@@ -110,8 +110,13 @@ def merge_blocks(n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray):
     return n, mean, (m2_b + w * (mean_b - mean[None]) ** 2).sum(0)
 
 
-class AbstractBackend(abc.ABC):
-    """A kernel backend (see the module docstring for the order of the calls).
+#: the type of what :meth:`AbstractBackend.build` returns (a module, a compiled GPU module, ...)
+HandleT = TypeVar("HandleT")
+
+
+class AbstractBackend(abc.ABC, Generic[HandleT]):
+    """A kernel backend (see the module docstring for the order of the calls), generic in the type of its
+    compiled handle.
 
     Instances hold no per-run data (that lives in :class:`RunArrays`), so one instance can serve several
     simulators; :func:`get_backend` returns a new one per call."""
@@ -135,13 +140,13 @@ class AbstractBackend(abc.ABC):
         same inputs give the same text, which is the cache key)."""
 
     @abc.abstractmethod
-    def build(self, source: KernelSource) -> Any:
+    def build(self, source: KernelSource) -> HandleT:
         """Compile ``source`` into a handle :meth:`run_chunk` can launch.  Compiled code is cached on disk
         under the text's content hash, written atomically (a reader sees the old entry or the whole new
         one), so a second process loads it instead of compiling again.  Raises
         :class:`BackendUnavailableError` when :meth:`available` is false."""
 
-    def start(self, handle: Any, run: RunArrays) -> None:
+    def start(self, handle: HandleT, run: RunArrays) -> None:
         """Prepare one run before its first chunk: move the host arrays where the kernel reads them and
         keep whatever :meth:`run_chunk` needs in ``run.extra``.  Default: nothing (the kernel reads the
         host arrays)."""
@@ -154,7 +159,7 @@ class AbstractBackend(abc.ABC):
         return min(steps, k + chunk)
 
     @abc.abstractmethod
-    def run_chunk(self, handle: Any, run: RunArrays, k_begin: int, k_end: int) -> None:
+    def run_chunk(self, handle: HandleT, run: RunArrays, k_begin: int, k_end: int) -> None:
         """Advance every live path (``DIV < 0``) from step ``k_begin`` to ``k_end`` and add the snapshots
         of the save points in ``(k_begin, k_end]`` to ``run.MEAN``/``run.M2``/``run.CNT`` (see
         :class:`RunArrays`).  A path whose state becomes non-finite, or whose observables at a save point
@@ -168,7 +173,7 @@ class AbstractBackend(abc.ABC):
         """Whether some path has diverged so far (read after every chunk).  Default: the host ``DIV``."""
         return bool(np.any(run.DIV >= 0))
 
-    def finish(self, handle: Any, run: RunArrays) -> None:
+    def finish(self, handle: HandleT, run: RunArrays) -> None:
         """After the last chunk (also after an interruption): leave the final states in ``run.state`` and
         the divergence steps in ``run.DIV``.  Default: nothing (the kernel wrote the host arrays)."""
         return None
@@ -183,7 +188,7 @@ class AbstractBackend(abc.ABC):
         simulator's memory check before the run).  Default: none."""
         return 0.0
 
-    def host_module(self, source: KernelSource, handle: Any):
+    def host_module(self, source: KernelSource, handle: HandleT):
         """A numba module of ``source``'s spec and problem with ``prob_loss`` and ``obs``, which the
         simulator calls on the host for the snapshots of the deterministic start and ``keep_final``.
         Default: the numba backend's float64 twin of the kernel (built once per call; the simulator keeps

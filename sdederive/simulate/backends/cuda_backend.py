@@ -421,7 +421,7 @@ class _CudaHandle:
 
 
 @register_backend
-class CudaBackend(AbstractBackend):
+class CudaBackend(AbstractBackend[_CudaHandle]):
     """GPU: the generated CUDA C (:func:`generate`) compiled by ``cupy.RawModule``, one thread per path.
     ``step_kernel`` runs from one save point to the next (:meth:`chunk_end`); then ``obs_kernel`` writes each
     path's observables and CuPy reduces them over the paths, slab by slab; the totals go to block 0 of the

@@ -673,7 +673,7 @@ def _launch(kern, args, nblk, threads) -> None:
 
 
 @register_backend
-class NumbaBackend(AbstractBackend):
+class NumbaBackend(AbstractBackend[types.ModuleType]):
     """CPU: the generated numba module (:func:`generate`, :func:`load_module`); its kernel advances fixed
     blocks of paths (``MEAN.shape[0]`` of them), spread over OS threads (:func:`default_threads`)."""
 
@@ -687,7 +687,7 @@ class NumbaBackend(AbstractBackend):
     def generate(self, spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "float64") -> KernelSource:
         return KernelSource(self.name, generate(spec, problem, scheme, dtype), spec, problem, scheme, dtype)
 
-    def build(self, source: KernelSource):
+    def build(self, source: KernelSource) -> types.ModuleType:
         """The module of ``source`` (:func:`load_module`: cached under its content hash), its kernel compiled
         now (or loaded from numba's cache) with the argument types :meth:`run_chunk` uses.  A damaged numba
         cache is dropped and the kernel compiled again (with a ``RuntimeWarning``)."""
@@ -715,13 +715,13 @@ class NumbaBackend(AbstractBackend):
                           stacklevel=2)
         return module
 
-    def run_chunk(self, handle, run: RunArrays, k_begin: int, k_end: int) -> None:
+    def run_chunk(self, handle: types.ModuleType, run: RunArrays, k_begin: int, k_end: int) -> None:
         nblk = run.MEAN.shape[0]
         _launch(handle.kernel, (run.state, run.DIV, k_begin, k_end, run.save_every, run.substeps, run.tau,
                                 run.key0, run.key1, run.HP, run.PV, run.PM, run.PL, run.PY, run.MEAN, run.M2,
                                 run.CNT, nblk), nblk, run.threads)
 
-    def host_module(self, source: KernelSource, handle):
+    def host_module(self, source: KernelSource, handle: types.ModuleType) -> types.ModuleType:
         return handle
 
     def workspace_bytes(self, spec: KernelSpec, problem, nblk: int, threads: int | None) -> float:

@@ -18,7 +18,7 @@ import pytest
 
 import sdederive as sd
 from sdederive.errors import SdederiveError, UnknownNameError
-from sdederive.simulate.backends import base
+from sdederive.simulate.backends import registry
 from sdederive.simulate.backends.base import (
     AbstractBackend,
     BackendUnavailableError,
@@ -108,7 +108,7 @@ class Counting(NumbaBackend):
 @pytest.fixture
 def registered(monkeypatch):
     """The two test backends registered, and unregistered afterwards."""
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register_backend(NumpyReference)
     register_backend(Counting)
     Counting.calls = {}
@@ -241,9 +241,25 @@ def test_an_unavailable_backend_is_refused_with_its_reason_before_generating(mon
         def available(cls):
             return False, "offline: the accelerator is switched off"
 
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register_backend(Offline)
     Counting.calls = {}
     with pytest.raises(BackendUnavailableError, match="offline: the accelerator is switched off"):
         sd.compile("sgd", PROB, backend="offline")
     assert Counting.calls == {}
+
+
+def test_the_registry_imports_nothing_heavy():
+    """The CLI builds its --backend choices from the registry: importing it (and the packages above it, as far
+    as they are ours to keep light) loads neither numpy, sympy, numba nor CuPy."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, types\n"
+            "pkg = types.ModuleType('sdederive'); pkg.__path__ = [sys.argv[1]]; sys.modules['sdederive'] = pkg\n"
+            "from sdederive.simulate.backends.registry import backend_names\n"
+            "print(backend_names(), sorted(m for m in ('numpy', 'sympy', 'numba', 'cupy', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(root / "sdederive")], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "('numba', 'cupy') []"

@@ -13,7 +13,7 @@ import os
 import sys
 
 from sdederive.errors import SdederiveError
-from sdederive.simulate.backends.base import backend_names
+from sdederive.simulate.backends.registry import backend_names
 
 from .errors import ValidationError
 

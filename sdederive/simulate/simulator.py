@@ -42,8 +42,8 @@ from sdederive.simulate.backends.base import (
     BackendUnavailableError,
     KernelSource,
     RunArrays,
-    get_backend,
 )
+from sdederive.simulate.backends.registry import get_backend
 from sdederive.simulate.spec import KernelSpec, discrete_spec, sde_spec, source_optimizer
 from sdederive.spec import optimizers as _opt
 from sdederive.spec.hyper import KINDS, check_value
@@ -508,7 +508,9 @@ class Simulator:
         nobs = 2 + len(self.spec.outputs) * d
         per_path = 8.0 * (S * d + 1)
         stats = 8.0 * nblk * (n_save + 1) * (2 * nobs + 1) + 8.0 * 4 * (n_save + 1) * nobs
-        work = float(self.backend_impl.workspace_bytes(self.spec, self.problem, nblk, threads))
+        work = 0.0
+        if isinstance(self.problem, LogisticRegression) and self.mode == "discrete":
+            work = 8.0 * (self.problem.B + 4) * min(nblk, threads or _default_threads())
         need = per_path * paths + stats + work
         parts = [f"{paths} paths x {S} state(s) x d={d}: {fmt_bytes(per_path * paths)}",
                  f"{n_save + 1} snapshots x {nobs} observables: {fmt_bytes(stats)}"]
@@ -630,6 +632,14 @@ def check_run_args(paths=1, steps=1, save_every=1, substeps=1, seed=0, threads=N
     if isinstance(chunk_seconds, (bool, np.bool_)) or not isinstance(chunk_seconds, (int, float)) or not (
             0 < chunk_seconds < float("inf")):
         raise SdederiveError(f"chunk_seconds={chunk_seconds!r} is invalid; allowed: a finite number > 0")
+
+
+def _default_threads() -> int:
+    """The numba backend's thread count for ``threads=None`` (:func:`~sdederive.simulate.backends.numba_backend.
+    default_threads`), for the memory estimate."""
+    from sdederive.simulate.backends.numba_backend import default_threads
+
+    return default_threads()
 
 
 def _tau_for(obj, regime) -> sp.Expr:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from sdederive.errors import SdederiveError
-from sdederive.simulate.backends.base import backend_names
+from sdederive.simulate.backends.registry import backend_names
 
 __all__ = ["Grid", "cell_id"]
 

@@ -122,7 +122,7 @@ def _validate_cells(grid: Grid, problem: Problem, mode: str) -> None:
     hyperparameters (names and ranges), the modes (and, for ``"sde"``, that the SDE can be derived), the
     backends, and the problem at every batch size.  Each distinct combination is built once."""
     import sdederive as sd
-    from sdederive.simulate.backends.base import backend_names
+    from sdederive.simulate.backends.registry import backend_names
 
     seen: set = set()
     for c in grid.cells():

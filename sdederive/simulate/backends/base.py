@@ -18,20 +18,20 @@ calls, so :meth:`~sdederive.simulate.simulator.Simulator.run` never looks at the
 Adding a backend is one module: subclass :class:`AbstractBackend`, set :attr:`~AbstractBackend.name`,
 and call :func:`register_backend` on the class; ``sd.compile(..., backend=name)``, the CLI's
 ``--backend`` choices and the sweep grid's ``backend`` axis then accept it.  The built-in backends are
-listed in :data:`_BUILTIN` by module path, so listing them imports neither numba nor CuPy.
+listed by module path in :mod:`~sdederive.simulate.backends.registry`, which imports neither numpy, sympy,
+numba nor CuPy, so the CLI can list the choices without them.
 """
 
 from __future__ import annotations
 
 import abc
 import hashlib
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from sdederive.errors import SdederiveError, UnknownNameError
+from sdederive.simulate.backends.registry import backend_names, get_backend, register_backend
 from sdederive.simulate.lower import CodegenError
 
 __all__ = ["AbstractBackend", "KernelSource", "RunArrays", "BackendUnavailableError", "register_backend",
@@ -183,11 +183,6 @@ class AbstractBackend(abc.ABC, Generic[HandleT]):
         (axis 0 the blocks).  Default: :func:`merge_blocks`."""
         return merge_blocks(n_b, mean_b, m2_b)
 
-    def workspace_bytes(self, spec, problem, nblk: int, threads: int | None) -> float:
-        """Host memory the kernel allocates for itself during a run beyond :class:`RunArrays` (counted by the
-        simulator's memory check before the run).  Default: none."""
-        return 0.0
-
     def host_module(self, source: KernelSource, handle: HandleT):
         """A numba module of ``source``'s spec and problem with ``prob_loss`` and ``obs``, which the
         simulator calls on the host for the snapshots of the deterministic start and ``keep_final``.
@@ -196,48 +191,3 @@ class AbstractBackend(abc.ABC, Generic[HandleT]):
         nb = get_backend("numba")
         twin = nb.generate(source.spec, source.problem, source.scheme, "float64")
         return nb.host_module(twin, nb.build(twin))
-
-
-# -- registry ------------------------------------------------------------------------------------------
-
-#: the built-in backends by module path: imported (and so registered) when first asked for by name
-_BUILTIN: dict[str, str] = {
-    "numba": "sdederive.simulate.backends.numba_backend",
-    "cupy": "sdederive.simulate.backends.cuda_backend",
-}
-_REGISTRY: dict[str, type[AbstractBackend]] = {}
-
-
-def register_backend(cls: type[AbstractBackend]) -> type[AbstractBackend]:
-    """Make ``cls`` (an :class:`AbstractBackend` subclass with a ``name``) available by name; usable as a
-    class decorator.  Re-registering a name replaces the earlier class (a reloaded module)."""
-    if not (isinstance(cls, type) and issubclass(cls, AbstractBackend)):
-        raise SdederiveError(f"register_backend takes an AbstractBackend subclass, got {cls!r}")
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name.isidentifier():
-        raise SdederiveError(f"backend class {cls.__name__} has name={name!r}; allowed: an identifier")
-    if getattr(cls, "__abstractmethods__", None):
-        raise SdederiveError(f"backend class {cls.__name__} does not implement "
-                             f"{', '.join(sorted(cls.__abstractmethods__))}")
-    _REGISTRY[name] = cls
-    return cls
-
-
-def backend_names() -> tuple[str, ...]:
-    """Every backend name ``sd.compile`` accepts: the built-ins first (whether or not they can run here:
-    see :meth:`AbstractBackend.available`), then the registered ones, in registration order."""
-    return tuple(dict.fromkeys([*_BUILTIN, *_REGISTRY]))
-
-
-def get_backend(name: str) -> AbstractBackend:
-    """A new instance of the backend called ``name``; :class:`~sdederive.errors.UnknownNameError` listing
-    :func:`backend_names` for any other name."""
-    if not isinstance(name, str) or name not in backend_names():
-        raise UnknownNameError("backend", name, backend_names())
-    if name not in _REGISTRY:
-        try:
-            importlib.import_module(_BUILTIN[name])  # registers it
-        except ImportError as e:
-            raise BackendUnavailableError(f"backend {name!r} cannot be imported ({e}); install its dependencies "
-                                          "(pip install -e .)") from e
-    return _REGISTRY[name]()

@@ -26,9 +26,9 @@ from sdederive.simulate.backends.base import (
     KernelSource,
     RunArrays,
     merge_blocks,
-    register_backend,
 )
 from sdederive.simulate.backends.cuda_printer import print_c
+from sdederive.simulate.backends.registry import register_backend
 from sdederive.simulate.lower import CodegenError, cse_assignments
 from sdederive.simulate.rng.philox_c import CUDA_SOURCE
 from sdederive.simulate.spec import KernelSpec, check_names

@@ -40,8 +40,9 @@ from pathlib import Path
 from sdederive._atomic import atomic_write_text
 from sdederive.errors import SdederiveError
 from sdederive.simulate.backends import kernel_support
-from sdederive.simulate.backends.base import AbstractBackend, KernelSource, RunArrays, register_backend
+from sdederive.simulate.backends.base import AbstractBackend, KernelSource, RunArrays
 from sdederive.simulate.backends.numba_printer import print_python
+from sdederive.simulate.backends.registry import register_backend
 from sdederive.simulate.lower import CodegenError
 from sdederive.simulate.rng import philox as rng
 from sdederive.simulate.spec import KernelSpec, check_names
@@ -723,10 +724,3 @@ class NumbaBackend(AbstractBackend[types.ModuleType]):
 
     def host_module(self, source: KernelSource, handle: types.ModuleType) -> types.ModuleType:
         return handle
-
-    def workspace_bytes(self, spec: KernelSpec, problem, nblk: int, threads: int | None) -> float:
-        """The minibatch index buffer of every kernel thread (``B`` integers each) for the discrete optimizer
-        on logistic regression; nothing otherwise."""
-        if problem.kind == "logistic" and spec.mode == "discrete":
-            return 8.0 * (problem.B + 4) * min(nblk, threads or default_threads())
-        return 0.0

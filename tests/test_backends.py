@@ -221,16 +221,21 @@ def test_cuda_availability_gives_the_reason(monkeypatch):
     assert get_backend("numba").available() == (True, "")
 
 
-def test_cuda_custom_fragment_prints_in_the_precision_it_is_given():
-    """The custom-problem fragment prints with its own ``real`` argument (it used to read a module global
-    that the last generate() had set, so a direct call after a float64 generate printed doubles)."""
+def test_cuda_source_precision_is_passed_through_not_kept_in_a_global():
+    """The CUDA generator keeps no module-global precision (it had ``REAL``, set by every generate() and read by the
+    custom-problem fragment instead of its own argument); generating float32, float64, float32 in turn, each
+    custom fragment is printed in its own precision."""
     from sdederive.simulate.backends import cuda_backend
     from sdederive.simulate.spec import discrete_spec
 
+    assert not hasattr(cuda_backend, "REAL")
     prob = sd.problems.Custom(f="exp(x_0) + x_0**2*x_1**2", sigma=[1.0, 1.0], x0=[0.1, 0.2])
-    cuda_backend.generate(discrete_spec(sd.optimizers.get("sgd")), prob, dtype="float64")
-    text = cuda_backend._custom_fragment(prob, "float")
-    assert "const float g_0 =" in text and "const float loss =" in text and "const double g_" not in text
+    spec = discrete_spec(sd.optimizers.get("sgd"))
+    for dtype, real, other in (("float32", "float", "double"), ("float64", "double", "float"),
+                               ("float32", "float", "double")):
+        text = cuda_backend.generate(spec, prob, dtype=dtype)
+        fns = text[text.index("prob_grad("):text.index('extern "C"')]  # problem fragment and spec functions
+        assert f"const {real} " in fns and f"const {other} " not in fns.replace("const double *", ""), dtype
 
 
 def test_an_unavailable_backend_is_refused_with_its_reason_before_generating(monkeypatch):

@@ -123,8 +123,6 @@ class AbstractBackend(abc.ABC, Generic[HandleT]):
 
     #: the name ``sd.compile(..., backend=...)`` and the CLI's ``--backend`` take
     name: ClassVar[str]
-    #: one line for ``--help`` and the docs
-    description: ClassVar[str] = ""
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

@@ -428,7 +428,6 @@ class CudaBackend(AbstractBackend[_CudaHandle]):
     statistics arrays (the other blocks hold only the host-filled snapshots of the start)."""
 
     name = "cupy"
-    description = "CUDA GPU (CuPy)"
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

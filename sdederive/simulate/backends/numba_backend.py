@@ -679,7 +679,6 @@ class NumbaBackend(AbstractBackend[types.ModuleType]):
     blocks of paths (``MEAN.shape[0]`` of them), spread over OS threads (:func:`default_threads`)."""
 
     name = "numba"
-    description = "numba (CPU)"
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

@@ -1,12 +1,12 @@
 """The generated CUDA kernels *executed* on the CPU, compared with the numba backend.
 
 No GPU is needed: a fake ``cupy`` module (numpy-backed, installed into ``sys.modules`` by the
-``fake_cupy`` fixture) implements exactly the part of the CuPy API that :meth:`Simulator._run_cuda`
-and :meth:`CudaSource.build` use.  Its ``RawModule`` compiles the generated CUDA C as host C++ with
+``fake_cupy`` fixture) implements exactly the part of the CuPy API that the CUDA backend
+(:class:`~sdederive.simulate.backends.cuda_backend.CudaBackend`) uses.  Its ``RawModule`` compiles the generated CUDA C as host C++ with
 g++ behind a small shim (``__global__``/``__device__`` defined away, ``threadIdx``/``blockIdx``/...
 as globals, ``__clzll``, ``__dmul_rn``) plus an ``extern "C"`` launcher per ``__global__`` kernel that loops over
 the grid and block, called through ctypes.  The fake does memory movement, launches and the
-reductions ``_run_cuda`` asks for, nothing else, and it is strict where a GPU would fail silently:
+reductions ``CudaBackend.run_chunk`` asks for, nothing else, and it is strict where a GPU would fail silently:
 kernel arguments must have the exact C type of the kernel's parameter, device arrays must be
 C-contiguous, device memory is surrounded by guard bytes checked after every launch, ``empty``
 returns NaN-filled memory, local variables of the kernels start from a non-zero pattern
@@ -331,7 +331,7 @@ class _Function:
 
 
 class FakeCupy(types.ModuleType):
-    """The CuPy subset that ``Simulator._run_cuda`` and ``CudaSource.build`` use."""
+    """The CuPy subset that ``CudaBackend`` (build, start, run_chunk, finish) uses."""
 
     def __init__(self, build_dir):
         super().__init__("cupy")
@@ -610,10 +610,8 @@ def test_divergence_reports_the_same_path_and_step(fake_cupy):
 def test_observables_reduced_in_several_slabs(fake_cupy, monkeypatch):
     """Many paths: the per-path observables are reduced slab by slab (a small slab here); the last block
     of threads of each slab must not write past the slab buffer."""
-    import sdederive.simulate.simulator as simulate
-
     nobs = 2 + 2 * DIAG.d  # rmsprop: loss, |x|^2, x, v
-    monkeypatch.setattr(simulate, "_CUDA_OBS_SLAB", 200 * nobs)  # 200 paths per slab: 2 blocks of 128
+    monkeypatch.setattr(cuda_backend, "_OBS_SLAB", 200 * nobs)  # 200 paths per slab: 2 blocks of 128
     run = dict(RUN, paths=450, steps=12, save_every=4)
     a, b = _both(sd.derive("rmsprop"), DIAG, fake_cupy, **run)
     assert_same(a, b)

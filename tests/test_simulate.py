@@ -180,7 +180,7 @@ def test_keyboard_interrupt_returns_partial_result(monkeypatch):
     prob = Quadratic(h=[1.0], sigma=[1.0], x0=[1.0])
     sim = sd.compile("sgd", prob)
     calls = {"n": 0}
-    orig = sim._launch
+    orig = sim.backend_impl.run_chunk
 
     def launch(*a, **k):
         calls["n"] += 1
@@ -188,7 +188,7 @@ def test_keyboard_interrupt_returns_partial_result(monkeypatch):
             raise KeyboardInterrupt
         return orig(*a, **k)
 
-    monkeypatch.setattr(sim, "_launch", launch)
+    monkeypatch.setattr(sim.backend_impl, "run_chunk", launch)
     res = sim.run(paths=4, steps=1000, eta=0.01, seed=0, chunk_seconds=1e-9, save_every=1)
     assert res.interrupted and 1 < len(res.t) < 1001 and np.all(res.count == 4)
 

@@ -13,6 +13,7 @@ import os
 import sys
 
 from sdederive.errors import SdederiveError
+from sdederive.simulate.backends.registry import backend_names
 
 from .errors import ValidationError
 
@@ -91,7 +92,7 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
                    help="refuse when the problem is outside the SDE's regime (default: a warning and a note)")
     p.add_argument("--scheme", choices=("auto", "euler", "weak2"), default="auto",
                    help="SDE integrator (default auto: weak order 2 where possible)")
-    p.add_argument("--backend", choices=("numba", "cupy"), default="numba", help="numba (CPU) or cupy (GPU)")
+    p.add_argument("--backend", choices=backend_names(), default="numba", help="numba (CPU) or cupy (GPU)")
     p.add_argument("--report", default=None, metavar="DIR", help="write report.md, report.json, comparison.png")
     p.add_argument("--json", action="store_true", help="print the report as JSON (without the time series)")
     p.add_argument("--progress", action="store_true", help="a line per eta and replicate on stderr")

@@ -428,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial value of an auxiliary state, in the optimizer's variables (e.g. v=1e-4)")
     p.add_argument("--seed", type=int, default=0, help="Philox key (default 0)")
     p.add_argument("--save-every", type=int, default=None, help="snapshot every N steps (default steps/100)")
-    p.add_argument("--backend", choices=("numba", "cupy"), default="numba", help="numba (CPU) or cupy (GPU)")
+    from sdederive.simulate.backends.registry import backend_names  # light: no numpy, sympy or numba
+
+    p.add_argument("--backend", choices=backend_names(), default="numba", help="numba (CPU) or cupy (GPU)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="state precision")
     p.add_argument("--scheme", choices=("euler", "weak2"), default="euler",
                    help="SDE integrator: Euler-Maruyama or Platen's weak order-2 scheme")

@@ -13,8 +13,10 @@ One coordinate ``i`` of one path advances by one step with straight-line code:
 
 The SDE's scaled parameters (``rho1 = (1 - beta1)/eta``, ``sigma0 = sigma*eta``, ...) are replaced by
 their definitions, so kernels take the discrete hyperparameters in both modes.  The expressions go
-through ``sympy.cse`` and sympy's own printers (``PythonCodePrinter`` for numba, ``C99CodePrinter``
-for CUDA), after number symbols and numeric powers are folded to floats (NVRTC has no ``M_PI``).
+through ``sympy.cse`` after number symbols and numeric powers are folded to floats (NVRTC has no
+``M_PI``).  This module is backend-independent; each backend prints the assignments with its own printer,
+next to it: :mod:`~sdederive.simulate.backends.numba_printer` (sympy's ``PythonCodePrinter``) and
+:mod:`~sdederive.simulate.backends.cuda_printer` (``C99CodePrinter``).
 """
 
 from __future__ import annotations
@@ -24,13 +26,11 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 from sympy.codegen.rewriting import create_expand_pow_optimization, optimize
-from sympy.printing.c import C99CodePrinter
-from sympy.printing.pycode import PythonCodePrinter
 
 from sdederive.errors import SdederiveError
 from sdederive.symbols import sym
 
-__all__ = ["CodegenError", "Assignments", "fold_numbers", "cse_assignments", "print_python", "print_c"]
+__all__ = ["CodegenError", "Assignments", "fold_numbers", "cse_assignments", "expand_powers"]
 
 
 class CodegenError(SdederiveError):
@@ -97,64 +97,27 @@ def cse_assignments(outputs: list[tuple[str, sp.Expr]], prefix: str = "w") -> As
     return Assignments([(str(s), fold_numbers(v)) for s, v in repl], [(n, fold_numbers(e)) for n, e in zip(names, red)])
 
 
-class _NumbaPrinter(PythonCodePrinter):
-    """``math.*`` calls numba compiles; ``sign`` as ``math.copysign`` guarded at 0; floats with 17 digits."""
-
-    def _print_sign(self, e):
-        a = self._print(e.args[0])
-        return f"(0.0 if {a} == 0 else math.copysign(1.0, {a}))"
-
-    def _print_NonNeg(self, e):
-        a = self._print(e.args[0])
-        return f"({a} if {a} > 0.0 else 0.0)"
-
-    def _print_Float(self, e):
-        return repr(float(e))
-
-    def _print_Rational(self, e):
-        return repr(float(e))
-
-    def _print_Heaviside(self, e):
-        a = self._print(e.args[0])
-        return f"(1.0 if {a} > 0 else (0.0 if {a} < 0 else 0.5))"
-
-
-def print_python(a: Assignments, indent: str) -> str:
-    p = _NumbaPrinter({"fully_qualified_modules": True, "standard": "python3"})
-    lines = [f"{indent}{n} = {p.doprint(e)}" for n, e in a.temps + a.outputs]
-    return "\n".join(lines)
-
-
 _expand_pow = create_expand_pow_optimization(4)
 
 
-class _CudaPrinter(C99CodePrinter):
-    def _print_sign(self, e):
-        a = self._print(e.args[0])
-        return f"(({a}) > 0 ? {self._print(sp.Float(1))} : (({a}) < 0 ? {self._print(sp.Float(-1))} : {self._print(sp.Float(0))}))"
-
-    def _print_Heaviside(self, e):
-        a = self._print(e.args[0])
-        return f"(({a}) > 0 ? 1.0 : (({a}) < 0 ? 0.0 : 0.5))"
-
-    def _print_NonNeg(self, e):
-        a = self._print(e.args[0])
-        return f"(({a}) > 0 ? ({a}) : {self._print(sp.Float(0))})"
+def expand_powers(e: sp.Expr) -> sp.Expr:
+    """``e`` with integer powers up to 4 written as products (``x**3`` -> ``x*x*x``), which C compilers
+    do not always do for ``pow``; sympy's ``create_expand_pow_optimization``."""
+    return optimize(e, [_expand_pow])
 
 
-def print_c(a: Assignments, indent: str, real: str = "double") -> str:
-    """C99/CUDA statements; ``real="float"`` prints single-precision literals and functions."""
-    settings = {}
-    if real == "float":
-        from sympy.codegen.ast import float32
-        from sympy.codegen.ast import real as real_t
+def __getattr__(name: str):
+    # the printers moved to their backends (backends/numba_printer.py, backends/cuda_printer.py);
+    # the old names still resolve for code that imports them from here
+    if name == "print_python":
+        from sdederive.simulate.backends.numba_printer import print_python
 
-        settings["type_aliases"] = {real_t: float32}
-    p = _CudaPrinter(settings)
-    lines = []
-    for n, e in a.temps + a.outputs:
-        lines.append(f"{indent}const {real} {n} = {p.doprint(optimize(e, [_expand_pow]))};")
-    return "\n".join(lines)
+        return print_python
+    if name == "print_c":
+        from sdederive.simulate.backends.cuda_printer import print_c
+
+        return print_c
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # canonical symbols the kernels bind per coordinate

@@ -37,6 +37,13 @@ from sdederive.problems import LogisticRegression, Problem, Quadratic
 from sdederive.sde import SDE
 from sdederive.simulate._memory import fmt_bytes
 from sdederive.simulate._quadrature import break_points, noise_expectation
+from sdederive.simulate.backends.base import (
+    AbstractBackend,
+    BackendUnavailableError,
+    KernelSource,
+    RunArrays,
+)
+from sdederive.simulate.backends.registry import get_backend
 from sdederive.simulate.spec import KernelSpec, discrete_spec, sde_spec, source_optimizer
 from sdederive.spec import optimizers as _opt
 from sdederive.spec.hyper import KINDS, check_value
@@ -45,13 +52,10 @@ from sdederive.symbols import sym
 
 __all__ = ["compile", "Simulator", "SimulationResult", "check_run_args"]
 
-_BACKENDS = ("numba", "cupy")
 _SCHEMES = ("euler", "weak2")
 _DTYPES = ("float64", "float32")
 # keep_final: the most memory the per-path final values (x and loss, doubles) may take
 _FINAL_MAX_BYTES = 2 * 2**30
-# CUDA path: observables per reduction slab (doubles), the size of the per-path observable buffer
-_CUDA_OBS_SLAB = 2**26
 
 
 @dataclass
@@ -172,12 +176,20 @@ def _timed(run):
 
 
 class Simulator:
-    """A compiled kernel plus what it needs to run (see :func:`compile`)."""
+    """A compiled kernel plus what it needs to run (see :func:`compile`).
 
-    def __init__(self, spec: KernelSpec, problem: Problem, backend: str, dtype: str, scheme: str,
-                 source, obj, tau_expr: sp.Expr, compile_s: float):
-        self.spec, self.problem, self.backend, self.dtype, self.scheme = spec, problem, backend, dtype, scheme
+    ``backend`` is the backend's name, ``backend_impl`` its :class:`~sdederive.simulate.backends.base.AbstractBackend`
+    (which :meth:`run` drives), ``source`` the generated :class:`~sdederive.simulate.backends.base.KernelSource`
+    (``source.text``) and ``handle`` what the backend built from it."""
+
+    def __init__(self, spec: KernelSpec, problem: Problem, backend: str | AbstractBackend, dtype: str, scheme: str,
+                 source: KernelSource, obj, tau_expr: sp.Expr, compile_s: float, handle=None):
+        self.backend_impl = backend if isinstance(backend, AbstractBackend) else get_backend(backend)
+        self.backend = self.backend_impl.name
+        self.spec, self.problem, self.dtype, self.scheme = spec, problem, dtype, scheme
         self.source, self.obj, self.tau_expr, self.compile_s = source, obj, tau_expr, compile_s
+        self.handle = self.backend_impl.build(source) if handle is None else handle
+        self._host = None
 
     @property
     def mode(self) -> str:
@@ -410,45 +422,45 @@ class Simulator:
         if k_start > 0 and k_start % save_every == 0:
             self._put_snapshot(MEAN, CNT, k_start // save_every,
                                self._host_obs(st0, PV, PM, PL, PY, HP, discrete=False), paths)
-        if self.backend == "cupy":
-            res = self._run_cuda(state, DIV, k_start, steps, save_every, substeps, tau, key0, key1, HP, PV, PM,
-                                 PL, PY, MEAN, M2, CNT, n_save, paths, hv, seed, mask_diverged, progress)
-            return self._keep_final(res, state, DIV, PV, PM, PL, PY) if keep_final else res
-        kern = self._kernel()
+        impl = self.backend_impl
+        run = RunArrays(state, DIV, HP, PV, PM, PL, PY, MEAN, M2, CNT, save_every, substeps, tau, key0, key1,
+                        threads, k_start)
+        impl.start(self.handle, run)
         t_run = 0.0
         k = k_start
         # first chunk small (a progress update soon, Ctrl-C answered soon); later ones sized to chunk_seconds
+        # (a backend may end a chunk elsewhere: AbstractBackend.chunk_end)
         chunk = max(1, min(steps - k_start, int(1e6 // max(1, paths * d * S)), max(1, steps // 100)))
         interrupted = False
         t0 = time.perf_counter()
         stop = _StopFlag()
         try:
             while k < steps and not stop:
-                k_end = min(steps, k + chunk)
+                k_end = impl.chunk_end(k, steps, save_every, chunk)
                 c0 = time.perf_counter()
-                self._launch(kern, (state, DIV, k, k_end, save_every, substeps, tau, key0, key1, HP, PV, PM,
-                                    PL, PY, MEAN, M2, CNT, nblk), nblk, threads)
+                impl.run_chunk(self.handle, run, k, k_end)
                 el = time.perf_counter() - c0
                 t_run += el
                 k = k_end
                 if progress:
                     _progress(k, steps, t0)
-                if not mask_diverged and np.any(DIV >= 0):
+                if not mask_diverged and impl.any_diverged(run):
                     break
                 if el > 0:
                     chunk = max(1, int(chunk * min(4.0, chunk_seconds / el)))
-        except KeyboardInterrupt:  # a second Ctrl-C, inside a chunk (the threads finish it in the background)
+        except KeyboardInterrupt:  # a second Ctrl-C, inside a chunk (CPU threads finish it in the background)
             interrupted = True
         finally:
             stop.restore()
         interrupted = interrupted or bool(stop)
+        impl.finish(self.handle, run)
         res = self._finish(MEAN, M2, CNT, n_save, k, steps, save_every, tau, paths, DIV, hv, seed, interrupted,
                            t_run, mask_diverged)
         return self._keep_final(res, state, DIV, PV, PM, PL, PY) if keep_final else res
 
     def _finish(self, MEAN, M2, CNT, n_save, k, steps, save_every, tau, paths, DIV, hv, seed, interrupted, t_run,
                 mask_diverged) -> SimulationResult:
-        """The result of both backends, then their shared checks: a diverged path (unless masked), then any
+        """The result of the run, then the checks: a diverged path (unless masked), then any
         statistic that is still non-finite."""
         res = self._result(MEAN, M2, CNT, n_save, k // save_every, save_every, tau, paths, DIV, hv, seed,
                            interrupted, t_run)
@@ -523,88 +535,6 @@ class Simulator:
             "Lower eta, or pass mask_diverged=True (CLI: --mask-diverged) to drop diverged paths from the "
             "statistics.", p0, int(DIV[p0]), int(bad.size), res)
 
-    def _run_cuda(self, state, DIV, k_start, steps, save_every, substeps, tau, key0, key1, HP, PV, PM, PL, PY,
-                  MEAN, M2, CNT, n_save, paths, hv, seed, mask_diverged, progress) -> SimulationResult:
-        """GPU path: one thread per path; the kernel runs from one save point to the next, then
-        ``obs_kernel`` writes each path's observables and CuPy reduces them (block 0 of the statistics
-        arrays holds the totals)."""
-        import cupy as cp
-
-        from sdederive.simulate.backends.kernel_support import OBS_LIMIT
-
-        src = self.source
-        nobs = MEAN.shape[2]
-        g = {k: cp.asarray(v) for k, v in dict(state=state, DIV=DIV, HP=HP, PV=PV, PM=PM, PL=PL, PY=PY).items()}
-        threads = 128
-        grid = ((paths + threads - 1) // threads,)
-        # totals go to block 0; the other blocks hold the host-filled snapshots only (step 0, and step
-        # k_start where that is a save point: the kernel writes the save points after k_start)
-        j0 = k_start // save_every + 1
-        MEAN[:, j0:] = 0
-        CNT[:, j0:] = 0
-        slab = max(1, int(_CUDA_OBS_SLAB // max(nobs, 1)))
-        out = cp.empty((min(paths, slab), nobs))
-        t_run, k, interrupted = 0.0, k_start, False
-        t0 = time.perf_counter()
-        stop = _StopFlag()
-        try:
-            while k < steps and not stop:
-                k_end = min(steps, (k // save_every + 1) * save_every)
-                c0 = time.perf_counter()
-                src.step(grid, (threads,), (g["state"], g["DIV"], np.int64(k), np.int64(k_end), np.int32(substeps),
-                                            np.float64(tau), np.uint32(key0), np.uint32(key1), g["HP"], g["PV"],
-                                            g["PM"], g["PL"], g["PY"], np.int64(paths)))
-                if k_end % save_every == 0:
-                    j = k_end // save_every
-                    alive = g["DIV"] < 0
-                    # two passes per slab (its mean, then squared deviations from it), slabs merged like
-                    # the numba blocks (_merge_blocks): no s2 - n mu^2 cancellation (|x|^2 of a far-away
-                    # x is 1e16)
-                    slabs = []
-                    for p0 in range(0, paths, out.shape[0]):
-                        m = min(out.shape[0], paths - p0)
-                        # N = p0 + m: the threads of the last block past the slab write no row of `out`
-                        src.obs(((m + threads - 1) // threads,), (threads,),
-                                (g["state"], g["DIV"], g["HP"], g["PV"], g["PM"], g["PL"], g["PY"], out,
-                                 np.int64(p0), np.int64(p0 + m)))
-                        a = alive[p0:p0 + m]
-                        # a non-finite or overflowing observable of a finite state (the numba kernels'
-                        # snapshot_add test): that path diverged at this step
-                        fin = ((out[:m] < OBS_LIMIT) & (out[:m] > -OBS_LIMIT)).all(1)  # False for NaN
-                        over = cp.where(fin, False, a)
-                        if bool(over.any()):
-                            g["DIV"][p0:p0 + m] = cp.where(over, np.int64(k_end), g["DIV"][p0:p0 + m])
-                            a = cp.where(over, False, a)
-                        a = a[:, None]
-                        nb = int(a.sum())
-                        if nb == 0:
-                            continue
-                        mb = cp.where(a, out[:m], 0.0).sum(0) / nb
-                        dev = cp.where(a, out[:m] - mb, 0.0)
-                        slabs.append((nb, cp.asnumpy(mb), cp.asnumpy((dev * dev).sum(0))))
-                    if slabs:
-                        with np.errstate(over="ignore", invalid="ignore"):
-                            n, MEAN[0, j], M2[0, j] = _merge_blocks(np.array([sl[0] for sl in slabs], float),
-                                                                    np.stack([sl[1] for sl in slabs]),
-                                                                    np.stack([sl[2] for sl in slabs]))
-                        CNT[0, j] = int(n)
-                cp.cuda.Device().synchronize()
-                t_run += time.perf_counter() - c0
-                k = k_end
-                if progress:
-                    _progress(k, steps, t0)
-                if not mask_diverged and bool((g["DIV"] >= 0).any()):
-                    break
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            stop.restore()
-        interrupted = interrupted or bool(stop)
-        DIV[:] = cp.asnumpy(g["DIV"])
-        state[:] = cp.asnumpy(g["state"])
-        return self._finish(MEAN, M2, CNT, n_save, k, steps, save_every, tau, paths, DIV, hv, seed, interrupted,
-                            t_run, mask_diverged)
-
     def _disc_init_vector(self) -> dict:
         """The discrete optimizer's initial states (``x0``, the spec's inits), keyed by discrete name."""
         if self.mode == "discrete":
@@ -649,14 +579,14 @@ class Simulator:
 
     def _result(self, MEAN, M2, CNT, n_save, done_save, save_every, tau, paths, DIV, hv, seed, interrupted,
                 t_run) -> SimulationResult:
-        # the per-block Welford statistics, combined by _merge_blocks (Chan et al.)
+        # the per-block Welford statistics, combined by the backend (merge_blocks: Chan et al.)
         with np.errstate(over="ignore", invalid="ignore"):
             return self._result_inner(MEAN, M2, CNT, n_save, done_save, save_every, tau, paths, DIV, hv, seed,
                                       interrupted, t_run)
 
     def _result_inner(self, MEAN, M2, CNT, n_save, done_save, save_every, tau, paths, DIV, hv, seed, interrupted,
                       t_run) -> SimulationResult:
-        n, mean, m2 = _merge_blocks(CNT.astype(float), MEAN, M2)
+        n, mean, m2 = self.backend_impl.reduce(CNT.astype(float), MEAN, M2)
         var = m2 / np.maximum(n - 1, 1)[:, None]
         # a snapshot no path entered (all diverged and masked) has no statistics, not zeros
         mean[n == 0] = np.nan
@@ -676,48 +606,13 @@ class Simulator:
             notes=self.spec.notes, hyper=hv, seed=int(seed),
         )
 
-    @staticmethod
-    def _launch(kern, args, nblk, threads) -> None:
-        """Blocks of paths split over ``threads`` OS threads (the kernel is ``nogil``).  Each block is
-        owned by one thread and its statistics by that block, so the split does not change results."""
-        n = threads or _default_threads()
-        n = max(1, min(n, nblk))
-        if n == 1:
-            kern(*args, 0, nblk)
-            return
-        bounds = [(i * nblk // n, (i + 1) * nblk // n) for i in range(n)]
-        futs = [_pool(n).submit(kern, *args, lo, hi) for lo, hi in bounds]
-        for f in futs:
-            f.result()
-
-    def _kernel(self):
-        return self.module.kernel
-
     @property
     def module(self):
-        """The numba module (for the CUDA backend, a numba twin used for host-side snapshots)."""
-        if self.backend == "numba":
-            return self.source.module
-        if getattr(self, "_twin", None) is None:
-            from sdederive.simulate.backends.numba_backend import NumbaSource
-
-            self._twin = NumbaSource(self.spec, self.problem, self.scheme, "float64")
-            self._twin.build()
-        return self._twin.module
-
-
-_POOLS: dict = {}
-
-
-def _merge_blocks(n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray):
-    r"""Chan et al.'s combination of per-block statistics, all blocks at once (axis 0):
-    :math:`n = \sum_b n_b,\ \bar y = \sum_b n_b \bar y_b / n,\
-    M_2 = \sum_b \big(M_{2,b} + n_b (\bar y_b - \bar y)^2\big)`; ``n_b`` has one axis fewer than
-    ``mean_b`` and ``m2_b`` (the observables).  One block gives its own mean and ``M2`` unchanged."""
-    n = n_b.sum(0)
-    w = n_b[..., None]
-    mean = (w * mean_b).sum(0) / np.maximum(n, 1)[..., None]
-    return n, mean, (m2_b + w * (mean_b - mean[None]) ** 2).sum(0)
+        """The numba module with the kernel's ``prob_loss`` and ``obs``, evaluated on the host (the snapshots of
+        the start, ``keep_final``): the kernel's own module on numba; a float64 numba twin for other backends."""
+        if self._host is None:
+            self._host = self.backend_impl.host_module(self.source, self.handle)
+        return self._host
 
 
 def check_run_args(paths=1, steps=1, save_every=1, substeps=1, seed=0, threads=None, chunk_seconds=0.5) -> None:
@@ -742,27 +637,11 @@ def check_run_args(paths=1, steps=1, save_every=1, substeps=1, seed=0, threads=N
 
 
 def _default_threads() -> int:
-    import os
+    """The numba backend's thread count for ``threads=None`` (:func:`~sdederive.simulate.backends.numba_backend.
+    default_threads`), for the memory estimate."""
+    from sdederive.simulate.backends.numba_backend import default_threads
 
-    for var in ("SDEDERIVE_THREADS", "NUMBA_NUM_THREADS"):
-        env = os.environ.get(var)
-        if env:
-            try:
-                n = int(env)
-            except ValueError:
-                n = 0
-            if n < 1:
-                raise SdederiveError(f"{var}={env!r} is invalid; allowed: an integer >= 1 (or unset: all cores)")
-            return n
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _pool(n: int):
-    from concurrent.futures import ThreadPoolExecutor
-
-    if n not in _POOLS:
-        _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sdederive")
-    return _POOLS[n]
+    return default_threads()
 
 
 def _tau_for(obj, regime) -> sp.Expr:
@@ -781,7 +660,9 @@ def compile(obj, problem: Problem, backend: str = "numba", dtype: str = "float64
     obj: an :class:`~sdederive.sde.SDE` (simulate it) or an :class:`~sdederive.spec.optimizers.Optimizer` /
         built-in name (run the discrete update rule).
     problem: a :class:`~sdederive.problems.Problem` (quadratic, logistic regression, custom ``f``).
-    backend: ``"numba"`` (CPU, parallel over paths) or ``"cupy"`` (CUDA, one thread per path).
+    backend: ``"numba"`` (CPU, parallel over paths), ``"cupy"`` (CUDA, one thread per path), or any name
+        registered with :func:`~sdederive.simulate.backends.base.register_backend`
+        (:func:`~sdederive.simulate.backends.base.backend_names`).
     dtype: ``"float64"`` or ``"float32"`` (the state's precision; random numbers are always drawn in
         double precision, so both dtypes see the same Gaussians).
     scheme: SDE integrator, ``"euler"`` (Euler–Maruyama, weak order 1) or ``"weak2"`` (Platen's
@@ -789,8 +670,7 @@ def compile(obj, problem: Problem, backend: str = "numba", dtype: str = "float64
     regime: discrete mode only: the regime whose ``tau`` defines the time axis ``t = k*tau``
         (default the optimizer's natural regime).
     """
-    if backend not in _BACKENDS:
-        raise UnknownNameError("backend", backend, _BACKENDS)
+    impl = get_backend(backend)  # UnknownNameError listing the registered names
     if dtype not in _DTYPES:
         raise UnknownNameError("dtype", dtype, _DTYPES)
     if scheme not in _SCHEMES:
@@ -814,16 +694,13 @@ def compile(obj, problem: Problem, backend: str = "numba", dtype: str = "float64
         spec = discrete_spec(obj)
     tau_expr = _tau_for(obj, regime)
     t0 = time.perf_counter()
-    if backend == "numba":
-        from sdederive.simulate.backends.numba_backend import NumbaSource
-
-        src = NumbaSource(spec, problem, scheme, dtype)
-    else:
-        from sdederive.simulate.backends.cuda_backend import CudaSource
-
-        src = CudaSource(spec, problem, scheme, dtype)
-    src.build()
-    return Simulator(spec, problem, backend, dtype, scheme, src, obj, tau_expr, time.perf_counter() - t0)
+    ok, why = impl.available()
+    if not ok:
+        raise BackendUnavailableError(why or f"backend {impl.name!r} cannot run here")
+    source = impl.generate(spec, problem, scheme, dtype)
+    handle = impl.build(source)
+    return Simulator(spec, problem, impl, dtype, scheme, source, obj, tau_expr, time.perf_counter() - t0,
+                     handle=handle)
 
 
 def _check_noise_match(sde: SDE, problem: Problem) -> None:

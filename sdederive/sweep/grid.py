@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from sdederive.errors import SdederiveError
+from sdederive.simulate.backends.registry import backend_names
 
 __all__ = ["Grid", "cell_id"]
 
@@ -108,8 +109,9 @@ class Grid:
                 raise SdederiveError(f"grid axis seed={vals!r} has a value that is not an integer in [0, 2**64)")
             if name == "mode" and any(v not in ("discrete", "sde") for v in vals):
                 raise SdederiveError(f"grid axis mode={vals!r} has a value other than 'discrete' or 'sde'")
-            if name == "backend" and any(v not in ("numba", "cupy") for v in vals):
-                raise SdederiveError(f"grid axis backend={vals!r} has a value other than 'numba' or 'cupy'")
+            if name == "backend" and any(v not in backend_names() for v in vals):
+                raise SdederiveError(f"grid axis backend={vals!r} has a value that is not a backend; allowed: "
+                                     f"{', '.join(backend_names())}")
             if name == "optimizer" and any(not isinstance(v, str) for v in vals):
                 raise SdederiveError(f"grid axis optimizer={vals!r} has a value that is not an optimizer name")
             if name not in RESERVED and any(not isinstance(v, (int, float)) for v in vals):

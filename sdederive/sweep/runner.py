@@ -135,7 +135,7 @@ def _validate_cells(grid: Grid, problem: Problem, mode: str, specs: Mapping | No
     hyperparameters (names and ranges), the modes (and, for ``"sde"``, that the SDE can be derived), the
     backends, and the problem at every batch size.  Each distinct combination is built once."""
     import sdederive as sd
-    from sdederive.simulate.simulator import _BACKENDS
+    from sdederive.simulate.backends.registry import backend_names
 
     seen: set = set()
     for c in grid.cells():
@@ -152,8 +152,8 @@ def _validate_cells(grid: Grid, problem: Problem, mode: str, specs: Mapping | No
                 seen.add(("sde", key[0]))
                 sd.derive(name)
         b = c.get("backend", "numba")
-        if b not in _BACKENDS:
-            raise SdederiveError(f"cell backend={b!r}; allowed: {', '.join(_BACKENDS)}")
+        if b not in backend_names():
+            raise SdederiveError(f"cell backend={b!r}; allowed: {', '.join(backend_names())}")
         if ("B", c.get("B")) not in seen:
             seen.add(("B", c.get("B")))
             with_batch(problem, c.get("B"))

@@ -13,7 +13,6 @@ NVRTC through ``cuda-bindings`` (or a system ``nvcc``) for ``sm_90``, so a print
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import tempfile
@@ -21,11 +20,20 @@ from pathlib import Path
 
 import sympy as sp
 
-from sdederive.simulate.lower import CodegenError, cse_assignments, print_c
+from sdederive.simulate.backends.base import (
+    AbstractBackend,
+    BackendUnavailableError,
+    KernelSource,
+    RunArrays,
+    merge_blocks,
+)
+from sdederive.simulate.backends.cuda_printer import print_c
+from sdederive.simulate.backends.registry import register_backend
+from sdederive.simulate.lower import CodegenError, cse_assignments
 from sdederive.simulate.rng.philox_c import CUDA_SOURCE
 from sdederive.simulate.spec import KernelSpec, check_names
 
-__all__ = ["generate", "compile_check", "CudaSource", "nvrtc_available"]
+__all__ = ["generate", "compile_check", "CudaBackend", "nvrtc_available"]
 
 
 def _sig(spec: KernelSpec, what: str, real: str) -> str:
@@ -62,12 +70,10 @@ def _custom_fragment(problem, real: str) -> str:
     hs = "\n".join(f"        HS[{i}] = h_{i};" for i in range(len(xs)))
     return (f"__device__ void prob_grad(const real *xv, real *GR, real *HS, real *SG, const double *PV, "
             f"const double *PM, const double *PL, const double *PY, real *W, bool need_hs, bool need_sg) {{\n"
-            f"{print_c(g, '    ', REAL[0])}\n{gs}\n    if (need_hs) {{\n{print_c(h, '        ', REAL[0])}\n{hs}\n    }}\n}}\n"
+            f"{print_c(g, '    ', real)}\n{gs}\n    if (need_hs) {{\n{print_c(h, '        ', real)}\n{hs}\n    }}\n}}\n"
             f"__device__ real prob_loss(const real *xv, const double *PV, const double *PM, const double *PL, "
-            f"const double *PY, real *W) {{\n{print_c(lo, '    ', REAL[0])}\n    return loss;\n}}\n")
+            f"const double *PY, real *W) {{\n{print_c(lo, '    ', real)}\n    return loss;\n}}\n")
 
-
-REAL = ["double"]  # set per generation (the custom fragment prints with it)
 
 _PROBLEM = {
     "quadratic_diag": r"""
@@ -147,7 +153,6 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
     """CUDA C source of ``step_kernel`` and ``obs_kernel`` (``extern "C"``)."""
     check_names(spec)
     real = "float" if dtype == "float32" else "double"
-    REAL[0] = real
     S, d = len(spec.states), problem.d
     nout = len(spec.outputs)
     kind = problem.kind
@@ -402,24 +407,130 @@ def _nv_ok(err, what) -> None:
         raise CodegenError(f"{what} failed: {err}")
 
 
-class CudaSource:
-    """Generated CUDA module: :meth:`build` compiles it with ``cupy.RawModule`` (needs a GPU)."""
+# observables per reduction slab (doubles): the size of the per-path observable buffer on the device
+_OBS_SLAB = 2**26
+# threads per CUDA block of paths
+_THREADS = 128
 
-    def __init__(self, spec: KernelSpec, problem, scheme: str, dtype: str):
-        self.spec, self.problem, self.scheme, self.dtype = spec, problem, scheme, dtype
-        self.text = generate(spec, problem, scheme, dtype)
-        self.key = hashlib.sha256(self.text.encode()).hexdigest()[:16]
-        self.module = None
 
-    def build(self) -> None:
+class _CudaHandle:
+    """The compiled module and its two kernels."""
+
+    def __init__(self, module, step, obs):
+        self.module, self.step, self.obs = module, step, obs
+
+
+@register_backend
+class CudaBackend(AbstractBackend[_CudaHandle]):
+    """GPU: the generated CUDA C (:func:`generate`) compiled by ``cupy.RawModule``, one thread per path.
+    ``step_kernel`` runs from one save point to the next (:meth:`chunk_end`); then ``obs_kernel`` writes each
+    path's observables and CuPy reduces them over the paths, slab by slab; the totals go to block 0 of the
+    statistics arrays (the other blocks hold only the host-filled snapshots of the start)."""
+
+    name = "cupy"
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
         try:
             import cupy
         except ImportError:
-            raise CodegenError("backend='cupy' needs CuPy: pip install -e '.[gpu]'") from None
-        if not cupy.cuda.is_available():
-            raise CodegenError("backend='cupy' needs a CUDA GPU; none is visible (cupy.cuda.is_available() is "
-                               "False). Use backend='numba'.")
-        # CuPy caches compiled modules on disk by source hash (~/.cupy/kernel_cache)
-        self.module = cupy.RawModule(code=self.text, options=("--std=c++17",), name_expressions=None)
-        self.step = self.module.get_function("step_kernel")
-        self.obs = self.module.get_function("obs_kernel")
+            return False, "backend='cupy' needs CuPy: pip install -e '.[gpu]'"
+        try:
+            ok = bool(cupy.cuda.is_available())
+        except Exception as e:  # noqa: BLE001 - a broken driver or runtime raises its own errors
+            return False, (f"backend='cupy' needs a CUDA GPU; CuPy cannot query one ({type(e).__name__}: "
+                           f"{str(e)[:120]}). Use backend='numba'.")
+        if not ok:
+            return False, ("backend='cupy' needs a CUDA GPU; none is visible (cupy.cuda.is_available() is "
+                           "False). Use backend='numba'.")
+        return True, ""
+
+    def generate(self, spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "float64") -> KernelSource:
+        return KernelSource(self.name, generate(spec, problem, scheme, dtype), spec, problem, scheme, dtype)
+
+    def build(self, source: KernelSource) -> _CudaHandle:
+        """``cupy.RawModule`` of the source; CuPy caches compiled modules on disk by source hash
+        (``~/.cupy/kernel_cache``).  :class:`BackendUnavailableError` without CuPy or a GPU."""
+        ok, why = self.available()
+        if not ok:
+            raise BackendUnavailableError(why)
+        import cupy
+
+        module = cupy.RawModule(code=source.text, options=("--std=c++17",), name_expressions=None)
+        return _CudaHandle(module, module.get_function("step_kernel"), module.get_function("obs_kernel"))
+
+    def start(self, handle: _CudaHandle, run: RunArrays) -> None:
+        """The run's arrays on the device; the statistics of the save points after ``k_start`` cleared (the
+        kernel writes them, to block 0)."""
+        import cupy as cp
+
+        run.extra["g"] = {k: cp.asarray(v) for k, v in dict(state=run.state, DIV=run.DIV, HP=run.HP, PV=run.PV,
+                                                             PM=run.PM, PL=run.PL, PY=run.PY).items()}
+        # totals go to block 0; the other blocks hold the host-filled snapshots only (step 0, and step
+        # k_start where that is a save point: the kernel writes the save points after k_start)
+        j0 = run.k_start // run.save_every + 1
+        run.MEAN[:, j0:] = 0
+        run.CNT[:, j0:] = 0
+        nobs = run.MEAN.shape[2]
+        slab = max(1, int(_OBS_SLAB // max(nobs, 1)))
+        run.extra["out"] = cp.empty((min(run.paths, slab), nobs))
+
+    def chunk_end(self, k: int, steps: int, save_every: int, chunk: int) -> int:
+        return min(steps, (k // save_every + 1) * save_every)
+
+    def run_chunk(self, handle: _CudaHandle, run: RunArrays, k: int, k_end: int) -> None:
+        import cupy as cp
+        import numpy as np
+
+        from sdederive.simulate.backends.kernel_support import OBS_LIMIT
+
+        g, out, paths, threads = run.extra["g"], run.extra["out"], run.paths, _THREADS
+        grid = ((paths + threads - 1) // threads,)
+        handle.step(grid, (threads,), (g["state"], g["DIV"], np.int64(k), np.int64(k_end), np.int32(run.substeps),
+                                       np.float64(run.tau), np.uint32(run.key0), np.uint32(run.key1), g["HP"],
+                                       g["PV"], g["PM"], g["PL"], g["PY"], np.int64(paths)))
+        if k_end % run.save_every == 0:
+            j = k_end // run.save_every
+            alive = g["DIV"] < 0
+            # two passes per slab (its mean, then squared deviations from it), slabs merged like
+            # the numba blocks (merge_blocks): no s2 - n mu^2 cancellation (|x|^2 of a far-away
+            # x is 1e16)
+            slabs = []
+            for p0 in range(0, paths, out.shape[0]):
+                m = min(out.shape[0], paths - p0)
+                # N = p0 + m: the threads of the last block past the slab write no row of `out`
+                handle.obs(((m + threads - 1) // threads,), (threads,),
+                           (g["state"], g["DIV"], g["HP"], g["PV"], g["PM"], g["PL"], g["PY"], out,
+                            np.int64(p0), np.int64(p0 + m)))
+                a = alive[p0:p0 + m]
+                # a non-finite or overflowing observable of a finite state (the numba kernels'
+                # snapshot_add test): that path diverged at this step
+                fin = ((out[:m] < OBS_LIMIT) & (out[:m] > -OBS_LIMIT)).all(1)  # False for NaN
+                over = cp.where(fin, False, a)
+                if bool(over.any()):
+                    g["DIV"][p0:p0 + m] = cp.where(over, np.int64(k_end), g["DIV"][p0:p0 + m])
+                    a = cp.where(over, False, a)
+                a = a[:, None]
+                nb = int(a.sum())
+                if nb == 0:
+                    continue
+                mb = cp.where(a, out[:m], 0.0).sum(0) / nb
+                dev = cp.where(a, out[:m] - mb, 0.0)
+                slabs.append((nb, cp.asnumpy(mb), cp.asnumpy((dev * dev).sum(0))))
+            if slabs:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    n, run.MEAN[0, j], run.M2[0, j] = merge_blocks(np.array([sl[0] for sl in slabs], float),
+                                                                   np.stack([sl[1] for sl in slabs]),
+                                                                   np.stack([sl[2] for sl in slabs]))
+                run.CNT[0, j] = int(n)
+        cp.cuda.Device().synchronize()
+
+    def any_diverged(self, run: RunArrays) -> bool:
+        return bool((run.extra["g"]["DIV"] >= 0).any())
+
+    def finish(self, handle: _CudaHandle, run: RunArrays) -> None:
+        import cupy as cp
+
+        g = run.extra["g"]
+        run.DIV[:] = cp.asnumpy(g["DIV"])
+        run.state[:] = cp.asnumpy(g["state"])

@@ -4,8 +4,8 @@ The module holds the functions printed from the spec (``coef`` or ``upd``, and `
 problem's gradient/loss fragment, and one ``@njit(cache=True, nogil=True)`` kernel that advances
 a range of fixed blocks of paths: every path goes through a chunk of steps with its state in local
 arrays, and the snapshot statistics (Welford mean and M2 over the paths of the block) are
-accumulated in the kernel.  :class:`~sdederive.simulate.simulator.Simulator` spreads the blocks over OS
-threads; the number of blocks depends only on the number of paths, so results are bit-identical
+accumulated in the kernel.  :class:`NumbaBackend` (the registered ``"numba"`` backend) spreads the blocks
+over OS threads; the number of blocks depends only on the number of paths, so results are bit-identical
 for any thread count.  Random numbers come from :mod:`sdederive.simulate.rng.philox` and the snapshot
 update from :mod:`sdederive.simulate.backends.kernel_support` (imported; the module carries both files'
 SHA-256, so editing either changes every kernel's content hash).
@@ -40,11 +40,14 @@ from pathlib import Path
 from sdederive._atomic import atomic_write_text
 from sdederive.errors import SdederiveError
 from sdederive.simulate.backends import kernel_support
-from sdederive.simulate.lower import CodegenError, print_python
+from sdederive.simulate.backends.base import AbstractBackend, KernelSource, RunArrays
+from sdederive.simulate.backends.numba_printer import print_python
+from sdederive.simulate.backends.registry import register_backend
+from sdederive.simulate.lower import CodegenError
 from sdederive.simulate.rng import philox as rng
 from sdederive.simulate.spec import KernelSpec, check_names
 
-__all__ = ["generate", "load_module", "cache_dir"]
+__all__ = ["generate", "load_module", "cache_dir", "NumbaBackend", "default_threads"]
 
 # Decorator of the kernel's helpers (spec functions, problem fragments; LLVM inlines them into the
 # kernel): numpy's error model like the kernel, so x/0 gives inf, which the kernel's divergence
@@ -629,34 +632,94 @@ def _drop_numba_cache(module) -> list[str]:
     return dropped
 
 
-class NumbaSource:
-    """Generated numba module for a spec: :meth:`build` writes, imports and compiles it."""
+def default_threads() -> int:
+    """The kernel's OS threads when ``threads=None``: ``$SDEDERIVE_THREADS``, else ``$NUMBA_NUM_THREADS``, else
+    the CPUs this process may run on; an invalid variable is an :class:`~sdederive.errors.SdederiveError`."""
+    for var in ("SDEDERIVE_THREADS", "NUMBA_NUM_THREADS"):
+        env = os.environ.get(var)
+        if env:
+            try:
+                n = int(env)
+            except ValueError:
+                n = 0
+            if n < 1:
+                raise SdederiveError(f"{var}={env!r} is invalid; allowed: an integer >= 1 (or unset: all cores)")
+            return n
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
-    def __init__(self, spec: KernelSpec, problem, scheme: str, dtype: str):
-        self.spec, self.problem, self.scheme, self.dtype = spec, problem, scheme, dtype
-        self.text = generate(spec, problem, scheme, dtype)
-        self.module = None
 
-    def build(self) -> None:
+_POOLS: dict = {}
+
+
+def _pool(n: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    if n not in _POOLS:
+        _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sdederive")
+    return _POOLS[n]
+
+
+def _launch(kern, args, nblk, threads) -> None:
+    """Blocks of paths split over ``threads`` OS threads (the kernel is ``nogil``).  Each block is
+    owned by one thread and its statistics by that block, so the split does not change results."""
+    n = threads or default_threads()
+    n = max(1, min(n, nblk))
+    if n == 1:
+        kern(*args, 0, nblk)
+        return
+    bounds = [(i * nblk // n, (i + 1) * nblk // n) for i in range(n)]
+    futs = [_pool(n).submit(kern, *args, lo, hi) for lo, hi in bounds]
+    for f in futs:
+        f.result()
+
+
+@register_backend
+class NumbaBackend(AbstractBackend[types.ModuleType]):
+    """CPU: the generated numba module (:func:`generate`, :func:`load_module`); its kernel advances fixed
+    blocks of paths (``MEAN.shape[0]`` of them), spread over OS threads (:func:`default_threads`)."""
+
+    name = "numba"
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        return True, ""  # this module imports numba: it is importable when this class exists
+
+    def generate(self, spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "float64") -> KernelSource:
+        return KernelSource(self.name, generate(spec, problem, scheme, dtype), spec, problem, scheme, dtype)
+
+    def build(self, source: KernelSource) -> types.ModuleType:
+        """The module of ``source`` (:func:`load_module`: cached under its content hash), its kernel compiled
+        now (or loaded from numba's cache) with the argument types :meth:`run_chunk` uses.  A damaged numba
+        cache is dropped and the kernel compiled again (with a ``RuntimeWarning``)."""
         import numpy as np
 
-        self.module = load_module(self.text)
-        S, d = len(self.spec.states), self.problem.d
-        # compile now (or load from numba's cache) with the argument types run() uses
+        module = load_module(source.text)
+        spec, d = source.spec, source.problem.d
+        S = len(spec.states)
         z2 = np.zeros((1, 1))
-        nobs = 2 + len(self.spec.outputs) * d
+        nobs = 2 + len(spec.outputs) * d
         args = (np.zeros((1, S, d)), np.full(1, -1, np.int64), 0, 0, 1, 1, 1.0, 0, 0,
-                np.zeros(len(self.spec.scalars) + 1), np.zeros(2 * d + 1), z2, z2, np.zeros(1),
+                np.zeros(len(spec.scalars) + 1), np.zeros(2 * d + 1), z2, z2, np.zeros(1),
                 np.zeros((1, 1, nobs)), np.zeros((1, 1, nobs)), np.zeros((1, 1), np.int64), 1, 0, 0)
         try:
-            self.module.kernel(*args)
+            module.kernel(*args)
         except Exception as first:  # noqa: BLE001 - a damaged numba cache raises whatever unpickling raises
             # A truncated or garbage .nbi/.nbc (disk full, killed writer, copied cache) makes numba's
             # loader fail.  Drop the cache entries, build a fresh module (new dispatchers) and compile again.
             with _lock:
-                _drop_numba_cache(self.module)
-            self.module = load_module(self.text, fresh=True)
-            self.module.kernel(*args)  # a failure that is not the cache's repeats here and is raised
-            warnings.warn(f"the numba cache of kernel {Path(self.module.__file__).name} was damaged "
+                _drop_numba_cache(module)
+            module = load_module(source.text, fresh=True)
+            module.kernel(*args)  # a failure that is not the cache's repeats here and is raised
+            warnings.warn(f"the numba cache of kernel {Path(module.__file__).name} was damaged "
                           f"({type(first).__name__}: {str(first)[:120]}); it was rebuilt", RuntimeWarning,
                           stacklevel=2)
+        return module
+
+    def run_chunk(self, handle: types.ModuleType, run: RunArrays, k_begin: int, k_end: int) -> None:
+        nblk = run.MEAN.shape[0]
+        _launch(handle.kernel, (run.state, run.DIV, k_begin, k_end, run.save_every, run.substeps, run.tau,
+                                run.key0, run.key1, run.HP, run.PV, run.PM, run.PL, run.PY, run.MEAN, run.M2,
+                                run.CNT, nblk), nblk, run.threads)
+
+    def host_module(self, source: KernelSource, handle: types.ModuleType) -> types.ModuleType:
+        return handle

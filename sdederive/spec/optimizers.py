@@ -237,6 +237,10 @@ def from_update(
     init: initial values of the auxiliary states (default 0).
     kinds: state name -> ``"aux"`` | ``"second_moment"`` | ``"accumulator"``.
     """
+    from sdederive.spec.vector import Vec, from_update_vector
+
+    if any(isinstance(e, Vec) for e in update.values()):  # a vector update: norms, dot, grad_at (spec/vector.py)
+        return from_update_vector(name, update, hypers, natural_regime, doc)
     hs = []
     for hn, spec in hypers.items():
         if isinstance(spec, Hyper):

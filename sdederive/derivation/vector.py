@@ -1,0 +1,341 @@
+r"""The one-step moment expansion in d dimensions (the vector engine), regime ``sgd`` (``tau = eta``).
+
+For an update ``x' = x + Delta`` written with :mod:`sdederive.spec.vector`, with ``g = grad + xi``,
+``xi = Sigma^(1/2) z`` Gaussian, and hyperparameters other than ``eta`` fixed as ``eta -> 0``:
+
+1. the update is brought to the *linear-block form*
+   :math:`\Delta = -\eta\,F,\ F = a_0 + \sum_k A_k B_k` with deterministic matrix coefficients ``A_k``
+   (in ``H``, ``I``, hyperparameters) and random blocks ``B_k`` = ``r_k(|g_b|) g_b`` (a vector) or
+   ``r_k(|g_b|)`` (a scalar), one minibatch ``b`` per block (``b = 0`` is ``g``'s, ``grad_at(., fresh=True)``
+   draws a new one);
+2. a gradient at a perturbed point ``y = x + delta`` is ``grad f(y) + xi_b = grad + H delta + xi_b``: the
+   Hessian expansion, **exact for quadratic f**; on other f the dropped term is ``(1/2) D^3f[delta, delta]``,
+   of order ``rho**2`` for SAM's ``delta = rho g/|g|`` (recorded in the SDE's notes).  ``xi_b`` is ``g``'s
+   own noise for the same minibatch (additive noise, ``Sigma`` not depending on x), an independent copy for a
+   fresh one;
+3. the moments: :math:`b = -\mathbb E[F]`, :math:`D D^\top = \eta\operatorname{Cov}[F]` (the SME's
+   ``sqrt(eta)``), with ``E[g] = grad``, ``E[g g^T] = grad grad^T + Sigma`` in closed form and every other
+   ``E[r(|g|) g]``, ``E[r(|g|) g g^T]``, ``E[r(|g|)]`` kept as a named :class:`~sdederive.sde_vector.ExpectationAtom`.
+
+Since ``F`` does not depend on ``eta`` (``rho``, ``c`` fixed), the one-step moments are exact:
+``E[Delta]/eta = b`` and ``Cov[Delta]/eta = D D^T`` for every ``eta`` (no O(eta) bias).
+
+Refused (with the reason): other regimes, ``order=2``, non-Gaussian noise, coordinate-wise maps, norms of
+anything but ``g`` itself, products of functions of two independent minibatches, random matrices.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import sympy as sp
+
+from sdederive.errors import ExpectationError, NoiseModelError, RegimeMismatchError, SdederiveError
+from sdederive.sde_vector import GRAD, HESS, IDENT, NORM_G, SIGMA, XVEC, ExpectationAtom, VDot, VectorSDE, VNorm
+from sdederive.spec import vector as V
+from sdederive.symbols import sym
+
+__all__ = ["derive_vector"]
+
+_eta = sym("eta")
+_REGIMES = ("sgd",)
+
+
+@dataclass(frozen=True)
+class _Block:
+    """A random block: ``r(|g_b|) g_b`` (``tensor = "g"``) or ``r(|g_b|)`` (``tensor = "1"``)."""
+
+    tensor: str
+    r: sp.Expr  # in the placeholder of batch b
+    batch: int
+
+
+_DET = "det"
+
+
+def _norm_sym(b: int) -> sp.Symbol:
+    return sp.Symbol(f"norm_g{b}", positive=True)
+
+
+class _Ctx:
+    def __init__(self, opt_name: str):
+        self.name = opt_name
+        self.batches = 1  # batch 0 is g's
+        self.hessian = False
+        self.same_batch_shift = False
+        self.fresh = False
+
+
+def _add(acc: dict, key, coef) -> None:
+    acc[key] = acc[key] + coef if key in acc else coef
+
+
+def _lin(v: V.Vec, ctx: _Ctx) -> dict:
+    """The linear-block form of ``v``: ``{_DET: a0, _Block: A, ...}``."""
+    if isinstance(v, V.VecSym):
+        if v.name == "x":
+            return {_DET: XVEC}
+        return {_Block("g", sp.S.One, 0): IDENT}
+    if isinstance(v, V.VAdd):
+        out: dict = {}
+        for t in v.terms:
+            for k, c in _lin(t, ctx).items():
+                _add(out, k, c)
+        return out
+    if isinstance(v, V.MatVec):
+        return {k: v.matrix * c for k, c in _lin(v.vec, ctx).items()}
+    if isinstance(v, V.VScale):
+        s = _scalar(v.scalar, ctx)
+        return _scale(s, _lin(v.vec, ctx), ctx, v)
+    if isinstance(v, V.GradAt):
+        inner = _lin(v.point, ctx)
+        delta = dict(inner)
+        delta[_DET] = delta.get(_DET, sp.ZeroMatrix(V.dim, 1)) - XVEC
+        delta = {k: c for k, c in delta.items() if not _is_zero_matrix(c)}
+        if v.fresh:
+            b = ctx.batches
+            ctx.batches += 1
+            ctx.fresh = True
+        else:
+            b = 0
+            if delta:
+                ctx.same_batch_shift = True
+        out = {_Block("g", sp.S.One, b): IDENT}
+        if delta:
+            ctx.hessian = True
+            for k, c in delta.items():
+                _add(out, k, HESS * c)
+        return out
+    if isinstance(v, V.CoordMap):
+        raise ExpectationError(
+            f"the coordinate-wise map {v} in {ctx.name!r} is not supported by the vector engine yet; coordinate-wise "
+            "optimizers (signsgd, ...) are derived per coordinate by the scalar engine (sd.derive('signsgd'))"
+        )
+    raise SdederiveError(f"unknown vector expression {v!r}")  # pragma: no cover - the IR is closed
+
+
+def _is_zero_matrix(c) -> bool:
+    return isinstance(c, sp.ZeroMatrix) or c == sp.ZeroMatrix(*c.shape)
+
+
+def _random_batch(lin: dict) -> int | None:
+    """``b`` if ``lin`` is exactly ``s*g_b`` with a deterministic scalar ``s`` (returns ``(b, s)``), else None."""
+    if len(lin) != 1:
+        return None
+    (k, c), = lin.items()
+    if not isinstance(k, _Block) or k.tensor != "g" or k.r != 1:
+        return None
+    if c == IDENT:
+        return k.batch, sp.S.One
+    if isinstance(c, sp.MatMul):
+        coeff, rest = c.as_coeff_mmul()
+        if rest == IDENT or (isinstance(rest, sp.MatMul) and rest.args == (IDENT,)):
+            return k.batch, coeff
+    return None
+
+
+def _scalar(s: sp.Expr, ctx: _Ctx) -> sp.Expr:
+    """Replace the vector scalars of ``s``: deterministic ``norm``/``dot`` by :class:`VNorm`/:class:`VDot` of
+    matrix expressions, ``norm(s*g_b)`` by ``|s|*norm_g{b}``; anything else random is refused."""
+    repl = {}
+    for a in s.atoms(V.VScalar):
+        lins = [_lin(w, ctx) for w in a.vargs]
+        if all(set(L) <= {_DET} for L in lins):
+            dets = [L.get(_DET, sp.ZeroMatrix(V.dim, 1)) for L in lins]
+            repl[a] = VNorm(dets[0]) if a.op == "norm" else VDot(dets[0], dets[1])
+            continue
+        if a.op == "norm":
+            rb = _random_batch(lins[0])
+            if rb is not None:
+                repl[a] = sp.Abs(rb[1]) * _norm_sym(rb[0])
+                continue
+        elif all(_random_batch(L) is not None for L in lins):
+            (b1, s1), (b2, s2) = (_random_batch(L) for L in lins)
+            if b1 == b2:
+                repl[a] = s1 * s2 * _norm_sym(b1) ** 2
+                continue
+        raise ExpectationError(
+            f"{a} in {ctx.name!r} is a function of the gradient noise that is not a function of |g| alone (it depends "
+            "on the direction of the noise, or on a gradient at a perturbed point); the vector engine supports the "
+            "random scalars norm(g), norm(s*g) and dot(g, g) (functions of |g|), and deterministic norm(x), dot(x, x)"
+        )
+    return s.xreplace(repl)
+
+
+def _batches(s: sp.Expr) -> set[int]:
+    return {int(f.name[6:]) for f in s.free_symbols if f.name.startswith("norm_g") and f.name[6:].isdigit()}
+
+
+def _scale(s: sp.Expr, lin: dict, ctx: _Ctx, where) -> dict:
+    bs = _batches(s)
+    if not bs:
+        return {k: s * c for k, c in lin.items()}
+    if len(bs) > 1:
+        raise ExpectationError(f"the scalar {s} in {ctx.name!r} combines the norms of two independent minibatches; "
+                               "products of functions of different minibatches are not supported")
+    b = bs.pop()
+    indep, dep = s.as_independent(_norm_sym(b), as_Add=False)
+    out: dict = {}
+    for k, c in lin.items():
+        if k == _DET:
+            _add(out, _Block("1", dep, b), indep * c)
+        elif k.batch == b:
+            _add(out, _Block(k.tensor, sp.simplify(k.r * dep), b), indep * c)
+        else:
+            raise ExpectationError(
+                f"{where} in {ctx.name!r} multiplies a function of one minibatch's gradient by another, independent "
+                "minibatch's gradient; products of functions of different minibatches are not supported")
+    return out
+
+
+# -- moments -------------------------------------------------------------------------------------------------------
+
+
+def _canon(r: sp.Expr, b: int) -> sp.Expr:
+    return r.xreplace({_norm_sym(b): NORM_G})
+
+
+def _mean(k: _Block) -> sp.MatrixExpr:
+    r = _canon(k.r, k.batch)
+    if k.tensor == "g":
+        return GRAD if r == 1 else ExpectationAtom("g", r)
+    return ExpectationAtom("1", r)
+
+
+def _second(k1: _Block, k2: _Block) -> sp.MatrixExpr:
+    """``E[B1 B2^T]`` for two blocks of the same minibatch."""
+    r = sp.simplify(_canon(k1.r, k1.batch) * _canon(k2.r, k2.batch))
+    t = (k1.tensor, k2.tensor)
+    if t == ("g", "g"):
+        return GRAD * GRAD.T + SIGMA if r == 1 else ExpectationAtom("ggT", r)
+    if t == ("g", "1"):
+        return GRAD if r == 1 else ExpectationAtom("g", r)
+    if t == ("1", "g"):
+        return (GRAD if r == 1 else ExpectationAtom("g", r)).T
+    return ExpectationAtom("1", r)
+
+
+def _cov(k1: _Block, k2: _Block):
+    if k1.batch != k2.batch:
+        return None
+    return _second(k1, k2) - _mean(k1) * _mean(k2).T
+
+
+def _leading(c: sp.MatrixExpr, what: str, ctx: _Ctx) -> sp.MatrixExpr:
+    """``c`` at ``eta = 0`` (it must be finite there)."""
+    if not c.has(_eta):
+        return c
+    c0 = c.subs(_eta, 0).doit()
+    if c0.has(sp.zoo, sp.oo, sp.nan):
+        raise RegimeMismatchError(
+            f"in regime 'sgd' (tau = eta) the increment of x in {ctx.name!r} is not O(eta): {what} has the coefficient "
+            f"{c}, which diverges as eta -> 0; no SDE limit in this regime")
+    return c0
+
+
+# -- derive ---------------------------------------------------------------------------------------------------
+
+
+def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **noise_params) -> VectorSDE:
+    """The vector SDE of a :class:`~sdederive.spec.vector.VectorOptimizer` (or a built-in name: ``usam``,
+    ``sam``, ``nsgd``, ``clip_sgd``) under Gaussian noise with a full covariance ``Sigma``, regime ``sgd``.
+
+    ``noise_params``: ``Sigma="full"`` (the default: ``Sigma`` is always carried symbolically) or a numeric
+    matrix (validated, and only recorded); anything else is refused.
+    """
+    opt = V.get(optimizer)
+    key = str(noise).strip().lower() if isinstance(noise, str) else noise
+    if key not in ("gaussian", "normal"):
+        raise NoiseModelError(
+            f"the vector engine derives {opt.name!r} under Gaussian noise g = grad + Sigma^(1/2) z only; got "
+            f"noise={noise!r}. Student-t and other laws would change every expectation atom and are not supported yet"
+        )
+    extra = sorted(k for k in noise_params if k != "Sigma")
+    if extra:
+        raise NoiseModelError(f"noise parameter(s) {extra} are not used by the vector engine; allowed: Sigma (the "
+                              "full covariance is carried symbolically; a numeric Sigma is checked, then substituted "
+                              "by VectorSDE.evaluate)")
+    S = noise_params.get("Sigma", "full")
+    if not (isinstance(S, str) and S == "full"):
+        from sdederive.noise import _check_Sigma
+
+        if isinstance(S, str):
+            raise NoiseModelError(f"Sigma={S!r}; allowed: 'full' or a symmetric PSD matrix")
+        _check_Sigma(S)
+    rg = regime if regime is not None else opt.natural_regime
+    rg_name = getattr(rg, "name", rg)
+    if rg_name not in _REGIMES:
+        raise RegimeMismatchError(
+            f"the vector engine derives {opt.name!r} in regime 'sgd' (tau = eta, every other hyperparameter fixed) "
+            f"only; got regime {rg_name!r}. The scaling rho = r*eta leaves the leading-order SDE equal to SGD's "
+            "(the rho terms are O(eta)) and is not offered separately")
+    if order != 1:
+        raise SdederiveError(f"order={order!r} is not supported by the vector engine; allowed: 1")
+    return _derive(opt)
+
+
+@functools.lru_cache(maxsize=64)
+def _derive(opt: V.VectorOptimizer) -> VectorSDE:
+    ctx = _Ctx(opt.name)
+    lin = _lin(opt.update, ctx)
+    lin[_DET] = lin.get(_DET, sp.ZeroMatrix(V.dim, 1)) - XVEC
+    # F = -Delta/eta at eta = 0
+    F = {}
+    for k, c in lin.items():
+        if _is_zero_matrix(c):
+            continue
+        c0 = _leading(sp.MatMul(-1 / _eta, c).doit(), "the deterministic part" if k == _DET else f"the block {k}", ctx)
+        if not _is_zero_matrix(c0):
+            F[k] = c0
+    if not F:
+        raise RegimeMismatchError(f"the update of {opt.name!r} does not move x at order eta; no SDE in regime 'sgd'")
+
+    drift = sp.ZeroMatrix(V.dim, 1)
+    for k, c in F.items():
+        drift = drift - (c if k == _DET else c * _mean(k))
+    blocks = [k for k in F if k != _DET]
+    cov = sp.ZeroMatrix(V.dim, V.dim)
+    for k1 in blocks:
+        for k2 in blocks:
+            C = _cov(k1, k2)
+            if C is not None and not _is_zero_matrix(C):
+                cov = cov + F[k1] * C * F[k2].T
+    cov = cov.doit() if not isinstance(cov, sp.ZeroMatrix) else cov
+    # diffusion: one Gaussian block -> A Sigma^(1/2); else the symmetric root of the covariance
+    if isinstance(cov, sp.ZeroMatrix):
+        diff = sp.ZeroMatrix(V.dim, V.dim)
+    elif len(blocks) == 1 and blocks[0].tensor == "g" and blocks[0].r == 1:
+        diff = sp.sqrt(_eta) * F[blocks[0]] * SIGMA ** sp.S.Half
+    else:
+        diff = sp.sqrt(_eta) * cov ** sp.S.Half
+    covariance = _eta * cov if not isinstance(cov, sp.ZeroMatrix) else cov
+
+    atoms = []
+    for e in (drift, covariance):
+        for a in sorted(e.atoms(ExpectationAtom), key=lambda a: (a.tensor, str(a.integrand))):
+            if a not in atoms:
+                atoms.append(a)
+    notes = ["Gaussian gradient noise g = grad f + Sigma^(1/2) z with a full, constant covariance Sigma (additive "
+             "noise model); the one-step moments E[dx]/eta and Cov[dx]/eta equal drift and D D^T exactly for every "
+             "eta (hyperparameters other than eta fixed)"]
+    if ctx.hessian:
+        notes.append("the gradient at a perturbed point x + delta is grad f + H delta (H the Hessian at x): exact for "
+                     "quadratic f; otherwise the dropped term (1/2) D^3 f[delta, delta] is O(|delta|**2) (O(rho**2) "
+                     "for SAM's normalized perturbation)")
+    if ctx.same_batch_shift:
+        notes.append("same minibatch at both evaluation points: the noise at the perturbed point is g's own xi (a "
+                     "state-dependent Sigma(x) would add the derivative of the noise, not modelled)")
+    if ctx.fresh:
+        notes.append("grad_at(..., fresh=True) draws an independent minibatch with the same law")
+    if atoms:
+        notes.append("expectation atoms E[...] over g ~ N(grad f, Sigma) have no closed form for a general Sigma; "
+                     "they are kept by name and evaluated numerically (sdederive.sde_vector.evaluate_atom: Monte "
+                     "Carlo, unbiased, standard error O(n**-0.5))")
+    return VectorSDE(optimizer=opt.name, noise="gaussian", regime="sgd", tau=_eta, drift_vector=drift,
+                     diffusion_matrix_expr=diff, covariance_expr=covariance, atoms=tuple(atoms), notes=tuple(notes),
+                     hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers), order=1, source=opt)
+
+
+def clear_cache() -> None:
+    _derive.cache_clear()

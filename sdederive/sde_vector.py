@@ -495,6 +495,23 @@ _VEC_FUNCTIONS.update({"transpose": (_transpose, (1, 1)), "norm": (VNorm, (1, 1)
 _MATRICES = {"grad": GRAD, "x": XVEC, "H": HESS, "Sigma": SIGMA, "I": IDENT}
 
 
+def _shape_mismatch(e) -> str | None:
+    """A product, sum or power in ``e`` whose shapes do not fit symbolically (sympy does not check them when
+    the dimension is a symbol: ``grad*grad`` would pass for ``d = 1``); ``None`` if all fit."""
+    for node in sp.preorder_traversal(e):
+        if isinstance(node, sp.MatMul):
+            mats = [a for a in node.args if getattr(a, "is_Matrix", False)]
+            for a, b in zip(mats, mats[1:]):
+                if a.shape[1] != b.shape[0]:
+                    return f"the product {a}*{b} of shapes {a.shape} and {b.shape}"
+        elif isinstance(node, sp.MatAdd):
+            if len({a.shape for a in node.args}) > 1:
+                return f"the sum {node} of different shapes"
+        elif isinstance(node, sp.MatPow) and node.base.shape[0] != node.base.shape[1]:
+            return f"the power {node} of a non-square matrix {node.base.shape}"
+    return None
+
+
 def _err(msg: str) -> SdederiveError:
     return SdederiveError(f"vector SDE JSON: {msg} (see docs/vector.md for the schema)")
 
@@ -561,6 +578,9 @@ def _from_json(cls, data) -> VectorSDE:
             raise _err(f"{key} = {text[:80]!r} is not a valid matrix expression ({type(exc).__name__}: {exc})") from None
         if not getattr(e, "is_Matrix", False) or e.shape != shape:
             raise _err(f"{key} = {text[:80]!r} is not a matrix expression of shape {shape}")
+        bad = _shape_mismatch(e)
+        if bad:
+            raise _err(f"{key} = {text[:80]!r}: {bad} (the shapes do not fit for a symbolic dimension d)")
         return e
 
     tau = parse_expr(d["tau"], symbols=scalar_lookup, what="vector SDE JSON tau")

@@ -164,7 +164,7 @@ class _HumanPrinter(StrPrinter):
         if c == 1:
             return sign + body
         cs = self._print(c) if not c.is_Add else f"({self._print(c)})"
-        return sign + cs + ("" if body.startswith("(") else "*") + body
+        return sign + cs + ("" if body.startswith("(") and c.is_Pow else "*") + body
 
     def _print_Transpose(self, expr):
         s = self._print(expr.arg)

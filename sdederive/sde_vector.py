@@ -35,7 +35,7 @@ from sdederive.errors import ExpectationError, SdederiveError
 from sdederive.spec.vector import dim
 from sdederive.symbols import KNOWN, sym
 
-__all__ = ["VectorSDE", "ExpectationAtom", "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom",
+__all__ = ["VectorSDE", "ExpectationAtom", "SignMean", "SignSecond", "sign_mean", "sign_second_moment", "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom",
            "GRAD", "HESS", "SIGMA", "XVEC", "IDENT", "NORM_G"]
 
 
@@ -121,6 +121,109 @@ class ExpectationAtom(sp.MatrixExpr):
         return rf"\mathbb{{E}}\left[{body}\right]"
 
 
+class _SignFunction(sp.MatrixExpr):
+    """A closed-form moment of ``sign(g)`` for ``g ~ N(grad, Sigma)`` (arguments: the mean and the covariance)."""
+
+    def __new__(cls, mean=None, cov=None):
+        return sp.Basic.__new__(cls, GRAD if mean is None else mean, SIGMA if cov is None else cov)
+
+    @property
+    def mean(self):
+        return self.args[0]
+
+    @property
+    def cov(self):
+        return self.args[1]
+
+
+class SignMean(_SignFunction):
+    r"""``E[sign(g)] = erf(grad_i / sqrt(2 Sigma_ii))`` coordinate-wise (a ``(d, 1)`` vector)."""
+
+    json_name = "sign_mean"
+
+    @property
+    def shape(self):
+        return (dim, 1)
+
+    def _sympystr(self, printer) -> str:
+        return "erf(grad f/sqrt(2 diag Sigma))"
+
+    def _latex(self, printer) -> str:
+        return r"\operatorname{erf}\left(\frac{\nabla f}{\sqrt{2\,\operatorname{diag}\Sigma}}\right)"
+
+
+class SignSecond(_SignFunction):
+    r"""``E[sign(g) sign(g)^T]`` (``(d, d)``): 1 on the diagonal, and off it the bivariate normal orthant form
+    ``4 Phi2(a_i, a_j; r_ij) - 2 Phi(a_i) - 2 Phi(a_j) + 1`` with ``a = grad/sqrt(diag Sigma)`` and the
+    correlation ``r_ij = Sigma_ij/sqrt(Sigma_ii Sigma_jj)``; at ``grad = 0`` it is ``(2/pi) arcsin(r_ij)``.
+    ``Phi2`` is the bivariate normal CDF, evaluated by Owen's T function (:func:`sign_second_moment`)."""
+
+    json_name = "sign_second"
+
+    @property
+    def shape(self):
+        return (dim, dim)
+
+    def _eval_transpose(self):
+        return self
+
+    def _sympystr(self, printer) -> str:
+        return "E[sign(g) sign(g)^T]"
+
+    def _latex(self, printer) -> str:
+        return r"\mathbb{E}\left[\operatorname{sign}(g)\operatorname{sign}(g)^{\top}\right]"
+
+
+def _bvn_orthant(h: float, k: float, r: float) -> float:
+    """``Phi2(h, k; r) = P(X <= h, Y <= k)`` for a standard bivariate normal with correlation ``r``
+    (Owen 1956: ``Phi(h)/2 + Phi(k)/2 - T(h, a_h) - T(k, a_k) - beta``)."""
+    from scipy.special import ndtr, owens_t
+
+    if r >= 1 - 1e-15:
+        return float(ndtr(min(h, k)))
+    if r <= -1 + 1e-15:
+        return float(max(0.0, ndtr(h) + ndtr(k) - 1))
+    if h == 0 and k == 0:
+        return 0.25 + float(np.arcsin(r)) / (2 * np.pi)
+    s = np.sqrt(1 - r * r)
+
+    def T(a, b):  # T(a, (b - r a)/(a s)) with the limits at a = 0
+        if a == 0:
+            return 0.25 * np.sign(b)
+        return float(owens_t(a, (b - r * a) / (a * s)))
+
+    beta = 0.0 if (h * k > 0 or (h * k == 0 and h + k >= 0)) else 0.5
+    return float(0.5 * ndtr(h) + 0.5 * ndtr(k) - T(h, k) - T(k, h) - beta)
+
+
+def sign_second_moment(grad, Sigma) -> np.ndarray:
+    """``E[sign(g) sign(g)^T]`` for ``g ~ N(grad, Sigma)`` in closed form (see :class:`SignSecond`)."""
+    from scipy.special import ndtr
+
+    mu = np.asarray(grad, dtype=float).reshape(-1)
+    S = np.asarray(Sigma, dtype=float)
+    sd_ = np.sqrt(np.diag(S))
+    if np.any(sd_ <= 0):
+        raise SdederiveError("E[sign(g) sign(g)^T] needs Sigma_ii > 0 for every coordinate (a noiseless coordinate "
+                             f"has a deterministic sign); diag Sigma = {np.diag(S).tolist()}")
+    a = mu / sd_
+    out = np.eye(mu.size)
+    for i in range(mu.size):
+        for j in range(i + 1, mu.size):
+            r = float(np.clip(S[i, j] / (sd_[i] * sd_[j]), -1.0, 1.0))
+            p = _bvn_orthant(a[i], a[j], r)
+            out[i, j] = out[j, i] = 4 * p - 2 * ndtr(a[i]) - 2 * ndtr(a[j]) + 1
+    return out
+
+
+def sign_mean(grad, Sigma) -> np.ndarray:
+    """``E[sign(g)] = erf(grad/sqrt(2 diag Sigma))`` as a ``(d, 1)`` array."""
+    from scipy.special import erf
+
+    mu = np.asarray(grad, dtype=float).reshape(-1)
+    return erf(mu / np.sqrt(2 * np.diag(np.asarray(Sigma, dtype=float)))).reshape(-1, 1)
+
+
 # -- printing ------------------------------------------------------------------------------------------------
 _HUMAN_NAMES = {"grad": "grad f"}
 
@@ -197,6 +300,12 @@ class _JsonPrinter(StrPrinter):
 
     def _print_VNorm(self, expr):
         return f"norm({self._print(expr.args[0])})"
+
+    def _print_SignMean(self, expr):
+        return f"sign_mean({self._print(expr.mean)}, {self._print(expr.cov)})"
+
+    def _print_SignSecond(self, expr):
+        return f"sign_second({self._print(expr.mean)}, {self._print(expr.cov)})"
 
     def _print_VDot(self, expr):
         return f"dot({self._print(expr.args[0])}, {self._print(expr.args[1])})"
@@ -448,6 +557,10 @@ def evaluate(expr: sp.Basic, env: Mapping, atoms: Mapping | None = None) -> np.n
                     raise SdederiveError(f"evaluate: the atom {e.display()} needs grad and Sigma (or a value in atoms=)")
                 atoms[e] = evaluate_atom(e, mats["grad"], mats["Sigma"], {k: float(v) for k, v in scal.items()})
             return np.asarray(atoms[e], dtype=float).reshape([int(s) if s != dim else n for s in e.shape])
+        if isinstance(e, SignMean):
+            return sign_mean(M(e.mean), M(e.cov))
+        if isinstance(e, SignSecond):
+            return sign_second_moment(M(e.mean), M(e.cov))
         if isinstance(e, sp.MatrixSymbol):
             if e.name not in mats:
                 raise SdederiveError(f"evaluate: no value for the matrix symbol {e.name!r}")
@@ -491,7 +604,8 @@ def _transpose(a):
     return a.T
 
 
-_VEC_FUNCTIONS.update({"transpose": (_transpose, (1, 1)), "norm": (VNorm, (1, 1)), "dot": (VDot, (2, 2))})
+_VEC_FUNCTIONS.update({"sign_mean": (SignMean, (2, 2)), "sign_second": (SignSecond, (2, 2)),
+                       "transpose": (_transpose, (1, 1)), "norm": (VNorm, (1, 1)), "dot": (VDot, (2, 2))})
 _MATRICES = {"grad": GRAD, "x": XVEC, "H": HESS, "Sigma": SIGMA, "I": IDENT}
 
 

@@ -231,8 +231,10 @@ def test_refusals_say_why():
     hyp = {"eta": (1e-2, "lr")}
     with pytest.raises(ExpectationError, match="not a function of |g| alone"):
         sd.derive(sd.from_update("bad_norm", {"x": x - eta * g / sd.norm(x + g)}, hypers=hyp))
-    with pytest.raises(ExpectationError, match="coordinate-wise"):
-        sd.derive(sd.from_update("vsign", {"x": x - eta * sd.coordinatewise(sp.sign, g)}, hypers=hyp))
+    with pytest.raises(ExpectationError, match="coordinate-wise map tanh"):
+        sd.derive(sd.from_update("vtanh", {"x": x - eta * sd.coordinatewise(sp.tanh, g)}, hypers=hyp))
+    with pytest.raises(ExpectationError, match="sign"):
+        sd.derive(sd.from_update("mixed", {"x": x - eta * (sd.coordinatewise(sp.sign, g) + g)}, hypers=hyp))
     with pytest.raises(RegimeMismatchError, match="diverges as eta -> 0"):
         sd.derive(sd.from_update("no_lr", {"x": x - g}, hypers=hyp))
     with pytest.raises(RegimeMismatchError, match="regime 'sgd'"):
@@ -251,3 +253,36 @@ def test_refusals_say_why():
         sd.from_update("still", {"x": 2 * x}, hypers=hyp)
     with pytest.raises(SpecError, match="not hyperparameters"):
         sd.from_update("undeclared", {"x": x - sd.sym("lr2") * g}, hypers=hyp)
+
+
+def test_signsgd_with_correlated_noise():
+    """SignSGD written as a vector update with a full Sigma: drift -erf(grad/sqrt(2 diag Sigma)) and the sign-sign
+    covariance from bivariate normal orthant probabilities, against a Monte Carlo of the discrete update and against
+    scipy's bivariate normal CDF; at grad = 0 the correlation is (2/pi) arcsin(r_ij)."""
+    from scipy.special import ndtr
+    from scipy.stats import multivariate_normal
+
+    x, g = sd.vectors("x g")
+    eta = sd.sym("eta")
+    sde = sd.derive(sd.from_update("vsign", {"x": x - eta * sd.coordinatewise(sp.sign, g)}, hypers={"eta": (0.01, "lr")}))
+    assert sde.atoms == ()
+    mu = np.array([0.3, -0.2, 0.0])
+    env = dict(grad=mu, Sigma=SIG, eta=1.0)
+    sg = np.sign(mu + _noise(6))
+    full = np.concatenate([sg.mean(0), np.cov(sg.T).ravel()])
+    parts = np.array([np.concatenate([b.mean(0), np.cov(b.T).ravel()]) for b in np.array_split(sg, K)])
+    se = parts.std(0, ddof=1) / np.sqrt(K)
+    pred = np.concatenate([-sde.evaluate("drift", **env).ravel(), sde.evaluate("covariance", **env).ravel()])
+    assert np.all(np.abs(full - pred) < 5 * se + 1e-12), (full, pred, se)
+    sdv = np.sqrt(np.diag(SIG))
+    a = mu / sdv
+    second = sde.evaluate("covariance", **env) + np.outer(pred[:3], pred[:3])
+    for i in range(3):
+        for j in range(i + 1, 3):
+            r = SIG[i, j] / (sdv[i] * sdv[j])
+            p = multivariate_normal(mean=[0, 0], cov=[[1, r], [r, 1]]).cdf([a[i], a[j]])
+            assert abs(second[i, j] - (4 * p - 2 * ndtr(a[i]) - 2 * ndtr(a[j]) + 1)) < 1e-7
+    zero = sde.evaluate("covariance", grad=np.zeros(3), Sigma=SIG, eta=1.0)
+    np.testing.assert_allclose(zero, 2 / np.pi * np.arcsin(SIG / np.outer(sdv, sdv)), atol=1e-12)
+    back = VectorSDE.from_json(sde.to_json())
+    np.testing.assert_allclose(back.evaluate("covariance", **env), sde.evaluate("covariance", **env), atol=1e-14)

@@ -20,7 +20,10 @@ For an update ``x' = x + Delta`` written with :mod:`sdederive.spec.vector`, with
 Since ``F`` does not depend on ``eta`` (``rho``, ``c`` fixed), the one-step moments are exact:
 ``E[Delta]/eta = b`` and ``Cov[Delta]/eta = D D^T`` for every ``eta`` (no O(eta) bias).
 
-Refused (with the reason): other regimes, ``order=2``, non-Gaussian noise, coordinate-wise maps, norms of
+Coordinate-wise ``sign(g)`` (SignSGD with a full ``Sigma``) uses the closed forms
+:class:`~sdederive.sde_vector.SignMean` and :class:`~sdederive.sde_vector.SignSecond`.
+
+Refused (with the reason): other regimes, ``order=2``, non-Gaussian noise, other coordinate-wise maps, norms of
 anything but ``g`` itself, products of functions of two independent minibatches, random matrices.
 """
 
@@ -32,7 +35,20 @@ from dataclasses import dataclass
 import sympy as sp
 
 from sdederive.errors import ExpectationError, NoiseModelError, RegimeMismatchError, SdederiveError
-from sdederive.sde_vector import GRAD, HESS, IDENT, NORM_G, SIGMA, XVEC, ExpectationAtom, VDot, VectorSDE, VNorm
+from sdederive.sde_vector import (
+    GRAD,
+    HESS,
+    IDENT,
+    NORM_G,
+    SIGMA,
+    XVEC,
+    ExpectationAtom,
+    SignMean,
+    SignSecond,
+    VDot,
+    VectorSDE,
+    VNorm,
+)
 from sdederive.spec import vector as V
 from sdederive.symbols import sym
 
@@ -108,9 +124,13 @@ def _lin(v: V.Vec, ctx: _Ctx) -> dict:
                 _add(out, k, HESS * c)
         return out
     if isinstance(v, V.CoordMap):
+        rb = _random_batch(_lin(v.vec, ctx))
+        if v.fn is sp.sign and rb is not None and rb[1] == 1:
+            return {_Block("sign", sp.S.One, rb[0]): IDENT}
         raise ExpectationError(
-            f"the coordinate-wise map {v} in {ctx.name!r} is not supported by the vector engine yet; coordinate-wise "
-            "optimizers (signsgd, ...) are derived per coordinate by the scalar engine (sd.derive('signsgd'))"
+            f"the coordinate-wise map {v} in {ctx.name!r} is not supported by the vector engine; supported: "
+            "sign(g) (with a full Sigma: the bivariate normal orthant moments). Other coordinate-wise optimizers "
+            "are derived per coordinate by the scalar engine (sd.derive('signsgd'))"
         )
     raise SdederiveError(f"unknown vector expression {v!r}")  # pragma: no cover - the IR is closed
 
@@ -180,6 +200,10 @@ def _scale(s: sp.Expr, lin: dict, ctx: _Ctx, where) -> dict:
     for k, c in lin.items():
         if k == _DET:
             _add(out, _Block("1", dep, b), indep * c)
+        elif k.tensor == "sign":
+            raise ExpectationError(
+                f"{where} in {ctx.name!r} multiplies sign(g) by a function of |g|; only deterministic multiples of "
+                "sign(g) are supported")
         elif k.batch == b:
             _add(out, _Block(k.tensor, sp.simplify(k.r * dep), b), indep * c)
         else:
@@ -197,6 +221,8 @@ def _canon(r: sp.Expr, b: int) -> sp.Expr:
 
 
 def _mean(k: _Block) -> sp.MatrixExpr:
+    if k.tensor == "sign":
+        return SignMean()
     r = _canon(k.r, k.batch)
     if k.tensor == "g":
         return GRAD if r == 1 else ExpectationAtom("g", r)
@@ -205,6 +231,11 @@ def _mean(k: _Block) -> sp.MatrixExpr:
 
 def _second(k1: _Block, k2: _Block) -> sp.MatrixExpr:
     """``E[B1 B2^T]`` for two blocks of the same minibatch."""
+    if "sign" in (k1.tensor, k2.tensor):
+        if (k1.tensor, k2.tensor) == ("sign", "sign"):
+            return SignSecond()
+        raise ExpectationError("an update mixing sign(g) with g or a function of |g| needs E[sign(g) r(|g|) g^T], "
+                               "which the vector engine does not have; supported: sign(g) alone")
     r = sp.simplify(_canon(k1.r, k1.batch) * _canon(k2.r, k2.batch))
     t = (k1.tensor, k2.tensor)
     if t == ("g", "g"):
@@ -328,6 +359,10 @@ def _derive(opt: V.VectorOptimizer) -> VectorSDE:
                      "state-dependent Sigma(x) would add the derivative of the noise, not modelled)")
     if ctx.fresh:
         notes.append("grad_at(..., fresh=True) draws an independent minibatch with the same law")
+    if drift.has(SignMean):
+        notes.append("E[sign(g)] = erf(grad/sqrt(2 diag Sigma)) and E[sign(g) sign(g)^T] (bivariate normal orthant "
+                     "probabilities, (2/pi) arcsin(r_ij) at grad = 0) are closed forms for the Gaussian noise, "
+                     "evaluated by sdederive.sde_vector.sign_mean / sign_second_moment")
     if atoms:
         notes.append("expectation atoms E[...] over g ~ N(grad f, Sigma) have no closed form for a general Sigma; "
                      "they are kept by name and evaluated numerically (sdederive.sde_vector.evaluate_atom: Monte "

@@ -659,6 +659,12 @@ def _from_json(cls, data) -> VectorSDE:
         raise _err("hypers must be a list of [name, kind, default]")
     scalars = {h[0]: sym(h[0]) if h[0] in KNOWN else sym(h[0], positive=True) for h in hypers}
     scalars.setdefault("eta", sym("eta"))
+    listed = d.get("symbols", [])
+    if not isinstance(listed, list) or not all(isinstance(n, str) and IDENTIFIER.match(n) for n in listed):
+        raise _err("symbols must be a list of names")
+    for n in listed:  # regime parameters such as r (rho = r*eta)
+        if n not in _MATRICES and n not in scalars:
+            scalars[n] = sym(n) if n in KNOWN else sym(n, positive=True)
 
     def scalar_lookup(name: str):
         return scalars.get(name)
@@ -699,8 +705,8 @@ def _from_json(cls, data) -> VectorSDE:
 
     tau = parse_expr(d["tau"], symbols=scalar_lookup, what="vector SDE JSON tau")
     order = d.get("order", 1)
-    if order != 1:
-        raise _err(f"order = {order!r}; allowed: 1")
+    if isinstance(order, bool) or order not in (1, 2):
+        raise _err(f"order = {order!r}; allowed: 1 or 2")
     notes = d.get("notes", [])
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
         raise _err("notes must be a list of strings")
@@ -715,4 +721,4 @@ def _from_json(cls, data) -> VectorSDE:
         used |= set(e.atoms(ExpectationAtom))
     return cls(optimizer=d["optimizer"], noise=d["noise"], regime=d["regime"], tau=tau, drift_vector=drift,
                diffusion_matrix_expr=diff, covariance_expr=cov, atoms=tuple(a for a in atoms.values() if a in used),
-               notes=tuple(notes), hypers=tuple(tuple(h) for h in hypers), order=1)
+               notes=tuple(notes), hypers=tuple(tuple(h) for h in hypers), order=order)

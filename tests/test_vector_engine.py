@@ -237,14 +237,14 @@ def test_refusals_say_why():
         sd.derive(sd.from_update("mixed", {"x": x - eta * (sd.coordinatewise(sp.sign, g) + g)}, hypers=hyp))
     with pytest.raises(RegimeMismatchError, match="diverges as eta -> 0"):
         sd.derive(sd.from_update("no_lr", {"x": x - g}, hypers=hyp))
-    with pytest.raises(RegimeMismatchError, match="regime 'sgd'"):
+    with pytest.raises(RegimeMismatchError, match="regimes sgd, rho-eta only"):
         sd.derive("sam", regime="balanced")
     with pytest.raises(NoiseModelError, match="Gaussian"):
         sd.derive("nsgd", noise="student-t", nu=3)
     with pytest.raises(NoiseModelError, match="positive semi-definite"):
         sd.derive("usam", Sigma=[[1.0, 2.0], [2.0, 1.0]])
     with pytest.raises(SdederiveError, match="order"):
-        sd.derive("usam", order=2)
+        sd.derive("usam", order=3)
     with pytest.raises(SpecError, match="auxiliary vector states"):
         sd.vectors("m")
     with pytest.raises(SpecError, match="dot"):
@@ -286,3 +286,47 @@ def test_signsgd_with_correlated_noise():
     np.testing.assert_allclose(zero, 2 / np.pi * np.arcsin(SIG / np.outer(sdv, sdv)), atol=1e-12)
     back = VectorSDE.from_json(sde.to_json())
     np.testing.assert_allclose(back.evaluate("covariance", **env), sde.evaluate("covariance", **env), atol=1e-14)
+
+
+def _one_step_mean_error(sde: VectorSDE, eta: float, disc_mean: np.ndarray, env: dict) -> float:
+    """|E[X_eta] - x - E[Delta]| for the SDE's drift on the quadratic (the drift is M x, linear: the mean of the
+    SDE after time eta is expm(M eta) x, exactly) against the discrete one-step mean."""
+    from scipy.linalg import expm
+
+    M = np.column_stack([sde.evaluate("drift", **{**env, "eta": eta, "grad": H @ e}).ravel() for e in np.eye(3)])
+    return float(np.abs(expm(M * eta) @ X - X - disc_mean).max())
+
+
+def test_order2_modified_equations():
+    """Li, Tai & E's order-2 SME for SGD with a full Sigma: drift -grad(f + eta/4 |grad f|^2) (sympy, independent);
+    USAM with rho = r*eta (regime 'rho-eta') at order 2: drift -grad(f + (rho/2 + eta/4)|grad f|^2).  Both: the
+    one-step mean of the SDE matches the discrete one to O(eta**3) (halving eta divides the error by ~8), the order-1
+    SDE only to O(eta**2) (~4)."""
+    sgd2 = sd.derive("sgd", Sigma="full", order=2)
+    assert str(sd.derive("sgd", Sigma="full")).splitlines()[1].strip() == "dX = -grad f dt + sqrt(eta)*Sigma^(1/2) dW"
+    xs = sp.symbols("x1:4")
+    xv, Hs = sp.Matrix(xs), sp.Matrix(H)
+    eta_v, r_v = 0.02, 3.0
+    gradf = Hs * xv
+    for sde, extra in ((sgd2, 0), (sd.derive("usam", regime="rho-eta", order=2), r_v * eta_v / 2)):
+        modified = (xv.T * Hs * xv)[0] / 2 + (eta_v / 4 + extra) * (gradf.T * gradf)[0]
+        ref = -sp.Matrix([sp.diff(modified, s) for s in xs]).subs(dict(zip(xs, X)))
+        got = sde.evaluate("drift", grad=GRAD, H=H, Sigma=SIG, x=X, eta=eta_v, r=r_v).ravel()
+        np.testing.assert_allclose(got, np.array(ref, dtype=float).ravel(), rtol=1e-12)
+    for name, kw, disc in (("sgd", dict(Sigma="full"), lambda e: -e * GRAD),
+                           ("usam", dict(regime="rho-eta"), lambda e: -e * (np.eye(3) + r_v * e * H) @ GRAD)):
+        env = dict(H=H, Sigma=SIG, x=X, r=r_v)
+        errs = {o: [_one_step_mean_error(sd.derive(name, order=o, **kw), e, disc(e), env) for e in (0.04, 0.02)]
+                for o in (1, 2)}
+        assert 3.5 < errs[1][0] / errs[1][1] < 4.5, (name, errs)
+        assert 7.0 < errs[2][0] / errs[2][1] < 9.0, (name, errs)
+    with pytest.raises(SdederiveError, match="order=2 for 'sam'"):
+        sd.derive("sam", order=2)
+    with pytest.raises(NoiseModelError, match="not of the form x \\+ a\\*g"):
+        sd.derive("adam", Sigma="full")
+    with pytest.raises(RegimeMismatchError, match="has no rho"):
+        sd.derive("nsgd", regime="rho-eta")
+    sam2 = sd.derive("sam", regime="rho-eta", order=2)
+    assert [a.display() for a in sam2.atoms] == ["E[g/|g|]"]
+    back = VectorSDE.from_json(sam2.to_json())
+    assert back.order == 2 and back.regime == "rho-eta"

@@ -68,6 +68,10 @@ def derive(optimizer="adam", noise="gaussian", regime=None, order: int = 1, **no
         from sdederive.derivation.vector import derive_vector
 
         return derive_vector(optimizer, noise, regime, order, **noise_params)
+    if isinstance(noise_params.get("Sigma"), str):  # Sigma="full": symbolic full covariance, vector engine
+        from sdederive.derivation.vector import derive_vector, vector_form
+
+        return derive_vector(vector_form(opt_mod.get(optimizer)), noise, regime, order, **noise_params)
     opt = opt_mod.get(optimizer)
     nm = noise_mod.get(noise, **noise_params)
     rg = regime_mod.get(regime if regime is not None else opt.natural_regime)

@@ -55,7 +55,8 @@ from sdederive.symbols import sym
 __all__ = ["derive_vector"]
 
 _eta = sym("eta")
-_REGIMES = ("sgd",)
+_REGIMES = ("sgd", "rho-eta")
+_R = sym("r", positive=True)
 
 
 @dataclass(frozen=True)
@@ -296,35 +297,108 @@ def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **no
         _check_Sigma(S)
     rg = regime if regime is not None else opt.natural_regime
     rg_name = getattr(rg, "name", rg)
+    rg_name = str(rg_name).strip().lower().replace("_", "-")
     if rg_name not in _REGIMES:
         raise RegimeMismatchError(
-            f"the vector engine derives {opt.name!r} in regime 'sgd' (tau = eta, every other hyperparameter fixed) "
-            f"only; got regime {rg_name!r}. The scaling rho = r*eta leaves the leading-order SDE equal to SGD's "
-            "(the rho terms are O(eta)) and is not offered separately")
-    if order != 1:
-        raise SdederiveError(f"order={order!r} is not supported by the vector engine; allowed: 1")
-    return _derive(opt)
+            f"the vector engine derives {opt.name!r} in the regimes {', '.join(_REGIMES)} only; got regime "
+            f"{rg_name!r}. 'sgd': tau = eta, every other hyperparameter fixed; 'rho-eta': as 'sgd' with SAM's "
+            "radius rho = r*eta (rho ~ eta, the scaling attributed to Compagnoni et al. 2023; unverified)")
+    if rg_name == "rho-eta" and "rho" not in opt.hyper:
+        raise RegimeMismatchError(f"regime 'rho-eta' scales the hyperparameter rho = r*eta; {opt.name!r} has no rho "
+                                  f"(its hyperparameters: {sorted(opt.hyper)})")
+    if order not in (1, 2):
+        raise SdederiveError(f"order={order!r} is not supported by the vector engine; allowed: 1 or 2")
+    return _derive(opt, rg_name, order)
+
+
+def vector_form(opt) -> V.VectorOptimizer:
+    """The vector optimizer of a scalar spec whose update is ``x + a*g`` (SGD): with a full ``Sigma`` the
+    coordinates are coupled, which the vector engine represents; anything else is refused."""
+    xs, gs = sym("x"), sym("g")
+    upd = opt.updates["x"]
+    a = sp.diff(upd, gs)
+    if opt.states or sp.simplify(upd - xs - a * gs) != 0 or a.has(xs, gs, sym("k")):
+        raise NoiseModelError(
+            f"Sigma='full' (a symbolic full noise covariance) needs a vector update; {opt.name!r} is coordinate-wise "
+            "and not of the form x + a*g. Write it with sd.vectors('x g') (docs/vector.md), or pass a numeric Sigma "
+            "to the scalar engine")
+    hyp = tuple(V.VHyper(h.name, h.default, h.kind) for h in opt.hypers)
+    return V.VectorOptimizer(opt.name, hyp, V.VecSym("x") + a * V.VecSym("g"), "sgd", opt.doc)
+
+
+def _subs_vec(v: V.Vec, m: dict) -> V.Vec:
+    """``v`` with the scalar substitution ``m`` applied everywhere (scalars, matrices, norms' operands)."""
+    if isinstance(v, V.VecSym):
+        return v
+    if isinstance(v, V.VAdd):
+        return V.VAdd(tuple(_subs_vec(t, m) for t in v.terms))
+    if isinstance(v, V.VScale):
+        inner = {a: V.VScalar(a.op, tuple(_subs_vec(w, m) for w in a.vargs)) for a in v.scalar.atoms(V.VScalar)}
+        return V.VScale(v.scalar.xreplace(inner).xreplace(m), _subs_vec(v.vec, m))
+    if isinstance(v, V.MatVec):
+        return V.MatVec(v.matrix.xreplace(m), _subs_vec(v.vec, m))
+    if isinstance(v, V.GradAt):
+        return V.GradAt(_subs_vec(v.point, m), v.fresh)
+    if isinstance(v, V.CoordMap):
+        return V.CoordMap(v.fn, _subs_vec(v.vec, m))
+    raise SdederiveError(f"unknown vector expression {v!r}")  # pragma: no cover
+
+
+def _linear_in_grad(b: sp.MatrixExpr) -> bool:
+    """Every term of ``b`` is a deterministic matrix times ``grad`` exactly once (no x, no atoms)."""
+    if b.has(XVEC, ExpectationAtom, SignMean, SignSecond, VNorm, VDot):
+        return False
+    terms = b.expand().doit()
+    for t in terms.args if isinstance(terms, sp.MatAdd) else (terms,):
+        factors = t.args if isinstance(t, sp.MatMul) else (t,)
+        if sum(1 for f in factors if f == GRAD) != 1 or any(f != GRAD and f.has(GRAD) for f in factors):
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=64)
-def _derive(opt: V.VectorOptimizer) -> VectorSDE:
+def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1) -> VectorSDE:
     ctx = _Ctx(opt.name)
-    lin = _lin(opt.update, ctx)
+    update = opt.update if regime == "sgd" else _subs_vec(opt.update, {sym("rho"): _R * _eta})
+    lin = _lin(update, ctx)
     lin[_DET] = lin.get(_DET, sp.ZeroMatrix(V.dim, 1)) - XVEC
-    # F = -Delta/eta at eta = 0
-    F = {}
+    # F = -Delta/eta at eta = 0 (and its eta-derivative F1 for order 2)
+    F, F1 = {}, {}
     for k, c in lin.items():
         if _is_zero_matrix(c):
             continue
-        c0 = _leading(sp.MatMul(-1 / _eta, c).doit(), "the deterministic part" if k == _DET else f"the block {k}", ctx)
+        what = "the deterministic part" if k == _DET else f"the block {k}"
+        full = sp.MatMul(-1 / _eta, c).doit()
+        c0 = _leading(full, what, ctx)
         if not _is_zero_matrix(c0):
             F[k] = c0
+        if order == 2 and full.has(_eta):
+            d1 = _leading(full.diff(_eta).doit(), what, ctx)
+            if not _is_zero_matrix(d1):
+                F1[k] = d1
     if not F:
-        raise RegimeMismatchError(f"the update of {opt.name!r} does not move x at order eta; no SDE in regime 'sgd'")
+        raise RegimeMismatchError(f"the update of {opt.name!r} does not move x at order eta; no SDE in regime "
+                                  f"{regime!r}")
 
-    drift = sp.ZeroMatrix(V.dim, 1)
-    for k, c in F.items():
-        drift = drift - (c if k == _DET else c * _mean(k))
+    def mean_of(coeffs: dict) -> sp.MatrixExpr:
+        out = sp.ZeroMatrix(V.dim, 1)
+        for k, c in coeffs.items():
+            out = out + (c if k == _DET else c * _mean(k))
+        return out
+
+    drift = -mean_of(F)
+    order_note = None
+    if order == 2:
+        if not _linear_in_grad(drift):
+            raise SdederiveError(
+                f"order=2 for {opt.name!r}: the leading drift {drift} is not a constant matrix times grad f (it has "
+                "expectation atoms, x or sign moments), so its derivative along the flow would need derivatives of the "
+                "atoms; order 2 is available for drifts -A grad f (SGD, USAM, and SAM/USAM in regime 'rho-eta')")
+        e2 = -mean_of(F1) if F1 else sp.ZeroMatrix(V.dim, 1)
+        jb = drift.xreplace({GRAD: HESS * drift})  # (d b0/dx) b0 for b0 linear in grad f, H constant
+        drift = drift + _eta * (e2 - jb / 2)
+        order_note = ("order-2 drift b0 + eta*(E2 - (db0/dx) b0/2), E2 the eta**2 coefficient of E[dx]; (db0/dx) = A H for b0 = -A grad f, exact for quadratic f (constant H); the diffusion "
+                      "is the order-1 one, which suffices at weak order 2")
     blocks = [k for k in F if k != _DET]
     cov = sp.ZeroMatrix(V.dim, V.dim)
     for k1 in blocks:
@@ -347,13 +421,17 @@ def _derive(opt: V.VectorOptimizer) -> VectorSDE:
         for a in sorted(e.atoms(ExpectationAtom), key=lambda a: (a.tensor, str(a.integrand))):
             if a not in atoms:
                 atoms.append(a)
+    exact = regime == "sgd" and order == 1
     notes = ["Gaussian gradient noise g = grad f + Sigma^(1/2) z with a full, constant covariance Sigma (additive "
-             "noise model); the one-step moments E[dx]/eta and Cov[dx]/eta equal drift and D D^T exactly for every "
-             "eta (hyperparameters other than eta fixed)"]
-    if ctx.hessian:
+             "noise model)" + ("; the one-step moments E[dx]/eta and Cov[dx]/eta equal drift and D D^T exactly for "
+                               "every eta (hyperparameters other than eta fixed)" if exact else "")]
+    if ctx.hessian and regime == "sgd":
         notes.append("the gradient at a perturbed point x + delta is grad f + H delta (H the Hessian at x): exact for "
                      "quadratic f; otherwise the dropped term (1/2) D^3 f[delta, delta] is O(|delta|**2) (O(rho**2) "
                      "for SAM's normalized perturbation)")
+    elif ctx.hessian:
+        notes.append("the gradient at a perturbed point x + delta is grad f + H delta: with rho = r*eta the dropped "
+                     "term (1/2) D^3 f[delta, delta] is O(eta**2), beyond the order kept, for any smooth f")
     if ctx.same_batch_shift:
         notes.append("same minibatch at both evaluation points: the noise at the perturbed point is g's own xi (a "
                      "state-dependent Sigma(x) would add the derivative of the noise, not modelled)")
@@ -367,9 +445,14 @@ def _derive(opt: V.VectorOptimizer) -> VectorSDE:
         notes.append("expectation atoms E[...] over g ~ N(grad f, Sigma) have no closed form for a general Sigma; "
                      "they are kept by name and evaluated numerically (sdederive.sde_vector.evaluate_atom: Monte "
                      "Carlo, unbiased, standard error O(n**-0.5))")
-    return VectorSDE(optimizer=opt.name, noise="gaussian", regime="sgd", tau=_eta, drift_vector=drift,
+    if regime == "rho-eta":
+        notes.append("regime 'rho-eta': rho = r*eta (r fixed as eta -> 0); at order 1 every rho term is O(eta) and drops "
+                     "out (the SDE is SGD's); order=2 keeps the O(eta) drift correction")
+    if order_note:
+        notes.append(order_note)
+    return VectorSDE(optimizer=opt.name, noise="gaussian", regime=regime, tau=_eta, drift_vector=drift,
                      diffusion_matrix_expr=diff, covariance_expr=covariance, atoms=tuple(atoms), notes=tuple(notes),
-                     hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers), order=1, source=opt)
+                     hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers), order=order, source=opt)
 
 
 def clear_cache() -> None:

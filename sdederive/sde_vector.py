@@ -229,7 +229,8 @@ _HUMAN_NAMES = {"grad": "grad f"}
 
 
 def _identity_first(args):
-    return sorted(args, key=lambda a: 0 if isinstance(a, sp.Identity) else 1)
+    return sorted(args, key=lambda a: 0 if isinstance(a, sp.Identity) else 1 if isinstance(a, sp.MatrixSymbol)
+                  or (isinstance(a, sp.MatMul) and len(a.args) == 2 and a.args[0] == -1) else 2)
 
 
 class _HumanPrinter(StrPrinter):
@@ -275,6 +276,9 @@ class _HumanPrinter(StrPrinter):
 
     def _print_VNorm(self, expr):
         return f"|{self._print(expr.args[0])}|"
+
+    def _print_Trace(self, expr):
+        return f"tr {self._print(expr.arg)}"
 
 
 class _JsonPrinter(StrPrinter):
@@ -542,6 +546,7 @@ def evaluate(expr: sp.Basic, env: Mapping, atoms: Mapping | None = None) -> np.n
     def S(e) -> float:
         e2 = e.xreplace({s: scal[str(s)] for s in e.free_symbols if str(s) in scal})
         e2 = e2.replace(lambda a: isinstance(a, (VNorm, VDot)), lambda a: sp.Float(float(_vfun(a))))
+        e2 = e2.replace(lambda a: isinstance(a, sp.Trace), lambda a: sp.Float(float(np.trace(M(a.arg)))))
         if e2.free_symbols:
             raise SdederiveError(f"evaluate: no value for {sorted(map(str, e2.free_symbols))}")
         return float(e2)
@@ -604,7 +609,7 @@ def _transpose(a):
     return a.T
 
 
-_VEC_FUNCTIONS.update({"sign_mean": (SignMean, (2, 2)), "sign_second": (SignSecond, (2, 2)),
+_VEC_FUNCTIONS.update({"Trace": (sp.Trace, (1, 1)), "sign_mean": (SignMean, (2, 2)), "sign_second": (SignSecond, (2, 2)),
                        "transpose": (_transpose, (1, 1)), "norm": (VNorm, (1, 1)), "dot": (VDot, (2, 2))})
 _MATRICES = {"grad": GRAD, "x": XVEC, "H": HESS, "Sigma": SIGMA, "I": IDENT}
 

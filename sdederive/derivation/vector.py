@@ -55,7 +55,9 @@ from sdederive.symbols import sym
 __all__ = ["derive_vector"]
 
 _eta = sym("eta")
-_REGIMES = ("sgd", "rho-eta")
+_REGIMES = ("sgd", "rho-eta", "high-dim")
+#: the mean-field norm of the stochastic gradient, sqrt(|grad f|^2 + tr Sigma)
+NBAR = sp.sqrt(VNorm(GRAD) ** 2 + sp.Trace(SIGMA))
 _R = sym("r", positive=True)
 
 
@@ -254,16 +256,34 @@ def _cov(k1: _Block, k2: _Block):
     return _second(k1, k2) - _mean(k1) * _mean(k2).T
 
 
+def _scaled(c: sp.MatrixExpr, s: sp.Expr) -> sp.MatrixExpr:
+    """``s*c`` with the scalar distributed over the terms of sums, so that powers of eta cancel in each term's
+    own coefficient (sympy does not distribute ``(-1/eta)*(-eta*I - eta*rho*H)``)."""
+    if isinstance(c, sp.MatAdd):
+        return sp.MatAdd(*[_scaled(a, s) for a in c.args]).doit()
+    if isinstance(c, sp.MatMul):
+        coeff, mats = c.as_coeff_mmul()
+        return sp.MatMul(sp.simplify(coeff * s), *(mats.args if isinstance(mats, sp.MatMul) else (mats,))).doit()
+    return sp.MatMul(s, c).doit()
+
+
 def _leading(c: sp.MatrixExpr, what: str, ctx: _Ctx) -> sp.MatrixExpr:
-    """``c`` at ``eta = 0`` (it must be finite there)."""
+    """``lim_{eta -> 0} c``, term by term (each scalar coefficient by ``sympy.limit``); a divergent one is refused."""
     if not c.has(_eta):
         return c
-    c0 = c.subs(_eta, 0).doit()
-    if c0.has(sp.zoo, sp.oo, sp.nan):
-        raise RegimeMismatchError(
-            f"in regime 'sgd' (tau = eta) the increment of x in {ctx.name!r} is not O(eta): {what} has the coefficient "
-            f"{c}, which diverges as eta -> 0; no SDE limit in this regime")
-    return c0
+    if isinstance(c, sp.MatAdd):
+        return sp.MatAdd(*[_leading(a, what, ctx) for a in c.args]).doit()
+    if isinstance(c, sp.MatMul):
+        coeff, mats = c.as_coeff_mmul()
+        lim = sp.limit(coeff, _eta, 0, "+") if coeff.has(_eta) else coeff
+        if lim.has(sp.zoo, sp.oo, -sp.oo, sp.nan) or isinstance(lim, sp.AccumBounds):
+            raise RegimeMismatchError(
+                f"in regime 'sgd' (tau = eta) the increment of x in {ctx.name!r} is not O(eta): {what} has the "
+                f"coefficient {c}, which diverges as eta -> 0; no SDE limit in this regime")
+        factors = mats.args if isinstance(mats, sp.MatMul) else (mats,)
+        return sp.MatMul(lim, *[_leading(f, what, ctx) for f in factors]).doit()
+    raise RegimeMismatchError(f"{what} of {ctx.name!r}, {c}, depends on eta in a way the vector engine does not expand "
+                              "(allowed: scalar coefficients of matrices)")
 
 
 # -- derive ---------------------------------------------------------------------------------------------------
@@ -301,7 +321,8 @@ def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **no
     if rg_name not in _REGIMES:
         raise RegimeMismatchError(
             f"the vector engine derives {opt.name!r} in the regimes {', '.join(_REGIMES)} only; got regime "
-            f"{rg_name!r}. 'sgd': tau = eta, every other hyperparameter fixed; 'rho-eta': as 'sgd' with SAM's "
+            f"{rg_name!r}. 'sgd': tau = eta, every other hyperparameter fixed; 'high-dim': as 'sgd' with |g| replaced by "
+            "sqrt(|grad f|^2 + tr Sigma); 'rho-eta': as 'sgd' with SAM's "
             "radius rho = r*eta (rho ~ eta, the scaling attributed to Compagnoni et al. 2023; unverified)")
     if rg_name == "rho-eta" and "rho" not in opt.hyper:
         raise RegimeMismatchError(f"regime 'rho-eta' scales the hyperparameter rho = r*eta; {opt.name!r} has no rho "
@@ -344,6 +365,22 @@ def _subs_vec(v: V.Vec, m: dict) -> V.Vec:
     raise SdederiveError(f"unknown vector expression {v!r}")  # pragma: no cover
 
 
+def _mean_field(lin: dict) -> dict:
+    """Regime 'high-dim': every ``|g_b|`` replaced by its concentration value ``sqrt(|grad f|^2 + tr Sigma)``, which
+    makes ``r(|g|)`` deterministic: ``r(|g|) g -> r(nbar) g`` and ``r(|g|) -> r(nbar)``."""
+    out: dict = {}
+    for k, c in lin.items():
+        if k == _DET or k.tensor == "sign":
+            _add(out, k, c)
+            continue
+        r = k.r.xreplace({_norm_sym(k.batch): NBAR})
+        if k.tensor == "g":
+            _add(out, _Block("g", sp.S.One, k.batch), r * c)
+        else:
+            _add(out, _DET, r * c)
+    return out
+
+
 def _linear_in_grad(b: sp.MatrixExpr) -> bool:
     """Every term of ``b`` is a deterministic matrix times ``grad`` exactly once (no x, no atoms)."""
     if b.has(XVEC, ExpectationAtom, SignMean, SignSecond, VNorm, VDot):
@@ -359,8 +396,10 @@ def _linear_in_grad(b: sp.MatrixExpr) -> bool:
 @functools.lru_cache(maxsize=64)
 def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1) -> VectorSDE:
     ctx = _Ctx(opt.name)
-    update = opt.update if regime == "sgd" else _subs_vec(opt.update, {sym("rho"): _R * _eta})
+    update = _subs_vec(opt.update, {sym("rho"): _R * _eta}) if regime == "rho-eta" else opt.update
     lin = _lin(update, ctx)
+    if regime == "high-dim":
+        lin = _mean_field(lin)
     lin[_DET] = lin.get(_DET, sp.ZeroMatrix(V.dim, 1)) - XVEC
     # F = -Delta/eta at eta = 0 (and its eta-derivative F1 for order 2)
     F, F1 = {}, {}
@@ -368,7 +407,7 @@ def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1) -> Vect
         if _is_zero_matrix(c):
             continue
         what = "the deterministic part" if k == _DET else f"the block {k}"
-        full = sp.MatMul(-1 / _eta, c).doit()
+        full = _scaled(c, -1 / _eta)
         c0 = _leading(full, what, ctx)
         if not _is_zero_matrix(c0):
             F[k] = c0
@@ -445,6 +484,11 @@ def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1) -> Vect
         notes.append("expectation atoms E[...] over g ~ N(grad f, Sigma) have no closed form for a general Sigma; "
                      "they are kept by name and evaluated numerically (sdederive.sde_vector.evaluate_atom: Monte "
                      "Carlo, unbiased, standard error O(n**-0.5))")
+    if regime == "high-dim":
+        notes.append("regime 'high-dim': |g| is replaced by its concentration value sqrt(|grad f|^2 + tr Sigma) "
+                     "(|g|^2 = |grad f|^2 + tr Sigma + O(sqrt(tr Sigma^2)) fluctuations); assumes tr(Sigma^2) << "
+                     "(|grad f|^2 + tr Sigma)^2, e.g. many coordinates with comparable noise; relative errors "
+                     "O(sqrt(tr Sigma^2)/(|grad f|^2 + tr Sigma)), O(1/sqrt(d)) for isotropic noise")
     if regime == "rho-eta":
         notes.append("regime 'rho-eta': rho = r*eta (r fixed as eta -> 0); at order 1 every rho term is O(eta) and drops "
                      "out (the SDE is SGD's); order=2 keeps the O(eta) drift correction")

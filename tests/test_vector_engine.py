@@ -365,3 +365,24 @@ def test_sums_of_eta_terms_are_expanded_term_by_term():
                                -(np.eye(3) + Am) @ GRAD, rtol=1e-12)
     np.testing.assert_allclose(s.evaluate("covariance", grad=GRAD, A=Am, Sigma=SIG, eta=1.0),
                                (np.eye(3) + Am) @ SIG @ (np.eye(3) + Am).T, atol=1e-12)
+
+
+def test_isotropic_closed_form_of_the_unit_mean():
+    """E[g/|g|] for Sigma = s^2 I through the noncentral chi mean (1F1): erf at d = 1, and a Monte Carlo at d = 5;
+    evaluate_atom uses it (exact: independent of the random generator)."""
+    from scipy.special import erf
+
+    from sdederive.sde_vector import evaluate_atom, isotropic_unit_mean
+
+    np.testing.assert_allclose(isotropic_unit_mean([0.7], 0.3).ravel(), erf(0.7 / np.sqrt(0.6)), rtol=1e-12)
+    rng = np.random.default_rng(7)
+    mu, s2 = rng.standard_normal(5), 0.8
+    g = mu + np.sqrt(s2) * rng.standard_normal((400_000, 5))
+    u = g / np.linalg.norm(g, axis=1, keepdims=True)
+    exact = isotropic_unit_mean(mu, s2).ravel()
+    assert np.all(np.abs(u.mean(0) - exact) < 5 * u.std(0) / np.sqrt(len(u)))
+    atom = sd.derive("nsgd").atoms[0]
+    a = evaluate_atom(atom, mu, s2 * np.eye(5), rng=np.random.default_rng(1))
+    b = evaluate_atom(atom, mu, s2 * np.eye(5), rng=np.random.default_rng(2))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a.ravel(), exact, rtol=1e-14)

@@ -386,3 +386,15 @@ def test_isotropic_closed_form_of_the_unit_mean():
     b = evaluate_atom(atom, mu, s2 * np.eye(5), rng=np.random.default_rng(2))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(a.ravel(), exact, rtol=1e-14)
+
+
+def test_vector_specs_and_sdes_pickle():
+    """Sweeps and process pools pickle specs and results: the norm symbols carry their vectors through it."""
+    import pickle
+
+    from sdederive.spec import vector as V
+
+    opt = V.get("sam")
+    back = pickle.loads(pickle.dumps(opt))
+    assert back == opt and hash(back) == hash(opt)
+    assert str(pickle.loads(pickle.dumps(sd.derive("sam")))) == str(sd.derive("sam"))

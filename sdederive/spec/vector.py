@@ -211,8 +211,14 @@ class VScalar(sp.Symbol):
         obj.op, obj.vargs = op, tuple(vargs)
         return obj
 
-    def __getnewargs__(self):
-        return (self.op, self.vargs)
+    def __getnewargs_ex__(self):  # pickling (sympy's Symbol pickles name and assumptions)
+        return (self.op, self.vargs), {}
+
+    def __getstate__(self):
+        return None
+
+    def __setstate__(self, state):
+        pass
 
 
 def vectors(names: str) -> tuple[VecSym, ...] | VecSym:

@@ -438,7 +438,8 @@ class VectorSDE:
     def latex(self) -> str:
         """The SDE as one LaTeX line: ``dX_t = (...)\\,dt + (...)\\,dW_t`` with its clock."""
         diff = self.diffusion_matrix_expr
-        rhs = rf"{_latex(self.drift_vector)}\,dt"
+        b = _latex(self.drift_vector)
+        rhs = (rf"\left({b}\right)\,dt" if isinstance(self.drift_vector, sp.MatAdd) else rf"{b}\,dt")
         if not diff.is_ZeroMatrix:
             rhs += rf" + {_latex(diff)}\,dW_t"
         return rf"dX_t = {rhs},\qquad t = k\tau,\ \tau = {_latex(self.tau)}"

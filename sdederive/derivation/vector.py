@@ -297,7 +297,14 @@ def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **no
     matrix (validated, and only recorded); anything else is refused.
     """
     opt = V.get(optimizer)
-    key = str(noise).strip().lower() if isinstance(noise, str) else noise
+    from sdederive.noise import NoiseModel
+
+    if isinstance(noise, NoiseModel) and noise.name == "gaussian" and not noise.batch:
+        if noise.Sigma is not None:
+            noise_params = {"Sigma": noise.Sigma, **noise_params}
+        key = "gaussian"
+    else:
+        key = str(noise).strip().lower() if isinstance(noise, str) else noise
     if key not in ("gaussian", "normal"):
         raise NoiseModelError(
             f"the vector engine derives {opt.name!r} under Gaussian noise g = grad + Sigma^(1/2) z only; got "

@@ -419,7 +419,9 @@ def get(optimizer, **hyper) -> Optimizer:
         key = optimizer.strip().lower().replace("-", "_")
         make = BUILTINS.get(key) or UNDERIVABLE.get(key)
         if make is None:
-            raise UnknownNameError("optimizer", optimizer, BUILTINS)
+            from sdederive.spec.vector import VECTOR_BUILTINS  # derived by the vector engine (docs/vector.md)
+
+            raise UnknownNameError("optimizer", optimizer, list(BUILTINS) + list(VECTOR_BUILTINS))
         valid = {**make().hyper, **{p: None for p in inspect.signature(make).parameters}}
         unknown = [h for h in hyper if h not in valid]
         if unknown:

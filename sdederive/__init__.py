@@ -21,11 +21,13 @@ from sdederive.noise import Gaussian, StudentT
 from sdederive.problems import Custom, LogisticRegression, Quadratic
 from sdederive.regimes import Regime
 from sdederive.sde import SDE
+from sdederive.sde_vector import VectorSDE
 from sdederive.simulate.simulator import SimulationResult, Simulator, compile
 from sdederive.spec import optimizers, transforms
 from sdederive.spec.hyper import Hyper
 from sdederive.spec.kinds import HyperKind, StateKind
 from sdederive.spec.optimizers import Optimizer, chain, from_update
+from sdederive.spec.vector import coordinatewise, dot, grad_at, matrix, minimum, norm, vectors
 from sdederive.symbols import sym, symbols
 
 __version__ = "0.1.0"
@@ -47,5 +49,6 @@ __all__ = [
     "RegimeMismatchError", "ExpectationError", "ScalingRuleError", "DivergenceError", "compile", "Simulator",
     "SimulationResult", "problems", "Quadratic", "LogisticRegression", "Custom", "__version__",
     "assumptions", "rates", "ito", "batchsize", "sweep", "export",
+    "vectors", "norm", "dot", "minimum", "grad_at", "coordinatewise", "matrix", "VectorSDE",
 ]
 __all__ += ["StateKind", "HyperKind"]  # the declared roles of states and hyperparameters (sdederive.spec.kinds)

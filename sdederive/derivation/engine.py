@@ -54,12 +54,24 @@ def derive(optimizer="adam", noise="gaussian", regime=None, order: int = 1, **no
 
     Parameters
     ----------
-    optimizer: a built-in name (``sdederive.spec.optimizers.names()``) or an :class:`~sdederive.Optimizer`.
+    optimizer: a built-in name (``sdederive.spec.optimizers.names()``) or an :class:`~sdederive.Optimizer`;
+        a vector optimizer (``usam``, ``sam``, ``nsgd``, ``clip_sgd`` or one from :func:`sdederive.from_update`
+        with vector expressions) goes to :func:`sdederive.derivation.vector.derive_vector` (docs/vector.md).
     noise: ``"gaussian"``, ``"student-t"``, ``"minibatch"`` or a :class:`~sdederive.noise.NoiseModel`;
         ``noise_params`` (``nu=3``, ``sigma=...``, ``Sigma=...``) are passed to its constructor.
     regime: a regime name or :class:`~sdederive.regimes.Regime`; default: the optimizer's natural one.
     order: 1 (leading order) or 2 (stochastic modified equation of order 2; needs ``tau = eta``).
     """
+    from sdederive.spec import vector as _vec
+
+    if _vec.is_vector(optimizer):  # norms, inner products, gradients at other points: the vector engine
+        from sdederive.derivation.vector import derive_vector
+
+        return derive_vector(optimizer, noise, regime, order, **noise_params)
+    if isinstance(noise_params.get("Sigma"), str):  # Sigma="full": symbolic full covariance, vector engine
+        from sdederive.derivation.vector import derive_vector, vector_form
+
+        return derive_vector(vector_form(opt_mod.get(optimizer)), noise, regime, order, **noise_params)
     opt = opt_mod.get(optimizer)
     nm = noise_mod.get(noise, **noise_params)
     rg = regime_mod.get(regime if regime is not None else opt.natural_regime)
@@ -70,6 +82,9 @@ def derive(optimizer="adam", noise="gaussian", regime=None, order: int = 1, **no
 
 def clear_cache() -> None:
     _derive.cache_clear()
+    from sdederive.derivation import vector as _vector_engine
+
+    _vector_engine.clear_cache()
 
 
 def _unit_interval(opt) -> dict:

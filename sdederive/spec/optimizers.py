@@ -505,6 +505,10 @@ def from_update(
         ``"second_moment"`` | ``"accumulator"`` (default ``"aux"``); regimes and simulators read the kind,
         never the state's name.
     """
+    from sdederive.spec.vector import Vec, from_update_vector
+
+    if any(isinstance(e, Vec) for e in update.values()):  # a vector update: norms, dot, grad_at (spec/vector.py)
+        return from_update_vector(name, update, hypers, natural_regime, doc)
     hs = []
     for hn, spec in hypers.items():
         if isinstance(spec, Hyper):
@@ -683,7 +687,9 @@ def get(optimizer, **hyper) -> Optimizer:
         key = optimizer.strip().lower().replace("-", "_")
         make = BUILTINS.get(key) or UNDERIVABLE.get(key)
         if make is None:
-            raise UnknownNameError("optimizer", optimizer, BUILTINS)
+            from sdederive.spec.vector import VECTOR_BUILTINS  # derived by the vector engine (docs/vector.md)
+
+            raise UnknownNameError("optimizer", optimizer, list(BUILTINS) + list(VECTOR_BUILTINS))
         valid = {**make().hyper, **{p: None for p in inspect.signature(make).parameters}}
         unknown = [h for h in hyper if h not in valid]
         if unknown:

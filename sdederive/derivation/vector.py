@@ -1,0 +1,510 @@
+r"""The one-step moment expansion in d dimensions (the vector engine), regime ``sgd`` (``tau = eta``).
+
+For an update ``x' = x + Delta`` written with :mod:`sdederive.spec.vector`, with ``g = grad + xi``,
+``xi = Sigma^(1/2) z`` Gaussian, and hyperparameters other than ``eta`` fixed as ``eta -> 0``:
+
+1. the update is brought to the *linear-block form*
+   :math:`\Delta = -\eta\,F,\ F = a_0 + \sum_k A_k B_k` with deterministic matrix coefficients ``A_k``
+   (in ``H``, ``I``, hyperparameters) and random blocks ``B_k`` = ``r_k(|g_b|) g_b`` (a vector) or
+   ``r_k(|g_b|)`` (a scalar), one minibatch ``b`` per block (``b = 0`` is ``g``'s, ``grad_at(., fresh=True)``
+   draws a new one);
+2. a gradient at a perturbed point ``y = x + delta`` is ``grad f(y) + xi_b = grad + H delta + xi_b``: the
+   Hessian expansion, **exact for quadratic f**; on other f the dropped term is ``(1/2) D^3f[delta, delta]``,
+   of order ``rho**2`` for SAM's ``delta = rho g/|g|`` (recorded in the SDE's notes).  ``xi_b`` is ``g``'s
+   own noise for the same minibatch (additive noise, ``Sigma`` not depending on x), an independent copy for a
+   fresh one;
+3. the moments: :math:`b = -\mathbb E[F]`, :math:`D D^\top = \eta\operatorname{Cov}[F]` (the SME's
+   ``sqrt(eta)``), with ``E[g] = grad``, ``E[g g^T] = grad grad^T + Sigma`` in closed form and every other
+   ``E[r(|g|) g]``, ``E[r(|g|) g g^T]``, ``E[r(|g|)]`` kept as a named :class:`~sdederive.sde_vector.ExpectationAtom`.
+
+Since ``F`` does not depend on ``eta`` (``rho``, ``c`` fixed), the one-step moments are exact:
+``E[Delta]/eta = b`` and ``Cov[Delta]/eta = D D^T`` for every ``eta`` (no O(eta) bias).
+
+Coordinate-wise ``sign(g)`` (SignSGD with a full ``Sigma``) uses the closed forms
+:class:`~sdederive.sde_vector.SignMean` and :class:`~sdederive.sde_vector.SignSecond`.
+
+Refused (with the reason): other regimes, ``order=2``, non-Gaussian noise, other coordinate-wise maps, norms of
+anything but ``g`` itself, products of functions of two independent minibatches, random matrices.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import sympy as sp
+
+from sdederive.errors import ExpectationError, NoiseModelError, RegimeMismatchError, SdederiveError
+from sdederive.sde_vector import (
+    GRAD,
+    HESS,
+    IDENT,
+    NORM_G,
+    SIGMA,
+    XVEC,
+    ExpectationAtom,
+    SignMean,
+    SignSecond,
+    VDot,
+    VectorSDE,
+    VNorm,
+)
+from sdederive.spec import vector as V
+from sdederive.symbols import sym
+
+__all__ = ["derive_vector"]
+
+_eta = sym("eta")
+_REGIMES = ("sgd", "rho-eta", "high-dim")
+#: the mean-field norm of the stochastic gradient, sqrt(|grad f|^2 + tr Sigma)
+NBAR = sp.sqrt(VNorm(GRAD) ** 2 + sp.Trace(SIGMA))
+_R = sym("r", positive=True)
+
+
+@dataclass(frozen=True)
+class _Block:
+    """A random block: ``r(|g_b|) g_b`` (``tensor = "g"``) or ``r(|g_b|)`` (``tensor = "1"``)."""
+
+    tensor: str
+    r: sp.Expr  # in the placeholder of batch b
+    batch: int
+
+
+_DET = "det"
+
+
+def _norm_sym(b: int) -> sp.Symbol:
+    return sp.Symbol(f"norm_g{b}", positive=True)
+
+
+class _Ctx:
+    def __init__(self, opt_name: str):
+        self.name = opt_name
+        self.batches = 1  # batch 0 is g's
+        self.hessian = False
+        self.same_batch_shift = False
+        self.fresh = False
+
+
+def _add(acc: dict, key, coef) -> None:
+    acc[key] = acc[key] + coef if key in acc else coef
+
+
+def _lin(v: V.Vec, ctx: _Ctx) -> dict:
+    """The linear-block form of ``v``: ``{_DET: a0, _Block: A, ...}``."""
+    if isinstance(v, V.VecSym):
+        if v.name == "x":
+            return {_DET: XVEC}
+        return {_Block("g", sp.S.One, 0): IDENT}
+    if isinstance(v, V.VAdd):
+        out: dict = {}
+        for t in v.terms:
+            for k, c in _lin(t, ctx).items():
+                _add(out, k, c)
+        return out
+    if isinstance(v, V.MatVec):
+        return {k: v.matrix * c for k, c in _lin(v.vec, ctx).items()}
+    if isinstance(v, V.VScale):
+        s = _scalar(v.scalar, ctx)
+        return _scale(s, _lin(v.vec, ctx), ctx, v)
+    if isinstance(v, V.GradAt):
+        inner = _lin(v.point, ctx)
+        delta = dict(inner)
+        delta[_DET] = delta.get(_DET, sp.ZeroMatrix(V.dim, 1)) - XVEC
+        delta = {k: c for k, c in delta.items() if not _is_zero_matrix(c)}
+        if v.fresh:
+            b = ctx.batches
+            ctx.batches += 1
+            ctx.fresh = True
+        else:
+            b = 0
+            if delta:
+                ctx.same_batch_shift = True
+        out = {_Block("g", sp.S.One, b): IDENT}
+        if delta:
+            ctx.hessian = True
+            for k, c in delta.items():
+                _add(out, k, HESS * c)
+        return out
+    if isinstance(v, V.CoordMap):
+        rb = _random_batch(_lin(v.vec, ctx))
+        if v.fn is sp.sign and rb is not None and rb[1] == 1:
+            return {_Block("sign", sp.S.One, rb[0]): IDENT}
+        raise ExpectationError(
+            f"the coordinate-wise map {v} in {ctx.name!r} is not supported by the vector engine; supported: "
+            "sign(g) (with a full Sigma: the bivariate normal orthant moments). Other coordinate-wise optimizers "
+            "are derived per coordinate by the scalar engine (sd.derive('signsgd'))"
+        )
+    raise SdederiveError(f"unknown vector expression {v!r}")  # pragma: no cover - the IR is closed
+
+
+def _is_zero_matrix(c) -> bool:
+    return isinstance(c, sp.ZeroMatrix) or c == sp.ZeroMatrix(*c.shape)
+
+
+def _random_batch(lin: dict) -> int | None:
+    """``b`` if ``lin`` is exactly ``s*g_b`` with a deterministic scalar ``s`` (returns ``(b, s)``), else None."""
+    if len(lin) != 1:
+        return None
+    (k, c), = lin.items()
+    if not isinstance(k, _Block) or k.tensor != "g" or k.r != 1:
+        return None
+    if c == IDENT:
+        return k.batch, sp.S.One
+    if isinstance(c, sp.MatMul):
+        coeff, rest = c.as_coeff_mmul()
+        if rest == IDENT or (isinstance(rest, sp.MatMul) and rest.args == (IDENT,)):
+            return k.batch, coeff
+    return None
+
+
+def _scalar(s: sp.Expr, ctx: _Ctx) -> sp.Expr:
+    """Replace the vector scalars of ``s``: deterministic ``norm``/``dot`` by :class:`VNorm`/:class:`VDot` of
+    matrix expressions, ``norm(s*g_b)`` by ``|s|*norm_g{b}``; anything else random is refused."""
+    repl = {}
+    for a in s.atoms(V.VScalar):
+        lins = [_lin(w, ctx) for w in a.vargs]
+        if all(set(L) <= {_DET} for L in lins):
+            dets = [L.get(_DET, sp.ZeroMatrix(V.dim, 1)) for L in lins]
+            repl[a] = VNorm(dets[0]) if a.op == "norm" else VDot(dets[0], dets[1])
+            continue
+        if a.op == "norm":
+            rb = _random_batch(lins[0])
+            if rb is not None:
+                repl[a] = sp.Abs(rb[1]) * _norm_sym(rb[0])
+                continue
+        elif all(_random_batch(L) is not None for L in lins):
+            (b1, s1), (b2, s2) = (_random_batch(L) for L in lins)
+            if b1 == b2:
+                repl[a] = s1 * s2 * _norm_sym(b1) ** 2
+                continue
+        raise ExpectationError(
+            f"{a} in {ctx.name!r} is a function of the gradient noise that is not a function of |g| alone (it depends "
+            "on the direction of the noise, or on a gradient at a perturbed point); the vector engine supports the "
+            "random scalars norm(g), norm(s*g) and dot(g, g) (functions of |g|), and deterministic norm(x), dot(x, x)"
+        )
+    return s.xreplace(repl)
+
+
+def _batches(s: sp.Expr) -> set[int]:
+    return {int(f.name[6:]) for f in s.free_symbols if f.name.startswith("norm_g") and f.name[6:].isdigit()}
+
+
+def _scale(s: sp.Expr, lin: dict, ctx: _Ctx, where) -> dict:
+    bs = _batches(s)
+    if not bs:
+        return {k: s * c for k, c in lin.items()}
+    if len(bs) > 1:
+        raise ExpectationError(f"the scalar {s} in {ctx.name!r} combines the norms of two independent minibatches; "
+                               "products of functions of different minibatches are not supported")
+    b = bs.pop()
+    indep, dep = s.as_independent(_norm_sym(b), as_Add=False)
+    out: dict = {}
+    for k, c in lin.items():
+        if k == _DET:
+            _add(out, _Block("1", dep, b), indep * c)
+        elif k.tensor == "sign":
+            raise ExpectationError(
+                f"{where} in {ctx.name!r} multiplies sign(g) by a function of |g|; only deterministic multiples of "
+                "sign(g) are supported")
+        elif k.batch == b:
+            _add(out, _Block(k.tensor, sp.simplify(k.r * dep), b), indep * c)
+        else:
+            raise ExpectationError(
+                f"{where} in {ctx.name!r} multiplies a function of one minibatch's gradient by another, independent "
+                "minibatch's gradient; products of functions of different minibatches are not supported")
+    return out
+
+
+# -- moments -------------------------------------------------------------------------------------------------------
+
+
+def _canon(r: sp.Expr, b: int) -> sp.Expr:
+    return r.xreplace({_norm_sym(b): NORM_G})
+
+
+def _mean(k: _Block) -> sp.MatrixExpr:
+    if k.tensor == "sign":
+        return SignMean()
+    r = _canon(k.r, k.batch)
+    if k.tensor == "g":
+        return GRAD if r == 1 else ExpectationAtom("g", r)
+    return ExpectationAtom("1", r)
+
+
+def _second(k1: _Block, k2: _Block) -> sp.MatrixExpr:
+    """``E[B1 B2^T]`` for two blocks of the same minibatch."""
+    if "sign" in (k1.tensor, k2.tensor):
+        if (k1.tensor, k2.tensor) == ("sign", "sign"):
+            return SignSecond()
+        raise ExpectationError("an update mixing sign(g) with g or a function of |g| needs E[sign(g) r(|g|) g^T], "
+                               "which the vector engine does not have; supported: sign(g) alone")
+    r = sp.simplify(_canon(k1.r, k1.batch) * _canon(k2.r, k2.batch))
+    t = (k1.tensor, k2.tensor)
+    if t == ("g", "g"):
+        return GRAD * GRAD.T + SIGMA if r == 1 else ExpectationAtom("ggT", r)
+    if t == ("g", "1"):
+        return GRAD if r == 1 else ExpectationAtom("g", r)
+    if t == ("1", "g"):
+        return (GRAD if r == 1 else ExpectationAtom("g", r)).T
+    return ExpectationAtom("1", r)
+
+
+def _cov(k1: _Block, k2: _Block):
+    if k1.batch != k2.batch:
+        return None
+    return _second(k1, k2) - _mean(k1) * _mean(k2).T
+
+
+def _scaled(c: sp.MatrixExpr, s: sp.Expr) -> sp.MatrixExpr:
+    """``s*c`` with the scalar distributed over the terms of sums, so that powers of eta cancel in each term's
+    own coefficient (sympy does not distribute ``(-1/eta)*(-eta*I - eta*rho*H)``)."""
+    if isinstance(c, sp.MatAdd):
+        return sp.MatAdd(*[_scaled(a, s) for a in c.args]).doit()
+    if isinstance(c, sp.MatMul):
+        coeff, mats = c.as_coeff_mmul()
+        return sp.MatMul(sp.simplify(coeff * s), *(mats.args if isinstance(mats, sp.MatMul) else (mats,))).doit()
+    return sp.MatMul(s, c).doit()
+
+
+def _leading(c: sp.MatrixExpr, what: str, ctx: _Ctx) -> sp.MatrixExpr:
+    """``lim_{eta -> 0} c``, term by term (each scalar coefficient by ``sympy.limit``); a divergent one is refused."""
+    if not c.has(_eta):
+        return c
+    if isinstance(c, sp.MatAdd):
+        return sp.MatAdd(*[_leading(a, what, ctx) for a in c.args]).doit()
+    if isinstance(c, sp.MatMul):
+        coeff, mats = c.as_coeff_mmul()
+        lim = sp.limit(coeff, _eta, 0, "+") if coeff.has(_eta) else coeff
+        if lim.has(sp.zoo, sp.oo, -sp.oo, sp.nan) or isinstance(lim, sp.AccumBounds):
+            raise RegimeMismatchError(
+                f"in regime 'sgd' (tau = eta) the increment of x in {ctx.name!r} is not O(eta): {what} has the "
+                f"coefficient {c}, which diverges as eta -> 0; no SDE limit in this regime")
+        factors = mats.args if isinstance(mats, sp.MatMul) else (mats,)
+        return sp.MatMul(lim, *[_leading(f, what, ctx) for f in factors]).doit()
+    raise RegimeMismatchError(f"{what} of {ctx.name!r}, {c}, depends on eta in a way the vector engine does not expand "
+                              "(allowed: scalar coefficients of matrices)")
+
+
+# -- derive ---------------------------------------------------------------------------------------------------
+
+
+def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **noise_params) -> VectorSDE:
+    """The vector SDE of a :class:`~sdederive.spec.vector.VectorOptimizer` (or a built-in name: ``usam``,
+    ``sam``, ``nsgd``, ``clip_sgd``) under Gaussian noise with a full covariance ``Sigma``, regime ``sgd``.
+
+    ``noise_params``: ``Sigma="full"`` (the default: ``Sigma`` is always carried symbolically) or a numeric
+    matrix (validated, and only recorded); anything else is refused.
+    """
+    opt = V.get(optimizer)
+    from sdederive.noise import NoiseModel
+
+    if isinstance(noise, NoiseModel) and noise.name == "gaussian" and not noise.batch:
+        if noise.Sigma is not None:
+            noise_params = {"Sigma": noise.Sigma, **noise_params}
+        key = "gaussian"
+    else:
+        key = str(noise).strip().lower() if isinstance(noise, str) else noise
+    if key not in ("gaussian", "normal"):
+        raise NoiseModelError(
+            f"the vector engine derives {opt.name!r} under Gaussian noise g = grad + Sigma^(1/2) z only; got "
+            f"noise={noise!r}. Student-t and other laws would change every expectation atom and are not supported yet"
+        )
+    extra = sorted(k for k in noise_params if k != "Sigma")
+    if extra:
+        raise NoiseModelError(f"noise parameter(s) {extra} are not used by the vector engine; allowed: Sigma (the "
+                              "full covariance is carried symbolically; a numeric Sigma is checked, then substituted "
+                              "by VectorSDE.evaluate)")
+    S = noise_params.get("Sigma", "full")
+    if not (isinstance(S, str) and S == "full"):
+        from sdederive.noise import _check_Sigma
+
+        if isinstance(S, str):
+            raise NoiseModelError(f"Sigma={S!r}; allowed: 'full' or a symmetric PSD matrix")
+        _check_Sigma(S)
+    rg = regime if regime is not None else opt.natural_regime
+    rg_name = getattr(rg, "name", rg)
+    rg_name = str(rg_name).strip().lower().replace("_", "-")
+    if rg_name not in _REGIMES:
+        raise RegimeMismatchError(
+            f"the vector engine derives {opt.name!r} in the regimes {', '.join(_REGIMES)} only; got regime "
+            f"{rg_name!r}. 'sgd': tau = eta, every other hyperparameter fixed; 'high-dim': as 'sgd' with |g| replaced by "
+            "sqrt(|grad f|^2 + tr Sigma); 'rho-eta': as 'sgd' with SAM's "
+            "radius rho = r*eta (rho ~ eta, the scaling attributed to Compagnoni et al. 2023; unverified)")
+    if rg_name == "rho-eta" and "rho" not in opt.hyper:
+        raise RegimeMismatchError(f"regime 'rho-eta' scales the hyperparameter rho = r*eta; {opt.name!r} has no rho "
+                                  f"(its hyperparameters: {sorted(opt.hyper)})")
+    if order not in (1, 2):
+        raise SdederiveError(f"order={order!r} is not supported by the vector engine; allowed: 1 or 2")
+    return _derive(opt, rg_name, order)
+
+
+def vector_form(opt) -> V.VectorOptimizer:
+    """The vector optimizer of a scalar spec whose update is ``x + a*g`` (SGD): with a full ``Sigma`` the
+    coordinates are coupled, which the vector engine represents; anything else is refused."""
+    xs, gs = sym("x"), sym("g")
+    upd = opt.updates["x"]
+    a = sp.diff(upd, gs)
+    if opt.states or sp.simplify(upd - xs - a * gs) != 0 or a.has(xs, gs, sym("k")):
+        raise NoiseModelError(
+            f"Sigma='full' (a symbolic full noise covariance) needs a vector update; {opt.name!r} is coordinate-wise "
+            "and not of the form x + a*g. Write it with sd.vectors('x g') (docs/vector.md), or pass a numeric Sigma "
+            "to the scalar engine")
+    hyp = tuple(V.VHyper(h.name, h.default, h.kind) for h in opt.hypers)
+    return V.VectorOptimizer(opt.name, hyp, V.VecSym("x") + a * V.VecSym("g"), "sgd", opt.doc)
+
+
+def _subs_vec(v: V.Vec, m: dict) -> V.Vec:
+    """``v`` with the scalar substitution ``m`` applied everywhere (scalars, matrices, norms' operands)."""
+    if isinstance(v, V.VecSym):
+        return v
+    if isinstance(v, V.VAdd):
+        return V.VAdd(tuple(_subs_vec(t, m) for t in v.terms))
+    if isinstance(v, V.VScale):
+        inner = {a: V.VScalar(a.op, tuple(_subs_vec(w, m) for w in a.vargs)) for a in v.scalar.atoms(V.VScalar)}
+        return V.VScale(v.scalar.xreplace(inner).xreplace(m), _subs_vec(v.vec, m))
+    if isinstance(v, V.MatVec):
+        return V.MatVec(v.matrix.xreplace(m), _subs_vec(v.vec, m))
+    if isinstance(v, V.GradAt):
+        return V.GradAt(_subs_vec(v.point, m), v.fresh)
+    if isinstance(v, V.CoordMap):
+        return V.CoordMap(v.fn, _subs_vec(v.vec, m))
+    raise SdederiveError(f"unknown vector expression {v!r}")  # pragma: no cover
+
+
+def _mean_field(lin: dict) -> dict:
+    """Regime 'high-dim': every ``|g_b|`` replaced by its concentration value ``sqrt(|grad f|^2 + tr Sigma)``, which
+    makes ``r(|g|)`` deterministic: ``r(|g|) g -> r(nbar) g`` and ``r(|g|) -> r(nbar)``."""
+    out: dict = {}
+    for k, c in lin.items():
+        if k == _DET or k.tensor == "sign":
+            _add(out, k, c)
+            continue
+        r = k.r.xreplace({_norm_sym(k.batch): NBAR})
+        if k.tensor == "g":
+            _add(out, _Block("g", sp.S.One, k.batch), r * c)
+        else:
+            _add(out, _DET, r * c)
+    return out
+
+
+def _linear_in_grad(b: sp.MatrixExpr) -> bool:
+    """Every term of ``b`` is a deterministic matrix times ``grad`` exactly once (no x, no atoms)."""
+    if b.has(XVEC, ExpectationAtom, SignMean, SignSecond, VNorm, VDot):
+        return False
+    terms = b.expand().doit()
+    for t in terms.args if isinstance(terms, sp.MatAdd) else (terms,):
+        factors = t.args if isinstance(t, sp.MatMul) else (t,)
+        if sum(1 for f in factors if f == GRAD) != 1 or any(f != GRAD and f.has(GRAD) for f in factors):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1) -> VectorSDE:
+    ctx = _Ctx(opt.name)
+    update = _subs_vec(opt.update, {sym("rho"): _R * _eta}) if regime == "rho-eta" else opt.update
+    lin = _lin(update, ctx)
+    if regime == "high-dim":
+        lin = _mean_field(lin)
+    lin[_DET] = lin.get(_DET, sp.ZeroMatrix(V.dim, 1)) - XVEC
+    # F = -Delta/eta at eta = 0 (and its eta-derivative F1 for order 2)
+    F, F1 = {}, {}
+    for k, c in lin.items():
+        if _is_zero_matrix(c):
+            continue
+        what = "the deterministic part" if k == _DET else f"the block {k}"
+        full = _scaled(c, -1 / _eta)
+        c0 = _leading(full, what, ctx)
+        if not _is_zero_matrix(c0):
+            F[k] = c0
+        if order == 2 and full.has(_eta):
+            d1 = _leading(full.diff(_eta).doit(), what, ctx)
+            if not _is_zero_matrix(d1):
+                F1[k] = d1
+    if not F:
+        raise RegimeMismatchError(f"the update of {opt.name!r} does not move x at order eta; no SDE in regime "
+                                  f"{regime!r}")
+
+    def mean_of(coeffs: dict) -> sp.MatrixExpr:
+        out = sp.ZeroMatrix(V.dim, 1)
+        for k, c in coeffs.items():
+            out = out + (c if k == _DET else c * _mean(k))
+        return out
+
+    drift = -mean_of(F)
+    order_note = None
+    if order == 2:
+        if not _linear_in_grad(drift):
+            raise SdederiveError(
+                f"order=2 for {opt.name!r}: the leading drift {drift} is not a constant matrix times grad f (it has "
+                "expectation atoms, x or sign moments), so its derivative along the flow would need derivatives of the "
+                "atoms; order 2 is available for drifts -A grad f (SGD, USAM, and SAM/USAM in regime 'rho-eta')")
+        e2 = -mean_of(F1) if F1 else sp.ZeroMatrix(V.dim, 1)
+        jb = drift.xreplace({GRAD: HESS * drift})  # (d b0/dx) b0 for b0 linear in grad f, H constant
+        drift = drift + _eta * (e2 - jb / 2)
+        order_note = ("order-2 drift b0 + eta*(E2 - (db0/dx) b0/2), E2 the eta**2 coefficient of E[dx]; (db0/dx) = A H for b0 = -A grad f, exact for quadratic f (constant H); the diffusion "
+                      "is the order-1 one, which suffices at weak order 2")
+    blocks = [k for k in F if k != _DET]
+    cov = sp.ZeroMatrix(V.dim, V.dim)
+    for k1 in blocks:
+        for k2 in blocks:
+            C = _cov(k1, k2)
+            if C is not None and not _is_zero_matrix(C):
+                cov = cov + F[k1] * C * F[k2].T
+    cov = cov.doit() if not isinstance(cov, sp.ZeroMatrix) else cov
+    # diffusion: one Gaussian block -> A Sigma^(1/2); else the symmetric root of the covariance
+    if isinstance(cov, sp.ZeroMatrix):
+        diff = sp.ZeroMatrix(V.dim, V.dim)
+    elif len(blocks) == 1 and blocks[0].tensor == "g" and blocks[0].r == 1:
+        diff = sp.sqrt(_eta) * F[blocks[0]] * SIGMA ** sp.S.Half
+    else:
+        diff = sp.sqrt(_eta) * cov ** sp.S.Half
+    covariance = _eta * cov if not isinstance(cov, sp.ZeroMatrix) else cov
+
+    atoms = []
+    for e in (drift, covariance):
+        for a in sorted(e.atoms(ExpectationAtom), key=lambda a: (a.tensor, str(a.integrand))):
+            if a not in atoms:
+                atoms.append(a)
+    exact = regime == "sgd" and order == 1
+    notes = ["Gaussian gradient noise g = grad f + Sigma^(1/2) z with a full, constant covariance Sigma (additive "
+             "noise model)" + ("; the one-step moments E[dx]/eta and Cov[dx]/eta equal drift and D D^T exactly for "
+                               "every eta (hyperparameters other than eta fixed)" if exact else "")]
+    if ctx.hessian and regime == "sgd":
+        notes.append("the gradient at a perturbed point x + delta is grad f + H delta (H the Hessian at x): exact for "
+                     "quadratic f; otherwise the dropped term (1/2) D^3 f[delta, delta] is O(|delta|**2) (O(rho**2) "
+                     "for SAM's normalized perturbation)")
+    elif ctx.hessian:
+        notes.append("the gradient at a perturbed point x + delta is grad f + H delta: with rho = r*eta the dropped "
+                     "term (1/2) D^3 f[delta, delta] is O(eta**2), beyond the order kept, for any smooth f")
+    if ctx.same_batch_shift:
+        notes.append("same minibatch at both evaluation points: the noise at the perturbed point is g's own xi (a "
+                     "state-dependent Sigma(x) would add the derivative of the noise, not modelled)")
+    if ctx.fresh:
+        notes.append("grad_at(..., fresh=True) draws an independent minibatch with the same law")
+    if drift.has(SignMean):
+        notes.append("E[sign(g)] = erf(grad/sqrt(2 diag Sigma)) and E[sign(g) sign(g)^T] (bivariate normal orthant "
+                     "probabilities, (2/pi) arcsin(r_ij) at grad = 0) are closed forms for the Gaussian noise, "
+                     "evaluated by sdederive.sde_vector.sign_mean / sign_second_moment")
+    if atoms:
+        notes.append("expectation atoms E[...] over g ~ N(grad f, Sigma) have no closed form for a general Sigma; "
+                     "they are kept by name and evaluated numerically (sdederive.sde_vector.evaluate_atom: Monte "
+                     "Carlo, unbiased, standard error O(n**-0.5))")
+    if regime == "high-dim":
+        notes.append("regime 'high-dim': |g| is replaced by its concentration value sqrt(|grad f|^2 + tr Sigma) "
+                     "(|g|^2 = |grad f|^2 + tr Sigma + O(sqrt(tr Sigma^2)) fluctuations); assumes tr(Sigma^2) << "
+                     "(|grad f|^2 + tr Sigma)^2, e.g. many coordinates with comparable noise; relative errors "
+                     "O(sqrt(tr Sigma^2)/(|grad f|^2 + tr Sigma)), O(1/sqrt(d)) for isotropic noise")
+    if regime == "rho-eta":
+        notes.append("regime 'rho-eta': rho = r*eta (r fixed as eta -> 0); at order 1 every rho term is O(eta) and drops "
+                     "out (the SDE is SGD's); order=2 keeps the O(eta) drift correction")
+    if order_note:
+        notes.append(order_note)
+    return VectorSDE(optimizer=opt.name, noise="gaussian", regime=regime, tau=_eta, drift_vector=drift,
+                     diffusion_matrix_expr=diff, covariance_expr=covariance, atoms=tuple(atoms), notes=tuple(notes),
+                     hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers), order=order, source=opt)
+
+
+def clear_cache() -> None:
+    _derive.cache_clear()

@@ -1,0 +1,751 @@
+r"""The SDE of a vector optimizer, :math:`dX = b(X)\,dt + D(X)\,dW` in d dimensions, as sympy matrix expressions.
+
+Symbols of the results (``d`` the symbolic dimension):
+
+=================  ==========  ====================================================================
+name               shape       meaning
+=================  ==========  ====================================================================
+``x``              ``(d, 1)``  the parameter vector
+``grad``           ``(d, 1)``  the true gradient :math:`\nabla f(x)` (printed ``grad f``)
+``H``              ``(d, d)``  the Hessian :math:`\nabla^2 f(x)` (symmetric)
+``Sigma``          ``(d, d)``  the full gradient-noise covariance (symmetric PSD): ``g = grad + Sigma^(1/2) z``
+``I``              ``(d, d)``  the identity
+``E[...]``         varies      a named expectation atom over ``g ~ N(grad, Sigma)`` (:class:`ExpectationAtom`)
+=================  ==========  ====================================================================
+
+``Sigma**(1/2)`` (and the square root of a covariance) is the symmetric PSD square root.  JSON (see
+``docs/vector.md``) stores every matrix expression as text in this grammar plus ``transpose(.)``, and the
+atoms by name with their integrand; it is parsed back by :mod:`sdederive._safe_expr`, never evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy as sp
+from sympy.core.symbol import Str
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.str import StrPrinter
+
+from sdederive._safe_expr import IDENTIFIER, SDE_FUNCTIONS, parse_expr
+from sdederive.errors import ExpectationError, SdederiveError
+from sdederive.spec.vector import dim
+from sdederive.symbols import KNOWN, sym
+
+__all__ = ["VectorSDE", "ExpectationAtom", "SignMean", "SignSecond", "sign_mean", "sign_second_moment", "isotropic_unit_mean", "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom",
+           "GRAD", "HESS", "SIGMA", "XVEC", "IDENT", "NORM_G"]
+
+
+class SymmetricMatrixSymbol(sp.MatrixSymbol):
+    """A matrix symbol with ``A^T = A`` (the Hessian, the noise covariance)."""
+
+    def _eval_transpose(self):
+        return self
+
+
+GRAD = sp.MatrixSymbol("grad", dim, 1)
+XVEC = sp.MatrixSymbol("x", dim, 1)
+HESS = SymmetricMatrixSymbol("H", dim, dim)
+SIGMA = SymmetricMatrixSymbol("Sigma", dim, dim)
+IDENT = sp.Identity(dim)
+#: the placeholder for ``|g|`` inside an atom's integrand
+NORM_G = sp.Symbol("norm_g", positive=True)
+_G_DISPLAY = sp.Symbol("g")
+_GGT_DISPLAY = sp.Symbol("g g^T")
+_NORM_DISPLAY = sp.Symbol("|g|", positive=True)
+
+_TENSORS = {"g": "(d, 1): E[r(|g|) g]", "ggT": "(d, d): E[r(|g|) g g^T]", "1": "(1, 1): E[r(|g|)]"}
+
+
+class VNorm(sp.Function):
+    """``norm(v)``: the Euclidean norm of a deterministic vector expression (``norm(x)``)."""
+
+    nargs = 1
+    is_nonnegative = True
+
+
+class VDot(sp.Function):
+    """``dot(a, b)``: the inner product of two deterministic vector expressions."""
+
+    nargs = 2
+
+
+class ExpectationAtom(sp.MatrixExpr):
+    r"""A named expectation without a closed form: :math:`\mathbb E[r(|g|)\,T(g)]` for ``g ~ N(grad, Sigma)``,
+    with ``T(g)`` one of ``g`` (a vector), ``g g^T`` (a matrix) or ``1`` (a scalar, shape ``(1, 1)``) and the
+    scalar integrand ``r`` a sympy expression in :data:`NORM_G` (``|g|``) and hyperparameters.
+
+    Evaluate it with :func:`evaluate_atom` (Monte Carlo over ``g``), or supply a value to :func:`evaluate`.
+    """
+
+    def __new__(cls, tensor, integrand: sp.Expr):
+        tensor = tensor.name if isinstance(tensor, Str) else tensor
+        if tensor not in _TENSORS:
+            raise SdederiveError(f"expectation atom tensor {tensor!r}; allowed: {sorted(_TENSORS)}")
+        return sp.Basic.__new__(cls, Str(tensor), sp.sympify(integrand))
+
+    @property
+    def tensor(self) -> str:
+        return self.args[0].name
+
+    @property
+    def free_symbols(self) -> set:
+        return self.integrand.free_symbols - {NORM_G}
+
+    @property
+    def integrand(self) -> sp.Expr:
+        return self.args[1]
+
+    @property
+    def shape(self):
+        return {"g": (dim, 1), "ggT": (dim, dim), "1": (sp.S.One, sp.S.One)}[self.tensor]
+
+    def _eval_transpose(self):
+        return self if self.tensor in ("ggT", "1") else None
+
+    def display(self) -> str:
+        """``E[g/|g|]``, ``E[g g^T/|g|**2]``, ``E[Min(1, c/|g|)]``."""
+        T = {"g": _G_DISPLAY, "ggT": _GGT_DISPLAY, "1": sp.S.One}[self.tensor]
+        return f"E[{sp.sstr(self.integrand.xreplace({NORM_G: _NORM_DISPLAY}) * T)}]"
+
+    def _sympystr(self, printer) -> str:
+        return self.display()
+
+    def _latex(self, printer) -> str:
+        names = {_NORM_DISPLAY: r"\|g\|", _G_DISPLAY: "g", _GGT_DISPLAY: r"g g^{\top}"}
+        T = {"g": _G_DISPLAY, "ggT": _GGT_DISPLAY, "1": sp.S.One}[self.tensor]
+        body = sp.latex(self.integrand.xreplace({NORM_G: _NORM_DISPLAY}) * T, symbol_names=names)
+        return rf"\mathbb{{E}}\left[{body}\right]"
+
+
+class _SignFunction(sp.MatrixExpr):
+    """A closed-form moment of ``sign(g)`` for ``g ~ N(grad, Sigma)`` (arguments: the mean and the covariance)."""
+
+    def __new__(cls, mean=None, cov=None):
+        return sp.Basic.__new__(cls, GRAD if mean is None else mean, SIGMA if cov is None else cov)
+
+    @property
+    def mean(self):
+        return self.args[0]
+
+    @property
+    def cov(self):
+        return self.args[1]
+
+
+class SignMean(_SignFunction):
+    r"""``E[sign(g)] = erf(grad_i / sqrt(2 Sigma_ii))`` coordinate-wise (a ``(d, 1)`` vector)."""
+
+    json_name = "sign_mean"
+
+    @property
+    def shape(self):
+        return (dim, 1)
+
+    def _sympystr(self, printer) -> str:
+        return "erf(grad f/sqrt(2 diag Sigma))"
+
+    def _latex(self, printer) -> str:
+        return r"\operatorname{erf}\left(\frac{\nabla f}{\sqrt{2\,\operatorname{diag}\Sigma}}\right)"
+
+
+class SignSecond(_SignFunction):
+    r"""``E[sign(g) sign(g)^T]`` (``(d, d)``): 1 on the diagonal, and off it the bivariate normal orthant form
+    ``4 Phi2(a_i, a_j; r_ij) - 2 Phi(a_i) - 2 Phi(a_j) + 1`` with ``a = grad/sqrt(diag Sigma)`` and the
+    correlation ``r_ij = Sigma_ij/sqrt(Sigma_ii Sigma_jj)``; at ``grad = 0`` it is ``(2/pi) arcsin(r_ij)``.
+    ``Phi2`` is the bivariate normal CDF, evaluated by Owen's T function (:func:`sign_second_moment`)."""
+
+    json_name = "sign_second"
+
+    @property
+    def shape(self):
+        return (dim, dim)
+
+    def _eval_transpose(self):
+        return self
+
+    def _sympystr(self, printer) -> str:
+        return "E[sign(g) sign(g)^T]"
+
+    def _latex(self, printer) -> str:
+        return r"\mathbb{E}\left[\operatorname{sign}(g)\operatorname{sign}(g)^{\top}\right]"
+
+
+def _bvn_orthant(h: float, k: float, r: float) -> float:
+    """``Phi2(h, k; r) = P(X <= h, Y <= k)`` for a standard bivariate normal with correlation ``r``
+    (Owen 1956: ``Phi(h)/2 + Phi(k)/2 - T(h, a_h) - T(k, a_k) - beta``)."""
+    from scipy.special import ndtr, owens_t
+
+    if r >= 1 - 1e-15:
+        return float(ndtr(min(h, k)))
+    if r <= -1 + 1e-15:
+        return float(max(0.0, ndtr(h) + ndtr(k) - 1))
+    if h == 0 and k == 0:
+        return 0.25 + float(np.arcsin(r)) / (2 * np.pi)
+    s = np.sqrt(1 - r * r)
+
+    def T(a, b):  # T(a, (b - r a)/(a s)) with the limits at a = 0
+        if a == 0:
+            return 0.25 * np.sign(b)
+        return float(owens_t(a, (b - r * a) / (a * s)))
+
+    beta = 0.0 if (h * k > 0 or (h * k == 0 and h + k >= 0)) else 0.5
+    return float(0.5 * ndtr(h) + 0.5 * ndtr(k) - T(h, k) - T(k, h) - beta)
+
+
+def sign_second_moment(grad, Sigma) -> np.ndarray:
+    """``E[sign(g) sign(g)^T]`` for ``g ~ N(grad, Sigma)`` in closed form (see :class:`SignSecond`)."""
+    from scipy.special import ndtr
+
+    mu = np.asarray(grad, dtype=float).reshape(-1)
+    S = np.asarray(Sigma, dtype=float)
+    sd_ = np.sqrt(np.diag(S))
+    if np.any(sd_ <= 0):
+        raise SdederiveError("E[sign(g) sign(g)^T] needs Sigma_ii > 0 for every coordinate (a noiseless coordinate "
+                             f"has a deterministic sign); diag Sigma = {np.diag(S).tolist()}")
+    a = mu / sd_
+    out = np.eye(mu.size)
+    for i in range(mu.size):
+        for j in range(i + 1, mu.size):
+            r = float(np.clip(S[i, j] / (sd_[i] * sd_[j]), -1.0, 1.0))
+            p = _bvn_orthant(a[i], a[j], r)
+            out[i, j] = out[j, i] = 4 * p - 2 * ndtr(a[i]) - 2 * ndtr(a[j]) + 1
+    return out
+
+
+def sign_mean(grad, Sigma) -> np.ndarray:
+    """``E[sign(g)] = erf(grad/sqrt(2 diag Sigma))`` as a ``(d, 1)`` array."""
+    from scipy.special import erf
+
+    mu = np.asarray(grad, dtype=float).reshape(-1)
+    return erf(mu / np.sqrt(2 * np.diag(np.asarray(Sigma, dtype=float)))).reshape(-1, 1)
+
+
+# -- printing ------------------------------------------------------------------------------------------------
+_HUMAN_NAMES = {"grad": "grad f"}
+
+
+def _identity_first(args):
+    return sorted(args, key=lambda a: 0 if isinstance(a, sp.Identity) else 1 if isinstance(a, sp.MatrixSymbol)
+                  or (isinstance(a, sp.MatMul) and len(a.args) == 2 and a.args[0] == -1) else 2)
+
+
+class _HumanPrinter(StrPrinter):
+    def _print_MatrixSymbol(self, expr):
+        return _HUMAN_NAMES.get(expr.name, expr.name)
+
+    _print_SymmetricMatrixSymbol = _print_MatrixSymbol
+
+    def _print_MatAdd(self, expr):
+        out = []
+        for i, a in enumerate(_identity_first(expr.args)):
+            s = self._print(a)
+            if i and s.startswith("-"):
+                out.append("- " + s[1:])
+            else:
+                out.append(("+ " if i else "") + s)
+        return " ".join(out)
+
+    def _print_MatPow(self, expr):
+        base = self._print(expr.base)
+        if not isinstance(expr.base, sp.MatrixSymbol):
+            base = f"({base})"
+        return f"{base}^({self._print(expr.exp)})"
+
+    def _print_MatMul(self, expr):
+        c, mats = expr.as_coeff_mmul()
+        parts = []
+        for m in mats.args if isinstance(mats, sp.MatMul) else (mats,):
+            s = self._print(m)
+            parts.append(f"({s})" if isinstance(m, sp.MatAdd) else s)
+        body = " ".join(parts)
+        sign = ""
+        if c.could_extract_minus_sign():
+            sign, c = "-", -c
+        if c == 1:
+            return sign + body
+        cs = self._print(c) if not c.is_Add else f"({self._print(c)})"
+        return sign + cs + ("" if body.startswith("(") and c.is_Pow else "*") + body
+
+    def _print_Transpose(self, expr):
+        s = self._print(expr.arg)
+        return f"{s}^T" if isinstance(expr.arg, (sp.MatrixSymbol, ExpectationAtom)) else f"({s})^T"
+
+    def _print_VNorm(self, expr):
+        return f"|{self._print(expr.args[0])}|"
+
+    def _print_Trace(self, expr):
+        return f"tr {self._print(expr.arg)}"
+
+
+class _JsonPrinter(StrPrinter):
+    """The JSON grammar: ``transpose(.)``, ``I``, atoms by name, everything else as sympy prints it."""
+
+    printmethod = "_jsonstr"  # not ExpectationAtom._sympystr (the display form)
+
+    def __init__(self, atom_names: Mapping):
+        super().__init__({"order": "none"})
+        self.atom_names = atom_names
+
+    def _print_Transpose(self, expr):
+        return f"transpose({self._print(expr.arg)})"
+
+    def _print_Identity(self, expr):
+        return "I"
+
+    def _print_ZeroMatrix(self, expr):
+        return "0*I" if expr.shape == (dim, dim) else "0*grad"
+
+    def _print_ExpectationAtom(self, expr):
+        return self.atom_names[expr]
+
+    def _print_VNorm(self, expr):
+        return f"norm({self._print(expr.args[0])})"
+
+    def _print_SignMean(self, expr):
+        return f"sign_mean({self._print(expr.mean)}, {self._print(expr.cov)})"
+
+    def _print_SignSecond(self, expr):
+        return f"sign_second({self._print(expr.mean)}, {self._print(expr.cov)})"
+
+    def _print_VDot(self, expr):
+        return f"dot({self._print(expr.args[0])}, {self._print(expr.args[1])})"
+
+
+class _Latex(LatexPrinter):
+    _names = {"grad": r"\nabla f", "Sigma": r"\Sigma", "H": "H", "x": "x"}
+
+    def _print_MatrixSymbol(self, expr):
+        return self._names.get(expr.name, expr.name)
+
+    _print_SymmetricMatrixSymbol = _print_MatrixSymbol
+
+    def _print_Identity(self, expr):
+        return "I"
+
+    def _print_MatAdd(self, expr):
+        out = []
+        for i, a in enumerate(_identity_first(expr.args)):
+            s = self._print(a)
+            out.append(s if not i else (s if s.startswith("-") else "+ " + s))
+        return " ".join(out)
+
+    def _print_VNorm(self, expr):
+        return rf"\left\|{self._print(expr.args[0])}\right\|"
+
+
+_LATEX_SYMBOLS = {"eta": r"\eta", "rho": r"\rho", "c": "c"}
+
+
+def _human(e) -> str:
+    return _HumanPrinter().doprint(e)
+
+
+def _latex(e) -> str:
+    return _Latex({"symbol_names": {sym(n): v for n, v in _LATEX_SYMBOLS.items()}}).doprint(e)
+
+
+def _negative(a) -> bool:
+    c = a.as_coeff_mmul()[0] if isinstance(a, sp.MatMul) else sp.S.One
+    return c.could_extract_minus_sign()
+
+
+def _cov_root(diff) -> sp.MatPow | None:
+    """The factor ``C**(1/2)`` of a diffusion ``sqrt(eta)*C**(1/2)`` with a compound ``C`` (else None)."""
+    for p in diff.atoms(sp.MatPow):
+        if p.exp == sp.S.Half and not isinstance(p.base, sp.MatrixSymbol):
+            return p
+    return None
+
+
+# -- the result object ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class VectorSDE:
+    """A derived vector SDE ``dX = drift_vector dt + diffusion_matrix_expr dW`` (``W`` a d-dim Brownian motion).
+
+    Attributes
+    ----------
+    optimizer, noise, regime: provenance.
+    tau: time per step (``eta``).
+    drift_vector: ``(d, 1)`` sympy matrix expression in ``x``, ``grad``, ``H``, ``Sigma``, atoms, hypers.
+    diffusion_matrix_expr: ``(d, d)`` matrix expression ``D`` with ``D D^T = covariance_expr``.
+    covariance_expr: the leading-order local covariance per unit time, ``Cov[Delta x]/tau``.
+    atoms: the :class:`ExpectationAtom` objects the result contains (to be evaluated numerically).
+    notes: assumptions and modelling choices (Hessian expansion, same minibatch, atoms).
+    hypers: ``((name, kind, default), ...)`` of the optimizer.
+    """
+
+    optimizer: str
+    noise: str
+    regime: str
+    tau: sp.Expr
+    drift_vector: sp.MatrixExpr
+    diffusion_matrix_expr: sp.MatrixExpr
+    covariance_expr: sp.MatrixExpr
+    atoms: tuple = ()
+    notes: tuple[str, ...] = ()
+    hypers: tuple = ()
+    order: int = 1
+    source: object = field(default=None, compare=False)
+
+    states = ("x",)
+
+    @property
+    def drift(self) -> dict:
+        return {"x": self.drift_vector}
+
+    @property
+    def symbols(self) -> list[str]:
+        """Names of the scalar symbols and matrix symbols the expressions use (sorted)."""
+        out = set()
+        for e in (self.drift_vector, self.diffusion_matrix_expr, self.covariance_expr, self.tau):
+            out |= {str(s) for s in e.free_symbols if s != dim}
+            for a in e.atoms(ExpectationAtom):
+                out |= {str(s) for s in a.integrand.free_symbols if s != NORM_G}
+        return sorted(out)
+
+    def __str__(self) -> str:
+        diff = self.diffusion_matrix_expr
+        b = self.drift_vector
+        if isinstance(b, sp.MatAdd) and all(_negative(a) for a in b.args):
+            drift = f"-({_human(sp.MatAdd(*[-a for a in b.args]))})"
+        else:
+            drift = _human(b)
+        root = _cov_root(diff)
+        if diff.is_ZeroMatrix:
+            noise = ""
+        elif root is not None:
+            noise = f" + {_human(diff.xreplace({root: sp.MatrixSymbol('C', dim, dim) ** sp.S.Half}))} dW"
+        else:
+            noise = f" + {_human(diff)} dW"
+        lines = [f"SDE of {self.optimizer} | noise {self.noise} (full Sigma) | regime {self.regime} | tau = {self.tau}"
+                 f" | vector form, d dimensions", f"  dX = {drift} dt{noise}"]
+        if root is not None:
+            lines.append(f"  where C = {_human(root.base)}")
+        for a in self.atoms:
+            lines.append(f"  atom {a.display()}: g ~ N(grad f, Sigma); no closed form, evaluated numerically")
+        for n in self.notes:
+            lines.append(f"  note: {n}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def latex(self) -> str:
+        """The SDE as one LaTeX line: ``dX_t = (...)\\,dt + (...)\\,dW_t`` with its clock."""
+        diff = self.diffusion_matrix_expr
+        b = _latex(self.drift_vector)
+        rhs = (rf"\left({b}\right)\,dt" if isinstance(self.drift_vector, sp.MatAdd) else rf"{b}\,dt")
+        if not diff.is_ZeroMatrix:
+            rhs += rf" + {_latex(diff)}\,dW_t"
+        return rf"dX_t = {rhs},\qquad t = k\tau,\ \tau = {_latex(self.tau)}"
+
+    def _repr_latex_(self) -> str:
+        return "$$" + self.latex() + "$$"
+
+    # -- JSON ---------------------------------------------------------------------------------------------
+    def _atom_names(self) -> dict:
+        return {a: f"A{i + 1}" for i, a in enumerate(self.atoms)}
+
+    def to_dict(self) -> dict:
+        names = self._atom_names()
+        P = _JsonPrinter(names)
+        return {
+            "kind": "vector",
+            "optimizer": self.optimizer,
+            "noise": self.noise,
+            "regime": self.regime,
+            "tau": str(self.tau),
+            "dimension": "d",
+            "states": ["x"],
+            "drift": P.doprint(self.drift_vector),
+            "diffusion": P.doprint(self.diffusion_matrix_expr),
+            "covariance": P.doprint(self.covariance_expr),
+            "atoms": {names[a]: {"tensor": a.tensor, "integrand": P.doprint(a.integrand), "meaning": a.display()}
+                      for a in self.atoms},
+            "symbols": self.symbols,
+            "order": self.order,
+            "notes": list(self.notes),
+            "hypers": [list(h) for h in self.hypers],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, data: str | Mapping) -> VectorSDE:
+        """Rebuild from :meth:`to_json` output; every expression goes through the safe parser."""
+        return _from_json(cls, data)
+
+    # -- numerics -------------------------------------------------------------------------------------------
+    def evaluate(self, what: str = "drift", *, atoms: Mapping | None = None, **env) -> np.ndarray:
+        """``drift``, ``diffusion`` or ``covariance`` as a numpy array at the values ``env`` (``grad``, ``H``,
+        ``Sigma``, ``x`` arrays; hyperparameters by name).  ``atoms``: values for the expectation atoms (else
+        each is estimated by :func:`evaluate_atom` with 10**5 samples)."""
+        e = {"drift": self.drift_vector, "diffusion": self.diffusion_matrix_expr,
+             "covariance": self.covariance_expr}.get(what)
+        if e is None:
+            raise SdederiveError(f"evaluate: {what!r}; allowed: 'drift', 'diffusion', 'covariance'")
+        return evaluate(e, env, atoms)
+
+
+# -- numerics ---------------------------------------------------------------------------------------------------
+
+
+def _psd_sqrt(A: np.ndarray) -> np.ndarray:
+    A = (A + A.T) / 2
+    w, V = np.linalg.eigh(A)
+    if w.min() < -1e-9 * max(1.0, abs(w).max()):
+        raise SdederiveError(f"the square root of a matrix with eigenvalue {w.min():.3g} < 0 (not PSD) is undefined")
+    return (V * np.sqrt(np.clip(w, 0, None))) @ V.T
+
+
+def isotropic_unit_mean(grad, s2: float) -> np.ndarray:
+    r"""``E[g/|g|]`` for ``g ~ N(grad, s2*I)`` in closed form (the gradient in ``grad`` of the noncentral-chi mean
+    ``E|g| = s sqrt(2) Gamma((d+1)/2)/Gamma(d/2) 1F1(-1/2; d/2; -|grad|^2/(2 s2))``):
+
+    .. math:: \mathbb E\Big[\frac{g}{|g|}\Big] = \frac{\nabla f}{s}\,\frac{\sqrt2\,\Gamma(\frac{d+1}2)}{d\,\Gamma(\frac d2)}\,
+              {}_1F_1\Big(\tfrac12; \tfrac d2 + 1; -\frac{|\nabla f|^2}{2 s^2}\Big)
+
+    (``d = 1``: ``erf(grad/(sqrt(2) s))``)."""
+    from scipy.special import gammaln, hyp1f1
+
+    mu = np.asarray(grad, dtype=float).reshape(-1)
+    d, s = mu.size, float(np.sqrt(s2))
+    c = np.sqrt(2.0) * np.exp(gammaln((d + 1) / 2) - gammaln(d / 2)) / d
+    return (mu / s * c * hyp1f1(0.5, d / 2 + 1, -(mu @ mu) / (2 * s2))).reshape(-1, 1)
+
+
+def evaluate_atom(atom: ExpectationAtom, grad, Sigma, hyper: Mapping | None = None, n: int = 100_000,
+                  rng: np.random.Generator | None = None) -> np.ndarray:
+    """``atom`` at ``g ~ N(grad, Sigma)``: ``E[g/|g|]`` with an isotropic ``Sigma = s2*I`` in closed form
+    (:func:`isotropic_unit_mean`), every other case by Monte Carlo with ``n`` samples (standard error
+    ``O(n**-0.5)``; unbiased for every ``n``)."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    S = np.asarray(Sigma, dtype=float)
+    if (atom.tensor == "g" and sp.simplify(atom.integrand - 1 / NORM_G) == 0 and S.ndim == 2 and S[0, 0] > 0
+            and np.allclose(S, S[0, 0] * np.eye(S.shape[0]), rtol=1e-12, atol=0)):
+        return isotropic_unit_mean(grad, float(S[0, 0]))
+    mu = np.asarray(grad, dtype=float).reshape(-1)
+    L = _psd_sqrt(np.asarray(Sigma, dtype=float))
+    gs = mu + rng.standard_normal((n, mu.size)) @ L.T
+    hyper = dict(hyper or {})
+    free = sorted(atom.integrand.free_symbols - {NORM_G}, key=str)
+    missing = [str(s) for s in free if str(s) not in hyper]
+    if missing:
+        raise SdederiveError(f"evaluate_atom: no value for {missing} in the integrand of {atom.display()}")
+    f = sp.lambdify([NORM_G] + free, atom.integrand, modules="numpy")
+    r = np.broadcast_to(np.asarray(f(np.linalg.norm(gs, axis=1), *[float(hyper[str(s)]) for s in free]),
+                                   dtype=float), (n,))
+    if atom.tensor == "g":
+        return (r[:, None] * gs).mean(axis=0).reshape(-1, 1)
+    if atom.tensor == "ggT":
+        return np.einsum("n,ni,nj->ij", r, gs, gs) / n
+    return np.array([[r.mean()]])
+
+
+def evaluate(expr: sp.Basic, env: Mapping, atoms: Mapping | None = None) -> np.ndarray:
+    """A matrix expression as a numpy array: ``env`` gives ``grad``, ``x`` (vectors), ``H``, ``Sigma``
+    (matrices) and the scalars by name; ``atoms`` maps :class:`ExpectationAtom` to values (missing ones are
+    estimated with :func:`evaluate_atom` at ``env``'s ``grad`` and ``Sigma``)."""
+    env = dict(env)
+    atoms = dict(atoms or {})
+    mats = {k: np.asarray(v, dtype=float) for k, v in env.items() if np.ndim(v) > 0}
+    for k in ("grad", "x"):
+        if k in mats:
+            mats[k] = mats[k].reshape(-1, 1)
+    dims = {m.shape[0] for m in mats.values()}
+    if len(dims) != 1:
+        raise SdederiveError(f"evaluate: the arrays have inconsistent sizes {sorted(dims)}; give grad, x, H, Sigma "
+                             "of one dimension d")
+    n = dims.pop()
+    scal = {k: sp.Float(float(v)) for k, v in env.items() if np.ndim(v) == 0}
+
+    def S(e) -> float:
+        e2 = e.xreplace({s: scal[str(s)] for s in e.free_symbols if str(s) in scal})
+        e2 = e2.replace(lambda a: isinstance(a, (VNorm, VDot)), lambda a: sp.Float(float(_vfun(a))))
+        e2 = e2.replace(lambda a: isinstance(a, sp.Trace), lambda a: sp.Float(float(np.trace(M(a.arg)))))
+        if e2.free_symbols:
+            raise SdederiveError(f"evaluate: no value for {sorted(map(str, e2.free_symbols))}")
+        return float(e2)
+
+    def _vfun(a):
+        vs = [M(v).reshape(-1) for v in a.args]
+        return np.linalg.norm(vs[0]) if isinstance(a, VNorm) else float(vs[0] @ vs[1])
+
+    def M(e) -> np.ndarray:
+        if isinstance(e, ExpectationAtom):
+            if e not in atoms:
+                if "grad" not in mats or "Sigma" not in mats:
+                    raise SdederiveError(f"evaluate: the atom {e.display()} needs grad and Sigma (or a value in atoms=)")
+                atoms[e] = evaluate_atom(e, mats["grad"], mats["Sigma"], {k: float(v) for k, v in scal.items()})
+            return np.asarray(atoms[e], dtype=float).reshape([int(s) if s != dim else n for s in e.shape])
+        if isinstance(e, SignMean):
+            return sign_mean(M(e.mean), M(e.cov))
+        if isinstance(e, SignSecond):
+            return sign_second_moment(M(e.mean), M(e.cov))
+        if isinstance(e, sp.MatrixSymbol):
+            if e.name not in mats:
+                raise SdederiveError(f"evaluate: no value for the matrix symbol {e.name!r}")
+            return mats[e.name]
+        if isinstance(e, sp.Identity):
+            return np.eye(n)
+        if isinstance(e, sp.ZeroMatrix):
+            return np.zeros((n, n) if e.shape[1] != 1 else (n, 1))
+        if isinstance(e, sp.MatAdd):
+            return sum(M(a) for a in e.args)
+        if isinstance(e, sp.MatMul):
+            c, out = 1.0, None
+            for a in e.args:
+                if getattr(a, "is_Matrix", False):
+                    v = M(a)
+                    out = v if out is None else out @ v
+                else:
+                    c *= S(a)
+            return c * out
+        if isinstance(e, sp.Transpose):
+            return M(e.arg).T
+        if isinstance(e, sp.MatPow):
+            base, ex = M(e.base), e.exp
+            if ex == sp.S.Half:
+                return _psd_sqrt(base)
+            if ex.is_Integer:
+                return np.linalg.matrix_power(base, int(ex))
+            raise SdederiveError(f"evaluate: the matrix power {e} is not supported (only 1/2 and integers)")
+        raise SdederiveError(f"evaluate: cannot evaluate {type(e).__name__} {e}")
+
+    return M(expr)
+
+
+# -- JSON loading ----------------------------------------------------------------------------------------------------
+_VEC_FUNCTIONS = {k: SDE_FUNCTIONS[k] for k in ("sqrt", "Min", "Max", "Abs", "abs", "exp", "log")}
+
+
+def _transpose(a):
+    if not getattr(a, "is_Matrix", False):
+        raise TypeError(f"transpose of the scalar {a}")
+    return a.T
+
+
+_VEC_FUNCTIONS.update({"Trace": (sp.Trace, (1, 1)), "sign_mean": (SignMean, (2, 2)), "sign_second": (SignSecond, (2, 2)),
+                       "transpose": (_transpose, (1, 1)), "norm": (VNorm, (1, 1)), "dot": (VDot, (2, 2))})
+_MATRICES = {"grad": GRAD, "x": XVEC, "H": HESS, "Sigma": SIGMA, "I": IDENT}
+
+
+def _shape_mismatch(e) -> str | None:
+    """A product, sum or power in ``e`` whose shapes do not fit symbolically (sympy does not check them when
+    the dimension is a symbol: ``grad*grad`` would pass for ``d = 1``); ``None`` if all fit."""
+    for node in sp.preorder_traversal(e):
+        if isinstance(node, sp.MatMul):
+            mats = [a for a in node.args if getattr(a, "is_Matrix", False)]
+            for a, b in zip(mats, mats[1:]):
+                if a.shape[1] != b.shape[0]:
+                    return f"the product {a}*{b} of shapes {a.shape} and {b.shape}"
+        elif isinstance(node, sp.MatAdd):
+            if len({a.shape for a in node.args}) > 1:
+                return f"the sum {node} of different shapes"
+        elif isinstance(node, sp.MatPow) and node.base.shape[0] != node.base.shape[1]:
+            return f"the power {node} of a non-square matrix {node.base.shape}"
+    return None
+
+
+def _err(msg: str) -> SdederiveError:
+    return SdederiveError(f"vector SDE JSON: {msg} (see docs/vector.md for the schema)")
+
+
+def _from_json(cls, data) -> VectorSDE:
+    if isinstance(data, str):
+        try:
+            d = json.loads(data)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise _err(f"not valid JSON: {e}") from None
+    elif isinstance(data, Mapping):
+        d = dict(data)
+    else:
+        raise _err(f"expected JSON text or a dict; got {type(data).__name__}")
+    if not isinstance(d, Mapping) or d.get("kind") != "vector":
+        raise _err("the top level must be an object with \"kind\": \"vector\"")
+    required = ("optimizer", "noise", "regime", "tau", "drift", "diffusion", "covariance")
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise _err(f"missing key(s) {missing}")
+    allowed = set(required) | {"kind", "dimension", "states", "atoms", "symbols", "order", "notes", "hypers"}
+    unknown = sorted(str(k) for k in d if k not in allowed)
+    if unknown:
+        raise _err(f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    for k in ("optimizer", "noise", "regime"):
+        if not isinstance(d[k], str) or not IDENTIFIER.match(d[k].replace("-", "_").replace("+", "_")):
+            raise _err(f"{k} = {d[k]!r} is not a valid name")
+    hypers = d.get("hypers", [])
+    if not isinstance(hypers, list) or any(not isinstance(h, list) or len(h) != 3 or not isinstance(h[0], str)
+                                           or not IDENTIFIER.match(h[0]) for h in hypers):
+        raise _err("hypers must be a list of [name, kind, default]")
+    scalars = {h[0]: sym(h[0]) if h[0] in KNOWN else sym(h[0], positive=True) for h in hypers}
+    scalars.setdefault("eta", sym("eta"))
+    listed = d.get("symbols", [])
+    if not isinstance(listed, list) or not all(isinstance(n, str) and IDENTIFIER.match(n) for n in listed):
+        raise _err("symbols must be a list of names")
+    for n in listed:  # regime parameters such as r (rho = r*eta)
+        if n not in _MATRICES and n not in scalars:
+            scalars[n] = sym(n) if n in KNOWN else sym(n, positive=True)
+
+    def scalar_lookup(name: str):
+        return scalars.get(name)
+
+    atoms: dict[str, ExpectationAtom] = {}
+    raw = d.get("atoms", {})
+    if not isinstance(raw, Mapping):
+        raise _err("atoms must be an object name -> {tensor, integrand}")
+    for name, spec in raw.items():
+        if not isinstance(name, str) or not IDENTIFIER.match(name) or name in _MATRICES or name in scalars:
+            raise _err(f"atom name {name!r} is not allowed (an identifier not used by a matrix or hyperparameter)")
+        if not isinstance(spec, Mapping) or spec.get("tensor") not in _TENSORS or not isinstance(spec.get("integrand"), str):
+            raise _err(f"atom {name!r} = {str(spec)[:80]}: needs \"tensor\" in {sorted(_TENSORS)} and an \"integrand\" "
+                       "string in norm_g and the hyperparameters")
+        r = parse_expr(spec["integrand"], symbols=lambda n: NORM_G if n == "norm_g" else scalar_lookup(n),
+                       functions=_VEC_FUNCTIONS, what=f"vector SDE JSON atom {name}")
+        atoms[name] = ExpectationAtom(spec["tensor"], r)
+
+    def resolve(name: str):
+        return _MATRICES.get(name) or atoms.get(name) or scalar_lookup(name)
+
+    def P(key: str, shape) -> sp.MatrixExpr:
+        text = d[key]
+        if not isinstance(text, str):
+            raise _err(f"{key} must be an expression string")
+        try:
+            e = parse_expr(text, symbols=resolve, functions=_VEC_FUNCTIONS, what=f"vector SDE JSON {key}")
+        except SdederiveError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - shape errors of sympy's matrix algebra
+            raise _err(f"{key} = {text[:80]!r} is not a valid matrix expression ({type(exc).__name__}: {exc})") from None
+        if not getattr(e, "is_Matrix", False) or e.shape != shape:
+            raise _err(f"{key} = {text[:80]!r} is not a matrix expression of shape {shape}")
+        bad = _shape_mismatch(e)
+        if bad:
+            raise _err(f"{key} = {text[:80]!r}: {bad} (the shapes do not fit for a symbolic dimension d)")
+        return e
+
+    tau = parse_expr(d["tau"], symbols=scalar_lookup, what="vector SDE JSON tau")
+    order = d.get("order", 1)
+    if isinstance(order, bool) or order not in (1, 2):
+        raise _err(f"order = {order!r}; allowed: 1 or 2")
+    notes = d.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise _err("notes must be a list of strings")
+    if any(not isinstance(h[1], str) or not (h[2] is None or isinstance(h[2], (int, float))) for h in hypers):
+        raise _err("hypers must be a list of [name, kind, default]")
+    try:
+        drift, diff, cov = P("drift", (dim, 1)), P("diffusion", (dim, dim)), P("covariance", (dim, dim))
+    except ExpectationError:
+        raise
+    used = set()
+    for e in (drift, diff, cov):
+        used |= set(e.atoms(ExpectationAtom))
+    return cls(optimizer=d["optimizer"], noise=d["noise"], regime=d["regime"], tau=tau, drift_vector=drift,
+               diffusion_matrix_expr=diff, covariance_expr=cov, atoms=tuple(a for a in atoms.values() if a in used),
+               notes=tuple(notes), hypers=tuple(tuple(h) for h in hypers), order=order)

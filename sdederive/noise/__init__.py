@@ -25,7 +25,8 @@ import sympy as sp
 from sdederive.errors import ExpectationError, NoiseModelError, UnknownNameError
 from sdederive.symbols import sym
 
-__all__ = ["NoiseModel", "Gaussian", "StudentT", "get", "names", "student_t_sign_mean"]
+__all__ = ["NoiseModel", "Gaussian", "StudentT", "get", "names", "canonical_name", "kernel_fields",
+           "student_t_sign_mean"]
 
 _nu, _sigma, _sigma1, _B = sym("nu"), sym("sigma"), sym("sigma1"), sym("B")
 
@@ -277,12 +278,36 @@ def _freeze(v):
     return float(arr) if arr.ndim == 0 else tuple(arr.ravel().tolist())
 
 
+# The one alias table of noise names (the derivation, the problems, the CLI and the kernels all resolve
+# names through canonical_name).
 _NAMES = {"gaussian": "gaussian", "normal": "gaussian", "student-t": "student-t", "student_t": "student-t",
           "studentt": "student-t", "t": "student-t", "minibatch": "minibatch"}
+
+# The scalar parameters a noise model gives the simulation kernels (named fields of a problem's parameter
+# pack, sdederive.problems.base.ParamLayout): Student-t's degrees of freedom, read by the kernels' t sampler.
+_KERNEL_FIELDS = {"gaussian": (), "minibatch": (), "student-t": ("nu",)}
 
 
 def names() -> list[str]:
     return ["gaussian", "student-t", "minibatch"]
+
+
+def canonical_name(noise) -> str:
+    """The canonical name (``"gaussian"``, ``"student-t"``, ``"minibatch"``) of a noise name or alias
+    (``"normal"``, ``"student_t"``, ``"studentt"``, ``"t"``; case and surrounding blanks ignored), or of a
+    :class:`NoiseModel`; raises :class:`~sdederive.errors.UnknownNameError` for anything else."""
+    if isinstance(noise, NoiseModel):
+        return "minibatch" if noise.batch and noise.name == "gaussian" else noise.name
+    key = noise.strip().lower() if isinstance(noise, str) else None
+    if key not in _NAMES:
+        raise UnknownNameError("noise model", noise, names())
+    return _NAMES[key]
+
+
+def kernel_fields(noise) -> tuple[str, ...]:
+    """Names of the scalar kernel parameters of noise model ``noise`` (a name, an alias or a
+    :class:`NoiseModel`): ``("nu",)`` for Student-t, ``()`` for Gaussian noise."""
+    return _KERNEL_FIELDS[canonical_name(noise)]
 
 
 def get(noise, **params) -> NoiseModel:
@@ -290,9 +315,7 @@ def get(noise, **params) -> NoiseModel:
     ``sigma = sigma1/sqrt(B)``), or pass a :class:`NoiseModel` through."""
     if isinstance(noise, NoiseModel):
         return noise
-    if not isinstance(noise, str) or noise.strip().lower() not in _NAMES:
-        raise UnknownNameError("noise model", noise, names())
-    key = _NAMES[noise.strip().lower()]
+    key = canonical_name(noise)
     allowed = {"gaussian": ("sigma", "Sigma"), "minibatch": ("sigma", "Sigma"), "student-t": ("nu", "sigma")}[key]
     extra = sorted(set(params) - set(allowed))
     if extra:  # e.g. nu= with Gaussian noise (a TypeError from the constructor otherwise)

@@ -25,7 +25,7 @@ import sympy as sp
 from sdederive.errors import ExpectationError, NoiseModelError, UnknownNameError
 from sdederive.symbols import sym
 
-__all__ = ["NoiseModel", "Gaussian", "StudentT", "get", "names", "canonical_name", "kernel_fields",
+__all__ = ["NoiseModel", "Gaussian", "StudentT", "get", "names", "canonical_name", "aliases", "kernel_fields",
            "student_t_sign_mean"]
 
 _nu, _sigma, _sigma1, _B = sym("nu"), sym("sigma"), sym("sigma1"), sym("B")
@@ -302,6 +302,12 @@ def canonical_name(noise) -> str:
     if key not in _NAMES:
         raise UnknownNameError("noise model", noise, names())
     return _NAMES[key]
+
+
+def aliases(name: str) -> tuple[str, ...]:
+    """Every spelling :func:`canonical_name` maps to the canonical ``name`` (lower case)."""
+    canon = canonical_name(name)
+    return tuple(k for k, v in _NAMES.items() if v == canon)
 
 
 def kernel_fields(noise) -> tuple[str, ...]:

@@ -12,8 +12,9 @@ r"""Objective functions the simulators compile into their kernels, one module pe
 
 Every kind implements :class:`Problem` (:mod:`.base`): a typed parameter pack (:class:`ParamLayout`), kernel
 fragments for both backends and a numpy reference (``loss``, ``grad``, ``hvp``, ``hess_diag``,
-``noise_scale``), generated from one description per kind (:mod:`._code`).  A new kind is one module: a
-``Problem`` subclass with its ``code()``, ``fields()``, ``pack_values()`` and ``matrices()``.
+``noise_scale``), generated from one description per kind (:mod:`.description`).  A new kind is one module: a
+``Problem`` subclass with its ``code()``, ``fields()``, ``pack_values()`` and (if it has matrices)
+``matrices()``.
 :func:`from_dict` reads the JSON problem files of the CLI (:mod:`.io`).
 """
 
@@ -21,9 +22,10 @@ from __future__ import annotations
 
 from sdederive.problems.base import AbstractProblem, ParamLayout, Problem, ProblemError
 from sdederive.problems.custom import Custom
+from sdederive.problems.description import Loop, ProblemCode, Unrolled
 from sdederive.problems.io import from_dict, load
 from sdederive.problems.logistic import LogisticRegression
 from sdederive.problems.quadratic import Quadratic
 
 __all__ = ["Problem", "AbstractProblem", "ParamLayout", "Quadratic", "LogisticRegression", "Custom", "from_dict",
-           "load", "ProblemError"]
+           "load", "ProblemError", "ProblemCode", "Loop", "Unrolled"]

@@ -10,7 +10,7 @@ numpy reference and its kernel code.  The simulators see a problem only through 
 * :meth:`Problem.numba_fragment` / :meth:`Problem.cuda_fragment`: the kernel helpers ``prob_grad``,
   ``prob_loss``, ``prob_hvp``, ``prob_noise0`` (a noise scale constant in ``x``) and ``prob_corr`` (the
   correlated noise increment), generated from the kind's one description (:meth:`Problem.code`, see
-  :mod:`sdederive.problems._code`);
+  :mod:`sdederive.problems.description`);
 * the numpy reference :meth:`Problem.grad`, :meth:`Problem.loss`, :meth:`Problem.hvp`,
   :meth:`Problem.hess_diag`, :meth:`Problem.noise_scale`, evaluated from the same description.
 """
@@ -229,7 +229,7 @@ class Problem:
 
     # -- the description and the data ----------------------------------------------------------------
     def code(self):
-        """The kind's one description, a :class:`~sdederive.problems._code.ProblemCode`."""
+        """The kind's one description, a :class:`~sdederive.problems.description.ProblemCode`."""
         raise NotImplementedError(f"problem kind {self.kind!r} has no generated kernel code")
 
     def fields(self) -> tuple:
@@ -290,8 +290,14 @@ class Problem:
         raise NotImplementedError(f"problem kind {self.kind!r} draws no minibatches")
 
     def _arrays(self) -> dict:
-        """Description name -> numpy value, for the numpy reference (pack fields and matrices)."""
-        return {}
+        """Description name -> numpy value, for the numpy reference: the pack fields (:meth:`pack_values`) and
+        the matrices (:meth:`matrices`, under the names the description gives their slots)."""
+        out = dict(self.pack_values())
+        m = self.matrices()
+        for name, slot in self.code().matrices:
+            if slot in m:
+                out[name] = m[slot]
+        return out
 
     def _scalars(self) -> dict:
         return {}
@@ -307,7 +313,7 @@ class Problem:
 
     # -- numpy reference ----------------------------------------------------------------------------------
     def _eval(self, part: str, x, v=None) -> np.ndarray:
-        from sdederive.problems._code import evaluate
+        from sdederive.problems.description import evaluate
 
         code = getattr(self.code(), part)
         if code is None:

@@ -3,7 +3,7 @@ diagonal and Hessian-vector product by ``sympy.diff`` (the Hessian from ``sympy.
 for :class:`~sdederive.problems.quadratic.Quadratic` (per-coordinate ``sigma``).
 
 Its one description (:meth:`Custom.code`) is ``f`` itself: the derivatives are unrolled per coordinate
-(:class:`~sdederive.problems._code.Unrolled`) and printed for numba and CUDA after ``sympy.cse``; the numpy
+(:class:`~sdederive.problems.description.Unrolled`) and printed for numba and CUDA after ``sympy.cse``; the numpy
 reference evaluates the same expressions."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 import sympy as sp
 
 from sdederive._safe_expr import OBJECTIVE_FUNCTIONS, parse_expr
-from sdederive.problems._code import IX, Loop, ProblemCode, Unrolled, V, X, vec
 from sdederive.problems.base import Problem, ProblemError, _noise_kind, _vec
+from sdederive.problems.description import IX, Loop, ProblemCode, Unrolled, V, X, vec
 
 __all__ = ["Custom"]
 
@@ -59,9 +59,6 @@ class Custom(Problem):
         return (("sigma", "d"),)
 
     def pack_values(self) -> dict:
-        return {"sigma": self.sigma}
-
-    def _arrays(self) -> dict:
         return {"sigma": self.sigma}
 
     def hessian(self, x: np.ndarray) -> np.ndarray:

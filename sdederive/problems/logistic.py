@@ -10,7 +10,7 @@ This module owns the kind: its data and checks, its numpy reference (:meth:`Logi
 its kernel code for both backends, written by hand next to the numpy code (:data:`NUMBA_FRAGMENT`,
 :data:`CUDA_FRAGMENT`, and the minibatch gradient of the discrete kernels, :func:`numba_minibatch_grad` and
 :func:`cuda_minibatch_grad`).  Unlike the quadratic and custom kinds it is not generated from a
-:class:`~sdederive.problems._code.ProblemCode`: its gradient and noise scale share one pass over the examples
+:class:`~sdederive.problems.description.ProblemCode`: its gradient and noise scale share one pass over the examples
 (the per-example weights ``W[j]``, reused by the low-rank noise factor), which the loop IR does not express.
 The pack fields are ``l2`` and ``B`` (:meth:`LogisticRegression.fields`), read at their named offsets.
 """

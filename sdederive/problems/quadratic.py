@@ -3,7 +3,7 @@ gradient noise ``g = Hx + \xi`` with per-coordinate scale ``sigma`` (Gaussian or
 ``xi_i = sigma_i z_i``) or a full Gaussian covariance ``Sigma`` (``xi = L z``, ``L L^T = Sigma``).
 
 Its one description (:meth:`Quadratic.code`) gives the numba and CUDA kernel helpers and the numpy
-reference (:mod:`sdederive.problems._code`)."""
+reference (:mod:`sdederive.problems.description`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from sdederive.problems._code import IX, JX, D, Loop, ProblemCode, V, X, Z, dsum, mat, vec
 from sdederive.problems.base import Problem, ProblemError, _dim, _noise_kind, _psd_matrix, _vec
+from sdederive.problems.description import IX, JX, D, Loop, ProblemCode, V, X, Z, dsum, mat, vec
 
 __all__ = ["Quadratic"]
 
@@ -114,16 +114,6 @@ class Quadratic(Problem):
             out["PM"] = self.H
         if self.L is not None:
             out["PL"] = self.L
-        return out
-
-    def _arrays(self) -> dict:
-        out = {"sigma": self.sigma}
-        if self.H is None:
-            out["h"] = self.h
-        else:
-            out["H"] = self.H
-        if self.L is not None:
-            out["L"] = self.L
         return out
 
     def hessian(self) -> np.ndarray:

@@ -87,6 +87,10 @@ def test_kernel_hvp_matches_numpy(name):
     np.testing.assert_allclose(GR, p.grad(x), rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(HS, p.hess_diag(x), rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(ns["prob_loss"](x, PV, PM, PL, PY, W), p.loss(x), rtol=1e-12)
+    if name == "logistic":  # the minibatch HVP of the kernels (for SAM's second evaluation on the same batch)
+        idx = np.array([4, 4, 0, 39, 17], dtype=np.int64)
+        ns["prob_hvp_idx"](x, v, HV, idx, idx.size, PV, PM, PL, PY, W)
+        np.testing.assert_allclose(HV, p.hvp(x, v, idx=idx), rtol=1e-12, atol=1e-13)
 
 
 # -- the parameter pack ----------------------------------------------------------------------------------------

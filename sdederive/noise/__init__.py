@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import mpmath
 import numpy as np
@@ -52,6 +53,14 @@ class NoiseModel:
     batch: bool = False
     Sigma: tuple | None = field(default=None, compare=True)
     values: tuple = ()  # numeric values (name, value) checked at construction
+
+    #: the scalar parameters this model gives the simulation kernels: fields of a problem's parameter pack
+    #: (:class:`sdederive.problems.base.ParamLayout`), read by the kernels' samplers by name
+    kernel_fields: ClassVar[tuple] = ()
+
+    def kernel_values(self) -> dict:
+        """``{field: number}`` for :attr:`kernel_fields` (numeric parameters only)."""
+        return {}
 
     @property
     def scale(self) -> sp.Expr:
@@ -197,6 +206,13 @@ class StudentT(NoiseModel):
     name: str = "student-t"
     nu: object = None
 
+    kernel_fields: ClassVar[tuple] = ("nu",)  # the degrees of freedom of the kernels' t sampler
+
+    def kernel_values(self) -> dict:
+        if self.nu is None:
+            raise NoiseModelError("the kernels need a numeric nu for Student-t noise; got a symbolic nu")
+        return {"nu": float(self.nu)}
+
     def __init__(self, nu=None, sigma=None, batch: bool = False) -> None:
         nu = _check_nu(nu)
         _check_sigma(sigma)
@@ -283,9 +299,6 @@ def _freeze(v):
 _NAMES = {"gaussian": "gaussian", "normal": "gaussian", "student-t": "student-t", "student_t": "student-t",
           "studentt": "student-t", "t": "student-t", "minibatch": "minibatch"}
 
-# The scalar parameters a noise model gives the simulation kernels (named fields of a problem's parameter
-# pack, sdederive.problems.base.ParamLayout): Student-t's degrees of freedom, read by the kernels' t sampler.
-_KERNEL_FIELDS = {"gaussian": (), "minibatch": (), "student-t": ("nu",)}
 
 
 def names() -> list[str]:
@@ -312,8 +325,11 @@ def aliases(name: str) -> tuple[str, ...]:
 
 def kernel_fields(noise) -> tuple[str, ...]:
     """Names of the scalar kernel parameters of noise model ``noise`` (a name, an alias or a
-    :class:`NoiseModel`): ``("nu",)`` for Student-t, ``()`` for Gaussian noise."""
-    return _KERNEL_FIELDS[canonical_name(noise)]
+    :class:`NoiseModel`): the model class's :attr:`NoiseModel.kernel_fields`, ``("nu",)`` for Student-t,
+    ``()`` for Gaussian noise."""
+    if isinstance(noise, NoiseModel):
+        return noise.kernel_fields
+    return {"gaussian": Gaussian, "minibatch": Gaussian, "student-t": StudentT}[canonical_name(noise)].kernel_fields
 
 
 def get(noise, **params) -> NoiseModel:

@@ -101,7 +101,7 @@ class _Eval:
         self.funcs = _np_funcs()
 
     def __call__(self, e, axes: dict):
-        if e.is_Number:
+        if e.is_number and e.is_real is not False and not e.atoms(sp.Indexed):
             return float(e)
         if isinstance(e, sp.Symbol):
             if e in axes:  # an index used as a number

@@ -25,7 +25,8 @@ from sdederive.problems.base import Problem, ProblemError, _as_float_array, _vec
 
 __all__ = ["LogisticRegression", "NUMBA_FRAGMENT", "CUDA_FRAGMENT", "numba_minibatch_grad", "cuda_minibatch_grad"]
 
-# -- numba: gradient (GR), Hessian diagonal (HS), noise scale (SG), loss, HVP, low-rank noise factor ----------
+# -- numba: gradient (GR), Hessian diagonal (HS), noise scale (SG), loss, HVP (full batch; prob_hvp_idx: of a
+# minibatch of indices), low-rank noise factor ------------------------------------------------------------------
 # PM = A (n x d), PY = y, PV = pack (l2, B); W = work (>= 2n): the per-example weights -y*s
 NUMBA_FRAGMENT = '''
 @HELPER
@@ -103,6 +104,27 @@ def prob_hvp(xv, vv, HV, PV, PM, PL, PY, W):
         HV[i] = HV[i] / n + PV[P_l2] * vv[i]
 
 @HELPER
+def prob_hvp_idx(xv, vv, HV, IDX, nb, PV, PM, PL, PY, W):
+    # the HVP of the minibatch IDX[0:nb] (repeats count as often as drawn), ridge included
+    n, d = PM.shape
+{offsets}
+    for i in range(d):
+        HV[i] = 0.0
+    for q in range(nb):
+        j = IDX[q]
+        mg = 0.0
+        av = 0.0
+        for i in range(d):
+            mg += PM[j, i] * xv[i]
+            av += PM[j, i] * vv[i]
+        s = 1.0 / (1.0 + math.exp(PY[j] * mg))
+        c = s * (1.0 - s) * av
+        for i in range(d):
+            HV[i] += c * PM[j, i]
+    for i in range(d):
+        HV[i] = HV[i] / nb + PV[P_l2] * vv[i]
+
+@HELPER
 def prob_noise0(d, SG, PV, PM, PL, PY, W):
     for i in range(d):
         SG[i] = 0.0
@@ -172,6 +194,19 @@ __device__ void prob_hvp(const real *xv, const real *vv, real *HV, const double 
         for (int i = 0; i < D; ++i) HV[i] += c * (real)PM[j * D + i];
     }
     for (int i = 0; i < D; ++i) HV[i] = HV[i] / (real)NEX + (real)PV[P_l2] * vv[i];
+}
+__device__ void prob_hvp_idx(const real *xv, const real *vv, real *HV, const int *IDX, int nb, const double *PV,
+                             const double *PM, const double *PL, const double *PY, real *W) {
+    for (int i = 0; i < D; ++i) HV[i] = 0;
+    for (int q = 0; q < nb; ++q) {
+        const int j = IDX[q];
+        real mg = 0, av = 0;
+        for (int i = 0; i < D; ++i) { mg += (real)PM[j * D + i] * xv[i]; av += (real)PM[j * D + i] * vv[i]; }
+        const real s = (real)1 / ((real)1 + exp((real)PY[j] * mg));
+        const real c = s * ((real)1 - s) * av;
+        for (int i = 0; i < D; ++i) HV[i] += c * (real)PM[j * D + i];
+    }
+    for (int i = 0; i < D; ++i) HV[i] = HV[i] / (real)nb + (real)PV[P_l2] * vv[i];
 }
 __device__ void prob_noise0(real *SG, const double *PV, const double *PM, const double *PL, const double *PY,
                             real *W) {

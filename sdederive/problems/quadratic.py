@@ -7,6 +7,7 @@ reference (:mod:`sdederive.problems.description`)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,7 @@ __all__ = ["Quadratic"]
 _h, _sigma, _H, _L = vec("h"), vec("sigma"), mat("H"), mat("L")
 
 
+@functools.cache
 def _code(dense: bool, correlated: bool) -> ProblemCode:
     i, j = IX, JX
     if dense:

@@ -121,7 +121,10 @@ class _Eval:
                 raise SdederiveError(f"a reduction must run over 0..d-1; got {e.limits}")
             inner = dict(axes)
             inner[j] = len(axes)
-            val = self(e.function, inner)
+            body = e.function
+            if body.is_Mul and all(isinstance(a, sp.Indexed) or a.is_number for a in body.args):
+                return self._contract([self(a, inner) for a in body.args], len(axes))
+            val = self(body, inner)
             if np.ndim(val) == 0:
                 return float(val) * self.d
             # a body that does not depend on j (size 1 along its axis) counts d times
@@ -144,6 +147,31 @@ class _Eval:
         if isinstance(e, sp.Function) and e.func in self.funcs:
             return self.funcs[e.func](*[self(a, axes) for a in e.args])
         raise SdederiveError(f"the numpy reference cannot evaluate {sp.sstr(e)[:80]} of a problem description")
+
+    def _contract(self, factors: list, k: int):
+        """``sum_j prod(factors)`` over the last of ``nb + k + 1`` axes by ``numpy.einsum``, without forming the
+        broadcast product (a dense ``H[i, j] x[j]`` of many points stays ``O(points * d)`` in memory)."""
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        n = self.nb + k + 1
+        scale, ops, subs, used = 1.0, [], [], set()
+        for f in factors:
+            if np.ndim(f) == 0:
+                scale *= float(f)
+                continue
+            keep = [ax for ax in range(n) if f.shape[ax] != 1]
+            ops.append(f.reshape([f.shape[ax] for ax in keep]))
+            subs.append("".join(letters[ax] for ax in keep))
+            used.update(keep)
+        out_axes = sorted(ax for ax in used if ax != n - 1)
+        if n - 1 not in used:  # the summed index appears in no factor: d equal terms
+            scale *= self.d
+        if not ops:
+            return scale
+        val = np.einsum(",".join(subs) + "->" + "".join(letters[ax] for ax in out_axes), *ops)
+        shape = [1] * (n - 1)
+        for ax, size in zip(out_axes, val.shape):
+            shape[ax] = size
+        return scale * val.reshape(shape)
 
     @property
     def d(self) -> int:

@@ -15,7 +15,7 @@ import sdederive as sd
 from sdederive import noise as noise_mod
 from sdederive.errors import SdederiveError, UnknownNameError
 from sdederive.problems import Custom, LogisticRegression, ParamLayout, Problem, ProblemCode, Quadratic
-from sdederive.problems.description import IX, D, Loop, V, X, vec
+from sdederive.problems.description import IX, JX, D, Loop, V, X, dsum, vec
 from sdederive.simulate.backends import cuda_backend, numba_backend
 from sdederive.simulate.spec import discrete_spec, sde_spec
 
@@ -246,3 +246,23 @@ def test_new_kind_sde_kernel_and_cuda_source():
     assert "prob_noise0(SG, PV, PM, PL, PY, W);" in src and "#define P_sigma (2 * D)" in src
     if cuda_backend.nvrtc_available():
         assert cuda_backend.compile_check(src)["cubin_bytes"] > 0
+
+
+def test_hessian_coupling_is_read_from_the_description():
+    """The order-2 SDE's per-coordinate correction needs a diagonal Hessian; a new kind's description says
+    whether it has one (its HVP reads only v[i]) without the simulator knowing the kind."""
+    assert SeparableQuartic(A4, B4, S4, X04).hessian_coupling() is None
+
+    @dataclass(frozen=True, eq=False)
+    class Coupled(SeparableQuartic):
+        kind = "coupled_quartic"
+
+        def code(self) -> ProblemCode:
+            c = super().code()
+            # the HVP of f + (sum_i x_i)^2 / 2 adds sum_j v_j to every coordinate
+            return ProblemCode(grad=c.grad, hess_diag=c.hess_diag, hvp=Loop(c.hvp.expr + dsum(V[JX])), loss=c.loss,
+                               fields=c.fields, noise_scale=c.noise_scale)
+
+    assert "mixes coordinates" in Coupled(A4, B4, S4, X04).hessian_coupling()
+    assert Custom("x_0*x_1", sigma=[1, 1], x0=[1, 1]).hessian_coupling()
+    assert Quadratic(h=[1.0, 2.0], sigma=1.0, x0=[1, 1]).hessian_coupling() is None

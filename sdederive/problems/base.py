@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import sympy as sp
 
 from sdederive import noise as noise_mod
 from sdederive.errors import NoiseModelError, SdederiveError, UnknownNameError
@@ -280,6 +281,23 @@ class Problem:
     def has_noise_factor(self) -> bool:
         """Whether the kernels' ``prob_corr`` applies a correlated noise factor (``xi = L z``, or a low-rank one)."""
         return self.code().noise_factor is not None
+
+    def hessian_coupling(self) -> str | None:
+        """Why the Hessian couples coordinates (a phrase for error messages), or ``None`` where it is diagonal:
+        the per-coordinate order-2 SDE needs a diagonal one.  From the description: a Hessian-vector product
+        that sums over coordinates, or whose coordinate ``i`` reads ``v[j]`` for ``j != i``."""
+        from sdederive.problems.description import IX, Loop, Unrolled, V
+
+        hvp = self.code().hvp
+        if isinstance(hvp, Loop):
+            uses = {a.indices[0] for a in hvp.expr.atoms(sp.Indexed) if a.base == V}
+            if hvp.expr.atoms(sp.Sum) or uses - {IX}:
+                return f"a {self.kind} problem whose Hessian-vector product mixes coordinates"
+        elif isinstance(hvp, Unrolled):
+            for i, e in enumerate(hvp.exprs):
+                if {a.indices[0] for a in e.atoms(sp.Indexed) if a.base == V} - {sp.Integer(i)}:
+                    return f"a {self.kind} problem whose Hessian is not diagonal"
+        return None
 
     def numba_minibatch_grad(self, ind: str) -> list[str]:
         """Kernel lines computing the discrete optimizer's minibatch gradient ``G`` (kinds with ``minibatch``)."""

@@ -61,6 +61,12 @@ class Custom(Problem):
     def pack_values(self) -> dict:
         return {"sigma": self.sigma}
 
+    def hessian_coupling(self) -> str | None:
+        xs = self.xs
+        if any(sp.diff(self.f, xs[i], xs[j]) != 0 for i in range(len(xs)) for j in range(i + 1, len(xs))):
+            return "a custom loss whose Hessian is not diagonal (f is not a sum of functions of one coordinate)"
+        return None
+
     def hessian(self, x: np.ndarray) -> np.ndarray:
         """The ``d x d`` Hessian at ``x`` (``sympy.hessian`` of ``f``)."""
         fn = sp.lambdify([self.xs], sp.hessian(self.f, self.xs), "numpy")

@@ -344,6 +344,9 @@ class LogisticRegression(Problem):
     def cuda_minibatch_grad(self, ind: str) -> list[str]:
         return cuda_minibatch_grad(ind)
 
+    def hessian_coupling(self) -> str | None:
+        return "logistic regression (its Hessian A^T W A/n couples the coordinates)" if self.d > 1 else None
+
     def numba_fragment(self) -> str:
         return NUMBA_FRAGMENT.replace("{offsets}", self.layout().numba_offsets("    "))
 

@@ -118,6 +118,11 @@ class Quadratic(Problem):
             out["PL"] = self.L
         return out
 
+    def hessian_coupling(self) -> str | None:
+        if self.H is not None and not np.array_equal(self.H, np.diag(np.diag(self.H))):
+            return "a quadratic with a non-diagonal H"
+        return None
+
     def hessian(self) -> np.ndarray:
         """The ``d x d`` Hessian ``H`` (``diag(h)`` for a diagonal quadratic)."""
         return self.H if self.H is not None else np.diag(self.h)

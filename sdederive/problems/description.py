@@ -112,6 +112,8 @@ class _Eval:
                 return np.arange(n, dtype=float).reshape(shape)
             if e.name in self.scalars:
                 return float(self.scalars[e.name])
+            if e.name in self.arrays and np.size(self.arrays[e.name]) == 1:  # a scalar field of the pack
+                return float(np.asarray(self.arrays[e.name], float).ravel()[0])
             raise SdederiveError(f"the problem description uses {e} but no value is given for it")
         if isinstance(e, sp.Indexed):
             return self._indexed(e, axes)
@@ -141,7 +143,7 @@ class _Eval:
             return out
         if e.is_Pow:
             b, p = self(e.base, axes), self(e.exp, axes)
-            if p == 0.5:
+            if np.ndim(p) == 0 and p == 0.5:
                 return np.sqrt(b)
             return np.power(b, p)
         if isinstance(e, sp.Function) and e.func in self.funcs:

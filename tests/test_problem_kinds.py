@@ -4,7 +4,10 @@ NEW problem kind written as one class (here, in this file) that simulates withou
 
 from __future__ import annotations
 
+import ctypes
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +21,7 @@ from sdederive.problems import Custom, LogisticRegression, ParamLayout, Problem,
 from sdederive.problems.description import IX, JX, D, Loop, V, X, dsum, vec
 from sdederive.simulate.backends import cuda_backend, numba_backend
 from sdederive.simulate.spec import discrete_spec, sde_spec
+from tests.helpers import CUDA_BUILTINS_ON_HOST
 
 RNG = np.random.default_rng(11)
 
@@ -91,6 +95,55 @@ def test_kernel_hvp_matches_numpy(name):
         idx = np.array([4, 4, 0, 39, 17], dtype=np.int64)
         ns["prob_hvp_idx"](x, v, HV, idx, idx.size, PV, PM, PL, PY, W)
         np.testing.assert_allclose(HV, p.hvp(x, v, idx=idx), rtol=1e-12, atol=1e-13)
+
+
+_HOST_SHIM = r"""
+#include <cmath>
+using std::sqrt; using std::exp; using std::log; using std::log1p; using std::fabs; using std::pow;
+using std::erf; using std::erfc; using std::atan; using std::tanh; using std::sin; using std::cos;
+""" + CUDA_BUILTINS_ON_HOST
+
+_HOST_WRAPPERS = r"""
+#define ARR const double *PV, const double *PM, const double *PL, const double *PY
+extern "C" void t_hvp(const double *x, const double *v, double *HV, ARR) {
+    real W[2 * NEX + 4]; prob_hvp(x, v, HV, PV, PM, PL, PY, W); }
+extern "C" void t_grad(const double *x, double *GR, double *HS, double *SG, ARR) {
+    real W[2 * NEX + 4]; prob_noise0(SG, PV, PM, PL, PY, W); prob_grad(x, GR, HS, SG, PV, PM, PL, PY, W, true, true); }
+extern "C" double t_loss(const double *x, ARR) { real W[2 * NEX + 4]; return prob_loss(x, PV, PM, PL, PY, W); }
+"""
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build the CUDA fragment as host code")
+@pytest.mark.parametrize("name", ["diag", "dense", "custom", "logistic"])
+def test_cuda_fragment_executes_on_the_host_and_matches_numpy(name, tmp_path):
+    """The CUDA fragment (generated, or logistic's hand-written one) built as host C++ (as in
+    tests/test_cuda_host.py) and called through ctypes: its HVP, gradient, Hessian diagonal, noise scale
+    and loss agree with the numpy reference."""
+    p = _problems()[name]
+    nex = p.n if p.minibatch else 1
+    src = (_HOST_SHIM + f"#define D {p.d}\n#define NEX {nex}\ntypedef double real;\n" + p.cuda_fragment("double")
+           + _HOST_WRAPPERS)
+    (tmp_path / "f.cpp").write_text(src)
+    r = subprocess.run(["g++", "-O1", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-o",
+                        str(tmp_path / "f.so"), str(tmp_path / "f.cpp")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[:3000]
+    lib = ctypes.CDLL(str(tmp_path / "f.so"))
+    lib.t_loss.restype = ctypes.c_double
+    PV, PM, PL, PY = (np.ascontiguousarray(a, dtype=np.float64) for a in p.kernel_arrays())
+
+    def ptr(a):
+        return a.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+
+    arr = [ptr(PV), ptr(PM), ptr(PL), ptr(PY)]
+    x, v = RNG.standard_normal(p.d), RNG.standard_normal(p.d)
+    HV, GR, HS, SG = (np.zeros(p.d) for _ in range(4))
+    lib.t_hvp(ptr(x), ptr(v), ptr(HV), *arr)
+    lib.t_grad(ptr(x), ptr(GR), ptr(HS), ptr(SG), *arr)
+    np.testing.assert_allclose(HV, p.hvp(x, v), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(GR, p.grad(x), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(HS, p.hess_diag(x), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(SG, p.noise_scale(x), rtol=1e-12, atol=1e-13)
+    assert lib.t_loss(ptr(x), *arr) == pytest.approx(float(p.loss(x)), rel=1e-12)
 
 
 # -- the parameter pack ----------------------------------------------------------------------------------------

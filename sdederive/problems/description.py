@@ -429,8 +429,9 @@ class ProblemCode:
     ``grad``, ``hess_diag``, ``hvp`` (a function of :data:`V`), ``noise_scale`` (constant in ``x``; ``None``
     when the kind computes it with its gradient) and ``noise_factor`` (``xi_i`` as a function of :data:`Z`;
     ``None`` when the noise is per coordinate) are :class:`Loop` or :class:`Unrolled`; ``loss`` a scalar
-    expression.  ``fields``: the pack fields the expressions read (vector fields as ``IndexedBase``,
-    scalars as symbols); ``matrices``: description name -> kernel array slot (``{"H": "PM"}``)."""
+    expression.  ``fields``: pack fields the expressions read besides those of the problem's
+    :class:`~sdederive.problems.base.ParamLayout` (which the printers know; vector fields appear as
+    ``IndexedBase``, scalars as symbols); ``matrices``: description name -> kernel array slot (``{"H": "PM"}``)."""
 
     grad: object
     hess_diag: object
@@ -445,7 +446,7 @@ class ProblemCode:
     def numba(self, layout) -> str:
         """The numba fragment: ``prob_grad``, ``prob_loss``, ``prob_hvp``, ``prob_noise0`` and ``prob_corr``
         (the helpers every kernel calls), offsets from ``layout``."""
-        pr = _printers()[0](set(self.fields), dict(self.matrices))
+        pr = _printers()[0](set(self.fields) | set(layout.names), dict(self.matrices))
         offs = layout.numba_offsets("    ")
         sig = "PV, PM, PL, PY, W"
         out = []
@@ -470,7 +471,7 @@ class ProblemCode:
     # -- CUDA ---------------------------------------------------------------------------------------------
     def cuda(self, layout, real: str) -> str:
         """The CUDA C fragment with the same functions (``__device__``), offsets as ``#define`` constants."""
-        pr = _printers()[1](set(self.fields), dict(self.matrices), real)
+        pr = _printers()[1](set(self.fields) | set(layout.names), dict(self.matrices), real)
         arr = "const double *PV, const double *PM, const double *PL, const double *PY, real *W"
         out = [layout.c_defines()]
         g = _c_vector(self.grad, "GR", "    ", pr, "c", real)

@@ -24,6 +24,7 @@ import sympy as sp
 
 from sdederive import noise as noise_mod
 from sdederive.errors import NoiseModelError, SdederiveError, UnknownNameError
+from sdederive.problems.description import IX, Loop, Unrolled, V, evaluate
 
 __all__ = ["Problem", "AbstractProblem", "ParamLayout", "ProblemError"]
 
@@ -249,8 +250,9 @@ class Problem:
     def pack(self) -> np.ndarray:
         """``PV``, filled by name."""
         vals = dict(self.pack_values())
-        if "nu" in self.layout().names:
-            vals["nu"] = self.nu
+        for name in self.layout().names:  # the noise model's kernel parameters (Student-t's nu)
+            if name not in vals and getattr(self, name, None) is not None:
+                vals[name] = getattr(self, name)
         return self.layout().pack(self.d, vals)
 
     def matrices(self) -> dict:
@@ -286,8 +288,6 @@ class Problem:
         """Why the Hessian couples coordinates (a phrase for error messages), or ``None`` where it is diagonal:
         the per-coordinate order-2 SDE needs a diagonal one.  From the description: a Hessian-vector product
         that sums over coordinates, or whose coordinate ``i`` reads ``v[j]`` for ``j != i``."""
-        from sdederive.problems.description import IX, Loop, Unrolled, V
-
         hvp = self.code().hvp
         if isinstance(hvp, Loop):
             uses = {a.indices[0] for a in hvp.expr.atoms(sp.Indexed) if a.base == V}
@@ -331,8 +331,6 @@ class Problem:
 
     # -- numpy reference ----------------------------------------------------------------------------------
     def _eval(self, part: str, x, v=None) -> np.ndarray:
-        from sdederive.problems.description import evaluate
-
         code = getattr(self.code(), part)
         if code is None:
             raise SdederiveError(f"a {self.kind} problem has no {part.replace('_', ' ')}")

@@ -35,11 +35,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import sympy as sp
 
 from sdederive import regimes as _reg
 from sdederive.errors import SdederiveError
-from sdederive.problems import LogisticRegression, Problem, Quadratic
+from sdederive.problems import Problem
 
 __all__ = ["RegimeCheck", "RegimeWarning", "regime_check", "grad_and_noise"]
 
@@ -94,14 +93,8 @@ def grad_and_noise(problem: Problem, x: np.ndarray | None = None) -> tuple[np.nd
     """``(grad f(x), sigma(x))`` per coordinate (default ``x = x0``): the true gradient and the
     gradient-noise scale the SDE uses (logistic regression: per-example spread over ``sqrt(B)``)."""
     x = problem.x0 if x is None else np.asarray(x, float)
-    if isinstance(problem, LogisticRegression):
-        G = problem.per_example_grads(x)
-        return G.mean(0), np.sqrt(np.mean((G - G.mean(0)) ** 2, axis=0) / problem.B)
-    if isinstance(problem, Quadratic):
-        sig = problem.sigma if problem.sigma is not None else np.sqrt(np.diag(problem.Sigma))
-        return problem.hessian() @ x, np.asarray(sig, float)
-    fn = sp.lambdify([problem.xs], [sp.diff(problem.f, xi) for xi in problem.xs], "numpy")
-    return np.asarray(fn(x), float), np.asarray(problem.sigma, float)
+    # the problem's own numpy reference (sdederive.problems: from the same description as its kernels)
+    return np.asarray(problem.grad(x), float), np.asarray(problem.noise_scale(x), float)
 
 
 def _power(etas: np.ndarray, q: np.ndarray) -> float:

@@ -49,7 +49,7 @@ def _noise_params(args) -> dict:
     if args.nu is None:
         return {}
     key = str(args.noise).strip().lower()
-    if key not in ("student-t", "student_t", "studentt", "t"):
+    if key not in noise_mod.aliases("student-t"):
         noise_mod.get(args.noise)  # an unknown noise name is the clearer error
         raise SdederiveError(f"--nu={args.nu} applies only to --noise student-t (got --noise {args.noise})")
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import mpmath
 import numpy as np
@@ -25,7 +26,8 @@ import sympy as sp
 from sdederive.errors import ExpectationError, NoiseModelError, UnknownNameError
 from sdederive.symbols import sym
 
-__all__ = ["NoiseModel", "Gaussian", "StudentT", "get", "names", "student_t_sign_mean"]
+__all__ = ["NoiseModel", "Gaussian", "StudentT", "get", "names", "canonical_name", "aliases", "kernel_fields",
+           "student_t_sign_mean"]
 
 _nu, _sigma, _sigma1, _B = sym("nu"), sym("sigma"), sym("sigma1"), sym("B")
 
@@ -51,6 +53,14 @@ class NoiseModel:
     batch: bool = False
     Sigma: tuple | None = field(default=None, compare=True)
     values: tuple = ()  # numeric values (name, value) checked at construction
+
+    #: the scalar parameters this model gives the simulation kernels: fields of a problem's parameter pack
+    #: (:class:`sdederive.problems.base.ParamLayout`), read by the kernels' samplers by name
+    kernel_fields: ClassVar[tuple] = ()
+
+    def kernel_values(self) -> dict:
+        """``{field: number}`` for :attr:`kernel_fields` (numeric parameters only)."""
+        return {}
 
     @property
     def scale(self) -> sp.Expr:
@@ -196,6 +206,13 @@ class StudentT(NoiseModel):
     name: str = "student-t"
     nu: object = None
 
+    kernel_fields: ClassVar[tuple] = ("nu",)  # the degrees of freedom of the kernels' t sampler
+
+    def kernel_values(self) -> dict:
+        if self.nu is None:
+            raise NoiseModelError("the kernels need a numeric nu for Student-t noise; got a symbolic nu")
+        return {"nu": float(self.nu)}
+
     def __init__(self, nu=None, sigma=None, batch: bool = False) -> None:
         nu = _check_nu(nu)
         _check_sigma(sigma)
@@ -277,12 +294,42 @@ def _freeze(v):
     return float(arr) if arr.ndim == 0 else tuple(arr.ravel().tolist())
 
 
+# The one alias table of noise names (the derivation, the problems, the CLI and the kernels all resolve
+# names through canonical_name).
 _NAMES = {"gaussian": "gaussian", "normal": "gaussian", "student-t": "student-t", "student_t": "student-t",
           "studentt": "student-t", "t": "student-t", "minibatch": "minibatch"}
 
 
+
 def names() -> list[str]:
     return ["gaussian", "student-t", "minibatch"]
+
+
+def canonical_name(noise) -> str:
+    """The canonical name (``"gaussian"``, ``"student-t"``, ``"minibatch"``) of a noise name or alias
+    (``"normal"``, ``"student_t"``, ``"studentt"``, ``"t"``; case and surrounding blanks ignored), or of a
+    :class:`NoiseModel`; raises :class:`~sdederive.errors.UnknownNameError` for anything else."""
+    if isinstance(noise, NoiseModel):
+        return "minibatch" if noise.batch and noise.name == "gaussian" else noise.name
+    key = noise.strip().lower() if isinstance(noise, str) else None
+    if key not in _NAMES:
+        raise UnknownNameError("noise model", noise, names())
+    return _NAMES[key]
+
+
+def aliases(name: str) -> tuple[str, ...]:
+    """Every spelling :func:`canonical_name` maps to the canonical ``name`` (lower case)."""
+    canon = canonical_name(name)
+    return tuple(k for k, v in _NAMES.items() if v == canon)
+
+
+def kernel_fields(noise) -> tuple[str, ...]:
+    """Names of the scalar kernel parameters of noise model ``noise`` (a name, an alias or a
+    :class:`NoiseModel`): the model class's :attr:`NoiseModel.kernel_fields`, ``("nu",)`` for Student-t,
+    ``()`` for Gaussian noise."""
+    if isinstance(noise, NoiseModel):
+        return noise.kernel_fields
+    return {"gaussian": Gaussian, "minibatch": Gaussian, "student-t": StudentT}[canonical_name(noise)].kernel_fields
 
 
 def get(noise, **params) -> NoiseModel:
@@ -290,9 +337,7 @@ def get(noise, **params) -> NoiseModel:
     ``sigma = sigma1/sqrt(B)``), or pass a :class:`NoiseModel` through."""
     if isinstance(noise, NoiseModel):
         return noise
-    if not isinstance(noise, str) or noise.strip().lower() not in _NAMES:
-        raise UnknownNameError("noise model", noise, names())
-    key = _NAMES[noise.strip().lower()]
+    key = canonical_name(noise)
     allowed = {"gaussian": ("sigma", "Sigma"), "minibatch": ("sigma", "Sigma"), "student-t": ("nu", "sigma")}[key]
     extra = sorted(set(params) - set(allowed))
     if extra:  # e.g. nu= with Gaussian noise (a TypeError from the constructor otherwise)

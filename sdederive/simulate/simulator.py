@@ -33,7 +33,7 @@ import sympy as sp
 
 from sdederive import regimes as _reg
 from sdederive.errors import DivergenceError, HyperparameterError, SdederiveError, UnknownNameError
-from sdederive.problems import LogisticRegression, Problem, Quadratic
+from sdederive.problems import Problem
 from sdederive.sde import SDE
 from sdederive.simulate._memory import fmt_bytes
 from sdederive.simulate._quadrature import break_points, noise_expectation
@@ -229,29 +229,21 @@ class Simulator:
             if s in hv:
                 out.append(hv[s])
             elif s == "nu":
-                if self.problem.nu is None:
+                if self.problem.kernel_scalar("nu") is None:
                     raise SdederiveError("the SDE uses nu (Student-t noise) but the problem has Gaussian noise")
-                out.append(self.problem.nu)
+                out.append(self.problem.kernel_scalar("nu"))
             elif s == "B":
-                out.append(float(getattr(self.problem, "B", 1)))
+                b = self.problem.kernel_scalar("B")
+                out.append(1.0 if b is None else float(b))
             else:  # pragma: no cover - spec construction refuses these
                 raise SdederiveError(f"no value for kernel parameter {s!r}")
         return np.array(out + [0.0], dtype=np.float64)
 
     # -- problem data -----------------------------------------------------------------------------
     def _problem_arrays(self):
-        p = self.problem
-        d = p.d
-        empty2 = np.zeros((1, 1))
-        if isinstance(p, LogisticRegression):
-            return np.array([p.l2, float(p.B)]), p.A, empty2, p.y
-        nu = [p.nu if p.nu is not None else 0.0]
-        if isinstance(p, Quadratic):
-            hv = p.h if p.H is None else np.zeros(d)
-            PM = p.H if p.H is not None else empty2
-            PL = p.L if p.L is not None else empty2
-            return np.concatenate([hv, p.sigma, nu]), np.ascontiguousarray(PM), np.ascontiguousarray(PL), np.zeros(1)
-        return np.concatenate([np.zeros(d), p.sigma, nu]), empty2, empty2, np.zeros(1)
+        """``(PV, PM, PL, PY)``: the problem's parameter pack (filled by field name, read by the kernels at the
+        named offsets of its :class:`~sdederive.problems.base.ParamLayout`) and its matrix/label slots."""
+        return self.problem.kernel_arrays()
 
     # -- initial state ----------------------------------------------------------------------------
     def _discrete_init(self, opt) -> dict:
@@ -310,20 +302,10 @@ class Simulator:
         return (1 if offset else 0), out
 
     def _noise_scale_at(self, x: np.ndarray) -> np.ndarray:
-        p = self.problem
-        if isinstance(p, LogisticRegression):
-            G = p.per_example_grads(x)
-            return np.sqrt(np.mean((G - G.mean(0)) ** 2, axis=0) / p.B)
-        return p.sigma
+        return np.asarray(self.problem.noise_scale(x), float)
 
     def _grad_at(self, x):
-        p = self.problem
-        if isinstance(p, Quadratic):  # h*x for a diagonal one: no d x d matrix
-            return p.h * x if p.H is None else p.H @ x
-        if isinstance(p, LogisticRegression):
-            return p.per_example_grads(x).mean(0)
-        fn = sp.lambdify([p.xs], [sp.diff(p.f, xi) for xi in p.xs], "numpy")
-        return np.asarray(fn(x), float)
+        return np.asarray(self.problem.grad(x), float)
 
     def _expected_first_step(self, opt, hv: dict) -> dict:
         """``E[s_1]`` per coordinate over ``g = grad(x0) + sigma z``, all coordinates at once
@@ -511,7 +493,7 @@ class Simulator:
         per_path = 8.0 * (S * d + 1)
         stats = 8.0 * nblk * (n_save + 1) * (2 * nobs + 1) + 8.0 * 4 * (n_save + 1) * nobs
         work = 0.0
-        if isinstance(self.problem, LogisticRegression) and self.mode == "discrete":
+        if self.problem.minibatch and self.mode == "discrete":
             work = 8.0 * (self.problem.B + 4) * min(nblk, threads or _default_threads())
         need = per_path * paths + stats + work
         parts = [f"{paths} paths x {S} state(s) x d={d}: {fmt_bytes(per_path * paths)}",
@@ -677,8 +659,7 @@ def compile(obj, problem: Problem, backend: str = "numba", dtype: str = "float64
         raise UnknownNameError("scheme", scheme, _SCHEMES)
     if not isinstance(problem, Problem):
         raise SdederiveError(f"problem must be a sdederive.problems.Problem, got {type(problem).__name__}")
-    correlated = bool(getattr(problem, "Sigma", None) is not None and problem.correlated) or isinstance(
-        problem, LogisticRegression)
+    correlated = bool(problem.correlated)
     if isinstance(obj, SDE):
         _check_noise_match(obj, problem)
         spec = sde_spec(obj, problem, correlated=correlated)

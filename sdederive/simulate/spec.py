@@ -212,21 +212,7 @@ def _require_diagonal_hessian(sde: SDE, problem: Problem) -> None:
     """The order-2 drift is derived per coordinate: its ``(grad b0) b0`` term uses ``hess`` =
     ``d grad_i/dx_i`` only, so on a problem whose Hessian couples coordinates it misses ``H grad``'s
     off-diagonal part and the SDE is only first order.  Refuse such a problem."""
-    import numpy as np
-
-    from sdederive.problems import Custom, LogisticRegression, Quadratic
-
-    why = None
-    if isinstance(problem, Quadratic) and problem.H is not None:
-        H = np.asarray(problem.H, dtype=float)
-        if not np.array_equal(H, np.diag(np.diag(H))):
-            why = "a quadratic with a non-diagonal H"
-    elif isinstance(problem, LogisticRegression) and problem.d > 1:
-        why = "logistic regression (its Hessian A^T W A/n couples the coordinates)"
-    elif isinstance(problem, Custom):
-        xs = problem.xs
-        if any(sp.diff(problem.f, xs[i], xs[j]) != 0 for i in range(len(xs)) for j in range(i + 1, len(xs))):
-            why = "a custom loss whose Hessian is not diagonal (f is not a sum of functions of one coordinate)"
+    why = problem.hessian_coupling()  # each problem kind knows its Hessian's structure
     if why:
         raise CodegenError(
             f"the order-2 SDE of {sde.optimizer} assumes a diagonal Hessian (its correction uses hess = "

@@ -18,8 +18,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import sympy as sp
-
 from sdederive.simulate.backends.base import (
     AbstractBackend,
     BackendUnavailableError,
@@ -29,7 +27,7 @@ from sdederive.simulate.backends.base import (
 )
 from sdederive.simulate.backends.cuda_printer import print_c
 from sdederive.simulate.backends.registry import register_backend
-from sdederive.simulate.lower import CodegenError, cse_assignments
+from sdederive.simulate.lower import CodegenError
 from sdederive.simulate.rng.philox_c import CUDA_SOURCE
 from sdederive.simulate.spec import KernelSpec, check_names
 
@@ -59,119 +57,30 @@ def _device_fn(name: str, spec: KernelSpec, a, what: str, real: str) -> str:
     return f"__device__ __forceinline__ void {name}({sig}) {{\n{body}\n{stores}\n}}\n"
 
 
-def _custom_fragment(problem, real: str) -> str:
-    xs = problem.xs
-    # a symbol named "xv[i]" prints as the array element (the C printer wants ranges for Indexed)
-    sub = {x: sp.Symbol(f"xv[{i}]", real=True) for i, x in enumerate(xs)}
-    g = cse_assignments([(f"g_{i}", sp.diff(problem.f, x).xreplace(sub)) for i, x in enumerate(xs)], "c")
-    h = cse_assignments([(f"h_{i}", sp.diff(problem.f, x, 2).xreplace(sub)) for i, x in enumerate(xs)], "e")
-    lo = cse_assignments([("loss", problem.f.xreplace(sub))], "f")
-    gs = "\n".join(f"    GR[{i}] = g_{i};" for i in range(len(xs)))
-    hs = "\n".join(f"        HS[{i}] = h_{i};" for i in range(len(xs)))
-    return (f"__device__ void prob_grad(const real *xv, real *GR, real *HS, real *SG, const double *PV, "
-            f"const double *PM, const double *PL, const double *PY, real *W, bool need_hs, bool need_sg) {{\n"
-            f"{print_c(g, '    ', real)}\n{gs}\n    if (need_hs) {{\n{print_c(h, '        ', real)}\n{hs}\n    }}\n}}\n"
-            f"__device__ real prob_loss(const real *xv, const double *PV, const double *PM, const double *PL, "
-            f"const double *PY, real *W) {{\n{print_c(lo, '    ', real)}\n    return loss;\n}}\n")
-
-
-_PROBLEM = {
-    "quadratic_diag": r"""
-__device__ void prob_grad(const real *xv, real *GR, real *HS, real *SG, const double *PV, const double *PM,
-                          const double *PL, const double *PY, real *W, bool need_hs, bool need_sg) {
-    for (int i = 0; i < D; ++i) GR[i] = (real)PV[i] * xv[i];
-    if (need_hs) for (int i = 0; i < D; ++i) HS[i] = (real)PV[i];
-}
-__device__ real prob_loss(const real *xv, const double *PV, const double *PM, const double *PL, const double *PY,
-                          real *W) {
-    real acc = 0;
-    for (int i = 0; i < D; ++i) acc += (real)0.5 * (real)PV[i] * xv[i] * xv[i];
-    return acc;
-}
-""",
-    "quadratic_dense": r"""
-__device__ void prob_grad(const real *xv, real *GR, real *HS, real *SG, const double *PV, const double *PM,
-                          const double *PL, const double *PY, real *W, bool need_hs, bool need_sg) {
-    for (int i = 0; i < D; ++i) {
-        real acc = 0;
-        for (int j = 0; j < D; ++j) acc += (real)PM[i * D + j] * xv[j];
-        GR[i] = acc;
-    }
-    if (need_hs) for (int i = 0; i < D; ++i) HS[i] = (real)PM[i * D + i];
-}
-__device__ real prob_loss(const real *xv, const double *PV, const double *PM, const double *PL, const double *PY,
-                          real *W) {
-    real acc = 0;
-    for (int i = 0; i < D; ++i) {
-        real r = 0;
-        for (int j = 0; j < D; ++j) r += (real)PM[i * D + j] * xv[j];
-        acc += (real)0.5 * xv[i] * r;
-    }
-    return acc;
-}
-""",
-    "logistic": r"""
-__device__ void prob_grad(const real *xv, real *GR, real *HS, real *SG, const double *PV, const double *PM,
-                          const double *PL, const double *PY, real *W, bool need_hs, bool need_sg) {
-    const real l2 = (real)PV[0];
-    for (int i = 0; i < D; ++i) { GR[i] = 0; if (need_hs) HS[i] = 0; if (need_sg) SG[i] = 0; }
-    for (int j = 0; j < NEX; ++j) {
-        real mg = 0;
-        for (int i = 0; i < D; ++i) mg += (real)PM[j * D + i] * xv[i];
-        mg *= (real)PY[j];
-        real s = (real)1 / ((real)1 + exp(mg));
-        W[j] = -(real)PY[j] * s;
-        for (int i = 0; i < D; ++i) GR[i] += W[j] * (real)PM[j * D + i];
-        if (need_hs) { real w = s * ((real)1 - s); for (int i = 0; i < D; ++i) HS[i] += w * (real)(PM[j * D + i] * PM[j * D + i]); }
-    }
-    for (int i = 0; i < D; ++i) GR[i] /= (real)NEX;
-    if (need_sg) {
-        const real B = (real)PV[1];
-        for (int j = 0; j < NEX; ++j)
-            for (int i = 0; i < D; ++i) { real c = W[j] * (real)PM[j * D + i] - GR[i]; SG[i] += c * c; }
-        for (int i = 0; i < D; ++i) SG[i] = sqrt(SG[i] / ((real)NEX * B));
-    }
-    for (int i = 0; i < D; ++i) { GR[i] += l2 * xv[i]; if (need_hs) HS[i] = HS[i] / (real)NEX + l2; }
-}
-__device__ real prob_loss(const real *xv, const double *PV, const double *PM, const double *PL, const double *PY,
-                          real *W) {
-    real acc = 0, r = 0;
-    for (int j = 0; j < NEX; ++j) {
-        real mg = 0;
-        for (int i = 0; i < D; ++i) mg += (real)PM[j * D + i] * xv[i];
-        mg *= -(real)PY[j];
-        acc += (mg > 0 ? mg : (real)0) + log1p(exp(-fabs(mg)));
-    }
-    for (int i = 0; i < D; ++i) r += xv[i] * xv[i];
-    return acc / (real)NEX + (real)0.5 * (real)PV[0] * r;
-}
-""",
-}
-
-
 def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "float64") -> str:
     """CUDA C source of ``step_kernel`` and ``obs_kernel`` (``extern "C"``)."""
     check_names(spec)
     real = "float" if dtype == "float32" else "double"
     S, d = len(spec.states), problem.d
     nout = len(spec.outputs)
-    kind = problem.kind
+    minibatch = problem.minibatch
     corr = spec.noise_form == "corr"
-    nex = problem.n if kind == "logistic" else 1
+    nex = problem.n if minibatch else 1
     r = spec.n_sources
     if spec.mode == "discrete":
-        nz = "0" if (kind == "logistic" or problem.noise == "student-t") else "D"
+        nz = "0" if (minibatch or problem.noise == "student-t") else "D"
     else:
-        nz = "NEX" if (corr and kind == "logistic") else ("D" if corr else f"{r} * D")
+        nz = "NEX" if (corr and minibatch) else ("D" if corr else f"{r} * D")
     need_hs = "true" if "hs" in spec.uses else "false"
-    need_sg = "true" if (kind == "logistic" and spec.mode == "sde") else "false"
+    need_sg = "true" if (problem.noise_varies and spec.mode == "sde") else "false"
     hp_args = "".join(f", hp_{h}" for h in spec.scalars)
     L: list[str] = []
     w = L.append
     w(f"#define D {d}\n#define S {S}\n#define NEX {nex}\n#define NZ ({nz})\n#define NZ4 (((NZ) + 3) / 4 * 4)")
     w(f"typedef {real} real;")
     w(CUDA_SOURCE)
-    w(_custom_fragment(problem, real) if kind == "custom" else _PROBLEM[kind])
+    # the problem's own fragment (sdederive.problems) with its parameter pack's #define P_<field> offsets
+    w(problem.cuda_fragment(real))
     if spec.mode == "sde":
         w(_device_fn("coef", spec, spec.coef, "coef", real))
     else:
@@ -189,9 +98,8 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
     w("    real X[S][D], GR[D], HS[D], SG[D], G[D], XI[D], W[NEX + 1];")
     w("    double Z[NZ4 + 4];")
     w("    for (int j = 0; j < S; ++j) for (int i = 0; i < D; ++i) X[j][i] = (real)STATE[(p * S + j) * D + i];")
-    # PV = [h, sigma, nu] for quadratic and custom problems, [l2, B] for logistic regression (SG computed)
-    sg0 = "0" if kind == "logistic" else "(real)PV[D + i]"
-    w(f"    for (int i = 0; i < D; ++i) {{ GR[i] = 0; HS[i] = 0; G[i] = 0; XI[i] = 0; SG[i] = {sg0}; }}")
+    w("    for (int i = 0; i < D; ++i) { GR[i] = 0; HS[i] = 0; G[i] = 0; XI[i] = 0; }")
+    w("    prob_noise0(SG, PV, PM, PL, PY, W);  // a noise scale constant in x (zeros where prob_grad computes it)")
     if scheme == "weak2":
         w("    real A0[S][D], B0[S][D], YB[S][D], YP[S][D], YM[S][D];")
         w("    real GRB[D], GRP[D], GRM[D], HSB[D], HSP[D], HSM[D], SGB[D], SGP[D], SGM[D];")
@@ -209,7 +117,7 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
         w(f"            prob_grad(X[0], GR, HS, SG, PV, PM, PL, PY, W, {need_hs}, {need_sg});")
         _c_fill(w, "            ")
         if corr:
-            _c_corr(w, kind, "            ")
+            _c_corr(w, "            ")
         if scheme == "weak2":
             _c_weak2(w, spec, hp_args, need_hs, need_sg)
         else:
@@ -251,39 +159,25 @@ def _c_fill(w, ind) -> None:
     w(f"{ind}for (int jb = 0; jb < NZ4 / 4; ++jb) sd_normal4(cstep, (sd_u32)jb, (sd_u32)p, 0u, key0, key1, &Z[4 * jb]);")
 
 
-def _c_corr(w, kind, ind) -> None:
-    if kind == "logistic":
-        w(f"{ind}{{ real swz = 0; for (int i = 0; i < D; ++i) XI[i] = 0;")
-        w(f"{ind}  for (int j = 0; j < NEX; ++j) {{ swz += (real)Z[j]; real cw = W[j] * (real)Z[j];")
-        w(f"{ind}    for (int i = 0; i < D; ++i) XI[i] += cw * (real)PM[j * D + i]; }}")
-        w(f"{ind}  const real scl = (real)1 / sqrt((real)NEX * (real)PV[1]);")
-        w(f"{ind}  for (int i = 0; i < D; ++i) XI[i] = (XI[i] - swz * (GR[i] - (real)PV[0] * X[0][i])) * scl; }}")
-    else:
-        w(f"{ind}for (int i = 0; i < D; ++i) {{ real acc = 0; for (int j = 0; j < D; ++j) acc += (real)PL[i * D + j] * (real)Z[j]; XI[i] = acc; }}")
+def _c_corr(w, ind) -> None:
+    # the problem's noise factor: L z, or logistic regression's low-rank one (W and GR from prob_grad at X[0])
+    w(f"{ind}prob_corr(X[0], GR, Z, XI, PV, PM, PL, PY, W);")
 
 
 def _c_discrete(w, spec, problem, hp_args) -> None:
     S = len(spec.states)
     ind = "        "
-    if problem.kind == "logistic":
-        w(f"{ind}{{ const int Bm = (int)PV[1];")
-        w(f"{ind}  for (int i = 0; i < D; ++i) G[i] = 0;")
-        w(f"{ind}  for (int jb = 0; jb < (Bm + 3) / 4; ++jb) {{")
-        w(f"{ind}    sd_u32 c[4] = {{cstep, (sd_u32)jb, (sd_u32)p, 1u}}; sd_philox4x32(c, key0, key1);")
-        w(f"{ind}    for (int q = 0; q < 4 && 4 * jb + q < Bm; ++q) {{")
-        w(f"{ind}      const int jx = (int)(((sd_u64)c[q] * (sd_u64)NEX) >> 32);")
-        w(f"{ind}      real mg = 0; for (int i = 0; i < D; ++i) mg += (real)PM[jx * D + i] * X[0][i];")
-        w(f"{ind}      const real s = -(real)PY[jx] / ((real)1 + exp((real)PY[jx] * mg));")
-        w(f"{ind}      for (int i = 0; i < D; ++i) G[i] += s * (real)PM[jx * D + i]; }} }}")
-        w(f"{ind}  for (int i = 0; i < D; ++i) G[i] = G[i] / (real)Bm + (real)PV[0] * X[0][i]; }}")
+    if problem.minibatch:
+        for line in problem.cuda_minibatch_grad(ind):
+            w(line)
     else:
         w(f"{ind}prob_grad(X[0], GR, HS, SG, PV, PM, PL, PY, W, false, false);")
         if problem.noise == "student-t":
-            w(f"{ind}for (int i = 0; i < D; ++i) G[i] = GR[i] + SG[i] * (real)sd_student_t(PV[2 * D], cstep, (sd_u32)i, (sd_u32)p, key0, key1);")
+            w(f"{ind}for (int i = 0; i < D; ++i) G[i] = GR[i] + SG[i] * (real)sd_student_t(PV[P_nu], cstep, (sd_u32)i, (sd_u32)p, key0, key1);")
         else:
             _c_fill(w, ind)
-            if getattr(problem, "Sigma", None) is not None:
-                _c_corr(w, "quadratic", ind)
+            if problem.has_noise_factor:
+                _c_corr(w, ind)
                 w(f"{ind}for (int i = 0; i < D; ++i) G[i] = GR[i] + XI[i];")
             else:
                 w(f"{ind}for (int i = 0; i < D; ++i) G[i] = GR[i] + SG[i] * (real)Z[i];")

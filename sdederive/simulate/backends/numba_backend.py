@@ -158,132 +158,11 @@ def _functions(spec: KernelSpec) -> str:
     return "\n".join(out)
 
 
-# -- problem fragments: gradient (GR), Hessian diagonal (HS), noise scale (SG), loss -------------------
-# PV: float vector data, PM/PL: matrices, PY: labels.  Every fragment is plain loops numba vectorises.
-_PROBLEM = {
-    "quadratic_diag": '''
-@HELPER
-def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
-    d = xv.size
-    for i in range(d):
-        GR[i] = PV[i] * xv[i]
-    if need_hs:
-        for i in range(d):
-            HS[i] = PV[i]
-
-@HELPER
-def prob_loss(xv, PV, PM, PL, PY, W):
-    acc = 0.0
-    for i in range(xv.size):
-        acc += 0.5 * PV[i] * xv[i] * xv[i]
-    return acc
-''',
-    "quadratic_dense": '''
-@HELPER
-def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
-    d = xv.size
-    for i in range(d):
-        acc = 0.0
-        for j in range(d):
-            acc += PM[i, j] * xv[j]
-        GR[i] = acc
-    if need_hs:
-        for i in range(d):
-            HS[i] = PM[i, i]
-
-@HELPER
-def prob_loss(xv, PV, PM, PL, PY, W):
-    d = xv.size
-    acc = 0.0
-    for i in range(d):
-        r = 0.0
-        for j in range(d):
-            r += PM[i, j] * xv[j]
-        acc += 0.5 * xv[i] * r
-    return acc
-''',
-    # logistic: PM = A (n x d), PY = y, PV = [l2, B]; W = work (>= 2n): margins then -y*s
-    "logistic": '''
-@HELPER
-def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
-    n, d = PM.shape
-    l2 = PV[0]
-    for i in range(d):
-        GR[i] = 0.0
-        if need_hs:
-            HS[i] = 0.0
-        if need_sg:
-            SG[i] = 0.0
-    for j in range(n):
-        mg = 0.0
-        for i in range(d):
-            mg += PM[j, i] * xv[i]
-        mg *= PY[j]
-        s = 1.0 / (1.0 + math.exp(mg))
-        W[j] = -PY[j] * s
-        for i in range(d):
-            GR[i] += W[j] * PM[j, i]
-        if need_hs:
-            w = s * (1.0 - s)
-            for i in range(d):
-                HS[i] += w * PM[j, i] * PM[j, i]
-    for i in range(d):
-        GR[i] /= n
-    if need_sg:
-        B = PV[1]
-        for j in range(n):
-            for i in range(d):
-                c = W[j] * PM[j, i] - GR[i]
-                SG[i] += c * c
-        for i in range(d):
-            SG[i] = math.sqrt(SG[i] / (n * B))
-    for i in range(d):
-        GR[i] += l2 * xv[i]
-        if need_hs:
-            HS[i] = HS[i] / n + l2
-
-@HELPER
-def prob_loss(xv, PV, PM, PL, PY, W):
-    n, d = PM.shape
-    acc = 0.0
-    for j in range(n):
-        mg = 0.0
-        for i in range(d):
-            mg += PM[j, i] * xv[i]
-        mg *= -PY[j]
-        acc += max(mg, 0.0) + math.log1p(math.exp(-abs(mg)))
-    r = 0.0
-    for i in range(xv.size):
-        r += xv[i] * xv[i]
-    return acc / n + 0.5 * PV[0] * r
-''',
-}
-
-
-def _custom_fragment(problem) -> str:
-    import sympy as sp
-
-    from sdederive.simulate.lower import cse_assignments
-
-    xs = problem.xs
-    d = len(xs)
-    xv = sp.IndexedBase("xv")
-    sub = {x: xv[i] for i, x in enumerate(xs)}
-    grads = [(f"GR[{i}]", sp.diff(problem.f, x).xreplace(sub)) for i, x in enumerate(xs)]
-    hess = [(f"HS[{i}]", sp.diff(problem.f, x, 2).xreplace(sub)) for i, x in enumerate(xs)]
-    a = cse_assignments(grads, "c")
-    h = cse_assignments(hess, "e")
-    lo = cse_assignments([("loss", problem.f.xreplace(sub))], "f")
-    return (f"\n@HELPER\ndef prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):\n"
-            f"{print_python(a, '    ')}\n    if need_hs:\n{print_python(h, '        ')}\n"
-            f"\n@HELPER\ndef prob_loss(xv, PV, PM, PL, PY, W):\n{print_python(lo, '    ')}\n"
-            f"    return loss\n") if d else ""
-
-
+# -- problem fragments: gradient (GR), Hessian diagonal (HS), noise scale (SG), loss, HVP, noise factor -------
+# Each problem kind owns its fragment (sdederive.problems: generated from its one description, or written next
+# to its numpy code); PV is its parameter pack, read at the named offsets P_<field> of its layout.
 def problem_fragment(problem) -> str:
-    if problem.kind == "custom":
-        return _custom_fragment(problem)
-    return _PROBLEM[problem.kind]
+    return problem.numba_fragment()
 
 
 def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "float64") -> str:
@@ -295,16 +174,16 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
     hp_load = "\n".join(f"        hp_{h} = HP[{j}]" for j, h in enumerate(spec.scalars))
     hp_args = ", ".join(f"hp_{h}" for h in spec.scalars)
     need_hs = "True" if "hs" in spec.uses else "False"
-    need_sg = "True" if (problem.kind == "logistic" and spec.mode == "sde") else "False"
-    kind = problem.kind
+    need_sg = "True" if (problem.noise_varies and spec.mode == "sde") else "False"
+    minibatch = problem.minibatch
     corr = spec.noise_form == "corr"
     L: list[str] = []
     w = L.append
     # normals per step
     if spec.mode == "discrete":
-        nz = "0" if kind == "logistic" else "d"  # Gaussian or Student-t draws, one per coordinate
+        nz = "0" if minibatch else "d"  # Gaussian or Student-t draws, one per coordinate
     else:
-        if corr and kind == "logistic":
+        if corr and minibatch:
             nz = "PM.shape[0]"
         elif corr:
             nz = "d"
@@ -315,6 +194,7 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
       "MEAN, M2, CNT, nblk, b_lo, b_hi):")
     w("    N = STATE.shape[0]")
     w("    d = STATE.shape[2]")
+    w(problem.layout().numba_offsets("    "))  # the parameter pack's named offsets P_<field>
     w(f"    nz = {nz}")
     w("    nz4 = ((nz + 3) // 4) * 4")
     w("    dt = tau / sub")
@@ -331,8 +211,8 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
     w("        XI = np.zeros(d)")
     w("        Z = np.zeros(nz4 + 4)")
     w("        W = np.zeros(nwork)")
-    if spec.mode == "discrete" and kind == "logistic":
-        w("        IDX = np.zeros(int(PV[1]) + 4, np.int64)")
+    if spec.mode == "discrete" and minibatch:
+        w("        IDX = np.zeros(int(PV[P_B]) + 4, np.int64)")
     w(f"        OBS = np.empty(2 + {nout} * d)")
     if scheme == "weak2":
         w(f"        A0 = np.empty(({S}, d))")
@@ -351,9 +231,7 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
         w("        SGM = np.zeros(d)")
     if hp_load:
         w(hp_load)
-    if kind in ("quadratic_diag", "quadratic_dense", "custom"):
-        w("        for i in range(d):")
-        w("            SG[i] = PV[d + i] if PV.size >= 2 * d else 0.0")
+    w("        prob_noise0(d, SG, PV, PM, PL, PY, W)")
     w("        for p in range(p_lo, p_hi):")
     w("            if DIV[p] >= 0:")
     w("                continue")
@@ -418,39 +296,23 @@ def _check_line(w, indent: str, names) -> None:
 def _discrete_step(w, spec, problem, hp_args, nz) -> None:
     S = len(spec.states)
     ind = "                "
-    kind = problem.kind
     w(f"{ind}xrow = X[0]")
-    if kind == "logistic":
-        # minibatch of B indices drawn with replacement (stream 1), gradient averaged over it
-        w(f"{ind}n_ex, dd = PM.shape")
-        w(f"{ind}Bm = int(PV[1])")
-        w(f"{ind}for i in range(d):")
-        w(f"{ind}    G[i] = 0.0")
-        w(f"{ind}draw_indices(IDX, Bm, n_ex, cstep, p, 1, key0, key1)")
-        w(f"{ind}for jb in range(Bm):")
-        w(f"{ind}    jx = IDX[jb]")
-        w(f"{ind}    mg = 0.0")
-        w(f"{ind}    for i in range(d):")
-        w(f"{ind}        mg += PM[jx, i] * xrow[i]")
-        w(f"{ind}    s = -PY[jx] / (1.0 + math.exp(PY[jx] * mg))")
-        w(f"{ind}    for i in range(d):")
-        w(f"{ind}        G[i] += s * PM[jx, i]")
-        w(f"{ind}for i in range(d):")
-        w(f"{ind}    G[i] = G[i] / Bm + PV[0] * xrow[i]")
+    if problem.minibatch:
+        # minibatch of B indices drawn with replacement (stream 1), gradient averaged over it (the problem's lines)
+        for line in problem.numba_minibatch_grad(ind):
+            w(line)
     else:
         w(f"{ind}prob_grad(xrow, GR, HS, SG, PV, PM, PL, PY, W, False, False)")
         if problem.noise == "student-t":
-            w(f"{ind}fill_student_t(Z, d, PV[2 * d], cstep, p, key0, key1)")
+            w(f"{ind}fill_student_t(Z, d, PV[P_nu], cstep, p, key0, key1)")
             w(f"{ind}for i in range(d):")
             w(f"{ind}    G[i] = GR[i] + SG[i] * Z[i]")
         else:
             _fill_normals(w, ind)
-            if getattr(problem, "Sigma", None) is not None:
+            if problem.has_noise_factor:
+                w(f"{ind}prob_corr(xrow, GR, Z, XI, PV, PM, PL, PY, W)")
                 w(f"{ind}for i in range(d):")
-                w(f"{ind}    acc = 0.0")
-                w(f"{ind}    for j in range(d):")
-                w(f"{ind}        acc += PL[i, j] * Z[j]")
-                w(f"{ind}    G[i] = GR[i] + acc")
+                w(f"{ind}    G[i] = GR[i] + XI[i]")
             else:
                 w(f"{ind}for i in range(d):")
                 w(f"{ind}    G[i] = GR[i] + SG[i] * Z[i]")
@@ -473,28 +335,10 @@ def _fill_normals(w, ind) -> None:
     w(f"{ind}    Z[4 * jb + 3] = z3")
 
 
-def _corr_increment(w, ind, kind, XI="XI", GRv="GR") -> None:
-    """XI = correlated noise increment per unit sqrt(dt): L z (quadratic) or the low-rank factor."""
-    if kind == "logistic":
-        # xi = (nB)^(-1/2) sum_j (g_j - gbar) w_j, with g_j - gbar = W[j] a_j - mean_j(W[j] a_j)
-        w(f"{ind}n_ex = PM.shape[0]")
-        w(f"{ind}swz = 0.0")
-        w(f"{ind}for i in range(d):")
-        w(f"{ind}    {XI}[i] = 0.0")
-        w(f"{ind}for j in range(n_ex):")
-        w(f"{ind}    swz += Z[j]")
-        w(f"{ind}    cw = W[j] * Z[j]")
-        w(f"{ind}    for i in range(d):")
-        w(f"{ind}        {XI}[i] += cw * PM[j, i]")
-        w(f"{ind}scl = 1.0 / math.sqrt(n_ex * PV[1])")
-        w(f"{ind}for i in range(d):")
-        w(f"{ind}    {XI}[i] = ({XI}[i] - swz * ({GRv}[i] - PV[0] * X[0, i])) * scl")
-    else:
-        w(f"{ind}for i in range(d):")
-        w(f"{ind}    acc = 0.0")
-        w(f"{ind}    for j in range(d):")
-        w(f"{ind}        acc += PL[i, j] * Z[j]")
-        w(f"{ind}    {XI}[i] = acc")
+def _corr_increment(w, ind, problem, XI="XI", GRv="GR") -> None:
+    """XI = correlated noise increment per unit sqrt(dt): the problem's noise factor (``prob_corr``: L z for a
+    quadratic, the low-rank factor of logistic regression, which reads the W and GR of ``prob_grad`` at X[0])."""
+    w(f"{ind}prob_corr(X[0], {GRv}, Z, {XI}, PV, PM, PL, PY, W)")
 
 
 def _euler_step(w, spec, problem, hp_args, need_hs, need_sg, corr) -> None:
@@ -504,7 +348,7 @@ def _euler_step(w, spec, problem, hp_args, need_hs, need_sg, corr) -> None:
     w(f"{ind}prob_grad(X[0], GR, HS, SG, PV, PM, PL, PY, W, {need_hs}, {need_sg})")
     _fill_normals(w, ind)
     if corr:
-        _corr_increment(w, ind, problem.kind)
+        _corr_increment(w, ind, problem)
     st_load = ", ".join(f"X[{j}, i]" for j in range(S))
     names = [f"a{j}" for j in range(S)] + [f"b{j}_{q}" for q in range(r) for j in range(S)]
     lhs = ", ".join(names) + ("," if len(names) == 1 else "")
@@ -533,7 +377,7 @@ def _weak2_step(w, spec, problem, hp_args, need_hs, need_sg, corr) -> None:
     w(f"{ind}prob_grad(X[0], GR, HS, SG, PV, PM, PL, PY, W, {need_hs}, {need_sg})")
     _fill_normals(w, ind)
     if corr:
-        _corr_increment(w, ind, problem.kind)
+        _corr_increment(w, ind, problem)
     dW = "(sdt * XI[i])" if corr else "(sdt * Z[i])"
     st = ", ".join(f"X[{j}, i]" for j in range(S))
     lhs = ", ".join([f"a{j}" for j in range(S)] + [f"b{j}" for j in range(S)])
@@ -548,7 +392,7 @@ def _weak2_step(w, spec, problem, hp_args, need_hs, need_sg, corr) -> None:
     w(f"{ind}prob_grad(YB[0], GRB, HSB, SGB, PV, PM, PL, PY, W, {need_hs}, {need_sg})")
     w(f"{ind}prob_grad(YP[0], GRP, HSP, SGP, PV, PM, PL, PY, W, {need_hs}, {need_sg})")
     w(f"{ind}prob_grad(YM[0], GRM, HSM, SGM, PV, PM, PL, PY, W, {need_hs}, {need_sg})")
-    if problem.kind in ("quadratic_diag", "quadratic_dense", "custom"):
+    if not problem.noise_varies:
         w(f"{ind}for i in range(d):")
         w(f"{ind}    SGB[i] = SG[i]")
         w(f"{ind}    SGP[i] = SG[i]")

@@ -1,0 +1,496 @@
+r"""One description of a problem kind, printed three ways: numba, CUDA C and numpy.
+
+A problem kind describes its gradient, Hessian diagonal, Hessian-vector product, loss and noise
+(per-coordinate noise scale, or the correlated noise factor ``xi = L z``) once, as **sympy
+expressions over indexed arrays**, wrapped in the smallest loop IR that covers what problems need:
+
+* :class:`Loop` ``out[i] = expr(i)`` for ``i in range(d)`` (an index-generic expression: the
+  quadratic's ``h[i]*x[i]``), where ``expr`` may hold ``sympy.Sum(body, (j, 0, d - 1))`` reductions
+  (the dense quadratic's ``Sum(H[i, j]*x[j], j)``);
+* :class:`Unrolled` ``out[i] = exprs[i]``, one expression per coordinate (a custom ``f``'s
+  ``diff(f, x_i)``, printed as straight-line code after ``sympy.cse``);
+* a scalar (the loss): an expression, possibly a ``Sum`` over ``i``.
+
+Arrays are ``sympy.IndexedBase`` objects: the point ``x`` (:data:`X`), the direction ``v`` of a
+Hessian-vector product (:data:`V`), the standard normals ``z`` (:data:`Z`), the fields of the problem's
+parameter pack (``h[i]``, ``sigma[i]``; scalars are plain symbols) and its matrices (``H[i, j]``,
+``L[i, j]``), which the printers map to the kernels' arrays: a pack field ``h`` becomes
+``PV[P_h + i]`` with ``P_h`` the offset constant printed from the
+:class:`~sdederive.problems.base.ParamLayout`, a matrix the kernel argument it travels in
+(``PM``, ``PL``).
+
+Why sympy expressions and not a separate IR of arithmetic: the expressions are printed by the same
+printers the SDE coefficients go through (:mod:`sdederive.simulate.lower`: ``_NumbaPrinter`` and
+``_CudaPrinter``, with their float folding and ``sign``/``Heaviside`` conventions), a custom problem's
+derivatives come from ``sympy.diff`` without a translation step, and a new kind is written in the
+notation of its formula.  The only thing sympy's printers cannot do for us is turn a ``Sum`` into a
+loop with an accumulator (the C printer refuses ``Indexed`` without declared ranges, the Python printer
+has no loops); that is the few lines of :func:`_lower_sums`, shared by both backends.  The numpy
+reference is *evaluated* from the same expressions (:func:`evaluate`: every index is an array axis, a
+``Sum`` a reduction over its axis, batched points ``x`` of shape ``(..., d)`` broadcast in front), so
+it cannot drift from the kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+from sympy.codegen.rewriting import optimize
+
+from sdederive.errors import SdederiveError
+
+__all__ = ["Loop", "Unrolled", "X", "V", "Z", "IX", "JX", "KX", "D", "vec", "mat", "dsum", "evaluate", "ProblemCode"]
+
+#: loop index of a :class:`Loop`, and the indices of reductions (``Sum(..., (JX, 0, D - 1))``)
+IX, JX, KX = sp.symbols("i j k", integer=True)
+#: the dimension (``d`` in numba, the compile-time ``D`` in CUDA)
+D = sp.Symbol("d", integer=True, positive=True)
+#: the point, a Hessian-vector product's direction and the standard normals of the noise factor
+X, V, Z = sp.IndexedBase("xv"), sp.IndexedBase("vv"), sp.IndexedBase("Z")
+
+
+def vec(name: str) -> sp.IndexedBase:
+    """A vector field ``name`` of the parameter pack (read as ``PV[P_name + i]`` in the kernels)."""
+    return sp.IndexedBase(name)
+
+
+def mat(name: str) -> sp.IndexedBase:
+    """A ``d x d`` matrix of the problem (``H``, ``L``), carried to the kernels in the array slot the kind
+    names for it (:attr:`ProblemCode.matrices`)."""
+    return sp.IndexedBase(name)
+
+
+def dsum(body: sp.Expr, j: sp.Symbol = JX) -> sp.Sum:
+    """``sum_{j=0}^{d-1} body``."""
+    return sp.Sum(body, (j, 0, D - 1))
+
+
+@dataclass(frozen=True)
+class Loop:
+    """``out[i] = expr`` for ``i`` in ``range(d)``; ``expr`` uses :data:`IX` and may hold ``Sum`` reductions."""
+
+    expr: sp.Expr
+
+
+@dataclass(frozen=True)
+class Unrolled:
+    """``out[i] = exprs[i]``: one expression per coordinate, of ``X[0] .. X[d-1]`` (and ``V[j]``)."""
+
+    exprs: tuple
+
+
+# -- numpy: evaluate the description -----------------------------------------------------------------
+
+def _np_funcs():
+    import scipy.special as sc
+
+    return {sp.exp: np.exp, sp.log: np.log, sp.sin: np.sin, sp.cos: np.cos, sp.tanh: np.tanh, sp.atan: np.arctan,
+            sp.erf: sc.erf, sp.erfc: sc.erfc, sp.Abs: np.abs, sp.sign: np.sign, sp.cosh: np.cosh,
+            sp.sinh: np.sinh, sp.tan: np.tan}
+
+
+class _Eval:
+    """Evaluate an expression with every free index an axis: a value at reduction depth ``k`` is an
+    array of ``nb + k`` dimensions (``nb`` batch axes of ``x``, then one per index in scope) or a number."""
+
+    def __init__(self, arrays: dict, scalars: dict, batched: set, nb: int):
+        self.arrays, self.scalars, self.batched, self.nb = arrays, scalars, batched, nb
+        self.funcs = _np_funcs()
+
+    def __call__(self, e, axes: dict):
+        if e.is_number and e.is_real is not False and not e.atoms(sp.Indexed):
+            return float(e)
+        if isinstance(e, sp.Symbol):
+            if e in axes:  # an index used as a number
+                k = len(axes)
+                shape = [1] * (self.nb + k)
+                n = self._size(e, axes)
+                shape[self.nb + axes[e]] = n
+                return np.arange(n, dtype=float).reshape(shape)
+            if e.name in self.scalars:
+                return float(self.scalars[e.name])
+            if e.name in self.arrays and np.size(self.arrays[e.name]) == 1:  # a scalar field of the pack
+                return float(np.asarray(self.arrays[e.name], float).ravel()[0])
+            raise SdederiveError(f"the problem description uses {e} but no value is given for it")
+        if isinstance(e, sp.Indexed):
+            return self._indexed(e, axes)
+        if isinstance(e, sp.Sum):
+            (j, lo, hi), = e.limits
+            if lo != 0 or sp.simplify(hi - (D - 1)) != 0:
+                raise SdederiveError(f"a reduction must run over 0..d-1; got {e.limits}")
+            inner = dict(axes)
+            inner[j] = len(axes)
+            body = e.function
+            if body.is_Mul and all(isinstance(a, sp.Indexed) or a.is_number for a in body.args):
+                return self._contract([self(a, inner) for a in body.args], len(axes))
+            val = self(body, inner)
+            if np.ndim(val) == 0:
+                return float(val) * self.d
+            # a body that does not depend on j (size 1 along its axis) counts d times
+            return val.sum(axis=-1) * (self.d if val.shape[-1] == 1 else 1)
+        if e.is_Add:
+            out = 0.0
+            for a in e.args:
+                out = out + self(a, axes)
+            return out
+        if e.is_Mul:
+            out = 1.0
+            for a in e.args:
+                out = out * self(a, axes)
+            return out
+        if e.is_Pow:
+            b, p = self(e.base, axes), self(e.exp, axes)
+            if np.ndim(p) == 0 and p == 0.5:
+                return np.sqrt(b)
+            return np.power(b, p)
+        if isinstance(e, sp.Function) and e.func in self.funcs:
+            return self.funcs[e.func](*[self(a, axes) for a in e.args])
+        raise SdederiveError(f"the numpy reference cannot evaluate {sp.sstr(e)[:80]} of a problem description")
+
+    def _contract(self, factors: list, k: int):
+        """``sum_j prod(factors)`` over the last of ``nb + k + 1`` axes by ``numpy.einsum``, without forming the
+        broadcast product (a dense ``H[i, j] x[j]`` of many points stays ``O(points * d)`` in memory)."""
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        n = self.nb + k + 1
+        scale, ops, subs, used = 1.0, [], [], set()
+        for f in factors:
+            if np.ndim(f) == 0:
+                scale *= float(f)
+                continue
+            keep = [ax for ax in range(n) if f.shape[ax] != 1]
+            ops.append(f.reshape([f.shape[ax] for ax in keep]))
+            subs.append("".join(letters[ax] for ax in keep))
+            used.update(keep)
+        out_axes = sorted(ax for ax in used if ax != n - 1)
+        if n - 1 not in used:  # the summed index appears in no factor: d equal terms
+            scale *= self.d
+        if not ops:
+            return scale
+        val = np.einsum(",".join(subs) + "->" + "".join(letters[ax] for ax in out_axes), *ops)
+        shape = [1] * (n - 1)
+        for ax, size in zip(out_axes, val.shape):
+            shape[ax] = size
+        return scale * val.reshape(shape)
+
+    @property
+    def d(self) -> int:
+        return int(self.scalars["d"])
+
+    def _size(self, s, axes) -> int:
+        return self.d
+
+    def _indexed(self, e: sp.Indexed, axes: dict):
+        name = str(e.base)
+        if name not in self.arrays:
+            raise SdederiveError(f"the problem description uses the array {name} but no value is given for it")
+        A = np.asarray(self.arrays[name], float)
+        batched = name in self.batched
+        nb = self.nb if batched else 0
+        lead = A.ndim - len(e.indices)
+        # integer indices first (custom problems' unrolled x_0, x_1, ...)
+        sel = [slice(None)] * lead
+        letters = "abcdefgh"[: nb]
+        sub_in = letters
+        syms = []
+        for ix in e.indices:
+            if ix.is_Integer:
+                sel.append(int(ix))
+            else:
+                if not isinstance(ix, sp.Symbol) or ix not in axes:
+                    raise SdederiveError(f"index {ix} of {sp.sstr(e)} must be a loop or reduction index or an integer")
+                sel.append(slice(None))
+                syms.append(ix)
+                sub_in += "ijklmnop"[axes[ix]]
+        A = A[tuple(sel)]
+        present = sorted({axes[s] for s in syms})
+        sub_out = letters + "".join("ijklmnop"[a] for a in present)
+        if syms:
+            A = np.einsum(f"{sub_in}->{sub_out}", A)
+        k = len(axes)
+        shape = list(A.shape[:nb]) if batched else []
+        shape = ([1] * self.nb if not batched else shape)
+        rest = iter(A.shape[nb:])
+        for a in range(k):
+            shape.append(next(rest) if a in present else 1)
+        return A.reshape(shape)
+
+
+def evaluate(code, x: np.ndarray, arrays: dict, scalars: dict, v: np.ndarray | None = None) -> np.ndarray:
+    """The numpy value of a :class:`Loop`, an :class:`Unrolled` or a scalar expression at the point(s)
+    ``x`` (shape ``(d,)`` or ``(..., d)``), with the problem's ``arrays`` (pack fields and matrices by name)
+    and ``scalars``; ``v`` the direction of a Hessian-vector product (same shape as ``x``).  Returns
+    shape ``x.shape`` for a vector description, ``x.shape[:-1]`` for a scalar one."""
+    x = np.asarray(x, dtype=float)
+    d = x.shape[-1]
+    if x.ndim > 2 or (x.ndim == 2 and x.shape[0] * d * d > 2**22):
+        # many points: in blocks of rows, so that a reduction's (rows, d, d) temporaries stay small
+        flat = x.reshape(-1, d)
+        vf = None if v is None else np.broadcast_to(np.asarray(v, float), x.shape).reshape(-1, d)
+        rows = max(1, 2**22 // (d * d))
+        parts = [_evaluate(code, flat[r:r + rows], arrays, scalars, None if vf is None else vf[r:r + rows])
+                 for r in range(0, flat.shape[0], rows)]
+        out = np.concatenate(parts, axis=0) if parts else np.zeros(flat.shape if _is_vector(code) else (0,))
+        return out.reshape(x.shape if _is_vector(code) else x.shape[:-1])
+    return _evaluate(code, x, arrays, scalars, v)
+
+
+def _is_vector(code) -> bool:
+    return isinstance(code, (Loop, Unrolled))
+
+
+def _evaluate(code, x, arrays, scalars, v):
+    d = x.shape[-1]
+    nb = x.ndim - 1
+    arrs = dict(arrays)
+    arrs[str(X)] = x
+    batched = {str(X)}
+    if v is not None:
+        arrs[str(V)] = np.broadcast_to(np.asarray(v, float), x.shape)
+        batched.add(str(V))
+    ev = _Eval(arrs, {**scalars, "d": d}, batched, nb)
+    if isinstance(code, Loop):
+        val = ev(code.expr, {IX: 0})
+        return np.broadcast_to(val, x.shape).astype(float, copy=True)
+    if isinstance(code, Unrolled):
+        cols = [np.broadcast_to(ev(e, {}), x.shape[:-1]) for e in code.exprs]
+        return np.stack(cols, axis=-1).astype(float)
+    return np.broadcast_to(ev(sp.sympify(code), {}), x.shape[:-1]).astype(float, copy=True)
+
+
+# -- the kernels' printers ------------------------------------------------------------------------------
+
+@functools.cache
+def _printers():
+    """The two printers, subclasses of the backends' own (imported here, not at module level:
+    ``sdederive.simulate`` imports the problems)."""
+    from sdederive.simulate.backends.cuda_printer import _CudaPrinter
+    from sdederive.simulate.backends.numba_printer import _NumbaPrinter
+
+    class _PyData(_NumbaPrinter):
+        """numba: pack fields as ``PV[P_name + i]``, matrices as their slot ``PM[i, j]``."""
+
+        def __init__(self, fields: set, matrices: dict):
+            super().__init__({"fully_qualified_modules": True, "standard": "python3"})
+            self.fields, self.matrices = fields, matrices
+
+        def _print_Indexed(self, e):
+            name = str(e.base)
+            idx = [self._print(i) for i in e.indices]
+            if name in self.fields:
+                return f"PV[P_{name} + {idx[0]}]"
+            return f"{self.matrices.get(name, name)}[{', '.join(idx)}]"
+
+        def _print_Symbol(self, e):
+            if e.name in self.fields:
+                return f"PV[P_{e.name}]"
+            return super()._print_Symbol(e)
+
+
+    class _CData(_CudaPrinter):
+        """CUDA C: pack fields as ``(real)PV[P_name + i]``, matrices row-major ``(real)PM[i * D + j]``; the
+        dimension ``d`` is the compile-time ``D``."""
+
+        def __init__(self, fields: set, matrices: dict, real: str):
+            settings = {}
+            if real == "float":
+                from sympy.codegen.ast import float32
+                from sympy.codegen.ast import real as real_t
+
+                settings["type_aliases"] = {real_t: float32}
+            super().__init__(settings)
+            self.fields, self.matrices = fields, matrices
+
+        def _print_Indexed(self, e):
+            name = str(e.base)
+            idx = [self._print(i) for i in e.indices]
+            if name in self.fields:
+                return f"(real)PV[P_{name} + {idx[0]}]"
+            if len(idx) == 2:
+                return f"(real){self.matrices.get(name, name)}[({idx[0]}) * D + {idx[1]}]"
+            return f"(real){self.matrices.get(name, name)}[{idx[0]}]"
+
+        def _print_Symbol(self, e):
+            if e.name in self.fields:
+                return f"(real)PV[P_{e.name}]"
+            if e == D:
+                return "D"
+            return super()._print_Symbol(e)
+
+    return _PyData, _CData
+
+
+def _top_sums(e) -> list:
+    """The ``Sum`` nodes of ``e`` not inside another ``Sum``, in a fixed order."""
+    out = []
+
+    def walk(a):
+        if isinstance(a, sp.Sum):
+            if a not in out:
+                out.append(a)
+            return
+        for b in a.args:
+            walk(b)
+
+    walk(e)
+    return out
+
+
+def _lower_sums(e, lines: list, ind: str, counter: list, pr, lang: str, real: str = "double"):
+    """Emit one accumulator loop per ``Sum`` of ``e`` (nested ones inside); return ``e`` printed with the
+    accumulators in place of the sums."""
+    rep = {}
+    for s in _top_sums(e):
+        (j, lo, hi), = s.limits
+        acc = f"acc{counter[0]}"
+        counter[0] += 1
+        if lang == "py":
+            lines.append(f"{ind}{acc} = 0.0")
+            lines.append(f"{ind}for {j} in range(d):")
+            body = _lower_sums(s.function, lines, ind + "    ", counter, pr, lang, real)
+            lines.append(f"{ind}    {acc} += {body}")
+        else:
+            lines.append(f"{ind}{real} {acc} = 0;")
+            lines.append(f"{ind}for (int {j} = 0; {j} < D; ++{j}) {{")
+            body = _lower_sums(s.function, lines, ind + "    ", counter, pr, lang, real)
+            lines.append(f"{ind}    {acc} += {body};")
+            lines.append(f"{ind}}}")
+        rep[s] = sp.Symbol(acc)
+    from sdederive.simulate.lower import fold_numbers
+
+    e = fold_numbers(e.xreplace(rep))
+    return pr.doprint(optimize_pow(e) if lang == "c" else e)
+
+
+def _py_vector(code, out: str, ind: str, pr, tag: str) -> list[str]:
+    """numba statements filling ``out[0:d]`` from a :class:`Loop` or an :class:`Unrolled`."""
+    lines: list[str] = []
+    if isinstance(code, Loop):
+        lines.append(f"{ind}for i in range(d):")
+        val = _lower_sums(code.expr, lines, ind + "    ", [0], pr, "py")
+        lines.append(f"{ind}    {out}[i] = {val}")
+        return lines
+    from sdederive.simulate.lower import cse_assignments
+
+    a = cse_assignments([(f"{out}[{i}]", e) for i, e in enumerate(code.exprs)], tag)
+    return [f"{ind}{n} = {pr.doprint(e)}" for n, e in a.temps + a.outputs]
+
+
+def _c_vector(code, out: str, ind: str, pr, tag: str, real: str) -> list[str]:
+    lines: list[str] = []
+    if isinstance(code, Loop):
+        lines.append(f"{ind}for (int i = 0; i < D; ++i) {{")
+        val = _lower_sums(code.expr, lines, ind + "    ", [0], pr, "c", real)
+        lines.append(f"{ind}    {out}[i] = {val};")
+        lines.append(f"{ind}}}")
+        return lines
+    from sdederive.simulate.lower import cse_assignments
+
+    a = cse_assignments([(f"{tag}o_{i}", e) for i, e in enumerate(code.exprs)], tag)
+    lines += [f"{ind}const {real} {n} = {pr.doprint(optimize_pow(e))};" for n, e in a.temps + a.outputs]
+    lines += [f"{ind}{out}[{i}] = {tag}o_{i};" for i in range(len(code.exprs))]
+    return lines
+
+
+def _py_scalar(e, ind: str, pr, tag: str) -> tuple[list[str], str]:
+    lines: list[str] = []
+    if _top_sums(e):
+        return lines, _lower_sums(e, lines, ind, [0], pr, "py")
+    from sdederive.simulate.lower import cse_assignments
+
+    a = cse_assignments([("loss", e)], tag)
+    lines += [f"{ind}{n} = {pr.doprint(v)}" for n, v in a.temps + a.outputs]
+    return lines, "loss"
+
+
+def _c_scalar(e, ind: str, pr, tag: str, real: str) -> tuple[list[str], str]:
+    lines: list[str] = []
+    if _top_sums(e):
+        return lines, _lower_sums(e, lines, ind, [0], pr, "c", real)
+    from sdederive.simulate.lower import cse_assignments
+
+    a = cse_assignments([("loss", e)], tag)
+    lines += [f"{ind}const {real} {n} = {pr.doprint(optimize_pow(v))};" for n, v in a.temps + a.outputs]
+    return lines, "loss"
+
+
+def optimize_pow(e):
+    """Small integer powers as products (``x**2 -> x*x``), as :func:`sdederive.simulate.backends.cuda_printer.print_c` does."""
+    from sdederive.simulate.lower import _expand_pow
+
+    return optimize(e, [_expand_pow])
+
+
+@dataclass(frozen=True)
+class ProblemCode:
+    """The one description of a problem kind (see the module docstring).
+
+    ``grad``, ``hess_diag``, ``hvp`` (a function of :data:`V`), ``noise_scale`` (constant in ``x``; ``None``
+    when the kind computes it with its gradient) and ``noise_factor`` (``xi_i`` as a function of :data:`Z`;
+    ``None`` when the noise is per coordinate) are :class:`Loop` or :class:`Unrolled`; ``loss`` a scalar
+    expression.  ``fields``: pack fields the expressions read besides those of the problem's
+    :class:`~sdederive.problems.base.ParamLayout` (which the printers know; vector fields appear as
+    ``IndexedBase``, scalars as symbols); ``matrices``: description name -> kernel array slot (``{"H": "PM"}``)."""
+
+    grad: object
+    hess_diag: object
+    hvp: object
+    loss: sp.Expr
+    fields: tuple = ()
+    matrices: tuple = ()  # ((name, slot), ...)
+    noise_scale: object = None
+    noise_factor: object = None
+
+    # -- numba -------------------------------------------------------------------------------------------
+    def numba(self, layout) -> str:
+        """The numba fragment: ``prob_grad``, ``prob_loss``, ``prob_hvp``, ``prob_noise0`` and ``prob_corr``
+        (the helpers every kernel calls), offsets from ``layout``."""
+        pr = _printers()[0](set(self.fields) | set(layout.names), dict(self.matrices))
+        offs = layout.numba_offsets("    ")
+        sig = "PV, PM, PL, PY, W"
+        out = []
+        g = _py_vector(self.grad, "GR", "    ", pr, "c")
+        h = _py_vector(self.hess_diag, "HS", "        ", pr, "e")
+        out.append(f"@HELPER\ndef prob_grad(xv, GR, HS, SG, {sig}, need_hs, need_sg):\n    d = xv.size\n{offs}\n"
+                   + "\n".join(g) + "\n    if need_hs:\n" + ("\n".join(h) or "        pass") + "\n")
+        lines, val = _py_scalar(self.loss, "    ", pr, "f")
+        out.append(f"@HELPER\ndef prob_loss(xv, {sig}):\n    d = xv.size\n{offs}\n" + "\n".join(lines)
+                   + f"\n    return {val}\n")
+        hv = _py_vector(self.hvp, "HV", "    ", pr, "q")
+        out.append(f"@HELPER\ndef prob_hvp(xv, vv, HV, {sig}):\n    d = xv.size\n{offs}\n" + "\n".join(hv) + "\n")
+        if self.noise_scale is not None:
+            sg = _py_vector(self.noise_scale, "SG", "    ", pr, "n")
+            out.append(f"@HELPER\ndef prob_noise0(d, SG, {sig}):\n{offs}\n" + "\n".join(sg) + "\n")
+        if self.noise_factor is not None:
+            xi = _py_vector(self.noise_factor, "XI", "    ", pr, "z")
+            out.append(f"@HELPER\ndef prob_corr(xv, GR, Z, XI, {sig}):\n    d = xv.size\n{offs}\n" + "\n".join(xi)
+                       + "\n")
+        return "\n" + "\n".join(out)
+
+    # -- CUDA ---------------------------------------------------------------------------------------------
+    def cuda(self, layout, real: str) -> str:
+        """The CUDA C fragment with the same functions (``__device__``), offsets as ``#define`` constants."""
+        pr = _printers()[1](set(self.fields) | set(layout.names), dict(self.matrices), real)
+        arr = "const double *PV, const double *PM, const double *PL, const double *PY, real *W"
+        out = [layout.c_defines()]
+        g = _c_vector(self.grad, "GR", "    ", pr, "c", real)
+        h = _c_vector(self.hess_diag, "HS", "        ", pr, "e", real)
+        out.append(f"__device__ void prob_grad(const real *xv, real *GR, real *HS, real *SG, {arr}, bool need_hs, "
+                   f"bool need_sg) {{\n" + "\n".join(g) + "\n    if (need_hs) {\n" + "\n".join(h) + "\n    }\n}")
+        lines, val = _c_scalar(self.loss, "    ", pr, "f", real)
+        out.append(f"__device__ real prob_loss(const real *xv, {arr}) {{\n" + "\n".join(lines)
+                   + f"\n    return {val};\n}}")
+        hv = _c_vector(self.hvp, "HV", "    ", pr, "q", real)
+        out.append(f"__device__ void prob_hvp(const real *xv, const real *vv, real *HV, {arr}) {{\n"
+                   + "\n".join(hv) + "\n}")
+        if self.noise_scale is not None:
+            sg = _c_vector(self.noise_scale, "SG", "    ", pr, "n", real)
+            out.append(f"__device__ void prob_noise0(real *SG, {arr}) {{\n" + "\n".join(sg) + "\n}")
+        if self.noise_factor is not None:
+            xi = _c_vector(self.noise_factor, "XI", "    ", pr, "z", real)
+            out.append(f"__device__ void prob_corr(const real *xv, const real *GR, const double *Z, real *XI, {arr}) "
+                       "{\n" + "\n".join(xi) + "\n}")
+        return "\n" + "\n".join(out) + "\n"
+

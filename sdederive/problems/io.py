@@ -1,0 +1,67 @@
+""":func:`from_dict` and :func:`load`: the JSON problem files of the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sdederive.errors import UnknownNameError
+from sdederive.problems.base import Problem, ProblemError
+from sdederive.problems.custom import Custom
+from sdederive.problems.logistic import LogisticRegression
+from sdederive.problems.quadratic import Quadratic
+
+__all__ = ["from_dict", "load"]
+
+_KEYS = {
+    "quadratic": {"kind", "h", "H", "sigma", "Sigma", "noise", "nu", "x0", "d"},
+    "logistic": {"kind", "A", "y", "B", "l2", "x0", "synthetic"},
+    "custom": {"kind", "f", "sigma", "noise", "nu", "x0"},
+}
+
+
+def from_dict(spec: dict) -> Problem:
+    """Build a problem from its JSON form, e.g.
+    ``{"kind": "quadratic", "h": [1, 10], "sigma": [1, 1], "noise": "student-t", "nu": 3, "x0": [1, 1]}``,
+    ``{"kind": "logistic", "synthetic": {"n": 512, "d": 10, "seed": 0}, "B": 8}``."""
+    if not isinstance(spec, dict):
+        raise ProblemError(f"a problem is a JSON object; got {type(spec).__name__}")
+    kind = spec.get("kind", "quadratic")
+    if kind not in _KEYS:
+        raise UnknownNameError("problem kind", kind, _KEYS)
+    unknown = sorted(set(spec) - _KEYS[kind])
+    if unknown:
+        raise ProblemError(f"unknown field(s) {unknown} for a {kind} problem; allowed: {sorted(_KEYS[kind])}")
+    args = {k: v for k, v in spec.items() if k != "kind"}
+    if kind == "quadratic":
+        return Quadratic(**args)
+    if kind == "custom":
+        missing = [k for k in ("f", "sigma", "x0") if k not in args]
+        if missing:
+            raise ProblemError(f"a custom problem needs the field(s) {missing}; e.g. "
+                               '{"kind": "custom", "f": "x_0**4/4 + x_1**2/2", "sigma": [1, 1], "x0": [1, 1]}')
+        return Custom(**args)
+    syn = args.pop("synthetic", None)
+    if syn is not None:
+        base = LogisticRegression.synthetic(**{k: v for k, v in syn.items()}, B=args.get("B", 8))
+        return LogisticRegression(base.A, base.y, B=args.get("B", 8), l2=args.get("l2", base.l2), x0=args.get("x0"))
+    return LogisticRegression(**args)
+
+
+def load(path: str | Path) -> Problem:
+    """Read a problem JSON file."""
+    p = Path(path)
+    if p.is_dir():
+        raise ProblemError(f"problem file {str(p)!r} is a directory; allowed: a JSON problem file")
+    try:
+        spec = json.loads(p.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ProblemError(f"problem file {str(p)!r} does not exist") from None
+    except UnicodeDecodeError:
+        raise ProblemError(f"problem file {str(p)!r} is not a text (UTF-8 JSON) file; a binary file such as "
+                           ".npz cannot be a problem; allowed: a JSON problem file") from None
+    except OSError as e:
+        raise ProblemError(f"problem file {str(p)!r} cannot be read: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise ProblemError(f"problem file {str(p)!r} is not valid JSON: {e}") from None
+    return from_dict(spec)

@@ -15,15 +15,17 @@ __all__ = ["from_dict", "load"]
 
 _KEYS = {
     "quadratic": {"kind", "h", "H", "sigma", "Sigma", "noise", "nu", "x0", "d"},
-    "logistic": {"kind", "A", "y", "B", "l2", "x0", "synthetic"},
+    "logistic": {"kind", "A", "y", "B", "l2", "x0", "synthetic", "data", "label"},
     "custom": {"kind", "f", "sigma", "noise", "nu", "x0"},
 }
 
 
-def from_dict(spec: dict) -> Problem:
+def from_dict(spec: dict, base_dir: str | Path | None = None) -> Problem:
     """Build a problem from its JSON form, e.g.
     ``{"kind": "quadratic", "h": [1, 10], "sigma": [1, 1], "noise": "student-t", "nu": 3, "x0": [1, 1]}``,
-    ``{"kind": "logistic", "synthetic": {"n": 512, "d": 10, "seed": 0}, "B": 8}``."""
+    ``{"kind": "logistic", "synthetic": {"n": 512, "d": 10, "seed": 0}, "B": 8}``,
+    ``{"kind": "logistic", "data": "train.csv", "label": "y", "B": 8}`` (a CSV, NPZ or Parquet file,
+    relative to ``base_dir``: the folder of the problem file)."""
     if not isinstance(spec, dict):
         raise ProblemError(f"a problem is a JSON object; got {type(spec).__name__}")
     kind = spec.get("kind", "quadratic")
@@ -41,6 +43,15 @@ def from_dict(spec: dict) -> Problem:
             raise ProblemError(f"a custom problem needs the field(s) {missing}; e.g. "
                                '{"kind": "custom", "f": "x_0**4/4 + x_1**2/2", "sigma": [1, 1], "x0": [1, 1]}')
         return Custom(**args)
+    data = args.pop("data", None)
+    label = args.pop("label", None)
+    if label is not None and data is None:
+        raise ProblemError("'label' names a column of a data file; it needs 'data' (a .csv, .npz or .parquet file)")
+    if data is not None:
+        if not isinstance(data, str) or "A" in args or "y" in args or "synthetic" in args:
+            raise ProblemError(f"'data' must be one file name, given instead of 'A'/'y'/'synthetic'; got {data!r}")
+        path = Path(data) if base_dir is None or Path(data).is_absolute() else Path(base_dir) / data
+        return LogisticRegression.from_file(path, label=label, **args)
     syn = args.pop("synthetic", None)
     if syn is not None:
         base = LogisticRegression.synthetic(**{k: v for k, v in syn.items()}, B=args.get("B", 8))
@@ -49,8 +60,12 @@ def from_dict(spec: dict) -> Problem:
 
 
 def load(path: str | Path) -> Problem:
-    """Read a problem JSON file."""
+    """Read a problem JSON file, or a data file (``.csv``, ``.npz``, ``.parquet``) as a logistic regression
+    with batch size 1 and no ridge (a JSON file ``{"kind": "logistic", "data": ..., "B": ..., "l2": ...}``
+    sets those)."""
     p = Path(path)
+    if p.suffix.lower() in (".csv", ".npz", ".parquet", ".pq"):
+        return LogisticRegression.from_file(p)
     if p.is_dir():
         raise ProblemError(f"problem file {str(p)!r} is a directory; allowed: a JSON problem file")
     try:
@@ -64,4 +79,4 @@ def load(path: str | Path) -> Problem:
         raise ProblemError(f"problem file {str(p)!r} cannot be read: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise ProblemError(f"problem file {str(p)!r} is not valid JSON: {e}") from None
-    return from_dict(spec)
+    return from_dict(spec, base_dir=p.parent)

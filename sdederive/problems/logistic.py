@@ -307,6 +307,16 @@ class LogisticRegression(Problem):
         return int(self.A.shape[0])
 
     @classmethod
+    def from_file(cls, path, B: int = 1, l2: float = 0.0, label=None, x0=None) -> LogisticRegression:
+        """Data from a ``.csv``, ``.npz`` or ``.parquet`` file (:func:`sdederive.problems._data.read_dataset`):
+        features and a label column coded 0/1 or -1/+1 (``label``: its name or index; by default the
+        column named ``y``, ``label``, ``target`` or ``class``, else the last one)."""
+        from sdederive.problems._data import read_dataset
+
+        A, y = read_dataset(path, label=label)
+        return cls(A, y, B=B, l2=l2, x0=x0)
+
+    @classmethod
     def synthetic(cls, n: int = 512, d: int = 10, B: int = 8, seed: int = 0, l2: float = 1e-3,
                   scale: np.ndarray | None = None) -> LogisticRegression:
         """Gaussian features (column scales ``scale``, default ``geomspace(0.3, 3, d)``), labels from a

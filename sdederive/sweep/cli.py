@@ -150,7 +150,9 @@ def run_sweep(args, out=sys.stdout) -> int:
     elif preset is not None:
         raise UnknownNameError("problem preset", preset, ["surge"])
     else:
-        problem = from_dict(pspec)
+        from pathlib import Path
+
+        problem = from_dict(pspec, base_dir=Path(args.file).parent)
     mode = spec.get("mode", "discrete")
     if mode not in ("discrete", "sde"):
         raise SdederiveError(f"mode={mode!r} in {args.file}; allowed: 'discrete', 'sde'")

@@ -3,14 +3,20 @@ GPU runs are marked ``gpu`` and compared with the numba backend."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import sympy as sp
 
 import sdederive as sd
 from sdederive.problems import Custom, LogisticRegression, Quadratic
+from sdederive.simulate.backends import cuda_backend
 from sdederive.simulate.backends.cuda_backend import compile_check, generate
 from sdederive.simulate.spec import discrete_spec, sde_spec
+
+if not cuda_backend.nvrtc_available() and shutil.which("nvcc") is None:
+    pytest.skip("no CUDA compiler: NVRTC comes with the test extra (pip install -e '.[test]')", allow_module_level=True)
 
 DIAG = Quadratic(h=[1.0, 2.0, 3.0], sigma=[1.0, 1.0, 1.0], x0=[1.0, 1.0, 1.0])
 DENSE = Quadratic(H=[[2.0, 0.5], [0.5, 1.0]], Sigma=[[1.0, 0.3], [0.3, 1.0]], x0=[1.0, 1.0])

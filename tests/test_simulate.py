@@ -303,6 +303,32 @@ def test_kernel_cache_reused_by_second_process(tmp_path):
     assert len(list((tmp_path / "kernels").glob("sdegen_*.py"))) == 1
 
 
+def test_first_run_in_a_fresh_process_compiles_nothing(tmp_path):
+    """With the kernel cached, the first ``run`` of a new process compiles no numba function: the host-side
+    snapshots (the start, the SDE's expected first step mapped through ``obs``, ``keep_final``) go through the
+    module's cached ``host_loss``/``host_obs``, not through ``prob_loss``/``obs`` called from Python (each of
+    which numba compiled for Python's argument types, about 0.3 s at every start)."""
+    code = textwrap.dedent("""
+        import warnings
+        warnings.simplefilter("ignore")
+        import numpy as np
+        import sdederive as sd
+        from sdederive.problems import Quadratic
+        sim = sd.compile(sd.derive("rmsprop"), Quadratic(h=[1.0, 2.0], sigma=[1.0, 1.0], x0=[1.0, 1.0]))
+        r = sim.run(paths=8, steps=4, eta=0.1, seed=0, save_every=1, keep_final=True)
+        m = sim.module
+        print(len(m.prob_loss.signatures) + len(m.obs.signatures), len(m.host_obs.stats.cache_hits),
+              repr(float(r.mean["loss"][1])), repr(float(r.final["loss"].sum())))
+    """)
+    env = dict(os.environ, SDEDERIVE_CACHE=str(tmp_path))
+    first = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True, check=True)
+    second = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True, check=True)
+    compiled, hits, snap1, final = second.stdout.split()
+    assert int(compiled) == 0
+    assert int(hits) >= 1
+    assert [snap1, final] == first.stdout.split()[2:]  # the cold and the cached functions agree
+
+
 def test_editing_the_random_number_code_renames_every_kernel(monkeypatch):
     """numba's cache of a kernel only tracks the kernel's own file, so code the kernel takes from
     rng.py / kernel_support.py must be part of its content hash: a changed generator or snapshot

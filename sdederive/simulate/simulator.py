@@ -460,10 +460,12 @@ class Simulator:
         """``res`` with ``final = {"x": (paths, d), "loss": (paths,)}`` from the kernel's final states."""
         x = np.array(state[:, 0, :], dtype=np.float64)
         x[DIV >= 0] = np.nan
-        mod = self.module
         W = np.zeros(2 * PM.shape[0] + 4)
-        loss = np.array([float(mod.prob_loss(np.ascontiguousarray(xi), PV, PM, PL, PY, W)) if np.all(np.isfinite(xi))
-                         else np.nan for xi in x])
+        fin = np.isfinite(x).all(1)
+        loss = np.full(x.shape[0], np.nan)
+        out = np.empty(int(fin.sum()))
+        self.module.host_loss(np.ascontiguousarray(x[fin]), PV, PM, PL, PY, W, out)
+        loss[fin] = out
         res.final = {"x": x, "loss": loss}
         return res
 
@@ -620,22 +622,23 @@ class Simulator:
         return out
 
     def _host_obs(self, st: dict, PV, PM, PL, PY, HP, discrete: bool) -> np.ndarray:
+        # the module's cached host_loss/host_obs (float64), not prob_loss/obs themselves: those would be compiled
+        # for Python arguments in every process
         mod = self.module
         x = np.ascontiguousarray(st["x"], dtype=np.float64)
         W = np.zeros(2 * PM.shape[0] + 4)
-        loss = float(mod.prob_loss(x, PV, PM, PL, PY, W))
-        vals = [np.array([loss]), np.array([float(x @ x)])]
+        loss = np.empty(1)
+        mod.host_loss(x[None, :], PV, PM, PL, PY, W, loss)
+        vals = [loss, np.array([float(x @ x)])]
         if discrete:  # already in discrete variables
             for o in self.spec.outputs:
                 vals.append(np.asarray(st[o], float))
         else:
-            hp = list(HP[: len(self.spec.scalars)])
-            outs = [np.empty(self.problem.d) for _ in self.spec.outputs]
-            for i in range(self.problem.d):
-                r = mod.obs(*[float(st[s][i]) for s in self.spec.states], *hp)
-                for j in range(len(outs)):
-                    outs[j][i] = r[j]
-            vals += outs
+            ST = np.ascontiguousarray(np.stack([np.broadcast_to(np.asarray(st[s], float), (self.problem.d,))
+                                                for s in self.spec.states]))
+            outs = np.empty((len(self.spec.outputs), self.problem.d))
+            mod.host_obs(ST, np.asarray(HP, np.float64), outs)
+            vals += list(outs)
         return np.concatenate(vals)
 
     @staticmethod

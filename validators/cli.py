@@ -46,9 +46,9 @@ def _formatter():
 
 def add_validate_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``validate`` to ``subparsers`` (from ``parser.add_subparsers()``); returns its parser."""
-    from sdederive.spec import optimizers as opt_mod
-
-    from .problems import names as problem_names
+    # names from the CLI's catalog (tested against the registries): building the parser imports no sympy
+    from sdederive.cli._catalog import optimizer_names
+    from sdederive.cli._catalog import validate_problem_names as problem_names
 
     ex = "\n".join([
         "Example:",
@@ -61,7 +61,7 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "validate", help="weak error and weak order of the SDE against the discrete optimizer",
         formatter_class=_formatter(), description=_DESCRIPTION, epilog=ex)
-    p.add_argument("optimizer", metavar="OPT", help=f"built-in optimizer: {', '.join(opt_mod.names())}")
+    p.add_argument("optimizer", metavar="OPT", help=f"built-in optimizer: {', '.join(optimizer_names())}")
     p.add_argument("--problem", default="quadratic", metavar="FILE|NAME",
                    help=f"problem JSON file or built-in name: {', '.join(problem_names())} (default quadratic)")
     p.add_argument("--batch", type=int, default=None, metavar="B",

@@ -368,3 +368,35 @@ def test_discrete_and_sde_paths_of_one_seed_are_positively_coupled(opt):
         b.append(sde.run(paths=1, steps=2, eta=0.01, seed=seed, save_every=2).mean[key][-1][0])
     a, b = np.array(a) - np.mean(a), np.array(b) - np.mean(b)
     assert a @ b / np.sqrt((a @ a) * (b @ b)) > 0.5
+
+
+def _progress_run(capsys, monkeypatch, tqdm_present: bool) -> str:
+    if not tqdm_present:
+        monkeypatch.setitem(sys.modules, "tqdm", None)  # any import of tqdm now raises ImportError
+        monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    sim = sd.compile(sd.derive("rmsprop"), Quadratic(h=[1.0, 2.0], sigma=[1.0, 1.0], x0=[1.0, 1.0]))
+    capsys.readouterr()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = sim.run(paths=20, steps=300, eta=0.1, seed=0, save_every=100, progress=True)
+    assert r.steps_done == 300
+    return capsys.readouterr().err.replace("\r", "\n")
+
+
+@pytest.mark.parametrize("tqdm_present", [True, False])
+def test_progress_bar_covers_the_whole_run(capsys, monkeypatch, tqdm_present):
+    """``progress=True`` shows the start-up stages (the SDE's start values: its expected first step) before the
+    steps and the statistics after them, through tqdm when it is installed and a text bar when it is not (the
+    old hand-written bar appeared only once the kernel had run its first chunk)."""
+    err = _progress_run(capsys, monkeypatch, tqdm_present)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    import re
+
+    done = [int(m.group(1)) if (m := re.search(r"(\d+)/300", ln)) else -1 for ln in lines]
+    first_steps = next(i for i, n in enumerate(done) if n > 0)  # the first line after a kernel chunk
+    start = [i for i, ln in enumerate(lines) if "start values" in ln]
+    assert start and start[0] < first_steps, err
+    assert any("300/300" in ln and "done" in ln for ln in lines), err
+    assert ("it/s" in err or "step/s" in err) == tqdm_present  # tqdm's rate column; the text bar has none

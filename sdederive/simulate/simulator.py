@@ -143,26 +143,98 @@ class _StopFlag:
         return self.set
 
 
-def _progress(done: int, total: int, t0: float, stream=sys.stderr) -> None:
-    # A one-line bar; tqdm would be a dependency for exactly this line.
-    frac = done / max(total, 1)
-    el = time.perf_counter() - t0
-    eta_s = el / frac - el if frac > 0 else float("nan")
-    bar = "#" * int(30 * frac)
-    stream.write(f"\r[{bar:<30}] {done}/{total} steps  {el:6.1f}s elapsed  ~{eta_s:6.1f}s left")
-    if done >= total:
-        stream.write("\n")
-    stream.flush()
+class _Progress:
+    """The progress bar of one :meth:`Simulator.run` call, from its first line to its last: the start-up
+    stages (hyperparameters, the regime check, the start values with the SDE's expected first step, the host
+    snapshots) by name, then the steps, then the statistics.  ``tqdm.auto`` when tqdm is installed (a widget in
+    Jupyter, a text bar in a terminal); otherwise a one-line text bar on ``stream``.  A disabled one
+    (``progress=False``) does nothing and is false."""
+
+    def __init__(self, total: int, enabled: bool, desc: str = "", stream=None) -> None:
+        self.enabled, self.total, self.stream = bool(enabled), int(total), stream or sys.stderr
+        self.t0 = time.perf_counter()
+        self._tq = None
+        self._stage = "start-up"
+        self._done = 0
+        if not self.enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            tqdm = None
+        if tqdm is not None:
+            self._tq = tqdm(total=self.total, desc=desc or None, unit="step", file=self.stream, leave=True,
+                            dynamic_ncols=True)
+        self.stage("start-up")
+
+    def __bool__(self) -> bool:
+        return self.enabled
+
+    def stage(self, name: str) -> None:
+        """Show what the run is doing before (or after) its steps."""
+        if not self.enabled:
+            return
+        self._stage = name
+        if self._tq is not None:
+            self._tq.set_postfix_str(name)
+        else:
+            self._line()
+
+    def update(self, done: int) -> None:
+        """``done`` of the ``total`` steps are finished."""
+        if not self.enabled:
+            return
+        self._done = int(done)
+        self._stage = "steps"
+        if self._tq is not None:
+            self._tq.update(self._done - self._tq.n)
+            self._tq.set_postfix_str("steps", refresh=False)
+        else:
+            self._line()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._tq is not None:
+            self._tq.close()
+        else:
+            self._line()
+            self.stream.write("\n")
+            self.stream.flush()
+        self.enabled = False
+
+    def _line(self) -> None:
+        frac = self._done / max(self.total, 1)
+        el = time.perf_counter() - self.t0
+        left = f"~{el / frac - el:6.1f}s left" if frac > 0 else ""
+        bar = "#" * int(30 * frac)
+        self.stream.write(f"\r[{bar:<30}] {self._done}/{self.total} steps  {el:6.1f}s elapsed  {left:<14} "
+                          f"{self._stage:<16}")
+        self.stream.flush()
 
 
 def _timed(run):
     """``timing["total_s"]``: the wall time of the whole call (start values, set-up and the kernel), and
-    ``timing["start_s"]``, its part outside the kernel (``total_s - run_s``): what a user waits for."""
+    ``timing["start_s"]``, its part outside the kernel (``total_s - run_s``): what a user waits for.  The
+    ``progress`` flag becomes the call's :class:`_Progress` (covering the same span) and is closed at the end,
+    also when the run raises."""
+    import inspect
+
+    sig = inspect.signature(run)
 
     @functools.wraps(run)
     def wrapper(self, *args, **kwargs):
         t0 = time.perf_counter()
-        res = run(self, *args, **kwargs)
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        bar = _Progress(bound.arguments["steps"] if isinstance(bound.arguments["steps"], (int, np.integer)) else 0,
+                        bool(bound.arguments["progress"]), desc=f"{self.spec.mode} {self.spec.name}")
+        bound.arguments["progress"] = bar
+        try:
+            res = run(*bound.args, **bound.kwargs)
+            bar.stage("done")
+        finally:
+            bar.close()
         res.timing["total_s"] = time.perf_counter() - t0
         res.timing["start_s"] = res.timing["total_s"] - res.timing.get("run_s", 0.0)
         return res
@@ -380,6 +452,7 @@ class Simulator:
             raise SdederiveError(f"keep_final with paths={paths} and d={self.problem.d} needs "
                                  f"{paths * (self.problem.d + 1) * 8 / 2**30:.2f} GiB for the per-path final values; "
                                  f"allowed: at most {_FINAL_MAX_BYTES / 2**30:.0f} GiB (fewer paths)")
+        progress.stage("hyperparameters")
         hv = self.resolve_hyper(eta, hyper)
         if self.mode == "sde" and getattr(_reg.REGIMES.get(self.obj.regime), "scale_noise", False):
             # a RegimeWarning when the problem is outside the SDE's regime (sdederive.analysis.regime_check)
@@ -389,6 +462,7 @@ class Simulator:
         tau = float(self.tau_expr.subs(sym("eta"), hv["eta"]))
         HP = self._scalar_values(hv)
         PV, PM, PL, PY = self._problem_arrays()
+        progress.stage("start values")
         k_start, st0 = self.initial_state(hv, init)
         S, d = len(self.spec.states), self.problem.d
         state = np.empty((paths, S, d), dtype=np.float64)
@@ -403,6 +477,7 @@ class Simulator:
         DIV = np.full(paths, -1, dtype=np.int64)
         key0, key1 = int(seed) & 0xFFFFFFFF, (int(seed) >> 32) & 0xFFFFFFFF
         # host snapshots of the deterministic start (all paths equal)
+        progress.stage("first snapshot")
         snap0 = self._host_obs(self._disc_init_vector(), PV, PM, PL, PY, HP, discrete=True)
         self._put_snapshot(MEAN, CNT, 0, snap0, paths)
         if k_start > 0 and k_start % save_every == 0:
@@ -418,7 +493,6 @@ class Simulator:
         # first chunk small (a progress update soon, Ctrl-C answered soon); later ones sized to chunk_seconds
         chunk = max(1, min(steps - k_start, int(1e6 // max(1, paths * d * S)), max(1, steps // 100)))
         interrupted = False
-        t0 = time.perf_counter()
         stop = _StopFlag()
         try:
             while k < steps and not stop:
@@ -429,8 +503,7 @@ class Simulator:
                 el = time.perf_counter() - c0
                 t_run += el
                 k = k_end
-                if progress:
-                    _progress(k, steps, t0)
+                progress.update(k)
                 if not mask_diverged and np.any(DIV >= 0):
                     break
                 if el > 0:
@@ -440,6 +513,7 @@ class Simulator:
         finally:
             stop.restore()
         interrupted = interrupted or bool(stop)
+        progress.stage("statistics")
         res = self._finish(MEAN, M2, CNT, n_save, k, steps, save_every, tau, paths, DIV, hv, seed, interrupted,
                            t_run, mask_diverged)
         return self._keep_final(res, state, DIV, PV, PM, PL, PY) if keep_final else res
@@ -545,7 +619,6 @@ class Simulator:
         slab = max(1, int(_CUDA_OBS_SLAB // max(nobs, 1)))
         out = cp.empty((min(paths, slab), nobs))
         t_run, k, interrupted = 0.0, k_start, False
-        t0 = time.perf_counter()
         stop = _StopFlag()
         try:
             while k < steps and not stop:
@@ -591,8 +664,7 @@ class Simulator:
                 cp.cuda.Device().synchronize()
                 t_run += time.perf_counter() - c0
                 k = k_end
-                if progress:
-                    _progress(k, steps, t0)
+                progress.update(k)
                 if not mask_diverged and bool((g["DIV"] >= 0).any()):
                     break
         except KeyboardInterrupt:

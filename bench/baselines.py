@@ -50,7 +50,7 @@ import numpy as np
 
 os.environ.setdefault("EQX_ON_ERROR", "nan")
 
-__all__ = ["diffrax_run", "torchsde_run", "euler_reference_loss", "problem"]
+__all__ = ["diffrax_run", "torchsde_run", "euler_reference_loss", "problem", "sde_diffrax_run", "sde_torchsde_run"]
 
 _INSTALL_HINT = "pip install -e '.[bench]'"
 _N_TIMED = 3
@@ -264,6 +264,160 @@ def torchsde_run(
     xT = ys[-1, :, :d].numpy()
     res["mean_loss"] = float(np.mean(np.sum(p["h"] * xT**2 / 2, axis=1)))
     return res
+
+
+def _sde_parts(sde: Any, prob: Any, eta: float, T: int) -> dict[str, Any]:
+    """Any derived SDE on ``prob`` through ``sdederive.export``'s lowering (the kernels' own per-coordinate drift
+    and diffusion, scalars substituted, the same start ``y0`` at ``t0``): what the generic baselines integrate."""
+    import sympy as sp
+
+    from sdederive.export import _coefficients, _lowered
+
+    spec, scalars, y0, t0, tau = _lowered(sde, prob, eta, None)
+    args, drift, diff, S, R = _coefficients(spec, scalars)
+    k0 = int(round(t0 / tau))
+    return {"args": args, "drift": drift, "diff": [b for row in diff for b in row], "S": S, "R": R, "y0": y0,
+            "t0": t0, "tau": tau, "steps": T - k0, "sp": sp, "d": prob.d}
+
+
+def _sde_loss(prob: Any, xT: np.ndarray) -> float:
+    from sdederive.problems import Quadratic
+
+    if not isinstance(prob, Quadratic) or prob.H is not None:
+        return float("nan")
+    return float(np.mean(np.sum(prob.h * xT**2 / 2, axis=1)))
+
+
+def sde_diffrax_run(sde: Any, prob: Any, N: int, T: int, eta: float, seed: int = 0) -> dict[str, float]:
+    """A derived SDE (``sdederive.derive``) on a diagonal quadratic ``prob`` with diffrax: Euler at ``dt = tau``,
+    ``jit(vmap)`` over ``N`` paths, from the start sdederive's simulator uses (``t0``, ``y0`` of
+    ``sdederive.export``) to step ``T``.  The diffusion is a ``lineax.FunctionLinearOperator`` applying the
+    per-coordinate coefficients to an ``(R d,)`` ``UnsafeBrownianPath`` (``R`` noise sources): the ``R d``
+    Gaussians a step that the SDE needs, no dense ``(S d, R d)`` matrix (``sdederive.export.to_diffrax``'s
+    matrix is meant for correctness, not for speed at d = 1000).
+
+    ``compile_s`` is the first call (trace, XLA compile and one run: what a one-shot script waits for),
+    ``run_s`` the best of the warm calls (``_N_TIMED``)."""
+    try:
+        import diffrax
+        import jax
+        import jax.numpy as jnp
+        import jax.scipy.special as jsp
+        import lineax as lx
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"sde_diffrax_run needs jax, diffrax and lineax: {_INSTALL_HINT} ({err})") from err
+    jax.config.update("jax_enable_x64", True)
+    q = _sde_parts(sde, prob, eta, T)
+    sp, S, R, d, tau = q["sp"], q["S"], q["R"], q["d"], q["tau"]
+    mods = [{"erf": jsp.erf, "erfc": jsp.erfc}, "jax"]
+    fa = sp.lambdify(q["args"], q["drift"], mods)
+    fb = sp.lambdify(q["args"], q["diff"], mods)
+    h = jnp.asarray(prob.h)
+    sg = jnp.asarray(prob.sigma)
+    wstruct = jax.ShapeDtypeStruct((R * d,), jnp.float64)
+
+    def inputs(t: Any, y: Any) -> list:
+        st = [y[s * d:(s + 1) * d] for s in range(S)]
+        z = 0 * st[0]
+        return st + [h * st[0], h + z, sg + z, t + z, t / tau + z]
+
+    def drift(t: Any, y: Any, args: Any) -> Any:
+        return jnp.concatenate([jnp.broadcast_to(a, (d,)) for a in fa(*inputs(t, y))])
+
+    def diffusion(t: Any, y: Any, args: Any) -> Any:
+        b = fb(*inputs(t, y))
+
+        def apply(w: Any) -> Any:
+            return jnp.concatenate([sum(jnp.broadcast_to(b[s * R + r], (d,)) * w[r * d:(r + 1) * d] for r in range(R))
+                                    for s in range(S)])
+
+        return lx.FunctionLinearOperator(apply, wstruct)
+
+    t0, n = q["t0"], q["steps"]
+    t1 = t0 + n * tau
+    y0 = jnp.asarray(q["y0"])
+
+    def one_path(key: Any) -> Any:
+        bm = diffrax.UnsafeBrownianPath(shape=wstruct, key=key)
+        terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm))
+        sol = diffrax.diffeqsolve(terms, diffrax.Euler(), t0=t0, t1=t1, dt0=tau, y0=y0,
+                                  saveat=diffrax.SaveAt(t1=True), max_steps=n + 16, adjoint=diffrax.ForwardMode())
+        return sol.ys[-1][:d], sol.stats["num_steps"]
+
+    @jax.jit
+    def simulate(key: Any) -> tuple[Any, Any]:
+        return jax.vmap(one_path)(jax.random.split(key, N))
+
+    key = jax.random.key(seed)
+    res, (xT, nsteps) = _time_calls(lambda: jax.block_until_ready(simulate(key)), N, d, T)
+    nsteps = int(np.max(np.asarray(nsteps)))
+    if abs(nsteps - n) > 1:
+        raise RuntimeError(f"diffrax took {nsteps} steps, expected {n}")
+    res["mean_loss"] = _sde_loss(prob, np.asarray(xT))
+    return res
+
+
+def sde_torchsde_run(sde: Any, prob: Any, N: int, T: int, eta: float, seed: int = 0,
+                     timed: int = 1) -> dict[str, float]:
+    """The same SDE with ``torchsde.sdeint(method="euler")`` (float64, CPU, no grad), diagonal noise: valid when
+    the SDE has one noise source and only ``x`` is driven by it (SGD, RMSprop in the noise-dominated regime);
+    otherwise a ``ValueError`` (torchsde's "general" noise needs a dense ``(N, S d, d)`` tensor a step).
+    ``timed`` warm calls after the first (torchsde compiles nothing, so both cost the same)."""
+    try:
+        import torch
+        import torchsde
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(f"sde_torchsde_run needs torch and torchsde: {_INSTALL_HINT} ({err})") from err
+    q = _sde_parts(sde, prob, eta, T)
+    sp, S, R, d, tau = q["sp"], q["S"], q["R"], q["d"], q["tau"]
+    if R != 1 or any(b != 0 for b in q["diff"][1:]):
+        raise ValueError("torchsde's diagonal noise needs one noise source that drives x only")
+    fa = sp.lambdify(q["args"], q["drift"], "torch")
+    fb = sp.lambdify(q["args"], q["diff"][:1], "torch")
+    f64 = torch.float64
+    h = torch.as_tensor(prob.h, dtype=f64)
+    sg = torch.as_tensor(np.asarray(prob.sigma, float), dtype=f64)
+
+    def inputs(t: Any, y: Any) -> list:
+        st = [y[:, s * d:(s + 1) * d] for s in range(S)]
+        z = 0 * st[0]
+        tt = torch.as_tensor(t, dtype=f64) + z
+        return st + [h * st[0], h + z, sg + z, tt, tt / tau]
+
+    class _SDE(torch.nn.Module):
+        noise_type = "diagonal"
+        sde_type = "ito"
+
+        def f(self, t: Any, y: Any) -> Any:
+            return torch.cat([torch.as_tensor(a, dtype=f64) + 0 * y[:, :d] for a in fa(*inputs(t, y))], dim=1)
+
+        def g(self, t: Any, y: Any) -> Any:
+            gx = torch.as_tensor(fb(*inputs(t, y))[0], dtype=f64) + 0 * y[:, :d]
+            return torch.cat([gx] + [torch.zeros_like(gx)] * (S - 1), dim=1)
+
+    t0, n = q["t0"], q["steps"]
+    t1 = t0
+    for _ in range(n):  # the same float sum torchsde's stepping makes: exactly n steps (see torchsde_run)
+        t1 += tau
+    y0 = torch.as_tensor(q["y0"], dtype=f64).expand(N, S * d)
+    ts = torch.tensor([t0, t1], dtype=f64)
+    mod = _SDE()
+
+    def call() -> Any:
+        bm = torchsde.BrownianInterval(t0=t0, t1=t1, size=(N, S * d), dtype=f64, device="cpu", entropy=seed, dt=tau)
+        with torch.no_grad():
+            return torchsde.sdeint(mod, y0, ts, bm=bm, method="euler", dt=tau)
+
+    t_start = time.perf_counter()
+    ys = call()
+    first = time.perf_counter() - t_start
+    best = first
+    for _ in range(timed):
+        t_start = time.perf_counter()
+        ys = call()
+        best = min(best, time.perf_counter() - t_start)
+    return {"compile_s": first, "run_s": best, "coord_steps_per_s": N * d * T / best,
+            "mean_loss": _sde_loss(prob, ys[-1, :, :d].numpy())}
 
 
 def main() -> None:

@@ -303,6 +303,32 @@ def test_kernel_cache_reused_by_second_process(tmp_path):
     assert len(list((tmp_path / "kernels").glob("sdegen_*.py"))) == 1
 
 
+def test_first_run_in_a_fresh_process_compiles_nothing(tmp_path):
+    """With the kernel cached, the first ``run`` of a new process compiles no numba function: the host-side
+    snapshots (the start, the SDE's expected first step mapped through ``obs``, ``keep_final``) go through the
+    module's cached ``host_loss``/``host_obs``, not through ``prob_loss``/``obs`` called from Python (each of
+    which numba compiled for Python's argument types, about 0.3 s at every start)."""
+    code = textwrap.dedent("""
+        import warnings
+        warnings.simplefilter("ignore")
+        import numpy as np
+        import sdederive as sd
+        from sdederive.problems import Quadratic
+        sim = sd.compile(sd.derive("rmsprop"), Quadratic(h=[1.0, 2.0], sigma=[1.0, 1.0], x0=[1.0, 1.0]))
+        r = sim.run(paths=8, steps=4, eta=0.1, seed=0, save_every=1, keep_final=True)
+        m = sim.module
+        print(len(m.prob_loss.signatures) + len(m.obs.signatures), len(m.host_obs.stats.cache_hits),
+              repr(float(r.mean["loss"][1])), repr(float(r.final["loss"].sum())))
+    """)
+    env = dict(os.environ, SDEDERIVE_CACHE=str(tmp_path))
+    first = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True, check=True)
+    second = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True, check=True)
+    compiled, hits, snap1, final = second.stdout.split()
+    assert int(compiled) == 0
+    assert int(hits) >= 1
+    assert [snap1, final] == first.stdout.split()[2:]  # the cold and the cached functions agree
+
+
 def test_editing_the_random_number_code_renames_every_kernel(monkeypatch):
     """numba's cache of a kernel only tracks the kernel's own file, so code the kernel takes from
     rng.py / kernel_support.py must be part of its content hash: a changed generator or snapshot
@@ -342,3 +368,35 @@ def test_discrete_and_sde_paths_of_one_seed_are_positively_coupled(opt):
         b.append(sde.run(paths=1, steps=2, eta=0.01, seed=seed, save_every=2).mean[key][-1][0])
     a, b = np.array(a) - np.mean(a), np.array(b) - np.mean(b)
     assert a @ b / np.sqrt((a @ a) * (b @ b)) > 0.5
+
+
+def _progress_run(capsys, monkeypatch, tqdm_present: bool) -> str:
+    if not tqdm_present:
+        monkeypatch.setitem(sys.modules, "tqdm", None)  # any import of tqdm now raises ImportError
+        monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    sim = sd.compile(sd.derive("rmsprop"), Quadratic(h=[1.0, 2.0], sigma=[1.0, 1.0], x0=[1.0, 1.0]))
+    capsys.readouterr()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = sim.run(paths=20, steps=300, eta=0.1, seed=0, save_every=100, progress=True)
+    assert r.steps_done == 300
+    return capsys.readouterr().err.replace("\r", "\n")
+
+
+@pytest.mark.parametrize("tqdm_present", [True, False])
+def test_progress_bar_covers_the_whole_run(capsys, monkeypatch, tqdm_present):
+    """``progress=True`` shows the start-up stages (the SDE's start values: its expected first step) before the
+    steps and the statistics after them, through tqdm when it is installed and a text bar when it is not (the
+    old hand-written bar appeared only once the kernel had run its first chunk)."""
+    err = _progress_run(capsys, monkeypatch, tqdm_present)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    import re
+
+    done = [int(m.group(1)) if (m := re.search(r"(\d+)/300", ln)) else -1 for ln in lines]
+    first_steps = next(i for i, n in enumerate(done) if n > 0)  # the first line after a kernel chunk
+    start = [i for i, ln in enumerate(lines) if "start values" in ln]
+    assert start and start[0] < first_steps, err
+    assert any("300/300" in ln and "done" in ln for ln in lines), err
+    assert ("it/s" in err or "step/s" in err) == tqdm_present  # tqdm's rate column; the text bar has none

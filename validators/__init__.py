@@ -16,11 +16,47 @@ sample budget, optimal learning rate vs batch size), each returning a ``CheckRes
 and pass/fail.
 """
 
-from . import checks, problems, testing
-from .compare import Comparison, compare, compare_final, weak_order
-from .errors import ValidationError
-from .onestep import OneStepResult, onestep_check
-from .testing import assert_sde_matches, assert_weak_order
+import importlib
+import sys
+import types
+
+# public name -> submodule (imported on first use, PEP 562: ``sdederive validate --help`` builds its parser
+# through ``sdederive.validators.cli`` without loading sympy or numba)
+_LAZY = {
+    "checks": None, "problems": None, "testing": None,
+    "Comparison": "compare", "compare": "compare", "compare_final": "compare", "weak_order": "compare",
+    "ValidationError": "errors", "OneStepResult": "onestep", "onestep_check": "onestep",
+    "assert_sde_matches": "testing", "assert_weak_order": "testing",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    sub = _LAZY[name]
+    mod = importlib.import_module(f"{__name__}.{sub or name}")
+    value = mod if sub is None else getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """The package's module type: the import system binds a loaded submodule to the package attribute of its
+    name, and ``compare`` is also a public function of that submodule; as with an eager
+    ``from .compare import compare``, the attribute stays the function."""
+
+    def __setattr__(self, attr: str, value) -> None:
+        if attr == "compare" and isinstance(value, types.ModuleType) and hasattr(value, "compare"):
+            value = value.compare
+        super().__setattr__(attr, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "onestep_check", "OneStepResult", "compare", "compare_final", "weak_order", "Comparison", "ValidationError",

@@ -47,9 +47,9 @@ def _formatter():
 
 def add_validate_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``validate`` to ``subparsers`` (from ``parser.add_subparsers()``); returns its parser."""
-    from sdederive.spec import optimizers as opt_mod
-
-    from .problems import names as problem_names
+    # names from the CLI's catalog (tested against the registries): building the parser imports no sympy
+    from sdederive.cli._catalog import optimizer_names
+    from sdederive.cli._catalog import validate_problem_names as problem_names
 
     ex = "\n".join([
         "Example:",
@@ -65,7 +65,7 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
     from sdederive.cli._common import SPEC_HELP
 
     p.add_argument("optimizer", metavar="OPT", nargs="?", default=None,
-                   help=f"built-in optimizer: {', '.join(opt_mod.names())} (or --spec)")
+                   help=f"built-in optimizer: {', '.join(optimizer_names())} (or --spec)")
     p.add_argument("--spec", default=None, metavar="FILE", help=SPEC_HELP)
     p.add_argument("--problem", default="quadratic", metavar="FILE|NAME",
                    help=f"problem JSON file or built-in name: {', '.join(problem_names())} (default quadratic)")

@@ -17,13 +17,41 @@ import textwrap
 import time
 from collections.abc import Sequence
 
-from sdederive import noise as noise_mod
-from sdederive import regimes as regime_mod
-from sdederive._json import dumps as json_dumps
-from sdederive.cli._common import SPEC_HELP, Formatter, Parser, UsageError, examples, kv_list, load_spec, one_line
-from sdederive.derivation.engine import derive
+from sdederive.cli import _catalog
+from sdederive.cli._common import SPEC_HELP, Formatter, Parser, UsageError, examples, kv_list, load_spec
 from sdederive.errors import NoiseModelError, SdederiveError
-from sdederive.spec import optimizers as opt_mod
+
+
+class _Lazy:
+    """A module imported on its first attribute access: building the parser (``--help``, ``list``) imports
+    neither sympy nor numba; the names its help texts list come from :mod:`sdederive.cli._catalog`."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+noise_mod = _Lazy("sdederive.noise")
+regime_mod = _Lazy("sdederive.regimes")
+opt_mod = _Lazy("sdederive.spec.optimizers")
+
+
+def derive(*args, **kwargs):
+    """:func:`sdederive.derivation.engine.derive`, imported on first use."""
+    from sdederive.derivation.engine import derive as _derive_impl
+
+    return _derive_impl(*args, **kwargs)
+
+
+def json_dumps(obj, **kwargs) -> str:
+    """:func:`sdederive._json.dumps`, imported on first use (it needs numpy)."""
+    from sdederive._json import dumps
+
+    return dumps(obj, **kwargs)
 
 __all__ = ["main", "build_parser"]
 
@@ -36,8 +64,8 @@ NOISE_DOCS = {
     "minibatch": "Gaussian with sigma = sigma1/sqrt(B): per-example std sigma1, batch size B",
 }
 
-_NOISE_HELP = f"gradient-noise model: {', '.join(noise_mod.names())} (default: gaussian)"
-_REGIME_HELP = f"asymptotic regime: {', '.join(regime_mod.names())} (default: the optimizer's natural one)"
+_NOISE_HELP = f"gradient-noise model: {', '.join(_catalog.noise_names())} (default: gaussian)"
+_REGIME_HELP = f"asymptotic regime: {', '.join(_catalog.regime_names())} (default: the optimizer's natural one)"
 _NU_HELP = "Student-t degrees of freedom, a number > 0 (only with --noise student-t; default: symbolic nu)"
 
 
@@ -96,31 +124,26 @@ def _dump(obj) -> str:
 
 
 def cmd_list(args, out) -> int:
+    # from the catalog (sdederive.cli._catalog, generated from the registries and tested against them): no sympy
     print("Optimizers (sdederive derive NAME):", file=out)
-    rows = []
-    for name in opt_mod.names():
-        opt = opt_mod.get(name)
-        states = ", ".join(s.name for s in opt.states) or "-"
-        rows.append((name, opt.natural_regime, states, one_line(opt.doc)))
+    rows = [(name, reg, ", ".join(states) or "-", doc) for name, reg, states, doc in _catalog.OPTIMIZERS]
     w = [max(len(r[i]) for r in rows + [("name", "natural regime", "states", "")]) for i in range(3)]
     print(f"  {'name':<{w[0]}}  {'natural regime':<{w[1]}}  {'states':<{w[2]}}  description", file=out)
     for r in rows:
         print(f"  {r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}", file=out)
 
     print("\nNoise models (--noise NAME):", file=out)
-    wn = max(len(n) for n in noise_mod.names())
-    for name in noise_mod.names():
+    wn = max(len(n) for n in _catalog.noise_names())
+    for name in _catalog.noise_names():
         print(f"  {name:<{wn}}  {NOISE_DOCS.get(name, '')}", file=out)
 
     print("\nRegimes (--regime NAME):", file=out)
-    wr = max(len(n) for n in regime_mod.names())
-    wt = max(len(str(regime_mod.get(n).tau)) for n in regime_mod.names())
+    wr = max(len(r[0]) for r in _catalog.REGIMES)
+    wt = max(len(r[1]) for r in _catalog.REGIMES)
     indent = " " * (2 + wr + 2 + len("tau = ") + wt + 2)
-    for name in regime_mod.names():
-        rg = regime_mod.get(name)
-        head = f"  {name:<{wr}}  tau = {str(rg.tau):<{wt}}  "
-        doc = " ".join(rg.doc.split()) or "-"
-        print(textwrap.fill(doc, width=110, initial_indent=head, subsequent_indent=indent), file=out)
+    for name, tau, doc in _catalog.REGIMES:
+        head = f"  {name:<{wr}}  tau = {tau:<{wt}}  "
+        print(textwrap.fill(doc or "-", width=110, initial_indent=head, subsequent_indent=indent), file=out)
     return 0
 
 
@@ -299,7 +322,7 @@ def cmd_simulate(args, out) -> int:
 def _add_optimizer_args(p: argparse.ArgumentParser) -> None:
     """``OPT`` (a built-in name) or ``--spec FILE`` (read by :func:`_optimizer`)."""
     p.add_argument("optimizer", metavar="OPT", nargs="?", default=None,
-                   help=f"built-in optimizer: {', '.join(opt_mod.names())} (or --spec)")
+                   help=f"built-in optimizer: {', '.join(_catalog.optimizer_names())} (or --spec)")
     p.add_argument("--spec", default=None, metavar="FILE", help=SPEC_HELP)
     p.set_defaults(usage_parser=p)
 

@@ -148,26 +148,98 @@ class _StopFlag:
         return self.set
 
 
-def _progress(done: int, total: int, t0: float, stream=sys.stderr) -> None:
-    # A one-line bar; tqdm would be a dependency for exactly this line.
-    frac = done / max(total, 1)
-    el = time.perf_counter() - t0
-    eta_s = el / frac - el if frac > 0 else float("nan")
-    bar = "#" * int(30 * frac)
-    stream.write(f"\r[{bar:<30}] {done}/{total} steps  {el:6.1f}s elapsed  ~{eta_s:6.1f}s left")
-    if done >= total:
-        stream.write("\n")
-    stream.flush()
+class _Progress:
+    """The progress bar of one :meth:`Simulator.run` call, from its first line to its last: the start-up
+    stages (hyperparameters, the regime check, the start values with the SDE's expected first step, the host
+    snapshots) by name, then the steps, then the statistics.  ``tqdm.auto`` when tqdm is installed (a widget in
+    Jupyter, a text bar in a terminal); otherwise a one-line text bar on ``stream``.  A disabled one
+    (``progress=False``) does nothing and is false."""
+
+    def __init__(self, total: int, enabled: bool, desc: str = "", stream=None) -> None:
+        self.enabled, self.total, self.stream = bool(enabled), int(total), stream or sys.stderr
+        self.t0 = time.perf_counter()
+        self._tq = None
+        self._stage = "start-up"
+        self._done = 0
+        if not self.enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            tqdm = None
+        if tqdm is not None:
+            self._tq = tqdm(total=self.total, desc=desc or None, unit="step", file=self.stream, leave=True,
+                            dynamic_ncols=True)
+        self.stage("start-up")
+
+    def __bool__(self) -> bool:
+        return self.enabled
+
+    def stage(self, name: str) -> None:
+        """Show what the run is doing before (or after) its steps."""
+        if not self.enabled:
+            return
+        self._stage = name
+        if self._tq is not None:
+            self._tq.set_postfix_str(name)
+        else:
+            self._line()
+
+    def update(self, done: int) -> None:
+        """``done`` of the ``total`` steps are finished."""
+        if not self.enabled:
+            return
+        self._done = int(done)
+        self._stage = "steps"
+        if self._tq is not None:
+            self._tq.update(self._done - self._tq.n)
+            self._tq.set_postfix_str("steps", refresh=False)
+        else:
+            self._line()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._tq is not None:
+            self._tq.close()
+        else:
+            self._line()
+            self.stream.write("\n")
+            self.stream.flush()
+        self.enabled = False
+
+    def _line(self) -> None:
+        frac = self._done / max(self.total, 1)
+        el = time.perf_counter() - self.t0
+        left = f"~{el / frac - el:6.1f}s left" if frac > 0 else ""
+        bar = "#" * int(30 * frac)
+        self.stream.write(f"\r[{bar:<30}] {self._done}/{self.total} steps  {el:6.1f}s elapsed  {left:<14} "
+                          f"{self._stage:<16}")
+        self.stream.flush()
 
 
 def _timed(run):
     """``timing["total_s"]``: the wall time of the whole call (start values, set-up and the kernel), and
-    ``timing["start_s"]``, its part outside the kernel (``total_s - run_s``): what a user waits for."""
+    ``timing["start_s"]``, its part outside the kernel (``total_s - run_s``): what a user waits for.  The
+    ``progress`` flag becomes the call's :class:`_Progress` (covering the same span) and is closed at the end,
+    also when the run raises."""
+    import inspect
+
+    sig = inspect.signature(run)
 
     @functools.wraps(run)
     def wrapper(self, *args, **kwargs):
         t0 = time.perf_counter()
-        res = run(self, *args, **kwargs)
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        bar = _Progress(bound.arguments["steps"] if isinstance(bound.arguments["steps"], (int, np.integer)) else 0,
+                        bool(bound.arguments["progress"]), desc=f"{self.spec.mode} {self.spec.name}")
+        bound.arguments["progress"] = bar
+        try:
+            res = run(*bound.args, **bound.kwargs)
+            bar.stage("done")
+        finally:
+            bar.close()
         res.timing["total_s"] = time.perf_counter() - t0
         res.timing["start_s"] = res.timing["total_s"] - res.timing.get("run_s", 0.0)
         return res
@@ -376,6 +448,7 @@ class Simulator:
             raise SdederiveError(f"keep_final with paths={paths} and d={self.problem.d} needs "
                                  f"{paths * (self.problem.d + 1) * 8 / 2**30:.2f} GiB for the per-path final values; "
                                  f"allowed: at most {_FINAL_MAX_BYTES / 2**30:.0f} GiB (fewer paths)")
+        progress.stage("hyperparameters")
         hv = self.resolve_hyper(eta, hyper)
         if self.mode == "sde" and getattr(_reg.REGIMES.get(self.obj.regime), "scale_noise", False):
             # a RegimeWarning when the problem is outside the SDE's regime (sdederive.analysis.regime_check)
@@ -385,6 +458,7 @@ class Simulator:
         tau = float(self.tau_expr.subs(sym("eta"), hv["eta"]))
         HP = self._scalar_values(hv)
         PV, PM, PL, PY = self._problem_arrays()
+        progress.stage("start values")
         k_start, st0 = self.initial_state(hv, init)
         S, d = len(self.spec.states), self.problem.d
         state = np.empty((paths, S, d), dtype=np.float64)
@@ -399,6 +473,7 @@ class Simulator:
         DIV = np.full(paths, -1, dtype=np.int64)
         key0, key1 = int(seed) & 0xFFFFFFFF, (int(seed) >> 32) & 0xFFFFFFFF
         # host snapshots of the deterministic start (all paths equal)
+        progress.stage("first snapshot")
         snap0 = self._host_obs(self._disc_init_vector(), PV, PM, PL, PY, HP, discrete=True)
         self._put_snapshot(MEAN, CNT, 0, snap0, paths)
         if k_start > 0 and k_start % save_every == 0:
@@ -414,7 +489,6 @@ class Simulator:
         # (a backend may end a chunk elsewhere: AbstractBackend.chunk_end)
         chunk = max(1, min(steps - k_start, int(1e6 // max(1, paths * d * S)), max(1, steps // 100)))
         interrupted = False
-        t0 = time.perf_counter()
         stop = _StopFlag()
         try:
             while k < steps and not stop:
@@ -424,8 +498,7 @@ class Simulator:
                 el = time.perf_counter() - c0
                 t_run += el
                 k = k_end
-                if progress:
-                    _progress(k, steps, t0)
+                progress.update(k)
                 if not mask_diverged and impl.any_diverged(run):
                     break
                 if el > 0:
@@ -436,6 +509,7 @@ class Simulator:
             stop.restore()
         interrupted = interrupted or bool(stop)
         impl.finish(self.handle, run)
+        progress.stage("statistics")
         res = self._finish(MEAN, M2, CNT, n_save, k, steps, save_every, tau, paths, DIV, hv, seed, interrupted,
                            t_run, mask_diverged)
         return self._keep_final(res, state, DIV, PV, PM, PL, PY) if keep_final else res
@@ -456,10 +530,12 @@ class Simulator:
         """``res`` with ``final = {"x": (paths, d), "loss": (paths,)}`` from the kernel's final states."""
         x = np.array(state[:, 0, :], dtype=np.float64)
         x[DIV >= 0] = np.nan
-        mod = self.module
         W = np.zeros(2 * PM.shape[0] + 4)
-        loss = np.array([float(mod.prob_loss(np.ascontiguousarray(xi), PV, PM, PL, PY, W)) if np.all(np.isfinite(xi))
-                         else np.nan for xi in x])
+        fin = np.isfinite(x).all(1)
+        loss = np.full(x.shape[0], np.nan)
+        out = np.empty(int(fin.sum()))
+        self.module.host_loss(np.ascontiguousarray(x[fin]), PV, PM, PL, PY, W, out)
+        loss[fin] = out
         res.final = {"x": x, "loss": loss}
         return res
 
@@ -534,22 +610,23 @@ class Simulator:
         return out
 
     def _host_obs(self, st: dict, PV, PM, PL, PY, HP, discrete: bool) -> np.ndarray:
+        # the module's cached host_loss/host_obs (float64), not prob_loss/obs themselves: those would be compiled
+        # for Python arguments in every process
         mod = self.module
         x = np.ascontiguousarray(st["x"], dtype=np.float64)
         W = np.zeros(2 * PM.shape[0] + 4)
-        loss = float(mod.prob_loss(x, PV, PM, PL, PY, W))
-        vals = [np.array([loss]), np.array([float(x @ x)])]
+        loss = np.empty(1)
+        mod.host_loss(x[None, :], PV, PM, PL, PY, W, loss)
+        vals = [loss, np.array([float(x @ x)])]
         if discrete:  # already in discrete variables
             for o in self.spec.outputs:
                 vals.append(np.asarray(st[o], float))
         else:
-            hp = list(HP[: len(self.spec.scalars)])
-            outs = [np.empty(self.problem.d) for _ in self.spec.outputs]
-            for i in range(self.problem.d):
-                r = mod.obs(*[float(st[s][i]) for s in self.spec.states], *hp)
-                for j in range(len(outs)):
-                    outs[j][i] = r[j]
-            vals += outs
+            ST = np.ascontiguousarray(np.stack([np.broadcast_to(np.asarray(st[s], float), (self.problem.d,))
+                                                for s in self.spec.states]))
+            outs = np.empty((len(self.spec.outputs), self.problem.d))
+            mod.host_obs(ST, np.asarray(HP, np.float64), outs)
+            vals += list(outs)
         return np.concatenate(vals)
 
     @staticmethod

@@ -31,8 +31,6 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
-
 from sdederive.errors import SdederiveError, UnknownNameError
 
 __all__ = ["add_sweep_parser", "run_sweep", "surge_problem"]
@@ -41,6 +39,8 @@ __all__ = ["add_sweep_parser", "run_sweep", "surge_problem"]
 def surge_problem(d: int = 100, rho: float = 0.5, c: float = 0.02):
     """Li et al.'s §5B set-up: ``H = (1-rho) I + rho 11^T``, start where the gradient is ``c*1``,
     per-example noise ``sigma_i = 1`` (a sweep's ``B`` axis divides it by ``sqrt(B)``)."""
+    import numpy as np  # here, not at the top: the CLI's parser imports this module
+
     from sdederive.problems import Quadratic
 
     for name, v in (("d", d), ("rho", rho), ("c", c)):

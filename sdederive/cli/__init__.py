@@ -1,6 +1,5 @@
-"""The ``sdederive`` command line: :mod:`.main` (the commands), :mod:`._common` (what every
-subcommand shares)."""
+"""The ``sdederive`` command line: :mod:`sdederive.cli.main` (the commands; the console script is its
+``main``), :mod:`._common` (what every subcommand shares), :mod:`._catalog` (the names ``--help``
+lists, without importing sympy).
 
-from sdederive.cli.main import build_parser, main
-
-__all__ = ["main", "build_parser"]
+Nothing is imported here, so ``python -m sdederive.cli.main`` runs its module once."""

@@ -1,8 +1,8 @@
 """sdederive: derive SDE approximations of stochastic optimizers from their update rules.
 
-The public names are imported on first use (PEP 562 module ``__getattr__``): ``import sdederive`` itself
-loads neither sympy nor numba, so the command line's ``--help`` and ``list`` start at once.  ``from
-sdederive import derive``, ``sd.derive``, ``dir(sd)`` and ``__all__`` behave as with eager imports.
+The public names are imported on first use (PEP 562 module `__getattr__`): `import sdederive` itself
+loads neither sympy nor numba, so the command line's `--help` and `list` start at once.  `from
+sdederive import derive`, `sd.derive`, `dir(sd)` and `__all__` behave as with eager imports.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def __getattr__(name: str):
 
 class _Package(types.ModuleType):
     """The package's module type: the import system binds a loaded submodule to the package attribute of its
-    name, and ``symbols`` is also a public function of that submodule; as with an eager
-    ``from .symbols import symbols``, the attribute stays the function."""
+    name, and `symbols` is also a public function of that submodule; as with an eager
+    `from .symbols import symbols`, the attribute stays the function."""
 
     def __setattr__(self, attr: str, value) -> None:
         if attr == "symbols" and isinstance(value, types.ModuleType) and hasattr(value, "symbols"):

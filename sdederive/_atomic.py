@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary file in the destination directory, then :func:`os.replace`.
+"""Atomic file writes: a temporary file in the destination directory, then `os.replace`.
 
 An interrupted writer leaves either the old file or the new one, never a half-written one, and no
 temporary file behind (atomic on POSIX and Windows).  Used by the kernel cache, sweep storage,
@@ -21,8 +21,8 @@ os.umask(_UMASK)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it to ``path``.
-    The temporary file is removed if ``write`` raises (or is interrupted)."""
+    """Call `write(tmp_path)` on a temporary file next to `path`, then rename it to `path`.
+    The temporary file is removed if `write` raises (or is interrupted)."""
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -41,7 +41,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    """Write `text` (UTF-8) to `path` atomically."""
 
     def _w(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:

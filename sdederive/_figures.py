@@ -1,13 +1,13 @@
 r"""Figures a paper can use: one style, one writer, shared by every plot of the project.
 
-* :func:`figure` makes a :class:`matplotlib.figure.Figure` on the Agg canvas (no pyplot, no display,
-  no global state), sized for a two-column paper: ``width="column"`` is 3.4 in, ``"page"`` 7.0 in,
+* `figure` makes a `matplotlib.figure.Figure` on the Agg canvas (no pyplot, no display,
+  no global state), sized for a two-column paper: `width="column"` is 3.4 in, `"page"` 7.0 in,
   with fonts that stay readable at that width (8 pt text, 7 pt ticks and legends).
-* :func:`save` writes it atomically in the format named by the file's suffix (``.pdf``, ``.svg``,
-  ``.eps``: vector; ``.png``: 300 dpi); any other suffix is refused before anything is drawn.
-* :func:`math_label` turns the notation's plain names (``eta``, ``kappa``, ``E[loss]``) into mathtext.
-* :func:`fmt_interval` prints a confidence interval with as many digits as it takes to tell its
-  bounds apart (``[0.975, 0.984]``, not ``[0.98, 0.98]``).
+* `save` writes it atomically in the format named by the file's suffix (`.pdf`, `.svg`,
+  `.eps`: vector; `.png`: 300 dpi); any other suffix is refused before anything is drawn.
+* `math_label` turns the notation's plain names (`eta`, `kappa`, `E[loss]`) into mathtext.
+* `fmt_interval` prints a confidence interval with as many digits as it takes to tell its
+  bounds apart (`[0.975, 0.984]`, not `[0.98, 0.98]`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ _RC = {
 
 
 def figure_format(path: str | os.PathLike) -> str:
-    """The matplotlib format for ``path``'s suffix; :class:`SdederiveError` for any other suffix."""
+    """The matplotlib format for `path`'s suffix; `SdederiveError` for any other suffix."""
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         raise SdederiveError(f"figure file {str(path)!r}: the suffix {suffix or '(none)'!r} is not a figure format; "
@@ -65,9 +65,9 @@ def style():
 
 
 def figure(nrows: int = 1, ncols: int = 1, width: str | float = "column", aspect: float = 0.75):
-    """``(fig, axes)``: a constrained-layout Figure on the Agg canvas, ``width`` inches wide
-    (``"column"``, ``"page"`` or a number) and ``aspect * width / ncols * nrows`` tall; ``axes`` is a
-    2-d array.  Call inside :func:`style` so the artists get the project's sizes."""
+    """`(fig, axes)`: a constrained-layout Figure on the Agg canvas, `width` inches wide
+    (`"column"`, `"page"` or a number) and `aspect * width / ncols * nrows` tall; `axes` is a
+    2-d array.  Call inside `style` so the artists get the project's sizes."""
     _matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -81,7 +81,7 @@ def figure(nrows: int = 1, ncols: int = 1, width: str | float = "column", aspect
 
 
 def save(fig, path: str | os.PathLike) -> Path:
-    """Write ``fig`` to ``path`` atomically, in the format of its suffix (raster at 300 dpi)."""
+    """Write `fig` to `path` atomically, in the format of its suffix (raster at 300 dpi)."""
     fmt = figure_format(path)
 
     def _w(tmp: str) -> None:
@@ -100,9 +100,9 @@ _EXP = re.compile(r"E\[([^\]]+)\]")
 
 def math_label(text: str) -> str:
     r"""Mathtext for a label written with the notation's plain names: Greek names become symbols
-    (``eta`` -> :math:`\eta`, ``beta1`` -> :math:`\beta_1`), ``E[...]`` becomes
-    :math:`\mathbb{E}[\ldots]`, ``|x|^2`` and ``sqrt(...)`` are set as math; text that already holds
-    ``$`` is returned unchanged.  Words that are not names stay roman text."""
+    (`eta` -> $\eta$, `beta1` -> $\beta_1$), `E[...]` becomes
+    $\mathbb{E}[\ldots]$, `|x|^2` and `sqrt(...)` are set as math; text that already holds
+    `$` is returned unchanged.  Words that are not names stay roman text."""
     if not text or "$" in text:
         return text
 
@@ -118,7 +118,7 @@ def math_label(text: str) -> str:
 
 
 def fmt_interval(lo: float, hi: float, digits: int = 2) -> str:
-    """``[lo, hi]`` with at least ``digits`` decimals and as many more (up to 6) as it takes for the
+    """`[lo, hi]` with at least `digits` decimals and as many more (up to 6) as it takes for the
     printed bounds to differ."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return f"[{lo:g}, {hi:g}]"
@@ -130,7 +130,7 @@ def fmt_interval(lo: float, hi: float, digits: int = 2) -> str:
 
 
 def log_axis(ax, which: str = "y") -> None:
-    """Log scale on ``which`` (``"x"``/``"y"``) with labelled ticks also on ranges shorter than a
+    """Log scale on `which` (`"x"`/`"y"`) with labelled ticks also on ranges shorter than a
     decade (where the major ticks alone would leave the axis without a number)."""
     from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
 

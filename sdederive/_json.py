@@ -1,5 +1,5 @@
-"""Standard JSON out of results that may hold NaN or infinity: those become ``null`` (``json.dumps``
-would otherwise write the non-standard ``NaN``/``Infinity``, which strict parsers refuse)."""
+"""Standard JSON out of results that may hold NaN or infinity: those become `null` (`json.dumps`
+would otherwise write the non-standard `NaN`/`Infinity`, which strict parsers refuse)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ __all__ = ["finite_or_none", "has_nonfinite", "dumps"]
 
 
 def finite_or_none(obj, other=None):
-    """``obj`` with arrays as lists, numpy scalars as Python numbers and every non-finite float as ``None``;
-    ``other(o)``, when given, converts any other leaf (``validators.reporting.json_ready``: sympy to text)."""
+    """`obj` with arrays as lists, numpy scalars as Python numbers and every non-finite float as `None`;
+    `other(o)`, when given, converts any other leaf (`validators.reporting.json_ready`: sympy to text)."""
     if isinstance(obj, dict):
         return {str(k): finite_or_none(v, other) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -31,7 +31,7 @@ def finite_or_none(obj, other=None):
 
 
 def has_nonfinite(obj) -> bool:
-    """Whether ``obj`` (nested dicts, lists, arrays, numbers) holds a NaN or an infinity."""
+    """Whether `obj` (nested dicts, lists, arrays, numbers) holds a NaN or an infinity."""
     if isinstance(obj, dict):
         return any(has_nonfinite(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
@@ -44,7 +44,7 @@ def has_nonfinite(obj) -> bool:
 
 
 def dumps(obj, **kw) -> str:
-    """``json.dumps`` of :func:`finite_or_none` of ``obj`` with ``allow_nan=False`` (``default=str`` for the rest)."""
+    """`json.dumps` of `finite_or_none` of `obj` with `allow_nan=False` (`default=str` for the rest)."""
     kw.setdefault("default", str)
     return json.dumps(finite_or_none(obj), allow_nan=False, **kw)
 

@@ -1,4 +1,4 @@
-"""Output directories checked before the work that fills them (sweeps' ``--out``, validators' ``--report``):
+"""Output directories checked before the work that fills them (sweeps' `--out`, validators' `--report`):
 a path that is a file, or a directory this process cannot write to, is refused at once instead of after
 all the computing."""
 
@@ -14,8 +14,8 @@ __all__ = ["check_output_dir"]
 
 
 def check_output_dir(out: str | os.PathLike, what: str) -> Path:
-    """Create ``out`` (and its parents) if missing and probe it with a temporary file; raise
-    :class:`~sdederive.errors.SdederiveError` naming the path if it is a file or not writable."""
+    """Create `out` (and its parents) if missing and probe it with a temporary file; raise
+    `SdederiveError` naming the path if it is a file or not writable."""
     p = Path(out)
     if p.exists() and not p.is_dir():
         raise SdederiveError(f"{what} {str(p)!r} is a file, not a directory; allowed: a directory (it is created "

@@ -1,23 +1,23 @@
 """A safe parser for the expression text of the files sdederive reads.
 
-SDE JSON files (:meth:`sdederive.SDE.from_json`), problem files with ``kind: custom`` and the
-``[problem]`` table of a sweep grid hold expressions as text.  ``sympy.sympify`` would hand that text
-to ``eval``, so a shared file could run any code.  :func:`parse_expr` never evaluates the text: it
-parses it with :func:`ast.parse` and builds the sympy expression itself from a whitelist:
+SDE JSON files (`sdederive.SDE.from_json`), problem files with `kind: custom` and the
+`[problem]` table of a sweep grid hold expressions as text.  `sympy.sympify` would hand that text
+to `eval`, so a shared file could run any code.  `parse_expr` never evaluates the text: it
+parses it with `ast.parse` and builds the sympy expression itself from a whitelist:
 
-* numbers: integer and float literals (``2``, ``1/2`` stays the exact ``Rational(1, 2)``, ``0.9``);
+* numbers: integer and float literals (`2`, `1/2` stays the exact `Rational(1, 2)`, `0.9`);
   no complex, boolean, string or other literals;
-* ``+ - * / **`` and unary ``+``/``-``;
-* names: whatever the caller's ``symbols`` resolves (the notation's symbols, an SDE's own
-  hyperparameters, ``x_0 ... x_{d-1}``), plus the constants ``pi`` and ``E``; never a name that
-  starts with ``_``;
+* `+ - * / **` and unary `+`/`-`;
+* names: whatever the caller's `symbols` resolves (the notation's symbols, an SDE's own
+  hyperparameters, `x_0 ... x_{d-1}`), plus the constants `pi` and `E`; never a name that
+  starts with `_`;
 * calls of the whitelisted functions by name, positional arguments only (tuples only as the
-  parameter lists of ``hyper``).
+  parameter lists of `hyper`).
 
 Everything else (attribute access, subscripts, lambdas, comprehensions, keyword arguments,
-comparisons, strings, ...) is refused with :class:`~sdederive.errors.ExpressionError`.  The text
+comparisons, strings, ...) is refused with `ExpressionError`.  The text
 length, the nesting depth and the size of the numbers are bounded before sympy computes anything,
-so a hostile file cannot hang the process or exhaust its memory (``9**9**9`` is refused, not
+so a hostile file cannot hang the process or exhaust its memory (`9**9**9` is refused, not
 computed).
 """
 
@@ -49,7 +49,7 @@ IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 
 
 def _arity(lo: int, hi: int | None = -1) -> tuple[int, int | None]:
-    """``(min, max)`` argument counts; ``hi=None``: no maximum; default: exactly ``lo``."""
+    """`(min, max)` argument counts; `hi=None`: no maximum; default: exactly `lo`."""
     return (lo, lo if hi == -1 else hi)
 
 
@@ -145,8 +145,8 @@ class _Builder:
         raise self.fail(f"{_node_name(node)} is not allowed")
 
     def chain(self, node: ast.BinOp, depth: int, ops: tuple) -> sp.Expr:
-        """A left-associated run ``a + b - c ...`` or ``a * b / c ...``, combined left to right as Python
-        (and ``sympify``) would, but without recursion: a long sum does not count as nesting."""
+        """A left-associated run `a + b - c ...` or `a * b / c ...`, combined left to right as Python
+        (and `sympify`) would, but without recursion: a long sum does not count as nesting."""
         rhs = []
         while isinstance(node, ast.BinOp) and isinstance(node.op, ops):
             rhs.append((node.op, node.right))
@@ -264,22 +264,29 @@ class _Builder:
 def parse_expr(text: str, *, symbols: Mapping[str, sp.Basic] | Callable[[str], sp.Basic | None],
                functions: Mapping = SDE_FUNCTIONS, what: str = "expression",
                allowed: str = "the notation's symbols", constants: bool = True) -> sp.Expr:
-    """Parse ``text`` into a sympy expression without evaluating it as Python (see the module docstring).
+    """Parse `text` into a sympy expression without evaluating it as Python (see the module docstring).
 
     Parameters
     ----------
-    text: the expression, e.g. ``"-m/(sqrt(u) + eps0)"``.
-    symbols: name -> sympy object, or a function of the name returning the object or ``None``
+    text
+        the expression, e.g. `"-m/(sqrt(u) + eps0)"`.
+    symbols
+        name -> sympy object, or a function of the name returning the object or `None`
         (an unknown name).  The caller decides which names exist and with which assumptions
-        (:func:`sdederive.symbols.sym`, so that the symbols compare equal to the engine's).
-    functions: the callable names, ``name -> (sympy function, (min args, max args or None))``.
-    what: the field the text came from, for error messages (``"drift of x"``).
-    allowed: how to describe the allowed names in error messages.
-    constants: also accept ``pi`` and ``E`` (when ``symbols`` does not resolve them).
+        (`sdederive.symbols.sym`, so that the symbols compare equal to the engine's).
+    functions
+        the callable names, `name -> (sympy function, (min args, max args or None))`.
+    what
+        the field the text came from, for error messages (`"drift of x"`).
+    allowed
+        how to describe the allowed names in error messages.
+    constants
+        also accept `pi` and `E` (when `symbols` does not resolve them).
 
     Raises
     ------
-    ExpressionError: the text is not an expression of the grammar above, or is too long, too deep
+    ExpressionError
+        the text is not an expression of the grammar above, or is too long, too deep
         or has too large numbers.  The message names the field, the offending part and what is allowed.
     """
     lookup = symbols.get if isinstance(symbols, Mapping) else symbols

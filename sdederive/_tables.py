@@ -1,8 +1,8 @@
-"""Results as tables: :class:`pandas.DataFrame` in long ("tidy") form, and booktabs LaTeX for papers.
+"""Results as tables: `pandas.DataFrame` in long ("tidy") form, and booktabs LaTeX for papers.
 
-pandas is the ``pandas`` extra (``pip install 'sdederive[pandas]'``); :func:`pandas` names it when
-it is missing.  The LaTeX is pandas' own :meth:`DataFrame.to_latex` (``\\toprule``, ``\\midrule``,
-``\\bottomrule``: load ``booktabs``), with numbers printed to a fixed number of significant digits.
+pandas is the `pandas` extra (`pip install 'sdederive[pandas]'`); `pandas` names it when
+it is missing.  The LaTeX is pandas' own `DataFrame.to_latex` (`\\toprule`, `\\midrule`,
+`\\bottomrule`: load `booktabs`), with numbers printed to a fixed number of significant digits.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ __all__ = ["pandas", "simulation_frame", "booktabs", "tex_escape"]
 
 
 def pandas():
-    """The pandas module, or an :class:`SdederiveError` naming the extra."""
+    """The pandas module, or an `SdederiveError` naming the extra."""
     try:
         import pandas as pd
     except ImportError as e:
@@ -24,9 +24,9 @@ def pandas():
 
 
 def simulation_frame(res):
-    """One row per (snapshot, observable, coordinate) of a :class:`~sdederive.SimulationResult`:
-    ``step, t, observable, coord, mean, var, se, count`` (``coord`` is ``-1`` for the scalar
-    observables ``loss`` and ``sqnorm``)."""
+    """One row per (snapshot, observable, coordinate) of a `SimulationResult`:
+    `step, t, observable, coord, mean, var, se, count` (`coord` is `-1` for the scalar
+    observables `loss` and `sqnorm`)."""
     pd = pandas()
     se = res.se
     parts = []
@@ -48,15 +48,15 @@ def simulation_frame(res):
 
 def tex_escape(text: str) -> str:
     """Plain text for LaTeX: the ten special characters escaped (captions built from names like
-    ``quadratic_diag`` and levels like ``95%``)."""
+    `quadratic_diag` and levels like `95%`)."""
     rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
     return "".join(rep.get(ch, ch) for ch in text)
 
 
 def booktabs(df, caption: str | None = None, label: str | None = None, digits: int = 4) -> str:
-    """``df`` as a LaTeX ``table`` with booktabs rules; floats to ``digits`` significant digits.
-    Cells and headers are escaped; ``caption`` is LaTeX as given (see :func:`tex_escape`)."""
+    """`df` as a LaTeX `table` with booktabs rules; floats to `digits` significant digits.
+    Cells and headers are escaped; `caption` is LaTeX as given (see `tex_escape`)."""
     pandas()
     return df.to_latex(index=False, caption=caption, label=label, float_format=lambda v: f"{v:.{digits}g}",
                        escape=True, position="t")

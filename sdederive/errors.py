@@ -23,7 +23,7 @@ TROUBLESHOOTING = "docs/troubleshooting.md"
 class SdederiveError(ValueError):
     """Base class of every error this package raises for bad input.
 
-    Subclasses for the common mistakes set ``doc`` to an anchor of ``docs/troubleshooting.md``;
+    Subclasses for the common mistakes set `doc` to an anchor of `docs/troubleshooting.md`;
     the message then ends with a pointer to that section.
     """
 
@@ -42,7 +42,7 @@ class SdederiveError(ValueError):
 
 
 def _restore(cls, args, state):
-    """Unpickle an :class:`SdederiveError` (see ``SdederiveError.__reduce__``)."""
+    """Unpickle an `SdederiveError` (see `SdederiveError.__reduce__`)."""
     err = cls.__new__(cls, *args)
     err.args = args
     err.__dict__.update(state)
@@ -93,8 +93,8 @@ class ScalingRuleError(SdederiveError):
 
 
 class DivergenceError(SdederiveError):
-    """A simulated path became non-finite.  ``path`` and ``step`` name the first one (smallest path
-    index); ``result`` holds what was computed up to the chunk in which it happened."""
+    """A simulated path became non-finite.  `path` and `step` name the first one (smallest path
+    index); `result` holds what was computed up to the chunk in which it happened."""
 
     doc = "divergence"
 
@@ -104,8 +104,8 @@ class DivergenceError(SdederiveError):
 
 
 class ExpressionError(SdederiveError):
-    """Expression text from a file (an SDE JSON, a custom problem's ``f``) that is not in the safe
-    expression grammar of :mod:`sdederive._safe_expr`: arithmetic, numbers, the allowed names and the
+    """Expression text from a file (an SDE JSON, a custom problem's `f`) that is not in the safe
+    expression grammar of `sdederive._safe_expr`: arithmetic, numbers, the allowed names and the
     whitelisted functions, nothing else (the text is never evaluated as Python)."""
 
 
@@ -113,8 +113,8 @@ __all__ += ["ExpressionError"]
 
 
 class MemoryLimitError(SdederiveError):
-    """A run or problem whose estimated memory exceeds what the machine has available; ``needed`` and
-    ``limit`` are in bytes."""
+    """A run or problem whose estimated memory exceeds what the machine has available; `needed` and
+    `limit` are in bytes."""
 
     def __init__(self, message: str, needed: float, limit: float) -> None:
         super().__init__(message)

@@ -1,20 +1,20 @@
 r"""A derived SDE on a problem, as the drift and diffusion of the ecosystem's integrators.
 
-:func:`to_diffrax` gives JAX functions ``drift(t, y, args)`` and ``diffusion(t, y, args)`` for
-``diffrax.MultiTerm(ODETerm(drift), ControlTerm(diffusion, brownian))``; :func:`to_torchsde` gives a
-``torch.nn.Module`` with ``f(t, y)`` and ``g(t, y)`` (``noise_type="general"``, ``sde_type="ito"``)
-for ``torchsde.sdeint``.  Both are built from the same lowering as this project's own kernels
-(:func:`sdederive.simulate.spec.sde_spec`): the per-coordinate drift :math:`a_s` and diffusion
-:math:`b_{s,r}` with the problem's gradient, Hessian diagonal and noise scale, and the same start
-(the expected first step where the SDE is singular at :math:`t = 0`).
+`to_diffrax` gives JAX functions `drift(t, y, args)` and `diffusion(t, y, args)` for
+`diffrax.MultiTerm(ODETerm(drift), ControlTerm(diffusion, brownian))`; `to_torchsde` gives a
+`torch.nn.Module` with `f(t, y)` and `g(t, y)` (`noise_type="general"`, `sde_type="ito"`)
+for `torchsde.sdeint`.  Both are built from the same lowering as this project's own kernels
+(`sdederive.simulate.spec.sde_spec`): the per-coordinate drift $a_s$ and diffusion
+$b_{s,r}$ with the problem's gradient, Hessian diagonal and noise scale, and the same start
+(the expected first step where the SDE is singular at $t = 0$).
 
-The state is flat: ``y[s*d + i]`` is state ``s`` (in the SDE's variables, ``x`` first) of coordinate
-``i``; the Brownian motion has ``R*d`` components, ``R`` noise sources per coordinate, and the
+The state is flat: `y[s*d + i]` is state `s` (in the SDE's variables, `x` first) of coordinate
+`i`; the Brownian motion has `R*d` components, `R` noise sources per coordinate, and the
 diffusion matrix is block diagonal in the coordinates.  Time is the SDE's: one optimizer step is
-``tau``.  Problems: quadratics (diagonal ``h`` or dense ``H``, per-coordinate noise) and custom
-objectives; correlated noise (a full ``Sigma``) and logistic regression are refused.
+`tau`.  Problems: quadratics (diagonal `h` or dense `H`, per-coordinate noise) and custom
+objectives; correlated noise (a full `Sigma`) and logistic regression are refused.
 
-The packages are optional extras: ``pip install 'sdederive[export]'`` (jax, diffrax, torch, torchsde).
+The packages are optional extras: `pip install 'sdederive[export]'` (jax, diffrax, torch, torchsde).
 """
 
 from __future__ import annotations
@@ -38,14 +38,20 @@ class Exported:
 
     Attributes
     ----------
-    states: the SDE's state names (``x`` first); ``y[s*d + i]`` is state ``s`` of coordinate ``i``.
-    d, noise_sources: coordinates and noise sources per coordinate (the Brownian motion has
-        ``noise_sources*d`` components).
-    y0: the start (NumPy, ``(len(states)*d,)``) at time ``t0``.
-    t0, tau: the start time (``tau`` where the SDE starts from the expected first step, else 0) and
-        the SDE time of one optimizer step, so step ``k`` is ``t = k*tau``.
-    drift, diffusion: the exported callables (JAX: ``(t, y, args)``; torch: a module's ``f``/``g``).
-    module: the torchsde module (torch export only).
+    states
+        the SDE's state names (`x` first); `y[s*d + i]` is state `s` of coordinate `i`.
+    d, noise_sources
+        coordinates and noise sources per coordinate (the Brownian motion has
+        `noise_sources*d` components).
+    y0
+        the start (NumPy, `(len(states)*d,)`) at time `t0`.
+    t0, tau
+        the start time (`tau` where the SDE starts from the expected first step, else 0) and
+        the SDE time of one optimizer step, so step `k` is `t = k*tau`.
+    drift, diffusion
+        the exported callables (JAX: `(t, y, args)`; torch: a module's `f`/`g`).
+    module
+        the torchsde module (torch export only).
     """
 
     states: tuple
@@ -59,18 +65,18 @@ class Exported:
     module: object = None
 
     def time(self, steps: int) -> float:
-        """SDE time after ``steps`` optimizer steps."""
+        """SDE time after `steps` optimizer steps."""
         return steps * self.tau
 
     def x(self, y):
-        """The parameter block ``x`` of flat states ``y`` (``(..., d)``)."""
+        """The parameter block `x` of flat states `y` (`(..., d)`)."""
         return y[..., : self.d]
 
 
 def _elementary(e: sp.Expr) -> sp.Expr:
-    """Forms every array library prints: ``Max``/``Min`` of two by ``(a + b +- |a - b|)/2`` (and the
-    kernels' square-root clamp ``NonNeg(a)`` by ``(a + |a|)/2``),
-    ``Heaviside(u)`` by ``(1 + sign(u))/2`` (also 1/2 at 0), numbers as floats."""
+    """Forms every array library prints: `Max`/`Min` of two by `(a + b +- |a - b|)/2` (and the
+    kernels' square-root clamp `NonNeg(a)` by `(a + |a|)/2`),
+    `Heaviside(u)` by `(1 + sign(u))/2` (also 1/2 at 0), numbers as floats."""
     def mx(*a):
         out = a[0]
         for b in a[1:]:
@@ -91,7 +97,7 @@ def _elementary(e: sp.Expr) -> sp.Expr:
 
 
 def _lowered(sde: SDE, problem: Problem, eta, hyper):
-    """``(spec, scalar values, start, t0, tau)`` from the project's own simulator set-up."""
+    """`(spec, scalar values, start, t0, tau)` from the project's own simulator set-up."""
     from sdederive.simulate.simulator import compile as _compile
 
     if not isinstance(sde, SDE):
@@ -114,7 +120,7 @@ def _lowered(sde: SDE, problem: Problem, eta, hyper):
 
 def _coefficients(spec, scalars: dict):
     """The drift and diffusion outputs as whole expressions of the per-coordinate inputs, with the
-    scalars substituted: ``(args, [a_s], [[b_{s,r}]])``."""
+    scalars substituted: `(args, [a_s], [[b_{s,r}]])`."""
     env: dict = {}
     for name, e in spec.coef.temps:
         env[sp.Symbol(name)] = e.xreplace(env)
@@ -129,7 +135,7 @@ def _coefficients(spec, scalars: dict):
 
 
 def _problem_parts(problem: Problem, xp):
-    """``grad(x)``, ``hess_diag(x)``, ``sigma`` in the array library ``xp`` (jax.numpy or torch)."""
+    """`grad(x)`, `hess_diag(x)`, `sigma` in the array library `xp` (jax.numpy or torch)."""
     if isinstance(problem, Quadratic):
         if problem.H is None:
             h = problem.h
@@ -155,9 +161,9 @@ def _problem_parts(problem: Problem, xp):
 
 
 def to_diffrax(sde: SDE, problem: Problem, eta=None, hyper: dict | None = None) -> Exported:
-    """The SDE on ``problem`` at the discrete hyperparameters ``eta``/``hyper``, as JAX functions.
+    """The SDE on `problem` at the discrete hyperparameters `eta`/`hyper`, as JAX functions.
 
-    ``drift(t, y, args)`` returns ``(S*d,)``, ``diffusion(t, y, args)`` the ``(S*d, R*d)`` matrix::
+    `drift(t, y, args)` returns `(S*d,)`, `diffusion(t, y, args)` the `(S*d, R*d)` matrix:
 
         ex = sde.to_diffrax(problem, eta=1e-2)
         bm = diffrax.VirtualBrownianTree(ex.t0, t1, tol=ex.tau / 4, shape=(ex.noise_sources * ex.d,), key=key)
@@ -199,8 +205,8 @@ def to_diffrax(sde: SDE, problem: Problem, eta=None, hyper: dict | None = None) 
 
 
 def to_torchsde(sde: SDE, problem: Problem, eta=None, hyper: dict | None = None) -> Exported:
-    """The SDE on ``problem`` as a torchsde module (``Exported.module``): ``f(t, y)`` is
-    ``(batch, S*d)``, ``g(t, y)`` is ``(batch, S*d, R*d)``; float64::
+    """The SDE on `problem` as a torchsde module (`Exported.module`): `f(t, y)` is
+    `(batch, S*d)`, `g(t, y)` is `(batch, S*d, R*d)`; float64:
 
         ex = sde.to_torchsde(problem, eta=1e-2)
         y0 = torch.tensor(ex.y0).expand(paths, -1)

@@ -1,25 +1,25 @@
-r"""Asymptotic regimes: how hyperparameters and states scale with the small parameter ``eta``.
+r"""Asymptotic regimes: how hyperparameters and states scale with the small parameter `eta`.
 
-A regime fixes the time per step ``tau`` and substitutions that make the one-step increments
+A regime fixes the time per step `tau` and substitutions that make the one-step increments
 small.  Built-ins:
 
 ========================  ==========  ============================================================
-name                      ``tau``     scalings
+name                      `tau`     scalings
 ========================  ==========  ============================================================
-``sgd``                   ``eta``     every hyperparameter fixed (SME of Li, Tai & E)
-``balanced``              ``eta``     ``1 - beta = rho*eta`` for EMA decays (Compagnoni et al. 2025);
+`sgd`                   `eta`     every hyperparameter fixed (SME of Li, Tai & E)
+`balanced`              `eta`     `1 - beta = rho*eta` for EMA decays (Compagnoni et al. 2025);
                                       second moments modelled without diffusion, as published
-``balanced-full``         ``eta``     as ``balanced`` but keeping every state's leading-order noise
-``noise-dominated``       ``eta**2``  ``1 - beta = c*eta**2``, ``sigma = sigma0/eta``,
-                                      ``eps = eps0/eta``, ``u = eta**2*v`` (Malladi et al. 2022)
-``accumulator``           ``eta**2``  ``eps = eps0/eta``, ``u = eta**2*v`` for running sums (Adagrad)
+`balanced-full`         `eta`     as `balanced` but keeping every state's leading-order noise
+`noise-dominated`       `eta**2`  `1 - beta = c*eta**2`, `sigma = sigma0/eta`,
+                                      `eps = eps0/eta`, `u = eta**2*v` (Malladi et al. 2022)
+`accumulator`           `eta**2`  `eps = eps0/eta`, `u = eta**2*v` for running sums (Adagrad)
 ========================  ==========  ============================================================
 
-Decays are hyperparameters of kind ``decay``; their scaled names are ``rho``/``c`` with the same
-suffix (``beta1 -> rho1``, ``c1``); a decay with another name ``a`` becomes ``rho_a``/``c_a``.
-Interpolation weights (``interp``, Lion's ``beta1``) and heavy-ball ``mu`` stay fixed.
+Decays are hyperparameters of kind `decay`; their scaled names are `rho`/`c` with the same
+suffix (`beta1 -> rho1`, `c1`); a decay with another name `a` becomes `rho_a`/`c_a`.
+Interpolation weights (`interp`, Lion's `beta1`) and heavy-ball `mu` stay fixed.
 
-Define your own with :class:`Regime` and :func:`register`.
+Define your own with `Regime` and `register`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ _eta = sym("eta")
 
 
 def scaled_name(hyper: str, prefix: str) -> str:
-    """``beta1 -> rho1``, ``beta -> rho``, ``alpha -> rho_alpha``."""
+    """`beta1 -> rho1`, `beta -> rho`, `alpha -> rho_alpha`."""
     if hyper.startswith("beta"):
         return prefix + hyper[4:]
     return f"{prefix}_{hyper}"
@@ -49,20 +49,29 @@ class Regime:
 
     Attributes
     ----------
-    name, doc: identification.
-    tau: continuous time per step, ``c*eta**q`` with a constant ``c > 0`` and a rational ``q > 0``
-        (``eta``, ``2*eta``, ``sqrt(eta)``); anything else is refused.
-    decay_power: ``p`` such that ``1 - beta = (scaled)*eta**p`` for every ``decay`` hyperparameter
-        (``None``: decays stay fixed).
-    decay_prefix: name prefix of the scaled decays (``"rho"``, ``"c"``).
-    scale_noise: ``sigma = sigma0/eta``.
-    scale_eps: ``eps = eps0/eta``.
-    rescale: state kinds rescaled as ``u = eta**2 * v`` (the state is renamed ``u``; other names
-        get a ``u_`` prefix).
-    drop_noise: state kinds whose (leading-order, ``O(sqrt(eta))``) diffusion is left out of the
+    name, doc
+        identification.
+    tau
+        continuous time per step, `c*eta**q` with a constant `c > 0` and a rational `q > 0`
+        (`eta`, `2*eta`, `sqrt(eta)`); anything else is refused.
+    decay_power
+        `p` such that `1 - beta = (scaled)*eta**p` for every `decay` hyperparameter
+        (`None`: decays stay fixed).
+    decay_prefix
+        name prefix of the scaled decays (`"rho"`, `"c"`).
+    scale_noise
+        `sigma = sigma0/eta`.
+    scale_eps
+        `eps = eps0/eta`.
+    rescale
+        state kinds rescaled as `u = eta**2 * v` (the state is renamed `u`; other names
+        get a `u_` prefix).
+    drop_noise
+        state kinds whose (leading-order, `O(sqrt(eta))`) diffusion is left out of the
         model, as in the published SDE; the full local covariance is still computed and kept in
-        :attr:`SDE.covariance`.
-    subs: extra user substitutions ``{hyperparameter name: expression}`` applied last.
+        `SDE.covariance`.
+    subs
+        extra user substitutions `{hyperparameter name: expression}` applied last.
     """
 
     name: str
@@ -84,18 +93,18 @@ class Regime:
 
     @property
     def tau_power(self) -> sp.Rational:
-        """``q`` with ``tau = c*eta**q``."""
+        """`q` with `tau = c*eta**q`."""
         return self._power
 
     @property
     def tau_coeff(self) -> sp.Expr:
-        """``c`` with ``tau = c*eta**q`` (positive, free of ``eta``)."""
+        """`c` with `tau = c*eta**q` (positive, free of `eta`)."""
         return self._coeff
 
 
 def _tau_form(name: str, tau) -> tuple[sp.Expr, sp.Rational, sp.Expr]:
-    """``(c, q, c*eta**q)`` for a time per step ``tau = c*eta**q`` with ``c > 0`` free of ``eta`` and
-    ``q > 0`` rational; anything else is refused with a :class:`RegimeMismatchError`."""
+    """`(c, q, c*eta**q)` for a time per step `tau = c*eta**q` with `c > 0` free of `eta` and
+    `q > 0` rational; anything else is refused with a `RegimeMismatchError`."""
     allowed = ("allowed: tau = c*eta**q with a constant c > 0 and a rational q > 0, e.g. eta, 2*eta, "
                "eta**2/3, sqrt(eta) (eta = sd.sym('eta'))")
     try:
@@ -154,7 +163,7 @@ def names() -> list[str]:
 
 
 def register(regime: Regime) -> Regime:
-    """Make a user-defined regime available by name (to :func:`sdederive.derive` and the CLI)."""
+    """Make a user-defined regime available by name (to `sdederive.derive` and the CLI)."""
     REGIMES[regime.name] = regime
     return regime
 

@@ -1,11 +1,11 @@
-r"""The SDE object: :math:`dX = b(X,t)\,dt + D(X,t)\,dW`, per coordinate, with provenance.
+r"""The SDE object: $dX = b(X,t)\,dt + D(X,t)\,dW$, per coordinate, with provenance.
 
-``drift[s]`` and ``diffusion[s]`` hold one entry per state (docs/notation.md).  When several states
-share one Brownian motion (the usual case: all noise comes from the one gradient noise ``z`` of
-the coordinate) ``diffusion[s]`` is the coefficient of that ``dW``; when the local covariance has
-rank above one (Lion: ``sign(.)`` and ``g`` are not proportional) ``diffusion[s]`` is the row of a
-Cholesky factor over independent ``dW^(1), dW^(2), ...``.  ``covariance`` is the full local
-covariance per unit time before any modelling choice of the regime (``drop_noise``).
+`drift[s]` and `diffusion[s]` hold one entry per state (docs/notation.md).  When several states
+share one Brownian motion (the usual case: all noise comes from the one gradient noise `z` of
+the coordinate) `diffusion[s]` is the coefficient of that `dW`; when the local covariance has
+rank above one (Lion: `sign(.)` and `g` are not proportional) `diffusion[s]` is the row of a
+Cholesky factor over independent `dW^(1), dW^(2), ...`.  `covariance` is the full local
+covariance per unit time before any modelling choice of the regime (`drop_noise`).
 """
 
 from __future__ import annotations
@@ -43,26 +43,40 @@ class SDE:
 
     Attributes
     ----------
-    optimizer, noise, regime: provenance.
-    states: state names, parameter first (``("x", "m", "u")``).
-    drift: state -> sympy expression (per coordinate).
-    diffusion_matrix: ``len(states) x r`` sympy Matrix ``D``; ``D D^T`` is the modelled local covariance.
-    covariance: full leading-order local covariance ``Cov[Delta]/tau`` (before ``drop_noise``).
-    tau: time per step; ``t = k*tau``.
-    params: the regime's scaled symbols in terms of the discrete hyperparameters
-        (``{"rho1": (1 - beta1)/eta, "sigma0": sigma*eta}``).
-    state_map: SDE states defined from discrete ones (``{"u": eta**2*v}``).
-    init: initial values of the auxiliary states (discrete optimizer's, rescaled).
-    linear_noise: the noise enters linearly at leading order (so a full covariance ``Sigma``
-        applies: the noise term is ``diag(D/sigma) Sigma^{1/2} dW``).
-    eliminated: fast states averaged out: ``{fast: {slow: a}}``, the SDE's ``slow`` being the
-        discrete ``slow + a*fast`` (heavy ball at fixed ``mu``: ``x + eta*mu/(mu - 1)*m``).
-    notes: conditions and modelling choices (``nu > 2``, eliminated fast states, ...).
-    source: the :class:`~sdederive.spec.optimizers.Optimizer` it was derived from (the simulators take the
+    optimizer, noise, regime
+        provenance.
+    states
+        state names, parameter first (`("x", "m", "u")`).
+    drift
+        state -> sympy expression (per coordinate).
+    diffusion_matrix
+        `len(states) x r` sympy Matrix `D`; `D D^T` is the modelled local covariance.
+    covariance
+        full leading-order local covariance `Cov[Delta]/tau` (before `drop_noise`).
+    tau
+        time per step; `t = k*tau`.
+    params
+        the regime's scaled symbols in terms of the discrete hyperparameters
+        (`{"rho1": (1 - beta1)/eta, "sigma0": sigma*eta}`).
+    state_map
+        SDE states defined from discrete ones (`{"u": eta**2*v}`).
+    init
+        initial values of the auxiliary states (discrete optimizer's, rescaled).
+    linear_noise
+        the noise enters linearly at leading order (so a full covariance `Sigma`
+        applies: the noise term is `diag(D/sigma) Sigma^{1/2} dW`).
+    eliminated
+        fast states averaged out: `{fast: {slow: a}}`, the SDE's `slow` being the
+        discrete `slow + a*fast` (heavy ball at fixed `mu`: `x + eta*mu/(mu - 1)*m`).
+    notes
+        conditions and modelling choices (`nu > 2`, eliminated fast states, ...).
+    source
+        the `Optimizer` it was derived from (the simulators take the
         states' kinds, initial values, update rule and noise-column signs from it); written to JSON under
-        ``"source"`` and restored by :meth:`from_json`.  ``None`` only for an SDE built by hand or read
+        `"source"` and restored by `from_json`.  `None` only for an SDE built by hand or read
         from an old JSON without that key (the simulators then resolve a built-in of that name).
-    noise_model: the :class:`~sdederive.noise.NoiseModel` it was derived under (JSON key ``"noise_model"``:
+    noise_model
+        the `NoiseModel` it was derived under (JSON key `"noise_model"`:
         its name and parameters).
     """
 
@@ -93,7 +107,7 @@ class SDE:
 
     @property
     def diffusion(self) -> dict:
-        """state -> coefficient of ``dW`` (one source) or list of coefficients (several)."""
+        """state -> coefficient of `dW` (one source) or list of coefficients (several)."""
         D = self.diffusion_matrix
         if D.shape[1] == 0:
             return {s: sp.S.Zero for s in self.states}
@@ -103,7 +117,7 @@ class SDE:
 
     @property
     def local_covariance(self) -> sp.Matrix:
-        """The modelled ``D D^T``."""
+        """The modelled `D D^T`."""
         D = self.diffusion_matrix
         return (D * D.T).applyfunc(sp.simplify) if D.shape[1] else sp.zeros(len(self.states))
 
@@ -131,7 +145,7 @@ class SDE:
     # -- substitution ---------------------------------------------------------------------------
     def subs(self, values: Mapping[str, object] | None = None, **kw) -> SDE:
         """Substitute numbers (or expressions) for symbols by name, with range checks
-        (``eta > 0``, ``beta in [0, 1)``, ``nu > 0``, ``sigma >= 0`` ...)."""
+        (`eta > 0`, `beta in [0, 1)`, `nu > 0`, `sigma >= 0` ...)."""
         values = {**(values or {}), **kw}
         free = self._free()
         kinds = {name: kind for name, kind, _ in self.hypers}
@@ -185,7 +199,7 @@ class SDE:
         return sp.latex(e, symbol_names=names)
 
     def latex(self) -> str:
-        """The SDE as a LaTeX ``aligned`` block (one line per state), with its clock."""
+        """The SDE as a LaTeX `aligned` block (one line per state), with its clock."""
         lines = []
         D = self.diffusion_matrix
         r = D.shape[1]
@@ -204,13 +218,13 @@ class SDE:
         return "$$" + self.latex() + "$$"
 
     def to_diffrax(self, problem, eta=None, hyper: dict | None = None):
-        """JAX drift and diffusion of this SDE on ``problem`` for diffrax (:func:`sdederive.export.to_diffrax`)."""
+        """JAX drift and diffusion of this SDE on `problem` for diffrax (`sdederive.export.to_diffrax`)."""
         from sdederive.export import to_diffrax
 
         return to_diffrax(self, problem, eta, hyper)
 
     def to_torchsde(self, problem, eta=None, hyper: dict | None = None):
-        """A torchsde module of this SDE on ``problem`` (:func:`sdederive.export.to_torchsde`)."""
+        """A torchsde module of this SDE on `problem` (`sdederive.export.to_torchsde`)."""
         from sdederive.export import to_torchsde
 
         return to_torchsde(self, problem, eta, hyper)
@@ -282,19 +296,19 @@ class SDE:
 
     @classmethod
     def from_json(cls, data: str | Mapping) -> SDE:
-        """Rebuild an SDE from :meth:`to_json` output (or a dict of the NOTATION schema).
+        """Rebuild an SDE from `to_json` output (or a dict of the NOTATION schema).
 
         The text is never evaluated: every expression goes through the safe parser of
-        :mod:`sdederive._safe_expr` (numbers, ``+ - * / **``, names, whitelisted functions), and the
-        structure is checked (``states`` a non-empty list of names, ``diffusion`` one expression or a
-        list of ``noise_sources`` expressions per state, ``order`` 1 or 2, ...).  Anything else raises
-        :class:`~sdederive.errors.SdederiveError` naming the field and what is allowed.
+        `sdederive._safe_expr` (numbers, `+ - * / **`, names, whitelisted functions), and the
+        structure is checked (`states` a non-empty list of names, `diffusion` one expression or a
+        list of `noise_sources` expressions per state, `order` 1 or 2, ...).  Anything else raises
+        `SdederiveError` naming the field and what is allowed.
         """
         return _from_json(cls, data)
 
     # -- numerics -----------------------------------------------------------------------------------
     def lambdify(self, modules: str = "numpy"):
-        """``(drift_fn, diffusion_fn, argnames)``: numpy functions of the symbols in ``argnames``
+        """`(drift_fn, diffusion_fn, argnames)`: numpy functions of the symbols in `argnames`
         returning the drift vector and diffusion matrix (states in order)."""
         names = self.symbols
         args = [self._free()[n] for n in names]
@@ -324,7 +338,7 @@ def _noise_key(nm) -> str:
 
 
 def _noise_to_dict(nm) -> dict:
-    """``{"name": ..., "params": {...}}`` of a noise model; refused where that does not rebuild it."""
+    """`{"name": ..., "params": {...}}` of a noise model; refused where that does not rebuild it."""
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in getattr(nm, "values", ())}
     if getattr(nm, "Sigma", None) is not None:
         params["Sigma"] = [list(r) for r in nm.Sigma]

@@ -1,21 +1,21 @@
-r"""The SDE of a vector optimizer, :math:`dX = b(X)\,dt + D(X)\,dW` in d dimensions, as sympy matrix expressions.
+r"""The SDE of a vector optimizer, $dX = b(X)\,dt + D(X)\,dW$ in d dimensions, as sympy matrix expressions.
 
-Symbols of the results (``d`` the symbolic dimension):
+Symbols of the results (`d` the symbolic dimension):
 
 =================  ==========  ====================================================================
 name               shape       meaning
 =================  ==========  ====================================================================
-``x``              ``(d, 1)``  the parameter vector
-``grad``           ``(d, 1)``  the true gradient :math:`\nabla f(x)` (printed ``grad f``)
-``H``              ``(d, d)``  the Hessian :math:`\nabla^2 f(x)` (symmetric)
-``Sigma``          ``(d, d)``  the full gradient-noise covariance (symmetric PSD): ``g = grad + Sigma^(1/2) z``
-``I``              ``(d, d)``  the identity
-``E[...]``         varies      a named expectation atom over ``g ~ N(grad, Sigma)`` (:class:`ExpectationAtom`)
+`x`              `(d, 1)`  the parameter vector
+`grad`           `(d, 1)`  the true gradient $\nabla f(x)$ (printed `grad f`)
+`H`              `(d, d)`  the Hessian $\nabla^2 f(x)$ (symmetric)
+`Sigma`          `(d, d)`  the full gradient-noise covariance (symmetric PSD): `g = grad + Sigma^(1/2) z`
+`I`              `(d, d)`  the identity
+`E[...]`         varies      a named expectation atom over `g ~ N(grad, Sigma)` (`ExpectationAtom`)
 =================  ==========  ====================================================================
 
-``Sigma**(1/2)`` (and the square root of a covariance) is the symmetric PSD square root.  JSON (see
-``docs/vector.md``) stores every matrix expression as text in this grammar plus ``transpose(.)``, and the
-atoms by name with their integrand; it is parsed back by :mod:`sdederive._safe_expr`, never evaluated.
+`Sigma**(1/2)` (and the square root of a covariance) is the symmetric PSD square root.  JSON (see
+`docs/vector.md`) stores every matrix expression as text in this grammar plus `transpose(.)`, and the
+atoms by name with their integrand; it is parsed back by `sdederive._safe_expr`, never evaluated.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ __all__ = ["VectorSDE", "ExpectationAtom", "SignMean", "SignSecond", "sign_mean"
 
 
 class SymmetricMatrixSymbol(sp.MatrixSymbol):
-    """A matrix symbol with ``A^T = A`` (the Hessian, the noise covariance)."""
+    """A matrix symbol with `A^T = A` (the Hessian, the noise covariance)."""
 
     def _eval_transpose(self):
         return self
@@ -61,24 +61,24 @@ _TENSORS = {"g": "(d, 1): E[r(|g|) g]", "ggT": "(d, d): E[r(|g|) g g^T]", "1": "
 
 
 class VNorm(sp.Function):
-    """``norm(v)``: the Euclidean norm of a deterministic vector expression (``norm(x)``)."""
+    """`norm(v)`: the Euclidean norm of a deterministic vector expression (`norm(x)`)."""
 
     nargs = 1
     is_nonnegative = True
 
 
 class VDot(sp.Function):
-    """``dot(a, b)``: the inner product of two deterministic vector expressions."""
+    """`dot(a, b)`: the inner product of two deterministic vector expressions."""
 
     nargs = 2
 
 
 class ExpectationAtom(sp.MatrixExpr):
-    r"""A named expectation without a closed form: :math:`\mathbb E[r(|g|)\,T(g)]` for ``g ~ N(grad, Sigma)``,
-    with ``T(g)`` one of ``g`` (a vector), ``g g^T`` (a matrix) or ``1`` (a scalar, shape ``(1, 1)``) and the
-    scalar integrand ``r`` a sympy expression in :data:`NORM_G` (``|g|``) and hyperparameters.
+    r"""A named expectation without a closed form: $\mathbb E[r(|g|)\,T(g)]$ for `g ~ N(grad, Sigma)`,
+    with `T(g)` one of `g` (a vector), `g g^T` (a matrix) or `1` (a scalar, shape `(1, 1)`) and the
+    scalar integrand `r` a sympy expression in `NORM_G` (`|g|`) and hyperparameters.
 
-    Evaluate it with :func:`evaluate_atom` (Monte Carlo over ``g``), or supply a value to :func:`evaluate`.
+    Evaluate it with `evaluate_atom` (Monte Carlo over `g`), or supply a value to `evaluate`.
     """
 
     def __new__(cls, tensor, integrand: sp.Expr):
@@ -107,7 +107,7 @@ class ExpectationAtom(sp.MatrixExpr):
         return self if self.tensor in ("ggT", "1") else None
 
     def display(self) -> str:
-        """``E[g/|g|]``, ``E[g g^T/|g|**2]``, ``E[Min(1, c/|g|)]``."""
+        """`E[g/|g|]`, `E[g g^T/|g|**2]`, `E[Min(1, c/|g|)]`."""
         T = {"g": _G_DISPLAY, "ggT": _GGT_DISPLAY, "1": sp.S.One}[self.tensor]
         return f"E[{sp.sstr(self.integrand.xreplace({NORM_G: _NORM_DISPLAY}) * T)}]"
 
@@ -122,7 +122,7 @@ class ExpectationAtom(sp.MatrixExpr):
 
 
 class _SignFunction(sp.MatrixExpr):
-    """A closed-form moment of ``sign(g)`` for ``g ~ N(grad, Sigma)`` (arguments: the mean and the covariance)."""
+    """A closed-form moment of `sign(g)` for `g ~ N(grad, Sigma)` (arguments: the mean and the covariance)."""
 
     def __new__(cls, mean=None, cov=None):
         return sp.Basic.__new__(cls, GRAD if mean is None else mean, SIGMA if cov is None else cov)
@@ -137,7 +137,7 @@ class _SignFunction(sp.MatrixExpr):
 
 
 class SignMean(_SignFunction):
-    r"""``E[sign(g)] = erf(grad_i / sqrt(2 Sigma_ii))`` coordinate-wise (a ``(d, 1)`` vector)."""
+    r"""`E[sign(g)] = erf(grad_i / sqrt(2 Sigma_ii))` coordinate-wise (a `(d, 1)` vector)."""
 
     json_name = "sign_mean"
 
@@ -153,10 +153,10 @@ class SignMean(_SignFunction):
 
 
 class SignSecond(_SignFunction):
-    r"""``E[sign(g) sign(g)^T]`` (``(d, d)``): 1 on the diagonal, and off it the bivariate normal orthant form
-    ``4 Phi2(a_i, a_j; r_ij) - 2 Phi(a_i) - 2 Phi(a_j) + 1`` with ``a = grad/sqrt(diag Sigma)`` and the
-    correlation ``r_ij = Sigma_ij/sqrt(Sigma_ii Sigma_jj)``; at ``grad = 0`` it is ``(2/pi) arcsin(r_ij)``.
-    ``Phi2`` is the bivariate normal CDF, evaluated by Owen's T function (:func:`sign_second_moment`)."""
+    r"""`E[sign(g) sign(g)^T]` (`(d, d)`): 1 on the diagonal, and off it the bivariate normal orthant form
+    `4 Phi2(a_i, a_j; r_ij) - 2 Phi(a_i) - 2 Phi(a_j) + 1` with `a = grad/sqrt(diag Sigma)` and the
+    correlation `r_ij = Sigma_ij/sqrt(Sigma_ii Sigma_jj)`; at `grad = 0` it is `(2/pi) arcsin(r_ij)`.
+    `Phi2` is the bivariate normal CDF, evaluated by Owen's T function (`sign_second_moment`)."""
 
     json_name = "sign_second"
 
@@ -175,8 +175,8 @@ class SignSecond(_SignFunction):
 
 
 def _bvn_orthant(h: float, k: float, r: float) -> float:
-    """``Phi2(h, k; r) = P(X <= h, Y <= k)`` for a standard bivariate normal with correlation ``r``
-    (Owen 1956: ``Phi(h)/2 + Phi(k)/2 - T(h, a_h) - T(k, a_k) - beta``)."""
+    """`Phi2(h, k; r) = P(X <= h, Y <= k)` for a standard bivariate normal with correlation `r`
+    (Owen 1956: `Phi(h)/2 + Phi(k)/2 - T(h, a_h) - T(k, a_k) - beta`)."""
     from scipy.special import ndtr, owens_t
 
     if r >= 1 - 1e-15:
@@ -197,7 +197,7 @@ def _bvn_orthant(h: float, k: float, r: float) -> float:
 
 
 def sign_second_moment(grad, Sigma) -> np.ndarray:
-    """``E[sign(g) sign(g)^T]`` for ``g ~ N(grad, Sigma)`` in closed form (see :class:`SignSecond`)."""
+    """`E[sign(g) sign(g)^T]` for `g ~ N(grad, Sigma)` in closed form (see `SignSecond`)."""
     from scipy.special import ndtr
 
     mu = np.asarray(grad, dtype=float).reshape(-1)
@@ -217,7 +217,7 @@ def sign_second_moment(grad, Sigma) -> np.ndarray:
 
 
 def sign_mean(grad, Sigma) -> np.ndarray:
-    """``E[sign(g)] = erf(grad/sqrt(2 diag Sigma))`` as a ``(d, 1)`` array."""
+    """`E[sign(g)] = erf(grad/sqrt(2 diag Sigma))` as a `(d, 1)` array."""
     from scipy.special import erf
 
     mu = np.asarray(grad, dtype=float).reshape(-1)
@@ -282,7 +282,7 @@ class _HumanPrinter(StrPrinter):
 
 
 class _JsonPrinter(StrPrinter):
-    """The JSON grammar: ``transpose(.)``, ``I``, atoms by name, everything else as sympy prints it."""
+    """The JSON grammar: `transpose(.)`, `I`, atoms by name, everything else as sympy prints it."""
 
     printmethod = "_jsonstr"  # not ExpectationAtom._sympystr (the display form)
 
@@ -354,7 +354,7 @@ def _negative(a) -> bool:
 
 
 def _cov_root(diff) -> sp.MatPow | None:
-    """The factor ``C**(1/2)`` of a diffusion ``sqrt(eta)*C**(1/2)`` with a compound ``C`` (else None)."""
+    """The factor `C**(1/2)` of a diffusion `sqrt(eta)*C**(1/2)` with a compound `C` (else None)."""
     for p in diff.atoms(sp.MatPow):
         if p.exp == sp.S.Half and not isinstance(p.base, sp.MatrixSymbol):
             return p
@@ -366,18 +366,26 @@ def _cov_root(diff) -> sp.MatPow | None:
 
 @dataclass(frozen=True, eq=False)
 class VectorSDE:
-    """A derived vector SDE ``dX = drift_vector dt + diffusion_matrix_expr dW`` (``W`` a d-dim Brownian motion).
+    """A derived vector SDE `dX = drift_vector dt + diffusion_matrix_expr dW` (`W` a d-dim Brownian motion).
 
     Attributes
     ----------
-    optimizer, noise, regime: provenance.
-    tau: time per step (``eta``).
-    drift_vector: ``(d, 1)`` sympy matrix expression in ``x``, ``grad``, ``H``, ``Sigma``, atoms, hypers.
-    diffusion_matrix_expr: ``(d, d)`` matrix expression ``D`` with ``D D^T = covariance_expr``.
-    covariance_expr: the leading-order local covariance per unit time, ``Cov[Delta x]/tau``.
-    atoms: the :class:`ExpectationAtom` objects the result contains (to be evaluated numerically).
-    notes: assumptions and modelling choices (Hessian expansion, same minibatch, atoms).
-    hypers: ``((name, kind, default), ...)`` of the optimizer.
+    optimizer, noise, regime
+        provenance.
+    tau
+        time per step (`eta`).
+    drift_vector
+        `(d, 1)` sympy matrix expression in `x`, `grad`, `H`, `Sigma`, atoms, hypers.
+    diffusion_matrix_expr
+        `(d, d)` matrix expression `D` with `D D^T = covariance_expr`.
+    covariance_expr
+        the leading-order local covariance per unit time, `Cov[Delta x]/tau`.
+    atoms
+        the `ExpectationAtom` objects the result contains (to be evaluated numerically).
+    notes
+        assumptions and modelling choices (Hessian expansion, same minibatch, atoms).
+    hypers
+        `((name, kind, default), ...)` of the optimizer.
     """
 
     optimizer: str
@@ -436,7 +444,7 @@ class VectorSDE:
     __repr__ = __str__
 
     def latex(self) -> str:
-        """The SDE as one LaTeX line: ``dX_t = (...)\\,dt + (...)\\,dW_t`` with its clock."""
+        """The SDE as one LaTeX line: `dX_t = (...)\\,dt + (...)\\,dW_t` with its clock."""
         diff = self.diffusion_matrix_expr
         b = _latex(self.drift_vector)
         rhs = (rf"\left({b}\right)\,dt" if isinstance(self.drift_vector, sp.MatAdd) else rf"{b}\,dt")
@@ -478,14 +486,14 @@ class VectorSDE:
 
     @classmethod
     def from_json(cls, data: str | Mapping) -> VectorSDE:
-        """Rebuild from :meth:`to_json` output; every expression goes through the safe parser."""
+        """Rebuild from `to_json` output; every expression goes through the safe parser."""
         return _from_json(cls, data)
 
     # -- numerics -------------------------------------------------------------------------------------------
     def evaluate(self, what: str = "drift", *, atoms: Mapping | None = None, **env) -> np.ndarray:
-        """``drift``, ``diffusion`` or ``covariance`` as a numpy array at the values ``env`` (``grad``, ``H``,
-        ``Sigma``, ``x`` arrays; hyperparameters by name).  ``atoms``: values for the expectation atoms (else
-        each is estimated by :func:`evaluate_atom` with 10**5 samples)."""
+        """`drift`, `diffusion` or `covariance` as a numpy array at the values `env` (`grad`, `H`,
+        `Sigma`, `x` arrays; hyperparameters by name).  `atoms`: values for the expectation atoms (else
+        each is estimated by `evaluate_atom` with 10**5 samples)."""
         e = {"drift": self.drift_vector, "diffusion": self.diffusion_matrix_expr,
              "covariance": self.covariance_expr}.get(what)
         if e is None:
@@ -505,13 +513,15 @@ def _psd_sqrt(A: np.ndarray) -> np.ndarray:
 
 
 def isotropic_unit_mean(grad, s2: float) -> np.ndarray:
-    r"""``E[g/|g|]`` for ``g ~ N(grad, s2*I)`` in closed form (the gradient in ``grad`` of the noncentral-chi mean
-    ``E|g| = s sqrt(2) Gamma((d+1)/2)/Gamma(d/2) 1F1(-1/2; d/2; -|grad|^2/(2 s2))``):
+    r"""`E[g/|g|]` for `g ~ N(grad, s2*I)` in closed form (the gradient in `grad` of the noncentral-chi mean
+    `E|g| = s sqrt(2) Gamma((d+1)/2)/Gamma(d/2) 1F1(-1/2; d/2; -|grad|^2/(2 s2))`):
 
-    .. math:: \mathbb E\Big[\frac{g}{|g|}\Big] = \frac{\nabla f}{s}\,\frac{\sqrt2\,\Gamma(\frac{d+1}2)}{d\,\Gamma(\frac d2)}\,
-              {}_1F_1\Big(\tfrac12; \tfrac d2 + 1; -\frac{|\nabla f|^2}{2 s^2}\Big)
+    $$
+    \mathbb E\Big[\frac{g}{|g|}\Big] = \frac{\nabla f}{s}\,\frac{\sqrt2\,\Gamma(\frac{d+1}2)}{d\,\Gamma(\frac d2)}\,
+    {}_1F_1\Big(\tfrac12; \tfrac d2 + 1; -\frac{|\nabla f|^2}{2 s^2}\Big)
+    $$
 
-    (``d = 1``: ``erf(grad/(sqrt(2) s))``)."""
+    (`d = 1`: `erf(grad/(sqrt(2) s))`)."""
     from scipy.special import gammaln, hyp1f1
 
     mu = np.asarray(grad, dtype=float).reshape(-1)
@@ -522,9 +532,9 @@ def isotropic_unit_mean(grad, s2: float) -> np.ndarray:
 
 def evaluate_atom(atom: ExpectationAtom, grad, Sigma, hyper: Mapping | None = None, n: int = 100_000,
                   rng: np.random.Generator | None = None) -> np.ndarray:
-    """``atom`` at ``g ~ N(grad, Sigma)``: ``E[g/|g|]`` with an isotropic ``Sigma = s2*I`` in closed form
-    (:func:`isotropic_unit_mean`), every other case by Monte Carlo with ``n`` samples (standard error
-    ``O(n**-0.5)``; unbiased for every ``n``)."""
+    """`atom` at `g ~ N(grad, Sigma)`: `E[g/|g|]` with an isotropic `Sigma = s2*I` in closed form
+    (`isotropic_unit_mean`), every other case by Monte Carlo with `n` samples (standard error
+    `O(n**-0.5)`; unbiased for every `n`)."""
     rng = np.random.default_rng(0) if rng is None else rng
     S = np.asarray(Sigma, dtype=float)
     if (atom.tensor == "g" and sp.simplify(atom.integrand - 1 / NORM_G) == 0 and S.ndim == 2 and S[0, 0] > 0
@@ -549,9 +559,9 @@ def evaluate_atom(atom: ExpectationAtom, grad, Sigma, hyper: Mapping | None = No
 
 
 def evaluate(expr: sp.Basic, env: Mapping, atoms: Mapping | None = None) -> np.ndarray:
-    """A matrix expression as a numpy array: ``env`` gives ``grad``, ``x`` (vectors), ``H``, ``Sigma``
-    (matrices) and the scalars by name; ``atoms`` maps :class:`ExpectationAtom` to values (missing ones are
-    estimated with :func:`evaluate_atom` at ``env``'s ``grad`` and ``Sigma``)."""
+    """A matrix expression as a numpy array: `env` gives `grad`, `x` (vectors), `H`, `Sigma`
+    (matrices) and the scalars by name; `atoms` maps `ExpectationAtom` to values (missing ones are
+    estimated with `evaluate_atom` at `env`'s `grad` and `Sigma`)."""
     env = dict(env)
     atoms = dict(atoms or {})
     mats = {k: np.asarray(v, dtype=float) for k, v in env.items() if np.ndim(v) > 0}
@@ -637,8 +647,8 @@ _MATRICES = {"grad": GRAD, "x": XVEC, "H": HESS, "Sigma": SIGMA, "I": IDENT}
 
 
 def _shape_mismatch(e) -> str | None:
-    """A product, sum or power in ``e`` whose shapes do not fit symbolically (sympy does not check them when
-    the dimension is a symbol: ``grad*grad`` would pass for ``d = 1``); ``None`` if all fit."""
+    """A product, sum or power in `e` whose shapes do not fit symbolically (sympy does not check them when
+    the dimension is a symbol: `grad*grad` would pass for `d = 1`); `None` if all fit."""
     for node in sp.preorder_traversal(e):
         if isinstance(node, sp.MatMul):
             mats = [a for a in node.args if getattr(a, "is_Matrix", False)]

@@ -1,12 +1,12 @@
-"""One sympy symbol per quantity, named as in ``docs/notation.md``.
+"""One sympy symbol per quantity, named as in `docs/notation.md`.
 
 Every module asks this registry for its symbols, so that two parts of the code (and a JSON
-round-trip) always meet the *same* :class:`sympy.Symbol` with the same assumptions.  sympy
-treats ``Symbol("eta")`` and ``Symbol("eta", positive=True)`` as different objects, which is the
+round-trip) always meet the *same* `sympy.Symbol` with the same assumptions.  sympy
+treats `Symbol("eta")` and `Symbol("eta", positive=True)` as different objects, which is the
 classic source of "the expressions print the same but do not compare equal" bugs.
 
-Assumptions encode only facts that hold for every valid value (``eta > 0``, ``sigma > 0``,
-``v >= 0``): they let sympy simplify ``sqrt(eta**2*sigma**2)`` to ``eta*sigma``.
+Assumptions encode only facts that hold for every valid value (`eta > 0`, `sigma > 0`,
+`v >= 0`): they let sympy simplify `sqrt(eta**2*sigma**2)` to `eta*sigma`.
 """
 
 from __future__ import annotations
@@ -66,11 +66,11 @@ _cache: dict[tuple[str, tuple], sp.Symbol] = {}
 
 
 def sym(name: str, **assumptions) -> sp.Symbol:
-    """The canonical symbol for ``name``.
+    """The canonical symbol for `name`.
 
-    Known names get their registered assumptions (extra ``assumptions`` are refused for them, so
-    there is never a second ``eta``).  Unknown names (an optimizer's own hyperparameters or
-    states) default to ``real=True`` unless assumptions are given.
+    Known names get their registered assumptions (extra `assumptions` are refused for them, so
+    there is never a second `eta`).  Unknown names (an optimizer's own hyperparameters or
+    states) default to `real=True` unless assumptions are given.
     """
     if name in KNOWN:
         if assumptions and assumptions != KNOWN[name][0]:
@@ -89,7 +89,7 @@ def sym(name: str, **assumptions) -> sp.Symbol:
 
 
 def spelling(s: sp.Symbol) -> str:
-    """The call that builds ``s`` from the registry: ``sd.sym('gamma', positive=True)``; for a symbol
+    """The call that builds `s` from the registry: `sd.sym('gamma', positive=True)`; for a symbol
     the registry did not build, the call building one of that name with the default assumptions."""
     if s.name in KNOWN:
         return f"sd.sym({s.name!r})"
@@ -100,12 +100,12 @@ def spelling(s: sp.Symbol) -> str:
 
 
 def is_registry_symbol(s: sp.Basic) -> bool:
-    """True if ``s`` was built by :func:`sym` (with any assumptions)."""
+    """True if `s` was built by `sym` (with any assumptions)."""
     return isinstance(s, sp.Symbol) and any(canon is s for canon in _cache.values())
 
 
 def symbols(names: str) -> tuple[sp.Symbol, ...]:
-    """``symbols("x m v")`` -> the canonical symbols, in order."""
+    """`symbols("x m v")` -> the canonical symbols, in order."""
     return tuple(sym(n) for n in names.split())
 
 
@@ -119,7 +119,7 @@ NOISE = {n: sym(n) for n in ("grad", "sigma", "z", "nu", "B", "sigma1")}
 
 
 def locals_for(names, assumptions: dict[str, dict] | None = None) -> dict:
-    """A ``sympify`` locals dict mapping every name to its canonical symbol."""
+    """A `sympify` locals dict mapping every name to its canonical symbol."""
     assumptions = assumptions or {}
     out = {}
     for n in names:
@@ -130,10 +130,10 @@ def locals_for(names, assumptions: dict[str, dict] | None = None) -> dict:
 def sympify_expr(text: str, names, assumptions: dict[str, dict] | None = None) -> sp.Expr:
     """Parse an expression string written with NOTATION names into canonical symbols.
 
-    The text is never evaluated: it goes through the safe parser of :mod:`sdederive._safe_expr`
-    (numbers, ``+ - * / **``, names, whitelisted functions).  ``names`` get their canonical symbols
-    (``assumptions`` for the non-notation ones); other identifiers become :func:`sym` symbols, and
-    ``pi``/``E`` are the constants unless listed in ``names``."""
+    The text is never evaluated: it goes through the safe parser of `sdederive._safe_expr`
+    (numbers, `+ - * / **`, names, whitelisted functions).  `names` get their canonical symbols
+    (`assumptions` for the non-notation ones); other identifiers become `sym` symbols, and
+    `pi`/`E` are the constants unless listed in `names`."""
     from sdederive._safe_expr import parse_expr
 
     loc = locals_for(names, assumptions)

@@ -1,18 +1,18 @@
 """Checks of derived SDEs against the discrete optimizers they approximate.
 
-:func:`onestep_check` runs one discrete step of an optimizer many times from one state and
-compares the sample mean and covariance of the increment with the derived ``tau*drift`` and
-``tau*covariance`` of :func:`sdederive.derive`.
+`onestep_check` runs one discrete step of an optimizer many times from one state and
+compares the sample mean and covariance of the increment with the derived `tau*drift` and
+`tau*covariance` of `sdederive.derive`.
 
-:func:`compare` and :func:`weak_order` run the discrete optimizer and its SDE over a time horizon
-at several learning rates and measure the weak error ``max_t |E g(x_k) - E g(X_{k tau})|`` with
-honest confidence intervals, and its order in ``eta`` (:class:`Comparison`: table, JSON, plots,
-atomic reports).  :mod:`validators.testing` turns them into assertions for a test suite
-(:func:`assert_weak_order`, :func:`assert_sde_matches`); :mod:`validators.problems` has ready-made
-problems (breast-cancer logistic regression, quadratics); :mod:`validators.cli` the
-``sdederive validate`` command.  :mod:`validators.checks` holds the papers' predictions as checks
+`compare` and `weak_order` run the discrete optimizer and its SDE over a time horizon
+at several learning rates and measure the weak error `max_t |E g(x_k) - E g(X_{k tau})|` with
+honest confidence intervals, and its order in `eta` (`Comparison`: table, JSON, plots,
+atomic reports).  `validators.testing` turns them into assertions for a test suite
+(`assert_weak_order`, `assert_sde_matches`); `validators.problems` has ready-made
+problems (breast-cancer logistic regression, quadratics); `validators.cli` the
+`sdederive validate` command.  `validators.checks` holds the papers' predictions as checks
 (square-root rule, SignSGD vs SGD, heavy tails, RMSpropW under noise, Adagrad vs SGD at a fixed
-sample budget, optimal learning rate vs batch size), each returning a ``CheckResult`` with figures
+sample budget, optimal learning rate vs batch size), each returning a `CheckResult` with figures
 and pass/fail.
 """
 
@@ -42,8 +42,8 @@ def __getattr__(name: str):
 
 class _Package(types.ModuleType):
     """The package's module type: the import system binds a loaded submodule to the package attribute of its
-    name, and ``compare`` is also a public function of that submodule; as with an eager
-    ``from .compare import compare``, the attribute stays the function."""
+    name, and `compare` is also a public function of that submodule; as with an eager
+    `from .compare import compare`, the attribute stays the function."""
 
     def __setattr__(self, attr: str, value) -> None:
         if attr == "compare" and isinstance(value, types.ModuleType) and hasattr(value, "compare"):

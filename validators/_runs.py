@@ -1,8 +1,8 @@
-r"""Shared machinery of :mod:`validators.checks`: the result object, input checking, runs of the
+r"""Shared machinery of `validators.checks`: the result object, input checking, runs of the
 compiled simulators and their summaries, and the evaluation of the symbolic predictions.
 
 Nothing here states a claim of a paper; the claims and their tolerances live in
-:mod:`validators.checks`.
+`validators.checks`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _fmt(v) -> str:
 
 
 def markdown_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None) -> str:
-    """A pipe table (GitHub markdown) of ``rows`` (dicts), columns in first-seen order."""
+    """A pipe table (GitHub markdown) of `rows` (dicts), columns in first-seen order."""
     if not rows:
         return ""
     if columns is None:
@@ -76,16 +76,25 @@ class CheckResult:
 
     Attributes
     ----------
-    name: the check (function) name.
-    passed: whether every criterion of the check held.
-    claim: the prediction being tested, in words, with its reference.
-    figures: headline numbers (predicted and measured values, fitted slopes, ratios ...).
-    rows: one dict per row of the table (the per-setting numbers).
-    criteria: criterion text -> whether it held (``passed`` is their conjunction).
-    plots: panels for :meth:`plot`: dicts with ``title, xlabel, ylabel, xscale, yscale`` and
-        ``lines``: dicts ``x, y`` (and optionally ``yerr, label, style``).
-    notes: remarks (approximations used, sizes, what was not resolvable).
-    seed: the base seed of the check's runs (in the JSON with the package versions).
+    name
+        the check (function) name.
+    passed
+        whether every criterion of the check held.
+    claim
+        the prediction being tested, in words, with its reference.
+    figures
+        headline numbers (predicted and measured values, fitted slopes, ratios ...).
+    rows
+        one dict per row of the table (the per-setting numbers).
+    criteria
+        criterion text -> whether it held (`passed` is their conjunction).
+    plots
+        panels for `plot`: dicts with `title, xlabel, ylabel, xscale, yscale` and
+        `lines`: dicts `x, y` (and optionally `yerr, label, style`).
+    notes
+        remarks (approximations used, sizes, what was not resolvable).
+    seed
+        the base seed of the check's runs (in the JSON with the package versions).
     """
 
     name: str
@@ -128,8 +137,8 @@ class CheckResult:
     __repr__ = __str__
 
     def plot(self, path: str | Path | None = None):
-        """The panels as one :class:`matplotlib.figure.Figure` (Agg canvas: no display needed), written
-        to ``path`` when given (format from the suffix: PDF, SVG, EPS or PNG)."""
+        """The panels as one `matplotlib.figure.Figure` (Agg canvas: no display needed), written
+        to `path` when given (format from the suffix: PDF, SVG, EPS or PNG)."""
         return plot_results([self], path)
 
 
@@ -163,9 +172,9 @@ def _draw_panel(ax, p: Mapping) -> None:
 
 def plot_results(results: Sequence[CheckResult], path: str | Path | None = None, title: str | None = None,
                  ncol: int = 3):
-    """All panels of ``results`` in one figure, each titled with its check's verdict; written to
-    ``path`` (format from its suffix: PDF, SVG, EPS or PNG) when given.  Returns the
-    :class:`matplotlib.figure.Figure`."""
+    """All panels of `results` in one figure, each titled with its check's verdict; written to
+    `path` (format from its suffix: PDF, SVG, EPS or PNG) when given.  Returns the
+    `matplotlib.figure.Figure`."""
     from sdederive import _figures as F
 
     if path is not None:
@@ -252,7 +261,7 @@ def choice(name: str, v, allowed: Iterable[str]) -> str:
 
 
 def quadratic_like(p: Quadratic, *, sigma_factor: float = 1.0, sigma=None, x0=None, noise=None, nu=None) -> Quadratic:
-    """A copy of ``p`` with the noise scaled by ``sigma_factor`` (covariance by its square) or replaced."""
+    """A copy of `p` with the noise scaled by `sigma_factor` (covariance by its square) or replaced."""
     noise = p.noise if noise is None else noise
     nu = p.nu if nu is None and noise == p.noise else nu
     x0 = p.x0 if x0 is None else x0
@@ -267,8 +276,8 @@ def quadratic_like(p: Quadratic, *, sigma_factor: float = 1.0, sigma=None, x0=No
 
 
 def batch_scaled(problem: Problem, kappa: float) -> Problem:
-    r"""The problem at batch ``kappa*B``: on a quadratic ``sigma -> sigma/sqrt(kappa)`` (the per-coordinate
-    noise is the per-example noise over ``sqrt(B)``), on logistic regression the real batch ``kappa*B``."""
+    r"""The problem at batch `kappa*B`: on a quadratic `sigma -> sigma/sqrt(kappa)` (the per-coordinate
+    noise is the per-example noise over `sqrt(B)`), on logistic regression the real batch `kappa*B`."""
     if isinstance(problem, Quadratic):
         return quadratic_like(problem, sigma_factor=1.0 / math.sqrt(kappa))
     if isinstance(problem, LogisticRegression):
@@ -312,7 +321,7 @@ def to_float(expr: sp.Expr, values: Mapping[str, float]) -> float:
 
 
 def sde_values(sde, hyper: Mapping[str, float], extra: Mapping[str, float] = ()) -> dict:
-    """Values of the discrete hyperparameters and of the SDE's scaled parameters (``rho1``, ``sigma0``...)."""
+    """Values of the discrete hyperparameters and of the SDE's scaled parameters (`rho1`, `sigma0`...)."""
     vals = dict(hyper)
     vals.update(dict(extra))
     for name, definition in sde.params.items():
@@ -324,7 +333,7 @@ _STATIONARY: dict = {}
 
 
 def stationary_of(sde) -> sd.Stationary:
-    """``sd.stationary(sde)``, memoised per SDE (the Lyapunov solve of AdamW takes seconds)."""
+    """`sd.stationary(sde)`, memoised per SDE (the Lyapunov solve of AdamW takes seconds)."""
     key = sde.to_json()
     if key not in _STATIONARY:
         _STATIONARY[key] = sd.stationary(sde)
@@ -332,7 +341,7 @@ def stationary_of(sde) -> sd.Stationary:
 
 
 def stationary_loss(sde, h: np.ndarray, sigma: np.ndarray, hyper: Mapping[str, float]) -> float:
-    r"""``sum_i`` of ``sd.stationary(sde).loss`` at ``h_i, sigma_i`` and the discrete hyperparameters."""
+    r"""`sum_i` of `sd.stationary(sde).loss` at `h_i, sigma_i` and the discrete hyperparameters."""
     expr = stationary_of(sde).loss
     total = 0.0
     for hi, si in zip(np.broadcast_to(h, np.shape(sigma)), sigma):
@@ -347,10 +356,10 @@ def stationary_loss(sde, h: np.ndarray, sigma: np.ndarray, hyper: Mapping[str, f
 
 
 def stationary_mean(res, burn: float = 0.5, batches: int = 8) -> tuple[float, float]:
-    r"""Time average of ``E[loss]`` over the snapshots with ``t >= burn*t_end`` and its standard error.
+    r"""Time average of `E[loss]` over the snapshots with `t >= burn*t_end` and its standard error.
 
     The snapshots are correlated in time, so the error is the larger of the batch-means estimate
-    (``batches`` consecutive blocks of snapshots) and the error of one snapshot divided by the
+    (`batches` consecutive blocks of snapshots) and the error of one snapshot divided by the
     square root of the number of snapshots (the value for independent snapshots)."""
     t = res.t
     keep = t >= burn * t[-1]
@@ -372,14 +381,14 @@ def stationary_mean(res, burn: float = 0.5, batches: int = 8) -> tuple[float, fl
 
 
 def loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
-    """Least-squares slope of ``log y`` against ``log x``."""
+    """Least-squares slope of `log y` against `log x`."""
     lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
     return float(np.polyfit(lx, ly, 1)[0])
 
 
 def relaxation_rate(sde, h: float, sigma: float, hyper: Mapping[str, float]) -> float:
     r"""Slowest relaxation rate (per unit SDE time) of the SDE linearised at its fixed point on
-    ``f = h x^2/2``: ``min(-Re eig(J))`` with ``J = sd.stationary(sde).jacobian``."""
+    `f = h x^2/2`: `min(-Re eig(J))` with `J = sd.stationary(sde).jacobian`."""
     st = stationary_of(sde)
     vals = sde_values(sde, hyper, {"h": float(h), "sigma": float(sigma)})
     J = np.array([[to_float(e, vals) for e in row] for row in st.jacobian.tolist()], dtype=float)
@@ -388,11 +397,11 @@ def relaxation_rate(sde, h: float, sigma: float, hyper: Mapping[str, float]) -> 
 
 
 def tail_ratio(res, burn: float = 0.3) -> np.ndarray:
-    r"""Per stationary snapshot: ``Var_paths(f)/E_paths(f)**2`` (sample values).
+    r"""Per stationary snapshot: `Var_paths(f)/E_paths(f)**2` (sample values).
 
-    For a light-tailed loss this converges to a constant of order one; when ``f`` has an infinite
+    For a light-tailed loss this converges to a constant of order one; when `f` has an infinite
     mean (tail index below 1) it grows like the number of paths: the largest path carries a fixed
-    fraction of the sum, so ``n*sum(f**2)/sum(f)**2`` is of order ``n``."""
+    fraction of the sum, so `n*sum(f**2)/sum(f)**2` is of order `n`."""
     keep = res.t >= burn * res.t[-1]
     keep[0] = False
     m = np.asarray(res.mean["loss"])[keep]

@@ -1,17 +1,17 @@
 r"""Checks of the papers' predictions against the generated discrete optimizers.
 
-Each function runs the discrete optimizer compiled by :func:`sdederive.compile` (one source of
+Each function runs the discrete optimizer compiled by `sdederive.compile` (one source of
 truth: the same sympy update rule the SDEs are derived from), compares what it measures with the
-prediction, and returns a :class:`CheckResult` (``passed``, headline ``figures``, a table, the
-criteria, a ``plot(path)``).  Wherever the package derives the prediction
-(:func:`sdederive.scaling_rule`, :func:`sdederive.analysis.stationary`) the check uses that derived
+prediction, and returns a `CheckResult` (`passed`, headline `figures`, a table, the
+criteria, a `plot(path)`).  Wherever the package derives the prediction
+(`sdederive.scaling_rule`, `sdederive.analysis.stationary`) the check uses that derived
 expression, not a formula copied from the paper; the paper's formula is reported next to it.
 
 Every check takes its sizes (paths, steps, grids) as arguments; the defaults are small (test
-sizes); the scripts in ``examples/`` call them at full size.  Every check can fail: the test suite
-runs each one on a case where the claim is false (``tests/test_checks.py``).
+sizes); the scripts in `examples/` call them at full size.  Every check can fail: the test suite
+runs each one on a case where the claim is false (`tests/test_checks.py`).
 
-References are to the notes ``docs/reference/adaptive_sdes.md`` ([AS]) and ``docs/reference/rates_and_batch_scaling.md`` ([RB]).
+References are to the notes `docs/reference/adaptive_sdes.md` ([AS]) and `docs/reference/rates_and_batch_scaling.md` ([RB]).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ _RULES = ("derived", "linear", "sqrt")
 
 
 def _rule_map(optimizer: str, rule, exclude: Sequence[str]) -> tuple[dict, sp.Expr, str]:
-    """``(map name -> sympy expression in kappa and the old value, steps expression, description)``."""
+    """`(map name -> sympy expression in kappa and the old value, steps expression, description)`."""
     if rule is None or rule == "derived":
         sr = sd.scaling_rule(sd.derive(optimizer))
         mp = dict(sr.map)
@@ -141,44 +141,55 @@ def square_root_rule(optimizer: str = "adam", problem: Problem | None = None, ka
                      rule=None, *, exclude: Sequence[str] = (), hyper: Mapping[str, float] | None = None,
                      paths: int = 1000, steps: int | None = None, n_save: int = 16, seed: int = 0,
                      z: float = 3.0, rtol: float = 0.1, stationary_from: float = 0.5) -> CheckResult:
-    r"""Batch-size scaling rule: runs at ``kappa*B`` with the scaled hyperparameters follow the base run.
+    r"""Batch-size scaling rule: runs at `kappa*B` with the scaled hyperparameters follow the base run.
 
-    Prediction ([AS] §1.7, §2.6, §7 items 1, 2, 4, 18).  When ``B -> kappa*B`` the gradient noise
-    shrinks, :math:`\sigma\to\sigma/\sqrt\kappa`.  The rule ``sd.scaling_rule(sd.derive(optimizer))``
+    Prediction ([AS] §1.7, §2.6, §7 items 1, 2, 4, 18).  When `B -> kappa*B` the gradient noise
+    shrinks, $\sigma\to\sigma/\sqrt\kappa$.  The rule `sd.scaling_rule(sd.derive(optimizer))`
     leaves the optimizer's SDE invariant up to a time change; for Adam/RMSprop it is the square-root
-    rule :math:`\eta\to\sqrt\kappa\eta,\ 1-\beta_i\to\kappa(1-\beta_i),\ \epsilon\to\epsilon/\sqrt\kappa`,
-    for AdamW/RMSpropW the same plus :math:`w_d\to\sqrt\kappa w_d`, for SGD the linear rule
-    :math:`\eta\to\kappa\eta`; in every case ``k -> k/kappa`` steps (same epochs).  So
-    :math:`\mathbb E f(x)` after the same number of epochs must agree for every ``kappa``.
+    rule $\eta\to\sqrt\kappa\eta,\ 1-\beta_i\to\kappa(1-\beta_i),\ \epsilon\to\epsilon/\sqrt\kappa$,
+    for AdamW/RMSpropW the same plus $w_d\to\sqrt\kappa w_d$, for SGD the linear rule
+    $\eta\to\kappa\eta$; in every case `k -> k/kappa` steps (same epochs).  So
+    $\mathbb E f(x)$ after the same number of epochs must agree for every `kappa`.
 
-    Procedure: the discrete optimizer (``sd.compile(sd.optimizers.<optimizer>(), problem)``) is run at
-    the base hyperparameters and, for each ``kappa``, at the mapped ones on the problem at batch
-    ``kappa*B`` (quadratic: ``sigma/sqrt(kappa)``; logistic regression: the real batch ``kappa*B``) for
-    ``steps/kappa`` steps.  Snapshot ``j`` of every run lies at the same epoch (base time
-    ``t = k*tau``).  With :math:`L = \mathbb E f - f^*` (``f* = 0`` on a quadratic, the L-BFGS minimum
+    Procedure: the discrete optimizer (`sd.compile(sd.optimizers.<optimizer>(), problem)`) is run at
+    the base hyperparameters and, for each `kappa`, at the mapped ones on the problem at batch
+    `kappa*B` (quadratic: `sigma/sqrt(kappa)`; logistic regression: the real batch `kappa*B`) for
+    `steps/kappa` steps.  Snapshot `j` of every run lies at the same epoch (base time
+    `t = k*tau`).  With $L = \mathbb E f - f^*$ (`f* = 0` on a quadratic, the L-BFGS minimum
     of the full-batch loss on logistic regression) the check passes when at every snapshot
 
-    .. math:: |L_\kappa - L_1| \le z\sqrt{SE_\kappa^2 + SE_1^2} + r_{tol}\,L_1 ,
+    $$
+    |L_\kappa - L_1| \le z\sqrt{SE_\kappa^2 + SE_1^2} + r_{tol}\,L_1 ,
+    $$
 
     i.e. the curves agree within the Monte Carlo confidence band plus a relative tolerance for the
-    ``O(eta)`` discretisation error the rule does not control.
+    `O(eta)` discretisation error the rule does not control.
 
     Parameters
     ----------
-    optimizer: ``"adam"``, ``"rmsprop"``, ``"adamw"``, ``"rmspropw"`` or ``"sgd"``.
-    problem: a :class:`~sdederive.Quadratic` or :class:`~sdederive.LogisticRegression` at the base
+    optimizer
+        `"adam"`, `"rmsprop"`, `"adamw"`, `"rmspropw"` or `"sgd"`.
+    problem
+        a `Quadratic` or `LogisticRegression` at the base
         batch; default: a 2-d diagonal quadratic set in the optimizer's regime.
-    kappas: batch multipliers (> 0; ``1`` is the base run and always included).
-    rule: ``None`` (the derived rule), ``"linear"`` (``eta -> kappa*eta`` only), ``"sqrt"``
-        (``eta -> sqrt(kappa)*eta`` only) or a dict ``name -> sympy expression`` in ``kappa`` and the names.
-    exclude: hyperparameters the rule maps but which are left unchanged (``("wd",)``: AdamW's rule
+    kappas
+        batch multipliers (> 0; `1` is the base run and always included).
+    rule
+        `None` (the derived rule), `"linear"` (`eta -> kappa*eta` only), `"sqrt"`
+        (`eta -> sqrt(kappa)*eta` only) or a dict `name -> sympy expression` in `kappa` and the names.
+    exclude
+        hyperparameters the rule maps but which are left unchanged (`("wd",)`: AdamW's rule
         without the weight-decay part, [AS] §2.6).
-    hyper: base hyperparameters (default: the regime's values in ``_RULE_DEFAULTS``).
-    paths, steps, n_save: Monte Carlo paths, base steps (rounded up so every run saves on the same
+    hyper
+        base hyperparameters (default: the regime's values in `_RULE_DEFAULTS`).
+    paths, steps, n_save
+        Monte Carlo paths, base steps (rounded up so every run saves on the same
         epochs), number of snapshots compared.
-    z, rtol: the tolerance above.
-    stationary_from: fraction of the run after which the loss is averaged as the stationary value
-        (reported, and compared with ``sd.stationary`` on a diagonal quadratic).
+    z, rtol
+        the tolerance above.
+    stationary_from
+        fraction of the run after which the loss is averaged as the stationary value
+        (reported, and compared with `sd.stationary` on a diagonal quadratic).
     """
     name = choice("optimizer", optimizer, tuple(_RULE_DEFAULTS))
     ks = grid("kappas", kappas)
@@ -271,9 +282,9 @@ def square_root_rule(optimizer: str = "adam", problem: Problem | None = None, ka
 
 def linear_rule(optimizer: str = "sgd", problem: Problem | None = None, kappas: Sequence[float] = (1, 2, 4, 8),
                 **kw) -> CheckResult:
-    r"""The linear scaling rule ``eta -> kappa*eta`` (other hyperparameters unchanged, ``k -> k/kappa``):
-    :func:`square_root_rule` with ``rule="linear"``.  Holds for SGD ([AS] §7 item 4: the SDE
-    :math:`dX=-\nabla f\,dt+(\eta\Sigma/B)^{1/2}dW` depends on ``eta/B`` only); fails for Adam."""
+    r"""The linear scaling rule `eta -> kappa*eta` (other hyperparameters unchanged, `k -> k/kappa`):
+    `square_root_rule` with `rule="linear"`.  Holds for SGD ([AS] §7 item 4: the SDE
+    $dX=-\nabla f\,dt+(\eta\Sigma/B)^{1/2}dW$ depends on `eta/B` only); fails for Adam."""
     return square_root_rule(optimizer, problem, kappas, rule="linear", **kw)
 
 
@@ -300,21 +311,21 @@ def signsgd_vs_sgd_stationary(problem: Quadratic | None = None, eta: float = 0.0
                               slope_tol: float = 0.15) -> CheckResult:
     r"""Stationary loss of SignSGD and SGD on a diagonal quadratic against the derived SDEs.
 
-    Prediction ([AS] §2.3, §7 item 12): on :math:`f=\tfrac12\sum_i h_i x_i^2` with gradient noise
-    :math:`\sigma_i`, the OU linearisation of the SignSGD SDE gives
-    :math:`\mathbb E f(X_\infty)=\tfrac\eta4\sqrt{\pi/2}\sum_i\sigma_i` (linear in the noise), SGD's
-    :math:`\tfrac\eta4\sum_i\sigma_i^2` (quadratic).  The predictions used are
-    ``sum_i sd.stationary(sd.derive("signsgd")).loss`` and the same for ``"sgd"`` (Student-t problems:
-    the SDEs derived under that noise), evaluated at ``h_i, sigma_i, eta``.
+    Prediction ([AS] §2.3, §7 item 12): on $f=\tfrac12\sum_i h_i x_i^2$ with gradient noise
+    $\sigma_i$, the OU linearisation of the SignSGD SDE gives
+    $\mathbb E f(X_\infty)=\tfrac\eta4\sqrt{\pi/2}\sum_i\sigma_i$ (linear in the noise), SGD's
+    $\tfrac\eta4\sum_i\sigma_i^2$ (quadratic).  The predictions used are
+    `sum_i sd.stationary(sd.derive("signsgd")).loss` and the same for `"sgd"` (Student-t problems:
+    the SDEs derived under that noise), evaluated at `h_i, sigma_i, eta`.
 
-    Procedure: discrete SignSGD and SGD (``sd.compile``) for ``time/eta`` steps from ``x0``; the loss is
-    averaged over the snapshots after ``burn*time`` (standard error by batch means).  Passes when for
-    every noise scale ``s`` in ``sigma_scales`` (noise ``s*sigma``) and both optimizers
-    ``|measured - predicted| <= z*SE + rtol*predicted``; with two or more scales also the fitted
-    exponents of the loss in ``s`` must be 1 (SignSGD) and 2 (SGD) within ``slope_tol``.
+    Procedure: discrete SignSGD and SGD (`sd.compile`) for `time/eta` steps from `x0`; the loss is
+    averaged over the snapshots after `burn*time` (standard error by batch means).  Passes when for
+    every noise scale `s` in `sigma_scales` (noise `s*sigma`) and both optimizers
+    `|measured - predicted| <= z*SE + rtol*predicted`; with two or more scales also the fitted
+    exponents of the loss in `s` must be 1 (SignSGD) and 2 (SGD) within `slope_tol`.
 
-    ``signsgd_sde``/``sgd_sde`` replace the SDE whose stationary loss is the prediction; passing
-    ``signsgd_sde=sd.derive("sgd")`` (the wrong formula) makes the check fail.
+    `signsgd_sde`/`sgd_sde` replace the SDE whose stationary loss is the prediction; passing
+    `signsgd_sde=sd.derive("sgd")` (the wrong formula) makes the check fail.
     """
     problem = _default_pair_problem() if problem is None else problem
     if not isinstance(problem, Quadratic):
@@ -372,22 +383,22 @@ def signsgd_rate_vs_noise(sigmas: Sequence[float] = (1.0, 2.0, 4.0, 8.0), *, h: 
                           eta: float = 0.002, paths: int = 2000, n_save: int = 30, efolds: float = 3.0,
                           expected_slopes: Mapping[str, float] | None = None, slope_tol: float = 0.15,
                           rate_rtol: float = 0.15, seed: int = 0) -> CheckResult:
-    r"""Convergence rate of SignSGD falls like ``1/sigma``; SGD's does not depend on ``sigma``.
+    r"""Convergence rate of SignSGD falls like `1/sigma`; SGD's does not depend on `sigma`.
 
     Prediction ([AS] §2.2-2.3, phase 3): near the minimum the SignSGD SDE is
-    :math:`dX=-\sqrt{2/\pi}\,\Sigma^{-1/2}\nabla f\,dt+\sqrt\eta\,dW`, so on :math:`f=\tfrac h2x^2`
-    :math:`\mathbb E f(X_t)-f_\infty\propto e^{-rt}` with :math:`r=2\sqrt{2/\pi}\,h/\sigma`; for SGD
-    :math:`r=2h`.  The predicted rates are ``-2*J`` with ``J = sd.stationary(sde).jacobian`` (the
-    derived linearisation), and ``f_inf`` is ``sd.stationary(sde).loss``.
+    $dX=-\sqrt{2/\pi}\,\Sigma^{-1/2}\nabla f\,dt+\sqrt\eta\,dW$, so on $f=\tfrac h2x^2$
+    $\mathbb E f(X_t)-f_\infty\propto e^{-rt}$ with $r=2\sqrt{2/\pi}\,h/\sigma$; for SGD
+    $r=2h$.  The predicted rates are `-2*J` with `J = sd.stationary(sde).jacobian` (the
+    derived linearisation), and `f_inf` is `sd.stationary(sde).loss`.
 
-    Procedure: for each ``sigma`` the discrete optimizer runs on a 1-d quadratic from
-    ``x0*sigma/min(sigmas)`` (every run starts at the same signal-to-noise ratio
-    :math:`h x_0/(\sqrt2\sigma)`, inside SignSGD's phase 3, and with the same ratio of initial loss to
-    SGD's floor :math:`\eta\sigma^2/4`) for ``efolds`` predicted e-foldings; ``log(E f - f_inf)`` is fitted linearly in ``t = k*eta`` over the
-    snapshots where the excess is between ``0.8`` and ``e^-efolds`` (times the initial excess) and
-    above ``4`` standard errors.  Passes when every measured rate is within ``rate_rtol`` of the
-    prediction and the slope of ``log(rate)`` against ``log(sigma)`` is ``expected_slopes[name]``
-    (default ``-1`` for SignSGD, ``0`` for SGD) within ``slope_tol``.
+    Procedure: for each `sigma` the discrete optimizer runs on a 1-d quadratic from
+    `x0*sigma/min(sigmas)` (every run starts at the same signal-to-noise ratio
+    $h x_0/(\sqrt2\sigma)$, inside SignSGD's phase 3, and with the same ratio of initial loss to
+    SGD's floor $\eta\sigma^2/4$) for `efolds` predicted e-foldings; `log(E f - f_inf)` is fitted linearly in `t = k*eta` over the
+    snapshots where the excess is between `0.8` and `e^-efolds` (times the initial excess) and
+    above `4` standard errors.  Passes when every measured rate is within `rate_rtol` of the
+    prediction and the slope of `log(rate)` against `log(sigma)` is `expected_slopes[name]`
+    (default `-1` for SignSGD, `0` for SGD) within `slope_tol`.
     """
     sig = grid("sigmas", sigmas, minimum_len=2)
     h = positive_float("h", h)
@@ -454,28 +465,28 @@ def heavy_tails(nu: Sequence[float] = (1.5,), *, problem: Quadratic | None = Non
                 paths: int = 2000, n_save: int = 24, spacing: float = 2.0, seed: int = 0, z: float = 3.0,
                 rtol: float = 0.08, light_max: float = 10.0, heavy_factor: float = 5.0, growth_min: float = 1.5,
                 subsample: int = 8) -> CheckResult:
-    r"""Under Student-t noise with ``nu <= 2`` SignSGD stays bounded, SGD's loss has no finite moments.
+    r"""Under Student-t noise with `nu <= 2` SignSGD stays bounded, SGD's loss has no finite moments.
 
-    Prediction ([AS] §2.2 heavy-tailed, §2.3): the SignSGD SDE under :math:`Z\sim t_\nu` has drift
-    :math:`-(2F_\nu(\nabla f/\sigma)-1)` and a bounded diffusion for every ``nu > 0``, with stationary
-    loss :math:`\eta\sum_i\sigma_i/(8f_\nu(0))` (``sd.stationary(sd.derive("signsgd",
-    noise=sd.StudentT(nu)))``).  SGD has no SDE when ``nu <= 2`` (``sd.derive("sgd",
-    noise=sd.StudentT(nu))`` refuses: ``E[z**2]`` is infinite); its iterates are a linear filter of the
-    noise and inherit its tail index ``nu``, so :math:`f\propto x^2` has tail index ``nu/2 <= 1`` and
+    Prediction ([AS] §2.2 heavy-tailed, §2.3): the SignSGD SDE under $Z\sim t_\nu$ has drift
+    $-(2F_\nu(\nabla f/\sigma)-1)$ and a bounded diffusion for every `nu > 0`, with stationary
+    loss $\eta\sum_i\sigma_i/(8f_\nu(0))$ (`sd.stationary(sd.derive("signsgd",
+    noise=sd.StudentT(nu)))`).  SGD has no SDE when `nu <= 2` (`sd.derive("sgd",
+    noise=sd.StudentT(nu))` refuses: `E[z**2]` is infinite); its iterates are a linear filter of the
+    noise and inherit its tail index `nu`, so $f\propto x^2$ has tail index `nu/2 <= 1` and
     no finite mean.
 
     Measurement (seed-stable): for each stationary snapshot the ratio
-    :math:`R=\mathrm{Var}_{paths}(f)/\mathbb E_{paths}(f)^2`, and its median over ``n_save`` snapshots
-    ``spacing`` slowest relaxation times apart (medians of many snapshots are stable under heavy
-    tails; single means are not).  For a light-tailed loss ``R`` converges to a constant of order one
-    (about 2 here); when ``f`` has tail index below one the largest path carries a fixed fraction of
-    the sum and ``R`` grows like the number of paths.  Reference: the same SGD under Gaussian noise of
+    $R=\mathrm{Var}_{paths}(f)/\mathbb E_{paths}(f)^2$, and its median over `n_save` snapshots
+    `spacing` slowest relaxation times apart (medians of many snapshots are stable under heavy
+    tails; single means are not).  For a light-tailed loss `R` converges to a constant of order one
+    (about 2 here); when `f` has tail index below one the largest path carries a fixed fraction of
+    the sum and `R` grows like the number of paths.  Reference: the same SGD under Gaussian noise of
     the same scale.
 
-    Passes when for every ``nu``: SignSGD's stationary mean is within ``z*SE + rtol*prediction`` of the
-    Student-t prediction and its ``R <= light_max``; SGD's ``R`` is at least ``heavy_factor`` times the
-    Gaussian reference's and grows by at least ``growth_min`` from ``paths/subsample`` to ``paths``
-    paths.  With ``nu`` above 4 (finite variance of ``f``) the SGD criteria fail.
+    Passes when for every `nu`: SignSGD's stationary mean is within `z*SE + rtol*prediction` of the
+    Student-t prediction and its `R <= light_max`; SGD's `R` is at least `heavy_factor` times the
+    Gaussian reference's and grows by at least `growth_min` from `paths/subsample` to `paths`
+    paths.  With `nu` above 4 (finite variance of `f`) the SGD criteria fail.
     """
     nus = grid("nu", nu)
     problem = sd.Quadratic(h=np.array([1.0, 4.0]), sigma=np.array([0.5, 2.0]), x0=np.zeros(2)) if problem is None \
@@ -561,18 +572,18 @@ def rmspropw_bounded_in_noise(sigmas: Sequence[float] = (1.0, 4.0, 16.0, 64.0), 
                               saturation_slope: float = 0.3) -> CheckResult:
     r"""Decoupled weight decay keeps the stationary loss of RMSpropW/AdamW bounded as the noise grows.
 
-    Prediction ([AS] §2.5, §7 item 12): on :math:`f=\tfrac12\sum h_ix_i^2` the RMSpropW SDE has
-    :math:`\mathbb E f(X_\infty)=\sum_i\eta\sigma_i^2h_i/(4P_i(h_i+w_dP_i))`, :math:`P_i=\sigma_i+\epsilon`
-    (``sd.stationary(sd.derive("rmspropw")).loss``; for AdamW the derived expression carries the extra
-    factor ``rho1/(rho1 + wd)``).  As ``sigma -> oo`` it tends to :math:`(\eta/(4w_d))\sum_ih_i` when
-    ``wd > 0`` and grows like :math:`\eta\sigma/4` when ``wd = 0``.
+    Prediction ([AS] §2.5, §7 item 12): on $f=\tfrac12\sum h_ix_i^2$ the RMSpropW SDE has
+    $\mathbb E f(X_\infty)=\sum_i\eta\sigma_i^2h_i/(4P_i(h_i+w_dP_i))$, $P_i=\sigma_i+\epsilon$
+    (`sd.stationary(sd.derive("rmspropw")).loss`; for AdamW the derived expression carries the extra
+    factor `rho1/(rho1 + wd)`).  As `sigma -> oo` it tends to $(\eta/(4w_d))\sum_ih_i$ when
+    `wd > 0` and grows like $\eta\sigma/4$ when `wd = 0`.
 
-    Procedure: for each ``sigma`` the discrete optimizer starts at ``x = 0`` and runs for ``efolds``
-    slowest relaxation times of the linearised SDE (``sd.stationary(...).jacobian``); the second half
-    is averaged.  Passes when every measurement is within ``z*SE + rtol*prediction`` of the prediction
-    and the loss saturates: the fitted exponent of the loss in ``sigma`` over the two largest ``sigma``
-    is at most ``saturation_slope`` and the last value is below ``(1 + rtol)*(eta/(4 wd)) sum h``.
-    With ``wd = 0`` the loss keeps growing linearly and the check fails.
+    Procedure: for each `sigma` the discrete optimizer starts at `x = 0` and runs for `efolds`
+    slowest relaxation times of the linearised SDE (`sd.stationary(...).jacobian`); the second half
+    is averaged.  Passes when every measurement is within `z*SE + rtol*prediction` of the prediction
+    and the loss saturates: the fitted exponent of the loss in `sigma` over the two largest `sigma`
+    is at most `saturation_slope` and the last value is below `(1 + rtol)*(eta/(4 wd)) sum h`.
+    With `wd = 0` the loss keeps growing linearly and the check fails.
     """
     name = choice("optimizer", optimizer, ("rmspropw", "adamw"))
     sig = grid("sigmas", sigmas, minimum_len=2)
@@ -634,10 +645,10 @@ _AVG = sd.sym("a")
 
 
 def with_iterate_average(optimizer) -> sd.Optimizer:
-    r"""The optimizer plus a state ``a``: the running average of the iterates,
-    :math:`a_{k+1} = a_k + (x_{k+1} - a_k)/(k+1)`, i.e. :math:`a_T=\bar x_T=\tfrac1T\sum_{k=1}^T x_k`.
+    r"""The optimizer plus a state `a`: the running average of the iterates,
+    $a_{k+1} = a_k + (x_{k+1} - a_k)/(k+1)$, i.e. $a_T=\bar x_T=\tfrac1T\sum_{k=1}^T x_k$.
 
-    Built from the built-in's own sympy update (``x_{k+1}`` is its update of ``x``), so the compiled
+    Built from the built-in's own sympy update (`x_{k+1}` is its update of `x`), so the compiled
     kernel is the generated optimizer with one extra line."""
     opt = sd.optimizers.get(optimizer)
     upd = opt.updates
@@ -663,24 +674,24 @@ def adagrad_vs_sgd_batch(d: int = 32, budget: int = 2**12, batch_sizes: Sequence
                          eps: float = 1e-12) -> CheckResult:
     r"""AdaGrad tolerates large batches at a fixed sample budget where SGD does not ([RB] §3.2, §5C).
 
-    Set-up ([RB] §5C): :math:`f(w)=\tfrac12\sum_i L_i(w_i-w^*_i)^2`, ``L_i = i**-2``, stochastic gradient
-    :math:`L\odot(w-w^*)+\sigma\odot z/\sqrt M` with ``sigma_i = 1/i`` (batch ``M`` as ``sigma/sqrt(M)``),
-    ``w0 = 0``, dense target :math:`w^*_i=\pm U(0.5,1.5)`; budget ``N = M*T`` samples.  For each ``M``
-    and each method the best constant ``eta`` on a grid is taken for the averaged iterate
-    :math:`f(\bar w_T)-f^*` (mean over ``seeds`` paths, computed exactly from the per-coordinate mean
-    and variance of ``a`` across paths).  The runs are the generated discrete SGD and Adagrad
-    (``sd.compile``) with the running average added (:func:`with_iterate_average`).
+    Set-up ([RB] §5C): $f(w)=\tfrac12\sum_i L_i(w_i-w^*_i)^2$, `L_i = i**-2`, stochastic gradient
+    $L\odot(w-w^*)+\sigma\odot z/\sqrt M$ with `sigma_i = 1/i` (batch `M` as `sigma/sqrt(M)`),
+    `w0 = 0`, dense target $w^*_i=\pm U(0.5,1.5)$; budget `N = M*T` samples.  For each `M`
+    and each method the best constant `eta` on a grid is taken for the averaged iterate
+    $f(\bar w_T)-f^*$ (mean over `seeds` paths, computed exactly from the per-coordinate mean
+    and variance of `a` across paths).  The runs are the generated discrete SGD and Adagrad
+    (`sd.compile`) with the running average added (`with_iterate_average`).
 
-    Prediction (the [R] bounds of [RB] §3.2, read at fixed ``N``): SGD's bound has a smoothness term
-    :math:`\|L\|_\infty D_2^2 M/N`, AdaGrad's :math:`\|L\|_1D_\infty^2M/N`; with concentrated ``L``,
-    ``sigma`` and a dense ``w*`` AdaGrad's critical batch is ~``sqrt(d)`` times larger, so the
-    SGD/AdaGrad ratio of the final suboptimality grows with ``M`` (pilot: 0.9 at ``M=1`` to 24 at
-    ``M=4096``).  Control: with a 1-sparse target ``w* = e_1`` (the largest ``L_i``) SGD wins at every
-    ``M``.
+    Prediction (the [R] bounds of [RB] §3.2, read at fixed `N`): SGD's bound has a smoothness term
+    $\|L\|_\infty D_2^2 M/N$, AdaGrad's $\|L\|_1D_\infty^2M/N$; with concentrated `L`,
+    `sigma` and a dense `w*` AdaGrad's critical batch is ~`sqrt(d)` times larger, so the
+    SGD/AdaGrad ratio of the final suboptimality grows with `M` (pilot: 0.9 at `M=1` to 24 at
+    `M=4096`).  Control: with a 1-sparse target `w* = e_1` (the largest `L_i`) SGD wins at every
+    `M`.
 
-    Passes when ``ratio(M_max)/ratio(M_min) >= growth_min`` for ``target`` and, if ``control`` is given,
-    SGD's suboptimality is below AdaGrad's at every ``M`` for the control target.  ``target="sparse"``
-    (with ``control="dense"``) makes the check fail.
+    Passes when `ratio(M_max)/ratio(M_min) >= growth_min` for `target` and, if `control` is given,
+    SGD's suboptimality is below AdaGrad's at every `M` for the control target.  `target="sparse"`
+    (with `control="dense"`) makes the check fail.
     """
     d = positive_int("d", d, 2)
     budget = positive_int("budget", budget)
@@ -775,7 +786,7 @@ def adagrad_vs_sgd_batch(d: int = 32, budget: int = 2**12, batch_sizes: Sequence
 
 
 def _predictor(kind: str, G: np.ndarray, H: np.ndarray, sig: np.ndarray):
-    """``(noise scale object, curve B -> eps_opt compared with the measurement)`` from sdederive.analysis.batchsize."""
+    """`(noise scale object, curve B -> eps_opt compared with the measurement)` from sdederive.analysis.batchsize."""
     from sdederive.analysis import batchsize as bs
 
     if kind == "mccandlish":
@@ -787,15 +798,15 @@ def _predictor(kind: str, G: np.ndarray, H: np.ndarray, sig: np.ndarray):
 
 def one_step_eps_opt(optimizer, H: np.ndarray, x0: np.ndarray, sigma: np.ndarray, B: float,
                      eps_grid: np.ndarray, paths: int, replicates: int, seed: int) -> dict:
-    r"""Monte Carlo optimal step of one discrete step of ``optimizer`` from ``x0`` at batch ``B``.
+    r"""Monte Carlo optimal step of one discrete step of `optimizer` from `x0` at batch `B`.
 
-    The generated discrete optimizer (``sd.compile``) takes one step at every ``eps`` of the grid with
+    The generated discrete optimizer (`sd.compile`) takes one step at every `eps` of the grid with
     the same seed (common random numbers).  On a quadratic each path's loss after the step is exactly
-    :math:`L_0-\epsilon a+\tfrac12\epsilon^2b` (:math:`a=G^\top V`, :math:`b=V^\top HV`), so the mean
-    losses over the grid determine the sample ``a``, ``b`` by least squares and the optimum
-    :math:`\hat\epsilon=\bar a/\bar b` without grid error.  Antithetic pairs: the run from ``-x0`` with
-    the same seed is the run from ``x0`` with the noise negated (the loss is even), and the pair mean
-    cancels most of the noise of ``a``.  ``replicates`` independent seeds give the standard error.
+    $L_0-\epsilon a+\tfrac12\epsilon^2b$ ($a=G^\top V$, $b=V^\top HV$), so the mean
+    losses over the grid determine the sample `a`, `b` by least squares and the optimum
+    $\hat\epsilon=\bar a/\bar b$ without grid error.  Antithetic pairs: the run from `-x0` with
+    the same seed is the run from `x0` with the noise negated (the loss is even), and the pair mean
+    cancels most of the noise of `a`.  `replicates` independent seeds give the standard error.
     """
     L0 = 0.5 * float(x0 @ H @ x0)
     sims = [sd.compile(optimizer, sd.Quadratic(H=H, sigma=sigma / math.sqrt(B), x0=s * x0)) for s in (1.0, -1.0)]
@@ -819,7 +830,7 @@ def one_step_eps_opt(optimizer, H: np.ndarray, x0: np.ndarray, sigma: np.ndarray
 
 
 def _peak(Bs: np.ndarray, eps: np.ndarray) -> float:
-    """Peak of ``eps(B)``: vertex of a parabola in ``log B`` through the grid maximum and its neighbours."""
+    """Peak of `eps(B)`: vertex of a parabola in `log B` through the grid maximum and its neighbours."""
     k = int(np.argmax(eps))
     if k == 0 or k == len(Bs) - 1:
         return float(Bs[k])
@@ -836,27 +847,27 @@ def optimal_lr_vs_batch(update: str = "sign", *, prediction: str = "auto", d: in
                         z: float = 3.0, rtol: float = 0.1, peak_tol: float = 1.6) -> CheckResult:
     r"""Optimal one-step learning rate against batch size: McCandlish for SGD, the surge for sign updates.
 
-    Predictions (``sdederive.analysis.batchsize``, [RB] §1.3, §2.3-2.5, §4 items 1-5, 12-25):
+    Predictions (`sdederive.analysis.batchsize`, [RB] §1.3, §2.3-2.5, §4 items 1-5, 12-25):
 
-    * ``update="sgd"`` ([RB] §1.3, 5A model: ``d = 20``, ``h = logspace(0, -2, d)``, per-example noise
-      variance ``20 h``, ``theta = 1``): :math:`\epsilon_{opt}(B)=\epsilon_{max}/(1+\mathcal B_{noise}/B)`
-      with :math:`\mathcal B_{noise}=\operatorname{tr}(H\Sigma)/G^\top HG` (``sgd_noise_scale``).
-    * ``update="sign"`` ([RB] §5B: ``d = 100``, :math:`H=(1-\rho)I+\rho 11^\top`, per-example
-      ``sigma_i = 1``, gradient ``mu = c*1``): :math:`\epsilon_{opt}` from the exact eq. (9) with
-      :math:`\mathcal E_i=\operatorname{erf}(\sqrt{B/2}\mu_i/\sigma_i)` (``sign_noise_scale(...).eps_opt_exact``)
-      rises like :math:`\sqrt B`, peaks at :math:`\mathcal B_{noise}=\pi/(2(d-1)\rho c^2)` (eq. 14),
-      falls, and flattens at :math:`\epsilon_\infty` (eq. 17); halving ``c`` moves the peak right x4;
-      with ``rho = 0`` (control) there is no peak.
+    * `update="sgd"` ([RB] §1.3, 5A model: `d = 20`, `h = logspace(0, -2, d)`, per-example noise
+      variance `20 h`, `theta = 1`): $\epsilon_{opt}(B)=\epsilon_{max}/(1+\mathcal B_{noise}/B)$
+      with $\mathcal B_{noise}=\operatorname{tr}(H\Sigma)/G^\top HG$ (`sgd_noise_scale`).
+    * `update="sign"` ([RB] §5B: `d = 100`, $H=(1-\rho)I+\rho 11^\top$, per-example
+      `sigma_i = 1`, gradient `mu = c*1`): $\epsilon_{opt}$ from the exact eq. (9) with
+      $\mathcal E_i=\operatorname{erf}(\sqrt{B/2}\mu_i/\sigma_i)$ (`sign_noise_scale(...).eps_opt_exact`)
+      rises like $\sqrt B$, peaks at $\mathcal B_{noise}=\pi/(2(d-1)\rho c^2)$ (eq. 14),
+      falls, and flattens at $\epsilon_\infty$ (eq. 17); halving `c` moves the peak right x4;
+      with `rho = 0` (control) there is no peak.
 
-    Measurement: :func:`one_step_eps_opt` with the generated discrete SGD / SignSGD (``n_eps`` steps
-    on a grid up to ``2*eps_max``, common random numbers, antithetic pairs, ``replicates`` seeds).
+    Measurement: `one_step_eps_opt` with the generated discrete SGD / SignSGD (`n_eps` steps
+    on a grid up to `2*eps_max`, common random numbers, antithetic pairs, `replicates` seeds).
 
-    Passes when at every ``B`` ``|eps_meas - eps_pred| <= z*SE + rtol*eps_pred``, and for ``"sign"``
-    when the measured peak (parabola in ``log B`` around the grid maximum) lies within a factor
-    ``peak_tol`` of ``B_noise`` for every ``c``, the peak ratio of consecutive ``c`` matches
-    ``(c_i/c_{i+1})**2`` within ``peak_tol``, and (``control``) the ``rho = 0`` curve is nondecreasing
-    within ``z`` standard errors; for ``"sgd"`` the measured curve must be nondecreasing too.
-    ``prediction="mccandlish"`` for sign updates (or ``"surge"`` for SGD) compares with the other
+    Passes when at every `B` `|eps_meas - eps_pred| <= z*SE + rtol*eps_pred`, and for `"sign"`
+    when the measured peak (parabola in `log B` around the grid maximum) lies within a factor
+    `peak_tol` of `B_noise` for every `c`, the peak ratio of consecutive `c` matches
+    `(c_i/c_{i+1})**2` within `peak_tol`, and (`control`) the `rho = 0` curve is nondecreasing
+    within `z` standard errors; for `"sgd"` the measured curve must be nondecreasing too.
+    `prediction="mccandlish"` for sign updates (or `"surge"` for SGD) compares with the other
     paper's formula and fails.
     """
     update = choice("update", update, ("sgd", "sign"))

@@ -1,9 +1,9 @@
-"""``sdederive validate``: discrete optimizer against its SDE, from the command line.
+"""`sdederive validate`: discrete optimizer against its SDE, from the command line.
 
-:func:`add_validate_parser` adds the subcommand to an ``argparse`` subparsers object (it sets
-``func=run_validate``); :func:`run_validate` runs it.  Bad input prints ``sdederive: error: <message>``
-on stderr and returns 2, as every ``sdederive`` command does; a failed ``--tol`` or
-``--expected-order`` check returns 1.
+`add_validate_parser` adds the subcommand to an `argparse` subparsers object (it sets
+`func=run_validate`); `run_validate` runs it.  Bad input prints `sdederive: error: <message>`
+on stderr and returns 2, as every `sdederive` command does; a failed `--tol` or
+`--expected-order` check returns 1.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _formatter():
 
 
 def add_validate_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``validate`` to ``subparsers`` (from ``parser.add_subparsers()``); returns its parser."""
+    """Add `validate` to `subparsers` (from `parser.add_subparsers()`); returns its parser."""
     # names from the CLI's catalog (tested against the registries): building the parser imports no sympy
     from sdederive.cli._catalog import optimizer_names
     from sdederive.cli._catalog import validate_problem_names as problem_names
@@ -135,7 +135,7 @@ def _load_problem(spec: str, batch: int | None):
 
 
 def _optimizer(args: argparse.Namespace, load_spec):
-    """The built-in ``OPT`` or the ``--spec`` optimizer (exactly one of them)."""
+    """The built-in `OPT` or the `--spec` optimizer (exactly one of them)."""
     spec = getattr(args, "spec", None)
     if spec is not None and args.optimizer is not None:
         raise ValidationError(f"both OPT ({args.optimizer}) and --spec ({spec}) are given; allowed: one of them")
@@ -150,8 +150,8 @@ def _optimizer(args: argparse.Namespace, load_spec):
 
 
 def run_validate(args: argparse.Namespace, out=None) -> int:
-    """Run ``sdederive validate`` with parsed ``args``; print the report to ``out`` (default stdout).
-    Returns 0 (done / passed), 1 (a requested check failed) or 2 (bad input: ``sdederive: error: ...``)."""
+    """Run `sdederive validate` with parsed `args`; print the report to `out` (default stdout).
+    Returns 0 (done / passed), 1 (a requested check failed) or 2 (bad input: `sdederive: error: ...`)."""
     out = sys.stdout if out is None else out
     try:
         import warnings

@@ -1,105 +1,111 @@
 r"""Weak error and weak order of a derived SDE against the discrete optimizer it approximates.
 
 Weak approximation
-    The SDE :math:`dX = b\,dt + D\,dW` of an optimizer with step size :math:`\eta` is a weak
-    approximation of order :math:`\alpha` on :math:`[0, T]` when, for test functions :math:`g`,
+    The SDE $dX = b\,dt + D\,dW$ of an optimizer with step size $\eta$ is a weak
+    approximation of order $\alpha$ on $[0, T]$ when, for test functions $g$,
 
-    .. math:: \max_{k\tau \le T} \big|\,\mathbb E\,g(x_k) - \mathbb E\,g(X_{k\tau})\,\big| \le C\,\eta^\alpha,
+    $$
+    \max_{k\tau \le T} \big|\,\mathbb E\,g(x_k) - \mathbb E\,g(X_{k\tau})\,\big| \le C\,\eta^\alpha,
+    $$
 
-    with :math:`\tau` the regime's time per step (``eta`` or ``eta**2``).  :func:`compare` measures
-    the left-hand side for ``g`` = the loss, ``|x|^2`` or a state, on a continuous-time grid common
-    to all step sizes, and :func:`weak_order` fits :math:`\alpha` as the log-log slope of the
-    measured weak error against :math:`\eta`.
+    with $\tau$ the regime's time per step (`eta` or `eta**2`).  `compare` measures
+    the left-hand side for `g` = the loss, `|x|^2` or a state, on a continuous-time grid common
+    to all step sizes, and `weak_order` fits $\alpha$ as the log-log slope of the
+    measured weak error against $\eta$.
 
 Simulation
-    Both the discrete optimizer and the SDE are compiled once (:func:`sdederive.compile`) and run
+    Both the discrete optimizer and the SDE are compiled once (`sdederive.compile`) and run
     from the same initial point with the same discrete hyperparameters.  The SDE is integrated with
-    one integrator step per optimizer step; by default (``scheme="auto"``) with Platen's weak
+    one integrator step per optimizer step; by default (`scheme="auto"`) with Platen's weak
     order-2 scheme where the SDE allows it (one noise source, uncorrelated noise), else
-    Euler–Maruyama.  (Euler–Maruyama with :math:`\Delta t = \tau` applied to SGD's SDE *is* SGD, so
-    it would measure no error at all; the weak order-2 scheme's own error, :math:`O(\tau^2)`, is of
-    higher order than the :math:`O(\eta)` being measured.)  The discrete run and the SDE run of
-    one seed use the same Gaussians (``g_k = grad + sigma z_k``, ``dW_k = sqrt(tau) z_k``), which
+    Euler–Maruyama.  (Euler–Maruyama with $\Delta t = \tau$ applied to SGD's SDE *is* SGD, so
+    it would measure no error at all; the weak order-2 scheme's own error, $O(\tau^2)$, is of
+    higher order than the $O(\eta)$ being measured.)  The discrete run and the SDE run of
+    one seed use the same Gaussians (`g_k = grad + sigma z_k`, `dW_k = sqrt(tau) z_k`), which
     makes their difference far less noisy than either (for logistic regression the discrete
     optimizer samples real minibatches, and Student-t draws are not the SDE's Gaussians, so the two
-    are not coupled).  ``substeps > 1`` refines the SDE but draws other Gaussians, which breaks the
+    are not coupled).  `substeps > 1` refines the SDE but draws other Gaussians, which breaks the
     coupling (the intervals stay valid, only wider).
 
 Coupling sign
-    The derived diffusion is fixed only up to the sign of each Brownian motion (``D D^T`` is what
-    the derivation determines), and with the first one the SDE may pair its noise with ``-z``
-    (SGD's ``D = +sqrt(eta) sigma`` against the discrete ``-eta sigma z``): the runs are then
-    *anti*-correlated and their difference noisier than either.  :func:`compare` measures the
+    The derived diffusion is fixed only up to the sign of each Brownian motion (`D D^T` is what
+    the derivation determines), and with the first one the SDE may pair its noise with `-z`
+    (SGD's `D = +sqrt(eta) sigma` against the discrete `-eta sigma z`): the runs are then
+    *anti*-correlated and their difference noisier than either.  `compare` measures the
     correlation of the first step over a few one-path runs and, when it is negative, negates the
-    first Brownian motion (column 0 of ``D``; the same SDE in law) before the comparison, with a
+    first Brownian motion (column 0 of `D`; the same SDE in law) before the comparison, with a
     note in the report.
 
 Confidence intervals
     The simulator returns only means across paths, so the correlation between the coupled runs
-    cannot be estimated path by path.  Instead the ``paths`` are split into ``R = replicates``
-    independent batches (seeds derived from ``seed``); batch ``r`` runs ``paths/R`` coupled paths of
-    both and gives the difference of means :math:`d_r(t) = \bar g^{disc}_r(t) - \bar g^{sde}_r(t)`.
-    The :math:`d_r` are i.i.d. with mean :math:`\Delta(t) = \mathbb E g(x_k) - \mathbb E g(X_t)`, so
+    cannot be estimated path by path.  Instead the `paths` are split into `R = replicates`
+    independent batches (seeds derived from `seed`); batch `r` runs `paths/R` coupled paths of
+    both and gives the difference of means $d_r(t) = \bar g^{disc}_r(t) - \bar g^{sde}_r(t)$.
+    The $d_r$ are i.i.d. with mean $\Delta(t) = \mathbb E g(x_k) - \mathbb E g(X_t)$, so
 
-    .. math:: \hat\Delta(t) = \frac1R\sum_r d_r(t), \qquad
-              h(t) = t_{R-1,\,1-\gamma}\,\frac{s_d(t)}{\sqrt R},
+    $$
+    \hat\Delta(t) = \frac1R\sum_r d_r(t), \qquad
+    h(t) = t_{R-1,\,1-\gamma}\,\frac{s_d(t)}{\sqrt R},
+    $$
 
-    where :math:`s_d` is the sample standard deviation of the :math:`d_r` (Student-t interval,
-    exact for normal :math:`d_r`, which the central limit theorem makes accurate for batches of
-    hundreds of paths).  With ``simultaneous=True`` (default) :math:`\gamma = (1-\text{level})/(2M)`
-    over the :math:`M` grid points (times x coordinates) of an observable (Bonferroni), so that all
-    :math:`M` intervals hold together with probability at least ``level``; otherwise
-    :math:`\gamma = (1-\text{level})/2` (pointwise).  The weak error
-    :math:`\hat e = \max_t |\hat\Delta(t)|` then has the interval
+    where $s_d$ is the sample standard deviation of the $d_r$ (Student-t interval,
+    exact for normal $d_r$, which the central limit theorem makes accurate for batches of
+    hundreds of paths).  With `simultaneous=True` (default) $\gamma = (1-\text{level})/(2M)$
+    over the $M$ grid points (times x coordinates) of an observable (Bonferroni), so that all
+    $M$ intervals hold together with probability at least `level`; otherwise
+    $\gamma = (1-\text{level})/2$ (pointwise).  The weak error
+    $\hat e = \max_t |\hat\Delta(t)|$ then has the interval
 
-    .. math:: \Big[\max_t\big(|\hat\Delta(t)| - h(t)\big)_+,\ \max_t\big(|\hat\Delta(t)| + h(t)\big)\Big],
+    $$
+    \Big[\max_t\big(|\hat\Delta(t)| - h(t)\big)_+,\ \max_t\big(|\hat\Delta(t)| + h(t)\big)\Big],
+    $$
 
-    which covers :math:`\max_t|\Delta(t)|` whenever all pointwise intervals hold.  The difference
+    which covers $\max_t|\Delta(t)|$ whenever all pointwise intervals hold.  The difference
     is *resolved* when the lower end is positive (some interval excludes 0); otherwise the report
-    says that the difference is below the Monte Carlo resolution :math:`\pm\max_t h(t)`.  A
-    floating-point floor :math:`10^{-12}\max(|\bar g^{disc}|, |\bar g^{sde}|)` is added to
-    :math:`h` in quadrature.  :math:`\hat e` is biased upwards by the noise (a maximum of noisy
+    says that the difference is below the Monte Carlo resolution $\pm\max_t h(t)$.  A
+    floating-point floor $10^{-12}\max(|\bar g^{disc}|, |\bar g^{sde}|)$ is added to
+    $h$ in quadrature.  $\hat e$ is biased upwards by the noise (a maximum of noisy
     values), which matters only for barely resolved differences.
 
 Weak order
-    The slope of :math:`\log\hat e` against :math:`\log\eta` by least squares, over the resolved
+    The slope of $\log\hat e$ against $\log\eta$ by least squares, over the resolved
     step sizes only (at least two are needed).  Its interval is a percentile bootstrap over the
-    replicate batches: each resample redraws the :math:`R` batches of every step size with
-    replacement (step sizes use independent seeds), recomputes :math:`\hat e` and the slope.  It
+    replicate batches: each resample redraws the $R$ batches of every step size with
+    replacement (step sizes use independent seeds), recomputes $\hat e$ and the slope.  It
     covers Monte Carlo error only: a slope that has not reached its asymptote (step sizes too
     large) is reported as measured.
 
 Tolerance
-    With ``tol`` the comparison passes when the upper end of the weak-error interval is below
-    ``tol`` at every step size **and** the error shrinks at the claimed order ``p``
-    (``expected_order``, default the SDE's order): with two or more resolved step sizes the lower
-    end of the fitted order's interval must exceed ``p/2``; with fewer, the resolved step sizes
-    must be the largest ones (the error falls below the Monte Carlo resolution as ``eta`` shrinks).
+    With `tol` the comparison passes when the upper end of the weak-error interval is below
+    `tol` at every step size **and** the error shrinks at the claimed order `p`
+    (`expected_order`, default the SDE's order): with two or more resolved step sizes the lower
+    end of the fitted order's interval must exceed `p/2`; with fewer, the resolved step sizes
+    must be the largest ones (the error falls below the Monte Carlo resolution as `eta` shrinks).
     One step size cannot show a trend: the report says *inconclusive* and does not pass.  With
-    ``expected_order`` the fitted order must also be within ``order_tol`` of it.  A pilot run (``R`` batches of a tenth of the paths per step size)
-    estimates the per-path standard deviation of the difference; if ``paths`` cannot bring
-    :math:`\max_t h(t)` below ``tol/2`` a :class:`ValidationError` says how many paths are needed.
+    `expected_order` the fitted order must also be within `order_tol` of it.  A pilot run (`R` batches of a tenth of the paths per step size)
+    estimates the per-path standard deviation of the difference; if `paths` cannot bring
+    $\max_t h(t)$ below `tol/2` a `ValidationError` says how many paths are needed.
 
 Regime check
-    Before running, :func:`sdederive.analysis.regime_check.regime_check` measures on the problem the quantities the
-    SDE's regime scales (``|grad|/sigma`` per coordinate at ``x0``; across the step sizes the
-    powers of ``eta`` of ``1 - beta`` and of ``sigma``).  A fixed data set has a fixed ``sigma``,
-    which the noise-dominated regime (``sigma = sigma0/eta``) does not fit: the weak error then
-    need not shrink with ``eta``.  A failed check is a :class:`~sdederive.analysis.regime_check.RegimeWarning`
-    and a note naming the regimes that fit; ``strict=True`` refuses.
+    Before running, `sdederive.analysis.regime_check.regime_check` measures on the problem the quantities the
+    SDE's regime scales (`|grad|/sigma` per coordinate at `x0`; across the step sizes the
+    powers of `eta` of `1 - beta` and of `sigma`).  A fixed data set has a fixed `sigma`,
+    which the noise-dominated regime (`sigma = sigma0/eta`) does not fit: the weak error then
+    need not shrink with `eta`.  A failed check is a `RegimeWarning`
+    and a note naming the regimes that fit; `strict=True` refuses.
 
 SVAG
-    ``svag=L`` (Malladi et al. 2022; Li, Malladi & Arora 2021 for SGD) approaches the
-    noise-dominated limit on a fixed problem.  At step size ``eta`` the multiplier is
-    ``l = L*max(etas)/eta``; the discrete optimizer runs with learning rate ``eta`` on the
-    gradient ``g = r1*g1 + r2*g2`` of two independent minibatches, ``r1,2 = (1 +- sqrt(2 l**2 - 1))/2``
-    (``r1 + r2 = 1``, ``r1**2 + r2**2 = l**2``: the noise is ``l*sigma``), with
-    ``1 - beta -> (1 - beta)/l**2`` for every decay and ``eps -> eps*l``.  These maps hold
-    ``sigma0 = eta*l*sigma``, ``c = (1 - beta)/eta**2`` and ``eps0 = eps*l*eta`` at the values of
-    the base step size ``L*max(etas)``, so every step size approximates the same SDE.  On logistic
-    regression the two minibatches are drawn (numpy, ``Optimizer.numpy_step``) and the SDE sees
-    ``Sigma(x)/(B/l**2)``; on a quadratic with Gaussian noise ``r1*z1 + r2*z2`` is ``l*z`` in law,
-    so the problem's ``sigma`` is multiplied by ``l`` (and the runs stay coupled).
+    `svag=L` (Malladi et al. 2022; Li, Malladi & Arora 2021 for SGD) approaches the
+    noise-dominated limit on a fixed problem.  At step size `eta` the multiplier is
+    `l = L*max(etas)/eta`; the discrete optimizer runs with learning rate `eta` on the
+    gradient `g = r1*g1 + r2*g2` of two independent minibatches, `r1,2 = (1 +- sqrt(2 l**2 - 1))/2`
+    (`r1 + r2 = 1`, `r1**2 + r2**2 = l**2`: the noise is `l*sigma`), with
+    `1 - beta -> (1 - beta)/l**2` for every decay and `eps -> eps*l`.  These maps hold
+    `sigma0 = eta*l*sigma`, `c = (1 - beta)/eta**2` and `eps0 = eps*l*eta` at the values of
+    the base step size `L*max(etas)`, so every step size approximates the same SDE.  On logistic
+    regression the two minibatches are drawn (numpy, `Optimizer.numpy_step`) and the SDE sees
+    `Sigma(x)/(B/l**2)`; on a quadratic with Gaussian noise `r1*z1 + r2*z2` is `l*z` in law,
+    so the problem's `sigma` is multiplied by `l` (and the runs stay coupled).
 """
 
 from __future__ import annotations
@@ -141,21 +147,21 @@ _SCHEMES = ("auto", "euler", "weak2")
 
 @dataclass
 class Comparison:
-    """Result of :func:`compare`.
+    """Result of `compare`.
 
-    Per observable (keys of the dicts), arrays follow ``etas`` (sorted decreasing):
+    Per observable (keys of the dicts), arrays follow `etas` (sorted decreasing):
 
-    - ``weak_error[obs]``: :math:`\\hat e = \\max_t |\\hat\\Delta(t)|`;
-    - ``interval[obs]``: ``(n_eta, 2)`` confidence interval of the weak error;
-    - ``ci[obs]``: its upper half width, ``interval[:, 1] - weak_error``;
-    - ``resolution[obs]``: :math:`\\max_t h(t)`, the Monte Carlo resolution of the difference;
-    - ``resolved[obs]``: the interval excludes 0;
-    - ``t_star[obs]``: the time of the largest difference;
-    - ``order[obs]``, ``order_ci[obs]``: fitted weak order and its bootstrap interval (NaN when
+    - `weak_error[obs]`: $\\hat e = \\max_t |\\hat\\Delta(t)|$;
+    - `interval[obs]`: `(n_eta, 2)` confidence interval of the weak error;
+    - `ci[obs]`: its upper half width, `interval[:, 1] - weak_error`;
+    - `resolution[obs]`: $\\max_t h(t)$, the Monte Carlo resolution of the difference;
+    - `resolved[obs]`: the interval excludes 0;
+    - `t_star[obs]`: the time of the largest difference;
+    - `order[obs]`, `order_ci[obs]`: fitted weak order and its bootstrap interval (NaN when
       fewer than two step sizes are resolved);
-    - ``hyper[i]``: the discrete hyperparameters used at ``etas[i]``;
-    - ``curves[obs][i]``: per step size, arrays over ``t`` (shape ``(n_t, width)``): ``disc_mean``,
-      ``disc_ci``, ``sde_mean``, ``sde_ci`` (pointwise), ``diff``, ``diff_ci`` (as judged).
+    - `hyper[i]`: the discrete hyperparameters used at `etas[i]`;
+    - `curves[obs][i]`: per step size, arrays over `t` (shape `(n_t, width)`): `disc_mean`,
+      `disc_ci`, `sde_mean`, `sde_ci` (pointwise), `diff`, `diff_ci` (as judged).
     """
 
     optimizer: str
@@ -201,7 +207,7 @@ class Comparison:
     # -- verdict -------------------------------------------------------------------------------
     @property
     def checks(self) -> list[tuple[str, bool, str]]:
-        """``(name, passed, message)`` for every requested criterion."""
+        """`(name, passed, message)` for every requested criterion."""
         out = []
         for obs in self.observables:
             if self.tol is not None and obs in self.tol:
@@ -248,7 +254,7 @@ class Comparison:
 
     @property
     def passed(self) -> bool | None:
-        """All requested criteria hold (``None`` when neither ``tol`` nor ``expected_order`` was given)."""
+        """All requested criteria hold (`None` when neither `tol` nor `expected_order` was given)."""
         ch = self.checks
         return None if not ch else all(ok for _, ok, _ in ch)
 
@@ -268,9 +274,9 @@ class Comparison:
                 "etas resolved; least-squares log-log slope, percentile bootstrap over replicate batches)")
 
     def to_pandas(self):
-        """One row per (observable, eta): ``observable, eta, tau, weak_error, ci_lo, ci_hi, t_star,
-        resolved, order, order_lo, order_hi`` (the order columns repeat the fit over the etas);
-        settings in ``df.attrs``.  Needs the ``pandas`` extra."""
+        """One row per (observable, eta): `observable, eta, tau, weak_error, ci_lo, ci_hi, t_star,
+        resolved, order, order_lo, order_hi` (the order columns repeat the fit over the etas);
+        settings in `df.attrs`.  Needs the `pandas` extra."""
         from sdederive._tables import pandas
 
         rows = []
@@ -353,7 +359,7 @@ class Comparison:
 
     # -- machine-readable ----------------------------------------------------------------------
     def to_dict(self, curves: bool = True, timing: bool = True) -> dict:
-        """JSON-ready (NaN as ``None``); ``curves=False`` leaves out the time series, ``timing=False`` the
+        """JSON-ready (NaN as `None`); `curves=False` leaves out the time series, `timing=False` the
         wall times (the one part that differs between two runs with the same seed and versions)."""
         per_obs = {}
         for obs in self.observables:
@@ -383,13 +389,13 @@ class Comparison:
         return reporting.json_ready(out)
 
     def to_json(self, curves: bool = True, timing: bool = True) -> str:
-        """:meth:`to_dict` as standard JSON, keys sorted; with ``timing=False`` the same seed and versions
-        give the same bytes (``report.json`` of :meth:`write_report` is written that way)."""
+        """`to_dict` as standard JSON, keys sorted; with `timing=False` the same seed and versions
+        give the same bytes (`report.json` of `write_report` is written that way)."""
         return reporting.dumps(self.to_dict(curves, timing))
 
     def plot(self, path: str | Path | None = None):
-        """The figure (a :class:`matplotlib.figure.Figure`), written atomically to ``path`` when given,
-        in the format of its suffix (PDF, SVG, EPS, PNG); see :func:`validators.reporting.plot_comparison`."""
+        """The figure (a `matplotlib.figure.Figure`), written atomically to `path` when given,
+        in the format of its suffix (PDF, SVG, EPS, PNG); see `validators.reporting.plot_comparison`."""
         return reporting.plot_comparison(self, path)
 
     def markdown(self, figure: str | None = "comparison.png") -> str:
@@ -404,8 +410,8 @@ class Comparison:
         return "\n".join(lines)
 
     def write_report(self, dirname: str | Path) -> dict[str, Path]:
-        """Write ``report.json``, ``comparison.png`` and ``report.md`` into ``dirname`` (created if
-        needed), each atomically (temporary file in the same directory, then :func:`os.replace`)."""
+        """Write `report.json`, `comparison.png` and `report.md` into `dirname` (created if
+        needed), each atomically (temporary file in the same directory, then `os.replace`)."""
         d = Path(dirname)
         d.mkdir(parents=True, exist_ok=True)
         out = {"json": reporting.atomic_write_text(d / "report.json", self.to_json(timing=False) + "\n"),
@@ -473,7 +479,7 @@ def _valid_observables(outputs: Sequence[str], d: int) -> list[str]:
 
 
 def _parse_observable(name, outputs: Sequence[str], d: int) -> tuple[str, int | None]:
-    """``(result key, coordinate or None)``."""
+    """`(result key, coordinate or None)`."""
     valid = _valid_observables(outputs, d)
     if not isinstance(name, str):
         raise ValidationError(f"observable {name!r} is not a name; valid observables: {', '.join(valid)}")
@@ -499,7 +505,7 @@ def _parse_observable(name, outputs: Sequence[str], d: int) -> tuple[str, int | 
 
 
 def _common_step(taus: np.ndarray) -> float | None:
-    """The least common multiple of the ``taus`` (as exact fractions), or None when they have none of
+    """The least common multiple of the `taus` (as exact fractions), or None when they have none of
     reasonable size (non-rational ratios)."""
     fr = []
     for t in taus:
@@ -516,8 +522,8 @@ def _common_step(taus: np.ndarray) -> float | None:
 
 
 def _grid(etas: np.ndarray, taus: np.ndarray, horizon: float, n_points: int) -> tuple[float, int, list[int], str]:
-    """``(dt, n_grid, save_every per eta, note)``: snapshots every ``dt = save_every_i*tau_i`` (the same
-    for every eta), ``n_grid`` of them after ``t = 0``."""
+    """`(dt, n_grid, save_every per eta, note)`: snapshots every `dt = save_every_i*tau_i` (the same
+    for every eta), `n_grid` of them after `t = 0`."""
     tmax = float(taus.max())
     if horizon < tmax * (1 - 1e-12):
         raise ValidationError(
@@ -550,7 +556,7 @@ def _grid(etas: np.ndarray, taus: np.ndarray, horizon: float, n_points: int) -> 
 
 
 def _seed(seed: int, purpose: int, i: int, r: int) -> int:
-    """Seed of batch ``r`` of eta number ``i`` (``purpose`` 0: main runs, 1: pilot), in [0, 2**64)."""
+    """Seed of batch `r` of eta number `i` (`purpose` 0: main runs, 1: pilot), in [0, 2**64)."""
     return int(np.random.SeedSequence([seed, purpose, i, r]).generate_state(1, np.uint64)[0])
 
 
@@ -581,7 +587,7 @@ def _run_pair(c, n: int, seed: int, substeps: int):
 
 
 def _batches(c, obs_keys: dict, n: int, seeds: list[int], substeps: int, say=None) -> dict:
-    """Per observable: ``(disc, sde)`` arrays ``(R, n_t, width)`` of batch means."""
+    """Per observable: `(disc, sde)` arrays `(R, n_t, width)` of batch means."""
     disc: dict = {o: [] for o in obs_keys}
     sde: dict = {o: [] for o in obs_keys}
     for r, s in enumerate(seeds):
@@ -716,7 +722,7 @@ def _check_outputs(opt, disc, sde_sim) -> None:
 def _coupling(disc_sim, sde_sim, eta: float, hyper: dict, seed: int, n_seeds: int = 8) -> float:
     """Correlation, across seeds and coordinates, of the states after the SDE's first step in the
     discrete and the SDE run of the same seed (one path each; differences between seeds remove the
-    means), for the state where it is strongest (``x`` of Adam barely moves in one step, ``m`` does).
+    means), for the state where it is strongest (`x` of Adam barely moves in one step, `m` does).
     Near +1: coupled; near -1: coupled with the opposite sign of the noise; near 0: independent."""
     import warnings
 
@@ -745,8 +751,8 @@ def _coupling(disc_sim, sde_sim, eta: float, hyper: dict, seed: int, n_seeds: in
 
 
 def _flip_first_noise(sde: SDE) -> SDE:
-    """The same SDE in law with the first Brownian motion negated (``W -> -W``): column 0 of ``D``
-    changes sign, ``D D^T`` does not."""
+    """The same SDE in law with the first Brownian motion negated (`W -> -W`): column 0 of `D`
+    changes sign, `D D^T` does not."""
     D = sp.Matrix(sde.diffusion_matrix)
     D[:, 0] = -D[:, 0]
     return replace(sde, diffusion_matrix=D)
@@ -793,40 +799,63 @@ def compare(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), path
             *, expected_order: float | None = None, order_tol: float = 0.3, scheme: str = "auto",
             substeps: int = 1, level: float = 0.95, simultaneous: bool = True, n_boot: int = 2000,
             pilot: bool = True, svag: float | None = None, strict: bool = False) -> Comparison:
-    """Run the discrete optimizer and its SDE to ``horizon`` (continuous time) at each ``eta`` and
+    """Run the discrete optimizer and its SDE to `horizon` (continuous time) at each `eta` and
     measure the weak error of each observable (see the module docstring for the statistics).
 
     Parameters
     ----------
-    optimizer: built-in name or :class:`sdederive.Optimizer`.
-    problem: a :class:`sdederive.problems.Problem`, a built-in name (:mod:`validators.problems`), or a
-        function ``eta -> Problem`` (to hold a scaled quantity fixed, e.g. ``sigma = sigma0/eta`` in the
+    optimizer
+        built-in name or `sdederive.Optimizer`.
+    problem
+        a `sdederive.problems.Problem`, a built-in name (`validators.problems`), or a
+        function `eta -> Problem` (to hold a scaled quantity fixed, e.g. `sigma = sigma0/eta` in the
         noise-dominated regime).
-    etas: distinct step sizes > 0 whose taus are in integer ratios (a common time grid).
-    paths: total paths per eta and per mode, split into ``replicates`` batches.
-    horizon: continuous time ``T``; every run takes ``T/tau`` steps.
-    observables: ``"loss"``, ``"sqnorm"`` (``|x|^2``), a state (``"x"``, ``"m"``, ``"v"``: every coordinate)
-        or one coordinate (``"x[0]"``).
-    hyper: discrete hyperparameters other than ``eta`` (``{"beta1": 0.9}``), or a function ``eta -> dict``
-        (``lambda eta: {"beta": 1 - 2*eta**2}`` holds ``c = (1 - beta)/eta**2`` fixed).
-    sde: the SDE to test (default ``sd.derive(optimizer, regime=regime)`` with the problem's noise family).
-    regime: the regime to derive in (default the optimizer's natural one).
-    seed: base seed; batch seeds are derived from it (same seed, same numbers).
-    replicates: number of independent batches ``R`` (>= 2; 10 or more for useful intervals).
-    tol: pass/fail threshold on the weak error (a number, or ``{observable: number}``).
-    n_points: about this many grid times (snapshots) in ``(0, T]``.
-    progress: print a line per eta and replicate on stderr.
-    expected_order, order_tol: also require ``|order - expected_order| <= order_tol``.
-    scheme: SDE integrator: ``"auto"`` (weak order 2 where possible), ``"euler"`` or ``"weak2"``.
-    substeps: SDE integrator steps per optimizer step (> 1 loses the coupling).
-    level: confidence level of every interval.
-    simultaneous: Bonferroni over the grid (default) or pointwise intervals.
-    n_boot: bootstrap resamples for the order interval.
-    pilot: with ``tol``, check first that ``paths`` suffices (else :class:`ValidationError`).
-    svag: run the discrete side as SVAG (Malladi et al. 2022) with multiplier ``l = svag*max(etas)/eta``
-        at each ``eta`` (see the module docstring): the noise-dominated limit on a fixed data set.
-    strict: refuse (:class:`ValidationError`) when the regime check fails, instead of a
-        :class:`~sdederive.analysis.regime_check.RegimeWarning` and a note.
+    etas
+        distinct step sizes > 0 whose taus are in integer ratios (a common time grid).
+    paths
+        total paths per eta and per mode, split into `replicates` batches.
+    horizon
+        continuous time `T`; every run takes `T/tau` steps.
+    observables
+        `"loss"`, `"sqnorm"` (`|x|^2`), a state (`"x"`, `"m"`, `"v"`: every coordinate)
+        or one coordinate (`"x[0]"`).
+    hyper
+        discrete hyperparameters other than `eta` (`{"beta1": 0.9}`), or a function `eta -> dict`
+        (`lambda eta: {"beta": 1 - 2*eta**2}` holds `c = (1 - beta)/eta**2` fixed).
+    sde
+        the SDE to test (default `sd.derive(optimizer, regime=regime)` with the problem's noise family).
+    regime
+        the regime to derive in (default the optimizer's natural one).
+    seed
+        base seed; batch seeds are derived from it (same seed, same numbers).
+    replicates
+        number of independent batches `R` (>= 2; 10 or more for useful intervals).
+    tol
+        pass/fail threshold on the weak error (a number, or `{observable: number}`).
+    n_points
+        about this many grid times (snapshots) in `(0, T]`.
+    progress
+        print a line per eta and replicate on stderr.
+    expected_order, order_tol
+        also require `|order - expected_order| <= order_tol`.
+    scheme
+        SDE integrator: `"auto"` (weak order 2 where possible), `"euler"` or `"weak2"`.
+    substeps
+        SDE integrator steps per optimizer step (> 1 loses the coupling).
+    level
+        confidence level of every interval.
+    simultaneous
+        Bonferroni over the grid (default) or pointwise intervals.
+    n_boot
+        bootstrap resamples for the order interval.
+    pilot
+        with `tol`, check first that `paths` suffices (else `ValidationError`).
+    svag
+        run the discrete side as SVAG (Malladi et al. 2022) with multiplier `l = svag*max(etas)/eta`
+        at each `eta` (see the module docstring): the noise-dominated limit on a fixed data set.
+    strict
+        refuse (`ValidationError`) when the regime check fails, instead of a
+        `RegimeWarning` and a note.
     """
     t_all = time.perf_counter()
     opt = opt_mod.get(optimizer)
@@ -999,7 +1028,7 @@ def compare(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), path
 
 
 def _pilot_check(cases, obs_keys, tol_d, q, paths, R, seed, substeps, level, simultaneous, say) -> None:
-    """Estimate from a pilot the paths needed for ``max_t h(t) <= tol/2`` and refuse too few."""
+    """Estimate from a pilot the paths needed for `max_t h(t) <= tol/2` and refuse too few."""
     n_p = max(2, min(paths // R, max(20, paths // (10 * R))))
     need: dict = {}
     for i, c in enumerate(cases):
@@ -1025,8 +1054,8 @@ def _pilot_check(cases, obs_keys, tol_d, q, paths, R, seed, substeps, level, sim
 
 
 def _regime_check(sde_obj, disc0, problems, etas_a, hypers, svag_l, prob0, strict: bool):
-    """:func:`sdederive.analysis.regime_check.regime_check` over the etas (full discrete hyperparameters; with SVAG on logistic
-    regression the noise amplification ``l``); a :class:`RegimeWarning`, or with ``strict`` a refusal."""
+    """`sdederive.analysis.regime_check.regime_check` over the etas (full discrete hyperparameters; with SVAG on logistic
+    regression the noise amplification `l`); a `RegimeWarning`, or with `strict` a refusal."""
     import warnings
 
     from sdederive.analysis.regime_check import RegimeWarning, regime_check
@@ -1061,7 +1090,7 @@ def _svag_multipliers(svag, etas_a: np.ndarray, sde_obj: SDE, prob0: Problem) ->
 
 
 def _svag_hyper(opt, h: dict, eta: float, lv: float) -> dict:
-    """SVAG's maps at multiplier ``l``: ``1 - beta -> (1 - beta)/l**2`` (decays), ``eps -> eps*l``."""
+    """SVAG's maps at multiplier `l`: `1 - beta -> (1 - beta)/l**2` (decays), `eps -> eps*l`."""
     out = dict(h)
     for hp in opt.hypers:
         if hp.kind == "lr":
@@ -1078,8 +1107,8 @@ def _svag_hyper(opt, h: dict, eta: float, lv: float) -> dict:
 
 
 def _amplified(pr: LogisticRegression, lv: float) -> LogisticRegression:
-    """The SDE's view of SVAG's noise ``l*sigma`` on logistic regression: the same data with the gradient
-    covariance ``Sigma(x)/B`` taken at the (non-integer) batch ``B/l**2``; only the SDE side uses it."""
+    """The SDE's view of SVAG's noise `l*sigma` on logistic regression: the same data with the gradient
+    covariance `Sigma(x)/B` taken at the (non-integer) batch `B/l**2`; only the SDE side uses it."""
     out = LogisticRegression(pr.A, pr.y, B=pr.B, l2=pr.l2, x0=pr.x0)
     object.__setattr__(out, "B", pr.B / lv**2)
     return out
@@ -1087,8 +1116,8 @@ def _amplified(pr: LogisticRegression, lv: float) -> LogisticRegression:
 
 class _SvagLogistic:
     """SVAG's discrete run on logistic regression (numpy, vectorised over paths): each step draws two
-    independent minibatches of ``B`` examples (with replacement) and uses ``g = r1*g1 + r2*g2``,
-    ``r = (1 +- sqrt(2 l**2 - 1))/2`` (Malladi et al. 2022)."""
+    independent minibatches of `B` examples (with replacement) and uses `g = r1*g1 + r2*g2`,
+    `r = (1 +- sqrt(2 l**2 - 1))/2` (Malladi et al. 2022)."""
 
     def __init__(self, opt, problem: LogisticRegression, lv: float, disc0):
         self.opt, self.problem, self.l, self._disc0 = opt, problem, lv, disc0
@@ -1147,11 +1176,11 @@ class _SvagLogistic:
 
 def compare_final(a, b, key: str = "loss", coord: int | None = None,
                   quantiles: Sequence[float] = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)) -> dict:
-    """Compare the per-path final values of two runs beyond two moments (``Simulator.run(...,
-    keep_final=True)``): quantiles, the two-sample Kolmogorov-Smirnov statistic and p-value
-    (:func:`scipy.stats.ks_2samp`) and the Wasserstein-1 distance (:func:`scipy.stats.wasserstein_distance`).
+    """Compare the per-path final values of two runs beyond two moments (`Simulator.run(...,
+    keep_final=True)`): quantiles, the two-sample Kolmogorov-Smirnov statistic and p-value
+    (`scipy.stats.ks_2samp`) and the Wasserstein-1 distance (`scipy.stats.wasserstein_distance`).
 
-    ``key``: ``"loss"`` or ``"x"`` (then ``coord`` selects a coordinate, default 0).  Diverged paths (NaN)
+    `key`: `"loss"` or `"x"` (then `coord` selects a coordinate, default 0).  Diverged paths (NaN)
     are left out.  The KS p-value assumes independent samples: give the two runs different seeds (the
     runs of one seed share their Gaussians).
     """
@@ -1187,9 +1216,9 @@ def compare_final(a, b, key: str = "loss", coord: int | None = None,
 
 
 def weak_order(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), **kw) -> Comparison:
-    """:func:`compare` over at least two step sizes; the fitted weak order is ``result.order[obs]``
+    """`compare` over at least two step sizes; the fitted weak order is `result.order[obs]`
     (least-squares slope of log weak error against log eta over the resolved step sizes) with its
-    bootstrap interval ``result.order_ci[obs]``."""
+    bootstrap interval `result.order_ci[obs]`."""
     etas_a = _check_etas(etas)
     if len(etas_a) < 2:
         raise ValidationError(f"a weak order needs at least 2 etas; got etas={etas_a.tolist()}")

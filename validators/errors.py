@@ -14,6 +14,6 @@ class ValidationError(SdederiveError):
 
 
 class TooFewPathsError(ValidationError):
-    """``paths`` cannot resolve the requested tolerance; the message says how many are needed."""
+    """`paths` cannot resolve the requested tolerance; the message says how many are needed."""
 
     doc = "too-few-paths"

@@ -1,73 +1,76 @@
 r"""One-step Monte Carlo check of a derived SDE.
 
-The derivation engine claims, for the SDE states :math:`X` (``sde.states``) and one discrete step
+The derivation engine claims, for the SDE states $X$ (`sde.states`) and one discrete step
 taken from a fixed state,
 
-.. math::
-    \mathbb E[\Delta X] = \tau\,b + \dots,\qquad \operatorname{Cov}[\Delta X] = \tau\,C + \dots,
+$$
+\mathbb E[\Delta X] = \tau\,b + \dots,\qquad \operatorname{Cov}[\Delta X] = \tau\,C + \dots,
+$$
 
-with ``b = sde.drift`` and ``C = sde.covariance`` (the full leading-order local covariance, before
-the regime's modelling choice ``drop_noise``).  :func:`onestep_check` tests this claim: it maps
-numeric SDE-level values (``rho1``, ``sigma0``, ``u``, ``t`` ...) and ``eta`` back to the discrete
-hyperparameters and states (inverting ``sde.params`` and ``sde.state_map``), runs
-``Optimizer.numpy_step`` vectorised over many draws of the gradient noise ``g = grad + s*z``, maps
-the new states back to SDE variables (``state_map``, and ``slow + a*fast`` for states listed in
-``sde.eliminated``) and compares sample moments with the derived ones, entry by entry, in units of
+with `b = sde.drift` and `C = sde.covariance` (the full leading-order local covariance, before
+the regime's modelling choice `drop_noise`).  `onestep_check` tests this claim: it maps
+numeric SDE-level values (`rho1`, `sigma0`, `u`, `t` ...) and `eta` back to the discrete
+hyperparameters and states (inverting `sde.params` and `sde.state_map`), runs
+`Optimizer.numpy_step` vectorised over many draws of the gradient noise `g = grad + s*z`, maps
+the new states back to SDE variables (`state_map`, and `slow + a*fast` for states listed in
+`sde.eliminated`) and compares sample moments with the derived ones, entry by entry, in units of
 their Monte Carlo standard error.
 
 Variance reduction
-    ``antithetic=True`` (default) draws ``z`` and ``-z`` in pairs (every noise model here is
-    symmetric).  In the noise-dominated regime the mean of ``Delta x`` is ``O(eta**2)`` while its
-    noise is ``O(eta)``; the pairs cancel the odd-in-``z`` part and make the mean sharp.  Standard
+    `antithetic=True` (default) draws `z` and `-z` in pairs (every noise model here is
+    symmetric).  In the noise-dominated regime the mean of `Delta x` is `O(eta**2)` while its
+    noise is `O(eta)`; the pairs cancel the odd-in-`z` part and make the mean sharp.  Standard
     errors are then computed from the pair averages (of the increments, and of the centred
     products for covariances), so they stay honest.
 
 Truncation of the expansion
     The derived moments are leading order: the discrete moments differ from them by a relative
-    ``O(eta)`` (``O(eta**2)``, or exponentially small, for some optimizers), and covariance entries
+    `O(eta)` (`O(eta**2)`, or exponentially small, for some optimizers), and covariance entries
     that the leading order sets to zero are nonzero at higher order.  Variance reduction can make
-    the Monte Carlo resolution finer than that truncation at *any* ``eta`` (for instance the
+    the Monte Carlo resolution finer than that truncation at *any* `eta` (for instance the
     antithetic standard error of Adam's mean step scales like the truncation itself), so a
-    check at a single ``eta`` cannot be made bias-free by shrinking ``eta``.  With
-    ``step_doubling=True`` (the default at ``order=1``) the same random numbers are also run at
-    ``2*eta`` (same SDE-level values, same time ``t``) and each compared quantity gets the allowance
+    check at a single `eta` cannot be made bias-free by shrinking `eta`.  With
+    `step_doubling=True` (the default at `order=1`) the same random numbers are also run at
+    `2*eta` (same SDE-level values, same time `t`) and each compared quantity gets the allowance
 
-    .. math:: A = \kappa\,\big|\,S(2\eta)\,r - S(\eta)\,\big|,\qquad \kappa = 2,
+    $$
+    A = \kappa\,\big|\,S(2\eta)\,r - S(\eta)\,\big|,\qquad \kappa = 2,
+    $$
 
-    where ``S`` is the sample estimate and ``r = D(eta)/D(2 eta)`` the derived ``eta``-scaling of
-    the quantity (``tau(eta)/tau(2 eta)`` for means and for covariance entries derived as zero,
+    where `S` is the sample estimate and `r = D(eta)/D(2 eta)` the derived `eta`-scaling of
+    the quantity (`tau(eta)/tau(2 eta)` for means and for covariance entries derived as zero,
     whose claimed scale is that of the leading order).  If the truncation error of the
-    normalised quantity behaves like ``B*eta**p`` with ``p >= 1`` then ``|S(2eta) r - S(eta)|``
-    is ``(2**p - 1) B eta**p >= B eta**p``, so ``A`` bounds it with a factor-2 margin; an engine
-    error in a leading-order coefficient does not change with ``eta`` and is not covered.  In
+    normalised quantity behaves like `B*eta**p` with `p >= 1` then `|S(2eta) r - S(eta)|`
+    is `(2**p - 1) B eta**p >= B eta**p`, so `A` bounds it with a factor-2 margin; an engine
+    error in a leading-order coefficient does not change with `eta` and is not covered.  In
     particular an entry derived as zero passes when it really is of higher order (it shrinks
-    faster than the leading order between ``2*eta`` and ``eta``) and fails when it is really of
+    faster than the leading order between `2*eta` and `eta`) and fails when it is really of
     leading order.  For exact cases (SGD, SignSGD, Lion: the one-step moments are exactly
-    ``tau*b`` and ``tau*C``) ``step_doubling=False`` halves the cost.
+    `tau*b` and `tau*C`) `step_doubling=False` halves the cost.
 
 Richardson extrapolation
-    ``richardson=True`` runs ``eta``, ``2*eta`` and ``4*eta`` on the same random numbers and compares
-    ``R(eta) = 2*S(eta) - r*S(2 eta)`` (``r`` as above) with the derived value: an O(eta) relative
-    truncation cancels exactly, and what is left, ``O(eta**p)`` with ``p >= 2``, is bounded by the
-    allowance ``|R(eta) - r*R(2 eta)| = (2**p - 1)*|R(eta) - derived| >= 3*|R(eta) - derived|``.  The
+    `richardson=True` runs `eta`, `2*eta` and `4*eta` on the same random numbers and compares
+    `R(eta) = 2*S(eta) - r*S(2 eta)` (`r` as above) with the derived value: an O(eta) relative
+    truncation cancels exactly, and what is left, `O(eta**p)` with `p >= 2`, is bounded by the
+    allowance `|R(eta) - r*R(2 eta)| = (2**p - 1)*|R(eta) - derived| >= 3*|R(eta) - derived|`.  The
     standard errors are those of the per-sample combination (antithetic pairs as above).  This is
     much tighter than the step-doubling allowance where the truncation is O(eta).
 
 Standard errors are estimated from the sample, so fluctuations that are rare events at the
-point (a sign flip of probability well below ``1/samples``) are not resolved: the sample shows no
+point (a sign flip of probability well below `1/samples`) are not resolved: the sample shows no
 variance and the check fails (with a note).  Choose points where the noise is not rare.
 
-A quantity passes when ``|sample - derived| <= A + z*SE``.  A floating-point floor is added to
-``SE`` in quadrature (SGD's antithetic mean has ``SE = 0``; a sign step is constant up to
-rounding): ``1e-9`` relative to ``max(|derived|, |sample|)``, plus ``f_i = 1e-9*rms_i +
-1e-15*|state_i|`` for means (``rms_i`` the root mean square of the increment, ``|state_i|`` the
-largest magnitude of the state, whose ulp bounds the rounding of ``new - old``) and
-``f_i*rms_j + f_j*rms_i`` for covariances.
+A quantity passes when `|sample - derived| <= A + z*SE`.  A floating-point floor is added to
+`SE` in quadrature (SGD's antithetic mean has `SE = 0`; a sign step is constant up to
+rounding): `1e-9` relative to `max(|derived|, |sample|)`, plus `f_i = 1e-9*rms_i +
+1e-15*|state_i|` for means (`rms_i` the root mean square of the increment, `|state_i|` the
+largest magnitude of the state, whose ulp bounds the rounding of `new - old`) and
+`f_i*rms_j + f_j*rms_i` for covariances.
 
-``order=2`` (SGD-like optimizers, ``tau = eta``): the derived mean is the weak Ito-Taylor
-expansion of the order-2 SDE through ``eta**2``,
-``tau*b + tau**2/2*(sum_r b_r d_r b + 1/2 sum_rs C_rs d_r d_s b)``, truncated at ``eta**2``, with
-``d_x = d/dx + hess*d/dgrad`` (a quadratic objective: ``d hess/dx = 0``).
+`order=2` (SGD-like optimizers, `tau = eta`): the derived mean is the weak Ito-Taylor
+expansion of the order-2 SDE through `eta**2`,
+`tau*b + tau**2/2*(sum_r b_r d_r b + 1/2 sum_rs C_rs d_r d_s b)`, truncated at `eta**2`, with
+`d_x = d/dx + hess*d/dgrad` (a quadratic objective: `d hess/dx = 0`).
 """
 
 from __future__ import annotations
@@ -101,10 +104,10 @@ _FLOOR = 1e-9  # relative floating-point floor added to every standard error
 class OneStepResult:
     """Derived and sampled one-step moments of the SDE states, with standard errors.
 
-    Arrays follow ``states`` (the SDE's, parameter first).  ``*_allowance`` is the truncation
-    allowance (zero without step doubling).  ``mean_z``/``cov_z`` are the raw z-scores
-    ``(sample - derived)/SE``; ``mean_excess``/``cov_excess`` the judged ones
-    ``max(|sample - derived| - allowance, 0)/SE``.
+    Arrays follow `states` (the SDE's, parameter first).  `*_allowance` is the truncation
+    allowance (zero without step doubling).  `mean_z`/`cov_z` are the raw z-scores
+    `(sample - derived)/SE`; `mean_excess`/`cov_excess` the judged ones
+    `max(|sample - derived| - allowance, 0)/SE`.
     """
 
     optimizer: str
@@ -177,12 +180,12 @@ class OneStepResult:
                        self.cov_se[i, j], self.cov_allowance[i, j], cz[i, j], ce[i, j])
 
     def failures(self, z: float = 5.0) -> list[str]:
-        """The quantities whose judged z-score exceeds ``z``, one line each."""
+        """The quantities whose judged z-score exceeds `z`, one line each."""
         return [f"{q}: derived {d:.6g}, sampled {s:.6g} +- {se:.3g} (allowance {a:.3g}), z = {zz:.3g}"
                 for q, d, s, se, a, zz, ex in self._rows() if not ex <= z]
 
     def passed(self, z: float = 5.0) -> bool:
-        """True when every mean and covariance entry agrees within ``allowance + z*SE``."""
+        """True when every mean and covariance entry agrees within `allowance + z*SE`."""
         return not self.failures(z)
 
     def __str__(self) -> str:
@@ -244,9 +247,9 @@ def _np_eval(expr, values: Mapping[str, object]):
 
 
 def _resolve(sde: SDE, opt, known: dict[str, float]) -> dict[str, float]:
-    """Extend ``known`` (SDE-level values and eta) through ``sde.params`` and ``sde.state_map``:
-    solve ``name = expr`` for the one unknown discrete symbol of ``expr``, or evaluate ``expr``
-    for an unknown ``name`` (``sigma = sigma1/sqrt(B)``)."""
+    """Extend `known` (SDE-level values and eta) through `sde.params` and `sde.state_map`:
+    solve `name = expr` for the one unknown discrete symbol of `expr`, or evaluate `expr`
+    for an unknown `name` (`sigma = sigma1/sqrt(B)`)."""
     known = dict(known)
     eqs = list(sde.params.items()) + list(sde.state_map.items())
     pending = [(n, sp.sympify(e)) for n, e in eqs]
@@ -309,8 +312,8 @@ def _order2_mean(sde: SDE, drift: dict) -> dict:
 
 
 def _richardson(incr1, incr2, r_tau, r_cov, antithetic: bool, half: int):
-    """Per-sample Richardson combination of the runs at ``eta`` and ``2*eta``: mean, covariance and
-    their standard errors (from antithetic pair averages when ``antithetic``)."""
+    """Per-sample Richardson combination of the runs at `eta` and `2*eta`: mean, covariance and
+    their standard errors (from antithetic pair averages when `antithetic`)."""
     x = 2.0 * incr1 - r_tau * incr2
     c1 = incr1 - incr1.mean(axis=0)
     c2 = incr2 - incr2.mean(axis=0)
@@ -376,30 +379,40 @@ def onestep_check(
 
     Parameters
     ----------
-    optimizer, noise, regime, order, noise_params: as for :func:`sdederive.derive`.
-    point: numeric values of the SDE-level symbols (``sde.symbols`` except ``eta``; ``t`` is rounded
-        to a whole number of steps ``k = t/tau``, a multiple of ``tau(2 eta)/tau(eta)`` with step
+    optimizer, noise, regime, order, noise_params
+        as for `sdederive.derive`.
+    point
+        numeric values of the SDE-level symbols (`sde.symbols` except `eta`; `t` is rounded
+        to a whole number of steps `k = t/tau`, a multiple of `tau(2 eta)/tau(eta)` with step
         doubling, at least one doubled step), plus optionally values of discrete states that are
-        not SDE states (the fast momentum ``m`` of heavy ball; default 0) and of discrete
-        hyperparameters that do not enter the SDE (default: the optimizer's), and ``grad`` where the
-        SDE does not depend on it (default 0).  For Student-t noise without ``noise_params["nu"]``,
-        ``nu`` comes from ``point``.
-    eta: the learning rate of the discrete steps.
-    samples: number of noise draws (an even number of antithetic pairs when ``antithetic``).
-    seed: seed of ``numpy.random.default_rng``.
-    antithetic: draw ``z, -z`` pairs (standard errors from pair averages).
-    step_doubling: also run at ``2*eta`` with the same random numbers and allow for the truncation
-        of the leading-order expansion (see the module docstring).  Default: on for ``order=1``,
-        off for ``order=2`` (whose point is the ``eta**2`` term, which the allowance would absorb;
+        not SDE states (the fast momentum `m` of heavy ball; default 0) and of discrete
+        hyperparameters that do not enter the SDE (default: the optimizer's), and `grad` where the
+        SDE does not depend on it (default 0).  For Student-t noise without `noise_params["nu"]`,
+        `nu` comes from `point`.
+    eta
+        the learning rate of the discrete steps.
+    samples
+        number of noise draws (an even number of antithetic pairs when `antithetic`).
+    seed
+        seed of `numpy.random.default_rng`.
+    antithetic
+        draw `z, -z` pairs (standard errors from pair averages).
+    step_doubling
+        also run at `2*eta` with the same random numbers and allow for the truncation
+        of the leading-order expansion (see the module docstring).  Default: on for `order=1`,
+        off for `order=2` (whose point is the `eta**2` term, which the allowance would absorb;
         asking for both is an error).
-    richardson: instead of the step-doubling allowance, compare the Richardson extrapolation
-        ``2*S(eta) - r*S(2 eta)`` (same random numbers; ``r`` the derived eta-scaling as above) with
+    richardson
+        instead of the step-doubling allowance, compare the Richardson extrapolation
+        `2*S(eta) - r*S(2 eta)` (same random numbers; `r` the derived eta-scaling as above) with
         the derived value, its standard error computed from the per-sample combination; the O(eta)
-        truncation cancels and no allowance is granted (implies the run at ``2*eta``).
-    drift_override: ``{state: expr | callable(expr) -> expr}`` or ``callable(drift_dict) -> dict``,
+        truncation cancels and no allowance is granted (implies the run at `2*eta`).
+    drift_override
+        `{state: expr | callable(expr) -> expr}` or `callable(drift_dict) -> dict`,
         replacing the derived drift (to show that a wrong coefficient fails the check).
-    covariance_override: ``{(state_i, state_j): expr | callable(expr) -> expr}`` (set
-        symmetrically) or ``callable(Matrix) -> Matrix``, replacing the derived covariance per unit
+    covariance_override
+        `{(state_i, state_j): expr | callable(expr) -> expr}` (set
+        symmetrically) or `callable(Matrix) -> Matrix`, replacing the derived covariance per unit
         time.
     """
     noise_params = dict(noise_params or {})

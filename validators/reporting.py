@@ -1,7 +1,7 @@
-"""Atomic file writes, strict JSON, and the figure of a :class:`~validators.compare.Comparison`.
+"""Atomic file writes, strict JSON, and the figure of a `Comparison`.
 
 Every file is written to a temporary file in the destination directory and moved into place with
-:func:`os.replace` (atomic on POSIX and Windows), so an interrupted run leaves either the old file
+`os.replace` (atomic on POSIX and Windows), so an interrupted run leaves either the old file
 or the new one, never a half-written one, and no temporary file behind.
 """
 
@@ -24,7 +24,7 @@ __all__ = ["atomic_write", "atomic_write_text", "json_ready", "plot_comparison"]
 
 
 def json_ready(obj):
-    """Arrays to lists, numpy scalars to Python numbers, NaN/inf to ``None`` (strict JSON), sympy
+    """Arrays to lists, numpy scalars to Python numbers, NaN/inf to `None` (strict JSON), sympy
     expressions to their text."""
     def text_of_sympy(o):
         return str(o) if hasattr(o, "free_symbols") and hasattr(o, "atoms") else o
@@ -38,17 +38,17 @@ def dumps(obj) -> str:
 
 
 def plot_comparison(c: Comparison, path: str | os.PathLike | None = None):
-    r"""The comparison figure; written to ``path`` (format from its suffix: PDF, SVG, EPS or PNG) when
-    given.  Returns the :class:`matplotlib.figure.Figure`.
+    r"""The comparison figure; written to `path` (format from its suffix: PDF, SVG, EPS or PNG) when
+    given.  Returns the `matplotlib.figure.Figure`.
 
     One row per observable, three panels:
 
-    * :math:`\mathbb E[g]` over continuous time :math:`t = k\tau`, discrete (solid) and SDE (dashed)
-      for each :math:`\eta` (log axis when the curves span more than a decade);
-    * the gap :math:`\mathbb E[g_{\rm disc}] - \mathbb E[g_{\rm SDE}]` over :math:`t` with its
+    * $\mathbb E[g]$ over continuous time $t = k\tau$, discrete (solid) and SDE (dashed)
+      for each $\eta$ (log axis when the curves span more than a decade);
+    * the gap $\mathbb E[g_{\rm disc}] - \mathbb E[g_{\rm SDE}]$ over $t$ with its
       confidence band (the quantity that is judged: on the first panel it is thinner than a line);
-    * the weak error :math:`\sup_t|\ldots|` against :math:`\eta` on log-log axes, with the interval of
-      each point (hollow: not resolved from zero), the fitted :math:`C\eta^p` and the expected slope.
+    * the weak error $\sup_t|\ldots|$ against $\eta$ on log-log axes, with the interval of
+      each point (hollow: not resolved from zero), the fitted $C\eta^p$ and the expected slope.
     """
     from sdederive import _figures as F
 

@@ -1,7 +1,7 @@
 """Assertions for a user's test suite: an optimizer's SDE matches it, with the expected weak order.
 
-Use them in pytest like any assertion; on failure the :class:`AssertionError` carries the whole
-report (the table of weak errors, their confidence intervals, the fitted order, the notes)::
+Use them in pytest like any assertion; on failure the `AssertionError` carries the whole
+report (the table of weak errors, their confidence intervals, the fitted order, the notes):
 
     # tests/test_my_optimizer.py
     import sdederive as sd
@@ -15,7 +15,7 @@ report (the table of weak errors, their confidence intervals, the fitted order, 
         problem = sd.Quadratic(h=[1.0, 4.0], sigma=[1.0, 1.0], x0=[1.0, 1.0])
         assert_sde_matches(my_signum, problem, tol=1e-2, etas=[0.01], paths=20_000, horizon=1.0)
 
-Both return the :class:`~validators.compare.Comparison` when they pass, for further checks.
+Both return the `Comparison` when they pass, for further checks.
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ __all__ = ["assert_weak_order", "assert_sde_matches"]
 
 def assert_weak_order(optimizer, problem, order: float = 1.0, tol: float = 0.3,
                       etas: Sequence[float] = (0.04, 0.02, 0.01), **kw) -> Comparison:
-    r"""Assert that the measured weak order of the SDE is within ``tol`` of ``order``.
+    r"""Assert that the measured weak order of the SDE is within `tol` of `order`.
 
-    The weak order :math:`\alpha` is the slope of :math:`\log\max_t|\mathbb E g(x_k) - \mathbb E
-    g(X_{k\tau})|` against :math:`\log\eta`, fitted over the step sizes whose difference is resolved
-    by the Monte Carlo confidence interval (:func:`validators.compare.compare`); at least two must
-    be resolved.  Keyword arguments go to :func:`~validators.compare.weak_order` (``paths``,
-    ``horizon``, ``observables``, ``hyper``, ``sde``, ``seed`` ...).  Every observable must pass.
+    The weak order $\alpha$ is the slope of $\log\max_t|\mathbb E g(x_k) - \mathbb E
+    g(X_{k\tau})|$ against $\log\eta$, fitted over the step sizes whose difference is resolved
+    by the Monte Carlo confidence interval (`validators.compare.compare`); at least two must
+    be resolved.  Keyword arguments go to `weak_order` (`paths`,
+    `horizon`, `observables`, `hyper`, `sde`, `seed` ...).  Every observable must pass.
 
-    Raises ``AssertionError`` with the full report when the order is off or not measurable.
+    Raises `AssertionError` with the full report when the order is off or not measurable.
     """
     res = weak_order(optimizer, problem, etas, expected_order=order, order_tol=tol, **kw)
     if not res.passed:
@@ -46,15 +46,15 @@ def assert_weak_order(optimizer, problem, order: float = 1.0, tol: float = 0.3,
 
 
 def assert_sde_matches(optimizer, problem, tol, etas: Sequence[float] = (0.04, 0.02, 0.01), **kw) -> Comparison:
-    r"""Assert that the SDE tracks the optimizer: at every ``eta`` the upper end of the confidence
-    interval of :math:`\max_t|\mathbb E g(x_k) - \mathbb E g(X_{k\tau})|` is below ``tol`` (a number
-    or ``{observable: number}``).
+    r"""Assert that the SDE tracks the optimizer: at every `eta` the upper end of the confidence
+    interval of $\max_t|\mathbb E g(x_k) - \mathbb E g(X_{k\tau})|$ is below `tol` (a number
+    or `{observable: number}`).
 
-    A pilot run first checks that ``paths`` can resolve ``tol`` (else
-    :class:`~validators.errors.ValidationError` says how many paths are needed), so a pass is not
-    an artefact of too few paths.  Keyword arguments go to :func:`~validators.compare.compare`.
+    A pilot run first checks that `paths` can resolve `tol` (else
+    `ValidationError` says how many paths are needed), so a pass is not
+    an artefact of too few paths.  Keyword arguments go to `compare`.
 
-    Raises ``AssertionError`` with the full report when the difference is not shown below ``tol``.
+    Raises `AssertionError` with the full report when the difference is not shown below `tol`.
     """
     res = compare(optimizer, problem, etas, tol=tol, **kw)
     if not res.passed:

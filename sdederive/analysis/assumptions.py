@@ -1,26 +1,26 @@
 r"""Assumptions on the objective and the gradient noise, as objects the rate engine cites.
 
-An :class:`Assumptions` set names its constants (sympy symbols) and lists the inequalities it
-licenses; :mod:`sdederive.analysis.rates` uses exactly these, and records each use, so a derived bound
-reads as a proof.  Per-coordinate quantities carry the index ``i`` (``L[i]``, ``sigma[i]``) and sums
+An `Assumptions` set names its constants (sympy symbols) and lists the inequalities it
+licenses; `sdederive.analysis.rates` uses exactly these, and records each use, so a derived bound
+reads as a proof.  Per-coordinate quantities carry the index `i` (`L[i]`, `sigma[i]`) and sums
 over coordinates are written with the norms below.
 
-Inequalities (``f^*`` the minimum, ``x^*`` a minimizer, ``d`` the dimension):
+Inequalities (`f^*` the minimum, `x^*` a minimizer, `d` the dimension):
 
-* smoothness, scalar ``L``: :math:`\partial_{ii} f \le L`, :math:`|\nabla f|^2 \le 2L(f-f^*)`;
-* anisotropic smoothness ``L_i`` (:math:`-\operatorname{diag}L \preceq \nabla^2 f \preceq \operatorname{diag}L`):
-  :math:`\partial_{ii} f \le L_i`, :math:`\operatorname{tr}(\nabla^2 f\,\Sigma) \le \sum_i L_i\Sigma_{ii}`,
-  :math:`\sum_i (\partial_i f)^2/L_i \le 2(f-f^*)`; norms :math:`\|L\|_1=\sum_i L_i \le d\|L\|_\infty`;
-* :math:`\mu`-PL: :math:`|\nabla f|^2 \ge 2\mu(f-f^*)` (implied by :math:`\mu`-strong convexity);
-* convexity: :math:`\langle\nabla f(x), x-x^*\rangle \ge f(x)-f^*`; with iterates in a box,
-  :math:`\|x-x^*\|_\infty \le D_\infty`, :math:`\|x_0-x^*\|_2 = D_2`;
-* noise per coordinate: :math:`\operatorname{Var} g_i \le \sigma_i^2/B` (``B = 1`` when ``sigma``
-  is already at the batch size used), :math:`\sigma_i \le \sigma_{max} = \|\sigma\|_\infty`,
-  :math:`\sum_i\sigma_i = \|\sigma\|_1 \le \sqrt d\|\sigma\|_2`;
-* Student-t noise with ``nu`` degrees of freedom: ``sigma`` is the scale; the variance is finite
-  only for :math:`\nu > 2`.
-* ``small_snr``: the signal-to-noise ratio :math:`|\partial_i f|/\sigma_i` is small, so a drift that is
-  a smooth nonlinear function of it (SignSGD's ``erf``) may be replaced by its linearization.
+* smoothness, scalar `L`: $\partial_{ii} f \le L$, $|\nabla f|^2 \le 2L(f-f^*)$;
+* anisotropic smoothness `L_i` ($-\operatorname{diag}L \preceq \nabla^2 f \preceq \operatorname{diag}L$):
+  $\partial_{ii} f \le L_i$, $\operatorname{tr}(\nabla^2 f\,\Sigma) \le \sum_i L_i\Sigma_{ii}$,
+  $\sum_i (\partial_i f)^2/L_i \le 2(f-f^*)$; norms $\|L\|_1=\sum_i L_i \le d\|L\|_\infty$;
+* $\mu$-PL: $|\nabla f|^2 \ge 2\mu(f-f^*)$ (implied by $\mu$-strong convexity);
+* convexity: $\langle\nabla f(x), x-x^*\rangle \ge f(x)-f^*$; with iterates in a box,
+  $\|x-x^*\|_\infty \le D_\infty$, $\|x_0-x^*\|_2 = D_2$;
+* noise per coordinate: $\operatorname{Var} g_i \le \sigma_i^2/B$ (`B = 1` when `sigma`
+  is already at the batch size used), $\sigma_i \le \sigma_{max} = \|\sigma\|_\infty$,
+  $\sum_i\sigma_i = \|\sigma\|_1 \le \sqrt d\|\sigma\|_2$;
+* Student-t noise with `nu` degrees of freedom: `sigma` is the scale; the variance is finite
+  only for $\nu > 2$.
+* `small_snr`: the signal-to-noise ratio $|\partial_i f|/\sigma_i$ is small, so a drift that is
+  a smooth nonlinear function of it (SignSGD's `erf`) may be replaced by its linearization.
   This is an *approximation* (Compagnoni et al.'s phase 3), and bounds using it say so.
 """
 
@@ -49,10 +49,10 @@ def _name(value, what: str) -> str:
 class Assumptions:
     """A set of assumptions (see the module docstring).
 
-    ``smoothness``: ``None``, ``"scalar"`` or ``"anisotropic"``; ``pl``: mu-PL (or strong
-    convexity); ``convex``; ``B``: name of the batch size (noise ``sigma_i/sqrt(B)``) or ``None``
-    (``sigma`` already at the batch size used); ``small_snr``: allow linearizing a drift in the
-    signal-to-noise ratio (an approximation); ``nu``: Student-t degrees of freedom (``None`` for
+    `smoothness`: `None`, `"scalar"` or `"anisotropic"`; `pl`: mu-PL (or strong
+    convexity); `convex`; `B`: name of the batch size (noise `sigma_i/sqrt(B)`) or `None`
+    (`sigma` already at the batch size used); `small_snr`: allow linearizing a drift in the
+    signal-to-noise ratio (an approximation); `nu`: Student-t degrees of freedom (`None` for
     finite-variance noise).
     """
 
@@ -82,7 +82,7 @@ class Assumptions:
         return self.smoothness == "anisotropic"
 
     def L_i(self) -> sp.Expr:
-        """Smoothness constant of coordinate ``i`` (``L`` itself when scalar)."""
+        """Smoothness constant of coordinate `i` (`L` itself when scalar)."""
         return sp.IndexedBase(self.L, positive=True)[idx] if self.anisotropic else self.L_sym
 
     @property
@@ -105,12 +105,12 @@ class Assumptions:
         return _d
 
     def norm(self, of: str, p: str) -> sp.Symbol:
-        """``norm("L", "1")`` -> the symbol ``||L||_1`` (printed ``L_1``); ``p`` in 1, 2, inf."""
+        """`norm("L", "1")` -> the symbol `||L||_1` (printed `L_1`); `p` in 1, 2, inf."""
         base = {"L": self.L, "sigma": self.sigma}[of]
         return sp.Symbol(f"{base}_{p}", positive=True)
 
     def total(self, of: str) -> sp.Expr:
-        """``sum_i L_i`` (= ``||L||_1``) or ``d*L`` for scalar smoothness."""
+        """`sum_i L_i` (= `||L||_1`) or `d*L` for scalar smoothness."""
         return self.norm("L", "1") if (of == "L" and self.anisotropic) else _d * self.L_sym
 
     @property
@@ -139,11 +139,11 @@ class Assumptions:
 
 def Smooth(L: str = "L", sigma: str = "sigma", mu: str = "mu", pl: bool = False, convex: bool = False,
            B: str | None = None, small_snr: bool = True, nu: float | None = None) -> Assumptions:
-    """Scalar ``L``-smoothness (with optional mu-PL, convexity, batch size)."""
+    """Scalar `L`-smoothness (with optional mu-PL, convexity, batch size)."""
     return Assumptions("scalar", L, sigma, mu, pl, convex, B, small_snr, nu)
 
 
 def Anisotropic(L: str = "L", sigma: str = "sigma", mu: str = "mu", pl: bool = False, convex: bool = False,
                 B: str | None = None, small_snr: bool = True, nu: float | None = None) -> Assumptions:
-    """Anisotropic smoothness ``L_i`` and per-coordinate noise ``sigma_i`` (Liu, Pan & Zhang)."""
+    """Anisotropic smoothness `L_i` and per-coordinate noise `sigma_i` (Liu, Pan & Zhang)."""
     return Assumptions("anisotropic", L, sigma, mu, pl, convex, B, small_snr, nu)

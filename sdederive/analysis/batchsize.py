@@ -1,37 +1,37 @@
 r"""Optimal learning rate versus batch size, from the one-step expected loss change.
 
-For an update :math:`\theta \to \theta - \epsilon V` with a coordinate-wise direction
-:math:`V_i = V(g_i)` of the minibatch gradient :math:`g_i = G_i + \tfrac{\sigma_i}{\sqrt B} z_i`
-(``sigma`` is the *per-example* standard deviation here, ``B`` the batch size), the expected loss
-change on a quadratic :math:`L(\theta-\epsilon V) = L - \epsilon G^\top V + \tfrac12\epsilon^2 V^\top H V`
+For an update $\theta \to \theta - \epsilon V$ with a coordinate-wise direction
+$V_i = V(g_i)$ of the minibatch gradient $g_i = G_i + \tfrac{\sigma_i}{\sqrt B} z_i$
+(`sigma` is the *per-example* standard deviation here, `B` the batch size), the expected loss
+change on a quadratic $L(\theta-\epsilon V) = L - \epsilon G^\top V + \tfrac12\epsilon^2 V^\top H V$
 is (Lemma 1 of Li et al. 2024, generalizing McCandlish et al. 2018, eq. 2.5)
 
-.. math::
+$$
+\mathbb E[\Delta L](\epsilon) = \epsilon\,N(B) - \tfrac12\epsilon^2\,D(B),\qquad
+N = \sum_i G_i\,\mathbb E V_i,\qquad
+D = \sum_i H_{ii}\,\mathbb E V_i^2 + \sum_{i\ne j} H_{ij}\,\mathbb E V_i\,\mathbb E V_j ,
+$$
 
-    \mathbb E[\Delta L](\epsilon) = \epsilon\,N(B) - \tfrac12\epsilon^2\,D(B),\qquad
-    N = \sum_i G_i\,\mathbb E V_i,\qquad
-    D = \sum_i H_{ii}\,\mathbb E V_i^2 + \sum_{i\ne j} H_{ij}\,\mathbb E V_i\,\mathbb E V_j ,
+(coordinates independent given $\theta$; for a direction linear in `g` a full per-example
+covariance $\Sigma$ enters as $\operatorname{tr}(H\Sigma)/B$ instead), so
+$\epsilon_{opt} = N/D$ and $\Delta L_{opt} = \tfrac12 N\epsilon_{opt}$.
 
-(coordinates independent given :math:`\theta`; for a direction linear in ``g`` a full per-example
-covariance :math:`\Sigma` enters as :math:`\operatorname{tr}(H\Sigma)/B` instead), so
-:math:`\epsilon_{opt} = N/D` and :math:`\Delta L_{opt} = \tfrac12 N\epsilon_{opt}`.
-
-The moments :math:`\mathbb E V_i`, :math:`\mathbb E V_i^2` are taken by the derivation engine's
-expectation machinery (``sign`` atoms become ``erf`` under Gaussian noise, the Student-t CDF under
-Student-t noise).  :func:`optimal_lr` then sorts :math:`N` and :math:`D` by powers of ``B`` and
+The moments $\mathbb E V_i$, $\mathbb E V_i^2$ are taken by the derivation engine's
+expectation machinery (`sign` atoms become `erf` under Gaussian noise, the Student-t CDF under
+Student-t noise).  `optimal_lr` then sorts $N$ and $D$ by powers of `B` and
 recognizes the two published shapes:
 
-* **McCandlish** (``N`` constant, ``D = D_0 + D_{-1}/B``, e.g. SGD):
-  :math:`\epsilon_{opt} = \epsilon_{max}/(1 + \mathcal B_{noise}/B)`,
-  :math:`\epsilon_{max} = N/D_0`, :math:`\mathcal B_{noise} = D_{-1}/D_0 = \operatorname{tr}(H\Sigma)/G^\top H G`.
-* **Surge** (``N`` :math:`\propto\sqrt B`, ``D = D_0 + D_1 B``, sign updates in the small-batch
-  regime :math:`B \ll \pi\sigma_i^2/(2G_i^2)`, where :math:`\operatorname{erf}(u)\approx 2u/\sqrt\pi`):
-  :math:`\epsilon_{opt} = \epsilon_{max}/\big(\tfrac12(\sqrt{\mathcal B_{noise}/B}+\sqrt{B/\mathcal B_{noise}})\big)`,
-  :math:`\mathcal B_{noise} = D_0/D_1 = \pi\sum_i H_{ii}/(2\sum_{i\ne j}\tfrac{G_iG_j}{\sigma_i\sigma_j}H_{ij})`,
-  :math:`\epsilon_{max} = N\sqrt{\mathcal B_{noise}}/(2D_0)` (Li et al. eqs. 2, 14, 16).
+* **McCandlish** (`N` constant, `D = D_0 + D_{-1}/B`, e.g. SGD):
+  $\epsilon_{opt} = \epsilon_{max}/(1 + \mathcal B_{noise}/B)$,
+  $\epsilon_{max} = N/D_0$, $\mathcal B_{noise} = D_{-1}/D_0 = \operatorname{tr}(H\Sigma)/G^\top H G$.
+* **Surge** (`N` $\propto\sqrt B$, `D = D_0 + D_1 B`, sign updates in the small-batch
+  regime $B \ll \pi\sigma_i^2/(2G_i^2)$, where $\operatorname{erf}(u)\approx 2u/\sqrt\pi$):
+  $\epsilon_{opt} = \epsilon_{max}/\big(\tfrac12(\sqrt{\mathcal B_{noise}/B}+\sqrt{B/\mathcal B_{noise}})\big)$,
+  $\mathcal B_{noise} = D_0/D_1 = \pi\sum_i H_{ii}/(2\sum_{i\ne j}\tfrac{G_iG_j}{\sigma_i\sigma_j}H_{ij})$,
+  $\epsilon_{max} = N\sqrt{\mathcal B_{noise}}/(2D_0)$ (Li et al. eqs. 2, 14, 16).
 
-Every approximation used (the small-batch linearization) is recorded in ``OptimalLR.steps``.
-:func:`sgd_noise_scale` and :func:`sign_noise_scale` evaluate the results on numbers.
+Every approximation used (the small-batch linearization) is recorded in `OptimalLR.steps`.
+`sgd_noise_scale` and `sign_noise_scale` evaluate the results on numbers.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _direction(direction) -> tuple[str, sp.Expr]:
 
 
 def _moments(V: sp.Expr, noise) -> tuple[sp.Expr, sp.Expr]:
-    """E[V] and E[V**2] for ``g = G_i + sigma_i/sqrt(B) z`` (exact, through the engine's atoms)."""
+    """E[V] and E[V**2] for `g = G_i + sigma_i/sqrt(B) z` (exact, through the engine's atoms)."""
     zc = sym("z")
     gexpr = _gi + _si / sp.sqrt(B) * zc
     rew, atoms = extract_atoms({"V": V.xreplace({_g: gexpr}), "V2": (V**2).xreplace({_g: gexpr})})
@@ -98,7 +98,7 @@ def _moments(V: sp.Expr, noise) -> tuple[sp.Expr, sp.Expr]:
 
 
 def _by_power(e: sp.Expr) -> dict[sp.Rational, sp.Expr]:
-    """Split an expression into ``{q: c}`` with ``e = sum c * B**q``; raises if not of that form."""
+    """Split an expression into `{q: c}` with `e = sum c * B**q`; raises if not of that form."""
     out: dict = {}
     for term in sp.Add.make_args(sp.expand(sp.powsimp(sp.expand(e), force=True))):
         c, dep = term.as_independent(B, as_Add=False)
@@ -114,7 +114,7 @@ def _by_power(e: sp.Expr) -> dict[sp.Rational, sp.Expr]:
 
 @dataclass
 class _Coef:
-    """``sum_i H_ii diag(G_i, sigma_i) + sum_{i != j} H_ij a(G_i,s_i) a(G_j,s_j)`` (``full``: over all i, j)."""
+    """`sum_i H_ii diag(G_i, sigma_i) + sum_{i != j} H_ij a(G_i,s_i) a(G_j,s_j)` (`full`: over all i, j)."""
 
     diag: sp.Expr = sp.S.Zero
     outer: sp.Expr = sp.S.Zero
@@ -148,12 +148,12 @@ class _Coef:
 class OptimalLR:
     r"""The optimal step of one update direction versus batch size (see the module docstring).
 
-    ``mean``, ``second``: :math:`\mathbb E V_i`, :math:`\mathbb E V_i^2` (exact, in ``G_i``, ``sigma_i``, ``B``);
-    ``numerator``, ``denominator``: :math:`N(B)`, :math:`D(B)` under ``approximation``;
-    ``eps_opt``: :math:`N/D`; ``form``: ``"mccandlish"``, ``"surge"`` or ``"other"``;
-    ``B_noise``, ``eps_max``: sympy sums over coordinates (``None`` for ``"other"``);
-    ``eps_form``: :math:`\epsilon_{opt}` written in ``B_noise``, ``eps_max`` and ``B``;
-    ``steps``: every identity and approximation used, in order.
+    `mean`, `second`: $\mathbb E V_i$, $\mathbb E V_i^2$ (exact, in `G_i`, `sigma_i`, `B`);
+    `numerator`, `denominator`: $N(B)$, $D(B)$ under `approximation`;
+    `eps_opt`: $N/D$; `form`: `"mccandlish"`, `"surge"` or `"other"`;
+    `B_noise`, `eps_max`: sympy sums over coordinates (`None` for `"other"`);
+    `eps_form`: $\epsilon_{opt}$ written in `B_noise`, `eps_max` and `B`;
+    `steps`: every identity and approximation used, in order.
     """
 
     direction: str
@@ -174,7 +174,7 @@ class OptimalLR:
     linear: bool = False
 
     def expected_change(self) -> sp.Expr:
-        r""":math:`\mathbb E[L(\theta) - L(\theta - \epsilon V)] = \epsilon N - \tfrac12\epsilon^2 D`."""
+        r"""$\mathbb E[L(\theta) - L(\theta - \epsilon V)] = \epsilon N - \tfrac12\epsilon^2 D$."""
         return eps_sym * self.numerator - eps_sym**2 / 2 * self.denominator
 
     def __str__(self) -> str:
@@ -212,8 +212,8 @@ class OptimalLR:
                 "eps_form": None if self.eps_form is None else str(self.eps_form), "steps": list(self.steps)}
 
     def evaluate(self, G, H, sigma=None, Sigma=None) -> NoiseScale:
-        """Numbers for one problem: gradient ``G`` (d,), Hessian ``H`` (d, d), per-example noise
-        ``sigma`` (d,) or (for a direction linear in ``g``) covariance ``Sigma`` (d, d)."""
+        """Numbers for one problem: gradient `G` (d,), Hessian `H` (d, d), per-example noise
+        `sigma` (d,) or (for a direction linear in `g`) covariance `Sigma` (d, d)."""
         return NoiseScale(self, *_check_problem(G, H, sigma, Sigma, self.linear))
 
 
@@ -247,12 +247,12 @@ def _check_problem(Gv, Hm, sigma, Sigma, linear):
 
 
 def optimal_lr(direction="sgd", noise="gaussian", approximation: str = "auto", **noise_params) -> OptimalLR:
-    r"""Derive :math:`\epsilon_{opt}(B)`, :math:`\mathcal B_{noise}`, :math:`\epsilon_{max}` for an update direction.
+    r"""Derive $\epsilon_{opt}(B)$, $\mathcal B_{noise}$, $\epsilon_{max}$ for an update direction.
 
-    ``direction``: ``"sgd"`` (:math:`V = g`), ``"sign"``/``"signsgd"``, ``"adam"`` (Adam at
-    :math:`\beta_1=\beta_2=0`, :math:`\epsilon=0`, i.e. :math:`\operatorname{sign} g`, Li et al. eq. 29), or a
-    sympy expression in the symbol ``g``.  ``approximation``: ``"exact"``, ``"small-batch"``
-    (leading order of :math:`\mathbb E V_i` as :math:`B\to0`, Li et al. Theorem 3) or ``"auto"``
+    `direction`: `"sgd"` ($V = g$), `"sign"`/`"signsgd"`, `"adam"` (Adam at
+    $\beta_1=\beta_2=0$, $\epsilon=0$, i.e. $\operatorname{sign} g$, Li et al. eq. 29), or a
+    sympy expression in the symbol `g`.  `approximation`: `"exact"`, `"small-batch"`
+    (leading order of $\mathbb E V_i$ as $B\to0$, Li et al. Theorem 3) or `"auto"`
     (exact when that already has a recognized form, else small-batch).
     """
     if approximation not in ("auto", "exact", "small-batch"):
@@ -267,7 +267,7 @@ def optimal_lr(direction="sgd", noise="gaussian", approximation: str = "auto", *
     exact = (e1, e2)
 
     def structure(m1, m2):
-        """``(N, D)`` as ``{power of B: coefficient}``, or None when ``E V_i`` is not one power of ``B``."""
+        """`(N, D)` as `{power of B: coefficient}`, or None when `E V_i` is not one power of `B`."""
         p1 = _by_power(m1)
         if len(p1) != 1:
             return None
@@ -344,7 +344,7 @@ def optimal_lr(direction="sgd", noise="gaussian", approximation: str = "auto", *
 
 
 def _leading(e: sp.Expr) -> sp.Expr:
-    """Leading term of ``e`` as ``B -> 0`` (through ``s = sqrt(B)``)."""
+    """Leading term of `e` as `B -> 0` (through `s = sqrt(B)`)."""
     if not e.has(B):
         return e
     s = sp.Symbol("s_", positive=True)
@@ -358,12 +358,12 @@ def _leading(e: sp.Expr) -> sp.Expr:
 
 
 class NoiseScale:
-    """Numbers of an :class:`OptimalLR` on one problem.
+    """Numbers of an `OptimalLR` on one problem.
 
-    ``B_noise``, ``eps_max`` (``nan`` when the form is ``"other"``, ``inf`` for a surge without
-    positive off-diagonal curvature), ``B_simple = tr(Sigma)/|G|^2``, ``dL_max``; ``eps_opt(B)``
-    from the recognized form, ``eps_opt_exact(B)`` from the exact moments (the erf for sign
-    updates, Li et al. eq. 9), ``dL_opt(B)``, ``eps_inf`` = the ``B -> oo`` limit of the exact curve.
+    `B_noise`, `eps_max` (`nan` when the form is `"other"`, `inf` for a surge without
+    positive off-diagonal curvature), `B_simple = tr(Sigma)/|G|^2`, `dL_max`; `eps_opt(B)`
+    from the recognized form, `eps_opt_exact(B)` from the exact moments (the erf for sign
+    updates, Li et al. eq. 9), `dL_opt(B)`, `eps_inf` = the `B -> oo` limit of the exact curve.
     """
 
     def __init__(self, res: OptimalLR, Gv, Hm, sig, S) -> None:
@@ -398,7 +398,7 @@ class NoiseScale:
         return n, dd
 
     def eps_opt(self, Bv) -> np.ndarray:
-        """The optimal step from the recognized form (McCandlish or surge), vectorized in ``B``
+        """The optimal step from the recognized form (McCandlish or surge), vectorized in `B`
         (the exact curve when no form was recognized)."""
         if not self._nv:
             return self.eps_opt_exact(Bv)
@@ -410,7 +410,7 @@ class NoiseScale:
         return 0.5 * n * n / dd
 
     def eps_opt_exact(self, Bv) -> np.ndarray:
-        """``N/D`` with the exact moments (no small-batch linearization)."""
+        """`N/D` with the exact moments (no small-batch linearization)."""
         Bv = np.atleast_1d(np.asarray(Bv, dtype=float))
         out = np.empty(Bv.shape)
         for k, b in enumerate(Bv):
@@ -425,7 +425,7 @@ class NoiseScale:
 
     @property
     def eps_inf(self) -> float:
-        """``lim_{B -> oo}`` of the exact curve (Li et al. eq. 17 for sign updates)."""
+        """`lim_{B -> oo}` of the exact curve (Li et al. eq. 17 for sign updates)."""
         with np.errstate(all="ignore"):
             return float(self.eps_opt_exact([1e300])[0])
 
@@ -435,17 +435,17 @@ class NoiseScale:
 
 
 def noise_scale(direction, G, H, sigma=None, Sigma=None, noise="gaussian", **kw) -> NoiseScale:
-    """``optimal_lr(direction, noise).evaluate(G, H, sigma, Sigma)``."""
+    """`optimal_lr(direction, noise).evaluate(G, H, sigma, Sigma)`."""
     return optimal_lr(direction, noise, **kw).evaluate(G, H, sigma=sigma, Sigma=Sigma)
 
 
 def sgd_noise_scale(G, H, Sigma) -> NoiseScale:
-    r"""McCandlish et al.: ``B_noise = tr(H Sigma)/G^T H G``, ``eps_max = |G|^2/G^T H G``, ``B_simple``;
-    ``Sigma`` is the per-example gradient covariance (the batch covariance is ``Sigma/B``)."""
+    r"""McCandlish et al.: `B_noise = tr(H Sigma)/G^T H G`, `eps_max = |G|^2/G^T H G`, `B_simple`;
+    `Sigma` is the per-example gradient covariance (the batch covariance is `Sigma/B`)."""
     return noise_scale("sgd", G, H, Sigma=np.atleast_2d(np.asarray(Sigma, dtype=float)))
 
 
 def sign_noise_scale(mu, sigma, H) -> NoiseScale:
-    r"""Li et al. (surge): sign updates with gradient ``mu`` and per-example std ``sigma`` (Gaussian)."""
+    r"""Li et al. (surge): sign updates with gradient `mu` and per-example std `sigma` (Gaussian)."""
     return noise_scale("sign", mu, H, sigma=sigma)
 

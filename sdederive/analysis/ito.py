@@ -1,23 +1,23 @@
 r"""The Itô generator of a derived SDE applied to a test function.
 
-For the per-coordinate SDE :math:`dS = b(S, t)\,dt + D(S, t)\,dW` (``S = (x, m, v, ...)``, one copy
-per coordinate ``i``, independent Brownian motions across coordinates unless the noise has a full
-covariance) and a test function :math:`\varphi`, Itô's formula gives
-:math:`d\,\mathbb E\varphi = \mathbb E[\mathcal L\varphi]\,dt` with
+For the per-coordinate SDE $dS = b(S, t)\,dt + D(S, t)\,dW$ (`S = (x, m, v, ...)`, one copy
+per coordinate `i`, independent Brownian motions across coordinates unless the noise has a full
+covariance) and a test function $\varphi$, Itô's formula gives
+$d\,\mathbb E\varphi = \mathbb E[\mathcal L\varphi]\,dt$ with
 
-.. math::
+$$
+\mathcal L\varphi = \partial_t\varphi + \sum_i\Big(\sum_s b_s\,\partial_{s_i}\varphi
++ \tfrac12\sum_{s,s'} (DD^\top)_{ss'}\,\partial_{s_i}\partial_{s'_i}\varphi\Big).
+$$
 
-    \mathcal L\varphi = \partial_t\varphi + \sum_i\Big(\sum_s b_s\,\partial_{s_i}\varphi
-        + \tfrac12\sum_{s,s'} (DD^\top)_{ss'}\,\partial_{s_i}\partial_{s'_i}\varphi\Big).
-
-For the loss :math:`\varphi = f(x)` this is
-:math:`\sum_i b_x\,\partial_i f + \tfrac12 (DD^\top)_{xx}\,\partial_{ii} f` (with ``grad`` =
-:math:`\partial_i f`, ``hess`` = :math:`\partial_{ii} f` in the SDE's notation); cross-coordinate
+For the loss $\varphi = f(x)$ this is
+$\sum_i b_x\,\partial_i f + \tfrac12 (DD^\top)_{xx}\,\partial_{ii} f$ (with `grad` =
+$\partial_i f$, `hess` = $\partial_{ii} f$ in the SDE's notation); cross-coordinate
 second derivatives do not enter because the noise of different coordinates is independent.  On a
-quadratic the expansion is exact (no Taylor remainder): :math:`\tfrac{d}{dt}\mathbb E f = \mathbb E[\mathcal L f]`.
+quadratic the expansion is exact (no Taylor remainder): $\tfrac{d}{dt}\mathbb E f = \mathbb E[\mathcal L f]$.
 
-:func:`generator` returns the per-coordinate summand as a sympy expression (``Generator.summand``)
-in the SDE's symbols plus ``x_star`` (the minimizer coordinate) where the test function needs it.
+`generator` returns the per-coordinate summand as a sympy expression (`Generator.summand`)
+in the SDE's symbols plus `x_star` (the minimizer coordinate) where the test function needs it.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ TEST_FUNCTIONS = ("loss", "dist2", "x")
 
 @dataclass(frozen=True)
 class Generator:
-    r"""``L phi`` of one SDE: ``summand`` per coordinate, summed over ``i`` for the total."""
+    r"""`L phi` of one SDE: `summand` per coordinate, summed over `i` for the total."""
 
     sde: SDE
     test: str
@@ -60,7 +60,7 @@ class Generator:
         return rf"\mathcal L\varphi = \sum_i \Big[{sp.latex(self.drift_part)} + {sp.latex(self.ito_part)}\Big]"
 
     def on_quadratic(self, h: sp.Expr | None = None) -> sp.Expr:
-        """The summand on ``f = h*x**2/2`` (``grad = h*x``, ``hess = h``): exact ``d E f/dt`` per coordinate."""
+        """The summand on `f = h*x**2/2` (`grad = h*x`, `hess = h`): exact `d E f/dt` per coordinate."""
         h = sym("h") if h is None else h
         x = self._x()
         return sp.simplify(self.summand.xreplace({sym("grad"): h * x, sym("hess"): h}))
@@ -75,11 +75,11 @@ def _svars(sde: SDE) -> list[sp.Symbol]:
 
 
 def generator(sde: SDE, phi="loss") -> Generator:
-    r"""Apply the SDE's generator to ``phi``.
+    r"""Apply the SDE's generator to `phi`.
 
-    ``phi``: ``"loss"`` (:math:`f(x)`, through ``grad``/``hess``), ``"dist2"``
-    (:math:`\tfrac12|x-x^*|^2`), ``"x"`` (one coordinate), or a sympy expression of the state
-    symbols (and ``t``) of one coordinate, summed over coordinates.
+    `phi`: `"loss"` ($f(x)$, through `grad`/`hess`), `"dist2"`
+    ($\tfrac12|x-x^*|^2$), `"x"` (one coordinate), or a sympy expression of the state
+    symbols (and `t`) of one coordinate, summed over coordinates.
     """
     if not isinstance(sde, SDE):
         raise SdederiveError(f"generator() needs a derived SDE (sd.derive(...)), got {type(sde).__name__}")

@@ -2,22 +2,22 @@ r"""Convergence bounds from SDEs: Itô's formula, named assumptions, Grönwall.
 
 The papers get their rates the same way, and so does this module:
 
-1. apply the SDE's generator (:mod:`sdederive.analysis.ito`) to a Lyapunov function -- the loss for
-   :func:`loss_bound`, a (preconditioned) distance to the minimizer for :func:`convex_bound`;
-2. bound each term with an inequality licensed by an :class:`~sdederive.analysis.assumptions.Assumptions`
-   set (each use is recorded as a :class:`Step`: the bound reads as a proof);
-3. integrate: Grönwall's lemma for :math:`\dot F \le -rF + C`
-   (:math:`F(t) \le F_0e^{-rt} + \tfrac Cr(1-e^{-rt})`: rate ``r``, floor ``C/r``), or the
+1. apply the SDE's generator (`sdederive.analysis.ito`) to a Lyapunov function -- the loss for
+   `loss_bound`, a (preconditioned) distance to the minimizer for `convex_bound`;
+2. bound each term with an inequality licensed by an `Assumptions`
+   set (each use is recorded as a `Step`: the bound reads as a proof);
+3. integrate: Grönwall's lemma for $\dot F \le -rF + C$
+   ($F(t) \le F_0e^{-rt} + \tfrac Cr(1-e^{-rt})$: rate `r`, floor `C/r`), or the
    time average and Jensen for the averaged iterate in the convex case.
 
 Where the terms cannot be closed (no PL inequality, a drift not controlled by the gradient, a
 state-dependent preconditioner without a bound on the state) the result is the differential
-inequality itself with ``closed = False`` and a statement of what is missing -- never a rate.
+inequality itself with `closed = False` and a statement of what is missing -- never a rate.
 
-Results on the reference's examples (Compagnoni et al. 2025 §3; ``docs/reference/adaptive_sdes.md`` §2.3):
-SGD under L-smoothness, mu-PL and noise sigma_i: rate ``2*mu`` (independent of sigma), floor
-``eta*L*||sigma||_2^2/(4*mu)``; SignSGD (small signal-to-noise linearization): rate
-``2*mu*sqrt(2/pi)/sigma_max``, floor ``eta*L*d*sigma_max*sqrt(pi/2)/(4*mu)``.
+Results on the reference's examples (Compagnoni et al. 2025 §3; `docs/reference/adaptive_sdes.md` §2.3):
+SGD under L-smoothness, mu-PL and noise sigma_i: rate `2*mu` (independent of sigma), floor
+`eta*L*||sigma||_2^2/(4*mu)`; SignSGD (small signal-to-noise linearization): rate
+`2*mu*sqrt(2/pi)/sigma_max`, floor `eta*L*d*sigma_max*sqrt(pi/2)/(4*mu)`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ _LATEX = {F: "F", F0: "F_0", G2: r"|\nabla f|^2", D2: "D_2", Dinf: r"D_\infty"}
 
 
 def _latex_names(e: sp.Expr) -> dict:
-    """LaTeX names: ``L_1`` -> ``\\|L\\|_1``, ``sigma_max`` -> ``\\sigma_{max}``, plus the fixed ones."""
+    """LaTeX names: `L_1` -> `\\|L\\|_1`, `sigma_max` -> `\\sigma_{max}`, plus the fixed ones."""
     from sdederive.sde import _LATEX_NAMES
 
     names = dict(_LATEX)
@@ -66,9 +66,9 @@ def _latex_names(e: sp.Expr) -> dict:
 
 @dataclass(frozen=True)
 class Step:
-    """One step of a derived bound: ``kind`` is ``ito``, ``inequality`` (with the assumption that
-    licenses it), ``approximation`` (not a bound: the result is then not rigorous), ``identity``
-    or ``integration``; ``result`` is the right-hand side after the step."""
+    """One step of a derived bound: `kind` is `ito`, `inequality` (with the assumption that
+    licenses it), `approximation` (not a bound: the result is then not rigorous), `identity`
+    or `integration`; `result` is the right-hand side after the step."""
 
     kind: str
     text: str
@@ -87,11 +87,11 @@ class Step:
 class Bound:
     r"""A derived bound (see the module docstring).
 
-    ``inequality``: the differential inequality :math:`\dot F \le \text{rhs}` (``rhs`` here);
-    ``rate``, ``floor``: of the integrated bound, ``None`` when it does not close;
-    ``integrated``: right-hand side of :math:`\mathbb E f(X_t) - f^* \le \dots` (loss bounds) or of
-    :math:`\mathbb E f(\bar x_K) - f^* \le \dots` (convex bounds, in steps ``K``);
-    ``rigorous``: no approximation step was used; ``statement``: the conclusion in words.
+    `inequality`: the differential inequality $\dot F \le \text{rhs}$ (`rhs` here);
+    `rate`, `floor`: of the integrated bound, `None` when it does not close;
+    `integrated`: right-hand side of $\mathbb E f(X_t) - f^* \le \dots$ (loss bounds) or of
+    $\mathbb E f(\bar x_K) - f^* \le \dots$ (convex bounds, in steps `K`);
+    `rigorous`: no approximation step was used; `statement`: the conclusion in words.
     """
 
     optimizer: str
@@ -154,7 +154,7 @@ class Bound:
                            "result": s(st.result)} for st in self.steps]}
 
     def evaluate(self, **values) -> float:
-        """The integrated bound at numbers (names as printed: ``mu=``, ``L=``, ``t=`` ...)."""
+        """The integrated bound at numbers (names as printed: `mu=`, `L=`, `t=` ...)."""
         if self.integrated is None:
             raise SdederiveError(f"the {self.optimizer} bound does not close; nothing to evaluate")
         e = self.integrated
@@ -194,9 +194,9 @@ def _real_atoms(e: sp.Expr) -> sp.Expr:
 
 
 def _nonpos_terms(e: sp.Expr, var: sp.Symbol) -> tuple[sp.Expr, list[sp.Expr]]:
-    """Drop the additive terms of ``e`` that depend on ``var`` and are provably <= 0.
+    """Drop the additive terms of `e` that depend on `var` and are provably <= 0.
 
-    Tries the unexpanded form ``c * (sum of terms)`` first (``eta*(1 - erf(.)**2)``: the structure
+    Tries the unexpanded form `c * (sum of terms)` first (`eta*(1 - erf(.)**2)`: the structure
     that makes the sign visible to sympy), then the expanded sum."""
     c, inner = e.as_independent(var, as_Add=False)
     for cand, scale in ((inner, c), (sp.expand(e), sp.S.One)):
@@ -211,7 +211,7 @@ def _nonpos_terms(e: sp.Expr, var: sp.Symbol) -> tuple[sp.Expr, list[sp.Expr]]:
 
 
 def _coord_sum(e: sp.Expr, A: Assumptions) -> sp.Expr:
-    """``sum_i e`` with the usual names for the sums that have them."""
+    """`sum_i e` with the usual names for the sums that have them."""
     s = A.sigma_i()
     Li = A.L_i()
     e = sp.expand(e)
@@ -239,9 +239,9 @@ def _coord_sum(e: sp.Expr, A: Assumptions) -> sp.Expr:
 
 
 def loss_bound(sde, A: Assumptions, regime=None) -> Bound:
-    r"""Bound :math:`\mathbb E f(X_t) - f^*` along the SDE (module docstring).
+    r"""Bound $\mathbb E f(X_t) - f^*$ along the SDE (module docstring).
 
-    ``sde``: a derived SDE or an optimizer name (derived in its natural regime, or ``regime``).
+    `sde`: a derived SDE or an optimizer name (derived in its natural regime, or `regime`).
     """
     sde = _as_sde(sde, regime)
     if not isinstance(A, Assumptions):
@@ -329,7 +329,7 @@ def loss_bound(sde, A: Assumptions, regime=None) -> Bound:
 
 
 def _choose_eta(bound: sp.Expr, eta: sp.Symbol, cap: sp.Expr | None, steps: list[Step], why: str) -> sp.Expr:
-    """``a/eta + b*eta`` -> ``2 sqrt(ab)``, plus ``a*cap`` when the step size is capped by ``1/cap``."""
+    """`a/eta + b*eta` -> `2 sqrt(ab)`, plus `a*cap` when the step size is capped by `1/cap`."""
     e = sp.expand(bound)
     a = sp.simplify(e.coeff(eta, -1))
     b = sp.simplify(e.coeff(eta, 1))
@@ -347,14 +347,14 @@ def _choose_eta(bound: sp.Expr, eta: sp.Symbol, cap: sp.Expr | None, steps: list
 
 
 def convex_bound(sde, A: Assumptions, regime=None, choose_eta: bool = True) -> Bound:
-    r"""Averaged-iterate bound :math:`\mathbb E f(\bar x_K) - f^*` for convex ``f`` (in steps ``K``).
+    r"""Averaged-iterate bound $\mathbb E f(\bar x_K) - f^*$ for convex `f` (in steps `K`).
 
     Two Lyapunov functions, chosen by the SDE's structure (and refused otherwise):
 
-    * drift :math:`-a\,\partial_i f` with a constant ``a`` (SGD): :math:`\varphi = \tfrac12|x-x^*|^2`;
-    * accumulator preconditioner, drift :math:`-\partial_i f/P_i` with :math:`P_i = \epsilon_0 + \sqrt{u_i}`
-      and :math:`\dot u_i = (\partial_i f)^2 + \sigma_i^2` (Adagrad):
-      :math:`\varphi = \tfrac12\sum_i P_i (x_i - x^*_i)^2`, the continuous form of the AdaGrad analysis.
+    * drift $-a\,\partial_i f$ with a constant `a` (SGD): $\varphi = \tfrac12|x-x^*|^2$;
+    * accumulator preconditioner, drift $-\partial_i f/P_i$ with $P_i = \epsilon_0 + \sqrt{u_i}$
+      and $\dot u_i = (\partial_i f)^2 + \sigma_i^2$ (Adagrad):
+      $\varphi = \tfrac12\sum_i P_i (x_i - x^*_i)^2$, the continuous form of the AdaGrad analysis.
     """
     sde = _as_sde(sde, regime)
     rep = _prep(sde, A)
@@ -453,8 +453,8 @@ def convex_bound(sde, A: Assumptions, regime=None, choose_eta: bool = True) -> B
 
 @dataclass
 class RateComparison:
-    """Side-by-side bounds of several optimizers under one assumption set (``budget="samples"``:
-    written in the sample budget ``N = K*B``)."""
+    """Side-by-side bounds of several optimizers under one assumption set (`budget="samples"`:
+    written in the sample budget `N = K*B`)."""
 
     assumptions: Assumptions
     bounds: dict
@@ -479,7 +479,7 @@ class RateComparison:
         return "$$" + self.latex() + "$$"
 
     def table(self, values: dict, batch_sizes, budget: float | None = None) -> list[dict]:
-        """Numbers at a fixed budget (``N=``) as the batch size grows: one row per ``B`` with each
+        """Numbers at a fixed budget (`N=`) as the batch size grows: one row per `B` with each
         optimizer's bound and the ratios to the first optimizer."""
         names = list(self.forms)
         rows = []
@@ -510,10 +510,10 @@ class RateComparison:
 
 
 def compare(optimizers, A: Assumptions, budget: str = "samples") -> RateComparison:
-    """Convex averaged-iterate bounds of several optimizers (:func:`convex_bound`), side by side.
+    """Convex averaged-iterate bounds of several optimizers (`convex_bound`), side by side.
 
-    ``budget="samples"`` writes them in ``N = K*B`` (steps ``K = N/B``), the fixed-sample-budget
-    view of Liu, Pan & Zhang; ``"steps"`` keeps ``K``.
+    `budget="samples"` writes them in `N = K*B` (steps `K = N/B`), the fixed-sample-budget
+    view of Liu, Pan & Zhang; `"steps"` keeps `K`.
     """
     if budget not in ("samples", "steps"):
         raise SdederiveError(f"budget={budget!r}; allowed: 'samples', 'steps'")
@@ -533,9 +533,9 @@ def compare(optimizers, A: Assumptions, budget: str = "samples") -> RateComparis
 
 
 def stationary_loss(sde, regime=None, noise_limit: bool = True) -> dict:
-    r"""Stationary expected loss on ``f = h*x**2/2`` per coordinate (:func:`sdederive.analysis.stationary`) and its
-    behaviour as the noise grows: ``{"loss": E f, "sigma->oo": limit, "bounded_in_noise": bool}`` (with
-    ``"condition"``, e.g. ``"wd > 0"``, when the limit is finite only for positive values of a parameter)."""
+    r"""Stationary expected loss on `f = h*x**2/2` per coordinate (`sdederive.analysis.stationary`) and its
+    behaviour as the noise grows: `{"loss": E f, "sigma->oo": limit, "bounded_in_noise": bool}` (with
+    `"condition"`, e.g. `"wd > 0"`, when the limit is finite only for positive values of a parameter)."""
     from sdederive.analysis.stationary import stationary
 
     sde = _as_sde(sde, regime)

@@ -1,30 +1,30 @@
-r"""Does a regime hold on a problem?  :func:`regime_check`.
+r"""Does a regime hold on a problem?  `regime_check`.
 
-A regime (:mod:`sdederive.regimes`) describes a limit ``eta -> 0`` in which some quantities are
-held fixed: ``rho = (1 - beta)/eta`` (``balanced``), ``c = (1 - beta)/eta**2``, ``sigma0 = eta*sigma``
-and ``eps0 = eps*eta`` (``noise-dominated``).  The SDE approximates the optimizer only when the run
-is near that limit, so the check measures, on the problem at its initial point ``x0``:
+A regime (`sdederive.regimes`) describes a limit `eta -> 0` in which some quantities are
+held fixed: `rho = (1 - beta)/eta` (`balanced`), `c = (1 - beta)/eta**2`, `sigma0 = eta*sigma`
+and `eps0 = eps*eta` (`noise-dominated`).  The SDE approximates the optimizer only when the run
+is near that limit, so the check measures, on the problem at its initial point `x0`:
 
-``snr``
-    ``|grad_i(x0)|/sigma_i(x0)`` per coordinate (``sigma_i`` the gradient-noise scale; for
-    logistic regression the per-example gradient spread over ``sqrt(B)``).  The noise-dominated
-    regime takes ``sigma = sigma0/eta`` to infinity, so its second moment is ``sigma**2`` with
-    ``grad**2`` neglected: the SDE's preconditioner is off by the factor ``sqrt(1 + snr**2)``.
-    **Criterion** (regimes with ``scale_noise``, one ``eta``): ``max_i snr_i <= snr_max`` (default
+`snr`
+    `|grad_i(x0)|/sigma_i(x0)` per coordinate (`sigma_i` the gradient-noise scale; for
+    logistic regression the per-example gradient spread over `sqrt(B)`).  The noise-dominated
+    regime takes `sigma = sigma0/eta` to infinity, so its second moment is `sigma**2` with
+    `grad**2` neglected: the SDE's preconditioner is off by the factor `sqrt(1 + snr**2)`.
+    **Criterion** (regimes with `scale_noise`, one `eta`): `max_i snr_i <= snr_max` (default
     0.3, a preconditioner error of at most 4.4 %).  With several step sizes the scaling below is the
-    criterion (``snr`` must shrink like ``eta``); the values are reported.
-``powers``
-    with two or more step sizes: the log-log slope against ``eta`` of ``1 - beta`` for every decay
-    hyperparameter, and of the median noise scale ``sigma``.  A regime holds ``(1 - beta)/eta**p``
-    fixed (``p`` its ``decay_power``, 0 for fixed decays) and ``sigma*eta`` (``scale_noise``) or
-    ``sigma`` fixed.  **Criterion**: every measured power is within ``power_tol`` (default 0.25) of
-    the regime's.  A fixed data set has a fixed ``sigma`` (power 0), which the noise-dominated
-    regime (power -1) does not fit: its weak error cannot shrink as ``eta`` does (SVAG, in
-    :func:`validators.compare`, amplifies the noise to restore the scaling).
-``eps_ratio``
-    ``eps/sqrt(grad**2 + sigma**2)`` (median), ``eps`` against ``sqrt(v)``; reported only.
+    criterion (`snr` must shrink like `eta`); the values are reported.
+`powers`
+    with two or more step sizes: the log-log slope against `eta` of `1 - beta` for every decay
+    hyperparameter, and of the median noise scale `sigma`.  A regime holds `(1 - beta)/eta**p`
+    fixed (`p` its `decay_power`, 0 for fixed decays) and `sigma*eta` (`scale_noise`) or
+    `sigma` fixed.  **Criterion**: every measured power is within `power_tol` (default 0.25) of
+    the regime's.  A fixed data set has a fixed `sigma` (power 0), which the noise-dominated
+    regime (power -1) does not fit: its weak error cannot shrink as `eta` does (SVAG, in
+    `validators.compare`, amplifies the noise to restore the scaling).
+`eps_ratio`
+    `eps/sqrt(grad**2 + sigma**2)` (median), `eps` against `sqrt(v)`; reported only.
 
-The result names the built-in regimes whose scalings fit the measurements (``fits``).
+The result names the built-in regimes whose scalings fit the measurements (`fits`).
 """
 
 from __future__ import annotations
@@ -44,21 +44,27 @@ __all__ = ["RegimeCheck", "RegimeWarning", "regime_check", "grad_and_noise"]
 
 
 class RegimeWarning(UserWarning):
-    """The run is outside the region where the SDE's regime holds (see :func:`regime_check`)."""
+    """The run is outside the region where the SDE's regime holds (see `regime_check`)."""
 
 
 @dataclass
 class RegimeCheck:
-    """Result of :func:`regime_check`.
+    """Result of `regime_check`.
 
     Attributes
     ----------
-    regime: the regime checked.
-    holds: every criterion held.
-    etas: the step sizes measured (decreasing).
-    quantities: ``snr_median``, ``snr_max`` (per eta), ``eps_ratio``, ``powers`` (name -> fitted power).
-    criteria: criterion text -> whether it held.
-    fits: built-in regimes whose scalings fit the measurements.
+    regime
+        the regime checked.
+    holds
+        every criterion held.
+    etas
+        the step sizes measured (decreasing).
+    quantities
+        `snr_median`, `snr_max` (per eta), `eps_ratio`, `powers` (name -> fitted power).
+    criteria
+        criterion text -> whether it held.
+    fits
+        built-in regimes whose scalings fit the measurements.
     """
 
     regime: str
@@ -84,14 +90,14 @@ class RegimeCheck:
                 "criteria": dict(self.criteria), "fits": list(self.fits), "message": self.message}
 
     def warn(self, stacklevel: int = 2) -> None:
-        """Issue a :class:`RegimeWarning` with :attr:`message` when the regime does not hold."""
+        """Issue a `RegimeWarning` with `message` when the regime does not hold."""
         if not self.holds:
             warnings.warn(self.message, RegimeWarning, stacklevel=stacklevel + 1)
 
 
 def grad_and_noise(problem: Problem, x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(grad f(x), sigma(x))`` per coordinate (default ``x = x0``): the true gradient and the
-    gradient-noise scale the SDE uses (logistic regression: per-example spread over ``sqrt(B)``)."""
+    """`(grad f(x), sigma(x))` per coordinate (default `x = x0`): the true gradient and the
+    gradient-noise scale the SDE uses (logistic regression: per-example spread over `sqrt(B)`)."""
     x = problem.x0 if x is None else np.asarray(x, float)
     # the problem's own numpy reference (sdederive.problems: from the same description as its kernels)
     return np.asarray(problem.grad(x), float), np.asarray(problem.noise_scale(x), float)
@@ -107,19 +113,26 @@ def _power(etas: np.ndarray, q: np.ndarray) -> float:
 
 def regime_check(regime, problem: Problem, etas, hyper=None, *, decays: Sequence[str] | None = None,
                  sigma_factor=None, snr_max: float = 0.3, power_tol: float = 0.25) -> RegimeCheck:
-    """Measure on ``problem`` the quantities ``regime`` scales (see the module docstring).
+    """Measure on `problem` the quantities `regime` scales (see the module docstring).
 
     Parameters
     ----------
-    regime: a regime name or :class:`~sdederive.regimes.Regime`, or an :class:`~sdederive.sde.SDE`
+    regime
+        a regime name or `Regime`, or an `SDE`
         (its regime).
-    problem: the problem, or a sequence of problems (one per eta).
-    etas: one step size or several.
-    hyper: the discrete hyperparameters (a mapping, or one mapping per eta).
-    decays: names of the decay hyperparameters (default: those of kind ``decay`` in an SDE's
-        ``hypers``, else names starting with ``beta``).
-    sigma_factor: a noise amplification per eta (SVAG multiplies ``sigma`` by ``l``), default 1.
-    snr_max, power_tol: the thresholds of the criteria.
+    problem
+        the problem, or a sequence of problems (one per eta).
+    etas
+        one step size or several.
+    hyper
+        the discrete hyperparameters (a mapping, or one mapping per eta).
+    decays
+        names of the decay hyperparameters (default: those of kind `decay` in an SDE's
+        `hypers`, else names starting with `beta`).
+    sigma_factor
+        a noise amplification per eta (SVAG multiplies `sigma` by `l`), default 1.
+    snr_max, power_tol
+        the thresholds of the criteria.
     """
     from sdederive.sde import SDE
 

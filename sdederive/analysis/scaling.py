@@ -1,27 +1,31 @@
 r"""Batch-size scaling rules computed from an SDE.
 
-When the batch grows ``B -> kappa*B`` the noise shrinks, ``sigma -> sigma/sqrt(kappa)``.  We look
+When the batch grows `B -> kappa*B` the noise shrinks, `sigma -> sigma/sqrt(kappa)`.  We look
 for a power-law map of the discrete hyperparameters
 
-.. math:: \eta\to\kappa^{a}\eta,\qquad 1-\beta_i\to\kappa^{b_i}(1-\beta_i),\qquad h\to\kappa^{a_h}h,
+$$
+\eta\to\kappa^{a}\eta,\qquad 1-\beta_i\to\kappa^{b_i}(1-\beta_i),\qquad h\to\kappa^{a_h}h,
+$$
 
-together with a rescaling of the auxiliary states :math:`s\to\kappa^{p_s}s` and a time change
-:math:`\lambda=\kappa^{\ell}`, such that the new SDE's solution is the old one run :math:`\lambda`
-times faster: :math:`X'(t) = S\,X(\lambda t)`.  Written out,
+together with a rescaling of the auxiliary states $s\to\kappa^{p_s}s$ and a time change
+$\lambda=\kappa^{\ell}$, such that the new SDE's solution is the old one run $\lambda$
+times faster: $X'(t) = S\,X(\lambda t)$.  Written out,
 
-.. math:: b_s(SX, t/\lambda;\theta') = \lambda\,\kappa^{p_s}\,b_s(X, t;\theta),\qquad
-          D_s(SX, t/\lambda;\theta') = \lambda^{1/2}\kappa^{p_s}D_s(X, t;\theta).
+$$
+b_s(SX, t/\lambda;\theta') = \lambda\,\kappa^{p_s}\,b_s(X, t;\theta),\qquad
+D_s(SX, t/\lambda;\theta') = \lambda^{1/2}\kappa^{p_s}D_s(X, t;\theta).
+$$
 
-Substituting the ansatz turns every monomial into a power of ``kappa``, so these are *linear*
+Substituting the ansatz turns every monomial into a power of `kappa`, so these are *linear*
 equations in the exponents: a product adds exponents, a power multiplies them, the terms of a
-sum must share one exponent, the argument of ``exp``/``erf``/... must have exponent 0, and
-``sign`` is scale-free.  The solution is unique for the built-ins.  Steps scale as
-:math:`k'/k = \tau/(\lambda\tau')`.
+sum must share one exponent, the argument of `exp`/`erf`/... must have exponent 0, and
+`sign` is scale-free.  The solution is unique for the built-ins.  Steps scale as
+$k'/k = \tau/(\lambda\tau')$.
 
-When no exact solution exists (the ``(grad)**2`` term in the second-moment drift of
-RMSpropW/AdamW does not scale like ``sigma**2``), the solver retries with the high-noise dominant
+When no exact solution exists (the `(grad)**2` term in the second-moment drift of
+RMSpropW/AdamW does not scale like `sigma**2`), the solver retries with the high-noise dominant
 balance: in a sum that contains noise terms, the noise-free terms are neglected.  The rule then
-comes with ``exact=False`` and the neglected terms listed in ``approximations``.
+comes with `exact=False` and the neglected terms listed in `approximations`.
 """
 
 from __future__ import annotations
@@ -41,16 +45,22 @@ _NOISE_NAMES = ("sigma", "sigma0", "sigma1")
 
 @dataclass
 class ScalingRule:
-    """A hyperparameter map for ``B -> kappa*B`` that leaves the SDE invariant up to a time change.
+    """A hyperparameter map for `B -> kappa*B` that leaves the SDE invariant up to a time change.
 
     Attributes
     ----------
-    map: discrete hyperparameter name -> its new value (``{"eta": sqrt(kappa)*eta, ...}``).
-    time_change: ``lambda``; the new SDE at time ``t`` is the old one at ``lambda*t``.
-    steps: the new number of steps as a multiple of ``k`` (``k/kappa``: same epochs).
-    state_scaling: auxiliary state -> factor (``v -> v/kappa`` when ``v`` tracks ``sigma**2``).
-    exact: invariance holds exactly; else ``approximations`` lists the neglected terms.
-    exponents: the solved exponents.
+    map
+        discrete hyperparameter name -> its new value (`{"eta": sqrt(kappa)*eta, ...}`).
+    time_change
+        `lambda`; the new SDE at time `t` is the old one at `lambda*t`.
+    steps
+        the new number of steps as a multiple of `k` (`k/kappa`: same epochs).
+    state_scaling
+        auxiliary state -> factor (`v -> v/kappa` when `v` tracks `sigma**2`).
+    exact
+        invariance holds exactly; else `approximations` lists the neglected terms.
+    exponents
+        the solved exponents.
     """
 
     sde: SDE
@@ -106,7 +116,7 @@ class ScalingRule:
     __repr__ = __str__
 
     def latex(self) -> str:
-        r"""An aligned LaTeX block: each hyperparameter's new value when :math:`B \to \kappa B`, the steps
+        r"""An aligned LaTeX block: each hyperparameter's new value when $B \to \kappa B$, the steps
         and, where there is one, the time change."""
         from sdederive.sde import _LATEX_NAMES
 
@@ -207,7 +217,7 @@ class _Exponents:
 
 
 def scaling_rule(sde: SDE, kappa: str | sp.Symbol = "kappa") -> ScalingRule:
-    """Solve for the hyperparameter map under ``B -> kappa*B`` (see the module docstring)."""
+    """Solve for the hyperparameter map under `B -> kappa*B` (see the module docstring)."""
     kap = sym(kappa) if isinstance(kappa, str) else kappa
     try:
         return _solve(sde, kap, relax=False)

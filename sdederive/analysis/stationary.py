@@ -1,17 +1,19 @@
 r"""Stationary covariance and expected loss on a diagonal quadratic, from an SDE.
 
-On :math:`f = \tfrac12 h x^2` per coordinate (``grad = h*x``, ``hess = h``), the SDE is
-linearized around its fixed point :math:`(x, s) = (0, s^*)` (``s*`` solves ``drift_s = 0`` for
-the auxiliary states at ``x = 0``, after ``t -> oo`` so that bias corrections are spent), with the
+On $f = \tfrac12 h x^2$ per coordinate (`grad = h*x`, `hess = h`), the SDE is
+linearized around its fixed point $(x, s) = (0, s^*)$ (`s*` solves `drift_s = 0` for
+the auxiliary states at `x = 0`, after `t -> oo` so that bias corrections are spent), with the
 diffusion frozen there.  The resulting Ornstein-Uhlenbeck process
-:math:`dY = J Y dt + D\,dW` has the stationary covariance :math:`C` solving the Lyapunov equation
+$dY = J Y dt + D\,dW$ has the stationary covariance $C$ solving the Lyapunov equation
 
-.. math:: J C + C J^\top + D D^\top = 0,
+$$
+J C + C J^\top + D D^\top = 0,
+$$
 
-and :math:`\mathbb E f(X_\infty) = \tfrac h2 C_{xx}` per coordinate (sum over coordinates for the
+and $\mathbb E f(X_\infty) = \tfrac h2 C_{xx}$ per coordinate (sum over coordinates for the
 total).  For SGD the SDE is already an OU process and the result is exact
-(:math:`\eta\sigma^2/(2h)`); for SignSGD and RMSpropW it is the linearization of the reference
-notes (:math:`\tfrac\eta2\sqrt{\pi/2}\,\sigma/h`, :math:`\eta\sigma^2/(2P(h+w_dP))`, :math:`P=\sigma+\epsilon`).
+($\eta\sigma^2/(2h)$); for SignSGD and RMSpropW it is the linearization of the reference
+notes ($\tfrac\eta2\sqrt{\pi/2}\,\sigma/h$, $\eta\sigma^2/(2P(h+w_dP))$, $P=\sigma+\epsilon$).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ __all__ = ["stationary", "Stationary"]
 
 @dataclass
 class Stationary:
-    """Stationary statistics of an SDE on ``f = h*x**2/2`` (per coordinate)."""
+    """Stationary statistics of an SDE on `f = h*x**2/2` (per coordinate)."""
 
     sde: SDE
     variance: sp.Expr
@@ -57,7 +59,7 @@ class Stationary:
     __repr__ = __str__
 
     def latex(self) -> str:
-        """An aligned LaTeX block: the stationary variance and loss on :math:`f = h x^2/2`."""
+        """An aligned LaTeX block: the stationary variance and loss on $f = h x^2/2$."""
         lx = self.sde._lx
         rows = [rf"\operatorname{{Var}}_\infty(x) &= {lx(self.variance)}",
                 rf"\mathbb E_\infty[f] &= {lx(self.loss)}"]
@@ -70,7 +72,7 @@ class Stationary:
 
 
 def stationary(sde: SDE, curvature: str = "h") -> Stationary:
-    """Stationary variance of ``x`` and expected loss on ``f = h*x**2/2`` (see the module docstring)."""
+    """Stationary variance of `x` and expected loss on `f = h*x**2/2` (see the module docstring)."""
     h = sym(curvature) if curvature == "h" else sym(curvature, positive=True)
     free = sde._free()
     x = free.get("x", sym("x"))

@@ -1,6 +1,6 @@
-"""What every ``sdederive`` subcommand shares (the main CLI, ``validate`` and ``sweep``): the
-argparse parser and help formatter, the ``NAME=VALUE`` list parser, the "Example:" epilog, and
-:func:`load_spec`, which reads a user's optimizer for ``--spec``.
+"""What every `sdederive` subcommand shares (the main CLI, `validate` and `sweep`): the
+argparse parser and help formatter, the `NAME=VALUE` list parser, the "Example:" epilog, and
+`load_spec`, which reads a user's optimizer for `--spec`.
 
 This module imports nothing from the subcommands, so each of them imports it without a cycle.
 """
@@ -53,11 +53,12 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def one_line(doc: str) -> str:
-    """A plain-text summary of an optimizer docstring: its first line without RST math markup."""
+    """A plain-text summary of an optimizer docstring: its first line without math or code markup."""
     first = (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
     head, sep, _ = first.partition(": ")
     text = head if sep else first
-    text = re.sub(r":math:`([^`]*)`", r"\1", text).replace("``", "").replace("`", "")
+    text = re.sub(r":math:`([^`]*)`", r"\1", text)
+    text = re.sub(r"\$([^$]*)\$", r"\1", text).replace("``", "").replace("`", "")
     return text.rstrip(".")
 
 
@@ -86,14 +87,14 @@ _MAX_SPEC_BYTES = 2_000_000
 
 
 def load_spec(text: str, what: str = "--spec", *, python: bool = True):
-    """The :class:`~sdederive.spec.optimizers.Optimizer` that ``text`` names.
+    """The `Optimizer` that `text` names.
 
-    ``FILE.json``: an optimizer JSON (:meth:`Optimizer.to_json`), parsed safely (nothing in it is run);
-    an SDE JSON whose ``"source"`` holds the optimizer is accepted too.  ``FILE.py:NAME`` (only with
-    ``python=True``): the file is *run* as a Python module and ``NAME`` is an ``Optimizer`` in it or a
-    function of no arguments returning one; this runs the user's own code, as ``python FILE.py`` would.
+    `FILE.json`: an optimizer JSON (`Optimizer.to_json`), parsed safely (nothing in it is run);
+    an SDE JSON whose `"source"` holds the optimizer is accepted too.  `FILE.py:NAME` (only with
+    `python=True`): the file is *run* as a Python module and `NAME` is an `Optimizer` in it or a
+    function of no arguments returning one; this runs the user's own code, as `python FILE.py` would.
 
-    Raises :class:`~sdederive.errors.SpecError` for a missing file, a missing or wrong ``NAME``, bad JSON
+    Raises `SpecError` for a missing file, a missing or wrong `NAME`, bad JSON
     or a file that fails to run, naming the file and what is allowed.
     """
     from sdederive.spec.optimizers import Optimizer

@@ -1,11 +1,11 @@
-"""Command line interface: ``sdederive list | derive | scaling-rule | stationary | simulate | rate | optimal-lr | tour``.
+"""Command line interface: `sdederive list | derive | scaling-rule | stationary | simulate | rate | optimal-lr | tour`.
 
-Every command has ``--help`` with an example.  Bad input (an unknown optimizer, noise model or
-regime, an invalid ``nu``, an optimizer with no limit in the regime asked for, ...) prints
-``sdederive: error: <message>`` on stderr and exits with status 2, without a traceback.
+Every command has `--help` with an example.  Bad input (an unknown optimizer, noise model or
+regime, an invalid `nu`, an optimizer with no limit in the regime asked for, ...) prints
+`sdederive: error: <message>` on stderr and exits with status 2, without a traceback.
 
-The scaling-rule and stationary commands (and the tour) import :mod:`sdederive.analysis.scaling` and
-:mod:`sdederive.analysis.stationary` when they run.
+The scaling-rule and stationary commands (and the tour) import `sdederive.analysis.scaling` and
+`sdederive.analysis.stationary` when they run.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from sdederive.errors import NoiseModelError, SdederiveError
 
 
 class _Lazy:
-    """A module imported on its first attribute access: building the parser (``--help``, ``list``) imports
-    neither sympy nor numba; the names its help texts list come from :mod:`sdederive.cli._catalog`."""
+    """A module imported on its first attribute access: building the parser (`--help`, `list`) imports
+    neither sympy nor numba; the names its help texts list come from `sdederive.cli._catalog`."""
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -41,14 +41,14 @@ opt_mod = _Lazy("sdederive.spec.optimizers")
 
 
 def derive(*args, **kwargs):
-    """:func:`sdederive.derivation.engine.derive`, imported on first use."""
+    """`sdederive.derivation.engine.derive`, imported on first use."""
     from sdederive.derivation.engine import derive as _derive_impl
 
     return _derive_impl(*args, **kwargs)
 
 
 def json_dumps(obj, **kwargs) -> str:
-    """:func:`sdederive._json.dumps`, imported on first use (it needs numpy)."""
+    """`sdederive._json.dumps`, imported on first use (it needs numpy)."""
     from sdederive._json import dumps
 
     return dumps(obj, **kwargs)
@@ -73,7 +73,7 @@ _NU_HELP = "Student-t degrees of freedom, a number > 0 (only with --noise studen
 
 
 def _noise_params(args) -> dict:
-    """``nu=...`` for the noise constructor, refusing ``--nu`` for noise models that have none."""
+    """`nu=...` for the noise constructor, refusing `--nu` for noise models that have none."""
     if args.nu is None:
         return {}
     key = str(args.noise).strip().lower()
@@ -93,7 +93,7 @@ def _noise_params(args) -> dict:
 
 
 def _optimizer_usage(args) -> str | None:
-    """The usage error of a command that takes ``OPT`` or ``--spec``: neither or both given (else ``None``)."""
+    """The usage error of a command that takes `OPT` or `--spec`: neither or both given (else `None`)."""
     if not hasattr(args, "spec") or not hasattr(args, "optimizer"):
         return None
     if args.spec is not None and args.optimizer is not None:
@@ -105,7 +105,7 @@ def _optimizer_usage(args) -> str | None:
 
 
 def _optimizer(args):
-    """The optimizer of a command: the built-in ``OPT`` or the ``--spec`` file (exactly one of them)."""
+    """The optimizer of a command: the built-in `OPT` or the `--spec` file (exactly one of them)."""
     msg = _optimizer_usage(args)
     if msg:
         raise SdederiveError(msg)
@@ -148,14 +148,14 @@ def cmd_list(args, out) -> int:
 
 
 def _add_format_args(p: argparse.ArgumentParser, json_what: str, latex_what: str) -> None:
-    """``--json`` / ``--latex`` (exclusive), read by :func:`_show`."""
+    """`--json` / `--latex` (exclusive), read by `_show`."""
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help=f"print {json_what}")
     fmt.add_argument("--latex", action="store_true", help=f"print {latex_what}")
 
 
 def _show(args, out, obj, json_text) -> int:
-    """Print ``obj`` as JSON (``--json``: ``json_text()``), LaTeX (``--latex``) or text."""
+    """Print `obj` as JSON (`--json`: `json_text()`), LaTeX (`--latex`) or text."""
     if args.json:
         print(json_text(), file=out)
     elif getattr(args, "latex", False):
@@ -240,9 +240,9 @@ _NOISE_DOMINATED_SIGMA = 100.0
 
 
 def _default_problem(optimizer, regime: str | None):
-    """The problem of ``simulate`` without ``--problem``: ``f = sum_i h_i x_i**2/2``, ``h = geomspace(0.1, 10,
-    10)``, ``x0 = 1``, with ``sigma = 1``, or ``sigma = 100`` where the regime (``--regime`` or the optimizer's
-    natural one) is noise-dominated, so that ``|grad|/sigma`` is small as that regime assumes."""
+    """The problem of `simulate` without `--problem`: `f = sum_i h_i x_i**2/2`, `h = geomspace(0.1, 10,
+    10)`, `x0 = 1`, with `sigma = 1`, or `sigma = 100` where the regime (`--regime` or the optimizer's
+    natural one) is noise-dominated, so that `|grad|/sigma` is small as that regime assumes."""
     import numpy as np
 
     from sdederive.problems import Quadratic
@@ -320,7 +320,7 @@ def cmd_simulate(args, out) -> int:
 
 
 def _add_optimizer_args(p: argparse.ArgumentParser) -> None:
-    """``OPT`` (a built-in name) or ``--spec FILE`` (read by :func:`_optimizer`)."""
+    """`OPT` (a built-in name) or `--spec FILE` (read by `_optimizer`)."""
     p.add_argument("optimizer", metavar="OPT", nargs="?", default=None,
                    help=f"built-in optimizer: {', '.join(_catalog.optimizer_names())} (or --spec)")
     p.add_argument("--spec", default=None, metavar="FILE", help=SPEC_HELP)
@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    """Run the CLI on `argv` (default `sys.argv[1:]`); returns the exit status."""
     parser = build_parser()
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))

@@ -1,28 +1,29 @@
-r"""Per-coordinate clipping ``clip(y, -c, c)`` of a noisy argument: closed-form moments.
+r"""Per-coordinate clipping `clip(y, -c, c)` of a noisy argument: closed-form moments.
 
-An update written with ``Min(Max(y, -c), c)`` (or ``Max(Min(y, c), -c)``, as
-:func:`sdederive.spec.transforms.clip` writes it) is rewritten before the expectation engine sees it:
+An update written with `Min(Max(y, -c), c)` (or `Max(Min(y, c), -c)`, as
+`sdederive.spec.transforms.clip` writes it) is rewritten before the expectation engine sees it:
 
-* if the noise of ``y`` does not vanish as ``eta -> 0`` it becomes ``c*Clip(y/c)``, an atom with
+* if the noise of `y` does not vanish as `eta -> 0` it becomes `c*Clip(y/c)`, an atom with
   the closed-form rule below (truncated moments of the noise);
-* otherwise (``y`` deterministic at leading order, e.g. clipping an EMA) it becomes
-  ``(|y + c| - |y - c|)/2``, whose ``sign`` atoms tend to their deterministic limits.
+* otherwise (`y` deterministic at leading order, e.g. clipping an EMA) it becomes
+  `(|y + c| - |y - c|)/2`, whose `sign` atoms tend to their deterministic limits.
 
-For ``Clip(y) = max(-1, min(1, y))`` and ``y = a + b z`` (``b != 0``), with ``B = |b|``,
-``lo = (-1 - a)/B`` and ``hi = (1 - a)/B``,
+For `Clip(y) = max(-1, min(1, y))` and `y = a + b z` (`b != 0`), with `B = |b|`,
+`lo = (-1 - a)/B` and `hi = (1 - a)/B`,
 
-.. math::
-    \mathbb E[z^n \operatorname{Clip}(a + bz)^p] = \operatorname{sign}(b)^n\Big(
-    (-1)^p L_n(lo) + \sum_{j=0}^{p}\binom pj a^{p-j}B^j\big(G_{n+j}(hi) - G_{n+j}(lo)\big) + M_n(hi)\Big)
+$$
+\mathbb E[z^n \operatorname{Clip}(a + bz)^p] = \operatorname{sign}(b)^n\Big(
+(-1)^p L_n(lo) + \sum_{j=0}^{p}\binom pj a^{p-j}B^j\big(G_{n+j}(hi) - G_{n+j}(lo)\big) + M_n(hi)\Big)
+$$
 
-with :math:`G_m(h) = \int_0^h z^m f(z)\,dz`, :math:`A_m = \mathbb E|z|^m`,
-:math:`M_n(h) = A_n/2 - G_n(h)` (upper tail) and :math:`L_n(h) = (-1)^n A_n/2 + G_n(h)` (lower tail).
-Gaussian: :math:`G_0 = \operatorname{erf}(h/\sqrt2)/2`, :math:`G_1 = (1 - e^{-h^2/2})/\sqrt{2\pi}`,
-:math:`G_m = -h^{m-1}\varphi(h) + (m-1)G_{m-2}`.  Student-t (``nu`` degrees of freedom):
-:math:`G_m(h) = C_\nu\,\frac{h^{m+1}}{m+1}\,{}_2F_1(\tfrac{\nu+1}2, \tfrac{m+1}2; \tfrac{m+3}2; -\tfrac{h^2}\nu)`,
-:math:`C_\nu = \Gamma(\frac{\nu+1}2)/(\sqrt{\pi\nu}\,\Gamma(\frac\nu2))`, valid for every real ``h``
-and every ``nu > 0``; the tails need :math:`A_n`, finite for ``n < nu`` (``n = 0`` always: the
-clipped moments themselves exist for every ``nu``).
+with $G_m(h) = \int_0^h z^m f(z)\,dz$, $A_m = \mathbb E|z|^m$,
+$M_n(h) = A_n/2 - G_n(h)$ (upper tail) and $L_n(h) = (-1)^n A_n/2 + G_n(h)$ (lower tail).
+Gaussian: $G_0 = \operatorname{erf}(h/\sqrt2)/2$, $G_1 = (1 - e^{-h^2/2})/\sqrt{2\pi}$,
+$G_m = -h^{m-1}\varphi(h) + (m-1)G_{m-2}$.  Student-t (`nu` degrees of freedom):
+$G_m(h) = C_\nu\,\frac{h^{m+1}}{m+1}\,{}_2F_1(\tfrac{\nu+1}2, \tfrac{m+1}2; \tfrac{m+3}2; -\tfrac{h^2}\nu)$,
+$C_\nu = \Gamma(\frac{\nu+1}2)/(\sqrt{\pi\nu}\,\Gamma(\frac\nu2))$, valid for every real `h`
+and every `nu > 0`; the tails need $A_n$, finite for `n < nu` (`n = 0` always: the
+clipped moments themselves exist for every `nu`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _z = sym("z")
 
 
 class Clip(sp.Function):
-    """``Clip(y) = max(-1, min(1, y))`` (unit clipping; ``clip(y, -c, c) = c*Clip(y/c)``)."""
+    """`Clip(y) = max(-1, min(1, y))` (unit clipping; `clip(y, -c, c) = c*Clip(y/c)`)."""
 
     nargs = 1
 
@@ -64,7 +65,7 @@ class Clip(sp.Function):
 
 
 def _clip_parts(e: sp.Expr):
-    """``(y, c)`` if ``e`` is ``Min(Max(y, -c), c)`` or ``Max(Min(y, c), -c)`` with ``c > 0``, else ``None``."""
+    """`(y, c)` if `e` is `Min(Max(y, -c), c)` or `Max(Min(y, c), -c)` with `c > 0`, else `None`."""
     if not isinstance(e, (sp.Min, sp.Max)) or len(e.args) != 2:
         return None
     inner_t = sp.Max if isinstance(e, sp.Min) else sp.Min
@@ -81,7 +82,7 @@ def _clip_parts(e: sp.Expr):
 
 
 def rewrite_clip(expr: sp.Expr) -> sp.Expr:
-    """Rewrite the clippings of noise-dependent arguments in ``expr`` (see the module docstring)."""
+    """Rewrite the clippings of noise-dependent arguments in `expr` (see the module docstring)."""
     from sdederive.derivation.expectation import leading_order
 
     def is_clip(e):
@@ -122,7 +123,7 @@ def _family(noise) -> tuple[int, sp.Expr]:
 
 
 def _abs_moment(fam: int, nu: sp.Expr, m: int) -> sp.Expr:
-    """``E|z|**m`` (``fam`` 0: Gaussian, 1: Student-t with ``nu`` degrees of freedom)."""
+    """`E|z|**m` (`fam` 0: Gaussian, 1: Student-t with `nu` degrees of freedom)."""
     if m == 0:
         return sp.S.One
     if fam == 0:
@@ -137,7 +138,7 @@ def _abs_moment(fam: int, nu: sp.Expr, m: int) -> sp.Expr:
 
 
 def _partial(fam: int, nu: sp.Expr, m: int, h: sp.Expr, memo: dict) -> sp.Expr:
-    """``G_m(h) = int_0^h z**m f(z) dz`` of the noise density ``f``."""
+    """`G_m(h) = int_0^h z**m f(z) dz` of the noise density `f`."""
     key = (m, h)
     if key in memo:
         return memo[key]
@@ -172,17 +173,17 @@ def _moment(fam: int, nu: sp.Expr, n: int, a: sp.Expr, b: sp.Expr, p: int) -> sp
 
 
 def clip_moment(noise, n: int, a: sp.Expr, b: sp.Expr, p: int) -> sp.Expr:
-    """``E[z**n * Clip(a + b*z)**p]`` in closed form under ``noise`` (Gaussian or Student-t)."""
+    """`E[z**n * Clip(a + b*z)**p]` in closed form under `noise` (Gaussian or Student-t)."""
     fam, nu = _family(noise)
     return _moment(fam, nu, n, a, b, p)
 
 
 class ClipMoment(sp.Function):
-    """``E[z**n * Clip(a + b*z)**p]`` held unevaluated while the engine simplifies the SDE.
+    """`E[z**n * Clip(a + b*z)**p]` held unevaluated while the engine simplifies the SDE.
 
-    Arguments ``(family, n, p, a, b, nu)``: ``family`` 0 (Gaussian) or 1 (Student-t, ``nu``
-    degrees of freedom; 0 for Gaussian).  The closed form (:func:`clip_moment`) is substituted when
-    the derivation is done (:func:`expand_clip_moments`); numeric evaluation and derivatives go
+    Arguments `(family, n, p, a, b, nu)`: `family` 0 (Gaussian) or 1 (Student-t, `nu`
+    degrees of freedom; 0 for Gaussian).  The closed form (`clip_moment`) is substituted when
+    the derivation is done (`expand_clip_moments`); numeric evaluation and derivatives go
     through it.  Keeping it opaque keeps the simplification of drift and diffusion fast.
     """
 
@@ -208,8 +209,8 @@ class ClipMoment(sp.Function):
 
 
 def _clip_rule(noise, n: int, a: sp.Expr, b: sp.Expr, p: int) -> sp.Expr:
-    """The registered rule: opaque :class:`ClipMoment` when ``a, b`` do not depend on ``eta`` (the
-    engine does not expand it), else the closed form (expanded in ``eta`` by the engine)."""
+    """The registered rule: opaque `ClipMoment` when `a, b` do not depend on `eta` (the
+    engine does not expand it), else the closed form (expanded in `eta` by the engine)."""
     fam, nu = _family(noise)
     if a.has(sym("eta")) or b.has(sym("eta")):
         return _moment(fam, nu, n, a, b, p)
@@ -218,7 +219,7 @@ def _clip_rule(noise, n: int, a: sp.Expr, b: sp.Expr, p: int) -> sp.Expr:
 
 
 def expand_clip_moments(e):
-    """Replace every :class:`ClipMoment` in ``e`` (an expression or Matrix) by its closed form."""
+    """Replace every `ClipMoment` in `e` (an expression or Matrix) by its closed form."""
     if not e.has(ClipMoment):
         return e
     return e.replace(lambda n: isinstance(n, ClipMoment), lambda n: n.closed())

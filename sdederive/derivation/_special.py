@@ -1,26 +1,28 @@
-r"""Update structures the moment expansion cannot see through, handled around :func:`sdederive.derive`.
+r"""Update structures the moment expansion cannot see through, handled around `sdederive.derive`.
 
 Running maxima (AMSGrad)
-    A state updated as ``s' = Max(s, w)`` where ``w`` is the new value of another state ``r``
-    (``vhat' = max(vhat, v')``) keeps ``s_k = max(s_0, r_1, ..., r_k)``.  Where ``r`` has no diffusion
-    at leading order its path converges to the solution of an ODE, and ``s`` to the running
+    A state updated as `s' = Max(s, w)` where `w` is the new value of another state `r`
+    (`vhat' = max(vhat, v')`) keeps `s_k = max(s_0, r_1, ..., r_k)`.  Where `r` has no diffusion
+    at leading order its path converges to the solution of an ODE, and `s` to the running
     maximum of that path:
 
-    .. math:: ds = \mathbf 1\{r \ge s\}\,\max(0, b_r)\,dt \qquad (\text{on } s \ge r),
+    $$
+    ds = \mathbf 1\{r \ge s\}\,\max(0, b_r)\,dt \qquad (\text{on } s \ge r),
+    $$
 
-    with ``b_r`` the drift of ``r``, written ``(b + |b|)*(2 + S - S**2)/4`` with ``S = sign(r - s)``
-    (``sign``/``Abs`` only, as the JSON schema allows).  The convergence is O(sqrt(eta)) where ``r``
+    with `b_r` the drift of `r`, written `(b + |b|)*(2 + S - S**2)/4` with `S = sign(r - s)`
+    (`sign`/`Abs` only, as the JSON schema allows).  The convergence is O(sqrt(eta)) where `r`
     has O(sqrt(eta)) fluctuations (balanced regime: they lift the maximum), O(eta) where they are
-    O(eta) (noise-dominated).  This is not the one-step mean at ``s = r``
-    (``E[max(0, dr)] > max(0, E dr)`` when ``dr`` is noisy), but the one-step mean in the interior
-    ``s > r`` (zero) and the limit of the chain, which lives on ``s >= r`` and sticks to the
-    boundary while ``r`` grows.  The derivation is done with ``s' = s`` (and ``Max(s, w)`` replaced by
-    ``s`` in the other updates: the O(tau) change of ``s`` within a step enters them beyond leading
-    order) and the drift of ``s`` is then set as above.  Refused when ``r`` has a modelled diffusion
+    O(eta) (noise-dominated).  This is not the one-step mean at `s = r`
+    (`E[max(0, dr)] > max(0, E dr)` when `dr` is noisy), but the one-step mean in the interior
+    `s > r` (zero) and the limit of the chain, which lives on `s >= r` and sticks to the
+    boundary while `r` grows.  The derivation is done with `s' = s` (and `Max(s, w)` replaced by
+    `s` in the other updates: the O(tau) change of `s` within a step enters them beyond leading
+    order) and the drift of `s` is then set as above.  Refused when `r` has a modelled diffusion
     (the running maximum of a diffusion is not a state of an Ito SDE with a drift).
 
 Lagged gradients (Adan)
-    A state updated as ``gp' = (a function of g only)`` stores the previous step's noise draw.  Where
+    A state updated as `gp' = (a function of g only)` stores the previous step's noise draw.  Where
     it enters an update nonlinearly or multiplied by the current gradient, it cannot be eliminated
     affinely and the increments it enters are correlated across steps (their diffusion would be a
     long-run covariance): refused with that reason.
@@ -41,7 +43,7 @@ _g = sym("g")
 
 
 def _running_max(opt):
-    """``(optimizer with s' = s, [(s_decl, r_decl, Max node)])`` for the running-maximum states of ``opt``."""
+    """`(optimizer with s' = s, [(s_decl, r_decl, Max node)])` for the running-maximum states of `opt`."""
     upd = dict(opt.update)
     found = []
     for s in opt.states:
@@ -125,7 +127,7 @@ def _refuse_lagged(opt, rg) -> None:
 
 
 def derive_special(derive_fn, opt, nm, rg, order: int):
-    """``derive_fn(opt, nm, rg, order)`` with the structures of the module docstring handled."""
+    """`derive_fn(opt, nm, rg, order)` with the structures of the module docstring handled."""
     _refuse_lagged(opt, rg)
     opt2, found = _running_max(opt)
     if found and order != 1:
@@ -149,7 +151,7 @@ def derive_special(derive_fn, opt, nm, rg, order: int):
 
 
 def _expand_clip(sde):
-    """Closed forms of the clipped-noise moments, held opaque during the derivation (``_clip_moments``)."""
+    """Closed forms of the clipped-noise moments, held opaque during the derivation (`_clip_moments`)."""
     from sdederive.derivation._clip_moments import ClipMoment, expand_clip_moments
 
     parts = list(sde.drift.values()) + [sde.diffusion_matrix, sde.covariance]

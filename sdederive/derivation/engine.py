@@ -1,27 +1,28 @@
-r"""Derive the SDE of an optimizer: one-step moment expansion in the small parameter ``eta``.
+r"""Derive the SDE of an optimizer: one-step moment expansion in the small parameter `eta`.
 
-For states :math:`s` with one-step increments :math:`\Delta s = s_{k+1}-s_k` and time per step
-:math:`\tau=\eta^q`, the SDE :math:`dX = b\,dt + D\,dW` is matched to the discrete chain by
+For states $s$ with one-step increments $\Delta s = s_{k+1}-s_k$ and time per step
+$\tau=\eta^q$, the SDE $dX = b\,dt + D\,dW$ is matched to the discrete chain by
 
-.. math::
-    b = \lim \frac{\mathbb E[\Delta]}{\tau},\qquad
-    D D^\top = \text{leading term of } \frac{\operatorname{Cov}[\Delta]}{\tau},
+$$
+b = \lim \frac{\mathbb E[\Delta]}{\tau},\qquad
+D D^\top = \text{leading term of } \frac{\operatorname{Cov}[\Delta]}{\tau},
+$$
 
-after the regime's substitutions (``beta = 1 - rho*eta``, ``sigma = sigma0/eta``, ...).  Terms of
-:math:`\mathbb E[\Delta]` below order :math:`\tau` must vanish (else the optimizer has no limit in
-that regime); the covariance keeps its leading order, which may carry powers of ``eta`` (the
-``sqrt(eta)`` of the SME).  Powers ``beta**(k+1)`` of bias corrections become
-:math:`\exp(\lim_{\eta\to0}(k+1)\log\beta)` with :math:`k = t/\tau` (e.g. ``exp(-rho*t)``).
+after the regime's substitutions (`beta = 1 - rho*eta`, `sigma = sigma0/eta`, ...).  Terms of
+$\mathbb E[\Delta]$ below order $\tau$ must vanish (else the optimizer has no limit in
+that regime); the covariance keeps its leading order, which may carry powers of `eta` (the
+`sqrt(eta)` of the SME).  Powers `beta**(k+1)` of bias corrections become
+$\exp(\lim_{\eta\to0}(k+1)\log\beta)$ with $k = t/\tau$ (e.g. `exp(-rho*t)`).
 
-States whose increment does not vanish as :math:`\eta\to0` (heavy-ball's buffer at fixed
-``mu``) are *fast*.  When they enter the updates affinely they are eliminated: the slow variable
-:math:`y = x + a\,m` with :math:`\partial\Delta y/\partial m = 0` evolves without them (for heavy
-ball :math:`a=\eta\mu/(\mu-1)`, :math:`\Delta y = -\eta g/(1-\mu)`).
+States whose increment does not vanish as $\eta\to0$ (heavy-ball's buffer at fixed
+`mu`) are *fast*.  When they enter the updates affinely they are eliminated: the slow variable
+$y = x + a\,m$ with $\partial\Delta y/\partial m = 0$ evolves without them (for heavy
+ball $a=\eta\mu/(\mu-1)$, $\Delta y = -\eta g/(1-\mu)$).
 
-``order=2`` (``tau = eta``) adds the next drift term of the stochastic modified equation,
-:math:`b = b_0 + \eta\big(E_2 - \tfrac12 (\nabla b_0) b_0\big)` where :math:`E_2` is the
-:math:`\eta^2` coefficient of :math:`\mathbb E[\Delta]` and :math:`\partial_x` acts on ``grad``
-through ``hess``; for SGD this is :math:`-\nabla(f + \tfrac\eta4|\nabla f|^2)`.
+`order=2` (`tau = eta`) adds the next drift term of the stochastic modified equation,
+$b = b_0 + \eta\big(E_2 - \tfrac12 (\nabla b_0) b_0\big)$ where $E_2$ is the
+$\eta^2$ coefficient of $\mathbb E[\Delta]$ and $\partial_x$ acts on `grad`
+through `hess`; for SGD this is $-\nabla(f + \tfrac\eta4|\nabla f|^2)$.
 """
 
 from __future__ import annotations
@@ -48,19 +49,23 @@ _grad, _hess, _sigma, _sigma0 = sym("grad"), sym("hess"), sym("sigma"), sym("sig
 
 
 def derive(optimizer="adam", noise="gaussian", regime=None, order: int = 1, **noise_params) -> SDE:
-    """Derive the SDE of ``optimizer`` under ``noise`` in ``regime``.
+    """Derive the SDE of `optimizer` under `noise` in `regime`.
 
     Results are cached: deriving the same (optimizer, noise, regime, order) again is free.
 
     Parameters
     ----------
-    optimizer: a built-in name (``sdederive.spec.optimizers.names()``) or an :class:`~sdederive.Optimizer`;
-        a vector optimizer (``usam``, ``sam``, ``nsgd``, ``clip_sgd`` or one from :func:`sdederive.from_update`
-        with vector expressions) goes to :func:`sdederive.derivation.vector.derive_vector` (docs/vector.md).
-    noise: ``"gaussian"``, ``"student-t"``, ``"minibatch"`` or a :class:`~sdederive.noise.NoiseModel`;
-        ``noise_params`` (``nu=3``, ``sigma=...``, ``Sigma=...``) are passed to its constructor.
-    regime: a regime name or :class:`~sdederive.regimes.Regime`; default: the optimizer's natural one.
-    order: 1 (leading order) or 2 (stochastic modified equation of order 2; needs ``tau = eta``).
+    optimizer
+        a built-in name (`sdederive.spec.optimizers.names()`) or an `Optimizer`;
+        a vector optimizer (`usam`, `sam`, `nsgd`, `clip_sgd` or one from `sdederive.from_update`
+        with vector expressions) goes to `sdederive.derivation.vector.derive_vector` (docs/vector.md).
+    noise
+        `"gaussian"`, `"student-t"`, `"minibatch"` or a `NoiseModel`;
+        `noise_params` (`nu=3`, `sigma=...`, `Sigma=...`) are passed to its constructor.
+    regime
+        a regime name or `Regime`; default: the optimizer's natural one.
+    order
+        1 (leading order) or 2 (stochastic modified equation of order 2; needs `tau = eta`).
     """
     from sdederive.spec import vector as _vec
 
@@ -88,9 +93,9 @@ def clear_cache() -> None:
 
 
 def _unit_interval(opt) -> dict:
-    """``{symbol: w}`` for the hyperparameters known to lie in [0, 1) (decays, interpolation weights,
-    heavy-ball mu), each with a positive placeholder ``w`` used to tell sympy so:
-    ``h = 1/(1 + w)`` for sign decisions, ``h = 1 - w`` for simplification."""
+    """`{symbol: w}` for the hyperparameters known to lie in [0, 1) (decays, interpolation weights,
+    heavy-ball mu), each with a positive placeholder `w` used to tell sympy so:
+    `h = 1/(1 + w)` for sign decisions, `h = 1 - w` for simplification."""
     return {
         h.symbol: sp.Dummy(f"w_{h.name}", positive=True)
         for h in opt.hypers
@@ -344,7 +349,7 @@ def _pretty(e: sp.Expr) -> str:
 
 def _heavy(e: sp.Expr) -> bool:
     """Expressions that rational simplification would blow up: large powers of sums (a numeric
-    Student-t ``nu`` puts ``(1 + r**2/nu)**(-(nu + 1)/2)`` into the density), large expressions with
+    Student-t `nu` puts `(1 + r**2/nu)**(-(nu + 1)/2)` into the density), large expressions with
     the Student-t CDF (Lion's Cholesky factor: seconds), or float constants."""
     return e.has(sp.Float) or (e.has(sp.hyper) and sp.count_ops(e) > 100) or any(
         p.base.is_Add and p.exp.is_Rational and abs(p.exp) > 4 for p in e.atoms(sp.Pow)
@@ -354,8 +359,8 @@ def _heavy(e: sp.Expr) -> bool:
 def _tidy(e: sp.Expr, unit: dict) -> sp.Expr:
     """Canonical, readable form: the smallest of a few rewrites.
 
-    Hyperparameters in [0, 1) are written ``1 - w`` with ``w > 0`` while simplifying, so that
-    ``sqrt((1 - mu)**2)`` becomes ``1 - mu``; radicands are factored (``sqrt((eps + sqrt(v))**2)``).
+    Hyperparameters in [0, 1) are written `1 - w` with `w > 0` while simplifying, so that
+    `sqrt((1 - mu)**2)` becomes `1 - mu`; radicands are factored (`sqrt((eps + sqrt(v))**2)`).
     """
     if e == 0:
         return sp.S.Zero
@@ -396,10 +401,10 @@ def _tidy(e: sp.Expr, unit: dict) -> sp.Expr:
 
 
 def _limit_powers(e: sp.Expr, tau: sp.Expr, unit: dict, N: int, bias: dict) -> sp.Expr:
-    """Replace the step counter: ``k = t/tau``; powers ``b**f(k)`` by their eta -> 0 limit.
+    """Replace the step counter: `k = t/tau`; powers `b**f(k)` by their eta -> 0 limit.
 
-    A power whose limit is ``exp(L0(t))`` becomes ``1 - G`` with ``G`` a positive placeholder in
-    ``bias`` (``G -> 1 - exp(L0)``, e.g. ``1 - exp(-c1*t)``), substituted back at the end; the
+    A power whose limit is `exp(L0(t))` becomes `1 - G` with `G` a positive placeholder in
+    `bias` (`G -> 1 - exp(L0)`, e.g. `1 - exp(-c1*t)`), substituted back at the end; the
     O(eta) corrections of the exponent only enter beyond leading order.
     """
     if not e.has(_k):
@@ -435,9 +440,9 @@ def _limit_powers(e: sp.Expr, tau: sp.Expr, unit: dict, N: int, bias: dict) -> s
 
 
 def _check_moves(means: dict, cov_exp: dict, drift: dict, q, tau, rg, opt, show) -> None:
-    """Refuse a regime whose clock is too fast for the parameter: ``E[Delta x]`` nonzero but of
-    higher order than ``tau`` and ``Cov[Delta x]/tau -> 0``, so that the limit would be the trivial
-    ``dX = 0`` while the optimizer moves on a longer time scale."""
+    """Refuse a regime whose clock is too fast for the parameter: `E[Delta x]` nonzero but of
+    higher order than `tau` and `Cov[Delta x]/tau -> 0`, so that the limit would be the trivial
+    `dX = 0` while the optimizer moves on a longer time scale."""
     if not is_zero(drift["x"]):
         return
     higher = sorted(p for p in means["x"] if p > q)
@@ -453,9 +458,9 @@ def _check_moves(means: dict, cov_exp: dict, drift: dict, q, tau, rg, opt, show)
 
 
 def _check_clean(opt, rg, drift: dict, C: sp.Matrix, D: sp.Matrix, show, finite: bool = False) -> None:
-    """Last guard: a derived coefficient must be a function of the state, free of the noise ``z``, of
+    """Last guard: a derived coefficient must be a function of the state, free of the noise `z`, of
     point masses and of the engine's placeholders; anything else is a derivation that went wrong.
-    ``finite``: also evaluate every coefficient at a generic point (a numeric Student-t ``nu``), which
+    `finite`: also evaluate every coefficient at a generic point (a numeric Student-t `nu`), which
     must give a finite number."""
     entries = [(f"drift of {s}", e) for s, e in drift.items()]
     entries += [(f"covariance[{i},{j}]", C[i, j]) for i in range(C.shape[0]) for j in range(C.shape[1])]
@@ -490,7 +495,7 @@ def _check_clean(opt, rg, drift: dict, C: sp.Matrix, D: sp.Matrix, show, finite:
 
 
 def _fast_cause(f: str, exp_f: dict, opt, show) -> str:
-    """Why state ``f`` is fast: the part of its increment that does not vanish as eta -> 0, and what
+    """Why state `f` is fast: the part of its increment that does not vanish as eta -> 0, and what
     would have to be scaled with eta for it to be slow (or that nothing can)."""
     p0 = min(exp_f)
     lead = exp_f[p0]
@@ -555,7 +560,7 @@ def _mul_trunc(a: dict, b: dict, order) -> dict:
 
 
 def _order2_allowed(opt, rg) -> None:
-    """Refuse ``order=2`` where the order-2 drift below would not be of order 2."""
+    """Refuse `order=2` where the order-2 drift below would not be of order 2."""
     if rg.tau != _eta:
         raise SdederiveError(f"order=2 needs tau = eta; regime {rg.name!r} has tau = {rg.tau}")
     timed = [(s, e) for s, e in opt.update if e.has(_k)]

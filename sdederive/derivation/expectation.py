@@ -1,20 +1,20 @@
-r"""Expectations of one-step increments under a noise model, and expansions in ``eta``.
+r"""Expectations of one-step increments under a noise model, and expansions in `eta`.
 
-The engine works on expressions in the standardized noise ``z`` and the small parameter
-``eta``.  Smooth dependence on ``z`` is handled by Taylor expansion in ``eta`` (the regime makes
+The engine works on expressions in the standardized noise `z` and the small parameter
+`eta`.  Smooth dependence on `z` is handled by Taylor expansion in `eta` (the regime makes
 the random part of every smooth argument small) followed by the noise moments
-:math:`\mathbb E z^n`.  Non-smooth functions whose argument is random at order one cannot be
+$\mathbb E z^n$.  Non-smooth functions whose argument is random at order one cannot be
 expanded; they become *atoms*:
 
-* ``sign(a + b z)`` (also ``Abs``, ``Heaviside``, ``Max``/``Min`` rewritten through ``sign``): the
-  closed forms :math:`\mathbb E[z^n\operatorname{sign}(a+bz)]=\operatorname{sign}(b)\,
-  \mathbb E[z^n\operatorname{sign}(z+a/b)]` of the noise model.  When :math:`a/b\to\pm\infty` as
-  :math:`\eta\to0` (the argument's noise is of higher order) the atom tends to the deterministic
-  :math:`\operatorname{sign}(a_0)`;
-* any other function ``f`` with a rule registered by :func:`register_expectation`.
+* `sign(a + b z)` (also `Abs`, `Heaviside`, `Max`/`Min` rewritten through `sign`): the
+  closed forms $\mathbb E[z^n\operatorname{sign}(a+bz)]=\operatorname{sign}(b)\,
+  \mathbb E[z^n\operatorname{sign}(z+a/b)]$ of the noise model.  When $a/b\to\pm\infty$ as
+  $\eta\to0$ (the argument's noise is of higher order) the atom tends to the deterministic
+  $\operatorname{sign}(a_0)$;
+* any other function `f` with a rule registered by `register_expectation`.
 
 An update containing a function of the noise with neither is refused with an
-:class:`~sdederive.errors.ExpectationError` naming the sub-expression.
+`ExpectationError` naming the sub-expression.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ _NONSMOOTH = (sp.sign, sp.Abs, sp.Heaviside, sp.Max, sp.Min)
 
 
 def register_expectation(func, rule: Callable) -> None:
-    """Teach the engine ``E[z**n * func(a + b*z)]``.
+    """Teach the engine `E[z**n * func(a + b*z)]`.
 
-    ``rule(noise, n, a, b, p)`` must return ``E[z**n * func(a + b*z)**p]`` as a sympy expression
-    (``p = 1`` for means, ``p = 2`` for covariances; it may depend on ``eta`` through ``a`` and
-    ``b``, the engine expands the result).  Example, for a user's ``soft_sign``::
+    `rule(noise, n, a, b, p)` must return `E[z**n * func(a + b*z)**p]` as a sympy expression
+    (`p = 1` for means, `p = 2` for covariances; it may depend on `eta` through `a` and
+    `b`, the engine expands the result).  Example, for a user's `soft_sign`:
 
         sd.register_expectation(soft_sign, lambda noise, n, a, b, p: ...)
     """
@@ -69,7 +69,7 @@ def is_zero(expr: sp.Expr) -> bool:
 
 @dataclass(frozen=True)
 class Atom:
-    """A placeholder for ``func(a + b*z)``; ``kind`` is ``"sign"`` or ``"rule"``."""
+    """A placeholder for `func(a + b*z)`; `kind` is `"sign"` or `"rule"`."""
 
     symbol: sp.Symbol
     kind: str
@@ -83,7 +83,7 @@ class Atom:
 
 
 def _rewrite_nonsmooth(expr: sp.Expr) -> sp.Expr:
-    """Write Abs, Heaviside, Max, Min of noise-dependent arguments through ``sign``."""
+    """Write Abs, Heaviside, Max, Min of noise-dependent arguments through `sign`."""
 
     def has_z(e):
         return e.has(_z)
@@ -117,9 +117,9 @@ def _rewrite_nonsmooth(expr: sp.Expr) -> sp.Expr:
 
 
 def _sign_maxmin(node: sp.Expr) -> sp.Expr:
-    """``sign(k*Min(A, B) - k*d)`` (``Max`` likewise) with ``B - d`` free of the noise and of known
-    sign, written exactly through ``sign(A - d)``: for ``B > d``, ``min(A, B) > d`` iff ``A > d``;
-    for ``B < d`` it never is; for ``B = d``, ``sign(min(A - d, 0)) = (sign(A - d) - 1)/2``.
+    """`sign(k*Min(A, B) - k*d)` (`Max` likewise) with `B - d` free of the noise and of known
+    sign, written exactly through `sign(A - d)`: for `B > d`, `min(A, B) > d` iff `A > d`;
+    for `B < d` it never is; for `B = d`, `sign(min(A - d, 0)) = (sign(A - d) - 1)/2`.
     Other nestings are left alone (and refused later, their argument not being affine in z)."""
     arg = node.args[0]
     ms = [m for m in arg.atoms(sp.Max, sp.Min) if m.has(_z)]
@@ -164,7 +164,7 @@ def _is_affine(arg: sp.Expr) -> bool:
 
 
 def _affine(arg: sp.Expr, what: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
-    """``(a, b)`` with ``arg = a + b*z`` exactly (``a``, ``b`` free of z); anything else is refused."""
+    """`(a, b)` with `arg = a + b*z` exactly (`a`, `b` free of z); anything else is refused."""
     nested = [n for n in sp.preorder_traversal(arg) if isinstance(n, _NOISY_NONSMOOTH) and n.has(_z)]
     e = sp.expand(arg) if not nested else arg
     a, b = e.coeff(_z, 0), e.coeff(_z, 1)
@@ -224,9 +224,9 @@ def extract_atoms(exprs: dict[str, sp.Expr]) -> tuple[dict[str, sp.Expr], list[A
 
 
 def expand_eta(expr: sp.Expr, order: int) -> dict[sp.Rational, sp.Expr]:
-    """Coefficients of ``expr`` in powers of ``eta`` up to ``eta**order`` (negative powers kept).
+    """Coefficients of `expr` in powers of `eta` up to `eta**order` (negative powers kept).
 
-    Powers may be fractional (``sqrt(eta)``).  Uses sympy's ``series``.
+    Powers may be fractional (`sqrt(eta)`).  Uses sympy's `series`.
     """
     if not expr.has(_eta):
         return {sp.S.Zero: expr} if not is_zero(expr) else {}
@@ -244,7 +244,7 @@ def _split_eta(term: sp.Expr) -> tuple[sp.Expr, sp.Rational]:
 
 
 def leading_order(expr: sp.Expr, upto: int = 4) -> sp.Rational | None:
-    """Lowest power of ``eta`` with a nonzero coefficient (``None`` if none up to ``eta**upto``)."""
+    """Lowest power of `eta` with a nonzero coefficient (`None` if none up to `eta**upto`)."""
     if not expr.has(_eta):
         return None if is_zero(expr) else sp.S.Zero
     co = expand_eta(expr, upto)
@@ -252,7 +252,7 @@ def leading_order(expr: sp.Expr, upto: int = 4) -> sp.Rational | None:
 
 
 def _sign_of(b: sp.Expr, bounded: dict) -> sp.Expr:
-    """sign(b), using that decays/interpolation weights lie in [0, 1) (``bounded`` substitution)."""
+    """sign(b), using that decays/interpolation weights lie in [0, 1) (`bounded` substitution)."""
     s = sp.sign(b)
     if isinstance(s, sp.sign):
         s2 = sp.sign(sp.simplify(b.subs(bounded)))
@@ -262,7 +262,7 @@ def _sign_of(b: sp.Expr, bounded: dict) -> sp.Expr:
 
 
 class Expectation:
-    """E[.] of polynomials in ``z`` and atom placeholders, under one noise model."""
+    """E[.] of polynomials in `z` and atom placeholders, under one noise model."""
 
     def __init__(self, noise: NoiseModel, atoms: list[Atom], bounded: dict, order: int,
                  names: dict | None = None) -> None:
@@ -334,7 +334,7 @@ class Expectation:
         return val
 
     def __call__(self, poly: sp.Expr) -> sp.Expr:
-        """E[poly] where ``poly`` is a polynomial in ``z`` and the atom placeholders."""
+        """E[poly] where `poly` is a polynomial in `z` and the atom placeholders."""
         poly = sp.expand(poly)
         groups: dict[tuple, sp.Expr] = {}
         gens = [_z, *self.atoms]
@@ -375,7 +375,7 @@ class Expectation:
 
 
 def expect(expansion: dict, E: Expectation, order: int) -> dict:
-    """Expectation of an eta-expansion ``{p: poly}``, re-expanded in eta up to ``order``."""
+    """Expectation of an eta-expansion `{p: poly}`, re-expanded in eta up to `order`."""
     out: dict = {}
     for p, poly in expansion.items():
         val = E(poly)

@@ -1,17 +1,17 @@
-r"""Truncated Laurent series in ``eta`` with tracked precision, evaluated over the expression tree.
+r"""Truncated Laurent series in `eta` with tracked precision, evaluated over the expression tree.
 
-Why not ``sympy.series``: it goes through the generic limit machinery and is 10-20x slower on
-these increments (Adam's expansions: 26 ms here against 317 ms, ``docs/benchmarks.md``).  The
-increments are built from ``+``, ``*``, powers and smooth functions of sub-expressions, so the
+Why not `sympy.series`: it goes through the generic limit machinery and is 10-20x slower on
+these increments (Adam's expansions: 26 ms here against 317 ms, `docs/benchmarks.md`).  The
+increments are built from `+`, `*`, powers and smooth functions of sub-expressions, so the
 classical power-series arithmetic is exact and fast:
 
-* a series is ``{power: coefficient}`` plus ``prec``: every term of power ``<= prec`` is exact;
-* ``A*B`` is exact to ``min(prec_A + val_B, prec_B + val_A)``;
-* ``(c0*eta**v*(1 + r))**a = c0**a*eta**(v*a)*sum_j binomial(a, j)*r**j``;
-* ``f(a0 + d) = sum_j f^(j)(a0)*d**j/j!`` for smooth ``f`` (``exp``, ``erf``, ``hyper``, ...).
+* a series is `{power: coefficient}` plus `prec`: every term of power `<= prec` is exact;
+* `A*B` is exact to `min(prec_A + val_B, prec_B + val_A)`;
+* `(c0*eta**v*(1 + r))**a = c0**a*eta**(v*a)*sum_j binomial(a, j)*r**j`;
+* `f(a0 + d) = sum_j f^(j)(a0)*d**j/j!` for smooth `f` (`exp`, `erf`, `hyper`, ...).
 
 If the precision obtained is below the order asked for, the caller re-runs with more padding.
-Unsupported nodes fall back to ``sympy.series``.
+Unsupported nodes fall back to `sympy.series`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ _CAP = [INF]  # absolute truncation order of the evaluation in progress
 
 
 def numeric_zero(expr: sp.Expr, trials: int = 3) -> bool | None:
-    """Random-point identity test: ``False`` if ``expr`` is certainly nonzero, ``True`` if it
-    vanishes at ``trials`` random points (to 25 digits), ``None`` if it could not be evaluated.
+    """Random-point identity test: `False` if `expr` is certainly nonzero, `True` if it
+    vanishes at `trials` random points (to 25 digits), `None` if it could not be evaluated.
 
     Symbols get random values of random sign (positive where assumed), so an expression that
     vanishes only on a half-line is not mistaken for zero."""
@@ -74,7 +74,7 @@ def _is_zero(c: sp.Expr) -> bool:
 
 
 class Series:
-    """``sum(terms[p]*eta**p) + O(eta**(prec + epsilon))``; powers are sympy Rationals."""
+    """`sum(terms[p]*eta**p) + O(eta**(prec + epsilon))`; powers are sympy Rationals."""
 
     __slots__ = ("terms", "prec")
 
@@ -143,7 +143,7 @@ class Series:
         return Series({p + v * a: lead * c for p, c in out.terms.items()}, out.prec + v * a)
 
     def apply(self, f) -> Series:
-        """``f(self)`` for a smooth one-argument function ``f`` (Taylor at the constant term)."""
+        """`f(self)` for a smooth one-argument function `f` (Taylor at the constant term)."""
         if self.terms and self.val < 0:
             raise ValueError("function of a divergent series")
         a0 = self.terms.get(sp.S.Zero, sp.S.Zero)
@@ -225,7 +225,7 @@ def _build(e: sp.Expr, cache: dict) -> Series:
 
 
 def eta_series(expr: sp.Expr, order) -> dict:
-    """``{power: coefficient}`` of ``expr`` up to ``eta**order`` (exact)."""
+    """`{power: coefficient}` of `expr` up to `eta**order` (exact)."""
     s = None
     for pad in (2, 4, 8):
         _CAP[0] = order + pad

@@ -1,30 +1,30 @@
-r"""The one-step moment expansion in d dimensions (the vector engine), regime ``sgd`` (``tau = eta``).
+r"""The one-step moment expansion in d dimensions (the vector engine), regime `sgd` (`tau = eta`).
 
-For an update ``x' = x + Delta`` written with :mod:`sdederive.spec.vector`, with ``g = grad + xi``,
-``xi = Sigma^(1/2) z`` Gaussian, and hyperparameters other than ``eta`` fixed as ``eta -> 0``:
+For an update `x' = x + Delta` written with `sdederive.spec.vector`, with `g = grad + xi`,
+`xi = Sigma^(1/2) z` Gaussian, and hyperparameters other than `eta` fixed as `eta -> 0`:
 
 1. the update is brought to the *linear-block form*
-   :math:`\Delta = -\eta\,F,\ F = a_0 + \sum_k A_k B_k` with deterministic matrix coefficients ``A_k``
-   (in ``H``, ``I``, hyperparameters) and random blocks ``B_k`` = ``r_k(|g_b|) g_b`` (a vector) or
-   ``r_k(|g_b|)`` (a scalar), one minibatch ``b`` per block (``b = 0`` is ``g``'s, ``grad_at(., fresh=True)``
+   $\Delta = -\eta\,F,\ F = a_0 + \sum_k A_k B_k$ with deterministic matrix coefficients `A_k`
+   (in `H`, `I`, hyperparameters) and random blocks `B_k` = `r_k(|g_b|) g_b` (a vector) or
+   `r_k(|g_b|)` (a scalar), one minibatch `b` per block (`b = 0` is `g`'s, `grad_at(., fresh=True)`
    draws a new one);
-2. a gradient at a perturbed point ``y = x + delta`` is ``grad f(y) + xi_b = grad + H delta + xi_b``: the
-   Hessian expansion, **exact for quadratic f**; on other f the dropped term is ``(1/2) D^3f[delta, delta]``,
-   of order ``rho**2`` for SAM's ``delta = rho g/|g|`` (recorded in the SDE's notes).  ``xi_b`` is ``g``'s
-   own noise for the same minibatch (additive noise, ``Sigma`` not depending on x), an independent copy for a
+2. a gradient at a perturbed point `y = x + delta` is `grad f(y) + xi_b = grad + H delta + xi_b`: the
+   Hessian expansion, **exact for quadratic f**; on other f the dropped term is `(1/2) D^3f[delta, delta]`,
+   of order `rho**2` for SAM's `delta = rho g/|g|` (recorded in the SDE's notes).  `xi_b` is `g`'s
+   own noise for the same minibatch (additive noise, `Sigma` not depending on x), an independent copy for a
    fresh one;
-3. the moments: :math:`b = -\mathbb E[F]`, :math:`D D^\top = \eta\operatorname{Cov}[F]` (the SME's
-   ``sqrt(eta)``), with ``E[g] = grad``, ``E[g g^T] = grad grad^T + Sigma`` in closed form and every other
-   ``E[r(|g|) g]``, ``E[r(|g|) g g^T]``, ``E[r(|g|)]`` kept as a named :class:`~sdederive.sde_vector.ExpectationAtom`.
+3. the moments: $b = -\mathbb E[F]$, $D D^\top = \eta\operatorname{Cov}[F]$ (the SME's
+   `sqrt(eta)`), with `E[g] = grad`, `E[g g^T] = grad grad^T + Sigma` in closed form and every other
+   `E[r(|g|) g]`, `E[r(|g|) g g^T]`, `E[r(|g|)]` kept as a named `ExpectationAtom`.
 
-Since ``F`` does not depend on ``eta`` (``rho``, ``c`` fixed), the one-step moments are exact:
-``E[Delta]/eta = b`` and ``Cov[Delta]/eta = D D^T`` for every ``eta`` (no O(eta) bias).
+Since `F` does not depend on `eta` (`rho`, `c` fixed), the one-step moments are exact:
+`E[Delta]/eta = b` and `Cov[Delta]/eta = D D^T` for every `eta` (no O(eta) bias).
 
-Coordinate-wise ``sign(g)`` (SignSGD with a full ``Sigma``) uses the closed forms
-:class:`~sdederive.sde_vector.SignMean` and :class:`~sdederive.sde_vector.SignSecond`.
+Coordinate-wise `sign(g)` (SignSGD with a full `Sigma`) uses the closed forms
+`SignMean` and `SignSecond`.
 
-Refused (with the reason): other regimes, ``order=2``, non-Gaussian noise, other coordinate-wise maps, norms of
-anything but ``g`` itself, products of functions of two independent minibatches, random matrices.
+Refused (with the reason): other regimes, `order=2`, non-Gaussian noise, other coordinate-wise maps, norms of
+anything but `g` itself, products of functions of two independent minibatches, random matrices.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ _R = sym("r", positive=True)
 
 @dataclass(frozen=True)
 class _Block:
-    """A random block: ``r(|g_b|) g_b`` (``tensor = "g"``) or ``r(|g_b|)`` (``tensor = "1"``)."""
+    """A random block: `r(|g_b|) g_b` (`tensor = "g"`) or `r(|g_b|)` (`tensor = "1"`)."""
 
     tensor: str
     r: sp.Expr  # in the placeholder of batch b
@@ -91,7 +91,7 @@ def _add(acc: dict, key, coef) -> None:
 
 
 def _lin(v: V.Vec, ctx: _Ctx) -> dict:
-    """The linear-block form of ``v``: ``{_DET: a0, _Block: A, ...}``."""
+    """The linear-block form of `v`: `{_DET: a0, _Block: A, ...}`."""
     if isinstance(v, V.VecSym):
         if v.name == "x":
             return {_DET: XVEC}
@@ -143,7 +143,7 @@ def _is_zero_matrix(c) -> bool:
 
 
 def _random_batch(lin: dict) -> int | None:
-    """``b`` if ``lin`` is exactly ``s*g_b`` with a deterministic scalar ``s`` (returns ``(b, s)``), else None."""
+    """`b` if `lin` is exactly `s*g_b` with a deterministic scalar `s` (returns `(b, s)`), else None."""
     if len(lin) != 1:
         return None
     (k, c), = lin.items()
@@ -159,8 +159,8 @@ def _random_batch(lin: dict) -> int | None:
 
 
 def _scalar(s: sp.Expr, ctx: _Ctx) -> sp.Expr:
-    """Replace the vector scalars of ``s``: deterministic ``norm``/``dot`` by :class:`VNorm`/:class:`VDot` of
-    matrix expressions, ``norm(s*g_b)`` by ``|s|*norm_g{b}``; anything else random is refused."""
+    """Replace the vector scalars of `s`: deterministic `norm`/`dot` by `VNorm`/`VDot` of
+    matrix expressions, `norm(s*g_b)` by `|s|*norm_g{b}`; anything else random is refused."""
     repl = {}
     for a in s.atoms(V.VScalar):
         lins = [_lin(w, ctx) for w in a.vargs]
@@ -233,7 +233,7 @@ def _mean(k: _Block) -> sp.MatrixExpr:
 
 
 def _second(k1: _Block, k2: _Block) -> sp.MatrixExpr:
-    """``E[B1 B2^T]`` for two blocks of the same minibatch."""
+    """`E[B1 B2^T]` for two blocks of the same minibatch."""
     if "sign" in (k1.tensor, k2.tensor):
         if (k1.tensor, k2.tensor) == ("sign", "sign"):
             return SignSecond()
@@ -257,8 +257,8 @@ def _cov(k1: _Block, k2: _Block):
 
 
 def _scaled(c: sp.MatrixExpr, s: sp.Expr) -> sp.MatrixExpr:
-    """``s*c`` with the scalar distributed over the terms of sums, so that powers of eta cancel in each term's
-    own coefficient (sympy does not distribute ``(-1/eta)*(-eta*I - eta*rho*H)``)."""
+    """`s*c` with the scalar distributed over the terms of sums, so that powers of eta cancel in each term's
+    own coefficient (sympy does not distribute `(-1/eta)*(-eta*I - eta*rho*H)`)."""
     if isinstance(c, sp.MatAdd):
         return sp.MatAdd(*[_scaled(a, s) for a in c.args]).doit()
     if isinstance(c, sp.MatMul):
@@ -268,7 +268,7 @@ def _scaled(c: sp.MatrixExpr, s: sp.Expr) -> sp.MatrixExpr:
 
 
 def _leading(c: sp.MatrixExpr, what: str, ctx: _Ctx) -> sp.MatrixExpr:
-    """``lim_{eta -> 0} c``, term by term (each scalar coefficient by ``sympy.limit``); a divergent one is refused."""
+    """`lim_{eta -> 0} c`, term by term (each scalar coefficient by `sympy.limit`); a divergent one is refused."""
     if not c.has(_eta):
         return c
     if isinstance(c, sp.MatAdd):
@@ -290,10 +290,10 @@ def _leading(c: sp.MatrixExpr, what: str, ctx: _Ctx) -> sp.MatrixExpr:
 
 
 def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **noise_params) -> VectorSDE:
-    """The vector SDE of a :class:`~sdederive.spec.vector.VectorOptimizer` (or a built-in name: ``usam``,
-    ``sam``, ``nsgd``, ``clip_sgd``) under Gaussian noise with a full covariance ``Sigma``, regime ``sgd``.
+    """The vector SDE of a `VectorOptimizer` (or a built-in name: `usam`,
+    `sam`, `nsgd`, `clip_sgd`) under Gaussian noise with a full covariance `Sigma`, regime `sgd`.
 
-    ``noise_params``: ``Sigma="full"`` (the default: ``Sigma`` is always carried symbolically) or a numeric
+    `noise_params`: `Sigma="full"` (the default: `Sigma` is always carried symbolically) or a numeric
     matrix (validated, and only recorded); anything else is refused.
     """
     opt = V.get(optimizer)
@@ -340,7 +340,7 @@ def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **no
 
 
 def vector_form(opt) -> V.VectorOptimizer:
-    """The vector optimizer of a scalar spec whose update is ``x + a*g`` (SGD): with a full ``Sigma`` the
+    """The vector optimizer of a scalar spec whose update is `x + a*g` (SGD): with a full `Sigma` the
     coordinates are coupled, which the vector engine represents; anything else is refused."""
     xs, gs = sym("x"), sym("g")
     upd = opt.updates["x"]
@@ -355,7 +355,7 @@ def vector_form(opt) -> V.VectorOptimizer:
 
 
 def _subs_vec(v: V.Vec, m: dict) -> V.Vec:
-    """``v`` with the scalar substitution ``m`` applied everywhere (scalars, matrices, norms' operands)."""
+    """`v` with the scalar substitution `m` applied everywhere (scalars, matrices, norms' operands)."""
     if isinstance(v, V.VecSym):
         return v
     if isinstance(v, V.VAdd):
@@ -373,8 +373,8 @@ def _subs_vec(v: V.Vec, m: dict) -> V.Vec:
 
 
 def _mean_field(lin: dict) -> dict:
-    """Regime 'high-dim': every ``|g_b|`` replaced by its concentration value ``sqrt(|grad f|^2 + tr Sigma)``, which
-    makes ``r(|g|)`` deterministic: ``r(|g|) g -> r(nbar) g`` and ``r(|g|) -> r(nbar)``."""
+    """Regime 'high-dim': every `|g_b|` replaced by its concentration value `sqrt(|grad f|^2 + tr Sigma)`, which
+    makes `r(|g|)` deterministic: `r(|g|) g -> r(nbar) g` and `r(|g|) -> r(nbar)`."""
     out: dict = {}
     for k, c in lin.items():
         if k == _DET or k.tensor == "sign":
@@ -389,7 +389,7 @@ def _mean_field(lin: dict) -> dict:
 
 
 def _linear_in_grad(b: sp.MatrixExpr) -> bool:
-    """Every term of ``b`` is a deterministic matrix times ``grad`` exactly once (no x, no atoms)."""
+    """Every term of `b` is a deterministic matrix times `grad` exactly once (no x, no atoms)."""
     if b.has(XVEC, ExpectationAtom, SignMean, SignSecond, VNorm, VDot):
         return False
     terms = b.expand().doit()

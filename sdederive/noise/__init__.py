@@ -1,16 +1,16 @@
-r"""Gradient-noise models: ``g = grad + s*z`` with ``z`` standardized.
+r"""Gradient-noise models: `g = grad + s*z` with `z` standardized.
 
 Each model gives the moments the expectation engine needs, in closed form:
 
-* :math:`\mathbb E z^n` (Gaussian: :math:`(n-1)!!`; Student-t with scale ``sigma``:
-  :math:`\nu^{n/2}\Gamma(\frac{n+1}2)\Gamma(\frac{\nu-n}2)/(\sqrt\pi\,\Gamma(\frac\nu2))`, finite only for
-  :math:`n<\nu`);
-* :math:`\mathbb E[z^n\operatorname{sign}(z+r)]` (Gaussian for every ``n`` by integration by parts;
-  Student-t for ``n = 0, 1``), from which ``sign``, ``Abs``, ``Heaviside`` and ``Max(0, .)`` of an
-  affine function of ``g`` follow.
+* $\mathbb E z^n$ (Gaussian: $(n-1)!!$; Student-t with scale `sigma`:
+  $\nu^{n/2}\Gamma(\frac{n+1}2)\Gamma(\frac{\nu-n}2)/(\sqrt\pi\,\Gamma(\frac\nu2))$, finite only for
+  $n<\nu$);
+* $\mathbb E[z^n\operatorname{sign}(z+r)]$ (Gaussian for every `n` by integration by parts;
+  Student-t for `n = 0, 1`), from which `sign`, `Abs`, `Heaviside` and `Max(0, .)` of an
+  affine function of `g` follow.
 
 The Student-t CDF is written out as in the reference:
-:math:`2F_\nu(r)-1 = \frac{2r\,\Gamma(\frac{\nu+1}2)}{\sqrt{\pi\nu}\,\Gamma(\frac\nu2)}\,{}_2F_1(\tfrac12,\tfrac{\nu+1}2;\tfrac32;-\tfrac{r^2}\nu)`.
+$2F_\nu(r)-1 = \frac{2r\,\Gamma(\frac{\nu+1}2)}{\sqrt{\pi\nu}\,\Gamma(\frac\nu2)}\,{}_2F_1(\tfrac12,\tfrac{\nu+1}2;\tfrac32;-\tfrac{r^2}\nu)$.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ _nu, _sigma, _sigma1, _B = sym("nu"), sym("sigma"), sym("sigma1"), sym("B")
 
 
 def student_t_sign_mean(r: sp.Expr, nu: sp.Expr = _nu) -> sp.Expr:
-    """:math:`2F_\\nu(r) - 1`, the mean of ``sign(r + T_nu)``, with the hypergeometric form."""
+    """$2F_\\nu(r) - 1$, the mean of `sign(r + T_nu)`, with the hypergeometric form."""
     return (
         2 * r * sp.gamma((nu + 1) / 2) / (sp.sqrt(sp.pi * nu) * sp.gamma(nu / 2))
         * sp.hyper([sp.S.Half, (nu + 1) / 2], [sp.Rational(3, 2)], -(r**2) / nu)
@@ -42,10 +42,10 @@ def student_t_sign_mean(r: sp.Expr, nu: sp.Expr = _nu) -> sp.Expr:
 
 @dataclass(frozen=True)
 class NoiseModel:
-    """Base class: ``g = grad + scale*z``.
+    """Base class: `g = grad + scale*z`.
 
-    ``scale`` is ``sigma`` (NOTATION: the std, or Student-t scale, at the batch size used), or
-    ``sigma1/sqrt(B)`` for the minibatch form.  ``Sigma`` (optional, numeric) is a full noise
+    `scale` is `sigma` (NOTATION: the std, or Student-t scale, at the batch size used), or
+    `sigma1/sqrt(B)` for the minibatch form.  `Sigma` (optional, numeric) is a full noise
     covariance across coordinates; it is only used where the update is linear in the noise.
     """
 
@@ -59,7 +59,7 @@ class NoiseModel:
     kernel_fields: ClassVar[tuple] = ()
 
     def kernel_values(self) -> dict:
-        """``{field: number}`` for :attr:`kernel_fields` (numeric parameters only)."""
+        """`{field: number}` for `kernel_fields` (numeric parameters only)."""
         return {}
 
     @property
@@ -122,7 +122,7 @@ def _check_Sigma(Sigma) -> tuple | None:
 
 @dataclass(frozen=True)
 class Gaussian(NoiseModel):
-    """Gaussian noise, ``z ~ N(0, 1)`` per coordinate (``Sigma`` correlates coordinates)."""
+    """Gaussian noise, `z ~ N(0, 1)` per coordinate (`Sigma` correlates coordinates)."""
 
     name: str = "gaussian"
 
@@ -183,8 +183,8 @@ def _check_nu(nu) -> float | None:
 
 
 def _density_const(nu: sp.Expr) -> sp.Expr:
-    r""":math:`\Gamma(\frac{\nu+1}2)/(\sqrt{\pi\nu}\,\Gamma(\frac\nu2))`: exact for a symbolic or a small
-    (half-)integer ``nu``, else a 30-digit float (exact gammas of a large ``nu`` are huge rationals)."""
+    r"""$\Gamma(\frac{\nu+1}2)/(\sqrt{\pi\nu}\,\Gamma(\frac\nu2))$: exact for a symbolic or a small
+    (half-)integer `nu`, else a 30-digit float (exact gammas of a large `nu` are huge rationals)."""
     if not nu.is_number or (nu <= _NU_EXACT and (2 * nu).is_Integer):
         return sp.gamma((nu + 1) / 2) / (sp.sqrt(sp.pi * nu) * sp.gamma(nu / 2))
     with mpmath.workdps(40):
@@ -195,11 +195,11 @@ def _density_const(nu: sp.Expr) -> sp.Expr:
 
 @dataclass(frozen=True)
 class StudentT(NoiseModel):
-    """Student-t noise with ``nu`` degrees of freedom; ``sigma`` is the scale (``g = grad + sigma*T_nu``).
+    """Student-t noise with `nu` degrees of freedom; `sigma` is the scale (`g = grad + sigma*T_nu`).
 
-    A numeric ``nu`` must be finite and at least :data:`NU_MIN` (the variance is infinite for
-    ``nu <= 2``: a state that averages ``g`` then has no diffusion limit and the derivation says so;
-    an update that uses ``g`` only through ``sign`` is fine).  From :data:`NU_GAUSSIAN` on, the
+    A numeric `nu` must be finite and at least `NU_MIN` (the variance is infinite for
+    `nu <= 2`: a state that averages `g` then has no diffusion limit and the derivation says so;
+    an update that uses `g` only through `sign` is fine).  From `NU_GAUSSIAN` on, the
     moments are the Gaussian ones (errors below 2e-7), noted in the SDE.
     """
 
@@ -229,7 +229,7 @@ class StudentT(NoiseModel):
 
     @property
     def gaussian_limit(self) -> bool:
-        """True when ``nu >= NU_GAUSSIAN``: the moments used are the Gaussian limits."""
+        """True when `nu >= NU_GAUSSIAN`: the moments used are the Gaussian limits."""
         return self.nu is not None and self.nu >= NU_GAUSSIAN
 
     def _require(self, n: int, what: str) -> None:
@@ -306,9 +306,9 @@ def names() -> list[str]:
 
 
 def canonical_name(noise) -> str:
-    """The canonical name (``"gaussian"``, ``"student-t"``, ``"minibatch"``) of a noise name or alias
-    (``"normal"``, ``"student_t"``, ``"studentt"``, ``"t"``; case and surrounding blanks ignored), or of a
-    :class:`NoiseModel`; raises :class:`~sdederive.errors.UnknownNameError` for anything else."""
+    """The canonical name (`"gaussian"`, `"student-t"`, `"minibatch"`) of a noise name or alias
+    (`"normal"`, `"student_t"`, `"studentt"`, `"t"`; case and surrounding blanks ignored), or of a
+    `NoiseModel`; raises `UnknownNameError` for anything else."""
     if isinstance(noise, NoiseModel):
         return "minibatch" if noise.batch and noise.name == "gaussian" else noise.name
     key = noise.strip().lower() if isinstance(noise, str) else None
@@ -318,23 +318,23 @@ def canonical_name(noise) -> str:
 
 
 def aliases(name: str) -> tuple[str, ...]:
-    """Every spelling :func:`canonical_name` maps to the canonical ``name`` (lower case)."""
+    """Every spelling `canonical_name` maps to the canonical `name` (lower case)."""
     canon = canonical_name(name)
     return tuple(k for k, v in _NAMES.items() if v == canon)
 
 
 def kernel_fields(noise) -> tuple[str, ...]:
-    """Names of the scalar kernel parameters of noise model ``noise`` (a name, an alias or a
-    :class:`NoiseModel`): the model class's :attr:`NoiseModel.kernel_fields`, ``("nu",)`` for Student-t,
-    ``()`` for Gaussian noise."""
+    """Names of the scalar kernel parameters of noise model `noise` (a name, an alias or a
+    `NoiseModel`): the model class's `NoiseModel.kernel_fields`, `("nu",)` for Student-t,
+    `()` for Gaussian noise."""
     if isinstance(noise, NoiseModel):
         return noise.kernel_fields
     return {"gaussian": Gaussian, "minibatch": Gaussian, "student-t": StudentT}[canonical_name(noise)].kernel_fields
 
 
 def get(noise, **params) -> NoiseModel:
-    """Resolve ``"gaussian"``, ``"student-t"`` (``nu=...``) or ``"minibatch"`` (Gaussian with
-    ``sigma = sigma1/sqrt(B)``), or pass a :class:`NoiseModel` through."""
+    """Resolve `"gaussian"`, `"student-t"` (`nu=...`) or `"minibatch"` (Gaussian with
+    `sigma = sigma1/sqrt(B)`), or pass a `NoiseModel` through."""
     if isinstance(noise, NoiseModel):
         return noise
     key = canonical_name(noise)

@@ -1,15 +1,15 @@
-"""Data sets for :class:`~sdederive.problems.LogisticRegression` from files: CSV, NPZ, Parquet.
+"""Data sets for `LogisticRegression` from files: CSV, NPZ, Parquet.
 
-``read_dataset(path, label=None)`` returns ``(A, y)``: the ``(n, d)`` features and the labels in
-{-1, +1}.  Labels coded 0/1 (or ``False``/``True``) are mapped to -1/+1; any other coding (three
+`read_dataset(path, label=None)` returns `(A, y)`: the `(n, d)` features and the labels in
+{-1, +1}.  Labels coded 0/1 (or `False`/`True`) are mapped to -1/+1; any other coding (three
 classes, 1/2, text) is refused with the values found.  Files are parsed as data only: CSV by the
-``csv`` module, NPZ by :func:`numpy.load` with ``allow_pickle=False`` (an NPZ holding Python objects is
-refused instead of unpickled), Parquet by pyarrow (the ``sweep`` extra).
+`csv` module, NPZ by `numpy.load` with `allow_pickle=False` (an NPZ holding Python objects is
+refused instead of unpickled), Parquet by pyarrow (the `sweep` extra).
 
 - CSV: one example per row, numbers only; a first row that is not all numbers is the header.  The
-  label column is ``label`` (a header name or a 0-based index), by default the column named ``y``,
-  ``label``, ``target`` or ``class`` if there is one, else the last column.
-- NPZ: arrays ``A`` (or ``X``) and ``y`` (or ``label``); ``label`` names another array.
+  label column is `label` (a header name or a 0-based index), by default the column named `y`,
+  `label`, `target` or `class` if there is one, else the last column.
+- NPZ: arrays `A` (or `X`) and `y` (or `label`); `label` names another array.
 - Parquet: columns as for CSV (numeric columns only).
 """
 
@@ -160,7 +160,7 @@ def _read_parquet(path: Path, label) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_dataset(path: str | Path, label=None) -> tuple[np.ndarray, np.ndarray]:
-    """``(A, y)`` from a ``.csv``, ``.npz`` or ``.parquet`` file (see the module docstring)."""
+    """`(A, y)` from a `.csv`, `.npz` or `.parquet` file (see the module docstring)."""
     p = Path(path)
     if not p.is_file():
         raise DatasetError(f"data file {str(p)!r} does not exist" if not p.exists()

@@ -1,18 +1,18 @@
 r"""The problem interface every kind implements, its typed parameter pack, and the input checks.
 
-A problem kind is one module (:mod:`.quadratic`, :mod:`.logistic`, :mod:`.custom`) holding its data, its
-numpy reference and its kernel code.  The simulators see a problem only through :class:`Problem`:
+A problem kind is one module (`.quadratic`, `.logistic`, `.custom`) holding its data, its
+numpy reference and its kernel code.  The simulators see a problem only through `Problem`:
 
-* :meth:`Problem.layout` / :meth:`Problem.pack`: the kernels' float parameter vector ``PV`` as named
-  fields (:class:`ParamLayout`: ``h`` and ``sigma`` of size ``d``, ``nu``, ``B``, ``l2`` of size 1, ...),
-  filled by name; both backends read it at named offsets (``PV[P_sigma + i]``) printed from the layout;
-* :meth:`Problem.kernel_arrays`: ``(PV, PM, PL, PY)``, the pack and the matrix/label slots;
-* :meth:`Problem.numba_fragment` / :meth:`Problem.cuda_fragment`: the kernel helpers ``prob_grad``,
-  ``prob_loss``, ``prob_hvp``, ``prob_noise0`` (a noise scale constant in ``x``) and ``prob_corr`` (the
-  correlated noise increment), generated from the kind's one description (:meth:`Problem.code`, see
-  :mod:`sdederive.problems.description`);
-* the numpy reference :meth:`Problem.grad`, :meth:`Problem.loss`, :meth:`Problem.hvp`,
-  :meth:`Problem.hess_diag`, :meth:`Problem.noise_scale`, evaluated from the same description.
+* `Problem.layout` / `Problem.pack`: the kernels' float parameter vector `PV` as named
+  fields (`ParamLayout`: `h` and `sigma` of size `d`, `nu`, `B`, `l2` of size 1, ...),
+  filled by name; both backends read it at named offsets (`PV[P_sigma + i]`) printed from the layout;
+* `Problem.kernel_arrays`: `(PV, PM, PL, PY)`, the pack and the matrix/label slots;
+* `Problem.numba_fragment` / `Problem.cuda_fragment`: the kernel helpers `prob_grad`,
+  `prob_loss`, `prob_hvp`, `prob_noise0` (a noise scale constant in `x`) and `prob_corr` (the
+  correlated noise increment), generated from the kind's one description (`Problem.code`, see
+  `sdederive.problems.description`);
+* the numpy reference `Problem.grad`, `Problem.loss`, `Problem.hvp`,
+  `Problem.hess_diag`, `Problem.noise_scale`, evaluated from the same description.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ class ProblemError(SdederiveError):
 
 @dataclass(frozen=True)
 class ParamLayout:
-    """Named fields of the kernels' parameter vector ``PV``, in order, each of size ``"d"`` (one entry per
-    coordinate) or an integer.  Offsets are affine in ``d`` (``offset("sigma") == (1, 0)``: ``1*d + 0``), so
-    the numba kernels, which take ``d`` from their arguments, are shared by every ``d``; CUDA prints them as
-    ``#define P_name`` constants of its compile-time ``D``."""
+    """Named fields of the kernels' parameter vector `PV`, in order, each of size `"d"` (one entry per
+    coordinate) or an integer.  Offsets are affine in `d` (`offset("sigma") == (1, 0)`: `1*d + 0`), so
+    the numba kernels, which take `d` from their arguments, are shared by every `d`; CUDA prints them as
+    `#define P_name` constants of its compile-time `D`."""
 
     fields: tuple = ()  # ((name, size), ...), size "d" or an int >= 1
 
@@ -56,7 +56,7 @@ class ParamLayout:
         return tuple(n for n, _ in self.fields)
 
     def offset(self, name: str) -> tuple[int, int]:
-        """``(a, b)``: field ``name`` starts at ``PV[a*d + b]``."""
+        """`(a, b)`: field `name` starts at `PV[a*d + b]`."""
         a = b = 0
         for n, size in self.fields:
             if n == name:
@@ -74,7 +74,7 @@ class ParamLayout:
         return sum(d if s == "d" else s for _, s in self.fields)
 
     def pack(self, d: int, values: dict) -> np.ndarray:
-        """``PV`` from ``values`` by field name (each a number or an array of the field's size); a trailing 0
+        """`PV` from `values` by field name (each a number or an array of the field's size); a trailing 0
         keeps the vector non-empty."""
         missing = [n for n in self.names if n not in values]
         extra = sorted(set(values) - set(self.names))
@@ -98,11 +98,11 @@ class ParamLayout:
         return t if b == 0 else f"{t} + {b}"
 
     def numba_offsets(self, indent: str, d: str = "d") -> str:
-        """``P_name = <offset>`` lines (``d`` a variable of the function)."""
+        """`P_name = <offset>` lines (`d` a variable of the function)."""
         return "\n".join(f"{indent}P_{n} = {self._expr(*self.offset(n), d)}" for n in self.names) or f"{indent}pass"
 
     def c_defines(self) -> str:
-        """``#define P_name (<offset>)`` lines (``D`` the compile-time dimension)."""
+        """`#define P_name (<offset>)` lines (`D` the compile-time dimension)."""
         return "\n".join(f"#define P_{n} ({self._expr(*self.offset(n), 'D')})" for n in self.names)
 
 
@@ -112,7 +112,7 @@ def _short(v, n: int = 60) -> str:
 
 
 def _as_float_array(name: str, v) -> np.ndarray:
-    """``np.asarray(v, float)``, refusing text, booleans and ragged nested lists with a message."""
+    """`np.asarray(v, float)`, refusing text, booleans and ragged nested lists with a message."""
     if isinstance(v, (str, bytes, bool, np.bool_)):
         raise ProblemError(f"{name}={_short(v)} is not a number; allowed: a number or a list of numbers")
     try:
@@ -124,7 +124,7 @@ def _as_float_array(name: str, v) -> np.ndarray:
 
 
 def _dim(d) -> int | None:
-    """The dimension field ``d``: ``None`` or an integer >= 1 (its memory is checked when vectors of that size
+    """The dimension field `d`: `None` or an integer >= 1 (its memory is checked when vectors of that size
     are built)."""
     if d is None:
         return None
@@ -159,9 +159,9 @@ def _vec(name: str, v, d: int | None, *, positive: bool = False, nonneg: bool = 
 
 
 def _psd_matrix(name: str, M, dd: int | None, what: str) -> np.ndarray:
-    """A symmetric positive semi-definite ``dd x dd`` matrix, checked in the order shape, finite, symmetric,
+    """A symmetric positive semi-definite `dd x dd` matrix, checked in the order shape, finite, symmetric,
     PSD (so a NaN is reported as a NaN, not as an asymmetry).  The PSD test allows eigenvalues down to
-    ``-1e-10 * max(1, |lambda|_max)`` (rounding of a singular matrix)."""
+    `-1e-10 * max(1, |lambda|_max)` (rounding of a singular matrix)."""
     S = _as_float_array(name, M)
     if S.ndim != 2 or S.shape[0] != S.shape[1] or (dd is not None and S.shape[0] != dd):
         size = f"{dd}x{dd}" if dd is not None else "square"
@@ -185,8 +185,8 @@ def _psd_matrix(name: str, M, dd: int | None, what: str) -> np.ndarray:
 
 
 def _noise_kind(noise: str, nu) -> tuple[str, float | None]:
-    """The per-coordinate noise of a problem: ``("gaussian", None)`` or ``("student-t", nu)``; names and
-    aliases through :func:`sdederive.noise.canonical_name` (the one alias table)."""
+    """The per-coordinate noise of a problem: `("gaussian", None)` or `("student-t", nu)`; names and
+    aliases through `sdederive.noise.canonical_name` (the one alias table)."""
     allowed = ["gaussian", "student-t"]
     try:
         key = noise_mod.canonical_name(noise) if isinstance(noise, str) else None
@@ -207,11 +207,11 @@ def _noise_kind(noise: str, nu) -> tuple[str, float | None]:
 
 @dataclass(frozen=True, eq=False)
 class Problem:
-    """Base class of the problem kinds.  ``kind`` names the kernel code (part of the kernels' content
-    hash through :meth:`fingerprint_data`); ``x0`` the initial parameter.
+    """Base class of the problem kinds.  `kind` names the kernel code (part of the kernels' content
+    hash through `fingerprint_data`); `x0` the initial parameter.
 
-    A kind defines :meth:`code` (its one description), :meth:`pack_values` (field name -> value) and
-    :meth:`matrices` (kernel slot -> array); the rest of the interface follows from them.  Kinds whose
+    A kind defines `code` (its one description), `pack_values` (field name -> value) and
+    `matrices` (kernel slot -> array); the rest of the interface follows from them.  Kinds whose
     kernel code is not generated (logistic regression's minibatches) override the fragment and numpy
     methods instead."""
 
@@ -231,24 +231,24 @@ class Problem:
 
     # -- the description and the data ----------------------------------------------------------------
     def code(self):
-        """The kind's one description, a :class:`~sdederive.problems.description.ProblemCode`."""
+        """The kind's one description, a `ProblemCode`."""
         raise NotImplementedError(f"problem kind {self.kind!r} has no generated kernel code")
 
     def fields(self) -> tuple:
-        """The kind's pack fields ``((name, size), ...)`` without the noise model's (added by :meth:`layout`)."""
+        """The kind's pack fields `((name, size), ...)` without the noise model's (added by `layout`)."""
         return ()
 
     def layout(self) -> ParamLayout:
-        """The parameter pack: the kind's fields, then the noise model's kernel parameters (``nu``)."""
+        """The parameter pack: the kind's fields, then the noise model's kernel parameters (`nu`)."""
         extra = tuple((n, 1) for n in noise_mod.kernel_fields(self.noise)) if self.noise != "minibatch" else ()
         return ParamLayout(tuple(self.fields()) + extra)
 
     def pack_values(self) -> dict:
-        """Field name -> value for :meth:`layout` (the kind's fields; the noise model's are added here)."""
+        """Field name -> value for `layout` (the kind's fields; the noise model's are added here)."""
         return {}
 
     def pack(self) -> np.ndarray:
-        """``PV``, filled by name."""
+        """`PV`, filled by name."""
         vals = dict(self.pack_values())
         for name in self.layout().names:  # the noise model's kernel parameters (Student-t's nu)
             if name not in vals and getattr(self, name, None) is not None:
@@ -256,11 +256,11 @@ class Problem:
         return self.layout().pack(self.d, vals)
 
     def matrices(self) -> dict:
-        """Kernel array slot (``"PM"``, ``"PL"``, ``"PY"``) -> array; missing slots are passed as placeholders."""
+        """Kernel array slot (`"PM"`, `"PL"`, `"PY"`) -> array; missing slots are passed as placeholders."""
         return {}
 
     def kernel_arrays(self) -> tuple:
-        """``(PV, PM, PL, PY)`` for the kernels (C-contiguous float64)."""
+        """`(PV, PM, PL, PY)` for the kernels (C-contiguous float64)."""
         m = self.matrices()
         empty2 = np.zeros((1, 1))
         return (self.pack(), np.ascontiguousarray(m.get("PM", empty2), dtype=float),
@@ -268,7 +268,7 @@ class Problem:
                 np.ascontiguousarray(m.get("PY", np.zeros(1)), dtype=float))
 
     def kernel_scalar(self, name: str) -> float | None:
-        """The value of a kernel scalar the problem supplies (``nu`` of Student-t noise), else ``None``."""
+        """The value of a kernel scalar the problem supplies (`nu` of Student-t noise), else `None`."""
         if name == "nu":
             return self.nu
         return None
@@ -276,18 +276,18 @@ class Problem:
     @property
     def correlated(self) -> bool:
         """Whether the gradient noise is correlated across coordinates (the SDE kernels then apply
-        ``prob_corr``)."""
+        `prob_corr`)."""
         return False
 
     @property
     def has_noise_factor(self) -> bool:
-        """Whether the kernels' ``prob_corr`` applies a correlated noise factor (``xi = L z``, or a low-rank one)."""
+        """Whether the kernels' `prob_corr` applies a correlated noise factor (`xi = L z`, or a low-rank one)."""
         return self.code().noise_factor is not None
 
     def hessian_coupling(self) -> str | None:
-        """Why the Hessian couples coordinates (a phrase for error messages), or ``None`` where it is diagonal:
+        """Why the Hessian couples coordinates (a phrase for error messages), or `None` where it is diagonal:
         the per-coordinate order-2 SDE needs a diagonal one.  From the description: a Hessian-vector product
-        that sums over coordinates, or whose coordinate ``i`` reads ``v[j]`` for ``j != i``."""
+        that sums over coordinates, or whose coordinate `i` reads `v[j]` for `j != i`."""
         hvp = self.code().hvp
         if isinstance(hvp, Loop):
             uses = {a.indices[0] for a in hvp.expr.atoms(sp.Indexed) if a.base == V}
@@ -300,7 +300,7 @@ class Problem:
         return None
 
     def numba_minibatch_grad(self, ind: str) -> list[str]:
-        """Kernel lines computing the discrete optimizer's minibatch gradient ``G`` (kinds with ``minibatch``)."""
+        """Kernel lines computing the discrete optimizer's minibatch gradient `G` (kinds with `minibatch`)."""
         raise NotImplementedError(f"problem kind {self.kind!r} draws no minibatches")
 
     def cuda_minibatch_grad(self, ind: str) -> list[str]:
@@ -308,8 +308,8 @@ class Problem:
         raise NotImplementedError(f"problem kind {self.kind!r} draws no minibatches")
 
     def _arrays(self) -> dict:
-        """Description name -> numpy value, for the numpy reference: the pack fields (:meth:`pack_values`) and
-        the matrices (:meth:`matrices`, under the names the description gives their slots)."""
+        """Description name -> numpy value, for the numpy reference: the pack fields (`pack_values`) and
+        the matrices (`matrices`, under the names the description gives their slots)."""
         out = dict(self.pack_values())
         m = self.matrices()
         for name, slot in self.code().matrices:
@@ -322,11 +322,11 @@ class Problem:
 
     # -- kernel fragments -------------------------------------------------------------------------------
     def numba_fragment(self) -> str:
-        """The numba helpers (``prob_grad``, ``prob_loss``, ``prob_hvp``, ``prob_noise0``, ``prob_corr``)."""
+        """The numba helpers (`prob_grad`, `prob_loss`, `prob_hvp`, `prob_noise0`, `prob_corr`)."""
         return self.code().numba(self.layout())
 
     def cuda_fragment(self, real: str) -> str:
-        """The CUDA ``__device__`` helpers with the same names and the pack's ``#define P_name`` offsets."""
+        """The CUDA `__device__` helpers with the same names and the pack's `#define P_name` offsets."""
         return self.code().cuda(self.layout(), real)
 
     # -- numpy reference ----------------------------------------------------------------------------------
@@ -337,23 +337,23 @@ class Problem:
         return evaluate(code, x, self._arrays(), self._scalars(), v)
 
     def loss(self, x: np.ndarray) -> np.ndarray:
-        """``f(x)`` (``x`` of shape ``(d,)`` or ``(..., d)``)."""
+        """`f(x)` (`x` of shape `(d,)` or `(..., d)`)."""
         return self._eval("loss", x)
 
     def grad(self, x: np.ndarray) -> np.ndarray:
-        """``grad f(x)`` (the full-batch gradient)."""
+        """`grad f(x)` (the full-batch gradient)."""
         return self._eval("grad", x)
 
     def hess_diag(self, x: np.ndarray) -> np.ndarray:
-        """The Hessian's diagonal at ``x``."""
+        """The Hessian's diagonal at `x`."""
         return self._eval("hess_diag", x)
 
     def hvp(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """The Hessian-vector product ``H(x) v``."""
+        """The Hessian-vector product `H(x) v`."""
         return self._eval("hvp", x, v)
 
     def noise_scale(self, x: np.ndarray) -> np.ndarray:
-        """The per-coordinate gradient-noise scale at ``x`` (std, or Student-t scale)."""
+        """The per-coordinate gradient-noise scale at `x` (std, or Student-t scale)."""
         return self._eval("noise_scale", x)
 
     def fingerprint_data(self) -> str:

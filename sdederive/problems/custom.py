@@ -1,9 +1,9 @@
-r""":class:`Custom`: any ``f`` written as a sympy expression of ``x_0, ..., x_{d-1}``; gradient, Hessian
-diagonal and Hessian-vector product by ``sympy.diff`` (the Hessian from ``sympy.hessian``); noise as
-for :class:`~sdederive.problems.quadratic.Quadratic` (per-coordinate ``sigma``).
+r"""`Custom`: any `f` written as a sympy expression of `x_0, ..., x_{d-1}`; gradient, Hessian
+diagonal and Hessian-vector product by `sympy.diff` (the Hessian from `sympy.hessian`); noise as
+for `Quadratic` (per-coordinate `sigma`).
 
-Its one description (:meth:`Custom.code`) is ``f`` itself: the derivatives are unrolled per coordinate
-(:class:`~sdederive.problems.description.Unrolled`) and printed for numba and CUDA after ``sympy.cse``; the numpy
+Its one description (`Custom.code`) is `f` itself: the derivatives are unrolled per coordinate
+(`Unrolled`) and printed for numba and CUDA after `sympy.cse`; the numpy
 reference evaluates the same expressions."""
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ __all__ = ["Custom"]
 
 @dataclass(frozen=True, eq=False)
 class Custom(Problem):
-    """``f`` a sympy expression of the symbols ``x_0 ... x_{d-1}`` (``sympy.symbols("x_0:d")``), or its text
-    (``"x_0**4/4 + x_1**2/2"``, read by the safe parser of :mod:`sdederive._safe_expr`: numbers,
-    ``+ - * / **``, ``x_i``, ``pi``, ``E`` and ``sqrt exp log sin cos tanh atan erf erfc``)."""
+    """`f` a sympy expression of the symbols `x_0 ... x_{d-1}` (`sympy.symbols("x_0:d")`), or its text
+    (`"x_0**4/4 + x_1**2/2"`, read by the safe parser of `sdederive._safe_expr`: numbers,
+    `+ - * / **`, `x_i`, `pi`, `E` and `sqrt exp log sin cos tanh atan erf erfc`)."""
 
     f: sp.Expr | None = None
     sigma: np.ndarray | None = None
@@ -68,7 +68,7 @@ class Custom(Problem):
         return None
 
     def hessian(self, x: np.ndarray) -> np.ndarray:
-        """The ``d x d`` Hessian at ``x`` (``sympy.hessian`` of ``f``)."""
+        """The `d x d` Hessian at `x` (`sympy.hessian` of `f`)."""
         fn = sp.lambdify([self.xs], sp.hessian(self.f, self.xs), "numpy")
         return np.asarray(fn(np.asarray(x, float)), float)
 
@@ -98,9 +98,9 @@ def _code(f: sp.Expr, xs: tuple) -> ProblemCode:
 
 
 def _objective(f, xs: tuple) -> sp.Expr:
-    """``f`` of a custom problem as a sympy expression of ``xs``.  Text (from a problem file, a sweep
-    grid or the API) goes through the safe parser, never ``sympify``; a sympy expression is taken as it
-    is, its plain ``x_i`` symbols replaced by the real ones."""
+    """`f` of a custom problem as a sympy expression of `xs`.  Text (from a problem file, a sweep
+    grid or the API) goes through the safe parser, never `sympify`; a sympy expression is taken as it
+    is, its plain `x_i` symbols replaced by the real ones."""
     d = len(xs)
     names = f"x_0..x_{d - 1} (d = len(x0) = {d})" if d > 1 else "x_0 (d = len(x0) = 1)"
     if isinstance(f, str):

@@ -1,33 +1,33 @@
 r"""One description of a problem kind, printed three ways: numba, CUDA C and numpy.
 
 A problem kind describes its gradient, Hessian diagonal, Hessian-vector product, loss and noise
-(per-coordinate noise scale, or the correlated noise factor ``xi = L z``) once, as **sympy
+(per-coordinate noise scale, or the correlated noise factor `xi = L z`) once, as **sympy
 expressions over indexed arrays**, wrapped in the smallest loop IR that covers what problems need:
 
-* :class:`Loop` ``out[i] = expr(i)`` for ``i in range(d)`` (an index-generic expression: the
-  quadratic's ``h[i]*x[i]``), where ``expr`` may hold ``sympy.Sum(body, (j, 0, d - 1))`` reductions
-  (the dense quadratic's ``Sum(H[i, j]*x[j], j)``);
-* :class:`Unrolled` ``out[i] = exprs[i]``, one expression per coordinate (a custom ``f``'s
-  ``diff(f, x_i)``, printed as straight-line code after ``sympy.cse``);
-* a scalar (the loss): an expression, possibly a ``Sum`` over ``i``.
+* `Loop` `out[i] = expr(i)` for `i in range(d)` (an index-generic expression: the
+  quadratic's `h[i]*x[i]`), where `expr` may hold `sympy.Sum(body, (j, 0, d - 1))` reductions
+  (the dense quadratic's `Sum(H[i, j]*x[j], j)`);
+* `Unrolled` `out[i] = exprs[i]`, one expression per coordinate (a custom `f`'s
+  `diff(f, x_i)`, printed as straight-line code after `sympy.cse`);
+* a scalar (the loss): an expression, possibly a `Sum` over `i`.
 
-Arrays are ``sympy.IndexedBase`` objects: the point ``x`` (:data:`X`), the direction ``v`` of a
-Hessian-vector product (:data:`V`), the standard normals ``z`` (:data:`Z`), the fields of the problem's
-parameter pack (``h[i]``, ``sigma[i]``; scalars are plain symbols) and its matrices (``H[i, j]``,
-``L[i, j]``), which the printers map to the kernels' arrays: a pack field ``h`` becomes
-``PV[P_h + i]`` with ``P_h`` the offset constant printed from the
-:class:`~sdederive.problems.base.ParamLayout`, a matrix the kernel argument it travels in
-(``PM``, ``PL``).
+Arrays are `sympy.IndexedBase` objects: the point `x` (`X`), the direction `v` of a
+Hessian-vector product (`V`), the standard normals `z` (`Z`), the fields of the problem's
+parameter pack (`h[i]`, `sigma[i]`; scalars are plain symbols) and its matrices (`H[i, j]`,
+`L[i, j]`), which the printers map to the kernels' arrays: a pack field `h` becomes
+`PV[P_h + i]` with `P_h` the offset constant printed from the
+`ParamLayout`, a matrix the kernel argument it travels in
+(`PM`, `PL`).
 
 Why sympy expressions and not a separate IR of arithmetic: the expressions are printed by the same
-printers the SDE coefficients go through (:mod:`sdederive.simulate.lower`: ``_NumbaPrinter`` and
-``_CudaPrinter``, with their float folding and ``sign``/``Heaviside`` conventions), a custom problem's
-derivatives come from ``sympy.diff`` without a translation step, and a new kind is written in the
-notation of its formula.  The only thing sympy's printers cannot do for us is turn a ``Sum`` into a
-loop with an accumulator (the C printer refuses ``Indexed`` without declared ranges, the Python printer
-has no loops); that is the few lines of :func:`_lower_sums`, shared by both backends.  The numpy
-reference is *evaluated* from the same expressions (:func:`evaluate`: every index is an array axis, a
-``Sum`` a reduction over its axis, batched points ``x`` of shape ``(..., d)`` broadcast in front), so
+printers the SDE coefficients go through (`sdederive.simulate.lower`: `_NumbaPrinter` and
+`_CudaPrinter`, with their float folding and `sign`/`Heaviside` conventions), a custom problem's
+derivatives come from `sympy.diff` without a translation step, and a new kind is written in the
+notation of its formula.  The only thing sympy's printers cannot do for us is turn a `Sum` into a
+loop with an accumulator (the C printer refuses `Indexed` without declared ranges, the Python printer
+has no loops); that is the few lines of `_lower_sums`, shared by both backends.  The numpy
+reference is *evaluated* from the same expressions (`evaluate`: every index is an array axis, a
+`Sum` a reduction over its axis, batched points `x` of shape `(..., d)` broadcast in front), so
 it cannot drift from the kernels.
 """
 
@@ -53,31 +53,31 @@ X, V, Z = sp.IndexedBase("xv"), sp.IndexedBase("vv"), sp.IndexedBase("Z")
 
 
 def vec(name: str) -> sp.IndexedBase:
-    """A vector field ``name`` of the parameter pack (read as ``PV[P_name + i]`` in the kernels)."""
+    """A vector field `name` of the parameter pack (read as `PV[P_name + i]` in the kernels)."""
     return sp.IndexedBase(name)
 
 
 def mat(name: str) -> sp.IndexedBase:
-    """A ``d x d`` matrix of the problem (``H``, ``L``), carried to the kernels in the array slot the kind
-    names for it (:attr:`ProblemCode.matrices`)."""
+    """A `d x d` matrix of the problem (`H`, `L`), carried to the kernels in the array slot the kind
+    names for it (`ProblemCode.matrices`)."""
     return sp.IndexedBase(name)
 
 
 def dsum(body: sp.Expr, j: sp.Symbol = JX) -> sp.Sum:
-    """``sum_{j=0}^{d-1} body``."""
+    """`sum_{j=0}^{d-1} body`."""
     return sp.Sum(body, (j, 0, D - 1))
 
 
 @dataclass(frozen=True)
 class Loop:
-    """``out[i] = expr`` for ``i`` in ``range(d)``; ``expr`` uses :data:`IX` and may hold ``Sum`` reductions."""
+    """`out[i] = expr` for `i` in `range(d)`; `expr` uses `IX` and may hold `Sum` reductions."""
 
     expr: sp.Expr
 
 
 @dataclass(frozen=True)
 class Unrolled:
-    """``out[i] = exprs[i]``: one expression per coordinate, of ``X[0] .. X[d-1]`` (and ``V[j]``)."""
+    """`out[i] = exprs[i]`: one expression per coordinate, of `X[0] .. X[d-1]` (and `V[j]`)."""
 
     exprs: tuple
 
@@ -93,8 +93,8 @@ def _np_funcs():
 
 
 class _Eval:
-    """Evaluate an expression with every free index an axis: a value at reduction depth ``k`` is an
-    array of ``nb + k`` dimensions (``nb`` batch axes of ``x``, then one per index in scope) or a number."""
+    """Evaluate an expression with every free index an axis: a value at reduction depth `k` is an
+    array of `nb + k` dimensions (`nb` batch axes of `x`, then one per index in scope) or a number."""
 
     def __init__(self, arrays: dict, scalars: dict, batched: set, nb: int):
         self.arrays, self.scalars, self.batched, self.nb = arrays, scalars, batched, nb
@@ -151,8 +151,8 @@ class _Eval:
         raise SdederiveError(f"the numpy reference cannot evaluate {sp.sstr(e)[:80]} of a problem description")
 
     def _contract(self, factors: list, k: int):
-        """``sum_j prod(factors)`` over the last of ``nb + k + 1`` axes by ``numpy.einsum``, without forming the
-        broadcast product (a dense ``H[i, j] x[j]`` of many points stays ``O(points * d)`` in memory)."""
+        """`sum_j prod(factors)` over the last of `nb + k + 1` axes by `numpy.einsum`, without forming the
+        broadcast product (a dense `H[i, j] x[j]` of many points stays `O(points * d)` in memory)."""
         letters = "abcdefghijklmnopqrstuvwxyz"
         n = self.nb + k + 1
         scale, ops, subs, used = 1.0, [], [], set()
@@ -219,10 +219,10 @@ class _Eval:
 
 
 def evaluate(code, x: np.ndarray, arrays: dict, scalars: dict, v: np.ndarray | None = None) -> np.ndarray:
-    """The numpy value of a :class:`Loop`, an :class:`Unrolled` or a scalar expression at the point(s)
-    ``x`` (shape ``(d,)`` or ``(..., d)``), with the problem's ``arrays`` (pack fields and matrices by name)
-    and ``scalars``; ``v`` the direction of a Hessian-vector product (same shape as ``x``).  Returns
-    shape ``x.shape`` for a vector description, ``x.shape[:-1]`` for a scalar one."""
+    """The numpy value of a `Loop`, an `Unrolled` or a scalar expression at the point(s)
+    `x` (shape `(d,)` or `(..., d)`), with the problem's `arrays` (pack fields and matrices by name)
+    and `scalars`; `v` the direction of a Hessian-vector product (same shape as `x`).  Returns
+    shape `x.shape` for a vector description, `x.shape[:-1]` for a scalar one."""
     x = np.asarray(x, dtype=float)
     d = x.shape[-1]
     if x.ndim > 2 or (x.ndim == 2 and x.shape[0] * d * d > 2**22):
@@ -265,12 +265,12 @@ def _evaluate(code, x, arrays, scalars, v):
 @functools.cache
 def _printers():
     """The two printers, subclasses of the backends' own (imported here, not at module level:
-    ``sdederive.simulate`` imports the problems)."""
+    `sdederive.simulate` imports the problems)."""
     from sdederive.simulate.backends.cuda_printer import _CudaPrinter
     from sdederive.simulate.backends.numba_printer import _NumbaPrinter
 
     class _PyData(_NumbaPrinter):
-        """numba: pack fields as ``PV[P_name + i]``, matrices as their slot ``PM[i, j]``."""
+        """numba: pack fields as `PV[P_name + i]`, matrices as their slot `PM[i, j]`."""
 
         def __init__(self, fields: set, matrices: dict):
             super().__init__({"fully_qualified_modules": True, "standard": "python3"})
@@ -290,8 +290,8 @@ def _printers():
 
 
     class _CData(_CudaPrinter):
-        """CUDA C: pack fields as ``(real)PV[P_name + i]``, matrices row-major ``(real)PM[i * D + j]``; the
-        dimension ``d`` is the compile-time ``D``."""
+        """CUDA C: pack fields as `(real)PV[P_name + i]`, matrices row-major `(real)PM[i * D + j]`; the
+        dimension `d` is the compile-time `D`."""
 
         def __init__(self, fields: set, matrices: dict, real: str):
             settings = {}
@@ -323,7 +323,7 @@ def _printers():
 
 
 def _top_sums(e) -> list:
-    """The ``Sum`` nodes of ``e`` not inside another ``Sum``, in a fixed order."""
+    """The `Sum` nodes of `e` not inside another `Sum`, in a fixed order."""
     out = []
 
     def walk(a):
@@ -339,7 +339,7 @@ def _top_sums(e) -> list:
 
 
 def _lower_sums(e, lines: list, ind: str, counter: list, pr, lang: str, real: str = "double"):
-    """Emit one accumulator loop per ``Sum`` of ``e`` (nested ones inside); return ``e`` printed with the
+    """Emit one accumulator loop per `Sum` of `e` (nested ones inside); return `e` printed with the
     accumulators in place of the sums."""
     rep = {}
     for s in _top_sums(e):
@@ -365,7 +365,7 @@ def _lower_sums(e, lines: list, ind: str, counter: list, pr, lang: str, real: st
 
 
 def _py_vector(code, out: str, ind: str, pr, tag: str) -> list[str]:
-    """numba statements filling ``out[0:d]`` from a :class:`Loop` or an :class:`Unrolled`."""
+    """numba statements filling `out[0:d]` from a `Loop` or an `Unrolled`."""
     lines: list[str] = []
     if isinstance(code, Loop):
         lines.append(f"{ind}for i in range(d):")
@@ -417,7 +417,7 @@ def _c_scalar(e, ind: str, pr, tag: str, real: str) -> tuple[list[str], str]:
 
 
 def optimize_pow(e):
-    """Small integer powers as products (``x**2 -> x*x``), as :func:`sdederive.simulate.backends.cuda_printer.print_c` does."""
+    """Small integer powers as products (`x**2 -> x*x`), as `sdederive.simulate.backends.cuda_printer.print_c` does."""
     from sdederive.simulate.lower import _expand_pow
 
     return optimize(e, [_expand_pow])
@@ -427,12 +427,12 @@ def optimize_pow(e):
 class ProblemCode:
     """The one description of a problem kind (see the module docstring).
 
-    ``grad``, ``hess_diag``, ``hvp`` (a function of :data:`V`), ``noise_scale`` (constant in ``x``; ``None``
-    when the kind computes it with its gradient) and ``noise_factor`` (``xi_i`` as a function of :data:`Z`;
-    ``None`` when the noise is per coordinate) are :class:`Loop` or :class:`Unrolled`; ``loss`` a scalar
-    expression.  ``fields``: pack fields the expressions read besides those of the problem's
-    :class:`~sdederive.problems.base.ParamLayout` (which the printers know; vector fields appear as
-    ``IndexedBase``, scalars as symbols); ``matrices``: description name -> kernel array slot (``{"H": "PM"}``)."""
+    `grad`, `hess_diag`, `hvp` (a function of `V`), `noise_scale` (constant in `x`; `None`
+    when the kind computes it with its gradient) and `noise_factor` (`xi_i` as a function of `Z`;
+    `None` when the noise is per coordinate) are `Loop` or `Unrolled`; `loss` a scalar
+    expression.  `fields`: pack fields the expressions read besides those of the problem's
+    `ParamLayout` (which the printers know; vector fields appear as
+    `IndexedBase`, scalars as symbols); `matrices`: description name -> kernel array slot (`{"H": "PM"}`)."""
 
     grad: object
     hess_diag: object
@@ -445,8 +445,8 @@ class ProblemCode:
 
     # -- numba -------------------------------------------------------------------------------------------
     def numba(self, layout) -> str:
-        """The numba fragment: ``prob_grad``, ``prob_loss``, ``prob_hvp``, ``prob_noise0`` and ``prob_corr``
-        (the helpers every kernel calls), offsets from ``layout``."""
+        """The numba fragment: `prob_grad`, `prob_loss`, `prob_hvp`, `prob_noise0` and `prob_corr`
+        (the helpers every kernel calls), offsets from `layout`."""
         pr = _printers()[0](set(self.fields) | set(layout.names), dict(self.matrices))
         offs = layout.numba_offsets("    ")
         sig = "PV, PM, PL, PY, W"
@@ -471,7 +471,7 @@ class ProblemCode:
 
     # -- CUDA ---------------------------------------------------------------------------------------------
     def cuda(self, layout, real: str) -> str:
-        """The CUDA C fragment with the same functions (``__device__``), offsets as ``#define`` constants."""
+        """The CUDA C fragment with the same functions (`__device__`), offsets as `#define` constants."""
         pr = _printers()[1](set(self.fields) | set(layout.names), dict(self.matrices), real)
         arr = "const double *PV, const double *PM, const double *PL, const double *PY, real *W"
         out = [layout.c_defines()]

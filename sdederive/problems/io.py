@@ -1,4 +1,4 @@
-""":func:`from_dict` and :func:`load`: the JSON problem files of the CLI."""
+"""`from_dict` and `load`: the JSON problem files of the CLI."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ _KEYS = {
 
 def from_dict(spec: dict, base_dir: str | Path | None = None) -> Problem:
     """Build a problem from its JSON form, e.g.
-    ``{"kind": "quadratic", "h": [1, 10], "sigma": [1, 1], "noise": "student-t", "nu": 3, "x0": [1, 1]}``,
-    ``{"kind": "logistic", "synthetic": {"n": 512, "d": 10, "seed": 0}, "B": 8}``,
-    ``{"kind": "logistic", "data": "train.csv", "label": "y", "B": 8}`` (a CSV, NPZ or Parquet file,
-    relative to ``base_dir``: the folder of the problem file)."""
+    `{"kind": "quadratic", "h": [1, 10], "sigma": [1, 1], "noise": "student-t", "nu": 3, "x0": [1, 1]}`,
+    `{"kind": "logistic", "synthetic": {"n": 512, "d": 10, "seed": 0}, "B": 8}`,
+    `{"kind": "logistic", "data": "train.csv", "label": "y", "B": 8}` (a CSV, NPZ or Parquet file,
+    relative to `base_dir`: the folder of the problem file)."""
     if not isinstance(spec, dict):
         raise ProblemError(f"a problem is a JSON object; got {type(spec).__name__}")
     kind = spec.get("kind", "quadratic")
@@ -60,8 +60,8 @@ def from_dict(spec: dict, base_dir: str | Path | None = None) -> Problem:
 
 
 def load(path: str | Path) -> Problem:
-    """Read a problem JSON file, or a data file (``.csv``, ``.npz``, ``.parquet``) as a logistic regression
-    with batch size 1 and no ridge (a JSON file ``{"kind": "logistic", "data": ..., "B": ..., "l2": ...}``
+    """Read a problem JSON file, or a data file (`.csv`, `.npz`, `.parquet`) as a logistic regression
+    with batch size 1 and no ridge (a JSON file `{"kind": "logistic", "data": ..., "B": ..., "l2": ...}`
     sets those)."""
     p = Path(path)
     if p.suffix.lower() in (".csv", ".npz", ".parquet", ".pq"):

@@ -1,18 +1,18 @@
-r""":class:`LogisticRegression`: :math:`f(x) = \frac1n\sum_j \log(1+e^{-y_j a_j^\top x}) + \frac{\lambda}2|x|^2`.
+r"""`LogisticRegression`: $f(x) = \frac1n\sum_j \log(1+e^{-y_j a_j^\top x}) + \frac{\lambda}2|x|^2$.
 
-The discrete optimizer sees real minibatches (``B`` examples drawn with replacement), the SDE the
-per-example gradient covariance ``Sigma(x)/B`` applied through the low-rank factor
-:math:`\xi = (nB)^{-1/2}\sum_j (\nabla f_j - \nabla f)\,w_j`, ``w_j ~ N(0,1)`` (never a ``d x d``
+The discrete optimizer sees real minibatches (`B` examples drawn with replacement), the SDE the
+per-example gradient covariance `Sigma(x)/B` applied through the low-rank factor
+$\xi = (nB)^{-1/2}\sum_j (\nabla f_j - \nabla f)\,w_j$, `w_j ~ N(0,1)` (never a `d x d`
 square root).
 
-This module owns the kind: its data and checks, its numpy reference (:meth:`LogisticRegression.grad`,
-:meth:`~LogisticRegression.hvp` full-batch or on a minibatch, :meth:`~LogisticRegression.noise_scale`), and
-its kernel code for both backends, written by hand next to the numpy code (:data:`NUMBA_FRAGMENT`,
-:data:`CUDA_FRAGMENT`, and the minibatch gradient of the discrete kernels, :func:`numba_minibatch_grad` and
-:func:`cuda_minibatch_grad`).  Unlike the quadratic and custom kinds it is not generated from a
-:class:`~sdederive.problems.description.ProblemCode`: its gradient and noise scale share one pass over the examples
-(the per-example weights ``W[j]``, reused by the low-rank noise factor), which the loop IR does not express.
-The pack fields are ``l2`` and ``B`` (:meth:`LogisticRegression.fields`), read at their named offsets.
+This module owns the kind: its data and checks, its numpy reference (`LogisticRegression.grad`,
+`hvp` full-batch or on a minibatch, `noise_scale`), and
+its kernel code for both backends, written by hand next to the numpy code (`NUMBA_FRAGMENT`,
+`CUDA_FRAGMENT`, and the minibatch gradient of the discrete kernels, `numba_minibatch_grad` and
+`cuda_minibatch_grad`).  Unlike the quadratic and custom kinds it is not generated from a
+`ProblemCode`: its gradient and noise scale share one pass over the examples
+(the per-example weights `W[j]`, reused by the low-rank noise factor), which the loop IR does not express.
+The pack fields are `l2` and `B` (`LogisticRegression.fields`), read at their named offsets.
 """
 
 from __future__ import annotations
@@ -224,8 +224,8 @@ __device__ void prob_corr(const real *xv, const real *GR, const double *Z, real 
 
 
 def numba_minibatch_grad(ind: str) -> list[str]:
-    """Kernel lines (numba) for the discrete optimizer's minibatch gradient ``G`` at ``xrow``: ``B`` indices
-    drawn with replacement (Philox stream 1, :func:`sdederive.simulate.rng.philox.draw_indices`) and the
+    """Kernel lines (numba) for the discrete optimizer's minibatch gradient `G` at `xrow`: `B` indices
+    drawn with replacement (Philox stream 1, `sdederive.simulate.rng.philox.draw_indices`) and the
     gradient averaged over them, plus the ridge term."""
     return [
         f"{ind}n_ex, dd = PM.shape",
@@ -264,8 +264,8 @@ def cuda_minibatch_grad(ind: str) -> list[str]:
 
 @dataclass(frozen=True, eq=False)
 class LogisticRegression(Problem):
-    """Binary logistic regression on data ``A`` (n x d) with labels ``y`` in {-1, +1}, batch size ``B``,
-    optional ridge ``l2``."""
+    """Binary logistic regression on data `A` (n x d) with labels `y` in {-1, +1}, batch size `B`,
+    optional ridge `l2`."""
 
     A: np.ndarray | None = None
     y: np.ndarray | None = None
@@ -308,9 +308,9 @@ class LogisticRegression(Problem):
 
     @classmethod
     def from_file(cls, path, B: int = 1, l2: float = 0.0, label=None, x0=None) -> LogisticRegression:
-        """Data from a ``.csv``, ``.npz`` or ``.parquet`` file (:func:`sdederive.problems._data.read_dataset`):
-        features and a label column coded 0/1 or -1/+1 (``label``: its name or index; by default the
-        column named ``y``, ``label``, ``target`` or ``class``, else the last one)."""
+        """Data from a `.csv`, `.npz` or `.parquet` file (`sdederive.problems._data.read_dataset`):
+        features and a label column coded 0/1 or -1/+1 (`label`: its name or index; by default the
+        column named `y`, `label`, `target` or `class`, else the last one)."""
         from sdederive.problems._data import read_dataset
 
         A, y = read_dataset(path, label=label)
@@ -319,8 +319,8 @@ class LogisticRegression(Problem):
     @classmethod
     def synthetic(cls, n: int = 512, d: int = 10, B: int = 8, seed: int = 0, l2: float = 1e-3,
                   scale: np.ndarray | None = None) -> LogisticRegression:
-        """Gaussian features (column scales ``scale``, default ``geomspace(0.3, 3, d)``), labels from a
-        logistic model with a random unit ``w*``."""
+        """Gaussian features (column scales `scale`, default `geomspace(0.3, 3, d)`), labels from a
+        logistic model with a random unit `w*`."""
         rng = np.random.default_rng(seed)
         sc = np.geomspace(0.3, 3.0, d) if scale is None else np.asarray(scale, float)
         A = rng.standard_normal((n, d)) * sc
@@ -375,12 +375,12 @@ class LogisticRegression(Problem):
         return np.mean(np.logaddexp(0.0, -self.margins(x)), axis=-1) + 0.5 * self.l2 * np.sum(x * x, axis=-1)
 
     def per_example_grads(self, x: np.ndarray) -> np.ndarray:
-        """``(n, d)``: gradient of each example's loss (ridge included) at a single ``x``."""
+        """`(n, d)`: gradient of each example's loss (ridge included) at a single `x`."""
         s = 1.0 / (1.0 + np.exp(self.margins(x)))  # sigma(-y a.x)
         return -(self.y * s)[:, None] * self.A + self.l2 * np.asarray(x, float)[None, :]
 
     def grad(self, x: np.ndarray) -> np.ndarray:
-        """The full-batch gradient at a single ``x``."""
+        """The full-batch gradient at a single `x`."""
         return self.per_example_grads(x).mean(0)
 
     def _curvatures(self, x: np.ndarray, idx) -> tuple[np.ndarray, np.ndarray]:
@@ -390,19 +390,19 @@ class LogisticRegression(Problem):
         return A, s * (1.0 - s)
 
     def hess_diag(self, x: np.ndarray, idx=None) -> np.ndarray:
-        """The Hessian's diagonal at a single ``x`` (full batch, or the examples ``idx``)."""
+        """The Hessian's diagonal at a single `x` (full batch, or the examples `idx`)."""
         A, w = self._curvatures(x, idx)
         return (w[:, None] * A * A).mean(0) + self.l2
 
     def hvp(self, x: np.ndarray, v: np.ndarray, idx=None) -> np.ndarray:
-        """``H(x) v = mean_j s_j (1 - s_j) (a_j . v) a_j + l2 v`` with ``s_j = sigma(-y_j a_j . x)``, over all
-        examples or the minibatch ``idx`` (indices, repeats allowed: the HVP of that minibatch's loss)."""
+        """`H(x) v = mean_j s_j (1 - s_j) (a_j . v) a_j + l2 v` with `s_j = sigma(-y_j a_j . x)`, over all
+        examples or the minibatch `idx` (indices, repeats allowed: the HVP of that minibatch's loss)."""
         A, w = self._curvatures(x, idx)
         v = np.asarray(v, float)
         return ((w * (A @ v))[:, None] * A).mean(0) + self.l2 * v
 
     def noise_scale(self, x: np.ndarray) -> np.ndarray:
-        """Per-coordinate std of a minibatch gradient of ``B`` examples drawn with replacement, at ``x``."""
+        """Per-coordinate std of a minibatch gradient of `B` examples drawn with replacement, at `x`."""
         G = self.per_example_grads(x)
         return np.sqrt(np.mean((G - G.mean(0)) ** 2, axis=0) / self.B)
 

@@ -1,9 +1,9 @@
-r""":class:`Quadratic`: :math:`f(x) = \tfrac12 x^\top H x` with ``H = diag(h)`` or a dense symmetric PSD ``H``;
-gradient noise ``g = Hx + \xi`` with per-coordinate scale ``sigma`` (Gaussian or Student-t,
-``xi_i = sigma_i z_i``) or a full Gaussian covariance ``Sigma`` (``xi = L z``, ``L L^T = Sigma``).
+r"""`Quadratic`: $f(x) = \tfrac12 x^\top H x$ with `H = diag(h)` or a dense symmetric PSD `H`;
+gradient noise `g = Hx + \xi` with per-coordinate scale `sigma` (Gaussian or Student-t,
+`xi_i = sigma_i z_i`) or a full Gaussian covariance `Sigma` (`xi = L z`, `L L^T = Sigma`).
 
-Its one description (:meth:`Quadratic.code`) gives the numba and CUDA kernel helpers and the numpy
-reference (:mod:`sdederive.problems.description`)."""
+Its one description (`Quadratic.code`) gives the numba and CUDA kernel helpers and the numpy
+reference (`sdederive.problems.description`)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _code(dense: bool, correlated: bool) -> ProblemCode:
 
 @dataclass(frozen=True, eq=False)
 class Quadratic(Problem):
-    """``f = x^T H x / 2``; give ``h`` (diagonal) or ``H`` (dense) and ``sigma`` or ``Sigma``."""
+    """`f = x^T H x / 2`; give `h` (diagonal) or `H` (dense) and `sigma` or `Sigma`."""
 
     h: np.ndarray | None = None
     H: np.ndarray | None = None
@@ -124,11 +124,11 @@ class Quadratic(Problem):
         return None
 
     def hessian(self) -> np.ndarray:
-        """The ``d x d`` Hessian ``H`` (``diag(h)`` for a diagonal quadratic)."""
+        """The `d x d` Hessian `H` (`diag(h)` for a diagonal quadratic)."""
         return self.H if self.H is not None else np.diag(self.h)
 
     def noise_factor(self) -> np.ndarray | None:
-        """``L`` with ``L L^T = Sigma`` (``None`` for per-coordinate noise)."""
+        """`L` with `L L^T = Sigma` (`None` for per-coordinate noise)."""
         return self.L
 
     def to_dict(self) -> dict:

@@ -1,7 +1,7 @@
 """Step 5 of the pipeline, simulation: a derived SDE or a discrete optimizer and a problem become a
-kernel spec (:mod:`.spec`), lowered by sympy (:mod:`.lower`) and printed by a backend
-(:mod:`.backends`) with counter-based random numbers (:mod:`.rng`); :class:`.simulator.Simulator`
-runs it.  The names below load :mod:`.simulator` on first use, so importing a light submodule (the backend
+kernel spec (`.spec`), lowered by sympy (`.lower`) and printed by a backend
+(`.backends`) with counter-based random numbers (`.rng`); `.simulator.Simulator`
+runs it.  The names below load `.simulator` on first use, so importing a light submodule (the backend
 registry, for the command line's choices) does not import numpy and sympy."""
 
 __all__ = ["Simulator", "SimulationResult", "compile"]

@@ -14,7 +14,7 @@ _SHARE = 0.8
 
 
 def fmt_bytes(n: float) -> str:
-    """``n`` bytes in the largest binary unit below it (``1.5 GiB``)."""
+    """`n` bytes in the largest binary unit below it (`1.5 GiB`)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if abs(n) < 1024 or unit == "PiB":
             return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
@@ -34,8 +34,8 @@ def _cgroup_limit() -> int | None:
 
 
 def available_bytes() -> int:
-    """Memory this process may still allocate: ``SDEDERIVE_MEMORY_LIMIT`` (bytes) if set, else the
-    system's available memory (``MemAvailable``; ``psutil`` or ``sysconf`` elsewhere), capped by a
+    """Memory this process may still allocate: `SDEDERIVE_MEMORY_LIMIT` (bytes) if set, else the
+    system's available memory (`MemAvailable`; `psutil` or `sysconf` elsewhere), capped by a
     cgroup limit where there is one."""
     env = os.environ.get("SDEDERIVE_MEMORY_LIMIT")
     if env:
@@ -67,8 +67,8 @@ def available_bytes() -> int:
 
 
 def check_memory(nbytes: float, what: str, hint: str = "") -> None:
-    """Raise :class:`~sdederive.errors.MemoryLimitError` if ``nbytes`` exceeds 80 % of
-    :func:`available_bytes`; the message gives both figures and ``what`` needs them."""
+    """Raise `MemoryLimitError` if `nbytes` exceeds 80 % of
+    `available_bytes`; the message gives both figures and `what` needs them."""
     limit = available_bytes()
     if nbytes > _SHARE * limit:
         raise MemoryLimitError(

@@ -1,23 +1,24 @@
 r"""Expectations over the gradient noise, vectorised over coordinates, for the simulators' start.
 
-:func:`noise_expectation` computes, for every coordinate :math:`i` at once,
+`noise_expectation` computes, for every coordinate $i$ at once,
 
-.. math::
-    \mathbb E\,F_i(g_i), \qquad g_i = \mu_i + s_i z, \quad z \sim N(0, 1) \text{ or } t_\nu,
+$$
+\mathbb E\,F_i(g_i), \qquad g_i = \mu_i + s_i z, \quad z \sim N(0, 1) \text{ or } t_\nu,
+$$
 
-for an ``F`` that is smooth except where :math:`g_i = 0` (sign, abs, clipping at zero).  The real
-line is split at the break point :math:`z_i^\ast = -\mu_i/s_i`, at any further break points of ``F``
-(kinks of clipping at :math:`g = \pm c`, jumps of ``sign(g - a)``), and at :math:`\pm L` (:math:`L = 12`),
-and every piece gets an ``n``-point Gauss–Legendre rule:
+for an `F` that is smooth except where $g_i = 0$ (sign, abs, clipping at zero).  The real
+line is split at the break point $z_i^\ast = -\mu_i/s_i$, at any further break points of `F`
+(kinks of clipping at $g = \pm c$, jumps of `sign(g - a)`), and at $\pm L$ ($L = 12$),
+and every piece gets an `n`-point Gauss–Legendre rule:
 
-* ``[-L, L]`` in four panels (cut at :math:`z_i^\ast`): linear maps, where the density's mass is;
-* the tails beyond :math:`\pm L` (Student-t only; a Gaussian's mass there is below ``1e-32``):
-  :math:`z = \pm c/v^k`, :math:`v \in (0, 1]`, which turns the algebraic decay :math:`|z|^{-\nu-1}` of
-  the t density times the growth of ``F`` into a smooth integrand (``k`` from ``nu``; cut at
-  :math:`z_i^\ast` too when it lies in a tail).
+* `[-L, L]` in four panels (cut at $z_i^\ast$): linear maps, where the density's mass is;
+* the tails beyond $\pm L$ (Student-t only; a Gaussian's mass there is below `1e-32`):
+  $z = \pm c/v^k$, $v \in (0, 1]$, which turns the algebraic decay $|z|^{-\nu-1}$ of
+  the t density times the growth of `F` into a smooth integrand (`k` from `nu`; cut at
+  $z_i^\ast$ too when it lies in a tail).
 
-All coordinates share one set of reference nodes, so ``F`` is evaluated once on a ``(d, m)`` array.
-scipy's adaptive ``quad`` is what this replaces: it is exact to ~1e-10 but costs two scalar calls
+All coordinates share one set of reference nodes, so `F` is evaluated once on a `(d, m)` array.
+scipy's adaptive `quad` is what this replaces: it is exact to ~1e-10 but costs two scalar calls
 per coordinate and state (18 s at d = 300); here a d = 1000 start takes milliseconds, and the test
 suite checks the two against each other.
 """
@@ -51,9 +52,9 @@ def _tail(c: np.ndarray, end: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarra
 
 
 def _tail_power(nu: float) -> int:
-    """``k`` of the tail map ``z = c/v**k``.  With it, ``|z|**p`` times the t density becomes
-    ``v**(k*(nu - p) - 1)`` in ``v``: smooth for the moments that exist (``p = 2`` for ``nu > 2``,
-    ``p = 1`` for ``nu > 1``) once ``k*(nu - p) >= 3``."""
+    """`k` of the tail map `z = c/v**k`.  With it, `|z|**p` times the t density becomes
+    `v**(k*(nu - p) - 1)` in `v`: smooth for the moments that exist (`p = 2` for `nu > 2`,
+    `p = 1` for `nu > 1`) once `k*(nu - p) >= 3`."""
     p = 2.0 if nu > 2 else 1.0 if nu > 1 else 0.0
     return int(min(64, max(4, np.ceil(3.0 / max(nu - p, 1e-9)))))
 
@@ -88,11 +89,11 @@ def _density(z: np.ndarray, nu: float | None) -> np.ndarray:
 
 
 def break_points(expr, g) -> list:
-    """Values of ``g`` (sympy expressions in the other symbols) where ``expr`` has a kink or a jump:
-    the zeros of the arguments of ``sign``, ``Abs``, ``Heaviside``, of the pairwise differences of
-    ``Min``/``Max`` arguments (nested ones expanded into their branches) and of ``Piecewise``
-    conditions, where these are linear in ``g``.  ``g = 0`` itself is left out (always a cut).  A
-    break point that is not linear in ``g`` is not found; the rule then loses accuracy there but stays
+    """Values of `g` (sympy expressions in the other symbols) where `expr` has a kink or a jump:
+    the zeros of the arguments of `sign`, `Abs`, `Heaviside`, of the pairwise differences of
+    `Min`/`Max` arguments (nested ones expanded into their branches) and of `Piecewise`
+    conditions, where these are linear in `g`.  `g = 0` itself is left out (always a cut).  A
+    break point that is not linear in `g` is not found; the rule then loses accuracy there but stays
     finite."""
     import itertools
 
@@ -132,11 +133,11 @@ def break_points(expr, g) -> list:
 
 def noise_expectation(F: Callable[[np.ndarray], np.ndarray], mu: np.ndarray, scale: np.ndarray,
                       nu: float | None = None, breaks: np.ndarray | None = None) -> np.ndarray:
-    """``E F(mu + scale*z)`` per coordinate; ``F`` maps a ``(d, m)`` array of gradients to values of
-    the same shape (row ``i`` belongs to coordinate ``i``).  ``nu``: Student-t degrees of freedom
-    (``None``: Gaussian).  ``breaks``: a ``(d, nb)`` array of further gradient values where ``F`` has
-    a kink or jump (``NaN``: none); ``g = 0`` is always one.  Where ``scale == 0`` the result is
-    ``F(mu)``."""
+    """`E F(mu + scale*z)` per coordinate; `F` maps a `(d, m)` array of gradients to values of
+    the same shape (row `i` belongs to coordinate `i`).  `nu`: Student-t degrees of freedom
+    (`None`: Gaussian).  `breaks`: a `(d, nb)` array of further gradient values where `F` has
+    a kink or jump (`NaN`: none); `g = 0` is always one.  Where `scale == 0` the result is
+    `F(mu)`."""
     mu = np.asarray(mu, float)
     s = np.asarray(scale, float)
     d = mu.size

@@ -1,22 +1,22 @@
-r"""Lowering: from an :class:`~sdederive.sde.SDE` or an :class:`~sdederive.spec.optimizers.Optimizer` to
+r"""Lowering: from an `SDE` or an `Optimizer` to
 the per-coordinate assignments a kernel executes, printed for a backend.
 
-One coordinate ``i`` of one path advances by one step with straight-line code:
+One coordinate `i` of one path advances by one step with straight-line code:
 
-* discrete mode: ``s_new = update[s](x, g, k, states, hypers)`` for every state, with ``g`` the
+* discrete mode: `s_new = update[s](x, g, k, states, hypers)` for every state, with `g` the
   stochastic gradient the kernel drew;
-* SDE mode, Euler–Maruyama: ``s_new = s + b_s dt + sum_r D_{s r} dW_r`` (diagonal noise, ``r`` over
-  the SDE's noise sources), or ``s + b_s dt + (D_s/sigma) xi`` when the noise enters linearly and
-  the problem's noise is correlated across coordinates (``xi`` the correlated increment);
+* SDE mode, Euler–Maruyama: `s_new = s + b_s dt + sum_r D_{s r} dW_r` (diagonal noise, `r` over
+  the SDE's noise sources), or `s + b_s dt + (D_s/sigma) xi` when the noise enters linearly and
+  the problem's noise is correlated across coordinates (`xi` the correlated increment);
 * SDE mode, weak order 2: Platen's explicit scheme (Kloeden & Platen, eq. 15.1.3, one noise source),
   built from the same drift and diffusion expressions.
 
-The SDE's scaled parameters (``rho1 = (1 - beta1)/eta``, ``sigma0 = sigma*eta``, ...) are replaced by
+The SDE's scaled parameters (`rho1 = (1 - beta1)/eta`, `sigma0 = sigma*eta`, ...) are replaced by
 their definitions, so kernels take the discrete hyperparameters in both modes.  The expressions go
-through ``sympy.cse`` after number symbols and numeric powers are folded to floats (NVRTC has no
-``M_PI``).  This module is backend-independent; each backend prints the assignments with its own printer,
-next to it: :mod:`~sdederive.simulate.backends.numba_printer` (sympy's ``PythonCodePrinter``) and
-:mod:`~sdederive.simulate.backends.cuda_printer` (``C99CodePrinter``).
+through `sympy.cse` after number symbols and numeric powers are folded to floats (NVRTC has no
+`M_PI`).  This module is backend-independent; each backend prints the assignments with its own printer,
+next to it: `numba_printer` (sympy's `PythonCodePrinter`) and
+`cuda_printer` (`C99CodePrinter`).
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ class CodegenError(SdederiveError):
 
 
 class NonNeg(sp.Function):
-    """``max(a, 0)``, the clamp of a Cholesky pivot under a square root (``sdederive.simulate.spec``).
+    """`max(a, 0)`, the clamp of a Cholesky pivot under a square root (`sdederive.simulate.spec`).
 
-    Its own function rather than ``Max(a, 0.0)``: sympy's code-rewriting passes rebuild every node,
-    and ``Max`` refuses to be rebuilt around arguments it cannot prove real.  Printed the same way by
-    both backends, ``(a if a > 0 else 0)``, so a NaN pivot gives 0 on the CPU and the GPU alike."""
+    Its own function rather than `Max(a, 0.0)`: sympy's code-rewriting passes rebuild every node,
+    and `Max` refuses to be rebuilt around arguments it cannot prove real.  Printed the same way by
+    both backends, `(a if a > 0 else 0)`, so a NaN pivot gives 0 on the CPU and the GPU alike."""
 
     nargs = 1
     is_real = True
@@ -62,8 +62,8 @@ _SUPPORTED_FUNCS = (sp.exp, sp.log, sp.erf, sp.erfc, sp.sign, sp.Abs, sp.atan, s
 
 
 def fold_numbers(e: sp.Expr) -> sp.Expr:
-    """Replace number symbols (``pi``, ``E``) and numeric sub-expressions (``sqrt(2)``) by 17-digit
-    floats: NVRTC does not define ``M_PI``/``M_SQRT2``, and the kernel should not recompute constants."""
+    """Replace number symbols (`pi`, `E`) and numeric sub-expressions (`sqrt(2)`) by 17-digit
+    floats: NVRTC does not define `M_PI`/`M_SQRT2`, and the kernel should not recompute constants."""
     e = sp.sympify(e)
     e = e.xreplace({sp.pi: sp.Float(math.pi, 17), sp.E: sp.Float(math.e, 17)})
     return e.replace(lambda a: (a.is_Pow or isinstance(a, sp.Function)) and a.is_number and not a.is_Rational,
@@ -82,14 +82,14 @@ def check_supported(e: sp.Expr, where: str) -> None:
 
 @dataclass
 class Assignments:
-    """Straight-line code: temporaries then outputs, each ``(name, expr)``."""
+    """Straight-line code: temporaries then outputs, each `(name, expr)`."""
 
     temps: list[tuple[str, sp.Expr]] = field(default_factory=list)
     outputs: list[tuple[str, sp.Expr]] = field(default_factory=list)
 
 
 def cse_assignments(outputs: list[tuple[str, sp.Expr]], prefix: str = "w") -> Assignments:
-    """Common-subexpression elimination over all outputs together (``sympy.cse``)."""
+    """Common-subexpression elimination over all outputs together (`sympy.cse`)."""
     names = [n for n, _ in outputs]
     exprs = [fold_numbers(e) for _, e in outputs]
     repl, red = sp.cse(exprs, symbols=sp.numbered_symbols(prefix), optimizations="basic")
@@ -101,8 +101,8 @@ _expand_pow = create_expand_pow_optimization(4)
 
 
 def expand_powers(e: sp.Expr) -> sp.Expr:
-    """``e`` with integer powers up to 4 written as products (``x**3`` -> ``x*x*x``), which C compilers
-    do not always do for ``pow``; sympy's ``create_expand_pow_optimization``."""
+    """`e` with integer powers up to 4 written as products (`x**3` -> `x*x*x`), which C compilers
+    do not always do for `pow`; sympy's `create_expand_pow_optimization`."""
     return optimize(e, [_expand_pow])
 
 

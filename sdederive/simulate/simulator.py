@@ -1,22 +1,22 @@
-r"""Compiled ensemble simulators: :func:`compile` and :class:`Simulator`.
+r"""Compiled ensemble simulators: `compile` and `Simulator`.
 
-``sd.compile(sde, problem)`` simulates the SDE (Euler–Maruyama, or ``scheme="weak2"``: Platen's
-explicit weak order-2 scheme); ``sd.compile(optimizer, problem)`` runs the discrete optimizer.
-Both report, every ``save_every`` steps, the mean and variance across paths of the loss, of
-``|x|^2`` and of every state (in the discrete optimizer's variables), on the shared time axis
-``t = k*tau`` (``tau`` the regime's time per step: ``eta`` or ``eta**2``).
+`sd.compile(sde, problem)` simulates the SDE (Euler–Maruyama, or `scheme="weak2"`: Platen's
+explicit weak order-2 scheme); `sd.compile(optimizer, problem)` runs the discrete optimizer.
+Both report, every `save_every` steps, the mean and variance across paths of the loss, of
+`|x|^2` and of every state (in the discrete optimizer's variables), on the shared time axis
+`t = k*tau` (`tau` the regime's time per step: `eta` or `eta**2`).
 
-Random numbers are Philox4x32-10 keyed by ``seed`` and addressed by (path, step, coordinate), so
+Random numbers are Philox4x32-10 keyed by `seed` and addressed by (path, step, coordinate), so
 results do not depend on the thread count, and the discrete run and the SDE run of the same seed
-use the *same* Gaussians (``g_k = grad + sigma z_k`` and ``dW_k = sqrt(tau) z_k``): their difference
+use the *same* Gaussians (`g_k = grad + sigma z_k` and `dW_k = sqrt(tau) z_k`): their difference
 has a much smaller variance than either, which the weak-error validators exploit.
 
-SDE initial values.  The discrete optimizer starts from ``x0`` and the spec's state initial values
-(PyTorch's ``m = v = 0``).  Where the SDE is singular there (a bias correction ``1 - e^{-ct}`` at
-``t = 0``, or a second-moment/accumulator state at 0 under a square root in a denominator), the
-SDE starts one step later, at ``t = tau``, from the *expected* discrete state after the first
-step, ``E[s_1]`` (each coordinate's expectation over the gradient noise, by quadrature), mapped to
-the SDE's variables (``u = eta**2 v``).  ``init={"v": ...}`` overrides those values.
+SDE initial values.  The discrete optimizer starts from `x0` and the spec's state initial values
+(PyTorch's `m = v = 0`).  Where the SDE is singular there (a bias correction `1 - e^{-ct}` at
+`t = 0`, or a second-moment/accumulator state at 0 under a square root in a denominator), the
+SDE starts one step later, at `t = tau`, from the *expected* discrete state after the first
+step, `E[s_1]` (each coordinate's expectation over the gradient noise, by quadrature), mapped to
+the SDE's variables (`u = eta**2 v`).  `init={"v": ...}` overrides those values.
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ _FINAL_MAX_BYTES = 2 * 2**30
 
 @dataclass
 class SimulationResult:
-    """Snapshots across paths.  ``mean[name]``/``var[name]``/``se[name]``: arrays over snapshots
-    (``(n_save,)`` for ``loss`` and ``sqnorm``, ``(n_save, d)`` for states); ``count[j]``: paths that
-    entered snapshot ``j`` (all of them unless diverged paths were masked)."""
+    """Snapshots across paths.  `mean[name]`/`var[name]`/`se[name]`: arrays over snapshots
+    (`(n_save,)` for `loss` and `sqnorm`, `(n_save, d)` for states); `count[j]`: paths that
+    entered snapshot `j` (all of them unless diverged paths were masked)."""
 
     t: np.ndarray
     steps: np.ndarray
@@ -85,14 +85,14 @@ class SimulationResult:
 
     @property
     def se(self) -> dict:
-        """Standard error of each mean: ``sqrt(var/count)`` (NaN where no path is left)."""
+        """Standard error of each mean: `sqrt(var/count)` (NaN where no path is left)."""
         c = np.maximum(self.count, 1).astype(float)
         return {k: np.sqrt(v / (c if v.ndim == 1 else c[:, None])) for k, v in self.var.items()}
 
     def to_pandas(self):
-        """The snapshots as a long :class:`pandas.DataFrame`: one row per (snapshot, observable,
-        coordinate) with ``step, t, observable, coord, mean, var, se, count`` (``coord = -1`` for
-        ``loss`` and ``sqnorm``); ``df.attrs`` holds mode, name, paths, seed.  Needs the ``pandas`` extra."""
+        """The snapshots as a long `pandas.DataFrame`: one row per (snapshot, observable,
+        coordinate) with `step, t, observable, coord, mean, var, se, count` (`coord = -1` for
+        `loss` and `sqnorm`); `df.attrs` holds mode, name, paths, seed.  Needs the `pandas` extra."""
         from sdederive._tables import simulation_frame
 
         return simulation_frame(self)
@@ -103,9 +103,9 @@ class SimulationResult:
         return bool(self.interrupted) or (0 <= self.steps_done < self.steps_total)
 
     def to_dict(self) -> dict:
-        """Standard JSON-ready: ``{"t", "mean", "var", "se", "count", "paths", "timing", ...}``.  A statistic
-        without a value (a snapshot no path entered: ``count`` 0) is ``null``, flagged by ``"nonfinite": true``
-        and ``"no_paths_left"``; ``"partial"`` and ``"steps_done"`` say whether the run was interrupted."""
+        """Standard JSON-ready: `{"t", "mean", "var", "se", "count", "paths", "timing", ...}`.  A statistic
+        without a value (a snapshot no path entered: `count` 0) is `null`, flagged by `"nonfinite": true`
+        and `"no_paths_left"`; `"partial"` and `"steps_done"` say whether the run was interrupted."""
         from sdederive._json import finite_or_none, has_nonfinite
 
         se = self.se
@@ -123,8 +123,8 @@ class SimulationResult:
 
 class _StopFlag:
     """While a run is in progress (main thread only), the first Ctrl-C sets this flag instead of raising
-    :class:`KeyboardInterrupt` in the middle of a chunk: the loop stops after the chunk, with consistent
-    statistics, and returns them marked ``interrupted``.  A second Ctrl-C raises as usual."""
+    `KeyboardInterrupt` in the middle of a chunk: the loop stops after the chunk, with consistent
+    statistics, and returns them marked `interrupted`.  A second Ctrl-C raises as usual."""
 
     def __init__(self) -> None:
         self.set = False
@@ -149,11 +149,11 @@ class _StopFlag:
 
 
 class _Progress:
-    """The progress bar of one :meth:`Simulator.run` call, from its first line to its last: the start-up
+    """The progress bar of one `Simulator.run` call, from its first line to its last: the start-up
     stages (hyperparameters, the regime check, the start values with the SDE's expected first step, the host
-    snapshots) by name, then the steps, then the statistics.  ``tqdm.auto`` when tqdm is installed (a widget in
-    Jupyter, a text bar in a terminal); otherwise a one-line text bar on ``stream``.  A disabled one
-    (``progress=False``) does nothing and is false."""
+    snapshots) by name, then the steps, then the statistics.  `tqdm.auto` when tqdm is installed (a widget in
+    Jupyter, a text bar in a terminal); otherwise a one-line text bar on `stream`.  A disabled one
+    (`progress=False`) does nothing and is false."""
 
     def __init__(self, total: int, enabled: bool, desc: str = "", stream=None) -> None:
         self.enabled, self.total, self.stream = bool(enabled), int(total), stream or sys.stderr
@@ -186,7 +186,7 @@ class _Progress:
             self._line()
 
     def update(self, done: int) -> None:
-        """``done`` of the ``total`` steps are finished."""
+        """`done` of the `total` steps are finished."""
         if not self.enabled:
             return
         self._done = int(done)
@@ -219,9 +219,9 @@ class _Progress:
 
 
 def _timed(run):
-    """``timing["total_s"]``: the wall time of the whole call (start values, set-up and the kernel), and
-    ``timing["start_s"]``, its part outside the kernel (``total_s - run_s``): what a user waits for.  The
-    ``progress`` flag becomes the call's :class:`_Progress` (covering the same span) and is closed at the end,
+    """`timing["total_s"]`: the wall time of the whole call (start values, set-up and the kernel), and
+    `timing["start_s"]`, its part outside the kernel (`total_s - run_s`): what a user waits for.  The
+    `progress` flag becomes the call's `_Progress` (covering the same span) and is closed at the end,
     also when the run raises."""
     import inspect
 
@@ -248,11 +248,11 @@ def _timed(run):
 
 
 class Simulator:
-    """A compiled kernel plus what it needs to run (see :func:`compile`).
+    """A compiled kernel plus what it needs to run (see `compile`).
 
-    ``backend`` is the backend's name, ``backend_impl`` its :class:`~sdederive.simulate.backends.base.AbstractBackend`
-    (which :meth:`run` drives), ``source`` the generated :class:`~sdederive.simulate.backends.base.KernelSource`
-    (``source.text``) and ``handle`` what the backend built from it."""
+    `backend` is the backend's name, `backend_impl` its `AbstractBackend`
+    (which `run` drives), `source` the generated `KernelSource`
+    (`source.text`) and `handle` what the backend built from it."""
 
     def __init__(self, spec: KernelSpec, problem: Problem, backend: str | AbstractBackend, dtype: str, scheme: str,
                  source: KernelSource, obj, tau_expr: sp.Expr, compile_s: float, handle=None):
@@ -313,8 +313,8 @@ class Simulator:
 
     # -- problem data -----------------------------------------------------------------------------
     def _problem_arrays(self):
-        """``(PV, PM, PL, PY)``: the problem's parameter pack (filled by field name, read by the kernels at the
-        named offsets of its :class:`~sdederive.problems.base.ParamLayout`) and its matrix/label slots."""
+        """`(PV, PM, PL, PY)`: the problem's parameter pack (filled by field name, read by the kernels at the
+        named offsets of its `ParamLayout`) and its matrix/label slots."""
         return self.problem.kernel_arrays()
 
     # -- initial state ----------------------------------------------------------------------------
@@ -325,7 +325,7 @@ class Simulator:
         return out
 
     def initial_state(self, hv: dict, init: dict | None = None):
-        """``(k_start, states)``: the step the kernel starts at and the per-state initial vectors (kernel
+        """`(k_start, states)`: the step the kernel starts at and the per-state initial vectors (kernel
         variables).  See the module docstring for the SDE rule."""
         p = self.problem
         init = dict(init or {})
@@ -380,9 +380,9 @@ class Simulator:
         return np.asarray(self.problem.grad(x), float)
 
     def _expected_first_step(self, opt, hv: dict) -> dict:
-        """``E[s_1]`` per coordinate over ``g = grad(x0) + sigma z``, all coordinates at once
-        (:func:`sdederive.simulate._quadrature.noise_expectation`: Gauss–Legendre pieces cut at ``g = 0`` and at
-        the update's other kinks and jumps in ``g``, :func:`~sdederive.simulate._quadrature.break_points`)."""
+        """`E[s_1]` per coordinate over `g = grad(x0) + sigma z`, all coordinates at once
+        (`sdederive.simulate._quadrature.noise_expectation`: Gauss–Legendre pieces cut at `g = 0` and at
+        the update's other kinks and jumps in `g`, `break_points`)."""
         p = self.problem
         x0 = p.x0
         gr = self._grad_at(x0)
@@ -422,20 +422,20 @@ class Simulator:
             seed: int = 0, save_every: int = 1, init: dict | None = None, mask_diverged: bool = False,
             progress: bool = False, substeps: int = 1, chunk_seconds: float = 0.5,
             threads: int | None = None, keep_final: bool = False) -> SimulationResult:
-        """Simulate ``paths`` independent paths for ``steps`` steps (``t = steps*tau``).
+        """Simulate `paths` independent paths for `steps` steps (`t = steps*tau`).
 
-        ``eta`` and ``hyper`` are the *discrete* hyperparameters in both modes.  ``substeps`` (SDE
-        mode) splits each ``tau`` into that many integrator steps.  A non-finite state, or at a snapshot
-        a non-finite or overflowing observable of a finite state (the loss of a huge ``x``), raises
-        :class:`~sdederive.errors.DivergenceError` naming the first path and step, unless
-        ``mask_diverged`` (then those paths leave the statistics and ``result.diverged`` counts them; a
-        snapshot no path is left in has NaN statistics and ``count`` 0).  A mean or variance that is still
-        not finite raises :class:`~sdederive.errors.DivergenceError` in both cases.  The memory the run
-        needs is estimated first and refused (:class:`~sdederive.errors.MemoryLimitError`) above 80 % of the
+        `eta` and `hyper` are the *discrete* hyperparameters in both modes.  `substeps` (SDE
+        mode) splits each `tau` into that many integrator steps.  A non-finite state, or at a snapshot
+        a non-finite or overflowing observable of a finite state (the loss of a huge `x`), raises
+        `DivergenceError` naming the first path and step, unless
+        `mask_diverged` (then those paths leave the statistics and `result.diverged` counts them; a
+        snapshot no path is left in has NaN statistics and `count` 0).  A mean or variance that is still
+        not finite raises `DivergenceError` in both cases.  The memory the run
+        needs is estimated first and refused (`MemoryLimitError`) above 80 % of the
         available memory.  Ctrl-C stops at the end of the current chunk and returns what was computed
-        (``result.interrupted``, ``result.partial``, ``result.steps_done`` of ``result.steps_total``); a
-        second Ctrl-C interrupts the chunk.  ``keep_final``: also return every path's final ``x`` and loss
-        (``result.final``; NaN rows for diverged paths), refused above ``_FINAL_MAX_BYTES``.
+        (`result.interrupted`, `result.partial`, `result.steps_done` of `result.steps_total`); a
+        second Ctrl-C interrupts the chunk.  `keep_final`: also return every path's final `x` and loss
+        (`result.final`; NaN rows for diverged paths), refused above `_FINAL_MAX_BYTES`.
         """
         check_run_args(paths=paths, steps=steps, save_every=save_every, substeps=substeps, seed=seed, threads=threads,
                        chunk_seconds=chunk_seconds)
@@ -527,7 +527,7 @@ class Simulator:
         return res
 
     def _keep_final(self, res, state, DIV, PV, PM, PL, PY) -> SimulationResult:
-        """``res`` with ``final = {"x": (paths, d), "loss": (paths,)}`` from the kernel's final states."""
+        """`res` with `final = {"x": (paths, d), "loss": (paths,)}` from the kernel's final states."""
         x = np.array(state[:, 0, :], dtype=np.float64)
         x[DIV >= 0] = np.nan
         W = np.zeros(2 * PM.shape[0] + 4)
@@ -540,7 +540,7 @@ class Simulator:
         return res
 
     def _raise_if_nonfinite(self, res: SimulationResult) -> None:
-        """:class:`DivergenceError` for a non-finite mean or variance at a snapshot that has paths (the kernels
+        """`DivergenceError` for a non-finite mean or variance at a snapshot that has paths (the kernels
         drop a path whose observables are non-finite or overflow; this catches a variance across finite paths
         that overflows all the same).  Snapshots without paths (all masked) hold NaN and are not errors."""
         live = res.count > 0
@@ -557,10 +557,10 @@ class Simulator:
                         int(res.diverged), res)
 
     def _check_memory(self, paths: int, n_save: int, threads: int | None) -> None:
-        """Estimate the host memory of a run before allocating it (:func:`~sdederive.simulate._memory.check_memory`):
+        """Estimate the host memory of a run before allocating it (`check_memory`):
         the state and divergence arrays (per path), the per-block snapshot statistics and the temporaries of
         their merge (per snapshot), and for the discrete optimizer on logistic regression the minibatch index
-        buffer of every kernel thread (``B`` integers each)."""
+        buffer of every kernel thread (`B` integers each)."""
         from sdederive.simulate._memory import check_memory
 
         S, d = len(self.spec.states), self.problem.d
@@ -580,7 +580,7 @@ class Simulator:
                      "lower paths or d (or B), raise save_every, or split the run over seeds")
 
     def _raise_if_diverged(self, DIV, tau, k, res) -> None:
-        """:class:`DivergenceError` naming the first (smallest-index) diverged path and its step."""
+        """`DivergenceError` naming the first (smallest-index) diverged path and its step."""
         bad = np.flatnonzero(DIV >= 0)
         if bad.size == 0:
             return
@@ -594,7 +594,7 @@ class Simulator:
             "statistics.", p0, int(DIV[p0]), int(bad.size), res)
 
     def _disc_init_vector(self) -> dict:
-        """The discrete optimizer's initial states (``x0``, the spec's inits), keyed by discrete name."""
+        """The discrete optimizer's initial states (`x0`, the spec's inits), keyed by discrete name."""
         if self.mode == "discrete":
             return self._discrete_init(self.obj)
         opt = source_optimizer(self.obj)
@@ -667,18 +667,18 @@ class Simulator:
 
     @property
     def module(self):
-        """The numba module with the kernel's ``prob_loss`` and ``obs``, evaluated on the host (the snapshots of
-        the start, ``keep_final``): the kernel's own module on numba; a float64 numba twin for other backends."""
+        """The numba module with the kernel's `prob_loss` and `obs`, evaluated on the host (the snapshots of
+        the start, `keep_final`): the kernel's own module on numba; a float64 numba twin for other backends."""
         if self._host is None:
             self._host = self.backend_impl.host_module(self.source, self.handle)
         return self._host
 
 
 def check_run_args(paths=1, steps=1, save_every=1, substeps=1, seed=0, threads=None, chunk_seconds=0.5) -> None:
-    """Validate the size arguments of :meth:`Simulator.run` (shared by the API, the CLI and sweeps):
-    ``paths``, ``steps``, ``save_every``, ``substeps`` integers >= 1 (not ``bool``), ``save_every <= steps``,
-    ``seed`` an integer in ``[0, 2**64)``, ``threads`` ``None`` or an integer >= 1, ``chunk_seconds > 0``;
-    raises :class:`~sdederive.errors.SdederiveError` naming the value."""
+    """Validate the size arguments of `Simulator.run` (shared by the API, the CLI and sweeps):
+    `paths`, `steps`, `save_every`, `substeps` integers >= 1 (not `bool`), `save_every <= steps`,
+    `seed` an integer in `[0, 2**64)`, `threads` `None` or an integer >= 1, `chunk_seconds > 0`;
+    raises `SdederiveError` naming the value."""
     for nm, v in (("paths", paths), ("steps", steps), ("save_every", save_every), ("substeps", substeps)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or v < 1:
             raise SdederiveError(f"{nm}={v!r} is invalid; allowed: an integer >= 1")
@@ -696,7 +696,7 @@ def check_run_args(paths=1, steps=1, save_every=1, substeps=1, seed=0, threads=N
 
 
 def _default_threads() -> int:
-    """The numba backend's thread count for ``threads=None`` (:func:`~sdederive.simulate.backends.numba_backend.
+    """The numba backend's thread count for `threads=None` (`
     default_threads`), for the memory estimate."""
     from sdederive.simulate.backends.numba_backend import default_threads
 
@@ -716,17 +716,23 @@ def compile(obj, problem: Problem, backend: str = "numba", dtype: str = "float64
 
     Parameters
     ----------
-    obj: an :class:`~sdederive.sde.SDE` (simulate it) or an :class:`~sdederive.spec.optimizers.Optimizer` /
+    obj
+        an `SDE` (simulate it) or an `Optimizer` /
         built-in name (run the discrete update rule).
-    problem: a :class:`~sdederive.problems.Problem` (quadratic, logistic regression, custom ``f``).
-    backend: ``"numba"`` (CPU, parallel over paths), ``"cupy"`` (CUDA, one thread per path), or any name
-        registered with :func:`~sdederive.simulate.backends.base.register_backend`
-        (:func:`~sdederive.simulate.backends.base.backend_names`).
-    dtype: ``"float64"`` or ``"float32"`` (the state's precision; random numbers are always drawn in
+    problem
+        a `Problem` (quadratic, logistic regression, custom `f`).
+    backend
+        `"numba"` (CPU, parallel over paths), `"cupy"` (CUDA, one thread per path), or any name
+        registered with `register_backend`
+        (`backend_names`).
+    dtype
+        `"float64"` or `"float32"` (the state's precision; random numbers are always drawn in
         double precision, so both dtypes see the same Gaussians).
-    scheme: SDE integrator, ``"euler"`` (Euler–Maruyama, weak order 1) or ``"weak2"`` (Platen's
+    scheme
+        SDE integrator, `"euler"` (Euler–Maruyama, weak order 1) or `"weak2"` (Platen's
         explicit weak order-2 scheme; one noise source, uncorrelated noise).
-    regime: discrete mode only: the regime whose ``tau`` defines the time axis ``t = k*tau``
+    regime
+        discrete mode only: the regime whose `tau` defines the time axis `t = k*tau`
         (default the optimizer's natural regime).
     """
     impl = get_backend(backend)  # UnknownNameError listing the registered names

@@ -1,17 +1,17 @@
-r"""What a kernel computes, independent of the backend: :class:`KernelSpec`.
+r"""What a kernel computes, independent of the backend: `KernelSpec`.
 
-Built from an :class:`~sdederive.sde.SDE` (:func:`sde_spec`) or an
-:class:`~sdederive.spec.optimizers.Optimizer` (:func:`discrete_spec`) and a problem.  Holds three
+Built from an `SDE` (`sde_spec`) or an
+`Optimizer` (`discrete_spec`) and a problem.  Holds three
 straight-line functions of one coordinate, as sympy assignments:
 
-``coef``  (SDE mode) drift ``a_s`` and diffusion ``b_{s,r}`` of every state ``s``;
-``upd``   (discrete mode) the state after one step;
-``obs``   the reported states in the *discrete* optimizer's variables (``v = u/eta**2``), so both
+`coef`  (SDE mode) drift `a_s` and diffusion `b_{s,r}` of every state `s`;
+`upd`   (discrete mode) the state after one step;
+`obs`   the reported states in the *discrete* optimizer's variables (`v = u/eta**2`), so both
           modes report the same observables.
 
-Kernel argument names: state ``s`` is ``s_<s>``, hyperparameter ``h`` is ``hp_<h>``, and ``gr``,
-``hs``, ``sg`` are the coordinate's gradient, Hessian diagonal and noise scale, ``gv`` the
-stochastic gradient, ``tt`` the time, ``kk`` the step counter.
+Kernel argument names: state `s` is `s_<s>`, hyperparameter `h` is `hp_<h>`, and `gr`,
+`hs`, `sg` are the coordinate's gradient, Hessian diagonal and noise scale, `gv` the
+stochastic gradient, `tt` the time, `kk` the step counter.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def check_names(spec: KernelSpec) -> None:
 
 class _Rename:
     """Kernel argument names for an expression's symbols, matched by *name*: a user's hyperparameter
-    ``sd.sym("cl", positive=True)`` and a plain ``sd.sym("cl")`` are different sympy symbols but one
-    kernel argument ``hp_cl``."""
+    `sd.sym("cl", positive=True)` and a plain `sd.sym("cl")` are different sympy symbols but one
+    kernel argument `hp_cl`."""
 
     def __init__(self, states: tuple[str, ...], scalars: tuple[str, ...]) -> None:
         m = {s: sp.Symbol(f"s_{s}", real=True) for s in states}
@@ -121,9 +121,9 @@ def _scalars_of(exprs, known_states, hypers_order) -> tuple[str, ...]:
 
 
 def source_optimizer(sde: SDE) -> Optimizer | None:
-    """The optimizer ``sde`` was derived from: ``sde.source`` (set by :func:`sdederive.derive` and
-    restored by :meth:`SDE.from_json <sdederive.sde.SDE.from_json>`), else the built-in of that name (an
-    SDE built by hand or read from an old JSON without ``"source"``), else ``None``.  The simulators take
+    """The optimizer `sde` was derived from: `sde.source` (set by `sdederive.derive` and
+    restored by `SDE.from_json`), else the built-in of that name (an
+    SDE built by hand or read from an old JSON without `"source"`), else `None`.  The simulators take
     the states' kinds, initial values and update rule from it, so a user-written copy of a built-in
     simulates exactly like the built-in."""
     if isinstance(sde.source, Optimizer):
@@ -134,10 +134,10 @@ def source_optimizer(sde: SDE) -> Optimizer | None:
 
 
 def _clamp_sqrt(e: sp.Expr) -> sp.Expr:
-    """``sqrt(A) -> sqrt(NonNeg(A))`` (``max(A, 0)``) where ``A`` is not known to be nonnegative.  A diffusion entry
-    under a square root is a Cholesky pivot ``Var - Cov**2/Var`` (nonnegative by Cauchy-Schwarz);
+    """`sqrt(A) -> sqrt(NonNeg(A))` (`max(A, 0)`) where `A` is not known to be nonnegative.  A diffusion entry
+    under a square root is a Cholesky pivot `Var - Cov**2/Var` (nonnegative by Cauchy-Schwarz);
     floating point can still make it a tiny negative number where the two terms cancel (Lion's
-    ``1 - erf(.)**2 - ...`` at a large signal-to-noise ratio, where ``erf`` rounds to 1), which would
+    `1 - erf(.)**2 - ...` at a large signal-to-noise ratio, where `erf` rounds to 1), which would
     turn a zero into NaN."""
     def fix(p):
         base = p.base
@@ -149,15 +149,15 @@ def _clamp_sqrt(e: sp.Expr) -> sp.Expr:
 
 
 def _coupling_signs(sde: SDE, D: sp.Matrix) -> list[int]:
-    """Orient each noise column of ``D`` like the discrete update's response to ``z``.
+    """Orient each noise column of `D` like the discrete update's response to `z`.
 
-    ``D`` and ``-D`` give the same SDE in law; the derivation fixes the sign of a Cholesky factor,
+    `D` and `-D` give the same SDE in law; the derivation fixes the sign of a Cholesky factor,
     not the sign with which the gradient noise moves the state.  The simulators feed the discrete
-    run and the SDE run of one seed the same Gaussians (``g = grad + sigma z``, ``dW = sqrt(tau) z``);
-    for that coupling to make their difference small, ``dW`` must push the state the way ``z`` does.
-    Per column: take its first nonzero row ``s`` and compare the sign of ``D[s, j]`` with the sign
-    of ``x_s(z = +1) - x_s(z = -1)`` of the optimizer's update (a difference, not a derivative, so
-    that ``sign(g)`` responds too), at a generic point with a small gradient.  Returns +1 or -1 per
+    run and the SDE run of one seed the same Gaussians (`g = grad + sigma z`, `dW = sqrt(tau) z`);
+    for that coupling to make their difference small, `dW` must push the state the way `z` does.
+    Per column: take its first nonzero row `s` and compare the sign of `D[s, j]` with the sign
+    of `x_s(z = +1) - x_s(z = -1)` of the optimizer's update (a difference, not a derivative, so
+    that `sign(g)` responds too), at a generic point with a small gradient.  Returns +1 or -1 per
     column; +1 where the optimizer is unknown or the state was eliminated.
     """
     r = D.shape[1]
@@ -209,8 +209,8 @@ def _coupling_signs(sde: SDE, D: sp.Matrix) -> list[int]:
 
 
 def _require_diagonal_hessian(sde: SDE, problem: Problem) -> None:
-    """The order-2 drift is derived per coordinate: its ``(grad b0) b0`` term uses ``hess`` =
-    ``d grad_i/dx_i`` only, so on a problem whose Hessian couples coordinates it misses ``H grad``'s
+    """The order-2 drift is derived per coordinate: its `(grad b0) b0` term uses `hess` =
+    `d grad_i/dx_i` only, so on a problem whose Hessian couples coordinates it misses `H grad`'s
     off-diagonal part and the SDE is only first order.  Refuse such a problem."""
     why = problem.hessian_coupling()  # each problem kind knows its Hessian's structure
     if why:
@@ -222,9 +222,9 @@ def _require_diagonal_hessian(sde: SDE, problem: Problem) -> None:
 
 
 def sde_spec(sde: SDE, problem: Problem, *, correlated: bool) -> KernelSpec:
-    """Kernel spec of an SDE on a problem.  ``correlated``: the problem's noise is correlated across
+    """Kernel spec of an SDE on a problem.  `correlated`: the problem's noise is correlated across
     coordinates (then a linear-noise SDE uses the correlated increment, otherwise the per-coordinate
-    marginal scale, which is recorded in ``notes``)."""
+    marginal scale, which is recorded in `notes`)."""
     if getattr(sde, "order", 1) == 2:
         _require_diagonal_hessian(sde, problem)
     states = tuple(sde.states)

@@ -1,2 +1,2 @@
-"""Step 1 of the pipeline, the optimizer as a spec: hyperparameters (:mod:`.hyper`), optax-style
-transforms (:mod:`.transforms`) and the optimizers built from them (:mod:`.optimizers`)."""
+"""Step 1 of the pipeline, the optimizer as a spec: hyperparameters (`.hyper`), optax-style
+transforms (`.transforms`) and the optimizers built from them (`.optimizers`)."""

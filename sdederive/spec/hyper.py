@@ -33,7 +33,7 @@ KINDS: dict[str, tuple[str, object]] = {
 
 
 def check_value(name: str, kind: str, value) -> None:
-    """Raise :class:`HyperparameterError` unless ``value`` is allowed for a hyperparameter of ``kind``.
+    """Raise `HyperparameterError` unless `value` is allowed for a hyperparameter of `kind`.
 
     Symbolic values are always accepted (their range is the symbol's business).
     """
@@ -51,9 +51,9 @@ def check_value(name: str, kind: str, value) -> None:
 
 @dataclass(frozen=True)
 class Hyper:
-    """One hyperparameter: ``name`` (a NOTATION name where one exists), ``default`` (PyTorch's where
-    one exists), ``kind`` (a :class:`~sdederive.spec.kinds.HyperKind`; its plain string values, the keys
-    of :data:`KINDS`, are accepted)."""
+    """One hyperparameter: `name` (a NOTATION name where one exists), `default` (PyTorch's where
+    one exists), `kind` (a `HyperKind`; its plain string values, the keys
+    of `KINDS`, are accepted)."""
 
     name: str
     default: float | None

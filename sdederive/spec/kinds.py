@@ -1,12 +1,12 @@
 """The declared roles of an optimizer's states and hyperparameters, as string enums.
 
 The regimes, the derivation engine and the simulators decide how a state or a hyperparameter is
-treated from its declared kind, never from its name: a second moment called ``s`` (AdaBelief) is
-rescaled like Adam's ``v``, and a decay called ``gamma`` is scaled like ``beta1``.
+treated from its declared kind, never from its name: a second moment called `s` (AdaBelief) is
+rescaled like Adam's `v`, and a decay called `gamma` is scaled like `beta1`.
 
-Both enums subclass :class:`str`, so the old plain strings keep working everywhere: ``"decay"``
-compares equal to :attr:`HyperKind.DECAY`, is accepted wherever a kind is expected, and a kind
-prints and serializes as its plain value (``"decay"``).
+Both enums subclass `str`, so the old plain strings keep working everywhere: `"decay"`
+compares equal to `HyperKind.DECAY`, is accepted wherever a kind is expected, and a kind
+prints and serializes as its plain value (`"decay"`).
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ class _StrKind(str, Enum):
 
 
 class StateKind(_StrKind):
-    """How regimes treat an auxiliary state (:class:`~sdederive.spec.transforms.StateDecl`).
+    """How regimes treat an auxiliary state (`StateDecl`).
 
-    ``AUX``: left as is (momentum buffers, lagged gradients).
-    ``SECOND_MOMENT``: an EMA of ``g**2``; nonnegative, rescaled to ``u = eta**2*v`` in the
+    `AUX`: left as is (momentum buffers, lagged gradients).
+    `SECOND_MOMENT`: an EMA of `g**2`; nonnegative, rescaled to `u = eta**2*v` in the
     noise-dominated regime, its diffusion dropped in the balanced one.
-    ``ACCUMULATOR``: a running sum of ``g**2``; nonnegative, rescaled likewise in the accumulator regime.
+    `ACCUMULATOR`: a running sum of `g**2`; nonnegative, rescaled likewise in the accumulator regime.
     """
 
     AUX = "aux"
@@ -58,13 +58,13 @@ class StateKind(_StrKind):
 
 
 class HyperKind(_StrKind):
-    """The role and allowed range of a hyperparameter (:class:`~sdederive.spec.hyper.Hyper`).
+    """The role and allowed range of a hyperparameter (`Hyper`).
 
-    ``LR`` the learning rate (``> 0``); ``DECAY`` an EMA decay in ``[0, 1)`` (scaled by the regimes:
-    ``1 - beta = rho*eta``); ``INTERP`` an interpolation weight in ``[0, 1]`` and ``MOMENTUM`` a
-    heavy-ball coefficient in ``[0, 1)`` (both fixed); ``EPS`` a denominator guard (``>= 0``,
-    ``eps = eps0/eta`` where a regime scales it); ``WD`` a weight decay (``>= 0``, never rescaled);
-    ``REAL`` any finite real; ``POSITIVE`` any value ``> 0``.
+    `LR` the learning rate (`> 0`); `DECAY` an EMA decay in `[0, 1)` (scaled by the regimes:
+    `1 - beta = rho*eta`); `INTERP` an interpolation weight in `[0, 1]` and `MOMENTUM` a
+    heavy-ball coefficient in `[0, 1)` (both fixed); `EPS` a denominator guard (`>= 0`,
+    `eps = eps0/eta` where a regime scales it); `WD` a weight decay (`>= 0`, never rescaled);
+    `REAL` any finite real; `POSITIVE` any value `> 0`.
     """
 
     LR = "lr"
@@ -78,5 +78,5 @@ class HyperKind(_StrKind):
 
     @property
     def unit_interval(self) -> bool:
-        """Values of this kind lie in ``[0, 1]`` (decays, interpolation weights, heavy-ball ``mu``)."""
+        """Values of this kind lie in `[0, 1]` (decays, interpolation weights, heavy-ball `mu`)."""
         return self in (HyperKind.DECAY, HyperKind.INTERP, HyperKind.MOMENTUM)

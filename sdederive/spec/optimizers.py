@@ -1,9 +1,9 @@
 """Optimizer specs: the discrete one-step update of coordinate-wise states.
 
-An :class:`Optimizer` holds, for every state (the parameter ``x`` and auxiliary states such as
-``m``, ``v``), its value after one step as a sympy expression of the current states, the
-stochastic gradient ``g``, the 0-based step counter ``k`` and the hyperparameters.  Build one
-from transforms with :func:`chain`, or write the update directly with :func:`from_update`::
+An `Optimizer` holds, for every state (the parameter `x` and auxiliary states such as
+`m`, `v`), its value after one step as a sympy expression of the current states, the
+stochastic gradient `g`, the 0-based step counter `k` and the hyperparameters.  Build one
+from transforms with `chain`, or write the update directly with `from_update`:
 
     import sympy as sp, sdederive as sd
     x, g, m = sd.symbols("x g m")
@@ -12,10 +12,10 @@ from transforms with :func:`chain`, or write the update directly with :func:`fro
     opt = sd.from_update("ema_sign", {"m": m1, "x": x - eta*sp.sign(m1)},
                          hypers={"eta": (1e-3, "lr"), "beta": (0.9, "decay")})
 
-Built-ins (PyTorch defaults where PyTorch has the optimizer): ``sgd``, ``sgd_momentum``,
-``signsgd``, ``signum``, ``rmsprop``, ``rmspropw``, ``adam``, ``adamw``, ``adagrad``, ``lion``;
-from their papers: ``amsgrad``, ``sgd_clip`` (per-coordinate clipping), ``adabelief``, ``qhadam``,
-and ``adan`` (resolved by :func:`get`, not in :func:`names`: its derivation is refused, see :func:`adan`).
+Built-ins (PyTorch defaults where PyTorch has the optimizer): `sgd`, `sgd_momentum`,
+`signsgd`, `signum`, `rmsprop`, `rmspropw`, `adam`, `adamw`, `adagrad`, `lion`;
+from their papers: `amsgrad`, `sgd_clip` (per-coordinate clipping), `adabelief`, `qhadam`,
+and `adan` (resolved by `get`, not in `names`: its derivation is refused, see `adan`).
 """
 
 from __future__ import annotations
@@ -47,16 +47,21 @@ _X, _G, _K = sym("x"), sym("g"), sym("k")
 
 @dataclass(frozen=True)
 class Optimizer:
-    """A coordinate-wise optimizer: ``update[s]`` is the state ``s`` after one step.
+    """A coordinate-wise optimizer: `update[s]` is the state `s` after one step.
 
     Attributes
     ----------
-    name: registry name.
-    hypers: hyperparameters, with defaults and allowed ranges.
-    states: auxiliary states (``x`` excluded), with their initial values.
-    update: ``((state, expr), ...)`` with ``x`` last; expressions in the canonical symbols
-        ``x, g, k``, the states and the hyperparameters.
-    natural_regime: the regime :func:`sdederive.derive` uses when none is given.
+    name
+        registry name.
+    hypers
+        hyperparameters, with defaults and allowed ranges.
+    states
+        auxiliary states (`x` excluded), with their initial values.
+    update
+        `((state, expr), ...)` with `x` last; expressions in the canonical symbols
+        `x, g, k`, the states and the hyperparameters.
+    natural_regime
+        the regime `sdederive.derive` uses when none is given.
     """
 
     name: str
@@ -81,7 +86,7 @@ class Optimizer:
 
     @property
     def state_names(self) -> tuple[str, ...]:
-        """All states, parameter first: ``("x", "m", "v")``."""
+        """All states, parameter first: `("x", "m", "v")`."""
         return ("x",) + tuple(s.name for s in self.states)
 
     @property
@@ -127,12 +132,12 @@ class Optimizer:
 
     # -- JSON ----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        """The optimizer as plain JSON data (schema in ``docs/notation.md``, "Optimizer JSON").
+        """The optimizer as plain JSON data (schema in `docs/notation.md`, "Optimizer JSON").
 
-        Expressions are written as text that :func:`sdederive._safe_expr.parse_expr` reads back to the
+        Expressions are written as text that `sdederive._safe_expr.parse_expr` reads back to the
         same sympy expression (floats with all their digits); an update that text cannot hold (a
         function outside the parser's whitelist, a float of another precision) raises
-        :class:`~sdederive.errors.SpecError` naming the state and the part that is not serializable.
+        `SpecError` naming the state and the part that is not serializable.
         """
         _check_writable(self)
         update = []
@@ -173,23 +178,23 @@ class Optimizer:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        """:meth:`to_dict` as JSON text, byte-reproducible (sorted keys, no NaN)."""
+        """`to_dict` as JSON text, byte-reproducible (sorted keys, no NaN)."""
         return _json.dumps(self.to_dict(), sort_keys=True, indent=indent)
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Optimizer:
-        """Rebuild an optimizer from :meth:`to_dict` data (a file's content: checked, never evaluated).
+        """Rebuild an optimizer from `to_dict` data (a file's content: checked, never evaluated).
 
-        Every expression goes through :func:`sdederive._safe_expr.parse_expr` with the optimizer's own
-        symbols only (``x``, ``g``, ``k``, its states and hyperparameters); names, kinds and numbers
-        are checked.  Anything else raises :class:`~sdederive.errors.SpecError` naming the field and
+        Every expression goes through `sdederive._safe_expr.parse_expr` with the optimizer's own
+        symbols only (`x`, `g`, `k`, its states and hyperparameters); names, kinds and numbers
+        are checked.  Anything else raises `SpecError` naming the field and
         what is allowed.
         """
         return _from_dict(cls, data)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Optimizer:
-        """Rebuild an optimizer from :meth:`to_json` text (see :meth:`from_dict`)."""
+        """Rebuild an optimizer from `to_json` text (see `from_dict`)."""
         if isinstance(text, (bytes, bytearray)):
             try:
                 text = text.decode("utf-8")
@@ -208,9 +213,9 @@ class Optimizer:
         return _from_dict(cls, data)
 
     def numpy_step(self) -> Callable:
-        """A numpy function ``step(states: dict, g, k, hyper: dict) -> dict`` evaluating one update.
+        """A numpy function `step(states: dict, g, k, hyper: dict) -> dict` evaluating one update.
 
-        Generated from the same sympy update with ``lambdify`` (vectorised over arrays).  Used by
+        Generated from the same sympy update with `lambdify` (vectorised over arrays).  Used by
         the one-step Monte Carlo check and as a reference discrete simulator.
         """
         args = [_X, _G, _K] + [s.symbol for s in self.states] + [h.symbol for h in self.hypers]
@@ -289,7 +294,7 @@ _KEYS_OPTIONAL = ("format", "version", "natural_regime", "doc", "transforms")
 
 
 class _TextPrinter(StrPrinter):
-    """``str`` of an expression, with every float written with all its digits (``repr`` of the double)."""
+    """`str` of an expression, with every float written with all its digits (`repr` of the double)."""
 
     def _print_Float(self, expr: sp.Float) -> str:
         return repr(float(expr))
@@ -300,7 +305,7 @@ def _expr_text(e: sp.Expr) -> str:
 
 
 def _unserializable(e: sp.Expr) -> str:
-    """What of ``e`` the optimizer JSON cannot hold ('' if nothing obvious)."""
+    """What of `e` the optimizer JSON cannot hold ('' if nothing obvious)."""
     funcs = sorted({type(f).__name__ for f in e.atoms(sp.Function) if type(f).__name__ not in SDE_FUNCTIONS})
     if funcs:
         return f"it uses {', '.join(funcs)}, which the safe expression parser does not read"
@@ -313,7 +318,7 @@ def _unserializable(e: sp.Expr) -> str:
 
 
 def _check_writable(opt: Optimizer) -> None:
-    """Refuse, at writing time, what :func:`_from_dict` would refuse at reading time (names, docs)."""
+    """Refuse, at writing time, what `_from_dict` would refuse at reading time (names, docs)."""
     def bad(what: str, v, allowed: str) -> SpecError:
         return SpecError(f"optimizer {opt.name!r}: {what} {str(v)[:60]!r} cannot be written as JSON; allowed: {allowed}")
 
@@ -346,7 +351,7 @@ def _spec_err(msg: str) -> SpecError:
 
 
 def _parse_update(text: str, states, hypers, what: str) -> sp.Expr:
-    """``text`` as an update expression in the optimizer's own symbols (floats as doubles)."""
+    """`text` as an update expression in the optimizer's own symbols (floats as doubles)."""
     names = {"x": sym("x"), "g": sym("g"), "k": sym("k")}
     names |= {s.name: s.symbol for s in states} | {h.name: h.symbol for h in hypers}
     e = parse_expr(text, symbols=names, what=f"optimizer JSON {what}",
@@ -453,10 +458,10 @@ def _from_dict(cls, d) -> Optimizer:
 
 
 def chain(*transforms: Transform, name: str, natural_regime: str = "sgd", doc: str = "") -> Optimizer:
-    """Compose transforms (applied left to right, starting from ``u = g``) into an optimizer.
+    """Compose transforms (applied left to right, starting from `u = g`) into an optimizer.
 
-    The parameter update is ``x_{k+1} = x_k + u_final``; finish with
-    :func:`~sdederive.spec.transforms.scale_by_learning_rate`.
+    The parameter update is `x_{k+1} = x_k + u_final`; finish with
+    `scale_by_learning_rate`.
     """
     ctx = Context()
     u: sp.Expr = ctx.g
@@ -495,14 +500,18 @@ def from_update(
 
     Parameters
     ----------
-    update: state name -> its value after the step (``"x"`` required), in symbols from
-        :func:`sdederive.sym` (``x``, ``g``, ``k``, states, hyperparameters).
-    hypers: name -> ``(default, kind)`` or a :class:`~sdederive.spec.hyper.Hyper`; kinds are
-        :class:`~sdederive.spec.kinds.HyperKind` values, the keys of :data:`sdederive.spec.hyper.KINDS`
-        (``"decay"`` parameters are scaled by the regimes).
-    init: initial values of the auxiliary states (default 0).
-    kinds: state name -> a :class:`~sdederive.spec.kinds.StateKind` or its value ``"aux"`` |
-        ``"second_moment"`` | ``"accumulator"`` (default ``"aux"``); regimes and simulators read the kind,
+    update
+        state name -> its value after the step (`"x"` required), in symbols from
+        `sdederive.sym` (`x`, `g`, `k`, states, hyperparameters).
+    hypers
+        name -> `(default, kind)` or a `Hyper`; kinds are
+        `HyperKind` values, the keys of `sdederive.spec.hyper.KINDS`
+        (`"decay"` parameters are scaled by the regimes).
+    init
+        initial values of the auxiliary states (default 0).
+    kinds
+        state name -> a `StateKind` or its value `"aux"` |
+        `"second_moment"` | `"accumulator"` (default `"aux"`); regimes and simulators read the kind,
         never the state's name.
     """
     from sdederive.spec.vector import Vec, from_update_vector
@@ -540,36 +549,36 @@ def from_update(
 
 
 def sgd(eta: float = 1e-3) -> Optimizer:
-    r"""SGD: :math:`x_{k+1} = x_k - \eta g_k`."""
+    r"""SGD: $x_{k+1} = x_k - \eta g_k$."""
     return chain(T.scale_by_learning_rate(eta), name="sgd", natural_regime="sgd", doc=sgd.__doc__)
 
 
 def sgd_momentum(eta: float = 1e-3, mu: float = 0.9) -> Optimizer:
-    r"""Heavy-ball SGD (PyTorch): :math:`m_{k+1} = \mu m_k + g_k,\ x_{k+1} = x_k - \eta m_{k+1}`."""
+    r"""Heavy-ball SGD (PyTorch): $m_{k+1} = \mu m_k + g_k,\ x_{k+1} = x_k - \eta m_{k+1}$."""
     return chain(T.trace(mu), T.scale_by_learning_rate(eta), name="sgd_momentum", natural_regime="sgd",
                  doc=sgd_momentum.__doc__)
 
 
 def signsgd(eta: float = 1e-3) -> Optimizer:
-    r"""SignSGD: :math:`x_{k+1} = x_k - \eta\,\mathrm{sign}(g_k)`."""
+    r"""SignSGD: $x_{k+1} = x_k - \eta\,\mathrm{sign}(g_k)$."""
     return chain(T.scale_by_sign(), T.scale_by_learning_rate(eta), name="signsgd", natural_regime="sgd",
                  doc=signsgd.__doc__)
 
 
 def signum(eta: float = 1e-3, beta: float = 0.9) -> Optimizer:
-    r"""Signum (Bernstein et al. 2018): :math:`m_{k+1} = \beta m_k + (1-\beta) g_k,\ x_{k+1} = x_k - \eta\,\mathrm{sign}(m_{k+1})`."""
+    r"""Signum (Bernstein et al. 2018): $m_{k+1} = \beta m_k + (1-\beta) g_k,\ x_{k+1} = x_k - \eta\,\mathrm{sign}(m_{k+1})$."""
     return chain(T.ema(beta), T.scale_by_sign(), T.scale_by_learning_rate(eta), name="signum",
                  natural_regime="balanced", doc=signum.__doc__)
 
 
 def rmsprop(eta: float = 1e-2, beta: float = 0.99, eps: float = 1e-8) -> Optimizer:
-    r"""RMSprop (PyTorch): :math:`v_{k+1} = \beta v_k + (1-\beta) g_k^2,\ x_{k+1} = x_k - \eta g_k/(\sqrt{v_{k+1}}+\epsilon)`."""
+    r"""RMSprop (PyTorch): $v_{k+1} = \beta v_k + (1-\beta) g_k^2,\ x_{k+1} = x_k - \eta g_k/(\sqrt{v_{k+1}}+\epsilon)$."""
     return chain(T.scale_by_rms(beta, eps), T.scale_by_learning_rate(eta), name="rmsprop",
                  natural_regime="noise-dominated", doc=rmsprop.__doc__)
 
 
 def rmspropw(eta: float = 1e-2, beta: float = 0.99, eps: float = 1e-8, wd: float = 1e-2) -> Optimizer:
-    r"""RMSprop with decoupled weight decay: :math:`x_{k+1} = x_k - \eta\big(g_k/(\sqrt{v_{k+1}}+\epsilon) + w_d x_k\big)`."""
+    r"""RMSprop with decoupled weight decay: $x_{k+1} = x_k - \eta\big(g_k/(\sqrt{v_{k+1}}+\epsilon) + w_d x_k\big)$."""
     return chain(T.scale_by_rms(beta, eps), T.add_decayed_weights(wd), T.scale_by_learning_rate(eta),
                  name="rmspropw", natural_regime="balanced", doc=rmspropw.__doc__)
 
@@ -581,27 +590,27 @@ def adam(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float
 
 
 def adamw(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, wd: float = 1e-2) -> Optimizer:
-    r"""AdamW (PyTorch): Adam's direction plus decoupled weight decay ``wd*x``, times ``-eta``."""
+    r"""AdamW (PyTorch): Adam's direction plus decoupled weight decay `wd*x`, times `-eta`."""
     return chain(T.scale_by_adam(beta1, beta2, eps), T.add_decayed_weights(wd), T.scale_by_learning_rate(eta),
                  name="adamw", natural_regime="balanced", doc=adamw.__doc__)
 
 
 def adagrad(eta: float = 1e-2, eps: float = 1e-10) -> Optimizer:
-    r"""Adagrad (PyTorch, no lr decay): :math:`v_{k+1} = v_k + g_k^2,\ x_{k+1} = x_k - \eta g_k/(\sqrt{v_{k+1}}+\epsilon)`."""
+    r"""Adagrad (PyTorch, no lr decay): $v_{k+1} = v_k + g_k^2,\ x_{k+1} = x_k - \eta g_k/(\sqrt{v_{k+1}}+\epsilon)$."""
     return chain(T.scale_by_rss(eps), T.scale_by_learning_rate(eta), name="adagrad",
                  natural_regime="accumulator", doc=adagrad.__doc__)
 
 
 def lion(eta: float = 1e-4, beta1: float = 0.9, beta2: float = 0.99, wd: float = 0.0) -> Optimizer:
-    r"""Lion (Chen et al. 2023): :math:`x_{k+1} = x_k - \eta(\mathrm{sign}(\beta_1 m_k + (1-\beta_1) g_k) + w_d x_k)`."""
+    r"""Lion (Chen et al. 2023): $x_{k+1} = x_k - \eta(\mathrm{sign}(\beta_1 m_k + (1-\beta_1) g_k) + w_d x_k)$."""
     return chain(T.scale_by_lion(beta1, beta2), T.add_decayed_weights(wd), T.scale_by_learning_rate(eta),
                  name="lion", natural_regime="balanced", doc=lion.__doc__)
 
 
 def sgd_clip(eta: float = 1e-3, clip: float = 1.0) -> Optimizer:
-    r"""SGD with per-coordinate gradient clipping: :math:`x_{k+1} = x_k - \eta\,\operatorname{clip}(g_k, -c, c)`.
+    r"""SGD with per-coordinate gradient clipping: $x_{k+1} = x_k - \eta\,\operatorname{clip}(g_k, -c, c)$.
 
-    The SDE uses the closed-form truncated moments of the noise (Gaussian, Student-t for every ``nu``).
+    The SDE uses the closed-form truncated moments of the noise (Gaussian, Student-t for every `nu`).
     """
     return chain(T.clip(clip), T.scale_by_learning_rate(eta), name="sgd_clip", natural_regime="sgd",
                  doc=sgd_clip.__doc__)
@@ -609,11 +618,11 @@ def sgd_clip(eta: float = 1e-3, clip: float = 1.0) -> Optimizer:
 
 def amsgrad(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> Optimizer:
     r"""AMSGrad (Reddi, Kale & Kumar 2018): Adam without bias correction, with
-    :math:`\hat v_{k+1} = \max(\hat v_k, v_{k+1})` in the denominator.
+    $\hat v_{k+1} = \max(\hat v_k, v_{k+1})$ in the denominator.
 
-    In the noise-dominated (and balanced) regime ``v`` has no diffusion at leading order, and the
-    limit of the running maximum is the running maximum of ``v``'s limit:
-    ``d vhat = 1{v >= vhat} max(0, b_v) dt`` (``b_v`` the drift of ``v``), on ``vhat >= v``, which
+    In the noise-dominated (and balanced) regime `v` has no diffusion at leading order, and the
+    limit of the running maximum is the running maximum of `v`'s limit:
+    `d vhat = 1{v >= vhat} max(0, b_v) dt` (`b_v` the drift of `v`), on `vhat >= v`, which
     the discrete chain and the SDE preserve.
     """
     return chain(T.scale_by_amsgrad(beta1, beta2, eps), T.scale_by_learning_rate(eta), name="amsgrad",
@@ -621,12 +630,12 @@ def amsgrad(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: fl
 
 
 def adabelief(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-16) -> Optimizer:
-    r"""AdaBelief (Zhuang et al. 2020) as published: ``eps`` is added to ``s`` every step.
+    r"""AdaBelief (Zhuang et al. 2020) as published: `eps` is added to `s` every step.
 
-    Defaults of the authors' ``adabelief-pytorch`` 0.2 (``eps = 1e-16``).  ``eps`` is held fixed in
-    every regime (kind ``wd``: nonnegative, never rescaled): in the natural noise-dominated regime ``u_s = eta**2*s``
-    then gains ``tau*eps`` per step (the drift ``+eps``) and ``eps`` drops out of the denominator.
-    For the balanced regime use ``eps = eps1*eta``::
+    Defaults of the authors' `adabelief-pytorch` 0.2 (`eps = 1e-16`).  `eps` is held fixed in
+    every regime (kind `wd`: nonnegative, never rescaled): in the natural noise-dominated regime `u_s = eta**2*s`
+    then gains `tau*eps` per step (the drift `+eps`) and `eps` drops out of the denominator.
+    For the balanced regime use `eps = eps1*eta`:
 
         rg = sd.Regime("balanced-belief", sd.sym("eta"), decay_power=1, drop_noise=("second_moment",),
                        subs=(("eps", sd.sym("eps1", positive=True)*sd.sym("eta")),))
@@ -638,14 +647,14 @@ def adabelief(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: 
 
 def qhadam(eta: float = 1e-3, beta1: float = 0.995, beta2: float = 0.999, nu1: float = 0.7, nu2: float = 1.0,
            eps: float = 1e-8) -> Optimizer:
-    r"""QH-Adam (Ma & Yarats 2019), with the paper's recommended ``(nu1, nu2, beta1, beta2) = (0.7, 1, 0.995, 0.999)``.
+    r"""QH-Adam (Ma & Yarats 2019), with the paper's recommended `(nu1, nu2, beta1, beta2) = (0.7, 1, 0.995, 0.999)`.
 
-    With ``nu2 = 1`` the update is built with ``nu2 = 1`` substituted (``nu2`` is then not a
+    With `nu2 = 1` the update is built with `nu2 = 1` substituted (`nu2` is then not a
     hyperparameter of the spec); the noise-dominated SDE exists, the numerator's
-    ``(1 - nu1)*g`` contributing both drift and diffusion.  With ``nu2 < 1`` the square root's
-    argument ``(1 - nu2) g**2 + nu2 vhat`` carries O(1) noise as ``eta -> 0`` in every regime, so
+    `(1 - nu1)*g` contributing both drift and diffusion.  With `nu2 < 1` the square root's
+    argument `(1 - nu2) g**2 + nu2 vhat` carries O(1) noise as `eta -> 0` in every regime, so
     the one-step mean is the expectation of a non-polynomial function of the noise: the
-    derivation is refused (``ExpectationError``).
+    derivation is refused (`ExpectationError`).
     """
     return chain(T.scale_by_qhadam(beta1, beta2, nu1, nu2, eps), T.scale_by_learning_rate(eta), name="qhadam",
                  natural_regime="noise-dominated", doc=qhadam.__doc__)
@@ -653,14 +662,14 @@ def qhadam(eta: float = 1e-3, beta1: float = 0.995, beta2: float = 0.999, nu1: f
 
 def adan(eta: float = 1e-3, beta1: float = 0.98, beta2: float = 0.92, beta3: float = 0.99, eps: float = 1e-8,
          wd: float = 0.02) -> Optimizer:
-    r"""Adan (Xie et al. 2022), official-code convention ``betas = (0.98, 0.92, 0.99)``, decoupled ``wd``.
+    r"""Adan (Xie et al. 2022), official-code convention `betas = (0.98, 0.92, 0.99)`, decoupled `wd`.
 
     The spec (and its discrete simulation) is exact.  Deriving its SDE is refused: the second
-    moment ``n`` is driven by ``(g_k + beta2 (g_k - g_{k-1}))**2``, a product of the current and the
-    previous noise draw held in the lagged state ``gp``.  ``gp`` jumps O(1) every step and enters
-    ``n`` quadratically, so it cannot be eliminated affinely, and the increments of ``n`` are
+    moment `n` is driven by `(g_k + beta2 (g_k - g_{k-1}))**2`, a product of the current and the
+    previous noise draw held in the lagged state `gp`.  `gp` jumps O(1) every step and enters
+    `n` quadratically, so it cannot be eliminated affinely, and the increments of `n` are
     correlated across steps (a moving average of order one), so their diffusion is the long-run
-    covariance, not the one-step one; the engine has neither (see ``sdederive.derivation._special``).
+    covariance, not the one-step one; the engine has neither (see `sdederive.derivation._special`).
     """
     return chain(T.scale_by_adan(beta1, beta2, beta3, eps), T.add_decayed_weights(wd), T.scale_by_learning_rate(eta),
                  name="adan", natural_regime="balanced", doc=adan.__doc__)
@@ -675,12 +684,12 @@ UNDERIVABLE: dict[str, Callable[..., Optimizer]] = {"adan": adan}
 
 
 def names() -> list[str]:
-    """The built-in optimizers with an SDE (``adan`` is resolved by :func:`get` but not listed)."""
+    """The built-in optimizers with an SDE (`adan` is resolved by `get` but not listed)."""
     return sorted(BUILTINS)
 
 
 def get(optimizer, **hyper) -> Optimizer:
-    """Resolve a name or pass an :class:`Optimizer` through (optionally with new defaults)."""
+    """Resolve a name or pass an `Optimizer` through (optionally with new defaults)."""
     if isinstance(optimizer, Optimizer):
         return optimizer.with_defaults(**hyper) if hyper else optimizer
     if isinstance(optimizer, str):

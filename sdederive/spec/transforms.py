@@ -1,15 +1,15 @@
 """Composable symbolic gradient transformations, in the spirit of optax.
 
-A transform maps an *update direction* ``u`` (a sympy expression; the chain starts from the
-stochastic gradient ``g``) to a new direction, and may own coordinate-wise states that it
-updates on the way.  Chaining transforms and finishing with :func:`scale_by_learning_rate`
-gives the one-step update ``x_{k+1} = x_k + u_final`` of an optimizer::
+A transform maps an *update direction* `u` (a sympy expression; the chain starts from the
+stochastic gradient `g`) to a new direction, and may own coordinate-wise states that it
+updates on the way.  Chaining transforms and finishing with `scale_by_learning_rate`
+gives the one-step update `x_{k+1} = x_k + u_final` of an optimizer:
 
     adam  = chain(scale_by_adam(), scale_by_learning_rate())
     adamw = chain(scale_by_adam(), add_decayed_weights(), scale_by_learning_rate())
 
 Every transform documents its update in its docstring; symbols follow docs/notation.md
-(``m`` momentum, ``v`` second moment, ``k`` the 0-based step counter).
+(`m` momentum, `v` second moment, `k` the 0-based step counter).
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ __all__ = [
 class StateDecl:
     """An auxiliary coordinate-wise state.
 
-    ``kind`` (a :class:`~sdederive.spec.kinds.StateKind`; the plain strings are accepted) tells regimes
-    how the state scales: ``"second_moment"`` (an EMA of g**2, rescaled to ``u = eta**2 * v`` in the
-    noise-dominated regime), ``"accumulator"`` (a running sum of g**2, rescaled likewise in the
-    accumulator regime) or ``"aux"`` (left as is).
+    `kind` (a `StateKind`; the plain strings are accepted) tells regimes
+    how the state scales: `"second_moment"` (an EMA of g**2, rescaled to `u = eta**2 * v` in the
+    noise-dominated regime), `"accumulator"` (a running sum of g**2, rescaled likewise in the
+    accumulator regime) or `"aux"` (left as is).
     """
 
     name: str
@@ -79,7 +79,7 @@ class StateDecl:
 
 @dataclass
 class Context:
-    """What a transform sees: the current parameter ``x``, gradient ``g``, step counter ``k``,
+    """What a transform sees: the current parameter `x`, gradient `g`, step counter `k`,
     hyperparameter symbols, and the states' current symbols and already-computed new values."""
 
     x: sp.Symbol = field(default_factory=lambda: sym("x"))
@@ -93,7 +93,7 @@ class Context:
 
 @dataclass(frozen=True)
 class Transform:
-    """A gradient transformation: its hyperparameters, states and the map ``u -> (u', new states)``."""
+    """A gradient transformation: its hyperparameters, states and the map `u -> (u', new states)`."""
 
     name: str
     hypers: tuple[Hyper, ...]
@@ -112,8 +112,10 @@ def _h(name: str, default, kind: str, doc: str = "") -> Hyper:
 def trace(mu: float = 0.9, nesterov: bool = False, state: str = "m") -> Transform:
     r"""Heavy-ball momentum (PyTorch SGD convention, dampening 0).
 
-    .. math:: m_{k+1} = \mu m_k + u,\qquad u' = m_{k+1}\ \ (\text{Nesterov: } u' = u + \mu m_{k+1}).
-    """
+    $$
+    m_{k+1} = \mu m_k + u,\qquad u' = m_{k+1}\ \ (\text{Nesterov: } u' = u + \mu m_{k+1}).
+    $$
+"""
     hyp = _h("mu", mu, "momentum", "heavy-ball momentum coefficient")
     decl = StateDecl(state, 0.0, "aux", "momentum buffer")
 
@@ -127,8 +129,10 @@ def trace(mu: float = 0.9, nesterov: bool = False, state: str = "m") -> Transfor
 def ema(decay: float = 0.9, name: str = "beta", state: str = "m", debias: bool = False) -> Transform:
     r"""Exponential moving average of the direction.
 
-    .. math:: m_{k+1} = \beta m_k + (1-\beta) u,\qquad u' = m_{k+1}\ \big(/ (1-\beta^{k+1}) \text{ if debias}\big).
-    """
+    $$
+    m_{k+1} = \beta m_k + (1-\beta) u,\qquad u' = m_{k+1}\ \big(/ (1-\beta^{k+1}) \text{ if debias}\big).
+    $$
+"""
     hyp = _h(name, decay, "decay", "EMA decay")
     decl = StateDecl(state, 0.0, "aux", "exponential moving average of the direction")
 
@@ -142,10 +146,12 @@ def ema(decay: float = 0.9, name: str = "beta", state: str = "m", debias: bool =
 
 
 def scale_by_rms(beta: float = 0.99, eps: float = 1e-8, state: str = "v") -> Transform:
-    r"""RMSprop preconditioning (PyTorch: ``alpha`` is ``beta``; the new ``v`` is used).
+    r"""RMSprop preconditioning (PyTorch: `alpha` is `beta`; the new `v` is used).
 
-    .. math:: v_{k+1} = \beta v_k + (1-\beta) u^2,\qquad u' = \frac{u}{\sqrt{v_{k+1}} + \epsilon}.
-    """
+    $$
+    v_{k+1} = \beta v_k + (1-\beta) u^2,\qquad u' = \frac{u}{\sqrt{v_{k+1}} + \epsilon}.
+    $$
+"""
     hb, he = _h("beta", beta, "decay", "decay of v"), _h("eps", eps, "eps", "denominator guard")
     decl = StateDecl(state, 0.0, "second_moment", "EMA of squared gradients")
 
@@ -161,10 +167,11 @@ def scale_by_adam(
 ) -> Transform:
     r"""Adam's direction (PyTorch form; eps added after the bias-corrected square root).
 
-    .. math::
-        m_{k+1} = \beta_1 m_k + (1-\beta_1) u,\quad v_{k+1} = \beta_2 v_k + (1-\beta_2) u^2,\quad
-        u' = \frac{m_{k+1}/(1-\beta_1^{k+1})}{\sqrt{v_{k+1}/(1-\beta_2^{k+1})} + \epsilon}.
-    """
+    $$
+    m_{k+1} = \beta_1 m_k + (1-\beta_1) u,\quad v_{k+1} = \beta_2 v_k + (1-\beta_2) u^2,\quad
+    u' = \frac{m_{k+1}/(1-\beta_1^{k+1})}{\sqrt{v_{k+1}/(1-\beta_2^{k+1})} + \epsilon}.
+    $$
+"""
     h1, h2 = _h("beta1", beta1, "decay", "decay of m"), _h("beta2", beta2, "decay", "decay of v")
     he = _h("eps", eps, "eps", "denominator guard")
     dm = StateDecl("m", 0.0, "aux", "first moment")
@@ -185,10 +192,12 @@ def scale_by_adam(
 
 
 def scale_by_rss(eps: float = 1e-10, initial: float = 0.0, state: str = "v") -> Transform:
-    r"""Adagrad: root of the running sum of squares (PyTorch ``initial_accumulator_value``).
+    r"""Adagrad: root of the running sum of squares (PyTorch `initial_accumulator_value`).
 
-    .. math:: v_{k+1} = v_k + u^2,\qquad u' = \frac{u}{\sqrt{v_{k+1}} + \epsilon}.
-    """
+    $$
+    v_{k+1} = v_k + u^2,\qquad u' = \frac{u}{\sqrt{v_{k+1}} + \epsilon}.
+    $$
+"""
     he = _h("eps", eps, "eps", "denominator guard")
     decl = StateDecl(state, float(initial), "accumulator", "sum of squared gradients")
 
@@ -200,17 +209,19 @@ def scale_by_rss(eps: float = 1e-10, initial: float = 0.0, state: str = "v") -> 
 
 
 def scale_by_sign() -> Transform:
-    r"""Elementwise sign: :math:`u' = \operatorname{sign}(u)`."""
+    r"""Elementwise sign: $u' = \operatorname{sign}(u)$."""
     return Transform("scale_by_sign", (), (), lambda u, ctx: (sp.sign(u), {}), scale_by_sign.__doc__)
 
 
 def scale_by_lion(beta1: float = 0.9, beta2: float = 0.99) -> Transform:
     r"""Lion (Chen et al. 2023): sign of an interpolation, then the momentum update.
 
-    .. math:: u' = \operatorname{sign}(\beta_1 m_k + (1-\beta_1) u),\qquad m_{k+1} = \beta_2 m_k + (1-\beta_2) u.
+    $$
+    u' = \operatorname{sign}(\beta_1 m_k + (1-\beta_1) u),\qquad m_{k+1} = \beta_2 m_k + (1-\beta_2) u.
+    $$
 
-    ``beta1`` is an interpolation weight (kept fixed by the balanced regime); ``beta2`` is the EMA
-    decay of ``m``.
+    `beta1` is an interpolation weight (kept fixed by the balanced regime); `beta2` is the EMA
+    decay of `m`.
     """
     h1 = _h("beta1", beta1, "interp", "interpolation weight of the update")
     h2 = _h("beta2", beta2, "decay", "decay of m")
@@ -224,11 +235,11 @@ def scale_by_lion(beta1: float = 0.9, beta2: float = 0.99) -> Transform:
 
 
 def clip(threshold: float = 1.0) -> Transform:
-    r"""Per-coordinate clipping: :math:`u' = \operatorname{clip}(u, -c, c) = \min(\max(u, -c), c)` (hyperparameter ``clip``).
+    r"""Per-coordinate clipping: $u' = \operatorname{clip}(u, -c, c) = \min(\max(u, -c), c)$ (hyperparameter `clip`).
 
     The expectation engine uses the closed-form truncated moments of the noise (Gaussian and
-    Student-t, ``sdederive.derivation._clip_moments``), so the clipped gradient's moments exist for every
-    Student-t ``nu > 0``.  ``clip`` stays fixed in every regime.
+    Student-t, `sdederive.derivation._clip_moments`), so the clipped gradient's moments exist for every
+    Student-t `nu > 0`.  `clip` stays fixed in every regime.
     """
     hc = _h("clip", threshold, "positive", "clipping threshold c")
 
@@ -240,14 +251,15 @@ def clip(threshold: float = 1.0) -> Transform:
 
 
 def scale_by_amsgrad(beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> Transform:
-    r"""AMSGrad (Reddi, Kale & Kumar 2018, Algorithm 2; no bias correction, ``eps`` guard as in PyTorch).
+    r"""AMSGrad (Reddi, Kale & Kumar 2018, Algorithm 2; no bias correction, `eps` guard as in PyTorch).
 
-    .. math::
-        m_{k+1} = \beta_1 m_k + (1-\beta_1) u,\quad v_{k+1} = \beta_2 v_k + (1-\beta_2) u^2,\quad
-        \hat v_{k+1} = \max(\hat v_k, v_{k+1}),\quad u' = \frac{m_{k+1}}{\sqrt{\hat v_{k+1}} + \epsilon}.
+    $$
+    m_{k+1} = \beta_1 m_k + (1-\beta_1) u,\quad v_{k+1} = \beta_2 v_k + (1-\beta_2) u^2,\quad
+    \hat v_{k+1} = \max(\hat v_k, v_{k+1}),\quad u' = \frac{m_{k+1}}{\sqrt{\hat v_{k+1}} + \epsilon}.
+    $$
 
-    ``vhat`` is a running maximum of ``v``; the engine derives its limit as the running maximum of
-    ``v``'s limit (``sdederive._running_max``).
+    `vhat` is a running maximum of `v`; the engine derives its limit as the running maximum of
+    `v`'s limit (`sdederive._running_max`).
     """
     h1, h2 = _h("beta1", beta1, "decay", "decay of m"), _h("beta2", beta2, "decay", "decay of v")
     he = _h("eps", eps, "eps", "denominator guard")
@@ -266,18 +278,19 @@ def scale_by_amsgrad(beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8
 
 
 def scale_by_belief(beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-16) -> Transform:
-    r"""AdaBelief (Zhuang et al. 2020, Algorithm 2, as in the authors' ``adabelief-pytorch`` 0.2).
+    r"""AdaBelief (Zhuang et al. 2020, Algorithm 2, as in the authors' `adabelief-pytorch` 0.2).
 
-    .. math::
-        m_{k+1} = \beta_1 m_k + (1-\beta_1) u,\quad
-        s_{k+1} = \beta_2 s_k + (1-\beta_2)(u - m_{k+1})^2 + \epsilon,\quad
-        u' = \frac{m_{k+1}/(1-\beta_1^{k+1})}{\sqrt{s_{k+1}/(1-\beta_2^{k+1})} + \epsilon}.
+    $$
+    m_{k+1} = \beta_1 m_k + (1-\beta_1) u,\quad
+    s_{k+1} = \beta_2 s_k + (1-\beta_2)(u - m_{k+1})^2 + \epsilon,\quad
+    u' = \frac{m_{k+1}/(1-\beta_1^{k+1})}{\sqrt{s_{k+1}/(1-\beta_2^{k+1})} + \epsilon}.
+    $$
 
-    ``eps`` is added inside ``s`` every step, so it is *not* rescaled like Adam's guard
-    (``eps = eps0/eta`` would make ``s`` diverge): it stays fixed, which
-    is the scaling under which the noise-dominated limit exists (``u_s = eta**2*s`` gains
-    ``eta**2*eps = tau*eps`` per step).  Its kind is ``wd``: nonnegative and never rescaled.  In a balanced regime the limit needs ``eps = eps1*eta``
-    (a custom Regime with ``subs=(("eps", eps1*eta),)``).
+    `eps` is added inside `s` every step, so it is *not* rescaled like Adam's guard
+    (`eps = eps0/eta` would make `s` diverge): it stays fixed, which
+    is the scaling under which the noise-dominated limit exists (`u_s = eta**2*s` gains
+    `eta**2*eps = tau*eps` per step).  Its kind is `wd`: nonnegative and never rescaled.  In a balanced regime the limit needs `eps = eps1*eta`
+    (a custom Regime with `subs=(("eps", eps1*eta),)`).
     """
     h1, h2 = _h("beta1", beta1, "decay", "decay of m"), _h("beta2", beta2, "decay", "decay of s")
     he = _h("eps", eps, "wd", "added to s every step and to the denominator (never rescaled)")
@@ -299,13 +312,14 @@ def scale_by_qhadam(beta1: float = 0.995, beta2: float = 0.999, nu1: float = 0.7
                     eps: float = 1e-8) -> Transform:
     r"""QH-Adam (Ma & Yarats 2019, with bias correction; paper's recommended defaults).
 
-    .. math::
-        u' = \frac{(1-\nu_1) u + \nu_1 \hat m_{k+1}}{\sqrt{(1-\nu_2) u^2 + \nu_2 \hat v_{k+1}} + \epsilon}.
+    $$
+    u' = \frac{(1-\nu_1) u + \nu_1 \hat m_{k+1}}{\sqrt{(1-\nu_2) u^2 + \nu_2 \hat v_{k+1}} + \epsilon}.
+    $$
 
-    ``nu2 = 1`` (the default, the paper's recommendation) builds the update with ``nu2 = 1``
-    substituted: the denominator is Adam's and the SDE limit exists.  Any other ``nu2`` (or ``None``:
-    symbolic) keeps ``nu2`` as a hyperparameter; then the square root's argument carries O(1) noise
-    as ``eta -> 0`` and the derivation is refused (see :func:`sdederive.spec.optimizers.qhadam`).
+    `nu2 = 1` (the default, the paper's recommendation) builds the update with `nu2 = 1`
+    substituted: the denominator is Adam's and the SDE limit exists.  Any other `nu2` (or `None`:
+    symbolic) keeps `nu2` as a hyperparameter; then the square root's argument carries O(1) noise
+    as `eta -> 0` and the derivation is refused (see `sdederive.spec.optimizers.qhadam`).
     """
     h1, h2 = _h("beta1", beta1, "decay", "decay of m"), _h("beta2", beta2, "decay", "decay of v")
     hn1 = _h("nu1", nu1, "interp", "weight of the momentum in the numerator")
@@ -329,17 +343,18 @@ def scale_by_qhadam(beta1: float = 0.995, beta2: float = 0.999, nu1: float = 0.7
 
 
 def scale_by_adan(beta1: float = 0.98, beta2: float = 0.92, beta3: float = 0.99, eps: float = 1e-8) -> Transform:
-    r"""Adan (Xie et al. 2022), in the official implementation's convention (``betas = 1 -`` the paper's).
+    r"""Adan (Xie et al. 2022), in the official implementation's convention (`betas = 1 -` the paper's).
 
-    .. math::
-        d_k = u - g_{k-1},\quad m_{k+1} = \beta_1 m_k + (1-\beta_1) u,\quad
-        v_{k+1} = \beta_2 v_k + (1-\beta_2) d_k,\quad
-        n_{k+1} = \beta_3 n_k + (1-\beta_3)(u + \beta_2 d_k)^2,\\
-        u' = \frac{m_{k+1} + \beta_2 v_{k+1}}{\sqrt{n_{k+1}} + \epsilon},\qquad g_k \text{ stored in the state } gp.
+    $$
+    d_k = u - g_{k-1},\quad m_{k+1} = \beta_1 m_k + (1-\beta_1) u,\quad
+    v_{k+1} = \beta_2 v_k + (1-\beta_2) d_k,\quad
+    n_{k+1} = \beta_3 n_k + (1-\beta_3)(u + \beta_2 d_k)^2,\\
+    u' = \frac{m_{k+1} + \beta_2 v_{k+1}}{\sqrt{n_{k+1}} + \epsilon},\qquad g_k \text{ stored in the state } gp.
+    $$
 
-    No bias correction (the paper's Algorithm 1).  The lagged gradient ``gp`` is a state that holds
+    No bias correction (the paper's Algorithm 1).  The lagged gradient `gp` is a state that holds
     the previous step's noise draw (initialised to 0 here; the official code starts with
-    ``gp = g_0``, i.e. ``d_0 = 0``).
+    `gp = g_0`, i.e. `d_0 = 0`).
     """
     h1, h2 = _h("beta1", beta1, "decay", "decay of m"), _h("beta2", beta2, "decay", "decay of v (gradient differences)")
     h3 = _h("beta3", beta3, "decay", "decay of n")
@@ -362,7 +377,7 @@ def scale_by_adan(beta1: float = 0.98, beta2: float = 0.92, beta3: float = 0.99,
 
 
 def add_decayed_weights(wd: float = 1e-2) -> Transform:
-    r"""Decoupled weight decay (AdamW): :math:`u' = u + w_d\,x` (before the learning-rate scaling)."""
+    r"""Decoupled weight decay (AdamW): $u' = u + w_d\,x$ (before the learning-rate scaling)."""
     hw = _h("wd", wd, "wd", "decoupled weight decay")
     return Transform(
         "add_decayed_weights", (hw,), (), lambda u, ctx: (u + hw.symbol * ctx.x, {}), add_decayed_weights.__doc__
@@ -370,7 +385,7 @@ def add_decayed_weights(wd: float = 1e-2) -> Transform:
 
 
 def scale_by_learning_rate(eta: float = 1e-3) -> Transform:
-    r"""Descent step: :math:`u' = -\eta\,u` (the update is then added to ``x``)."""
+    r"""Descent step: $u' = -\eta\,u$ (the update is then added to `x`)."""
     hl = _h("eta", eta, "lr", "learning rate")
     return Transform(
         "scale_by_learning_rate", (hl,), (), lambda u, ctx: (-hl.symbol * u, {}), scale_by_learning_rate.__doc__
@@ -378,6 +393,6 @@ def scale_by_learning_rate(eta: float = 1e-3) -> Transform:
 
 
 def scale(factor: float, name: str = "scale") -> Transform:
-    r"""Multiply by a (named, symbolic) constant: :math:`u' = s\,u`."""
+    r"""Multiply by a (named, symbolic) constant: $u' = s\,u$."""
     hs = _h(name, factor, "real", "constant factor")
     return Transform("scale", (hs,), (), lambda u, ctx: (hs.symbol * u, {}), scale.__doc__)

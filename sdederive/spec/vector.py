@@ -1,8 +1,8 @@
 r"""Vector update rules: optimizers in d dimensions (norms, inner products, gradients at other points).
 
-The scalar specs of :mod:`sdederive.spec.optimizers` are per coordinate; an update that couples the
+The scalar specs of `sdederive.spec.optimizers` are per coordinate; an update that couples the
 coordinates (a global norm, an inner product, the gradient at a perturbed point) is written here with
-vector symbols::
+vector symbols:
 
     import sdederive as sd
     x, g = sd.vectors("x g")
@@ -13,19 +13,19 @@ vector symbols::
 
 Building blocks (all immutable and hashable, so derivations are cached):
 
-* ``x`` (the parameter) and ``g`` (the stochastic gradient at ``x``): :func:`vectors`;
-* ``a + b``, ``a - b``, ``s*a``, ``a/s`` with ``s`` a sympy scalar (which may contain :func:`norm`
-  and :func:`dot` of vectors, and ``sympy.Min``/:func:`minimum`, ``sqrt``, ...);
-* ``A*a`` with ``A`` a constant sympy matrix expression of shape ``(d, d)`` (:func:`matrix`);
-* :func:`grad_at` ``(y)``: the stochastic gradient at the point ``y``, with the same minibatch as ``g``
-  (``fresh=False``, the SAM convention) or a fresh, independent one (``fresh=True``);
-* :func:`coordinatewise` ``(fn, a)``: a coordinate-wise map (``sign``), the special case the scalar engine covers.
+* `x` (the parameter) and `g` (the stochastic gradient at `x`): `vectors`;
+* `a + b`, `a - b`, `s*a`, `a/s` with `s` a sympy scalar (which may contain `norm`
+  and `dot` of vectors, and `sympy.Min`/`minimum`, `sqrt`, ...);
+* `A*a` with `A` a constant sympy matrix expression of shape `(d, d)` (`matrix`);
+* `grad_at` `(y)`: the stochastic gradient at the point `y`, with the same minibatch as `g`
+  (`fresh=False`, the SAM convention) or a fresh, independent one (`fresh=True`);
+* `coordinatewise` `(fn, a)`: a coordinate-wise map (`sign`), the special case the scalar engine covers.
 
-Why not sympy's matrix expressions for the *update*: ``MatrixSymbol`` arithmetic has no coordinate-wise
+Why not sympy's matrix expressions for the *update*: `MatrixSymbol` arithmetic has no coordinate-wise
 nonlinear maps of a vector, no notion of "the gradient at another point", and a scalar function of a
-norm (``Min(1, c/sqrt((g.T*g)[0, 0]))``) mixes matrix elements into scalars, which the moment expansion
+norm (`Min(1, c/sqrt((g.T*g)[0, 0]))`) mixes matrix elements into scalars, which the moment expansion
 would have to take apart again.  This small typed IR keeps exactly the operations the expansion
-understands; the *results* (drift, diffusion) are sympy matrix expressions (:mod:`sdederive.sde_vector`).
+understands; the *results* (drift, diffusion) are sympy matrix expressions (`sdederive.sde_vector`).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def _matrix(M) -> sp.MatrixExpr:
 
 @dataclass(frozen=True, repr=False)
 class VecSym(Vec):
-    """A named vector: ``x`` (the parameter) or ``g`` (the stochastic gradient at ``x``)."""
+    """A named vector: `x` (the parameter) or `g` (the stochastic gradient at `x`)."""
 
     name: str
 
@@ -169,7 +169,7 @@ class MatVec(Vec):
 
 @dataclass(frozen=True, repr=False)
 class GradAt(Vec):
-    """The stochastic gradient at ``point``: same minibatch as ``g`` (``fresh=False``) or a new one."""
+    """The stochastic gradient at `point`: same minibatch as `g` (`fresh=False`) or a new one."""
 
     point: Vec
     fresh: bool = False
@@ -180,7 +180,7 @@ class GradAt(Vec):
 
 @dataclass(frozen=True, repr=False)
 class CoordMap(Vec):
-    """A coordinate-wise map ``fn`` (a one-argument sympy function class such as ``sympy.sign``)."""
+    """A coordinate-wise map `fn` (a one-argument sympy function class such as `sympy.sign`)."""
 
     fn: type
     vec: Vec
@@ -198,8 +198,8 @@ def _paren(v: Vec) -> str:
 
 
 class VScalar(sp.Symbol):
-    """A scalar built from vectors, ``norm(a)`` or ``dot(a, b)``, as a sympy symbol that carries its
-    operands (``op``, ``vargs``).  Its name is the structural text of the operation, so equal
+    """A scalar built from vectors, `norm(a)` or `dot(a, b)`, as a sympy symbol that carries its
+    operands (`op`, `vargs`).  Its name is the structural text of the operation, so equal
     operations are the same symbol."""
 
     op: str
@@ -222,7 +222,7 @@ class VScalar(sp.Symbol):
 
 
 def vectors(names: str) -> tuple[VecSym, ...] | VecSym:
-    """Vector symbols by name (``"x g"``).  ``x`` is the parameter, ``g`` the stochastic gradient at ``x``;
+    """Vector symbols by name (`"x g"`).  `x` is the parameter, `g` the stochastic gradient at `x`;
     other names are refused (auxiliary vector states are not supported yet)."""
     out = []
     for n in names.replace(",", " ").split():
@@ -241,35 +241,35 @@ def _vec(v, what: str) -> Vec:
 
 
 def norm(a: Vec) -> VScalar:
-    """The Euclidean norm ``|a|`` of a vector expression (a nonnegative sympy scalar)."""
+    """The Euclidean norm `|a|` of a vector expression (a nonnegative sympy scalar)."""
     return VScalar("norm", (_vec(a, "norm"),))
 
 
 def dot(a: Vec, b: Vec) -> VScalar:
-    """The inner product ``<a, b>`` of two vector expressions (a sympy scalar)."""
+    """The inner product `<a, b>` of two vector expressions (a sympy scalar)."""
     return VScalar("dot", (_vec(a, "dot"), _vec(b, "dot")))
 
 
 def minimum(a, b) -> sp.Expr:
-    """``Min(a, b)`` of two scalars (``minimum(1, c/norm(g))`` is the global-norm clipping factor)."""
+    """`Min(a, b)` of two scalars (`minimum(1, c/norm(g))` is the global-norm clipping factor)."""
     return sp.Min(_scalar(a, "take the minimum"), _scalar(b, "take the minimum"))
 
 
 def grad_at(point: Vec, fresh: bool = False) -> GradAt:
-    """The stochastic gradient at ``point``: the same minibatch as ``g`` (``fresh=False``: on additive noise
-    ``grad f(point) + xi`` with the same ``xi``) or an independent draw (``fresh=True``)."""
+    """The stochastic gradient at `point`: the same minibatch as `g` (`fresh=False`: on additive noise
+    `grad f(point) + xi` with the same `xi`) or an independent draw (`fresh=True`)."""
     return GradAt(_vec(point, "grad_at"), bool(fresh))
 
 
 def coordinatewise(fn, a: Vec) -> CoordMap:
-    """The coordinate-wise map ``fn`` (e.g. ``sympy.sign``) applied to the vector ``a``."""
+    """The coordinate-wise map `fn` (e.g. `sympy.sign`) applied to the vector `a`."""
     if not (isinstance(fn, type) and issubclass(fn, sp.Function)):
         raise SpecError(f"coordinatewise needs a one-argument sympy function class such as sympy.sign, got {fn!r}")
     return CoordMap(fn, _vec(a, "coordinatewise"))
 
 
 def matrix(name: str, symmetric: bool = False) -> sp.MatrixExpr:
-    """A named constant ``d x d`` matrix for matrix-vector products in an update (``symmetric=True``: ``A^T = A``)."""
+    """A named constant `d x d` matrix for matrix-vector products in an update (`symmetric=True`: `A^T = A`)."""
     from sdederive.sde_vector import SymmetricMatrixSymbol  # the result layer owns the symmetric symbol
 
     if name in ("H", "Sigma", "I", "grad", "x", "g", "d"):
@@ -283,9 +283,9 @@ def matrix(name: str, symmetric: bool = False) -> sp.MatrixExpr:
 
 @dataclass(frozen=True)
 class VHyper:
-    """A hyperparameter of a vector optimizer: ``name``, ``default``, ``kind`` (a key of ``KINDS``).
+    """A hyperparameter of a vector optimizer: `name`, `default`, `kind` (a key of `KINDS`).
 
-    Unlike :class:`~sdederive.spec.hyper.Hyper`, the names ``rho`` (SAM's radius) and ``c`` (the clipping
+    Unlike `Hyper`, the names `rho` (SAM's radius) and `c` (the clipping
     threshold) are allowed: the SAM and clipping literature uses them; both are positive."""
 
     name: str
@@ -308,7 +308,7 @@ class VHyper:
 
 @dataclass(frozen=True)
 class VectorOptimizer:
-    """A vector optimizer: ``update`` is ``x`` after one step, a :class:`Vec` in ``x``, ``g`` and the hypers."""
+    """A vector optimizer: `update` is `x` after one step, a `Vec` in `x`, `g` and the hypers."""
 
     name: str
     hypers: tuple[VHyper, ...]
@@ -342,7 +342,7 @@ class VectorOptimizer:
 
 
 def _walk(v: Vec):
-    """Every vector node of ``v`` (including those inside norms and dots of its scalars)."""
+    """Every vector node of `v` (including those inside norms and dots of its scalars)."""
     yield v
     if isinstance(v, VAdd):
         for t in v.terms:
@@ -387,8 +387,8 @@ def _validate(opt: VectorOptimizer) -> None:
 
 def from_update_vector(name: str, update: Mapping, hypers: Mapping[str, object], natural_regime: str = "sgd",
                        doc: str = "") -> VectorOptimizer:
-    """A vector optimizer from its update ``{"x": <Vec>}`` (called by :func:`sdederive.from_update` when the
-    update is a vector expression).  ``hypers``: name -> ``(default, kind)`` or a :class:`VHyper`."""
+    """A vector optimizer from its update `{"x": <Vec>}` (called by `sdederive.from_update` when the
+    update is a vector expression).  `hypers`: name -> `(default, kind)` or a `VHyper`."""
     extra = sorted(k for k in update if k != "x")
     if extra:
         raise SpecError(f"vector optimizer {name!r}: updates of {extra} given; the vector engine supports the "
@@ -416,26 +416,26 @@ _eta, _rho, _c = sym("eta"), sym("rho"), sym("c")
 
 
 def usam(eta: float = 1e-2, rho: float = 0.05) -> VectorOptimizer:
-    r"""Unnormalized SAM: :math:`x_{k+1} = x_k - \eta\,\nabla f_\gamma(x_k + \rho\,\nabla f_\gamma(x_k))`
+    r"""Unnormalized SAM: $x_{k+1} = x_k - \eta\,\nabla f_\gamma(x_k + \rho\,\nabla f_\gamma(x_k))$
     (same minibatch at both points)."""
     return VectorOptimizer("usam", (VHyper("eta", eta, "lr"), VHyper("rho", rho, "positive")),
                            _x - _eta * grad_at(_x + _rho * _g), "sgd", usam.__doc__)
 
 
 def sam(eta: float = 1e-2, rho: float = 0.05) -> VectorOptimizer:
-    r"""SAM (Foret et al. 2021): :math:`x_{k+1} = x_k - \eta\,\nabla f_\gamma(x_k + \rho\,g_k/|g_k|)`,
-    :math:`g_k = \nabla f_\gamma(x_k)` (same minibatch at both points)."""
+    r"""SAM (Foret et al. 2021): $x_{k+1} = x_k - \eta\,\nabla f_\gamma(x_k + \rho\,g_k/|g_k|)$,
+    $g_k = \nabla f_\gamma(x_k)$ (same minibatch at both points)."""
     return VectorOptimizer("sam", (VHyper("eta", eta, "lr"), VHyper("rho", rho, "positive")),
                            _x - _eta * grad_at(_x + _rho * _g / norm(_g)), "sgd", sam.__doc__)
 
 
 def nsgd(eta: float = 1e-2) -> VectorOptimizer:
-    r"""Normalized SGD: :math:`x_{k+1} = x_k - \eta\,g_k/|g_k|`."""
+    r"""Normalized SGD: $x_{k+1} = x_k - \eta\,g_k/|g_k|$."""
     return VectorOptimizer("nsgd", (VHyper("eta", eta, "lr"),), _x - _eta * _g / norm(_g), "sgd", nsgd.__doc__)
 
 
 def clip_sgd(eta: float = 1e-2, c: float = 1.0) -> VectorOptimizer:
-    r"""SGD with global-norm clipping: :math:`x_{k+1} = x_k - \eta\,\min(1, c/|g_k|)\,g_k`."""
+    r"""SGD with global-norm clipping: $x_{k+1} = x_k - \eta\,\min(1, c/|g_k|)\,g_k$."""
     return VectorOptimizer("clip_sgd", (VHyper("eta", eta, "lr"), VHyper("c", c, "positive")),
                            _x - _eta * minimum(1, _c / norm(_g)) * _g, "sgd", clip_sgd.__doc__)
 
@@ -449,14 +449,14 @@ def names() -> list[str]:
 
 
 def is_vector(optimizer) -> bool:
-    """True for a :class:`VectorOptimizer` or the name of a built-in one."""
+    """True for a `VectorOptimizer` or the name of a built-in one."""
     if isinstance(optimizer, VectorOptimizer):
         return True
     return isinstance(optimizer, str) and optimizer.strip().lower().replace("-", "_") in VECTOR_BUILTINS
 
 
 def get(optimizer, **hyper) -> VectorOptimizer:
-    """Resolve a built-in vector optimizer by name, or pass a :class:`VectorOptimizer` through."""
+    """Resolve a built-in vector optimizer by name, or pass a `VectorOptimizer` through."""
     if isinstance(optimizer, VectorOptimizer):
         return optimizer
     key = str(optimizer).strip().lower().replace("-", "_")

@@ -1,6 +1,6 @@
 """Sweeps: grids of simulations (optimizer x learning rate x batch size x seed ...) on any
-``concurrent.futures.Executor`` (a local process pool, or a Dask cluster through
-``client.get_executor()``), stored as Parquet with resume, and analysed (optimal learning rate per
+`concurrent.futures.Executor` (a local process pool, or a Dask cluster through
+`client.get_executor()`), stored as Parquet with resume, and analysed (optimal learning rate per
 batch size with a bootstrap band, McCandlish and surge fits)."""
 
 import importlib

@@ -1,15 +1,15 @@
 r"""Analysis of a sweep: the optimal learning rate per group with a bootstrap band, and the
 McCandlish and surge fits.
 
-:meth:`SweepResult.optimal` takes, for each value of ``by`` (say the batch size ``B``), the
-``param`` (say ``eta``) that minimizes the seed-averaged ``metric``; the minimum is refined by a
-parabola in :math:`\log\eta` through the grid minimum and its two neighbours.  Its band is a
+`SweepResult.optimal` takes, for each value of `by` (say the batch size `B`), the
+`param` (say `eta`) that minimizes the seed-averaged `metric`; the minimum is refined by a
+parabola in $\log\eta$ through the grid minimum and its two neighbours.  Its band is a
 percentile bootstrap over seeds (resample the seeds with replacement, redo the argmin).  Diverged
-cells (NaN metric) count as :math:`+\infty`.
+cells (NaN metric) count as $+\infty$.
 
-:meth:`Optimum.fit_mccandlish` fits :math:`\epsilon(B) = \epsilon_{max}/(1+\mathcal B_{noise}/B)` and
-:meth:`Optimum.fit_surge` fits :math:`\epsilon(B) = \epsilon_{max}/(\tfrac12(\sqrt{\mathcal B_{noise}/B}
-+ \sqrt{B/\mathcal B_{noise}}))` by least squares in :math:`\log\epsilon` (``scipy.optimize.curve_fit``).
+`Optimum.fit_mccandlish` fits $\epsilon(B) = \epsilon_{max}/(1+\mathcal B_{noise}/B)$ and
+`Optimum.fit_surge` fits $\epsilon(B) = \epsilon_{max}/(\tfrac12(\sqrt{\mathcal B_{noise}/B}
++ \sqrt{B/\mathcal B_{noise}}))$ by least squares in $\log\epsilon$ (`scipy.optimize.curve_fit`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _surge(B, log_em, log_bn):
 
 @dataclass
 class Optimum:
-    """``by`` values, optimal ``param`` per value, its bootstrap band, and fits."""
+    """`by` values, optimal `param` per value, its bootstrap band, and fits."""
 
     param: str
     by: str
@@ -61,16 +61,16 @@ class Optimum:
         return out
 
     def fit_mccandlish(self) -> dict:
-        """``eps_max``, ``B_noise`` of ``eps_max/(1 + B_noise/B)`` (McCandlish et al. eq. 2.6)."""
+        """`eps_max`, `B_noise` of `eps_max/(1 + B_noise/B)` (McCandlish et al. eq. 2.6)."""
         return self._fit("mccandlish", _mccandlish, (np.log(np.nanmax(self.best)), np.log(np.median(self.groups))))
 
     def fit_surge(self) -> dict:
-        """``eps_max``, ``B_noise`` of the surge curve (Li et al. eq. 2)."""
+        """`eps_max`, `B_noise` of the surge curve (Li et al. eq. 2)."""
         k = int(np.nanargmax(self.best))
         return self._fit("surge", _surge, (np.log(self.best[k]), np.log(float(self.groups[k]))))
 
     def to_pandas(self):
-        """``by``, the optimal ``param`` and its bootstrap band, one row per group (``pandas`` extra)."""
+        """`by`, the optimal `param` and its bootstrap band, one row per group (`pandas` extra)."""
         from sdederive._tables import pandas
 
         return pandas().DataFrame({self.by: self.groups, self.param: self.best, "band_lo": self.lo, "band_hi": self.hi})
@@ -89,9 +89,9 @@ class Optimum:
         return "\n".join(lines)
 
     def plot(self, path: str | Path | None = None):
-        """Optimum vs ``by`` on log-log axes with the bootstrap band and the fits made so far; written
-        to ``path`` when given (format from the suffix: PDF, SVG, EPS or PNG).  Returns the
-        :class:`matplotlib.figure.Figure`."""
+        """Optimum vs `by` on log-log axes with the bootstrap band and the fits made so far; written
+        to `path` when given (format from the suffix: PDF, SVG, EPS or PNG).  Returns the
+        `matplotlib.figure.Figure`."""
         from sdederive import _figures as F
 
         if path is not None:
@@ -127,7 +127,7 @@ class SweepResult:
         return len(self.rows)
 
     def to_pandas(self):
-        """The rows (one per cell: its settings and results) as a :class:`pandas.DataFrame`."""
+        """The rows (one per cell: its settings and results) as a `pandas.DataFrame`."""
         from sdederive._tables import pandas
 
         return pandas().DataFrame(self.rows)
@@ -140,7 +140,7 @@ class SweepResult:
 
     def optimal(self, param: str = "eta", by: str = "B", metric: str = "final_loss", n_boot: int = 400,
                 seed: int = 0) -> Optimum:
-        """The ``param`` minimizing the seed-averaged ``metric`` for each ``by`` value (module docstring)."""
+        """The `param` minimizing the seed-averaged `metric` for each `by` value (module docstring)."""
         if not self.rows:
             raise SdederiveError("the sweep has no finished cells")
         for k in (param, by, metric):

@@ -1,6 +1,6 @@
-"""``sdederive sweep grid.toml --out results/ [--scheduler tcp://host:8786] [--resume] [--workers N]``.
+"""`sdederive sweep grid.toml --out results/ [--scheduler tcp://host:8786] [--resume] [--workers N]`.
 
-The TOML file::
+The TOML file:
 
     steps = 1                    # per cell
     paths = 2000
@@ -37,8 +37,8 @@ __all__ = ["add_sweep_parser", "run_sweep", "surge_problem"]
 
 
 def surge_problem(d: int = 100, rho: float = 0.5, c: float = 0.02):
-    """Li et al.'s §5B set-up: ``H = (1-rho) I + rho 11^T``, start where the gradient is ``c*1``,
-    per-example noise ``sigma_i = 1`` (a sweep's ``B`` axis divides it by ``sqrt(B)``)."""
+    """Li et al.'s §5B set-up: `H = (1-rho) I + rho 11^T`, start where the gradient is `c*1`,
+    per-example noise `sigma_i = 1` (a sweep's `B` axis divides it by `sqrt(B)`)."""
     import numpy as np  # here, not at the top: the CLI's parser imports this module
 
     from sdederive.problems import Quadratic
@@ -76,7 +76,7 @@ def _load(path: str) -> dict:
 
 
 def _count(spec: dict, key: str) -> int:
-    """``steps``/``paths`` of a sweep file: an integer >= 1 (``2e3`` is accepted as 2000)."""
+    """`steps`/`paths` of a sweep file: an integer >= 1 (`2e3` is accepted as 2000)."""
     v = spec.get(key, 1000)
     if isinstance(v, float) and v.is_integer():
         v = int(v)
@@ -86,7 +86,7 @@ def _count(spec: dict, key: str) -> int:
 
 
 def _specs(value, grid_file: str):
-    """The optimizers of the sweep file's ``spec`` key: optimizer JSON files (a path or a list of paths),
+    """The optimizers of the sweep file's `spec` key: optimizer JSON files (a path or a list of paths),
     relative to the sweep file's folder.  Only JSON: a shared sweep file must not run code."""
     if value is None:
         return None

@@ -1,10 +1,10 @@
 """A grid of simulation cells: the cartesian product of named axes.
 
-``Grid(optimizer=["adam", "sgd"], eta=np.geomspace(1e-4, 1e-1, 24), B=[1, 2, 4], seed=range(4))``
-has ``2*24*3*4`` cells.  Each cell is a dict of axis values plus a ``cell_id`` (a hash of the values,
-stable across processes and runs), which is what storage and ``--resume`` key on.  Axes other than
-``optimizer``, ``eta``, ``B``, ``seed``, ``mode`` and ``backend`` are discrete hyperparameters
-(``beta1=[0.9, 0.99]``).
+`Grid(optimizer=["adam", "sgd"], eta=np.geomspace(1e-4, 1e-1, 24), B=[1, 2, 4], seed=range(4))`
+has `2*24*3*4` cells.  Each cell is a dict of axis values plus a `cell_id` (a hash of the values,
+stable across processes and runs), which is what storage and `--resume` key on.  Axes other than
+`optimizer`, `eta`, `B`, `seed`, `mode` and `backend` are discrete hyperparameters
+(`beta1=[0.9, 0.99]`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _gen_error(axis: str, kind: str, args, why: str) -> SdederiveError:
 
 
 def _expand(axis: str, gen: dict) -> list:
-    """The values of a generator table ``{kind = [args]}`` (see :meth:`Grid.from_dict`)."""
+    """The values of a generator table `{kind = [args]}` (see `Grid.from_dict`)."""
     if len(gen) != 1:
         raise SdederiveError(f"grid axis {axis}: a generator has exactly one key, one of {', '.join(_GENERATORS)}; "
                              f"got {sorted(gen)}")
@@ -132,8 +132,8 @@ class Grid:
 
     @classmethod
     def from_dict(cls, spec: dict) -> Grid:
-        """Axes from a dict (a TOML ``[grid]`` table); ``{"geomspace": [lo, hi, n]}``, ``{"linspace": [lo, hi, n]}``
-        and ``{"range": [a, b]}`` expand to values, as do ``{"pow2": [lo, hi]}`` (``lo, 2lo, ..., hi``).  A
+        """Axes from a dict (a TOML `[grid]` table); `{"geomspace": [lo, hi, n]}`, `{"linspace": [lo, hi, n]}`
+        and `{"range": [a, b]}` expand to values, as do `{"pow2": [lo, hi]}` (`lo, 2lo, ..., hi`).  A
         generator with the wrong form (two keys, too few arguments, text for a number, reversed or zero
         bounds) is refused with a message naming the axis."""
         if not isinstance(spec, dict):

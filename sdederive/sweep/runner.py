@@ -1,15 +1,15 @@
-r"""Run a :class:`~sdederive.sweep.grid.Grid` on any ``concurrent.futures.Executor``.
+r"""Run a `Grid` on any `concurrent.futures.Executor`.
 
 Each cell compiles (or reuses: kernels are cached on disk and in the worker process) the
 discrete optimizer or its SDE, rescales the problem's noise to the cell's batch size
-(:math:`\sigma/\sqrt B`, :math:`\Sigma/B`; a real minibatch size for logistic regression), runs
-``paths`` paths for ``steps`` steps and returns one row.  The driver writes each row to disk as
-its future completes (:mod:`sdederive.sweep.store`), so a killed sweep keeps every finished cell
-and ``resume=True`` skips them.
+($\sigma/\sqrt B$, $\Sigma/B$; a real minibatch size for logistic regression), runs
+`paths` paths for `steps` steps and returns one row.  The driver writes each row to disk as
+its future completes (`sdederive.sweep.store`), so a killed sweep keeps every finished cell
+and `resume=True` skips them.
 
-Executors: ``None`` is a local process pool (``spawn`` context, one single-threaded kernel per
-process); a Dask cluster is ``client.get_executor()`` (tested on a ``distributed.LocalCluster``);
-a GPU cell asks for ``backend="cupy"`` (one Dask worker per GPU, e.g. ``dask_cuda.LocalCUDACluster``).
+Executors: `None` is a local process pool (`spawn` context, one single-threaded kernel per
+process); a Dask cluster is `client.get_executor()` (tested on a `distributed.LocalCluster`);
+a GPU cell asks for `backend="cupy"` (one Dask worker per GPU, e.g. `dask_cuda.LocalCUDACluster`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ __all__ = ["run", "run_cell", "with_batch"]
 
 
 def with_batch(problem: Problem, B: int | None) -> Problem:
-    """The problem at batch size ``B``: noise ``sigma/sqrt(B)`` (``Sigma/B``) on a quadratic (its
-    ``sigma`` is per example), the minibatch size ``B`` for logistic regression."""
+    """The problem at batch size `B`: noise `sigma/sqrt(B)` (`Sigma/B`) on a quadratic (its
+    `sigma` is per example), the minibatch size `B` for logistic regression."""
     if B is None:
         return problem
     if isinstance(problem, LogisticRegression):
@@ -52,15 +52,15 @@ def with_batch(problem: Problem, B: int | None) -> Problem:
 
 
 def _optimizer(name: str, specs: Mapping | None):
-    """The cell's optimizer: a user spec of that name (``specs``), else the built-in."""
+    """The cell's optimizer: a user spec of that name (`specs`), else the built-in."""
     return specs[name] if specs and name in specs else name
 
 
 def run_cell(cell: dict, problem: Problem, steps: int, paths: int, mode: str = "discrete",
              threads: int = 1, specs: Mapping | None = None) -> dict:
     """Simulate one cell and return its row (cell values, final loss and its standard error, the
-    fraction of diverged paths, timings).  ``specs``: user optimizers by name (the grid's ``spec`` files),
-    used for the cells whose ``optimizer`` names one of them."""
+    fraction of diverged paths, timings).  `specs`: user optimizers by name (the grid's `spec` files),
+    used for the cells whose `optimizer` names one of them."""
     import sdederive as sd
 
     t0 = time.perf_counter()
@@ -108,9 +108,9 @@ def _exit_with_parent() -> None:
 
 
 def _run_key(problem: Problem, steps: int, paths: int, mode: str, specs: Mapping | None = None) -> dict:
-    """Everything besides the cell's own values that determines its result, hashed into its ``cell_id``: the
+    """Everything besides the cell's own values that determines its result, hashed into its `cell_id`: the
     fixed settings (steps, paths, default mode), the problem (its full JSON form: every number), the user
-    optimizers (their JSON form) and the package version.  ``--resume`` after changing any of them recomputes
+    optimizers (their JSON form) and the package version.  `--resume` after changing any of them recomputes
     the cells."""
     import hashlib
     import json
@@ -132,7 +132,7 @@ def _run_key(problem: Problem, steps: int, paths: int, mode: str, specs: Mapping
 
 def _validate_cells(grid: Grid, problem: Problem, mode: str, specs: Mapping | None = None) -> None:
     """Check every cell's settings in the driver, before any worker starts: the optimizer names and their
-    hyperparameters (names and ranges), the modes (and, for ``"sde"``, that the SDE can be derived), the
+    hyperparameters (names and ranges), the modes (and, for `"sde"`, that the SDE can be derived), the
     backends, and the problem at every batch size.  Each distinct combination is built once."""
     import sdederive as sd
     from sdederive.simulate.backends.registry import backend_names
@@ -164,7 +164,7 @@ def _validate_cells(grid: Grid, problem: Problem, mode: str, specs: Mapping | No
 
 
 def _spec_table(specs) -> dict | None:
-    """``{name: Optimizer}`` of ``run(specs=...)``, refusing anything else and two specs of one name."""
+    """`{name: Optimizer}` of `run(specs=...)`, refusing anything else and two specs of one name."""
     if specs is None:
         return None
     from sdederive.spec.optimizers import Optimizer
@@ -191,7 +191,7 @@ def _progress(done: int, total: int, t0: float, skipped: int, stream=sys.stderr)
 
 
 def _broken_pool_error(e: BaseException) -> SdederiveError:
-    """What a broken local pool most often means: the script has no main guard, so each ``spawn``ed
+    """What a broken local pool most often means: the script has no main guard, so each `spawn`ed
     worker, importing it again, tried to start a sweep of its own and was stopped by Python."""
     main = sys.modules.get("__main__")
     script = getattr(main, "__file__", None)
@@ -208,12 +208,12 @@ def _broken_pool_error(e: BaseException) -> SdederiveError:
 def run(grid: Grid, problem: Problem, steps: int = 1000, paths: int = 1000, *, executor: cf.Executor | None = None,
         out: str | Path | None = None, resume: bool = False, mode: str = "discrete", threads_per_cell: int = 1,
         max_workers: int | None = None, progress: bool = True, specs: Sequence | None = None):
-    """Run every cell of ``grid`` (see the module docstring); returns a :class:`SweepResult`.
+    """Run every cell of `grid` (see the module docstring); returns a `SweepResult`.
 
-    ``out``: results directory (Parquet parts, then ``results.parquet``); ``resume``: skip the cells
-    already in ``out``; ``mode``: ``"discrete"`` (the optimizer) or ``"sde"``.  ``specs``: user-written
-    :class:`~sdederive.spec.optimizers.Optimizer` objects; a cell whose ``optimizer`` is one's name runs it
-    (ahead of a built-in of that name), and a grid without an ``optimizer`` axis gets one of their names.
+    `out`: results directory (Parquet parts, then `results.parquet`); `resume`: skip the cells
+    already in `out`; `mode`: `"discrete"` (the optimizer) or `"sde"`.  `specs`: user-written
+    `Optimizer` objects; a cell whose `optimizer` is one's name runs it
+    (ahead of a built-in of that name), and a grid without an `optimizer` axis gets one of their names.
     """
     from sdederive.simulate.simulator import check_run_args
     from sdederive.sweep.analysis import SweepResult

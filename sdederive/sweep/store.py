@@ -1,10 +1,10 @@
 """Sweep results on disk: one Parquet part file per finished cell, written atomically.
 
 A part is written to a temporary name in the results directory and moved into place with
-``os.replace`` (atomic on POSIX), so a killed sweep leaves only complete parts: it loses at most the
-cells in flight, never a finished one, and never a half-written file.  ``--resume`` reads the
-``cell_id`` of the parts present and skips those cells.  :func:`load` reads the directory as one
-table (pyarrow); :func:`compact` merges the parts into ``results.parquet`` (atomically too) and
+`os.replace` (atomic on POSIX), so a killed sweep leaves only complete parts: it loses at most the
+cells in flight, never a finished one, and never a half-written file.  `--resume` reads the
+`cell_id` of the parts present and skips those cells.  `load` reads the directory as one
+table (pyarrow); `compact` merges the parts into `results.parquet` (atomically too) and
 removes them.
 """
 
@@ -25,8 +25,8 @@ MERGED = "results.parquet"
 
 
 def _arrow():
-    """``(pyarrow, pyarrow.parquet)``, imported when a sweep stores or reads results (``import sdederive``
-    does not load pyarrow), or an :class:`SdederiveError` naming the ``sweep`` extra."""
+    """`(pyarrow, pyarrow.parquet)`, imported when a sweep stores or reads results (`import sdederive`
+    does not load pyarrow), or an `SdederiveError` naming the `sweep` extra."""
     try:
         import pyarrow
         import pyarrow.parquet
@@ -37,7 +37,7 @@ def _arrow():
 
 
 def check_writable(out: str | Path) -> Path:
-    """Create the results directory ``out`` if needed and check that files can be written in it, before any
+    """Create the results directory `out` if needed and check that files can be written in it, before any
     cell runs (not after all the work): refuses a path that is a file or an unwritable directory."""
     from sdederive._outdir import check_output_dir
 
@@ -49,7 +49,7 @@ def _atomic_write_table(table: pa.Table, path: Path) -> None:
 
 
 def write_row(out: str | Path, row: dict) -> Path:
-    """Write one cell's row as ``part-<cell_id>.parquet`` (atomically)."""
+    """Write one cell's row as `part-<cell_id>.parquet` (atomically)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"part-{row['cell_id']}.parquet"
@@ -66,7 +66,7 @@ def _files(out: Path) -> list[Path]:
 
 
 def done_ids(out: str | Path) -> set[str]:
-    """``cell_id`` of every finished cell in ``out``."""
+    """`cell_id` of every finished cell in `out`."""
     ids: set[str] = set()
     for f in _files(Path(out)):
         ids.update(_arrow()[1].read_table(f, columns=["cell_id"]).column("cell_id").to_pylist())
@@ -83,9 +83,9 @@ def load(out: str | Path) -> pa.Table:
 
 
 def compact(out: str | Path) -> pa.Table:
-    """Merge the parts into ``results.parquet`` (one row per ``cell_id``) and remove them; returns
+    """Merge the parts into `results.parquet` (one row per `cell_id`) and remove them; returns
     the merged table.  A crash in between only leaves duplicates of finished cells, which the next
-    ``compact`` drops."""
+    `compact` drops."""
     out = Path(out)
     table = load(out)
     if table.num_rows:

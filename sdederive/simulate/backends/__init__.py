@@ -1,6 +1,6 @@
-"""Kernel backends: the interface (:mod:`.base`) and registry (:mod:`.registry`), numba on CPU
-(:mod:`.numba_backend`, printer :mod:`.numba_printer`), CUDA on GPU (:mod:`.cuda_backend`, printer
-:mod:`.cuda_printer`).  The registry functions import nothing heavy; ``AbstractBackend`` loads :mod:`.base`
+"""Kernel backends: the interface (`.base`) and registry (`.registry`), numba on CPU
+(`.numba_backend`, printer `.numba_printer`), CUDA on GPU (`.cuda_backend`, printer
+`.cuda_printer`).  The registry functions import nothing heavy; `AbstractBackend` loads `.base`
 (numpy, sympy) on first use."""
 
 from sdederive.simulate.backends.registry import backend_names, get_backend, register_backend

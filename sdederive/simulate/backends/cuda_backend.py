@@ -1,14 +1,14 @@
-r"""CUDA backend: CUDA C generated from the same :class:`~sdederive.simulate.spec.KernelSpec` as the
-numba backend, one thread per path, compiled with ``cupy.RawModule`` on a GPU machine.
+r"""CUDA backend: CUDA C generated from the same `KernelSpec` as the
+numba backend, one thread per path, compiled with `cupy.RawModule` on a GPU machine.
 
-``step_kernel`` advances each path through a chunk of steps with its state in per-thread arrays
-(``d`` and the number of states are compile-time constants, so small states stay in registers);
-``obs_kernel`` writes each path's observables (loss, ``|x|^2``, the states in the discrete
+`step_kernel` advances each path through a chunk of steps with its state in per-thread arrays
+(`d` and the number of states are compile-time constants, so small states stay in registers);
+`obs_kernel` writes each path's observables (loss, `|x|^2`, the states in the discrete
 optimizer's variables) and CuPy reduces them over paths.  The Philox/Box–Muller code is
-:data:`~sdederive.simulate.rng.philox_c.CUDA_SOURCE`, the same algorithm and constants as the CPU side.
+`CUDA_SOURCE`, the same algorithm and constants as the CPU side.
 
-Without a GPU the source can still be compiled, which is what CI does: :func:`compile_check` runs
-NVRTC through ``cuda-bindings`` (or a system ``nvcc``) for ``sm_90``, so a printing bug fails CI.
+Without a GPU the source can still be compiled, which is what CI does: `compile_check` runs
+NVRTC through `cuda-bindings` (or a system `nvcc`) for `sm_90`, so a printing bug fails CI.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _device_fn(name: str, spec: KernelSpec, a, what: str, real: str) -> str:
 
 
 def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "float64") -> str:
-    """CUDA C source of ``step_kernel`` and ``obs_kernel`` (``extern "C"``)."""
+    """CUDA C source of `step_kernel` and `obs_kernel` (`extern "C"`)."""
     check_names(spec)
     real = "float" if dtype == "float32" else "double"
     S, d = len(spec.states), problem.d
@@ -257,8 +257,8 @@ def nvrtc_available() -> bool:
 
 
 def compile_check(source: str, arch: str = "sm_90", fmad: bool = True) -> dict:
-    """Compile CUDA ``source`` to a cubin for ``arch`` without a GPU: NVRTC via ``cuda-bindings``, else a
-    system ``nvcc``.  Returns ``{"tool", "cubin_bytes", "log"}``; raises :class:`CodegenError` with the
+    """Compile CUDA `source` to a cubin for `arch` without a GPU: NVRTC via `cuda-bindings`, else a
+    system `nvcc`.  Returns `{"tool", "cubin_bytes", "log"}`; raises `CodegenError` with the
     compiler log on failure."""
     opts = [f"-arch={arch}".encode(), b"--std=c++17"] + ([] if fmad else [b"--fmad=false"])
     if nvrtc_available():
@@ -316,8 +316,8 @@ class _CudaHandle:
 
 @register_backend
 class CudaBackend(AbstractBackend[_CudaHandle]):
-    """GPU: the generated CUDA C (:func:`generate`) compiled by ``cupy.RawModule``, one thread per path.
-    ``step_kernel`` runs from one save point to the next (:meth:`chunk_end`); then ``obs_kernel`` writes each
+    """GPU: the generated CUDA C (`generate`) compiled by `cupy.RawModule`, one thread per path.
+    `step_kernel` runs from one save point to the next (`chunk_end`); then `obs_kernel` writes each
     path's observables and CuPy reduces them over the paths, slab by slab; the totals go to block 0 of the
     statistics arrays (the other blocks hold only the host-filled snapshots of the start)."""
 
@@ -343,8 +343,8 @@ class CudaBackend(AbstractBackend[_CudaHandle]):
         return KernelSource(self.name, generate(spec, problem, scheme, dtype), spec, problem, scheme, dtype)
 
     def build(self, source: KernelSource) -> _CudaHandle:
-        """``cupy.RawModule`` of the source; CuPy caches compiled modules on disk by source hash
-        (``~/.cupy/kernel_cache``).  :class:`BackendUnavailableError` without CuPy or a GPU."""
+        """`cupy.RawModule` of the source; CuPy caches compiled modules on disk by source hash
+        (`~/.cupy/kernel_cache`).  `BackendUnavailableError` without CuPy or a GPU."""
         ok, why = self.available()
         if not ok:
             raise BackendUnavailableError(why)
@@ -354,7 +354,7 @@ class CudaBackend(AbstractBackend[_CudaHandle]):
         return _CudaHandle(module, module.get_function("step_kernel"), module.get_function("obs_kernel"))
 
     def start(self, handle: _CudaHandle, run: RunArrays) -> None:
-        """The run's arrays on the device; the statistics of the save points after ``k_start`` cleared (the
+        """The run's arrays on the device; the statistics of the save points after `k_start` cleared (the
         kernel writes them, to block 0)."""
         import cupy as cp
 

@@ -1,6 +1,6 @@
-"""The CUDA backend's printer: :class:`~sdederive.simulate.lower.Assignments` as C99/CUDA statements
-(sympy's ``C99CodePrinter``; small integer powers expanded to products by
-:func:`~sdederive.simulate.lower.expand_powers`; ``real="float"`` prints single-precision literals and
+"""The CUDA backend's printer: `Assignments` as C99/CUDA statements
+(sympy's `C99CodePrinter`; small integer powers expanded to products by
+`expand_powers`; `real="float"` prints single-precision literals and
 functions)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class _CudaPrinter(C99CodePrinter):
 
 
 def print_c(a: Assignments, indent: str, real: str = "double") -> str:
-    """C99/CUDA statements ``const real name = expr;``; ``real="float"`` prints single-precision literals
+    """C99/CUDA statements `const real name = expr;`; `real="float"` prints single-precision literals
     and functions."""
     settings = {}
     if real == "float":

@@ -1,29 +1,29 @@
 r"""numba backend: one generated module per (kernel spec, problem kind, scheme, dtype).
 
-The module holds the functions printed from the spec (``coef`` or ``upd``, and ``obs``), the
-problem's gradient/loss fragment, and one ``@njit(cache=True, nogil=True)`` kernel that advances
+The module holds the functions printed from the spec (`coef` or `upd`, and `obs`), the
+problem's gradient/loss fragment, and one `@njit(cache=True, nogil=True)` kernel that advances
 a range of fixed blocks of paths: every path goes through a chunk of steps with its state in local
 arrays, and the snapshot statistics (Welford mean and M2 over the paths of the block) are
-accumulated in the kernel.  :class:`NumbaBackend` (the registered ``"numba"`` backend) spreads the blocks
+accumulated in the kernel.  `NumbaBackend` (the registered `"numba"` backend) spreads the blocks
 over OS threads; the number of blocks depends only on the number of paths, so results are bit-identical
-for any thread count.  Random numbers come from :mod:`sdederive.simulate.rng.philox` and the snapshot
-update from :mod:`sdederive.simulate.backends.kernel_support` (imported; the module carries both files'
+for any thread count.  Random numbers come from `sdederive.simulate.rng.philox` and the snapshot
+update from `sdederive.simulate.backends.kernel_support` (imported; the module carries both files'
 SHA-256, so editing either changes every kernel's content hash).
 
-It is written to ``<cache>/kernels/sdegen_<sha256[:16]>.py`` (atomically: temporary file, then
-``os.replace``) and executed from the source text in memory (never from the file or a ``.pyc``, so a
-damaged or edited file on disk cannot change what runs); numba's own cache (``cache=True``) then
-keeps the machine code in ``<cache>/kernels/__pycache__`` (or under ``NUMBA_CACHE_DIR``), so a
+It is written to `<cache>/kernels/sdegen_<sha256[:16]>.py` (atomically: temporary file, then
+`os.replace`) and executed from the source text in memory (never from the file or a `.pyc`, so a
+damaged or edited file on disk cannot change what runs); numba's own cache (`cache=True`) then
+keeps the machine code in `<cache>/kernels/__pycache__` (or under `NUMBA_CACHE_DIR`), so a
 second process loads the compiled kernel instead of compiling it again.
 
-Cache safety.  numba's cache index (``.nbi``) and data (``.nbc``) files are pickles: whoever can
-write them can run code in the next process that loads a kernel.  :func:`cache_dir` therefore
-creates its folders private (``0700``) and refuses a cache folder owned by another user or writable
-by others (group-writable ones only with ``SDEDERIVE_CACHE_SHARED=1``, for a group that trusts its
-members).  A damaged cache (truncated or garbage ``.nbi``/``.nbc``, garbage in the kernel file) is
+Cache safety.  numba's cache index (`.nbi`) and data (`.nbc`) files are pickles: whoever can
+write them can run code in the next process that loads a kernel.  `cache_dir` therefore
+creates its folders private (`0700`) and refuses a cache folder owned by another user or writable
+by others (group-writable ones only with `SDEDERIVE_CACHE_SHARED=1`, for a group that trusts its
+members).  A damaged cache (truncated or garbage `.nbi`/`.nbc`, garbage in the kernel file) is
 detected when the kernel is loaded: its entries are dropped and the kernel is compiled again.
 Text from an SDE or a problem (optimizer names, notes) reaches the module only inside comments,
-escaped to one line of ASCII by :func:`_comment`; names in code are checked identifiers.
+escaped to one line of ASCII by `_comment`; names in code are checked identifiers.
 """
 
 from __future__ import annotations
@@ -70,13 +70,13 @@ _lock = threading.Lock()
 
 
 def cache_dir() -> Path:
-    """``$SDEDERIVE_CACHE`` or ``~/.cache/sdederive`` (per user), with its ``kernels/`` folder.
+    """`$SDEDERIVE_CACHE` or `~/.cache/sdederive` (per user), with its `kernels/` folder.
 
-    Folders it creates are private (``0700``), and the ones it manages (the default folder,
-    ``kernels/``, ``kernels/__pycache__``) lose group/other write bits.  numba's cache files there are
-    pickles, so a ``$SDEDERIVE_CACHE`` owned by another user or writable by others is refused
-    (:class:`~sdederive.errors.SdederiveError` naming it); a group-writable one too, unless
-    ``SDEDERIVE_CACHE_SHARED=1`` says the group is trusted.
+    Folders it creates are private (`0700`), and the ones it manages (the default folder,
+    `kernels/`, `kernels/__pycache__`) lose group/other write bits.  numba's cache files there are
+    pickles, so a `$SDEDERIVE_CACHE` owned by another user or writable by others is refused
+    (`SdederiveError` naming it); a group-writable one too, unless
+    `SDEDERIVE_CACHE_SHARED=1` says the group is trusted.
     """
     given = os.environ.get("SDEDERIVE_CACHE")
     d = Path(given or Path.home() / ".cache" / "sdederive").expanduser()
@@ -89,8 +89,8 @@ def cache_dir() -> Path:
 
 
 def _check_private(folder: Path, own: bool) -> None:
-    """Refuse ``folder`` unless only this user can write it.  ``own``: a folder sdederive manages
-    (the default cache folder, ``kernels/``, its ``__pycache__``), whose group/other write bits are
+    """Refuse `folder` unless only this user can write it.  `own`: a folder sdederive manages
+    (the default cache folder, `kernels/`, its `__pycache__`), whose group/other write bits are
     simply removed when it belongs to this user."""
     if not hasattr(os, "getuid"):  # pragma: no cover - Windows: ACLs, not mode bits
         return
@@ -120,8 +120,8 @@ def _check_private(folder: Path, own: bool) -> None:
 
 
 def _comment(text: object) -> str:
-    """``text`` as one line of printable ASCII for a ``#`` comment: line breaks, control and non-ASCII
-    characters escaped (``\\n``), so nothing in it can end the comment and become code."""
+    """`text` as one line of printable ASCII for a `#` comment: line breaks, control and non-ASCII
+    characters escaped (`\\n`), so nothing in it can end the comment and become code."""
     return str(text).encode("unicode_escape").decode("ascii")
 
 
@@ -283,10 +283,10 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
 
 
 def _host_functions(w, spec: KernelSpec) -> None:
-    """``host_loss`` and ``host_obs``: the loss of rows of ``x`` and the observables of one state at every
-    coordinate, in float64, for the host-side snapshots (the start, ``keep_final``).  Cached like the kernel, so
-    a run in a fresh process loads them instead of compiling ``prob_loss`` and ``obs`` for Python arguments
-    (about 0.3 s, once per process, that every first ``Simulator.run`` paid)."""
+    """`host_loss` and `host_obs`: the loss of rows of `x` and the observables of one state at every
+    coordinate, in float64, for the host-side snapshots (the start, `keep_final`).  Cached like the kernel, so
+    a run in a fresh process loads them instead of compiling `prob_loss` and `obs` for Python arguments
+    (about 0.3 s, once per process, that every first `Simulator.run` paid)."""
     S, nout = len(spec.states), len(spec.outputs)
     w("")
     w("")
@@ -361,8 +361,8 @@ def _fill_normals(w, ind) -> None:
 
 
 def _corr_increment(w, ind, problem, XI="XI", GRv="GR") -> None:
-    """XI = correlated noise increment per unit sqrt(dt): the problem's noise factor (``prob_corr``: L z for a
-    quadratic, the low-rank factor of logistic regression, which reads the W and GR of ``prob_grad`` at X[0])."""
+    """XI = correlated noise increment per unit sqrt(dt): the problem's noise factor (`prob_corr`: L z for a
+    quadratic, the low-rank factor of logistic regression, which reads the W and GR of `prob_grad` at X[0])."""
     w(f"{ind}prob_corr(X[0], {GRv}, Z, {XI}, PV, PM, PL, PY, W)")
 
 
@@ -445,11 +445,11 @@ def _module_name(source: str) -> str:
 
 
 def load_module(source: str, fresh: bool = False):
-    """Write ``source`` to the cache under its content hash (atomically) and run it as a module.
+    """Write `source` to the cache under its content hash (atomically) and run it as a module.
 
-    The module is executed from ``source`` itself, compiled with the cache file as its file name (numba's
+    The module is executed from `source` itself, compiled with the cache file as its file name (numba's
     cache keys on that file), so a damaged or edited file on disk is rewritten, never executed, and no
-    ``.pyc`` is read.  ``fresh``: build a new module object even if one is loaded (new dispatchers,
+    `.pyc` is read.  `fresh`: build a new module object even if one is loaded (new dispatchers,
     which read numba's on-disk cache again).
     """
     name = _module_name(source)
@@ -479,8 +479,8 @@ def load_module(source: str, fresh: bool = False):
 
 def _drop_numba_cache(module) -> list[str]:
     """Forget the on-disk numba cache of every cached dispatcher the kernel module uses (its kernel and
-    the random-number and snapshot routines it calls): each index is emptied (``Cache.flush``) and the
-    kernel's own ``.nbi``/``.nbc`` files removed.  Returns what was dropped, for the error message."""
+    the random-number and snapshot routines it calls): each index is emptied (`Cache.flush`) and the
+    kernel's own `.nbi`/`.nbc` files removed.  Returns what was dropped, for the error message."""
     dropped = []
     for obj in list(vars(module).values()):
         cache = getattr(obj, "_cache", None)
@@ -502,8 +502,8 @@ def _drop_numba_cache(module) -> list[str]:
 
 
 def default_threads() -> int:
-    """The kernel's OS threads when ``threads=None``: ``$SDEDERIVE_THREADS``, else ``$NUMBA_NUM_THREADS``, else
-    the CPUs this process may run on; an invalid variable is an :class:`~sdederive.errors.SdederiveError`."""
+    """The kernel's OS threads when `threads=None`: `$SDEDERIVE_THREADS`, else `$NUMBA_NUM_THREADS`, else
+    the CPUs this process may run on; an invalid variable is an `SdederiveError`."""
     for var in ("SDEDERIVE_THREADS", "NUMBA_NUM_THREADS"):
         env = os.environ.get(var)
         if env:
@@ -529,7 +529,7 @@ def _pool(n: int):
 
 
 def _launch(kern, args, nblk, threads) -> None:
-    """Blocks of paths split over ``threads`` OS threads (the kernel is ``nogil``).  Each block is
+    """Blocks of paths split over `threads` OS threads (the kernel is `nogil`).  Each block is
     owned by one thread and its statistics by that block, so the split does not change results."""
     n = threads or default_threads()
     n = max(1, min(n, nblk))
@@ -544,7 +544,7 @@ def _launch(kern, args, nblk, threads) -> None:
 
 @register_backend
 def _build_host(module, spec, S: int, d: int) -> None:
-    """Compile (or load from numba's cache) ``host_loss`` and ``host_obs`` for the types run() passes; empty
+    """Compile (or load from numba's cache) `host_loss` and `host_obs` for the types run() passes; empty
     inputs, so nothing is evaluated on the placeholder data."""
     import numpy as np
 
@@ -554,8 +554,8 @@ def _build_host(module, spec, S: int, d: int) -> None:
 
 
 class NumbaBackend(AbstractBackend[types.ModuleType]):
-    """CPU: the generated numba module (:func:`generate`, :func:`load_module`); its kernel advances fixed
-    blocks of paths (``MEAN.shape[0]`` of them), spread over OS threads (:func:`default_threads`)."""
+    """CPU: the generated numba module (`generate`, `load_module`); its kernel advances fixed
+    blocks of paths (`MEAN.shape[0]` of them), spread over OS threads (`default_threads`)."""
 
     name = "numba"
 
@@ -567,9 +567,9 @@ class NumbaBackend(AbstractBackend[types.ModuleType]):
         return KernelSource(self.name, generate(spec, problem, scheme, dtype), spec, problem, scheme, dtype)
 
     def build(self, source: KernelSource) -> types.ModuleType:
-        """The module of ``source`` (:func:`load_module`: cached under its content hash), its kernel compiled
-        now (or loaded from numba's cache) with the argument types :meth:`run_chunk` uses.  A damaged numba
-        cache is dropped and the kernel compiled again (with a ``RuntimeWarning``)."""
+        """The module of `source` (`load_module`: cached under its content hash), its kernel compiled
+        now (or loaded from numba's cache) with the argument types `run_chunk` uses.  A damaged numba
+        cache is dropped and the kernel compiled again (with a `RuntimeWarning`)."""
         import numpy as np
 
         module = load_module(source.text)

@@ -1,5 +1,5 @@
-"""The numba backend's printer: :class:`~sdederive.simulate.lower.Assignments` as Python statements numba
-compiles (sympy's ``PythonCodePrinter`` with ``math.*`` calls, ``sign`` and ``Heaviside`` as branch-free
+"""The numba backend's printer: `Assignments` as Python statements numba
+compiles (sympy's `PythonCodePrinter` with `math.*` calls, `sign` and `Heaviside` as branch-free
 conditionals, floats with 17 digits)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ __all__ = ["print_python"]
 
 
 class _NumbaPrinter(PythonCodePrinter):
-    """``math.*`` calls numba compiles; ``sign`` as ``math.copysign`` guarded at 0; floats with 17 digits."""
+    """`math.*` calls numba compiles; `sign` as `math.copysign` guarded at 0; floats with 17 digits."""
 
     def _print_sign(self, e):
         a = self._print(e.args[0])
@@ -34,7 +34,7 @@ class _NumbaPrinter(PythonCodePrinter):
 
 
 def print_python(a: Assignments, indent: str) -> str:
-    """One ``name = expr`` line per temporary and output of ``a``, each prefixed by ``indent``."""
+    """One `name = expr` line per temporary and output of `a`, each prefixed by `indent`."""
     p = _NumbaPrinter({"fully_qualified_modules": True, "standard": "python3"})
     lines = [f"{indent}{n} = {p.doprint(e)}" for n, e in a.temps + a.outputs]
     return "\n".join(lines)

@@ -1,7 +1,7 @@
-"""The backend registry: names to :class:`~sdederive.simulate.backends.base.AbstractBackend` classes.
+"""The backend registry: names to `AbstractBackend` classes.
 
-Light on purpose (only :mod:`importlib` and :mod:`sdederive.errors`): the command line builds its
-``--backend`` choices from :func:`backend_names` without importing numpy, sympy, numba or CuPy.  The built-in
+Light on purpose (only `importlib` and `sdederive.errors`): the command line builds its
+`--backend` choices from `backend_names` without importing numpy, sympy, numba or CuPy.  The built-in
 backends are listed by module path and imported (which registers them) when first asked for by name.
 """
 
@@ -26,7 +26,7 @@ _REGISTRY: dict[str, type[AbstractBackend]] = {}
 
 
 def register_backend(cls: type[AbstractBackend]) -> type[AbstractBackend]:
-    """Make ``cls`` (an :class:`~sdederive.simulate.backends.base.AbstractBackend` subclass with a ``name``) available by name; usable as a
+    """Make `cls` (an `AbstractBackend` subclass with a `name`) available by name; usable as a
     class decorator.  Re-registering a name replaces the earlier class (a reloaded module)."""
     from sdederive.simulate.backends.base import AbstractBackend  # noqa: F811 - at run time
 
@@ -43,14 +43,14 @@ def register_backend(cls: type[AbstractBackend]) -> type[AbstractBackend]:
 
 
 def backend_names() -> tuple[str, ...]:
-    """Every backend name ``sd.compile`` accepts: the built-ins first (whether or not they can run here:
-    see :meth:`~sdederive.simulate.backends.base.AbstractBackend.available`), then the registered ones, in registration order."""
+    """Every backend name `sd.compile` accepts: the built-ins first (whether or not they can run here:
+    see `available`), then the registered ones, in registration order."""
     return tuple(dict.fromkeys([*_BUILTIN, *_REGISTRY]))
 
 
 def get_backend(name: str) -> AbstractBackend:
-    """A new instance of the backend called ``name``; :class:`~sdederive.errors.UnknownNameError` listing
-    :func:`backend_names` for any other name."""
+    """A new instance of the backend called `name`; `UnknownNameError` listing
+    `backend_names` for any other name."""
     if not isinstance(name, str) or name not in backend_names():
         raise UnknownNameError("backend", name, backend_names())
     if name not in _REGISTRY:

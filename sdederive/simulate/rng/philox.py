@@ -1,37 +1,37 @@
 r"""Counter-based random numbers for the generated kernels: Philox4x32-10 and a Box–Muller
 transform that vectorises.
 
-Generated numba kernels import this module.  The Gaussian path inlines :func:`normal_pair`
-(``inline="always"``: numba inlines at IR level, so the Philox rounds and the polynomials
+Generated numba kernels import this module.  The Gaussian path inlines `normal_pair`
+(`inline="always"`: numba inlines at IR level, so the Philox rounds and the polynomials
 vectorise across coordinate blocks inside the kernel's loop; a call to a separately compiled
 filler instead measured 15 to 35 % slower, since the kernel's vector registers are spilled
-around every call).  The rare paths call two block fillers, :func:`fill_student_t` and
-:func:`draw_indices`, compiled once per machine and kept in numba's on-disk cache
-(``cache=True``), so no kernel pays for compiling them.  numba's cache of a kernel only tracks
+around every call).  The rare paths call two block fillers, `fill_student_t` and
+`draw_indices`, compiled once per machine and kept in numba's on-disk cache
+(`cache=True`), so no kernel pays for compiling them.  numba's cache of a kernel only tracks
 the kernel's own file, so the generated module carries the SHA-256 of this file
-(:data:`SOURCE_HASH`): editing it gives every kernel a new content hash, and no kernel keeps
-stale random-number code in its cached machine code.  The CUDA twin is :data:`CUDA_SOURCE` in
-:mod:`sdederive.simulate.rng.philox_c`; both are tested against each other bit for bit.
+(`SOURCE_HASH`): editing it gives every kernel a new content hash, and no kernel keeps
+stale random-number code in its cached machine code.  The CUDA twin is `CUDA_SOURCE` in
+`sdederive.simulate.rng.philox_c`; both are tested against each other bit for bit.
 
-Streams.  One Philox call maps a counter ``(c0, c1, c2, c3)`` and a key ``(k0, k1)`` to four
-uint32.  The kernels use ``c0 = step, c1 = block of four coordinates, c2 = path, c3 = stream``
-and ``key = (seed mod 2^32, seed >> 32)``, so any (seed, path, step, coordinate) is addressed
+Streams.  One Philox call maps a counter `(c0, c1, c2, c3)` and a key `(k0, k1)` to four
+uint32.  The kernels use `c0 = step, c1 = block of four coordinates, c2 = path, c3 = stream`
+and `key = (seed mod 2^32, seed >> 32)`, so any (seed, path, step, coordinate) is addressed
 directly: the numbers do not depend on the number of threads, on scheduling, or on the backend.
 
-Gaussians.  ``u = (a + 1/2) 2^{-32}`` (open interval, exact in double) and Box–Muller
-:math:`z_0 = \sqrt{-2\ln u_1}\cos 2\pi u_2,\ z_1 = \sqrt{-2\ln u_1}\sin 2\pi u_2`.  The tails are cut
-at :math:`\sqrt{-2\ln 2^{-33}} \approx 6.76` (probability ``1.4e-11`` per draw), as in cuRAND's
+Gaussians.  `u = (a + 1/2) 2^{-32}` (open interval, exact in double) and Box–Muller
+$z_0 = \sqrt{-2\ln u_1}\cos 2\pi u_2,\ z_1 = \sqrt{-2\ln u_1}\sin 2\pi u_2$.  The tails are cut
+at $\sqrt{-2\ln 2^{-33}} \approx 6.76$ (probability `1.4e-11` per draw), as in cuRAND's
 single-precision path.
 
-Why our own ``log`` and ``sincos`` (and not ``math.log``/``math.sin``)?  Two reasons, both
+Why our own `log` and `sincos` (and not `math.log`/`math.sin`)?  Two reasons, both
 measured: (1) libm calls are opaque to LLVM's loop vectoriser (numba has no SVML without Intel's
-runtime), so a Box–Muller over ``math.*`` runs at ~6e7 normals/s on two cores, while the
-polynomial version below vectorises and reaches ~5e8/s; (2) CUDA's ``log``/``sin``/``cos`` are not
+runtime), so a Box–Muller over `math.*` runs at ~6e7 normals/s on two cores, while the
+polynomial version below vectorises and reaches ~5e8/s; (2) CUDA's `log`/`sin`/`cos` are not
 correctly rounded and differ from glibc in the last bits, while the same polynomials evaluated
-with IEEE ``+ - * /`` (no FMA contraction) give the same bits on CPU and GPU.  The polynomials are
-fdlibm's (``e_log.c``, ``k_sin.c``, ``k_cos.c``; error below 1 ulp on their reduced ranges), and the
-argument reduction is exact here because the inputs are integers: ``ln u`` takes its binary
-exponent from a count of leading zeros, and ``2 pi u`` its quadrant from the top two bits.
+with IEEE `+ - * /` (no FMA contraction) give the same bits on CPU and GPU.  The polynomials are
+fdlibm's (`e_log.c`, `k_sin.c`, `k_cos.c`; error below 1 ulp on their reduced ranges), and the
+argument reduction is exact here because the inputs are integers: `ln u` takes its binary
+exponent from a count of leading zeros, and `2 pi u` its quadrant from the top two bits.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ _TWO_M30 = 9.313225746154785e-10  # 2**-30
 
 @njit(inline="always", cache=False)
 def philox4x32(c0, c1, c2, c3, k0, k1):
-    """Philox4x32-10 (Salmon et al., SC'11; Random123 ``philox.h``) on uint32 words."""
+    """Philox4x32-10 (Salmon et al., SC'11; Random123 `philox.h`) on uint32 words."""
     c0 = np.uint32(c0)
     c1 = np.uint32(c1)
     c2 = np.uint32(c2)
@@ -108,13 +108,13 @@ def philox4x32(c0, c1, c2, c3, k0, k1):
 
 @njit(inline="always", cache=False)
 def u01(a):
-    """``(a + 1/2) 2^-32`` in (0, 1): exact in double."""
+    """`(a + 1/2) 2^-32` in (0, 1): exact in double."""
     return (np.float64(a) + 0.5) * _TWO_M32
 
 
 @njit(inline="always", cache=False)
 def neg2log_u01(a):
-    """:math:`-2\\ln u` for ``u = (a + 1/2) 2^{-32}`` (fdlibm ``log``; exponent from ctlz)."""
+    """$-2\\ln u$ for `u = (a + 1/2) 2^{-32}` (fdlibm `log`; exponent from ctlz)."""
     y = np.uint64(a) * np.uint64(2) + np.uint64(1)  # u = y 2^-33, y odd
     n = leading_zeros(y)
     f = np.float64(y << np.uint64(n)) * _TWO_M64  # in [1/2, 1), exact (y has <= 33 bits)
@@ -135,8 +135,8 @@ def neg2log_u01(a):
 
 @njit(inline="always", cache=False)
 def sincos_2pi_u01(b):
-    """:math:`(\\sin 2\\pi u, \\cos 2\\pi u)` for ``u = (b + 1/2) 2^{-32}``: exact quadrant reduction,
-    fdlibm kernels on ``[-pi/4, pi/4]``."""
+    """$(\\sin 2\\pi u, \\cos 2\\pi u)$ for `u = (b + 1/2) 2^{-32}`: exact quadrant reduction,
+    fdlibm kernels on `[-pi/4, pi/4]`."""
     q = (np.uint64(b) + np.uint64(1 << 29)) >> np.uint64(30)  # nearest multiple of pi/2: 0..4
     r = (np.float64(b) + 0.5 - np.float64(q) * 1073741824.0) * _TWO_M30  # in [-1/2, 1/2], exact
     x = r * _PIO2
@@ -153,9 +153,9 @@ def sincos_2pi_u01(b):
 
 @njit(inline="always", cache=False)
 def normal_pair(c0, c1, c2, c3, k0, k1):
-    """Four standard normals from one Philox block: Box–Muller on the word pairs ``(a, b)`` and
-    ``(c, d)``.  The two pairs go through one loop so that numba inlines :func:`neg2log_u01` and
-    :func:`sincos_2pi_u01` once, not twice: numba's IR inliner deep-copies and re-runs its untyped
+    """Four standard normals from one Philox block: Box–Muller on the word pairs `(a, b)` and
+    `(c, d)`.  The two pairs go through one loop so that numba inlines `neg2log_u01` and
+    `sincos_2pi_u01` once, not twice: numba's IR inliner deep-copies and re-runs its untyped
     passes on the callee per call site, and this function is inlined into every generated kernel
     (nested call sites cost about 1.5 s of each kernel's cold compile, the loop about 0.5 s)."""
     a, b, c, d = philox4x32(c0, c1, c2, c3, k0, k1)
@@ -177,9 +177,9 @@ def normal_pair(c0, c1, c2, c3, k0, k1):
 
 @njit(inline="always", cache=False)
 def student_t(nu, c0, c1, c2, k0, k1):
-    """A standard Student-t variate with ``nu`` degrees of freedom (Bailey's polar method,
-    Math. Comp. 62 (1994)): draw ``U, V`` uniform on (-1, 1) until ``W = U^2 + V^2 < 1``, then
-    ``T = U sqrt(nu (W^{-2/nu} - 1) / W)``.  Attempt ``j`` uses stream ``0x10000 + j``, so the
+    """A standard Student-t variate with `nu` degrees of freedom (Bailey's polar method,
+    Math. Comp. 62 (1994)): draw `U, V` uniform on (-1, 1) until `W = U^2 + V^2 < 1`, then
+    `T = U sqrt(nu (W^{-2/nu} - 1) / W)`.  Attempt `j` uses stream `0x10000 + j`, so the
     variate is still a function of (seed, path, step, coordinate) only."""
     j = 0
     while True:
@@ -199,16 +199,16 @@ def student_t(nu, c0, c1, c2, k0, k1):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def fill_student_t(Z, n, nu, step, path, k0, k1):
-    """``Z[i] = T_nu(step, i, path)`` for ``i < n`` (:func:`student_t`, coordinate ``i`` as counter)."""
+    """`Z[i] = T_nu(step, i, path)` for `i < n` (`student_t`, coordinate `i` as counter)."""
     for i in range(n):
         Z[i] = student_t(nu, step, i, path, k0, k1)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def draw_indices(IDX, B, n, step, path, stream, k0, k1):
-    """``B`` example indices, uniform on ``{0, ..., n-1}`` with replacement: Philox block ``j`` gives
-    draws ``4j .. 4j + 3``, each ``floor(r n / 2^32)`` of a uint32 ``r`` (Lemire's multiply-shift;
-    its bias is below ``n / 2^32``)."""
+    """`B` example indices, uniform on `{0, ..., n-1}` with replacement: Philox block `j` gives
+    draws `4j .. 4j + 3`, each `floor(r n / 2^32)` of a uint32 `r` (Lemire's multiply-shift;
+    its bias is below `n / 2^32`)."""
     nn = np.uint64(n)
     for jb in range((B + 3) // 4):
         r0, r1, r2, r3 = philox4x32(step, jb, path, stream, k0, k1)

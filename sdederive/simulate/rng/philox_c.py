@@ -1,12 +1,12 @@
-"""The C/CUDA twin of :mod:`sdederive.simulate.rng.philox`, as source text.
+"""The C/CUDA twin of `sdederive.simulate.rng.philox`, as source text.
 
 Pasted at the top of every generated CUDA kernel; it also compiles as host C/C++ (gcc, or nvcc's
 host pass), which is how CI checks it bit for bit against the numba version without a GPU.
-Every operation used is IEEE ``+ - * / sqrt`` or integer arithmetic; no libm call, so host and
+Every operation used is IEEE `+ - * / sqrt` or integer arithmetic; no libm call, so host and
 device agree.  An FMA-contracted polynomial would round differently from the numba twin, so on the
-device every product that feeds an addition is ``__dmul_rn`` (``SD_MUL``), which the compiler never
-contracts: the Gaussians stay bit-identical to the CPU's under NVRTC's default ``--fmad=true``,
-while the rest of the generated kernel keeps its FMAs.  Host builds need ``-ffp-contract=off``
+device every product that feeds an addition is `__dmul_rn` (`SD_MUL`), which the compiler never
+contracts: the Gaussians stay bit-identical to the CPU's under NVRTC's default `--fmad=true`,
+while the rest of the generated kernel keeps its FMAs.  Host builds need `-ffp-contract=off`
 (gcc contracts across statements otherwise).
 """
 

@@ -542,7 +542,6 @@ def _launch(kern, args, nblk, threads) -> None:
         f.result()
 
 
-@register_backend
 def _build_host(module, spec, S: int, d: int) -> None:
     """Compile (or load from numba's cache) `host_loss` and `host_obs` for the types run() passes; empty
     inputs, so nothing is evaluated on the placeholder data."""
@@ -553,6 +552,7 @@ def _build_host(module, spec, S: int, d: int) -> None:
     module.host_obs(np.zeros((S, 0)), np.zeros(len(spec.scalars) + 1), np.zeros((len(spec.outputs), 0)))
 
 
+@register_backend
 class NumbaBackend(AbstractBackend[types.ModuleType]):
     """CPU: the generated numba module (`generate`, `load_module`); its kernel advances fixed
     blocks of paths (`MEAN.shape[0]` of them), spread over OS threads (`default_threads`)."""

@@ -82,6 +82,11 @@ class NoiseModel:
     def conditions(self, n: int) -> list[str]:
         return []
 
+    def density(self, z: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """The density of the standardized noise `z` (`g = grad + sigma z`), in numpy: what the simulators'
+        expected first step integrates against (`sdederive.simulate._quadrature.noise_expectation`)."""
+        raise NotImplementedError
+
     def sample(self, rng: np.random.Generator, size, nu: float | None = None) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
@@ -148,6 +153,9 @@ class Gaussian(NoiseModel):
         for j in range(2, n + 1):
             M.append(c ** (j - 1) * phi + (j - 1) * M[j - 2])
         return sp.expand(2 * M[n] - self.moment(n))
+
+    def density(self, z):
+        return np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi)
 
     def sample(self, rng, size, nu=None):
         return rng.standard_normal(size)
@@ -281,6 +289,16 @@ class StudentT(NoiseModel):
             f"E[z**{n} * sign(z + r)] under Student-t noise has no built-in closed form (only n = 0, 1). "
             "Register one with sdederive.register_expectation(sympy.sign, rule)."
         )
+
+    def density(self, z):
+        # scipy.special's gammaln, not scipy.stats (whose import alone costs a second of a simulation's start)
+        from scipy.special import gammaln
+
+        if self.nu is None:
+            raise NoiseModelError("the Student-t density needs a numeric nu")
+        nu = float(self.nu)
+        c = np.exp(gammaln((nu + 1) / 2) - gammaln(nu / 2)) / np.sqrt(nu * np.pi)
+        return c * np.exp(-(nu + 1) / 2 * np.log1p(z * z / nu))
 
     def sample(self, rng, size, nu=None):
         nu = self.nu if self.nu is not None else nu

@@ -78,14 +78,10 @@ def _pieces(lo: np.ndarray, hi: np.ndarray, nu: float | None) -> list[tuple[np.n
 
 
 def _density(z: np.ndarray, nu: float | None) -> np.ndarray:
-    """The standard normal or Student-t density (scipy.special's gammaln; not scipy.stats, whose
-    import alone costs a second or more of a simulation's start-up)."""
-    if nu is None:
-        return np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi)
-    from scipy.special import gammaln
+    """The standard normal or Student-t density: the noise model's own (`NoiseModel.density`)."""
+    from sdederive.noise import Gaussian, StudentT
 
-    c = np.exp(gammaln((nu + 1) / 2) - gammaln(nu / 2)) / np.sqrt(nu * np.pi)
-    return c * np.exp(-(nu + 1) / 2 * np.log1p(z * z / nu))
+    return (Gaussian() if nu is None else StudentT(nu=nu)).density(z)
 
 
 def break_points(expr, g) -> list:

@@ -124,7 +124,8 @@ def add_sweep_parser(sub) -> None:
     p.set_defaults(func=run_sweep)
 
 
-def run_sweep(args, out=sys.stdout) -> int:
+def run_sweep(args, out=None) -> int:
+    out = sys.stdout if out is None else out  # the stream of the call, not of the import
     from sdederive.problems import from_dict
     from sdederive.sweep.grid import Grid
     from sdederive.sweep.runner import run

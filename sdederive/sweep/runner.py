@@ -181,7 +181,8 @@ def _spec_table(specs) -> dict | None:
     return out or None
 
 
-def _progress(done: int, total: int, t0: float, skipped: int, stream=sys.stderr) -> None:
+def _progress(done: int, total: int, t0: float, skipped: int, stream=None) -> None:
+    stream = sys.stderr if stream is None else stream  # looked up per call: the stream of now, not of the import
     el = time.perf_counter() - t0
     rate = done / el if el > 0 else 0.0
     eta_s = (total - done) / rate if rate > 0 else float("inf")

@@ -54,6 +54,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "sym": ("sdederive.symbols", "sym"),
     "symbols": ("sdederive.symbols", "symbols"),
     "HyperKind": ("sdederive.spec.kinds", "HyperKind"),
+    "schedules": ("sdederive.spec.schedules", None),
+    "scheduled": ("sdederive.spec.schedules", "scheduled"),
     "StateKind": ("sdederive.spec.kinds", "StateKind"),
     "VectorSDE": ("sdederive.sde_vector", "VectorSDE"),
     **{n: ("sdederive.spec.vector", n) for n in (
@@ -98,5 +100,5 @@ __all__ = [
     "Simulator", "SimulationResult", "problems", "Quadratic", "LogisticRegression", "Custom", "__version__",
     "assumptions", "rates", "ito", "batchsize", "sweep", "export",
     "vectors", "norm", "dot", "minimum", "grad_at", "coordinatewise", "matrix", "VectorSDE",
-    "StateKind", "HyperKind",
+    "StateKind", "HyperKind", "schedules", "scheduled",
 ]

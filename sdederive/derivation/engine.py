@@ -415,6 +415,9 @@ def _limit_powers(e: sp.Expr, tau: sp.Expr, unit: dict, N: int, bias: dict) -> s
         if not ex.has(_k):
             continue
         ex_t = ex.subs(_k, _t / tau)
+        if not ex_t.has(_eta) and not base.has(_eta):
+            repl[p] = base**ex_t  # a function of the time t (a schedule's factor**floor(t/T)): kept as it is
+            continue
         if base.has(_eta):
             L = sp.series(ex_t * sp.log(base), _eta, 0, N + 1).removeO()
             co = expand_eta(sp.expand(L), N) if L.has(_eta) else {sp.S.Zero: L}

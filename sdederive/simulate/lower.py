@@ -58,7 +58,7 @@ class NonNeg(sp.Function):
 
 
 _SUPPORTED_FUNCS = (sp.exp, sp.log, sp.erf, sp.erfc, sp.sign, sp.Abs, sp.atan, sp.tanh, sp.sin, sp.cos,
-                    sp.Max, sp.Min, sp.Heaviside, sp.Piecewise, NonNeg)
+                    sp.Max, sp.Min, sp.Heaviside, sp.Piecewise, NonNeg, sp.floor)
 
 
 def fold_numbers(e: sp.Expr) -> sp.Expr:

@@ -28,6 +28,15 @@ class _NumbaPrinter(PythonCodePrinter):
     def _print_Rational(self, e):
         return repr(float(e))
 
+    def _print_Pow(self, e, rational=False):
+        # an integer base to a symbolic power (a schedule's 2**(-floor(t/T))): a float base, since numba's
+        # integer ** negative integer is integer division (2**-1 == 0)
+        if e.base.is_Integer and not e.exp.is_number:
+            import sympy as sp
+
+            e = sp.Pow(sp.Float(int(e.base), 17), e.exp, evaluate=False)
+        return super()._print_Pow(e, rational=rational)
+
     def _print_Heaviside(self, e):
         a = self._print(e.args[0])
         return f"(1.0 if {a} > 0 else (0.0 if {a} < 0 else 0.5))"

@@ -101,7 +101,7 @@ def _lowered(sde: SDE, problem: Problem, eta, hyper):
     from sdederive.simulate.simulator import compile as _compile
 
     if not isinstance(sde, SDE):
-        raise SdederiveError(f"export needs a derived SDE (sdederive.derivation.engine(...)), got {type(sde).__name__}")
+        raise SdederiveError(f"export needs a derived SDE (sdederive.derive(...)), got {type(sde).__name__}")
     if not isinstance(problem, (Quadratic, Custom)):
         raise SdederiveError(f"export supports Quadratic and Custom problems, got {type(problem).__name__} "
                              "(logistic regression's minibatch noise has no per-coordinate closed form here)")
@@ -170,12 +170,12 @@ def to_diffrax(sde: SDE, problem: Problem, eta=None, hyper: dict | None = None) 
         terms = diffrax.MultiTerm(diffrax.ODETerm(ex.drift), diffrax.ControlTerm(ex.diffusion, bm))
         sol = diffrax.diffeqsolve(terms, diffrax.Euler(), ex.t0, t1, dt0=ex.tau, y0=jnp.asarray(ex.y0))
     """
+    spec, scalars, y0, t0, tau = _lowered(sde, problem, eta, hyper)  # what cannot be exported is refused first
     try:
         import jax.numpy as jnp
     except ImportError as e:
         raise SdederiveError("to_diffrax needs jax and diffrax, the 'export' extra: "
                              "pip install 'sdederive[export]'") from e
-    spec, scalars, y0, t0, tau = _lowered(sde, problem, eta, hyper)
     args, drift, diff, S, R = _coefficients(spec, scalars)
     import jax.scipy.special as jsp
 
@@ -212,12 +212,12 @@ def to_torchsde(sde: SDE, problem: Problem, eta=None, hyper: dict | None = None)
         y0 = torch.tensor(ex.y0).expand(paths, -1)
         ys = torchsde.sdeint(ex.module, y0, torch.tensor([ex.t0, t1]), method="euler", dt=ex.tau)
     """
+    spec, scalars, y0, t0, tau = _lowered(sde, problem, eta, hyper)  # what cannot be exported is refused first
     try:
         import torch
     except ImportError as e:
         raise SdederiveError("to_torchsde needs torch and torchsde, the 'export' extra: "
                              "pip install 'sdederive[export]'") from e
-    spec, scalars, y0, t0, tau = _lowered(sde, problem, eta, hyper)
     args, drift, diff, S, R = _coefficients(spec, scalars)
     fa = sp.lambdify(args, drift, "torch")
     fb = sp.lambdify(args, [b for row in diff for b in row], "torch")

@@ -540,7 +540,7 @@ CLI_CASES = {
     "optimal-lr-nu-gaussian": (lambda f: ["optimal-lr", "sgd", "--nu", "3"], ["--nu=3", "student-t"], []),
     "problem-dir": (lambda f: ["simulate", "sgd", "--mode", "discrete", "--problem", f["dir"]], ["directory"], []),
     "problem-npz": (lambda f: ["simulate", "sgd", "--mode", "discrete", "--problem", f["npz"]],
-                    ["p.npz", "binary"], []),
+                    ["p.npz", "needs arrays 'A'"], []),  # an .npz is read as logistic data
     "ragged-Sigma": (lambda f: ["simulate", "sgd", "--mode", "discrete", "--problem", f["ragged"]],
                      ["Sigma", "ragged"], []),
     "nan-Sigma": (lambda f: ["simulate", "sgd", "--mode", "discrete", "--problem", f["nansigma"]],

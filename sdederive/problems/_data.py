@@ -117,6 +117,10 @@ def _read_csv(path: Path, label) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_npz(path: Path, label) -> tuple[np.ndarray, np.ndarray]:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path} is not a .npz file (an .npz is a zip archive of arrays, as np.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = list(z.files)
@@ -126,6 +130,8 @@ def _read_npz(path: Path, label) -> tuple[np.ndarray, np.ndarray]:
                 raise DatasetError(f"{path}: needs arrays 'A' (or 'X') and 'y' (or 'label', or label=NAME); "
                                    f"holds {keys}")
             A, y = z[akey], z[ykey]
+    except DatasetError:
+        raise
     except ValueError as e:  # object arrays: numpy refuses to unpickle them
         raise DatasetError(f"{path}: {e}; allowed: numeric arrays (saved without pickling)") from None
     except (OSError, EOFError) as e:

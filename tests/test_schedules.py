@@ -38,7 +38,7 @@ def test_both_modes_follow_the_schedule_on_the_time_axis(schedule):
     exact = X0 * np.prod([1 - e * H * float(s_num(k * e)) for k in range(K)], axis=0)
     wrong = X0 * np.prod([1 - e * H * float(s_num(min(k, 1.0))) for k in range(K)], axis=0)
     for obj in (opt, sd.derive(opt)):
-        res = sd.compile(obj, prob).run(paths=20_000, steps=K, eta=e, seed=4, save_every=K)
+        res = sd.compile(obj, prob).run(paths=8000, steps=K, eta=e, seed=4, save_every=K)
         se = res.se["x"][-1]
         assert np.all(np.abs(res.mean["x"][-1] - exact) < 5 * se + 1e-12), (res.mean["x"][-1], exact, se)
         assert np.any(np.abs(res.mean["x"][-1] - wrong) > 50 * se)

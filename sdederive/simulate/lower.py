@@ -106,19 +106,5 @@ def expand_powers(e: sp.Expr) -> sp.Expr:
     return optimize(e, [_expand_pow])
 
 
-def __getattr__(name: str):
-    # the printers moved to their backends (backends/numba_printer.py, backends/cuda_printer.py);
-    # the old names still resolve for code that imports them from here
-    if name == "print_python":
-        from sdederive.simulate.backends.numba_printer import print_python
-
-        return print_python
-    if name == "print_c":
-        from sdederive.simulate.backends.cuda_printer import print_c
-
-        return print_c
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # canonical symbols the kernels bind per coordinate
 GRAD, HESS, SIGMA, T, K, G = sym("grad"), sym("hess"), sym("sigma"), sym("t"), sym("k"), sym("g")

@@ -400,6 +400,12 @@ class VectorSDE:
     hypers: tuple = ()
     order: int = 1
     source: object = field(default=None, compare=False)
+    #: the increment in linear-block form, $F = -\Delta x/\eta = a_0 + \sum_k A_k B_k$ (leading order): one
+    #: `(tensor, integrand, batch, A_k)` per block, `B_k = r(|g_b|) g_b` (`"g"`), `r(|g_b|)` (`"1"`) or
+    #: `sign(g_b)` (`"sign"`), `r` in `NORM_G`, `b` the minibatch (0 is `g`'s), and `("det", 1, 0, a_0)`; `A_k` a
+    #: matrix expression in `H`, `I`, `grad`, `x` and the hyperparameters ($(d,1)$ for `"1"` and `"det"`).  `covariance_expr` is `eta*Cov[F]`; the simulators sample
+    #: `F` to draw noise of that covariance where the diffusion is `C^(1/2)` (`docs/vector.md`, simulation).
+    increment: tuple = field(default=(), compare=False)
 
     states = ("x",)
 
@@ -479,6 +485,8 @@ class VectorSDE:
             "order": self.order,
             "notes": list(self.notes),
             "hypers": [list(h) for h in self.hypers],
+            **({"increment": [{"tensor": t, "integrand": P.doprint(r), "batch": int(b), "coefficient": P.doprint(c)}
+                              for t, r, b, c in self.increment]} if self.increment else {}),
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -683,7 +691,8 @@ def _from_json(cls, data) -> VectorSDE:
     missing = [k for k in required if k not in d]
     if missing:
         raise _err(f"missing key(s) {missing}")
-    allowed = set(required) | {"kind", "dimension", "states", "atoms", "symbols", "order", "notes", "hypers"}
+    allowed = set(required) | {"kind", "dimension", "states", "atoms", "symbols", "order", "notes", "hypers",
+                               "increment"}
     unknown = sorted(str(k) for k in d if k not in allowed)
     if unknown:
         raise _err(f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
@@ -756,6 +765,24 @@ def _from_json(cls, data) -> VectorSDE:
     used = set()
     for e in (drift, diff, cov):
         used |= set(e.atoms(ExpectationAtom))
+    increment = []
+    raw_inc = d.get("increment", [])
+    if not isinstance(raw_inc, list):
+        raise _err("increment must be a list of {tensor, integrand, batch, coefficient}")
+    for j, blk in enumerate(raw_inc):
+        if (not isinstance(blk, Mapping) or set(blk) != {"tensor", "integrand", "batch", "coefficient"}
+                or blk["tensor"] not in ("g", "1", "sign", "det") or not isinstance(blk["integrand"], str)
+                or not isinstance(blk["coefficient"], str) or isinstance(blk["batch"], bool)
+                or not isinstance(blk["batch"], int) or not 0 <= blk["batch"] < 64):
+            raise _err(f"increment[{j}] = {str(blk)[:80]}: needs \"tensor\" in ['1', 'det', 'g', 'sign'], an \"integrand\" "
+                       "string in norm_g and the hyperparameters, an integer \"batch\" in [0, 64) and a "
+                       "\"coefficient\" matrix expression")
+        r = parse_expr(blk["integrand"], symbols=lambda n: NORM_G if n == "norm_g" else scalar_lookup(n),
+                       functions=_VEC_FUNCTIONS, what=f"vector SDE JSON increment[{j}] integrand")
+        key = f"increment[{j}].coefficient"
+        d[key] = blk["coefficient"]
+        c = P(key, (dim, 1) if blk["tensor"] in ("1", "det") else (dim, dim))
+        increment.append((blk["tensor"], r, blk["batch"], c))
     return cls(optimizer=d["optimizer"], noise=d["noise"], regime=d["regime"], tau=tau, drift_vector=drift,
                diffusion_matrix_expr=diff, covariance_expr=cov, atoms=tuple(a for a in atoms.values() if a in used),
-               notes=tuple(notes), hypers=tuple(tuple(h) for h in hypers), order=order)
+               notes=tuple(notes), hypers=tuple(tuple(h) for h in hypers), order=order, increment=tuple(increment))

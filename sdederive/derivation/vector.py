@@ -501,9 +501,13 @@ def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1) -> Vect
                      "out (the SDE is SGD's); order=2 keeps the O(eta) drift correction")
     if order_note:
         notes.append(order_note)
+    # the random part of F (what the simulators sample for a diffusion C^(1/2) without a closed-form root)
+    increment = tuple(("det", sp.S.One, 0, c) if k == _DET else (k.tensor, _canon(k.r, k.batch), k.batch, c)
+                      for k, c in F.items())
     return VectorSDE(optimizer=opt.name, noise="gaussian", regime=regime, tau=_eta, drift_vector=drift,
                      diffusion_matrix_expr=diff, covariance_expr=covariance, atoms=tuple(atoms), notes=tuple(notes),
-                     hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers), order=order, source=opt)
+                     hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers), order=order, source=opt,
+                     increment=increment)
 
 
 def clear_cache() -> None:

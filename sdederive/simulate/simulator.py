@@ -267,6 +267,10 @@ class Simulator:
     def mode(self) -> str:
         return self.spec.mode
 
+    def _n_blocks(self, paths: int) -> int:
+        """The statistics blocks of a run (a function of `paths` alone, so results do not depend on threads)."""
+        return int(min(paths, 64))
+
     # -- hyperparameters ------------------------------------------------------------------------
     def _hyper_table(self) -> dict:
         if isinstance(self.obj, SDE):
@@ -465,7 +469,7 @@ class Simulator:
         for j, s in enumerate(self.spec.states):
             state[:, j, :] = st0[s]
         n_save = steps // save_every
-        nblk = int(min(paths, 64))
+        nblk = self._n_blocks(paths)
         nobs = 2 + len(self.spec.outputs) * d
         MEAN = np.zeros((nblk, n_save + 1, nobs))
         M2 = np.zeros_like(MEAN)
@@ -564,7 +568,7 @@ class Simulator:
         from sdederive.simulate._memory import check_memory
 
         S, d = len(self.spec.states), self.problem.d
-        nblk = int(min(paths, 64))
+        nblk = self._n_blocks(paths)
         nobs = 2 + len(self.spec.outputs) * d
         per_path = 8.0 * (S * d + 1)
         stats = 8.0 * nblk * (n_save + 1) * (2 * nobs + 1) + 8.0 * 4 * (n_save + 1) * nobs
@@ -711,7 +715,7 @@ def _tau_for(obj, regime) -> sp.Expr:
 
 
 def compile(obj, problem: Problem, backend: str = "numba", dtype: str = "float64", scheme: str = "euler",
-            regime: str | None = None) -> Simulator:
+            regime: str | None = None, inner: int | None = None) -> Simulator:
     """Compile a simulator.
 
     Parameters
@@ -734,7 +738,31 @@ def compile(obj, problem: Problem, backend: str = "numba", dtype: str = "float64
     regime
         discrete mode only: the regime whose `tau` defines the time axis `t = k*tau`
         (default the optimizer's natural regime).
+    inner
+        vector SDEs whose diffusion is the root of a covariance with expectation atoms (SAM, NSGD,
+        clipped SGD): inner Monte Carlo samples per step (default 8, at least 2; see
+        `sdederive.simulate.vector_lower`).  Refused for everything else.
+
+    A `VectorSDE` or a vector optimizer (`usam`, `sam`, `nsgd`, `clip_sgd`, or one written with
+    `sd.vectors`) gets a vector kernel (`sdederive.simulate.vector_sim`).
     """
+    from sdederive.sde_vector import VectorSDE
+    from sdederive.spec import vector as _vec
+
+    if isinstance(obj, VectorSDE) or (not isinstance(obj, SDE) and _vec.is_vector(obj)):
+        from sdederive.simulate.vector_lower import DEFAULT_INNER
+        from sdederive.simulate.vector_sim import compile_vector
+
+        if not isinstance(problem, Problem):
+            raise SdederiveError(f"problem must be a sdederive.problems.Problem, got {type(problem).__name__}")
+        from sdederive.simulate.vector_lower import sampled_noise
+
+        if inner is not None and not (isinstance(obj, VectorSDE) and sampled_noise(obj)):
+            raise SdederiveError(f"inner={inner!r} applies to vector SDEs whose diffusion is sampled (SAM, NSGD, "
+                                 "clipped SGD); this simulator draws no inner samples")
+        return compile_vector(obj, problem, backend, dtype, scheme, regime, DEFAULT_INNER if inner is None else inner)
+    if inner is not None:
+        raise SdederiveError(f"inner={inner!r} applies to vector SDEs only")
     impl = get_backend(backend)  # UnknownNameError listing the registered names
     if dtype not in _DTYPES:
         raise UnknownNameError("dtype", dtype, _DTYPES)

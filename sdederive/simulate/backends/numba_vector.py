@@ -1,0 +1,352 @@
+r"""The numba printer of vector programs (`sdederive.simulate.vector_lower`): one kernel with the
+signature of the scalar kernels, so `Simulator.run` drives it unchanged.
+
+Layout.  A thread owns whole statistics blocks (as the scalar kernels); inside one it advances the live
+paths in *row blocks* of `PB` paths: every vector of the program is a `(PB, d)` array, a coordinate-wise
+operation is a loop over rows and coordinates (the coordinate loop vectorises), a reduction one sum per row.
+On a dense quadratic the products `H v` (gradient, Hessian-vector products) and `L z` (the noise) of a
+row block are one matrix product each, `np.dot` on contiguous blocks, which numba hands to BLAS `dgemm`:
+that is what reaches the machine's floating-point rate at d = 100 (a per-path loop of dot products is
+latency-bound at a small fraction of it; measured in `docs/benchmarks.md`).  Other problems call their
+generated per-point helpers (`prob_grad`, `prob_hvp`, `prob_corr`) row by row.
+
+Results do not depend on the thread count: blocks and row blocks are fixed by the paths alone.  The
+Gaussians are addressed by (step, coordinate block, path, stream) as in the scalar kernels
+(`sdederive.simulate.rng.philox`), stream 0 for `g`'s noise and the SDE's `dW`.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.pycode import PythonCodePrinter
+
+from sdederive.simulate.backends import kernel_support
+from sdederive.simulate.backends.numba_backend import _PRELUDE, _comment, _dtype
+from sdederive.simulate.lower import CodegenError
+from sdederive.simulate.rng import philox as rng
+from sdederive.simulate.vector_lower import WEIGHT_STREAM, VOp, VProgram, index_stream
+
+__all__ = ["generate_vector", "ROW_BLOCK"]
+
+#: paths per row block (one BLAS product per block and step); at d = 100, 64 measured 1.8x faster than 32
+ROW_BLOCK = 64
+
+
+class _Printer(PythonCodePrinter):
+    def _print_Symbol(self, e):
+        n = e.name
+        if n.startswith("v_"):
+            v = n[2:]
+            return "XB[r, i]" if v == "X" else f"V_{v}[r, i]"
+        if n.startswith("s_"):
+            return f"S_{n[2:]}[r]"
+        return n
+
+    def _print_sign(self, e):
+        a = self._print(e.args[0])
+        return f"(0.0 if {a} == 0 else math.copysign(1.0, {a}))"
+
+    def _print_Float(self, e):
+        return repr(float(e))
+
+    def _print_Rational(self, e):
+        return repr(float(e))
+
+
+_P = _Printer({"fully_qualified_modules": True, "standard": "python3"})
+
+
+def _expr(e: sp.Expr) -> str:
+    return _P.doprint(e)
+
+
+_MB_GRAD = '''
+@HELPER
+def mb_grad(yv, G, IDX, Bm, PM, PY, l2):
+    # the minibatch gradient at yv over IDX[0:Bm] (repeats count as often as drawn), ridge included: the same
+    # operations in the same order as the scalar kernels' minibatch gradient
+    d = yv.size
+    for i in range(d):
+        G[i] = 0.0
+    for jb in range(Bm):
+        jx = IDX[jb]
+        mg = 0.0
+        for i in range(d):
+            mg += PM[jx, i] * yv[i]
+        s = -PY[jx] / (1.0 + math.exp(PY[jx] * mg))
+        for i in range(d):
+            G[i] += s * PM[jx, i]
+    for i in range(d):
+        G[i] = G[i] / Bm + l2 * yv[i]
+'''
+
+
+class _Writer:
+    def __init__(self, prog: VProgram, problem):
+        self.prog, self.problem = prog, problem
+        self.L: list[str] = []
+        self.dense = problem.kind == "quadratic_dense"
+        self.factor = problem.has_noise_factor
+        self.drawn: set = set()
+
+    def w(self, ind: int, text: str) -> None:
+        self.L.append("    " * ind + text)
+
+    def arr(self, name: str) -> str:
+        return "XB" if name == "X" else f"V_{name}"
+
+    # -- operations -----------------------------------------------------------------------------------------
+    def op(self, ind: int, o: VOp, in_inner: bool, out_override: str | None = None) -> None:
+        w = self.w
+        out = out_override or self.arr(o.out)
+        if o.kind == "cw":
+            w(ind, "for r in range(nr):")
+            w(ind + 1, "for i in range(d):")
+            val = _expr(o.args[0])
+            w(ind + 2, f"{out}[r, i] = {'DT(' + val + ')' if out == 'XB' else val}")
+        elif o.kind == "red":
+            w(ind, "for r in range(nr):")
+            w(ind + 1, "acc = 0.0")
+            w(ind + 1, "for i in range(d):")
+            w(ind + 2, f"acc += {_expr(o.args[0])}")
+            w(ind + 1, f"S_{o.out}[r] = acc")
+        elif o.kind == "sc":
+            w(ind, "for r in range(nr):")
+            w(ind + 1, f"S_{o.out}[r] = {_expr(o.args[0])}")
+        elif o.kind == "grad":
+            src = self.arr(o.args[0])
+            if self.dense:
+                w(ind, f"np.dot({src}[:nr], PM, {out}[:nr])")
+            else:
+                at_x = o.args[0] == "X"
+                sg = "V_SG[r]" if (at_x and self.problem.noise_varies) else "SGS"
+                need = "True" if (at_x and self.problem.noise_varies) else "False"
+                wk = "WX[r]" if at_x else "WS"
+                w(ind, "for r in range(nr):")
+                w(ind + 1, f"prob_grad({src}[r], {out}[r], HS1, {sg}, PV, PM, PL, PY, {wk}, False, {need})")
+        elif o.kind == "hvp":
+            src = self.arr(o.args[0])
+            if self.dense:
+                w(ind, f"np.dot({src}[:nr], PM, {out}[:nr])")
+            else:
+                w(ind, "for r in range(nr):")
+                w(ind + 1, f"prob_hvp(XB[r], {src}[r], {out}[r], PV, PM, PL, PY, WS)")
+        elif o.kind == "noise":
+            base, stride = o.args
+            stream = f"{base} + kin * {stride}" if (in_inner and stride) else f"{base}"
+            w(ind, "for r in range(nr):")
+            w(ind + 1, "p = ROWS[r]")
+            w(ind + 1, "for jb in range(nz4 // 4):")
+            w(ind + 2, f"z0, z1, z2, z3 = normal_pair(cstep, jb, p, {stream}, key0, key1)")
+            for q in range(4):
+                w(ind + 2, f"ZB[r, 4 * jb + {q}] = z{q}")
+            if self.dense and self.factor:
+                w(ind, f"np.dot(ZB[:nr], LTP, {out}[:nr])")
+            elif self.factor:
+                w(ind, "for r in range(nr):")
+                w(ind + 1, f"prob_corr(XB[r], V_GR[r], ZB[r], {out}[r], PV, PM, PL, PY, WX[r])")
+            else:
+                w(ind, "for r in range(nr):")
+                w(ind + 1, "for i in range(d):")
+                w(ind + 2, f"{out}[r, i] = V_SG[r, i] * ZB[r, i]")
+        elif o.kind == "mbgrad":
+            src, bt = o.args
+            w(ind, "for r in range(nr):")
+            if bt not in self.drawn:
+                self.drawn.add(bt)
+                w(ind + 1, f"draw_indices(IDXB[{bt}, r], Bm, n_ex, cstep, ROWS[r], {index_stream(bt)}, key0, key1)")
+            w(ind + 1, f"mb_grad({self.arr(src)}[r], {out}[r], IDXB[{bt}, r], Bm, PM, PY, PV[P_l2])")
+        else:  # pragma: no cover - the IR is closed
+            raise CodegenError(f"unknown vector operation {o.kind!r}")
+
+    def ops(self, ind: int, ops, in_inner: bool = False) -> None:
+        for o in ops:
+            last = o.out == self.prog.result and o.kind == "cw"
+            self.op(ind, o, in_inner, "XB" if last else None)
+
+    # -- one step --------------------------------------------------------------------------------------------
+    def step(self, ind: int) -> None:
+        prog = self.prog
+        self.drawn = set()
+        self.ops(ind, prog.pre)
+        if prog.n_inner:
+            n = prog.n_inner
+            w = self.w
+            w(ind, "for r in range(nr):")
+            w(ind + 1, f"for jb in range({(n + 3) // 4}):")
+            w(ind + 2, f"z0, z1, z2, z3 = normal_pair(cstep, jb, ROWS[r], {WEIGHT_STREAM}, key0, key1)")
+            for q in range(4):
+                w(ind + 2, f"WK[r, 4 * jb + {q}] = z{q}")
+            w(ind + 1, "S__SW[r] = 0.0")
+            w(ind + 1, "for i in range(d):")
+            w(ind + 2, "V__SF[r, i] = 0.0")
+            w(ind + 2, "V__SWF[r, i] = 0.0")
+            w(ind, f"for kin in range({n}):")
+            self.ops(ind + 1, prog.inner, in_inner=True)
+            w(ind + 1, "for r in range(nr):")
+            w(ind + 2, "wk = WK[r, kin]")
+            w(ind + 2, "S__SW[r] += wk")
+            w(ind + 2, "for i in range(d):")
+            w(ind + 3, f"fv = V_{prog.fsample}[r, i]")
+            w(ind + 3, "V__SF[r, i] += fv")
+            w(ind + 3, "V__SWF[r, i] += wk * fv")
+            # zeta = (n - 1)^(-1/2) sum_k w_k (F_k - Fbar): Gaussian given the samples, covariance their sample one
+            w(ind, "for r in range(nr):")
+            w(ind + 1, "for i in range(d):")
+            w(ind + 2, f"V_ZETA[r, i] = (V__SWF[r, i] - S__SW[r] * (V__SF[r, i] / {n}.0)) * {(n - 1) ** -0.5!r}")
+        self.ops(ind, prog.post)
+        if prog.result == "X":  # pragma: no cover - every program computes a new x
+            raise CodegenError("the vector program does not update x")
+
+
+def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
+    """The module source: the problem's fragment, the kernel, `host_loss` and `host_obs`."""
+    if problem.noise == "student-t":
+        raise CodegenError("vector kernels draw Gaussian noise (g = grad + Sigma^(1/2) z); the problem has Student-t "
+                           "noise. Use a Gaussian problem")
+    W = _Writer(prog, problem)
+    w = W.w
+    vecs = sorted(prog.vectors - {"X"}) + ["SG"]
+    if prog.n_inner:
+        vecs += ["_SF", "_SWF"]
+    vecs = sorted(set(vecs))
+    scalars = sorted(prog.scalars | ({"_SW"} if prog.n_inner else set()))
+    if problem.minibatch and prog.mode == "discrete":
+        nz = "0"
+    elif W.factor and not W.dense:
+        nz = "PM.shape[0]"  # the low-rank factor of the minibatch noise: one Gaussian per example
+    else:
+        nz = "d"
+    w(0, "@njit(cache=True, nogil=True, fastmath=False, error_model='numpy')")
+    w(0, "def kernel(STATE, DIV, k_begin, k_end, save_every, sub, tau, key0, key1, HP, PV, PM, PL, PY, "
+         "MEAN, M2, CNT, nblk, b_lo, b_hi):")
+    w(1, "N = STATE.shape[0]")
+    w(1, "d = STATE.shape[2]")
+    W.L.append(problem.layout().numba_offsets("    "))
+    w(1, f"PB = {ROW_BLOCK}")
+    w(1, f"nz = {nz}")
+    w(1, "nz4 = ((nz + 3) // 4) * 4")
+    w(1, "dt = tau / sub")
+    w(1, "sdt = math.sqrt(dt)")
+    w(1, "nwork = 2 * PM.shape[0] + 4")
+    for j, h in enumerate(prog.hypers):
+        w(1, f"hp_{h} = HP[{j}]")
+    if W.dense and W.factor:
+        w(1, "LTP = np.zeros((nz4, d))  # L^T with zero rows for the padding Gaussians: L z as one product")
+        w(1, "LTP[:d, :] = PL.T")
+    w(1, "XB = np.zeros((PB, d), DT)" if dtype == "float32" else "XB = np.zeros((PB, d))")
+    if dtype == "float32":
+        # the products need one dtype: the state is float32, every other vector float64 (as the scalar kernels)
+        w(1, "XD = np.zeros((PB, d))")
+    for v in vecs:
+        w(1, f"V_{v} = np.zeros((PB, d))")
+    for s in scalars:
+        w(1, f"S_{s} = np.zeros(PB)")
+    w(1, "ZB = np.zeros((PB, nz4))")
+    w(1, "WX = np.zeros((PB, nwork))")
+    w(1, "WS = np.zeros(nwork)")
+    w(1, "HS1 = np.zeros(d)")
+    w(1, "SGS = np.zeros(d)")
+    w(1, "SG0 = np.zeros(d)")
+    w(1, "prob_noise0(d, SG0, PV, PM, PL, PY, WS)")
+    if prog.n_inner:
+        w(1, f"WK = np.zeros((PB, {((prog.n_inner + 3) // 4) * 4}))")
+    if problem.minibatch and prog.mode == "discrete":
+        w(1, "n_ex = PM.shape[0]")
+        w(1, "Bm = int(PV[P_B])")
+        w(1, f"IDXB = np.zeros(({prog.batches}, PB, Bm + 4), np.int64)")
+    w(1, "OBS = np.empty(2 + d)")
+    w(1, "ROWS = np.zeros(PB, np.int64)")
+    w(1, "ALIVE = np.zeros(PB, np.bool_)")
+    w(1, "for b in range(b_lo, b_hi):")
+    w(2, "p_lo = (b * N) // nblk")
+    w(2, "p_hi = ((b + 1) * N) // nblk")
+    w(2, "q = p_lo")
+    w(2, "while q < p_hi:")
+    w(3, "nr = 0")
+    w(3, "while q < p_hi and nr < PB:")
+    w(4, "if DIV[q] < 0:")
+    w(5, "ROWS[nr] = q")
+    w(5, "nr += 1")
+    w(4, "q += 1")
+    w(3, "if nr == 0:")
+    w(4, "continue")
+    w(3, "nalive = nr")
+    w(3, "for r in range(nr):")
+    w(4, "ALIVE[r] = True")
+    w(4, "for i in range(d):")
+    w(5, "XB[r, i] = STATE[ROWS[r], 0, i]")
+    w(5, "V_SG[r, i] = SG0[i]")
+    w(3, "for k in range(k_begin, k_end):")
+    if prog.mode == "discrete":
+        w(4, "cstep = k")
+        W.step(4)
+    else:
+        w(4, "for ss in range(sub):")
+        w(5, "cstep = k * sub + ss")
+        W.step(5)
+    # divergence: a non-finite coordinate ends the path at step k + 1
+    w(4, "for r in range(nr):")
+    w(5, "if ALIVE[r]:")
+    w(6, "ok = True")
+    w(6, "for i in range(d):")
+    w(7, "if not (abs(XB[r, i]) <= 1.7976931348623157e308):")
+    w(8, "ok = False")
+    w(6, "if not ok:")
+    w(7, "DIV[ROWS[r]] = k + 1")
+    w(7, "ALIVE[r] = False")
+    w(7, "nalive -= 1")
+    w(4, "if (k + 1) % save_every == 0:")
+    w(5, "jsave = (k + 1) // save_every")
+    w(5, "for r in range(nr):")
+    w(6, "if ALIVE[r]:")
+    w(7, "xrow = XB[r]")
+    w(7, "OBS[0] = prob_loss(xrow, PV, PM, PL, PY, WS)")
+    w(7, "for i in range(d):")
+    w(8, "OBS[2 + i] = xrow[i]")
+    w(7, "if not snapshot_add(MEAN, M2, CNT, b, jsave, OBS, xrow):")
+    w(8, "DIV[ROWS[r]] = k + 1")
+    w(8, "ALIVE[r] = False")
+    w(8, "nalive -= 1")
+    w(4, "if nalive == 0:")
+    w(5, "break")
+    w(3, "for r in range(nr):")
+    w(4, "for i in range(d):")
+    w(5, "STATE[ROWS[r], 0, i] = XB[r, i]")
+    body = "\n".join(W.L)
+    if dtype == "float32":
+        body = _float32_products(body)
+    host = "\n".join([
+        "", "",
+        "@njit(cache=True, nogil=True, fastmath=False, error_model='numpy')",
+        "def host_loss(XR, PV, PM, PL, PY, W, OUT):",
+        "    for p in range(XR.shape[0]):",
+        "        OUT[p] = prob_loss(XR[p], PV, PM, PL, PY, W)",
+        "", "",
+        "@njit(cache=True, nogil=True, fastmath=False, error_model='numpy')",
+        "def host_obs(ST, HP, OUT):",
+        "    for i in range(ST.shape[1]):",
+        "        OUT[0, i] = ST[0, i]",
+    ])
+    header = "# generated by sdederive: do not edit (regenerated from the spec; file name = content hash)\n"
+    return (header + _PRELUDE.format(rng=rng.SOURCE_HASH, support=kernel_support.SOURCE_HASH) + "\n"
+            + _comment(f"# vector kernel: {prog.mode} {prog.name} on {problem.kind}, dtype {dtype}, "
+                       f"inner samples {prog.n_inner}") + "\n"
+            + f"DT = np.{_dtype(dtype)}\n"
+            + "\n".join(_comment(f"# note: {n}") for n in prog.notes) + "\n"
+            + problem.numba_fragment() + "\n" + (_MB_GRAD if problem.minibatch else "") + "\n" + body + host + "\n")
+
+
+def _float32_products(body: str) -> str:
+    """float32 state: the BLAS products and the helpers read a float64 copy `XD` of the state block."""
+    body = body.replace("np.dot(XB[:nr]", "np.dot(XD[:nr]")
+    for f in ("prob_grad(XB[r]", "prob_hvp(XB[r]", "prob_corr(XB[r]", "mb_grad(XB[r]"):
+        body = body.replace(f, f.replace("XB", "XD"))
+    # refresh XD from XB at the start of every step
+    return body.replace("                cstep = k\n", "                cstep = k\n" + _XD_COPY(16)).replace(
+        "                    cstep = k * sub + ss\n", "                    cstep = k * sub + ss\n" + _XD_COPY(20))
+
+
+def _XD_COPY(n: int) -> str:
+    s = " " * n
+    return f"{s}for r in range(nr):\n{s}    for i in range(d):\n{s}        XD[r, i] = XB[r, i]\n"

@@ -1,0 +1,488 @@
+r"""Lowering of vector optimizers and vector SDEs to a backend-independent *vector program*.
+
+A `VProgram` is straight-line code over per-path vectors (length `d`) and scalars, one step of one
+path, that the backends print (`sdederive.simulate.backends.numba_vector`: blocks of paths, the
+dense products as BLAS matrix products).  Its operations (`VOp`):
+
+============  ============================================================================================
+`grad`      `out = grad f(src)` (the problem's full-batch gradient at the point `src`)
+`hvp`       `out = H(x) src` (the Hessian at the path's current `x` times `src`)
+`noise`     `out = Sigma^(1/2) z` with `z` the Gaussians of one Philox stream (`L z`, `sigma*z`, or
+              the low-rank minibatch factor of logistic regression)
+`mbgrad`    `out` = the minibatch gradient at `src` over the indices of minibatch `b` (drawn once per
+              step from their own stream), for problems with real minibatches (discrete mode)
+`cw`        `out_i = expr` coordinate by coordinate (`v_NAME` is `NAME_i`, `s_NAME` a scalar, `hp_h` a
+              hyperparameter)
+`red`       the scalar `out = sum_i expr`
+`sc`        the scalar `out = expr`
+============  ============================================================================================
+
+**Discrete mode** evaluates the update rule as written: `g = grad f(x) + xi` with `xi` of stream 0 (the
+same Gaussians as the scalar kernels), `grad_at(y)` is `grad f(y) + xi_b` with `g`'s own `xi` for the
+same minibatch and a fresh stream for `fresh=True`; on logistic regression both are true minibatch
+gradients over the same (or fresh) indices.
+
+**SDE mode** is Euler–Maruyama, `x' = x + b(x) dt + D(x) dW`:
+
+* where the diffusion is a matrix times the noise root, `D = A Sigma^(1/2)` (SGD, USAM, every SDE of
+  regime `high-dim`), the increment is `A` applied to `Sigma^(1/2) z sqrt(dt)`, `z` of stream 0 (so the
+  SDE run of a seed shares its Gaussians with the discrete run);
+* where it is the root of a covariance with expectation atoms or sign moments,
+  `D = sqrt(eta) C^(1/2)`, `C = Cov[F]` (SAM, NSGD, clipped SGD, SignSGD with a full `Sigma`), no root
+  is computed.  Each step draws `n` inner samples `g_k = grad + Sigma^(1/2) z_k`, evaluates the random
+  part of `F` (`VectorSDE.increment`) at them and uses
+  $\zeta = (n-1)^{-1/2}\sum_k w_k (F_k - \bar F)$, `w_k ~ N(0, 1)` independent: conditionally on the
+  samples `zeta` is Gaussian with the *sample* covariance of `F`, so `E[zeta zeta^T] = Cov[F]` exactly and
+  its odd moments vanish.  The drift is `-(a_0 + mean_k F_k)`: every expectation of `F` (the atoms, and
+  `E[g] = grad f`) estimated from the same samples, so `-E[F]` is unbiased and its error has the covariance
+  `Cov[F]/n` exactly; the noise is scaled by `s = (1 - dt/(n eta))^(1/2)` to make up for it.  The step's mean
+  and covariance are then exactly `b dt` and `D D^T dt` and its third moments zero: a weak order-1 scheme for
+  every `n >= 2` (Kloeden & Platen, Thm. 14.5.2), which the inner samples only change the constant of.
+  (With the closed-form parts kept exact and only the atoms estimated, the noise would be inflated by
+  `dt Cov[drift estimate]`, a relative `1/n` for NSGD at `dt = eta`: the stationary loss `1/n` too high.)
+  `inner=` of `sd.compile` sets `n` (default 8).  `VectorSDE.increment` is checked against the drift first.
+
+Everything that cannot be lowered is a `CodegenError` naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from sdederive.sde_vector import (
+    GRAD,
+    HESS,
+    IDENT,
+    NORM_G,
+    SIGMA,
+    XVEC,
+    ExpectationAtom,
+    SignMean,
+    VDot,
+    VectorSDE,
+    VNorm,
+)
+from sdederive.simulate.lower import CodegenError, check_supported, fold_numbers
+from sdederive.spec import vector as V
+from sdederive.symbols import sym
+
+__all__ = ["VOp", "VProgram", "lower_discrete", "lower_sde", "sampled_noise", "DEFAULT_INNER", "NOISE_STREAM_INNER",
+           "WEIGHT_STREAM", "index_stream", "noise_stream"]
+
+#: inner samples per step for SDEs whose diffusion is the root of a covariance with atoms
+DEFAULT_INNER = 8
+#: Philox stream of the inner samples' weights w_k, and the first stream of their Gaussians
+WEIGHT_STREAM = 999
+NOISE_STREAM_INNER = 1000
+
+
+def noise_stream(batch: int) -> int:
+    """The Philox stream of minibatch `batch`'s Gaussian noise in discrete mode (0 for `g`'s, as the scalar
+    kernels)."""
+    return 0 if batch == 0 else 100 + batch
+
+
+def index_stream(batch: int) -> int:
+    """The Philox stream of minibatch `batch`'s indices (1 for `g`'s, as the scalar kernels)."""
+    return 1 if batch == 0 else 200 + batch
+
+
+@dataclass(frozen=True)
+class VOp:
+    kind: str
+    out: str
+    args: tuple = ()
+
+
+@dataclass
+class VProgram:
+    """One step of one path (see the module docstring).  `pre` runs once per step, `inner` once per inner
+    sample `k` (its `noise` streams are `stream + k*stride`), then `post`; `fsample` is the vector `F_k` whose
+    sum is `_SF` and whose weighted deviations make `ZETA` (the conditionally Gaussian noise).  `result`
+    holds the new `x`."""
+
+    mode: str
+    name: str
+    pre: list = field(default_factory=list)
+    inner: list = field(default_factory=list)
+    post: list = field(default_factory=list)
+    n_inner: int = 0
+    fsample: str | None = None
+    result: str = "X"
+    vectors: set = field(default_factory=set)
+    scalars: set = field(default_factory=set)
+    batches: int = 1
+    hypers: tuple = ()
+    uses_sigma: bool = False
+    notes: tuple = ()
+    s2_guard: object = None
+
+
+def _v(name: str) -> sp.Symbol:
+    return sp.Symbol(f"v_{name}", real=True)
+
+
+def _s(name: str) -> sp.Symbol:
+    return sp.Symbol(f"s_{name}", real=True)
+
+
+class _Builder:
+    def __init__(self, prog: VProgram, hyper_map: dict):
+        self.prog = prog
+        self.ops = prog.pre
+        self.n = 0
+        self.hyper_map = hyper_map  # sympy symbol -> kernel expression (hp_<h>, or r -> hp_rho/hp_eta)
+        self.memo: dict = {}
+
+    # -- emitting -------------------------------------------------------------------------------------------
+    def fresh(self, stem: str) -> str:
+        self.n += 1
+        return f"{stem}{self.n}"
+
+    def vop(self, kind: str, args: tuple, stem: str = "t", name: str | None = None) -> str:
+        out = name or self.fresh(stem)
+        self.ops.append(VOp(kind, out, args))
+        self.prog.vectors.add(out)
+        return out
+
+    def sop(self, kind: str, expr, stem: str = "q") -> str:
+        out = self.fresh(stem)
+        self.ops.append(VOp(kind, out, (expr,)))
+        self.prog.scalars.add(out)
+        return out
+
+    def cw(self, expr: sp.Expr, stem: str = "t") -> str:
+        expr = fold_numbers(sp.sympify(expr))
+        check_supported(expr, f"the vector kernel of {self.prog.name}")
+        # a plain copy needs no new vector
+        if isinstance(expr, sp.Symbol) and expr.name.startswith("v_"):
+            return expr.name[2:]
+        return self.vop("cw", (expr,), stem)
+
+    def red(self, expr: sp.Expr) -> sp.Symbol:
+        return _s(self.sop("red", fold_numbers(expr)))
+
+    def norm(self, v: str) -> sp.Symbol:
+        key = ("norm", v)
+        if key not in self.memo:
+            self.memo[key] = _s(self.sop("sc", sp.sqrt(self.red(_v(v) ** 2))))
+        return self.memo[key]
+
+    def hyper(self, e: sp.Expr) -> sp.Expr:
+        return e.xreplace(self.hyper_map)
+
+    def sum_vec(self, terms: list) -> str:
+        """`sum_j c_j v_j` for `(c_j, name_j)`."""
+        if not terms:
+            return self.cw(sp.S.Zero, "z")
+        return self.cw(sp.Add(*[c * _v(n) for c, n in terms]))
+
+    # -- matrix expressions applied to vectors ----------------------------------------------------------------
+    def scalar(self, e: sp.Expr) -> sp.Expr:
+        """A scalar sympy expression of the SDE as a kernel expression: norms and inner products of
+        deterministic vectors become reductions, `Trace(Sigma)` the sum of the noise variances."""
+        repl = {}
+        for a in e.atoms(VNorm):
+            repl[a] = self.norm(self.vec(a.args[0]))
+        for a in e.atoms(VDot):
+            repl[a] = self.red(_v(self.vec(a.args[0])) * _v(self.vec(a.args[1])))
+        for a in e.atoms(sp.Trace):
+            if a.arg != SIGMA:
+                raise CodegenError(f"{self.prog.name}: the trace {a} cannot be lowered; supported: Trace(Sigma)")
+            self.prog.uses_sigma = True
+            repl[a] = self.red(_v("SG") ** 2)
+        out = self.hyper(e.xreplace(repl))
+        bad = [s for s in out.free_symbols if not (s.name.startswith(("v_", "s_", "hp_")))]
+        if bad:
+            raise CodegenError(f"{self.prog.name}: no kernel value for the symbol(s) {sorted(map(str, bad))} in {e}")
+        return out
+
+    def apply(self, M: sp.Basic, v: str) -> str:
+        """The vector `M v` for a `(d, d)` matrix expression `M` in `H`, `I` and scalars."""
+        if M == IDENT:
+            return v
+        if M == HESS or (isinstance(M, sp.Transpose) and M.arg == HESS):
+            key = ("hvp", v)
+            if key not in self.memo or self.ops is not self.memo[key][1]:
+                self.memo[key] = (self.vop("hvp", (v,), "hv"), self.ops)
+            return self.memo[key][0]
+        if isinstance(M, sp.MatPow) and M.base == HESS and M.exp.is_Integer and M.exp > 0:
+            for _ in range(int(M.exp)):
+                v = self.apply(HESS, v)
+            return v
+        if isinstance(M, sp.MatAdd):
+            return self.sum_vec([(sp.S.One, self.apply(t, v)) for t in M.args])
+        if isinstance(M, sp.MatMul):
+            scal = [a for a in M.args if not getattr(a, "is_Matrix", False)]
+            mats = [a for a in M.args if getattr(a, "is_Matrix", False)]
+            for m in reversed(mats):
+                v = self.apply(m, v)
+            c = self.scalar(sp.Mul(*scal))
+            return v if c == 1 else self.cw(c * _v(v))
+        raise CodegenError(f"{self.prog.name}: the matrix {M} cannot be applied in a kernel; supported: H, I, their "
+                           "sums, products and scalar multiples (Sigma only as the noise root Sigma^(1/2) dW)")
+
+    def vec(self, E: sp.Basic) -> str:
+        """The vector of a `(d, 1)` matrix expression."""
+        if E == GRAD:
+            return "GR"
+        if E == XVEC:
+            return "X"
+        if isinstance(E, ExpectationAtom):
+            if E not in self.atoms:
+                raise CodegenError(f"{self.prog.name}: the atom {E.display()} has no estimate")  # pragma: no cover
+            return self.atoms[E]
+        if isinstance(E, SignMean):
+            self.prog.uses_sigma = True
+            return self.cw(sp.erf(_v("GR") / (sp.sqrt(2) * _v("SG"))))
+        if isinstance(E, sp.ZeroMatrix):
+            return self.cw(sp.S.Zero, "z")
+        if isinstance(E, sp.MatAdd):
+            return self.sum_vec([(sp.S.One, self.vec(t)) for t in E.args])
+        if isinstance(E, sp.MatMul):
+            scal, mats = [], []
+            for a in E.args:
+                if not getattr(a, "is_Matrix", False):
+                    scal.append(a)
+                elif isinstance(a, ExpectationAtom) and a.tensor == "1":
+                    scal.append(_s(self.atoms[a]))
+                else:
+                    mats.append(a)
+            if not mats or mats[-1].shape[1] != 1:
+                raise CodegenError(f"{self.prog.name}: cannot lower the vector expression {E}")
+            v = self.vec(mats[-1])
+            for m in reversed(mats[:-1]):
+                v = self.apply(m, v)
+            c = self.scalar(sp.Mul(*scal))
+            return v if c == 1 else self.cw(c * _v(v))
+        raise CodegenError(f"{self.prog.name}: cannot lower the vector expression {E} ({type(E).__name__})")
+
+    atoms: dict = {}
+
+
+def _hyper_map(hypers, regime: str = "sgd") -> dict:
+    m = {sym(h): sp.Symbol(f"hp_{h}", real=True) for h in hypers}
+    if regime == "rho-eta":
+        m[sym("r", positive=True)] = sp.Symbol("hp_rho", real=True) / sp.Symbol("hp_eta", real=True)
+    return m
+
+
+# -- discrete mode ----------------------------------------------------------------------------------------------
+
+
+def lower_discrete(opt: V.VectorOptimizer, problem) -> VProgram:
+    """The program of one step of the discrete update `opt` on `problem`."""
+    prog = VProgram("discrete", opt.name, hypers=tuple(h.name for h in opt.hypers))
+    b = _Builder(prog, _hyper_map(prog.hypers))
+    prog.vectors |= {"X", "GR"}
+    batches: dict[int, str] = {}
+
+    def noisy_grad(point: str, batch: int) -> str:
+        if problem.minibatch:
+            return b.vop("mbgrad", (point, batch), "mg")
+        gr = "GR" if point == "X" else b.vop("grad", (point,), "gr")
+        if batch not in batches:
+            batches[batch] = b.vop("noise", (noise_stream(batch), 0), "xi")
+        return b.cw(_v(gr) + _v(batches[batch]), "g")
+
+    if not problem.minibatch:
+        b.ops.append(VOp("grad", "GR", ("X",)))
+    g = noisy_grad("X", 0)
+    env = {"x": "X", "g": g}
+    nb = [1]
+
+    def scal(s: sp.Expr) -> sp.Expr:
+        repl = {}
+        for a in s.atoms(V.VScalar):
+            vs = [low(w) for w in a.vargs]
+            repl[a] = b.norm(vs[0]) if a.op == "norm" else b.red(_v(vs[0]) * _v(vs[1]))
+        out = b.hyper(s.xreplace(repl))
+        bad = [q for q in out.free_symbols if not q.name.startswith(("v_", "s_", "hp_"))]
+        if bad:
+            raise CodegenError(f"{opt.name}: no kernel value for {sorted(map(str, bad))} in the update")
+        return out
+
+    def low(v: V.Vec) -> str:
+        if isinstance(v, V.VecSym):
+            return env[v.name]
+        if isinstance(v, V.VAdd):
+            return b.sum_vec([(sp.S.One, low(t)) for t in v.terms])
+        if isinstance(v, V.VScale):
+            w = low(v.vec)
+            return b.cw(scal(v.scalar) * _v(w))
+        if isinstance(v, V.MatVec):
+            M = v.matrix
+            if M == IDENT or (isinstance(M, sp.MatMul) and M.as_coeff_mmul()[1] == IDENT):
+                return b.cw(b.hyper(M.as_coeff_mmul()[0] if M != IDENT else sp.S.One) * _v(low(v.vec)))
+            raise CodegenError(f"{opt.name}: the update multiplies by the matrix {M}, which has no value in the "
+                               "simulators; allowed there: scalar multiples of the identity")
+        if isinstance(v, V.GradAt):
+            p = low(v.point)
+            if v.fresh:
+                batch = nb[0]
+                nb[0] += 1
+            else:
+                batch = 0
+            return noisy_grad(p, batch)
+        if isinstance(v, V.CoordMap):
+            w = low(v.vec)
+            return b.cw(v.fn(_v(w)))
+        raise CodegenError(f"{opt.name}: cannot lower {v!r}")  # pragma: no cover - the IR is closed
+
+    res = low(opt.update)
+    if not (b.ops and b.ops[-1].out == res and b.ops[-1].kind == "cw"):
+        res = b.vop("cw", (_v(res),), "nx")  # the new x is written by the step's last operation
+    prog.result = res
+    prog.batches = nb[0]
+    return prog
+
+
+# -- SDE mode ---------------------------------------------------------------------------------------------------
+
+
+def _noise_root_factor(D: sp.Basic):
+    """`(A, "root")` for `D = A Sigma^(1/2)`; `(c, "cov")` for `D = c C^(1/2)` with a covariance `C`;
+    `(None, "zero")` for no noise."""
+    if isinstance(D, sp.ZeroMatrix):
+        return None, "zero"
+    root = SIGMA ** sp.S.Half
+    if D == root:
+        return IDENT, "root"
+    if isinstance(D, sp.MatPow) and D.exp == sp.S.Half:
+        return sp.S.One, "cov"
+    if isinstance(D, sp.MatMul):
+        args = list(D.args)
+        if args[-1] == root:
+            rest = args[:-1]
+            return (sp.MatMul(*rest) if any(getattr(a, "is_Matrix", False) for a in rest)
+                    else sp.Mul(*rest) * IDENT), "root"
+        if isinstance(args[-1], sp.MatPow) and args[-1].exp == sp.S.Half and not any(
+                getattr(a, "is_Matrix", False) for a in args[:-1]):
+            return sp.Mul(*args[:-1]), "cov"
+    raise CodegenError(f"the diffusion {D} is neither A*Sigma^(1/2) nor c*C^(1/2); it cannot be simulated")
+
+
+def sampled_noise(sde: VectorSDE) -> bool:
+    """Whether the simulators draw `sde`'s noise from inner samples of its increment (a diffusion `c C^(1/2)`)."""
+    try:
+        return _noise_root_factor(sde.diffusion_matrix_expr)[1] == "cov"
+    except CodegenError:
+        return False
+
+
+def _check_increment(sde: VectorSDE) -> None:
+    """The drift must be `-E[F]` of the increment the kernel samples (a hand-edited JSON could make them
+    disagree): both evaluated at random values (random atoms too) must agree."""
+    import numpy as np
+
+    from sdederive.sde_vector import SignMean as _SM
+    from sdederive.sde_vector import evaluate
+
+    mean = sp.ZeroMatrix(*sde.drift_vector.shape)
+    for tensor, r, _bt, coef in sde.increment:
+        if tensor == "det":
+            mean = mean + coef
+        elif tensor == "sign":
+            mean = mean + coef * _SM()
+        elif tensor == "g":
+            mean = mean + coef * (GRAD if r == 1 else ExpectationAtom("g", r))
+        else:
+            mean = mean + coef * (sp.S.One if r == 1 else ExpectationAtom("1", r))
+    rng = np.random.default_rng(12345)
+    n = 3
+    Q = rng.normal(size=(n, n))
+    S = Q @ Q.T + np.eye(n)
+    env = {"grad": rng.normal(size=n), "x": rng.normal(size=n), "H": (Q + Q.T) / 2, "Sigma": S}
+    env.update({h[0]: 0.3 + 0.1 * j for j, h in enumerate(sde.hypers)})
+    env.setdefault("eta", 0.01)
+    for s in sde.drift_vector.free_symbols | mean.free_symbols:
+        if isinstance(s, sp.Symbol) and s.name not in env:
+            env[s.name] = 0.7
+    atoms = {}
+    for e in (sde.drift_vector, mean):
+        for a in e.atoms(ExpectationAtom):
+            atoms.setdefault(a, rng.normal(size=(n, 1)) if a.tensor == "g" else rng.normal(size=(1, 1)))
+    try:
+        got = evaluate(-mean, env, atoms)
+        want = evaluate(sde.drift_vector, env, atoms)
+    except Exception as e:  # noqa: BLE001 - any failure to evaluate is an inconsistent SDE
+        raise CodegenError(f"the SDE of {sde.optimizer}: its increment cannot be checked against its drift ({e})") from None
+    if not np.allclose(got, want, rtol=1e-9, atol=1e-12):
+        raise CodegenError(f"the SDE of {sde.optimizer}: its drift is not -E[F] of its increment (VectorSDE.increment); "
+                           "the two disagree (edited JSON?), so the noise the kernel samples would not belong to this "
+                           "drift")
+
+
+def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram:
+    """The program of one Euler–Maruyama step of `sde` on `problem` (see the module docstring)."""
+    hyp = tuple(h[0] for h in sde.hypers)
+    prog = VProgram("sde", sde.optimizer, hypers=hyp)
+    b = _Builder(prog, _hyper_map(hyp, sde.regime))
+    b.atoms = {}
+    prog.vectors |= {"X", "GR"}
+    b.ops.append(VOp("grad", "GR", ("X",)))
+    A, form = _noise_root_factor(sde.diffusion_matrix_expr)
+    drift_atoms = [a for a in sde.atoms if sde.drift_vector.has(a)]
+    bad = [a for a in drift_atoms if a.tensor == "ggT"]
+    if bad:  # pragma: no cover - the drift is -E[F], linear in g-blocks
+        raise CodegenError(f"{sde.optimizer}: the drift holds the matrix atom {bad[0].display()}")
+    if form == "cov" or drift_atoms:
+        if form != "cov":
+            raise CodegenError(f"{sde.optimizer}: expectation atoms with a closed-form noise root are not supported")
+        if not sde.increment:
+            raise CodegenError(
+                f"the SDE of {sde.optimizer} has the diffusion C^(1/2) of a covariance with expectation atoms or sign "
+                "moments; simulating it needs its increment F (VectorSDE.increment), which this SDE does not carry "
+                "(built by hand, or read from a JSON without \"increment\"); derive it again")
+        if not (isinstance(n_inner, int) and not isinstance(n_inner, bool) and n_inner >= 2):
+            raise CodegenError(f"inner={n_inner!r} inner samples; allowed: an integer >= 2 (the noise is built from "
+                               "the deviations of the samples around their mean)")
+        _check_increment(sde)
+        prog.n_inner = n_inner
+        batches = sorted({blk[2] for blk in sde.increment} | {0})
+        prog.batches = max(batches) + 1
+        # the deterministic vectors (a0, the coefficients of "1" blocks): once per step
+        det = {j: b.vec(blk[3]) for j, blk in enumerate(sde.increment) if blk[0] in ("1", "det")}
+        b.ops = prog.inner
+        gs, ngs = {}, {}
+        for bt in batches:
+            xi = b.vop("noise", (NOISE_STREAM_INNER + bt, prog.batches), "xi")
+            gs[bt] = b.cw(_v("GR") + _v(xi), "g")
+            ngs[bt] = b.norm(gs[bt])
+        terms, a0 = [], []
+        for j, (tensor, r, bt, coef) in enumerate(sde.increment):
+            if tensor == "det":
+                a0.append(det[j])
+                continue
+            rr = b.hyper(r.xreplace({NORM_G: ngs[bt]}))
+            if tensor == "1":
+                terms.append((rr, det[j]))
+                continue
+            blk = b.cw(rr * _v(gs[bt]), "bk") if tensor == "g" else b.cw(sp.sign(_v(gs[bt])), "bk")
+            terms.append((sp.S.One, b.apply(coef, blk)))
+        prog.fsample = b.sum_vec(terms)
+        prog.vectors |= {"ZETA", "_SF"}
+        b.ops = prog.post
+        b.memo = {}
+        # drift -(a0 + mean_k F_k) (every expectation of F estimated from the same samples: its error has the
+        # covariance Cov[F]/n, which the noise scale s makes up for: dt**2 Cov[F]/n + c**2 s**2 dt Cov[F] =
+        # c**2 dt Cov[F] with s**2 = 1 - dt/(n c**2); c**2 = eta)
+        c = b.scalar(sp.sympify(A))
+        dt, sdt = sp.Symbol("dt"), sp.Symbol("sdt")
+        s2 = 1 - dt / (n_inner * c ** 2)
+        drift = -(sp.Add(*[_v(a) for a in a0]) + _v("_SF") / n_inner)
+        new = b.cw(_v("X") + drift * dt + c * sp.sqrt(s2) * sdt * _v("ZETA"), "nx")
+        prog.s2_guard = s2
+    else:
+        drift = b.vec(sde.drift_vector)
+        b.ops = prog.post
+        if form == "zero":
+            new = b.cw(_v("X") + _v(drift) * sp.Symbol("dt"), "nx")
+        else:
+            dw = b.vop("noise", (0, 0), "dw")
+            noise = b.apply(A, dw)
+            new = b.cw(_v("X") + _v(drift) * sp.Symbol("dt") + sp.Symbol("sdt") * _v(noise), "nx")
+    prog.result = new
+    return prog

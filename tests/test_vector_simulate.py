@@ -1,0 +1,258 @@
+"""Simulators of the vector optimizers and their SDEs (sdederive.simulate.vector_sim).
+
+* discrete runs against an independent numpy implementation of each update rule fed the same Philox
+  Gaussians (and minibatch indices), path by path;
+* the SDE kernel's one-step mean and covariance against the derived drift and covariance, evaluated
+  with atoms from an independent numpy Monte Carlo (this is what fails if the sampled noise had the
+  wrong covariance, e.g. without the drift-estimate correction);
+* the weak error of SDE against discrete shrinks with eta on a dense quadratic;
+* reproducibility across thread counts, and the refusals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import sdederive as sd
+from sdederive.errors import SdederiveError
+from sdederive.simulate.rng.philox import draw_indices, normal_pair
+from sdederive.spec.vector import get as _vget
+
+BUILTINS = ("usam", "sam", "nsgd", "clip_sgd")
+
+
+def _dense(d=3, seed=0, scale=0.3):
+    rng = np.random.default_rng(seed)
+    Q = rng.normal(size=(d, d))
+    H = Q @ Q.T / d + 0.5 * np.eye(d)
+    A = rng.normal(size=(d, d))
+    S = scale * (A @ A.T / d + 0.5 * np.eye(d))
+    return H, S
+
+
+def _z(step, path, n, seed):
+    key0, key1 = seed & 0xFFFFFFFF, seed >> 32
+    out = []
+    for jb in range((n + 3) // 4):
+        out += list(normal_pair(step, jb, path, 0, key0, key1))
+    return np.array(out[:n])
+
+
+def _reference_step(name, x, g_of, H, hv):
+    """One discrete step of the built-in `name` with `g_of(y)` the stochastic gradient at y (same minibatch)."""
+    eta = hv["eta"]
+    g = g_of(x)
+    n = np.linalg.norm(g)
+    if name == "usam":
+        return x - eta * g_of(x + hv["rho"] * g)
+    if name == "sam":
+        return x - eta * g_of(x + hv["rho"] * g / n)
+    if name == "nsgd":
+        return x - eta * g / n
+    if name == "clip_sgd":
+        return x - eta * min(1.0, hv["c"] / n) * g
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_discrete_matches_numpy_reference_dense(name):
+    H, S = _dense()
+    prob = sd.Quadratic(H=H, Sigma=S, x0=[0.8, -0.5, 0.3])
+    L = prob.noise_factor()
+    hv = {"eta": 0.05, "rho": 0.1, "c": 0.7}
+    hyper = {k: v for k, v in hv.items() if k in {h.name for h in _vget(name).hypers}}
+    sim = sd.compile(name, prob)
+    seed, paths, steps = 7, 5, 6
+    res = sim.run(paths=paths, steps=steps, hyper=hyper, seed=seed, keep_final=True)
+    for p in range(paths):
+        x = prob.x0.copy()
+        for k in range(steps):
+            xi = L @ _z(k, p, 3, seed)
+            x = _reference_step(name, x, lambda y, xi=xi: H @ y + xi, H, hv)
+        np.testing.assert_allclose(res.final["x"][p], x, rtol=1e-12, atol=1e-14)
+
+
+def test_discrete_matches_numpy_reference_logistic_minibatch():
+    prob = sd.LogisticRegression.synthetic(n=40, d=3, B=6, seed=3, l2=1e-2)
+    A, y, l2, B = prob.A, prob.y, prob.l2, prob.B
+    hv = {"eta": 0.1, "rho": 0.2}
+    sim = sd.compile("sam", prob)
+    seed, paths, steps = 11, 4, 5
+    res = sim.run(paths=paths, steps=steps, hyper=hv, seed=seed, keep_final=True)
+    for p in range(paths):
+        x = prob.x0.copy()
+        for k in range(steps):
+            idx = np.zeros(B + 4, np.int64)
+            draw_indices(idx, B, A.shape[0], k, p, 1, seed, 0)
+            idx = idx[:B]
+
+            def g_of(v, idx=idx):  # the minibatch gradient over the same indices at both points
+                s = -y[idx] / (1.0 + np.exp(y[idx] * (A[idx] @ v)))
+                return (s[:, None] * A[idx]).sum(0) / B + l2 * v
+
+            x = _reference_step("sam", x, g_of, None, hv)
+        np.testing.assert_allclose(res.final["x"][p], x, rtol=1e-11, atol=1e-13)
+
+
+def test_vector_sgd_is_the_scalar_sgd():
+    """SGD written with vectors runs the same numbers as the scalar built-in on a diagonal quadratic."""
+    x, g = sd.vectors("x g")
+    vsgd = sd.from_update("vsgd", {"x": x - sd.sym("eta") * g}, hypers={"eta": (1e-2, "lr")})
+    prob = sd.Quadratic(h=[0.5, 1.0, 2.0, 4.0, 1.5], sigma=[0.3, 0.2, 0.5, 0.1, 0.4], x0=[1, -1, 0.5, 2, 0.1])
+    a = sd.compile(vsgd, prob).run(paths=300, steps=50, eta=0.05, seed=3, keep_final=True)
+    b = sd.compile("sgd", prob).run(paths=300, steps=50, eta=0.05, seed=3, keep_final=True)
+    np.testing.assert_allclose(a.final["x"], b.final["x"], rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(a.mean["loss"], b.mean["loss"], rtol=1e-12)
+
+
+def _mc_atoms(sde, grad, Sigma, hv, n=2_000_000, seed=5):
+    """Every atom of `sde` by an independent numpy Monte Carlo over g ~ N(grad, Sigma)."""
+    from sdederive.sde_vector import NORM_G
+
+    rng = np.random.default_rng(seed)
+    Lc = np.linalg.cholesky(Sigma)
+    gs = grad + rng.standard_normal((n, grad.size)) @ Lc.T
+    ng = np.linalg.norm(gs, axis=1)
+    out = {}
+    for a in sde.atoms:
+        r = sp.lambdify([NORM_G] + [sp.Symbol(k, positive=True) for k in hv], a.integrand, "numpy")
+        rv = np.broadcast_to(r(ng, *hv.values()), ng.shape)
+        if a.tensor == "g":
+            out[a] = (rv[:, None] * gs).mean(0)[:, None]
+        elif a.tensor == "ggT":
+            out[a] = np.einsum("n,ni,nj->ij", rv, gs, gs) / n
+        else:
+            out[a] = np.array([[rv.mean()]])
+    return out
+
+
+@pytest.mark.parametrize("name", BUILTINS + ("nsgd@high-dim", "sgd@full"))
+def test_sde_one_step_moments(name):
+    """One SDE step from x0 over many paths: mean and covariance of the increment equal drift*dt and
+    covariance*dt (exactly for the Euler step; the sampled noise is exact in expectation)."""
+    if name == "sgd@full":
+        sde = sd.derive("sgd", Sigma="full")
+    elif "@" in name:
+        base, rg = name.split("@")
+        sde = sd.derive(base, regime=rg)
+    else:
+        sde = sd.derive(name)
+    H, S = _dense(seed=2)
+    x0 = np.array([0.9, -0.6, 0.4])
+    prob = sd.Quadratic(H=H, Sigma=S, x0=x0)
+    hv_all = {"eta": 0.02, "rho": 0.3, "c": 0.8}
+    names = {h[0] for h in sde.hypers}
+    hv = {k: v for k, v in hv_all.items() if k in names}
+    paths = 400_000
+    res = sd.compile(sde, prob).run(paths=paths, steps=1, hyper=hv, seed=1, keep_final=True)
+    dx = res.final["x"] - x0
+    dt = hv["eta"]
+    grad = H @ x0
+    env = dict(grad=grad, H=H, Sigma=S, x=x0, **hv)
+    atoms = _mc_atoms(sde, grad, S, {k: v for k, v in hv.items() if k != "eta"})
+    b = sde.evaluate("drift", atoms=atoms, **env).ravel()
+    C = sde.evaluate("covariance", atoms=atoms, **env)
+    mean, cov = dx.mean(0), np.cov(dx.T)
+    se_mean = np.sqrt(np.diag(cov) / paths)
+    assert np.all(np.abs(mean - b * dt) < 5 * se_mean + 1e-4 * np.abs(b * dt)), (mean, b * dt, se_mean)
+    # covariance: the increment's covariance is C*dt (+ (b dt) outer terms cancel in np.cov); the standard error
+    # of a sample covariance entry is about sqrt((C_ii C_jj + C_ij^2)/paths)
+    Cdt = C * dt
+    se_cov = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov ** 2) / paths)
+    assert np.all(np.abs(cov - Cdt) < 5 * se_cov + 2e-3 * np.abs(Cdt).max()), (cov, Cdt)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_weak_error_shrinks_with_eta(name):
+    """|E_discrete[f(x_T)] - E_SDE[f(x_T)]| at T = 1 for f = loss shrinks when eta is halved twice."""
+    H, S = _dense(seed=4, scale=1.0)
+    prob = sd.Quadratic(H=H, Sigma=S, x0=[1.5, -1.0, 1.0])
+    sde = sd.derive(name)
+    extra = {"rho": 0.2} if "rho" in {h[0] for h in sde.hypers} else ({"c": 0.8} if name == "clip_sgd" else {})
+    errs, ses = [], []
+    for eta in (0.2, 0.05):
+        steps = int(round(1.0 / eta))
+        hyper = {"eta": eta, **extra}
+        a = sd.compile(name, prob).run(paths=40_000, steps=steps, hyper=hyper, seed=2, save_every=steps)
+        b = sd.compile(sde, prob).run(paths=40_000, steps=steps, hyper=hyper, seed=9, save_every=steps,
+                                      substeps=4)
+        errs.append(abs(a.mean["loss"][-1] - b.mean["loss"][-1]))
+        ses.append(np.hypot(a.se["loss"][-1], b.se["loss"][-1]))
+    assert errs[0] > 4 * ses[0], (errs, ses)  # the O(eta) error at eta = 0.2 is resolved
+    assert errs[1] < errs[0] / 2 + 3 * ses[1], (errs, ses)  # and shrinks about 4x at eta = 0.05
+
+
+def test_thread_count_does_not_change_results():
+    H, S = _dense(d=5, seed=1)
+    prob = sd.Quadratic(H=H, Sigma=S, x0=np.ones(5))
+    sim = sd.compile(sd.derive("sam"), prob)
+    a = sim.run(paths=300, steps=20, seed=4, threads=1)
+    b = sim.run(paths=300, steps=20, seed=4, threads=2)
+    np.testing.assert_array_equal(a.mean["x"], b.mean["x"])
+    np.testing.assert_array_equal(a.var["loss"], b.var["loss"])
+    c = sim.run(paths=300, steps=20, seed=5, threads=2)
+    assert not np.array_equal(a.mean["x"], c.mean["x"])
+
+
+def test_logistic_sde_against_discrete():
+    """USAM on logistic regression: the SDE (full-batch gradient, Hessian-vector products, the minibatch noise
+    factor) and the discrete optimizer (true minibatches at both points) agree at small eta."""
+    prob = sd.LogisticRegression.synthetic(n=64, d=4, B=8, seed=1, l2=1e-2)
+    hyper = {"eta": 0.05, "rho": 0.3}
+    a = sd.compile("usam", prob).run(paths=20_000, steps=40, hyper=hyper, seed=1, save_every=40)
+    b = sd.compile(sd.derive("usam"), prob).run(paths=20_000, steps=40, hyper=hyper, seed=2, save_every=40)
+    la, lb = a.mean["loss"][-1], b.mean["loss"][-1]
+    assert la < a.mean["loss"][0]  # it trains
+    assert abs(la - lb) < 0.02 * la + 5 * np.hypot(a.se["loss"][-1], b.se["loss"][-1]), (la, lb)
+
+
+def test_custom_problem_runs_both_modes():
+    prob = sd.Custom("x_0**4/4 + x_1**2/2 + x_0*x_1/4", sigma=[0.3, 0.3], x0=[1.0, -1.0])
+    a = sd.compile("nsgd", prob).run(paths=4000, steps=100, eta=0.02, seed=1)
+    b = sd.compile(sd.derive("nsgd"), prob).run(paths=4000, steps=100, eta=0.02, seed=2)
+    assert a.mean["loss"][-1] < 0.5 * a.mean["loss"][0]
+    assert abs(a.mean["loss"][-1] - b.mean["loss"][-1]) < 0.1 * a.mean["loss"][-1]
+
+
+def test_json_round_trip_simulates_identically():
+    H, S = _dense()
+    prob = sd.Quadratic(H=H, Sigma=S)
+    sde = sd.derive("clip_sgd")
+    back = sd.VectorSDE.from_json(sde.to_json())
+    a = sd.compile(sde, prob).run(paths=200, steps=10, seed=3)
+    b = sd.compile(back, prob).run(paths=200, steps=10, seed=3)
+    np.testing.assert_array_equal(a.mean["loss"], b.mean["loss"])
+
+
+def test_refusals():
+    H, S = _dense()
+    prob = sd.Quadratic(H=H, Sigma=S)
+    sam = sd.derive("sam")
+    with pytest.raises(SdederiveError, match="numba backend only"):
+        sd.compile(sam, prob, backend="cupy")
+    with pytest.raises(SdederiveError, match="inner=1"):
+        sd.compile(sam, prob, inner=1)
+    with pytest.raises(SdederiveError, match="inner="):
+        sd.compile(sd.derive("usam"), prob, inner=4)
+    with pytest.raises(SdederiveError, match="Euler"):
+        sd.compile(sam, prob, scheme="weak2")
+    with pytest.raises(SdederiveError, match="Student-t"):
+        sd.compile("sam", sd.Quadratic(h=[1.0, 2.0], sigma=[1.0, 1.0], noise="student-t", nu=5))
+    # an SDE JSON without the increment cannot be simulated where the noise is sampled
+    data = sam.to_dict()
+    del data["increment"]
+    with pytest.raises(SdederiveError, match="increment"):
+        sd.compile(sd.VectorSDE.from_json(data), prob)
+    # an increment that does not belong to the drift is refused (an edited file)
+    data = sam.to_dict()
+    data["increment"][1]["coefficient"] = "2*rho*H"
+    with pytest.raises(SdederiveError, match="not -E\\[F\\]"):
+        sd.compile(sd.VectorSDE.from_json(data), prob)
+    # a user matrix has no value in the simulators
+    x, g = sd.vectors("x g")
+    A = sd.matrix("A")
+    opt = sd.from_update("precond", {"x": x - sd.sym("eta") * (A * g)}, hypers={"eta": (1e-2, "lr")})
+    with pytest.raises(SdederiveError, match="matrix A"):
+        sd.compile(opt, prob)

@@ -529,7 +529,8 @@ class VectorSDE:
             noise = f" + {_human(diff.xreplace({root: sp.MatrixSymbol('C', dim, dim) ** sp.S.Half}))} dW"
         else:
             noise = f" + {_human(diff)} dW"
-        law = "(full Sigma)" if self.nu is None else f"(multivariate, nu = {self.nu}, scale matrix Sigma)"
+        law = ("(full Sigma)" if self.nu is None else "(multivariate, symbolic nu, scale matrix Sigma)"
+               if self.nu.free_symbols else f"(multivariate, nu = {self.nu}, scale matrix Sigma)")
         lines = [f"SDE of {self.optimizer} | noise {self.noise} {law} | regime {self.regime} | tau = {self.tau}"
                  f" | vector form, d dimensions", f"  dX = {drift} dt{noise}"]
         if root is not None:

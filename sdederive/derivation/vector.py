@@ -612,7 +612,7 @@ def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1, nu: sp.
                     "(additive noise model)")
     else:
         law_note = (f"multivariate Student-t gradient noise g = grad f + Sigma^(1/2) z sqrt(nu/W), W ~ chi2_nu "
-                    f"independent of z, nu = {nu}, with a full, constant scale matrix Sigma (additive noise model): "
+                    f"independent of z, {'nu symbolic' if nu.free_symbols else f'nu = {nu}'}, with a full, constant scale matrix Sigma (additive noise model): "
                     "E[g] = grad f, Cov[g] = nu/(nu - 2) Sigma; one W per minibatch, shared by all coordinates (not "
                     "the scalar engine's independent per-coordinate t)"
                     + (f"; valid for {condition}" if condition and not nu.is_number else ""))

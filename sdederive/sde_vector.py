@@ -871,7 +871,10 @@ def _from_json(cls, data) -> VectorSDE:
             raise _err(f"atom {name!r}: unknown key(s) {extra}; allowed: tensor, integrand, meaning, law, nu")
         r = parse_expr(spec["integrand"], symbols=lambda n: NORM_G if n == "norm_g" else scalar_lookup(n),
                        functions=_VEC_FUNCTIONS, what=f"vector SDE JSON atom {name}")
-        atoms[name] = ExpectationAtom(spec["tensor"], r, law_nu(spec.get("nu"), f"atom {name!r}"))
+        atom_nu = law_nu(spec.get("nu"), f"atom {name!r}")
+        if atom_nu != nu_top:
+            raise _err(f"atom {name!r} has nu = {atom_nu} but the noise has nu = {nu_top}; they must agree")
+        atoms[name] = ExpectationAtom(spec["tensor"], r, atom_nu)
 
     def resolve(name: str):
         return _MATRICES.get(name) or atoms.get(name) or scalar_lookup(name)

@@ -111,6 +111,24 @@ def test_one_step_moments_match_discrete_monte_carlo(name, nu):
     assert np.max(np.abs(g - v) / tol) > 5, (name, nu)
 
 
+def test_user_vector_update_under_t_equals_builtin():
+    """A user's clipped SGD written with sd.vectors is derived under the t law exactly as the built-in clip_sgd; with
+    a symbolic nu, its atoms are over t_nu and take nu from evaluate's values."""
+    x, g = sd.vectors("x g")
+    eta, c = sd.sym("eta"), sd.sym("c")
+    opt = sd.from_update("my_clip", {"x": x - eta * sd.minimum(1, c / sd.norm(g)) * g},
+                         hypers={"eta": (1e-2, "lr"), "c": (1.0, "positive")})
+    for noise in (sd.StudentT(nu=4), sd.StudentT()):
+        mine, ref = sd.derive(opt, noise=noise).to_dict(), sd.derive("clip_sgd", noise=noise).to_dict()
+        for k in ("drift", "covariance", "atoms", "nu", "noise"):
+            assert mine[k] == ref[k], k
+    s = sd.derive(opt, noise=sd.StudentT())
+    assert [a.display() for a in s.atoms] == ["E_t(nu)[g*Min(1, c/|g|)]", "E_t(nu)[g g^T*Min(1, c/|g|)**2]"]
+    # c far above |g| (nu = 6: |g| <= 1e3 except with probability ~1e-15): the drift is -grad f
+    b = s.evaluate("drift", grad=GRAD, Sigma=SIG, c=1e3, nu=6.0)
+    np.testing.assert_allclose(b.ravel(), -GRAD, atol=0.03)
+
+
 def test_linear_block_diffusion_is_scaled_root():
     """USAM and SGD (one linear noise block A g): D = sqrt(eta nu/(nu - 2)) A Sigma^(1/2), by hand, with the
     symmetric root from scipy; D D^T = eta nu/(nu - 2) A Sigma A^T."""
@@ -266,7 +284,7 @@ def test_old_and_hostile_json():
     a1 = dict(t["atoms"]["A1"])
     for bad, msg in (({**a1, "law": "cauchy"}, "law"), ({k: v for k, v in a1.items() if k != "nu"}, "law"),
                      ({**a1, "nu": "-3"}, "allowed: a number > 0"), ({**a1, "nu": "__import__('os')"}, "nu"),
-                     ({**a1, "extra": 1}, "unknown key")):
+                     ({**a1, "extra": 1}, "unknown key"), ({**a1, "nu": "7"}, "must agree")):
         with pytest.raises(SdederiveError, match=msg):
             VectorSDE.from_json(json.dumps({**t, "atoms": {**t["atoms"], "A1": bad}}))
 

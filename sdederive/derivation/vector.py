@@ -34,6 +34,7 @@ maps, norms of anything but `g` itself, products of functions of two independent
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from dataclasses import dataclass
 
@@ -269,6 +270,9 @@ class _Law:
 
 
 _GAUSS = _Law()
+#: the law of the derivation in progress: the default of `_mean`, `_second` and `_cov`, so that every moment built
+#: inside `_derive` uses it even where a caller does not pass `law`
+_ACTIVE: contextvars.ContextVar[_Law] = contextvars.ContextVar("vector_noise_law", default=_GAUSS)
 
 
 def _resolve_minmax(e: sp.Expr) -> sp.Expr:
@@ -299,15 +303,17 @@ def _tail_exponent(e: sp.Expr) -> sp.Expr | None:
     return p if p.is_extended_real and p.is_finite is not False else (p if p == -sp.oo else None)
 
 
-def _mean(k: _Block, law: _Law = _GAUSS) -> sp.MatrixExpr:
+def _mean(k: _Block, law: _Law | None = None) -> sp.MatrixExpr:
+    law = _ACTIVE.get() if law is None else law
     if k.tensor == "sign":
         return law.sign_mean()
     r = _canon(k.r, k.batch)
     return law.vec(k.tensor, r)
 
 
-def _second(k1: _Block, k2: _Block, law: _Law = _GAUSS) -> sp.MatrixExpr:
+def _second(k1: _Block, k2: _Block, law: _Law | None = None) -> sp.MatrixExpr:
     """`E[B1 B2^T]` for two blocks of the same minibatch."""
+    law = _ACTIVE.get() if law is None else law
     if "sign" in (k1.tensor, k2.tensor):
         if (k1.tensor, k2.tensor) == ("sign", "sign"):
             return law.sign_second()
@@ -324,7 +330,8 @@ def _second(k1: _Block, k2: _Block, law: _Law = _GAUSS) -> sp.MatrixExpr:
     return law.vec("1", r)
 
 
-def _cov(k1: _Block, k2: _Block, law: _Law = _GAUSS):
+def _cov(k1: _Block, k2: _Block, law: _Law | None = None):
+    law = _ACTIVE.get() if law is None else law
     if k1.batch != k2.batch:
         return None
     return _second(k1, k2, law) - _mean(k1, law) * _mean(k2, law).T
@@ -462,8 +469,9 @@ def _check_moments(name: str, law: _Law) -> str | None:
     if unknown:
         raise ExpectationError(
             f"under Student-t noise the moment(s) {unknown} of {name!r} exist only for nu above the growth exponent "
-            "of the integrand as |g| -> oo, which sympy could not determine; supported: integrands built from powers "
-            "of |g|, Min, Max and the hyperparameters")
+            "of the integrand as |g| -> oo, which sympy could not determine or which is not finite (faster than any "
+            "power of |g|); supported: integrands growing like a power of |g| (powers of |g|, Min, Max, positive "
+            "hyperparameters)")
     p, what = max(law.needs, key=lambda t: float(t[0]))
     if p <= 0:
         return None
@@ -539,8 +547,22 @@ def _linear_in_grad(b: sp.MatrixExpr) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1, nu: sp.Expr | None = None) -> VectorSDE:
-    ctx = _Ctx(opt.name)
     law = _Law(nu)
+    token = _ACTIVE.set(law)
+    try:
+        sde = _derive_law(opt, regime, order, law)
+    finally:
+        _ACTIVE.reset(token)
+    bad = [a for a in sde.drift_vector.atoms(ExpectationAtom, SignMean, SignSecond)
+           | sde.covariance_expr.atoms(ExpectationAtom, SignMean, SignSecond) if a.nu != nu]
+    if bad:  # pragma: no cover - a moment built outside _Law
+        raise SdederiveError(f"internal: the moments {bad} of {opt.name!r} are not over the noise law with nu = {nu}")
+    return sde
+
+
+def _derive_law(opt: V.VectorOptimizer, regime: str, order: int, law: _Law) -> VectorSDE:
+    nu = law.nu
+    ctx = _Ctx(opt.name)
     update = _subs_vec(opt.update, {sym("rho"): _R * _eta}) if regime == "rho-eta" else opt.update
     lin = _lin(update, ctx)
     if regime == "high-dim":

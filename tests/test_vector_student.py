@@ -206,11 +206,26 @@ def test_evaluate_atom_samples_the_multivariate_t():
     assert np.abs(mc - isotropic_unit_mean(GRAD, 0.5).ravel()).max() > 0.01
 
 
+def _bvt_cdf(h: float, k: float, r: float, nu: float) -> float:
+    """P(T1 <= h, T2 <= k) for the standard bivariate t, by conditioning on T1 = t (a formula independent of the
+    code's normal-mixture quadrature): T2 | T1 = t is t_{nu+1} with location r t and scale
+    sqrt((1 - r^2)(nu + t^2)/(nu + 1))."""
+    from scipy.integrate import quad
+    from scipy.special import stdtr
+    from scipy.stats import t as student
+
+    def f(t):
+        return student.pdf(t, nu) * stdtr(nu + 1, (k - r * t) / np.sqrt((1 - r * r) * (nu + t * t) / (nu + 1)))
+
+    return quad(f, -np.inf, min(h, 0.0), epsabs=1e-13, limit=200)[0] + (
+        quad(f, 0.0, h, epsabs=1e-13, limit=200)[0] if h > 0 else 0.0)
+
+
 def test_sign_under_multivariate_t():
     """SignSGD under the multivariate t: E[sign g_i] = 2 F_nu(a_i) - 1, E[sign g_i sign g_j] from the bivariate t
     orthant probability: against a Monte Carlo of the discrete update, against scipy.stats.multivariate_t.cdf
-    (Genz's quasi-Monte Carlo, independent of the quadrature used here), and (2/pi) arcsin(r_ij) at grad = 0 for
-    every nu (sign is scale invariant)."""
+    (Genz's quasi-Monte Carlo, to 1e-6) and the conditional-t formula (`_bvt_cdf`, to 1e-10), both independent of the
+    quadrature used here, and (2/pi) arcsin(r_ij) at grad = 0 for every nu (sign is scale invariant)."""
     from scipy.special import stdtr
     from scipy.stats import multivariate_t
 
@@ -238,6 +253,10 @@ def test_sign_under_multivariate_t():
                                                                           random_state=0)
         ref = 4 * p - 2 * stdtr(nu, a[i]) - 2 * stdtr(nu, a[j]) + 1
         assert abs(second[i, j] - ref) < 1e-6, (nu, second[i, j], ref)
+        for i, j in ((0, 1), (0, 2), (1, 2)):
+            r = SIG[i, j] / (sdv[i] * sdv[j])
+            exact = 4 * _bvt_cdf(a[i], a[j], r, nu) - 2 * stdtr(nu, a[i]) - 2 * stdtr(nu, a[j]) + 1
+            assert abs(second[i, j] - exact) < 1e-10, (nu, i, j, second[i, j], exact)
         gs = sd.derive(opt)
         gauss = np.concatenate([-gs.evaluate("drift", **env).ravel(), gs.evaluate("covariance", **env).ravel()])
         assert np.max(np.abs(gauss - pred) / (se + 1e-12)) > 10  # the Gaussian sign moments are far off

@@ -10,7 +10,9 @@ name               shape       meaning
 `H`              `(d, d)`  the Hessian $\nabla^2 f(x)$ (symmetric)
 `Sigma`          `(d, d)`  the full gradient-noise covariance (symmetric PSD): `g = grad + Sigma^(1/2) z`
 `I`              `(d, d)`  the identity
-`E[...]`         varies      a named expectation atom over `g ~ N(grad, Sigma)` (`ExpectationAtom`)
+`E[...]`         varies      a named expectation atom over `g ~ N(grad, Sigma)` (`ExpectationAtom`);
+                               `E_t(nu)[...]` over the multivariate Student-t `g ~ t_nu(grad, Sigma)`
+`nu`             scalar      the degrees of freedom of multivariate Student-t noise (when symbolic)
 =================  ==========  ====================================================================
 
 `Sigma**(1/2)` (and the square root of a covariance) is the symmetric PSD square root.  JSON (see
@@ -35,7 +37,7 @@ from sdederive.errors import ExpectationError, SdederiveError
 from sdederive.spec.vector import dim
 from sdederive.symbols import KNOWN, sym
 
-__all__ = ["VectorSDE", "ExpectationAtom", "SignMean", "SignSecond", "sign_mean", "sign_second_moment", "isotropic_unit_mean", "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom",
+__all__ = ["VectorSDE", "ExpectationAtom", "law_text", "SignMean", "SignSecond", "sign_mean", "sign_second_moment", "isotropic_unit_mean", "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom",
            "GRAD", "HESS", "SIGMA", "XVEC", "IDENT", "NORM_G"]
 
 
@@ -78,22 +80,37 @@ class ExpectationAtom(sp.MatrixExpr):
     with `T(g)` one of `g` (a vector), `g g^T` (a matrix) or `1` (a scalar, shape `(1, 1)`) and the
     scalar integrand `r` a sympy expression in `NORM_G` (`|g|`) and hyperparameters.
 
+    `nu` (a number or the symbol `nu`) makes it an expectation over the multivariate Student-t
+    `g = grad + Sigma^(1/2) z sqrt(nu/W)`, `W ~ chi2_nu` independent of `z` (`law == "student-t"`); without
+    it the law is the Gaussian `N(grad, Sigma)` (`law == "gaussian"`).
+
     Evaluate it with `evaluate_atom` (Monte Carlo over `g`), or supply a value to `evaluate`.
     """
 
-    def __new__(cls, tensor, integrand: sp.Expr):
+    def __new__(cls, tensor, integrand: sp.Expr, nu=None):
         tensor = tensor.name if isinstance(tensor, Str) else tensor
         if tensor not in _TENSORS:
             raise SdederiveError(f"expectation atom tensor {tensor!r}; allowed: {sorted(_TENSORS)}")
-        return sp.Basic.__new__(cls, Str(tensor), sp.sympify(integrand))
+        law = () if nu is None else (sp.sympify(nu),)
+        return sp.Basic.__new__(cls, Str(tensor), sp.sympify(integrand), *law)
 
     @property
     def tensor(self) -> str:
         return self.args[0].name
 
     @property
+    def nu(self) -> sp.Expr | None:
+        """The Student-t degrees of freedom, or `None` for the Gaussian law."""
+        return self.args[2] if len(self.args) > 2 else None
+
+    @property
+    def law(self) -> str:
+        """`"gaussian"` or `"student-t"` (the multivariate t with scale matrix `Sigma`)."""
+        return "gaussian" if self.nu is None else "student-t"
+
+    @property
     def free_symbols(self) -> set:
-        return self.integrand.free_symbols - {NORM_G}
+        return (self.integrand.free_symbols - {NORM_G}) | (set() if self.nu is None else self.nu.free_symbols)
 
     @property
     def integrand(self) -> sp.Expr:
@@ -107,9 +124,10 @@ class ExpectationAtom(sp.MatrixExpr):
         return self if self.tensor in ("ggT", "1") else None
 
     def display(self) -> str:
-        """`E[g/|g|]`, `E[g g^T/|g|**2]`, `E[Min(1, c/|g|)]`."""
+        """`E[g/|g|]`, `E[g g^T/|g|**2]`, `E[Min(1, c/|g|)]` (Gaussian); `E_t(nu=5)[g/|g|]`, `E_t(nu)[g/|g|]`
+        (multivariate Student-t, numeric or symbolic `nu`)."""
         T = {"g": _G_DISPLAY, "ggT": _GGT_DISPLAY, "1": sp.S.One}[self.tensor]
-        return f"E[{sp.sstr(self.integrand.xreplace({NORM_G: _NORM_DISPLAY}) * T)}]"
+        return f"{_law_prefix(self.nu)}[{sp.sstr(self.integrand.xreplace({NORM_G: _NORM_DISPLAY}) * T)}]"
 
     def _sympystr(self, printer) -> str:
         return self.display()
@@ -118,14 +136,43 @@ class ExpectationAtom(sp.MatrixExpr):
         names = {_NORM_DISPLAY: r"\|g\|", _G_DISPLAY: "g", _GGT_DISPLAY: r"g g^{\top}"}
         T = {"g": _G_DISPLAY, "ggT": _GGT_DISPLAY, "1": sp.S.One}[self.tensor]
         body = sp.latex(self.integrand.xreplace({NORM_G: _NORM_DISPLAY}) * T, symbol_names=names)
-        return rf"\mathbb{{E}}\left[{body}\right]"
+        return rf"{_law_latex(self.nu)}\left[{body}\right]"
+
+
+def _law_prefix(nu) -> str:
+    """`E` (Gaussian), `E_t(nu=5)` or `E_t(nu)` (multivariate Student-t)."""
+    if nu is None:
+        return "E"
+    return f"E_t({nu})" if isinstance(nu, sp.Symbol) else f"E_t(nu={nu})"
+
+
+def _law_latex(nu) -> str:
+    if nu is None:
+        return r"\mathbb{E}"
+    return rf"\mathbb{{E}}_{{t_{{{_latex_nu(nu)}}}}}"
+
+
+def _latex_nu(nu) -> str:
+    return sp.latex(nu, symbol_names={sym("nu"): r"\nu"})
+
+
+def law_text(nu) -> str:
+    """`N(grad f, Sigma)` or `t_nu(grad f, Sigma)` (`t_5(grad f, Sigma)`): the law of `g` in words."""
+    return "N(grad f, Sigma)" if nu is None else f"t_{nu}(grad f, Sigma)"
 
 
 class _SignFunction(sp.MatrixExpr):
-    """A closed-form moment of `sign(g)` for `g ~ N(grad, Sigma)` (arguments: the mean and the covariance)."""
+    """A closed-form moment of `sign(g)` for `g ~ N(grad, Sigma)` (arguments: the mean and the covariance), or
+    for the multivariate Student-t `g ~ t_nu(grad, Sigma)` (a third argument `nu`: the location, the scale
+    matrix and the degrees of freedom)."""
 
-    def __new__(cls, mean=None, cov=None):
-        return sp.Basic.__new__(cls, GRAD if mean is None else mean, SIGMA if cov is None else cov)
+    def __new__(cls, mean=None, cov=None, nu=None):
+        law = () if nu is None else (sp.sympify(nu),)
+        return sp.Basic.__new__(cls, GRAD if mean is None else mean, SIGMA if cov is None else cov, *law)
+
+    @property
+    def nu(self) -> sp.Expr | None:
+        return self.args[2] if len(self.args) > 2 else None
 
     @property
     def mean(self):
@@ -137,7 +184,9 @@ class _SignFunction(sp.MatrixExpr):
 
 
 class SignMean(_SignFunction):
-    r"""`E[sign(g)] = erf(grad_i / sqrt(2 Sigma_ii))` coordinate-wise (a `(d, 1)` vector)."""
+    r"""`E[sign(g)] = erf(grad_i / sqrt(2 Sigma_ii))` coordinate-wise (a `(d, 1)` vector); under the multivariate
+    Student-t `2 F_nu(grad_i / sqrt(Sigma_ii)) - 1`, `F_nu` the univariate t CDF (the marginal of the
+    multivariate t is the univariate t with the same `nu` and scale `sqrt(Sigma_ii)`)."""
 
     json_name = "sign_mean"
 
@@ -146,9 +195,14 @@ class SignMean(_SignFunction):
         return (dim, 1)
 
     def _sympystr(self, printer) -> str:
+        if self.nu is not None:
+            return f"(2*F_t({self.nu})(grad f/sqrt(diag Sigma)) - 1)"
         return "erf(grad f/sqrt(2 diag Sigma))"
 
     def _latex(self, printer) -> str:
+        if self.nu is not None:
+            nu = _latex_nu(self.nu)
+            return rf"\left(2 F_{{t_{{{nu}}}}}\left(\frac{{\nabla f}}{{\sqrt{{\operatorname{{diag}}\Sigma}}}}\right) - 1\right)"
         return r"\operatorname{erf}\left(\frac{\nabla f}{\sqrt{2\,\operatorname{diag}\Sigma}}\right)"
 
 
@@ -156,7 +210,9 @@ class SignSecond(_SignFunction):
     r"""`E[sign(g) sign(g)^T]` (`(d, d)`): 1 on the diagonal, and off it the bivariate normal orthant form
     `4 Phi2(a_i, a_j; r_ij) - 2 Phi(a_i) - 2 Phi(a_j) + 1` with `a = grad/sqrt(diag Sigma)` and the
     correlation `r_ij = Sigma_ij/sqrt(Sigma_ii Sigma_jj)`; at `grad = 0` it is `(2/pi) arcsin(r_ij)`.
-    `Phi2` is the bivariate normal CDF, evaluated by Owen's T function (`sign_second_moment`)."""
+    `Phi2` is the bivariate normal CDF, evaluated by Owen's T function (`sign_second_moment`).  Under the
+    multivariate Student-t (a third argument `nu`) `Phi` and `Phi2` become the univariate and bivariate t CDFs
+    (`sign_second_moment` with `nu`); at `grad = 0` it is the same `(2/pi) arcsin(r_ij)` (sign is scale invariant)."""
 
     json_name = "sign_second"
 
@@ -168,10 +224,10 @@ class SignSecond(_SignFunction):
         return self
 
     def _sympystr(self, printer) -> str:
-        return "E[sign(g) sign(g)^T]"
+        return f"{_law_prefix(self.nu)}[sign(g) sign(g)^T]"
 
     def _latex(self, printer) -> str:
-        return r"\mathbb{E}\left[\operatorname{sign}(g)\operatorname{sign}(g)^{\top}\right]"
+        return _law_latex(self.nu) + r"\left[\operatorname{sign}(g)\operatorname{sign}(g)^{\top}\right]"
 
 
 def _bvn_orthant(h: float, k: float, r: float) -> float:
@@ -196,9 +252,30 @@ def _bvn_orthant(h: float, k: float, r: float) -> float:
     return float(0.5 * ndtr(h) + 0.5 * ndtr(k) - T(h, k) - T(k, h) - beta)
 
 
-def sign_second_moment(grad, Sigma) -> np.ndarray:
-    """`E[sign(g) sign(g)^T]` for `g ~ N(grad, Sigma)` in closed form (see `SignSecond`)."""
-    from scipy.special import ndtr
+def _bvt_orthant(h: float, k: float, r: float, nu: float) -> float:
+    """`P(T1 <= h, T2 <= k)` for the standard bivariate Student-t with correlation `r` and `nu` degrees of freedom,
+    as the normal variance mixture it is: `T = Z/sqrt(W/nu)`, so the probability is `E_W[Phi2(h u, k u; r)]` with
+    `u = sqrt(W/nu)`, `W ~ chi2_nu`; one-dimensional adaptive quadrature over the chi2 quantile `q` in (0, 1)
+    (`W = 2 gammaincinv(nu/2, q)`), a bounded smooth integrand (absolute error below 1e-10)."""
+    from scipy.integrate import quad
+    from scipy.special import gammaincinv
+
+    if h == 0 and k == 0:
+        return 0.25 + float(np.arcsin(np.clip(r, -1.0, 1.0))) / (2 * np.pi)
+
+    def f(q: float) -> float:
+        u = float(np.sqrt(2 * gammaincinv(nu / 2, q) / nu))
+        return _bvn_orthant(h * u, k * u, r)
+
+    val, _ = quad(f, 0.0, 1.0, epsabs=1e-12, epsrel=1e-11, limit=200)
+    return float(val)
+
+
+def sign_second_moment(grad, Sigma, nu: float | None = None) -> np.ndarray:
+    """`E[sign(g) sign(g)^T]` for `g ~ N(grad, Sigma)` in closed form (see `SignSecond`); with `nu`, for the
+    multivariate Student-t `g = grad + Sigma^(1/2) z sqrt(nu/W)`: the same orthant form with the univariate and
+    bivariate t CDFs (`scipy.special.stdtr`, and a quadrature over the chi2 mixing variable)."""
+    from scipy.special import ndtr, stdtr
 
     mu = np.asarray(grad, dtype=float).reshape(-1)
     S = np.asarray(Sigma, dtype=float)
@@ -207,21 +284,38 @@ def sign_second_moment(grad, Sigma) -> np.ndarray:
         raise SdederiveError("E[sign(g) sign(g)^T] needs Sigma_ii > 0 for every coordinate (a noiseless coordinate "
                              f"has a deterministic sign); diag Sigma = {np.diag(S).tolist()}")
     a = mu / sd_
+    if nu is not None:
+        nu = _check_numeric_nu(nu)
+    cdf = ndtr(a) if nu is None else stdtr(nu, a)
     out = np.eye(mu.size)
     for i in range(mu.size):
         for j in range(i + 1, mu.size):
             r = float(np.clip(S[i, j] / (sd_[i] * sd_[j]), -1.0, 1.0))
-            p = _bvn_orthant(a[i], a[j], r)
-            out[i, j] = out[j, i] = 4 * p - 2 * ndtr(a[i]) - 2 * ndtr(a[j]) + 1
+            p = _bvn_orthant(a[i], a[j], r) if nu is None else _bvt_orthant(a[i], a[j], r, nu)
+            out[i, j] = out[j, i] = 4 * p - 2 * cdf[i] - 2 * cdf[j] + 1
     return out
 
 
-def sign_mean(grad, Sigma) -> np.ndarray:
-    """`E[sign(g)] = erf(grad/sqrt(2 diag Sigma))` as a `(d, 1)` array."""
-    from scipy.special import erf
+def sign_mean(grad, Sigma, nu: float | None = None) -> np.ndarray:
+    """`E[sign(g)] = erf(grad/sqrt(2 diag Sigma))` as a `(d, 1)` array; with `nu` (multivariate Student-t)
+    `2 F_nu(grad/sqrt(diag Sigma)) - 1` (`scipy.special.stdtr`)."""
+    from scipy.special import erf, stdtr
 
     mu = np.asarray(grad, dtype=float).reshape(-1)
-    return erf(mu / np.sqrt(2 * np.diag(np.asarray(Sigma, dtype=float)))).reshape(-1, 1)
+    if nu is None:
+        return erf(mu / np.sqrt(2 * np.diag(np.asarray(Sigma, dtype=float)))).reshape(-1, 1)
+    return (2 * stdtr(_check_numeric_nu(nu), mu / np.sqrt(np.diag(np.asarray(Sigma, dtype=float)))) - 1).reshape(-1, 1)
+
+
+def _check_numeric_nu(nu) -> float:
+    try:
+        v = float(nu)
+    except (TypeError, ValueError):
+        raise SdederiveError(f"Student-t degrees of freedom nu={nu!r} is not a number; give a numeric nu > 0 "
+                             "(evaluate(..., nu=5.0))") from None
+    if not (np.isfinite(v) and v > 0):
+        raise SdederiveError(f"Student-t degrees of freedom nu={nu!r}; allowed: a finite nu > 0")
+    return v
 
 
 # -- printing ------------------------------------------------------------------------------------------------
@@ -306,10 +400,10 @@ class _JsonPrinter(StrPrinter):
         return f"norm({self._print(expr.args[0])})"
 
     def _print_SignMean(self, expr):
-        return f"sign_mean({self._print(expr.mean)}, {self._print(expr.cov)})"
+        return f"sign_mean({', '.join(self._print(a) for a in expr.args)})"
 
     def _print_SignSecond(self, expr):
-        return f"sign_second({self._print(expr.mean)}, {self._print(expr.cov)})"
+        return f"sign_second({', '.join(self._print(a) for a in expr.args)})"
 
     def _print_VDot(self, expr):
         return f"dot({self._print(expr.args[0])}, {self._print(expr.args[1])})"
@@ -386,6 +480,9 @@ class VectorSDE:
         assumptions and modelling choices (Hessian expansion, same minibatch, atoms).
     hypers
         `((name, kind, default), ...)` of the optimizer.
+    nu
+        the degrees of freedom of multivariate Student-t noise (`noise == "student-t"`: a number or the
+        symbol `nu`), `None` for Gaussian noise.
     """
 
     optimizer: str
@@ -400,6 +497,7 @@ class VectorSDE:
     hypers: tuple = ()
     order: int = 1
     source: object = field(default=None, compare=False)
+    nu: sp.Expr | None = None
     #: the increment in linear-block form, $F = -\Delta x/\eta = a_0 + \sum_k A_k B_k$ (leading order): one
     #: `(tensor, integrand, batch, A_k)` per block, `B_k = r(|g_b|) g_b` (`"g"`), `r(|g_b|)` (`"1"`) or
     #: `sign(g_b)` (`"sign"`), `r` in `NORM_G`, `b` the minibatch (0 is `g`'s), and `("det", 1, 0, a_0)`; `A_k` a
@@ -437,12 +535,14 @@ class VectorSDE:
             noise = f" + {_human(diff.xreplace({root: sp.MatrixSymbol('C', dim, dim) ** sp.S.Half}))} dW"
         else:
             noise = f" + {_human(diff)} dW"
-        lines = [f"SDE of {self.optimizer} | noise {self.noise} (full Sigma) | regime {self.regime} | tau = {self.tau}"
+        law = ("(full Sigma)" if self.nu is None else "(multivariate, symbolic nu, scale matrix Sigma)"
+               if self.nu.free_symbols else f"(multivariate, nu = {self.nu}, scale matrix Sigma)")
+        lines = [f"SDE of {self.optimizer} | noise {self.noise} {law} | regime {self.regime} | tau = {self.tau}"
                  f" | vector form, d dimensions", f"  dX = {drift} dt{noise}"]
         if root is not None:
             lines.append(f"  where C = {_human(root.base)}")
         for a in self.atoms:
-            lines.append(f"  atom {a.display()}: g ~ N(grad f, Sigma); no closed form, evaluated numerically")
+            lines.append(f"  atom {a.display()}: g ~ {law_text(a.nu)}; no closed form, evaluated numerically")
         for n in self.notes:
             lines.append(f"  note: {n}")
         return "\n".join(lines)
@@ -479,12 +579,14 @@ class VectorSDE:
             "drift": P.doprint(self.drift_vector),
             "diffusion": P.doprint(self.diffusion_matrix_expr),
             "covariance": P.doprint(self.covariance_expr),
-            "atoms": {names[a]: {"tensor": a.tensor, "integrand": P.doprint(a.integrand), "meaning": a.display()}
+            "atoms": {names[a]: {"tensor": a.tensor, "integrand": P.doprint(a.integrand), "meaning": a.display(),
+                                 **({} if a.nu is None else {"law": a.law, "nu": P.doprint(a.nu)})}
                       for a in self.atoms},
             "symbols": self.symbols,
             "order": self.order,
             "notes": list(self.notes),
             "hypers": [list(h) for h in self.hypers],
+            **({} if self.nu is None else {"nu": P.doprint(self.nu)}),
             **({"increment": [{"tensor": t, "integrand": P.doprint(r), "batch": int(b), "coefficient": P.doprint(c)}
                               for t, r, b, c in self.increment]} if self.increment else {}),
         }
@@ -542,16 +644,26 @@ def evaluate_atom(atom: ExpectationAtom, grad, Sigma, hyper: Mapping | None = No
                   rng: np.random.Generator | None = None) -> np.ndarray:
     """`atom` at `g ~ N(grad, Sigma)`: `E[g/|g|]` with an isotropic `Sigma = s2*I` in closed form
     (`isotropic_unit_mean`), every other case by Monte Carlo with `n` samples (standard error
-    `O(n**-0.5)`; unbiased for every `n`)."""
+    `O(n**-0.5)`; unbiased for every `n`).
+
+    An atom over the multivariate Student-t (`atom.nu`; a symbolic `nu` takes its value from `hyper["nu"]`) is
+    sampled from that law, `g = grad + Sigma^(1/2) z sqrt(nu/W)` with `W ~ chi2_nu` independent of `z`: plain
+    Monte Carlo (no closed form is used), unbiased where the atom is finite; its standard error is
+    `O(n**-0.5)` when the integrand's second moment is finite (for `E[r(|g|) T(g)]` growing like `|g|**p`:
+    `nu > 2p`)."""
     rng = np.random.default_rng(0) if rng is None else rng
     S = np.asarray(Sigma, dtype=float)
-    if (atom.tensor == "g" and sp.simplify(atom.integrand - 1 / NORM_G) == 0 and S.ndim == 2 and S[0, 0] > 0
-            and np.allclose(S, S[0, 0] * np.eye(S.shape[0]), rtol=1e-12, atol=0)):
+    hyper = dict(hyper or {})
+    nu = _atom_nu(atom, hyper)
+    if (nu is None and atom.tensor == "g" and sp.simplify(atom.integrand - 1 / NORM_G) == 0 and S.ndim == 2
+            and S[0, 0] > 0 and np.allclose(S, S[0, 0] * np.eye(S.shape[0]), rtol=1e-12, atol=0)):
         return isotropic_unit_mean(grad, float(S[0, 0]))
     mu = np.asarray(grad, dtype=float).reshape(-1)
     L = _psd_sqrt(np.asarray(Sigma, dtype=float))
-    gs = mu + rng.standard_normal((n, mu.size)) @ L.T
-    hyper = dict(hyper or {})
+    if nu is None:
+        gs = mu + rng.standard_normal((n, mu.size)) @ L.T
+    else:
+        gs = mu + (rng.standard_normal((n, mu.size)) @ L.T) * np.sqrt(nu / rng.chisquare(nu, n))[:, None]
     free = sorted(atom.integrand.free_symbols - {NORM_G}, key=str)
     missing = [str(s) for s in free if str(s) not in hyper]
     if missing:
@@ -564,6 +676,20 @@ def evaluate_atom(atom: ExpectationAtom, grad, Sigma, hyper: Mapping | None = No
     if atom.tensor == "ggT":
         return np.einsum("n,ni,nj->ij", r, gs, gs) / n
     return np.array([[r.mean()]])
+
+
+def _atom_nu(atom: ExpectationAtom, hyper: Mapping) -> float | None:
+    """The numeric degrees of freedom of a Student-t atom (`hyper["nu"]` for a symbolic one), `None` if Gaussian."""
+    if atom.nu is None:
+        return None
+    nu = atom.nu
+    if nu.free_symbols:
+        missing = sorted(str(s) for s in nu.free_symbols if str(s) not in hyper)
+        if missing:
+            raise SdederiveError(f"evaluate_atom: {atom.display()} is over the multivariate Student-t with a symbolic "
+                                 f"nu; no value for {missing} (pass nu=...)")
+        nu = nu.xreplace({s: sp.Float(float(hyper[str(s)])) for s in nu.free_symbols})
+    return _check_numeric_nu(nu)
 
 
 def evaluate(expr: sp.Basic, env: Mapping, atoms: Mapping | None = None) -> np.ndarray:
@@ -603,9 +729,9 @@ def evaluate(expr: sp.Basic, env: Mapping, atoms: Mapping | None = None) -> np.n
                 atoms[e] = evaluate_atom(e, mats["grad"], mats["Sigma"], {k: float(v) for k, v in scal.items()})
             return np.asarray(atoms[e], dtype=float).reshape([int(s) if s != dim else n for s in e.shape])
         if isinstance(e, SignMean):
-            return sign_mean(M(e.mean), M(e.cov))
+            return sign_mean(M(e.mean), M(e.cov), None if e.nu is None else S(e.nu))
         if isinstance(e, SignSecond):
-            return sign_second_moment(M(e.mean), M(e.cov))
+            return sign_second_moment(M(e.mean), M(e.cov), None if e.nu is None else S(e.nu))
         if isinstance(e, sp.MatrixSymbol):
             if e.name not in mats:
                 raise SdederiveError(f"evaluate: no value for the matrix symbol {e.name!r}")
@@ -649,7 +775,7 @@ def _transpose(a):
     return a.T
 
 
-_VEC_FUNCTIONS.update({"Trace": (sp.Trace, (1, 1)), "sign_mean": (SignMean, (2, 2)), "sign_second": (SignSecond, (2, 2)),
+_VEC_FUNCTIONS.update({"Trace": (sp.Trace, (1, 1)), "sign_mean": (SignMean, (2, 3)), "sign_second": (SignSecond, (2, 3)),
                        "transpose": (_transpose, (1, 1)), "norm": (VNorm, (1, 1)), "dot": (VDot, (2, 2))})
 _MATRICES = {"grad": GRAD, "x": XVEC, "H": HESS, "Sigma": SIGMA, "I": IDENT}
 
@@ -691,7 +817,7 @@ def _from_json(cls, data) -> VectorSDE:
     missing = [k for k in required if k not in d]
     if missing:
         raise _err(f"missing key(s) {missing}")
-    allowed = set(required) | {"kind", "dimension", "states", "atoms", "symbols", "order", "notes", "hypers",
+    allowed = set(required) | {"kind", "dimension", "states", "atoms", "symbols", "order", "notes", "hypers", "nu",
                                "increment"}
     unknown = sorted(str(k) for k in d if k not in allowed)
     if unknown:
@@ -712,8 +838,29 @@ def _from_json(cls, data) -> VectorSDE:
         if n not in _MATRICES and n not in scalars:
             scalars[n] = sym(n) if n in KNOWN else sym(n, positive=True)
 
+    if d["noise"] == "student-t":  # the multivariate t's degrees of freedom (a number or the symbol nu)
+        scalars.setdefault("nu", sym("nu"))
+
     def scalar_lookup(name: str):
         return scalars.get(name)
+
+    def law_nu(text, where: str):
+        """The degrees of freedom written in `where` (`None`: absent, the Gaussian law)."""
+        if text is None:
+            return None
+        if d["noise"] != "student-t":
+            raise _err(f"{where} gives nu = {str(text)[:40]!r} but noise = {d['noise']!r}; nu belongs to noise "
+                       "'student-t' only")
+        if not isinstance(text, str):
+            raise _err(f"{where}: nu must be an expression string")
+        v = parse_expr(text, symbols=scalar_lookup, what=f"vector SDE JSON {where} nu")
+        if v.free_symbols - {sym("nu")} or (v.is_number and not v > 0):
+            raise _err(f"{where}: nu = {text[:40]!r}; allowed: a number > 0 or the symbol nu")
+        return v
+
+    nu_top = law_nu(d.get("nu"), "the top level")
+    if d["noise"] == "student-t" and nu_top is None:
+        raise _err("noise 'student-t' needs the key \"nu\" (its degrees of freedom)")
 
     atoms: dict[str, ExpectationAtom] = {}
     raw = d.get("atoms", {})
@@ -725,9 +872,18 @@ def _from_json(cls, data) -> VectorSDE:
         if not isinstance(spec, Mapping) or spec.get("tensor") not in _TENSORS or not isinstance(spec.get("integrand"), str):
             raise _err(f"atom {name!r} = {str(spec)[:80]}: needs \"tensor\" in {sorted(_TENSORS)} and an \"integrand\" "
                        "string in norm_g and the hyperparameters")
+        law = spec.get("law", "gaussian")  # absent in files written before the Student-t law: Gaussian
+        if law not in ("gaussian", "student-t") or (law == "student-t") != ("nu" in spec):
+            raise _err(f"atom {name!r}: law = {law!r}; allowed: \"gaussian\" (no nu) or \"student-t\" with its \"nu\"")
+        extra = sorted(str(k) for k in spec if k not in ("tensor", "integrand", "meaning", "law", "nu"))
+        if extra:
+            raise _err(f"atom {name!r}: unknown key(s) {extra}; allowed: tensor, integrand, meaning, law, nu")
         r = parse_expr(spec["integrand"], symbols=lambda n: NORM_G if n == "norm_g" else scalar_lookup(n),
                        functions=_VEC_FUNCTIONS, what=f"vector SDE JSON atom {name}")
-        atoms[name] = ExpectationAtom(spec["tensor"], r)
+        atom_nu = law_nu(spec.get("nu"), f"atom {name!r}")
+        if atom_nu != nu_top:
+            raise _err(f"atom {name!r} has nu = {atom_nu} but the noise has nu = {nu_top}; they must agree")
+        atoms[name] = ExpectationAtom(spec["tensor"], r, atom_nu)
 
     def resolve(name: str):
         return _MATRICES.get(name) or atoms.get(name) or scalar_lookup(name)
@@ -785,4 +941,5 @@ def _from_json(cls, data) -> VectorSDE:
         increment.append((blk["tensor"], r, blk["batch"], c))
     return cls(optimizer=d["optimizer"], noise=d["noise"], regime=d["regime"], tau=tau, drift_vector=drift,
                diffusion_matrix_expr=diff, covariance_expr=cov, atoms=tuple(a for a in atoms.values() if a in used),
-               notes=tuple(notes), hypers=tuple(tuple(h) for h in hypers), order=order, increment=tuple(increment))
+               notes=tuple(notes), hypers=tuple(tuple(h) for h in hypers), order=order, nu=nu_top,
+               increment=tuple(increment))

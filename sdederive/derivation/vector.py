@@ -23,12 +23,18 @@ Since `F` does not depend on `eta` (`rho`, `c` fixed), the one-step moments are 
 Coordinate-wise `sign(g)` (SignSGD with a full `Sigma`) uses the closed forms
 `SignMean` and `SignSecond`.
 
-Refused (with the reason): other regimes, `order=2`, non-Gaussian noise, other coordinate-wise maps, norms of
-anything but `g` itself, products of functions of two independent minibatches, random matrices.
+Multivariate Student-t noise `xi = Sigma^(1/2) z sqrt(nu/W)`, `W ~ chi2_nu` (`_Law`): `E[g g^T]` becomes
+`grad grad^T + nu/(nu - 2) Sigma`, the atoms are expectations over that law (`ExpectationAtom(..., nu)`), the sign
+moments use the univariate and bivariate t CDFs; a numeric `nu` at or below the tail exponent of a moment the SDE
+uses (`nu <= 2` for anything with `E[g g^T]`) is refused.
+
+Refused (with the reason): other regimes, `order=2` with atoms in the drift, other noise laws, other coordinate-wise
+maps, norms of anything but `g` itself, products of functions of two independent minibatches, random matrices.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from dataclasses import dataclass
 
@@ -48,6 +54,7 @@ from sdederive.sde_vector import (
     VDot,
     VectorSDE,
     VNorm,
+    law_text,
 )
 from sdederive.spec import vector as V
 from sdederive.symbols import sym
@@ -223,37 +230,111 @@ def _canon(r: sp.Expr, b: int) -> sp.Expr:
     return r.xreplace({_norm_sym(b): NORM_G})
 
 
-def _mean(k: _Block) -> sp.MatrixExpr:
+class _Law:
+    """The law of the gradient noise, `g = grad + Sigma^(1/2) z` (Gaussian, `nu = None`) or the multivariate
+    Student-t `g = grad + Sigma^(1/2) z sqrt(nu/W)`, `W ~ chi2_nu` independent of `z`.  It builds the moments
+    (`E[g] = grad`, `E[g g^T] = grad grad^T + second*Sigma` with `second = nu/(nu - 2)`, atoms and sign moments
+    marked with `nu`) and records, for each moment it builds, the tail exponent `p` (the moment is finite iff
+    `nu > p`): `needs`."""
+
+    def __init__(self, nu: sp.Expr | None = None):
+        self.nu = nu
+        self.needs: list[tuple[sp.Expr, str]] = []  # (p, what): finite iff nu > p
+
+    @property
+    def second(self) -> sp.Expr:
+        """`E[xi xi^T] = second * Sigma`: 1, or `nu/(nu - 2)`."""
+        return sp.S.One if self.nu is None else self.nu / (self.nu - 2)
+
+    def _need(self, tensor: str, r: sp.Expr, what: str) -> None:
+        if self.nu is not None:
+            self.needs.append((_tail_exponent(r * NORM_G ** {"g": 1, "ggT": 2, "1": 0}[tensor]), what))
+
+    def vec(self, tensor: str, r: sp.Expr) -> sp.MatrixExpr:
+        """`E[r(|g|) g]` (`tensor = "g"`), `E[r(|g|) g g^T]` (`"ggT"`) or `E[r(|g|)]` (`"1"`)."""
+        if r == 1 and tensor == "g":
+            self._need("g", r, "E[g] = grad f")
+            return GRAD
+        if r == 1 and tensor == "ggT":
+            self._need("ggT", r, "E[g g^T] = grad f grad f^T + nu/(nu - 2) Sigma")
+            return GRAD * GRAD.T + self.second * SIGMA
+        atom = ExpectationAtom(tensor, r, self.nu)
+        self._need(tensor, r, atom.display())
+        return atom
+
+    def sign_mean(self) -> sp.MatrixExpr:
+        return SignMean() if self.nu is None else SignMean(GRAD, SIGMA, self.nu)
+
+    def sign_second(self) -> sp.MatrixExpr:
+        return SignSecond() if self.nu is None else SignSecond(GRAD, SIGMA, self.nu)
+
+
+_GAUSS = _Law()
+#: the law of the derivation in progress: the default of `_mean`, `_second` and `_cov`, so that every moment built
+#: inside `_derive` uses it even where a caller does not pass `law`
+_ACTIVE: contextvars.ContextVar[_Law] = contextvars.ContextVar("vector_noise_law", default=_GAUSS)
+
+
+def _resolve_minmax(e: sp.Expr) -> sp.Expr:
+    """`e` with each `Min`/`Max` replaced by the argument that wins as `|g| -> oo` (inner ones first)."""
+    def pick(m):
+        args = list(m.args)
+        best = args[0]
+        for a in args[1:]:
+            lim = sp.limit(a / best, NORM_G, sp.oo)
+            if lim.is_extended_real is not True:
+                raise ValueError(m)
+            if (isinstance(m, sp.Min) and lim < 1) or (isinstance(m, sp.Max) and lim > 1):
+                best = a
+        return best
+
+    return e.replace(lambda a: isinstance(a, (sp.Min, sp.Max)) and a.has(NORM_G), pick)
+
+
+def _tail_exponent(e: sp.Expr) -> sp.Expr | None:
+    """`p` with `|e| ~ |g|**p` as `|g| -> oo` (`e` in `NORM_G` and positive hyperparameters); `None` if sympy cannot
+    tell.  Since `|g| ~ |xi|` and the multivariate t has `E|xi|**q` finite iff `q < nu`, `E[e]` is finite iff
+    `nu > p` (for `p > 0`; a bounded `e`, `p <= 0`, has every moment)."""
+    try:
+        t = _resolve_minmax(sp.Abs(e))
+        p = sp.limit(sp.log(t) / sp.log(NORM_G), NORM_G, sp.oo)
+    except Exception:  # noqa: BLE001 - sympy's limit raises many types on what it cannot do
+        return None
+    return p if p.is_extended_real and p.is_finite is not False else (p if p == -sp.oo else None)
+
+
+def _mean(k: _Block, law: _Law | None = None) -> sp.MatrixExpr:
+    law = _ACTIVE.get() if law is None else law
     if k.tensor == "sign":
-        return SignMean()
+        return law.sign_mean()
     r = _canon(k.r, k.batch)
-    if k.tensor == "g":
-        return GRAD if r == 1 else ExpectationAtom("g", r)
-    return ExpectationAtom("1", r)
+    return law.vec(k.tensor, r)
 
 
-def _second(k1: _Block, k2: _Block) -> sp.MatrixExpr:
+def _second(k1: _Block, k2: _Block, law: _Law | None = None) -> sp.MatrixExpr:
     """`E[B1 B2^T]` for two blocks of the same minibatch."""
+    law = _ACTIVE.get() if law is None else law
     if "sign" in (k1.tensor, k2.tensor):
         if (k1.tensor, k2.tensor) == ("sign", "sign"):
-            return SignSecond()
+            return law.sign_second()
         raise ExpectationError("an update mixing sign(g) with g or a function of |g| needs E[sign(g) r(|g|) g^T], "
                                "which the vector engine does not have; supported: sign(g) alone")
     r = sp.simplify(_canon(k1.r, k1.batch) * _canon(k2.r, k2.batch))
     t = (k1.tensor, k2.tensor)
     if t == ("g", "g"):
-        return GRAD * GRAD.T + SIGMA if r == 1 else ExpectationAtom("ggT", r)
+        return law.vec("ggT", r)
     if t == ("g", "1"):
-        return GRAD if r == 1 else ExpectationAtom("g", r)
+        return law.vec("g", r)
     if t == ("1", "g"):
-        return (GRAD if r == 1 else ExpectationAtom("g", r)).T
-    return ExpectationAtom("1", r)
+        return law.vec("g", r).T
+    return law.vec("1", r)
 
 
-def _cov(k1: _Block, k2: _Block):
+def _cov(k1: _Block, k2: _Block, law: _Law | None = None):
+    law = _ACTIVE.get() if law is None else law
     if k1.batch != k2.batch:
         return None
-    return _second(k1, k2) - _mean(k1) * _mean(k2).T
+    return _second(k1, k2, law) - _mean(k1, law) * _mean(k2, law).T
 
 
 def _scaled(c: sp.MatrixExpr, s: sp.Expr) -> sp.MatrixExpr:
@@ -291,25 +372,15 @@ def _leading(c: sp.MatrixExpr, what: str, ctx: _Ctx) -> sp.MatrixExpr:
 
 def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **noise_params) -> VectorSDE:
     """The vector SDE of a `VectorOptimizer` (or a built-in name: `usam`,
-    `sam`, `nsgd`, `clip_sgd`) under Gaussian noise with a full covariance `Sigma`, regime `sgd`.
+    `sam`, `nsgd`, `clip_sgd`) under Gaussian noise with a full covariance `Sigma`, or under the multivariate
+    Student-t with scale matrix `Sigma` (`noise=sd.StudentT(nu=...)`, `noise="student-t", nu=...`; without `nu` it
+    is the symbol `nu`), regime `sgd`.
 
     `noise_params`: `Sigma="full"` (the default: `Sigma` is always carried symbolically) or a numeric
-    matrix (validated, and only recorded); anything else is refused.
+    matrix (validated, and only recorded), and `nu` for Student-t noise; anything else is refused.
     """
     opt = V.get(optimizer)
-    from sdederive.noise import NoiseModel
-
-    if isinstance(noise, NoiseModel) and noise.name == "gaussian" and not noise.batch:
-        if noise.Sigma is not None:
-            noise_params = {"Sigma": noise.Sigma, **noise_params}
-        key = "gaussian"
-    else:
-        key = str(noise).strip().lower() if isinstance(noise, str) else noise
-    if key not in ("gaussian", "normal"):
-        raise NoiseModelError(
-            f"the vector engine derives {opt.name!r} under Gaussian noise g = grad + Sigma^(1/2) z only; got "
-            f"noise={noise!r}. Student-t and other laws would change every expectation atom and are not supported yet"
-        )
+    nu, noise_params = _noise_law(opt.name, noise, dict(noise_params))
     extra = sorted(k for k in noise_params if k != "Sigma")
     if extra:
         raise NoiseModelError(f"noise parameter(s) {extra} are not used by the vector engine; allowed: Sigma (the "
@@ -336,7 +407,81 @@ def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **no
                                   f"(its hyperparameters: {sorted(opt.hyper)})")
     if order not in (1, 2):
         raise SdederiveError(f"order={order!r} is not supported by the vector engine; allowed: 1 or 2")
-    return _derive(opt, rg_name, order)
+    if nu is not None and rg_name == "high-dim":
+        raise RegimeMismatchError(
+            f"regime 'high-dim' replaces |g| by sqrt(|grad f|^2 + tr Sigma), its concentration value under Gaussian "
+            f"noise; under the multivariate Student-t (nu = {nu}) |xi|^2 = (nu/W) |Sigma^(1/2) z|^2 does not "
+            "concentrate as d grows (the chi2 factor W is shared by all coordinates), so the regime does not apply; "
+            "allowed with Student-t noise: regimes 'sgd' and 'rho-eta'")
+    if nu is None:
+        return _derive(opt, rg_name, order)
+    return _derive(opt, rg_name, order, nu)
+
+
+def _noise_law(name: str, noise, params: dict) -> tuple[sp.Expr | None, dict]:
+    """`(nu, params)`: `nu = None` for Gaussian noise, the degrees of freedom (a rational or the symbol `nu`) of the
+    multivariate Student-t; `params` without the law's own parameters."""
+    from sdederive.noise import NoiseModel, StudentT, canonical_name
+
+    if isinstance(noise, NoiseModel):
+        if noise.name == "gaussian" and not noise.batch:
+            if noise.Sigma is not None:
+                params = {"Sigma": noise.Sigma, **params}
+            if dict(noise.values).get("sigma") is not None:
+                raise NoiseModelError(f"Gaussian(sigma=...) is the scalar engine's per-coordinate scale; the vector "
+                                      f"engine's noise covariance is the matrix Sigma (carried symbolically); derive "
+                                      f"{name!r} with Gaussian() or Sigma=...")
+            return None, params
+        if isinstance(noise, StudentT) and not noise.batch:
+            if dict(noise.values).get("sigma") is not None:
+                raise NoiseModelError(f"StudentT(sigma=...) is the scalar engine's per-coordinate scale; the vector "
+                                      f"engine's multivariate t has the scale matrix Sigma (carried symbolically); "
+                                      f"derive {name!r} with StudentT(nu=...) (and Sigma=... for a numeric one)")
+            if "nu" in params:
+                raise NoiseModelError(f"nu={params['nu']!r} given twice (StudentT(nu={noise.nu!r}) and nu=); give it once")
+            return noise.nu_expr, params
+        raise NoiseModelError(f"the vector engine derives {name!r} under Gaussian or multivariate Student-t noise; "
+                              f"got the noise model {noise.label!r}")
+    try:
+        key = canonical_name(noise)
+    except SdederiveError:
+        key = None
+    if key == "gaussian":
+        return None, params
+    if key == "student-t":
+        extra = sorted(k for k in params if k not in ("nu", "Sigma"))
+        if extra:
+            raise NoiseModelError(f"noise parameter(s) {extra} are not used by the vector engine with Student-t noise; "
+                                  "allowed: nu (the degrees of freedom, a number or omitted for a symbolic nu) and Sigma")
+        return StudentT(nu=params.pop("nu", None)).nu_expr, params
+    raise NoiseModelError(
+        f"the vector engine derives {name!r} under Gaussian noise g = grad + Sigma^(1/2) z or the multivariate "
+        f"Student-t g = grad + Sigma^(1/2) z sqrt(nu/W) (noise='student-t', nu=... or sd.StudentT(nu=...)); got "
+        f"noise={noise!r}")
+
+
+def _check_moments(name: str, law: _Law) -> str | None:
+    """Refuse a numeric `nu` for which a moment the SDE uses is infinite; for a symbolic `nu`, the condition
+    (`"nu > 2"`) under which the result holds (`None` if none)."""
+    if law.nu is None or not law.needs:
+        return None
+    unknown = [w for p, w in law.needs if p is None]
+    if unknown:
+        raise ExpectationError(
+            f"under Student-t noise the moment(s) {unknown} of {name!r} exist only for nu above the growth exponent "
+            "of the integrand as |g| -> oo, which sympy could not determine or which is not finite (faster than any "
+            "power of |g|); supported: integrands growing like a power of |g| (powers of |g|, Min, Max, positive "
+            "hyperparameters)")
+    p, what = max(law.needs, key=lambda t: float(t[0]))
+    if p <= 0:
+        return None
+    if law.nu.is_number and not law.nu > p:
+        extra = (" (infinite covariance: no SDE with this diffusion)" if p == 2 else "")
+        raise NoiseModelError(
+            f"Student-t noise with nu = {law.nu}: the one-step moments of {name!r} use {what}, which is finite only for "
+            f"nu > {p}{extra}; allowed: nu > {p} for this update (bounded updates such as nsgd, clip_sgd and sign(g) "
+            "have every moment for every nu > 0)")
+    return f"nu > {p}"
 
 
 def vector_form(opt) -> V.VectorOptimizer:
@@ -401,7 +546,22 @@ def _linear_in_grad(b: sp.MatrixExpr) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1) -> VectorSDE:
+def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1, nu: sp.Expr | None = None) -> VectorSDE:
+    law = _Law(nu)
+    token = _ACTIVE.set(law)
+    try:
+        sde = _derive_law(opt, regime, order, law)
+    finally:
+        _ACTIVE.reset(token)
+    bad = [a for a in sde.drift_vector.atoms(ExpectationAtom, SignMean, SignSecond)
+           | sde.covariance_expr.atoms(ExpectationAtom, SignMean, SignSecond) if a.nu != nu]
+    if bad:  # pragma: no cover - a moment built outside _Law
+        raise SdederiveError(f"internal: the moments {bad} of {opt.name!r} are not over the noise law with nu = {nu}")
+    return sde
+
+
+def _derive_law(opt: V.VectorOptimizer, regime: str, order: int, law: _Law) -> VectorSDE:
+    nu = law.nu
     ctx = _Ctx(opt.name)
     update = _subs_vec(opt.update, {sym("rho"): _R * _eta}) if regime == "rho-eta" else opt.update
     lin = _lin(update, ctx)
@@ -429,7 +589,7 @@ def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1) -> Vect
     def mean_of(coeffs: dict) -> sp.MatrixExpr:
         out = sp.ZeroMatrix(V.dim, 1)
         for k, c in coeffs.items():
-            out = out + (c if k == _DET else c * _mean(k))
+            out = out + (c if k == _DET else c * _mean(k, law))
         return out
 
     drift = -mean_of(F)
@@ -449,15 +609,15 @@ def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1) -> Vect
     cov = sp.ZeroMatrix(V.dim, V.dim)
     for k1 in blocks:
         for k2 in blocks:
-            C = _cov(k1, k2)
+            C = _cov(k1, k2, law)
             if C is not None and not _is_zero_matrix(C):
                 cov = cov + F[k1] * C * F[k2].T
     cov = cov.doit() if not isinstance(cov, sp.ZeroMatrix) else cov
     # diffusion: one Gaussian block -> A Sigma^(1/2); else the symmetric root of the covariance
     if isinstance(cov, sp.ZeroMatrix):
         diff = sp.ZeroMatrix(V.dim, V.dim)
-    elif len(blocks) == 1 and blocks[0].tensor == "g" and blocks[0].r == 1:
-        diff = sp.sqrt(_eta) * F[blocks[0]] * SIGMA ** sp.S.Half
+    elif len(blocks) == 1 and blocks[0].tensor == "g" and blocks[0].r == 1:  # Cov = second * A Sigma A^T
+        diff = sp.sqrt(_eta * law.second) * F[blocks[0]] * SIGMA ** sp.S.Half
     else:
         diff = sp.sqrt(_eta) * cov ** sp.S.Half
     covariance = _eta * cov if not isinstance(cov, sp.ZeroMatrix) else cov
@@ -467,10 +627,19 @@ def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1) -> Vect
         for a in sorted(e.atoms(ExpectationAtom), key=lambda a: (a.tensor, str(a.integrand))):
             if a not in atoms:
                 atoms.append(a)
+    condition = _check_moments(opt.name, law)
     exact = regime == "sgd" and order == 1
-    notes = ["Gaussian gradient noise g = grad f + Sigma^(1/2) z with a full, constant covariance Sigma (additive "
-             "noise model)" + ("; the one-step moments E[dx]/eta and Cov[dx]/eta equal drift and D D^T exactly for "
-                               "every eta (hyperparameters other than eta fixed)" if exact else "")]
+    if nu is None:
+        law_note = ("Gaussian gradient noise g = grad f + Sigma^(1/2) z with a full, constant covariance Sigma "
+                    "(additive noise model)")
+    else:
+        law_note = (f"multivariate Student-t gradient noise g = grad f + Sigma^(1/2) z sqrt(nu/W), W ~ chi2_nu "
+                    f"independent of z, {'nu symbolic' if nu.free_symbols else f'nu = {nu}'}, with a full, constant scale matrix Sigma (additive noise model): "
+                    "E[g] = grad f, Cov[g] = nu/(nu - 2) Sigma; one W per minibatch, shared by all coordinates (not "
+                    "the scalar engine's independent per-coordinate t)"
+                    + (f"; valid for {condition}" if condition and not nu.is_number else ""))
+    notes = [law_note + ("; the one-step moments E[dx]/eta and Cov[dx]/eta equal drift and D D^T exactly for "
+                         "every eta (hyperparameters other than eta fixed)" if exact else "")]
     if ctx.hessian and regime == "sgd":
         notes.append("the gradient at a perturbed point x + delta is grad f + H delta (H the Hessian at x): exact for "
                      "quadratic f; otherwise the dropped term (1/2) D^3 f[delta, delta] is O(|delta|**2) (O(rho**2) "
@@ -483,12 +652,18 @@ def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1) -> Vect
                      "state-dependent Sigma(x) would add the derivative of the noise, not modelled)")
     if ctx.fresh:
         notes.append("grad_at(..., fresh=True) draws an independent minibatch with the same law")
-    if drift.has(SignMean):
+    if drift.has(SignMean) and nu is not None:
+        notes.append("E[sign(g)] = 2 F_nu(grad/sqrt(diag Sigma)) - 1 (the univariate t CDF of the marginals) and "
+                     "E[sign(g) sign(g)^T] (bivariate t orthant probabilities, the normal ones averaged over the chi2 "
+                     "mixing variable by quadrature; (2/pi) arcsin(r_ij) at grad = 0, sign being scale invariant) are "
+                     "evaluated by sdederive.sde_vector.sign_mean / sign_second_moment with nu")
+    elif drift.has(SignMean):
         notes.append("E[sign(g)] = erf(grad/sqrt(2 diag Sigma)) and E[sign(g) sign(g)^T] (bivariate normal orthant "
                      "probabilities, (2/pi) arcsin(r_ij) at grad = 0) are closed forms for the Gaussian noise, "
                      "evaluated by sdederive.sde_vector.sign_mean / sign_second_moment")
     if atoms:
-        notes.append("expectation atoms E[...] over g ~ N(grad f, Sigma) have no closed form for a general Sigma; "
+        over = "E[...] over g ~ N(grad f, Sigma)" if nu is None else f"E_t[...] over g ~ {law_text(nu)}"
+        notes.append(f"expectation atoms {over} have no closed form for a general Sigma; "
                      "they are kept by name and evaluated numerically (sdederive.sde_vector.evaluate_atom: Monte "
                      "Carlo, unbiased, standard error O(n**-0.5))")
     if regime == "high-dim":
@@ -501,13 +676,13 @@ def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1) -> Vect
                      "out (the SDE is SGD's); order=2 keeps the O(eta) drift correction")
     if order_note:
         notes.append(order_note)
-    # the random part of F (what the simulators sample for a diffusion C^(1/2) without a closed-form root)
+    # the increment F in linear-block form (what the simulators sample for a diffusion C^(1/2))
     increment = tuple(("det", sp.S.One, 0, c) if k == _DET else (k.tensor, _canon(k.r, k.batch), k.batch, c)
                       for k, c in F.items())
-    return VectorSDE(optimizer=opt.name, noise="gaussian", regime=regime, tau=_eta, drift_vector=drift,
-                     diffusion_matrix_expr=diff, covariance_expr=covariance, atoms=tuple(atoms), notes=tuple(notes),
-                     hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers), order=order, source=opt,
-                     increment=increment)
+    return VectorSDE(optimizer=opt.name, noise="gaussian" if nu is None else "student-t", regime=regime, tau=_eta,
+                     drift_vector=drift, diffusion_matrix_expr=diff, covariance_expr=covariance, atoms=tuple(atoms),
+                     notes=tuple(notes), hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers), order=order,
+                     source=opt, nu=nu, increment=increment)
 
 
 def clear_cache() -> None:

@@ -84,6 +84,10 @@ def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "
     if problem.noise == "student-t":
         raise SdederiveError("the vector engine and its simulators use Gaussian noise g = grad + Sigma^(1/2) z; the "
                              "problem has Student-t noise. Give the problem noise='gaussian'")
+    if isinstance(obj, VectorSDE) and (obj.noise != "gaussian" or obj.nu is not None):
+        raise SdederiveError(f"the SDE of {obj.optimizer} was derived under {obj.noise} noise (nu = {obj.nu}); the vector "
+                             "simulators draw Gaussian noise only so far (multivariate t needs a chi-square draw shared "
+                             "by the coordinates of each sample). Derive it with noise='gaussian' to simulate it")
     t0 = time.perf_counter()
     if isinstance(obj, VectorSDE):
         prog = lower_sde(obj, problem, inner)

@@ -258,3 +258,24 @@ def test_refusals():
     opt = sd.from_update("precond", {"x": x - sd.sym("eta") * (A * g)}, hypers={"eta": (1e-2, "lr")})
     with pytest.raises(SdederiveError, match="matrix A"):
         sd.compile(opt, prob)
+
+
+def test_compare_and_sweep_accept_vector_builtins():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sdederive.validators import compare
+
+    H, S = _dense(seed=4, scale=1.0)
+    prob = sd.Quadratic(H=H, Sigma=S, x0=[1.5, -1.0, 1.0])
+    r = compare("nsgd", prob, etas=(0.2, 0.1), paths=4000, horizon=0.6, n_points=3)
+    assert r.regime_check is None and "nsgd" in str(r)
+    assert np.all(np.isfinite(r.weak_error["loss"]))
+    with pytest.raises(SdederiveError, match="SVAG"):
+        compare("sam", prob, etas=(0.2, 0.1), paths=400, svag=2.0)
+    grid = sd.sweep.Grid(optimizer=["sam", "clip_sgd"], eta=[0.02, 0.05], mode=["discrete", "sde"])
+    with ThreadPoolExecutor(1) as ex:
+        res = sd.sweep.run(grid, prob, steps=20, paths=200, executor=ex, progress=False)
+    fl = np.array([row["final_loss"] for row in res.rows])
+    assert len(res) == 8 and np.all(fl < 0.8 * res.rows[0]["initial_loss"])
+    with pytest.raises(SdederiveError, match="hyperparameter of sam"):
+        sd.sweep.run(sd.sweep.Grid(optimizer=["sam"], eta=[0.1], c=[1.0]), prob, steps=2, paths=10, progress=False)

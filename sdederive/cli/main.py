@@ -247,8 +247,13 @@ def _default_problem(optimizer, regime: str | None):
 
     from sdederive.problems import Quadratic
 
-    rg = regime_mod.get(regime if regime is not None else opt_mod.get(optimizer).natural_regime)
-    sigma = _NOISE_DOMINATED_SIGMA if rg.scale_noise else 1.0
+    from sdederive.spec import vector as vec_mod
+
+    if vec_mod.is_vector(optimizer):  # the vector engine's regimes ('sgd', 'high-dim', 'rho-eta') scale no noise
+        sigma = 1.0
+    else:
+        rg = regime_mod.get(regime if regime is not None else opt_mod.get(optimizer).natural_regime)
+        sigma = _NOISE_DOMINATED_SIGMA if rg.scale_noise else 1.0
     return Quadratic(h=np.geomspace(0.1, 10, 10), sigma=np.full(10, sigma), x0=np.ones(10))
 
 
@@ -268,7 +273,9 @@ def cmd_simulate(args, out) -> int:
         noise = StudentT(nu=problem.nu) if problem.noise == "student-t" else "gaussian"
         obj = derive(optimizer, noise, args.regime)
     else:
-        obj = opt_mod.get(optimizer)
+        from sdederive.spec import vector as vec_mod
+
+        obj = optimizer if vec_mod.is_vector(optimizer) else opt_mod.get(optimizer)
     save_every = args.save_every if args.save_every is not None else max(1, args.steps // 100)
     # the run's sizes are checked before the (seconds-long) compile
     check_run_args(paths=args.paths, steps=args.steps, save_every=save_every, seed=args.seed)

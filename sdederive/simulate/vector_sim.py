@@ -96,9 +96,11 @@ def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "
         mode = "sde"
     else:
         opt = V.get(obj)
-        if regime is not None and str(regime) != opt.natural_regime:
+        from sdederive.derivation.vector import _REGIMES
+
+        if regime is not None and str(regime).strip().lower().replace("_", "-") not in _REGIMES:
             raise SdederiveError(f"regime={regime!r}: the discrete vector optimizer {opt.name!r} runs on the time axis "
-                                 f"t = k*eta of its natural regime {opt.natural_regime!r}")
+                                 f"t = k*eta of the vector engine's regimes {', '.join(_REGIMES)} (all tau = eta)")
         prog = lower_discrete(opt, problem)
         tau_expr = sym("eta")
         notes = ()

@@ -462,4 +462,10 @@ def get(optimizer, **hyper) -> VectorOptimizer:
     key = str(optimizer).strip().lower().replace("-", "_")
     if key not in VECTOR_BUILTINS:
         raise UnknownNameError("vector optimizer", optimizer, VECTOR_BUILTINS)
+    import inspect
+
+    allowed = list(inspect.signature(VECTOR_BUILTINS[key]).parameters)
+    for h in hyper:
+        if h not in allowed:
+            raise UnknownNameError(f"hyperparameter of {key}", h, allowed)
     return VECTOR_BUILTINS[key](**hyper)

@@ -56,6 +56,14 @@ def _optimizer(name: str, specs: Mapping | None):
     return specs[name] if specs and name in specs else name
 
 
+def _get_optimizer(name, **hyper):
+    """A scalar or vector optimizer (built-in name or spec), its hyperparameters checked."""
+    from sdederive.spec import optimizers as opt_mod
+    from sdederive.spec import vector as vec_mod
+
+    return vec_mod.get(name, **hyper) if vec_mod.is_vector(name) else opt_mod.get(name, **hyper)
+
+
 def run_cell(cell: dict, problem: Problem, steps: int, paths: int, mode: str = "discrete",
              threads: int = 1, specs: Mapping | None = None) -> dict:
     """Simulate one cell and return its row (cell values, final loss and its standard error, the
@@ -68,7 +76,7 @@ def run_cell(cell: dict, problem: Problem, steps: int, paths: int, mode: str = "
     mode = cell.get("mode", mode)
     prob = with_batch(problem, cell.get("B"))
     hyper = {k: v for k, v in cell.items() if k not in RESERVED and k != "cell_id"}
-    obj = sd.optimizers.get(name) if mode == "discrete" else sd.derive(name)
+    obj = _get_optimizer(name) if mode == "discrete" else sd.derive(name)
     sim = sd.compile(obj, prob, backend=cell.get("backend", "numba"))
     t1 = time.perf_counter()
     from sdederive.errors import DivergenceError
@@ -145,7 +153,7 @@ def _validate_cells(grid: Grid, problem: Problem, mode: str, specs: Mapping | No
         key = (str(c.get("optimizer", "sgd")), m, tuple(sorted(hyper.items())))
         if key not in seen:
             seen.add(key)
-            sd.optimizers.get(name, **hyper)  # unknown optimizer or hyperparameter, out-of-range value
+            _get_optimizer(name, **hyper)  # unknown optimizer or hyperparameter, out-of-range value
             if m not in ("discrete", "sde"):
                 raise SdederiveError(f"cell mode={m!r}; allowed: 'discrete', 'sde'")
             if m == "sde" and ("sde", key[0]) not in seen:

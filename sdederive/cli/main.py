@@ -246,7 +246,6 @@ def _default_problem(optimizer, regime: str | None):
     import numpy as np
 
     from sdederive.problems import Quadratic
-
     from sdederive.spec import vector as vec_mod
 
     if vec_mod.is_vector(optimizer):  # the vector engine's regimes ('sgd', 'high-dim', 'rho-eta') scale no noise

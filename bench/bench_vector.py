@@ -1,0 +1,84 @@
+"""Vector simulators at d = 100 on a dense quadratic with a full Sigma: `python bench/bench_vector.py`.
+
+For SGD (written with vectors), USAM, SAM, NSGD and clipped SGD, discrete and SDE mode: end-to-end time of
+`Simulator.run` in a warm process (what a user waits for after the first compile) and the kernel alone, in
+coordinate-steps per second (paths * steps * d / s).  Baseline, in the same process: the same discrete
+update in numpy, vectorised over the paths (BLAS matrix products for H x and L z, numpy's normals), the
+way one writes it by hand.
+
+Options: --paths N (default 4096), --steps K (default 200), --d D (default 100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import sdederive as sd
+
+
+def numpy_discrete(name, H, L, x0, eta, hyper, paths, steps, seed=0):
+    rng = np.random.default_rng(seed)
+    X = np.tile(x0, (paths, 1))
+    for _ in range(steps):
+        xi = rng.standard_normal(X.shape) @ L.T
+        G = X @ H + xi
+        if name == "vsgd":
+            X = X - eta * G
+        elif name == "usam":
+            X = X - eta * ((X + hyper["rho"] * G) @ H + xi)
+        elif name == "sam":
+            n = np.linalg.norm(G, axis=1, keepdims=True)
+            X = X - eta * ((X + hyper["rho"] * G / n) @ H + xi)
+        elif name == "nsgd":
+            X = X - eta * G / np.linalg.norm(G, axis=1, keepdims=True)
+        elif name == "clip_sgd":
+            X = X - eta * np.minimum(1.0, hyper["c"] / np.linalg.norm(G, axis=1, keepdims=True)) * G
+    return X
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--paths", type=int, default=4096)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--d", type=int, default=100)
+    a = ap.parse_args()
+    d, paths, steps = a.d, a.paths, a.steps
+    rng = np.random.default_rng(0)
+    Q = rng.normal(size=(d, d))
+    H = Q @ Q.T / d + 0.1 * np.eye(d)
+    H = (H + H.T) / 2
+    A = rng.normal(size=(d, d)) / np.sqrt(d)
+    S = 0.5 * A @ A.T + 0.1 * np.eye(d)
+    prob = sd.Quadratic(H=H, Sigma=S, x0=np.ones(d))
+    x, g = sd.vectors("x g")
+    vsgd = sd.from_update("vsgd", {"x": x - sd.sym("eta") * g}, hypers={"eta": (1e-2, "lr")})
+    hyper = {"rho": 0.05, "c": 1.0}
+    cs = paths * steps * d
+    print(f"d = {d}, {paths} paths, {steps} steps, dense H, full Sigma; coordinate-steps/s (paths*steps*d/s)")
+    print(f"{'optimizer':10s} {'mode':8s} {'compile s':>9s} {'e2e s':>7s} {'kernel s':>8s} {'e2e cs/s':>9s} "
+          f"{'kernel cs/s':>11s} {'numpy s':>8s} {'e2e / numpy':>11s}")
+    for name, obj in (("vsgd", vsgd), ("usam", "usam"), ("sam", "sam"), ("nsgd", "nsgd"), ("clip_sgd", "clip_sgd")):
+        names = {"vsgd": ["eta"], "usam": ["eta", "rho"], "sam": ["eta", "rho"], "nsgd": ["eta"],
+                 "clip_sgd": ["eta", "c"]}[name]
+        hp = {k: v for k, v in hyper.items() if k in names}
+        t = time.perf_counter()
+        numpy_discrete(name, H, prob.noise_factor(), prob.x0, 0.01, hp, paths, steps)
+        t_np = time.perf_counter() - t
+        for mode in ("discrete", "sde"):
+            sde_obj = obj if mode == "discrete" else (sd.derive("sgd", Sigma="full") if name == "vsgd" else
+                                                      sd.derive(obj))
+            t0 = time.perf_counter()
+            sim = sd.compile(sde_obj, prob)
+            c_s = time.perf_counter() - t0
+            sim.run(paths=64, steps=2, eta=0.01, hyper=hp)  # warm: numba's dispatch, BLAS threads
+            r = sim.run(paths=paths, steps=steps, eta=0.01, hyper=hp, save_every=steps)
+            e2e, ker = r.timing["total_s"], r.timing["run_s"]
+            print(f"{name:10s} {mode:8s} {c_s:9.2f} {e2e:7.2f} {ker:8.2f} {cs / e2e:9.3g} {cs / ker:11.3g} "
+                  f"{t_np:8.2f} {t_np / e2e:11.2f}")
+
+
+if __name__ == "__main__":
+    main()

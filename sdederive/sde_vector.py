@@ -10,6 +10,7 @@ name               shape       meaning
 `H`              `(d, d)`  the Hessian $\nabla^2 f(x)$ (symmetric)
 `Sigma`          `(d, d)`  the full gradient-noise covariance (symmetric PSD): `g = grad + Sigma^(1/2) z`
 `I`              `(d, d)`  the identity
+`m`, `v`, ...    `(d, 1)`  auxiliary vector states (`state_vector`); `ones` the vector of ones
 `E[...]`         varies      a named expectation atom over `g ~ N(grad, Sigma)` (`ExpectationAtom`)
 =================  ==========  ====================================================================
 
@@ -377,8 +378,17 @@ class _Latex(LatexPrinter):
     def _print_VNorm(self, expr):
         return rf"\left\|{self._print(expr.args[0])}\right\|"
 
+    def _print_OneMatrix(self, expr):
+        return r"\mathbf{1}"
 
-_LATEX_SYMBOLS = {"eta": r"\eta", "rho": r"\rho", "c": "c"}
+    def _print_DiagonalOf(self, expr):
+        return rf"\operatorname{{diag}}\left({self._print(expr.args[0])}\right)"
+
+    def _print_DiagMatrix(self, expr):
+        return rf"\operatorname{{Diag}}\left({self._print(expr.args[0])}\right)"
+
+
+_LATEX_SYMBOLS = {"eta": r"\eta", "rho": r"\rho", "c": "c", "mu": r"\mu", "eps": r"\epsilon", "wd": r"w_d"}
 
 
 def _human(e) -> str:

@@ -23,8 +23,14 @@ Since `F` does not depend on `eta` (`rho`, `c` fixed), the one-step moments are 
 Coordinate-wise `sign(g)` (SignSGD with a full `Sigma`) uses the closed forms
 `SignMean` and `SignSecond`.
 
-Refused (with the reason): other regimes, `order=2`, non-Gaussian noise, other coordinate-wise maps, norms of
-anything but `g` itself, products of functions of two independent minibatches, random matrices.
+Auxiliary vector states (`sd.vectors("x g m v")`): in regime `sgd` every state is fast and is eliminated when
+the updates are affine in it with coefficients in `I`, `H` (heavy ball, Nesterov: `_derive_fast`); in regime
+`balanced` (`1 - beta = rho*eta`) EMA states stay in the SDE, x's increment is taken at its leading order
+`-eta*P(x, states)` (`_derive_balanced`: LAMB).
+
+Refused (with the reason): other regimes, `order=2` (with states: any order but 1), non-Gaussian noise, other
+coordinate-wise maps of the noise, norms of anything but `g` itself, products of functions of two independent
+minibatches, random matrices, states entering nonlinearly in regime `sgd`.
 """
 
 from __future__ import annotations
@@ -756,9 +762,8 @@ def _derive_fast(opt: V.VectorOptimizer) -> VectorSDE:
         coeffs[n] = _from_h(lead, f"the slow-variable coefficient of {n}", ctx)
     F: dict = {}
     for k in keys:
-        if k[0] == "vec" if isinstance(k, tuple) else False:
-            if k[1] in svec.values():
-                continue
+        if isinstance(k, tuple) and k[1] in svec.values():  # the eliminated states' own coefficients (zero now)
+            continue
         y = C["x"].get(k, 0) + sum(aj * C[m].get(k, 0) for aj, m in zip(a, aux))
         y = sp.simplify(y.xreplace(sol[0]) if hasattr(y, "xreplace") else y)
         if y == 0:

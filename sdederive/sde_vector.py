@@ -294,7 +294,8 @@ class _HumanPrinter(StrPrinter):
         return "1"
 
     def _print_HadamardProduct(self, expr):
-        return " o ".join(f"({self._print(a)})" if isinstance(a, sp.MatAdd) else self._print(a) for a in expr.args)
+        return " o ".join(f"({self._print(a)})" if isinstance(a, (sp.MatAdd, sp.MatMul)) else self._print(a)
+                          for a in expr.args)
 
     def _print_HadamardPower(self, expr):
         base = self._print(expr.base)

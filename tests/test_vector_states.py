@@ -246,3 +246,35 @@ def test_user_ema_rmsprop_like_update():
     np.testing.assert_allclose(sde.evaluate("covariance", **env), 0.01 * np.outer(w, w) * SIG, rtol=1e-12)
     np.testing.assert_allclose(sde.evaluate("covariance:x,v", **env),
                                -0.01 * 0.5 * 2 * np.diag(w) @ SIG @ np.diag(GRAD), rtol=1e-12)
+
+
+def test_lamb_without_trust_ratio_is_the_scalar_adamw_sde():
+    """LAMB's update with the trust ratio removed is AdamW: written as a vector update, its SDE in regime balanced
+    with a diagonal Sigma is the scalar engine's adamw SDE in every coordinate (drifts of x, m, v, the diffusion of
+    m, and the local covariance of (m, v), Gaussian fourth moments included)."""
+    x, g, m, v = sd.vectors("x g m v")
+    eta, b1, b2, eps, wd, k = (sd.sym(n) for n in ("eta", "beta1", "beta2", "eps", "wd", "k"))
+    mn, vn = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * sd.coordinatewise(lambda a: a**2, g)
+    u = sd.coordinatewise(lambda a, b: a / (1 - b1 ** (k + 1)) / (sp.sqrt(b / (1 - b2 ** (k + 1))) + eps), mn, vn)
+    adamw_vec = sd.from_update("adamw_vec", {"m": mn, "v": vn, "x": x - eta * (u + wd * x)},
+                               hypers={"eta": (1e-3, "lr"), "beta1": (0.9, "decay"), "beta2": (0.999, "decay"),
+                                       "eps": (1e-8, "eps"), "wd": (1e-2, "positive")},
+                               kinds={"v": "second_moment"}, natural_regime="balanced")
+    vec, scalar = sd.derive(adamw_vec), sd.derive("adamw")
+    assert scalar.regime == vec.regime == "balanced" and scalar.states == vec.states
+    sig2 = np.array([0.5, 0.4, 0.6])
+    common = dict(rho1=RHO1, rho2=RHO2, eps=EPS, wd=WD, t=T, eta=0.01)
+    env = dict(grad=GRAD, Sigma=np.diag(sig2), x=X, m=M0, v=V0, **common)
+    C = {(a, b): vec.evaluate(f"covariance:{a},{b}", **env) for a in vec.states for b in vec.states}
+    idx = {s: i for i, s in enumerate(scalar.states)}
+    for i in range(3):
+        vals = dict(grad=GRAD[i], x=X[i], m=M0[i], v=V0[i], sigma=np.sqrt(sig2[i]), **common)
+        for s in vec.states:
+            assert vec.evaluate("drift" + ("" if s == "x" else f":{s}"), **env)[i, 0] == pytest.approx(
+                _scalar_at(scalar.drift[s], **vals), rel=1e-12), s
+            for s2 in vec.states:
+                assert C[(s, s2)][i, i] == pytest.approx(_scalar_at(scalar.covariance[idx[s], idx[s2]], **vals),
+                                                         rel=1e-12, abs=1e-15), (s, s2)
+        assert vec.evaluate("diffusion:m", **env)[i, i] == pytest.approx(_scalar_at(scalar.diffusion["m"], **vals),
+                                                                          rel=1e-12)
+    assert not vec.evaluate("diffusion:v", **env).any() and scalar.diffusion["v"] == 0

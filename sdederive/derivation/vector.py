@@ -368,7 +368,9 @@ def _leading(c: sp.MatrixExpr, what: str, ctx: _Ctx, state: str = "x", regime: s
 
 def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **noise_params) -> VectorSDE:
     """The vector SDE of a `VectorOptimizer` (or a built-in name: `usam`,
-    `sam`, `nsgd`, `clip_sgd`) under Gaussian noise with a full covariance `Sigma`, regime `sgd`.
+    `sam`, `nsgd`, `clip_sgd`, `sgd_nesterov`, `lamb`) under Gaussian noise with a full covariance `Sigma`, in the
+    optimizer's natural regime (`sgd`; `balanced` for `lamb`).  With auxiliary vector states: regimes `sgd` (fast
+    states eliminated) and `balanced` (EMA states kept), order 1.
 
     `noise_params`: `Sigma="full"` (the default: `Sigma` is always carried symbolically) or a numeric
     matrix (validated, and only recorded); anything else is refused.

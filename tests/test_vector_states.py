@@ -278,3 +278,22 @@ def test_lamb_without_trust_ratio_is_the_scalar_adamw_sde():
         assert vec.evaluate("diffusion:m", **env)[i, i] == pytest.approx(_scalar_at(scalar.diffusion["m"], **vals),
                                                                           rel=1e-12)
     assert not vec.evaluate("diffusion:v", **env).any() and scalar.diffusion["v"] == 0
+
+
+def test_state_specs_and_sdes_pickle_and_hostile_json():
+    import pickle
+
+    from sdederive.spec import vector as V
+
+    opt = V.get("lamb")
+    back = pickle.loads(pickle.dumps(opt))
+    assert back == opt and hash(back) == hash(opt) and back.fingerprint() == opt.fingerprint()
+    assert str(pickle.loads(pickle.dumps(sd.derive("lamb")))) == str(sd.derive("lamb"))
+    d = sd.derive("lamb").to_dict()
+    for bad in ({**d, "aux": {"m": {"drift": "__import__('os')", "diffusion": "0*I"}, "v": d["aux"]["v"]}},
+                {**d, "joint_covariance": [["m", "w", "Sigma"]]},
+                {**d, "joint_covariance": [["m", "m", "m"]]},  # a vector where a (d, d) block belongs
+                {**d, "eliminated": {"m": "I"}},  # m is a state of this SDE
+                {**d, "states": ["m", "x", "v"]}):
+        with pytest.raises(SdederiveError):
+            VectorSDE.from_json(json.dumps(bad))

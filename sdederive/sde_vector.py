@@ -10,6 +10,7 @@ name               shape       meaning
 `H`              `(d, d)`  the Hessian $\nabla^2 f(x)$ (symmetric)
 `Sigma`          `(d, d)`  the full gradient-noise covariance (symmetric PSD): `g = grad + Sigma^(1/2) z`
 `I`              `(d, d)`  the identity
+`m`, `v`, ...    `(d, 1)`  auxiliary vector states (`state_vector`); `ones` the vector of ones
 `E[...]`         varies      a named expectation atom over `g ~ N(grad, Sigma)` (`ExpectationAtom`);
                                `E_t(nu)[...]` over the multivariate Student-t `g ~ t_nu(grad, Sigma)`
 `nu`             scalar      the degrees of freedom of multivariate Student-t noise (when symbolic)
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 from sympy.core.symbol import Str
+from sympy.matrices.expressions.diagonal import DiagMatrix, DiagonalOf
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
@@ -37,8 +39,9 @@ from sdederive.errors import ExpectationError, SdederiveError
 from sdederive.spec.vector import dim
 from sdederive.symbols import KNOWN, sym
 
-__all__ = ["VectorSDE", "ExpectationAtom", "law_text", "SignMean", "SignSecond", "sign_mean", "sign_second_moment", "isotropic_unit_mean", "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom",
-           "GRAD", "HESS", "SIGMA", "XVEC", "IDENT", "NORM_G"]
+__all__ = ["VectorSDE", "ExpectationAtom", "law_text", "SignMean", "SignSecond", "sign_mean", "sign_second_moment",
+           "isotropic_unit_mean", "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom",
+           "GRAD", "HESS", "SIGMA", "XVEC", "IDENT", "NORM_G", "ONES", "state_vector"]
 
 
 class SymmetricMatrixSymbol(sp.MatrixSymbol):
@@ -53,6 +56,14 @@ XVEC = sp.MatrixSymbol("x", dim, 1)
 HESS = SymmetricMatrixSymbol("H", dim, dim)
 SIGMA = SymmetricMatrixSymbol("Sigma", dim, dim)
 IDENT = sp.Identity(dim)
+#: the vector of ones (a coordinate-wise constant: `eps` in `sqrt(v) + eps`)
+ONES = sp.OneMatrix(dim, 1)
+
+
+def state_vector(name: str) -> sp.MatrixSymbol:
+    """The `(d, 1)` symbol of an auxiliary vector state (`m`, `v`) in the results."""
+    return sp.MatrixSymbol(name, dim, 1)
+
 #: the placeholder for ``|g|`` inside an atom's integrand
 NORM_G = sp.Symbol("norm_g", positive=True)
 _G_DISPLAY = sp.Symbol("g")
@@ -374,6 +385,24 @@ class _HumanPrinter(StrPrinter):
     def _print_Trace(self, expr):
         return f"tr {self._print(expr.arg)}"
 
+    def _print_OneMatrix(self, expr):
+        return "1"
+
+    def _print_HadamardProduct(self, expr):
+        return " o ".join(f"({self._print(a)})" if isinstance(a, (sp.MatAdd, sp.MatMul)) else self._print(a)
+                          for a in expr.args)
+
+    def _print_HadamardPower(self, expr):
+        base = self._print(expr.base)
+        base = base if isinstance(expr.base, sp.MatrixSymbol) else f"({base})"
+        return f"{base}^o({self._print(expr.exp)})"
+
+    def _print_DiagonalOf(self, expr):
+        return f"diag({self._print(expr.args[0])})"
+
+    def _print_DiagMatrix(self, expr):
+        return f"Diag({self._print(expr.args[0])})"
+
 
 class _JsonPrinter(StrPrinter):
     """The JSON grammar: `transpose(.)`, `I`, atoms by name, everything else as sympy prints it."""
@@ -408,6 +437,21 @@ class _JsonPrinter(StrPrinter):
     def _print_VDot(self, expr):
         return f"dot({self._print(expr.args[0])}, {self._print(expr.args[1])})"
 
+    def _print_OneMatrix(self, expr):
+        return "ones"
+
+    def _print_HadamardProduct(self, expr):
+        return "hadamard(" + ", ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_HadamardPower(self, expr):
+        return f"hpow({self._print(expr.base)}, {self._print(expr.exp)})"
+
+    def _print_DiagonalOf(self, expr):
+        return f"diag_of({self._print(expr.args[0])})"
+
+    def _print_DiagMatrix(self, expr):
+        return f"diag_matrix({self._print(expr.args[0])})"
+
 
 class _Latex(LatexPrinter):
     _names = {"grad": r"\nabla f", "Sigma": r"\Sigma", "H": "H", "x": "x"}
@@ -430,8 +474,17 @@ class _Latex(LatexPrinter):
     def _print_VNorm(self, expr):
         return rf"\left\|{self._print(expr.args[0])}\right\|"
 
+    def _print_OneMatrix(self, expr):
+        return r"\mathbf{1}"
 
-_LATEX_SYMBOLS = {"eta": r"\eta", "rho": r"\rho", "c": "c"}
+    def _print_DiagonalOf(self, expr):
+        return rf"\operatorname{{diag}}\left({self._print(expr.args[0])}\right)"
+
+    def _print_DiagMatrix(self, expr):
+        return rf"\operatorname{{Diag}}\left({self._print(expr.args[0])}\right)"
+
+
+_LATEX_SYMBOLS = {"eta": r"\eta", "rho": r"\rho", "c": "c", "mu": r"\mu", "eps": r"\epsilon", "wd": r"w_d"}
 
 
 def _human(e) -> str:
@@ -483,6 +536,16 @@ class VectorSDE:
     nu
         the degrees of freedom of multivariate Student-t noise (`noise == "student-t"`: a number or the
         symbol `nu`), `None` for Gaussian noise.
+    aux_states, aux_drift, aux_diffusion
+        auxiliary vector states kept in the SDE (LAMB's `m`, `v` in regime `balanced`), their `(d, 1)` drifts
+        and `(d, d)` diffusion matrices.  One d-dimensional Brownian motion `W` (the minibatch noise) drives all
+        states: `dm = aux_drift dt + aux_diffusion dW` with the same `dW` as `x`.
+    joint_covariance
+        `((s1, s2, C), ...)`: the nonzero blocks `Cov[Delta s1, Delta s2]/tau` of the leading local covariance of
+        all states (also those whose noise the regime leaves out of the diffusion).
+    eliminated
+        `((state, A), ...)` for fast states averaged out (heavy ball, Nesterov in regime `sgd`): `x` of the SDE is
+        the slow variable `x + A m` (equal to the parameter up to O(eta)).
     """
 
     optimizer: str
@@ -504,18 +567,34 @@ class VectorSDE:
     #: matrix expression in `H`, `I`, `grad`, `x` and the hyperparameters ($(d,1)$ for `"1"` and `"det"`).  `covariance_expr` is `eta*Cov[F]`; the simulators sample
     #: `F` to draw noise of that covariance where the diffusion is `C^(1/2)` (`docs/vector.md`, simulation).
     increment: tuple = field(default=(), compare=False)
+    aux_states: tuple = ()
+    aux_drift: tuple = ()
+    aux_diffusion: tuple = ()
+    joint_covariance: tuple = ()
+    eliminated: tuple = ()
 
-    states = ("x",)
+    @property
+    def states(self) -> tuple[str, ...]:
+        return ("x",) + tuple(self.aux_states)
 
     @property
     def drift(self) -> dict:
-        return {"x": self.drift_vector}
+        return {"x": self.drift_vector, **dict(zip(self.aux_states, self.aux_drift))}
+
+    @property
+    def diffusion(self) -> dict:
+        """state -> its `(d, d)` coefficient of the common `dW`."""
+        return {"x": self.diffusion_matrix_expr, **dict(zip(self.aux_states, self.aux_diffusion))}
+
+    def _all_exprs(self) -> list:
+        return ([self.drift_vector, self.diffusion_matrix_expr, self.covariance_expr, *self.aux_drift,
+                 *self.aux_diffusion] + [c for _, _, c in self.joint_covariance] + [a for _, a in self.eliminated])
 
     @property
     def symbols(self) -> list[str]:
         """Names of the scalar symbols and matrix symbols the expressions use (sorted)."""
         out = set()
-        for e in (self.drift_vector, self.diffusion_matrix_expr, self.covariance_expr, self.tau):
+        for e in (*self._all_exprs(), self.tau):
             out |= {str(s) for s in e.free_symbols if s != dim}
             for a in e.atoms(ExpectationAtom):
                 out |= {str(s) for s in a.integrand.free_symbols if s != NORM_G}
@@ -535,12 +614,17 @@ class VectorSDE:
             noise = f" + {_human(diff.xreplace({root: sp.MatrixSymbol('C', dim, dim) ** sp.S.Half}))} dW"
         else:
             noise = f" + {_human(diff)} dW"
+        noise = noise.replace(" + -", " - ", 1)
         law = ("(full Sigma)" if self.nu is None else "(multivariate, symbolic nu, scale matrix Sigma)"
                if self.nu.free_symbols else f"(multivariate, nu = {self.nu}, scale matrix Sigma)")
         lines = [f"SDE of {self.optimizer} | noise {self.noise} {law} | regime {self.regime} | tau = {self.tau}"
                  f" | vector form, d dimensions", f"  dX = {drift} dt{noise}"]
         if root is not None:
             lines.append(f"  where C = {_human(root.base)}")
+        for name, b_s, d_s in zip(self.aux_states, self.aux_drift, self.aux_diffusion):
+            noise_s = "" if d_s.is_ZeroMatrix else f" + {_human(d_s)} dW".replace(" + -", " - ", 1)
+            drift_s = f"({_human(b_s)})" if isinstance(b_s, sp.MatAdd) else _human(b_s)
+            lines.append(f"  d{name} = {drift_s} dt{noise_s}")
         for a in self.atoms:
             lines.append(f"  atom {a.display()}: g ~ {law_text(a.nu)}; no closed form, evaluated numerically")
         for n in self.notes:
@@ -556,6 +640,10 @@ class VectorSDE:
         rhs = (rf"\left({b}\right)\,dt" if isinstance(self.drift_vector, sp.MatAdd) else rf"{b}\,dt")
         if not diff.is_ZeroMatrix:
             rhs += rf" + {_latex(diff)}\,dW_t"
+        for name, b_s, d_s in zip(self.aux_states, self.aux_drift, self.aux_diffusion):
+            rhs += rf",\quad d{name}_t = \left({_latex(b_s)}\right)\,dt"
+            if not d_s.is_ZeroMatrix:
+                rhs += rf" + {_latex(d_s)}\,dW_t"
         return rf"dX_t = {rhs},\qquad t = k\tau,\ \tau = {_latex(self.tau)}"
 
     def _repr_latex_(self) -> str:
@@ -568,14 +656,21 @@ class VectorSDE:
     def to_dict(self) -> dict:
         names = self._atom_names()
         P = _JsonPrinter(names)
-        return {
+        extra: dict = {}
+        if self.aux_states:
+            extra["aux"] = {n: {"drift": P.doprint(b_s), "diffusion": P.doprint(d_s)}
+                            for n, b_s, d_s in zip(self.aux_states, self.aux_drift, self.aux_diffusion)}
+            extra["joint_covariance"] = [[s1, s2, P.doprint(c)] for s1, s2, c in self.joint_covariance]
+        if self.eliminated:
+            extra["eliminated"] = {n: P.doprint(a) for n, a in self.eliminated}
+        out = {
             "kind": "vector",
             "optimizer": self.optimizer,
             "noise": self.noise,
             "regime": self.regime,
             "tau": str(self.tau),
             "dimension": "d",
-            "states": ["x"],
+            "states": list(self.states),
             "drift": P.doprint(self.drift_vector),
             "diffusion": P.doprint(self.diffusion_matrix_expr),
             "covariance": P.doprint(self.covariance_expr),
@@ -590,6 +685,8 @@ class VectorSDE:
             **({"increment": [{"tensor": t, "integrand": P.doprint(r), "batch": int(b), "coefficient": P.doprint(c)}
                               for t, r, b, c in self.increment]} if self.increment else {}),
         }
+        out.update(extra)
+        return out
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -601,13 +698,24 @@ class VectorSDE:
 
     # -- numerics -------------------------------------------------------------------------------------------
     def evaluate(self, what: str = "drift", *, atoms: Mapping | None = None, **env) -> np.ndarray:
-        """`drift`, `diffusion` or `covariance` as a numpy array at the values `env` (`grad`, `H`,
-        `Sigma`, `x` arrays; hyperparameters by name).  `atoms`: values for the expectation atoms (else
-        each is estimated by `evaluate_atom` with 10**5 samples)."""
-        e = {"drift": self.drift_vector, "diffusion": self.diffusion_matrix_expr,
-             "covariance": self.covariance_expr}.get(what)
+        """`drift`, `diffusion` or `covariance` (of `x`) as a numpy array at the values `env` (`grad`, `H`,
+        `Sigma`, `x` and the auxiliary states' arrays; hyperparameters, `t` by name).  With auxiliary states:
+        `"drift:m"`, `"diffusion:m"` and `"covariance:m,v"` (the block `Cov[Delta m, Delta v]/tau`).
+        `atoms`: values for the expectation atoms (else each is estimated by `evaluate_atom` with 10**5 samples)."""
+        table = {"drift": self.drift_vector, "diffusion": self.diffusion_matrix_expr,
+                 "covariance": self.covariance_expr}
+        for n in self.aux_states:
+            table[f"drift:{n}"], table[f"diffusion:{n}"] = self.drift[n], self.diffusion[n]
+        blocks = {(s1, s2): c for s1, s2, c in self.joint_covariance}
+        for s1 in self.states if self.aux_states else ():
+            for s2 in self.states:
+                c = blocks.get((s1, s2))
+                if c is None:
+                    c = blocks[(s2, s1)].T if (s2, s1) in blocks else sp.ZeroMatrix(dim, dim)
+                table[f"covariance:{s1},{s2}"] = c
+        e = table.get(what.replace(" ", ""))
         if e is None:
-            raise SdederiveError(f"evaluate: {what!r}; allowed: 'drift', 'diffusion', 'covariance'")
+            raise SdederiveError(f"evaluate: {what!r}; allowed: {', '.join(repr(k) for k in table)}")
         return evaluate(e, env, atoms)
 
 
@@ -699,8 +807,8 @@ def evaluate(expr: sp.Basic, env: Mapping, atoms: Mapping | None = None) -> np.n
     env = dict(env)
     atoms = dict(atoms or {})
     mats = {k: np.asarray(v, dtype=float) for k, v in env.items() if np.ndim(v) > 0}
-    for k in ("grad", "x"):
-        if k in mats:
+    for k in mats:  # vectors (grad, x, the states) as columns
+        if mats[k].ndim == 1:
             mats[k] = mats[k].reshape(-1, 1)
     dims = {m.shape[0] for m in mats.values()}
     if len(dims) != 1:
@@ -738,6 +846,19 @@ def evaluate(expr: sp.Basic, env: Mapping, atoms: Mapping | None = None) -> np.n
             return mats[e.name]
         if isinstance(e, sp.Identity):
             return np.eye(n)
+        if isinstance(e, sp.OneMatrix):
+            return np.ones([int(s) if s != dim else n for s in e.shape])
+        if isinstance(e, sp.HadamardProduct):
+            out = M(e.args[0])
+            for a in e.args[1:]:
+                out = out * M(a)
+            return out
+        if isinstance(e, sp.HadamardPower):
+            return M(e.base) ** S(e.exp)
+        if isinstance(e, DiagonalOf):
+            return np.diag(M(e.args[0])).reshape(-1, 1).copy()
+        if isinstance(e, DiagMatrix):
+            return np.diag(M(e.args[0]).ravel())
         if isinstance(e, sp.ZeroMatrix):
             return np.zeros((n, n) if e.shape[1] != 1 else (n, 1))
         if isinstance(e, sp.MatAdd):
@@ -777,7 +898,35 @@ def _transpose(a):
 
 _VEC_FUNCTIONS.update({"Trace": (sp.Trace, (1, 1)), "sign_mean": (SignMean, (2, 3)), "sign_second": (SignSecond, (2, 3)),
                        "transpose": (_transpose, (1, 1)), "norm": (VNorm, (1, 1)), "dot": (VDot, (2, 2))})
-_MATRICES = {"grad": GRAD, "x": XVEC, "H": HESS, "Sigma": SIGMA, "I": IDENT}
+_MATRICES = {"grad": GRAD, "x": XVEC, "H": HESS, "Sigma": SIGMA, "I": IDENT, "ones": ONES}
+
+
+def _hadamard(*args):
+    if any(not getattr(a, "is_Matrix", False) for a in args):
+        raise TypeError("hadamard of a scalar")
+    return sp.HadamardProduct(*args)
+
+
+def _hpow(a, p):
+    if not getattr(a, "is_Matrix", False) or getattr(p, "is_Matrix", False):
+        raise TypeError("hpow(matrix, scalar) needed")
+    return sp.HadamardPower(a, p)
+
+
+def _diag_of(a):
+    if not getattr(a, "is_Matrix", False) or a.shape[0] != a.shape[1]:
+        raise TypeError("diag_of needs a square matrix")
+    return DiagonalOf(a)
+
+
+def _diag_matrix(a):
+    if not getattr(a, "is_Matrix", False) or a.shape[1] != 1:
+        raise TypeError("diag_matrix needs a (d, 1) vector")
+    return DiagMatrix(a)
+
+
+_VEC_FUNCTIONS.update({"hadamard": (_hadamard, (2, None)), "hpow": (_hpow, (2, 2)), "diag_of": (_diag_of, (1, 1)),
+                       "diag_matrix": (_diag_matrix, (1, 1))})
 
 
 def _shape_mismatch(e) -> str | None:
@@ -792,6 +941,9 @@ def _shape_mismatch(e) -> str | None:
         elif isinstance(node, sp.MatAdd):
             if len({a.shape for a in node.args}) > 1:
                 return f"the sum {node} of different shapes"
+        elif isinstance(node, sp.HadamardProduct):
+            if len({a.shape for a in node.args}) > 1:
+                return f"the coordinate-wise product {node} of different shapes"
         elif isinstance(node, sp.MatPow) and node.base.shape[0] != node.base.shape[1]:
             return f"the power {node} of a non-square matrix {node.base.shape}"
     return None
@@ -818,7 +970,7 @@ def _from_json(cls, data) -> VectorSDE:
     if missing:
         raise _err(f"missing key(s) {missing}")
     allowed = set(required) | {"kind", "dimension", "states", "atoms", "symbols", "order", "notes", "hypers", "nu",
-                               "increment"}
+                               "increment", "aux", "joint_covariance", "eliminated"}
     unknown = sorted(str(k) for k in d if k not in allowed)
     if unknown:
         raise _err(f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
@@ -834,8 +986,9 @@ def _from_json(cls, data) -> VectorSDE:
     listed = d.get("symbols", [])
     if not isinstance(listed, list) or not all(isinstance(n, str) and IDENTIFIER.match(n) for n in listed):
         raise _err("symbols must be a list of names")
+    listed_states = d.get("states") if isinstance(d.get("states"), list) else []
     for n in listed:  # regime parameters such as r (rho = r*eta)
-        if n not in _MATRICES and n not in scalars:
+        if n not in _MATRICES and n not in scalars and n not in listed_states:
             scalars[n] = sym(n) if n in KNOWN else sym(n, positive=True)
 
     if d["noise"] == "student-t":  # the multivariate t's degrees of freedom (a number or the symbol nu)
@@ -885,11 +1038,21 @@ def _from_json(cls, data) -> VectorSDE:
             raise _err(f"atom {name!r} has nu = {atom_nu} but the noise has nu = {nu_top}; they must agree")
         atoms[name] = ExpectationAtom(spec["tensor"], r, atom_nu)
 
-    def resolve(name: str):
-        return _MATRICES.get(name) or atoms.get(name) or scalar_lookup(name)
+    from sdederive.spec.vector import RESERVED_VECTOR_NAMES
 
-    def P(key: str, shape) -> sp.MatrixExpr:
-        text = d[key]
+    states = d.get("states", ["x"])
+    if (not isinstance(states, list) or not states or states[0] != "x" or len(set(map(str, states))) != len(states)
+            or any(not isinstance(n, str) or not IDENTIFIER.match(n) or n in _MATRICES or n in atoms or n in scalars
+                   or n in RESERVED_VECTOR_NAMES or n == "g" for n in states[1:])):
+        raise _err(f"states = {str(states)[:80]}: a list of distinct names starting with \"x\" (auxiliary states: "
+                   "identifiers not used by a matrix, an atom, a hyperparameter or a reserved name)")
+    svecs = {n: state_vector(n) for n in states[1:]}
+
+    def resolve(name: str):
+        return _MATRICES.get(name) or svecs.get(name) or atoms.get(name) or scalar_lookup(name)
+
+    def P(key, shape, text=None) -> sp.MatrixExpr:
+        text = d[key] if text is None else text
         if not isinstance(text, str):
             raise _err(f"{key} must be an expression string")
         try:
@@ -918,8 +1081,30 @@ def _from_json(cls, data) -> VectorSDE:
         drift, diff, cov = P("drift", (dim, 1)), P("diffusion", (dim, dim)), P("covariance", (dim, dim))
     except ExpectationError:
         raise
+    aux = d.get("aux", {})
+    if not isinstance(aux, Mapping) or list(aux) != states[1:]:
+        raise _err(f"aux must be an object with the states {states[1:]} (in that order), each {{drift, diffusion}}")
+    aux_drift, aux_diff = [], []
+    for n in states[1:]:
+        spec = aux[n]
+        if not isinstance(spec, Mapping) or set(spec) != {"drift", "diffusion"}:
+            raise _err(f"aux[{n!r}] must be an object with exactly the keys drift and diffusion")
+        aux_drift.append(P(f"drift of {n}", (dim, 1), spec["drift"]))
+        aux_diff.append(P(f"diffusion of {n}", (dim, dim), spec["diffusion"]))
+    joint = []
+    raw_joint = d.get("joint_covariance", [])
+    if not isinstance(raw_joint, list) or any(not isinstance(j, list) or len(j) != 3 or j[0] not in states
+                                              or j[1] not in states for j in raw_joint):
+        raise _err("joint_covariance must be a list of [state, state, expression]")
+    for s1, s2, text in raw_joint:
+        joint.append((s1, s2, P(f"joint_covariance {s1},{s2}", (dim, dim), text)))
+    elim = d.get("eliminated", {})
+    if not isinstance(elim, Mapping) or any(not isinstance(n, str) or not IDENTIFIER.match(n) or n in states
+                                            for n in elim):
+        raise _err("eliminated must be an object state -> expression (states not among the SDE's states)")
+    eliminated = tuple((n, P(f"eliminated {n}", (dim, dim), text)) for n, text in elim.items())
     used = set()
-    for e in (drift, diff, cov):
+    for e in (drift, diff, cov, *aux_drift, *aux_diff, *[c for _, _, c in joint]):
         used |= set(e.atoms(ExpectationAtom))
     increment = []
     raw_inc = d.get("increment", [])
@@ -942,4 +1127,5 @@ def _from_json(cls, data) -> VectorSDE:
     return cls(optimizer=d["optimizer"], noise=d["noise"], regime=d["regime"], tau=tau, drift_vector=drift,
                diffusion_matrix_expr=diff, covariance_expr=cov, atoms=tuple(a for a in atoms.values() if a in used),
                notes=tuple(notes), hypers=tuple(tuple(h) for h in hypers), order=order, nu=nu_top,
-               increment=tuple(increment))
+               increment=tuple(increment), aux_states=tuple(states[1:]), aux_drift=tuple(aux_drift),
+               aux_diffusion=tuple(aux_diff), joint_covariance=tuple(joint), eliminated=eliminated)

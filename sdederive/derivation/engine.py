@@ -57,7 +57,7 @@ def derive(optimizer="adam", noise="gaussian", regime=None, order: int = 1, **no
     ----------
     optimizer
         a built-in name (`sdederive.spec.optimizers.names()`) or an `Optimizer`;
-        a vector optimizer (`usam`, `sam`, `nsgd`, `clip_sgd` or one from `sdederive.from_update`
+        a vector optimizer (`usam`, `sam`, `nsgd`, `clip_sgd`, `sgd_nesterov`, `lamb` or one from `sdederive.from_update`
         with vector expressions) goes to `sdederive.derivation.vector.derive_vector` (docs/vector.md).
     noise
         `"gaussian"`, `"student-t"`, `"minibatch"` or a `NoiseModel`;

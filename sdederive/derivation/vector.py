@@ -30,6 +30,15 @@ uses (`nu <= 2` for anything with `E[g g^T]`) is refused.
 
 Refused (with the reason): other regimes, `order=2` with atoms in the drift, other noise laws, other coordinate-wise
 maps, norms of anything but `g` itself, products of functions of two independent minibatches, random matrices.
+
+Auxiliary vector states (`sd.vectors("x g m v")`): in regime `sgd` every state is fast and is eliminated when
+the updates are affine in it with coefficients in `I`, `H` (heavy ball, Nesterov: `_derive_fast`); in regime
+`balanced` (`1 - beta = rho*eta`) EMA states stay in the SDE, x's increment is taken at its leading order
+`-eta*P(x, states)` (`_derive_balanced`: LAMB).
+
+Refused (with the reason): other regimes, `order=2` (with states: any order but 1), non-Gaussian noise, other
+coordinate-wise maps of the noise, norms of anything but `g` itself, products of functions of two independent
+minibatches, random matrices, states entering nonlinearly in regime `sgd`.
 """
 
 from __future__ import annotations
@@ -39,13 +48,16 @@ import functools
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.matrices.expressions.diagonal import DiagMatrix, DiagonalOf
 
 from sdederive.errors import ExpectationError, NoiseModelError, RegimeMismatchError, SdederiveError
+from sdederive.regimes import scaled_name
 from sdederive.sde_vector import (
     GRAD,
     HESS,
     IDENT,
     NORM_G,
+    ONES,
     SIGMA,
     XVEC,
     ExpectationAtom,
@@ -55,14 +67,18 @@ from sdederive.sde_vector import (
     VectorSDE,
     VNorm,
     law_text,
+    state_vector,
 )
 from sdederive.spec import vector as V
-from sdederive.symbols import sym
+from sdederive.symbols import KNOWN, sym
 
 __all__ = ["derive_vector"]
 
 _eta = sym("eta")
 _REGIMES = ("sgd", "rho-eta", "high-dim")
+_STATE_REGIMES = ("sgd", "balanced")
+_t = sym("t")
+_k = sym("k")
 #: the mean-field norm of the stochastic gradient, sqrt(|grad f|^2 + tr Sigma)
 NBAR = sp.sqrt(VNorm(GRAD) ** 2 + sp.Trace(SIGMA))
 _R = sym("r", positive=True)
@@ -102,6 +118,8 @@ def _lin(v: V.Vec, ctx: _Ctx) -> dict:
     if isinstance(v, V.VecSym):
         if v.name == "x":
             return {_DET: XVEC}
+        if v.name != "g":  # an auxiliary state: deterministic within the step
+            return {_DET: state_vector(v.name)}
         return {_Block("g", sp.S.One, 0): IDENT}
     if isinstance(v, V.VAdd):
         out: dict = {}
@@ -133,6 +151,8 @@ def _lin(v: V.Vec, ctx: _Ctx) -> dict:
             for k, c in delta.items():
                 _add(out, k, HESS * c)
         return out
+    if isinstance(v, V.CoordExpr):
+        return _lin_coord(v, ctx)
     if isinstance(v, V.CoordMap):
         rb = _random_batch(_lin(v.vec, ctx))
         if v.fn is sp.sign and rb is not None and rb[1] == 1:
@@ -143,6 +163,53 @@ def _lin(v: V.Vec, ctx: _Ctx) -> dict:
             "are derived per coordinate by the scalar engine (sd.derive('signsgd'))"
         )
     raise SdederiveError(f"unknown vector expression {v!r}")  # pragma: no cover - the IR is closed
+
+
+def _lin_coord(v: V.CoordExpr, ctx: _Ctx) -> dict:
+    """A coordinate-wise expression: of deterministic vectors (a Hadamard expression), `g_b**2` (the block
+    `gsq`), or linear in one `g_b` with deterministic coordinate-wise weights (`diag(w) g_b`)."""
+    lins = [_lin(a, ctx) for a in v.vecs]
+    dets = [L.get(_DET, sp.ZeroMatrix(V.dim, 1)) for L in lins]
+    rand = [i for i, L in enumerate(lins) if set(L) - {_DET} and v.body.has(v.vars[i])]
+    if not rand:
+        return {_DET: _hadamard_of(v.body, v.vars, dets, v, ctx)}
+    if len(rand) == 1:
+        i = rand[0]
+        rb = _random_batch(lins[i])
+        c = v.vars[i]
+        if rb is not None and rb[1] == 1:
+            if sp.simplify(v.body - c**2) == 0:
+                return {_Block("gsq", sp.S.One, rb[0]): IDENT}
+            if sp.diff(v.body, c, 2) == 0 and sp.simplify(v.body.subs(c, 0)) == 0:
+                w = sp.simplify(sp.diff(v.body, c))
+                W = _hadamard_of(w, v.vars, dets, v, ctx)
+                return {_Block("g", sp.S.One, rb[0]): (DiagMatrix(W) if getattr(W, "is_Matrix", False) else W * IDENT)}
+    raise ExpectationError(
+        f"the coordinate-wise expression {v} in {ctx.name!r} is a nonlinear function of the gradient noise; the vector "
+        "engine supports coordinate-wise expressions of deterministic vectors (the states, x), g**2 (coordinate by "
+        "coordinate), and w*g with w a coordinate-wise expression of deterministic vectors")
+
+
+def _hadamard_of(e: sp.Expr, vars_: tuple, vecs: list, where, ctx: _Ctx):
+    """The coordinate-wise expression `e` of the coordinates `vars_` of the deterministic vectors `vecs` as a
+    sympy Hadamard expression (a `(d, 1)` matrix), or a scalar when `e` uses none of them."""
+    if not any(e.has(c) for c in vars_):
+        return e
+    if e in vars_:
+        return vecs[vars_.index(e)]
+    if isinstance(e, sp.Add):
+        const, rest = e.as_independent(*vars_, as_Add=True)
+        out = sp.MatAdd(*[_hadamard_of(a, vars_, vecs, where, ctx) for a in sp.Add.make_args(rest)])
+        return out + const * ONES if const != 0 else out
+    if isinstance(e, sp.Mul):
+        const, rest = e.as_independent(*vars_, as_Add=False)
+        mats = [_hadamard_of(a, vars_, vecs, where, ctx) for a in sp.Mul.make_args(rest)]
+        prod = mats[0] if len(mats) == 1 else sp.HadamardProduct(*mats)
+        return prod if const == 1 else const * prod
+    if isinstance(e, sp.Pow) and not any(e.exp.has(c) for c in vars_):
+        return sp.HadamardPower(_hadamard_of(e.base, vars_, vecs, where, ctx), e.exp)
+    raise ExpectationError(f"the coordinate-wise expression {where} in {ctx.name!r} uses {e}; the vector engine "
+                           "represents coordinate-wise sums, products and powers (with exponents free of the vectors)")
 
 
 def _is_zero_matrix(c) -> bool:
@@ -210,10 +277,10 @@ def _scale(s: sp.Expr, lin: dict, ctx: _Ctx, where) -> dict:
     for k, c in lin.items():
         if k == _DET:
             _add(out, _Block("1", dep, b), indep * c)
-        elif k.tensor == "sign":
+        elif k.tensor in ("sign", "gsq"):
             raise ExpectationError(
-                f"{where} in {ctx.name!r} multiplies sign(g) by a function of |g|; only deterministic multiples of "
-                "sign(g) are supported")
+                f"{where} in {ctx.name!r} multiplies {'sign(g)' if k.tensor == 'sign' else 'g**2'} by a function of "
+                f"|g|; only deterministic multiples of {'sign(g)' if k.tensor == 'sign' else 'g**2'} are supported")
         elif k.batch == b:
             _add(out, _Block(k.tensor, sp.simplify(k.r * dep), b), indep * c)
         else:
@@ -307,6 +374,11 @@ def _mean(k: _Block, law: _Law | None = None) -> sp.MatrixExpr:
     law = _ACTIVE.get() if law is None else law
     if k.tensor == "sign":
         return law.sign_mean()
+    if k.tensor == "gsq":  # E[g o g] = grad o grad + diag(Sigma)
+        if law.nu is not None:
+            raise ExpectationError("the coordinate-wise square g**2 under Student-t noise is not supported (its "
+                                   "moments need the t law's fourth moments); supported: Gaussian noise")
+        return sp.HadamardPower(GRAD, 2) + DiagonalOf(SIGMA)
     r = _canon(k.r, k.batch)
     return law.vec(k.tensor, r)
 
@@ -334,6 +406,20 @@ def _cov(k1: _Block, k2: _Block, law: _Law | None = None):
     law = _ACTIVE.get() if law is None else law
     if k1.batch != k2.batch:
         return None
+    if "gsq" in (k1.tensor, k2.tensor):
+        if law.nu is not None:
+            raise ExpectationError("the coordinate-wise square g**2 under Student-t noise is not supported; "
+                                   "supported: Gaussian noise")
+        # Gaussian: Cov[g_i, g_j**2] = 2 Sigma_ij grad_j, Cov[g_i**2, g_j**2] = 2 Sigma_ij**2 + 4 grad_i grad_j Sigma_ij
+        t = (k1.tensor, k2.tensor)
+        if t == ("gsq", "gsq"):
+            return 2 * sp.HadamardProduct(SIGMA, SIGMA) + 4 * sp.HadamardProduct(GRAD * GRAD.T, SIGMA)
+        if t == ("g", "gsq") and k1.r == 1:
+            return 2 * SIGMA * DiagMatrix(GRAD)
+        if t == ("gsq", "g") and k2.r == 1:
+            return 2 * DiagMatrix(GRAD) * SIGMA
+        raise ExpectationError(f"the covariance of g**2 with {k1 if k2.tensor == 'gsq' else k2} is not available; "
+                               "supported: g**2 with g and with g**2")
     return _second(k1, k2, law) - _mean(k1, law) * _mean(k2, law).T
 
 
@@ -348,21 +434,21 @@ def _scaled(c: sp.MatrixExpr, s: sp.Expr) -> sp.MatrixExpr:
     return sp.MatMul(s, c).doit()
 
 
-def _leading(c: sp.MatrixExpr, what: str, ctx: _Ctx) -> sp.MatrixExpr:
+def _leading(c: sp.MatrixExpr, what: str, ctx: _Ctx, state: str = "x", regime: str = "sgd") -> sp.MatrixExpr:
     """`lim_{eta -> 0} c`, term by term (each scalar coefficient by `sympy.limit`); a divergent one is refused."""
     if not c.has(_eta):
         return c
     if isinstance(c, sp.MatAdd):
-        return sp.MatAdd(*[_leading(a, what, ctx) for a in c.args]).doit()
+        return sp.MatAdd(*[_leading(a, what, ctx, state, regime) for a in c.args]).doit()
     if isinstance(c, sp.MatMul):
         coeff, mats = c.as_coeff_mmul()
         lim = sp.limit(coeff, _eta, 0, "+") if coeff.has(_eta) else coeff
         if lim.has(sp.zoo, sp.oo, -sp.oo, sp.nan) or isinstance(lim, sp.AccumBounds):
             raise RegimeMismatchError(
-                f"in regime 'sgd' (tau = eta) the increment of x in {ctx.name!r} is not O(eta): {what} has the "
-                f"coefficient {c}, which diverges as eta -> 0; no SDE limit in this regime")
+                f"in regime {regime!r} (tau = eta) the increment of {state} in {ctx.name!r} is not O(eta): {what} has "
+                f"the coefficient {c}, which diverges as eta -> 0; no SDE limit in this regime")
         factors = mats.args if isinstance(mats, sp.MatMul) else (mats,)
-        return sp.MatMul(lim, *[_leading(f, what, ctx) for f in factors]).doit()
+        return sp.MatMul(lim, *[_leading(f, what, ctx, state, regime) for f in factors]).doit()
     raise RegimeMismatchError(f"{what} of {ctx.name!r}, {c}, depends on eta in a way the vector engine does not expand "
                               "(allowed: scalar coefficients of matrices)")
 
@@ -372,9 +458,10 @@ def _leading(c: sp.MatrixExpr, what: str, ctx: _Ctx) -> sp.MatrixExpr:
 
 def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **noise_params) -> VectorSDE:
     """The vector SDE of a `VectorOptimizer` (or a built-in name: `usam`,
-    `sam`, `nsgd`, `clip_sgd`) under Gaussian noise with a full covariance `Sigma`, or under the multivariate
-    Student-t with scale matrix `Sigma` (`noise=sd.StudentT(nu=...)`, `noise="student-t", nu=...`; without `nu` it
-    is the symbol `nu`), regime `sgd`.
+    `sam`, `nsgd`, `clip_sgd`, `sgd_nesterov`, `lamb`) under Gaussian noise with a full covariance `Sigma`, or
+    under the multivariate Student-t with scale matrix `Sigma` (`noise=sd.StudentT(nu=...)`, `noise="student-t",
+    nu=...`; without `nu` it is the symbol `nu`), in the optimizer's natural regime (`sgd`; `balanced` for `lamb`).
+    With auxiliary vector states: regimes `sgd` (fast states eliminated) and `balanced` (EMA states kept), order 1.
 
     `noise_params`: `Sigma="full"` (the default: `Sigma` is always carried symbolically) or a numeric
     matrix (validated, and only recorded), and `nu` for Student-t noise; anything else is refused.
@@ -396,6 +483,20 @@ def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **no
     rg = regime if regime is not None else opt.natural_regime
     rg_name = getattr(rg, "name", rg)
     rg_name = str(rg_name).strip().lower().replace("_", "-")
+    if opt.aux:
+        if rg_name not in _STATE_REGIMES:
+            raise RegimeMismatchError(
+                f"the vector engine derives {opt.name!r}, which has the auxiliary vector states "
+                f"{list(opt.state_names[1:])}, in the regimes {', '.join(_STATE_REGIMES)} only; got regime {rg_name!r}. "
+                "'sgd': tau = eta, hyperparameters fixed, fast states (momentum) eliminated; 'balanced': tau = eta, "
+                "1 - beta = rho*eta for the decays (EMA states such as Adam's moments kept in the SDE)")
+        if order != 1:
+            raise SdederiveError(f"order={order!r} for {opt.name!r}: with auxiliary vector states the vector engine "
+                                 "derives order=1 only (the order-2 drift would need the states' own expansion)")
+        if nu is not None:
+            raise NoiseModelError(f"{opt.name!r} has auxiliary vector states, which the vector engine derives under "
+                                  f"Gaussian noise only; got Student-t noise (nu = {nu}); allowed: noise='gaussian'")
+        return _derive_states(opt, rg_name)
     if rg_name not in _REGIMES:
         raise RegimeMismatchError(
             f"the vector engine derives {opt.name!r} in the regimes {', '.join(_REGIMES)} only; got regime "
@@ -514,6 +615,8 @@ def _subs_vec(v: V.Vec, m: dict) -> V.Vec:
         return V.GradAt(_subs_vec(v.point, m), v.fresh)
     if isinstance(v, V.CoordMap):
         return V.CoordMap(v.fn, _subs_vec(v.vec, m))
+    if isinstance(v, V.CoordExpr):
+        return V.CoordExpr(v.body.xreplace(m), v.vars, tuple(_subs_vec(w, m) for w in v.vecs))
     raise SdederiveError(f"unknown vector expression {v!r}")  # pragma: no cover
 
 
@@ -685,5 +788,398 @@ def _derive_law(opt: V.VectorOptimizer, regime: str, order: int, law: _Law) -> V
                      source=opt, nu=nu, increment=increment)
 
 
+
+# -- auxiliary vector states ------------------------------------------------------------------------------------
+_h = sp.Symbol("h_H")  # the Hessian as a commuting scalar (coefficients that are polynomials in H commute)
+_GAUSS = "Gaussian gradient noise g = grad f + Sigma^(1/2) z with a full, constant covariance Sigma (additive noise model)"
+
+
+def _split_vec(e: sp.MatrixExpr, what: str, ctx: _Ctx) -> dict:
+    """A `(d, 1)` deterministic expression as `{vector symbol: (d, d) coefficient}` (`-eta*mu*H*m` -> {m: -eta*mu*H})."""
+    e = e.expand().doit() if not isinstance(e, sp.ZeroMatrix) else e
+    out: dict = {}
+    for t in (e.args if isinstance(e, sp.MatAdd) else (e,)):
+        if isinstance(t, sp.ZeroMatrix):
+            continue
+        if isinstance(t, sp.MatrixSymbol) and t.shape[1] == 1:
+            _add(out, t, IDENT)
+            continue
+        if isinstance(t, sp.MatMul) and isinstance(t.args[-1], sp.MatrixSymbol) and t.args[-1].shape[1] == 1:
+            scal = [a for a in t.args[:-1] if not getattr(a, "is_Matrix", False)]
+            mats = [a for a in t.args[:-1] if getattr(a, "is_Matrix", False)]
+            _add(out, t.args[-1], sp.Mul(*scal) * (sp.MatMul(*mats) if mats else IDENT))
+            continue
+        raise RegimeMismatchError(f"{what} of {ctx.name!r} has the term {t}, which is not a matrix times a state or x; "
+                                  "fast states can be eliminated only when the updates are affine in them")
+    return out
+
+
+def _to_h(c, what: str, ctx: _Ctx) -> sp.Expr:
+    """A `(d, d)` coefficient built from `I`, `H` and scalars as a scalar polynomial in `h_H`."""
+    if isinstance(c, sp.Identity):
+        return sp.S.One
+    if isinstance(c, sp.ZeroMatrix):
+        return sp.S.Zero
+    if c == HESS:
+        return _h
+    if not getattr(c, "is_Matrix", False):
+        return c
+    if isinstance(c, sp.MatAdd):
+        return sp.Add(*[_to_h(a, what, ctx) for a in c.args])
+    if isinstance(c, sp.MatMul):
+        return sp.Mul(*[_to_h(a, what, ctx) for a in c.args])
+    if isinstance(c, sp.MatPow) and c.exp.is_Integer:
+        return _to_h(c.base, what, ctx) ** c.exp
+    raise RegimeMismatchError(
+        f"{what} of {ctx.name!r} has the coefficient {c}; eliminating fast states needs coefficients built from I, H "
+        "and scalars (they commute), not other matrices or noise-dependent factors")
+
+
+def _from_h(e: sp.Expr, what: str, ctx: _Ctx) -> sp.MatrixExpr:
+    """A polynomial in `h_H` back to the matrix polynomial in `H`."""
+    e = sp.expand(sp.simplify(e))
+    if not e.has(_h):
+        return e * IDENT
+    try:
+        poly = sp.Poly(e, _h)
+    except sp.PolynomialError:
+        poly = None
+    if poly is None or any(c.has(_h) for c in poly.coeffs()):
+        raise RegimeMismatchError(f"{what} of {ctx.name!r} is {e.xreplace({_h: sp.Symbol('H')})}, not a polynomial in "
+                                  "H; the vector engine represents polynomials in H only")
+    terms = []
+    for (p,), c in zip(poly.monoms(), poly.coeffs()):
+        terms.append(sp.factor(c) * (IDENT if p == 0 else HESS if p == 1 else HESS**p))
+    return sp.MatAdd(*terms).doit() if len(terms) > 1 else terms[0]
+
+
+def _uses_state_nonlinearly(v: V.Vec, states: set) -> V.Vec | None:
+    """A node of `v` (a norm, inner product or coordinate-wise map) whose operands contain an auxiliary state."""
+    def has_state(w):
+        return any(isinstance(n, V.VecSym) and n.name in states for n in V._walk(w))
+
+    for n in V._walk(v):
+        if isinstance(n, (V.CoordExpr, V.CoordMap)) and any(has_state(w) for w in
+                                                            (n.vecs if isinstance(n, V.CoordExpr) else (n.vec,))):
+            return n
+        if isinstance(n, V.VScale):
+            for a in n.scalar.atoms(V.VScalar):
+                if any(has_state(w) for w in a.vargs):
+                    return a
+    return None
+
+
+def _mean_of(coeffs: dict) -> sp.MatrixExpr:
+    out = sp.ZeroMatrix(V.dim, 1)
+    for k, c in coeffs.items():
+        out = out + (c if k == _DET else c * _mean(k))
+    return out
+
+
+def _cross(Fa: dict, Fb: dict) -> sp.MatrixExpr:
+    """`Cov[Fa, Fb]` of two linear-block forms over the same blocks."""
+    out = sp.ZeroMatrix(V.dim, V.dim)
+    for k1, c1 in Fa.items():
+        for k2, c2 in Fb.items():
+            if _DET in (k1, k2):
+                continue
+            C = _cov(k1, k2)
+            if C is not None and not _is_zero_matrix(C):
+                out = out + c1 * C * c2.T
+    return out.doit() if not isinstance(out, sp.ZeroMatrix) else out
+
+
+def _atoms_in(exprs) -> tuple:
+    atoms = []
+    for e in exprs:
+        for a in sorted(e.atoms(ExpectationAtom), key=lambda a: (a.tensor, str(a.integrand))):
+            if a not in atoms:
+                atoms.append(a)
+    return tuple(atoms)
+
+
+def _derive_states(opt: V.VectorOptimizer, regime: str) -> VectorSDE:
+    return _derive_fast(opt) if regime == "sgd" else _derive_balanced(opt)
+
+
+@functools.lru_cache(maxsize=32)
+def _derive_fast(opt: V.VectorOptimizer) -> VectorSDE:
+    """Regime `sgd` with auxiliary states: every state is fast (its increment is O(1) at fixed hyperparameters)
+    and enters the updates affinely with coefficients in `I`, `H`; it is eliminated as in the scalar engine,
+    `y = x + sum_j A_j m_j` with `d(Delta y)/d m_j = 0`."""
+    ctx = _Ctx(opt.name)
+    aux = list(opt.state_names[1:])
+    svec = {n: state_vector(n) for n in aux}
+    for sname, upd in opt.updates.items():
+        bad = _uses_state_nonlinearly(upd, set(aux))
+        if bad is not None:
+            raise RegimeMismatchError(
+                f"in regime 'sgd' (hyperparameters fixed) the auxiliary states of {opt.name!r} change by O(1) per step "
+                f"(fast); the update of {sname} uses them through {bad}, nonlinearly, so they cannot be eliminated. "
+                "Optimizers with EMA states and decays (lamb, Adam-like): regime 'balanced' (1 - beta = rho*eta)")
+    C: dict = {}
+    keys: list = []
+    for sname, upd in opt.updates.items():
+        lin = _lin(upd, ctx)
+        own = XVEC if sname == "x" else svec[sname]
+        lin[_DET] = lin.get(_DET, sp.ZeroMatrix(V.dim, 1)) - own
+        row: dict = {}
+        for k, c in lin.items():
+            if _is_zero_matrix(c):
+                continue
+            what = f"the increment of {sname}"
+            if k == _DET:
+                for vec, coef in _split_vec(c, what, ctx).items():
+                    _add(row, ("vec", vec), _to_h(coef, what, ctx))
+            else:
+                _add(row, k, _to_h(c, what, ctx))
+        for k in row:
+            if k not in keys:
+                keys.append(k)
+        C[sname] = row
+    a = [sp.Dummy(f"a_{n}") for n in aux]
+    eqs = [C["x"].get(("vec", svec[n]), 0) + sum(aj * C[m].get(("vec", svec[n]), 0) for aj, m in zip(a, aux))
+           for n in aux]
+    sol = sp.solve(eqs, a, dict=True)
+    if len(sol) != 1 or set(sol[0]) != set(a):
+        raise RegimeMismatchError(f"the fast states {aux} of {opt.name!r} cannot be eliminated in regime 'sgd': no unique "
+                                  "slow variable x + A m with d(Delta)/dm = 0 (a state that does not relax by itself?)")
+    coeffs = {}
+    for aj, n in zip(a, aux):
+        lead = sp.limit(sp.simplify(sol[0][aj] / _eta), _eta, 0, "+")
+        if lead.has(sp.oo, -sp.oo, sp.zoo, sp.nan) or sp.limit(sol[0][aj], _eta, 0, "+") != 0:
+            raise RegimeMismatchError(
+                f"the state {n} of {opt.name!r} is not fast in regime 'sgd' (the slow variable x + A {n} would need "
+                f"A = {sol[0][aj]}, which does not vanish as eta -> 0); no SDE with {n} eliminated in this regime")
+        coeffs[n] = _from_h(lead, f"the slow-variable coefficient of {n}", ctx)
+    F: dict = {}
+    for k in keys:
+        if isinstance(k, tuple) and k[1] in svec.values():  # the eliminated states' own coefficients (zero now)
+            continue
+        y = C["x"].get(k, 0) + sum(aj * C[m].get(k, 0) for aj, m in zip(a, aux))
+        y = sp.simplify(y.xreplace(sol[0]) if hasattr(y, "xreplace") else y)
+        if y == 0:
+            continue
+        if any(y.has(sv) for sv in svec.values()):
+            raise RegimeMismatchError(f"the increment of the slow variable of {opt.name!r} still depends on the states "
+                                      f"{aux} ({y}); they enter nonlinearly and cannot be eliminated")
+        f = sp.limit(-y / _eta, _eta, 0, "+")
+        if f.has(sp.oo, -sp.oo, sp.zoo, sp.nan) or isinstance(f, sp.AccumBounds):
+            raise RegimeMismatchError(f"in regime 'sgd' the increment of the slow variable of {opt.name!r} is not "
+                                      f"O(eta): the coefficient {y} diverges relative to eta; no SDE limit")
+        if f == 0:
+            continue
+        M = _from_h(f, "the drift coefficient", ctx)
+        if isinstance(k, tuple):
+            _add(F, _DET, M * k[1])
+        else:
+            F[k] = M
+    if not any(k != _DET for k in F) and _DET not in F:
+        raise RegimeMismatchError(f"the update of {opt.name!r} does not move x at order eta; no SDE in regime 'sgd'")
+    drift = -_mean_of(F)
+    blocks = [k for k in F if k != _DET]
+    cov = _cross(F, F)
+    if isinstance(cov, sp.ZeroMatrix):
+        diff = cov
+    elif len(blocks) == 1 and blocks[0].tensor == "g" and blocks[0].r == 1:
+        diff = sp.sqrt(_eta) * F[blocks[0]] * SIGMA ** sp.S.Half
+    else:
+        diff = sp.sqrt(_eta) * cov ** sp.S.Half
+    covariance = _eta * cov if not isinstance(cov, sp.ZeroMatrix) else cov
+    eliminated = tuple((n, sp.MatMul(_eta, coeffs[n]).doit()) for n in aux)
+    notes = [_GAUSS]
+    for n, A in eliminated:
+        notes.append(f"state {n} is fast in regime 'sgd' (O(1) change per step) and was eliminated: x denotes the slow "
+                     f"variable x + ({_human_str(A)})*{n} (equal to the original up to O(eta)); grad f, H and the noise "
+                     "are taken at it, with an error O(eta) in the drift")
+    notes.append("only the O(eta) part of the slow variable's increment enters the order-1 SDE; its O(eta**2) terms "
+                 "(for a look-ahead gradient grad_at(x - eta*mu*m), the correction -eta*mu*H m of the gradient) are "
+                 "beyond order 1, so Nesterov's look-ahead and heavy ball share this SDE")
+    if ctx.hessian:
+        notes.append("the gradient at a perturbed point x + delta is grad f + H delta (H the Hessian at x): exact for "
+                     "quadratic f; otherwise the dropped term (1/2) D^3 f[delta, delta] is O(|delta|**2)")
+    if ctx.same_batch_shift:
+        notes.append("same minibatch at both evaluation points: the noise at the perturbed point is g's own xi (a "
+                     "state-dependent Sigma(x) would add the derivative of the noise, not modelled)")
+    if ctx.fresh:
+        notes.append("grad_at(..., fresh=True) draws an independent minibatch with the same law")
+    atoms = _atoms_in((drift, covariance))
+    if atoms:
+        notes.append("expectation atoms E[...] over g ~ N(grad f, Sigma) have no closed form for a general Sigma; "
+                     "they are kept by name and evaluated numerically (sdederive.sde_vector.evaluate_atom)")
+    return VectorSDE(optimizer=opt.name, noise="gaussian", regime="sgd", tau=_eta, drift_vector=drift,
+                     diffusion_matrix_expr=diff, covariance_expr=covariance, atoms=atoms, notes=tuple(notes),
+                     hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers), order=1, source=opt,
+                     eliminated=eliminated)
+
+
+def _human_str(e) -> str:
+    from sdederive.sde_vector import _human
+
+    return _human(e)
+
+
+# -- regime 'balanced': the leading order of an update in which EMA states move by O(eta) ------------------------
+
+
+def _flatten(v: V.Vec, coef=sp.S.One) -> list:
+    if isinstance(v, V.VAdd):
+        return [p for t in v.terms for p in _flatten(t, coef)]
+    if isinstance(v, V.VScale):
+        return _flatten(v.vec, coef * v.scalar)
+    return [(coef, v)]
+
+
+def _lim_scalar(s: sp.Expr, ctx: _Ctx, where: str) -> sp.Expr:
+    """`lim_{eta -> 0}` of a scalar of the update with `k = t/eta` (bias corrections `beta**(k+1) ->
+    exp(-rho*t)`), its vector scalars replaced by those of the leading-order vectors."""
+    repl = {a: V.VScalar(a.op, tuple(_lead(w, ctx) for w in a.vargs)) for a in s.atoms(V.VScalar)}
+    s = s.xreplace(repl)
+    if not s.has(_eta) and not s.has(_k):
+        return s
+    pows = {p: sp.exp(sp.limit(sp.expand_log(p.exp.xreplace({_k: _t / _eta}) * sp.log(p.base), force=True), _eta, 0, "+"))
+            for p in s.atoms(sp.Pow) if p.exp.has(_k)}
+    s = s.xreplace(pows).xreplace({_k: _t / _eta})
+    vs = {a: sp.Dummy() for a in s.atoms(V.VScalar)}
+    lim = sp.limit(s.xreplace(vs), _eta, 0, "+").xreplace({d: a for a, d in vs.items()}) if s.has(_eta) else s
+    if lim.has(sp.oo, -sp.oo, sp.zoo, sp.nan) or isinstance(lim, sp.AccumBounds) or lim.has(sp.AccumBounds):
+        raise RegimeMismatchError(f"in regime 'balanced' the coefficient {s} in {where} of {ctx.name!r} has no finite "
+                                  "limit as eta -> 0 (k = t/eta); no SDE limit in this regime")
+    return lim
+
+
+def _lead(v: V.Vec, ctx: _Ctx, where: str = "the update") -> V.Vec:
+    """The limit eta -> 0 of a vector expression (like terms combined first, so that x/eta - x/eta cancels)."""
+    acc: dict = {}
+    order: list = []
+    for c, a in _flatten(v):
+        if a in acc:
+            acc[a] = acc[a] + c
+        else:
+            acc[a], order = c, order + [a]
+    terms = []
+    for a in order:
+        c = _lim_scalar(sp.simplify(acc[a]) if acc[a].has(_eta) else acc[a], ctx, where)
+        if c == 0:
+            continue
+        if isinstance(a, V.VecSym):
+            a0 = a
+        elif isinstance(a, V.MatVec):
+            a0 = V.MatVec(a.matrix, _lead(a.vec, ctx, where))
+        elif isinstance(a, V.GradAt):
+            a0 = V.GradAt(_lead(a.point, ctx, where), a.fresh)
+        elif isinstance(a, V.CoordMap):
+            a0 = V.CoordMap(a.fn, _lead(a.vec, ctx, where))
+        elif isinstance(a, V.CoordExpr):
+            a0 = V.CoordExpr(_lim_scalar(a.body, ctx, where), a.vars, tuple(_lead(w, ctx, where) for w in a.vecs))
+        else:  # pragma: no cover - the IR is closed
+            raise SdederiveError(f"unknown vector expression {a!r}")
+        terms.append(a0 if c == 1 else V.VScale(c, a0))
+    if not terms:
+        return V.VScale(sp.S.Zero, V.VecSym("x"))
+    return terms[0] if len(terms) == 1 else V.VAdd(tuple(terms))
+
+
+def _scaled_decay(name: str) -> sp.Symbol:
+    n = scaled_name(name, "rho")
+    return sym(n) if n in KNOWN else sym(n, positive=True)
+
+
+@functools.lru_cache(maxsize=32)
+def _derive_balanced(opt: V.VectorOptimizer) -> VectorSDE:
+    """Regime `balanced` (`tau = eta`, `1 - beta = rho*eta` for the decays): the EMA states move by O(eta) per
+    step and stay in the SDE; x's increment is `-eta*P(x, states)` at leading order (the states' O(eta) change
+    within the step, and x's own noise, are O(eta**2))."""
+    ctx = _Ctx(opt.name)
+    decays = [h for h in opt.hypers if h.kind == "decay"]
+    if not decays:
+        raise RegimeMismatchError(f"regime 'balanced' scales the decays 1 - beta = rho*eta; {opt.name!r} has no "
+                                  f"hyperparameter of kind 'decay' (its hyperparameters: {sorted(opt.hyper)}); its "
+                                  "auxiliary states are fast: regime 'sgd' eliminates them")
+    sub = {h.symbol: 1 - _scaled_decay(h.name) * _eta for h in decays}
+    ups = {n: _subs_vec(u, sub) for n, u in opt.updates.items()}
+    aux = list(opt.state_names[1:])
+    svec = {n: state_vector(n) for n in aux}
+    F: dict = {}
+    for n in aux:
+        if any(isinstance(x, V.VScale) and x.scalar.has(_k) for x in V._walk(ups[n])):
+            raise RegimeMismatchError(f"the update of the state {n} of {opt.name!r} depends on the step counter k; "
+                                      "regime 'balanced' supports k only in the update of x (bias corrections)")
+        lin = _lin(ups[n], ctx)
+        lin[_DET] = lin.get(_DET, sp.ZeroMatrix(V.dim, 1)) - svec[n]
+        row = {}
+        for k, c in lin.items():
+            if _is_zero_matrix(c):
+                continue
+            what = "the deterministic part" if k == _DET else f"the block {k}"
+            c0 = _leading(_scaled(c, -1 / _eta), what, ctx, n, "balanced")
+            if not _is_zero_matrix(c0):
+                row[k] = c0
+        F[n] = row
+    xs = V.VecSym("x")
+    P0 = _lead(V.VScale(-1 / _eta, V.VAdd((ups["x"], V.VScale(sp.S.NegativeOne, xs)))), ctx, "the update of x")
+    row = {}
+    for k, c in _lin(P0, ctx).items():
+        if _is_zero_matrix(c):
+            continue
+        c0 = _leading(c, "the deterministic part" if k == _DET else f"the block {k}", ctx, "x", "balanced")
+        if not _is_zero_matrix(c0):
+            row[k] = c0
+    F = {"x": row, **F}
+    states = ["x"] + aux
+    drifts = {n: -_mean_of(F[n]) for n in states}
+    joint = []
+    for i, s1 in enumerate(states):
+        for s2 in states[i:]:
+            c = _cross(F[s1], F[s2])
+            if not isinstance(c, sp.ZeroMatrix):
+                joint.append((s1, s2, _eta * c))
+    kinds = {a[0]: a[2] for a in opt.aux}
+    dropped = [n for n in aux if kinds[n] == "second_moment" and any(k != _DET for k in F[n])]
+    diffs = {}
+    for n in states:
+        if n in dropped:
+            diffs[n] = sp.ZeroMatrix(V.dim, V.dim)
+            continue
+        blocks = [k for k in F[n] if k != _DET]
+        if not blocks:
+            diffs[n] = sp.ZeroMatrix(V.dim, V.dim)
+        elif blocks == [_Block("g", sp.S.One, 0)]:
+            diffs[n] = (-sp.sqrt(_eta) * F[n][blocks[0]] * SIGMA ** sp.S.Half).doit()
+        else:
+            raise ExpectationError(
+                f"the noise of the state {n} of {opt.name!r} in regime 'balanced' is not one linear Gaussian block "
+                f"(blocks {blocks}); the joint diffusion of several states is represented for noise A*xi only")
+    cov_x = next((c for s1, s2, c in joint if s1 == s2 == "x"), sp.ZeroMatrix(V.dim, V.dim))
+    exprs = [drifts[n] for n in states] + [c for _, _, c in joint]
+    atoms = _atoms_in(exprs)
+    names = ", ".join(f"{_scaled_decay(h.name)} = (1 - {h.name})/eta" for h in decays)
+    notes = [_GAUSS, f"regime 'balanced': tau = eta, {names} fixed as eta -> 0; the auxiliary states "
+             f"{', '.join(aux)} change by O(eta) per step and are kept in the SDE (they start at 0)",
+             "x's increment is -eta*P(x, " + ", ".join(aux) + ") + O(eta**2): the states' O(eta) change within the step "
+             "and x's own noise (variance O(eta**3) per unit time) are beyond order 1, so x has no diffusion"]
+    if any(e.has(_t) for e in exprs):
+        notes.append("bias corrections 1 - beta**(k+1) -> 1 - exp(-rho*t) (k = t/tau, eta -> 0)")
+    if dropped:
+        notes.append(f"the O(sqrt(eta)) diffusion of {', '.join(dropped)} is left out of the model as in the published "
+                     "SDE (regime 'balanced', second-moment states); the full local covariance of all states is "
+                     "VectorSDE.joint_covariance")
+    if any(e.has(VNorm) for e in exprs):
+        notes.append("norms of the states (the trust ratio |x|/|u + wd*x|) are deterministic functions of them; the "
+                     "SDE holds where the norms that divide are nonzero")
+    if any(e.has(sp.HadamardPower) for e in exprs):
+        notes.append("coordinate-wise roots and quotients of the states (Adam's m/(sqrt(v) + eps)) need v >= 0, eps > 0")
+    if ctx.hessian:
+        notes.append("the gradient at a perturbed point x + delta is grad f + H delta: exact for quadratic f")
+    zero = sp.ZeroMatrix(V.dim, V.dim)
+    return VectorSDE(optimizer=opt.name, noise="gaussian", regime="balanced", tau=_eta, drift_vector=drifts["x"],
+                     diffusion_matrix_expr=diffs["x"], covariance_expr=cov_x, atoms=atoms, notes=tuple(notes),
+                     hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers), order=1, source=opt,
+                     aux_states=tuple(aux), aux_drift=tuple(drifts[n] for n in aux),
+                     aux_diffusion=tuple(diffs.get(n, zero) for n in aux), joint_covariance=tuple(joint))
+
+
 def clear_cache() -> None:
     _derive.cache_clear()
+    _derive_fast.cache_clear()
+    _derive_balanced.cache_clear()

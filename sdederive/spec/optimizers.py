@@ -517,7 +517,9 @@ def from_update(
     from sdederive.spec.vector import Vec, from_update_vector
 
     if any(isinstance(e, Vec) for e in update.values()):  # a vector update: norms, dot, grad_at (spec/vector.py)
-        return from_update_vector(name, update, hypers, natural_regime, doc)
+        if init and any(v != 0 for v in init.values()):
+            raise SpecError(f"vector optimizer {name!r}: init={dict(init)}; auxiliary vector states start at 0")
+        return from_update_vector(name, update, hypers, natural_regime, doc, kinds)
     hs = []
     for hn, spec in hypers.items():
         if isinstance(spec, Hyper):

@@ -19,7 +19,13 @@ Building blocks (all immutable and hashable, so derivations are cached):
 * `A*a` with `A` a constant sympy matrix expression of shape `(d, d)` (`matrix`);
 * `grad_at` `(y)`: the stochastic gradient at the point `y`, with the same minibatch as `g`
   (`fresh=False`, the SAM convention) or a fresh, independent one (`fresh=True`);
-* `coordinatewise` `(fn, a)`: a coordinate-wise map (`sign`), the special case the scalar engine covers.
+* `coordinatewise` `(fn, a)`: a coordinate-wise map (`sign`), the special case the scalar engine covers;
+  `coordinatewise(lambda m, v: m/(sqrt(v) + eps), m, v)`: a coordinate-wise expression of several vectors
+  (Adam's direction; `coordinatewise(lambda a: a**2, g)` is `g*g` coordinate by coordinate);
+* auxiliary vector states (`m`, `v`, ...): `vectors("x g m v")`, updated in the same dict,
+  `{"m": mu*m + g, "x": x - eta*(mu*m + g)}`; every update is written in the values *before* the step
+  (as in the scalar `from_update`).  Their SDE: regime `sgd` eliminates fast states (momentum at fixed
+  `mu`), regime `balanced` keeps EMA states with `1 - beta = rho*eta` (docs/vector.md).
 
 Why not sympy's matrix expressions for the *update*: `MatrixSymbol` arithmetic has no coordinate-wise
 nonlinear maps of a vector, no notion of "the gradient at another point", and a scalar function of a
@@ -36,12 +42,13 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from sdederive.errors import HyperparameterError, SpecError, UnknownNameError
+from sdederive.errors import HyperparameterError, SdederiveError, SpecError, UnknownNameError
 from sdederive.spec.hyper import KINDS, check_value
 from sdederive.symbols import sym
 
 __all__ = ["Vec", "vectors", "norm", "dot", "minimum", "grad_at", "coordinatewise", "matrix", "dim",
-           "VectorOptimizer", "VHyper", "from_update_vector", "get", "names", "is_vector", "VECTOR_BUILTINS"]
+           "VectorOptimizer", "VHyper", "from_update_vector", "get", "names", "is_vector", "VECTOR_BUILTINS",
+           "RESERVED_VECTOR_NAMES"]
 
 #: the (symbolic) dimension of the parameter vector
 dim = sp.Symbol("d", integer=True, positive=True)
@@ -189,7 +196,22 @@ class CoordMap(Vec):
         return f"{self.fn.__name__}({self.vec})"
 
 
-for _c in (VecSym, VAdd, VScale, MatVec, GradAt, CoordMap):
+@dataclass(frozen=True, repr=False)
+class CoordExpr(Vec):
+    """A coordinate-wise sympy expression `body` of the coordinates `vars` of the vectors `vecs`
+    (`m_i/(sqrt(v_i) + eps)`); `vars[j]` stands for the i-th coordinate of `vecs[j]`."""
+
+    body: sp.Expr
+    vars: tuple
+    vecs: tuple
+
+    def __str__(self) -> str:
+        args = ", ".join(str(v) for v in self.vecs)
+        names = ", ".join(str(v) for v in self.vars)
+        return f"coordinatewise(({names}) -> {self.body}; {args})"
+
+
+for _c in (VecSym, VAdd, VScale, MatVec, GradAt, CoordMap, CoordExpr):
     _c.__repr__ = _c.__str__
 
 
@@ -221,15 +243,20 @@ class VScalar(sp.Symbol):
         pass
 
 
+#: names that cannot be auxiliary vector states (matrices and symbols of the results, the step counter, time)
+RESERVED_VECTOR_NAMES = ("grad", "H", "I", "Sigma", "d", "k", "t", "eta", "ones", "norm_g", "dW", "W")
+
+
 def vectors(names: str) -> tuple[VecSym, ...] | VecSym:
-    """Vector symbols by name (`"x g"`).  `x` is the parameter, `g` the stochastic gradient at `x`;
-    other names are refused (auxiliary vector states are not supported yet)."""
+    """Vector symbols by name (`"x g m v"`).  `x` is the parameter, `g` the stochastic gradient at `x`;
+    any other identifier is an auxiliary vector state (momentum `m`, second moment `v`), updated in the same
+    `from_update` dict."""
     out = []
     for n in names.replace(",", " ").split():
-        if n not in ("x", "g"):
-            raise SpecError(f"vector symbol {n!r} is not available; allowed: 'x' (the parameter) and 'g' (the "
-                            "stochastic gradient at x); auxiliary vector states (momentum, ...) are not supported "
-                            "by the vector engine yet")
+        if not n.isidentifier() or n in RESERVED_VECTOR_NAMES or n.startswith("_"):
+            raise SpecError(f"vector symbol {n!r} is not available; allowed: 'x' (the parameter), 'g' (the "
+                            "stochastic gradient at x) and identifiers for auxiliary vector states ('m', 'v', ...) "
+                            f"other than {list(RESERVED_VECTOR_NAMES)} and names starting with '_'")
         out.append(VecSym(n))
     return out[0] if len(out) == 1 else tuple(out)
 
@@ -261,11 +288,37 @@ def grad_at(point: Vec, fresh: bool = False) -> GradAt:
     return GradAt(_vec(point, "grad_at"), bool(fresh))
 
 
-def coordinatewise(fn, a: Vec) -> CoordMap:
-    """The coordinate-wise map `fn` (e.g. `sympy.sign`) applied to the vector `a`."""
-    if not (isinstance(fn, type) and issubclass(fn, sp.Function)):
-        raise SpecError(f"coordinatewise needs a one-argument sympy function class such as sympy.sign, got {fn!r}")
-    return CoordMap(fn, _vec(a, "coordinatewise"))
+def coordinatewise(fn, *vecs: Vec) -> Vec:
+    """A coordinate-wise map: `fn` a one-argument sympy function class (`sympy.sign`) applied to one vector, or
+    a Python function of sympy scalars applied coordinate by coordinate to several vectors:
+    `coordinatewise(lambda m, v: m/(sympy.sqrt(v) + eps), m, v)` (Adam's direction),
+    `coordinatewise(lambda a: a**2, g)` (the coordinate-wise square)."""
+    if not vecs:
+        raise SpecError("coordinatewise needs at least one vector argument")
+    vs = tuple(_vec(a, "coordinatewise") for a in vecs)
+    if isinstance(fn, type) and issubclass(fn, sp.Function):
+        if len(vs) != 1:
+            raise SpecError(f"coordinatewise({fn.__name__}, ...) takes one vector; got {len(vs)}")
+        return CoordMap(fn, vs[0])
+    if not callable(fn):
+        raise SpecError(f"coordinatewise needs a sympy function class (sympy.sign) or a Python function of sympy "
+                        f"scalars (lambda m, v: m/(sympy.sqrt(v) + eps)); got {fn!r}")
+    placeholders = tuple(sp.Symbol(f"_c{i}", real=True) for i in range(len(vs)))
+    try:
+        body = fn(*placeholders)
+    except SdederiveError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's function
+        raise SpecError(f"coordinatewise: calling {fn!r} on {len(vs)} sympy scalar(s) failed "
+                        f"({type(exc).__name__}: {exc})") from None
+    body = _scalar(body, "map coordinate-wise")
+    if body.atoms(VScalar):
+        raise SpecError(f"coordinatewise: the coordinate-wise expression {body} contains a norm or inner product; "
+                        "multiply the coordinate-wise map by the scalar instead (s*coordinatewise(...))")
+    used = tuple(i for i, p in enumerate(placeholders) if body.has(p))
+    if not used:
+        raise SpecError(f"coordinatewise: the expression {body} does not depend on its vector argument(s)")
+    return CoordExpr(body, placeholders, vs)
 
 
 def matrix(name: str, symmetric: bool = False) -> sp.MatrixExpr:
@@ -308,13 +361,16 @@ class VHyper:
 
 @dataclass(frozen=True)
 class VectorOptimizer:
-    """A vector optimizer: `update` is `x` after one step, a `Vec` in `x`, `g` and the hypers."""
+    """A vector optimizer: `update` is `x` after one step, a `Vec` in `x`, `g`, the auxiliary states and the
+    hypers; `aux` holds `(name, update, kind)` of each auxiliary vector state (`kind` `"aux"` or
+    `"second_moment"`, as the scalar states' kinds: regime `balanced` leaves the noise of second moments out)."""
 
     name: str
     hypers: tuple[VHyper, ...]
     update: Vec
     natural_regime: str = "sgd"
     doc: str = ""
+    aux: tuple = ()
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -329,16 +385,24 @@ class VectorOptimizer:
 
     @property
     def state_names(self) -> tuple[str, ...]:
-        return ("x",)
+        return ("x",) + tuple(a[0] for a in self.aux)
+
+    @property
+    def updates(self) -> dict[str, Vec]:
+        """state name -> its value after the step (in the values before it), `x` last."""
+        return {**{a[0]: a[1] for a in self.aux}, "x": self.update}
 
     def fingerprint(self) -> str:
         """Content hash of the spec."""
-        text = repr((self.name, [(h.name, h.kind) for h in self.hypers], str(self.update)))
+        text = repr((self.name, [(h.name, h.kind) for h in self.hypers], str(self.update),
+                     [(a[0], str(a[1]), a[2]) for a in self.aux]))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
-        return (f"VectorOptimizer {self.name!r} (natural regime: {self.natural_regime})\n  x_(k+1) = {self.update}\n"
-                "  defaults: " + ", ".join(f"{k}={v:g}" for k, v in self.defaults.items()))
+        lines = [f"VectorOptimizer {self.name!r} (natural regime: {self.natural_regime})"]
+        lines += [f"  {a[0]}_(k+1) = {a[1]}" for a in self.aux]
+        lines.append(f"  x_(k+1) = {self.update}")
+        return "\n".join(lines) + "\n  defaults: " + ", ".join(f"{k}={v:g}" for k, v in self.defaults.items())
 
 
 def _walk(v: Vec):
@@ -354,30 +418,54 @@ def _walk(v: Vec):
         yield from _walk(v.vec)
     elif isinstance(v, (MatVec, CoordMap)):
         yield from _walk(v.vec)
+    elif isinstance(v, CoordExpr):
+        for a in v.vecs:
+            yield from _walk(a)
     elif isinstance(v, GradAt):
         yield from _walk(v.point)
 
 
+_STATE_KINDS = ("aux", "second_moment")
+
+
 def _validate(opt: VectorOptimizer) -> None:
-    if not isinstance(opt.update, Vec):
-        raise SpecError(f"optimizer {opt.name!r}: the update of 'x' is {opt.update!r}, not a vector expression")
-    nodes = list(_walk(opt.update))
-    if not any(isinstance(n, (GradAt,)) or (isinstance(n, VecSym) and n.name == "g") for n in nodes):
-        raise SpecError(f"optimizer {opt.name!r}: the update of 'x' uses no gradient (g or grad_at(...)); an "
-                        "optimizer must use it")
-    allowed = {h.symbol for h in opt.hypers}
-    for n in nodes:
-        if isinstance(n, VScale):
-            bad = sorted(str(s) for s in n.scalar.free_symbols - allowed if not isinstance(s, VScalar))
-            if bad:
-                raise SpecError(f"the update of 'x' in optimizer {opt.name!r} uses {bad}, which are not hyperparameters "
-                                f"{sorted(h.name for h in opt.hypers)}; declare them in `hypers`")
-        if isinstance(n, MatVec):
-            bad = sorted(str(s) for s in n.matrix.free_symbols - allowed - {dim}
-                         if not isinstance(s, sp.MatrixSymbol))
-            if bad:
-                raise SpecError(f"the matrix {n.matrix} in optimizer {opt.name!r} uses {bad}, which are not "
-                                "hyperparameters; declare them in `hypers`")
+    states = {"x"}
+    for a in opt.aux:
+        if not (isinstance(a, tuple) and len(a) == 3 and isinstance(a[0], str)):
+            raise SpecError(f"optimizer {opt.name!r}: auxiliary states must be (name, update, kind) triples; got {a!r}")
+        if a[0] in states or a[0] == "g" or a[0] in RESERVED_VECTOR_NAMES or not a[0].isidentifier():
+            raise SpecError(f"optimizer {opt.name!r}: auxiliary state name {a[0]!r} is taken or reserved "
+                            f"(x, g, {', '.join(RESERVED_VECTOR_NAMES)})")
+        if a[2] not in _STATE_KINDS:
+            raise SpecError(f"optimizer {opt.name!r}: state {a[0]!r} has kind {a[2]!r}; allowed: {list(_STATE_KINDS)}")
+        states.add(a[0])
+    allowed = {h.symbol for h in opt.hypers} | {sym("k")}
+    for sname, upd in opt.updates.items():
+        if not isinstance(upd, Vec):
+            raise SpecError(f"optimizer {opt.name!r}: the update of {sname!r} is {upd!r}, not a vector expression")
+        nodes = list(_walk(upd))
+        if sname == "x" and not any(isinstance(n, (GradAt,)) or (isinstance(n, VecSym) and n.name == "g")
+                                    for n in _walk_all(opt)):
+            raise SpecError(f"optimizer {opt.name!r}: the update of 'x' uses no gradient (g or grad_at(...)); an "
+                            "optimizer must use it")
+        for n in nodes:
+            if isinstance(n, VecSym) and n.name not in states and n.name != "g":
+                raise SpecError(f"the update of {sname!r} in optimizer {opt.name!r} uses the vector {n.name!r}, which "
+                                f"is not a state; states: {sorted(states)} (give its update in the same dict)")
+            if isinstance(n, (VScale, CoordExpr)):
+                free = (n.scalar if isinstance(n, VScale) else n.body).free_symbols
+                if isinstance(n, CoordExpr):
+                    free = free - set(n.vars)
+                bad = sorted(str(s) for s in free - allowed if not isinstance(s, VScalar))
+                if bad:
+                    raise SpecError(f"the update of {sname!r} in optimizer {opt.name!r} uses {bad}, which are not "
+                                    f"hyperparameters {sorted(h.name for h in opt.hypers)}; declare them in `hypers`")
+            if isinstance(n, MatVec):
+                bad = sorted(str(s) for s in n.matrix.free_symbols - allowed - {dim}
+                             if not isinstance(s, sp.MatrixSymbol))
+                if bad:
+                    raise SpecError(f"the matrix {n.matrix} in optimizer {opt.name!r} uses {bad}, which are not "
+                                    "hyperparameters; declare them in `hypers`")
     seen = set()
     for h in opt.hypers:
         if h.name in seen:
@@ -385,16 +473,24 @@ def _validate(opt: VectorOptimizer) -> None:
         seen.add(h.name)
 
 
+def _walk_all(opt: VectorOptimizer):
+    for upd in opt.updates.values():
+        if isinstance(upd, Vec):
+            yield from _walk(upd)
+
+
 def from_update_vector(name: str, update: Mapping, hypers: Mapping[str, object], natural_regime: str = "sgd",
-                       doc: str = "") -> VectorOptimizer:
-    """A vector optimizer from its update `{"x": <Vec>}` (called by `sdederive.from_update` when the
-    update is a vector expression).  `hypers`: name -> `(default, kind)` or a `VHyper`."""
-    extra = sorted(k for k in update if k != "x")
-    if extra:
-        raise SpecError(f"vector optimizer {name!r}: updates of {extra} given; the vector engine supports the "
-                        "parameter 'x' only (no auxiliary vector states yet)")
+                       doc: str = "", kinds: Mapping[str, str] | None = None) -> VectorOptimizer:
+    """A vector optimizer from its update `{"x": <Vec>, "m": <Vec>, ...}` (called by `sdederive.from_update`
+    when the update is a vector expression).  Every update is written in the values before the step.
+    `hypers`: name -> `(default, kind)` or a `VHyper`; `kinds`: state name -> `"aux"` (default) or
+    `"second_moment"`.  Auxiliary states start at 0."""
     if "x" not in update:
         raise SpecError(f"optimizer {name!r} has no update of the parameter 'x'; updates given: {list(update)}")
+    kinds = dict(kinds or {})
+    unknown = sorted(k for k in kinds if k not in update or k == "x")
+    if unknown:
+        raise SpecError(f"vector optimizer {name!r}: kinds given for {unknown}, which are not auxiliary states")
     hs = []
     for hn, spec in hypers.items():
         if isinstance(spec, VHyper):
@@ -406,7 +502,9 @@ def from_update_vector(name: str, update: Mapping, hypers: Mapping[str, object],
             if kind not in KINDS:
                 raise SpecError(f"hyperparameter {hn!r}: kind {kind!r} unknown; valid kinds: {sorted(KINDS)}")
             hs.append(VHyper(hn, default, kind))
-    return VectorOptimizer(name, tuple(hs), update["x"], natural_regime, doc)
+    aux = tuple((str(k), v, str(getattr(kinds.get(k, "aux"), "value", kinds.get(k, "aux"))))
+                for k, v in update.items() if k != "x")
+    return VectorOptimizer(name, tuple(hs), update["x"], natural_regime, doc, aux)
 
 
 # -- built-ins ---------------------------------------------------------------------------------------------
@@ -440,7 +538,41 @@ def clip_sgd(eta: float = 1e-2, c: float = 1.0) -> VectorOptimizer:
                            _x - _eta * minimum(1, _c / norm(_g)) * _g, "sgd", clip_sgd.__doc__)
 
 
-VECTOR_BUILTINS: dict[str, Callable[..., VectorOptimizer]] = {f.__name__: f for f in (usam, sam, nsgd, clip_sgd)}
+_m, _v = VecSym("m"), VecSym("v")
+_mu, _k = sym("mu"), sym("k")
+
+
+def sgd_nesterov(eta: float = 1e-2, mu: float = 0.9) -> VectorOptimizer:
+    r"""Nesterov momentum in the look-ahead form (Sutskever et al. 2013), written with the buffer `m` of
+    `sgd_momentum` (the velocity is `-eta*m`):
+    $m_{k+1} = \mu m_k + \nabla f_\gamma(x_k - \eta\mu m_k)$, $x_{k+1} = x_k - \eta m_{k+1}$
+    (same minibatch: the gradient at the look-ahead point).  Without the look-ahead shift this is `sgd_momentum`."""
+    m_new = _mu * _m + grad_at(_x - _eta * _mu * _m)
+    return VectorOptimizer("sgd_nesterov", (VHyper("eta", eta, "lr"), VHyper("mu", mu, "momentum")),
+                           _x - _eta * m_new, "sgd", sgd_nesterov.__doc__, (("m", m_new, "aux"),))
+
+
+def lamb(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-6,
+         wd: float = 1e-2) -> VectorOptimizer:
+    r"""LAMB (You et al. 2020) with one layer, the whole vector: Adam's bias-corrected direction
+    $u = \hat m/(\sqrt{\hat v} + \epsilon)$ (coordinate-wise), $m_{k+1} = \beta_1 m_k + (1-\beta_1) g_k$,
+    $v_{k+1} = \beta_2 v_k + (1-\beta_2) g_k^2$, $\hat m = m_{k+1}/(1-\beta_1^{k+1})$,
+    $\hat v = v_{k+1}/(1-\beta_2^{k+1})$, and
+    $x_{k+1} = x_k - \eta\,\frac{|x_k|}{|u + w_d x_k|}\,(u + w_d x_k)$ (the trust ratio; no special case at
+    $|x_k| = 0$)."""
+    b1, b2, ep, wdec = sym("beta1"), sym("beta2"), sym("eps"), sym("wd")
+    m_new = b1 * _m + (1 - b1) * _g
+    v_new = b2 * _v + (1 - b2) * coordinatewise(lambda a: a**2, _g)
+    u = coordinatewise(lambda a, b: a / (1 - b1 ** (_k + 1)) / (sp.sqrt(b / (1 - b2 ** (_k + 1))) + ep), m_new, v_new)
+    step = u + wdec * _x
+    hy = (VHyper("eta", eta, "lr"), VHyper("beta1", beta1, "decay"), VHyper("beta2", beta2, "decay"),
+          VHyper("eps", eps, "eps"), VHyper("wd", wd, "positive"))
+    return VectorOptimizer("lamb", hy, _x - _eta * (norm(_x) / norm(step)) * step, "balanced", lamb.__doc__,
+                           (("m", m_new, "aux"), ("v", v_new, "second_moment")))
+
+
+VECTOR_BUILTINS: dict[str, Callable[..., VectorOptimizer]] = {
+    f.__name__: f for f in (usam, sam, nsgd, clip_sgd, sgd_nesterov, lamb)}
 
 
 def names() -> list[str]:

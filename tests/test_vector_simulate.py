@@ -279,3 +279,16 @@ def test_compare_and_sweep_accept_vector_builtins():
     assert len(res) == 8 and np.all(fl < 0.8 * res.rows[0]["initial_loss"])
     with pytest.raises(SdederiveError, match="hyperparameter of sam"):
         sd.sweep.run(sd.sweep.Grid(optimizer=["sam"], eta=[0.1], c=[1.0]), prob, steps=2, paths=10, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["discrete", "sde"])
+def test_float32_state_tracks_float64(mode):
+    """dtype='float32' rounds the state each step (the products read a float64 copy): the statistics agree with
+    float64 to float32 precision and differ from it by rounding."""
+    H, S = _dense()
+    prob = sd.Quadratic(H=H, Sigma=S, x0=[1.0, -1.0, 0.5])
+    obj = "sam" if mode == "discrete" else sd.derive("sam")
+    a = sd.compile(obj, prob).run(paths=400, steps=30, seed=1)
+    b = sd.compile(obj, prob, dtype="float32").run(paths=400, steps=30, seed=1)
+    np.testing.assert_allclose(b.mean["loss"], a.mean["loss"], rtol=1e-5)
+    assert not np.array_equal(a.mean["loss"], b.mean["loss"])

@@ -115,9 +115,7 @@ class VProgram:
     scalars: set = field(default_factory=set)
     batches: int = 1
     hypers: tuple = ()
-    uses_sigma: bool = False
     notes: tuple = ()
-    s2_guard: object = None
 
 
 def _v(name: str) -> sp.Symbol:
@@ -191,7 +189,6 @@ class _Builder:
         for a in e.atoms(sp.Trace):
             if a.arg != SIGMA:
                 raise CodegenError(f"{self.prog.name}: the trace {a} cannot be lowered; supported: Trace(Sigma)")
-            self.prog.uses_sigma = True
             repl[a] = self.red(_v("SG") ** 2)
         out = self.hyper(e.xreplace(repl))
         bad = [s for s in out.free_symbols if not (s.name.startswith(("v_", "s_", "hp_")))]
@@ -230,12 +227,7 @@ class _Builder:
             return "GR"
         if E == XVEC:
             return "X"
-        if isinstance(E, ExpectationAtom):
-            if E not in self.atoms:
-                raise CodegenError(f"{self.prog.name}: the atom {E.display()} has no estimate")  # pragma: no cover
-            return self.atoms[E]
         if isinstance(E, SignMean):
-            self.prog.uses_sigma = True
             return self.cw(sp.erf(_v("GR") / (sp.sqrt(2) * _v("SG"))))
         if isinstance(E, sp.ZeroMatrix):
             return self.cw(sp.S.Zero, "z")
@@ -246,8 +238,6 @@ class _Builder:
             for a in E.args:
                 if not getattr(a, "is_Matrix", False):
                     scal.append(a)
-                elif isinstance(a, ExpectationAtom) and a.tensor == "1":
-                    scal.append(_s(self.atoms[a]))
                 else:
                     mats.append(a)
             if not mats or mats[-1].shape[1] != 1:
@@ -258,8 +248,6 @@ class _Builder:
             c = self.scalar(sp.Mul(*scal))
             return v if c == 1 else self.cw(c * _v(v))
         raise CodegenError(f"{self.prog.name}: cannot lower the vector expression {E} ({type(E).__name__})")
-
-    atoms: dict = {}
 
 
 def _hyper_map(hypers, regime: str = "sgd") -> dict:
@@ -420,7 +408,6 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
     hyp = tuple(h[0] for h in sde.hypers)
     prog = VProgram("sde", sde.optimizer, hypers=hyp)
     b = _Builder(prog, _hyper_map(hyp, sde.regime))
-    b.atoms = {}
     prog.vectors |= {"X", "GR"}
     b.ops.append(VOp("grad", "GR", ("X",)))
     A, form = _noise_root_factor(sde.diffusion_matrix_expr)
@@ -474,7 +461,6 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
         s2 = 1 - dt / (n_inner * c ** 2)
         drift = -(sp.Add(*[_v(a) for a in a0]) + _v("_SF") / n_inner)
         new = b.cw(_v("X") + drift * dt + c * sp.sqrt(s2) * sdt * _v("ZETA"), "nx")
-        prog.s2_guard = s2
     else:
         drift = b.vec(sde.drift_vector)
         b.ops = prog.post

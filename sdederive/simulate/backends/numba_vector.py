@@ -18,10 +18,10 @@ Gaussians are addressed by (step, coordinate block, path, stream) as in the scal
 from __future__ import annotations
 
 import sympy as sp
-from sympy.printing.pycode import PythonCodePrinter
 
 from sdederive.simulate.backends import kernel_support
 from sdederive.simulate.backends.numba_backend import _PRELUDE, _comment, _dtype
+from sdederive.simulate.backends.numba_printer import _NumbaPrinter
 from sdederive.simulate.lower import CodegenError
 from sdederive.simulate.rng import philox as rng
 from sdederive.simulate.vector_lower import WEIGHT_STREAM, VOp, VProgram, index_stream
@@ -32,7 +32,10 @@ __all__ = ["generate_vector", "ROW_BLOCK"]
 ROW_BLOCK = 64
 
 
-class _Printer(PythonCodePrinter):
+class _Printer(_NumbaPrinter):
+    """The numba backend's printer with the program's names bound to the row block: `v_NAME` is
+    `V_NAME[r, i]` (`XB` for `x`), `s_NAME` is `S_NAME[r]`."""
+
     def _print_Symbol(self, e):
         n = e.name
         if n.startswith("v_"):
@@ -41,16 +44,6 @@ class _Printer(PythonCodePrinter):
         if n.startswith("s_"):
             return f"S_{n[2:]}[r]"
         return n
-
-    def _print_sign(self, e):
-        a = self._print(e.args[0])
-        return f"(0.0 if {a} == 0 else math.copysign(1.0, {a}))"
-
-    def _print_Float(self, e):
-        return repr(float(e))
-
-    def _print_Rational(self, e):
-        return repr(float(e))
 
 
 _P = _Printer({"fully_qualified_modules": True, "standard": "python3"})
@@ -82,8 +75,10 @@ def mb_grad(yv, G, IDX, Bm, PM, PY, l2):
 
 
 class _Writer:
-    def __init__(self, prog: VProgram, problem):
+    def __init__(self, prog: VProgram, problem, dtype: str = "float64"):
         self.prog, self.problem = prog, problem
+        # a float32 state: BLAS products and the helpers need float64, so they read the copy XD of the block
+        self.xd = dtype == "float32"
         self.L: list[str] = []
         self.dense = problem.kind == "quadratic_dense"
         self.factor = problem.has_noise_factor
@@ -94,6 +89,13 @@ class _Writer:
 
     def arr(self, name: str) -> str:
         return "XB" if name == "X" else f"V_{name}"
+
+    def src(self, name: str) -> str:
+        """The array a product or a problem helper reads `name` from."""
+        return "XD" if (name == "X" and self.xd) else self.arr(name)
+
+    def x_row(self) -> str:
+        return "XD[r]" if self.xd else "XB[r]"
 
     # -- operations -----------------------------------------------------------------------------------------
     def op(self, ind: int, o: VOp, in_inner: bool, out_override: str | None = None) -> None:
@@ -114,7 +116,7 @@ class _Writer:
             w(ind, "for r in range(nr):")
             w(ind + 1, f"S_{o.out}[r] = {_expr(o.args[0])}")
         elif o.kind == "grad":
-            src = self.arr(o.args[0])
+            src = self.src(o.args[0])
             if self.dense:
                 w(ind, f"np.dot({src}[:nr], PM, {out}[:nr])")
             else:
@@ -125,12 +127,12 @@ class _Writer:
                 w(ind, "for r in range(nr):")
                 w(ind + 1, f"prob_grad({src}[r], {out}[r], HS1, {sg}, PV, PM, PL, PY, {wk}, False, {need})")
         elif o.kind == "hvp":
-            src = self.arr(o.args[0])
+            src = self.src(o.args[0])
             if self.dense:
                 w(ind, f"np.dot({src}[:nr], PM, {out}[:nr])")
             else:
                 w(ind, "for r in range(nr):")
-                w(ind + 1, f"prob_hvp(XB[r], {src}[r], {out}[r], PV, PM, PL, PY, WS)")
+                w(ind + 1, f"prob_hvp({self.x_row()}, {src}[r], {out}[r], PV, PM, PL, PY, WS)")
         elif o.kind == "noise":
             base, stride = o.args
             stream = f"{base} + kin * {stride}" if (in_inner and stride) else f"{base}"
@@ -144,7 +146,7 @@ class _Writer:
                 w(ind, f"np.dot(ZB[:nr], LTP, {out}[:nr])")
             elif self.factor:
                 w(ind, "for r in range(nr):")
-                w(ind + 1, f"prob_corr(XB[r], V_GR[r], ZB[r], {out}[r], PV, PM, PL, PY, WX[r])")
+                w(ind + 1, f"prob_corr({self.x_row()}, V_GR[r], ZB[r], {out}[r], PV, PM, PL, PY, WX[r])")
             else:
                 w(ind, "for r in range(nr):")
                 w(ind + 1, "for i in range(d):")
@@ -155,7 +157,7 @@ class _Writer:
             if bt not in self.drawn:
                 self.drawn.add(bt)
                 w(ind + 1, f"draw_indices(IDXB[{bt}, r], Bm, n_ex, cstep, ROWS[r], {index_stream(bt)}, key0, key1)")
-            w(ind + 1, f"mb_grad({self.arr(src)}[r], {out}[r], IDXB[{bt}, r], Bm, PM, PY, PV[P_l2])")
+            w(ind + 1, f"mb_grad({self.src(src)}[r], {out}[r], IDXB[{bt}, r], Bm, PM, PY, PV[P_l2])")
         else:  # pragma: no cover - the IR is closed
             raise CodegenError(f"unknown vector operation {o.kind!r}")
 
@@ -168,6 +170,10 @@ class _Writer:
     def step(self, ind: int) -> None:
         prog = self.prog
         self.drawn = set()
+        if self.xd:
+            self.w(ind, "for r in range(nr):")
+            self.w(ind + 1, "for i in range(d):")
+            self.w(ind + 2, "XD[r, i] = XB[r, i]")
         self.ops(ind, prog.pre)
         if prog.n_inner:
             n = prog.n_inner
@@ -204,7 +210,7 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     if problem.noise == "student-t":
         raise CodegenError("vector kernels draw Gaussian noise (g = grad + Sigma^(1/2) z); the problem has Student-t "
                            "noise. Use a Gaussian problem")
-    W = _Writer(prog, problem)
+    W = _Writer(prog, problem, dtype)
     w = W.w
     vecs = sorted(prog.vectors - {"X"}) + ["SG"]
     if prog.n_inner:
@@ -314,8 +320,6 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     w(4, "for i in range(d):")
     w(5, "STATE[ROWS[r], 0, i] = XB[r, i]")
     body = "\n".join(W.L)
-    if dtype == "float32":
-        body = _float32_products(body)
     host = "\n".join([
         "", "",
         "@njit(cache=True, nogil=True, fastmath=False, error_model='numpy')",
@@ -335,18 +339,3 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
             + f"DT = np.{_dtype(dtype)}\n"
             + "\n".join(_comment(f"# note: {n}") for n in prog.notes) + "\n"
             + problem.numba_fragment() + "\n" + (_MB_GRAD if problem.minibatch else "") + "\n" + body + host + "\n")
-
-
-def _float32_products(body: str) -> str:
-    """float32 state: the BLAS products and the helpers read a float64 copy `XD` of the state block."""
-    body = body.replace("np.dot(XB[:nr]", "np.dot(XD[:nr]")
-    for f in ("prob_grad(XB[r]", "prob_hvp(XB[r]", "prob_corr(XB[r]", "mb_grad(XB[r]"):
-        body = body.replace(f, f.replace("XB", "XD"))
-    # refresh XD from XB at the start of every step
-    return body.replace("                cstep = k\n", "                cstep = k\n" + _XD_COPY(16)).replace(
-        "                    cstep = k * sub + ss\n", "                    cstep = k * sub + ss\n" + _XD_COPY(20))
-
-
-def _XD_COPY(n: int) -> str:
-    s = " " * n
-    return f"{s}for r in range(nr):\n{s}    for i in range(d):\n{s}        XD[r, i] = XB[r, i]\n"

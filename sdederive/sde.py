@@ -253,7 +253,11 @@ class SDE:
 
     # -- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        """The docs/notation.md JSON schema, plus sdederive's extra keys."""
+        """The docs/notation.md JSON schema, plus sdederive's extra keys.
+
+        Expressions are printed in the evaluated form the JSON parser rebuilds (`_canon`), so that
+        `to_json(from_json(to_json(sde)))` is byte-identical to `to_json(sde)`."""
+        str = _canon_str  # noqa: A001 - every expression below is printed canonically
         diff = self.diffusion
         free = self._free()
         extra_syms = {}
@@ -588,3 +592,18 @@ def _from_json(cls, data) -> SDE:
         init=exprs("init"), linear_noise=linear_noise, eliminated=eliminated, notes=tuple(notes),
         noise_values=noise_values, hypers=tuple(hypers), source=source, noise_model=noise_model,
     )
+
+
+def _canon_str(e) -> str:
+    """`e` printed as the JSON parser rebuilds it: `str(parse(str(e)))` (an unevaluated `-(a + b)` from
+    `factor_terms` prints as `-a - b`), so that re-serializing a loaded SDE gives the same bytes."""
+    import builtins
+
+    text = builtins.str(e)
+    if not isinstance(e, sp.Basic) or e.is_Atom:
+        return text
+    own = {f.name: f for f in e.free_symbols}
+    try:
+        return builtins.str(parse_expr(text, symbols=lambda n: own.get(n) or sym(n), what="expression"))
+    except SdederiveError:  # not in the JSON's function set: printed as it is (from_json refuses it)
+        return text

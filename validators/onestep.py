@@ -311,13 +311,25 @@ def _order2_mean(sde: SDE, drift: dict) -> dict:
     return out
 
 
-def _richardson(incr1, incr2, r_tau, r_cov, antithetic: bool, half: int):
-    """Per-sample Richardson combination of the runs at `eta` and `2*eta`: mean, covariance and
-    their standard errors (from antithetic pair averages when `antithetic`)."""
+def _prods(incr, two=None):
+    """Per-sample centred products whose mean is the covariance claimed by the SDE: `c c^T` of the
+    one-step increment, or, with a lagged-gradient state (`two` = `F_k + F_{k+1}` from the same
+    frozen state), the long-run covariance `Cov(F_k + F_{k+1}) - Cov(F_k)`
+    `= Cov F + Cov(F_k, F_{k+1}) + Cov(F_{k+1}, F_k)`."""
+    c = incr - incr.mean(axis=0)
+    p = c[:, :, None] * c[:, None, :]
+    if two is not None:
+        c2 = two - two.mean(axis=0)
+        p = c2[:, :, None] * c2[:, None, :] - p
+    return p
+
+
+def _richardson(run1, run2, r_tau, r_cov, antithetic: bool, half: int):
+    """Per-sample Richardson combination of the runs at `eta` and `2*eta` (`(incr, two)` each): mean,
+    covariance and their standard errors (from antithetic pair averages when `antithetic`)."""
+    incr1, incr2 = run1[0], run2[0]
     x = 2.0 * incr1 - r_tau * incr2
-    c1 = incr1 - incr1.mean(axis=0)
-    c2 = incr2 - incr2.mean(axis=0)
-    p = 2.0 * c1[:, :, None] * c1[:, None, :] - r_cov[None, :, :] * (c2[:, :, None] * c2[:, None, :])
+    p = 2.0 * _prods(*run1) - r_cov[None, :, :] * _prods(*run2)
     mean, cov = x.mean(axis=0), p.mean(axis=0)
     if antithetic:
         xm, pm = 0.5 * (x[:half] + x[half:]), 0.5 * (p[:half] + p[half:])
@@ -499,10 +511,22 @@ def onestep_check(
         if nu is None:
             raise ValueError("Student-t noise needs nu (in noise_params or point)")
     half = samples // 2 if antithetic else samples
-    z = nm.sample(rng, half, nu=nu)
-    if antithetic:
-        z = np.concatenate([z, -z])
+
+    def draw():
+        w = nm.sample(rng, half, nu=nu)
+        return np.concatenate([w, -w]) if antithetic else w
+
+    z = draw()
     n = z.size
+    # states storing the previous gradient (Adan's gp): drawn from an independent previous noise draw,
+    # and the covariance is the long-run one, from a second step off the same frozen state
+    from sdederive.derivation._lag import find_lagged
+
+    lagged = [d.name for d, _ in find_lagged(opt)]
+    if lagged:
+        z_prev, z_next = draw(), draw()
+        notes.append(f"{', '.join(lagged)} holds the previous gradient: drawn from an independent previous noise "
+                     "draw; covariance = Cov(F_k + F_k+1) - Cov(F_k) from two steps off the same state (long-run)")
 
     # -- discrete runs ---------------------------------------------------------------------------------
     step = opt.numpy_step()
@@ -531,7 +555,11 @@ def onestep_check(
             for slow, a in m.items():
                 coef[(fast, slow)] = _num(a, {**known, **hyp, "eta": e})
                 st[slow] = known.get(slow, 0.0) - coef[(fast, slow)] * st[fast]
-        g = known.get("grad", 0.0) + scale * z  # grad may have dropped out of the SDE (default 0)
+        grad0 = known.get("grad", 0.0)
+        g = grad0 + scale * z  # grad may have dropped out of the SDE (default 0)
+        if lagged:
+            prev = step(st, grad0 + scale * z_prev, max(k - 1, 0), hyp)
+            st = {**st, **{s: np.asarray(prev[s], dtype=float) for s in lagged}}
         new = step(st, g, k, hyp)
         new = {s: np.broadcast_to(np.asarray(v, dtype=float), (n,)) for s, v in new.items()}
 
@@ -550,17 +578,24 @@ def onestep_check(
 
         old_v, new_v = sde_vals(st), sde_vals(new)
         incr = np.stack([np.broadcast_to(nv - ov, (n,)) for nv, ov in zip(new_v, old_v)], axis=1)
+        two = None
+        if lagged:  # F_k+1 from the same slow state, its previous gradient the g_k just drawn
+            st2 = {**st, **{s: new[s] for s in lagged}}
+            new2 = step(st2, grad0 + scale * z_next, k, hyp)
+            new2 = {s: np.broadcast_to(np.asarray(v, dtype=float), (n,)) for s, v in new2.items()}
+            f2 = np.stack([np.broadcast_to(nv - ov, (n,)) for nv, ov in zip(sde_vals(new2), sde_vals(st2))], axis=1)
+            two = incr + f2
         mag = np.array([max(np.max(np.abs(nv)), np.max(np.abs(ov))) for nv, ov in zip(new_v, old_v)])
-        discrete = {**{h: v for h, v in hyp.items()}, **{f"{s}_0": v for s, v in st.items()}, "k": k,
+        discrete = {**{h: v for h, v in hyp.items()}, **{f"{s}_0": v for s, v in st.items() if s not in lagged}, "k": k,
                     "noise scale": scale}
         if nu is not None:
             discrete["nu"] = nu
-        return incr, discrete, mag
+        return (incr, two), discrete, mag
 
-    def stats(incr):
+    def stats(run_):
+        incr = run_[0]
         mean = incr.mean(axis=0)
-        c = incr - mean
-        prods = c[:, :, None] * c[:, None, :]
+        prods = _prods(*run_)
         cov = prods.mean(axis=0)
         if antithetic:
             pm = 0.5 * (incr[:half] + incr[half:])
@@ -568,8 +603,9 @@ def onestep_check(
             return mean, cov, pm.std(axis=0, ddof=1) / math.sqrt(half), pp.std(axis=0, ddof=1) / math.sqrt(half)
         return mean, cov, incr.std(axis=0, ddof=1) / math.sqrt(n), prods.std(axis=0, ddof=1) / math.sqrt(n)
 
-    incr1, discrete, mag = run(eta, k)
-    smean, scov, mse, cse = stats(incr1)
+    run1, discrete, mag = run(eta, k)
+    incr1 = run1[0]
+    smean, scov, mse, cse = stats(run1)
     rms = np.sqrt(np.mean(incr1**2, axis=0))
     mfloor = _FLOOR * rms + 1e-15 * mag
     cfloor = mfloor[:, None] * rms[None, :] + rms[:, None] * mfloor[None, :]
@@ -582,8 +618,8 @@ def onestep_check(
                          "the sample cannot resolve it, choose a point where it is not rare")
     mallow, callow = np.zeros(d), np.zeros((d, d))
     if step_doubling:
-        incr2, _, _ = run(2 * eta, k // ratio if "t" in free else k)
-        smean2, scov2, _, _ = stats(incr2)
+        run2, _, _ = run(2 * eta, k // ratio if "t" in free else k)
+        smean2, scov2, _, _ = stats(run2)
 
         def scalings(factor: float):
             """r_tau, r_cov: the derived eta-scaling of means and covariance entries, eta vs factor*eta."""
@@ -602,10 +638,10 @@ def onestep_check(
         if richardson:
             # R(eta) = 2*S(eta) - r*S(2 eta) removes an O(eta) relative truncation; what is left is
             # O(eta**p), p >= 2, bounded by |R(eta) - R(2 eta)| = (2**p - 1)*|R(eta) - derived|
-            incr4, _, _ = run(4 * eta, k // ratio**2 if "t" in free else k)
-            smean4, scov4, _, _ = stats(incr4)
+            run4, _, _ = run(4 * eta, k // ratio**2 if "t" in free else k)
+            smean4, scov4, _, _ = stats(run4)
             r_tau4, r_cov4 = scalings(4.0)
-            smean, scov, mse, cse = _richardson(incr1, incr2, r_tau, r_cov, antithetic, half)
+            smean, scov, mse, cse = _richardson(run1, run2, r_tau, r_cov, antithetic, half)
             mallow = np.abs(smean - (2 * r_tau * smean2 - r_tau4 * smean4))
             callow = np.abs(scov - (2 * r_cov * scov2 - r_cov4 * scov4))
             notes.append("Richardson extrapolation R = 2*S(eta) - r*S(2 eta) (O(eta) truncation removed); "

@@ -5,6 +5,7 @@ OPTIMIZERS = (
     ('adagrad', 'accumulator', ('v',), 'Adagrad (PyTorch, no lr decay)'),
     ('adam', 'noise-dominated', ('m', 'v'), 'Adam with bias correction (PyTorch)'),
     ('adamw', 'balanced', ('m', 'v'), 'AdamW (PyTorch)'),
+    ('adan', 'balanced', ('m', 'vd', 'n', 'gp'), 'Adan (Xie et al. 2022), official-code convention betas = (0.98, 0.92, 0.99), decoupled wd'),
     ('amsgrad', 'noise-dominated', ('m', 'v', 'vhat'), 'AMSGrad (Reddi, Kale & Kumar 2018)'),
     ('lion', 'balanced', ('m',), 'Lion (Chen et al. 2023)'),
     ('qhadam', 'noise-dominated', ('m', 'v'), "QH-Adam (Ma & Yarats 2019), with the paper's recommended (nu1, nu2, beta1, beta2) = (0.7, 1, 0.995, 0.999)"),

@@ -22,10 +22,9 @@ Running maxima (AMSGrad)
     (the running maximum of a diffusion is not a state of an Ito SDE with a drift).
 
 Lagged gradients (Adan)
-    A state updated as `gp' = (a function of g only)` stores the previous step's noise draw.  Where
-    it enters an update nonlinearly or multiplied by the current gradient, it cannot be eliminated
-    affinely and the increments it enters are correlated across steps (their diffusion would be a
-    long-run covariance): refused with that reason.
+    A state updated as `gp' = (a polynomial in g only)` stores the previous step's gradient; it is
+    modelled inside the engine (`sdederive.derivation._lag`: the previous draw as an independent
+    copy of the noise, the diffusion as the long-run covariance of the 1-dependent increments).
 """
 
 from __future__ import annotations
@@ -106,29 +105,8 @@ def _finish_running_max(sde, found, rg):
     return dataclasses.replace(sde, drift=drift, notes=tuple(notes))
 
 
-def _refuse_lagged(opt, rg) -> None:
-    upd = dict(opt.update)
-    for s in opt.states:
-        e = upd[s.name]
-        if e.has(s.symbol) or not e.has(_g):
-            continue
-        for name, expr in opt.update:
-            if name == s.name or not expr.has(s.symbol):
-                continue
-            if sp.diff(expr, s.symbol, 2) != 0 or sp.diff(expr, s.symbol, _g) != 0:
-                raise RegimeMismatchError(
-                    f"state {s.name} of {opt.name!r} stores the previous step's gradient ({s.name}' = {e}) and enters "
-                    f"the update of {name} nonlinearly or multiplied by the current gradient: it jumps O(1) every "
-                    "step (no scaling of hyperparameters makes the state slow, in every regime), it cannot be "
-                    "eliminated affinely, and the increments it "
-                    "enters are correlated across steps (their diffusion is a long-run covariance, which this "
-                    f"engine does not compute). No SDE is derived for {opt.name!r} (in regime {rg.name!r} or any other)."
-                )
-
-
 def derive_special(derive_fn, opt, nm, rg, order: int):
     """`derive_fn(opt, nm, rg, order)` with the structures of the module docstring handled."""
-    _refuse_lagged(opt, rg)
     opt2, found = _running_max(opt)
     if found and order != 1:
         raise SdederiveError(f"order={order} is not supported for the running maximum in {opt.name!r}; use order=1")

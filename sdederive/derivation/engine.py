@@ -34,6 +34,7 @@ import sympy as sp
 
 from sdederive import noise as noise_mod
 from sdederive import regimes as regime_mod
+from sdederive.derivation._lag import Z_PREV, LagModel, find_lagged
 from sdederive.derivation._special import derive_special
 from sdederive.derivation.expectation import Expectation, expand_eta, expect, extract_atoms, is_zero
 from sdederive.errors import ExpectationError, RegimeMismatchError, SdederiveError
@@ -141,6 +142,10 @@ def _derive(opt, nm, rg, order: int) -> SDE:
         params["sigma0"] = _sigma * _eta
     if nm.batch:
         params["sigma"] = nm.scale
+    # states storing the previous gradient, entering non-affinely: the lagged-noise model (_lag.py)
+    lagged = find_lagged(opt)
+    lag = LagModel(lagged, lambda n: E.moment(n), opt.name, opt.update) if lagged else None
+    lag_names = {d.name for d, _ in lagged}
 
     # 2. state rescaling (v -> u = eta**2 * v) -----------------------------------------------------
     rename: dict[str, str] = {}
@@ -152,19 +157,27 @@ def _derive(opt, nm, rg, order: int) -> SDE:
             rename[s.name] = new
             ssubs[s.symbol] = sym(new, nonnegative=True) / _eta**2
             state_map[new] = _eta**2 * s.symbol
-    states = ["x"] + [rename.get(s.name, s.name) for s in opt.states]
+    states = ["x"] + [rename.get(s.name, s.name) for s in opt.states if s.name not in lag_names]
     kinds = {rename.get(s.name, s.name): s.kind for s in opt.states} | {"x": "param"}
     init = {rename.get(s.name, s.name): sp.nsimplify(s.init) * (_eta**2 if s.name in rename else 1)
-            for s in opt.states}
+            for s in opt.states if s.name not in lag_names}
 
     tau = rg.tau
     if order == 2:
         _order2_allowed(opt, rg)
+        if lagged:
+            raise SdederiveError(
+                f"order=2 is not available for {opt.name!r}: its state {lagged[0][0].name} stores the previous "
+                "step's gradient, and the order-2 drift would need the two-step corrections of the lagged-noise "
+                "model (the change of the gradient between steps) that are not derived; use order=1"
+            )
     subs_all = {_g: gsub, **hsubs, **ssubs}
     unit = _unit_interval(opt)
     bias: dict = {}
     new_vals: dict[str, sp.Expr] = {}
     for sname, expr in opt.update:
+        if sname in lag_names:
+            continue
         e = expr.xreplace(subs_all)
         if sname in rename:
             e = _eta**2 * e
@@ -174,6 +187,10 @@ def _derive(opt, nm, rg, order: int) -> SDE:
         name = rename.get(sd_.name, sd_.name)
         syms[name] = sym(name, nonnegative=True) if sd_.name in rename else sd_.symbol
     incr = {s: new_vals[s] - syms[s] for s in states}
+    raw_incr, lag_subs = incr, {}
+    if lag:
+        lag_subs = lag.substitutions(gsub)
+        incr = {s: e.xreplace(lag_subs) for s, e in incr.items()}
 
     # 3. atoms (non-smooth functions of the noise) -------------------------------------------------
     try:
@@ -187,6 +204,9 @@ def _derive(opt, nm, rg, order: int) -> SDE:
 
     def show(e: sp.Expr) -> str:
         return _pretty(sp.sympify(e).xreplace(readable).xreplace(readable))
+
+    if lag:
+        lag.refuse_nonsmooth(atoms, show)
 
     E = Expectation(nm, atoms, {h: 1 / (1 + w) for h, w in unit.items()}, N, names=readable)
 
@@ -209,6 +229,13 @@ def _derive(opt, nm, rg, order: int) -> SDE:
                     f"{_fast_cause(inside[0], exp_[inside[0]], opt, show)}. It enters the update through "
                     f"{show(a.expr)}, nonlinearly, so it cannot be averaged out."
                 )
+        if lag:
+            raise RegimeMismatchError(
+                f"state {fast[0]} of {opt.name!r} is fast in regime {rg.name!r}: "
+                f"{_fast_cause(fast[0], exp_[fast[0]], opt, show)}. Together with the previous-gradient state "
+                f"{lagged[0][0].name} this is not supported (the elimination of fast states assumes increments "
+                "driven by the current noise only)."
+            )
         incr, eliminated = _eliminate(incr, fast, syms, opt, rg, exp_, show)
         for f in fast:
             notes.append(
@@ -222,7 +249,12 @@ def _derive(opt, nm, rg, order: int) -> SDE:
             raise SdederiveError("order=2 is not supported together with fast-state elimination")
 
     # 5. means ---------------------------------------------------------------------------------
-    means = {s: expect(exp_[s], E, N) for s in states}
+    if lag:  # the drift needs E[Delta] to order q; the covariance's products (to q + 1) one order more
+        nm_ = int(sp.ceiling(q)) + 1
+        lag.check_orders(raw_incr, lag_subs, states, syms, exp_, q)
+        means = {s: lag.mean_prev(expect({p: c for p, c in exp_[s].items() if p <= nm_}, E, nm_)) for s in states}
+    else:
+        means = {s: expect(exp_[s], E, N) for s in states}
     drift: dict[str, sp.Expr] = {}
     for s in states:
         low = {p: c for p, c in means[s].items() if p < q}
@@ -246,21 +278,49 @@ def _derive(opt, nm, rg, order: int) -> SDE:
     # 6. covariance ------------------------------------------------------------------------------
     pmin = None
     for extra in (0, 2, 4):
-        n2 = N + extra
+        # the lagged-noise products are large: start at the covariance's usual order eta**(q+1)
+        n2 = (int(sp.ceiling(q)) + 1 if lag else N) + extra
         if extra:
             exp_ = {s: expand_eta(incr[s], n2) for s in states}
             means = {s: expect(exp_[s], E, n2) for s in states}
-        cov_exp = {}
+            if lag:
+                means = {s: lag.mean_prev(m) for s, m in means.items()}
+        if lag:  # A(z) = E_{z_prev} F(z, z_prev), B(z) = E_z F(z, z_prev) at z_prev = z (module _lag)
+            low = min((min(e) for e in exp_.values() if e), default=0)
+            cut = {s: {p: c for p, c in exp_[s].items() if p <= n2 - low} for s in states}  # what products keep
+            A = {s: lag.mean_prev(cut[s]) for s in states}
+            B = {s: lag.lag_slot(expect(cut[s], E, n2 - low)) for s in states}
+        cov_exp, single = {}, {}
         for i, si in enumerate(states):
             for sj in states[i:]:
                 prod = _mul_trunc(exp_[si], exp_[sj], n2)
                 m2 = expect(prod, E, n2)
                 mm = _mul_trunc(means[si], means[sj], n2)
+                if lag:
+                    m2 = lag.mean_prev(m2)
                 d = {p: m2.get(p, 0) - mm.get(p, 0) for p in set(m2) | set(mm)}
+                single[(si, sj)] = d = {p: c for p, c in d.items() if not is_zero(c)}
+                if lag:  # the long-run covariance: Cov F_k + Cov(F_k, F_k+1) + Cov(F_k+1, F_k)
+                    ab = expect(_mul_trunc(A[si], B[sj], n2), E, n2)
+                    ba = expect(_mul_trunc(B[si], A[sj], n2), E, n2)
+                    d = {p: d.get(p, 0) + ab.get(p, 0) + ba.get(p, 0) - 2 * mm.get(p, 0)
+                         for p in set(d) | set(ab) | set(ba) | set(mm)}
                 cov_exp[(si, sj)] = {p: c for p, c in d.items() if not is_zero(c)}
-        orders = [min(d) for d in cov_exp.values() if d]
+        orders = [min(d) for d in single.values() if d]
         if orders:
-            pmin = min(orders)
+            if lag:
+                p1 = min(orders)
+                if p1 < q:
+                    (si, sj), = [k for k, d in single.items() if d and min(d) == p1][:1]
+                    raise RegimeMismatchError(
+                        f"the single-step covariance of ({si}, {sj}) of {opt.name!r} is of order eta**{p1}, larger "
+                        f"than tau = {tau} in regime {rg.name!r}: the chain jumps by more than the diffusion scale "
+                        "every step (through the previous gradient), so it has no SDE limit in this regime."
+                    )
+                lr = [min(d) for d in cov_exp.values() if d]
+                if not lr or min(lr) > p1:
+                    lag.refuse_cancelled()
+            pmin = min(min(d) for d in cov_exp.values() if d)
             break
     n = len(states)
     C = sp.zeros(n, n)
@@ -297,12 +357,19 @@ def _derive(opt, nm, rg, order: int) -> SDE:
         )
     D = _factor(Cm, unit)
 
-    linear = _linear_noise(exp_, states, Cm, atoms)
+    linear = _linear_noise(exp_, states, Cm, atoms) and not lag
     if nm.Sigma is not None and not linear:
         raise ExpectationError(
             f"a full noise covariance Sigma needs an update linear in the noise at leading order; {opt.name!r} "
             f"in regime {rg.name!r} is not (its noise enters through sign/abs or g**2). Use per-coordinate "
             "(diagonal) noise."
+        )
+    if lag:
+        notes.append(
+            f"{', '.join(sorted(lag_names))} stores the previous step's gradient and is not an SDE state: the previous "
+            "draw is an independent copy z_prev of the noise at the current point; the drift averages over it, "
+            "and the covariance is the long-run covariance Cov(F_k) + Cov(F_k, F_k+1) + Cov(F_k+1, F_k) of the "
+            "1-dependent increments (the gradient's change between steps enters beyond leading order)"
         )
     notes.extend(sorted(E.conditions))
     if getattr(nm, "gaussian_limit", False):
@@ -470,7 +537,7 @@ def _check_clean(opt, rg, drift: dict, C: sp.Matrix, D: sp.Matrix, show, finite:
     entries += [(f"diffusion[{i},{j}]", D[i, j]) for i in range(D.shape[0]) for j in range(D.shape[1])]
     for what, e in entries:
         bad = None
-        if e.has(_z):
+        if e.has(_z) or e.has(Z_PREV):
             bad = "the noise variable z"
         elif e.has(sp.DiracDelta):
             bad = "a DiracDelta"

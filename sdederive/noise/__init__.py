@@ -258,12 +258,9 @@ class StudentT(NoiseModel):
         if self.gaussian_limit:
             return Gaussian().moment(n)
         nu = self.nu_expr
-        if nu.is_number:  # Gamma((nu - n)/2)/Gamma(nu/2) = 1/prod_j (nu/2 - j): no gammas of a large nu
-            return sp.factorial2(n - 1) * nu ** sp.Rational(n, 2) / sp.Mul(*[nu - 2 * j for j in range(1, n // 2 + 1)])
-        return sp.simplify(
-            nu ** sp.Rational(n, 2) * sp.gamma(sp.Rational(n + 1, 2)) * sp.gamma((nu - n) / 2)
-            / (sp.sqrt(sp.pi) * sp.gamma(nu / 2))
-        )
+        # nu**(n/2) Gamma((n+1)/2) Gamma((nu-n)/2) / (sqrt(pi) Gamma(nu/2)), with
+        # Gamma((nu - n)/2)/Gamma(nu/2) = 1/prod_j (nu/2 - j) (n even), numeric or symbolic nu: no gammas to simplify
+        return sp.factorial2(n - 1) * nu ** sp.Rational(n, 2) / sp.Mul(*[nu - 2 * j for j in range(1, n // 2 + 1)])
 
     def conditions(self, n: int) -> list[str]:
         return [f"nu > {n}"] if n >= 1 and self.nu is None else []

@@ -228,7 +228,13 @@ def sde_spec(sde: SDE, problem: Problem, *, correlated: bool) -> KernelSpec:
     if getattr(sde, "order", 1) == 2:
         _require_diagonal_hessian(sde, problem)
     states = tuple(sde.states)
-    params = {sym(k) if isinstance(k, str) else k: v for k, v in sde.params.items()}
+    # the parameters' own symbols (a decay of any name scales to a positive `rho_...`, which `sym(name)`
+    # would not rebuild with its assumptions)
+    own = {str(f): f for e in [*sde.drift.values(), *sde.diffusion_matrix] for f in sp.sympify(e).free_symbols}
+    params = {}
+    for k, v in sde.params.items():
+        key = own.get(k, sym(k)) if isinstance(k, str) else k
+        params[key] = v
     notes = []
     sigma1, B = sym("sigma1"), sym("B")
 

@@ -39,3 +39,14 @@ def test_json_bytes_do_not_depend_on_the_hash_seed():
     assert all(prov["versions"].values())
     assert "timing" not in report
     assert list(report) == sorted(report)  # keys sorted: the order is not the insertion order
+
+
+def test_a_loaded_sde_serializes_to_the_same_bytes():
+    """Sharing an SDE and saving it again changes nothing: expressions are printed in the form the safe
+    parser rebuilds (an unevaluated -(a + b) from the engine's tidying used to come back as -a - b)."""
+    import sdederive as sd
+
+    for name in ("lion", "adan", "adamw", "signum"):
+        text = sd.derive(name).to_json()
+        again = sd.SDE.from_json(text).to_json()
+        assert again == text, name

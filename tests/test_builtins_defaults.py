@@ -79,3 +79,26 @@ def test_user_written_copy_simulates_exactly_like_the_builtin(name):
         np.testing.assert_array_equal(a.mean[k], b.mean[k], err_msg=k)
         np.testing.assert_array_equal(a.var[k], b.var[k], err_msg=k)
     np.testing.assert_array_equal(a.count, b.count)
+
+
+@pytest.mark.parametrize("regime", ["balanced", "balanced-full"])
+def test_second_moment_state_is_treated_by_kind_not_by_name(regime):
+    """RMSpropW with its second moment named w derives the same SDE, symbol for symbol, as with v: the engine's
+    tidying writes second-moment and accumulator states as squares by their kind (it used to special-case the names
+    v and u, leaving sqrt((eps + sqrt(w))**2)-type factors and a different diffusion factor for any other name)."""
+    import sympy as sp
+
+    out = []
+    for st in ("v", "w"):
+        opt = sd.chain(T.scale_by_rms(state=st), T.add_decayed_weights(), T.scale_by_learning_rate(1e-3),
+                       name=f"rmspropw_{st}", natural_regime="balanced")
+        sde = sd.derive(opt, regime=regime)
+        ren = {sd.sym("w", nonnegative=True): sd.sym("v", nonnegative=True)} if st == "w" else {}
+        out.append((tuple(sde.drift[k].xreplace(ren) for k in sde.states),
+                    sde.diffusion_matrix.xreplace(ren), sde.covariance.xreplace(ren)))
+    (d1, D1, C1), (d2, D2, C2) = out
+    pairs = list(zip(d1, d2)) + list(zip(D1, D2)) + list(zip(C1, C2))
+    assert all(sp.simplify(a - b) == 0 for a, b in pairs)
+    # the same printed size: sqrt(eta)*sigma/(eps + sqrt(w)), not a quotient of square roots of quartics
+    assert [sp.count_ops(e) for e in D2] == [sp.count_ops(e) for e in D1], (D1, D2)
+    assert D1.shape == D2.shape

@@ -174,6 +174,7 @@ def _derive(opt, nm, rg, order: int) -> SDE:
     subs_all = {_g: gsub, **hsubs, **ssubs}
     unit = _unit_interval(opt)
     bias: dict = {}
+    root_kinds = ("second_moment", "accumulator")
     new_vals: dict[str, sp.Expr] = {}
     for sname, expr in opt.update:
         if sname in lag_names:
@@ -187,6 +188,11 @@ def _derive(opt, nm, rg, order: int) -> SDE:
         name = rename.get(sd_.name, sd_.name)
         syms[name] = sym(name, nonnegative=True) if sd_.name in rename else sd_.symbol
     incr = {s: new_vals[s] - syms[s] for s in states}
+    roots = frozenset(syms[s] for s in states if str(kinds.get(s)) in root_kinds or
+                      getattr(kinds.get(s), "value", None) in root_kinds)
+
+    def tidy(e):
+        return _tidy(e, unit, roots)
     raw_incr, lag_subs = incr, {}
     if lag:
         lag_subs = lag.substitutions(gsub)
@@ -266,10 +272,10 @@ def _derive(opt, nm, rg, order: int) -> SDE:
                 f"this regime; try another ({', '.join(regime_mod.names())}) or scale the hyperparameter "
                 "responsible (a custom Regime with subs=...)."
             )
-        drift[s] = _tidy(means[s].get(q, sp.S.Zero) / ctau, unit)
+        drift[s] = tidy(means[s].get(q, sp.S.Zero) / ctau)
 
     if order == 2:
-        drift = _order2(drift, means, states, syms, tau, rg, unit)
+        drift = _order2(drift, means, states, syms, tau, rg, tidy)
         notes.append("order-2 drift: b0 + eta*(E2 - (grad b0) b0 / 2); assumes sigma independent of x and a "
                      "diagonal Hessian (the correction is per coordinate, hess = d grad_i/dx_i, not the full H grad; "
                      "on a problem whose Hessian couples coordinates the SDE is only first order and the "
@@ -333,7 +339,7 @@ def _derive(opt, nm, rg, order: int) -> SDE:
                 f"({', '.join(regime_mod.names())})."
             )
         for (si, sj), d in cov_exp.items():
-            c = _tidy(d.get(pmin, sp.S.Zero) * _eta ** (pmin - q) / ctau, unit)
+            c = tidy(d.get(pmin, sp.S.Zero) * _eta ** (pmin - q) / ctau)
             i, j = states.index(si), states.index(sj)
             C[i, j] = C[j, i] = c
 
@@ -355,7 +361,7 @@ def _derive(opt, nm, rg, order: int) -> SDE:
             f"SDE (regime {rg.name!r}); the full local covariance is SDE.covariance"
             + (" (regime 'balanced-full' keeps it)" if rg.name == "balanced" else "")
         )
-    D = _factor(Cm, unit)
+    D = _factor(Cm, tidy)
 
     linear = _linear_noise(exp_, states, Cm, atoms) and not lag
     if nm.Sigma is not None and not linear:
@@ -423,11 +429,13 @@ def _heavy(e: sp.Expr) -> bool:
     )
 
 
-def _tidy(e: sp.Expr, unit: dict) -> sp.Expr:
+def _tidy(e: sp.Expr, unit: dict, roots: frozenset = frozenset()) -> sp.Expr:
     """Canonical, readable form: the smallest of a few rewrites.
 
     Hyperparameters in [0, 1) are written `1 - w` with `w > 0` while simplifying, so that
     `sqrt((1 - mu)**2)` becomes `1 - mu`; radicands are factored (`sqrt((eps + sqrt(v))**2)`).
+    `roots`: the nonnegative states of kind second moment or accumulator (by kind, whatever their
+    name), written as squares so that their square roots are polynomial generators.
     """
     if e == 0:
         return sp.S.Zero
@@ -439,7 +447,7 @@ def _tidy(e: sp.Expr, unit: dict) -> sp.Expr:
     back = {w: 1 - h for h, w in unit.items()}
     # nonnegative states as squares, so that sqrt(v) is a polynomial generator for factoring
     for s_ in e.free_symbols:
-        if s_.is_nonnegative and str(s_) in ("v", "u"):
+        if s_.is_nonnegative and s_ in roots:
             w_ = sp.Dummy(f"r_{s_}", positive=True)
             fwd[s_] = w_**2
             back[w_] = sp.sqrt(s_)
@@ -647,7 +655,7 @@ def _order2_allowed(opt, rg) -> None:
         )
 
 
-def _order2(drift, means, states, syms, tau, rg, unit):
+def _order2(drift, means, states, syms, tau, rg, tidy):
     q = sp.S.One
 
     def d(expr, s):
@@ -660,11 +668,11 @@ def _order2(drift, means, states, syms, tau, rg, unit):
     for s in states:
         e2 = means[s].get(q + 1, sp.S.Zero)
         jb = sum(d(drift[s], r) * drift[r] for r in states)
-        new[s] = _tidy(drift[s] + _eta * (e2 - jb / 2), unit)
+        new[s] = tidy(drift[s] + _eta * (e2 - jb / 2))
     return new
 
 
-def _factor(C: sp.Matrix, unit: dict) -> sp.Matrix:
+def _factor(C: sp.Matrix, tidy) -> sp.Matrix:
     """A diffusion factor D with D D^T = C: one column when C has rank one (signs kept from the
     covariances), else a symbolic Cholesky factor over the noisy states."""
     n = C.shape[0]
@@ -677,7 +685,7 @@ def _factor(C: sp.Matrix, unit: dict) -> sp.Matrix:
         col = sp.zeros(n, 1)
         root = sp.sqrt(C[r, r])
         for i in idx:
-            col[i, 0] = _tidy(root if i == r else C[i, r] / root, unit)
+            col[i, 0] = tidy(root if i == r else C[i, r] / root)
         return col
     # pivot on the simplest variance first (the state driven linearly by the noise)
     idx = sorted(idx, key=lambda i: sp.count_ops(C[i, i]))
@@ -686,7 +694,7 @@ def _factor(C: sp.Matrix, unit: dict) -> sp.Matrix:
     D = sp.zeros(n, len(idx))
     for a, i in enumerate(idx):
         for b in range(len(idx)):
-            D[i, b] = _tidy(L[a, b], unit)
+            D[i, b] = tidy(L[a, b])
     return D
 
 

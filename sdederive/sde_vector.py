@@ -654,6 +654,12 @@ class VectorSDE:
         return {a: f"A{i + 1}" for i, a in enumerate(self.atoms)}
 
     def to_dict(self) -> dict:
+        """The JSON schema of docs/vector.md, every expression printed in the form the safe parser rebuilds: the
+        dict is printed once, parsed and printed again (matrix sums such as `-(rho*H + I)*grad` come back as
+        `(-I + (-rho)*H)*grad`), so that saving a loaded SDE gives the same bytes."""
+        return _from_json(type(self), self._raw_dict())._raw_dict()
+
+    def _raw_dict(self) -> dict:
         names = self._atom_names()
         P = _JsonPrinter(names)
         extra: dict = {}

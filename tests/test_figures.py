@@ -76,7 +76,10 @@ def test_comparison_figure_labels_axes_and_bands(comparison):
     assert "fit: order" in " ".join(t.get_text() for t in weak.get_legend().get_texts())
     # the gap panel holds the judged difference with a band per eta (what the means panel cannot show)
     assert len(gap.collections) == len(comparison.etas)
-    assert len(means.get_legend().get_texts()) == len(comparison.etas) + 2  # one per eta, one per side
+    # one figure legend above the panels (the colours are shared by the three columns): one entry per eta, one per
+    # side, and none inside the means panel, where it covered the curves and the tick labels
+    assert means.get_legend() is None and len(fig.legends) == 1
+    assert len(fig.legends[0].get_texts()) == len(comparison.etas) + 2
 
 
 def test_log_axis_with_less_than_a_decade_has_numbers(tmp_path):

@@ -46,7 +46,10 @@ def test_a_loaded_sde_serializes_to_the_same_bytes():
     parser rebuilds (an unevaluated -(a + b) from the engine's tidying used to come back as -a - b)."""
     import sdederive as sd
 
-    for name in ("lion", "adan", "adamw", "signum"):
-        text = sd.derive(name).to_json()
-        again = sd.SDE.from_json(text).to_json()
+    for name in ("lion", "adan", "adamw", "signum", "sam", "usam", "lamb"):  # scalar and vector SDEs
+        sde = sd.derive(name)
+        text = sde.to_json()
+        again = type(sde).from_json(text).to_json()
         assert again == text, name
+    sde = sd.derive("sam", "student-t", nu=5)
+    assert type(sde).from_json(sde.to_json()).to_json() == sde.to_json()

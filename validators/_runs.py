@@ -166,7 +166,10 @@ def _draw_panel(ax, p: Mapping) -> None:
     ax.set_title(math_label(textwrap.fill(p.get("title", ""), 46)))
     ax.set_xlabel(math_label(p.get("xlabel", "")))
     ax.set_ylabel(math_label(p.get("ylabel", "")))
-    if ax.get_legend_handles_labels()[0]:
+    handles = ax.get_legend_handles_labels()[0]
+    if len(handles) >= 3:  # a long legend inside the axes covers the data: beside the axes (constrained layout makes room)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    elif handles:
         ax.legend(frameon=True, framealpha=0.85, edgecolor="none")
 
 
@@ -191,7 +194,12 @@ def plot_results(results: Sequence[CheckResult], path: str | Path | None = None,
     nrow = (n + ncol - 1) // ncol
     with F.style():
         # a dashboard: each panel keeps a column's width (3.4 in), so its labels read at print size
-        fig, axes = F.figure(nrow, ncol, width=F.WIDTHS["column"] * ncol, aspect=0.78)
+        # a legend of 3 or more entries goes beside its panel (_draw_panel): a single panel then gets the page width,
+        # so that the axes keep a column's width next to it
+        beside = n == 1 and sum(bool(ln.get("label")) for ln in panels[0].get("lines", [])) + sum(
+            bool(h.get("label")) for k in ("hlines", "vlines") for h in panels[0].get(k, [])) >= 3
+        w = F.WIDTHS["page"] if beside else F.WIDTHS["column"] * ncol
+        fig, axes = F.figure(nrow, ncol, width=w, aspect=0.78 * F.WIDTHS["column"] * ncol / w)  # rows keep their height
         flat = axes.ravel()
         for i, p in enumerate(panels):
             _draw_panel(flat[i], p)

@@ -87,7 +87,8 @@ def plot_comparison(c: Comparison, path: str | os.PathLike | None = None):
 
             keys = [Line2D([], [], color=colors[i], label=f"$\\eta={eta:g}$") for i, eta in enumerate(c.etas)]
             keys += [Line2D([], [], color="k", ls="-", label="discrete"), Line2D([], [], color="k", ls="--", label="SDE")]
-            ax.legend(handles=keys, ncol=2, loc="best")
+            if row == 0:  # one legend for the figure, above the panels (colours are shared by the three columns)
+                fig.legend(handles=keys, ncol=len(keys), loc="outside upper center", frameon=False)
             axg.axhline(0.0, color="k", lw=0.6)
             axg.set_xlabel(r"$t = k\tau$")
             axg.set_ylabel(mlab.replace(r"$\mathbb{E}[$", r"$\mathbb{E}_{\rm disc}[$") + r" $-$ SDE")
@@ -120,7 +121,7 @@ def plot_comparison(c: Comparison, path: str | os.PathLike | None = None):
             ax2.set_ylabel(r"$\sup_t\,|\mathbb{E}\,g_{\rm disc} - \mathbb{E}\,g_{\rm SDE}|$")
             ax2.set_title(f"weak error of {lab} (hollow: not resolved)")
             if ax2.get_legend_handles_labels()[0]:
-                ax2.legend(loc="upper left")
+                ax2.legend(loc="lower right")  # errors grow with eta: the lower right is empty
     if path is not None:
         F.save(fig, path)
     return fig

@@ -130,7 +130,8 @@ def ema(decay: float = 0.9, name: str = "beta", state: str = "m", debias: bool =
     r"""Exponential moving average of the direction.
 
     $$
-    m_{k+1} = \beta m_k + (1-\beta) u,\qquad u' = m_{k+1}\ \big(/ (1-\beta^{k+1}) \text{ if debias}\big).
+    m_{k+1} = \beta m_k + (1-\beta) u,\qquad u' = m_{k+1}\quad\Big(\text{or } \frac{m_{k+1}}{1-\beta^{k+1}}
+    \text{ with debias}\Big).
     $$
 """
     hyp = _h(name, decay, "decay", "EMA decay")

@@ -330,11 +330,13 @@ class Problem:
         return self.code().cuda(self.layout(), real)
 
     # -- numpy reference ----------------------------------------------------------------------------------
-    def _eval(self, part: str, x, v=None) -> np.ndarray:
-        code = getattr(self.code(), part)
+    def _eval(self, part: str, x, v=None, arrays: dict | None = None, scalars: dict | None = None) -> np.ndarray:
+        pc = self.code()
+        code = getattr(pc, part)
         if code is None:
             raise SdederiveError(f"a {self.kind} problem has no {part.replace('_', ' ')}")
-        return evaluate(code, x, self._arrays(), self._scalars(), v)
+        return evaluate(code, x, self._arrays() if arrays is None else arrays,
+                        self._scalars() if scalars is None else scalars, v, pc.stages(code))
 
     def loss(self, x: np.ndarray) -> np.ndarray:
         """`f(x)` (`x` of shape `(d,)` or `(..., d)`)."""
@@ -354,7 +356,7 @@ class Problem:
 
     def noise_scale(self, x: np.ndarray) -> np.ndarray:
         """The per-coordinate gradient-noise scale at `x` (std, or Student-t scale)."""
-        return self._eval("noise_scale", x)
+        return self._eval("noise_scale_x" if self.code().noise_scale_x is not None else "noise_scale", x)
 
     def fingerprint_data(self) -> str:
         """What the generated code depends on (not the numbers, which are kernel arguments)."""

@@ -42,7 +42,8 @@ from sympy.codegen.rewriting import optimize
 
 from sdederive.errors import SdederiveError
 
-__all__ = ["Loop", "Unrolled", "X", "V", "Z", "IX", "JX", "KX", "D", "vec", "mat", "dsum", "evaluate", "ProblemCode"]
+__all__ = ["Loop", "Unrolled", "X", "V", "Z", "IX", "JX", "KX", "D", "vec", "mat", "dsum", "evaluate", "ProblemCode",
+           "EX", "NEX", "esum", "WV", "GRV"]
 
 #: loop index of a :class:`Loop`, and the indices of reductions (``Sum(..., (JX, 0, D - 1))``)
 IX, JX, KX = sp.symbols("i j k", integer=True)
@@ -50,6 +51,15 @@ IX, JX, KX = sp.symbols("i j k", integer=True)
 D = sp.Symbol("d", integer=True, positive=True)
 #: the point, a Hessian-vector product's direction and the standard normals of the noise factor
 X, V, Z = sp.IndexedBase("xv"), sp.IndexedBase("vv"), sp.IndexedBase("Z")
+#: the example index and the number of examples of a data set (``n_ex`` in numba, the compile-time ``NEX`` in CUDA)
+EX = sp.Symbol("ex", integer=True)
+NEX = sp.Symbol("n_ex", integer=True, positive=True)
+#: the per-example weights `ProblemCode.weights` stored by ``prob_grad``, and the gradient it has just computed
+WV, GRV = sp.IndexedBase("W"), sp.IndexedBase("GR")
+#: the minibatch of the ``_idx`` helpers: ``IDX[q]`` for ``q in range(nb)``
+QX, NB, IDXA = sp.Symbol("qx", integer=True), sp.Symbol("nb", integer=True, positive=True), sp.IndexedBase("IDX")
+#: one example index of the minibatch-gradient helper
+JEX = sp.Symbol("jx", integer=True)
 
 
 def vec(name: str) -> sp.IndexedBase:
@@ -66,6 +76,23 @@ def mat(name: str) -> sp.IndexedBase:
 def dsum(body: sp.Expr, j: sp.Symbol = JX) -> sp.Sum:
     """`sum_{j=0}^{d-1} body`."""
     return sp.Sum(body, (j, 0, D - 1))
+
+
+def esum(body: sp.Expr) -> sp.Sum:
+    """`sum_{ex=0}^{n-1} body`: a sum over the examples of a data set (`A[EX, IX]`, `y[EX]`)."""
+    return sp.Sum(body, (EX, 0, NEX - 1))
+
+
+def _is_example_sum(e) -> bool:
+    return isinstance(e, sp.Sum) and e.limits[0][0] in (EX, QX)
+
+
+def to_minibatch(e: sp.Expr) -> sp.Expr:
+    """`e` with its sums over all examples replaced by sums over the minibatch `IDX[0:nb]` (repeats counted as
+    drawn) and the example count `n` by `nb`: the same formula on the minibatch's data."""
+    e = e.replace(lambda a: isinstance(a, sp.Sum) and a.limits[0][0] == EX,
+                  lambda a: sp.Sum(a.function.xreplace({EX: IDXA[QX]}), (QX, 0, NB - 1)))
+    return e.xreplace({NEX: NB})
 
 
 @dataclass(frozen=True)
@@ -87,9 +114,11 @@ class Unrolled:
 def _np_funcs():
     import scipy.special as sc
 
+    from sympy.codegen.cfunctions import log1p
+
     return {sp.exp: np.exp, sp.log: np.log, sp.sin: np.sin, sp.cos: np.cos, sp.tanh: np.tanh, sp.atan: np.arctan,
             sp.erf: sc.erf, sp.erfc: sc.erfc, sp.Abs: np.abs, sp.sign: np.sign, sp.cosh: np.cosh,
-            sp.sinh: np.sinh, sp.tan: np.tan}
+            sp.sinh: np.sinh, sp.tan: np.tan, log1p: np.log1p}
 
 
 class _Eval:
@@ -103,6 +132,8 @@ class _Eval:
     def __call__(self, e, axes: dict):
         if e.is_number and e.is_real is not False and not e.atoms(sp.Indexed):
             return float(e)
+        if e == NEX:
+            return float(self.scalars["n_ex"])
         if isinstance(e, sp.Symbol):
             if e in axes:  # an index used as a number
                 k = len(axes)
@@ -119,18 +150,27 @@ class _Eval:
             return self._indexed(e, axes)
         if isinstance(e, sp.Sum):
             (j, lo, hi), = e.limits
-            if lo != 0 or sp.simplify(hi - (D - 1)) != 0:
-                raise SdederiveError(f"a reduction must run over 0..d-1; got {e.limits}")
+            if lo == 0 and sp.simplify(hi - (D - 1)) == 0:
+                size = self.d
+            elif lo == 0 and hi == NEX - 1:
+                size = int(self.scalars["n_ex"])
+            else:
+                raise SdederiveError(f"a reduction must run over 0..d-1 or over the examples; got {e.limits}")
             inner = dict(axes)
             inner[j] = len(axes)
             body = e.function
             if body.is_Mul and all(isinstance(a, sp.Indexed) or a.is_number for a in body.args):
-                return self._contract([self(a, inner) for a in body.args], len(axes))
+                return self._contract([self(a, inner) for a in body.args], len(axes), size)
             val = self(body, inner)
             if np.ndim(val) == 0:
-                return float(val) * self.d
-            # a body that does not depend on j (size 1 along its axis) counts d times
-            return val.sum(axis=-1) * (self.d if val.shape[-1] == 1 else 1)
+                return float(val) * size
+            # a body that does not depend on j (size 1 along its axis) counts `size` times
+            return val.sum(axis=-1) * (size if val.shape[-1] == 1 else 1)
+        if isinstance(e, sp.Max):
+            out = self(e.args[0], axes)
+            for a in e.args[1:]:
+                out = np.maximum(out, self(a, axes))
+            return out
         if e.is_Add:
             out = 0.0
             for a in e.args:
@@ -150,7 +190,7 @@ class _Eval:
             return self.funcs[e.func](*[self(a, axes) for a in e.args])
         raise SdederiveError(f"the numpy reference cannot evaluate {sp.sstr(e)[:80]} of a problem description")
 
-    def _contract(self, factors: list, k: int):
+    def _contract(self, factors: list, k: int, size: int):
         """`sum_j prod(factors)` over the last of `nb + k + 1` axes by `numpy.einsum`, without forming the
         broadcast product (a dense `H[i, j] x[j]` of many points stays `O(points * d)` in memory)."""
         letters = "abcdefghijklmnopqrstuvwxyz"
@@ -165,8 +205,8 @@ class _Eval:
             subs.append("".join(letters[ax] for ax in keep))
             used.update(keep)
         out_axes = sorted(ax for ax in used if ax != n - 1)
-        if n - 1 not in used:  # the summed index appears in no factor: d equal terms
-            scale *= self.d
+        if n - 1 not in used:  # the summed index appears in no factor: `size` equal terms
+            scale *= size
         if not ops:
             return scale
         val = np.einsum(",".join(subs) + "->" + "".join(letters[ax] for ax in out_axes), *ops)
@@ -218,11 +258,14 @@ class _Eval:
         return A.reshape(shape)
 
 
-def evaluate(code, x: np.ndarray, arrays: dict, scalars: dict, v: np.ndarray | None = None) -> np.ndarray:
+def evaluate(code, x: np.ndarray, arrays: dict, scalars: dict, v: np.ndarray | None = None,
+             stages: tuple = ()) -> np.ndarray:
     """The numpy value of a `Loop`, an `Unrolled` or a scalar expression at the point(s)
     `x` (shape `(d,)` or `(..., d)`), with the problem's `arrays` (pack fields and matrices by name)
     and `scalars`; `v` the direction of a Hessian-vector product (same shape as `x`).  Returns
-    shape `x.shape` for a vector description, `x.shape[:-1]` for a scalar one."""
+    shape `x.shape` for a vector description, `x.shape[:-1]` for a scalar one.  `stages`:
+    `(name, code)` pairs evaluated first, in order, at the same points (the per-example weights
+    `W[ex]` and the gradient `GR[i]` that a data set's noise reads)."""
     x = np.asarray(x, dtype=float)
     d = x.shape[-1]
     if x.ndim > 2 or (x.ndim == 2 and x.shape[0] * d * d > 2**22):
@@ -230,18 +273,18 @@ def evaluate(code, x: np.ndarray, arrays: dict, scalars: dict, v: np.ndarray | N
         flat = x.reshape(-1, d)
         vf = None if v is None else np.broadcast_to(np.asarray(v, float), x.shape).reshape(-1, d)
         rows = max(1, 2**22 // (d * d))
-        parts = [_evaluate(code, flat[r:r + rows], arrays, scalars, None if vf is None else vf[r:r + rows])
+        parts = [_evaluate(code, flat[r:r + rows], arrays, scalars, None if vf is None else vf[r:r + rows], stages)
                  for r in range(0, flat.shape[0], rows)]
         out = np.concatenate(parts, axis=0) if parts else np.zeros(flat.shape if _is_vector(code) else (0,))
         return out.reshape(x.shape if _is_vector(code) else x.shape[:-1])
-    return _evaluate(code, x, arrays, scalars, v)
+    return _evaluate(code, x, arrays, scalars, v, stages)
 
 
 def _is_vector(code) -> bool:
     return isinstance(code, (Loop, Unrolled))
 
 
-def _evaluate(code, x, arrays, scalars, v):
+def _evaluate(code, x, arrays, scalars, v, stages=()):
     d = x.shape[-1]
     nb = x.ndim - 1
     arrs = dict(arrays)
@@ -251,6 +294,13 @@ def _evaluate(code, x, arrays, scalars, v):
         arrs[str(V)] = np.broadcast_to(np.asarray(v, float), x.shape)
         batched.add(str(V))
     ev = _Eval(arrs, {**scalars, "d": d}, batched, nb)
+    for name, st in stages:  # earlier results the description reads as arrays (W[ex], GR[i])
+        if isinstance(st, Loop):
+            val = np.broadcast_to(ev(st.expr, {IX: 0}), x.shape)
+        else:  # an expression of the example index
+            val = np.broadcast_to(ev(sp.sympify(st), {EX: 0}), x.shape[:-1] + (int(scalars["n_ex"]),))
+        arrs[name] = np.array(val, dtype=float)
+        batched.add(name)
     if isinstance(code, Loop):
         val = ev(code.expr, {IX: 0})
         return np.broadcast_to(val, x.shape).astype(float, copy=True)
@@ -308,6 +358,8 @@ def _printers():
             idx = [self._print(i) for i in e.indices]
             if name in self.fields:
                 return f"(real)PV[P_{name} + {idx[0]}]"
+            if name in ("IDX", "W", "GR"):  # the helpers' own arrays: int indices, real work arrays
+                return f"{name}[{idx[0]}]"
             if len(idx) == 2:
                 return f"(real){self.matrices.get(name, name)}[({idx[0]}) * D + {idx[1]}]"
             return f"(real){self.matrices.get(name, name)}[{idx[0]}]"
@@ -317,6 +369,8 @@ def _printers():
                 return f"(real)PV[P_{e.name}]"
             if e == D:
                 return "D"
+            if e == NEX:  # a real in expressions (sqrt(NEX) of an int is ambiguous in CUDA); loop bounds: _bound
+                return "((real)NEX)"
             return super()._print_Symbol(e)
 
     return _PyData, _CData
@@ -338,22 +392,31 @@ def _top_sums(e) -> list:
     return out
 
 
+def _bound(hi, pr, lang: str) -> str:
+    """The printed end of a loop over `0..hi` (the example count `NEX` as the integer it is)."""
+    if hi + 1 == NEX:
+        return "n_ex" if lang == "py" else "NEX"
+    return pr.doprint(hi + 1)
+
+
 def _lower_sums(e, lines: list, ind: str, counter: list, pr, lang: str, real: str = "double"):
     """Emit one accumulator loop per `Sum` of `e` (nested ones inside); return `e` printed with the
-    accumulators in place of the sums."""
+    accumulators in place of the sums.  A sum runs over `0..d-1`, the examples `0..n-1`, or a
+    minibatch `0..nb-1` (its upper limit plus one, printed)."""
     rep = {}
     for s in _top_sums(e):
         (j, lo, hi), = s.limits
+        bound = _bound(hi, pr, lang)
         acc = f"acc{counter[0]}"
         counter[0] += 1
         if lang == "py":
             lines.append(f"{ind}{acc} = 0.0")
-            lines.append(f"{ind}for {j} in range(d):")
+            lines.append(f"{ind}for {j} in range({bound}):")
             body = _lower_sums(s.function, lines, ind + "    ", counter, pr, lang, real)
             lines.append(f"{ind}    {acc} += {body}")
         else:
             lines.append(f"{ind}{real} {acc} = 0;")
-            lines.append(f"{ind}for (int {j} = 0; {j} < D; ++{j}) {{")
+            lines.append(f"{ind}for (int {j} = 0; {j} < {bound}; ++{j}) {{")
             body = _lower_sums(s.function, lines, ind + "    ", counter, pr, lang, real)
             lines.append(f"{ind}    {acc} += {body};")
             lines.append(f"{ind}}}")
@@ -364,10 +427,72 @@ def _lower_sums(e, lines: list, ind: str, counter: list, pr, lang: str, real: st
     return pr.doprint(optimize_pow(e) if lang == "c" else e)
 
 
+def _example_sums(e) -> tuple[list, list]:
+    """The top-level sums of `e` over the examples (or a minibatch): `(those that depend on the coordinate
+    index i, those that do not)`."""
+    tops = [a for a in _top_sums(e) if _is_example_sum(a)]
+    return [a for a in tops if a.has(IX)], [a for a in tops if not a.has(IX)]
+
+
+def _example_loop(expr, out: str, ind: str, pr, lang: str, real: str, counter: list) -> list[str] | None:
+    """`out[i] = post(sum_ex F(ex, i))` with the examples as the *outer* loop (one pass over the data, the
+    per-example factors computed once per example, not once per coordinate):
+
+        out[i] = 0;  for ex: (i-free factors of F) ; for i: out[i] += F ;  for i: out[i] = post(out[i])
+
+    Sums over the examples that do not depend on `i` are accumulated first, as scalars.  `None` when
+    `expr` has no `i`-dependent example sum (the plain coordinate loop applies); more than one is refused."""
+    dep, free = _example_sums(expr)
+    if not dep:
+        return None
+    if len(dep) > 1:
+        raise SdederiveError(f"a coordinate loop may hold one example sum that depends on i; got {len(dep)}")
+    S = dep[0]
+    (j, lo, hi), = S.limits
+    py = lang == "py"
+    cur = sp.Symbol(f"{out}[i]", real=True)
+    L: list[str] = []
+    L += [f"{ind}for i in range(d):", f"{ind}    {out}[i] = 0.0"] if py else \
+         [f"{ind}for (int i = 0; i < D; ++i) {out}[i] = 0;"]
+    rep = {}
+    for F in free:  # scalar sums over the examples, once
+        rep[F] = sp.Symbol(_lower_sums(F, L, ind, counter, pr, lang, real), real=True)
+    bound = _bound(hi, pr, lang)
+    L.append(f"{ind}for {j} in range({bound}):" if py else f"{ind}for (int {j} = 0; {j} < {bound}; ++{j}) {{")
+    body = S.function
+    hoist = sp.Mul(*[a for a in body.args if not a.has(IX)]) if body.is_Mul else sp.S.One
+    rest = body / hoist if hoist != 1 else body
+    if hoist != 1:
+        val = _lower_sums(hoist, L, ind + "    ", counter, pr, lang, real)
+        h = f"h{counter[0]}"
+        counter[0] += 1
+        L.append(f"{ind}    {h} = {val}" if py else f"{ind}    const {real} {h} = {val};")
+        rest = rest * sp.Symbol(h, real=True)
+    else:  # at least the i-free sums of the body (a margin a_ex . x) once per example
+        for F in [a for a in _top_sums(body) if not a.has(IX)]:
+            rest = rest.xreplace({F: sp.Symbol(_lower_sums(F, L, ind + "    ", counter, pr, lang, real), real=True)})
+    L.append(f"{ind}    for i in range(d):" if py else f"{ind}    for (int i = 0; i < D; ++i) {{")
+    val = _lower_sums(rest, L, ind + "        ", counter, pr, lang, real)
+    L.append(f"{ind}        {out}[i] += {val}" if py else f"{ind}        {out}[i] += {val};")
+    if not py:
+        L += [f"{ind}    }}", f"{ind}}}"]
+    post = expr.xreplace({S: cur, **rep})
+    if post != cur:
+        L.append(f"{ind}for i in range(d):" if py else f"{ind}for (int i = 0; i < D; ++i) {{")
+        val = _lower_sums(post, L, ind + "    ", counter, pr, lang, real)
+        L.append(f"{ind}    {out}[i] = {val}" if py else f"{ind}    {out}[i] = {val};")
+        if not py:
+            L.append(f"{ind}}}")
+    return L if py else [f"{ind}{{", *L, f"{ind}}}"]  # C: its accumulators scoped to this loop
+
+
 def _py_vector(code, out: str, ind: str, pr, tag: str) -> list[str]:
     """numba statements filling `out[0:d]` from a `Loop` or an `Unrolled`."""
     lines: list[str] = []
     if isinstance(code, Loop):
+        ex = _example_loop(code.expr, out, ind, pr, "py", "double", [0])
+        if ex is not None:
+            return ex
         lines.append(f"{ind}for i in range(d):")
         val = _lower_sums(code.expr, lines, ind + "    ", [0], pr, "py")
         lines.append(f"{ind}    {out}[i] = {val}")
@@ -381,6 +506,9 @@ def _py_vector(code, out: str, ind: str, pr, tag: str) -> list[str]:
 def _c_vector(code, out: str, ind: str, pr, tag: str, real: str) -> list[str]:
     lines: list[str] = []
     if isinstance(code, Loop):
+        ex = _example_loop(code.expr, out, ind, pr, "c", real, [0])
+        if ex is not None:
+            return ex
         lines.append(f"{ind}for (int i = 0; i < D; ++i) {{")
         val = _lower_sums(code.expr, lines, ind + "    ", [0], pr, "c", real)
         lines.append(f"{ind}    {out}[i] = {val};")
@@ -423,6 +551,13 @@ def optimize_pow(e):
     return optimize(e, [_expand_pow])
 
 
+def _expr_of(part) -> sp.Basic:
+    """The expression(s) of a `Loop`, an `Unrolled` (a tuple) or a scalar description."""
+    if isinstance(part, Unrolled):
+        return sp.Tuple(*part.exprs)
+    return sp.sympify(getattr(part, "expr", part))
+
+
 @dataclass(frozen=True)
 class ProblemCode:
     """The one description of a problem kind (see the module docstring).
@@ -442,6 +577,33 @@ class ProblemCode:
     matrices: tuple = ()  # ((name, slot), ...)
     noise_scale: object = None
     noise_factor: object = None
+    #: a data set's per-example weights `W[ex]` (an expression of `EX`), stored by `prob_grad` before the gradient
+    #: (which, like the noise factor, may read them as `WV[EX]`)
+    weights: object = None
+    #: the noise scale where it varies with `x` (a `Loop`, computed by `prob_grad` when `need_sg`; may read the
+    #: gradient just computed as `GRV[IX]`)
+    noise_scale_x: object = None
+    #: real minibatches: example `EX`'s gradient term `F(EX, IX)` and the ridge `R(IX)`; the minibatch gradient is
+    #: `mean_{ex in batch} F + R` (helpers `prob_mb_accum`, `prob_mb_finish`)
+    example_grad: object = None
+    ridge: object = None
+
+    @property
+    def examples(self) -> bool:
+        """Whether the description sums over the examples of a data set."""
+        parts = [self.grad, self.hess_diag, self.hvp, self.loss, self.weights, self.example_grad]
+        return any(_expr_of(p).has(EX) for p in parts if p is not None)
+
+    def stages(self, part) -> tuple:
+        """What the numpy reference of `part` must compute first: `(("W", weights), ("GR", grad))` as read."""
+        e, grad = _expr_of(part), _expr_of(self.grad)
+        out = []
+        reads_w = e.has(WV) or (e.has(GRV) and grad.has(WV))
+        if self.weights is not None and reads_w:
+            out.append(("W", self.weights))
+        if e.has(GRV):
+            out.append(("GR", self.grad))
+        return tuple(out)
 
     # -- numba -------------------------------------------------------------------------------------------
     def numba(self, layout) -> str:
@@ -449,17 +611,34 @@ class ProblemCode:
         (the helpers every kernel calls), offsets from `layout`."""
         pr = _printers()[0](set(self.fields) | set(layout.names), dict(self.matrices))
         offs = layout.numba_offsets("    ")
+        if self.examples:
+            offs += "\n    n_ex = PM.shape[0]"
         sig = "PV, PM, PL, PY, W"
         out = []
         g = _py_vector(self.grad, "GR", "    ", pr, "c")
         h = _py_vector(self.hess_diag, "HS", "        ", pr, "e")
+        wl: list[str] = []
+        if self.weights is not None:
+            wl = ["    for ex in range(n_ex):"]
+            val = _lower_sums(sp.sympify(self.weights), wl, "        ", [0], pr, "py")
+            wl.append(f"        W[ex] = {val}")
+        sg = []
+        if self.noise_scale_x is not None:
+            sg = ["    if need_sg:"] + _py_vector(self.noise_scale_x, "SG", "        ", pr, "n")
         out.append(f"@HELPER\ndef prob_grad(xv, GR, HS, SG, {sig}, need_hs, need_sg):\n    d = xv.size\n{offs}\n"
-                   + "\n".join(g) + "\n    if need_hs:\n" + ("\n".join(h) or "        pass") + "\n")
+                   + "\n".join(wl + g) + "\n    if need_hs:\n" + ("\n".join(h) or "        pass") + "\n"
+                   + ("\n".join(sg) + "\n" if sg else ""))
         lines, val = _py_scalar(self.loss, "    ", pr, "f")
         out.append(f"@HELPER\ndef prob_loss(xv, {sig}):\n    d = xv.size\n{offs}\n" + "\n".join(lines)
                    + f"\n    return {val}\n")
         hv = _py_vector(self.hvp, "HV", "    ", pr, "q")
         out.append(f"@HELPER\ndef prob_hvp(xv, vv, HV, {sig}):\n    d = xv.size\n{offs}\n" + "\n".join(hv) + "\n")
+        if self.examples:  # the HVP of a minibatch IDX[0:nb] (the same formula on its examples)
+            hb = _py_vector(Loop(to_minibatch(self.hvp.expr)), "HV", "    ", pr, "b")
+            out.append(f"@HELPER\ndef prob_hvp_idx(xv, vv, HV, IDX, nb, {sig}):\n    d = xv.size\n{offs}\n"
+                       + "\n".join(hb) + "\n")
+        if self.example_grad is not None:
+            out.append(self._numba_minibatch(pr, offs, sig))
         if self.noise_scale is not None:
             sg = _py_vector(self.noise_scale, "SG", "    ", pr, "n")
             out.append(f"@HELPER\ndef prob_noise0(d, SG, {sig}):\n{offs}\n" + "\n".join(sg) + "\n")
@@ -469,6 +648,29 @@ class ProblemCode:
                        + "\n")
         return "\n" + "\n".join(out)
 
+    def _mb_parts(self):
+        """`(hoisted, rest, post)`: example `jx`'s term `F = hoisted * rest` and `post(G) = G/nb + ridge`."""
+        F = sp.sympify(self.example_grad).xreplace({EX: JEX})
+        hoist = sp.Mul(*[a for a in F.args if not a.has(IX)]) if F.is_Mul else sp.S.One
+        rest = F / hoist
+        cur = sp.Symbol("G[i]", real=True)
+        return hoist, rest, cur / NB + sp.sympify(getattr(self.ridge, "expr", self.ridge or 0))
+
+    def _numba_minibatch(self, pr, offs: str, sig: str) -> str:
+        hoist, rest, post = self._mb_parts()
+        L = [f"@HELPER\ndef prob_mb_accum(xv, G, jx, {sig}):", "    # example jx's term of the minibatch gradient",
+             "    d = xv.size", offs]
+        c = [0]
+        hv = _lower_sums(hoist, L, "    ", c, pr, "py")
+        L.append(f"    hm = {hv}")
+        L.append("    for i in range(d):")
+        rv = _lower_sums(rest * sp.Symbol("hm", real=True), L, "        ", c, pr, "py")
+        L.append(f"        G[i] += {rv}")
+        L += [f"\n@HELPER\ndef prob_mb_finish(xv, G, nb, {sig}):", "    d = xv.size", offs, "    for i in range(d):"]
+        pv = _lower_sums(post, L, "        ", c, pr, "py")
+        L.append(f"        G[i] = {pv}")
+        return "\n".join(L) + "\n"
+
     # -- CUDA ---------------------------------------------------------------------------------------------
     def cuda(self, layout, real: str) -> str:
         """The CUDA C fragment with the same functions (`__device__`), offsets as `#define` constants."""
@@ -477,14 +679,41 @@ class ProblemCode:
         out = [layout.c_defines()]
         g = _c_vector(self.grad, "GR", "    ", pr, "c", real)
         h = _c_vector(self.hess_diag, "HS", "        ", pr, "e", real)
+        wl: list[str] = []
+        if self.weights is not None:
+            wl = ["    for (int ex = 0; ex < NEX; ++ex) {"]
+            val = _lower_sums(sp.sympify(self.weights), wl, "        ", [0], pr, "c", real)
+            wl += [f"        W[ex] = {val};", "    }"]
+        sg = []
+        if self.noise_scale_x is not None:
+            sg = ["    if (need_sg) {"] + _c_vector(self.noise_scale_x, "SG", "        ", pr, "n", real) + ["    }"]
         out.append(f"__device__ void prob_grad(const real *xv, real *GR, real *HS, real *SG, {arr}, bool need_hs, "
-                   f"bool need_sg) {{\n" + "\n".join(g) + "\n    if (need_hs) {\n" + "\n".join(h) + "\n    }\n}")
+                   f"bool need_sg) {{\n" + "\n".join(wl + g) + "\n    if (need_hs) {\n" + "\n".join(h) + "\n    }\n"
+                   + ("\n".join(sg) + "\n" if sg else "") + "}")
         lines, val = _c_scalar(self.loss, "    ", pr, "f", real)
         out.append(f"__device__ real prob_loss(const real *xv, {arr}) {{\n" + "\n".join(lines)
                    + f"\n    return {val};\n}}")
         hv = _c_vector(self.hvp, "HV", "    ", pr, "q", real)
         out.append(f"__device__ void prob_hvp(const real *xv, const real *vv, real *HV, {arr}) {{\n"
                    + "\n".join(hv) + "\n}")
+        if self.examples:
+            hb = _c_vector(Loop(to_minibatch(self.hvp.expr)), "HV", "    ", pr, "b", real)
+            out.append(f"__device__ void prob_hvp_idx(const real *xv, const real *vv, real *HV, const int *IDX, int nb, "
+                       f"{arr}) {{\n" + "\n".join(hb) + "\n}")
+        if self.example_grad is not None:
+            hoist, rest, post = self._mb_parts()
+            L = [f"__device__ void prob_mb_accum(const real *xv, real *G, int jx, {arr}) {{"]
+            c = [0]
+            hv_ = _lower_sums(hoist, L, "    ", c, pr, "c", real)
+            L.append(f"    const {real} hm = {hv_};")
+            L.append("    for (int i = 0; i < D; ++i) {")
+            rv = _lower_sums(rest * sp.Symbol("hm", real=True), L, "        ", c, pr, "c", real)
+            L += [f"        G[i] += {rv};", "    }", "}"]
+            L += [f"__device__ void prob_mb_finish(const real *xv, real *G, int nb, {arr}) {{",
+                  "    for (int i = 0; i < D; ++i) {"]
+            pv = _lower_sums(post, L, "        ", c, pr, "c", real)
+            L += [f"        G[i] = {pv};", "    }", "}"]
+            out.append("\n".join(L))
         if self.noise_scale is not None:
             sg = _c_vector(self.noise_scale, "SG", "    ", pr, "n", real)
             out.append(f"__device__ void prob_noise0(real *SG, {arr}) {{\n" + "\n".join(sg) + "\n}")

@@ -5,228 +5,77 @@ per-example gradient covariance `Sigma(x)/B` applied through the low-rank factor
 $\xi = (nB)^{-1/2}\sum_j (\nabla f_j - \nabla f)\,w_j$, `w_j ~ N(0,1)` (never a `d x d`
 square root).
 
-This module owns the kind: its data and checks, its numpy reference (`LogisticRegression.grad`,
-`hvp` full-batch or on a minibatch, `noise_scale`), and
-its kernel code for both backends, written by hand next to the numpy code (`NUMBA_FRAGMENT`,
-`CUDA_FRAGMENT`, and the minibatch gradient of the discrete kernels, `numba_minibatch_grad` and
-`cuda_minibatch_grad`).  Unlike the quadratic and custom kinds it is not generated from a
-`ProblemCode`: its gradient and noise scale share one pass over the examples
-(the per-example weights `W[j]`, reused by the low-rank noise factor), which the loop IR does not express.
+This module owns the kind: its data and checks, and its one description (`_code`): gradient, Hessian
+diagonal, Hessian-vector product (full batch and, generated from it, on a minibatch), loss, noise scale,
+low-rank noise factor and per-example gradient, from which `sdederive.problems.description` prints the
+numba and CUDA helpers and evaluates the numpy reference.  The description's sums over the examples are
+printed with the examples as the outer loop (one pass over the data per call, the per-example factors
+computed once), and `prob_grad` stores the per-example weights `W[ex]` that the Hessian diagonal and the
+noise factor read.  The kernels' minibatch gradient is the index drawing of `numba_minibatch_grad` /
+`cuda_minibatch_grad` around the generated `prob_mb_accum` and `prob_mb_finish`.
 The pack fields are `l2` and `B` (`LogisticRegression.fields`), read at their named offsets.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
+import sympy as sp
+from sympy.codegen.cfunctions import log1p
 
 from sdederive.problems.base import Problem, ProblemError, _as_float_array, _vec
+from sdederive.problems.description import (EX, GRV, IX, JX, NEX, WV, Loop, ProblemCode, V, X, Z, dsum, esum,
+                                            evaluate, mat)
 
-__all__ = ["LogisticRegression", "NUMBA_FRAGMENT", "CUDA_FRAGMENT", "numba_minibatch_grad", "cuda_minibatch_grad"]
+__all__ = ["LogisticRegression", "numba_minibatch_grad", "cuda_minibatch_grad"]
 
-# -- numba: gradient (GR), Hessian diagonal (HS), noise scale (SG), loss, HVP (full batch; prob_hvp_idx: of a
-# minibatch of indices), low-rank noise factor ------------------------------------------------------------------
-# PM = A (n x d), PY = y, PV = pack (l2, B); W = work (>= 2n): the per-example weights -y*s
-NUMBA_FRAGMENT = '''
-@HELPER
-def prob_grad(xv, GR, HS, SG, PV, PM, PL, PY, W, need_hs, need_sg):
-    n, d = PM.shape
-{offsets}
-    l2 = PV[P_l2]
-    for i in range(d):
-        GR[i] = 0.0
-        if need_hs:
-            HS[i] = 0.0
-        if need_sg:
-            SG[i] = 0.0
-    for j in range(n):
-        mg = 0.0
-        for i in range(d):
-            mg += PM[j, i] * xv[i]
-        mg *= PY[j]
-        s = 1.0 / (1.0 + math.exp(mg))
-        W[j] = -PY[j] * s
-        for i in range(d):
-            GR[i] += W[j] * PM[j, i]
-        if need_hs:
-            w = s * (1.0 - s)
-            for i in range(d):
-                HS[i] += w * PM[j, i] * PM[j, i]
-    for i in range(d):
-        GR[i] /= n
-    if need_sg:
-        B = PV[P_B]
-        for j in range(n):
-            for i in range(d):
-                c = W[j] * PM[j, i] - GR[i]
-                SG[i] += c * c
-        for i in range(d):
-            SG[i] = math.sqrt(SG[i] / (n * B))
-    for i in range(d):
-        GR[i] += l2 * xv[i]
-        if need_hs:
-            HS[i] = HS[i] / n + l2
+_A, _y = mat("A"), mat("y")  # the data (slot PM, n x d) and the labels (slot PY)
+_l2, _B = sp.Symbol("l2", real=True), sp.Symbol("B", real=True)
 
-@HELPER
-def prob_loss(xv, PV, PM, PL, PY, W):
-    n, d = PM.shape
-{offsets}
-    acc = 0.0
-    for j in range(n):
-        mg = 0.0
-        for i in range(d):
-            mg += PM[j, i] * xv[i]
-        mg *= -PY[j]
-        acc += max(mg, 0.0) + math.log1p(math.exp(-abs(mg)))
-    r = 0.0
-    for i in range(xv.size):
-        r += xv[i] * xv[i]
-    return acc / n + 0.5 * PV[P_l2] * r
 
-@HELPER
-def prob_hvp(xv, vv, HV, PV, PM, PL, PY, W):
-    n, d = PM.shape
-{offsets}
-    for i in range(d):
-        HV[i] = 0.0
-    for j in range(n):
-        mg = 0.0
-        av = 0.0
-        for i in range(d):
-            mg += PM[j, i] * xv[i]
-            av += PM[j, i] * vv[i]
-        s = 1.0 / (1.0 + math.exp(PY[j] * mg))
-        c = s * (1.0 - s) * av
-        for i in range(d):
-            HV[i] += c * PM[j, i]
-    for i in range(d):
-        HV[i] = HV[i] / n + PV[P_l2] * vv[i]
+@functools.cache
+def _code() -> ProblemCode:
+    r"""The one description (`sdederive.problems.description`), with `m_ex = a_ex . x`,
+    `s_ex = sigma(-y_ex m_ex) = 1/(1 + e^{y_ex m_ex})` and the per-example weight `w_ex = -y_ex s_ex`
+    (`grad f_ex = w_ex a_ex + l2 x`):
 
-@HELPER
-def prob_hvp_idx(xv, vv, HV, IDX, nb, PV, PM, PL, PY, W):
-    # the HVP of the minibatch IDX[0:nb] (repeats count as often as drawn), ridge included
-    n, d = PM.shape
-{offsets}
-    for i in range(d):
-        HV[i] = 0.0
-    for q in range(nb):
-        j = IDX[q]
-        mg = 0.0
-        av = 0.0
-        for i in range(d):
-            mg += PM[j, i] * xv[i]
-            av += PM[j, i] * vv[i]
-        s = 1.0 / (1.0 + math.exp(PY[j] * mg))
-        c = s * (1.0 - s) * av
-        for i in range(d):
-            HV[i] += c * PM[j, i]
-    for i in range(d):
-        HV[i] = HV[i] / nb + PV[P_l2] * vv[i]
+    $$
+    \nabla f = \tfrac1n \textstyle\sum_{ex} w_{ex} a_{ex} + \lambda x,\quad
+    H_{ii} = \tfrac1n \sum_{ex} s(1-s) a_{ex,i}^2 + \lambda,\quad
+    H v = \tfrac1n \sum_{ex} s(1-s)(a_{ex}\cdot v)\, a_{ex} + \lambda v,
+    $$
 
-@HELPER
-def prob_noise0(d, SG, PV, PM, PL, PY, W):
-    for i in range(d):
-        SG[i] = 0.0
-
-@HELPER
-def prob_corr(xv, GR, Z, XI, PV, PM, PL, PY, W):
-    # xi = (nB)^(-1/2) sum_j (g_j - gbar) w_j, with g_j - gbar = W[j] a_j - mean_j(W[j] a_j); W and GR from
-    # prob_grad at xv
-    n_ex, d = PM.shape
-{offsets}
-    swz = 0.0
-    for i in range(d):
-        XI[i] = 0.0
-    for j in range(n_ex):
-        swz += Z[j]
-        cw = W[j] * Z[j]
-        for i in range(d):
-            XI[i] += cw * PM[j, i]
-    scl = 1.0 / math.sqrt(n_ex * PV[P_B])
-    for i in range(d):
-        XI[i] = (XI[i] - swz * (GR[i] - PV[P_l2] * xv[i])) * scl
-'''
-
-CUDA_FRAGMENT = r"""
-__device__ void prob_grad(const real *xv, real *GR, real *HS, real *SG, const double *PV, const double *PM,
-                          const double *PL, const double *PY, real *W, bool need_hs, bool need_sg) {
-    const real l2 = (real)PV[P_l2];
-    for (int i = 0; i < D; ++i) { GR[i] = 0; if (need_hs) HS[i] = 0; if (need_sg) SG[i] = 0; }
-    for (int j = 0; j < NEX; ++j) {
-        real mg = 0;
-        for (int i = 0; i < D; ++i) mg += (real)PM[j * D + i] * xv[i];
-        mg *= (real)PY[j];
-        real s = (real)1 / ((real)1 + exp(mg));
-        W[j] = -(real)PY[j] * s;
-        for (int i = 0; i < D; ++i) GR[i] += W[j] * (real)PM[j * D + i];
-        if (need_hs) { real w = s * ((real)1 - s); for (int i = 0; i < D; ++i) HS[i] += w * (real)(PM[j * D + i] * PM[j * D + i]); }
-    }
-    for (int i = 0; i < D; ++i) GR[i] /= (real)NEX;
-    if (need_sg) {
-        const real B = (real)PV[P_B];
-        for (int j = 0; j < NEX; ++j)
-            for (int i = 0; i < D; ++i) { real c = W[j] * (real)PM[j * D + i] - GR[i]; SG[i] += c * c; }
-        for (int i = 0; i < D; ++i) SG[i] = sqrt(SG[i] / ((real)NEX * B));
-    }
-    for (int i = 0; i < D; ++i) { GR[i] += l2 * xv[i]; if (need_hs) HS[i] = HS[i] / (real)NEX + l2; }
-}
-__device__ real prob_loss(const real *xv, const double *PV, const double *PM, const double *PL, const double *PY,
-                          real *W) {
-    real acc = 0, r = 0;
-    for (int j = 0; j < NEX; ++j) {
-        real mg = 0;
-        for (int i = 0; i < D; ++i) mg += (real)PM[j * D + i] * xv[i];
-        mg *= -(real)PY[j];
-        acc += (mg > 0 ? mg : (real)0) + log1p(exp(-fabs(mg)));
-    }
-    for (int i = 0; i < D; ++i) r += xv[i] * xv[i];
-    return acc / (real)NEX + (real)0.5 * (real)PV[P_l2] * r;
-}
-__device__ void prob_hvp(const real *xv, const real *vv, real *HV, const double *PV, const double *PM,
-                         const double *PL, const double *PY, real *W) {
-    for (int i = 0; i < D; ++i) HV[i] = 0;
-    for (int j = 0; j < NEX; ++j) {
-        real mg = 0, av = 0;
-        for (int i = 0; i < D; ++i) { mg += (real)PM[j * D + i] * xv[i]; av += (real)PM[j * D + i] * vv[i]; }
-        const real s = (real)1 / ((real)1 + exp((real)PY[j] * mg));
-        const real c = s * ((real)1 - s) * av;
-        for (int i = 0; i < D; ++i) HV[i] += c * (real)PM[j * D + i];
-    }
-    for (int i = 0; i < D; ++i) HV[i] = HV[i] / (real)NEX + (real)PV[P_l2] * vv[i];
-}
-__device__ void prob_hvp_idx(const real *xv, const real *vv, real *HV, const int *IDX, int nb, const double *PV,
-                             const double *PM, const double *PL, const double *PY, real *W) {
-    for (int i = 0; i < D; ++i) HV[i] = 0;
-    for (int q = 0; q < nb; ++q) {
-        const int j = IDX[q];
-        real mg = 0, av = 0;
-        for (int i = 0; i < D; ++i) { mg += (real)PM[j * D + i] * xv[i]; av += (real)PM[j * D + i] * vv[i]; }
-        const real s = (real)1 / ((real)1 + exp((real)PY[j] * mg));
-        const real c = s * ((real)1 - s) * av;
-        for (int i = 0; i < D; ++i) HV[i] += c * (real)PM[j * D + i];
-    }
-    for (int i = 0; i < D; ++i) HV[i] = HV[i] / (real)nb + (real)PV[P_l2] * vv[i];
-}
-__device__ void prob_noise0(real *SG, const double *PV, const double *PM, const double *PL, const double *PY,
-                            real *W) {
-    for (int i = 0; i < D; ++i) SG[i] = 0;
-}
-__device__ void prob_corr(const real *xv, const real *GR, const double *Z, real *XI, const double *PV,
-                          const double *PM, const double *PL, const double *PY, real *W) {
-    real swz = 0; for (int i = 0; i < D; ++i) XI[i] = 0;
-    for (int j = 0; j < NEX; ++j) { swz += (real)Z[j]; real cw = W[j] * (real)Z[j];
-        for (int i = 0; i < D; ++i) XI[i] += cw * (real)PM[j * D + i]; }
-    const real scl = (real)1 / sqrt((real)NEX * (real)PV[P_B]);
-    for (int i = 0; i < D; ++i) XI[i] = (XI[i] - swz * (GR[i] - (real)PV[P_l2] * xv[i])) * scl;
-}
-"""
+    the minibatch noise's std `sqrt(mean_ex (w a - mean w a)**2 / B)` and its low-rank factor
+    `xi = (nB)^{-1/2} sum_ex (w_ex a_ex - mean w a) z_ex`; `s(1 - s) = -y w (1 + y w)` for labels +-1
+    (the weights stored once per gradient, `W[ex]`, serve the Hessian and the noise)."""
+    ex, i, j = EX, IX, JX
+    margin = dsum(_A[ex, j] * X[j])
+    weight = -_y[ex] / (1 + sp.exp(_y[ex] * margin))
+    s = 1 / (1 + sp.exp(_y[ex] * margin))
+    mean_wa = GRV[i] - _l2 * X[i]  # the gradient just computed, without its ridge
+    return ProblemCode(
+        grad=Loop(esum(WV[ex] * _A[ex, i]) / NEX + _l2 * X[i]),
+        hess_diag=Loop(esum(-_y[ex] * WV[ex] * (1 + _y[ex] * WV[ex]) * _A[ex, i] ** 2) / NEX + _l2),
+        hvp=Loop(esum(s * (1 - s) * dsum(_A[ex, j] * V[j]) * _A[ex, i]) / NEX + _l2 * V[i]),
+        loss=esum(sp.Max(-_y[ex] * margin, 0) + log1p(sp.exp(-sp.Abs(_y[ex] * margin)))) / NEX
+        + _l2 / 2 * dsum(X[j] ** 2),
+        fields=("l2", "B"),
+        matrices=(("A", "PM"), ("y", "PY")),
+        noise_scale=Loop(sp.S.Zero),
+        noise_scale_x=Loop(sp.sqrt(esum((WV[ex] * _A[ex, i] - mean_wa) ** 2) / (NEX * _B))),
+        noise_factor=Loop((esum(WV[ex] * Z[ex] * _A[ex, i]) - esum(Z[ex]) * mean_wa) / sp.sqrt(NEX * _B)),
+        weights=weight,
+        example_grad=weight * _A[ex, i],
+        ridge=Loop(_l2 * X[i]),
+    )
 
 
 def numba_minibatch_grad(ind: str) -> list[str]:
     """Kernel lines (numba) for the discrete optimizer's minibatch gradient `G` at `xrow`: `B` indices
-    drawn with replacement (Philox stream 1, `sdederive.simulate.rng.philox.draw_indices`) and the
-    gradient averaged over them, plus the ridge term."""
+    drawn with replacement (Philox stream 1, `sdederive.simulate.rng.philox.draw_indices`), each
+    example's term added by the generated `prob_mb_accum`, then `prob_mb_finish` (mean, ridge)."""
     return [
         f"{ind}n_ex, dd = PM.shape",
         f"{ind}Bm = int(PV[P_B])",
@@ -234,20 +83,13 @@ def numba_minibatch_grad(ind: str) -> list[str]:
         f"{ind}    G[i] = 0.0",
         f"{ind}draw_indices(IDX, Bm, n_ex, cstep, p, 1, key0, key1)",
         f"{ind}for jb in range(Bm):",
-        f"{ind}    jx = IDX[jb]",
-        f"{ind}    mg = 0.0",
-        f"{ind}    for i in range(d):",
-        f"{ind}        mg += PM[jx, i] * xrow[i]",
-        f"{ind}    s = -PY[jx] / (1.0 + math.exp(PY[jx] * mg))",
-        f"{ind}    for i in range(d):",
-        f"{ind}        G[i] += s * PM[jx, i]",
-        f"{ind}for i in range(d):",
-        f"{ind}    G[i] = G[i] / Bm + PV[P_l2] * xrow[i]",
+        f"{ind}    prob_mb_accum(xrow, G, IDX[jb], PV, PM, PL, PY, W)",
+        f"{ind}prob_mb_finish(xrow, G, Bm, PV, PM, PL, PY, W)",
     ]
 
 
 def cuda_minibatch_grad(ind: str) -> list[str]:
-    """The same minibatch gradient in CUDA C (indices from the same Philox counters)."""
+    """The same minibatch gradient in CUDA C (indices from the same Philox counters, drawn four at a time)."""
     return [
         f"{ind}{{ const int Bm = (int)PV[P_B];",
         f"{ind}  for (int i = 0; i < D; ++i) G[i] = 0;",
@@ -255,10 +97,8 @@ def cuda_minibatch_grad(ind: str) -> list[str]:
         f"{ind}    sd_u32 c[4] = {{cstep, (sd_u32)jb, (sd_u32)p, 1u}}; sd_philox4x32(c, key0, key1);",
         f"{ind}    for (int q = 0; q < 4 && 4 * jb + q < Bm; ++q) {{",
         f"{ind}      const int jx = (int)(((sd_u64)c[q] * (sd_u64)NEX) >> 32);",
-        f"{ind}      real mg = 0; for (int i = 0; i < D; ++i) mg += (real)PM[jx * D + i] * X[0][i];",
-        f"{ind}      const real s = -(real)PY[jx] / ((real)1 + exp((real)PY[jx] * mg));",
-        f"{ind}      for (int i = 0; i < D; ++i) G[i] += s * (real)PM[jx * D + i]; }} }}",
-        f"{ind}  for (int i = 0; i < D; ++i) G[i] = G[i] / (real)Bm + (real)PV[P_l2] * X[0][i]; }}",
+        f"{ind}      prob_mb_accum(X[0], G, jx, PV, PM, PL, PY, W); }} }}",
+        f"{ind}  prob_mb_finish(X[0], G, Bm, PV, PM, PL, PY, W); }}",
     ]
 
 
@@ -357,54 +197,34 @@ class LogisticRegression(Problem):
     def hessian_coupling(self) -> str | None:
         return "logistic regression (its Hessian A^T W A/n couples the coordinates)" if self.d > 1 else None
 
-    def numba_fragment(self) -> str:
-        return NUMBA_FRAGMENT.replace("{offsets}", self.layout().numba_offsets("    "))
+    def code(self) -> ProblemCode:
+        return _code()
 
-    def cuda_fragment(self, real: str) -> str:
-        return "\n" + self.layout().c_defines() + "\n" + CUDA_FRAGMENT
+    def _scalars(self) -> dict:
+        return {"n_ex": self.n}
 
     def fingerprint_data(self) -> str:
         return "logistic"
 
-    # -- numpy reference --------------------------------------------------------------------------------
-    def margins(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(x, float) @ self.A.T * self.y
-
-    def loss(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=float)
-        return np.mean(np.logaddexp(0.0, -self.margins(x)), axis=-1) + 0.5 * self.l2 * np.sum(x * x, axis=-1)
-
+    # -- numpy reference (the description evaluated; `Problem` has grad, loss, hess_diag, noise_scale) -----------
     def per_example_grads(self, x: np.ndarray) -> np.ndarray:
-        """`(n, d)`: gradient of each example's loss (ridge included) at a single `x`."""
-        s = 1.0 / (1.0 + np.exp(self.margins(x)))  # sigma(-y a.x)
-        return -(self.y * s)[:, None] * self.A + self.l2 * np.asarray(x, float)[None, :]
+        """`(n, d)`: gradient of each example's loss (ridge included) at a single `x`: the description's
+        `example_grad + ridge` with the example and the coordinate as the two axes."""
+        from sdederive.problems.description import _Eval
 
-    def grad(self, x: np.ndarray) -> np.ndarray:
-        """The full-batch gradient at a single `x`."""
-        return self.per_example_grads(x).mean(0)
-
-    def _curvatures(self, x: np.ndarray, idx) -> tuple[np.ndarray, np.ndarray]:
-        rows = slice(None) if idx is None else np.asarray(idx, dtype=np.int64)
-        A = self.A[rows]
-        s = 1.0 / (1.0 + np.exp(np.asarray(x, float) @ A.T * self.y[rows]))
-        return A, s * (1.0 - s)
-
-    def hess_diag(self, x: np.ndarray, idx=None) -> np.ndarray:
-        """The Hessian's diagonal at a single `x` (full batch, or the examples `idx`)."""
-        A, w = self._curvatures(x, idx)
-        return (w[:, None] * A * A).mean(0) + self.l2
+        pc = self.code()
+        ev = _Eval({**self._arrays(), "xv": np.asarray(x, dtype=float)}, {**self._scalars(), "d": self.d}, {"xv"}, 0)
+        val = ev(pc.example_grad + pc.ridge.expr, {EX: 0, IX: 1})
+        return np.array(np.broadcast_to(val, (self.n, self.d)), dtype=float)
 
     def hvp(self, x: np.ndarray, v: np.ndarray, idx=None) -> np.ndarray:
         """`H(x) v = mean_j s_j (1 - s_j) (a_j . v) a_j + l2 v` with `s_j = sigma(-y_j a_j . x)`, over all
         examples or the minibatch `idx` (indices, repeats allowed: the HVP of that minibatch's loss)."""
-        A, w = self._curvatures(x, idx)
-        v = np.asarray(v, float)
-        return ((w * (A @ v))[:, None] * A).mean(0) + self.l2 * v
-
-    def noise_scale(self, x: np.ndarray) -> np.ndarray:
-        """Per-coordinate std of a minibatch gradient of `B` examples drawn with replacement, at `x`."""
-        G = self.per_example_grads(x)
-        return np.sqrt(np.mean((G - G.mean(0)) ** 2, axis=0) / self.B)
+        if idx is None:
+            return super().hvp(x, v)
+        rows = np.asarray(idx, dtype=np.int64)
+        arrays = {**self._arrays(), "A": self.A[rows], "y": self.y[rows]}
+        return self._eval("hvp", x, v, arrays=arrays, scalars={"n_ex": int(rows.size)})
 
     def to_dict(self) -> dict:
         return {"kind": "logistic", "A": self.A.tolist(), "y": self.y.tolist(), "B": self.B, "l2": self.l2,

@@ -55,22 +55,14 @@ def _expr(e: sp.Expr) -> str:
 
 _MB_GRAD = '''
 @HELPER
-def mb_grad(yv, G, IDX, Bm, PM, PY, l2):
-    # the minibatch gradient at yv over IDX[0:Bm] (repeats count as often as drawn), ridge included: the same
-    # operations in the same order as the scalar kernels' minibatch gradient
-    d = yv.size
-    for i in range(d):
+def mb_grad(yv, G, IDX, Bm, PV, PM, PL, PY, W):
+    # the minibatch gradient at yv over IDX[0:Bm] (repeats count as often as drawn): the problem's generated
+    # per-example term and finish (mean, ridge), in the same order as the scalar kernels' minibatch gradient
+    for i in range(yv.size):
         G[i] = 0.0
     for jb in range(Bm):
-        jx = IDX[jb]
-        mg = 0.0
-        for i in range(d):
-            mg += PM[jx, i] * yv[i]
-        s = -PY[jx] / (1.0 + math.exp(PY[jx] * mg))
-        for i in range(d):
-            G[i] += s * PM[jx, i]
-    for i in range(d):
-        G[i] = G[i] / Bm + l2 * yv[i]
+        prob_mb_accum(yv, G, IDX[jb], PV, PM, PL, PY, W)
+    prob_mb_finish(yv, G, Bm, PV, PM, PL, PY, W)
 '''
 
 
@@ -157,7 +149,7 @@ class _Writer:
             if bt not in self.drawn:
                 self.drawn.add(bt)
                 w(ind + 1, f"draw_indices(IDXB[{bt}, r], Bm, n_ex, cstep, ROWS[r], {index_stream(bt)}, key0, key1)")
-            w(ind + 1, f"mb_grad({self.src(src)}[r], {out}[r], IDXB[{bt}, r], Bm, PM, PY, PV[P_l2])")
+            w(ind + 1, f"mb_grad({self.src(src)}[r], {out}[r], IDXB[{bt}, r], Bm, PV, PM, PL, PY, WS)")
         else:  # pragma: no cover - the IR is closed
             raise CodegenError(f"unknown vector operation {o.kind!r}")
 

@@ -6,7 +6,9 @@ r"""A derived SDE on a problem, as the drift and diffusion of the ecosystem's in
 for `torchsde.sdeint`.  Both are built from the same lowering as this project's own kernels
 (`sdederive.simulate.spec.sde_spec`): the per-coordinate drift $a_s$ and diffusion
 $b_{s,r}$ with the problem's gradient, Hessian diagonal and noise scale, and the same start
-(the expected first step where the SDE is singular at $t = 0$).
+(the expected first step where the SDE is singular at $t = 0$).  The gradient and Hessian diagonal
+are the problem's one description (`Problem.code`, `sdederive.problems.description.evaluate_xp`)
+evaluated in JAX or torch, so they trace and differentiate there.
 
 The state is flat: `y[s*d + i]` is state `s` (in the SDE's variables, `x` first) of coordinate
 `i`; the Brownian motion has `R*d` components, `R` noise sources per coordinate, and the
@@ -135,29 +137,14 @@ def _coefficients(spec, scalars: dict):
 
 
 def _problem_parts(problem: Problem, xp):
-    """`grad(x)`, `hess_diag(x)`, `sigma` in the array library `xp` (jax.numpy or torch)."""
-    if isinstance(problem, Quadratic):
-        if problem.H is None:
-            h = problem.h
-            return (lambda x: x * xp.asarray(h)), (lambda x: xp.asarray(h) + 0 * x), problem.sigma
-        H = problem.H
-        return (lambda x: x @ xp.asarray(H).T), (lambda x: xp.asarray(np.diag(H).copy()) + 0 * x), problem.sigma
-    if xp.__name__.startswith("jax"):
-        import jax.scipy.special as jsp
+    """`grad(x)`, `hess_diag(x)`, `sigma` in the array library `xp` (jax.numpy or torch): the problem's one
+    description (`Problem.code`) evaluated in that library, as the kernels print it and numpy evaluates it."""
+    from sdederive.problems.description import evaluate_xp
 
-        mod = [{"erf": jsp.erf, "erfc": jsp.erfc}, "jax"]
-    else:
-        mod = "torch"
-    grad = [_elementary(sp.diff(problem.f, v)) for v in problem.xs]
-    hess = [_elementary(sp.diff(problem.f, v, 2)) for v in problem.xs]
-    fg = [sp.lambdify([problem.xs], g, mod) for g in grad]
-    fh = [sp.lambdify([problem.xs], h, mod) for h in hess]
-
-    def cols(fs, x):
-        xs = [x[..., i] for i in range(x.shape[-1])]
-        return xp.stack([f(xs) + 0 * xs[0] for f in fs], -1)
-
-    return (lambda x: cols(fg, x)), (lambda x: cols(fh, x)), problem.sigma
+    pc = problem.code()
+    arrays, scalars = problem._arrays(), problem._scalars()
+    return ((lambda x: evaluate_xp(pc.grad, x, arrays, scalars, xp)),
+            (lambda x: evaluate_xp(pc.hess_diag, x, arrays, scalars, xp)), problem.sigma)
 
 
 def to_diffrax(sde: SDE, problem: Problem, eta=None, hyper: dict | None = None) -> Exported:

@@ -121,13 +121,50 @@ def _np_funcs():
             sp.sinh: np.sinh, sp.tan: np.tan, log1p: np.log1p}
 
 
+class _XP:
+    """The array library an evaluation runs in: numpy (the reference), or `jax.numpy` / `torch` (the exports
+    of `sdederive.export`, which evaluate the same description on traced arrays)."""
+
+    def __init__(self, mod=np, like=None):
+        self.mod, self.like = mod, like
+        name = getattr(mod, "__name__", "")
+        self.torch = name == "torch"
+        if mod is np:
+            self.funcs = _np_funcs()
+        else:
+            if self.torch:
+                import torch
+
+                erf, erfc = torch.special.erf, torch.special.erfc
+            else:
+                import jax.scipy.special as jsp
+
+                erf, erfc = jsp.erf, jsp.erfc
+            from sympy.codegen.cfunctions import log1p
+
+            m = mod
+            self.funcs = {sp.exp: m.exp, sp.log: m.log, sp.sin: m.sin, sp.cos: m.cos, sp.tanh: m.tanh,
+                          sp.atan: m.arctan if hasattr(m, "arctan") else m.atan, sp.erf: erf, sp.erfc: erfc,
+                          sp.Abs: m.abs, sp.sign: m.sign, sp.cosh: m.cosh, sp.sinh: m.sinh, sp.tan: m.tan,
+                          log1p: m.log1p}
+
+    def data(self, A):
+        """A problem's data array (numpy) in this library, with the dtype of the evaluation point."""
+        if self.mod is np:
+            return np.asarray(A, float)
+        if self.torch:
+            return self.mod.as_tensor(np.asarray(A, float), dtype=self.like.dtype)
+        return self.mod.asarray(np.asarray(A, float))
+
+
 class _Eval:
     """Evaluate an expression with every free index an axis: a value at reduction depth `k` is an
     array of `nb + k` dimensions (`nb` batch axes of `x`, then one per index in scope) or a number."""
 
-    def __init__(self, arrays: dict, scalars: dict, batched: set, nb: int):
+    def __init__(self, arrays: dict, scalars: dict, batched: set, nb: int, xp: _XP | None = None):
         self.arrays, self.scalars, self.batched, self.nb = arrays, scalars, batched, nb
-        self.funcs = _np_funcs()
+        self.xp = xp or _XP()
+        self.funcs = self.xp.funcs
 
     def __call__(self, e, axes: dict):
         if e.is_number and e.is_real is not False and not e.atoms(sp.Indexed):
@@ -140,7 +177,7 @@ class _Eval:
                 shape = [1] * (self.nb + k)
                 n = self._size(e, axes)
                 shape[self.nb + axes[e]] = n
-                return np.arange(n, dtype=float).reshape(shape)
+                return self.xp.data(np.arange(n, dtype=float).reshape(shape))
             if e.name in self.scalars:
                 return float(self.scalars[e.name])
             if e.name in self.arrays and np.size(self.arrays[e.name]) == 1:  # a scalar field of the pack
@@ -169,7 +206,8 @@ class _Eval:
         if isinstance(e, sp.Max):
             out = self(e.args[0], axes)
             for a in e.args[1:]:
-                out = np.maximum(out, self(a, axes))
+                b = self(a, axes)
+                out = self.xp.mod.maximum(out, b) if not self.xp.torch else self.xp.mod.clamp(out, min=b)
             return out
         if e.is_Add:
             out = 0.0
@@ -184,8 +222,10 @@ class _Eval:
         if e.is_Pow:
             b, p = self(e.base, axes), self(e.exp, axes)
             if np.ndim(p) == 0 and p == 0.5:
-                return np.sqrt(b)
-            return np.power(b, p)
+                return self.xp.mod.sqrt(b) if np.ndim(b) else float(np.sqrt(b))
+            if np.ndim(b) == 0 and np.ndim(p) == 0:
+                return float(b) ** float(p)
+            return b ** p
         if isinstance(e, sp.Function) and e.func in self.funcs:
             return self.funcs[e.func](*[self(a, axes) for a in e.args])
         raise SdederiveError(f"the numpy reference cannot evaluate {sp.sstr(e)[:80]} of a problem description")
@@ -209,7 +249,7 @@ class _Eval:
             scale *= size
         if not ops:
             return scale
-        val = np.einsum(",".join(subs) + "->" + "".join(letters[ax] for ax in out_axes), *ops)
+        val = self.xp.mod.einsum(",".join(subs) + "->" + "".join(letters[ax] for ax in out_axes), *ops)
         shape = [1] * (n - 1)
         for ax, size in zip(out_axes, val.shape):
             shape[ax] = size
@@ -226,8 +266,8 @@ class _Eval:
         name = str(e.base)
         if name not in self.arrays:
             raise SdederiveError(f"the problem description uses the array {name} but no value is given for it")
-        A = np.asarray(self.arrays[name], float)
         batched = name in self.batched
+        A = self.arrays[name] if batched else self.xp.data(self.arrays[name])
         nb = self.nb if batched else 0
         lead = A.ndim - len(e.indices)
         # integer indices first (custom problems' unrolled x_0, x_1, ...)
@@ -248,7 +288,7 @@ class _Eval:
         present = sorted({axes[s] for s in syms})
         sub_out = letters + "".join("ijklmnop"[a] for a in present)
         if syms:
-            A = np.einsum(f"{sub_in}->{sub_out}", A)
+            A = self.xp.mod.einsum(f"{sub_in}->{sub_out}", A)
         k = len(axes)
         shape = list(A.shape[:nb]) if batched else []
         shape = ([1] * self.nb if not batched else shape)
@@ -278,6 +318,19 @@ def evaluate(code, x: np.ndarray, arrays: dict, scalars: dict, v: np.ndarray | N
         out = np.concatenate(parts, axis=0) if parts else np.zeros(flat.shape if _is_vector(code) else (0,))
         return out.reshape(x.shape if _is_vector(code) else x.shape[:-1])
     return _evaluate(code, x, arrays, scalars, v, stages)
+
+
+def evaluate_xp(code, x, arrays: dict, scalars: dict, mod):
+    """A `Loop` or an `Unrolled` at the points `x` (`(..., d)`, an array of the library `mod`: `jax.numpy`
+    or `torch`), evaluated in that library, so that it traces and differentiates there (the exports of
+    `sdederive.export`).  The problem's data (`arrays`) are numpy and converted once per call."""
+    ev = _Eval({**arrays, str(X): x}, {**scalars, "d": x.shape[-1]}, {str(X)}, x.ndim - 1, _XP(mod, like=x))
+    if isinstance(code, Loop):
+        return ev(code.expr, {IX: 0}) + 0 * x
+    if isinstance(code, Unrolled):
+        cols = [ev(e, {}) + 0 * x[..., 0] for e in code.exprs]
+        return mod.stack(cols, -1) if getattr(mod, "__name__", "") != "torch" else mod.stack(cols, dim=-1)
+    raise SdederiveError(f"evaluate_xp takes a Loop or an Unrolled, got {type(code).__name__}")
 
 
 def _is_vector(code) -> bool:

@@ -168,3 +168,22 @@ def test_svag_weak_error_shrinks_on_breast_cancer_and_validate_passes():
     assert rc == 0 and "PASSED" in out, out
     assert "weak error of loss shrinks with eta" in out and "SVAG" in out
     assert "warning" not in err, err  # the regime check holds with SVAG's scalings
+
+
+def test_decays_are_known_by_kind_not_guessed_from_names():
+    """With the SDE the decays are its hyperparameters of kind decay, whatever their names (here gamma); with a
+    bare regime name none are guessed from a "beta" prefix: the result says they were not checked."""
+    import sdederive.spec.transforms as T
+
+    prob = sd.Quadratic(h=[1.0, 2.0], sigma=[100.0, 100.0], x0=[1.0, 1.0])
+    opt = sd.chain(T.ema(0.9, name="gamma"), T.scale_by_learning_rate(1e-3), name="ema_gamma",
+                   natural_regime="balanced")
+    sde = sd.derive(opt)
+    etas = [0.02, 0.01]
+    fixed = [{"gamma": 0.9}, {"gamma": 0.9}]  # 1 - gamma fixed: power 0, the balanced regime needs 1
+    rc = regime_check(sde, prob, etas, fixed)
+    assert "1-gamma" in rc.quantities["powers"] and not rc.holds
+    scaled = [{"gamma": 1 - 5 * e} for e in etas]
+    assert regime_check(sde, prob, etas, scaled).holds
+    plain = regime_check("balanced", prob, etas, [{"beta1": 0.9}, {"beta1": 0.9}])
+    assert "1-beta1" not in plain.quantities["powers"] and "not checked" in plain.quantities["decays"]

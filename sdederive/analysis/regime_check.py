@@ -128,7 +128,8 @@ def regime_check(regime, problem: Problem, etas, hyper=None, *, decays: Sequence
         the discrete hyperparameters (a mapping, or one mapping per eta).
     decays
         names of the decay hyperparameters (default: those of kind `decay` in an SDE's
-        `hypers`, else names starting with `beta`).
+        `hypers`; with a regime name and no `decays`, none: hyperparameters are known by their
+        kind, not guessed from their names, and the result's `quantities["decays"]` says so).
     sigma_factor
         a noise amplification per eta (SVAG multiplies `sigma` by `l`), default 1.
     snr_max, power_tol
@@ -150,8 +151,8 @@ def regime_check(regime, problem: Problem, etas, hyper=None, *, decays: Sequence
     facs = np.ones(n) if sigma_factor is None else np.broadcast_to(np.asarray(sigma_factor, float), (n,))
     if len(probs) != n or len(hyps) != n:
         raise SdederiveError(f"regime_check: {len(probs)} problems and {len(hyps)} hyper dicts for {n} etas")
-    if decays is None:
-        decays = sorted({k for h in hyps for k in h if k.startswith("beta")})
+    unchecked = decays is None  # a regime name without an SDE: no kinds to tell which hyperparameters decay
+    decays = [] if decays is None else list(decays)
     snr_med, snr_mx, sig_med, eps_ratio = [], [], [], []
     for p, h, f in zip(probs, hyps, facs):
         g, s = grad_and_noise(p)
@@ -163,7 +164,8 @@ def regime_check(regime, problem: Problem, etas, hyper=None, *, decays: Sequence
         sig_med.append(float(np.median(s)))
         if "eps" in h:
             eps_ratio.append(float(np.median(h["eps"] / np.sqrt(g**2 + s**2 + 1e-300))))
-    q = {"snr_median": snr_med, "snr_max": snr_mx, "sigma_median": sig_med}
+    q = {"snr_median": snr_med, "snr_max": snr_mx, "sigma_median": sig_med,
+         "decays": "not checked: pass the SDE, or decays=[...]" if unchecked else list(decays)}
     if eps_ratio:
         q["eps_ratio"] = eps_ratio
     crit: dict = {}

@@ -113,7 +113,6 @@ class Unrolled:
 
 def _np_funcs():
     import scipy.special as sc
-
     from sympy.codegen.cfunctions import log1p
 
     return {sp.exp: np.exp, sp.log: np.log, sp.sin: np.sin, sp.cos: np.cos, sp.tanh: np.tanh, sp.atan: np.arctan,

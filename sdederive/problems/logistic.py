@@ -26,8 +26,22 @@ import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
 from sdederive.problems.base import Problem, ProblemError, _as_float_array, _vec
-from sdederive.problems.description import (EX, GRV, IX, JX, NEX, WV, Loop, ProblemCode, V, X, Z, dsum, esum,
-                                            evaluate, mat)
+from sdederive.problems.description import (
+    EX,
+    GRV,
+    IX,
+    JX,
+    NEX,
+    WV,
+    Loop,
+    ProblemCode,
+    V,
+    X,
+    Z,
+    dsum,
+    esum,
+    mat,
+)
 
 __all__ = ["LogisticRegression", "numba_minibatch_grad", "cuda_minibatch_grad"]
 

@@ -437,3 +437,33 @@ def test_adan_weak_error_shrinks_with_eta():
     (d1, se1), (d2, se2) = errs
     assert d1 > 10 * se1, errs  # the O(1 - beta2) error is resolved at eta = 1e-3
     assert d2 < d1 / 2.5 + 4 * se2, errs  # and shrinks about 4x when eta does
+
+
+def _lag_cases():
+    x, g, gp, m = sd.symbols("x g gp m")
+    eta, b = sd.sym("eta"), sd.sym("beta")
+    v = sd.sym("v", nonnegative=True)
+    hy = {"eta": (1e-3, "lr"), "beta": (0.9, "decay")}
+    return {
+        # x' = x - eta g_k g_k-1: Var(g_k g_k-1) = 2 mu^2 s^2 + s^4, Cov(g_k g_k-1, g_k+1 g_k) = mu^2 s^2
+        "prod": (sd.from_update("prod", {"gp": g, "x": x - eta * g * gp}, hypers={"eta": hy["eta"]}), "sgd",
+                 dict(grad=0.7, sigma=1.3, x=0.2), ("x", "x"), lambda mu, s2: 4 * mu**2 * s2 + s2**2),
+        # the EMA of (g_k**2 + g_k-1**2)/2 has the long-run variance of g**2 alone: 4 mu^2 s^2 + 2 s^4 (times rho^2)
+        "sqlag": (sd.from_update("sqlag", {"gp": g**2, "v": b * v + (1 - b) * (g**2 + gp) / 2,
+                                           "x": x - eta * g / sp.sqrt(v)}, hypers=hy, kinds={"v": "second_moment"},
+                                 natural_regime="balanced"),
+                  "balanced", dict(grad=0.7, sigma=1.3, rho=2.0, v=1.1, x=0.2), ("v", "v"),
+                  lambda mu, s2: sd.sym("rho", positive=True) ** 2 * (4 * mu**2 * s2 + 2 * s2**2)),
+    }
+
+
+@pytest.mark.parametrize("name", ["prod", "sqlag"])
+def test_user_lagged_gradient_rules_match_hand_and_monte_carlo(name):
+    """Lagged-gradient rules nobody has published: the long-run covariance against a hand computation and the
+    one-step Monte Carlo (previous draw independent, two steps off one state)."""
+    opt, regime, point, (a, b_), want = _lag_cases()[name]
+    sde = sd.derive(opt, regime=regime)
+    f = sde._free()
+    i, j = sde.states.index(a), sde.states.index(b_)
+    assert sp.simplify(sde.covariance[i, j] - f["eta"] * want(f["grad"], f["sigma"] ** 2)) == 0
+    check(opt, regime=regime, point=point, eta=1e-3)

@@ -292,3 +292,27 @@ def test_float32_state_tracks_float64(mode):
     b = sd.compile(obj, prob, dtype="float32").run(paths=400, steps=30, seed=1)
     np.testing.assert_allclose(b.mean["loss"], a.mean["loss"], rtol=1e-5)
     assert not np.array_equal(a.mean["loss"], b.mean["loss"])
+
+
+def test_nesterov_sde_with_its_eliminated_momentum_tracks_nesterov_sgd():
+    """sgd_nesterov's SDE (the momentum eliminated: x stands for the slow variable x + eta mu/(mu - 1) m, which
+    starts at x0 since m0 = 0) simulates, and tracks Nesterov SGD (the scalar chain trace(nesterov=True)) with an
+    error that shrinks like eta: relative gap of E[loss] at t = 2 halves (or better) when eta is divided by 4."""
+    import math
+
+    import sdederive.spec.transforms as T
+
+    prob = sd.Quadratic(h=np.geomspace(0.1, 10, 10), sigma=np.ones(10), x0=np.ones(10))
+    sim = sd.compile(sd.derive("sgd_nesterov"), prob)
+    assert any("slow variable" in n for n in sim.spec.notes)
+    disc = sd.compile(sd.chain(T.trace(0.9, nesterov=True), T.scale_by_learning_rate(1e-2), name="nest"), prob)
+    rel = []
+    for eta in (5e-3, 1.25e-3):
+        steps = int(round(2 / eta))
+        a = sim.run(paths=2000, steps=steps, eta=eta, hyper={"mu": 0.9}, seed=2)
+        b = disc.run(paths=2000, steps=steps, eta=eta, hyper={"mu": 0.9}, seed=2)
+        gap, se = abs(a.mean["loss"][-1] - b.mean["loss"][-1]), math.hypot(a.se["loss"][-1], b.se["loss"][-1])
+        rel.append((gap / b.mean["loss"][-1], se / b.mean["loss"][-1]))
+    (r1, s1), (r2, s2) = rel
+    assert r1 > 5 * s1, rel  # resolved at the larger eta
+    assert r2 < r1 / 2 + 4 * s2, rel

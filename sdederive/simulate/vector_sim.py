@@ -84,9 +84,9 @@ def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "
     if problem.noise == "student-t":
         raise SdederiveError("the vector engine and its simulators use Gaussian noise g = grad + Sigma^(1/2) z; the "
                              "problem has Student-t noise. Give the problem noise='gaussian'")
-    if isinstance(obj, VectorSDE) and (obj.aux_states or obj.eliminated):
-        raise SdederiveError(f"the SDE of {obj.optimizer} has auxiliary vector states ({list(obj.states[1:])} kept, "
-                             f"{[s for s, _ in obj.eliminated]} eliminated); the vector simulators handle x alone so far")
+    if isinstance(obj, VectorSDE) and obj.aux_states:
+        raise SdederiveError(f"the SDE of {obj.optimizer} has auxiliary vector states {list(obj.aux_states)}; the vector "
+                             "simulators handle x alone so far")
     if not isinstance(obj, VectorSDE) and V.get(obj).aux:
         raise SdederiveError(f"the vector optimizer {V.get(obj).name!r} has auxiliary vector states "
                              f"{list(V.get(obj).state_names[1:])}; the vector simulators handle x alone so far")

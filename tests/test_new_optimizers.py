@@ -429,8 +429,8 @@ def test_adan_weak_error_shrinks_with_eta():
         steps = int(round(1 / eta))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RegimeWarning)
-            a = disc.run(paths=4000, steps=steps, eta=eta, hyper=hyp, seed=3)
-            b = sde.run(paths=4000, steps=steps, eta=eta, hyper=hyp, seed=3)
+            a = disc.run(paths=2000, steps=steps, eta=eta, hyper=hyp, seed=3)
+            b = sde.run(paths=2000, steps=steps, eta=eta, hyper=hyp, seed=3)
         d = abs(a.mean["loss"][-1] - b.mean["loss"][-1])
         se = math.hypot(a.se["loss"][-1], b.se["loss"][-1])
         errs.append((d, se))

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from sdederive.derivation.expectation import expand_eta, is_zero
+from sdederive.derivation.expectation import expand_eta, is_zero, leading_order
 from sdederive.errors import ExpectationError, RegimeMismatchError, SdederiveError
 from sdederive.symbols import sym
 
@@ -194,7 +194,5 @@ def _lowest(e: sp.Expr, upto):
     """Lowest power of eta of `e` if it is `<= upto`, else None."""
     if upto < 0:
         return None
-    if not e.has(_eta):
-        return None if is_zero(e) else sp.S.Zero
-    co = {p: c for p, c in expand_eta(e, upto).items() if p <= upto}
-    return min(co) if co else None
+    lo = leading_order(e, upto)
+    return lo if lo is not None and lo <= upto else None

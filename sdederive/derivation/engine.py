@@ -188,8 +188,7 @@ def _derive(opt, nm, rg, order: int) -> SDE:
         name = rename.get(sd_.name, sd_.name)
         syms[name] = sym(name, nonnegative=True) if sd_.name in rename else sd_.symbol
     incr = {s: new_vals[s] - syms[s] for s in states}
-    roots = frozenset(syms[s] for s in states if str(kinds.get(s)) in root_kinds or
-                      getattr(kinds.get(s), "value", None) in root_kinds)
+    roots = frozenset(syms[s] for s in states if kinds.get(s) in root_kinds)
 
     def tidy(e):
         return _tidy(e, unit, roots)

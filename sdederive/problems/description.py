@@ -111,41 +111,25 @@ class Unrolled:
 
 # -- numpy: evaluate the description -----------------------------------------------------------------
 
-def _np_funcs():
-    import scipy.special as sc
-    from sympy.codegen.cfunctions import log1p
-
-    return {sp.exp: np.exp, sp.log: np.log, sp.sin: np.sin, sp.cos: np.cos, sp.tanh: np.tanh, sp.atan: np.arctan,
-            sp.erf: sc.erf, sp.erfc: sc.erfc, sp.Abs: np.abs, sp.sign: np.sign, sp.cosh: np.cosh,
-            sp.sinh: np.sinh, sp.tan: np.tan, log1p: np.log1p}
-
-
 class _XP:
     """The array library an evaluation runs in: numpy (the reference), or `jax.numpy` / `torch` (the exports
     of `sdederive.export`, which evaluate the same description on traced arrays)."""
 
     def __init__(self, mod=np, like=None):
+        from sympy.codegen.cfunctions import log1p
+
         self.mod, self.like = mod, like
-        name = getattr(mod, "__name__", "")
-        self.torch = name == "torch"
+        self.torch = getattr(mod, "__name__", "") == "torch"
         if mod is np:
-            self.funcs = _np_funcs()
+            import scipy.special as special
+        elif self.torch:
+            special = mod.special
         else:
-            if self.torch:
-                import torch
-
-                erf, erfc = torch.special.erf, torch.special.erfc
-            else:
-                import jax.scipy.special as jsp
-
-                erf, erfc = jsp.erf, jsp.erfc
-            from sympy.codegen.cfunctions import log1p
-
-            m = mod
-            self.funcs = {sp.exp: m.exp, sp.log: m.log, sp.sin: m.sin, sp.cos: m.cos, sp.tanh: m.tanh,
-                          sp.atan: m.arctan if hasattr(m, "arctan") else m.atan, sp.erf: erf, sp.erfc: erfc,
-                          sp.Abs: m.abs, sp.sign: m.sign, sp.cosh: m.cosh, sp.sinh: m.sinh, sp.tan: m.tan,
-                          log1p: m.log1p}
+            import jax.scipy.special as special
+        m = mod
+        self.funcs = {sp.exp: m.exp, sp.log: m.log, sp.sin: m.sin, sp.cos: m.cos, sp.tanh: m.tanh, sp.atan: m.arctan,
+                      sp.erf: special.erf, sp.erfc: special.erfc, sp.Abs: m.abs, sp.sign: m.sign, sp.cosh: m.cosh,
+                      sp.sinh: m.sinh, sp.tan: m.tan, log1p: m.log1p}
 
     def data(self, A):
         """A problem's data array (numpy) in this library, with the dtype of the evaluation point."""

@@ -255,9 +255,8 @@ class SDE:
     def to_dict(self) -> dict:
         """The docs/notation.md JSON schema, plus sdederive's extra keys.
 
-        Expressions are printed in the evaluated form the JSON parser rebuilds (`_canon`), so that
+        Expressions are printed in the evaluated form the JSON parser rebuilds (`_canon_str`), so that
         `to_json(from_json(to_json(sde)))` is byte-identical to `to_json(sde)`."""
-        str = _canon_str  # noqa: A001 - every expression below is printed canonically
         diff = self.diffusion
         free = self._free()
         extra_syms = {}
@@ -273,20 +272,21 @@ class SDE:
             "optimizer": self.optimizer,
             "noise": self.noise,
             "regime": self.regime,
-            "tau": str(self.tau),
+            "tau": _canon_str(self.tau),
             "states": list(self.states),
-            "drift": {s: str(self.drift[s]) for s in self.states},
-            "diffusion": {s: ([str(e) for e in d] if isinstance(d, list) else str(d)) for s, d in diff.items()},
+            "drift": {s: _canon_str(self.drift[s]) for s in self.states},
+            "diffusion": {s: ([_canon_str(e) for e in d] if isinstance(d, list) else _canon_str(d))
+                          for s, d in diff.items()},
             "symbols": self.symbols,
             "order": self.order,
             "noise_sources": self.noise_sources,
-            "covariance": [[str(self.covariance[i, j]) for j in range(len(self.states))]
+            "covariance": [[_canon_str(self.covariance[i, j]) for j in range(len(self.states))]
                            for i in range(len(self.states))],
-            "params": {k: str(v) for k, v in self.params.items()},
-            "state_map": {k: str(v) for k, v in self.state_map.items()},
-            "init": {k: str(v) for k, v in self.init.items()},
+            "params": {k: _canon_str(v) for k, v in self.params.items()},
+            "state_map": {k: _canon_str(v) for k, v in self.state_map.items()},
+            "init": {k: _canon_str(v) for k, v in self.init.items()},
             "linear_noise": self.linear_noise,
-            "eliminated": {f: {k: str(v) for k, v in m.items()} for f, m in self.eliminated.items()},
+            "eliminated": {f: {k: _canon_str(v) for k, v in m.items()} for f, m in self.eliminated.items()},
             "notes": list(self.notes),
             "assumptions": extra_syms,
             "hypers": [[n, str(k), v] for n, k, v in self.hypers],
@@ -597,13 +597,11 @@ def _from_json(cls, data) -> SDE:
 def _canon_str(e) -> str:
     """`e` printed as the JSON parser rebuilds it: `str(parse(str(e)))` (an unevaluated `-(a + b)` from
     `factor_terms` prints as `-a - b`), so that re-serializing a loaded SDE gives the same bytes."""
-    import builtins
-
-    text = builtins.str(e)
+    text = str(e)
     if not isinstance(e, sp.Basic) or e.is_Atom:
         return text
     own = {f.name: f for f in e.free_symbols}
     try:
-        return builtins.str(parse_expr(text, symbols=lambda n: own.get(n) or sym(n), what="expression"))
+        return str(parse_expr(text, symbols=lambda n: own.get(n) or sym(n), what="expression"))
     except SdederiveError:  # not in the JSON's function set: printed as it is (from_json refuses it)
         return text

@@ -750,11 +750,7 @@ def _derive_law(opt: V.VectorOptimizer, regime: str, order: int, law: _Law) -> V
     elif ctx.hessian:
         notes.append("the gradient at a perturbed point x + delta is grad f + H delta: with rho = r*eta the dropped "
                      "term (1/2) D^3 f[delta, delta] is O(eta**2), beyond the order kept, for any smooth f")
-    if ctx.same_batch_shift:
-        notes.append("same minibatch at both evaluation points: the noise at the perturbed point is g's own xi (a "
-                     "state-dependent Sigma(x) would add the derivative of the noise, not modelled)")
-    if ctx.fresh:
-        notes.append("grad_at(..., fresh=True) draws an independent minibatch with the same law")
+    notes += _minibatch_notes(ctx)
     if drift.has(SignMean) and nu is not None:
         notes.append("E[sign(g)] = 2 F_nu(grad/sqrt(diag Sigma)) - 1 (the univariate t CDF of the marginals) and "
                      "E[sign(g) sign(g)^T] (bivariate t orthant probabilities, the normal ones averaged over the chi2 "
@@ -998,11 +994,7 @@ def _derive_fast(opt: V.VectorOptimizer) -> VectorSDE:
     if ctx.hessian:
         notes.append("the gradient at a perturbed point x + delta is grad f + H delta (H the Hessian at x): exact for "
                      "quadratic f; otherwise the dropped term (1/2) D^3 f[delta, delta] is O(|delta|**2)")
-    if ctx.same_batch_shift:
-        notes.append("same minibatch at both evaluation points: the noise at the perturbed point is g's own xi (a "
-                     "state-dependent Sigma(x) would add the derivative of the noise, not modelled)")
-    if ctx.fresh:
-        notes.append("grad_at(..., fresh=True) draws an independent minibatch with the same law")
+    notes += _minibatch_notes(ctx)
     atoms = _atoms_in((drift, covariance))
     if atoms:
         notes.append("expectation atoms E[...] over g ~ N(grad f, Sigma) have no closed form for a general Sigma; "
@@ -1183,3 +1175,14 @@ def clear_cache() -> None:
     _derive.cache_clear()
     _derive_fast.cache_clear()
     _derive_balanced.cache_clear()
+
+
+def _minibatch_notes(ctx) -> list[str]:
+    """The notes on which minibatch the gradients at other points use (both derivation paths)."""
+    out = []
+    if ctx.same_batch_shift:
+        out.append("same minibatch at both evaluation points: the noise at the perturbed point is g's own xi (a "
+                   "state-dependent Sigma(x) would add the derivative of the noise, not modelled)")
+    if ctx.fresh:
+        out.append("grad_at(..., fresh=True) draws an independent minibatch with the same law")
+    return out

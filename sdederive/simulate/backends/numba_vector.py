@@ -107,24 +107,18 @@ class _Writer:
         elif o.kind == "sc":
             w(ind, "for r in range(nr):")
             w(ind + 1, f"S_{o.out}[r] = {_expr(o.args[0])}")
+        elif o.kind in ("grad", "hvp") and self.dense:  # H x and H v: one BLAS product of the row block (H symmetric)
+            w(ind, f"np.dot({self.src(o.args[0])}[:nr], PM, {out}[:nr])")
         elif o.kind == "grad":
-            src = self.src(o.args[0])
-            if self.dense:
-                w(ind, f"np.dot({src}[:nr], PM, {out}[:nr])")
-            else:
-                at_x = o.args[0] == "X"
-                sg = "V_SG[r]" if (at_x and self.problem.noise_varies) else "SGS"
-                need = "True" if (at_x and self.problem.noise_varies) else "False"
-                wk = "WX[r]" if at_x else "WS"
-                w(ind, "for r in range(nr):")
-                w(ind + 1, f"prob_grad({src}[r], {out}[r], HS1, {sg}, PV, PM, PL, PY, {wk}, False, {need})")
+            at_x = o.args[0] == "X"
+            sg = "V_SG[r]" if (at_x and self.problem.noise_varies) else "SGS"
+            need = "True" if (at_x and self.problem.noise_varies) else "False"
+            wk = "WX[r]" if at_x else "WS"
+            w(ind, "for r in range(nr):")
+            w(ind + 1, f"prob_grad({self.src(o.args[0])}[r], {out}[r], HS1, {sg}, PV, PM, PL, PY, {wk}, False, {need})")
         elif o.kind == "hvp":
-            src = self.src(o.args[0])
-            if self.dense:
-                w(ind, f"np.dot({src}[:nr], PM, {out}[:nr])")
-            else:
-                w(ind, "for r in range(nr):")
-                w(ind + 1, f"prob_hvp({self.x_row()}, {src}[r], {out}[r], PV, PM, PL, PY, WS)")
+            w(ind, "for r in range(nr):")
+            w(ind + 1, f"prob_hvp({self.x_row()}, {self.src(o.args[0])}[r], {out}[r], PV, PM, PL, PY, WS)")
         elif o.kind == "noise":
             base, stride = o.args
             stream = f"{base} + kin * {stride}" if (in_inner and stride) else f"{base}"

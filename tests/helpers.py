@@ -1,11 +1,23 @@
 """Shared test helpers: numerical equivalence of sympy expressions at random points; the CUDA
-built-ins the generated CUDA source uses, for building it as host C/C++."""
+built-ins the generated CUDA source uses, for building it as host C/C++; the 3-d dense case of the
+vector-engine tests."""
 
 from __future__ import annotations
 
 import random
 
+import numpy as np
 import sympy as sp
+
+#: the vector-engine tests' dense case: a coupled Hessian H, a full noise covariance SIG (L its Cholesky
+#: factor), the point X and its gradient, SAM's rho and a second scale C, Monte Carlo samples N in K batches
+VEC_H = np.array([[2.0, 0.6, -0.3], [0.6, 1.0, 0.4], [-0.3, 0.4, 0.7]])
+VEC_SIG = np.array([[0.5, 0.2, -0.1], [0.2, 0.4, 0.15], [-0.1, 0.15, 0.6]])
+VEC_X = np.array([0.6, -0.4, 0.5])
+VEC_GRAD = VEC_H @ VEC_X
+VEC_L = np.linalg.cholesky(VEC_SIG)
+VEC_RHO, VEC_C = 0.4, 1.2
+VEC_N, VEC_K = 400_000, 20  # samples per Monte Carlo, batches for the standard errors
 
 
 def values_for(exprs, seed: int = 0, overrides: dict | None = None) -> dict:

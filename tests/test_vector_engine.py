@@ -22,14 +22,15 @@ from sdederive.errors import (
     SpecError,
 )
 from sdederive.sde_vector import VectorSDE
-
-H = np.array([[2.0, 0.6, -0.3], [0.6, 1.0, 0.4], [-0.3, 0.4, 0.7]])
-SIG = np.array([[0.5, 0.2, -0.1], [0.2, 0.4, 0.15], [-0.1, 0.15, 0.6]])
-X = np.array([0.6, -0.4, 0.5])
-GRAD = H @ X
-L = np.linalg.cholesky(SIG)
-RHO, C = 0.4, 1.2
-N, K = 400_000, 20  # samples per Monte Carlo, batches for the standard errors
+from tests.helpers import VEC_C as C
+from tests.helpers import VEC_GRAD as GRAD
+from tests.helpers import VEC_H as H
+from tests.helpers import VEC_K as K
+from tests.helpers import VEC_L as L
+from tests.helpers import VEC_N as N
+from tests.helpers import VEC_RHO as RHO
+from tests.helpers import VEC_SIG as SIG
+from tests.helpers import VEC_X as X
 
 
 def _noise(seed: int, n: int = N) -> np.ndarray:

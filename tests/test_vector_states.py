@@ -18,15 +18,16 @@ import sympy as sp
 import sdederive as sd
 from sdederive.errors import RegimeMismatchError, SdederiveError, SpecError
 from sdederive.sde_vector import VectorSDE, evaluate
+from tests.helpers import VEC_GRAD as GRAD
+from tests.helpers import VEC_H as H
+from tests.helpers import VEC_K as K
+from tests.helpers import VEC_L as L
+from tests.helpers import VEC_N as N
+from tests.helpers import VEC_SIG as SIG
+from tests.helpers import VEC_X as X
 
-H = np.array([[2.0, 0.6, -0.3], [0.6, 1.0, 0.4], [-0.3, 0.4, 0.7]])
-SIG = np.array([[0.5, 0.2, -0.1], [0.2, 0.4, 0.15], [-0.1, 0.15, 0.6]])
-X = np.array([0.6, -0.4, 0.5])
 M0 = np.array([1.0, -1.5, 0.5])  # far from heavy ball's quasi-stationary buffer grad/(1 - mu)
 V0 = np.array([0.3, 0.2, 0.5])
-GRAD = H @ X
-L = np.linalg.cholesky(SIG)
-N, K = 400_000, 20
 
 
 def _noise(seed: int, n: int = N) -> np.ndarray:

@@ -1,12 +1,12 @@
 """Vector simulators at d = 100 on a dense quadratic with a full Sigma: `python bench/bench_vector.py`.
 
-For SGD (written with vectors), USAM, SAM, NSGD and clipped SGD, discrete and SDE mode: end-to-end time of
+For SGD (written with vectors), USAM, SAM, NSGD, clipped SGD, look-ahead Nesterov and LAMB, discrete and SDE mode: end-to-end time of
 `Simulator.run` in a warm process (what a user waits for after the first compile) and the kernel alone, in
 coordinate-steps per second (paths * steps * d / s).  Baseline, in the same process: the same discrete
 update in numpy, vectorised over the paths (BLAS matrix products for H x and L z, numpy's normals), the
 way one writes it by hand.
 
-Options: --paths N (default 4096), --steps K (default 200), --d D (default 100).
+Options: --paths N (default 4096), --steps K (default 200), --d D (default 100), --only NAME[,NAME] (a subset).
 """
 
 from __future__ import annotations
@@ -22,10 +22,21 @@ import sdederive as sd
 def numpy_discrete(name, H, L, x0, eta, hyper, paths, steps, seed=0):
     rng = np.random.default_rng(seed)
     X = np.tile(x0, (paths, 1))
-    for _ in range(steps):
+    M = np.zeros_like(X)
+    V = np.zeros_like(X)
+    for k in range(steps):
         xi = rng.standard_normal(X.shape) @ L.T
         G = X @ H + xi
-        if name == "vsgd":
+        if name == "sgd_nesterov":
+            M = hyper["mu"] * M + ((X - eta * hyper["mu"] * M) @ H + xi)
+            X = X - eta * M
+        elif name == "lamb":
+            b1, b2 = hyper["beta1"], hyper["beta2"]
+            M = b1 * M + (1 - b1) * G
+            V = b2 * V + (1 - b2) * G * G
+            U = (M / (1 - b1 ** (k + 1))) / (np.sqrt(V / (1 - b2 ** (k + 1))) + hyper["eps"]) + hyper["wd"] * X
+            X = X - eta * (np.linalg.norm(X, axis=1, keepdims=True) / np.linalg.norm(U, axis=1, keepdims=True)) * U
+        elif name == "vsgd":
             X = X - eta * G
         elif name == "usam":
             X = X - eta * ((X + hyper["rho"] * G) @ H + xi)
@@ -44,7 +55,9 @@ def main() -> None:
     ap.add_argument("--paths", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--d", type=int, default=100)
+    ap.add_argument("--only", default="")
     a = ap.parse_args()
+    only = set(filter(None, a.only.split(",")))
     d, paths, steps = a.d, a.paths, a.steps
     rng = np.random.default_rng(0)
     Q = rng.normal(size=(d, d))
@@ -55,14 +68,18 @@ def main() -> None:
     prob = sd.Quadratic(H=H, Sigma=S, x0=np.ones(d))
     x, g = sd.vectors("x g")
     vsgd = sd.from_update("vsgd", {"x": x - sd.sym("eta") * g}, hypers={"eta": (1e-2, "lr")})
-    hyper = {"rho": 0.05, "c": 1.0}
+    hyper = {"rho": 0.05, "c": 1.0, "mu": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01}
     cs = paths * steps * d
     print(f"d = {d}, {paths} paths, {steps} steps, dense H, full Sigma; coordinate-steps/s (paths*steps*d/s)")
-    print(f"{'optimizer':10s} {'mode':8s} {'compile s':>9s} {'e2e s':>7s} {'kernel s':>8s} {'e2e cs/s':>9s} "
+    print(f"{'optimizer':12s} {'mode':8s} {'compile s':>9s} {'e2e s':>7s} {'kernel s':>8s} {'e2e cs/s':>9s} "
           f"{'kernel cs/s':>11s} {'numpy s':>8s} {'e2e / numpy':>11s}")
-    for name, obj in (("vsgd", vsgd), ("usam", "usam"), ("sam", "sam"), ("nsgd", "nsgd"), ("clip_sgd", "clip_sgd")):
+    for name, obj in (("vsgd", vsgd), ("usam", "usam"), ("sam", "sam"), ("nsgd", "nsgd"), ("clip_sgd", "clip_sgd"),
+                      ("sgd_nesterov", "sgd_nesterov"), ("lamb", "lamb")):
+        if only and name not in only:
+            continue
         names = {"vsgd": ["eta"], "usam": ["eta", "rho"], "sam": ["eta", "rho"], "nsgd": ["eta"],
-                 "clip_sgd": ["eta", "c"]}[name]
+                 "clip_sgd": ["eta", "c"], "sgd_nesterov": ["eta", "mu"],
+                 "lamb": ["eta", "beta1", "beta2", "eps", "wd"]}[name]
         hp = {k: v for k, v in hyper.items() if k in names}
         t = time.perf_counter()
         numpy_discrete(name, H, prob.noise_factor(), prob.x0, 0.01, hp, paths, steps)
@@ -76,7 +93,7 @@ def main() -> None:
             sim.run(paths=64, steps=2, eta=0.01, hyper=hp)  # warm: numba's dispatch, BLAS threads
             r = sim.run(paths=paths, steps=steps, eta=0.01, hyper=hp, save_every=steps)
             e2e, ker = r.timing["total_s"], r.timing["run_s"]
-            print(f"{name:10s} {mode:8s} {c_s:9.2f} {e2e:7.2f} {ker:8.2f} {cs / e2e:9.3g} {cs / ker:11.3g} "
+            print(f"{name:12s} {mode:8s} {c_s:9.2f} {e2e:7.2f} {ker:8.2f} {cs / e2e:9.3g} {cs / ker:11.3g} "
                   f"{t_np:8.2f} {t_np / e2e:11.2f}")
 
 

@@ -316,3 +316,16 @@ def test_nesterov_sde_with_its_eliminated_momentum_tracks_nesterov_sgd():
     (r1, s1), (r2, s2) = rel
     assert r1 > 5 * s1, rel  # resolved at the larger eta
     assert r2 < r1 / 2 + 4 * s2, rel
+
+
+def test_usam_sde_at_dt_eta_is_usam_itself_on_a_quadratic():
+    """On a quadratic, USAM with the same minibatch is x' = x - eta (I + rho H)(H x + xi): linear in the noise, so the
+    Euler step of its SDE at dt = eta *is* the discrete update when dW is the discrete run's noise with the right
+    sign (x's diffusion is written for F = -(x' - x)/eta). Path by path, to rounding: this fails if the SDE kernel's
+    noise were anti-coupled, on another stream, or its drift or diffusion off."""
+    H, S = _dense(d=4, seed=3)
+    prob = sd.Quadratic(H=H, Sigma=S, x0=[0.8, -0.5, 0.3, 1.0])
+    hv = {"eta": 0.05, "rho": 0.2}
+    a = sd.compile("usam", prob).run(paths=64, steps=30, hyper=hv, seed=4, keep_final=True)
+    b = sd.compile(sd.derive("usam"), prob).run(paths=64, steps=30, hyper=hv, seed=4, keep_final=True)
+    np.testing.assert_allclose(b.final["x"], a.final["x"], rtol=1e-10, atol=1e-13)

@@ -478,7 +478,7 @@ class Simulator:
         key0, key1 = int(seed) & 0xFFFFFFFF, (int(seed) >> 32) & 0xFFFFFFFF
         # host snapshots of the deterministic start (all paths equal)
         progress.stage("first snapshot")
-        snap0 = self._host_obs(self._disc_init_vector(), PV, PM, PL, PY, HP, discrete=True)
+        snap0 = self._host_obs(self._step0_state(k_start, st0), PV, PM, PL, PY, HP, discrete=True)
         self._put_snapshot(MEAN, CNT, 0, snap0, paths)
         if k_start > 0 and k_start % save_every == 0:
             self._put_snapshot(MEAN, CNT, k_start // save_every,
@@ -612,6 +612,11 @@ class Simulator:
                     pass
             out[o] = np.full(self.problem.d, init)
         return out
+
+    def _step0_state(self, k_start: int, st0: dict) -> dict:
+        """The state of the snapshot at step 0, in discrete variables: the discrete optimizer's start (the
+        SDE's `init` values are in its own variables and may start at step 1)."""
+        return self._disc_init_vector()
 
     def _host_obs(self, st: dict, PV, PM, PL, PY, HP, discrete: bool) -> np.ndarray:
         # the module's cached host_loss/host_obs (float64), not prob_loss/obs themselves: those would be compiled

@@ -25,8 +25,11 @@ gradients over the same (or fresh) indices.
 **SDE mode** is Euler–Maruyama, `x' = x + b(x) dt + D(x) dW`:
 
 * where the diffusion is a matrix times the noise root, `D = A Sigma^(1/2)` (SGD, USAM, every SDE of
-  regime `high-dim`), the increment is `A` applied to `Sigma^(1/2) z sqrt(dt)`, `z` of stream 0 (so the
-  SDE run of a seed shares its Gaussians with the discrete run);
+  regime `high-dim`), the increment is `A` applied to `Sigma^(1/2) z sqrt(dt)`, `z` of stream 0, with the
+  sign of the discrete noise (`dW = -z sqrt(dt)` for x's own noise, whose coefficient is written for
+  `F = -(x' - x)/eta`): the SDE run of a seed shares its Gaussians with the discrete run, positively coupled;
+* auxiliary states (LAMB's `m`, `v` in regime `balanced`) take their Euler steps from the same old values and
+  the same `dW`; an SDE with a bias correction `1 - e^{-rho t}` reads the time `tt` of the step;
 * where it is the root of a covariance with expectation atoms or sign moments,
   `D = sqrt(eta) C^(1/2)`, `C = Cov[F]` (SAM, NSGD, clipped SGD, SignSGD with a full `Sigma`), no root
   is computed.  Each step draws `n` inner samples `g_k = grad + Sigma^(1/2) z_k`, evaluates the random
@@ -66,7 +69,6 @@ from sdederive.sde_vector import (
 )
 from sdederive.simulate.lower import CodegenError, check_supported, fold_numbers
 from sdederive.spec import vector as V
-from sdederive.symbols import sym
 
 __all__ = ["VOp", "VProgram", "lower_discrete", "lower_sde", "sampled_noise", "DEFAULT_INNER", "NOISE_STREAM_INNER",
            "WEIGHT_STREAM", "index_stream", "noise_stream"]
@@ -101,7 +103,10 @@ class VProgram:
     """One step of one path (see the module docstring).  `pre` runs once per step, `inner` once per inner
     sample `k` (its `noise` streams are `stream + k*stride`), then `post`; `fsample` is the vector `F_k` whose
     sum is `_SF` and whose weighted deviations make `ZETA` (the conditionally Gaussian noise).  `result`
-    holds the new `x`."""
+    holds the new `x`.  `states` are the kernel's states (`x` first): an auxiliary state `m` is read as the
+    vector `ST_m` and `results["m"]` holds its new value (every state is updated from the old values, at the
+    end of the step).  Expressions may use `kstep` (the step counter `k` of the discrete update) and `tt` (the
+    SDE's time `t` at the start of the step)."""
 
     mode: str
     name: str
@@ -116,6 +121,18 @@ class VProgram:
     batches: int = 1
     hypers: tuple = ()
     notes: tuple = ()
+    states: tuple = ("x",)
+    results: dict = field(default_factory=dict)
+
+
+#: the kernel's step counter and time (see `VProgram`)
+KSTEP, TT = sp.Symbol("kstep", real=True), sp.Symbol("tt", real=True)
+_KERNEL_NAMES = ("v_", "s_", "hp_", "kstep", "tt")
+
+
+def state_vec(name: str) -> str:
+    """The program's vector holding the current value of the state `name`."""
+    return "X" if name == "x" else f"ST_{name}"
 
 
 def _v(name: str) -> sp.Symbol:
@@ -131,7 +148,7 @@ class _Builder:
         self.prog = prog
         self.ops = prog.pre
         self.n = 0
-        self.hyper_map = hyper_map  # sympy symbol -> kernel expression (hp_<h>, or r -> hp_rho/hp_eta)
+        self.hyper_map = hyper_map  # symbol name -> kernel expression (hp_<h>, r -> hp_rho/hp_eta, k -> kstep, ...)
         self.memo: dict = {}
 
     # -- emitting -------------------------------------------------------------------------------------------
@@ -169,7 +186,15 @@ class _Builder:
         return self.memo[key]
 
     def hyper(self, e: sp.Expr) -> sp.Expr:
-        return e.xreplace(self.hyper_map)
+        e = sp.sympify(e)
+        return e.xreplace({f: self.hyper_map[f.name] for f in e.free_symbols
+                           if isinstance(f, sp.Symbol) and f.name in self.hyper_map})
+
+    def check_names(self, out: sp.Expr, what) -> sp.Expr:
+        bad = [q for q in out.free_symbols if not q.name.startswith(_KERNEL_NAMES)]
+        if bad:
+            raise CodegenError(f"{self.prog.name}: no kernel value for the symbol(s) {sorted(map(str, bad))} in {what}")
+        return out
 
     def sum_vec(self, terms: list) -> str:
         """`sum_j c_j v_j` for `(c_j, name_j)`."""
@@ -190,11 +215,7 @@ class _Builder:
             if a.arg != SIGMA:
                 raise CodegenError(f"{self.prog.name}: the trace {a} cannot be lowered; supported: Trace(Sigma)")
             repl[a] = self.red(_v("SG") ** 2)
-        out = self.hyper(e.xreplace(repl))
-        bad = [s for s in out.free_symbols if not (s.name.startswith(("v_", "s_", "hp_")))]
-        if bad:
-            raise CodegenError(f"{self.prog.name}: no kernel value for the symbol(s) {sorted(map(str, bad))} in {e}")
-        return out
+        return self.check_names(self.hyper(e.xreplace(repl)), e)
 
     def apply(self, M: sp.Basic, v: str) -> str:
         """The vector `M v` for a `(d, d)` matrix expression `M` in `H`, `I` and scalars."""
@@ -221,12 +242,49 @@ class _Builder:
         raise CodegenError(f"{self.prog.name}: the matrix {M} cannot be applied in a kernel; supported: H, I, their "
                            "sums, products and scalar multiples (Sigma only as the noise root Sigma^(1/2) dW)")
 
+    def cwexpr(self, E: sp.Basic) -> sp.Expr:
+        """The `i`-th coordinate of the coordinate-wise `(d, 1)` expression `E` (sums, scalar multiples,
+        Hadamard products and powers of vectors, `ones`, `diag(Sigma)`) as one kernel expression; anything else
+        (a matrix product) becomes a vector of its own."""
+        if isinstance(E, sp.OneMatrix):
+            return sp.S.One
+        if isinstance(E, sp.ZeroMatrix):
+            return sp.S.Zero
+        if isinstance(E, sp.DiagonalOf) and E.arg == SIGMA:
+            return _v("SG") ** 2  # the noise's marginal scale: SG_i**2 = Sigma_ii
+        if isinstance(E, sp.HadamardProduct):
+            return sp.Mul(*[self.cwexpr(a) for a in E.args])
+        if isinstance(E, sp.HadamardPower):
+            return self.cwexpr(E.base) ** self.scalar(E.exp)
+        if isinstance(E, sp.MatAdd):
+            return sp.Add(*[self.cwexpr(a) for a in E.args])
+        if isinstance(E, sp.MatMul):
+            scal = [a for a in E.args if not getattr(a, "is_Matrix", False)]
+            mats = [a for a in E.args if getattr(a, "is_Matrix", False)]
+            if len(mats) == 1:
+                return self.scalar(sp.Mul(*scal)) * self.cwexpr(mats[0])
+        return _v(self.vec(E))
+
     def vec(self, E: sp.Basic) -> str:
-        """The vector of a `(d, 1)` matrix expression."""
+        """The vector of a `(d, 1)` matrix expression (equal expressions once: computed in this part of the
+        step or in `pre`, which runs before the others)."""
+        key = ("vec", E)
+        hit = self.memo.get(key)
+        if hit is not None and (hit[1] is self.ops or hit[1] is self.prog.pre):
+            return hit[0]
+        out = self._vec(E)
+        self.memo[key] = (out, self.ops)
+        return out
+
+    def _vec(self, E: sp.Basic) -> str:
         if E == GRAD:
             return "GR"
         if E == XVEC:
             return "X"
+        if isinstance(E, sp.MatrixSymbol) and E.name in self.prog.states[1:]:
+            return state_vec(E.name)
+        if isinstance(E, (sp.HadamardProduct, sp.HadamardPower, sp.DiagonalOf, sp.OneMatrix)):
+            return self.cw(self.cwexpr(E))
         if isinstance(E, SignMean):
             return self.cw(sp.erf(_v("GR") / (sp.sqrt(2) * _v("SG"))))
         if isinstance(E, sp.ZeroMatrix):
@@ -250,21 +308,37 @@ class _Builder:
         raise CodegenError(f"{self.prog.name}: cannot lower the vector expression {E} ({type(E).__name__})")
 
 
-def _hyper_map(hypers, regime: str = "sgd") -> dict:
-    m = {sym(h): sp.Symbol(f"hp_{h}", real=True) for h in hypers}
+def _hyper_map(hypers, regime: str = "sgd", decays: tuple = ()) -> dict:
+    """Symbol name -> kernel expression: the hyperparameters, the step counter `k` and time `t`, SAM's `r` of
+    regime `rho-eta` (`rho = r*eta`) and the scaled decays of regime `balanced` (`1 - beta = rho*eta`)."""
+    hp = {h: sp.Symbol(f"hp_{h}", real=True) for h in hypers}
+    m = dict(hp)
+    m.update(k=KSTEP, t=TT)
     if regime == "rho-eta":
-        m[sym("r", positive=True)] = sp.Symbol("hp_rho", real=True) / sp.Symbol("hp_eta", real=True)
+        m["r"] = hp["rho"] / hp["eta"]
+    if regime == "balanced":
+        from sdederive.regimes import scaled_name
+
+        for h in decays:
+            m[scaled_name(h, "rho")] = (1 - hp[h]) / hp["eta"]
     return m
 
 
 # -- discrete mode ----------------------------------------------------------------------------------------------
 
 
+def _memo_key(v) -> object:
+    """Equal vector subtrees have equal values unless they hold a fresh minibatch (then each object is its own
+    draw)."""
+    text = str(v)
+    return id(v) if "fresh=True" in text else text
+
+
 def lower_discrete(opt: V.VectorOptimizer, problem) -> VProgram:
-    """The program of one step of the discrete update `opt` on `problem`."""
-    prog = VProgram("discrete", opt.name, hypers=tuple(h.name for h in opt.hypers))
+    """The program of one step of the discrete update `opt` on `problem` (every state from the old values)."""
+    prog = VProgram("discrete", opt.name, hypers=tuple(h.name for h in opt.hypers), states=opt.state_names)
     b = _Builder(prog, _hyper_map(prog.hypers))
-    prog.vectors |= {"X", "GR"}
+    prog.vectors |= {"X", "GR"} | {state_vec(s) for s in prog.states[1:]}
     batches: dict[int, str] = {}
 
     def noisy_grad(point: str, batch: int) -> str:
@@ -278,21 +352,25 @@ def lower_discrete(opt: V.VectorOptimizer, problem) -> VProgram:
     if not problem.minibatch:
         b.ops.append(VOp("grad", "GR", ("X",)))
     g = noisy_grad("X", 0)
-    env = {"x": "X", "g": g}
+    env = {"x": "X", "g": g, **{s: state_vec(s) for s in prog.states[1:]}}
     nb = [1]
+    memo: dict = {}  # equal sub-updates (LAMB's m', inside u and inside norm(u + wd*x)) are computed once; a
+    # subtree with a fresh minibatch is keyed by identity, so two separate grad_at(..., fresh=True) stay two draws
 
     def scal(s: sp.Expr) -> sp.Expr:
         repl = {}
         for a in s.atoms(V.VScalar):
             vs = [low(w) for w in a.vargs]
             repl[a] = b.norm(vs[0]) if a.op == "norm" else b.red(_v(vs[0]) * _v(vs[1]))
-        out = b.hyper(s.xreplace(repl))
-        bad = [q for q in out.free_symbols if not q.name.startswith(("v_", "s_", "hp_"))]
-        if bad:
-            raise CodegenError(f"{opt.name}: no kernel value for {sorted(map(str, bad))} in the update")
-        return out
+        return b.check_names(b.hyper(s.xreplace(repl)), "the update")
 
     def low(v: V.Vec) -> str:
+        key = _memo_key(v)
+        if key not in memo:
+            memo[key] = _low(v)
+        return memo[key]
+
+    def _low(v: V.Vec) -> str:
         if isinstance(v, V.VecSym):
             return env[v.name]
         if isinstance(v, V.VAdd):
@@ -303,7 +381,7 @@ def lower_discrete(opt: V.VectorOptimizer, problem) -> VProgram:
         if isinstance(v, V.MatVec):
             M = v.matrix
             if M == IDENT or (isinstance(M, sp.MatMul) and M.as_coeff_mmul()[1] == IDENT):
-                return b.cw(b.hyper(M.as_coeff_mmul()[0] if M != IDENT else sp.S.One) * _v(low(v.vec)))
+                return b.cw(scal(M.as_coeff_mmul()[0] if M != IDENT else sp.S.One) * _v(low(v.vec)))
             raise CodegenError(f"{opt.name}: the update multiplies by the matrix {M}, which has no value in the "
                                "simulators; allowed there: scalar multiples of the identity")
         if isinstance(v, V.GradAt):
@@ -317,10 +395,18 @@ def lower_discrete(opt: V.VectorOptimizer, problem) -> VProgram:
         if isinstance(v, V.CoordMap):
             w = low(v.vec)
             return b.cw(v.fn(_v(w)))
+        if isinstance(v, V.CoordExpr):
+            args = {var: _v(low(w)) for var, w in zip(v.vars, v.vecs)}
+            return b.cw(scal(v.body.xreplace(args)))
         raise CodegenError(f"{opt.name}: cannot lower {v!r}")  # pragma: no cover - the IR is closed
 
+    for name, upd, _kind in opt.aux:
+        r = low(upd)
+        if r in ("X", "GR") or r.startswith("ST_"):  # a state's old value: copied, so the end-of-step copies
+            r = b.vop("cw", (_v(r),), "ns")           # never read a state already overwritten
+        prog.results[name] = r
     res = low(opt.update)
-    if not (b.ops and b.ops[-1].out == res and b.ops[-1].kind == "cw"):
+    if not (b.ops and b.ops[-1].out == res and b.ops[-1].kind == "cw") or res in prog.results.values():
         res = b.vop("cw", (_v(res),), "nx")  # the new x is written by the step's last operation
     prog.result = res
     prog.batches = nb[0]
@@ -406,9 +492,9 @@ def _check_increment(sde: VectorSDE) -> None:
 def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram:
     """The program of one Euler–Maruyama step of `sde` on `problem` (see the module docstring)."""
     hyp = tuple(h[0] for h in sde.hypers)
-    prog = VProgram("sde", sde.optimizer, hypers=hyp)
-    b = _Builder(prog, _hyper_map(hyp, sde.regime))
-    prog.vectors |= {"X", "GR"}
+    prog = VProgram("sde", sde.optimizer, hypers=hyp, states=tuple(sde.states))
+    b = _Builder(prog, _hyper_map(hyp, sde.regime, tuple(h[0] for h in sde.hypers if h[1] == "decay")))
+    prog.vectors |= {"X", "GR"} | {state_vec(s) for s in prog.states[1:]}
     b.ops.append(VOp("grad", "GR", ("X",)))
     A, form = _noise_root_factor(sde.diffusion_matrix_expr)
     drift_atoms = [a for a in sde.atoms if sde.drift_vector.has(a)]
@@ -423,6 +509,10 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
                 f"the SDE of {sde.optimizer} has the diffusion C^(1/2) of a covariance with expectation atoms or sign "
                 "moments; simulating it needs its increment F (VectorSDE.increment), which this SDE does not carry "
                 "(built by hand, or read from a JSON without \"increment\"); derive it again")
+        if sde.aux_states:
+            raise CodegenError(f"the SDE of {sde.optimizer} keeps the auxiliary states {list(sde.aux_states)} and its "
+                               "noise is the root of a covariance with expectation atoms or sign moments; the sampled "
+                               "noise of the simulators covers x alone so far")
         if not (isinstance(n_inner, int) and not isinstance(n_inner, bool) and n_inner >= 2):
             raise CodegenError(f"inner={n_inner!r} inner samples; allowed: an integer >= 2 (the noise is built from "
                                "the deviations of the samples around their mean)")
@@ -462,13 +552,34 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
         drift = -(sp.Add(*[_v(a) for a in a0]) + _v("_SF") / n_inner)
         new = b.cw(_v("X") + drift * dt + c * sp.sqrt(s2) * sdt * _v("ZETA"), "nx")
     else:
-        drift = b.vec(sde.drift_vector)
+        # every state's drift and noise factor from the old values (pre), then the Euler steps (post); the
+        # states share the one dW (stream 0): x' = x + b dt + A (Sigma^(1/2) z) sqrt(dt) for each state
+        drifts = {s: b.vec(sde.drift[s]) for s in prog.states}
+        factors = {"x": (A, form)}
+        for s in prog.states[1:]:
+            factors[s] = _noise_root_factor(sde.diffusion[s])
+            if factors[s][1] == "cov":
+                raise CodegenError(f"the SDE of {sde.optimizer}: the diffusion of its state {s} is the root of a "
+                                   "covariance, not A*Sigma^(1/2); the simulators cannot draw it")
         b.ops = prog.post
-        if form == "zero":
-            new = b.cw(_v("X") + _v(drift) * sp.Symbol("dt"), "nx")
-        else:
-            dw = b.vop("noise", (0, 0), "dw")
-            noise = b.apply(A, dw)
-            new = b.cw(_v("X") + _v(drift) * sp.Symbol("dt") + sp.Symbol("sdt") * _v(noise), "nx")
+        dw = None
+        new = {}
+        # x's diffusion is written for F = -(x' - x)/eta (sqrt(eta) A Sigma^(1/2), the published sign), so the
+        # discrete noise of x is -sqrt(eta) A xi: with x's noise alone, the kernel takes W = -(the discrete run's
+        # normalised noise), equal in law, so that the two runs of a seed are positively coupled. Auxiliary states'
+        # coefficients are those of their own increments (dm = ... + sqrt(eta) rho1 Sigma^(1/2) dW, as m' has
+        # +(1 - beta1) xi), and with them the derived signs stay as they are (they fix the cross-covariances)
+        flip = all(factors[s][1] == "zero" for s in prog.states[1:])
+        for s in prog.states[1:] + ("x",):  # x last: its Euler step is the step's last operation
+            Af, fm = factors[s]
+            step = _v(state_vec(s)) + _v(drifts[s]) * sp.Symbol("dt")
+            if fm == "root":
+                if dw is None:
+                    dw = b.vop("noise", (0, 0), "dw")
+                sgn = -1 if (s == "x" and flip) else 1
+                step = step + sgn * sp.Symbol("sdt") * _v(b.apply(Af, dw))
+            new[s] = b.vop("cw", (step,), "nx" if s == "x" else "ns")
+        prog.results = {s: new[s] for s in prog.states[1:]}
+        new = new["x"]
     prog.result = new
     return prog

@@ -4,8 +4,18 @@ r"""Simulators of vector optimizers and vector SDEs: `sd.compile(sd.derive("sam"
 The kernel is printed from a vector program (`sdederive.simulate.vector_lower`, then
 `sdederive.simulate.backends.numba_vector`) with the signature of the scalar kernels, so the
 run loop, the snapshots, the divergence reports, Ctrl-C, the memory estimate and the statistics are
-`Simulator`'s own.  The state is `x` alone; both modes start from the problem's `x0` and report the
-loss, `|x|^2` and `x` on the time axis `t = k*eta`.
+`Simulator`'s own.  The states are `x` and the auxiliary vector states (LAMB's `m`, `v`; Nesterov's `m`);
+both modes report the loss, `|x|^2` and `x` on the time axis `t = k*eta`.
+
+Start values.  The discrete optimizer starts from `x0` with its auxiliary states at 0.  An SDE that is
+singular at `t = 0` (a bias correction `1 - e^{-rho t}` in its drift, or a second-moment state, which is 0
+under a square root in a denominator) starts one step later, at `t = tau`, from the *expected* discrete
+state after the first step, `E[s_1]`, as the scalar simulators do.  `E[s_1]` is a Monte Carlo mean over
+`2**12` antithetic pairs of noise draws (an error of about `eta sigma/90` in `x`, far below the
+SDE's own `O(eta)`) of the first update (`sdederive.spec.vector_numpy.step`), under the
+Gaussian model of the noise at `x0` that the SDE is derived for (`g = grad f + Sigma(x0)^(1/2) z`; on
+logistic regression `Sigma(x0)` is the minibatch covariance of the per-example gradients at `x0`), from a
+fixed seed: the same start for every run.  `init={...}` overrides any state's start.
 """
 
 from __future__ import annotations
@@ -41,6 +51,9 @@ class VectorKernelSpec:
     states: tuple = ("x",)
     outputs: tuple = ("x",)
 
+#: antithetic pairs of the Monte Carlo mean of the first step (module docstring)
+FIRST_STEP_PAIRS = 2 ** 12
+
 
 class VectorSimulator(Simulator):
     """A compiled vector kernel (see the module docstring)."""
@@ -50,14 +63,57 @@ class VectorSimulator(Simulator):
             return {n: (kind, default) for n, kind, default in self.obj.hypers}
         return {h.name: (h.kind, h.default) for h in self.obj.hypers}
 
+    def _source(self):
+        """The discrete vector optimizer of this simulator (the SDE's source, or a built-in by its name)."""
+        if not isinstance(self.obj, VectorSDE):
+            return self.obj
+        src = self.obj.source
+        if isinstance(src, V.VectorOptimizer):
+            return src
+        return V.get(self.obj.optimizer) if V.is_vector(self.obj.optimizer) else None
+
     def initial_state(self, hv: dict, init: dict | None = None):
-        """`(0, {"x": x0})`; `init={"x": ...}` overrides the start (the only state)."""
-        st = {"x": self.problem.x0.copy()}
-        for k, v in dict(init or {}).items():
-            if k != "x":
-                raise UnknownNameError("state", k, ["x"])
-            st["x"] = np.broadcast_to(np.asarray(v, float), (self.problem.d,)).copy()
-        return 0, st
+        """`(k_start, states)`: `x0` and zeros at step 0, or the expected first step at step 1 for an SDE that is
+        singular at `t = 0` (module docstring); `init={name: ...}` overrides a state's start."""
+        d = self.problem.d
+        states = self.spec.states
+        init = dict(init or {})
+        for k in init:
+            if k not in states:
+                raise UnknownNameError("state", k, states)
+        st = {s: np.zeros(d) for s in states}
+        st["x"] = self.problem.x0.copy()
+        k_start = 0
+        opt = self._source()
+        missing = [s for s in states if s not in init]
+        if isinstance(self.obj, VectorSDE) and self.obj.aux_states and opt is None and missing:
+            # without the optimizer neither the states' kinds (is v a second moment, singular at 0?) nor the first
+            # step are known
+            raise SdederiveError(
+                f"the SDE of {self.obj.optimizer!r} keeps auxiliary states {list(self.obj.aux_states)} and carries no "
+                "optimizer (sde.source is None: read from JSON, and the name is not a built-in), so whether it is "
+                "singular at t = 0 and its expected first step are unknown; pass init={...} for the states "
+                f"{missing} (for example the initial_state of a simulator of the SDE derived from the optimizer)")
+        if isinstance(self.obj, VectorSDE) and self._singular_at_zero():
+            if opt is None and missing:
+                raise SdederiveError(
+                    f"the SDE of {self.obj.optimizer!r} is singular at t = 0 and carries no optimizer (sde.source is None "
+                    "and the name is not a built-in), so its expected first step cannot be computed; pass init={...} "
+                    f"for the states {missing}")
+            if missing:
+                st.update(_expected_first_step(opt, self.problem, hv))
+            k_start = 1
+        for k, v in init.items():
+            st[k] = np.broadcast_to(np.asarray(v, float), (d,)).copy()
+        return k_start, st
+
+    def _singular_at_zero(self) -> bool:
+        sde = self.obj
+        if any(sym("t") in e.free_symbols or any(f.name == "t" for f in e.free_symbols) for e in sde.drift.values()):
+            return True
+        opt = self._source()
+        kinds = {a[0]: a[2] for a in opt.aux} if opt is not None else {}
+        return any(kinds.get(s) == "second_moment" for s in sde.aux_states)
 
     def _n_blocks(self, paths: int) -> int:
         """At most 64 statistics blocks of at least `ROW_BLOCK` paths each (when there are that many): a row
@@ -66,8 +122,78 @@ class VectorSimulator(Simulator):
 
         return int(max(1, min(64, paths // ROW_BLOCK)))
 
+    def _keep_final(self, res, state, DIV, PV, PM, PL, PY):
+        """As `Simulator._keep_final`, plus every auxiliary state's final value per path (NaN for diverged paths)."""
+        res = super()._keep_final(res, state, DIV, PV, PM, PL, PY)
+        for j, s in enumerate(self.spec.states[1:], 1):
+            v = np.array(state[:, j, :], dtype=np.float64)
+            v[DIV >= 0] = np.nan
+            res.final[s] = v
+        return res
+
+    def _step0_state(self, k_start: int, st0: dict) -> dict:
+        """The start itself when the run starts at step 0 (`init={"x": ...}` moves it); else `x0` and zeros."""
+        return st0 if k_start == 0 else self._disc_init_vector()
+
     def _disc_init_vector(self) -> dict:
-        return {"x": self.problem.x0.copy()}
+        return {s: (self.problem.x0.copy() if s == "x" else np.zeros(self.problem.d)) for s in self.spec.states}
+
+
+def _noise_root_at(problem: Problem, x0: np.ndarray) -> np.ndarray:
+    """A `(d, r)` factor `F` of the gradient noise's covariance at `x0`, `F F^T = Sigma(x0)`."""
+    if problem.minibatch:  # iid indices with repeats: Cov of the minibatch mean = Cov of the examples / B
+        G = problem.per_example_grads(x0)
+        return (G - G.mean(0)).T / np.sqrt(G.shape[0] * problem.B)
+    L = getattr(problem, "noise_factor", lambda: None)()
+    if L is not None:
+        return np.asarray(L, float)
+    return np.diag(np.asarray(problem.noise_scale(x0), float))
+
+
+def _whitened_pairs(rng, n: int, r: int) -> np.ndarray:
+    """`(2n, r)` normals `[z; -z]` whose sample mean is 0 and sample covariance exactly `I` (antithetic pairs and
+    moment matching, Glasserman, *Monte Carlo Methods in Financial Engineering*, 2003, section 4.5): a first step
+    linear or quadratic in the noise (`m_1`, `v_1` of Adam-like states) then has its exact mean."""
+    z = rng.standard_normal((n, r))
+    if n >= 4 * r:
+        C = z.T @ z / n
+        z = np.linalg.solve(np.linalg.cholesky(C), z.T).T  # z L^(-T): sample covariance I
+    return np.concatenate([z, -z])
+
+
+def _expected_first_step(opt: V.VectorOptimizer, problem: Problem, hv: dict) -> dict:
+    """`E[s_1]` of every state: the first update from `x0` and zero states, the Monte Carlo mean over antithetic,
+    moment-matched pairs of Gaussian noise draws at `x0` (`_whitened_pairs`; module docstring), evaluated in chunks
+    of about 2**18 numbers; each minibatch has its own draw."""
+    from sdederive.spec.vector_numpy import step
+
+    rng = np.random.default_rng(20261202)
+    x0 = problem.x0
+    F = _noise_root_at(problem, x0)
+    d, r, n = x0.size, F.shape[1], FIRST_STEP_PAIRS
+    rows = 2 * n
+    whole = n * r <= 2 ** 23  # all draws at once (64 MB at most) and moment-matched; else chunk by chunk, antithetic
+    chunk = int(max(2, min(rows, 2 ** 18 // max(d, r)) // 2 * 2))
+    draws: dict[int, np.ndarray] = {}
+    sums: dict = {}
+    keys: dict = {}
+    for lo in range(0, rows, chunk):
+        hi = min(rows, lo + chunk)
+        xs = np.broadcast_to(x0, (hi - lo, d))
+        if not whole:
+            draws.clear()
+
+        def g_of(points, batch, lo=lo, hi=hi):
+            if batch not in draws:
+                draws[batch] = _whitened_pairs(rng, n, r) if whole else _whitened_pairs(rng, (hi - lo) // 2, r)
+            z = draws[batch][lo:hi] if whole else draws[batch]
+            pts = np.asarray(points, float)
+            return np.asarray(problem.grad(pts), float).reshape(pts.shape) + z @ F.T
+
+        out = step(opt, xs, {a[0]: np.zeros_like(xs) for a in opt.aux}, g_of, hv, k=0, keys=keys)
+        for s, v in out.items():
+            sums[s] = sums.get(s, 0.0) + v.sum(0)
+    return {s: v / rows for s, v in sums.items()}
 
 
 def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "float64", scheme: str = "euler",
@@ -84,12 +210,6 @@ def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "
     if problem.noise == "student-t":
         raise SdederiveError("the vector engine and its simulators use Gaussian noise g = grad + Sigma^(1/2) z; the "
                              "problem has Student-t noise. Give the problem noise='gaussian'")
-    if isinstance(obj, VectorSDE) and obj.aux_states:
-        raise SdederiveError(f"the SDE of {obj.optimizer} has auxiliary vector states {list(obj.aux_states)}; the vector "
-                             "simulators handle x alone so far")
-    if not isinstance(obj, VectorSDE) and V.get(obj).aux:
-        raise SdederiveError(f"the vector optimizer {V.get(obj).name!r} has auxiliary vector states "
-                             f"{list(V.get(obj).state_names[1:])}; the vector simulators handle x alone so far")
     if isinstance(obj, VectorSDE) and (obj.noise != "gaussian" or obj.nu is not None):
         raise SdederiveError(f"the SDE of {obj.optimizer} was derived under {obj.noise} noise (nu = {obj.nu}); the vector "
                              "simulators draw Gaussian noise only so far (multivariate t needs a chi-square draw shared "
@@ -102,11 +222,12 @@ def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "
         mode = "sde"
     else:
         opt = V.get(obj)
-        from sdederive.derivation.vector import _REGIMES
+        from sdederive.derivation.vector import _REGIMES, _STATE_REGIMES
 
-        if regime is not None and str(regime).strip().lower().replace("_", "-") not in _REGIMES:
+        allowed = tuple(dict.fromkeys(_REGIMES + _STATE_REGIMES))
+        if regime is not None and str(regime).strip().lower().replace("_", "-") not in allowed:
             raise SdederiveError(f"regime={regime!r}: the discrete vector optimizer {opt.name!r} runs on the time axis "
-                                 f"t = k*eta of the vector engine's regimes {', '.join(_REGIMES)} (all tau = eta)")
+                                 f"t = k*eta of the vector engine's regimes {', '.join(allowed)} (all tau = eta)")
         prog = lower_discrete(opt, problem)
         tau_expr = sym("eta")
         notes = ()
@@ -117,7 +238,7 @@ def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "
         raise BackendUnavailableError(why)
     from sdederive.simulate.backends.numba_vector import generate_vector
 
-    spec = VectorKernelSpec(mode, prog.name, prog.hypers, notes, prog.n_inner)
+    spec = VectorKernelSpec(mode, prog.name, prog.hypers, notes, prog.n_inner, states=tuple(prog.states))
     text = generate_vector(prog, problem, dtype)
     source = KernelSource(impl.name, text, spec, problem, scheme, dtype)
     handle = impl.build(source)

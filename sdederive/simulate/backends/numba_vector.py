@@ -37,7 +37,7 @@ class _Printer(_NumbaPrinter):
     `V_NAME[r, i]` (`XB` for `x`), `s_NAME` is `S_NAME[r]`."""
 
     def _print_Symbol(self, e):
-        n = e.name
+        n = e.name  # kstep, tt, dt, sdt and hp_<h> are the kernel's own local names
         if n.startswith("v_"):
             v = n[2:]
             return "XB[r, i]" if v == "X" else f"V_{v}[r, i]"
@@ -156,6 +156,8 @@ class _Writer:
     def step(self, ind: int) -> None:
         prog = self.prog
         self.drawn = set()
+        self.w(ind, "kstep = float(cstep)  # the discrete update's step counter k")
+        self.w(ind, "tt = cstep * dt  # the SDE's time at the start of the step")
         if self.xd:
             self.w(ind, "for r in range(nr):")
             self.w(ind + 1, "for i in range(d):")
@@ -187,6 +189,11 @@ class _Writer:
             w(ind + 1, "for i in range(d):")
             w(ind + 2, f"V_ZETA[r, i] = (V__SWF[r, i] - S__SW[r] * (V__SF[r, i] / {n}.0)) * {(n - 1) ** -0.5!r}")
         self.ops(ind, prog.post)
+        # the auxiliary states take their new values at the end of the step (every update read the old ones)
+        for st, res in prog.results.items():
+            self.w(ind, "for r in range(nr):")
+            self.w(ind + 1, "for i in range(d):")
+            self.w(ind + 2, f"V_ST_{st}[r, i] = V_{res}[r, i]")
         if prog.result == "X":  # pragma: no cover - every program computes a new x
             raise CodegenError("the vector program does not update x")
 
@@ -269,6 +276,8 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     w(4, "for i in range(d):")
     w(5, "XB[r, i] = STATE[ROWS[r], 0, i]")
     w(5, "V_SG[r, i] = SG0[i]")
+    for j, st in enumerate(prog.states[1:], 1):
+        w(5, f"V_ST_{st}[r, i] = STATE[ROWS[r], {j}, i]")
     w(3, "for k in range(k_begin, k_end):")
     if prog.mode == "discrete":
         w(4, "cstep = k")
@@ -284,6 +293,9 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     w(6, "for i in range(d):")
     w(7, "if not (abs(XB[r, i]) <= 1.7976931348623157e308):")
     w(8, "ok = False")
+    for st in prog.states[1:]:
+        w(7, f"if not (abs(V_ST_{st}[r, i]) <= 1.7976931348623157e308):")
+        w(8, "ok = False")
     w(6, "if not ok:")
     w(7, "DIV[ROWS[r]] = k + 1")
     w(7, "ALIVE[r] = False")
@@ -305,6 +317,8 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     w(3, "for r in range(nr):")
     w(4, "for i in range(d):")
     w(5, "STATE[ROWS[r], 0, i] = XB[r, i]")
+    for j, st in enumerate(prog.states[1:], 1):
+        w(5, f"STATE[ROWS[r], {j}, i] = V_ST_{st}[r, i]")
     body = "\n".join(W.L)
     host = "\n".join([
         "", "",

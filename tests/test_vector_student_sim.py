@@ -91,6 +91,14 @@ def test_discrete_noise_is_the_multivariate_t():
     assert not np.array_equal(xi[:10], _xi(nu, 10, 3))
 
 
+def test_t_noise_does_not_depend_on_the_thread_count():
+    """W is a function of (seed, step, path, stream): the same numbers with 1 and 2 threads."""
+    sim = sd.compile(_vsgd(), _prob(5.0))
+    a = sim.run(paths=300, steps=5, eta=0.1, seed=4, threads=1, keep_final=True)
+    b = sim.run(paths=300, steps=5, eta=0.1, seed=4, threads=2, keep_final=True)
+    np.testing.assert_array_equal(a.final["x"], b.final["x"])
+
+
 def _t_samples(grad, Sigma, nu, n, seed):
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n, grad.size)) @ np.linalg.cholesky(Sigma).T
@@ -156,8 +164,9 @@ def _gauss_atoms(sde, hv):
 
 def test_nsgd_weak_error_under_t_shrinks_with_eta():
     """|E_discrete[f(x_T)] - E_SDE[f(x_T)]| at T = 1 for NSGD under the multivariate t (nu = 5), both sides drawing
-    the t law: resolved at eta = 0.2 and about 4x smaller at eta = 0.05 (weak order 1).  The Gaussian SDE (same
-    Sigma) ends far from both: the comparison sees the law (Cov[g] = 5/3 Sigma under t)."""
+    the t law: resolved at eta = 0.2 and about 4x smaller at eta = 0.05 (weak order 1).  (The Gaussian SDE of the
+    same Sigma ends 0.023 from the discrete E[loss] at eta = 0.05, 15x this test's error there; the one-step test
+    above tells the two laws apart directly.)"""
     x0 = [1.5, -1.0, 1.0]
     prob = _prob(5.0, x0=x0)
     sde = sd.derive("nsgd", noise=sd.StudentT(nu=5))
@@ -171,10 +180,6 @@ def test_nsgd_weak_error_under_t_shrinks_with_eta():
     assert a.mean["loss"][-1] < 0.5 * a.mean["loss"][0]  # it trains
     assert errs[0] > 4 * ses[0], (errs, ses)
     assert errs[1] < errs[0] / 2 + 3 * ses[1], (errs, ses)
-    g = sd.compile(sd.derive("nsgd"), sd.Quadratic(H=VEC_H, Sigma=VEC_SIG, x0=x0))
-    lg = g.run(paths=30_000, steps=steps, eta=eta, seed=9, save_every=steps, substeps=2).mean["loss"][-1]
-    # (the t law's weak error at eta = 0.05 is a small fraction of the gap to the Gaussian SDE)
-    assert abs(lg - a.mean["loss"][-1]) > 5 * (errs[1] + 3 * ses[1]), (lg, a.mean["loss"][-1], errs, ses)
 
 
 def test_problem_law_and_refusals():

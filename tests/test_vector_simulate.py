@@ -240,7 +240,7 @@ def test_refusals():
         sd.compile(sam, prob, scheme="weak2")
     with pytest.raises(SdederiveError, match="Student-t"):
         sd.compile("sam", sd.Quadratic(h=[1.0, 2.0], sigma=[1.0, 1.0], noise="student-t", nu=5))
-    with pytest.raises(SdederiveError, match="Gaussian noise only"):
+    with pytest.raises(SdederiveError, match="multivariate Student-t noise .* problem's noise is 'gaussian'"):
         sd.compile(sd.derive("sam", noise=sd.StudentT(nu=5)), prob)
     # an SDE JSON without the increment cannot be simulated where the noise is sampled
     data = sam.to_dict()

@@ -678,7 +678,8 @@ def _derive_sde(opt, problem: Problem, sde, regime) -> SDE:
     from sdederive.sde_vector import VectorSDE
 
     if sde is None:
-        noise = sd.StudentT(nu=problem.nu) if problem.noise == "student-t" else "gaussian"
+        # multivariate-t problems: the vector engine derives StudentT(nu) as the multivariate t
+        noise = sd.StudentT(nu=problem.nu) if problem.noise in ("student-t", "multivariate-t") else "gaussian"
         return sd.derive(opt, noise, regime)
     if not isinstance(sde, (SDE, VectorSDE)):
         raise ValidationError(f"sde must be a sdederive.SDE (from sd.derive); got {type(sde).__name__}")
@@ -937,10 +938,10 @@ def compare(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), path
         notes.append(grid_note)
     if paths % R:
         notes.append(f"{R * n} of the {paths} paths used ({R} batches of {n})")
-    if isinstance(prob0, LogisticRegression) or prob0.noise == "student-t" or substeps > 1:
+    if isinstance(prob0, LogisticRegression) or prob0.noise in ("student-t", "multivariate-t") or substeps > 1:
         why = ("the discrete optimizer samples minibatches, the SDE Gaussian noise" if isinstance(
             prob0, LogisticRegression) else "Student-t gradient noise vs Gaussian SDE noise"
-            if prob0.noise == "student-t" else "substeps > 1 draw other Gaussians")
+            if prob0.noise in ("student-t", "multivariate-t") else "substeps > 1 draw other Gaussians")
         notes.append(f"discrete and SDE runs are not coupled ({why})")
     else:
         disc0.resolve_hyper(float(etas_a[0]), hypers[0])

@@ -269,7 +269,7 @@ def cmd_simulate(args, out) -> int:
     if args.mode == "sde":
         from sdederive.noise import StudentT
 
-        noise = StudentT(nu=problem.nu) if problem.noise == "student-t" else "gaussian"
+        noise = StudentT(nu=problem.nu) if problem.noise in ("student-t", "multivariate-t") else "gaussian"
         obj = derive(optimizer, noise, args.regime)
     else:
         from sdederive.spec import vector as vec_mod

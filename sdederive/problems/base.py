@@ -184,10 +184,32 @@ def _psd_matrix(name: str, M, dd: int | None, what: str) -> np.ndarray:
     return S
 
 
+#: the problems' name of the vector engine's law: one `W ~ chi2_nu` shared by the coordinates of a draw
+MULTIVARIATE_T = "multivariate-t"
+_MVT_NAMES = {"multivariate-t", "multivariate_t", "multivariatet", "multivariate-student-t", "mvt"}
+
+
+def _check_problem_nu(nu, law: str) -> float:
+    try:
+        nuf = float(nu)
+    except (TypeError, ValueError):
+        raise NoiseModelError(f"{law} noise needs a numeric nu > 0; got nu={nu!r}") from None
+    if not np.isfinite(nuf) or nuf <= 0:
+        raise NoiseModelError(f"{law} degrees of freedom nu={nu!r} is invalid; allowed: nu > 0")
+    return nuf
+
+
 def _noise_kind(noise: str, nu) -> tuple[str, float | None]:
-    """The per-coordinate noise of a problem: `("gaussian", None)` or `("student-t", nu)`; names and
-    aliases through `sdederive.noise.canonical_name` (the one alias table)."""
-    allowed = ["gaussian", "student-t"]
+    """The noise of a problem: `("gaussian", None)`, `("student-t", nu)` (an independent t for each coordinate,
+    `xi_i = sigma_i t_i`: the scalar engine's law) or `("multivariate-t", nu)` (the vector engine's law
+    `xi = sqrt(nu/W) Sigma^(1/2) z`, one `W ~ chi2_nu` shared by all coordinates of a draw; only the vector
+    simulators draw it).  Names and aliases through `sdederive.noise.canonical_name` (the one alias table), and
+    `"multivariate-t"` (also `"multivariate_t"`, `"mvt"`)."""
+    allowed = ["gaussian", "student-t", MULTIVARIATE_T]
+    if isinstance(noise, str) and noise.strip().lower() in _MVT_NAMES:
+        if nu is None:
+            raise NoiseModelError(f"noise={noise!r} (multivariate Student-t) needs its degrees of freedom: nu > 0")
+        return MULTIVARIATE_T, _check_problem_nu(nu, "multivariate Student-t")
     try:
         key = noise_mod.canonical_name(noise) if isinstance(noise, str) else None
     except UnknownNameError:
@@ -195,13 +217,7 @@ def _noise_kind(noise: str, nu) -> tuple[str, float | None]:
     if key == "gaussian":
         return "gaussian", None
     if key == "student-t":
-        try:
-            nuf = float(nu)
-        except (TypeError, ValueError):
-            raise NoiseModelError(f"Student-t noise needs a numeric nu > 0; got nu={nu!r}") from None
-        if not np.isfinite(nuf) or nuf <= 0:
-            raise NoiseModelError(f"Student-t degrees of freedom nu={nu!r} is invalid; allowed: nu > 0")
-        return "student-t", nuf
+        return "student-t", _check_problem_nu(nu, "Student-t")
     raise UnknownNameError("noise model", noise, allowed)
 
 
@@ -240,7 +256,9 @@ class Problem:
 
     def layout(self) -> ParamLayout:
         """The parameter pack: the kind's fields, then the noise model's kernel parameters (`nu`)."""
-        extra = tuple((n, 1) for n in noise_mod.kernel_fields(self.noise)) if self.noise != "minibatch" else ()
+        names = ("nu",) if self.noise == MULTIVARIATE_T else (
+            noise_mod.kernel_fields(self.noise) if self.noise != "minibatch" else ())
+        extra = tuple((n, 1) for n in names)
         return ParamLayout(tuple(self.fields()) + extra)
 
     def pack_values(self) -> dict:

@@ -1,6 +1,9 @@
 r"""`Quadratic`: $f(x) = \tfrac12 x^\top H x$ with `H = diag(h)` or a dense symmetric PSD `H`;
 gradient noise `g = Hx + \xi` with per-coordinate scale `sigma` (Gaussian or Student-t,
-`xi_i = sigma_i z_i`) or a full Gaussian covariance `Sigma` (`xi = L z`, `L L^T = Sigma`).
+`xi_i = sigma_i z_i`) or a full Gaussian covariance `Sigma` (`xi = L z`, `L L^T = Sigma`).  With
+`noise="multivariate-t", nu=...` the noise is the vector engine's multivariate Student-t
+`xi = sqrt(nu/W) L z`, `W ~ chi2_nu` (one per draw), with scale matrix `Sigma` (or `diag(sigma**2)`); only the
+vector simulators draw it.
 
 Its one description (`Quadratic.code`) gives the numba and CUDA kernel helpers and the numpy
 reference (`sdederive.problems.description`)."""
@@ -68,9 +71,11 @@ class Quadratic(Problem):
             raise ProblemError("give the gradient noise as exactly one of sigma (per coordinate) or Sigma (matrix)")
         L = None
         if Sigma is not None:
-            if nk != "gaussian":
-                raise ProblemError("a full covariance Sigma is only supported for Gaussian noise; give Student-t "
-                                   "noise a per-coordinate sigma")
+            if nk == "student-t":
+                raise ProblemError("a full covariance Sigma is not supported with noise='student-t' (an independent t "
+                                   "for each coordinate, scale sigma_i); give it a per-coordinate sigma, or use "
+                                   "noise='multivariate-t' (xi = sqrt(nu/W) Sigma^(1/2) z, one W ~ chi2_nu per draw: the "
+                                   "vector engine's law, with Sigma its scale matrix)")
             S = _psd_matrix("Sigma", Sigma, dd, "a covariance")
             # eigen-factor (works for singular Sigma, unlike Cholesky); L L^T = Sigma
             ww, Vm = np.linalg.eigh(S)

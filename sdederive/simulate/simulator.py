@@ -775,6 +775,13 @@ def compile(obj, problem: Problem, backend: str = "numba", dtype: str = "float64
         raise UnknownNameError("scheme", scheme, _SCHEMES)
     if not isinstance(problem, Problem):
         raise SdederiveError(f"problem must be a sdederive.problems.Problem, got {type(problem).__name__}")
+    if problem.noise == "multivariate-t":
+        raise SdederiveError(
+            f"the problem's noise is the multivariate Student-t (noise='multivariate-t', nu={problem.nu:g}: one "
+            "W ~ chi2_nu shared by all coordinates), the vector engine's law; the scalar kernels of "
+            f"{getattr(obj, 'name', None) or getattr(obj, 'optimizer', obj)!r} draw Gaussian or per-coordinate "
+            "Student-t noise only. Use a vector optimizer (sd.vectors, or usam/sam/nsgd/clip_sgd) or a VectorSDE, "
+            "or give the problem noise='student-t' (an independent t per coordinate) or 'gaussian'")
     correlated = bool(problem.correlated)
     if isinstance(obj, SDE):
         _check_noise_match(obj, problem)

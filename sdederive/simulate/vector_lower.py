@@ -9,6 +9,9 @@ dense products as BLAS matrix products).  Its operations (`VOp`):
 `hvp`       `out = H(x) src` (the Hessian at the path's current `x` times `src`)
 `noise`     `out = Sigma^(1/2) z` with `z` the Gaussians of one Philox stream (`L z`, `sigma*z`, or
               the low-rank minibatch factor of logistic regression)
+`tnoise`    `out = sqrt(nu/W) Sigma^(1/2) z`: the multivariate Student-t of a problem with
+              `noise="multivariate-t"` (its `nu`), `z` as for `noise`, one `W ~ chi2_nu` per
+              (step, path, stream) shared by the coordinates (`sdederive.simulate.rng.philox.chi_square`)
 `mbgrad`    `out` = the minibatch gradient at `src` over the indices of minibatch `b` (drawn once per
               step from their own stream), for problems with real minibatches (discrete mode)
 `cw`        `out_i = expr` coordinate by coordinate (`v_NAME` is `NAME_i`, `s_NAME` a scalar, `hp_h` a
@@ -18,7 +21,7 @@ dense products as BLAS matrix products).  Its operations (`VOp`):
 ============  ============================================================================================
 
 **Discrete mode** evaluates the update rule as written: `g = grad f(x) + xi` with `xi` of stream 0 (the
-same Gaussians as the scalar kernels), `grad_at(y)` is `grad f(y) + xi_b` with `g`'s own `xi` for the
+same Gaussians as the scalar kernels; `tnoise` on a multivariate-t problem), `grad_at(y)` is `grad f(y) + xi_b` with `g`'s own `xi` for the
 same minibatch and a fresh stream for `fresh=True`; on logistic regression both are true minibatch
 gradients over the same (or fresh) indices.
 
@@ -44,6 +47,12 @@ gradients over the same (or fresh) indices.
   (With the closed-form parts kept exact and only the atoms estimated, the noise would be inflated by
   `dt Cov[drift estimate]`, a relative `1/n` for NSGD at `dt = eta`: the stationary loss `1/n` too high.)
   `inner=` of `sd.compile` sets `n` (default 8).  `VectorSDE.increment` is checked against the drift first.
+
+**Student-t SDEs** (`VectorSDE.noise == "student-t"`, derived under the multivariate t) run on a problem with
+`noise="multivariate-t"` of the same `nu` (`compile_vector` checks it; a symbolic `nu` takes the problem's value
+here).  The inner samples `g_k` are drawn under the t law (`tnoise`), so the sampled drift and covariance are the
+t law's; the Brownian increments (`A Sigma^(1/2) dW`, the weights `w_k`) stay Gaussian: the law enters the SDE
+only through its coefficients (USAM: `D = sqrt(eta nu/(nu - 2)) (I + rho H) Sigma^(1/2)`).
 
 Everything that cannot be lowered is a `CodegenError` naming it.
 """
@@ -286,6 +295,9 @@ class _Builder:
         if isinstance(E, (sp.HadamardProduct, sp.HadamardPower, sp.DiagonalOf, sp.OneMatrix)):
             return self.cw(self.cwexpr(E))
         if isinstance(E, SignMean):
+            if E.nu is not None:
+                raise CodegenError(f"{self.prog.name}: the closed-form sign mean under the multivariate Student-t "
+                                   f"({E}) has no kernel value (the t CDF); only the Gaussian erf form is lowered")
             return self.cw(sp.erf(_v("GR") / (sp.sqrt(2) * _v("SG"))))
         if isinstance(E, sp.ZeroMatrix):
             return self.cw(sp.S.Zero, "z")
@@ -346,7 +358,8 @@ def lower_discrete(opt: V.VectorOptimizer, problem) -> VProgram:
             return b.vop("mbgrad", (point, batch), "mg")
         gr = "GR" if point == "X" else b.vop("grad", (point,), "gr")
         if batch not in batches:
-            batches[batch] = b.vop("noise", (noise_stream(batch), 0), "xi")
+            kind = "tnoise" if problem.noise == "multivariate-t" else "noise"
+            batches[batch] = b.vop(kind, (noise_stream(batch), 0), "xi")
         return b.cw(_v(gr) + _v(batches[batch]), "g")
 
     if not problem.minibatch:
@@ -455,15 +468,16 @@ def _check_increment(sde: VectorSDE) -> None:
     from sdederive.sde_vector import evaluate
 
     mean = sp.ZeroMatrix(*sde.drift_vector.shape)
+    nu = sde.nu  # the atoms and sign moments of a Student-t SDE are over its law
     for tensor, r, _bt, coef in sde.increment:
         if tensor == "det":
             mean = mean + coef
         elif tensor == "sign":
-            mean = mean + coef * _SM()
+            mean = mean + coef * (_SM() if nu is None else _SM(GRAD, SIGMA, nu))
         elif tensor == "g":
-            mean = mean + coef * (GRAD if r == 1 else ExpectationAtom("g", r))
+            mean = mean + coef * (GRAD if r == 1 else ExpectationAtom("g", r, nu))
         else:
-            mean = mean + coef * (sp.S.One if r == 1 else ExpectationAtom("1", r))
+            mean = mean + coef * (sp.S.One if r == 1 else ExpectationAtom("1", r, nu))
     rng = np.random.default_rng(12345)
     n = 3
     Q = rng.normal(size=(n, n))
@@ -471,6 +485,8 @@ def _check_increment(sde: VectorSDE) -> None:
     env = {"grad": rng.normal(size=n), "x": rng.normal(size=n), "H": (Q + Q.T) / 2, "Sigma": S}
     env.update({h[0]: 0.3 + 0.1 * j for j, h in enumerate(sde.hypers)})
     env.setdefault("eta", 0.01)
+    if nu is not None and nu.free_symbols:
+        env["nu"] = 5.0
     for s in sde.drift_vector.free_symbols | mean.free_symbols:
         if isinstance(s, sp.Symbol) and s.name not in env:
             env[s.name] = 0.7
@@ -493,7 +509,11 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
     """The program of one Euler–Maruyama step of `sde` on `problem` (see the module docstring)."""
     hyp = tuple(h[0] for h in sde.hypers)
     prog = VProgram("sde", sde.optimizer, hypers=hyp, states=tuple(sde.states))
-    b = _Builder(prog, _hyper_map(hyp, sde.regime, tuple(h[0] for h in sde.hypers if h[1] == "decay")))
+    hmap = _hyper_map(hyp, sde.regime, tuple(h[0] for h in sde.hypers if h[1] == "decay"))
+    student = sde.nu is not None
+    if student and sde.nu.free_symbols:  # a symbolic nu: the problem's (compile_vector checked the laws match)
+        hmap.update({s.name: sp.Rational(float(problem.nu)) for s in sde.nu.free_symbols})
+    b = _Builder(prog, hmap)
     prog.vectors |= {"X", "GR"} | {state_vec(s) for s in prog.states[1:]}
     b.ops.append(VOp("grad", "GR", ("X",)))
     A, form = _noise_root_factor(sde.diffusion_matrix_expr)
@@ -525,7 +545,7 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
         b.ops = prog.inner
         gs, ngs = {}, {}
         for bt in batches:
-            xi = b.vop("noise", (NOISE_STREAM_INNER + bt, prog.batches), "xi")
+            xi = b.vop("tnoise" if student else "noise", (NOISE_STREAM_INNER + bt, prog.batches), "xi")
             gs[bt] = b.cw(_v("GR") + _v(xi), "g")
             ngs[bt] = b.norm(gs[bt])
         terms, a0 = [], []

@@ -20,10 +20,12 @@ fixed seed: the same start for every run.  `init={...}` overrides any state's st
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
 import numpy as np
+import sympy as sp
 
 from sdederive.errors import SdederiveError, UnknownNameError
 from sdederive.problems import Problem
@@ -196,6 +198,38 @@ def _expected_first_step(opt: V.VectorOptimizer, problem: Problem, hv: dict) -> 
     return {s: v / rows for s, v in sums.items()}
 
 
+def _check_law(sde: VectorSDE, problem: Problem) -> None:
+    """A Gaussian SDE runs on a Gaussian problem; a Student-t SDE (the multivariate t) on a problem with
+    `noise="multivariate-t"` of the same `nu` (a symbolic `nu` takes the problem's)."""
+    if sde.noise not in ("gaussian", "student-t") or (sde.noise == "gaussian") != (sde.nu is None):
+        raise SdederiveError(f"the SDE of {sde.optimizer} has noise {sde.noise!r} (nu = {sde.nu}); the vector "
+                             "simulators run SDEs derived under 'gaussian' or 'student-t' (multivariate) noise")
+    if sde.nu is None:
+        if problem.noise == "multivariate-t":
+            raise SdederiveError(
+                f"the SDE of {sde.optimizer} was derived under Gaussian noise but the problem's noise is the "
+                f"multivariate Student-t (nu={problem.nu:g}); derive it with noise=sd.StudentT(nu={problem.nu:g}), "
+                "or give the problem noise='gaussian'")
+        return
+    if problem.noise != "multivariate-t":
+        raise SdederiveError(
+            f"the SDE of {sde.optimizer} was derived under multivariate Student-t noise (nu = {sde.nu}) but the "
+            f"problem's noise is {problem.noise!r}; give the problem noise='multivariate-t' and nu"
+            + ("" if sde.nu.free_symbols else f"={sde.nu}") + " (or derive the SDE with noise='gaussian')")
+    if not sde.nu.free_symbols and abs(float(sde.nu) - problem.nu) > 1e-12 * max(1.0, problem.nu):
+        raise SdederiveError(
+            f"the SDE of {sde.optimizer} was derived for nu = {sde.nu} but the problem's multivariate Student-t has "
+            f"nu = {problem.nu:g}; derive it with noise=sd.StudentT(nu={problem.nu:g}) (or without nu: a symbolic nu "
+            "takes the problem's value), or give the problem nu={sde.nu}")
+    if sde.nu.free_symbols:  # the derivation's condition for a symbolic nu, "valid for nu > p" in its notes
+        for n in sde.notes:
+            m = re.search(r"valid for nu > (\d+(?:/\d+)?)\b", n)
+            if m and not problem.nu > float(sp.Rational(m.group(1))):
+                raise SdederiveError(
+                    f"the SDE of {sde.optimizer} (symbolic nu) is valid for nu > {m.group(1)} (its one-step moments are "
+                    f"infinite below); the problem has nu = {problem.nu:g}. Allowed: a problem nu > {m.group(1)}")
+
+
 def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "float64", scheme: str = "euler",
                    regime: str | None = None, inner: int = DEFAULT_INNER) -> VectorSimulator:
     """Compile the discrete vector optimizer or the vector SDE `obj` for `problem` (numba backend)."""
@@ -208,12 +242,13 @@ def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "
                              "scheme='euler'" if isinstance(obj, VectorSDE) else
                              "scheme applies to SDE mode only; the discrete optimizer is its own update rule")
     if problem.noise == "student-t":
-        raise SdederiveError("the vector engine and its simulators use Gaussian noise g = grad + Sigma^(1/2) z; the "
-                             "problem has Student-t noise. Give the problem noise='gaussian'")
-    if isinstance(obj, VectorSDE) and (obj.noise != "gaussian" or obj.nu is not None):
-        raise SdederiveError(f"the SDE of {obj.optimizer} was derived under {obj.noise} noise (nu = {obj.nu}); the vector "
-                             "simulators draw Gaussian noise only so far (multivariate t needs a chi-square draw shared "
-                             "by the coordinates of each sample). Derive it with noise='gaussian' to simulate it")
+        raise SdederiveError(
+            f"the problem has noise='student-t' (nu={problem.nu:g}): an independent t for each coordinate, "
+            "xi_i = sigma_i t_i, the scalar engine's law. The vector engine and its simulators use Gaussian noise or "
+            "the multivariate Student-t xi = sqrt(nu/W) Sigma^(1/2) z (one W ~ chi2_nu per draw, shared by the "
+            f"coordinates): give the problem noise='multivariate-t', nu={problem.nu:g} (or noise='gaussian')")
+    if isinstance(obj, VectorSDE):
+        _check_law(obj, problem)
     t0 = time.perf_counter()
     if isinstance(obj, VectorSDE):
         prog = lower_sde(obj, problem, inner)

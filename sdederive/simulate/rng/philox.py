@@ -45,7 +45,7 @@ from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros  # LLVM ctlz; vectorises (vplzcnt)
 
 __all__ = ["philox4x32", "neg2log_u01", "sincos_2pi_u01", "normal_pair", "u01", "student_t",
-           "fill_student_t", "draw_indices", "SOURCE_HASH"]
+           "fill_student_t", "draw_indices", "chi_square", "CHI2_STREAM", "SOURCE_HASH"]
 
 #: SHA-256 of this file: part of every generated numba module, so editing it invalidates their caches.
 SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
@@ -85,6 +85,9 @@ _SQRT1_2 = 0.7071067811865476
 _TWO_M64 = 5.421010862427522e-20  # 2**-64
 _TWO_M32 = 2.3283064365386963e-10  # 2**-32
 _TWO_M30 = 9.313225746154785e-10  # 2**-30
+#: `chi_square`'s counter word c3 is `CHI2_STREAM + stream` (2**30 + stream): apart from every Gaussian, index and
+#: Student-t stream the kernels use (all below 2**17)
+CHI2_STREAM = 1 << 30
 
 
 @njit(inline="always", cache=False)
@@ -217,3 +220,36 @@ def draw_indices(IDX, B, n, step, path, stream, k0, k1):
                 break
             rr = r0 if q == 0 else (r1 if q == 1 else (r2 if q == 2 else r3))
             IDX[4 * jb + q] = np.int64((np.uint64(rr) * nn) >> _S32)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def chi_square(nu, step, path, stream, k0, k1):
+    """`W ~ chi2(nu)` for (step, path, stream): `2 G` with `G ~ Gamma(nu/2, 1)` by Marsaglia & Tsang's method
+    (ACM TOMS 26 (2000) 363-372), which needs no gamma function.  For shape `a >= 1`, with `dd = a - 1/3`,
+    `cc = 1/sqrt(9 dd)`: draw `z ~ N(0, 1)` and `u ~ U(0, 1)`, `v = (1 + cc z)^3`; accept `dd v` if `v > 0` and
+    `ln u < z^2/2 + dd - dd v + dd ln v`.  For `a < 1` (`nu < 2`) it draws `Gamma(a + 1)` and multiplies by
+    `u'^(1/a)`, `u'` a fourth independent uniform of the accepted attempt (Marsaglia & Tsang, sec. 6).
+
+    Attempt `j` is the Philox block `(step, j, path, CHI2_STREAM + stream)`: its words give `z` (Box-Muller of
+    the first two, as `normal_pair`), `u` and `u'`; so `W` is a function of (seed, step, path, stream) only.
+    One draw per noise vector: the multivariate Student-t `xi = sqrt(nu/W) Sigma^(1/2) z` of the vector
+    kernels shares it among the coordinates."""
+    a = 0.5 * nu
+    boost = a < 1.0
+    dd = (a + 1.0 if boost else a) - 1.0 / 3.0
+    cc = 1.0 / math.sqrt(9.0 * dd)
+    c3 = np.uint32(CHI2_STREAM + stream)
+    j = 0
+    while True:
+        w0, w1, w2, w3 = philox4x32(step, np.uint32(j), path, c3, k0, k1)
+        _sn, cs = sincos_2pi_u01(w1)
+        z = math.sqrt(neg2log_u01(w0)) * cs
+        v = 1.0 + cc * z
+        if v > 0.0:
+            v = v * v * v
+            if -0.5 * neg2log_u01(w2) < 0.5 * z * z + dd - dd * v + dd * math.log(v):
+                g = dd * v
+                if boost:
+                    g = g * math.exp(-0.5 * neg2log_u01(w3) / a)
+                return 2.0 * g
+        j += 1

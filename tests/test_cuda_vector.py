@@ -180,6 +180,18 @@ def test_cupy_without_a_gpu_is_unavailable(monkeypatch):
         sd.compile("nsgd", student, backend="cupy")
 
 
+def test_other_backends_are_refused(monkeypatch):
+    """A registered backend other than numba and cupy gets no vector kernel (a message naming both)."""
+    from sdederive.simulate.backends import registry
+
+    class Other(cuda_backend.CudaBackend):
+        name = "other"
+
+    monkeypatch.setitem(registry._REGISTRY, "other", Other)
+    with pytest.raises(sd.SdederiveError, match="numba and cupy backends only; got backend='other'"):
+        sd.compile(sd.derive("sam"), DENSE, backend="other")
+
+
 def _sources():
     """Generated vector sources covering every operation, problem kind and precision."""
     return {

@@ -166,7 +166,9 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
     w = W.w
     d, ns = problem.d, len(_STATES)
     nex = problem.n if problem.minibatch else 1
-    vecs = sorted((set(prog.vectors) | {"SG"} | ({"_SF", "_SWF"} if prog.n_inner else set())) - set(_STATES))
+    # the results are written into their states directly
+    vecs = sorted((set(prog.vectors) | {"SG"} | ({"_SF", "_SWF"} if prog.n_inner else set())) - set(_STATES)
+                  - set(W.results))
     scalars = sorted(prog.scalars | ({"_SW"} if prog.n_inner else set()))
     if problem.minibatch and prog.mode == "discrete":
         nz = "0"

@@ -101,9 +101,8 @@ def test_matches_numba(fake_cupy, case):
         assert 0 < a.diverged < run["paths"] and a.count[-1] == run["paths"] - a.diverged
     else:
         assert a.diverged == 0 and a.count[-1] == run["paths"]
-    # float32: both keep float32 states and compute in double; the loss of a float32 point is evaluated with
-    # different float32/double promotions on the two sides (a few float32 roundings apart)
-    assert_same(a, b, rtol=1e-6 if dtype == "float32" else 1e-10)
+    # float32 too: both keep float32 states and compute in double (measured: 1e-15 apart)
+    assert_same(a, b)
 
 
 @needs_gxx
@@ -120,7 +119,7 @@ def test_single_path_bit_for_bit(fake_cupy):
 @needs_gxx
 def test_float32_state(fake_cupy):
     """dtype="float32": the CUDA kernel's state is a float (every snapshot of one path is a float32 number),
-    while the computation is double as on the numba side (test_matches_numba[sde-nsgd] agrees to 1e-6)."""
+    while the computation is double as on the numba side (test_matches_numba[sde-nsgd])."""
     prob, dtype, run = _CASES["sde-nsgd"]
     b = sd.compile(sd.derive("nsgd"), prob, backend="cupy", dtype=dtype).run(**dict(run, paths=1, save_every=1))
     x = b.mean["x"][1:]
@@ -141,6 +140,26 @@ def test_divergence_reports_the_same_path_and_step(fake_cupy):
     assert 1 < a.step < run["steps"] and a.n_diverged < run["paths"]
     assert (b.path, b.step, b.n_diverged) == (a.path, a.step, a.n_diverged)
     assert str(b) == str(a)
+
+
+@needs_gxx
+def test_a_wrong_kernel_is_caught(fake_cupy, monkeypatch):
+    """The comparison can fail: the same SAM SDE kernel with its inner samples' weights from another stream."""
+    from sdederive.simulate.backends import cuda_vector
+
+    prob, _, run = _CASES["sde-sam"]
+    a = sd.compile(sd.derive("sam"), prob).run(**run)
+    real = cuda_vector.generate_vector_cuda
+
+    def wrong(*args, **kw):
+        text = real(*args, **kw)
+        assert "(sd_u32)p, 999u, key0" in text
+        return text.replace("(sd_u32)p, 999u, key0", "(sd_u32)p, 998u, key0")
+
+    monkeypatch.setattr(cuda_vector, "generate_vector_cuda", wrong)
+    b = sd.compile(sd.derive("sam"), prob, backend="cupy").run(**run)
+    with pytest.raises(AssertionError):
+        assert_same(a, b)
 
 
 def test_diagonal_quadratic_full_sigma_beyond_one_philox_block():

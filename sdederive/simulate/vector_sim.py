@@ -70,7 +70,7 @@ class VectorSimulator(Simulator):
             from sdederive.simulate.backends.numba_backend import _build_host, load_module
 
             mod = load_module(self._host_text)
-            _build_host(mod, self.spec, 1, self.problem.d)
+            _build_host(mod, self.spec, len(self.spec.states), self.problem.d)
             self._host = mod
         return super().module
 

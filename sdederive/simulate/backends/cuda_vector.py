@@ -202,7 +202,7 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
     if scalars:
         w(1, f"real {', '.join(f'S_{s}' for s in scalars)};")
     w(1, "double Z[NZ4 + 4];")
-    w(1, "real WX[2 * NEX + 4], WS[2 * NEX + 4], HS1[D], SGS[D];")
+    w(1, "real WX[NEX + 1], WS[NEX + 1], HS1[D], SGS[D];  /* the per-example weights of prob_grad */")
     if prog.n_inner:
         w(1, f"double WK[{((prog.n_inner + 3) // 4) * 4}];")
     w(1, "for (int j = 0; j < NS; ++j) for (int i = 0; i < D; ++i) X[j][i] = (sreal)STATE[(p * NS + j) * D + i];")
@@ -232,7 +232,7 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
     w(1, "const long long p = p0 + q;")
     w(1, "if (p >= N) return;")
     w(1, "double *o = OUT + q * (2 + D);")
-    w(1, "real XD[D], W[2 * NEX + 4];")
+    w(1, "real XD[D], W[NEX + 1];")
     w(1, "double sq = 0.0;")
     w(1, "for (int i = 0; i < D; ++i) {")
     w(2, "const sreal xi = (sreal)STATE[p * NS * D + i];")

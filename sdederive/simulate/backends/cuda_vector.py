@@ -4,7 +4,7 @@ with the signatures of the scalar CUDA kernels (`sdederive.simulate.backends.cud
 
 Layout.  One thread per path.  Every vector of the program is a per-thread array `V_NAME[D]` (`D` a
 compile-time constant), every scalar a local `S_NAME`; the states are `X[j][D]` (`X[0]` is `x`, the only
-state so far: `_STATES`), loaded from `STATE` before the steps and stored after them.  A coordinate-wise
+state so far: `_Writer.states`), loaded from `STATE` before the steps and stored after them.  A coordinate-wise
 operation is a loop over `i`, a reduction one sum in coordinate order (as the numba kernel's).  The
 problem's generated helpers do the rest: `prob_grad` (also the dense `H x`), `prob_hvp` (also the dense
 `H v`), `prob_corr` (`L z`, or logistic regression's low-rank factor), and for minibatch gradients
@@ -28,29 +28,22 @@ from sdederive.simulate.vector_lower import WEIGHT_STREAM, VOp, VProgram, index_
 
 __all__ = ["generate_vector_cuda"]
 
-#: the program vectors held as states, in `STATE`'s order (index j is `X[j]`)
-_STATES = ("X",)
-
-
 class _Printer(_CudaPrinter):
     """The CUDA backend's C printer with the program's names bound to the thread's arrays: `v_NAME` is
-    `V_NAME[i]` (`X[j][i]` for a state), `s_NAME` is `S_NAME`."""
+    `V_NAME[i]` (`X[j][i]` for the state `j`), `s_NAME` is `S_NAME`."""
+
+    def __init__(self, states: tuple):
+        super().__init__()
+        self.states = states
 
     def _print_Symbol(self, e):
         n = e.name
         if n.startswith("v_"):
             v = n[2:]
-            return f"X[{_STATES.index(v)}][i]" if v in _STATES else f"V_{v}[i]"
+            return f"X[{self.states.index(v)}][i]" if v in self.states else f"V_{v}[i]"
         if n.startswith("s_"):
             return f"S_{n[2:]}"
         return n
-
-
-_P = _Printer()
-
-
-def _expr(e: sp.Expr) -> str:
-    return _P.doprint(expand_powers(e))
 
 
 _MB_GRAD = r"""
@@ -76,14 +69,20 @@ class _Writer:
         self.f32 = dtype == "float32"
         self.factor = problem.has_noise_factor
         self.L: list[str] = []
-        # the operation writing each state (the state's result): written into X[j] directly
+        # the program vectors held as states, in STATE's order (X[j]; x alone so far), and the vector each
+        # state's new value is (written into X[j] directly by its operation, the step's last on that state)
+        self.states = ("X",)
         self.results = {prog.result: 0}
+        self.printer = _Printer(self.states)
 
     def w(self, ind: int, text: str) -> None:
         self.L.append("    " * ind + text)
 
+    def expr(self, e: sp.Expr) -> str:
+        return self.printer.doprint(expand_powers(e))
+
     def arr(self, name: str) -> str:
-        return f"X[{_STATES.index(name)}]" if name in _STATES else f"V_{name}"
+        return f"X[{self.states.index(name)}]" if name in self.states else f"V_{name}"
 
     def src(self, name: str) -> str:
         """The array a problem helper reads `name` from (the double copy of a float state)."""
@@ -92,15 +91,15 @@ class _Writer:
     def op(self, ind: int, o: VOp, in_inner: bool) -> None:
         w = self.w
         if o.kind == "cw":
-            val = _expr(o.args[0])
+            val = self.expr(o.args[0])
             if o.out in self.results:
                 w(ind, f"for (int i = 0; i < D; ++i) X[{self.results[o.out]}][i] = (sreal)({val});")
             else:
                 w(ind, f"for (int i = 0; i < D; ++i) V_{o.out}[i] = {val};")
         elif o.kind == "red":
-            w(ind, f"{{ double acc = 0.0; for (int i = 0; i < D; ++i) acc += {_expr(o.args[0])}; S_{o.out} = acc; }}")
+            w(ind, f"{{ double acc = 0.0; for (int i = 0; i < D; ++i) acc += {self.expr(o.args[0])}; S_{o.out} = acc; }}")
         elif o.kind == "sc":
-            w(ind, f"S_{o.out} = {_expr(o.args[0])};")
+            w(ind, f"S_{o.out} = {self.expr(o.args[0])};")
         elif o.kind == "grad":
             at_x = o.args[0] == "X"
             varies = at_x and self.problem.noise_varies
@@ -164,10 +163,10 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
         raise CodegenError(f"dtype={dtype!r}; allowed: 'float32', 'float64'")
     W = _Writer(prog, problem, dtype)
     w = W.w
-    d, ns = problem.d, len(_STATES)
+    d, ns = problem.d, len(W.states)
     nex = problem.n if problem.minibatch else 1
     # the results are written into their states directly
-    vecs = sorted((set(prog.vectors) | {"SG"} | ({"_SF", "_SWF"} if prog.n_inner else set())) - set(_STATES)
+    vecs = sorted((set(prog.vectors) | {"SG"} | ({"_SF", "_SWF"} if prog.n_inner else set())) - set(W.states)
                   - set(W.results))
     scalars = sorted(prog.scalars | ({"_SW"} if prog.n_inner else set()))
     if problem.minibatch and prog.mode == "discrete":

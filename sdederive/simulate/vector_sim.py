@@ -3,9 +3,8 @@ r"""Simulators of vector optimizers and vector SDEs: `sd.compile(sd.derive("sam"
 
 The kernel is printed from a vector program (`sdederive.simulate.vector_lower`, then
 `sdederive.simulate.backends.numba_vector`, or `cuda_vector` for `backend="cupy"`) with the signature of the
-scalar kernels, so the
-run loop, the snapshots, the divergence reports, Ctrl-C, the memory estimate and the statistics are
-`Simulator`'s own.  The state is `x` alone; both modes start from the problem's `x0` and report the
+scalar kernels, so the run loop, the snapshots, the divergence reports, Ctrl-C, the memory estimate and the
+statistics are `Simulator`'s own.  The state is `x` alone; both modes start from the problem's `x0` and report the
 loss, `|x|^2` and `x` on the time axis `t = k*eta`.
 """
 

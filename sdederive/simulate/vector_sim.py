@@ -2,7 +2,8 @@ r"""Simulators of vector optimizers and vector SDEs: `sd.compile(sd.derive("sam"
 `sd.compile("sam", problem)`.
 
 The kernel is printed from a vector program (`sdederive.simulate.vector_lower`, then
-`sdederive.simulate.backends.numba_vector`) with the signature of the scalar kernels, so the
+`sdederive.simulate.backends.numba_vector`, or `cuda_vector` for `backend="cupy"`) with the signature of the
+scalar kernels, so the
 run loop, the snapshots, the divergence reports, Ctrl-C, the memory estimate and the statistics are
 `Simulator`'s own.  The states are `x` and the auxiliary vector states (LAMB's `m`, `v`; Nesterov's `m`);
 both modes report the loss, `|x|^2` and `x` on the time axis `t = k*eta`.
@@ -116,6 +117,21 @@ class VectorSimulator(Simulator):
         opt = self._source()
         kinds = {a[0]: a[2] for a in opt.aux} if opt is not None else {}
         return any(kinds.get(s) == "second_moment" for s in sde.aux_states)
+
+    _host_text: str | None = None
+
+    @property
+    def module(self):
+        """The numba module whose `host_loss` and `host_obs` the simulator calls on the host: the kernel's own
+        on numba, the float64 numba twin of the program on other backends (`AbstractBackend.host_module`
+        would build the scalar kernels' twin)."""
+        if self._host is None and self._host_text is not None:
+            from sdederive.simulate.backends.numba_backend import _build_host, load_module
+
+            mod = load_module(self._host_text)
+            _build_host(mod, self.spec, len(self.spec.states), self.problem.d)
+            self._host = mod
+        return super().module
 
     def _n_blocks(self, paths: int) -> int:
         """At most 64 statistics blocks of at least `ROW_BLOCK` paths each (when there are that many): a row
@@ -232,11 +248,13 @@ def _check_law(sde: VectorSDE, problem: Problem) -> None:
 
 def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "float64", scheme: str = "euler",
                    regime: str | None = None, inner: int = DEFAULT_INNER) -> VectorSimulator:
-    """Compile the discrete vector optimizer or the vector SDE `obj` for `problem` (numba backend)."""
+    """Compile the discrete vector optimizer or the vector SDE `obj` for `problem` (numba backend: the kernel of
+    `numba_vector`; cupy: the CUDA kernel of `cuda_vector`, `BackendUnavailableError` without CuPy or a GPU)."""
     impl = get_backend(backend)
-    if impl.name != "numba":
+    if impl.name not in ("numba", "cupy"):
         raise CodegenError(f"vector kernels ({getattr(obj, 'optimizer', getattr(obj, 'name', obj))!r}) are generated "
-                           f"for the numba backend only so far; got backend={backend!r}. Use backend='numba'")
+                           f"for the numba and cupy backends only; got backend={backend!r}. Use backend='numba' or "
+                           "'cupy'")
     if scheme != "euler":
         raise SdederiveError(f"scheme={scheme!r}: vector SDEs are simulated with Euler–Maruyama only; use "
                              "scheme='euler'" if isinstance(obj, VectorSDE) else
@@ -269,13 +287,21 @@ def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "
         mode = "discrete"
         obj = opt
     ok, why = impl.available()
-    if not ok:  # pragma: no cover - numba is a dependency
-        raise BackendUnavailableError(why)
+    if not ok:  # no CuPy or no GPU (numba is a dependency)
+        raise BackendUnavailableError(why or f"backend {impl.name!r} cannot run here")
     from sdederive.simulate.backends.numba_vector import generate_vector
 
     spec = VectorKernelSpec(mode, prog.name, prog.hypers, notes, prog.n_inner, states=tuple(prog.states))
-    text = generate_vector(prog, problem, dtype)
+    if impl.name == "cupy":
+        from sdederive.simulate.backends.cuda_vector import generate_vector_cuda
+
+        text = generate_vector_cuda(prog, problem, dtype)
+    else:
+        text = generate_vector(prog, problem, dtype)
     source = KernelSource(impl.name, text, spec, problem, scheme, dtype)
     handle = impl.build(source)
-    return VectorSimulator(spec, problem, impl, dtype, scheme, source, obj, tau_expr, time.perf_counter() - t0,
-                           handle=handle)
+    sim = VectorSimulator(spec, problem, impl, dtype, scheme, source, obj, tau_expr, time.perf_counter() - t0,
+                          handle=handle)
+    if impl.name != "numba":  # the host's loss and observables: the float64 numba twin (Simulator.module)
+        sim._host_text = generate_vector(prog, problem, "float64")
+    return sim

@@ -229,7 +229,7 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     scalars = sorted(prog.scalars | ({"_SW"} if prog.n_inner else set()))
     if problem.minibatch and prog.mode == "discrete":
         nz = "0"
-    elif W.factor and not W.dense:
+    elif W.factor and problem.minibatch:
         nz = "PM.shape[0]"  # the low-rank factor of the minibatch noise: one Gaussian per example
     else:
         nz = "d"

@@ -1,0 +1,245 @@
+r"""The CUDA printer of vector programs (`sdederive.simulate.vector_lower`): `step_kernel` and `obs_kernel`
+with the signatures of the scalar CUDA kernels (`sdederive.simulate.backends.cuda_backend`), so
+`CudaBackend` builds, launches and reduces them unchanged.
+
+Layout.  One thread per path.  Every vector of the program is a per-thread array `V_NAME[D]` (`D` a
+compile-time constant), every scalar a local `S_NAME`; the states are `X[j][D]` (`X[0]` is `x`, the only
+state so far: `_Writer.states`), loaded from `STATE` before the steps and stored after them.  A coordinate-wise
+operation is a loop over `i`, a reduction one sum in coordinate order (as the numba kernel's).  The
+problem's generated helpers do the rest: `prob_grad` (also the dense `H x`), `prob_hvp` (also the dense
+`H v`), `prob_corr` (`L z`, or logistic regression's low-rank factor), and for minibatch gradients
+`prob_mb_accum` / `prob_mb_finish` over indices drawn from the streams `vector_lower.index_stream`.
+
+Numbers as in `sdederive.simulate.backends.numba_vector`: the Gaussians are `sd_normal4` (the C twin of
+`normal_pair`) at the same (step, coordinate block, path, stream), the inner samples' streams
+`base + kin*stride` and their weights from `WEIGHT_STREAM`, the same `zeta`; every vector and scalar is a
+double, and with `dtype="float32"` only the state is a float (rounded when written, its double copy `XD`
+read by the helpers); a non-finite coordinate after step `k` ends the path at step `k + 1`.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from sdederive.simulate.backends.cuda_printer import _CudaPrinter
+from sdederive.simulate.lower import CodegenError, expand_powers
+from sdederive.simulate.rng.philox_c import CUDA_SOURCE
+from sdederive.simulate.vector_lower import WEIGHT_STREAM, VOp, VProgram, index_stream
+
+__all__ = ["generate_vector_cuda"]
+
+class _Printer(_CudaPrinter):
+    """The CUDA backend's C printer with the program's names bound to the thread's arrays: `v_NAME` is
+    `V_NAME[i]` (`X[j][i]` for the state `j`), `s_NAME` is `S_NAME`."""
+
+    def __init__(self, states: tuple):
+        super().__init__()
+        self.states = states
+
+    def _print_Symbol(self, e):
+        n = e.name
+        if n.startswith("v_"):
+            v = n[2:]
+            return f"X[{self.states.index(v)}][i]" if v in self.states else f"V_{v}[i]"
+        if n.startswith("s_"):
+            return f"S_{n[2:]}"
+        return n
+
+
+_MB_GRAD = r"""
+/* the minibatch gradient at yv over the indices of Philox stream `stream` (drawn as the numba kernel's
+   draw_indices: four per block, Lemire's multiply-shift), in the order of its mb_grad */
+__device__ void vec_mbgrad(const real *yv, real *G, sd_u32 stream, sd_u32 cstep, sd_u32 p, sd_u32 key0, sd_u32 key1,
+        const double *PV, const double *PM, const double *PL, const double *PY, real *W) {
+    const int Bm = (int)PV[P_B];
+    for (int i = 0; i < D; ++i) G[i] = 0;
+    for (int jb = 0; jb < (Bm + 3) / 4; ++jb) {
+        sd_u32 c[4] = {cstep, (sd_u32)jb, p, stream}; sd_philox4x32(c, key0, key1);
+        for (int q = 0; q < 4 && 4 * jb + q < Bm; ++q)
+            prob_mb_accum(yv, G, (int)(((sd_u64)c[q] * (sd_u64)NEX) >> 32), PV, PM, PL, PY, W);
+    }
+    prob_mb_finish(yv, G, Bm, PV, PM, PL, PY, W);
+}
+"""
+
+
+class _Writer:
+    def __init__(self, prog: VProgram, problem, dtype: str):
+        self.prog, self.problem = prog, problem
+        self.f32 = dtype == "float32"
+        self.factor = problem.has_noise_factor
+        self.L: list[str] = []
+        # the program vectors held as states, in STATE's order (X[j]; x alone so far), and the vector each
+        # state's new value is (written into X[j] directly by its operation, the step's last on that state)
+        self.states = ("X",)
+        self.results = {prog.result: 0}
+        self.printer = _Printer(self.states)
+
+    def w(self, ind: int, text: str) -> None:
+        self.L.append("    " * ind + text)
+
+    def expr(self, e: sp.Expr) -> str:
+        return self.printer.doprint(expand_powers(e))
+
+    def arr(self, name: str) -> str:
+        return f"X[{self.states.index(name)}]" if name in self.states else f"V_{name}"
+
+    def src(self, name: str) -> str:
+        """The array a problem helper reads `name` from (the double copy of a float state)."""
+        return "XD" if (name == "X" and self.f32) else self.arr(name)
+
+    def op(self, ind: int, o: VOp, in_inner: bool) -> None:
+        w = self.w
+        if o.kind == "cw":
+            val = self.expr(o.args[0])
+            if o.out in self.results:
+                w(ind, f"for (int i = 0; i < D; ++i) X[{self.results[o.out]}][i] = (sreal)({val});")
+            else:
+                w(ind, f"for (int i = 0; i < D; ++i) V_{o.out}[i] = {val};")
+        elif o.kind == "red":
+            w(ind, f"{{ double acc = 0.0; for (int i = 0; i < D; ++i) acc += {self.expr(o.args[0])}; S_{o.out} = acc; }}")
+        elif o.kind == "sc":
+            w(ind, f"S_{o.out} = {self.expr(o.args[0])};")
+        elif o.kind == "grad":
+            at_x = o.args[0] == "X"
+            varies = at_x and self.problem.noise_varies
+            w(ind, f"prob_grad({self.src(o.args[0])}, V_{o.out}, HS1, {'V_SG' if varies else 'SGS'}, PV, PM, PL, PY, "
+                   f"{'WX' if at_x else 'WS'}, false, {'true' if varies else 'false'});")
+        elif o.kind == "hvp":
+            w(ind, f"prob_hvp({self.src('X')}, {self.src(o.args[0])}, V_{o.out}, PV, PM, PL, PY, WS);")
+        elif o.kind == "noise":
+            base, stride = o.args
+            stream = f"(sd_u32)({base} + kin * {stride})" if (in_inner and stride) else f"{base}u"
+            w(ind, f"for (int jb = 0; jb < NZ4 / 4; ++jb) sd_normal4(cstep, (sd_u32)jb, (sd_u32)p, {stream}, key0, "
+                   "key1, &Z[4 * jb]);")
+            if self.factor:
+                w(ind, f"prob_corr({self.src('X')}, V_GR, Z, V_{o.out}, PV, PM, PL, PY, WX);")
+            else:
+                w(ind, f"for (int i = 0; i < D; ++i) V_{o.out}[i] = V_SG[i] * Z[i];")
+        elif o.kind == "mbgrad":
+            src, bt = o.args
+            w(ind, f"vec_mbgrad({self.src(src)}, V_{o.out}, {index_stream(bt)}u, cstep, (sd_u32)p, key0, key1, PV, PM, "
+                   "PL, PY, WS);")
+        else:  # pragma: no cover - the IR is closed
+            raise CodegenError(f"unknown vector operation {o.kind!r}")
+
+    def ops(self, ind: int, ops, in_inner: bool = False) -> None:
+        for o in ops:
+            self.op(ind, o, in_inner)
+
+    def step(self, ind: int) -> None:
+        prog, w = self.prog, self.w
+        if self.f32:
+            w(ind, "for (int i = 0; i < D; ++i) XD[i] = (double)X[0][i];")
+        self.ops(ind, prog.pre)
+        if prog.n_inner:
+            n = prog.n_inner
+            w(ind, f"for (int jb = 0; jb < {(n + 3) // 4}; ++jb) sd_normal4(cstep, (sd_u32)jb, (sd_u32)p, "
+                   f"{WEIGHT_STREAM}u, key0, key1, &WK[4 * jb]);")
+            w(ind, "S__SW = 0.0;")
+            w(ind, "for (int i = 0; i < D; ++i) { V__SF[i] = 0.0; V__SWF[i] = 0.0; }")
+            w(ind, f"for (int kin = 0; kin < {n}; ++kin) {{")
+            self.ops(ind + 1, prog.inner, in_inner=True)
+            w(ind + 1, "const double wk = WK[kin];")
+            w(ind + 1, "S__SW += wk;")
+            w(ind + 1, f"for (int i = 0; i < D; ++i) {{ const double fv = V_{prog.fsample}[i]; V__SF[i] += fv; "
+                       "V__SWF[i] += wk * fv; }")
+            w(ind, "}")
+            # zeta = (n - 1)^(-1/2) sum_k w_k (F_k - Fbar), the numba kernel's formula and constants
+            w(ind, f"for (int i = 0; i < D; ++i) V_ZETA[i] = (V__SWF[i] - S__SW * (V__SF[i] / {n}.0)) * "
+                   f"{(n - 1) ** -0.5!r};")
+        self.ops(ind, prog.post)
+        if prog.result == "X":  # pragma: no cover - every program computes a new x
+            raise CodegenError("the vector program does not update x")
+
+
+def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str:
+    """CUDA C source of `step_kernel` and `obs_kernel` (`extern "C"`) for the vector program `prog` on
+    `problem` (see the module docstring)."""
+    if problem.noise == "student-t":
+        raise CodegenError("vector kernels draw Gaussian noise (g = grad + Sigma^(1/2) z); the problem has Student-t "
+                           "noise. Use a Gaussian problem")
+    if dtype not in ("float32", "float64"):
+        raise CodegenError(f"dtype={dtype!r}; allowed: 'float32', 'float64'")
+    W = _Writer(prog, problem, dtype)
+    w = W.w
+    d, ns = problem.d, len(W.states)
+    nex = problem.n if problem.minibatch else 1
+    # the results are written into their states directly
+    vecs = sorted((set(prog.vectors) | {"SG"} | ({"_SF", "_SWF"} if prog.n_inner else set())) - set(W.states)
+                  - set(W.results))
+    scalars = sorted(prog.scalars | ({"_SW"} if prog.n_inner else set()))
+    if problem.minibatch and prog.mode == "discrete":
+        nz = "0"
+    elif W.factor and problem.minibatch:
+        nz = "NEX"  # the low-rank factor of the minibatch noise: one Gaussian per example
+    else:
+        nz = "D"
+    w(0, f"/* vector kernel: {prog.mode} {prog.name} on {problem.kind}, dtype {dtype}, inner samples {prog.n_inner} */")
+    for note in prog.notes:
+        w(0, f"/* note: {str(note).replace('*/', '* /')} */")
+    w(0, f"#define D {d}\n#define NS {ns}\n#define NEX {nex}\n#define NZ ({nz})\n#define NZ4 (((NZ) + 3) / 4 * 4)")
+    w(0, "typedef double real;  /* the helpers, vectors and scalars */")
+    w(0, f"typedef {'float' if W.f32 else 'double'} sreal;  /* the states */")
+    W.L.append(CUDA_SOURCE)
+    W.L.append(problem.cuda_fragment("double"))
+    if problem.minibatch and prog.mode == "discrete":
+        W.L.append(_MB_GRAD)
+    w(0, 'extern "C" __global__ void step_kernel(double *STATE, long long *DIV, long long k_begin, long long k_end,')
+    w(0, "        int sub, double tau, unsigned int key0, unsigned int key1, const double *HP, const double *PV,")
+    w(0, "        const double *PM, const double *PL, const double *PY, long long N) {")
+    w(1, "const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;")
+    w(1, "if (p >= N || DIV[p] >= 0) return;")
+    w(1, "const double dt = tau / sub;")
+    w(1, "const double sdt = sqrt(dt);")
+    for j, h in enumerate(prog.hypers):
+        w(1, f"const double hp_{h} = HP[{j}];")
+    w(1, "sreal X[NS][D];")
+    if W.f32:
+        w(1, "real XD[D];")
+    w(1, f"real {', '.join(f'V_{v}[D]' for v in vecs)};")
+    if scalars:
+        w(1, f"real {', '.join(f'S_{s}' for s in scalars)};")
+    w(1, "double Z[NZ4 + 4];")
+    w(1, "real WX[NEX + 1], WS[NEX + 1], HS1[D], SGS[D];  /* the per-example weights of prob_grad */")
+    if prog.n_inner:
+        w(1, f"double WK[{((prog.n_inner + 3) // 4) * 4}];")
+    w(1, "for (int j = 0; j < NS; ++j) for (int i = 0; i < D; ++i) X[j][i] = (sreal)STATE[(p * NS + j) * D + i];")
+    w(1, "prob_noise0(V_SG, PV, PM, PL, PY, WS);  // the noise scale constant in x (prob_grad updates a varying one)")
+    w(1, "for (long long k = k_begin; k < k_end; ++k) {")
+    if prog.mode == "discrete":
+        w(2, "const sd_u32 cstep = (sd_u32)k;")
+        W.step(2)
+    else:
+        w(2, "for (int ss = 0; ss < sub; ++ss) {")
+        w(3, "const sd_u32 cstep = (sd_u32)(k * sub + ss);")
+        W.step(3)
+        w(2, "}")
+    # divergence: a non-finite coordinate ends the path at step k + 1
+    w(2, "int bad = 0;")
+    w(2, "for (int j = 0; j < NS; ++j) for (int i = 0; i < D; ++i) "
+         "if (!(fabs((double)X[j][i]) <= 1.7976931348623157e308)) bad = 1;")
+    w(2, "if (bad) { DIV[p] = k + 1; break; }")
+    w(1, "}")
+    w(1, "for (int j = 0; j < NS; ++j) for (int i = 0; i < D; ++i) STATE[(p * NS + j) * D + i] = (double)X[j][i];")
+    w(0, "}")
+    # observables: the loss, |x|^2 (float products of a float state, as the numba kernel's snapshot_add) and x
+    w(0, 'extern "C" __global__ void obs_kernel(const double *STATE, const long long *DIV, const double *HP,')
+    w(0, "        const double *PV, const double *PM, const double *PL, const double *PY, double *OUT, long long p0,")
+    w(0, "        long long N) {")
+    w(1, "const long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x;")
+    w(1, "const long long p = p0 + q;")
+    w(1, "if (p >= N) return;")
+    w(1, "double *o = OUT + q * (2 + D);")
+    w(1, "real XD[D], W[NEX + 1];")
+    w(1, "double sq = 0.0;")
+    w(1, "for (int i = 0; i < D; ++i) {")
+    w(2, "const sreal xi = (sreal)STATE[p * NS * D + i];")
+    w(2, "XD[i] = (real)xi;")
+    w(2, "sq += (double)(xi * xi);")
+    w(2, "o[2 + i] = (double)xi;")
+    w(1, "}")
+    w(1, "o[0] = (double)prob_loss(XD, PV, PM, PL, PY, W);")
+    w(1, "o[1] = sq;")
+    w(0, "}")
+    return "\n".join(W.L) + "\n"

@@ -88,7 +88,9 @@ _CASES = {  # case: (problem, dtype, run); rho or c where the optimizer has one
     # a custom objective's gradient at the ascent point; paths diverge (test_divergence_...)
     "discrete-sam": (LOGI, "float64", dict(RUN, hyper=RHO, eta=0.1)),  # two minibatch gradients, same indices
     "discrete-nsgd": (DIAG, "float64", RUN),  # per-coordinate noise (test_single_path_bit_for_bit)
-    "discrete-clip_sgd": (DENSE, "float64", dict(RUN, hyper={"c": 1.0})),  # dense H x + L z at x
+    "discrete-lamb": (DENSE, "float32", RUN),  # dense H x + L z at x; auxiliary states (double beside a float32
+    # x), the step counter k of the bias corrections, the norm of a coordinate-wise expression of the states
+    "sde-lamb": (DENSE, "float64", RUN),  # auxiliary states with the shared dW, the time t, the scaled decays rho
 }
 
 
@@ -219,6 +221,8 @@ def _sources():
         "discrete-sam-logistic": generate_vector_cuda(lower_discrete(V.get("sam"), LOGI), LOGI),
         "sde-nsgd-logistic-f32": generate_vector_cuda(lower_sde(sd.derive("nsgd"), LOGI), LOGI, "float32"),
         "discrete-usam-custom": generate_vector_cuda(lower_discrete(V.get("usam"), QUARTIC), QUARTIC),
+        "sde-lamb-dense": generate_vector_cuda(lower_sde(sd.derive("lamb"), DENSE), DENSE),
+        "discrete-lamb-dense-f32": generate_vector_cuda(lower_discrete(V.get("lamb"), DENSE), DENSE, "float32"),
     }
 
 
@@ -241,7 +245,7 @@ def _gpu():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _gpu(), reason="needs a CUDA GPU (CuPy)")
-@pytest.mark.parametrize("case", ["sde-sam", "sde-usam", "discrete-sam", "sde-sgdfull"])
+@pytest.mark.parametrize("case", ["sde-sam", "sde-usam", "discrete-sam", "sde-sgdfull", "sde-lamb"])
 def test_gpu_matches_numba(case):
     """On a GPU, same seed, same statistics as numba (the Gaussians are bit-identical; the rest may contract
     to FMAs, hence a relative tolerance far below the Monte Carlo error)."""

@@ -3,8 +3,9 @@ with the signatures of the scalar CUDA kernels (`sdederive.simulate.backends.cud
 `CudaBackend` builds, launches and reduces them unchanged.
 
 Layout.  One thread per path.  Every vector of the program is a per-thread array `V_NAME[D]` (`D` a
-compile-time constant), every scalar a local `S_NAME`; the states are `X[j][D]` (`X[0]` is `x`, the only
-state so far: `_Writer.states`), loaded from `STATE` before the steps and stored after them.  A coordinate-wise
+compile-time constant), every scalar a local `S_NAME`; `x` is `X[0][D]` (of the state's dtype) and an auxiliary
+state `m` the double vector `V_ST_m` (as in the numba kernel), loaded from `STATE` before the steps and stored
+after them; their new values are copied in at the end of each step (every update reads the old values).  A coordinate-wise
 operation is a loop over `i`, a reduction one sum in coordinate order (as the numba kernel's).  The
 problem's generated helpers do the rest: `prob_grad` (also the dense `H x`), `prob_hvp` (also the dense
 `H v`), `prob_corr` (`L z`, or logistic regression's low-rank factor), and for minibatch gradients
@@ -69,8 +70,8 @@ class _Writer:
         self.f32 = dtype == "float32"
         self.factor = problem.has_noise_factor
         self.L: list[str] = []
-        # the program vectors held as states, in STATE's order (X[j]; x alone so far), and the vector each
-        # state's new value is (written into X[j] directly by its operation, the step's last on that state)
+        # x is held as X[0] (the state's dtype), written directly by the step's last operation; the auxiliary
+        # states are double vectors V_ST_<name> that take their new values (prog.results) at the end of the step
         self.states = ("X",)
         self.results = {prog.result: 0}
         self.printer = _Printer(self.states)
@@ -129,6 +130,8 @@ class _Writer:
 
     def step(self, ind: int) -> None:
         prog, w = self.prog, self.w
+        w(ind, "const double kstep = (double)cstep;  /* the discrete update's step counter k */")
+        w(ind, "const double tt = cstep * dt;  /* the SDE's time at the start of the step */")
         if self.f32:
             w(ind, "for (int i = 0; i < D; ++i) XD[i] = (double)X[0][i];")
         self.ops(ind, prog.pre)
@@ -149,6 +152,8 @@ class _Writer:
             w(ind, f"for (int i = 0; i < D; ++i) V_ZETA[i] = (V__SWF[i] - S__SW * (V__SF[i] / {n}.0)) * "
                    f"{(n - 1) ** -0.5!r};")
         self.ops(ind, prog.post)
+        for st, res in prog.results.items():
+            w(ind, f"for (int i = 0; i < D; ++i) V_ST_{st}[i] = V_{res}[i];")
         if prog.result == "X":  # pragma: no cover - every program computes a new x
             raise CodegenError("the vector program does not update x")
 
@@ -163,7 +168,10 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
         raise CodegenError(f"dtype={dtype!r}; allowed: 'float32', 'float64'")
     W = _Writer(prog, problem, dtype)
     w = W.w
-    d, ns = problem.d, len(W.states)
+    if any(o.kind == "tnoise" for o in prog.pre + prog.inner + prog.post):
+        raise CodegenError(f"{prog.name}: the multivariate Student-t noise (its chi-square draw) has no CUDA kernel yet; "
+                           "use backend='numba' for a noise='multivariate-t' problem")
+    d, ns = problem.d, len(prog.states)
     nex = problem.n if problem.minibatch else 1
     # the results are written into their states directly
     vecs = sorted((set(prog.vectors) | {"SG"} | ({"_SF", "_SWF"} if prog.n_inner else set())) - set(W.states)
@@ -194,7 +202,7 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
     w(1, "const double sdt = sqrt(dt);")
     for j, h in enumerate(prog.hypers):
         w(1, f"const double hp_{h} = HP[{j}];")
-    w(1, "sreal X[NS][D];")
+    w(1, "sreal X[1][D];")
     if W.f32:
         w(1, "real XD[D];")
     w(1, f"real {', '.join(f'V_{v}[D]' for v in vecs)};")
@@ -204,7 +212,9 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
     w(1, "real WX[NEX + 1], WS[NEX + 1], HS1[D], SGS[D];  /* the per-example weights of prob_grad */")
     if prog.n_inner:
         w(1, f"double WK[{((prog.n_inner + 3) // 4) * 4}];")
-    w(1, "for (int j = 0; j < NS; ++j) for (int i = 0; i < D; ++i) X[j][i] = (sreal)STATE[(p * NS + j) * D + i];")
+    w(1, "for (int i = 0; i < D; ++i) X[0][i] = (sreal)STATE[p * NS * D + i];")
+    for j, st in enumerate(prog.states[1:], 1):
+        w(1, f"for (int i = 0; i < D; ++i) V_ST_{st}[i] = STATE[(p * NS + {j}) * D + i];")
     w(1, "prob_noise0(V_SG, PV, PM, PL, PY, WS);  // the noise scale constant in x (prob_grad updates a varying one)")
     w(1, "for (long long k = k_begin; k < k_end; ++k) {")
     if prog.mode == "discrete":
@@ -217,11 +227,14 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
         w(2, "}")
     # divergence: a non-finite coordinate ends the path at step k + 1
     w(2, "int bad = 0;")
-    w(2, "for (int j = 0; j < NS; ++j) for (int i = 0; i < D; ++i) "
-         "if (!(fabs((double)X[j][i]) <= 1.7976931348623157e308)) bad = 1;")
+    w(2, "for (int i = 0; i < D; ++i) if (!(fabs((double)X[0][i]) <= 1.7976931348623157e308)) bad = 1;")
+    for st in prog.states[1:]:
+        w(2, f"for (int i = 0; i < D; ++i) if (!(fabs(V_ST_{st}[i]) <= 1.7976931348623157e308)) bad = 1;")
     w(2, "if (bad) { DIV[p] = k + 1; break; }")
     w(1, "}")
-    w(1, "for (int j = 0; j < NS; ++j) for (int i = 0; i < D; ++i) STATE[(p * NS + j) * D + i] = (double)X[j][i];")
+    w(1, "for (int i = 0; i < D; ++i) STATE[p * NS * D + i] = (double)X[0][i];")
+    for j, st in enumerate(prog.states[1:], 1):
+        w(1, f"for (int i = 0; i < D; ++i) STATE[(p * NS + {j}) * D + i] = V_ST_{st}[i];")
     w(0, "}")
     # observables: the loss, |x|^2 (float products of a float state, as the numba kernel's snapshot_add) and x
     w(0, 'extern "C" __global__ void obs_kernel(const double *STATE, const long long *DIV, const double *HP,')

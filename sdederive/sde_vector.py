@@ -56,6 +56,9 @@ XVEC = sp.MatrixSymbol("x", dim, 1)
 HESS = SymmetricMatrixSymbol("H", dim, dim)
 SIGMA = SymmetricMatrixSymbol("Sigma", dim, dim)
 IDENT = sp.Identity(dim)
+#: the gradient of tr Sigma(x) for a state-dependent minibatch covariance (`Sigma="x"`): E[(grad xi) xi] = grad tr
+#: Sigma(x)/2 when xi is a gradient field (the minibatch noise grad f_gamma - grad f)
+GRAD_TRSIGMA = sp.MatrixSymbol("grad_trSigma", dim, 1)
 #: the vector of ones (a coordinate-wise constant: `eps` in `sqrt(v) + eps`)
 ONES = sp.OneMatrix(dim, 1)
 
@@ -330,7 +333,7 @@ def _check_numeric_nu(nu) -> float:
 
 
 # -- printing ------------------------------------------------------------------------------------------------
-_HUMAN_NAMES = {"grad": "grad f"}
+_HUMAN_NAMES = {"grad": "grad f", "grad_trSigma": "grad tr Sigma(x)"}
 
 
 def _identity_first(args):
@@ -454,7 +457,8 @@ class _JsonPrinter(StrPrinter):
 
 
 class _Latex(LatexPrinter):
-    _names = {"grad": r"\nabla f", "Sigma": r"\Sigma", "H": "H", "x": "x"}
+    _names = {"grad": r"\nabla f", "Sigma": r"\Sigma", "H": "H", "x": "x",
+              "grad_trSigma": r"\nabla \operatorname{tr}\Sigma(x)", "SigmaX": r"\Sigma(x)"}
 
     def _print_MatrixSymbol(self, expr):
         return self._names.get(expr.name, expr.name)
@@ -572,6 +576,9 @@ class VectorSDE:
     aux_diffusion: tuple = ()
     joint_covariance: tuple = ()
     eliminated: tuple = ()
+    #: `Sigma` stands for the state-dependent minibatch covariance `Sigma(x)` (`derive(..., Sigma="x")`); the SDE may
+    #: then hold `grad_trSigma`, the gradient of `tr Sigma(x)`
+    sigma_x: bool = False
 
     @property
     def states(self) -> tuple[str, ...]:
@@ -605,6 +612,8 @@ class VectorSDE:
         b = self.drift_vector
         if isinstance(b, sp.MatAdd) and all(_negative(a) for a in b.args):
             drift = f"-({_human(sp.MatAdd(*[-a for a in b.args]))})"
+        elif isinstance(b, sp.MatAdd):  # a sum times dt needs its parentheses: (-grad f + eta*c*H grad f) dt
+            drift = f"({_human(b)})"
         else:
             drift = _human(b)
         root = _cov_root(diff)
@@ -615,7 +624,7 @@ class VectorSDE:
         else:
             noise = f" + {_human(diff)} dW"
         noise = noise.replace(" + -", " - ", 1)
-        law = ("(full Sigma)" if self.nu is None else "(multivariate, symbolic nu, scale matrix Sigma)"
+        law = (("(state-dependent Sigma(x))" if self.sigma_x else "(full Sigma)") if self.nu is None else "(multivariate, symbolic nu, scale matrix Sigma)"
                if self.nu.free_symbols else f"(multivariate, nu = {self.nu}, scale matrix Sigma)")
         lines = [f"SDE of {self.optimizer} | noise {self.noise} {law} | regime {self.regime} | tau = {self.tau}"
                  f" | vector form, d dimensions", f"  dX = {drift} dt{noise}"]
@@ -635,15 +644,22 @@ class VectorSDE:
 
     def latex(self) -> str:
         """The SDE as one LaTeX line: `dX_t = (...)\\,dt + (...)\\,dW_t` with its clock."""
+        # Sigma(x) where the covariance is state-dependent
+        sx = {SIGMA: SymmetricMatrixSymbol("SigmaX", dim, dim)} if self.sigma_x else {}
+
+        def L(e):
+            return _latex(e.xreplace(sx) if sx else e)
+
         diff = self.diffusion_matrix_expr
-        b = _latex(self.drift_vector)
+        b = L(self.drift_vector)
         rhs = (rf"\left({b}\right)\,dt" if isinstance(self.drift_vector, sp.MatAdd) else rf"{b}\,dt")
         if not diff.is_ZeroMatrix:
-            rhs += rf" + {_latex(diff)}\,dW_t"
+            rhs += rf" + {L(diff)}\,dW_t"
         for name, b_s, d_s in zip(self.aux_states, self.aux_drift, self.aux_diffusion):
-            rhs += rf",\quad d{name}_t = \left({_latex(b_s)}\right)\,dt"
+            rhs += rf",\quad d{name}_t = \left({L(b_s)}\right)\,dt"
             if not d_s.is_ZeroMatrix:
-                rhs += rf" + {_latex(d_s)}\,dW_t"
+                rhs += rf" + {L(d_s)}\,dW_t"
+        rhs = rhs.replace(r"\,dt + -", r"\,dt -")
         return rf"dX_t = {rhs},\qquad t = k\tau,\ \tau = {_latex(self.tau)}"
 
     def _repr_latex_(self) -> str:
@@ -688,6 +704,7 @@ class VectorSDE:
             "notes": list(self.notes),
             "hypers": [list(h) for h in self.hypers],
             **({} if self.nu is None else {"nu": P.doprint(self.nu)}),
+            **({"Sigma": "x"} if self.sigma_x else {}),
             **({"increment": [{"tensor": t, "integrand": P.doprint(r), "batch": int(b), "coefficient": P.doprint(c)}
                               for t, r, b, c in self.increment]} if self.increment else {}),
         }
@@ -904,7 +921,7 @@ def _transpose(a):
 
 _VEC_FUNCTIONS.update({"Trace": (sp.Trace, (1, 1)), "sign_mean": (SignMean, (2, 3)), "sign_second": (SignSecond, (2, 3)),
                        "transpose": (_transpose, (1, 1)), "norm": (VNorm, (1, 1)), "dot": (VDot, (2, 2))})
-_MATRICES = {"grad": GRAD, "x": XVEC, "H": HESS, "Sigma": SIGMA, "I": IDENT, "ones": ONES}
+_MATRICES = {"grad": GRAD, "x": XVEC, "H": HESS, "Sigma": SIGMA, "I": IDENT, "ones": ONES, "grad_trSigma": GRAD_TRSIGMA}
 
 
 def _hadamard(*args):
@@ -976,10 +993,14 @@ def _from_json(cls, data) -> VectorSDE:
     if missing:
         raise _err(f"missing key(s) {missing}")
     allowed = set(required) | {"kind", "dimension", "states", "atoms", "symbols", "order", "notes", "hypers", "nu",
-                               "increment", "aux", "joint_covariance", "eliminated"}
+                               "increment", "aux", "joint_covariance", "eliminated", "Sigma"}
     unknown = sorted(str(k) for k in d if k not in allowed)
     if unknown:
         raise _err(f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    if d.get("Sigma", "x") != "x":
+        raise _err(f"Sigma = {d['Sigma']!r}; allowed: \"x\" (the state-dependent minibatch covariance Sigma(x)), or no "
+                   "key (a constant Sigma)")
+    sigma_x = d.get("Sigma") == "x"
     for k in ("optimizer", "noise", "regime"):
         if not isinstance(d[k], str) or not IDENTIFIER.match(d[k].replace("-", "_").replace("+", "_")):
             raise _err(f"{k} = {d[k]!r} is not a valid name")
@@ -1134,4 +1155,4 @@ def _from_json(cls, data) -> VectorSDE:
                diffusion_matrix_expr=diff, covariance_expr=cov, atoms=tuple(a for a in atoms.values() if a in used),
                notes=tuple(notes), hypers=tuple(tuple(h) for h in hypers), order=order, nu=nu_top,
                increment=tuple(increment), aux_states=tuple(states[1:]), aux_drift=tuple(aux_drift),
-               aux_diffusion=tuple(aux_diff), joint_covariance=tuple(joint), eliminated=eliminated)
+               aux_diffusion=tuple(aux_diff), joint_covariance=tuple(joint), eliminated=eliminated, sigma_x=sigma_x)

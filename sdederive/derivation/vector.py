@@ -54,6 +54,7 @@ from sdederive.errors import ExpectationError, NoiseModelError, RegimeMismatchEr
 from sdederive.regimes import scaled_name
 from sdederive.sde_vector import (
     GRAD,
+    GRAD_TRSIGMA,
     HESS,
     IDENT,
     NORM_G,
@@ -94,6 +95,11 @@ class _Block:
 
 
 _DET = "det"
+
+
+#: `Sigma="x"`: the noise is the minibatch noise xi(x) = grad f_gamma(x) - grad f(x) with the state-dependent
+#: covariance Sigma(x) (a gradient field in x for each minibatch); read by `_lin` at perturbed evaluation points
+_STATE_NOISE: contextvars.ContextVar[bool] = contextvars.ContextVar("vector_state_noise", default=False)
 
 
 def _norm_sym(b: int) -> sp.Symbol:
@@ -150,6 +156,8 @@ def _lin(v: V.Vec, ctx: _Ctx) -> dict:
             ctx.hessian = True
             for k, c in delta.items():
                 _add(out, k, HESS * c)
+            if _STATE_NOISE.get():
+                _noise_derivative(out, delta, b, ctx, v)
         return out
     if isinstance(v, V.CoordExpr):
         return _lin_coord(v, ctx)
@@ -163,6 +171,39 @@ def _lin(v: V.Vec, ctx: _Ctx) -> dict:
             "are derived per coordinate by the scalar engine (sd.derive('signsgd'))"
         )
     raise SdederiveError(f"unknown vector expression {v!r}")  # pragma: no cover - the IR is closed
+
+
+def _noise_derivative(out: dict, delta: dict, batch: int, ctx: _Ctx, v) -> None:
+    """The state-dependent noise at the perturbed point `x + delta` of the gradient `v` (minibatch `batch`):
+    `xi(x + delta) = xi(x) + (grad xi) delta + ...`.  Supported where `delta` is O(eta) (regime `rho-eta`, a
+    look-ahead `x - eta*mu*m`): then `(grad xi) delta` is O(eta), its fluctuation is beyond order 1 and 2 of the
+    covariance, and its mean enters the order-2 drift.  For the same minibatch and `delta = c g + a` (`c` a
+    scalar), `E[(grad xi)(c xi)] = (c/2) grad tr Sigma(x)` (xi is a gradient field in x, so `d_j xi_i = d_i xi_j`
+    and `sum_j E[xi_j d_i xi_j] = (1/2) d_i E|xi|^2`); `E[grad xi] a = 0`.  With an O(1) shift (SAM/USAM with `rho`
+    fixed) the covariance of `(grad xi) delta` needs the joint law of the minibatch gradient and Hessian, which
+    `Sigma(x)` does not give: refused."""
+    for k, c in delta.items():
+        if not _is_zero_matrix(_leading(c, f"the shift of {v}", ctx)):
+            raise NoiseModelError(
+                f"{ctx.name!r} evaluates a gradient at {v.point}, an O(1) shift from x, under the state-dependent "
+                "covariance Sigma(x): the noise there, xi(x) + (grad xi) delta + ..., has a covariance that needs the "
+                "joint law of the minibatch gradient and Hessian (not Sigma(x) alone) for a same-minibatch gradient, "
+                "and Sigma at a random point for a fresh one. Allowed with Sigma='x': shifts of order eta (regime "
+                "'rho-eta' for SAM/USAM), or a constant Sigma (Sigma='full')")
+        if k == _DET or batch != 0 or k.batch != batch:
+            continue  # E[grad xi] = 0; a fresh minibatch is independent of the shift's noise
+        if isinstance(c, sp.MatMul):
+            coeff = sp.Mul(*[a for a in c.args if not getattr(a, "is_Matrix", False)])
+            mats = [a for a in c.args if getattr(a, "is_Matrix", False)]
+        else:
+            coeff, mats = sp.S.One, [c]
+        if not (k.tensor == "g" and k.r == 1 and mats == [IDENT]):
+            raise NoiseModelError(
+                f"{ctx.name!r} evaluates a gradient at {v.point} with the same minibatch under the state-dependent "
+                f"Sigma(x): the mean of (grad xi) delta is (c/2) grad tr Sigma(x) for delta = c*g, but the shift has "
+                f"the term {c} times {k} (a matrix, or a function of |g| such as SAM's g/|g|), whose mean needs more than "
+                "Sigma(x). Allowed with Sigma='x': shifts c*g with a scalar c of order eta, or a constant Sigma")
+        _add(out, _DET, (coeff / 2) * GRAD_TRSIGMA)
 
 
 def _lin_coord(v: V.CoordExpr, ctx: _Ctx) -> dict:
@@ -474,11 +515,16 @@ def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **no
                               "full covariance is carried symbolically; a numeric Sigma is checked, then substituted "
                               "by VectorSDE.evaluate)")
     S = noise_params.get("Sigma", "full")
-    if not (isinstance(S, str) and S == "full"):
+    state_noise = isinstance(S, str) and S.strip().lower() in ("x", "sigma(x)", "state-dependent")
+    if state_noise and nu is not None:
+        raise NoiseModelError("Sigma='x' (the state-dependent minibatch covariance) is derived under Gaussian noise "
+                              f"only; got Student-t noise (nu = {nu}). Allowed: noise='gaussian' with Sigma='x'")
+    if not (isinstance(S, str) and (S == "full" or state_noise)):
         from sdederive.noise import _check_Sigma
 
         if isinstance(S, str):
-            raise NoiseModelError(f"Sigma={S!r}; allowed: 'full' or a symmetric PSD matrix")
+            raise NoiseModelError(f"Sigma={S!r}; allowed: 'full' (a constant covariance), 'x' (the state-dependent "
+                                  "minibatch covariance Sigma(x)) or a symmetric PSD matrix")
         _check_Sigma(S)
     rg = regime if regime is not None else opt.natural_regime
     rg_name = getattr(rg, "name", rg)
@@ -496,7 +542,7 @@ def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **no
         if nu is not None:
             raise NoiseModelError(f"{opt.name!r} has auxiliary vector states, which the vector engine derives under "
                                   f"Gaussian noise only; got Student-t noise (nu = {nu}); allowed: noise='gaussian'")
-        return _derive_states(opt, rg_name)
+        return _derive_states(opt, rg_name, state_noise)
     if rg_name not in _REGIMES:
         raise RegimeMismatchError(
             f"the vector engine derives {opt.name!r} in the regimes {', '.join(_REGIMES)} only; got regime "
@@ -515,7 +561,7 @@ def derive_vector(optimizer, noise="gaussian", regime=None, order: int = 1, **no
             "concentrate as d grows (the chi2 factor W is shared by all coordinates), so the regime does not apply; "
             "allowed with Student-t noise: regimes 'sgd' and 'rho-eta'")
     if nu is None:
-        return _derive(opt, rg_name, order)
+        return _derive(opt, rg_name, order, None, state_noise)
     return _derive(opt, rg_name, order, nu)
 
 
@@ -649,18 +695,42 @@ def _linear_in_grad(b: sp.MatrixExpr) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1, nu: sp.Expr | None = None) -> VectorSDE:
+def _derive(opt: V.VectorOptimizer, regime: str = "sgd", order: int = 1, nu: sp.Expr | None = None,
+            state_noise: bool = False) -> VectorSDE:
     law = _Law(nu)
     token = _ACTIVE.set(law)
+    token2 = _STATE_NOISE.set(state_noise)
     try:
         sde = _derive_law(opt, regime, order, law)
     finally:
         _ACTIVE.reset(token)
+        _STATE_NOISE.reset(token2)
+    if state_noise:
+        sde = _mark_sigma_x(sde)
     bad = [a for a in sde.drift_vector.atoms(ExpectationAtom, SignMean, SignSecond)
            | sde.covariance_expr.atoms(ExpectationAtom, SignMean, SignSecond) if a.nu != nu]
     if bad:  # pragma: no cover - a moment built outside _Law
         raise SdederiveError(f"internal: the moments {bad} of {opt.name!r} are not over the noise law with nu = {nu}")
     return sde
+
+
+def _mark_sigma_x(sde: VectorSDE) -> VectorSDE:
+    """`sde` with `Sigma` read as the state-dependent minibatch covariance `Sigma(x)` (its law note replaced)."""
+    import dataclasses
+
+    note = ("Gaussian model of the minibatch noise xi(x) = grad f_gamma(x) - grad f(x) with the state-dependent "
+            "covariance Sigma(x) (Sigma in the formulas is Sigma(x)); xi is a gradient field in x for each minibatch, "
+            "so E[(grad xi) xi] = grad tr Sigma(x)/2 (grad_trSigma)")
+    notes = tuple(note if n.startswith(_GAUSS_NOTE_START) else n for n in sde.notes)
+    notes = tuple(n.replace("(a state-dependent Sigma(x) would add the derivative of the noise, not modelled)",
+                            "(its derivative along the O(eta) shift enters the order-2 drift: (c/2) grad tr Sigma(x) for "
+                            "a shift c*g)") for n in notes)
+    if note not in notes:
+        notes = (note,) + notes
+    return dataclasses.replace(sde, sigma_x=True, notes=notes)
+
+
+_GAUSS_NOTE_START = "Gaussian gradient noise g = grad f + Sigma^(1/2) z with a full, constant covariance Sigma"
 
 
 def _derive_law(opt: V.VectorOptimizer, regime: str, order: int, law: _Law) -> VectorSDE:
@@ -894,8 +964,15 @@ def _atoms_in(exprs) -> tuple:
     return tuple(atoms)
 
 
-def _derive_states(opt: V.VectorOptimizer, regime: str) -> VectorSDE:
-    return _derive_fast(opt) if regime == "sgd" else _derive_balanced(opt)
+def _derive_states(opt: V.VectorOptimizer, regime: str, state_noise: bool = False) -> VectorSDE:
+    f = _derive_fast if regime == "sgd" else _derive_balanced
+    if not state_noise:
+        return f(opt)
+    token = _STATE_NOISE.set(True)
+    try:  # uncached: the perturbed gradients are checked under Sigma(x)
+        return _mark_sigma_x(f.__wrapped__(opt))
+    finally:
+        _STATE_NOISE.reset(token)
 
 
 @functools.lru_cache(maxsize=32)

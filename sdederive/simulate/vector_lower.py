@@ -65,6 +65,7 @@ import sympy as sp
 
 from sdederive.sde_vector import (
     GRAD,
+    GRAD_TRSIGMA,
     HESS,
     IDENT,
     NORM_G,
@@ -159,6 +160,7 @@ class _Builder:
         self.n = 0
         self.hyper_map = hyper_map  # symbol name -> kernel expression (hp_<h>, r -> hp_rho/hp_eta, k -> kstep, ...)
         self.memo: dict = {}
+        self.problem = None  # the problem of an SDE program (lower_sde)
 
     # -- emitting -------------------------------------------------------------------------------------------
     def fresh(self, stem: str) -> str:
@@ -294,6 +296,14 @@ class _Builder:
             return state_vec(E.name)
         if isinstance(E, (sp.HadamardProduct, sp.HadamardPower, sp.DiagonalOf, sp.OneMatrix)):
             return self.cw(self.cwexpr(E))
+        if E == GRAD_TRSIGMA:  # grad tr Sigma(x) of a state-dependent covariance (Sigma="x")
+            if getattr(self.problem, "noise_varies", True):
+                raise CodegenError(
+                    f"{self.prog.name}: the SDE holds grad tr Sigma(x) (derived with Sigma='x'), and the problem's noise "
+                    f"varies with x ({getattr(self.problem, 'kind', self.problem)}); its gradient has no kernel helper "
+                    "yet. Simulate it on a problem with a constant noise covariance (where it is 0), or derive with "
+                    "Sigma='full'")
+            return self.cw(sp.S.Zero, "z")
         if isinstance(E, SignMean):
             if E.nu is not None:
                 raise CodegenError(f"{self.prog.name}: the closed-form sign mean under the multivariate Student-t "
@@ -514,6 +524,7 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
     if student and sde.nu.free_symbols:  # a symbolic nu: the problem's (compile_vector checked the laws match)
         hmap.update({s.name: sp.Rational(float(problem.nu)) for s in sde.nu.free_symbols})
     b = _Builder(prog, hmap)
+    b.problem = problem
     prog.vectors |= {"X", "GR"} | {state_vec(s) for s in prog.states[1:]}
     b.ops.append(VOp("grad", "GR", ("X",)))
     A, form = _noise_root_factor(sde.diffusion_matrix_expr)

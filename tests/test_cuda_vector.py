@@ -45,6 +45,7 @@ _S5[0, 4] = _S5[4, 0] = 0.25
 _S5[1, 2] = _S5[2, 1] = -0.2
 H5 = np.array([0.5, 1.0, 2.0, 1.5, 0.8])
 DIAG5 = Quadratic(h=H5, Sigma=_S5, x0=[1.0, -0.5, 0.3, 0.8, -1.2])
+DENSE_T = Quadratic(H=DENSE.H, Sigma=DENSE.Sigma, x0=DENSE.x0, noise="multivariate-t", nu=5)
 DIAG = Quadratic(h=[0.5, 1.0, 3.0], sigma=[0.3, 1.0, 2.0], x0=[1.0, -2.0, 0.5])
 LOGI = LogisticRegression.synthetic(n=40, d=4, B=5, seed=1)
 
@@ -57,6 +58,9 @@ def _target(case: str):
     mode, name = case.split("-")[:2]
     if name == "sgdfull":
         return sd.derive("sgd", Sigma="full")
+    if name.endswith("t") and name[:-1] in ("sam", "nsgd"):  # under the multivariate t, nu = 5
+        name = name[:-1]
+        return sd.derive(name, noise="student-t", nu=5) if mode == "sde" else name
     return sd.derive(name) if mode == "sde" else name
 
 
@@ -91,6 +95,8 @@ _CASES = {  # case: (problem, dtype, run); rho or c where the optimizer has one
     "discrete-lamb": (DENSE, "float32", RUN),  # dense H x + L z at x; auxiliary states (double beside a float32
     # x), the step counter k of the bias corrections, the norm of a coordinate-wise expression of the states
     "sde-lamb": (DENSE, "float64", RUN),  # auxiliary states with the shared dW, the time t, the scaled decays rho
+    "discrete-samt": (DENSE_T, "float64", dict(RUN, hyper=RHO)),  # the multivariate t: one chi-square per draw
+    "sde-nsgdt": (DENSE_T, "float64", RUN),  # ... and per inner sample
 }
 
 
@@ -223,6 +229,7 @@ def _sources():
         "discrete-usam-custom": generate_vector_cuda(lower_discrete(V.get("usam"), QUARTIC), QUARTIC),
         "sde-lamb-dense": generate_vector_cuda(lower_sde(sd.derive("lamb"), DENSE), DENSE),
         "discrete-lamb-dense-f32": generate_vector_cuda(lower_discrete(V.get("lamb"), DENSE), DENSE, "float32"),
+        "sde-nsgd-mvt": generate_vector_cuda(lower_sde(sd.derive("nsgd", noise="student-t", nu=5), DENSE_T), DENSE_T),
     }
 
 

@@ -108,11 +108,14 @@ class _Writer:
                    f"{'WX' if at_x else 'WS'}, false, {'true' if varies else 'false'});")
         elif o.kind == "hvp":
             w(ind, f"prob_hvp({self.src('X')}, {self.src(o.args[0])}, V_{o.out}, PV, PM, PL, PY, WS);")
-        elif o.kind == "noise":
+        elif o.kind in ("noise", "tnoise"):
             base, stride = o.args
             stream = f"(sd_u32)({base} + kin * {stride})" if (in_inner and stride) else f"{base}u"
             w(ind, f"for (int jb = 0; jb < NZ4 / 4; ++jb) sd_normal4(cstep, (sd_u32)jb, (sd_u32)p, {stream}, key0, "
                    "key1, &Z[4 * jb]);")
+            if o.kind == "tnoise":  # the multivariate t: the row's Gaussians times sqrt(nu/W), one W per draw
+                w(ind, f"{{ const double tsc = sqrt(PV[P_nu] / sd_chi_square(PV[P_nu], cstep, (sd_u32)p, {stream}, key0, "
+                       "key1)); for (int i = 0; i < NZ4; ++i) Z[i] *= tsc; }")
             if self.factor:
                 w(ind, f"prob_corr({self.src('X')}, V_GR, Z, V_{o.out}, PV, PM, PL, PY, WX);")
             else:
@@ -162,15 +165,12 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
     """CUDA C source of `step_kernel` and `obs_kernel` (`extern "C"`) for the vector program `prog` on
     `problem` (see the module docstring)."""
     if problem.noise == "student-t":
-        raise CodegenError("vector kernels draw Gaussian noise (g = grad + Sigma^(1/2) z); the problem has Student-t "
-                           "noise. Use a Gaussian problem")
+        raise CodegenError("vector kernels draw Gaussian or multivariate-t noise; the problem has the per-coordinate "
+                           "Student-t (noise='student-t'). Use noise='multivariate-t' or a Gaussian problem")
     if dtype not in ("float32", "float64"):
         raise CodegenError(f"dtype={dtype!r}; allowed: 'float32', 'float64'")
     W = _Writer(prog, problem, dtype)
     w = W.w
-    if any(o.kind == "tnoise" for o in prog.pre + prog.inner + prog.post):
-        raise CodegenError(f"{prog.name}: the multivariate Student-t noise (its chi-square draw) has no CUDA kernel yet; "
-                           "use backend='numba' for a noise='multivariate-t' problem")
     d, ns = problem.d, len(prog.states)
     nex = problem.n if problem.minibatch else 1
     # the results are written into their states directly

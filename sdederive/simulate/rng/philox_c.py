@@ -89,6 +89,32 @@ SD_HD void sd_normal4(sd_u32 c0, sd_u32 c1, sd_u32 c2, sd_u32 c3, sd_u32 k0, sd_
     r = sqrt(sd_neg2log_u01(c[2])); sd_sincos_2pi_u01(c[3], &s, &co); z[2] = r * co; z[3] = r * s;
 }
 
+/* W ~ chi2(nu) of (step, path, stream): the twin of philox.chi_square (Marsaglia & Tsang; attempt j is the
+   Philox block (step, j, path, 2**30 + stream); the same operations in the same order; log and exp from libm) */
+SD_HD double sd_chi_square(double nu, sd_u32 step, sd_u32 path, sd_u32 stream, sd_u32 k0, sd_u32 k1) {
+    const double a = SD_MUL(0.5, nu);
+    const int boost = a < 1.0;
+    const double dd = (boost ? a + 1.0 : a) - 1.0 / 3.0;
+    const double cc = 1.0 / sqrt(SD_MUL(9.0, dd));
+    for (sd_u32 j = 0;; ++j) {
+        sd_u32 c[4] = {step, j, path, (sd_u32)(1073741824u + stream)};
+        sd_philox4x32(c, k0, k1);
+        double sn, cs;
+        sd_sincos_2pi_u01(c[1], &sn, &cs);
+        const double z = SD_MUL(sqrt(sd_neg2log_u01(c[0])), cs);
+        double v = 1.0 + SD_MUL(cc, z);
+        if (v > 0.0) {
+            v = SD_MUL(SD_MUL(v, v), v);
+            if (SD_MUL(-0.5, sd_neg2log_u01(c[2])) < SD_MUL(SD_MUL(0.5, z), z) + dd - SD_MUL(dd, v)
+                    + SD_MUL(dd, log(v))) {
+                double g = SD_MUL(dd, v);
+                if (boost) g = SD_MUL(g, exp(SD_MUL(-0.5, sd_neg2log_u01(c[3])) / a));
+                return SD_MUL(2.0, g);
+            }
+        }
+    }
+}
+
 /* Student-t (Bailey's polar method), attempt j on stream 0x10000 + j */
 SD_HD double sd_student_t(double nu, sd_u32 c0, sd_u32 c1, sd_u32 c2, sd_u32 k0, sd_u32 k1) {
     for (sd_u32 j = 0;; ++j) {

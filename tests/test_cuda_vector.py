@@ -58,6 +58,8 @@ def _target(case: str):
     mode, name = case.split("-")[:2]
     if name == "sgdfull":
         return sd.derive("sgd", Sigma="full")
+    if name == "usamx":
+        return sd.derive("usam", Sigma="x", regime="rho-eta", order=2)
     if name.endswith("t") and name[:-1] in ("sam", "nsgd"):  # under the multivariate t, nu = 5
         name = name[:-1]
         return sd.derive(name, noise="student-t", nu=5) if mode == "sde" else name
@@ -97,6 +99,7 @@ _CASES = {  # case: (problem, dtype, run); rho or c where the optimizer has one
     "sde-lamb": (DENSE, "float64", RUN),  # auxiliary states with the shared dW, the time t, the scaled decays rho
     "discrete-samt": (DENSE_T, "float64", dict(RUN, hyper=RHO)),  # the multivariate t: one chi-square per draw
     "sde-nsgdt": (DENSE_T, "float64", RUN),  # ... and per inner sample
+    "sde-usamx": (LOGI, "float64", dict(RUN, hyper=RHO, eta=0.1, steps=30)),  # Sigma(x): grad tr Sigma(x) (prob_gtrs)
 }
 
 

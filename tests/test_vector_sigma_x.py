@@ -6,7 +6,7 @@
   average over the examples and grad tr Sigma(x) is a finite difference of tr Sigma(x) (numpy, independent of the
   engine): E_j[g_j(x + rho g_j(x))] = grad f + rho (H grad f + grad tr Sigma/2) + O(rho^2);
 * the refusals (an O(1) shift, SAM's g/|g| shift, Student-t), JSON and LaTeX, and the simulators (0 on a constant
-  Sigma; refused where the problem's noise varies).
+  Sigma; on logistic regression the kernel's grad tr Sigma(x) against a finite difference).
 """
 
 from __future__ import annotations
@@ -111,14 +111,30 @@ def test_json_round_trip_and_hostile_key():
     assert not sd.VectorSDE.from_json(d).sigma_x
 
 
-def test_simulators_constant_sigma_and_refusal_where_it_varies():
+def test_simulators_constant_sigma_and_logistic_grad_trace():
+    """On a constant Sigma the term is 0 (the SDE runs as the constant-Sigma one); on logistic regression one Euler step
+    differs from the constant-Sigma SDE's by exactly -dt (rho/2) grad tr Sigma(x0), the kernel's prob_gtrs against
+    a central finite difference of tr Sigma(x) = mean_j |g_j - grad f|^2 / B in numpy."""
     prob = sd.Quadratic(H=np.diag([1.0, 2.0, 3.0]), Sigma=np.eye(3) * 0.5, x0=[1.0, 1.0, 1.0])
     hv = {"eta": 0.05, "rho": 0.02}
-    a = sd.compile(sd.derive("usam", Sigma="x", regime="rho-eta", order=2), prob).run(
-        paths=64, steps=20, hyper=hv, seed=1, keep_final=True)
-    b = sd.compile(sd.derive("usam", regime="rho-eta", order=2), prob).run(paths=64, steps=20, hyper=hv, seed=1,
-                                                                           keep_final=True)
+    sx = sd.derive("usam", Sigma="x", regime="rho-eta", order=2)
+    const = sd.derive("usam", regime="rho-eta", order=2)
+    a = sd.compile(sx, prob).run(paths=64, steps=20, hyper=hv, seed=1, keep_final=True)
+    b = sd.compile(const, prob).run(paths=64, steps=20, hyper=hv, seed=1, keep_final=True)
     np.testing.assert_allclose(a.final["x"], b.final["x"], rtol=1e-12, atol=1e-15)  # grad tr Sigma = 0
-    lg = sd.LogisticRegression.synthetic(n=40, d=3, B=4, seed=1)
-    with pytest.raises(SdederiveError, match="grad tr Sigma"):
-        sd.compile(sd.derive("usam", Sigma="x", regime="rho-eta", order=2), lg)
+    lg = sd.LogisticRegression.synthetic(n=50, d=3, B=4, seed=1, l2=1e-2)
+    x0 = lg.x0
+
+    def tr_sigma(x):
+        G = lg.per_example_grads(x)
+        return ((G - G.mean(0)) ** 2).sum(1).mean() / lg.B
+
+    h = 1e-5
+    fd = np.array([(tr_sigma(x0 + h * e) - tr_sigma(x0 - h * e)) / (2 * h) for e in np.eye(3)])
+    np.testing.assert_allclose(lg.grad_trace_cov(x0), fd, rtol=1e-6, atol=1e-9)
+    hv = {"eta": 0.05, "rho": 0.05}
+    a = sd.compile(sx, lg).run(paths=16, steps=1, hyper=hv, seed=1, keep_final=True)
+    b = sd.compile(const, lg).run(paths=16, steps=1, hyper=hv, seed=1, keep_final=True)
+    want = -hv["eta"] * (hv["rho"] / 2) * fd
+    assert np.abs(want).max() > 1e-4
+    np.testing.assert_allclose(a.final["x"] - b.final["x"], np.broadcast_to(want, (16, 3)), rtol=1e-6, atol=1e-12)

@@ -372,6 +372,12 @@ class Problem:
         """The Hessian-vector product `H(x) v`."""
         return self._eval("hvp", x, v)
 
+    def grad_trace_cov(self, x: np.ndarray) -> np.ndarray:
+        """`grad tr Sigma(x)`, the gradient of the trace of the noise covariance (0 where the noise does not vary)."""
+        if not self.noise_varies:
+            return np.zeros(np.shape(x))
+        return self._eval("grad_trace_cov", x)
+
     def noise_scale(self, x: np.ndarray) -> np.ndarray:
         """The per-coordinate gradient-noise scale at `x` (std, or Student-t scale)."""
         return self._eval("noise_scale_x" if self.code().noise_scale_x is not None else "noise_scale", x)

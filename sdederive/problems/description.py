@@ -623,6 +623,10 @@ class ProblemCode:
     #: `mean_{ex in batch} F + R` (helpers `prob_mb_accum`, `prob_mb_finish`)
     example_grad: object = None
     ridge: object = None
+    #: `grad tr Sigma(x)` of a noise covariance that varies with `x` (a `Loop`; may read the weights `WV[EX]` and the
+    #: gradient `GRV` that `prob_grad` just computed): the helper `prob_gtrs` of the vector SDEs derived with
+    #: `Sigma="x"`; `None` where the noise does not vary (the term is 0) or is not described
+    grad_trace_cov: object = None
 
     @property
     def examples(self) -> bool:
@@ -681,6 +685,10 @@ class ProblemCode:
         if self.noise_factor is not None:
             xi = _py_vector(self.noise_factor, "XI", "    ", pr, "z")
             out.append(f"@HELPER\ndef prob_corr(xv, GR, Z, XI, {sig}):\n    d = xv.size\n{offs}\n" + "\n".join(xi)
+                       + "\n")
+        if self.grad_trace_cov is not None:
+            gt = _py_vector(self.grad_trace_cov, "GT", "    ", pr, "t")
+            out.append(f"@HELPER\ndef prob_gtrs(xv, GR, GT, {sig}):\n    d = xv.size\n{offs}\n" + "\n".join(gt)
                        + "\n")
         return "\n" + "\n".join(out)
 
@@ -757,5 +765,9 @@ class ProblemCode:
             xi = _c_vector(self.noise_factor, "XI", "    ", pr, "z", real)
             out.append(f"__device__ void prob_corr(const real *xv, const real *GR, const double *Z, real *XI, {arr}) "
                        "{\n" + "\n".join(xi) + "\n}")
+        if self.grad_trace_cov is not None:
+            gt = _c_vector(self.grad_trace_cov, "GT", "    ", pr, "t", real)
+            out.append(f"__device__ void prob_gtrs(const real *xv, const real *GR, real *GT, {arr}) "
+                       "{\n" + "\n".join(gt) + "\n}")
         return "\n" + "\n".join(out) + "\n"
 

@@ -83,6 +83,12 @@ def _code() -> ProblemCode:
         weights=weight,
         example_grad=weight * _A[ex, i],
         ridge=Loop(_l2 * X[i]),
+        # tr Sigma(x) = mean_ex |g_ex - grad f|^2 / B with g_ex - grad f = w a_ex - mean w a (the ridge cancels), so
+        # grad tr Sigma = (2/(n B)) sum_ex s(1 - s) (a_ex . (g_ex - grad f)) a_ex (the ridge's and the mean's parts
+        # of the example Hessians multiply sum_ex (g_ex - grad f) = 0)
+        grad_trace_cov=Loop(2 * esum(-_y[ex] * WV[ex] * (1 + _y[ex] * WV[ex])
+                                     * dsum(_A[ex, j] * (WV[ex] * _A[ex, j] - GRV[j] + _l2 * X[j])) * _A[ex, i])
+                            / (NEX * _B)),
     )
 
 

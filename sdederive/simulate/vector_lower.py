@@ -12,6 +12,8 @@ dense products as BLAS matrix products).  Its operations (`VOp`):
 `tnoise`    `out = sqrt(nu/W) Sigma^(1/2) z`: the multivariate Student-t of a problem with
               `noise="multivariate-t"` (its `nu`), `z` as for `noise`, one `W ~ chi2_nu` per
               (step, path, stream) shared by the coordinates (`sdederive.simulate.rng.philox.chi_square`)
+`gtrs`      `out = grad tr Sigma(x)` at the path's `x` (the problem's `prob_gtrs`; SDEs derived with
+              `Sigma="x"`)
 `mbgrad`    `out` = the minibatch gradient at `src` over the indices of minibatch `b` (drawn once per
               step from their own stream), for problems with real minibatches (discrete mode)
 `cw`        `out_i = expr` coordinate by coordinate (`v_NAME` is `NAME_i`, `s_NAME` a scalar, `hp_h` a
@@ -297,13 +299,15 @@ class _Builder:
         if isinstance(E, (sp.HadamardProduct, sp.HadamardPower, sp.DiagonalOf, sp.OneMatrix)):
             return self.cw(self.cwexpr(E))
         if E == GRAD_TRSIGMA:  # grad tr Sigma(x) of a state-dependent covariance (Sigma="x")
-            if getattr(self.problem, "noise_varies", True):
+            if self.problem is None or not self.problem.noise_varies:
+                return self.cw(sp.S.Zero, "z")  # a constant covariance
+            if self.problem.code().grad_trace_cov is None:  # pragma: no cover - every built-in kind whose noise varies
                 raise CodegenError(
-                    f"{self.prog.name}: the SDE holds grad tr Sigma(x) (derived with Sigma='x'), and the problem's noise "
-                    f"varies with x ({getattr(self.problem, 'kind', self.problem)}); its gradient has no kernel helper "
-                    "yet. Simulate it on a problem with a constant noise covariance (where it is 0), or derive with "
-                    "Sigma='full'")
-            return self.cw(sp.S.Zero, "z")
+                    f"{self.prog.name}: the SDE holds grad tr Sigma(x) (derived with Sigma='x'), and the noise of the "
+                    f"{self.problem.kind} problem varies with x without a description of that gradient "
+                    "(ProblemCode.grad_trace_cov); simulate it on logistic regression or a problem with a constant "
+                    "noise covariance, or derive with Sigma='full'")
+            return self.vop("gtrs", ("X",), "gt")  # after the gradient at x (its weights and GR), as prob_corr
         if isinstance(E, SignMean):
             if E.nu is not None:
                 raise CodegenError(f"{self.prog.name}: the closed-form sign mean under the multivariate Student-t "

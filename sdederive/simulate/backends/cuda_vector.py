@@ -120,6 +120,8 @@ class _Writer:
                 w(ind, f"prob_corr({self.src('X')}, V_GR, Z, V_{o.out}, PV, PM, PL, PY, WX);")
             else:
                 w(ind, f"for (int i = 0; i < D; ++i) V_{o.out}[i] = V_SG[i] * Z[i];")
+        elif o.kind == "gtrs":  # grad tr Sigma(x) from the weights and gradient of this step's prob_grad at x
+            w(ind, f"prob_gtrs({self.src('X')}, V_GR, V_{o.out}, PV, PM, PL, PY, WX);")
         elif o.kind == "mbgrad":
             src, bt = o.args
             w(ind, f"vec_mbgrad({self.src(src)}, V_{o.out}, {index_stream(bt)}u, cstep, (sd_u32)p, key0, key1, PV, PM, "

@@ -142,6 +142,9 @@ class _Writer:
                 w(ind, "for r in range(nr):")
                 w(ind + 1, "for i in range(d):")
                 w(ind + 2, f"{out}[r, i] = V_SG[r, i] * ZB[r, i]")
+        elif o.kind == "gtrs":  # grad tr Sigma(x), reading the weights and the gradient of this step's prob_grad at x
+            w(ind, "for r in range(nr):")
+            w(ind + 1, f"prob_gtrs({self.x_row()}, V_GR[r], {out}[r], PV, PM, PL, PY, WX[r])")
         elif o.kind == "mbgrad":
             src, bt = o.args
             w(ind, "for r in range(nr):")

@@ -40,7 +40,7 @@ from sdederive.spec.vector import dim
 from sdederive.symbols import KNOWN, sym
 
 __all__ = ["VectorSDE", "ExpectationAtom", "law_text", "SignMean", "SignSecond", "sign_mean", "sign_second_moment",
-           "isotropic_unit_mean", "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom",
+           "isotropic_unit_mean", "isotropic_unit_second", "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom",
            "GRAD", "HESS", "SIGMA", "XVEC", "IDENT", "NORM_G", "ONES", "state_vector"]
 
 
@@ -771,10 +771,36 @@ def isotropic_unit_mean(grad, s2: float) -> np.ndarray:
     return (mu / s * c * hyp1f1(0.5, d / 2 + 1, -(mu @ mu) / (2 * s2))).reshape(-1, 1)
 
 
+def isotropic_unit_second(grad, s2: float) -> np.ndarray:
+    r"""`E[g g^T/|g|^2]` for `g ~ N(grad, s2*I)` in closed form (NSGD's covariance atom).  By symmetry it is
+    `a (I - P) + b P` with `P` the projection on `grad` and `(d - 1) a + b = 1`.  With `m = grad.P g/s` and the
+    Poisson mixture of the noncentral chi-square (`(g.u)^2/s^2 ~ chi2_{1+2J}`, `J ~ Poisson(|grad|^2/(2 s2))`,
+    independent of the `chi2_{d-1}` of the other directions), `(g.u)^2/|g|^2` is `Beta((1+2J)/2, (d-1)/2)` given
+    `J`, so `b = E[(1 + 2J)/(d + 2J)]`, and Kummer's transformation gives
+
+    $$
+    b = 1 - rac{d-1}{d}\,{}_1F_1\Big(1; 	frac d2 + 1; -rac{|
+abla f|^2}{2 s^2}\Big),
+    $$
+
+    `1/d` at `grad = 0` and `1` as `|grad|/s` grows (`d = 1`: `[[1]]`)."""
+    from scipy.special import hyp1f1
+
+    mu = np.asarray(grad, dtype=float).reshape(-1)
+    d = mu.size
+    if d == 1:
+        return np.ones((1, 1))
+    lam = float(mu @ mu) / float(s2)
+    b = 1.0 - (d - 1) / d * hyp1f1(1.0, d / 2 + 1, -lam / 2)
+    a = (1.0 - b) / (d - 1)
+    P = np.outer(mu, mu) / (mu @ mu) if lam > 0 else np.zeros((d, d))
+    return a * (np.eye(d) - P) + b * P if lam > 0 else np.eye(d) / d
+
+
 def evaluate_atom(atom: ExpectationAtom, grad, Sigma, hyper: Mapping | None = None, n: int = 100_000,
                   rng: np.random.Generator | None = None) -> np.ndarray:
-    """`atom` at `g ~ N(grad, Sigma)`: `E[g/|g|]` with an isotropic `Sigma = s2*I` in closed form
-    (`isotropic_unit_mean`), every other case by Monte Carlo with `n` samples (standard error
+    """`atom` at `g ~ N(grad, Sigma)`: `E[g/|g|]` and `E[g g^T/|g|^2]` with an isotropic `Sigma = s2*I` in closed
+    form (`isotropic_unit_mean`, `isotropic_unit_second`), every other case by Monte Carlo with `n` samples (standard error
     `O(n**-0.5)`; unbiased for every `n`).
 
     An atom over the multivariate Student-t (`atom.nu`; a symbolic `nu` takes its value from `hyper["nu"]`) is
@@ -789,6 +815,9 @@ def evaluate_atom(atom: ExpectationAtom, grad, Sigma, hyper: Mapping | None = No
     if (nu is None and atom.tensor == "g" and sp.simplify(atom.integrand - 1 / NORM_G) == 0 and S.ndim == 2
             and S[0, 0] > 0 and np.allclose(S, S[0, 0] * np.eye(S.shape[0]), rtol=1e-12, atol=0)):
         return isotropic_unit_mean(grad, float(S[0, 0]))
+    if (nu is None and atom.tensor == "ggT" and sp.simplify(atom.integrand - NORM_G ** -2) == 0 and S.ndim == 2
+            and S[0, 0] > 0 and np.allclose(S, S[0, 0] * np.eye(S.shape[0]), rtol=1e-12, atol=0)):
+        return isotropic_unit_second(grad, float(S[0, 0]))
     mu = np.asarray(grad, dtype=float).reshape(-1)
     L = _psd_sqrt(np.asarray(Sigma, dtype=float))
     if nu is None:

@@ -9,15 +9,32 @@ compares the two, so adding an optimizer, a noise model, a regime or a validatio
 
 from __future__ import annotations
 
-from sdederive.cli._catalog_data import NOISES, OPTIMIZERS, REGIMES, VALIDATE_PROBLEMS
+from sdederive.cli._catalog_data import (
+    NOISES,
+    OPTIMIZERS,
+    REGIMES,
+    VALIDATE_PROBLEMS,
+    VECTOR_OPTIMIZERS,
+    VECTOR_REGIMES,
+)
 
-__all__ = ["optimizer_names", "noise_names", "regime_names", "validate_problem_names", "OPTIMIZERS", "REGIMES",
-           "live"]
+__all__ = ["optimizer_names", "vector_optimizer_names", "noise_names", "regime_names", "vector_regime_names",
+           "validate_problem_names", "OPTIMIZERS", "REGIMES", "VECTOR_OPTIMIZERS", "VECTOR_REGIMES", "live"]
 
 
 def optimizer_names() -> list[str]:
     """`sdederive.spec.optimizers.names()`: the built-in optimizers with an SDE, sorted."""
     return [o[0] for o in OPTIMIZERS]
+
+
+def vector_optimizer_names() -> list[str]:
+    """`sdederive.spec.vector.names()`: the built-in vector optimizers (the vector engine), sorted."""
+    return [o[0] for o in VECTOR_OPTIMIZERS]
+
+
+def vector_regime_names() -> list[str]:
+    """The vector engine's own regimes (beside `sgd` and `balanced`)."""
+    return [r[0] for r in VECTOR_REGIMES]
 
 
 def noise_names() -> list[str]:
@@ -49,8 +66,18 @@ def live() -> dict:
         o = optimizers.get(name)
         opts.append((name, o.natural_regime, tuple(s.name for s in o.states), one_line(o.doc)))
     regs = [(n, str(regimes.get(n).tau), " ".join(regimes.get(n).doc.split())) for n in regimes.names()]
+    from sdederive.derivation.vector import _REGIMES
+    from sdederive.spec import vector
+
+    vopts = []
+    for name in vector.names():
+        o = vector.get(name)
+        vopts.append((name, o.natural_regime, tuple(o.state_names[1:]), one_line(o.doc)))
+    vdocs = {"high-dim": "tau = eta; |g| replaced by sqrt(|grad f|^2 + tr Sigma) (concentration in high dimension)",
+             "rho-eta": "tau = eta; SAM's radius rho = r*eta (rho ~ eta)"}
+    vregs = tuple((n, vdocs[n]) for n in _REGIMES if n in vdocs)
     return {"OPTIMIZERS": tuple(opts), "NOISES": tuple(noise.names()), "REGIMES": tuple(regs),
-            "VALIDATE_PROBLEMS": tuple(problems.names())}
+            "VALIDATE_PROBLEMS": tuple(problems.names()), "VECTOR_OPTIMIZERS": tuple(vopts), "VECTOR_REGIMES": vregs}
 
 
 def _source() -> str:

@@ -34,3 +34,15 @@ VALIDATE_PROBLEMS = (
     'quadratic',
     'synthetic-logistic',
 )
+VECTOR_OPTIMIZERS = (
+    ('clip_sgd', 'sgd', (), 'SGD with global-norm clipping'),
+    ('lamb', 'balanced', ('m', 'v'), 'LAMB (You et al. 2020) with one layer, the whole vector'),
+    ('nsgd', 'sgd', (), 'Normalized SGD'),
+    ('sam', 'sgd', (), 'SAM (Foret et al. 2021)'),
+    ('sgd_nesterov', 'sgd', ('m',), 'Nesterov momentum in the look-ahead form (Sutskever et al. 2013)'),
+    ('usam', 'sgd', (), 'Unnormalized SAM'),
+)
+VECTOR_REGIMES = (
+    ('rho-eta', "tau = eta; SAM's radius rho = r*eta (rho ~ eta)"),
+    ('high-dim', 'tau = eta; |g| replaced by sqrt(|grad f|^2 + tr Sigma) (concentration in high dimension)'),
+)

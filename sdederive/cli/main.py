@@ -65,7 +65,8 @@ NOISE_DOCS = {
 }
 
 _NOISE_HELP = f"gradient-noise model: {', '.join(_catalog.noise_names())} (default: gaussian)"
-_REGIME_HELP = f"asymptotic regime: {', '.join(_catalog.regime_names())} (default: the optimizer's natural one)"
+_REGIME_HELP = (f"asymptotic regime: {', '.join(_catalog.regime_names())}; for the vector engine also "
+                f"{', '.join(_catalog.vector_regime_names())} (default: the optimizer's natural one)")
 _NU_HELP = "Student-t degrees of freedom, a number > 0 (only with --noise student-t; default: symbolic nu)"
 
 
@@ -137,6 +138,13 @@ def cmd_list(args, out) -> int:
     for name in _catalog.noise_names():
         print(f"  {name:<{wn}}  {NOISE_DOCS.get(name, '')}", file=out)
 
+    print("\nVector optimizers (sdederive derive NAME: the vector engine, d dimensions, a full Sigma):", file=out)
+    vrows = [(name, reg, ", ".join(states) or "-", doc) for name, reg, states, doc in _catalog.VECTOR_OPTIMIZERS]
+    w = [max(len(r[i]) for r in vrows + [("name", "natural regime", "states", "")]) for i in range(3)]
+    print(f"  {'name':<{w[0]}}  {'natural regime':<{w[1]}}  {'states':<{w[2]}}  description", file=out)
+    for r in vrows:
+        print(f"  {r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}", file=out)
+
     print("\nRegimes (--regime NAME):", file=out)
     wr = max(len(r[0]) for r in _catalog.REGIMES)
     wt = max(len(r[1]) for r in _catalog.REGIMES)
@@ -144,6 +152,8 @@ def cmd_list(args, out) -> int:
     for name, tau, doc in _catalog.REGIMES:
         head = f"  {name:<{wr}}  tau = {tau:<{wt}}  "
         print(textwrap.fill(doc or "-", width=110, initial_indent=head, subsequent_indent=indent), file=out)
+    for name, doc in _catalog.VECTOR_REGIMES:
+        print(f"  {name:<{wr}}  (vector engine) {doc}", file=out)
     return 0
 
 
@@ -166,6 +176,11 @@ def _show(args, out, obj, json_text) -> int:
 
 
 def cmd_derive(args, out) -> int:
+    if getattr(args, "Sigma", None) is not None:
+        from sdederive.derivation.engine import derive as _d
+
+        sde = _d(_optimizer(args), args.noise, args.regime, args.order, **_noise_params(args), Sigma=args.Sigma)
+        return _show(args, out, sde, sde.to_json)
     sde = _derive(args, args.order)
     return _show(args, out, sde, sde.to_json)
 
@@ -328,7 +343,8 @@ def cmd_simulate(args, out) -> int:
 def _add_optimizer_args(p: argparse.ArgumentParser) -> None:
     """`OPT` (a built-in name) or `--spec FILE` (read by `_optimizer`)."""
     p.add_argument("optimizer", metavar="OPT", nargs="?", default=None,
-                   help=f"built-in optimizer: {', '.join(_catalog.optimizer_names())} (or --spec)")
+                   help=f"built-in optimizer: {', '.join(_catalog.optimizer_names())}; vector engine (d "
+                        f"dimensions, full Sigma): {', '.join(_catalog.vector_optimizer_names())} (or --spec)")
     p.add_argument("--spec", default=None, metavar="FILE", help=SPEC_HELP)
     p.set_defaults(usage_parser=p)
 
@@ -401,12 +417,17 @@ def build_parser() -> argparse.ArgumentParser:
         "coordinate, by a one-step moment expansion in the learning rate eta. Prints a readable form by default.",
         epilog=examples(f"{PROG} derive sgd", f"{PROG} derive adam --regime noise-dominated --latex",
                          f"{PROG} derive signsgd --noise student-t --nu 3 --json",
-                         f"{PROG} derive sgd --order 2", f"{PROG} derive --spec my_opt.py:my_adagrad --json",
+                         f"{PROG} derive sgd --order 2", f"{PROG} derive sam --latex",
+                         f"{PROG} derive usam --regime rho-eta --order 2 --Sigma x",
+                         f"{PROG} derive --spec my_opt.py:my_adagrad --json",
                          f"{PROG} derive --spec my_adagrad.json"),
     )
     _add_problem_args(p)
     p.add_argument("--order", type=int, default=1, choices=(1, 2),
                    help="1: leading order; 2: stochastic modified equation of order 2 (needs tau = eta)")
+    p.add_argument("--Sigma", default=None, choices=("full", "x"),
+                   help="the vector engine's noise covariance: full (a constant full Sigma) or x (the state-dependent "
+                        "minibatch covariance Sigma(x)); a scalar built-in then derives in vector form")
     _add_format_args(p, "the SDE as JSON (the docs/notation.md schema)", "the SDE as a LaTeX aligned block")
     p.set_defaults(func=cmd_derive)
 

@@ -543,8 +543,9 @@ _mu, _k = sym("mu"), sym("k")
 
 
 def sgd_nesterov(eta: float = 1e-2, mu: float = 0.9) -> VectorOptimizer:
-    r"""Nesterov momentum in the look-ahead form (Sutskever et al. 2013), written with the buffer `m` of
-    `sgd_momentum` (the velocity is `-eta*m`):
+    r"""Nesterov momentum in the look-ahead form (Sutskever et al. 2013).
+
+    Written with the buffer `m` of `sgd_momentum` (the velocity is `-eta*m`):
     $m_{k+1} = \mu m_k + \nabla f_\gamma(x_k - \eta\mu m_k)$, $x_{k+1} = x_k - \eta m_{k+1}$
     (same minibatch: the gradient at the look-ahead point).  Without the look-ahead shift this is `sgd_momentum`."""
     m_new = _mu * _m + grad_at(_x - _eta * _mu * _m)

@@ -376,7 +376,8 @@ class _HumanPrinter(StrPrinter):
         if c == 1:
             return sign + body
         cs = self._print(c) if not c.is_Add else f"({self._print(c)})"
-        return sign + cs + ("" if body.startswith("(") and c.is_Pow else "*") + body
+        # sqrt(eta)(I + rho*H) as in the papers; any other coefficient keeps its "*" (1/(1 - e^(-rho t))*(...))
+        return sign + cs + ("" if body.startswith("(") and c.is_Pow and c.exp == sp.S.Half else "*") + body
 
     def _print_Transpose(self, expr):
         s = self._print(expr.arg)

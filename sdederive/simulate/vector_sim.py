@@ -111,8 +111,10 @@ class VectorSimulator(Simulator):
         return k_start, st
 
     def _singular_at_zero(self) -> bool:
+        """A bias correction `1 - e^{-rho t}` in a drift (it reads `t`), or a second-moment state (0 at the start,
+        under a square root in a denominator)."""
         sde = self.obj
-        if any(sym("t") in e.free_symbols or any(f.name == "t" for f in e.free_symbols) for e in sde.drift.values()):
+        if any(f.name == "t" for e in sde.drift.values() for f in e.free_symbols):
             return True
         opt = self._source()
         kinds = {a[0]: a[2] for a in opt.aux} if opt is not None else {}

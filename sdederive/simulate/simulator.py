@@ -571,7 +571,9 @@ class Simulator:
         nblk = self._n_blocks(paths)
         nobs = 2 + len(self.spec.outputs) * d
         per_path = 8.0 * (S * d + 1)
-        stats = 8.0 * nblk * (n_save + 1) * (2 * nobs + 1) + 8.0 * 4 * (n_save + 1) * nobs
+        # the merge (merge_blocks) holds two temporaries of the blocks' statistics' size at its peak (measured
+        # 2.08x MEAN, docs/benchmarks.md section 7), plus its results
+        stats = 8.0 * nblk * (n_save + 1) * (2 * nobs + 1) + 8.0 * (2 * nblk + 4) * (n_save + 1) * nobs
         work = 0.0
         if self.problem.minibatch and self.mode == "discrete":
             work = 8.0 * (self.problem.B + 4) * min(nblk, threads or _default_threads())

@@ -129,10 +129,11 @@ def print_growth(g: dict) -> dict:
                   f"| {_fmt(r['path_step_ns'])} | {_fmt(1e9 / r['cs_kernel'])} | {_fmt(r['cs_kernel'])} "
                   f"| {_fmt(r['cs_e2e'])} |")
         x = [r[var] for r in rows]
-        slopes[var] = (_slope(x, [r["kernel_s"] for r in rows]), _slope(x, [r["total_s"] for r in rows]))
+        slopes[var] = (_slope(x, [r["kernel_s"] for r in rows]), _slope(x, [r["total_s"] for r in rows]),
+                       _slope(x[-2:], [r["kernel_s"] for r in rows[-2:]]))
     print("\nfitted log-log slope of time against the varied size (1 = linear):")
-    for var, (sk, se) in slopes.items():
-        print(f"  {var}: kernel {sk:.3f}, end to end {se:.3f}")
+    for var, (sk, se, su) in slopes.items():
+        print(f"  {var}: kernel {sk:.3f}, end to end {se:.3f} (kernel over the upper decade alone: {su:.3f})")
     return slopes
 
 
@@ -365,9 +366,9 @@ def roofline(N: int, T: int, d: int = 100, B: int = 8, repeats: int = 3) -> tupl
     # per coordinate-step: (normals, t variates, flops of matrix products, the bound's seconds, what bounds it,
     # bytes moved per coordinate-step)
     rows[0].update(normals=1, bound_s=1 / g + 1 / e, what="generator (1 normal) + Euler arithmetic",
-                   bytes=f"~64 B in L1 (x, u, grad, z: 8 B each read+written); STATE {2 * 2 * 8} B per path per chunk")
-    rows[1].update(normals=0, tvar=1, bound_s=1 / t + 1 / e, what="t filler (1 variate, libm log/exp) + arithmetic",
-                   bytes="~64 B in L1; the t filler's scalar libm calls dominate")
+                   bytes="~80 B of L1 traffic (x, u, grad, z stored and loaded; h, sigma loaded); DRAM: STATE at chunk ends only")
+    rows[1].update(normals=0, tvar=1, bound_s=1 / t + 1 / e, what="t filler (1 variate: libm log, exp, sqrt, not vectorised) + the Euler arithmetic as a proxy",
+                   bytes="~80 B of L1 traffic, as above")
     rows[2].update(normals=0, flops=4 * B, bound_s=2 * B / mv,
                    what=f"the B dot products A_i x: {2 * B} flop at the matvec (reduction) rate; "
                         f"axpy ({2 * B} flop), B exp and index draws not counted",

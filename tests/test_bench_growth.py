@@ -22,7 +22,7 @@ def test_growth_benchmark_quick_prints_its_tables():
     out = p.stdout
     assert "## Run time against N, d and T" in out
     for var in ("N", "d", "T"):
-        m = re.search(rf"^  {var}: kernel (-?[\d.]+), end to end (-?[\d.]+)$", out, re.M)
+        m = re.search(rf"^  {var}: kernel (-?[\d.]+), end to end (-?[\d.]+) \(", out, re.M)
         assert m, f"no fitted slope for {var}"
         assert 0 < float(m.group(1)) < 2
     assert "## Host memory of one run against N" in out

@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     t0 = time.perf_counter()
     if "growth" in only:
-        print_growth(growth(QUICK if a.quick else FULL, repeats=1 if a.quick else 2))
+        print_growth(growth(QUICK if a.quick else FULL, repeats=1 if a.quick else 3))
     if "memory" in only:
         print_memory(memory(MEM_QUICK if a.quick else MEM_FULL, d=20 if a.quick else 100))
     if "roofline" in only:

@@ -95,24 +95,29 @@ def _slope(x, y) -> float:
 # -- table 1: run time against N, d and T -------------------------------------------------------------------------
 def growth(series: dict, repeats: int = 2) -> dict:
     """`{"N": [row, ...], "d": [...], "T": [...]}`; a row holds N, d, T, kernel_s (best of `repeats`), total_s (of
-    that run), path_step_ns, cs_kernel and cs_e2e (coordinate-steps/s)."""
-    out = {}
+    that run), path_step_ns, cs_kernel and cs_e2e (coordinate-steps/s).  The repeats go round all rows in turn, so
+    that a spell of load on the shared machine costs one repeat of several rows, not every repeat of one."""
+    cases = []
     for var, cfg in series.items():
-        rows = []
         for v in cfg["values"]:
             size = {k: cfg[k] for k in ("N", "d", "T") if k != var} | {var: v}
-            N, d, T = size["N"], size["d"], size["T"]
-            sim = _sim(d)
-            sim.run(paths=min(N, 64), steps=2, eta=ETA, seed=0)  # warm (first run of a kernel in the process)
-            best = None
-            for _ in range(repeats):
-                r = sim.run(paths=N, steps=T, eta=ETA, seed=0, save_every=max(1, T // 10))
-                if best is None or r.timing["run_s"] < best["run_s"]:
-                    best = dict(r.timing)
-            rows.append({"N": N, "d": d, "T": T, "kernel_s": best["run_s"], "total_s": best["total_s"],
-                         "path_step_ns": 1e9 * best["run_s"] / (N * T), "cs_kernel": N * d * T / best["run_s"],
-                         "cs_e2e": N * d * T / best["total_s"]})
-        out[var] = rows
+            cases.append((var, size["N"], size["d"], size["T"]))
+    for _var, N, d, _T in cases:
+        _sim(d).run(paths=min(N, 64), steps=2, eta=ETA, seed=0)  # warm (first run of a kernel in the process)
+    best: dict = {}
+    for _ in range(repeats):
+        for c in cases:
+            _var, N, d, T = c
+            r = _sim(d).run(paths=N, steps=T, eta=ETA, seed=0, save_every=max(1, T // 10))
+            if c not in best or r.timing["run_s"] < best[c]["run_s"]:
+                best[c] = dict(r.timing)
+    out: dict = {}
+    for c in cases:
+        var, N, d, T = c
+        b = best[c]
+        out.setdefault(var, []).append({"N": N, "d": d, "T": T, "kernel_s": b["run_s"], "total_s": b["total_s"],
+                                        "path_step_ns": 1e9 * b["run_s"] / (N * T), "cs_kernel": N * d * T / b["run_s"],
+                                        "cs_e2e": N * d * T / b["total_s"]})
     return out
 
 
@@ -358,27 +363,35 @@ def roofline(N: int, T: int, d: int = 100, B: int = 8, repeats: int = 3) -> tupl
     for _ in range(repeats):
         for k, v in ceilings(N, T, d).items():
             ceil[k] = max(ceil.get(k, 0), v)
-        for i, (sim, (_l, _o, _p, TT)) in enumerate(zip(sims, configs)):
+        for i, (sim, (_l, _o, _p, TT)) in enumerate(zip(sims, configs, strict=True)):
             best[i] = min(best[i], sim.run(paths=N, steps=TT, eta=ETA, seed=0, save_every=TT).timing["run_s"])
-    rows = [{"config": label, "N": N, "T": TT, "cs": N * d * TT / b} for (label, _o, _p, TT), b in zip(configs, best)]
+    rows = [{"config": label, "N": N, "T": TT, "cs": N * d * TT / b}
+            for (label, _o, _p, TT), b in zip(configs, best, strict=True)]
     g, t, e, mv, gemm = (ceil["normals_per_s"], ceil["student_per_s"], ceil["euler_cs_per_s"], ceil["matvec_flops"],
                          ceil["gemm_flops"])
     # per coordinate-step: (normals, t variates, flops of matrix products, the bound's seconds, what bounds it,
     # bytes moved per coordinate-step)
-    rows[0].update(normals=1, bound_s=1 / g + 1 / e, what="generator (1 normal) + Euler arithmetic",
-                   bytes="~80 B of L1 traffic (x, u, grad, z stored and loaded; h, sigma loaded); DRAM: STATE at chunk ends only")
-    rows[1].update(normals=0, tvar=1, bound_s=1 / t + 1 / e, what="t filler (1 variate: libm log, exp, sqrt, not vectorised) + the Euler arithmetic as a proxy",
+    # per coordinate-step: the ceilings' times ("terms"), what bounds it, the bytes it moves
+    rows[0].update(normals=1, terms=(1 / g, 1 / e), what="generator (1 normal) + Euler arithmetic",
+                   bytes="~80 B of L1 traffic (x, u, grad, z stored and loaded; h, sigma loaded); "
+                         "DRAM: STATE at chunk ends only")
+    rows[1].update(tvar=1, terms=(1 / t, 1 / e),
+                   what="t filler (1 variate: libm log, exp, sqrt, not vectorised) + the Euler arithmetic as a proxy",
                    bytes="~80 B of L1 traffic, as above")
-    rows[2].update(normals=0, flops=4 * B, bound_s=2 * B / mv,
+    rows[2].update(flops=4 * B, terms=(2 * B / mv,),
                    what=f"the B dot products A_i x: {2 * B} flop at the matvec (reduction) rate; "
                         f"axpy ({2 * B} flop), B exp and index draws not counted",
                    bytes=f"{2 * B * 8} B of A's rows (gathered, A = {512 * d * 8 // 1024} KiB in L2)")
-    rows[3].update(normals=1, flops=4 * d, bound_s=4 * d / mv + 1 / g,
+    rows[3].update(normals=1, flops=4 * d, terms=(4 * d / mv, 1 / g),
                    what=f"H x and L z: {4 * d} flop at the matvec rate + 1 normal",
                    bytes=f"{2 * d * 8} B of H and L (2 d*d*8 = {2 * d * d * 8 // 1024} KiB per path-step, L2)")
     for r in rows:
-        r["bound_cs"] = 1 / r["bound_s"]
+        # serial: the terms one after the other; overlapped: the slowest term alone (out-of-order cores overlap a
+        # latency-bound reduction with independent work, so a kernel can beat the serial sum, never the max)
+        r["bound_cs"] = 1 / sum(r["terms"])
+        r["overlap_cs"] = 1 / max(r["terms"])
         r["fraction"] = r["cs"] / r["bound_cs"]
+        r["fraction_overlap"] = r["cs"] / r["overlap_cs"]
         r["normals_per_s"] = r["cs"] * (r.get("normals", 0) + r.get("tvar", 0))
         r["flops_per_s"] = r["cs"] * r.get("flops", 0)
     rows[3]["gemm_bound_cs"] = 1 / (4 * d / gemm + 1 / g)
@@ -395,13 +408,16 @@ def print_roofline(rows: list[dict], ceil: dict, d: int = 100) -> None:
     print(f"  numba matvec loop, d = {d}:                          {ceil['matvec_flops']:.3e} flop/s")
     print(f"  numpy BLAS GEMM 1000 x 1000:                        {ceil['gemm_flops']:.3e} flop/s")
     print("\n| configuration | N | T | coord-steps/s | normals (or t)/s | matrix flop/s | bytes per coord-step "
-          "| bound: what | bound coord-steps/s | fraction of bound | bound with BLAS GEMM |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |")
+          "| bound: what | bound (serial) coord-steps/s | fraction of bound | bound (overlapped) | fraction of it "
+          "| bound with BLAS GEMM |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         gb = r.get("gemm_bound_cs")
-        print(f"| {r['config']} | {r['N']} | {r['T']} | {_fmt(r['cs'])} | {_fmt(r['normals_per_s']) if r['normals_per_s'] else '-'} "
+        nps = _fmt(r["normals_per_s"]) if r["normals_per_s"] else "-"
+        print(f"| {r['config']} | {r['N']} | {r['T']} | {_fmt(r['cs'])} | {nps} "
               f"| {_fmt(r['flops_per_s']) if r['flops_per_s'] else '-'} | {r['bytes']} | {r['what']} "
-              f"| {_fmt(r['bound_cs'])} | {r['fraction']:.2f} | {_fmt(gb) if gb else ''} |")
+              f"| {_fmt(r['bound_cs'])} | {r['fraction']:.2f} | {_fmt(r['overlap_cs'])} | {r['fraction_overlap']:.2f} "
+              f"| {_fmt(gb) if gb else ''} |")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,8 +27,11 @@ the discrete optimizer draws the t variates), minibatch logistic regression (dis
 * a matrix-vector FLOP rate: a numba matvec loop over paths at d = 100 (the kernels' own loop form), and numpy's
   BLAS GEMM (a path-blocked kernel's ceiling).
 
-The bound of a configuration is the sum of its ceilings' times per coordinate-step (the generator and the
-arithmetic run on the same cores, one after the other), and "fraction of bound" is the measured rate over it.
+The bound of a configuration is the sum of its ceilings' times per coordinate-step (serial: the generator and the
+arithmetic run on the same cores, one after the other) and, looser, the slowest of them alone (overlapped: an
+out-of-order core can hide independent work behind a latency-bound reduction); "fraction of bound" is the measured
+rate over each.  Ceilings and configurations are measured in turns (best of 3 each) so that both sides of a ratio
+saw the same load.
 
     python bench/bench_growth.py            # all three tables (a few minutes on 2 cores)
     python bench/bench_growth.py --quick    # tiny sizes: checks that the script runs (seconds once compiled)

@@ -24,8 +24,9 @@ the discrete optimizer draws the t variates), minibatch logistic regression (dis
 * the Student-t block filler alone (``fill_student_t``), the same way;
 * the Euler arithmetic of the reference SDE (gradient, coefficients, update, finiteness check) with the normals
   read from a pre-generated pool that stays in cache;
-* a matrix-vector FLOP rate: a numba matvec loop over paths at d = 100 (the kernels' own loop form), and numpy's
-  BLAS GEMM (a path-blocked kernel's ceiling).
+* a matrix-vector FLOP rate: a numba matvec loop over paths at d = 100 (the scalar kernels' own loop form), and
+  numpy's BLAS GEMM (the ceiling of a path-blocked kernel, such as the vector engine's, which a fifth row shows:
+  the SGD SDE with ``Sigma="full"`` on the same dense quadratic).
 
 The bound of a configuration is the sum of its ceilings' times per coordinate-step (serial: the generator and the
 arithmetic run on the same cores, one after the other) and, looser, the slowest of them alone (overlapped: an
@@ -353,6 +354,8 @@ def roofline(N: int, T: int, d: int = 100, B: int = 8, repeats: int = 3) -> tupl
         (f"minibatch logistic (discrete SGD, n=512, B={B})", "sgd", LogisticRegression.synthetic(n=512, d=d, B=B),
          max(1, T // 2)),
         ("dense H, full Sigma (discrete SGD)", "sgd", _dense_problem(d), max(1, T // 20)),
+        ("dense H, full Sigma (SGD SDE, vector kernel)", sd.derive("sgd", Sigma="full"), _dense_problem(d),
+         max(1, T // 5)),
     ]
     sims = []
     for _label, obj, prob, _TT in configs:
@@ -372,8 +375,6 @@ def roofline(N: int, T: int, d: int = 100, B: int = 8, repeats: int = 3) -> tupl
             for (label, _o, _p, TT), b in zip(configs, best, strict=True)]
     g, t, e, mv, gemm = (ceil["normals_per_s"], ceil["student_per_s"], ceil["euler_cs_per_s"], ceil["matvec_flops"],
                          ceil["gemm_flops"])
-    # per coordinate-step: (normals, t variates, flops of matrix products, the bound's seconds, what bounds it,
-    # bytes moved per coordinate-step)
     # per coordinate-step: the ceilings' times ("terms"), what bounds it, the bytes it moves
     rows[0].update(normals=1, terms=(1 / g, 1 / e), what="generator (1 normal) + Euler arithmetic",
                    bytes="~80 B of L1 traffic (x, u, grad, z stored and loaded; h, sigma loaded); "
@@ -388,6 +389,9 @@ def roofline(N: int, T: int, d: int = 100, B: int = 8, repeats: int = 3) -> tupl
     rows[3].update(normals=1, flops=4 * d, terms=(4 * d / mv, 1 / g),
                    what=f"H x and L z: {4 * d} flop at the matvec rate + 1 normal",
                    bytes=f"{2 * d * 8} B of H and L (2 d*d*8 = {2 * d * d * 8 // 1024} KiB per path-step, L2)")
+    rows[4].update(normals=1, flops=4 * d, terms=(4 * d / gemm, 1 / g),
+                   what=f"H x and L z as GEMM on blocks of 64 paths: {4 * d} flop at the GEMM rate + 1 normal",
+                   bytes=f"{2 * d * 8 // 64} B of H and L (read once per 64-path block), the block's rows in L2")
     for r in rows:
         # serial: the terms one after the other; overlapped: the slowest term alone (out-of-order cores overlap a
         # latency-bound reduction with independent work, so a kernel can beat the serial sum, never the max)

@@ -36,7 +36,7 @@ def test_growth_benchmark_quick_prints_its_tables():
     cols = [c.strip() for c in head.strip("|").split("|")]
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in out.splitlines()
             if ln.startswith(("| Gaussian-only", "| Student-t", "| minibatch logistic", "| dense H"))]
-    assert [r[0].split()[0] for r in rows] == ["Gaussian-only", "Student-t", "minibatch", "dense"]
+    assert [r[0].split()[0] for r in rows] == ["Gaussian-only", "Student-t", "minibatch", "dense", "dense"]
     for r in rows:
         assert len(r) == len(cols)
         for name in ("fraction of bound", "fraction of it"):

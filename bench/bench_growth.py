@@ -13,11 +13,12 @@ blocks: constant once N >= 64), the peak of ``tracemalloc`` over the whole call 
 to it; the kernel's per-block scratch arrays of size d are numba's and not counted) and the estimate that
 ``Simulator.run`` checks before allocating (``sdederive.simulate._memory.check_memory``'s argument).
 
-Table 3 (``roofline``): four configurations at d = 100 -- Gaussian-only (the reference SDE), Student-t (discrete
+Table 3 (``roofline``): five configurations at d = 100 -- Gaussian-only (the reference SDE), Student-t (discrete
 RMSprop on the same quadratic with ``noise="student-t"``, ``nu = 5``: the SDE on that problem draws Gaussians,
 the discrete optimizer draws the t variates), minibatch logistic regression (discrete SGD on
 ``LogisticRegression.synthetic(n=512, d=100, B=8)``) and dense ``H`` (discrete SGD on a dense quadratic with a full
-``Sigma``) -- against ceilings measured in the same process, on the same threads as the kernels (one per CPU):
+``Sigma``), and the same dense problem through the vector engine (the SGD SDE with ``Sigma="full"``, whose kernel
+runs the products as BLAS GEMM on blocks of 64 paths) -- against ceilings measured in the same process, on the same threads as the kernels (one per CPU):
 
 * the in-kernel Gaussian generator alone: a numba loop that draws the d normals of every path-step with the
   project's ``normal_pair`` into a buffer and adds them into an accumulator (so nothing is optimised away);
@@ -25,8 +26,7 @@ the discrete optimizer draws the t variates), minibatch logistic regression (dis
 * the Euler arithmetic of the reference SDE (gradient, coefficients, update, finiteness check) with the normals
   read from a pre-generated pool that stays in cache;
 * a matrix-vector FLOP rate: a numba matvec loop over paths at d = 100 (the scalar kernels' own loop form), and
-  numpy's BLAS GEMM (the ceiling of a path-blocked kernel, such as the vector engine's, which a fifth row shows:
-  the SGD SDE with ``Sigma="full"`` on the same dense quadratic).
+  numpy's BLAS GEMM (the ceiling of a path-blocked kernel such as the vector engine's).
 
 The bound of a configuration is the sum of its ceilings' times per coordinate-step (serial: the generator and the
 arithmetic run on the same cores, one after the other) and, looser, the slowest of them alone (overlapped: an

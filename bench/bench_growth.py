@@ -18,7 +18,8 @@ RMSprop on the same quadratic with ``noise="student-t"``, ``nu = 5``: the SDE on
 the discrete optimizer draws the t variates), minibatch logistic regression (discrete SGD on
 ``LogisticRegression.synthetic(n=512, d=100, B=8)``) and dense ``H`` (discrete SGD on a dense quadratic with a full
 ``Sigma``), and the same dense problem through the vector engine (the SGD SDE with ``Sigma="full"``, whose kernel
-runs the products as BLAS GEMM on blocks of 64 paths) -- against ceilings measured in the same process, on the same threads as the kernels (one per CPU):
+runs the products as BLAS GEMM on blocks of 64 paths) -- against ceilings measured in the same process, on the
+same threads as the kernels (one per CPU):
 
 * the in-kernel Gaussian generator alone: a numba loop that draws the d normals of every path-step with the
   project's ``normal_pair`` into a buffer and adds them into an accumulator (so nothing is optimised away);
@@ -34,7 +35,7 @@ out-of-order core can hide independent work behind a latency-bound reduction); "
 rate over each.  Ceilings and configurations are measured in turns (best of 3 each) so that both sides of a ratio
 saw the same load.
 
-    python bench/bench_growth.py            # all three tables (a few minutes on 2 cores)
+    python bench/bench_growth.py            # all three tables (1 to 2 minutes on 2 cores)
     python bench/bench_growth.py --quick    # tiny sizes: checks that the script runs (seconds once compiled)
 """
 

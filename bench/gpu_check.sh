@@ -9,7 +9,7 @@
 #      offline first, for a missing or different version;
 #   2. sdederive itself from this checkout (`pip install --no-deps -e .`, else PYTHONPATH;
 #      GPU_CHECK_NO_INSTALL=1 skips the install);
-#   3. the `gpu`-marked tests (GPU kernels against numba, same seed);
+#   3. the `gpu`-marked tests (GPU kernels against numba, same seed; the scalar and the vector kernels);
 #   4. bench/bench_gpu.py: fp32 and fp64 at 2^20 paths, numba in the same process as the baseline;
 #   5. the sizing target of the kernels issue: 1e6 paths x d = 100 x 1e4 steps, fp32, <= 10 s.
 # Each step has its own time limit, so the whole check ends within 5 minutes on a working machine and
@@ -69,10 +69,11 @@ print("device:", props["name"].decode() if isinstance(props["name"], bytes) else
       "| compute capability", f"{props['major']}.{props['minor']}", "| SMs", props["multiProcessorCount"])
 EOF
 
-step "gpu-marked tests" 90 "$PY" -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rs tests/test_cuda_codegen.py
-step "bench_gpu (fp32, fp64, 2^20 paths; numba baseline)" 100 \
+step "gpu-marked tests" 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -rs tests/test_cuda_codegen.py \
+    tests/test_cuda_vector.py
+step "bench_gpu (fp32, fp64, 2^20 paths; numba baseline)" 90 \
     "$PY" bench/bench_gpu.py --paths 1048576 --d 100 --steps 1000 --save-every 100 --cpu-paths 2000
-step "sizing target: 1e6 paths x d=100 x 1e4 steps, fp32" 60 \
+step "sizing target: 1e6 paths x d=100 x 1e4 steps, fp32" 45 \
     "$PY" bench/bench_gpu.py --paths 1000000 --d 100 --steps 10000 --save-every 10000 --only float32
 
 {

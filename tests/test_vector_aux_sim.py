@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sympy as sp
 
 import sdederive as sd
 from sdederive.errors import SdederiveError
@@ -129,8 +130,6 @@ def test_lamb_weak_error_shrinks_with_eta():
 def test_user_sde_from_json_without_its_optimizer_needs_init(tmp_path):
     x, g, m, v = sd.vectors("x g m v")
     b1, b2, eta = sd.sym("beta1"), sd.sym("beta2"), sd.sym("eta")
-    import sympy as sp
-
     u = sd.coordinatewise(lambda a, c: a / (sp.sqrt(c) + sd.sym("eps")), b1 * m + (1 - b1) * g,
                           b2 * v + (1 - b2) * sd.coordinatewise(lambda a: a ** 2, g))
     opt = sd.from_update("my_adam", {"x": x - eta * u, "m": b1 * m + (1 - b1) * g,
@@ -168,3 +167,18 @@ def test_compare_and_sweep_accept_lamb_and_nesterov():
     with ThreadPoolExecutor(1) as ex:
         res = sd.sweep.run(grid, prob, steps=20, paths=200, executor=ex, progress=False)
     assert len(res) == 4 and all(row["final_loss"] < row["initial_loss"] for row in res.rows)
+
+
+def test_noise_on_x_and_a_state_together_is_refused():
+    """x's diffusion is signed for F = -(x' - x)/eta, a state's for its own increment: with both noisy (no derived
+    SDE is) the cross-covariance's sign would be a guess, so the kernel refuses."""
+    import dataclasses
+
+    from sdederive.sde_vector import SIGMA
+    from sdederive.simulate.lower import CodegenError
+
+    sde = sd.derive("lamb")
+    both = dataclasses.replace(sde, diffusion_matrix_expr=sd.sym("eta") ** sp.S.Half * SIGMA ** sp.S.Half)
+    prob = sd.Quadratic(H=np.diag([1.0, 2.0]), Sigma=np.eye(2) * 0.2, x0=[1.0, -1.0])
+    with pytest.raises(CodegenError, match="both carry noise"):
+        sd.compile(both, prob)

@@ -605,6 +605,12 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
         # coefficients are those of their own increments (dm = ... + sqrt(eta) rho1 Sigma^(1/2) dW, as m' has
         # +(1 - beta1) xi), and with them the derived signs stay as they are (they fix the cross-covariances)
         flip = all(factors[s][1] == "zero" for s in prog.states[1:])
+        if not flip and factors["x"][1] == "root":  # no derived SDE has both; a hand-made one is not simulated
+            raise CodegenError(
+                f"the SDE of {sde.optimizer}: x and the auxiliary states {list(prog.states[1:])} both carry noise; "
+                "x's diffusion is written for F = -(x' - x)/eta and the states' for their own increments, so the "
+                "sign of their cross-covariance through the common dW is not fixed by the SDE alone; the simulators "
+                "run SDEs where only x, or only auxiliary states, have noise")
         for s in prog.states[1:] + ("x",):  # x last: its Euler step is the step's last operation
             Af, fm = factors[s]
             step = _v(state_vec(s)) + _v(drifts[s]) * sp.Symbol("dt")

@@ -109,11 +109,17 @@ def test_vector_sgd_is_the_scalar_sgd():
 
 def _mc_atoms(sde, grad, Sigma, hv, n=2_000_000, seed=5):
     """Every atom of `sde` by an independent numpy Monte Carlo over g ~ N(grad, Sigma)."""
-    from sdederive.sde_vector import NORM_G
 
     rng = np.random.default_rng(seed)
     Lc = np.linalg.cholesky(Sigma)
-    gs = grad + rng.standard_normal((n, grad.size)) @ Lc.T
+    return atoms_from_samples(sde, grad + rng.standard_normal((n, grad.size)) @ Lc.T, hv)
+
+
+def atoms_from_samples(sde, gs, hv):
+    """Every atom of `sde` as the mean over the gradient samples `gs` (rows)."""
+    from sdederive.sde_vector import NORM_G
+
+    n = len(gs)
     ng = np.linalg.norm(gs, axis=1)
     out = {}
     for a in sde.atoms:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.stats as st
-import sympy as sp
 
 import sdederive as sd
 from sdederive.errors import SdederiveError
 from sdederive.problems.io import from_dict
 from sdederive.simulate.rng.philox import chi_square
 from tests.helpers import VEC_H, VEC_SIG
+from tests.test_vector_simulate import atoms_from_samples
 
 X0 = np.array([0.6, -0.4, 0.5])
 
@@ -107,22 +107,8 @@ def _t_samples(grad, Sigma, nu, n, seed):
 
 def _mc_atoms_t(sde, grad, Sigma, nu, hv, n=1_000_000, seed=5):
     """Every atom of `sde` by an independent numpy Monte Carlo over g = grad + sqrt(nu/W) L z."""
-    from sdederive.sde_vector import NORM_G
-
-    gs = _t_samples(grad, Sigma, nu, n, seed)
-    ng = np.linalg.norm(gs, axis=1)
-    out = {}
-    for a in sde.atoms:
-        assert a.law == "student-t"
-        r = sp.lambdify([NORM_G] + [sp.Symbol(k, positive=True) for k in hv], a.integrand, "numpy")
-        rv = np.broadcast_to(r(ng, *hv.values()), ng.shape)
-        if a.tensor == "g":
-            out[a] = (rv[:, None] * gs).mean(0)[:, None]
-        elif a.tensor == "ggT":
-            out[a] = np.einsum("n,ni,nj->ij", rv, gs, gs) / n
-        else:
-            out[a] = np.array([[rv.mean()]])
-    return out
+    assert all(a.law == "student-t" for a in sde.atoms)
+    return atoms_from_samples(sde, _t_samples(grad, Sigma, nu, n, seed), hv)
 
 
 @pytest.mark.parametrize("name, nu_sde", [("sam", 7), ("nsgd", 7), ("usam", None)])

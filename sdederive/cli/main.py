@@ -124,26 +124,27 @@ def _dump(obj) -> str:
 # -- commands ------------------------------------------------------------------------------------
 
 
-def cmd_list(args, out) -> int:
-    # from the catalog (sdederive.cli._catalog, generated from the registries and tested against them): no sympy
-    print("Optimizers (sdederive derive NAME):", file=out)
-    rows = [(name, reg, ", ".join(states) or "-", doc) for name, reg, states, doc in _catalog.OPTIMIZERS]
+def _optimizer_table(title: str, catalog_rows, out) -> None:
+    """`title`, then one aligned row per `(name, natural regime, states, description)` of the catalog."""
+    print(title, file=out)
+    rows = [(name, reg, ", ".join(states) or "-", doc) for name, reg, states, doc in catalog_rows]
     w = [max(len(r[i]) for r in rows + [("name", "natural regime", "states", "")]) for i in range(3)]
     print(f"  {'name':<{w[0]}}  {'natural regime':<{w[1]}}  {'states':<{w[2]}}  description", file=out)
     for r in rows:
         print(f"  {r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}", file=out)
+
+
+def cmd_list(args, out) -> int:
+    # from the catalog (sdederive.cli._catalog, generated from the registries and tested against them): no sympy
+    _optimizer_table("Optimizers (sdederive derive NAME):", _catalog.OPTIMIZERS, out)
 
     print("\nNoise models (--noise NAME):", file=out)
     wn = max(len(n) for n in _catalog.noise_names())
     for name in _catalog.noise_names():
         print(f"  {name:<{wn}}  {NOISE_DOCS.get(name, '')}", file=out)
 
-    print("\nVector optimizers (sdederive derive NAME: the vector engine, d dimensions, a full Sigma):", file=out)
-    vrows = [(name, reg, ", ".join(states) or "-", doc) for name, reg, states, doc in _catalog.VECTOR_OPTIMIZERS]
-    w = [max(len(r[i]) for r in vrows + [("name", "natural regime", "states", "")]) for i in range(3)]
-    print(f"  {'name':<{w[0]}}  {'natural regime':<{w[1]}}  {'states':<{w[2]}}  description", file=out)
-    for r in vrows:
-        print(f"  {r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]}", file=out)
+    _optimizer_table("\nVector optimizers (sdederive derive NAME: the vector engine, d dimensions, a full Sigma):",
+                     _catalog.VECTOR_OPTIMIZERS, out)
 
     print("\nRegimes (--regime NAME):", file=out)
     wr = max(len(r[0]) for r in _catalog.REGIMES)

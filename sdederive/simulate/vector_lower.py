@@ -353,13 +353,6 @@ def _hyper_map(hypers, regime: str = "sgd", decays: tuple = ()) -> dict:
 # -- discrete mode ----------------------------------------------------------------------------------------------
 
 
-def _memo_key(v) -> object:
-    """Equal vector subtrees have equal values unless they hold a fresh minibatch (then each object is its own
-    draw)."""
-    text = str(v)
-    return id(v) if "fresh=True" in text else text
-
-
 def lower_discrete(opt: V.VectorOptimizer, problem) -> VProgram:
     """The program of one step of the discrete update `opt` on `problem` (every state from the old values)."""
     prog = VProgram("discrete", opt.name, hypers=tuple(h.name for h in opt.hypers), states=opt.state_names)
@@ -381,8 +374,7 @@ def lower_discrete(opt: V.VectorOptimizer, problem) -> VProgram:
     g = noisy_grad("X", 0)
     env = {"x": "X", "g": g, **{s: state_vec(s) for s in prog.states[1:]}}
     nb = [1]
-    memo: dict = {}  # equal sub-updates (LAMB's m', inside u and inside norm(u + wd*x)) are computed once; a
-    # subtree with a fresh minibatch is keyed by identity, so two separate grad_at(..., fresh=True) stay two draws
+    memo: dict = {}  # V.value_key: equal sub-updates are computed once, fresh minibatches stay separate draws
 
     def scal(s: sp.Expr) -> sp.Expr:
         repl = {}
@@ -392,7 +384,7 @@ def lower_discrete(opt: V.VectorOptimizer, problem) -> VProgram:
         return b.check_names(b.hyper(s.xreplace(repl)), "the update")
 
     def low(v: V.Vec) -> str:
-        key = _memo_key(v)
+        key = V.value_key(v)
         if key not in memo:
             memo[key] = _low(v)
         return memo[key]

@@ -405,6 +405,14 @@ class VectorOptimizer:
         return "\n".join(lines) + "\n  defaults: " + ", ".join(f"{k}={v:g}" for k, v in self.defaults.items())
 
 
+def value_key(v: Vec) -> object:
+    """A key under which equal vector subtrees share one value (LAMB's `m'` inside `u` and inside
+    `norm(u + wd*x)`), except a subtree holding a fresh minibatch: each such object is its own draw, keyed by
+    identity, so two separate `grad_at(..., fresh=True)` stay independent even where they are equal as trees."""
+    text = str(v)
+    return id(v) if "fresh=True" in text else text
+
+
 def _walk(v: Vec):
     """Every vector node of `v` (including those inside norms and dots of its scalars)."""
     yield v

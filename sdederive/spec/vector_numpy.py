@@ -30,12 +30,6 @@ def _lambdify(args: tuple, expr: sp.Expr):
     return sp.lambdify(list(args), expr, "numpy")
 
 
-def _memo_key(v) -> object:
-    """As the kernels' lowering: equal subtrees share a value unless they hold a fresh minibatch."""
-    text = str(v)
-    return id(v) if "fresh=True" in text else text
-
-
 def step(opt: V.VectorOptimizer, x: np.ndarray, states: Mapping[str, np.ndarray],
          g_of: Callable[[np.ndarray, int], np.ndarray], hyper: Mapping[str, float], k: int = 0,
          keys: dict | None = None) -> dict:
@@ -62,7 +56,7 @@ def step(opt: V.VectorOptimizer, x: np.ndarray, states: Mapping[str, np.ndarray]
 
     def low(v: V.Vec) -> np.ndarray:
         if id(v) not in keys:
-            keys[id(v)] = (v, _memo_key(v))  # v itself too: its id stays its own while the dict lives
+            keys[id(v)] = (v, V.value_key(v))  # v itself too: its id stays its own while the dict lives
         key = keys[id(v)][1]
         if key in memo:
             return memo[key]

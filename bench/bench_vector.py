@@ -6,7 +6,12 @@ coordinate-steps per second (paths * steps * d / s).  Baseline, in the same proc
 update in numpy, vectorised over the paths (BLAS matrix products for H x and L z, numpy's normals), the
 way one writes it by hand.
 
-Options: --paths N (default 4096), --steps K (default 200), --d D (default 100), --only NAME[,NAME] (a subset).
+For the SDEs whose noise is sampled (SAM, NSGD, clipped SGD: `inner` samples of the increment per step), a
+second row `sde-ps` runs the per-sample form (`g_k = grad + L z_k` and `F_k` for every sample: a matrix product
+each) that the z-space form of `sdederive.simulate.vector_lower._lower_zspace` replaces, on the same Gaussians.
+
+Options: --paths N (default 4096), --steps K (default 200), --d D (default 100), --only NAME[,NAME] (a subset),
+--inner N (inner samples of the sampled-noise SDEs, default 8).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 import numpy as np
 
 import sdederive as sd
+from sdederive.simulate import vector_lower
 
 
 def numpy_discrete(name, H, L, x0, eta, hyper, paths, steps, seed=0):
@@ -56,6 +62,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--d", type=int, default=100)
     ap.add_argument("--only", default="")
+    ap.add_argument("--inner", type=int, default=vector_lower.DEFAULT_INNER)
     a = ap.parse_args()
     only = set(filter(None, a.only.split(",")))
     d, paths, steps = a.d, a.paths, a.steps
@@ -84,11 +91,15 @@ def main() -> None:
         t = time.perf_counter()
         numpy_discrete(name, H, prob.noise_factor(), prob.x0, 0.01, hp, paths, steps)
         t_np = time.perf_counter() - t
-        for mode in ("discrete", "sde"):
+        for mode in ("discrete", "sde", "sde-ps"):
             sde_obj = obj if mode == "discrete" else (sd.derive("sgd", Sigma="full") if name == "vsgd" else
                                                       sd.derive(obj))
+            if mode == "sde-ps" and not vector_lower.sampled_noise(sde_obj):
+                continue
+            vector_lower.ZSPACE = mode != "sde-ps"
             t0 = time.perf_counter()
-            sim = sd.compile(sde_obj, prob)
+            sampled = mode != "discrete" and vector_lower.sampled_noise(sde_obj)
+            sim = sd.compile(sde_obj, prob, inner=a.inner if sampled else None)
             c_s = time.perf_counter() - t0
             sim.run(paths=64, steps=2, eta=0.01, hyper=hp)  # warm: numba's dispatch, BLAS threads
             r = sim.run(paths=paths, steps=steps, eta=0.01, hyper=hp, save_every=steps)

@@ -268,3 +268,25 @@ def test_the_registry_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code, str(root / "sdederive")], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "('numba', 'cupy') []"
+
+
+def test_blas_is_single_threaded_under_the_kernel_threads():
+    """The numba kernels' threads each call BLAS (the vector kernels' row-block products); a threaded BLAS
+    under them oversubscribes the cores, so `_launch` limits BLAS to one thread for the launch and restores
+    it after (threadpoolctl)."""
+    import scipy.linalg  # noqa: F401 - loads scipy's BLAS, the one numba's np.dot calls
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from sdederive.simulate.backends import numba_backend as nb
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    with threadpool_limits(limits=2, user_api="blas"):  # a threaded BLAS, as on any multi-core machine
+        before = blas_threads()
+        assert before and max(before) == 2
+        seen = []
+        nb._refresh_blas()
+        nb._launch(lambda *a: seen.append(blas_threads()), (), 4, 2)
+        assert seen == [[1] * len(before)] * 2
+        assert blas_threads() == before

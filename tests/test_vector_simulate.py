@@ -333,3 +333,49 @@ def test_usam_sde_at_dt_eta_is_usam_itself_on_a_quadratic():
     a = sd.compile("usam", prob).run(paths=64, steps=30, hyper=hv, seed=4, keep_final=True)
     b = sd.compile(sd.derive("usam"), prob).run(paths=64, steps=30, hyper=hv, seed=4, keep_final=True)
     np.testing.assert_allclose(b.final["x"], a.final["x"], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("name, kind", [("nsgd", "dense"), ("sam", "dense-t"), ("clip_sgd", "diag")])
+def test_zspace_noise_is_the_sampled_noise_on_the_same_gaussians(name, kind, monkeypatch):
+    """The z-space form of the sampled noise (`vector_lower._lower_zspace`: norms from `L^T grad` and
+    `lambda = diag(L^T L)`, the products by `L` and `C` after the inner loop) against the per-sample form
+    (`g_k = grad + L z_k` and `F_k` for every sample): the same Gaussians, so the same paths up to rounding.
+    A wrong `e_k`, a missing block or a wrong `lambda` moves every path by O(sqrt(eta))."""
+    from sdederive.simulate import vector_lower as VL
+
+    H, S = _dense(d=5, seed=4)
+    x0 = np.array([0.8, -0.5, 0.3, 1.1, -0.9])
+    if kind == "diag":
+        prob, sde = sd.Quadratic(h=np.diag(H), sigma=np.sqrt(np.diag(S)), x0=x0), sd.derive(name)
+    else:
+        prob = sd.Quadratic(H=H, Sigma=S, x0=x0, noise="multivariate-t" if kind == "dense-t" else "gaussian", nu=5
+                            if kind == "dense-t" else None)
+        sde = sd.derive(name, noise="student-t", nu=5) if kind == "dense-t" else sd.derive(name)
+    hv = {"rho": 0.3, "c": 0.7}
+    hyper = {h[0]: hv[h[0]] for h in sde.hypers if h[0] in hv}
+    assert VL.zspace_applies(sde, prob)
+    run = dict(paths=96, steps=40, eta=0.02, seed=7, hyper=hyper, keep_final=True)
+    fast = sd.compile(sde, prob, inner=3)
+    assert "ltv" in {o.kind for o in VL.lower_sde(sde, prob, 3).pre}
+    a = fast.run(**run).final["x"]
+    monkeypatch.setattr(VL, "ZSPACE", False)
+    assert not VL.zspace_applies(sde, prob)
+    b = sd.compile(sde, prob, inner=3).run(**run).final["x"]
+    assert np.abs(b - x0).max() > 0.05  # the paths moved
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_zspace_is_not_used_where_it_does_not_hold():
+    """`sign(g)` needs `g` itself (SignSGD with a full Sigma), and logistic regression's noise factor varies
+    with x: both keep the per-sample form."""
+    from sdederive.simulate.vector_lower import zspace_applies
+
+    H, S = _dense(d=3, seed=1)
+    dense = sd.Quadratic(H=H, Sigma=S, x0=np.ones(3))
+    assert zspace_applies(sd.derive("nsgd"), dense)
+    x, g = sd.vectors("x g")
+    vsign = sd.from_update("vsign", {"x": x - sd.sym("eta") * sd.coordinatewise(sp.sign, g)},
+                           hypers={"eta": (0.01, "lr")})
+    assert not zspace_applies(sd.derive(vsign), dense)
+    logi = sd.LogisticRegression.synthetic(n=30, d=3, B=4, seed=0)
+    assert not zspace_applies(sd.derive("nsgd"), logi)

@@ -14,6 +14,9 @@ dense products as BLAS matrix products).  Its operations (`VOp`):
               (step, path, stream) shared by the coordinates (`sdederive.simulate.rng.philox.chi_square`)
 `gtrs`      `out = grad tr Sigma(x)` at the path's `x` (the problem's `prob_gtrs`; SDEs derived with
               `Sigma="x"`)
+`ltv`       `out = L^T src` for the constant noise factor `L` (`diag(sigma)` without one): z-space programs
+`lv`        `out = L src`, the same factor (z-space programs; `noise` with the third argument `"z"` there
+              writes the Gaussians `z` themselves)
 `mbgrad`    `out` = the minibatch gradient at `src` over the indices of minibatch `b` (drawn once per
               step from their own stream), for problems with real minibatches (discrete mode)
 `cw`        `out_i = expr` coordinate by coordinate (`v_NAME` is `NAME_i`, `s_NAME` a scalar, `hp_h` a
@@ -49,6 +52,10 @@ gradients over the same (or fresh) indices.
   (With the closed-form parts kept exact and only the atoms estimated, the noise would be inflated by
   `dt Cov[drift estimate]`, a relative `1/n` for NSGD at `dt = eta`: the stationary loss `1/n` too high.)
   `inner=` of `sd.compile` sets `n` (default 8).  `VectorSDE.increment` is checked against the drift first.
+  Where the noise factor is constant with orthogonal columns (every `Quadratic`) and `F` has no `sign(g)`,
+  the same step runs in *z-space* (`_lower_zspace`): the norms `|g_k|` from `L^T grad` and the Gaussians alone,
+  the products by `L` and by `F`'s matrices once after the samples, so a sample costs `O(d)` instead of a
+  matrix product; the same Gaussians give the same paths up to rounding.
 
 **Student-t SDEs** (`VectorSDE.noise == "student-t"`, derived under the multivariate t) run on a problem with
 `noise="multivariate-t"` of the same `nu` (`compile_vector` checks it; a symbolic `nu` takes the problem's value
@@ -127,6 +134,7 @@ class VProgram:
     post: list = field(default_factory=list)
     n_inner: int = 0
     fsample: str | None = None
+    zspace: bool = False
     result: str = "X"
     vectors: set = field(default_factory=set)
     scalars: set = field(default_factory=set)
@@ -511,6 +519,102 @@ def _check_increment(sde: VectorSDE) -> None:
                            "drift")
 
 
+#: whether `lower_sde` may use the z-space form of the sampled noise (`zspace_applies`); the tests switch it off to
+#: compare the two forms on the same Gaussians
+ZSPACE = True
+#: the kernels' names of the current inner sample's weight `w_k` and of `sum_k w_k`, and of the vector
+#: `lambda_j = (L^T L)_jj` (the squared column norms of the noise factor, `sigma_j**2` without one)
+WK, SW, LAM = sp.Symbol("s_WK", real=True), sp.Symbol("s__SW", real=True), sp.Symbol("v_LAM", real=True)
+
+
+def zspace_applies(sde: VectorSDE, problem) -> bool:
+    r"""Whether the sampled noise of `sde` on `problem` can run in *z-space* (`_lower_zspace`): the noise is
+    `xi = L z` with a constant factor whose columns are orthogonal (`L^T L` diagonal: the eigen-factor
+    `U Lambda^(1/2)` of a `Quadratic`'s `Sigma`, or `diag(sigma)`), and every random block of the increment is
+    `r(|g|) g` or `r(|g|) v` (no `sign(g)`: a coordinate-wise function of `g` needs `g` itself)."""
+    if not ZSPACE or any(blk[0] == "sign" for blk in sde.increment):
+        return False
+    from sdederive.problems.quadratic import Quadratic
+
+    if not isinstance(problem, Quadratic) or problem.noise_varies or problem.minibatch:
+        return False
+    L = problem.noise_factor()
+    if L is None:
+        return True
+    import numpy as np
+
+    G = L.T @ L
+    return bool(np.allclose(G, np.diag(np.diag(G)), rtol=0, atol=1e-12 * max(1.0, float(np.abs(G).max()))))
+
+
+def _lower_zspace(b: _Builder, sde: VectorSDE, A, batches, student: bool) -> None:
+    r"""The sampled noise of `lower_sde` (inner samples `g_k = grad + L z_k`, weights `w_k`) with every sample's
+    work `O(d)` instead of `O(d^2)`: the same Gaussians and the same numbers up to rounding.
+
+    With `L^T L = Lambda` diagonal, `|g_k|^2 = |grad|^2 + 2 (L^T grad) . z_k + sum_j lambda_j z_kj^2`, so the
+    norms need one product `L^T grad` per step.  The step is linear in the samples,
+    $x' = x - a_0\,dt + \sum_k e_k F_k$ with $e_k = -dt/n + c s\,\sqrt{dt}\,(w_k - \bar w)/\sqrt{n-1}$
+    ($\bar w = n^{-1}\sum_k w_k$; it is `-(a_0 + mean_k F_k) dt + c s sqrt(dt) zeta` of the module docstring
+    written out), and a block `C r(|g|) g` of `F` contributes
+    $C\,(\alpha\,\nabla f + L\beta)$, $\alpha = \sum_k e_k r_k$, $\beta = \sum_k e_k r_k z_k$: the inner loop
+    accumulates the scalars `alpha` and the z-space vectors `beta` (one per matrix `C`), and the products by `L`
+    and `C` come once, after it.  A block `r(|g|) v` adds `(sum_k e_k r_k) v`.  NSGD then costs three matrix
+    products a step (`H x`, `L^T grad`, `L beta`) for any `n`, against `n + 1`; SAM (`C = rho H`) five
+    against `2n + 1`."""
+    prog = b.prog
+    n = prog.n_inner
+    prog.zspace = True
+    dt, sdt = sp.Symbol("dt"), sp.Symbol("sdt")
+    # once per step (pre): the deterministic vectors, L^T grad, |grad|^2 and the zeroed accumulators
+    det = {j: b.vec(blk[3]) for j, blk in enumerate(sde.increment) if blk[0] in ("1", "det")}
+    c = b.scalar(sp.sympify(A))
+    s2 = 1 - dt / (n * c ** 2)
+    gl = b.vop("ltv", ("GR",), "gl")
+    g2 = b.red(_v("GR") ** 2)
+    groups: dict = {}  # the matrix C of "g" blocks -> (alpha, beta)
+    ones: dict = {}  # j of a "1" block -> its scalar sum_k e_k r_k
+    for j, (tensor, _r, _bt, coef) in enumerate(sde.increment):
+        if tensor == "g" and coef not in groups:
+            groups[coef] = (b.sop("sc", sp.S.Zero, "al"), b.vop("cw", (sp.S.Zero,), "be"))
+        elif tensor == "1":
+            ones[j] = b.sop("sc", sp.S.Zero, "ga")
+    # once per inner sample: z_k of each minibatch's stream, |g_k|, e_k, the accumulations
+    b.ops = prog.inner
+    b.memo = {}
+    zs, ngs = {}, {}
+    for bt in batches:
+        z = b.vop("tnoise" if student else "noise", (NOISE_STREAM_INNER + bt, prog.batches, "z"), "z")
+        q = b.red(2 * _v(gl) * _v(z) + LAM * _v(z) ** 2)
+        # |g|^2 >= 0 exactly; the expanded form can round below 0 only where |g| << |grad|
+        zs[bt], ngs[bt] = z, _s(b.sop("sc", sp.sqrt(sp.Max(sp.S.Zero, g2 + q)), "ng"))
+    e = _s(b.sop("sc", fold_numbers(-dt / n + c * sp.sqrt(s2) * sdt * (WK - SW / n) / sp.sqrt(n - 1)), "e"))
+    acc_a = {coef: [] for coef in groups}
+    acc_b = {coef: [] for coef in groups}
+    for j, (tensor, r, bt, coef) in enumerate(sde.increment):
+        if tensor == "det":
+            continue
+        rr = b.hyper(r.xreplace({NORM_G: ngs[bt]}))
+        if tensor == "1":
+            b.ops.append(VOp("sc", ones[j], (fold_numbers(_s(ones[j]) + e * rr),)))
+        else:
+            acc_a[coef].append(rr)
+            acc_b[coef].append(rr * _v(zs[bt]))
+    for coef, (al, be) in groups.items():
+        b.ops.append(VOp("sc", al, (fold_numbers(_s(al) + e * sp.Add(*acc_a[coef])),)))
+        upd = fold_numbers(_v(be) + e * sp.Add(*acc_b[coef]))
+        check_supported(upd, f"the vector kernel of {prog.name}")
+        b.ops.append(VOp("cw", be, (upd,)))
+    # once per step, after the samples (post): the products by L and C, the new x
+    b.ops = prog.post
+    b.memo = {}
+    parts = [_v("X")] + [-dt * _v(det[j]) for j, blk in enumerate(sde.increment) if blk[0] == "det"]
+    for coef, (al, be) in groups.items():
+        u = b.cw(_s(al) * _v("GR") + _v(b.vop("lv", (be,), "lb")), "u")
+        parts.append(_v(b.apply(coef, u)))
+    parts += [_s(ga) * _v(det[j]) for j, ga in ones.items()]
+    prog.result = b.vop("cw", (fold_numbers(sp.Add(*parts)),), "nx")
+
+
 def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram:
     """The program of one Euler–Maruyama step of `sde` on `problem` (see the module docstring)."""
     hyp = tuple(h[0] for h in sde.hypers)
@@ -547,6 +651,9 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
         prog.n_inner = n_inner
         batches = sorted({blk[2] for blk in sde.increment} | {0})
         prog.batches = max(batches) + 1
+        if zspace_applies(sde, problem):
+            _lower_zspace(b, sde, A, batches, student)
+            return prog
         # the deterministic vectors (a0, the coefficients of "1" blocks): once per step
         det = {j: b.vec(blk[3]) for j, blk in enumerate(sde.increment) if blk[0] in ("1", "det")}
         b.ops = prog.inner

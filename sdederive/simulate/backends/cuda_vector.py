@@ -39,6 +39,10 @@ class _Printer(_CudaPrinter):
 
     def _print_Symbol(self, e):
         n = e.name
+        if n == "s_WK":  # the current inner sample's weight (z-space programs)
+            return "WK[kin]"
+        if n == "v_LAM":  # lambda_i = (L^T L)_ii, constant
+            return "LAMV[i]"
         if n.startswith("v_"):
             v = n[2:]
             return f"X[{self.states.index(v)}][i]" if v in self.states else f"V_{v}[i]"
@@ -108,15 +112,25 @@ class _Writer:
                    f"{'WX' if at_x else 'WS'}, false, {'true' if varies else 'false'});")
         elif o.kind == "hvp":
             w(ind, f"prob_hvp({self.src('X')}, {self.src(o.args[0])}, V_{o.out}, PV, PM, PL, PY, WS);")
+        elif o.kind in ("ltv", "lv"):  # L^T v and L v (z-space programs), the factor PL row-major
+            src = self.src(o.args[0])
+            if self.factor:
+                ent = "PL[j * D + i]" if o.kind == "ltv" else "PL[i * D + j]"
+                w(ind, f"for (int i = 0; i < D; ++i) {{ double acc = 0.0; for (int j = 0; j < D; ++j) acc += {ent} * "
+                       f"{src}[j]; V_{o.out}[i] = acc; }}")
+            else:  # L = diag(sigma)
+                w(ind, f"for (int i = 0; i < D; ++i) V_{o.out}[i] = V_SG[i] * {src}[i];")
         elif o.kind in ("noise", "tnoise"):
-            base, stride = o.args
+            base, stride = o.args[:2]
             stream = f"(sd_u32)({base} + kin * {stride})" if (in_inner and stride) else f"{base}u"
             w(ind, f"for (int jb = 0; jb < NZ4 / 4; ++jb) sd_normal4(cstep, (sd_u32)jb, (sd_u32)p, {stream}, key0, "
                    "key1, &Z[4 * jb]);")
             if o.kind == "tnoise":  # the multivariate t: the row's Gaussians times sqrt(nu/W), one W per draw
                 w(ind, f"{{ const double tsc = sqrt(PV[P_nu] / sd_chi_square(PV[P_nu], cstep, (sd_u32)p, {stream}, key0, "
                        "key1)); for (int i = 0; i < NZ4; ++i) Z[i] *= tsc; }")
-            if self.factor:
+            if o.args[2:] == ("z",):  # the Gaussians z themselves (z-space programs)
+                w(ind, f"for (int i = 0; i < D; ++i) V_{o.out}[i] = Z[i];")
+            elif self.factor:
                 w(ind, f"prob_corr({self.src('X')}, V_GR, Z, V_{o.out}, PV, PM, PL, PY, WX);")
             else:
                 w(ind, f"for (int i = 0; i < D; ++i) V_{o.out}[i] = V_SG[i] * Z[i];")
@@ -140,7 +154,15 @@ class _Writer:
         if self.f32:
             w(ind, "for (int i = 0; i < D; ++i) XD[i] = (double)X[0][i];")
         self.ops(ind, prog.pre)
-        if prog.n_inner:
+        if prog.n_inner and prog.zspace:  # the weights and their sum first; the samples accumulate themselves
+            n = prog.n_inner
+            w(ind, f"for (int jb = 0; jb < {(n + 3) // 4}; ++jb) sd_normal4(cstep, (sd_u32)jb, (sd_u32)p, "
+                   f"{WEIGHT_STREAM}u, key0, key1, &WK[4 * jb]);")
+            w(ind, f"{{ double acc = 0.0; for (int kin = 0; kin < {n}; ++kin) acc += WK[kin]; S__SW = acc; }}")
+            w(ind, f"for (int kin = 0; kin < {n}; ++kin) {{")
+            self.ops(ind + 1, prog.inner, in_inner=True)
+            w(ind, "}")
+        elif prog.n_inner:
             n = prog.n_inner
             w(ind, f"for (int jb = 0; jb < {(n + 3) // 4}; ++jb) sd_normal4(cstep, (sd_u32)jb, (sd_u32)p, "
                    f"{WEIGHT_STREAM}u, key0, key1, &WK[4 * jb]);")
@@ -176,7 +198,8 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
     d, ns = problem.d, len(prog.states)
     nex = problem.n if problem.minibatch else 1
     # the results are written into their states directly
-    vecs = sorted((set(prog.vectors) | {"SG"} | ({"_SF", "_SWF"} if prog.n_inner else set())) - set(W.states)
+    vecs = sorted((set(prog.vectors) | {"SG"} | ({"_SF", "_SWF"} if prog.n_inner and not prog.zspace else set()))
+                  - set(W.states)
                   - set(W.results))
     scalars = sorted(prog.scalars | ({"_SW"} if prog.n_inner else set()))
     if problem.minibatch and prog.mode == "discrete":
@@ -218,6 +241,13 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
     for j, st in enumerate(prog.states[1:], 1):
         w(1, f"for (int i = 0; i < D; ++i) V_ST_{st}[i] = STATE[(p * NS + {j}) * D + i];")
     w(1, "prob_noise0(V_SG, PV, PM, PL, PY, WS);  // the noise scale constant in x (prob_grad updates a varying one)")
+    if prog.zspace:  # lambda_j = (L^T L)_jj: |L z|^2 = sum_j lambda_j z_j^2 for the factor's orthogonal columns
+        w(1, "double LAMV[D];")
+        if W.factor:
+            w(1, "for (int j = 0; j < D; ++j) { double acc = 0.0; for (int i = 0; i < D; ++i) acc += PL[i * D + j] * "
+                 "PL[i * D + j]; LAMV[j] = acc; }")
+        else:
+            w(1, "for (int j = 0; j < D; ++j) LAMV[j] = V_SG[j] * V_SG[j];")
     w(1, "for (long long k = k_begin; k < k_end; ++k) {")
     if prog.mode == "discrete":
         w(2, "const sd_u32 cstep = (sd_u32)k;")

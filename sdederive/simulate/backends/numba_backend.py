@@ -528,18 +528,38 @@ def _pool(n: int):
     return _POOLS[n]
 
 
+#: threadpoolctl's view of the BLAS libraries loaded in the process (refreshed by every build: numba loads
+#: scipy's BLAS when it compiles a kernel's first product)
+_BLAS = None
+
+
+def _refresh_blas() -> None:
+    global _BLAS
+    from threadpoolctl import ThreadpoolController
+
+    _BLAS = ThreadpoolController()
+
+
 def _launch(kern, args, nblk, threads) -> None:
     """Blocks of paths split over `threads` OS threads (the kernel is `nogil`).  Each block is
-    owned by one thread and its statistics by that block, so the split does not change results."""
+    owned by one thread and its statistics by that block, so the split does not change results.
+
+    BLAS runs single-threaded meanwhile (threadpoolctl; the limit is process-wide and lifted after the
+    launch): the vector kernels' row-block products (`np.dot`, BLAS `dgemm` of 64 x d by d x d) are each
+    called from every kernel thread, and a threaded OpenBLAS under them oversubscribes the cores (measured on
+    2 cores: NSGD's SDE at d = 100 3x slower)."""
     n = threads or default_threads()
     n = max(1, min(n, nblk))
-    if n == 1:
-        kern(*args, 0, nblk)
-        return
-    bounds = [(i * nblk // n, (i + 1) * nblk // n) for i in range(n)]
-    futs = [_pool(n).submit(kern, *args, lo, hi) for lo, hi in bounds]
-    for f in futs:
-        f.result()
+    if _BLAS is None:
+        _refresh_blas()
+    with _BLAS.limit(limits=1, user_api="blas"):
+        if n == 1:
+            kern(*args, 0, nblk)
+            return
+        bounds = [(i * nblk // n, (i + 1) * nblk // n) for i in range(n)]
+        futs = [_pool(n).submit(kern, *args, lo, hi) for lo, hi in bounds]
+        for f in futs:
+            f.result()
 
 
 def _build_host(module, spec, S: int, d: int) -> None:
@@ -583,6 +603,7 @@ class NumbaBackend(AbstractBackend[types.ModuleType]):
         try:
             module.kernel(*args)
             _build_host(module, spec, S, d)
+            _refresh_blas()
         except Exception as first:  # noqa: BLE001 - a damaged numba cache raises whatever unpickling raises
             # A truncated or garbage .nbi/.nbc (disk full, killed writer, copied cache) makes numba's
             # loader fail.  Drop the cache entries, build a fresh module (new dispatchers) and compile again.

@@ -40,6 +40,10 @@ class _Printer(_NumbaPrinter):
 
     def _print_Symbol(self, e):
         n = e.name  # kstep, tt, dt, sdt and hp_<h> are the kernel's own local names
+        if n == "s_WK":  # the current inner sample's weight (z-space programs)
+            return "WK[r, kin]"
+        if n == "v_LAM":  # lambda_i = (L^T L)_ii, constant
+            return "LAMV[i]"
         if n.startswith("v_"):
             v = n[2:]
             return "XB[r, i]" if v == "X" else f"V_{v}[r, i]"
@@ -122,8 +126,16 @@ class _Writer:
         elif o.kind == "hvp":
             w(ind, "for r in range(nr):")
             w(ind + 1, f"prob_hvp({self.x_row()}, {self.src(o.args[0])}[r], {out}[r], PV, PM, PL, PY, WS)")
+        elif o.kind in ("ltv", "lv"):  # L^T v and L v (z-space programs): one BLAS product of the row block
+            if self.factor:
+                w(ind, f"np.dot({self.src(o.args[0])}[:nr], {'PL' if o.kind == 'ltv' else 'PLT'}, {out}[:nr])")
+            else:  # L = diag(sigma)
+                w(ind, "for r in range(nr):")
+                w(ind + 1, "for i in range(d):")
+                w(ind + 2, f"{out}[r, i] = V_SG[r, i] * {self.src(o.args[0])}[r, i]")
         elif o.kind in ("noise", "tnoise"):
-            base, stride = o.args
+            base, stride = o.args[:2]
+            raw = o.args[2:] == ("z",)  # the Gaussians z themselves (z-space programs), not Sigma^(1/2) z
             stream = f"{base} + kin * {stride}" if (in_inner and stride) else f"{base}"
             w(ind, "for r in range(nr):")
             w(ind + 1, "p = ROWS[r]")
@@ -133,7 +145,10 @@ class _Writer:
                 w(ind + 2, f"ZB[r, 4 * jb + {q}] = z{q}")
             if o.kind == "tnoise":
                 self._t_scale(ind + 1, stream)
-            if self.dense and self.factor:
+            if raw:
+                w(ind + 1, "for i in range(d):")
+                w(ind + 2, f"{out}[r, i] = ZB[r, i]")
+            elif self.dense and self.factor:
                 w(ind, f"np.dot(ZB[:nr], LTP, {out}[:nr])")
             elif self.factor:
                 w(ind, "for r in range(nr):")
@@ -181,7 +196,21 @@ class _Writer:
             self.w(ind + 1, "for i in range(d):")
             self.w(ind + 2, "XD[r, i] = XB[r, i]")
         self.ops(ind, prog.pre)
-        if prog.n_inner:
+        if prog.n_inner and prog.zspace:  # the weights and their sum first; the samples accumulate themselves
+            n = prog.n_inner
+            w = self.w
+            w(ind, "for r in range(nr):")
+            w(ind + 1, f"for jb in range({(n + 3) // 4}):")
+            w(ind + 2, f"z0, z1, z2, z3 = normal_pair(cstep, jb, ROWS[r], {WEIGHT_STREAM}, key0, key1)")
+            for q in range(4):
+                w(ind + 2, f"WK[r, 4 * jb + {q}] = z{q}")
+            w(ind + 1, "acc = 0.0")
+            w(ind + 1, f"for kin in range({n}):")
+            w(ind + 2, "acc += WK[r, kin]")
+            w(ind + 1, "S__SW[r] = acc")
+            w(ind, f"for kin in range({n}):")
+            self.ops(ind + 1, prog.inner, in_inner=True)
+        elif prog.n_inner:
             n = prog.n_inner
             w = self.w
             w(ind, "for r in range(nr):")
@@ -226,7 +255,7 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     W = _Writer(prog, problem, dtype)
     w = W.w
     vecs = sorted(prog.vectors - {"X"}) + ["SG"]
-    if prog.n_inner:
+    if prog.n_inner and not prog.zspace:
         vecs += ["_SF", "_SWF"]
     vecs = sorted(set(vecs))
     scalars = sorted(prog.scalars | ({"_SW"} if prog.n_inner else set()))
@@ -253,6 +282,8 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     if W.dense and W.factor:
         w(1, "LTP = np.zeros((nz4, d))  # L^T with zero rows for the padding Gaussians: L z as one product")
         w(1, "LTP[:d, :] = PL.T")
+    if prog.zspace and W.factor:
+        w(1, "PLT = np.ascontiguousarray(PL.T)  # L beta of the z-space accumulators as one product")
     w(1, "XB = np.zeros((PB, d), DT)" if dtype == "float32" else "XB = np.zeros((PB, d))")
     if dtype == "float32":
         # the products need one dtype: the state is float32, every other vector float64 (as the scalar kernels)
@@ -268,12 +299,25 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     w(1, "SGS = np.zeros(d)")
     w(1, "SG0 = np.zeros(d)")
     w(1, "prob_noise0(d, SG0, PV, PM, PL, PY, WS)")
+    if prog.zspace:  # lambda_j = (L^T L)_jj: |L z|^2 = sum_j lambda_j z_j^2 for the factor's orthogonal columns
+        w(1, "LAMV = np.zeros(d)")
+        w(1, "for j in range(d):")
+        if W.factor:
+            w(2, "for i in range(d):")
+            w(3, "LAMV[j] += PL[i, j] * PL[i, j]")
+        else:
+            w(2, "LAMV[j] = SG0[j] * SG0[j]")
     if prog.n_inner:
         w(1, f"WK = np.zeros((PB, {((prog.n_inner + 3) // 4) * 4}))")
     if problem.minibatch and prog.mode == "discrete":
         w(1, "n_ex = PM.shape[0]")
         w(1, "Bm = int(PV[P_B])")
         w(1, f"IDXB = np.zeros(({prog.batches}, PB, Bm + 4), np.int64)")
+    # the losses of a snapshot on a dense quadratic: one BLAS product per row block (the helper's per-path
+    # double loop is latency-bound, and with save_every=1 it cost as much as NSGD's step at d = 100)
+    blas_loss = W.dense and dtype == "float64" and problem.kind == "quadratic_dense"
+    if blas_loss:
+        w(1, "LB = np.zeros((PB, d))")
     w(1, "OBS = np.empty(2 + d)")
     w(1, "ROWS = np.zeros(PB, np.int64)")
     w(1, "ALIVE = np.zeros(PB, np.bool_)")
@@ -322,10 +366,18 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     w(7, "nalive -= 1")
     w(4, "if (k + 1) % save_every == 0:")
     w(5, "jsave = (k + 1) // save_every")
+    if blas_loss:  # the row block's H x as one product, then prob_loss's sum (x^T H x / 2) row by row
+        w(5, "np.dot(XB[:nr], PM, LB[:nr])")
     w(5, "for r in range(nr):")
     w(6, "if ALIVE[r]:")
     w(7, "xrow = XB[r]")
-    w(7, "OBS[0] = prob_loss(xrow, PV, PM, PL, PY, WS)")
+    if blas_loss:
+        w(7, "acc = 0.0")
+        w(7, "for i in range(d):")
+        w(8, "acc += (0.5 * LB[r, i]) * XB[r, i]")
+        w(7, "OBS[0] = acc")
+    else:
+        w(7, "OBS[0] = prob_loss(xrow, PV, PM, PL, PY, WS)")
     w(7, "for i in range(d):")
     w(8, "OBS[2 + i] = xrow[i]")
     w(7, "if not snapshot_add(MEAN, M2, CNT, b, jsave, OBS, xrow):")

@@ -335,7 +335,7 @@ def test_usam_sde_at_dt_eta_is_usam_itself_on_a_quadratic():
     np.testing.assert_allclose(b.final["x"], a.final["x"], rtol=1e-10, atol=1e-13)
 
 
-@pytest.mark.parametrize("name, kind", [("nsgd", "dense"), ("sam", "dense-t"), ("clip_sgd", "diag")])
+@pytest.mark.parametrize("name, kind", [("nsgd", "dense"), ("sam", "dense-t"), ("clip_sgd", "custom")])
 def test_zspace_noise_is_the_sampled_noise_on_the_same_gaussians(name, kind, monkeypatch):
     """The z-space form of the sampled noise (`vector_lower._lower_zspace`: norms from `L^T grad` and
     `lambda = diag(L^T L)`, the products by `L` and `C` after the inner loop) against the per-sample form
@@ -345,8 +345,10 @@ def test_zspace_noise_is_the_sampled_noise_on_the_same_gaussians(name, kind, mon
 
     H, S = _dense(d=5, seed=4)
     x0 = np.array([0.8, -0.5, 0.3, 1.1, -0.9])
-    if kind == "diag":
-        prob, sde = sd.Quadratic(h=np.diag(H), sigma=np.sqrt(np.diag(S)), x0=x0), sd.derive(name)
+    if kind == "custom":  # a custom objective with per-coordinate noise: L = diag(sigma)
+        xs = sp.symbols("x_0:5")
+        f = sum(xs[i] ** 2 * (0.5 + 0.2 * i) for i in range(5)) + xs[0] ** 4 / 4 + xs[1] * xs[2] / 3
+        prob, sde = sd.Custom(f, sigma=np.sqrt(np.diag(S)), x0=x0), sd.derive(name)
     else:
         prob = sd.Quadratic(H=H, Sigma=S, x0=x0, noise="multivariate-t" if kind == "dense-t" else "gaussian", nu=5
                             if kind == "dense-t" else None)

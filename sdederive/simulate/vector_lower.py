@@ -530,17 +530,20 @@ WK, SW, LAM = sp.Symbol("s_WK", real=True), sp.Symbol("s__SW", real=True), sp.Sy
 def zspace_applies(sde: VectorSDE, problem) -> bool:
     r"""Whether the sampled noise of `sde` on `problem` can run in *z-space* (`_lower_zspace`): the noise is
     `xi = L z` with a constant factor whose columns are orthogonal (`L^T L` diagonal: the eigen-factor
-    `U Lambda^(1/2)` of a `Quadratic`'s `Sigma`, or `diag(sigma)`), and every random block of the increment is
+    `U Lambda^(1/2)` of a `Quadratic`'s `Sigma`, or `diag(sigma)` of any problem whose noise scale is constant),
+    and every random block of the increment is
     `r(|g|) g` or `r(|g|) v` (no `sign(g)`: a coordinate-wise function of `g` needs `g` itself)."""
     if not ZSPACE or any(blk[0] == "sign" for blk in sde.increment):
         return False
+    if problem.noise_varies or problem.minibatch:
+        return False
+    if not problem.has_noise_factor:  # xi = sigma * z with a constant sigma (any problem kind)
+        return True
     from sdederive.problems.quadratic import Quadratic
 
-    if not isinstance(problem, Quadratic) or problem.noise_varies or problem.minibatch:
+    if not isinstance(problem, Quadratic):  # a factor the kernels only know as prob_corr
         return False
     L = problem.noise_factor()
-    if L is None:
-        return True
     import numpy as np
 
     G = L.T @ L

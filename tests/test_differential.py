@@ -17,7 +17,7 @@ scale stays below about 2 (a sign flip must not be a rare event, see ``test_mont
 ``|grad| <= 1 <= 2*sigma``, Lion's ``m`` is placed like ``test_montecarlo.lion_m`` and its
 interpolation weight is at most 0.9.
 
-``SDEDERIVE_DIFF_EXAMPLES`` sets the number of cases of the slow run (default 120).
+``SDEDERIVE_DIFF_EXAMPLES`` sets the number of cases of the slow run (default 50; 120 ran clean on 2026-12-02).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def test_differential_quick(comp, regime, noise, seed):
 
 
 @pytest.mark.slow
-@_settings(int(os.environ.get("SDEDERIVE_DIFF_EXAMPLES", "120")))
+@_settings(int(os.environ.get("SDEDERIVE_DIFF_EXAMPLES", "50")))
 @given(comp=COMPOSITIONS, regime=REGIMES, noise=NOISES, seed=st.integers(0, 2**31 - 1))
 def test_differential_slow(comp, regime, noise, seed):
     run_case(comp, regime, noise, seed)

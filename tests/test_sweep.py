@@ -101,7 +101,7 @@ def test_resume_after_a_killed_sweep(tmp_path):
         from sdederive.sweep.cli import surge_problem
         if __name__ == "__main__":
             grid = sweep.Grid(optimizer=["signsgd"], eta=np.geomspace(1e-3, 1e-2, 8), B=[4, 64, 1024], seed=[0])
-            sweep.run(grid, surge_problem(20, 0.5, 0.04), steps=300, paths=4000, out={str(out)!r}, max_workers=1,
+            sweep.run(grid, surge_problem(20, 0.5, 0.04), steps=300, paths=1000, out={str(out)!r}, max_workers=1,
                       progress=False)
     """))
     proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True)
@@ -117,10 +117,10 @@ def test_resume_after_a_killed_sweep(tmp_path):
     assert not list(out.glob("results.parquet"))
     done = sweep.done_ids(out)
     grid = sweep.Grid(optimizer=["signsgd"], eta=np.geomspace(1e-3, 1e-2, 8), B=[4, 64, 1024], seed=[0])
-    res = sweep.run(grid, surge_problem(20, 0.5, 0.04), steps=300, paths=4000, out=out, resume=True, max_workers=2,
+    res = sweep.run(grid, surge_problem(20, 0.5, 0.04), steps=300, paths=1000, out=out, resume=True, max_workers=2,
                     progress=False)
     assert len(res) == 24 and len(done) >= 3
-    ref = sweep.run(grid, surge_problem(20, 0.5, 0.04), steps=300, paths=4000, max_workers=2, progress=False)
+    ref = sweep.run(grid, surge_problem(20, 0.5, 0.04), steps=300, paths=1000, max_workers=2, progress=False)
     got = {r["cell_id"]: r["final_loss"] for r in res.rows}
     assert all(got[r["cell_id"]] == r["final_loss"] for r in ref.rows)
     leftovers = [p for p in out.iterdir() if p.name != "results.parquet"]

@@ -7,8 +7,12 @@ operation is a loop over rows and coordinates (the coordinate loop vectorises), 
 On a dense quadratic the products `H v` (gradient, Hessian-vector products) and `L z` (the noise) of a
 row block are one matrix product each, `np.dot` on contiguous blocks, which numba hands to BLAS `dgemm`:
 that is what reaches the machine's floating-point rate at d = 100 (a per-path loop of dot products is
-latency-bound at a small fraction of it; measured in `docs/benchmarks.md`).  Other problems call their
-generated per-point helpers (`prob_grad`, `prob_hvp`, `prob_corr`) row by row.
+latency-bound at a small fraction of it; measured in `docs/benchmarks.md`), and so are the snapshot losses
+`x^T H x / 2` of a row block; the launch keeps BLAS single-threaded under the kernel's own threads
+(`numba_backend._launch`).  The z-space programs of the sampled-noise SDEs (`vector_lower._lower_zspace`) add
+`L^T v` and `L v` as products by `PL` and its transpose, and read `lambda_j = (L^T L)_jj` (`LAMV`, computed once
+per launch) and the current inner sample's weight (`WK[r, kin]`).  Other problems call their generated
+per-point helpers (`prob_grad`, `prob_hvp`, `prob_corr`) row by row.
 
 Results do not depend on the thread count: blocks and row blocks are fixed by the paths alone.  The
 Gaussians are addressed by (step, coordinate block, path, stream) as in the scalar kernels

@@ -98,7 +98,7 @@ _CASES = {  # case: (problem, dtype, run); rho or c where the optimizer has one
     # x), the step counter k of the bias corrections, the norm of a coordinate-wise expression of the states
     "sde-lamb": (DENSE, "float64", RUN),  # auxiliary states with the shared dW, the time t, the scaled decays rho
     "discrete-samt": (DENSE_T, "float64", dict(RUN, hyper=RHO)),  # the multivariate t: one chi-square per draw
-    "sde-samt": (DENSE_T, "float64", dict(RUN, hyper=RHO)),  # ... and per inner sample (z-space: L^T grad, L beta, rho H)
+    "sde-samt": (DENSE_T, "float64", dict(RUN, hyper=RHO)),  # ... per inner sample (z-space: L^T grad, L beta, rho H)
     "sde-usamx": (LOGI, "float64", dict(RUN, hyper=RHO, eta=0.1, steps=30)),  # Sigma(x): grad tr Sigma(x) (prob_gtrs)
 }
 

@@ -550,7 +550,7 @@ def zspace_applies(sde: VectorSDE, problem) -> bool:
     return bool(np.allclose(G, np.diag(np.diag(G)), rtol=0, atol=1e-12 * max(1.0, float(np.abs(G).max()))))
 
 
-def _lower_zspace(b: _Builder, sde: VectorSDE, A, batches, student: bool) -> None:
+def _lower_zspace(b: _Builder, sde: VectorSDE, A, batches, student: bool, det: dict) -> None:
     r"""The sampled noise of `lower_sde` (inner samples `g_k = grad + L z_k`, weights `w_k`) with every sample's
     work `O(d)` instead of `O(d^2)`: the same Gaussians and the same numbers up to rounding.
 
@@ -568,8 +568,8 @@ def _lower_zspace(b: _Builder, sde: VectorSDE, A, batches, student: bool) -> Non
     n = prog.n_inner
     prog.zspace = True
     dt, sdt = sp.Symbol("dt"), sp.Symbol("sdt")
-    # once per step (pre): the deterministic vectors, L^T grad, |grad|^2 and the zeroed accumulators
-    det = {j: b.vec(blk[3]) for j, blk in enumerate(sde.increment) if blk[0] in ("1", "det")}
+    # once per step (pre; `det`, the deterministic vectors, are there already): L^T grad, |grad|^2 and the
+    # zeroed accumulators
     c = b.scalar(sp.sympify(A))
     s2 = 1 - dt / (n * c ** 2)
     gl = b.vop("ltv", ("GR",), "gl")
@@ -654,11 +654,11 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
         prog.n_inner = n_inner
         batches = sorted({blk[2] for blk in sde.increment} | {0})
         prog.batches = max(batches) + 1
-        if zspace_applies(sde, problem):
-            _lower_zspace(b, sde, A, batches, student)
-            return prog
         # the deterministic vectors (a0, the coefficients of "1" blocks): once per step
         det = {j: b.vec(blk[3]) for j, blk in enumerate(sde.increment) if blk[0] in ("1", "det")}
+        if zspace_applies(sde, problem):
+            _lower_zspace(b, sde, A, batches, student, det)
+            return prog
         b.ops = prog.inner
         gs, ngs = {}, {}
         for bt in batches:

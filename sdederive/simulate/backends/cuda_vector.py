@@ -154,30 +154,28 @@ class _Writer:
         if self.f32:
             w(ind, "for (int i = 0; i < D; ++i) XD[i] = (double)X[0][i];")
         self.ops(ind, prog.pre)
-        if prog.n_inner and prog.zspace:  # the weights and their sum first; the samples accumulate themselves
+        if prog.n_inner:
             n = prog.n_inner
             w(ind, f"for (int jb = 0; jb < {(n + 3) // 4}; ++jb) sd_normal4(cstep, (sd_u32)jb, (sd_u32)p, "
                    f"{WEIGHT_STREAM}u, key0, key1, &WK[4 * jb]);")
-            w(ind, f"{{ double acc = 0.0; for (int kin = 0; kin < {n}; ++kin) acc += WK[kin]; S__SW = acc; }}")
-            w(ind, f"for (int kin = 0; kin < {n}; ++kin) {{")
-            self.ops(ind + 1, prog.inner, in_inner=True)
-            w(ind, "}")
-        elif prog.n_inner:
-            n = prog.n_inner
-            w(ind, f"for (int jb = 0; jb < {(n + 3) // 4}; ++jb) sd_normal4(cstep, (sd_u32)jb, (sd_u32)p, "
-                   f"{WEIGHT_STREAM}u, key0, key1, &WK[4 * jb]);")
-            w(ind, "S__SW = 0.0;")
-            w(ind, "for (int i = 0; i < D; ++i) { V__SF[i] = 0.0; V__SWF[i] = 0.0; }")
-            w(ind, f"for (int kin = 0; kin < {n}; ++kin) {{")
-            self.ops(ind + 1, prog.inner, in_inner=True)
-            w(ind + 1, "const double wk = WK[kin];")
-            w(ind + 1, "S__SW += wk;")
-            w(ind + 1, f"for (int i = 0; i < D; ++i) {{ const double fv = V_{prog.fsample}[i]; V__SF[i] += fv; "
-                       "V__SWF[i] += wk * fv; }")
-            w(ind, "}")
-            # zeta = (n - 1)^(-1/2) sum_k w_k (F_k - Fbar), the numba kernel's formula and constants
-            w(ind, f"for (int i = 0; i < D; ++i) V_ZETA[i] = (V__SWF[i] - S__SW * (V__SF[i] / {n}.0)) * "
-                   f"{(n - 1) ** -0.5!r};")
+            if prog.zspace:  # the weights' sum first; the samples accumulate themselves
+                w(ind, f"{{ double acc = 0.0; for (int kin = 0; kin < {n}; ++kin) acc += WK[kin]; S__SW = acc; }}")
+                w(ind, f"for (int kin = 0; kin < {n}; ++kin) {{")
+                self.ops(ind + 1, prog.inner, in_inner=True)
+                w(ind, "}")
+            else:
+                w(ind, "S__SW = 0.0;")
+                w(ind, "for (int i = 0; i < D; ++i) { V__SF[i] = 0.0; V__SWF[i] = 0.0; }")
+                w(ind, f"for (int kin = 0; kin < {n}; ++kin) {{")
+                self.ops(ind + 1, prog.inner, in_inner=True)
+                w(ind + 1, "const double wk = WK[kin];")
+                w(ind + 1, "S__SW += wk;")
+                w(ind + 1, f"for (int i = 0; i < D; ++i) {{ const double fv = V_{prog.fsample}[i]; V__SF[i] += fv; "
+                           "V__SWF[i] += wk * fv; }")
+                w(ind, "}")
+                # zeta = (n - 1)^(-1/2) sum_k w_k (F_k - Fbar), the numba kernel's formula and constants
+                w(ind, f"for (int i = 0; i < D; ++i) V_ZETA[i] = (V__SWF[i] - S__SW * (V__SF[i] / {n}.0)) * "
+                       f"{(n - 1) ** -0.5!r};")
         self.ops(ind, prog.post)
         for st, res in prog.results.items():
             w(ind, f"for (int i = 0; i < D; ++i) V_ST_{st}[i] = V_{res}[i];")

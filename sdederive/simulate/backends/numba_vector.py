@@ -200,7 +200,7 @@ class _Writer:
             self.w(ind + 1, "for i in range(d):")
             self.w(ind + 2, "XD[r, i] = XB[r, i]")
         self.ops(ind, prog.pre)
-        if prog.n_inner and prog.zspace:  # the weights and their sum first; the samples accumulate themselves
+        if prog.n_inner:
             n = prog.n_inner
             w = self.w
             w(ind, "for r in range(nr):")
@@ -208,37 +208,31 @@ class _Writer:
             w(ind + 2, f"z0, z1, z2, z3 = normal_pair(cstep, jb, ROWS[r], {WEIGHT_STREAM}, key0, key1)")
             for q in range(4):
                 w(ind + 2, f"WK[r, 4 * jb + {q}] = z{q}")
-            w(ind + 1, "acc = 0.0")
-            w(ind + 1, f"for kin in range({n}):")
-            w(ind + 2, "acc += WK[r, kin]")
-            w(ind + 1, "S__SW[r] = acc")
-            w(ind, f"for kin in range({n}):")
-            self.ops(ind + 1, prog.inner, in_inner=True)
-        elif prog.n_inner:
-            n = prog.n_inner
-            w = self.w
-            w(ind, "for r in range(nr):")
-            w(ind + 1, f"for jb in range({(n + 3) // 4}):")
-            w(ind + 2, f"z0, z1, z2, z3 = normal_pair(cstep, jb, ROWS[r], {WEIGHT_STREAM}, key0, key1)")
-            for q in range(4):
-                w(ind + 2, f"WK[r, 4 * jb + {q}] = z{q}")
-            w(ind + 1, "S__SW[r] = 0.0")
-            w(ind + 1, "for i in range(d):")
-            w(ind + 2, "V__SF[r, i] = 0.0")
-            w(ind + 2, "V__SWF[r, i] = 0.0")
-            w(ind, f"for kin in range({n}):")
-            self.ops(ind + 1, prog.inner, in_inner=True)
-            w(ind + 1, "for r in range(nr):")
-            w(ind + 2, "wk = WK[r, kin]")
-            w(ind + 2, "S__SW[r] += wk")
-            w(ind + 2, "for i in range(d):")
-            w(ind + 3, f"fv = V_{prog.fsample}[r, i]")
-            w(ind + 3, "V__SF[r, i] += fv")
-            w(ind + 3, "V__SWF[r, i] += wk * fv")
-            # zeta = (n - 1)^(-1/2) sum_k w_k (F_k - Fbar): Gaussian given the samples, covariance their sample one
-            w(ind, "for r in range(nr):")
-            w(ind + 1, "for i in range(d):")
-            w(ind + 2, f"V_ZETA[r, i] = (V__SWF[r, i] - S__SW[r] * (V__SF[r, i] / {n}.0)) * {(n - 1) ** -0.5!r}")
+            if prog.zspace:  # the weights' sum first; the samples accumulate themselves
+                w(ind + 1, "acc = 0.0")
+                w(ind + 1, f"for kin in range({n}):")
+                w(ind + 2, "acc += WK[r, kin]")
+                w(ind + 1, "S__SW[r] = acc")
+                w(ind, f"for kin in range({n}):")
+                self.ops(ind + 1, prog.inner, in_inner=True)
+            else:
+                w(ind + 1, "S__SW[r] = 0.0")
+                w(ind + 1, "for i in range(d):")
+                w(ind + 2, "V__SF[r, i] = 0.0")
+                w(ind + 2, "V__SWF[r, i] = 0.0")
+                w(ind, f"for kin in range({n}):")
+                self.ops(ind + 1, prog.inner, in_inner=True)
+                w(ind + 1, "for r in range(nr):")
+                w(ind + 2, "wk = WK[r, kin]")
+                w(ind + 2, "S__SW[r] += wk")
+                w(ind + 2, "for i in range(d):")
+                w(ind + 3, f"fv = V_{prog.fsample}[r, i]")
+                w(ind + 3, "V__SF[r, i] += fv")
+                w(ind + 3, "V__SWF[r, i] += wk * fv")
+                # zeta = (n - 1)^(-1/2) sum_k w_k (F_k - Fbar): Gaussian given the samples, covariance their sample one
+                w(ind, "for r in range(nr):")
+                w(ind + 1, "for i in range(d):")
+                w(ind + 2, f"V_ZETA[r, i] = (V__SWF[r, i] - S__SW[r] * (V__SF[r, i] / {n}.0)) * {(n - 1) ** -0.5!r}")
         self.ops(ind, prog.post)
         # the auxiliary states take their new values at the end of the step (every update read the old ones)
         for st, res in prog.results.items():

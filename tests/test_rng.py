@@ -90,6 +90,16 @@ def test_gaussian_stream_depends_on_every_counter_word():
     np.testing.assert_array_equal(base, _normals(4, 1, 2, 3, 4))
 
 
+
+def test_fill_normals_is_normal_pair_block_by_block():
+    """The vector kernels' row filler gives the blocks of `normal_pair` in order, in its row only, for any stream."""
+    Z = np.full((3, 4 * 6 + 2), -7.0)
+    for stream in (0, 1000 + 3):
+        rng.fill_normals(Z, 1, 6, 17, 5, stream, 42, 7)
+        want = [rng.normal_pair(17, j, 5, stream, 42, 7) for j in range(6)]
+        np.testing.assert_array_equal(Z[1, :24], np.ravel(want))
+    assert (Z[0] == -7.0).all() and (Z[2] == -7.0).all() and (Z[1, 24:] == -7.0).all()
+
 @pytest.mark.parametrize("nu", [1.0, 2.5, 5.0])
 def test_student_t_distribution(nu):
     t = _students(nu, 100_000, 5, 6)

@@ -61,7 +61,7 @@ _HELPER = "njit(fastmath=False, error_model='numpy')"
 _PRELUDE = (
     "import math\n\nimport numpy as np\nfrom numba import njit\n\n"
     "from sdederive.simulate.backends.kernel_support import snapshot_add\n"
-    "from sdederive.simulate.rng.philox import draw_indices, fill_student_t, normal_pair\n\n"
+    "from sdederive.simulate.rng.philox import draw_indices, fill_normals, fill_student_t, normal_pair\n\n"
     f"HELPER = {_HELPER}\n"
     "# sdederive.simulate.rng.philox sha256: {rng}\n"
     "# sdederive.simulate.backends.kernel_support sha256: {support}\n"

@@ -143,10 +143,7 @@ class _Writer:
             stream = f"{base} + kin * {stride}" if (in_inner and stride) else f"{base}"
             w(ind, "for r in range(nr):")
             w(ind + 1, "p = ROWS[r]")
-            w(ind + 1, "for jb in range(nz4 // 4):")
-            w(ind + 2, f"z0, z1, z2, z3 = normal_pair(cstep, jb, p, {stream}, key0, key1)")
-            for q in range(4):
-                w(ind + 2, f"ZB[r, 4 * jb + {q}] = z{q}")
+            w(ind + 1, f"fill_normals(ZB, r, nz4 // 4, cstep, p, np.int64({stream}), key0, key1)")
             if o.kind == "tnoise":
                 self._t_scale(ind + 1, stream)
             if raw:
@@ -204,10 +201,8 @@ class _Writer:
             n = prog.n_inner
             w = self.w
             w(ind, "for r in range(nr):")
-            w(ind + 1, f"for jb in range({(n + 3) // 4}):")
-            w(ind + 2, f"z0, z1, z2, z3 = normal_pair(cstep, jb, ROWS[r], {WEIGHT_STREAM}, key0, key1)")
-            for q in range(4):
-                w(ind + 2, f"WK[r, 4 * jb + {q}] = z{q}")
+            nb = (n + 3) // 4
+            w(ind + 1, f"fill_normals(WK, r, np.int64({nb}), cstep, ROWS[r], np.int64({WEIGHT_STREAM}), key0, key1)")
             if prog.zspace:  # the weights' sum first; the samples accumulate themselves
                 w(ind + 1, "acc = 0.0")
                 w(ind + 1, f"for kin in range({n}):")

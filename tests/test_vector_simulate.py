@@ -369,6 +369,58 @@ def test_zspace_noise_is_the_sampled_noise_on_the_same_gaussians(name, kind, mon
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("mode", ["discrete", "sde"])
+def test_folded_affine_step_is_the_step_as_written(mode, monkeypatch):
+    """USAM on a dense quadratic is affine in (x, z): `vector_fold` runs it as `x @ p(H)` and `z @ L^T q(H)`, two
+    products per step instead of three (discrete) or four (SDE).  Against the step as written, on the same
+    Gaussians: the same paths up to rounding, for two values of rho on the same compiled kernels (the matrices come
+    from the run's hyperparameters).  A wrong coefficient, a missing H or a transposed L moves every path."""
+    from sdederive.simulate import vector_fold as VF
+    from sdederive.simulate import vector_lower as VL
+    from sdederive.spec import vector as VS
+
+    H, S = _dense(d=4, seed=5)
+    x0 = np.array([0.8, -0.5, 0.3, 1.0])
+    prob = sd.Quadratic(H=H, Sigma=S, x0=x0)
+    obj = "usam" if mode == "discrete" else sd.derive("usam")
+    prog = VL.lower_discrete(VS.get("usam"), prob) if mode == "discrete" else VL.lower_sde(obj, prob)
+    folded = VF.fold_affine(prog, prob)
+    assert [o.kind for o in folded.pre] == ["noise", "lin", "cw"] and not folded.post
+    want = 3 if mode == "discrete" else 4
+    assert f"2 matrix products per step instead of {want}" in folded.notes[-1]
+    folded_sim = sd.compile(obj, prob)
+    monkeypatch.setattr(VF, "FOLD", False)
+    plain_sim = sd.compile(obj, prob)
+    for rho in (0.2, 0.5):
+        run = dict(paths=64, steps=40, seed=4, hyper={"eta": 0.05, "rho": rho}, keep_final=True)
+        a, b = folded_sim.run(**run).final["x"], plain_sim.run(**run).final["x"]
+        assert np.abs(b - x0).max() > 0.05  # the paths moved
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_fold_is_not_used_where_it_does_not_hold_or_pay():
+    """Norms (SAM), the step counter of bias corrections (LAMB) and a diagonal quadratic keep the step as written;
+    so do look-ahead Nesterov (folding x' and m' over x, m and z would make 6 products instead of 2) and vector SGD
+    (2 either way)."""
+    from sdederive.simulate import vector_fold as VF
+    from sdederive.simulate import vector_lower as VL
+    from sdederive.spec import vector as VS
+
+    H, S = _dense(d=3, seed=1)
+    dense = sd.Quadratic(H=H, Sigma=S, x0=np.ones(3))
+    diag = sd.Quadratic(h=[1.0, 2.0, 3.0], sigma=[1.0, 0.5, 0.2], x0=np.ones(3))
+    x, g = sd.vectors("x g")
+    vsgd = sd.from_update("vsgd_fold", {"x": x - sd.sym("eta") * g}, hypers={"eta": (1e-2, "lr")})
+    for opt, prob in (("sam", dense), ("lamb", dense), ("usam", diag), ("sgd_nesterov", dense), (vsgd, dense)):
+        prog = VL.lower_discrete(VS.get(opt), prob)
+        assert VF.fold_affine(prog, prob) is prog, opt
+    for sde in (sd.derive("sgd_nesterov"), sd.derive("sgd", Sigma="full")):
+        prog = VL.lower_sde(sde, dense)
+        assert VF.fold_affine(prog, dense) is prog, sde.optimizer
+    prog = VL.lower_sde(sd.derive("usam"), diag)
+    assert VF.fold_affine(prog, diag) is prog
+
+
 def test_zspace_is_not_used_where_it_does_not_hold():
     """`sign(g)` needs `g` itself (SignSGD with a full Sigma), and logistic regression's noise factor varies
     with x: both keep the per-sample form."""

@@ -19,6 +19,9 @@ dense products as BLAS matrix products).  Its operations (`VOp`):
               writes the Gaussians `z` themselves)
 `mbgrad`    `out` = the minibatch gradient at `src` over the indices of minibatch `b` (drawn once per
               step from their own stream), for problems with real minibatches (discrete mode)
+`lin`       `out = sum_j M_j src_j`: a folded affine step (`sdederive.simulate.vector_fold`, numba on a dense
+              quadratic), each term `(src, (c_0, c_1, ...), noise)` the matrix `sum_k c_k H^k` (times `L` for
+              a noise input, whose `src` holds the raw `z`)
 `cw`        `out_i = expr` coordinate by coordinate (`v_NAME` is `NAME_i`, `s_NAME` a scalar, `hp_h` a
               hyperparameter)
 `red`       the scalar `out = sum_i expr`

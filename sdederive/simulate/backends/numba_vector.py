@@ -30,6 +30,7 @@ from sdederive.simulate.backends.numba_backend import _PRELUDE, _comment, _dtype
 from sdederive.simulate.backends.numba_printer import _NumbaPrinter
 from sdederive.simulate.lower import CodegenError
 from sdederive.simulate.rng import philox as rng
+from sdederive.simulate.vector_fold import fold_affine
 from sdederive.simulate.vector_lower import WEIGHT_STREAM, VOp, VProgram, index_stream
 
 __all__ = ["generate_vector", "ROW_BLOCK"]
@@ -86,6 +87,7 @@ class _Writer:
         self.factor = problem.has_noise_factor
         self.drawn: set = set()
         self.t_law = False  # the program draws multivariate Student-t noise (the module imports chi_square)
+        self.fold_mats: dict = {}  # (input, polynomial) of a folded step's term -> its matrix's name (vector_fold)
 
     def w(self, ind: int, text: str) -> None:
         self.L.append("    " * ind + text)
@@ -158,6 +160,18 @@ class _Writer:
                 w(ind, "for r in range(nr):")
                 w(ind + 1, "for i in range(d):")
                 w(ind + 2, f"{out}[r, i] = V_SG[r, i] * ZB[r, i]")
+        elif o.kind == "lin":  # a folded affine step (vector_fold): one product per input by its matrix FM_j
+            for n, (src, poly, _noise) in enumerate(o.args[0]):
+                m = self.fold_mats.get((src, poly))
+                if m is not None and n == 0:
+                    w(ind, f"np.dot({self.src(src)}[:nr], {m}, {out}[:nr])")
+                    continue
+                if m is not None:
+                    w(ind, f"np.dot({self.src(src)}[:nr], {m}, LT[:nr])")
+                w(ind, "for r in range(nr):")
+                w(ind + 1, "for i in range(d):")
+                term = "LT[r, i]" if m is not None else f"({_expr(poly[0])}) * {self.src(src)}[r, i]"
+                w(ind + 2, f"{out}[r, i] {'=' if n == 0 else '+='} {term}")
         elif o.kind == "gtrs":  # grad tr Sigma(x), reading the weights and the gradient of this step's prob_grad at x
             w(ind, "for r in range(nr):")
             w(ind + 1, f"prob_gtrs({self.x_row()}, V_GR[r], {out}[r], PV, PM, PL, PY, WX[r])")
@@ -238,6 +252,32 @@ class _Writer:
             raise CodegenError("the vector program does not update x")
 
 
+def _fold_matrices(W: _Writer, prog: VProgram) -> None:
+    """The matrices of a folded affine step (`sdederive.simulate.vector_fold`), once per launch from the run's
+    hyperparameters: `p(H) = sum_k c_k H^k` by Horner's rule (a `d x d` matrix product per degree), times `L^T`
+    on the left for a noise input (row form: `(p(H) L z)^T = z^T L^T p(H)`, `p(H)` symmetric)."""
+    w = W.w
+    lins = [o for o in prog.pre + prog.post if o.kind == "lin"]
+    for o in lins:
+        for src, poly, noise in o.args[0]:
+            if not noise and len(poly) == 1 or (src, poly) in W.fold_mats:
+                continue
+            m = f"FM{len(W.fold_mats)}"
+            W.fold_mats[(src, poly)] = m
+            w(1, f"{m} = np.zeros((d, d))")
+            w(1, "if b_hi > b_lo:  # not in the compiling call (no blocks, placeholder problem arrays)")
+            w(2, "for i in range(d):")
+            w(3, f"{m}[i, i] = {_expr(poly[-1])}")
+            for c in reversed(poly[:-1]):
+                w(2, f"{m} = np.dot({m}, PM)")
+                w(2, "for i in range(d):")
+                w(3, f"{m}[i, i] += {_expr(c)}")
+            if noise:
+                w(2, f"{m} = np.dot({'PL.T' if W.factor else 'np.diag(SG0)'}, {m})")
+    if lins:
+        w(1, "LT = np.zeros((PB, d))")
+
+
 def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     """The module source: the problem's fragment, the kernel, `host_loss` and `host_obs`."""
     if problem.noise == "student-t":
@@ -245,6 +285,7 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
                            "noise='student-t', an independent t for each coordinate (the scalar engine's law). Give "
                            f"the problem noise='multivariate-t', nu={problem.nu:g} (xi = sqrt(nu/W) Sigma^(1/2) z, one "
                            "W ~ chi2_nu per draw), or noise='gaussian'")
+    prog = fold_affine(prog, problem)
     W = _Writer(prog, problem, dtype)
     w = W.w
     vecs = sorted(prog.vectors - {"X"}) + ["SG"]
@@ -292,6 +333,7 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     w(1, "SGS = np.zeros(d)")
     w(1, "SG0 = np.zeros(d)")
     w(1, "prob_noise0(d, SG0, PV, PM, PL, PY, WS)")
+    _fold_matrices(W, prog)
     if prog.zspace:  # lambda_j = (L^T L)_jj: |L z|^2 = sum_j lambda_j z_j^2 for the factor's orthogonal columns
         w(1, "LAMV = np.zeros(d)")
         w(1, "for j in range(d):")

@@ -398,6 +398,24 @@ def test_folded_affine_step_is_the_step_as_written(mode, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 
 
+def test_unread_gradient_is_not_computed_on_quadratics():
+    """Look-ahead Nesterov reads only `grad_at(x - eta mu m)`: its discrete program on a dense quadratic keeps one
+    gradient (at the look-ahead point) and the noise, 2 matrix products per step, not the `grad f(x)` that the
+    lowering evaluates for `g`.  On logistic regression the minibatch gradient at x stays: it draws the minibatch
+    that the look-ahead gradient reuses."""
+    from sdederive.simulate import vector_lower as VL
+    from sdederive.spec import vector as VS
+
+    H, S = _dense(d=3, seed=1)
+    prog = VL.lower_discrete(VS.get("sgd_nesterov"), sd.Quadratic(H=H, Sigma=S, x0=np.ones(3)))
+    assert [(o.kind, o.args[0]) for o in prog.pre if o.kind in ("grad", "hvp", "noise")] == [("noise", 0),
+                                                                                          ("grad", "t6")]
+    logistic = sd.LogisticRegression.synthetic(n=40, d=3, B=40, seed=0)
+    prog = VL.lower_discrete(VS.get("sgd_nesterov"), logistic)
+    assert [(o.kind, o.args[0]) for o in prog.pre if o.kind in ("grad", "mbgrad")] == [("mbgrad", "X"),
+                                                                                        ("mbgrad", "t5")]
+
+
 def test_fold_is_not_used_where_it_does_not_hold_or_pay():
     """Norms (SAM), the step counter of bias corrections (LAMB) and a diagonal quadratic keep the step as written;
     so do look-ahead Nesterov (folding x' and m' over x, m and z would make 6 products instead of 2) and vector SGD

@@ -440,7 +440,36 @@ def lower_discrete(opt: V.VectorOptimizer, problem) -> VProgram:
         res = b.vop("cw", (_v(res),), "nx")  # the new x is written by the step's last operation
     prog.result = res
     prog.batches = nb[0]
+    _prune_dead(prog, problem)
     return prog
+
+
+_PRUNABLE = ("cw", "grad", "hvp", "red", "sc")
+
+
+def _prune_dead(prog: VProgram, problem) -> None:
+    """Drop the operations whose values no later operation and no result reads.  The discrete lowering always
+    evaluates `g = grad f(x) + xi`; an update that reads only a look-ahead gradient (Nesterov's
+    `grad_at(x - eta mu m)`) leaves `grad f(x)` unread, a matrix product per step on a dense quadratic.  Only on
+    quadratics: elsewhere the problem helpers pass state between operations outside the program's names (the
+    weights of logistic regression's gradient at `x`, which its noise factor reads; a minibatch gradient draws
+    the indices that later ones reuse, and `mbgrad` is never dropped).  The noise draws are kept (each has its
+    own Philox stream, so dropping one would change nothing else)."""
+    if not problem.kind.startswith("quadratic"):
+        return
+    live = {prog.result, *prog.results.values()}
+    kept = []
+    for o in reversed(prog.pre):
+        if o.kind in _PRUNABLE and o.out not in live:
+            continue
+        kept.append(o)
+        if o.kind in ("grad", "hvp"):
+            live.add(o.args[0])
+        elif o.kind in ("cw", "red", "sc"):
+            live |= {a.name[2:] for a in sp.sympify(o.args[0]).free_symbols if a.name.startswith(("v_", "s_"))}
+        else:
+            live |= {a for a in o.args if isinstance(a, str)}
+    prog.pre[:] = kept[::-1]
 
 
 # -- SDE mode ---------------------------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 r"""Counter-based random numbers for the generated kernels: Philox4x32-10 and a Box–Muller
 transform that vectorises.
 
-Generated numba kernels import this module.  The scalar engine's Gaussian path inlines
-`normal_pair` (`inline="always"`: numba inlines at IR level, so the Philox rounds and the
-polynomials vectorise across coordinate blocks inside the kernel's loop; a call to a separately
-compiled filler instead measured 15 to 35 % slower there, since the kernel's vector registers are
-spilled around every call).  The vector kernels, which fill a row of Gaussians and read it
-afterwards, call the block filler `fill_normals` instead (as fast there, and half the compile).
+Generated numba kernels import this module.  Every kernel, scalar and vector, fills its rows of
+Gaussians with the block filler `fill_normals`, whose loop over `normal_pair` (`inline="always"`:
+numba inlines at IR level, so the Philox rounds and the polynomials vectorise across coordinate
+blocks) is compiled once.  Inlining `normal_pair` into each kernel instead costs numba's IR inlining
+per kernel: 0.9 s of a scalar kernel's cold compile, half of a vector kernel's.  (An earlier Xeon
+measurement found a called filler 15 to 35 % slower in the scalar kernels; on the AMD EPYC of
+2026-12-03 the called row filler ran the reference RMSprop SDE at 3.0e8 coordinate-steps/s against
+2.9e8 inlined, and the discrete RMSprop at 3.0e8 against 2.7e8.)
 The rare paths call two more block fillers, `fill_student_t` and `draw_indices`.  The fillers are
 compiled once per machine and kept in numba's on-disk cache (`cache=True`), so no kernel pays for
 compiling them.  numba's cache of a kernel only tracks
@@ -206,8 +208,8 @@ def student_t(nu, c0, c1, c2, k0, k1):
 def fill_normals(Z, r, nb, c0, c2, c3, k0, k1):
     """`Z[r, 4 j + q] = normal_pair(c0, j, c2, c3)[q]` for the blocks `j < nb` (`4 nb <= Z.shape[1]`).
 
-    The vector kernels' Gaussians (`Z` is their row block, `r` the row): they fill a row of normals and
-    read it afterwards, so the call (one per row of `4 nb` normals) costs nothing measurable (NSGD at
+    Every kernel's Gaussians (`Z` is the kernel's row block, `r` the row; the scalar kernels pass a block
+    of one row): a kernel fills a row of normals and reads it afterwards, so the call (one per row of `4 nb` normals) costs nothing measurable (NSGD at
     d = 100, three alternating runs of each form: 8.2e7 to 1.05e8 coordinate-steps/s with the call, 7.6e7
     to 8.9e7 with `normal_pair` inlined), and the kernel is spared numba's IR inlining of `normal_pair` at
     each site: the SAM SDE kernel, with two sites, compiled in 5.0 s instead of 9.3 s.  The arguments are

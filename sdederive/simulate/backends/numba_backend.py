@@ -52,8 +52,9 @@ __all__ = ["generate", "load_module", "cache_dir", "NumbaBackend", "default_thre
 # Decorator of the kernel's helpers (spec functions, problem fragments; LLVM inlines them into the
 # kernel): numpy's error model like the kernel, so x/0 gives inf, which the kernel's divergence
 # check reports with its path and step, and no ZeroDivisionError branch blocks vectorisation.
-# Only kernels call them, never Python: no CPython or cfunc wrapper is built, which halves each helper's
-# compile (about 0.14 s -> 0.06 s here, 0.2 to 0.3 s of a scalar kernel's cold compile).
+# Only kernels call them, never Python (the host calls the module's host_loss and host_obs): no CPython or
+# cfunc wrapper is built, which halves each helper's compile in numba's timers (0.13-0.19 s -> 0.05-0.09 s;
+# in a kernel's wall-clock compile the gain is within the machine's noise, docs/benchmarks.md section 3).
 _HELPER = "njit(fastmath=False, error_model='numpy', no_cpython_wrapper=True, no_cfunc_wrapper=True)"
 
 # The generated module's imports.  Random numbers come from :mod:`sdederive.simulate.rng.philox`
@@ -356,10 +357,8 @@ def _discrete_step(w, spec, problem, hp_args, nz) -> None:
 
 def _fill_normals(w, ind) -> None:
     """The step's standard normals into `Z` (the row `ZR[0]`): the cached block filler `fill_normals` (int64
-    arguments, one signature for every kernel, scalar and vector), not `normal_pair` inlined here.  Same
-    numbers; numba's IR inlining of `normal_pair` cost each scalar kernel about 0.9 s of its cold compile
-    (RMSprop's SDE 3.2 s -> 2.3 s on an AMD EPYC, 2026-12-03), and the called filler runs no slower (the
-    reference RMSprop SDE at d = 100: 2.9e8 inlined, 3.0e8 called, coordinate-steps/s)."""
+    arguments, one signature for every kernel, scalar and vector), not `normal_pair` inlined here; why, with the
+    measurements, is in the module docstring of `sdederive.simulate.rng.philox`."""
     w(f"{ind}fill_normals(ZR, 0, nz4 // 4, cstep, p, np.int64(0), key0, key1)")
 
 

@@ -209,8 +209,8 @@ def fill_normals(Z, r, nb, c0, c2, c3, k0, k1):
     """`Z[r, 4 j + q] = normal_pair(c0, j, c2, c3)[q]` for the blocks `j < nb` (`4 nb <= Z.shape[1]`).
 
     Every kernel's Gaussians (`Z` is the kernel's row block, `r` the row; the scalar kernels pass a block
-    of one row): a kernel fills a row of normals and reads it afterwards, so the call (one per row of `4 nb` normals) costs nothing measurable (NSGD at
-    d = 100, three alternating runs of each form: 8.2e7 to 1.05e8 coordinate-steps/s with the call, 7.6e7
+    of one row): a kernel fills a row of normals and reads it afterwards, so the call (one per row of
+    `4 nb` normals) costs nothing measurable (NSGD at d = 100, three alternating runs of each form: 8.2e7 to 1.05e8 coordinate-steps/s with the call, 7.6e7
     to 8.9e7 with `normal_pair` inlined), and the kernel is spared numba's IR inlining of `normal_pair` at
     each site: the SAM SDE kernel, with two sites, compiled in 5.0 s instead of 9.3 s.  The arguments are
     int64 at every call (`np.int64(...)` around literals), so one signature serves every kernel."""

@@ -42,6 +42,13 @@ def numpy_discrete(name, H, L, x0, eta, hyper, paths, steps, seed=0):
             V = b2 * V + (1 - b2) * G * G
             U = (M / (1 - b1 ** (k + 1))) / (np.sqrt(V / (1 - b2 ** (k + 1))) + hyper["eps"]) + hyper["wd"] * X
             X = X - eta * (np.linalg.norm(X, axis=1, keepdims=True) / np.linalg.norm(U, axis=1, keepdims=True)) * U
+        elif name == "adamw_clip":
+            b1, b2 = hyper["beta1"], hyper["beta2"]
+            Gc = np.minimum(1.0, hyper["c"] / np.linalg.norm(G, axis=1, keepdims=True)) * G
+            M = b1 * M + (1 - b1) * Gc
+            V = b2 * V + (1 - b2) * Gc * Gc
+            U = (M / (1 - b1 ** (k + 1))) / (np.sqrt(V / (1 - b2 ** (k + 1))) + hyper["eps"]) + hyper["wd"] * X
+            X = X - eta * U
         elif name == "vsgd":
             X = X - eta * G
         elif name == "usam":
@@ -81,12 +88,13 @@ def main() -> None:
     print(f"{'optimizer':12s} {'mode':8s} {'compile s':>9s} {'e2e s':>7s} {'kernel s':>8s} {'e2e cs/s':>9s} "
           f"{'kernel cs/s':>11s} {'numpy s':>8s} {'e2e / numpy':>11s}")
     for name, obj in (("vsgd", vsgd), ("usam", "usam"), ("sam", "sam"), ("nsgd", "nsgd"), ("clip_sgd", "clip_sgd"),
-                      ("sgd_nesterov", "sgd_nesterov"), ("lamb", "lamb")):
+                      ("sgd_nesterov", "sgd_nesterov"), ("lamb", "lamb"), ("adamw_clip", "adamw_clip")):
         if only and name not in only:
             continue
         names = {"vsgd": ["eta"], "usam": ["eta", "rho"], "sam": ["eta", "rho"], "nsgd": ["eta"],
                  "clip_sgd": ["eta", "c"], "sgd_nesterov": ["eta", "mu"],
-                 "lamb": ["eta", "beta1", "beta2", "eps", "wd"]}[name]
+                 "lamb": ["eta", "beta1", "beta2", "eps", "wd"],
+                 "adamw_clip": ["eta", "beta1", "beta2", "eps", "wd", "c"]}[name]
         hp = {k: v for k, v in hyper.items() if k in names}
         t = time.perf_counter()
         numpy_discrete(name, H, prob.noise_factor(), prob.x0, 0.01, hp, paths, steps)
@@ -94,7 +102,7 @@ def main() -> None:
         for mode in ("discrete", "sde", "sde-ps"):
             sde_obj = obj if mode == "discrete" else (sd.derive("sgd", Sigma="full") if name == "vsgd" else
                                                       sd.derive(obj))
-            if mode == "sde-ps" and not vector_lower.sampled_noise(sde_obj):
+            if mode == "sde-ps" and (not vector_lower.sampled_noise(sde_obj) or sde_obj.aux_states):  # no z-space
                 continue
             vector_lower.ZSPACE = mode != "sde-ps"
             t0 = time.perf_counter()

@@ -71,9 +71,18 @@ def state_vector(name: str) -> sp.MatrixSymbol:
 NORM_G = sp.Symbol("norm_g", positive=True)
 _G_DISPLAY = sp.Symbol("g")
 _GGT_DISPLAY = sp.Symbol("g g^T")
+_GSQ_DISPLAY = sp.Symbol("g o g")
+_GGSQ_DISPLAY = sp.Symbol("g (g o g)^T")
+_GSQGSQ_DISPLAY = sp.Symbol("(g o g)(g o g)^T")
 _NORM_DISPLAY = sp.Symbol("|g|", positive=True)
 
-_TENSORS = {"g": "(d, 1): E[r(|g|) g]", "ggT": "(d, d): E[r(|g|) g g^T]", "1": "(1, 1): E[r(|g|)]"}
+#: the tensors `T(g)` of the atoms `E[r(|g|) T(g)]`, with their shapes; `o` the coordinate-wise product (the
+#: `gsq` tensors come from a coordinate-wise square of a clipped or normalised gradient in an EMA state)
+_TENSORS = {"g": "(d, 1): E[r(|g|) g]", "ggT": "(d, d): E[r(|g|) g g^T]", "1": "(1, 1): E[r(|g|)]",
+            "gsq": "(d, 1): E[r(|g|) g o g]", "g_gsqT": "(d, d): E[r(|g|) g (g o g)^T]",
+            "gsq_gsqT": "(d, d): E[r(|g|) (g o g)(g o g)^T]"}
+_T_DISPLAY = {"g": _G_DISPLAY, "ggT": _GGT_DISPLAY, "1": sp.S.One, "gsq": _GSQ_DISPLAY, "g_gsqT": _GGSQ_DISPLAY,
+              "gsq_gsqT": _GSQGSQ_DISPLAY}
 
 
 class VNorm(sp.Function):
@@ -91,7 +100,8 @@ class VDot(sp.Function):
 
 class ExpectationAtom(sp.MatrixExpr):
     r"""A named expectation without a closed form: $\mathbb E[r(|g|)\,T(g)]$ for `g ~ N(grad, Sigma)`,
-    with `T(g)` one of `g` (a vector), `g g^T` (a matrix) or `1` (a scalar, shape `(1, 1)`) and the
+    with `T(g)` one of `g` (a vector), `g g^T` (a matrix) or `1` (a scalar, shape `(1, 1)`), or one of the
+    coordinate-wise squares `g o g` (a vector), `g (g o g)^T` and `(g o g)(g o g)^T` (matrices), and the
     scalar integrand `r` a sympy expression in `NORM_G` (`|g|`) and hyperparameters.
 
     `nu` (a number or the symbol `nu`) makes it an expectation over the multivariate Student-t
@@ -132,23 +142,25 @@ class ExpectationAtom(sp.MatrixExpr):
 
     @property
     def shape(self):
-        return {"g": (dim, 1), "ggT": (dim, dim), "1": (sp.S.One, sp.S.One)}[self.tensor]
+        return {"g": (dim, 1), "ggT": (dim, dim), "1": (sp.S.One, sp.S.One), "gsq": (dim, 1), "g_gsqT": (dim, dim),
+                "gsq_gsqT": (dim, dim)}[self.tensor]
 
     def _eval_transpose(self):
-        return self if self.tensor in ("ggT", "1") else None
+        return self if self.tensor in ("ggT", "1", "gsq_gsqT") else None
 
     def display(self) -> str:
         """`E[g/|g|]`, `E[g g^T/|g|**2]`, `E[Min(1, c/|g|)]` (Gaussian); `E_t(nu=5)[g/|g|]`, `E_t(nu)[g/|g|]`
         (multivariate Student-t, numeric or symbolic `nu`)."""
-        T = {"g": _G_DISPLAY, "ggT": _GGT_DISPLAY, "1": sp.S.One}[self.tensor]
+        T = _T_DISPLAY[self.tensor]
         return f"{_law_prefix(self.nu)}[{sp.sstr(self.integrand.xreplace({NORM_G: _NORM_DISPLAY}) * T)}]"
 
     def _sympystr(self, printer) -> str:
         return self.display()
 
     def _latex(self, printer) -> str:
-        names = {_NORM_DISPLAY: r"\|g\|", _G_DISPLAY: "g", _GGT_DISPLAY: r"g g^{\top}"}
-        T = {"g": _G_DISPLAY, "ggT": _GGT_DISPLAY, "1": sp.S.One}[self.tensor]
+        names = {_NORM_DISPLAY: r"\|g\|", _G_DISPLAY: "g", _GGT_DISPLAY: r"g g^{\top}", _GSQ_DISPLAY: r"g \odot g",
+                 _GGSQ_DISPLAY: r"g (g \odot g)^{\top}", _GSQGSQ_DISPLAY: r"(g \odot g)(g \odot g)^{\top}"}
+        T = _T_DISPLAY[self.tensor]
         body = sp.latex(self.integrand.xreplace({NORM_G: _NORM_DISPLAY}) * T, symbol_names=names)
         return rf"{_law_latex(self.nu)}\left[{body}\right]"
 
@@ -573,6 +585,12 @@ class VectorSDE:
     #: `F` to draw noise of that covariance where the diffusion is `C^(1/2)` (`docs/vector.md`, simulation).
     increment: tuple = field(default=(), compare=False)
     aux_states: tuple = ()
+    #: the auxiliary states' increments in the same form, `F_m = -Delta m/eta` (one tuple of blocks per state of
+    #: `aux_states`, empty where the state's drift and noise need no sampling; `()` when no state needs it): a
+    #: block `("gsq", r, b, A)` is `A (r(|g_b|) g_b o g_b)`, the coordinate-wise square in Adam's `v`.  Recorded
+    #: where a state's drift holds expectation atoms or its diffusion is the root of a covariance (regime
+    #: `balanced` with a clipped or normalised gradient in an EMA state)
+    aux_increment: tuple = field(default=(), compare=False)
     aux_drift: tuple = ()
     aux_diffusion: tuple = ()
     joint_covariance: tuple = ()
@@ -681,8 +699,10 @@ class VectorSDE:
         P = _JsonPrinter(names)
         extra: dict = {}
         if self.aux_states:
-            extra["aux"] = {n: {"drift": P.doprint(b_s), "diffusion": P.doprint(d_s)}
-                            for n, b_s, d_s in zip(self.aux_states, self.aux_drift, self.aux_diffusion)}
+            incs = self.aux_increment or ((),) * len(self.aux_states)
+            extra["aux"] = {n: {"drift": P.doprint(b_s), "diffusion": P.doprint(d_s),
+                                **({"increment": _increment_json(P, inc)} if inc else {})}
+                            for n, b_s, d_s, inc in zip(self.aux_states, self.aux_drift, self.aux_diffusion, incs)}
             extra["joint_covariance"] = [[s1, s2, P.doprint(c)] for s1, s2, c in self.joint_covariance]
         if self.eliminated:
             extra["eliminated"] = {n: P.doprint(a) for n, a in self.eliminated}
@@ -706,8 +726,7 @@ class VectorSDE:
             "hypers": [list(h) for h in self.hypers],
             **({} if self.nu is None else {"nu": P.doprint(self.nu)}),
             **({"Sigma": "x"} if self.sigma_x else {}),
-            **({"increment": [{"tensor": t, "integrand": P.doprint(r), "batch": int(b), "coefficient": P.doprint(c)}
-                              for t, r, b, c in self.increment]} if self.increment else {}),
+            **({"increment": _increment_json(P, self.increment)} if self.increment else {}),
         }
         out.update(extra)
         return out
@@ -741,6 +760,11 @@ class VectorSDE:
         if e is None:
             raise SdederiveError(f"evaluate: {what!r}; allowed: {', '.join(repr(k) for k in table)}")
         return evaluate(e, env, atoms)
+
+
+def _increment_json(P, blocks) -> list:
+    return [{"tensor": t, "integrand": P.doprint(r), "batch": int(b), "coefficient": P.doprint(c)}
+            for t, r, b, c in blocks]
 
 
 # -- numerics ---------------------------------------------------------------------------------------------------
@@ -780,8 +804,7 @@ def isotropic_unit_second(grad, s2: float) -> np.ndarray:
     `J`, so `b = E[(1 + 2J)/(d + 2J)]`, and Kummer's transformation gives
 
     $$
-    b = 1 - rac{d-1}{d}\,{}_1F_1\Big(1; 	frac d2 + 1; -rac{|
-abla f|^2}{2 s^2}\Big),
+    b = 1 - \frac{d-1}{d}\,{}_1F_1\Big(1; \tfrac d2 + 1; -\frac{|\nabla f|^2}{2 s^2}\Big),
     $$
 
     `1/d` at `grad = 0` and `1` as `|grad|/s` grows (`d = 1`: `[[1]]`)."""
@@ -836,6 +859,12 @@ def evaluate_atom(atom: ExpectationAtom, grad, Sigma, hyper: Mapping | None = No
         return (r[:, None] * gs).mean(axis=0).reshape(-1, 1)
     if atom.tensor == "ggT":
         return np.einsum("n,ni,nj->ij", r, gs, gs) / n
+    if atom.tensor == "gsq":
+        return (r[:, None] * gs ** 2).mean(axis=0).reshape(-1, 1)
+    if atom.tensor == "g_gsqT":
+        return np.einsum("n,ni,nj->ij", r, gs, gs ** 2) / n
+    if atom.tensor == "gsq_gsqT":
+        return np.einsum("n,ni,nj->ij", r, gs ** 2, gs ** 2) / n
     return np.array([[r.mean()]])
 
 
@@ -1141,13 +1170,36 @@ def _from_json(cls, data) -> VectorSDE:
     aux = d.get("aux", {})
     if not isinstance(aux, Mapping) or list(aux) != states[1:]:
         raise _err(f"aux must be an object with the states {states[1:]} (in that order), each {{drift, diffusion}}")
-    aux_drift, aux_diff = [], []
+    _INC_TENSORS = ("1", "det", "g", "gsq", "sign")
+
+    def increment_of(raw_inc, where: str) -> tuple:
+        if not isinstance(raw_inc, list):
+            raise _err(f"{where} must be a list of {{tensor, integrand, batch, coefficient}}")
+        out = []
+        for j, blk in enumerate(raw_inc):
+            if (not isinstance(blk, Mapping) or set(blk) != {"tensor", "integrand", "batch", "coefficient"}
+                    or blk["tensor"] not in _INC_TENSORS or not isinstance(blk["integrand"], str)
+                    or not isinstance(blk["coefficient"], str) or isinstance(blk["batch"], bool)
+                    or not isinstance(blk["batch"], int) or not 0 <= blk["batch"] < 64):
+                raise _err(f"{where}[{j}] = {str(blk)[:80]}: needs \"tensor\" in {list(_INC_TENSORS)}, an "
+                           "\"integrand\" string in norm_g and the hyperparameters, an integer \"batch\" in [0, 64) "
+                           "and a \"coefficient\" matrix expression")
+            r = parse_expr(blk["integrand"], symbols=lambda n: NORM_G if n == "norm_g" else scalar_lookup(n),
+                           functions=_VEC_FUNCTIONS, what=f"vector SDE JSON {where}[{j}] integrand")
+            key = f"{where}[{j}].coefficient"
+            c = P(key, (dim, 1) if blk["tensor"] in ("1", "det") else (dim, dim), blk["coefficient"])
+            out.append((blk["tensor"], r, blk["batch"], c))
+        return tuple(out)
+
+    aux_drift, aux_diff, aux_inc = [], [], []
     for n in states[1:]:
         spec = aux[n]
-        if not isinstance(spec, Mapping) or set(spec) != {"drift", "diffusion"}:
-            raise _err(f"aux[{n!r}] must be an object with exactly the keys drift and diffusion")
+        if not isinstance(spec, Mapping) or not {"drift", "diffusion"} <= set(spec) <= {"drift", "diffusion",
+                                                                                         "increment"}:
+            raise _err(f"aux[{n!r}] must be an object with the keys drift and diffusion, and optionally increment")
         aux_drift.append(P(f"drift of {n}", (dim, 1), spec["drift"]))
         aux_diff.append(P(f"diffusion of {n}", (dim, dim), spec["diffusion"]))
+        aux_inc.append(increment_of(spec.get("increment", []), f"aux[{n!r}].increment"))
     joint = []
     raw_joint = d.get("joint_covariance", [])
     if not isinstance(raw_joint, list) or any(not isinstance(j, list) or len(j) != 3 or j[0] not in states
@@ -1163,26 +1215,10 @@ def _from_json(cls, data) -> VectorSDE:
     used = set()
     for e in (drift, diff, cov, *aux_drift, *aux_diff, *[c for _, _, c in joint]):
         used |= set(e.atoms(ExpectationAtom))
-    increment = []
-    raw_inc = d.get("increment", [])
-    if not isinstance(raw_inc, list):
-        raise _err("increment must be a list of {tensor, integrand, batch, coefficient}")
-    for j, blk in enumerate(raw_inc):
-        if (not isinstance(blk, Mapping) or set(blk) != {"tensor", "integrand", "batch", "coefficient"}
-                or blk["tensor"] not in ("g", "1", "sign", "det") or not isinstance(blk["integrand"], str)
-                or not isinstance(blk["coefficient"], str) or isinstance(blk["batch"], bool)
-                or not isinstance(blk["batch"], int) or not 0 <= blk["batch"] < 64):
-            raise _err(f"increment[{j}] = {str(blk)[:80]}: needs \"tensor\" in ['1', 'det', 'g', 'sign'], an \"integrand\" "
-                       "string in norm_g and the hyperparameters, an integer \"batch\" in [0, 64) and a "
-                       "\"coefficient\" matrix expression")
-        r = parse_expr(blk["integrand"], symbols=lambda n: NORM_G if n == "norm_g" else scalar_lookup(n),
-                       functions=_VEC_FUNCTIONS, what=f"vector SDE JSON increment[{j}] integrand")
-        key = f"increment[{j}].coefficient"
-        d[key] = blk["coefficient"]
-        c = P(key, (dim, 1) if blk["tensor"] in ("1", "det") else (dim, dim))
-        increment.append((blk["tensor"], r, blk["batch"], c))
+    increment = increment_of(d.get("increment", []), "increment")
     return cls(optimizer=d["optimizer"], noise=d["noise"], regime=d["regime"], tau=tau, drift_vector=drift,
                diffusion_matrix_expr=diff, covariance_expr=cov, atoms=tuple(a for a in atoms.values() if a in used),
                notes=tuple(notes), hypers=tuple(tuple(h) for h in hypers), order=order, nu=nu_top,
-               increment=tuple(increment), aux_states=tuple(states[1:]), aux_drift=tuple(aux_drift),
-               aux_diffusion=tuple(aux_diff), joint_covariance=tuple(joint), eliminated=eliminated, sigma_x=sigma_x)
+               increment=increment, aux_states=tuple(states[1:]), aux_drift=tuple(aux_drift),
+               aux_diffusion=tuple(aux_diff), aux_increment=tuple(aux_inc) if any(aux_inc) else (),
+               joint_covariance=tuple(joint), eliminated=eliminated, sigma_x=sigma_x)

@@ -97,6 +97,7 @@ _CASES = {  # case: (problem, dtype, run); rho or c where the optimizer has one
     "discrete-lamb": (DENSE, "float32", RUN),  # dense H x + L z at x; auxiliary states (double beside a float32
     # x), the step counter k of the bias corrections, the norm of a coordinate-wise expression of the states
     "sde-lamb": (DENSE, "float64", RUN),  # auxiliary states with the shared dW, the time t, the scaled decays rho
+    "sde-adamw_clip": (DENSE, "float64", dict(RUN, hyper={"c": 0.8})),  # m's sampled noise, v's sampled drift
     "discrete-samt": (DENSE_T, "float64", dict(RUN, hyper=RHO)),  # the multivariate t: one chi-square per draw
     "sde-samt": (DENSE_T, "float64", dict(RUN, hyper=RHO)),  # ... per inner sample (z-space: L^T grad, L beta, rho H)
     "sde-usamx": (LOGI, "float64", dict(RUN, hyper=RHO, eta=0.1, steps=30)),  # Sigma(x): grad tr Sigma(x) (prob_gtrs)
@@ -231,6 +232,7 @@ def _sources():
         "sde-nsgd-logistic-f32": generate_vector_cuda(lower_sde(sd.derive("nsgd"), LOGI), LOGI, "float32"),
         "discrete-usam-custom": generate_vector_cuda(lower_discrete(V.get("usam"), QUARTIC), QUARTIC),
         "sde-lamb-dense": generate_vector_cuda(lower_sde(sd.derive("lamb"), DENSE), DENSE),
+        "sde-adamw_clip-dense-f32": generate_vector_cuda(lower_sde(sd.derive("adamw_clip"), DENSE), DENSE, "float32"),
         "discrete-lamb-dense-f32": generate_vector_cuda(lower_discrete(V.get("lamb"), DENSE), DENSE, "float32"),
         "sde-nsgd-mvt": generate_vector_cuda(lower_sde(sd.derive("nsgd", noise="student-t", nu=5), DENSE_T), DENSE_T),
     }
@@ -255,7 +257,7 @@ def _gpu():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _gpu(), reason="needs a CUDA GPU (CuPy)")
-@pytest.mark.parametrize("case", ["sde-sam", "sde-usam", "discrete-sam", "sde-sgdfull", "sde-lamb"])
+@pytest.mark.parametrize("case", ["sde-sam", "sde-usam", "discrete-sam", "sde-sgdfull", "sde-lamb", "sde-adamw_clip"])
 def test_gpu_matches_numba(case):
     """On a GPU, same seed, same statistics as numba (the Gaussians are bit-identical; the rest may contract
     to FMAs, hence a relative tolerance far below the Monte Carlo error)."""

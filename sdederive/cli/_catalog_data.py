@@ -35,6 +35,7 @@ VALIDATE_PROBLEMS = (
     'synthetic-logistic',
 )
 VECTOR_OPTIMIZERS = (
+    ('adamw_clip', 'balanced', ('m', 'v'), 'AdamW (Loshchilov & Hutter 2019) on the globally clipped gradient, as in LLM training'),
     ('clip_sgd', 'sgd', (), 'SGD with global-norm clipping'),
     ('lamb', 'balanced', ('m', 'v'), 'LAMB (You et al. 2020) with one layer, the whole vector'),
     ('nsgd', 'sgd', (), 'Normalized SGD'),

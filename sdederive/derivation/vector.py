@@ -87,7 +87,8 @@ _R = sym("r", positive=True)
 
 @dataclass(frozen=True)
 class _Block:
-    """A random block: `r(|g_b|) g_b` (`tensor = "g"`) or `r(|g_b|)` (`tensor = "1"`)."""
+    """A random block: `r(|g_b|) g_b` (`tensor = "g"`), `r(|g_b|)` (`tensor = "1"`), `sign(g_b)` (`"sign"`) or
+    `r(|g_b|) g_b o g_b` (`"gsq"`, the coordinate-wise square; `r = c(|g|)**2` for the square of `c(|g|) g`)."""
 
     tensor: str
     r: sp.Expr  # in the placeholder of batch b
@@ -225,6 +226,17 @@ def _lin_coord(v: V.CoordExpr, ctx: _Ctx) -> dict:
                 w = sp.simplify(sp.diff(v.body, c))
                 W = _hadamard_of(w, v.vars, dets, v, ctx)
                 return {_Block("g", sp.S.One, rb[0]): (DiagMatrix(W) if getattr(W, "is_Matrix", False) else W * IDENT)}
+        # a function of |g| times g (a clipped or normalised gradient, s*r(|g|)*g): its coordinate-wise square is
+        # s**2 r**2 g o g (the block "gsq" with integrand r**2), and w*(s r g) is diag(w) s r g
+        fb = _function_block(lins[i])
+        if fb is not None and rb is None:
+            k, s_ = fb
+            if sp.simplify(v.body - c**2) == 0:
+                return {_Block("gsq", sp.simplify(k.r ** 2), k.batch): s_ ** 2 * IDENT}
+            if sp.diff(v.body, c, 2) == 0 and sp.simplify(v.body.subs(c, 0)) == 0:
+                w = sp.simplify(sp.diff(v.body, c))
+                W = _hadamard_of(w, v.vars, dets, v, ctx)
+                return {k: s_ * (DiagMatrix(W) if getattr(W, "is_Matrix", False) else W * IDENT)}
     raise ExpectationError(
         f"the coordinate-wise expression {v} in {ctx.name!r} is a nonlinear function of the gradient noise; the vector "
         "engine supports coordinate-wise expressions of deterministic vectors (the states, x), g**2 (coordinate by "
@@ -270,6 +282,23 @@ def _random_batch(lin: dict) -> int | None:
         coeff, rest = c.as_coeff_mmul()
         if rest == IDENT or (isinstance(rest, sp.MatMul) and rest.args == (IDENT,)):
             return k.batch, coeff
+    return None
+
+
+def _function_block(lin: dict):
+    """`(block, s)` if `lin` is exactly `s*r(|g_b|)*g_b` (one `"g"` block, a deterministic scalar `s` times the
+    identity), else None."""
+    if len(lin) != 1:
+        return None
+    (k, c), = lin.items()
+    if not isinstance(k, _Block) or k.tensor != "g":
+        return None
+    if c == IDENT:
+        return k, sp.S.One
+    if isinstance(c, sp.MatMul):
+        coeff, rest = c.as_coeff_mmul()
+        if rest == IDENT or (isinstance(rest, sp.MatMul) and rest.args == (IDENT,)):
+            return k, coeff
     return None
 
 
@@ -356,7 +385,8 @@ class _Law:
 
     def _need(self, tensor: str, r: sp.Expr, what: str) -> None:
         if self.nu is not None:
-            self.needs.append((_tail_exponent(r * NORM_G ** {"g": 1, "ggT": 2, "1": 0}[tensor]), what))
+            power = {"g": 1, "ggT": 2, "1": 0, "gsq": 2, "g_gsqT": 3, "gsq_gsqT": 4}[tensor]
+            self.needs.append((_tail_exponent(r * NORM_G ** power), what))
 
     def vec(self, tensor: str, r: sp.Expr) -> sp.MatrixExpr:
         """`E[r(|g|) g]` (`tensor = "g"`), `E[r(|g|) g g^T]` (`"ggT"`) or `E[r(|g|)]` (`"1"`)."""
@@ -366,6 +396,8 @@ class _Law:
         if r == 1 and tensor == "ggT":
             self._need("ggT", r, "E[g g^T] = grad f grad f^T + nu/(nu - 2) Sigma")
             return GRAD * GRAD.T + self.second * SIGMA
+        if r == 1 and tensor == "gsq" and self.nu is None:
+            return sp.HadamardPower(GRAD, 2) + DiagonalOf(SIGMA)
         atom = ExpectationAtom(tensor, r, self.nu)
         self._need(tensor, r, atom.display())
         return atom
@@ -415,11 +447,13 @@ def _mean(k: _Block, law: _Law | None = None) -> sp.MatrixExpr:
     law = _ACTIVE.get() if law is None else law
     if k.tensor == "sign":
         return law.sign_mean()
-    if k.tensor == "gsq":  # E[g o g] = grad o grad + diag(Sigma)
+    if k.tensor == "gsq":  # E[g o g] = grad o grad + diag(Sigma); E[r(|g|) g o g] an atom
         if law.nu is not None:
             raise ExpectationError("the coordinate-wise square g**2 under Student-t noise is not supported (its "
                                    "moments need the t law's fourth moments); supported: Gaussian noise")
-        return sp.HadamardPower(GRAD, 2) + DiagonalOf(SIGMA)
+        if k.r == 1:
+            return sp.HadamardPower(GRAD, 2) + DiagonalOf(SIGMA)
+        return law.vec("gsq", _canon(k.r, k.batch))
     r = _canon(k.r, k.batch)
     return law.vec(k.tensor, r)
 
@@ -434,6 +468,12 @@ def _second(k1: _Block, k2: _Block, law: _Law | None = None) -> sp.MatrixExpr:
                                "which the vector engine does not have; supported: sign(g) alone")
     r = sp.simplify(_canon(k1.r, k1.batch) * _canon(k2.r, k2.batch))
     t = (k1.tensor, k2.tensor)
+    if "gsq" in t:  # the coordinate-wise squares of functions of |g| times g: atoms (Gaussian; _cov checked)
+        tensor = {("g", "gsq"): "g_gsqT", ("gsq", "gsq"): "gsq_gsqT", ("1", "gsq"): "gsq"}
+        if t in tensor:
+            a = law.vec(tensor[t], r)
+            return a.T if t == ("1", "gsq") else a
+        return _second(k2, k1, law).T
     if t == ("g", "g"):
         return law.vec("ggT", r)
     if t == ("g", "1"):
@@ -453,14 +493,16 @@ def _cov(k1: _Block, k2: _Block, law: _Law | None = None):
                                    "supported: Gaussian noise")
         # Gaussian: Cov[g_i, g_j**2] = 2 Sigma_ij grad_j, Cov[g_i**2, g_j**2] = 2 Sigma_ij**2 + 4 grad_i grad_j Sigma_ij
         t = (k1.tensor, k2.tensor)
-        if t == ("gsq", "gsq"):
-            return 2 * sp.HadamardProduct(SIGMA, SIGMA) + 4 * sp.HadamardProduct(GRAD * GRAD.T, SIGMA)
-        if t == ("g", "gsq") and k1.r == 1:
-            return 2 * SIGMA * DiagMatrix(GRAD)
-        if t == ("gsq", "g") and k2.r == 1:
-            return 2 * DiagMatrix(GRAD) * SIGMA
-        raise ExpectationError(f"the covariance of g**2 with {k1 if k2.tensor == 'gsq' else k2} is not available; "
-                               "supported: g**2 with g and with g**2")
+        if "sign" in t:
+            raise ExpectationError(f"the covariance of g**2 with sign(g) is not available; supported: g**2 with g, "
+                                   "with g**2 and with functions of |g|")
+        if k1.r == 1 and k2.r == 1:  # the closed forms (the integrands of the blocks are 1)
+            if t == ("gsq", "gsq"):
+                return 2 * sp.HadamardProduct(SIGMA, SIGMA) + 4 * sp.HadamardProduct(GRAD * GRAD.T, SIGMA)
+            if t == ("g", "gsq"):
+                return 2 * SIGMA * DiagMatrix(GRAD)
+            if t == ("gsq", "g"):
+                return 2 * DiagMatrix(GRAD) * SIGMA
     return _second(k1, k2, law) - _mean(k1, law) * _mean(k2, law).T
 
 
@@ -846,8 +888,7 @@ def _derive_law(opt: V.VectorOptimizer, regime: str, order: int, law: _Law) -> V
     if order_note:
         notes.append(order_note)
     # the increment F in linear-block form (what the simulators sample for a diffusion C^(1/2))
-    increment = tuple(("det", sp.S.One, 0, c) if k == _DET else (k.tensor, _canon(k.r, k.batch), k.batch, c)
-                      for k, c in F.items())
+    increment = _increment_blocks(F)
     return VectorSDE(optimizer=opt.name, noise="gaussian" if nu is None else "student-t", regime=regime, tau=_eta,
                      drift_vector=drift, diffusion_matrix_expr=diff, covariance_expr=covariance, atoms=tuple(atoms),
                      notes=tuple(notes), hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers), order=order,
@@ -1079,7 +1120,9 @@ def _derive_fast(opt: V.VectorOptimizer) -> VectorSDE:
     return VectorSDE(optimizer=opt.name, noise="gaussian", regime="sgd", tau=_eta, drift_vector=drift,
                      diffusion_matrix_expr=diff, covariance_expr=covariance, atoms=atoms, notes=tuple(notes),
                      hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers), order=1, source=opt,
-                     eliminated=eliminated)
+                     eliminated=eliminated,
+                     # the slow variable's increment, where the simulators sample it (atoms, a root noise)
+                     increment=_increment_blocks(F) if atoms or isinstance(diff, sp.MatMul) and diff.has(cov) else ())
 
 
 def _human_str(e) -> str:
@@ -1206,27 +1249,35 @@ def _derive_balanced(opt: V.VectorOptimizer) -> VectorSDE:
     kinds = {a[0]: a[2] for a in opt.aux}
     dropped = [n for n in aux if kinds[n] == "second_moment" and any(k != _DET for k in F[n])]
     diffs = {}
+    noisy = {n: [k for k in F[n] if k != _DET] for n in states if n not in dropped}
+    noisy = {n: blocks for n, blocks in noisy.items() if blocks}
+    linear = all(blocks == [_Block("g", sp.S.One, 0)] for blocks in noisy.values())
+    if not linear and len(noisy) > 1:
+        n = next(n for n, blocks in noisy.items() if blocks != [_Block("g", sp.S.One, 0)])
+        raise ExpectationError(
+            f"the states {list(noisy)} of {opt.name!r} all carry noise in regime 'balanced', and the noise of {n} is "
+            f"not one linear Gaussian block (blocks {noisy[n]}): their joint diffusion would be the root of the block "
+            "covariance of all of them, which the SDE does not represent (one noisy state with such noise is; a "
+            "second-moment state, kinds={'v': 'second_moment'}, has its noise left out)")
     for n in states:
-        if n in dropped:
-            diffs[n] = sp.ZeroMatrix(V.dim, V.dim)
-            continue
-        blocks = [k for k in F[n] if k != _DET]
+        blocks = noisy.get(n)
         if not blocks:
             diffs[n] = sp.ZeroMatrix(V.dim, V.dim)
-        elif blocks == [_Block("g", sp.S.One, 0)]:
+        elif linear:  # A*xi: the state's increment -eta*F has the noise -sqrt(eta) A Sigma^(1/2) dW
             diffs[n] = (-sp.sqrt(_eta) * F[n][blocks[0]] * SIGMA ** sp.S.Half).doit()
-        else:
-            raise ExpectationError(
-                f"the noise of the state {n} of {opt.name!r} in regime 'balanced' is not one linear Gaussian block "
-                f"(blocks {blocks}); the joint diffusion of several states is represented for noise A*xi only")
+        else:  # the one noisy state: the symmetric root of eta*Cov[F_n] (clipped or normalised g in an EMA)
+            diffs[n] = sp.sqrt(_eta) * _cross(F[n], F[n]) ** sp.S.Half
     cov_x = next((c for s1, s2, c in joint if s1 == s2 == "x"), sp.ZeroMatrix(V.dim, V.dim))
     exprs = [drifts[n] for n in states] + [c for _, _, c in joint]
     atoms = _atoms_in(exprs)
     names = ", ".join(f"{_scaled_decay(h.name)} = (1 - {h.name})/eta" for h in decays)
     notes = [_GAUSS, f"regime 'balanced': tau = eta, {names} fixed as eta -> 0; the auxiliary states "
              f"{', '.join(aux)} change by O(eta) per step and are kept in the SDE (they start at 0)",
-             "x's increment is -eta*P(x, " + ", ".join(aux) + ") + O(eta**2): the states' O(eta) change within the step "
-             "and x's own noise (variance O(eta**3) per unit time) are beyond order 1, so x has no diffusion"]
+             ("x's increment is -eta*P(x, " + ", ".join(aux) + ") + O(eta**2): the states' O(eta) change within the "
+              "step and x's own noise (variance O(eta**3) per unit time) are beyond order 1, so x has no diffusion"
+              if "x" not in noisy else
+              "x's increment is -eta*F_x + O(eta**2) with F_x random through g: the states' O(eta) change within the "
+              "step is beyond order 1, and x's noise, of the order of SGD's, is kept")]
     if any(e.has(_t) for e in exprs):
         notes.append("bias corrections 1 - beta**(k+1) -> 1 - exp(-rho*t) (k = t/tau, eta -> 0)")
     if dropped:
@@ -1240,12 +1291,27 @@ def _derive_balanced(opt: V.VectorOptimizer) -> VectorSDE:
         notes.append("coordinate-wise roots and quotients of the states (Adam's m/(sqrt(v) + eps)) need v >= 0, eps > 0")
     if ctx.hessian:
         notes.append("the gradient at a perturbed point x + delta is grad f + H delta: exact for quadratic f")
+    if not linear:
+        n = next(iter(noisy))
+        notes.append(f"the noise of {n} is the symmetric root of eta*Cov[F_{n}] (F_{n} = -Delta {n}/eta, a function of "
+                     "|g| in it); the simulators draw it from inner samples of the increments (VectorSDE.increment, "
+                     "aux_increment)")
+    # the increments in linear-block form, where the simulators must sample them (atoms in a drift, a root noise)
+    sampled = bool(atoms) or not linear
+    incs = {n: (_increment_blocks(F[n]) if sampled and any(k != _DET for k in F[n]) else ()) for n in states}
     zero = sp.ZeroMatrix(V.dim, V.dim)
     return VectorSDE(optimizer=opt.name, noise="gaussian", regime="balanced", tau=_eta, drift_vector=drifts["x"],
                      diffusion_matrix_expr=diffs["x"], covariance_expr=cov_x, atoms=atoms, notes=tuple(notes),
                      hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers), order=1, source=opt,
                      aux_states=tuple(aux), aux_drift=tuple(drifts[n] for n in aux),
-                     aux_diffusion=tuple(diffs.get(n, zero) for n in aux), joint_covariance=tuple(joint))
+                     aux_diffusion=tuple(diffs.get(n, zero) for n in aux), joint_covariance=tuple(joint),
+                     increment=incs["x"], aux_increment=tuple(incs[n] for n in aux) if sampled else ())
+
+
+def _increment_blocks(F: dict) -> tuple:
+    """`F = a0 + sum_k A_k B_k` as the `VectorSDE.increment` tuple."""
+    return tuple(("det", sp.S.One, 0, c) if k == _DET else (k.tensor, _canon(k.r, k.batch), k.batch, c)
+                 for k, c in F.items())
 
 
 def clear_cache() -> None:

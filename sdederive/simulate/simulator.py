@@ -747,8 +747,8 @@ def compile(obj, problem: Problem, backend: str = "numba", dtype: str = "float64
         (default the optimizer's natural regime).
     inner
         vector SDEs whose diffusion is the root of a covariance with expectation atoms (SAM, NSGD,
-        clipped SGD): inner Monte Carlo samples per step (default 8, at least 2; see
-        `sdederive.simulate.vector_lower`).  Refused for everything else.
+        clipped SGD, the clipped EMA of adamw_clip): inner Monte Carlo samples per step (default 8, at
+        least 2; see `sdederive.simulate.vector_lower`).  Refused for everything else.
 
     A `VectorSDE` or a vector optimizer (`usam`, `sam`, `nsgd`, `clip_sgd`, or one written with
     `sd.vectors`) gets a vector kernel (`sdederive.simulate.vector_sim`).
@@ -766,7 +766,7 @@ def compile(obj, problem: Problem, backend: str = "numba", dtype: str = "float64
 
         if inner is not None and not (isinstance(obj, VectorSDE) and sampled_noise(obj)):
             raise SdederiveError(f"inner={inner!r} applies to vector SDEs whose diffusion is sampled (SAM, NSGD, "
-                                 "clipped SGD); this simulator draws no inner samples")
+                                 "clipped SGD, adamw_clip); this simulator draws no inner samples")
         return compile_vector(obj, problem, backend, dtype, scheme, regime, DEFAULT_INNER if inner is None else inner)
     if inner is not None:
         raise SdederiveError(f"inner={inner!r} applies to vector SDEs only")

@@ -55,6 +55,9 @@ gradients over the same (or fresh) indices.
   (With the closed-form parts kept exact and only the atoms estimated, the noise would be inflated by
   `dt Cov[drift estimate]`, a relative `1/n` for NSGD at `dt = eta`: the stationary loss `1/n` too high.)
   `inner=` of `sd.compile` sets `n` (default 8).  `VectorSDE.increment` is checked against the drift first.
+  With auxiliary states (`adamw_clip`: `m`'s noise such a root, `v`'s drift an atom) the same samples serve
+  every state's increment (`VectorSDE.aux_increment`): the noisy state (one at most, with no other noise in
+  the SDE) gets `zeta` and the noise scale, a state with atoms in its drift alone the samples' mean.
   Where the noise factor is constant with orthogonal columns (every `Quadratic`) and `F` has no `sign(g)`,
   the same step runs in *z-space* (`_lower_zspace`): the norms `|g_k|` from `L^T grad` and the Gaussians alone,
   the products by `L` and by `F`'s matrices once after the samples, so a sample costs `O(d)` instead of a
@@ -137,6 +140,9 @@ class VProgram:
     post: list = field(default_factory=list)
     n_inner: int = 0
     fsample: str | None = None
+    #: `(F_k, sum)` for sampled increments whose samples estimate a drift only (an auxiliary state's, when another
+    #: state carries the sampled noise): the printers accumulate `sum = sum_k F_k` as they do `_SF`
+    msamples: tuple = ()
     zspace: bool = False
     result: str = "X"
     vectors: set = field(default_factory=set)
@@ -498,30 +504,40 @@ def _noise_root_factor(D: sp.Basic):
 
 
 def sampled_noise(sde: VectorSDE) -> bool:
-    """Whether the simulators draw `sde`'s noise from inner samples of its increment (a diffusion `c C^(1/2)`)."""
+    """Whether the simulators draw `sde`'s noise from inner samples of its increments (a diffusion `c C^(1/2)` of
+    any state, or expectation atoms in an auxiliary state's drift)."""
     try:
-        return _noise_root_factor(sde.diffusion_matrix_expr)[1] == "cov"
+        if any(_noise_root_factor(D)[1] == "cov" for D in sde.diffusion.values()):
+            return True
     except CodegenError:
         return False
+    return any(sde.drift[s].has(a) for s in sde.aux_states for a in sde.atoms)
 
 
-def _check_increment(sde: VectorSDE) -> None:
-    """The drift must be `-E[F]` of the increment the kernel samples (a hand-edited JSON could make them
-    disagree): both evaluated at random values (random atoms too) must agree."""
+def _check_increment(sde: VectorSDE, state: str = "x", blocks: tuple | None = None) -> None:
+    """The drift of `state` must be `-E[F]` of the increment the kernel samples (`blocks`; `sde.increment` for
+    `x`): a hand-edited JSON could make them disagree.  Both evaluated at random values (random atoms too) must
+    agree."""
     import numpy as np
 
+    from sdederive.sde_vector import DiagonalOf
     from sdederive.sde_vector import SignMean as _SM
     from sdederive.sde_vector import evaluate
 
-    mean = sp.ZeroMatrix(*sde.drift_vector.shape)
+    blocks = sde.increment if blocks is None else blocks
+    drift = sde.drift[state]
+    mean = sp.ZeroMatrix(*drift.shape)
     nu = sde.nu  # the atoms and sign moments of a Student-t SDE are over its law
-    for tensor, r, _bt, coef in sde.increment:
+    for tensor, r, _bt, coef in blocks:
         if tensor == "det":
             mean = mean + coef
         elif tensor == "sign":
             mean = mean + coef * (_SM() if nu is None else _SM(GRAD, SIGMA, nu))
         elif tensor == "g":
             mean = mean + coef * (GRAD if r == 1 else ExpectationAtom("g", r, nu))
+        elif tensor == "gsq":
+            mean = mean + coef * (sp.HadamardPower(GRAD, 2) + DiagonalOf(SIGMA) if r == 1
+                                  else ExpectationAtom("gsq", r, nu))
         else:
             mean = mean + coef * (sp.S.One if r == 1 else ExpectationAtom("1", r, nu))
     rng = np.random.default_rng(12345)
@@ -529,24 +545,27 @@ def _check_increment(sde: VectorSDE) -> None:
     Q = rng.normal(size=(n, n))
     S = Q @ Q.T + np.eye(n)
     env = {"grad": rng.normal(size=n), "x": rng.normal(size=n), "H": (Q + Q.T) / 2, "Sigma": S}
+    env.update({s_: rng.uniform(0.2, 1.0, size=n) for s_ in sde.aux_states})  # > 0: roots of second moments
     env.update({h[0]: 0.3 + 0.1 * j for j, h in enumerate(sde.hypers)})
     env.setdefault("eta", 0.01)
     if nu is not None and nu.free_symbols:
         env["nu"] = 5.0
-    for s in sde.drift_vector.free_symbols | mean.free_symbols:
+    for s in drift.free_symbols | mean.free_symbols:
         if isinstance(s, sp.Symbol) and s.name not in env:
             env[s.name] = 0.7
     atoms = {}
-    for e in (sde.drift_vector, mean):
+    for e in (drift, mean):
         for a in e.atoms(ExpectationAtom):
-            atoms.setdefault(a, rng.normal(size=(n, 1)) if a.tensor == "g" else rng.normal(size=(1, 1)))
+            atoms.setdefault(a, rng.normal(size=(n, 1)) if a.tensor in ("g", "gsq") else rng.normal(size=(1, 1)))
     try:
         got = evaluate(-mean, env, atoms)
-        want = evaluate(sde.drift_vector, env, atoms)
+        want = evaluate(drift, env, atoms)
     except Exception as e:  # noqa: BLE001 - any failure to evaluate is an inconsistent SDE
-        raise CodegenError(f"the SDE of {sde.optimizer}: its increment cannot be checked against its drift ({e})") from None
+        raise CodegenError(f"the SDE of {sde.optimizer}: the increment of {state} cannot be checked against its drift "
+                           f"({e})") from None
     if not np.allclose(got, want, rtol=1e-9, atol=1e-12):
-        raise CodegenError(f"the SDE of {sde.optimizer}: its drift is not -E[F] of its increment (VectorSDE.increment); "
+        where = "VectorSDE.increment" if state == "x" else f"VectorSDE.aux_increment, state {state}"
+        raise CodegenError(f"the SDE of {sde.optimizer}: the drift of {state} is not -E[F] of its increment ({where}); "
                            "the two disagree (edited JSON?), so the noise the kernel samples would not belong to this "
                            "drift")
 
@@ -663,33 +682,45 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
     prog.vectors |= {"X", "GR"} | {state_vec(s) for s in prog.states[1:]}
     b.ops.append(VOp("grad", "GR", ("X",)))
     A, form = _noise_root_factor(sde.diffusion_matrix_expr)
-    drift_atoms = [a for a in sde.atoms if sde.drift_vector.has(a)]
-    bad = [a for a in drift_atoms if a.tensor == "ggT"]
+    factors = {"x": (A, form)}
+    for s_ in prog.states[1:]:
+        factors[s_] = _noise_root_factor(sde.diffusion[s_])
+    drift_atoms = {s_: [a for a in sde.atoms if sde.drift[s_].has(a)] for s_ in prog.states}
+    bad = [a for a in drift_atoms["x"] if a.tensor == "ggT"]
     if bad:  # pragma: no cover - the drift is -E[F], linear in g-blocks
         raise CodegenError(f"{sde.optimizer}: the drift holds the matrix atom {bad[0].display()}")
-    if form == "cov" or drift_atoms:
-        if form != "cov":
-            raise CodegenError(f"{sde.optimizer}: expectation atoms with a closed-form noise root are not supported")
-        if not sde.increment:
+    sampled = [s_ for s_ in prog.states if factors[s_][1] == "cov" or drift_atoms[s_]]
+    if sampled:
+        incs = {"x": sde.increment, **dict(zip(sde.aux_states, sde.aux_increment or ((),) * len(sde.aux_states)))}
+        if not all(incs[s_] for s_ in sampled):
             raise CodegenError(
                 f"the SDE of {sde.optimizer} has the diffusion C^(1/2) of a covariance with expectation atoms or sign "
-                "moments; simulating it needs its increment F (VectorSDE.increment), which this SDE does not carry "
-                "(built by hand, or read from a JSON without \"increment\"); derive it again")
-        if sde.aux_states:
-            raise CodegenError(f"the SDE of {sde.optimizer} keeps the auxiliary states {list(sde.aux_states)} and its "
-                               "noise is the root of a covariance with expectation atoms or sign moments; the sampled "
-                               "noise of the simulators covers x alone so far")
+                "moments, or atoms in a drift; simulating it needs the increments F (VectorSDE.increment, "
+                "aux_increment), which this SDE does not carry (built by hand, or read from a JSON without "
+                "\"increment\"); derive it again")
+        roots = [s_ for s_ in prog.states if factors[s_][1] == "root"]
+        noisy = [s_ for s_ in sampled if factors[s_][1] == "cov"]
+        if roots and not noisy:
+            raise CodegenError(f"{sde.optimizer}: expectation atoms in the drift of {sampled} with the closed-form "
+                               f"noise root of {roots} are not supported (the atoms are estimated from inner samples, "
+                               "whose error the sampled noise makes up for)")
+        if roots or len(noisy) > 1:
+            raise CodegenError(
+                f"the SDE of {sde.optimizer}: the states {roots + noisy} all carry noise and "
+                f"{noisy[0] if noisy else sampled[0]}'s is drawn from inner samples of its increment; the simulators "
+                "draw the sampled noise for one state, with no other noise in the SDE")
         if not (isinstance(n_inner, int) and not isinstance(n_inner, bool) and n_inner >= 2):
             raise CodegenError(f"inner={n_inner!r} inner samples; allowed: an integer >= 2 (the noise is built from "
                                "the deviations of the samples around their mean)")
-        _check_increment(sde)
+        for s_ in sampled:
+            _check_increment(sde, s_, incs[s_])
         prog.n_inner = n_inner
-        batches = sorted({blk[2] for blk in sde.increment} | {0})
+        batches = sorted({blk[2] for s_ in sampled for blk in incs[s_]} | {0})
         prog.batches = max(batches) + 1
         # the deterministic vectors (a0, the coefficients of "1" blocks): once per step
-        det = {j: b.vec(blk[3]) for j, blk in enumerate(sde.increment) if blk[0] in ("1", "det")}
-        if zspace_applies(sde, problem):
-            _lower_zspace(b, sde, A, batches, student, det)
+        det = {(s_, j): b.vec(blk[3]) for s_ in sampled for j, blk in enumerate(incs[s_]) if blk[0] in ("1", "det")}
+        if prog.states == ("x",) and zspace_applies(sde, problem):
+            _lower_zspace(b, sde, A, batches, student, {j: v for (_s_, j), v in det.items()})
             return prog
         b.ops = prog.inner
         gs, ngs = {}, {}
@@ -697,29 +728,55 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
             xi = b.vop("tnoise" if student else "noise", (NOISE_STREAM_INNER + bt, prog.batches), "xi")
             gs[bt] = b.cw(_v("GR") + _v(xi), "g")
             ngs[bt] = b.norm(gs[bt])
-        terms, a0 = [], []
-        for j, (tensor, r, bt, coef) in enumerate(sde.increment):
-            if tensor == "det":
-                a0.append(det[j])
-                continue
-            rr = b.hyper(r.xreplace({NORM_G: ngs[bt]}))
-            if tensor == "1":
-                terms.append((rr, det[j]))
-                continue
-            blk = b.cw(rr * _v(gs[bt]), "bk") if tensor == "g" else b.cw(sp.sign(_v(gs[bt])), "bk")
-            terms.append((sp.S.One, b.apply(coef, blk)))
-        prog.fsample = b.sum_vec(terms)
-        prog.vectors |= {"ZETA", "_SF"}
+        a0: dict = {s_: [] for s_ in sampled}
+        sums: dict = {}
+        for s_ in sampled:
+            terms = []
+            for j, (tensor, r, bt, coef) in enumerate(incs[s_]):
+                if tensor == "det":
+                    a0[s_].append(det[(s_, j)])
+                    continue
+                rr = b.hyper(r.xreplace({NORM_G: ngs[bt]}))
+                if tensor == "1":
+                    terms.append((rr, det[(s_, j)]))
+                    continue
+                if tensor == "g":
+                    blk = b.cw(rr * _v(gs[bt]), "bk")
+                elif tensor == "gsq":
+                    blk = b.cw(rr * _v(gs[bt]) ** 2, "bk")
+                else:
+                    blk = b.cw(sp.sign(_v(gs[bt])), "bk")
+                terms.append((sp.S.One, b.apply(coef, blk)))
+            fs = b.sum_vec(terms)
+            if s_ in noisy:  # its sum _SF and the weighted deviations ZETA (the printers' names)
+                prog.fsample, sums[s_] = fs, "_SF"
+            else:  # a drift estimate only: the sum of the samples
+                sums[s_] = f"_SF_{s_}"
+                prog.msamples += ((fs, sums[s_]),)
+            prog.vectors.add(sums[s_])
+        if noisy:
+            prog.vectors.add("ZETA")
         b.ops = prog.post
         b.memo = {}
         # drift -(a0 + mean_k F_k) (every expectation of F estimated from the same samples: its error has the
         # covariance Cov[F]/n, which the noise scale s makes up for: dt**2 Cov[F]/n + c**2 s**2 dt Cov[F] =
         # c**2 dt Cov[F] with s**2 = 1 - dt/(n c**2); c**2 = eta)
-        c = b.scalar(sp.sympify(A))
         dt, sdt = sp.Symbol("dt"), sp.Symbol("sdt")
-        s2 = 1 - dt / (n_inner * c ** 2)
-        drift = -(sp.Add(*[_v(a) for a in a0]) + _v("_SF") / n_inner)
-        new = b.cw(_v("X") + drift * dt + c * sp.sqrt(s2) * sdt * _v("ZETA"), "nx")
+        new = {}
+        for s_ in prog.states[1:] + ("x",):  # x last: its Euler step is the step's last operation
+            if s_ in sampled:
+                drift = -(sp.Add(*[_v(a) for a in a0[s_]]) + _v(sums[s_]) / n_inner)
+            else:
+                drift = _v(b.vec(sde.drift[s_]))
+            step = _v(state_vec(s_)) + drift * dt
+            if s_ in noisy:
+                c = b.scalar(sp.sympify(factors[s_][0]))
+                step = step + c * sp.sqrt(1 - dt / (n_inner * c ** 2)) * sdt * _v("ZETA")
+            new[s_] = b.cw(step, "nx" if s_ == "x" else "ns")
+            if new[s_] in ("X", "GR") or new[s_].startswith("ST_"):  # a plain copy: a vector of its own
+                new[s_] = b.vop("cw", (_v(new[s_]),), "nx" if s_ == "x" else "ns")
+        prog.results = {s_: new[s_] for s_ in prog.states[1:]}
+        new = new["x"]
     else:
         # every state's drift and noise factor from the old values (pre), then the Euler steps (post); the
         # states share the one dW (stream 0): x' = x + b dt + A (Sigma^(1/2) z) sqrt(dt) for each state

@@ -580,8 +580,26 @@ def lamb(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float
                            (("m", m_new, "aux"), ("v", v_new, "second_moment")))
 
 
+def adamw_clip(eta: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+               wd: float = 1e-2, c: float = 1.0) -> VectorOptimizer:
+    r"""AdamW (Loshchilov & Hutter 2019) on the globally clipped gradient, as in LLM training: the clipped
+    gradient $\tilde g_k = \min(1, c/|g_k|)\,g_k$ (global-norm clipping, one norm over the whole vector),
+    $m_{k+1} = \beta_1 m_k + (1-\beta_1)\tilde g_k$, $v_{k+1} = \beta_2 v_k + (1-\beta_2)\tilde g_k^2$,
+    $x_{k+1} = x_k - \eta\,(\hat m/(\sqrt{\hat v} + \epsilon) + w_d x_k)$ with the bias corrections
+    $\hat m = m_{k+1}/(1-\beta_1^{k+1})$, $\hat v = v_{k+1}/(1-\beta_2^{k+1})$."""
+    b1, b2, ep, wdec = sym("beta1"), sym("beta2"), sym("eps"), sym("wd")
+    gc = minimum(1, _c / norm(_g)) * _g
+    m_new = b1 * _m + (1 - b1) * gc
+    v_new = b2 * _v + (1 - b2) * coordinatewise(lambda a: a**2, gc)
+    u = coordinatewise(lambda a, b: a / (1 - b1 ** (_k + 1)) / (sp.sqrt(b / (1 - b2 ** (_k + 1))) + ep), m_new, v_new)
+    hy = (VHyper("eta", eta, "lr"), VHyper("beta1", beta1, "decay"), VHyper("beta2", beta2, "decay"),
+          VHyper("eps", eps, "eps"), VHyper("wd", wd, "positive"), VHyper("c", c, "positive"))
+    return VectorOptimizer("adamw_clip", hy, _x - _eta * (u + wdec * _x), "balanced", adamw_clip.__doc__,
+                           (("m", m_new, "aux"), ("v", v_new, "second_moment")))
+
+
 VECTOR_BUILTINS: dict[str, Callable[..., VectorOptimizer]] = {
-    f.__name__: f for f in (usam, sam, nsgd, clip_sgd, sgd_nesterov, lamb)}
+    f.__name__: f for f in (usam, sam, nsgd, clip_sgd, sgd_nesterov, lamb, adamw_clip)}
 
 
 def names() -> list[str]:

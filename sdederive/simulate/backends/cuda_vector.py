@@ -164,18 +164,25 @@ class _Writer:
                 self.ops(ind + 1, prog.inner, in_inner=True)
                 w(ind, "}")
             else:
+                f = prog.fsample
                 w(ind, "S__SW = 0.0;")
-                w(ind, "for (int i = 0; i < D; ++i) { V__SF[i] = 0.0; V__SWF[i] = 0.0; }")
+                zero = (["V__SF[i] = 0.0;", "V__SWF[i] = 0.0;"] if f else []) + [f"V_{sm}[i] = 0.0;"
+                                                                             for _fs, sm in prog.msamples]
+                w(ind, f"for (int i = 0; i < D; ++i) {{ {' '.join(zero)} }}")
                 w(ind, f"for (int kin = 0; kin < {n}; ++kin) {{")
                 self.ops(ind + 1, prog.inner, in_inner=True)
                 w(ind + 1, "const double wk = WK[kin];")
                 w(ind + 1, "S__SW += wk;")
-                w(ind + 1, f"for (int i = 0; i < D; ++i) {{ const double fv = V_{prog.fsample}[i]; V__SF[i] += fv; "
-                           "V__SWF[i] += wk * fv; }")
+                if f:
+                    w(ind + 1, f"for (int i = 0; i < D; ++i) {{ const double fv = V_{f}[i]; V__SF[i] += fv; "
+                               "V__SWF[i] += wk * fv; }")
+                for fs, sm in prog.msamples:  # drift estimates only
+                    w(ind + 1, f"for (int i = 0; i < D; ++i) V_{sm}[i] += V_{fs}[i];")
                 w(ind, "}")
-                # zeta = (n - 1)^(-1/2) sum_k w_k (F_k - Fbar), the numba kernel's formula and constants
-                w(ind, f"for (int i = 0; i < D; ++i) V_ZETA[i] = (V__SWF[i] - S__SW * (V__SF[i] / {n}.0)) * "
-                       f"{(n - 1) ** -0.5!r};")
+                if f:
+                    # zeta = (n - 1)^(-1/2) sum_k w_k (F_k - Fbar), the numba kernel's formula and constants
+                    w(ind, f"for (int i = 0; i < D; ++i) V_ZETA[i] = (V__SWF[i] - S__SW * (V__SF[i] / {n}.0)) * "
+                           f"{(n - 1) ** -0.5!r};")
         self.ops(ind, prog.post)
         for st, res in prog.results.items():
             w(ind, f"for (int i = 0; i < D; ++i) V_ST_{st}[i] = V_{res}[i];")
@@ -196,7 +203,8 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
     d, ns = problem.d, len(prog.states)
     nex = problem.n if problem.minibatch else 1
     # the results are written into their states directly
-    vecs = sorted((set(prog.vectors) | {"SG"} | ({"_SF", "_SWF"} if prog.n_inner and not prog.zspace else set()))
+    sums = {"_SF", "_SWF"} if prog.n_inner and not prog.zspace and prog.fsample else set()
+    vecs = sorted((set(prog.vectors) | {"SG"} | sums)
                   - set(W.states)
                   - set(W.results))
     scalars = sorted(prog.scalars | ({"_SW"} if prog.n_inner else set()))

@@ -225,23 +225,33 @@ class _Writer:
                 w(ind, f"for kin in range({n}):")
                 self.ops(ind + 1, prog.inner, in_inner=True)
             else:
+                f = prog.fsample
                 w(ind + 1, "S__SW[r] = 0.0")
                 w(ind + 1, "for i in range(d):")
-                w(ind + 2, "V__SF[r, i] = 0.0")
-                w(ind + 2, "V__SWF[r, i] = 0.0")
+                if f:
+                    w(ind + 2, "V__SF[r, i] = 0.0")
+                    w(ind + 2, "V__SWF[r, i] = 0.0")
+                for _fs, sm in prog.msamples:
+                    w(ind + 2, f"V_{sm}[r, i] = 0.0")
                 w(ind, f"for kin in range({n}):")
                 self.ops(ind + 1, prog.inner, in_inner=True)
                 w(ind + 1, "for r in range(nr):")
                 w(ind + 2, "wk = WK[r, kin]")
                 w(ind + 2, "S__SW[r] += wk")
                 w(ind + 2, "for i in range(d):")
-                w(ind + 3, f"fv = V_{prog.fsample}[r, i]")
-                w(ind + 3, "V__SF[r, i] += fv")
-                w(ind + 3, "V__SWF[r, i] += wk * fv")
-                # zeta = (n - 1)^(-1/2) sum_k w_k (F_k - Fbar): Gaussian given the samples, covariance their sample one
-                w(ind, "for r in range(nr):")
-                w(ind + 1, "for i in range(d):")
-                w(ind + 2, f"V_ZETA[r, i] = (V__SWF[r, i] - S__SW[r] * (V__SF[r, i] / {n}.0)) * {(n - 1) ** -0.5!r}")
+                if f:
+                    w(ind + 3, f"fv = V_{f}[r, i]")
+                    w(ind + 3, "V__SF[r, i] += fv")
+                    w(ind + 3, "V__SWF[r, i] += wk * fv")
+                for fs, sm in prog.msamples:  # drift estimates only
+                    w(ind + 3, f"V_{sm}[r, i] += V_{fs}[r, i]")
+                if f:
+                    # zeta = (n - 1)^(-1/2) sum_k w_k (F_k - Fbar): Gaussian given the samples, covariance their
+                    # sample one
+                    w(ind, "for r in range(nr):")
+                    w(ind + 1, "for i in range(d):")
+                    w(ind + 2, f"V_ZETA[r, i] = (V__SWF[r, i] - S__SW[r] * (V__SF[r, i] / {n}.0)) * "
+                               f"{(n - 1) ** -0.5!r}")
         self.ops(ind, prog.post)
         # the auxiliary states take their new values at the end of the step (every update read the old ones)
         for st, res in prog.results.items():
@@ -289,7 +299,7 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     W = _Writer(prog, problem, dtype)
     w = W.w
     vecs = sorted(prog.vectors - {"X"}) + ["SG"]
-    if prog.n_inner and not prog.zspace:
+    if prog.n_inner and not prog.zspace and prog.fsample:
         vecs += ["_SF", "_SWF"]
     vecs = sorted(set(vecs))
     scalars = sorted(prog.scalars | ({"_SW"} if prog.n_inner else set()))

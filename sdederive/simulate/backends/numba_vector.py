@@ -3,7 +3,8 @@ signature of the scalar kernels, so `Simulator.run` drives it unchanged.
 
 Layout.  A thread owns whole statistics blocks (as the scalar kernels); inside one it advances the live
 paths in *row blocks* of `PB` paths: every vector of the program is a `(PB, d)` array, a coordinate-wise
-operation is a loop over rows and coordinates (the coordinate loop vectorises), a reduction one sum per row.
+operation is a loop over rows and coordinates (the coordinate loop vectorises; consecutive ones share one loop,
+their temporaries in locals: `_Writer.ops`), a reduction one sum per row.
 On a dense quadratic the products `H v` (gradient, Hessian-vector products) and `L z` (the noise) of a
 row block are one matrix product each, `np.dot` on contiguous blocks, which numba hands to BLAS `dgemm`:
 that is what reaches the machine's floating-point rate at d = 100 (a per-path loop of dot products is
@@ -37,14 +38,23 @@ __all__ = ["generate_vector", "ROW_BLOCK"]
 
 #: paths per row block (one BLAS product per block and step); at d = 100, 64 measured 1.8x faster than 32
 ROW_BLOCK = 64
+#: whether consecutive coordinate-wise operations share one loop (`_Writer.ops`); the tests switch it off to
+#: compare the two forms
+FUSE = True
 
 
 class _Printer(_NumbaPrinter):
     """The numba backend's printer with the program's names bound to the row block: `v_NAME` is
     `V_NAME[r, i]` (`XB` for `x`), `s_NAME` is `S_NAME[r]`."""
 
+    #: vectors held in locals `l_NAME` inside a fused loop (`_Writer.ops`); printed by name, so sympy's order of
+    #: the terms, which follows the symbols' names, is that of the unfused kernel
+    local: frozenset = frozenset()
+
     def _print_Symbol(self, e):
         n = e.name  # kstep, tt, dt, sdt and hp_<h> are the kernel's own local names
+        if n.startswith("v_") and n[2:] in self.local:
+            return f"l_{n[2:]}"
         if n == "s_WK":  # the current inner sample's weight (z-space programs)
             return "WK[r, kin]"
         if n == "v_LAM":  # lambda_i = (L^T L)_ii, constant
@@ -60,8 +70,12 @@ class _Printer(_NumbaPrinter):
 _P = _Printer({"fully_qualified_modules": True, "standard": "python3"})
 
 
-def _expr(e: sp.Expr) -> str:
-    return _P.doprint(e)
+def _expr(e: sp.Expr, local: frozenset = frozenset()) -> str:
+    if not local:
+        return _P.doprint(e)
+    p = _Printer({"fully_qualified_modules": True, "standard": "python3"})  # one per call: compiles may run in threads
+    p.local = local
+    return p.doprint(e)
 
 
 _MB_GRAD = '''
@@ -75,6 +89,21 @@ def mb_grad(yv, G, IDX, Bm, PV, PM, PL, PY, W):
         prob_mb_accum(yv, G, IDX[jb], PV, PM, PL, PY, W)
     prob_mb_finish(yv, G, Bm, PV, PM, PL, PY, W)
 '''
+
+
+def _reads(o: VOp) -> set:
+    """The vectors the operation `o` reads: the `v_` names of its expressions and its string arguments."""
+    out: set = set()
+    stack = list(o.args)
+    while stack:
+        a = stack.pop()
+        if isinstance(a, str):
+            out.add(a)
+        elif isinstance(a, (tuple, list)):
+            stack.extend(a)
+        elif isinstance(a, sp.Basic):
+            out |= {q.name[2:] for q in a.free_symbols if q.name.startswith("v_")}
+    return out
 
 
 class _Writer:
@@ -196,9 +225,58 @@ class _Writer:
         self.w(ind + 1, "ZB[r, i] *= tsc")
 
     def ops(self, ind: int, ops, in_inner: bool = False) -> None:
+        """The operations in order; a run of consecutive coordinate-wise ones shares one loop over rows and
+        coordinates (`FUSE`).  That is the same arithmetic in the same order for each element: a `cw` operation
+        reads element `(r, i)` of its inputs only, so within a run it sees the values the earlier operations wrote
+        there, and the old ones of a vector a later operation overwrites, as in separate loops.  One loop instead of
+        several keeps the values in registers and gives LLVM fewer loops to vectorise."""
+        run: list[VOp] = []
+
+        def flush() -> None:
+            if not run:
+                return
+            # a value that no operation outside the run reads lives in a local, not in a (PB, d) array: fewer
+            # stores, and few enough arrays for LLVM's runtime alias checks to let the loop vectorise
+            inside = {o.out for o in run}
+            local = frozenset(n for n in inside if n not in self.live_out(run))
+            self.w(ind, "for r in range(nr):")
+            self.w(ind + 1, "for i in range(d):")
+            for o in run:
+                last = o.out == self.prog.result
+                val = _expr(o.args[0], local)
+                if last:
+                    self.w(ind + 2, f"XB[r, i] = DT({val})")
+                elif o.out in local:
+                    self.w(ind + 2, f"l_{o.out} = {val}")
+                else:
+                    self.w(ind + 2, f"{self.arr(o.out)}[r, i] = {val}")
+            run.clear()
+
         for o in ops:
             last = o.out == self.prog.result and o.kind == "cw"
+            if o.kind == "cw" and FUSE:
+                run.append(o)
+                continue
+            flush()
             self.op(ind, o, in_inner, "XB" if last else None)
+        flush()
+
+    def live_out(self, run: list) -> set:
+        """The vectors that something outside `run` reads: another operation of the program (any part, any
+        step), the step's results, the sampled increments, or a write before a read within the run (a value
+        from the previous step)."""
+        prog = self.prog
+        ids = {id(o) for o in run}
+        out = {prog.result, *prog.results.values(), *(n for n in (prog.fsample,) if n),
+               *(fs for fs, _sm in prog.msamples)}
+        for o in prog.pre + prog.inner + prog.post:
+            if id(o) not in ids:
+                out |= _reads(o)
+        outs, written = {q.out for q in run}, set()
+        for o in run:
+            out |= {n for n in _reads(o) if n in outs and n not in written}
+            written.add(o.out)
+        return out
 
     # -- one step --------------------------------------------------------------------------------------------
     def step(self, ind: int) -> None:

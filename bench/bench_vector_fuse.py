@@ -1,0 +1,74 @@
+"""Fused against unfused coordinate-wise loops of the numba vector kernels: `python bench/bench_vector_fuse.py`.
+
+`sdederive.simulate.backends.numba_vector.FUSE` prints a run of consecutive coordinate-wise operations as one
+loop (its temporaries in locals) instead of one loop each.  The baseline, the unfused form, runs in the same
+process: for each kernel (d = 100 dense quadratic, full Sigma) both forms are compiled from empty caches (the
+order alternating between kernels, so neither always pays the first compile), then run alternately `--reps`
+times (4096 paths x 100 steps); the table gives the compile times, the best kernel rates and whether the final
+states are equal bit for bit.  Run it with fresh `SDEDERIVE_CACHE` and `NUMBA_CACHE_DIR` for the compile times.
+
+Options: --only KIND:NAME[,...] (KIND d = discrete, s = SDE; default eight kernels), --reps N (default 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import sdederive as sd
+from sdederive.simulate.backends import numba_vector
+
+HYPER = {"rho": 0.05, "c": 1.0, "mu": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01}
+USES = {"usam": ["rho"], "sam": ["rho"], "nsgd": [], "clip_sgd": ["c"], "sgd_nesterov": ["mu"],
+        "lamb": ["beta1", "beta2", "eps", "wd"], "adamw_clip": ["beta1", "beta2", "eps", "wd", "c"]}
+DEFAULT = "d:adamw_clip,s:lamb,d:lamb,s:adamw_clip,s:nsgd,d:sgd_nesterov,d:sam,d:clip_sgd"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=DEFAULT)
+    ap.add_argument("--reps", type=int, default=5)
+    a = ap.parse_args()
+    d, paths, steps = 100, 4096, 100
+    rng = np.random.default_rng(0)
+    Q = rng.normal(size=(d, d))
+    H = Q @ Q.T / d + 0.1 * np.eye(d)
+    H = (H + H.T) / 2
+    A = rng.normal(size=(d, d)) / np.sqrt(d)
+    prob = sd.Quadratic(H=H, Sigma=0.5 * A @ A.T + 0.1 * np.eye(d), x0=np.ones(d))
+    sd.compile("usam", prob).run(paths=8, steps=2)  # the process's first kernel (the shared helpers)
+    cs = paths * steps * d
+    print(f"d = {d}, {paths} paths, {steps} steps; compile s (empty caches) and best kernel coordinate-steps/s of {a.reps}")
+    print(f"{'kernel':16s} {'compile unfused':>15s} {'fused':>7s} {'cs/s unfused':>13s} {'fused':>9s} {'ratio':>6s} "
+          f"{'same bits':>9s}")
+    tot = [0.0, 0.0]
+    for j, target in enumerate(a.only.split(",")):
+        kind, name = target.split(":")
+        hp = {k: HYPER[k] for k in USES[name]}
+        obj = name if kind == "d" else sd.derive(name)
+        sims, comp = {}, {}
+        for f in ((False, True) if j % 2 == 0 else (True, False)):
+            numba_vector.FUSE = f
+            t0 = time.perf_counter()
+            sims[f] = sd.compile(obj, prob)
+            sims[f].run(paths=8, steps=2, hyper=hp)
+            comp[f] = time.perf_counter() - t0
+        numba_vector.FUSE = True
+        best, final = {False: np.inf, True: np.inf}, {}
+        for _ in range(a.reps):
+            for f in (False, True):
+                r = sims[f].run(paths=paths, steps=steps, eta=0.01, hyper=hp, save_every=steps, seed=3,
+                                keep_final=True)
+                best[f] = min(best[f], r.timing["run_s"])
+                final[f] = r.final["x"]
+        tot[0] += comp[False]
+        tot[1] += comp[True]
+        print(f"{target:16s} {comp[False]:15.2f} {comp[True]:7.2f} {cs / best[False]:13.3g} {cs / best[True]:9.3g} "
+              f"{best[False] / best[True]:6.2f} {str(bool(np.array_equal(final[False], final[True]))):>9s}")
+    print(f"{'total compile':16s} {tot[0]:15.2f} {tot[1]:7.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -332,9 +332,11 @@ class _Writer:
                                f"{(n - 1) ** -0.5!r}")
         self.ops(ind, prog.post)
         # the auxiliary states take their new values at the end of the step (every update read the old ones)
-        for st, res in prog.results.items():
-            self.w(ind, "for r in range(nr):")
-            self.w(ind + 1, "for i in range(d):")
+        # (one loop for all of them where the loops are fused: the results are vectors of their own, never a state)
+        for j, (st, res) in enumerate(prog.results.items()):
+            if j == 0 or not FUSE:
+                self.w(ind, "for r in range(nr):")
+                self.w(ind + 1, "for i in range(d):")
             self.w(ind + 2, f"V_ST_{st}[r, i] = V_{res}[r, i]")
         if prog.result == "X":  # pragma: no cover - every program computes a new x
             raise CodegenError("the vector program does not update x")

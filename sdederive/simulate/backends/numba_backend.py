@@ -286,18 +286,21 @@ def generate(spec: KernelSpec, problem, scheme: str = "euler", dtype: str = "flo
             + problem_fragment(problem) + "\n" + _functions(spec) + "\n" + body + "\n")
 
 
+#: `host_loss`, the loss of rows of `x` for the host-side snapshots, as the scalar and the vector modules print it
+HOST_LOSS = ("", "", "@njit(cache=True, nogil=True, fastmath=False, error_model='numpy')",
+             "def host_loss(XR, PV, PM, PL, PY, W, OUT):",
+             "    for p in range(XR.shape[0]):",
+             "        OUT[p] = prob_loss(XR[p], PV, PM, PL, PY, W)")
+
+
 def _host_functions(w, spec: KernelSpec) -> None:
     """`host_loss` and `host_obs`: the loss of rows of `x` and the observables of one state at every
     coordinate, in float64, for the host-side snapshots (the start, `keep_final`).  Cached like the kernel, so
     a run in a fresh process loads them instead of compiling `prob_loss` and `obs` for Python arguments
     (about 0.3 s, once per process, that every first `Simulator.run` paid)."""
     S, nout = len(spec.states), len(spec.outputs)
-    w("")
-    w("")
-    w("@njit(cache=True, nogil=True, fastmath=False, error_model='numpy')")
-    w("def host_loss(XR, PV, PM, PL, PY, W, OUT):")
-    w("    for p in range(XR.shape[0]):")
-    w("        OUT[p] = prob_loss(XR[p], PV, PM, PL, PY, W)")
+    for line in HOST_LOSS:
+        w(line)
     w("")
     w("")
     w("@njit(cache=True, nogil=True, fastmath=False, error_model='numpy')")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import sympy as sp
 
 from sdederive.simulate.backends import kernel_support
-from sdederive.simulate.backends.numba_backend import _PRELUDE, _comment, _dtype
+from sdederive.simulate.backends.numba_backend import _PRELUDE, HOST_LOSS, _comment, _dtype
 from sdederive.simulate.backends.numba_printer import _NumbaPrinter
 from sdederive.simulate.lower import CodegenError
 from sdederive.simulate.rng import philox as rng
@@ -518,11 +518,7 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
         w(5, f"STATE[ROWS[r], {j}, i] = V_ST_{st}[r, i]")
     body = "\n".join(W.L)
     host = "\n".join([
-        "", "",
-        "@njit(cache=True, nogil=True, fastmath=False, error_model='numpy')",
-        "def host_loss(XR, PV, PM, PL, PY, W, OUT):",
-        "    for p in range(XR.shape[0]):",
-        "        OUT[p] = prob_loss(XR[p], PV, PM, PL, PY, W)",
+        *HOST_LOSS,
         "", "",
         "@njit(cache=True, nogil=True, fastmath=False, error_model='numpy')",
         "def host_obs(ST, HP, OUT):",

@@ -1293,8 +1293,8 @@ def _derive_balanced(opt: V.VectorOptimizer) -> VectorSDE:
         notes.append("the gradient at a perturbed point x + delta is grad f + H delta: exact for quadratic f")
     if not linear:
         n = next(iter(noisy))
-        notes.append(f"the noise of {n} is the symmetric root of eta*Cov[F_{n}] (F_{n} = -Delta {n}/eta, a function of "
-                     "|g| in it); the simulators draw it from inner samples of the increments (VectorSDE.increment, "
+        notes.append(f"the noise of {n} is the symmetric root of eta*Cov[F_{n}] (F_{n} = -Delta {n}/eta, nonlinear in "
+                     "g); the simulators draw it from inner samples of the increments (VectorSDE.increment, "
                      "aux_increment)")
     # the increments in linear-block form, where the simulators must sample them (atoms in a drift, a root noise)
     sampled = bool(atoms) or not linear

@@ -217,19 +217,12 @@ def _lin_coord(v: V.CoordExpr, ctx: _Ctx) -> dict:
         return {_DET: _hadamard_of(v.body, v.vars, dets, v, ctx)}
     if len(rand) == 1:
         i = rand[0]
-        rb = _random_batch(lins[i])
         c = v.vars[i]
-        if rb is not None and rb[1] == 1:
-            if sp.simplify(v.body - c**2) == 0:
-                return {_Block("gsq", sp.S.One, rb[0]): IDENT}
-            if sp.diff(v.body, c, 2) == 0 and sp.simplify(v.body.subs(c, 0)) == 0:
-                w = sp.simplify(sp.diff(v.body, c))
-                W = _hadamard_of(w, v.vars, dets, v, ctx)
-                return {_Block("g", sp.S.One, rb[0]): (DiagMatrix(W) if getattr(W, "is_Matrix", False) else W * IDENT)}
-        # a function of |g| times g (a clipped or normalised gradient, s*r(|g|)*g): its coordinate-wise square is
-        # s**2 r**2 g o g (the block "gsq" with integrand r**2), and w*(s r g) is diag(w) s r g
+        # s*r(|g|)*g (r = 1: g itself; a clipped or normalised gradient otherwise): its coordinate-wise square is
+        # s**2 r**2 g o g (the block "gsq" with integrand r**2), and w*(s r g) is diag(w) s r g.  A scaled g without
+        # a function of |g| (s != 1, r = 1) is not supported
         fb = _function_block(lins[i])
-        if fb is not None and rb is None:
+        if fb is not None and (fb[0].r != 1 or fb[1] == 1):
             k, s_ = fb
             if sp.simplify(v.body - c**2) == 0:
                 return {_Block("gsq", sp.simplify(k.r ** 2), k.batch): s_ ** 2 * IDENT}
@@ -269,20 +262,12 @@ def _is_zero_matrix(c) -> bool:
     return isinstance(c, sp.ZeroMatrix) or c == sp.ZeroMatrix(*c.shape)
 
 
-def _random_batch(lin: dict) -> int | None:
-    """`b` if `lin` is exactly `s*g_b` with a deterministic scalar `s` (returns `(b, s)`), else None."""
-    if len(lin) != 1:
+def _random_batch(lin: dict) -> tuple | None:
+    """`(b, s)` if `lin` is exactly `s*g_b` with a deterministic scalar `s`, else None."""
+    fb = _function_block(lin)
+    if fb is None or fb[0].r != 1:
         return None
-    (k, c), = lin.items()
-    if not isinstance(k, _Block) or k.tensor != "g" or k.r != 1:
-        return None
-    if c == IDENT:
-        return k.batch, sp.S.One
-    if isinstance(c, sp.MatMul):
-        coeff, rest = c.as_coeff_mmul()
-        if rest == IDENT or (isinstance(rest, sp.MatMul) and rest.args == (IDENT,)):
-            return k.batch, coeff
-    return None
+    return fb[0].batch, fb[1]
 
 
 def _function_block(lin: dict):
@@ -447,12 +432,10 @@ def _mean(k: _Block, law: _Law | None = None) -> sp.MatrixExpr:
     law = _ACTIVE.get() if law is None else law
     if k.tensor == "sign":
         return law.sign_mean()
-    if k.tensor == "gsq":  # E[g o g] = grad o grad + diag(Sigma); E[r(|g|) g o g] an atom
+    if k.tensor == "gsq":  # E[g o g] = grad o grad + diag(Sigma) (law.vec); E[r(|g|) g o g] an atom
         if law.nu is not None:
             raise ExpectationError("the coordinate-wise square g**2 under Student-t noise is not supported (its "
                                    "moments need the t law's fourth moments); supported: Gaussian noise")
-        if k.r == 1:
-            return sp.HadamardPower(GRAD, 2) + DiagonalOf(SIGMA)
         return law.vec("gsq", _canon(k.r, k.batch))
     r = _canon(k.r, k.batch)
     return law.vec(k.tensor, r)
@@ -1093,12 +1076,13 @@ def _derive_fast(opt: V.VectorOptimizer) -> VectorSDE:
     drift = -_mean_of(F)
     blocks = [k for k in F if k != _DET]
     cov = _cross(F, F)
+    root = False  # the diffusion is the root of the covariance (the simulators sample the increment)
     if isinstance(cov, sp.ZeroMatrix):
         diff = cov
     elif len(blocks) == 1 and blocks[0].tensor == "g" and blocks[0].r == 1:
         diff = sp.sqrt(_eta) * F[blocks[0]] * SIGMA ** sp.S.Half
     else:
-        diff = sp.sqrt(_eta) * cov ** sp.S.Half
+        diff, root = sp.sqrt(_eta) * cov ** sp.S.Half, True
     covariance = _eta * cov if not isinstance(cov, sp.ZeroMatrix) else cov
     eliminated = tuple((n, sp.MatMul(_eta, coeffs[n]).doit()) for n in aux)
     notes = [_GAUSS]
@@ -1122,7 +1106,7 @@ def _derive_fast(opt: V.VectorOptimizer) -> VectorSDE:
                      hypers=tuple((h.name, h.kind, h.default) for h in opt.hypers), order=1, source=opt,
                      eliminated=eliminated,
                      # the slow variable's increment, where the simulators sample it (atoms, a root noise)
-                     increment=_increment_blocks(F) if atoms or isinstance(diff, sp.MatMul) and diff.has(cov) else ())
+                     increment=_increment_blocks(F) if atoms or root else ())
 
 
 def _human_str(e) -> str:

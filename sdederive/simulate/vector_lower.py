@@ -154,6 +154,22 @@ class VProgram:
     results: dict = field(default_factory=dict)
 
 
+def reads(o: VOp) -> set:
+    """The names the operation `o` reads: the vectors and scalars of its expressions (`v_NAME`, `s_NAME`) and its
+    string arguments (the sources of products and problem helpers, nested in a folded step's terms)."""
+    out: set = set()
+    stack = list(o.args)
+    while stack:
+        a = stack.pop()
+        if isinstance(a, str):
+            out.add(a)
+        elif isinstance(a, (tuple, list)):
+            stack.extend(a)
+        elif isinstance(a, sp.Basic):
+            out |= {q.name[2:] for q in a.free_symbols if q.name.startswith(("v_", "s_"))}
+    return out
+
+
 #: the kernel's step counter and time (see `VProgram`)
 KSTEP, TT = sp.Symbol("kstep", real=True), sp.Symbol("tt", real=True)
 _KERNEL_NAMES = ("v_", "s_", "hp_", "kstep", "tt")
@@ -469,12 +485,7 @@ def _prune_dead(prog: VProgram, problem) -> None:
         if o.kind in _PRUNABLE and o.out not in live:
             continue
         kept.append(o)
-        if o.kind in ("grad", "hvp"):
-            live.add(o.args[0])
-        elif o.kind in ("cw", "red", "sc"):
-            live |= {a.name[2:] for a in sp.sympify(o.args[0]).free_symbols if a.name.startswith(("v_", "s_"))}
-        else:
-            live |= {a for a in o.args if isinstance(a, str)}
+        live |= reads(o)
     prog.pre[:] = kept[::-1]
 
 

@@ -32,7 +32,7 @@ from sdederive.simulate.backends.numba_printer import _NumbaPrinter
 from sdederive.simulate.lower import CodegenError
 from sdederive.simulate.rng import philox as rng
 from sdederive.simulate.vector_fold import fold_affine
-from sdederive.simulate.vector_lower import WEIGHT_STREAM, VOp, VProgram, index_stream
+from sdederive.simulate.vector_lower import WEIGHT_STREAM, VOp, VProgram, index_stream, reads
 
 __all__ = ["generate_vector", "ROW_BLOCK"]
 
@@ -70,12 +70,8 @@ class _Printer(_NumbaPrinter):
 _P = _Printer({"fully_qualified_modules": True, "standard": "python3"})
 
 
-def _expr(e: sp.Expr, local: frozenset = frozenset()) -> str:
-    if not local:
-        return _P.doprint(e)
-    p = _Printer({"fully_qualified_modules": True, "standard": "python3"})  # one per call: compiles may run in threads
-    p.local = local
-    return p.doprint(e)
+def _expr(e: sp.Expr, printer: _Printer = _P) -> str:
+    return printer.doprint(e)
 
 
 _MB_GRAD = '''
@@ -91,21 +87,6 @@ def mb_grad(yv, G, IDX, Bm, PV, PM, PL, PY, W):
 '''
 
 
-def _reads(o: VOp) -> set:
-    """The vectors the operation `o` reads: the `v_` names of its expressions and its string arguments."""
-    out: set = set()
-    stack = list(o.args)
-    while stack:
-        a = stack.pop()
-        if isinstance(a, str):
-            out.add(a)
-        elif isinstance(a, (tuple, list)):
-            stack.extend(a)
-        elif isinstance(a, sp.Basic):
-            out |= {q.name[2:] for q in a.free_symbols if q.name.startswith("v_")}
-    return out
-
-
 class _Writer:
     def __init__(self, prog: VProgram, problem, dtype: str = "float64"):
         self.prog, self.problem = prog, problem
@@ -117,6 +98,7 @@ class _Writer:
         self.drawn: set = set()
         self.t_law = False  # the program draws multivariate Student-t noise (the module imports chi_square)
         self.fold_mats: dict = {}  # (input, polynomial) of a folded step's term -> its matrix's name (vector_fold)
+        self.op_reads: list | None = None  # (operation, the names it reads) of the program (live_out)
 
     def w(self, ind: int, text: str) -> None:
         self.L.append("    " * ind + text)
@@ -237,13 +219,18 @@ class _Writer:
                 return
             # a value that no operation outside the run reads lives in a local, not in a (PB, d) array: fewer
             # stores, and few enough arrays for LLVM's runtime alias checks to let the loop vectorise
-            inside = {o.out for o in run}
-            local = frozenset(n for n in inside if n not in self.live_out(run))
+            live = self.live_out(run)
+            local = frozenset(o.out for o in run if o.out not in live)
+            # a printer of its own for the run's locals (compiles may run in threads; _P is shared)
+            printer = _P
+            if local:
+                printer = _Printer({"fully_qualified_modules": True, "standard": "python3"})
+                printer.local = local
             self.w(ind, "for r in range(nr):")
             self.w(ind + 1, "for i in range(d):")
             for o in run:
                 last = o.out == self.prog.result
-                val = _expr(o.args[0], local)
+                val = _expr(o.args[0], printer)
                 if last:
                     self.w(ind + 2, f"XB[r, i] = DT({val})")
                 elif o.out in local:
@@ -266,15 +253,17 @@ class _Writer:
         step), the step's results, the sampled increments, or a write before a read within the run (a value
         from the previous step)."""
         prog = self.prog
+        if self.op_reads is None:  # once per module: (operation, what it reads) for every operation
+            self.op_reads = [(o, reads(o)) for o in prog.pre + prog.inner + prog.post]
         ids = {id(o) for o in run}
         out = {prog.result, *prog.results.values(), *(n for n in (prog.fsample,) if n),
                *(fs for fs, _sm in prog.msamples)}
-        for o in prog.pre + prog.inner + prog.post:
+        for o, r in self.op_reads:
             if id(o) not in ids:
-                out |= _reads(o)
+                out |= r
         outs, written = {q.out for q in run}, set()
         for o in run:
-            out |= {n for n in _reads(o) if n in outs and n not in written}
+            out |= {n for n in reads(o) if n in outs and n not in written}
             written.add(o.out)
         return out
 

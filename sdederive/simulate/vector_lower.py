@@ -170,6 +170,13 @@ def reads(o: VOp) -> set:
     return out
 
 
+def _ordered(atoms: set) -> list:
+    """`atoms` in sympy's canonical order: operations are emitted in the order a set is iterated, and a set of
+    sympy objects iterates in the order of their hashes, which change with Python's hash seed from one process to
+    the next (the same kernel would print differently, miss the on-disk cache and compile again)."""
+    return sorted(atoms, key=sp.default_sort_key)
+
+
 #: the kernel's step counter and time (see `VProgram`)
 KSTEP, TT = sp.Symbol("kstep", real=True), sp.Symbol("tt", real=True)
 _KERNEL_NAMES = ("v_", "s_", "hp_", "kstep", "tt")
@@ -253,11 +260,11 @@ class _Builder:
         """A scalar sympy expression of the SDE as a kernel expression: norms and inner products of
         deterministic vectors become reductions, `Trace(Sigma)` the sum of the noise variances."""
         repl = {}
-        for a in e.atoms(VNorm):
+        for a in _ordered(e.atoms(VNorm)):
             repl[a] = self.norm(self.vec(a.args[0]))
-        for a in e.atoms(VDot):
+        for a in _ordered(e.atoms(VDot)):
             repl[a] = self.red(_v(self.vec(a.args[0])) * _v(self.vec(a.args[1])))
-        for a in e.atoms(sp.Trace):
+        for a in _ordered(e.atoms(sp.Trace)):
             if a.arg != SIGMA:
                 raise CodegenError(f"{self.prog.name}: the trace {a} cannot be lowered; supported: Trace(Sigma)")
             repl[a] = self.red(_v("SG") ** 2)
@@ -411,7 +418,7 @@ def lower_discrete(opt: V.VectorOptimizer, problem) -> VProgram:
 
     def scal(s: sp.Expr) -> sp.Expr:
         repl = {}
-        for a in s.atoms(V.VScalar):
+        for a in _ordered(s.atoms(V.VScalar)):
             vs = [low(w) for w in a.vargs]
             repl[a] = b.norm(vs[0]) if a.op == "norm" else b.red(_v(vs[0]) * _v(vs[1]))
         return b.check_names(b.hyper(s.xreplace(repl)), "the update")

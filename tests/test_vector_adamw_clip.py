@@ -164,6 +164,10 @@ def test_json_round_trip_and_edited_files():
     d["aux"]["v"]["increment"][1]["coefficient"] = "(-2*rho2)*I"
     with pytest.raises(CodegenError, match="drift of v is not -E"):
         sd.compile(sd.VectorSDE.from_json(json.dumps(d)), prob)
+    d = json.loads(text)  # code in a state's increment is parsed, never run
+    d["aux"]["m"]["increment"][1]["integrand"] = "__import__('os').system('exit 3')"
+    with pytest.raises(sd.SdederiveError, match="not attribute access"):
+        sd.VectorSDE.from_json(json.dumps(d))
     d = json.loads(text)
     d["aux"]["v"]["increment"][1]["tensor"] = "gg"
     with pytest.raises(sd.SdederiveError, match="tensor"):

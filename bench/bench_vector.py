@@ -10,8 +10,12 @@ For the SDEs whose noise is sampled (SAM, NSGD, clipped SGD: `inner` samples of 
 second row `sde-ps` runs the per-sample form (`g_k = grad + L z_k` and `F_k` for every sample: a matrix product
 each) that the z-space form of `sdederive.simulate.vector_lower._lower_zspace` replaces, on the same Gaussians.
 
+`--dtype float64,float32` runs both precisions in turn (a float64 row is then the same-process baseline of the
+float32 row below it; the numpy baseline runs in the row's precision: float32 normals and `sgemm`).
+
 Options: --paths N (default 4096), --steps K (default 200), --d D (default 100), --only NAME[,NAME] (a subset),
---inner N (inner samples of the sampled-noise SDEs, default 8).
+--inner N (inner samples of the sampled-noise SDEs, default 8), --dtype D[,D] (default float64), --reps N (best
+of N runs, the dtypes alternating; default 1).
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ import sdederive as sd
 from sdederive.simulate import vector_lower
 
 
-def numpy_discrete(name, H, L, x0, eta, hyper, paths, steps, seed=0):
+def numpy_discrete(name, H, L, x0, eta, hyper, paths, steps, seed=0, dtype="float64"):
     rng = np.random.default_rng(seed)
-    X = np.tile(x0, (paths, 1))
+    H, L = H.astype(dtype), L.astype(dtype)
+    X = np.tile(x0, (paths, 1)).astype(dtype)
     M = np.zeros_like(X)
     V = np.zeros_like(X)
     for k in range(steps):
-        xi = rng.standard_normal(X.shape) @ L.T
+        xi = rng.standard_normal(X.shape, dtype=X.dtype) @ L.T
         G = X @ H + xi
         if name == "sgd_nesterov":
             M = hyper["mu"] * M + ((X - eta * hyper["mu"] * M) @ H + xi)
@@ -70,6 +75,8 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=100)
     ap.add_argument("--only", default="")
     ap.add_argument("--inner", type=int, default=vector_lower.DEFAULT_INNER)
+    ap.add_argument("--dtype", default="float64")
+    ap.add_argument("--reps", type=int, default=1)
     a = ap.parse_args()
     only = set(filter(None, a.only.split(",")))
     d, paths, steps = a.d, a.paths, a.steps
@@ -85,7 +92,7 @@ def main() -> None:
     hyper = {"rho": 0.05, "c": 1.0, "mu": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01}
     cs = paths * steps * d
     print(f"d = {d}, {paths} paths, {steps} steps, dense H, full Sigma; coordinate-steps/s (paths*steps*d/s)")
-    print(f"{'optimizer':12s} {'mode':8s} {'compile s':>9s} {'e2e s':>7s} {'kernel s':>8s} {'e2e cs/s':>9s} "
+    print(f"{'optimizer':12s} {'mode':8s} {'dtype':7s} {'compile s':>9s} {'e2e s':>7s} {'kernel s':>8s} {'e2e cs/s':>9s} "
           f"{'kernel cs/s':>11s} {'numpy s':>8s} {'e2e / numpy':>11s}")
     for name, obj in (("vsgd", vsgd), ("usam", "usam"), ("sam", "sam"), ("nsgd", "nsgd"), ("clip_sgd", "clip_sgd"),
                       ("sgd_nesterov", "sgd_nesterov"), ("lamb", "lamb"), ("adamw_clip", "adamw_clip")):
@@ -96,25 +103,35 @@ def main() -> None:
                  "lamb": ["eta", "beta1", "beta2", "eps", "wd"],
                  "adamw_clip": ["eta", "beta1", "beta2", "eps", "wd", "c"]}[name]
         hp = {k: v for k, v in hyper.items() if k in names}
-        t = time.perf_counter()
-        numpy_discrete(name, H, prob.noise_factor(), prob.x0, 0.01, hp, paths, steps)
-        t_np = time.perf_counter() - t
+        dtypes = a.dtype.split(",")
+        t_np = {}
+        for dtype in dtypes:
+            t = time.perf_counter()
+            numpy_discrete(name, H, prob.noise_factor(), prob.x0, 0.01, hp, paths, steps, dtype=dtype)
+            t_np[dtype] = time.perf_counter() - t
         for mode in ("discrete", "sde", "sde-ps"):
             sde_obj = obj if mode == "discrete" else (sd.derive("sgd", Sigma="full") if name == "vsgd" else
                                                       sd.derive(obj))
             if mode == "sde-ps" and (not vector_lower.sampled_noise(sde_obj) or sde_obj.aux_states):  # no z-space
                 continue
             vector_lower.ZSPACE = mode != "sde-ps"
-            t0 = time.perf_counter()
-            sampled = mode != "discrete" and vector_lower.sampled_noise(sde_obj)
-            sim = sd.compile(sde_obj, prob, inner=a.inner if sampled else None)
-            c_s = time.perf_counter() - t0
-            sim.run(paths=64, steps=2, eta=0.01, hyper=hp)  # warm: numba's dispatch, BLAS threads
-            r = sim.run(paths=paths, steps=steps, eta=0.01, hyper=hp, save_every=steps)
-            e2e, ker = r.timing["total_s"], r.timing["run_s"]
-            print(f"{name:12s} {mode:8s} {c_s:9.2f} {e2e:7.2f} {ker:8.2f} {cs / e2e:9.3g} {cs / ker:11.3g} "
-                  f"{t_np:8.2f} {t_np / e2e:11.2f}")
-
+            sims, c_s = {}, {}
+            for dtype in dtypes:
+                t0 = time.perf_counter()
+                sampled = mode != "discrete" and vector_lower.sampled_noise(sde_obj)
+                sims[dtype] = sd.compile(sde_obj, prob, inner=a.inner if sampled else None, dtype=dtype)
+                c_s[dtype] = time.perf_counter() - t0
+                sims[dtype].run(paths=64, steps=2, eta=0.01, hyper=hp)  # warm: numba's dispatch, BLAS threads
+            best = {dt: [np.inf, np.inf] for dt in dtypes}
+            for _ in range(a.reps):  # the dtypes alternate, so the machine's drift hits them alike
+                for dtype in dtypes:
+                    r = sims[dtype].run(paths=paths, steps=steps, eta=0.01, hyper=hp, save_every=steps)
+                    b = best[dtype]
+                    b[0], b[1] = min(b[0], r.timing["total_s"]), min(b[1], r.timing["run_s"])
+            for dtype in dtypes:
+                e2e, ker = best[dtype]
+                print(f"{name:12s} {mode:8s} {dtype:7s} {c_s[dtype]:9.2f} {e2e:7.2f} {ker:8.2f} {cs / e2e:9.3g} "
+                      f"{cs / ker:11.3g} {t_np[dtype]:8.2f} {t_np[dtype] / e2e:11.2f}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -287,8 +287,8 @@ def test_compare_and_sweep_accept_vector_builtins():
 
 @pytest.mark.parametrize("mode", ["discrete", "sde"])
 def test_float32_state_tracks_float64(mode):
-    """dtype='float32' rounds the state each step (the products read a float64 copy): the statistics agree with
-    float64 to float32 precision and differ from it by rounding."""
+    """dtype='float32' keeps the step's vectors in float32 (products by sgemm): the statistics agree with float64
+    to float32 precision and differ from it by rounding."""
     H, S = _dense()
     prob = sd.Quadratic(H=H, Sigma=S, x0=[1.0, -1.0, 0.5])
     obj = "sam" if mode == "discrete" else sd.derive("sam")
@@ -296,6 +296,29 @@ def test_float32_state_tracks_float64(mode):
     b = sd.compile(obj, prob, dtype="float32").run(paths=400, steps=30, seed=1)
     np.testing.assert_allclose(b.mean["loss"], a.mean["loss"], rtol=1e-5)
     assert not np.array_equal(a.mean["loss"], b.mean["loss"])
+
+
+def test_float32_products_are_single_precision():
+    """On a dense quadratic, dtype='float32' computes `H x` in single precision (the sgemm that makes it faster),
+    not only rounds the state: one NSGD step from x0 along H's smallest eigenvector (eigenvalue 1e-3 among
+    entries of order 1) cancels in `H x0`, and normalising `g` amplifies the cancellation's float32 error to
+    about 1e-4 of the step, far above the state's rounding (6e-8), where float64 matches numpy to 1e-10."""
+    rng = np.random.default_rng(5)
+    d = 8
+    Q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    H = Q @ np.diag(np.r_[1e-3, np.linspace(1.0, 3.0, d - 1)]) @ Q.T
+    H = (H + H.T) / 2
+    x0 = Q[:, 0].astype(np.float32).astype(float)  # exactly representable in both precisions
+    prob = sd.Quadratic(H=H, Sigma=1e-30 * np.eye(d), x0=x0)
+    g = H @ x0
+    ref = x0 - g / np.linalg.norm(g)  # eta = 1; the noise (1e-15) is far below either precision
+    out = {}
+    for dt in ("float64", "float32"):
+        r = sd.compile("nsgd", prob, dtype=dt).run(paths=1, steps=1, eta=1.0, save_every=1, keep_final=True)
+        out[dt] = r.final["x"][0]
+    np.testing.assert_allclose(out["float64"], ref, atol=1e-10)
+    err = np.abs(out["float32"] - ref).max()
+    assert 1e-6 < err < 1e-2, err  # single-precision products; a rounded double step would be below 1e-7
 
 
 def test_nesterov_sde_with_its_eliminated_momentum_tracks_nesterov_sgd():

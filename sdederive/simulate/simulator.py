@@ -738,7 +738,9 @@ def compile(obj, problem: Problem, backend: str = "numba", dtype: str = "float64
         (`backend_names`).
     dtype
         `"float64"` or `"float32"` (the state's precision; random numbers are always drawn in
-        double precision, so both dtypes see the same Gaussians).
+        double precision, so both dtypes see the same Gaussians). A vector kernel on a dense
+        quadratic also keeps the step's other vectors in float32 and makes its matrix products
+        in float32 (BLAS `sgemm`); its norms and scalars stay double.
     scheme
         SDE integrator, `"euler"` (Euler–Maruyama, weak order 1) or `"weak2"` (Platen's
         explicit weak order-2 scheme; one noise source, uncorrelated noise).

@@ -218,10 +218,13 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
     for note in prog.notes:
         w(0, f"/* note: {str(note).replace('*/', '* /')} */")
     w(0, f"#define D {d}\n#define NS {ns}\n#define NEX {nex}\n#define NZ ({nz})\n#define NZ4 (((NZ) + 3) / 4 * 4)")
-    w(0, "typedef double real;  /* the helpers, vectors and scalars */")
+    # float32 on a dense quadratic: the vectors, scalars and the problem's helpers (H v, L z) are float, as the
+    # numba kernel's float32 vectors and sgemm products; elsewhere only the state is a float
+    real = "float" if (W.f32 and problem.kind == "quadratic_dense") else "double"
+    w(0, f"typedef {real} real;  /* the helpers, vectors and scalars */")
     w(0, f"typedef {'float' if W.f32 else 'double'} sreal;  /* the states */")
     W.L.append(CUDA_SOURCE)
-    W.L.append(problem.cuda_fragment("double"))
+    W.L.append(problem.cuda_fragment(real))
     if problem.minibatch and prog.mode == "discrete":
         W.L.append(_MB_GRAD)
     w(0, 'extern "C" __global__ void step_kernel(double *STATE, long long *DIV, long long k_begin, long long k_end,')
@@ -238,7 +241,7 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
         w(1, "real XD[D];")
     w(1, f"real {', '.join(f'V_{v}[D]' for v in vecs)};")
     if scalars:
-        w(1, f"real {', '.join(f'S_{s}' for s in scalars)};")
+        w(1, f"double {', '.join(f'S_{s}' for s in scalars)};  /* as the numba kernel's, double in float32 too */")
     w(1, "double Z[NZ4 + 4];")
     w(1, "real WX[NEX + 1], WS[NEX + 1], HS1[D], SGS[D];  /* the per-example weights of prob_grad */")
     if prog.n_inner:

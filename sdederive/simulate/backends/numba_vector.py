@@ -15,6 +15,12 @@ latency-bound at a small fraction of it; measured in `docs/benchmarks.md`), and 
 per launch) and the current inner sample's weight (`WK[r, kin]`).  Other problems call their generated
 per-point helpers (`prob_grad`, `prob_hvp`, `prob_corr`) row by row.
 
+Precision.  With `dtype="float32"` on a dense quadratic every `(PB, d)` array is float32 and the products are
+`sgemm` on float32 copies of `H`, `L^T` and the folded matrices (made once per launch; the folded ones computed in
+double and rounded once); the reductions sum into a double `acc` and the scalars `S_NAME` are double, and the
+coordinate-wise expressions read the double hyperparameters, so their arithmetic is double on float32 loads and
+stores.  On other problems the helpers are double: the state alone is float32 and they read its double copy `XD`.
+
 Results do not depend on the thread count: blocks and row blocks are fixed by the paths alone.  The
 Gaussians are addressed by (step, coordinate block, path, stream) as in the scalar kernels
 (`sdederive.simulate.rng.philox`), stream 0 for `g`'s noise and the SDE's `dW`.  Multivariate Student-t noise
@@ -90,10 +96,14 @@ def mb_grad(yv, G, IDX, Bm, PV, PM, PL, PY, W):
 class _Writer:
     def __init__(self, prog: VProgram, problem, dtype: str = "float64"):
         self.prog, self.problem = prog, problem
-        # a float32 state: BLAS products and the helpers need float64, so they read the copy XD of the block
-        self.xd = dtype == "float32"
-        self.L: list[str] = []
         self.dense = problem.kind == "quadratic_dense"
+        # float32 on a dense quadratic: every vector of the step is float32 and the products are BLAS `sgemm` (1.9x
+        # `dgemm` at d = 100, docs/benchmarks.md), with the problem's matrices as float32 copies (`PMF`, ...); the
+        # reductions and scalars stay float64.  On other problems the generated helpers are double, so only the
+        # state is float32 and the helpers and products read its double copy XD of the block
+        self.f32 = dtype == "float32" and self.dense
+        self.xd = dtype == "float32" and not self.dense
+        self.L: list[str] = []
         self.factor = problem.has_noise_factor
         self.drawn: set = set()
         self.t_law = False  # the program draws multivariate Student-t noise (the module imports chi_square)
@@ -109,6 +119,10 @@ class _Writer:
     def src(self, name: str) -> str:
         """The array a product or a problem helper reads `name` from."""
         return "XD" if (name == "X" and self.xd) else self.arr(name)
+
+    def mat(self, name: str) -> str:
+        """A problem matrix as a product reads it: its float32 copy in a float32 step (`f32`)."""
+        return f"{name}F" if self.f32 else name
 
     def x_row(self) -> str:
         return "XD[r]" if self.xd else "XB[r]"
@@ -132,7 +146,7 @@ class _Writer:
             w(ind, "for r in range(nr):")
             w(ind + 1, f"S_{o.out}[r] = {_expr(o.args[0])}")
         elif o.kind in ("grad", "hvp") and self.dense:  # H x and H v: one BLAS product of the row block (H symmetric)
-            w(ind, f"np.dot({self.src(o.args[0])}[:nr], PM, {out}[:nr])")
+            w(ind, f"np.dot({self.src(o.args[0])}[:nr], {self.mat('PM')}, {out}[:nr])")
         elif o.kind == "grad":
             at_x = o.args[0] == "X"
             sg = "V_SG[r]" if (at_x and self.problem.noise_varies) else "SGS"
@@ -145,7 +159,7 @@ class _Writer:
             w(ind + 1, f"prob_hvp({self.x_row()}, {self.src(o.args[0])}[r], {out}[r], PV, PM, PL, PY, WS)")
         elif o.kind in ("ltv", "lv"):  # L^T v and L v (z-space programs): one BLAS product of the row block
             if self.factor:
-                w(ind, f"np.dot({self.src(o.args[0])}[:nr], {'PL' if o.kind == 'ltv' else 'PLT'}, {out}[:nr])")
+                w(ind, f"np.dot({self.src(o.args[0])}[:nr], {self.mat('PL' if o.kind == 'ltv' else 'PLT')}, {out}[:nr])")
             else:  # L = diag(sigma)
                 w(ind, "for r in range(nr):")
                 w(ind + 1, "for i in range(d):")
@@ -343,6 +357,8 @@ def _fold_matrices(W: _Writer, prog: VProgram) -> None:
                 continue
             m = f"FM{len(W.fold_mats)}"
             W.fold_mats[(src, poly)] = m
+            if W.f32:  # computed in double, then rounded once for the float32 products
+                m = f"{m}D"
             w(1, f"{m} = np.zeros((d, d))")
             w(1, "if b_hi > b_lo:  # not in the compiling call (no blocks, placeholder problem arrays)")
             w(2, "for i in range(d):")
@@ -353,8 +369,10 @@ def _fold_matrices(W: _Writer, prog: VProgram) -> None:
                 w(3, f"{m}[i, i] += {_expr(c)}")
             if noise:
                 w(2, f"{m} = np.dot({'PL.T' if W.factor else 'np.diag(SG0)'}, {m})")
+            if W.f32:
+                w(1, f"{m[:-1]} = {m}.astype(DT)")
     if lins:
-        w(1, "LT = np.zeros((PB, d))")
+        w(1, f"LT = np.zeros((PB, d){', DT' if W.f32 else ''})")
 
 
 def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
@@ -392,20 +410,29 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     w(1, "nwork = 2 * PM.shape[0] + 4")
     for j, h in enumerate(prog.hypers):
         w(1, f"hp_{h} = HP[{j}]")
+    vdt = ", DT" if W.f32 else ""  # the dtype of the step's vectors
     if W.dense and W.factor:
-        w(1, "LTP = np.zeros((nz4, d))  # L^T with zero rows for the padding Gaussians: L z as one product")
-        w(1, "LTP[:d, :] = PL.T")
+        w(1, f"LTP = np.zeros((nz4, d){vdt})  # L^T with zero rows for the padding Gaussians: L z as one product")
+        w(1, "if b_hi > b_lo:  # not in the compiling call (placeholder problem arrays)")
+        w(2, "for i in range(d):")
+        w(3, "for j in range(d):")
+        w(4, "LTP[i, j] = PL[j, i]")
     if prog.zspace and W.factor:
         w(1, "PLT = np.ascontiguousarray(PL.T)  # L beta of the z-space accumulators as one product")
+    if W.f32:
+        w(1, "PMF = PM.astype(DT)  # float32 copies of the problem's matrices for the sgemm products")
+        if prog.zspace and W.factor:
+            w(1, "PLF = PL.astype(DT)")
+            w(1, "PLTF = PLT.astype(DT)")
     w(1, "XB = np.zeros((PB, d), DT)" if dtype == "float32" else "XB = np.zeros((PB, d))")
-    if dtype == "float32":
-        # the products need one dtype: the state is float32, every other vector float64 (as the scalar kernels)
+    if W.xd:
+        # the helpers read double vectors: the state is float32, every other vector float64 (as the scalar kernels)
         w(1, "XD = np.zeros((PB, d))")
     for v in vecs:
-        w(1, f"V_{v} = np.zeros((PB, d))")
+        w(1, f"V_{v} = np.zeros((PB, d){vdt})")
     for s in scalars:
         w(1, f"S_{s} = np.zeros(PB)")
-    w(1, "ZB = np.zeros((PB, nz4))")
+    w(1, f"ZB = np.zeros((PB, nz4){vdt})")
     w(1, "WX = np.zeros((PB, nwork))")
     w(1, "WS = np.zeros(nwork)")
     w(1, "HS1 = np.zeros(d)")
@@ -416,8 +443,8 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     if prog.zspace:  # lambda_j = (L^T L)_jj: |L z|^2 = sum_j lambda_j z_j^2 for the factor's orthogonal columns
         w(1, "LAMV = np.zeros(d)")
         w(1, "for j in range(d):")
-        if W.factor:
-            w(2, "for i in range(d):")
+        if W.factor:  # (not in the compiling call: its PL is a 1 x 1 placeholder)
+            w(2, "for i in range(d if b_hi > b_lo else 0):")
             w(3, "LAMV[j] += PL[i, j] * PL[i, j]")
         else:
             w(2, "LAMV[j] = SG0[j] * SG0[j]")
@@ -429,9 +456,9 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
         w(1, f"IDXB = np.zeros(({prog.batches}, PB, Bm + 4), np.int64)")
     # the losses of a snapshot on a dense quadratic: one BLAS product per row block (the helper's per-path
     # double loop is latency-bound, and with save_every=1 it cost as much as NSGD's step at d = 100)
-    blas_loss = W.dense and dtype == "float64" and problem.kind == "quadratic_dense"
+    blas_loss = W.dense
     if blas_loss:
-        w(1, "LB = np.zeros((PB, d))")
+        w(1, f"LB = np.zeros((PB, d){vdt})")
     w(1, "OBS = np.empty(2 + d)")
     w(1, "ROWS = np.zeros(PB, np.int64)")
     w(1, "ALIVE = np.zeros(PB, np.bool_)")
@@ -481,7 +508,7 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     w(4, "if (k + 1) % save_every == 0:")
     w(5, "jsave = (k + 1) // save_every")
     if blas_loss:  # the row block's H x as one product, then prob_loss's sum (x^T H x / 2) row by row
-        w(5, "np.dot(XB[:nr], PM, LB[:nr])")
+        w(5, f"np.dot(XB[:nr], {W.mat('PM')}, LB[:nr])")
     w(5, "for r in range(nr):")
     w(6, "if ALIVE[r]:")
     w(7, "xrow = XB[r]")

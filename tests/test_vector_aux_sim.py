@@ -17,6 +17,7 @@ import pytest
 import sympy as sp
 
 import sdederive as sd
+from sdederive.analysis.regime_check import RegimeWarning
 from sdederive.errors import SdederiveError
 from sdederive.sde_vector import evaluate
 from tests.test_vector_simulate import _dense, _z
@@ -152,21 +153,46 @@ def test_user_sde_from_json_without_its_optimizer_needs_init(tmp_path):
 
 
 def test_compare_and_sweep_accept_lamb_and_nesterov():
-    """validators.compare measures LAMB's weak order near 1 or above (measured 1.89, CI [1.57, 2.20] at eta = 0.02,
-    0.01 on this problem), and a sweep runs both modes of both optimizers."""
+    """validators.compare measures LAMB's weak order near 1 or above in its regime (rho1 = (1 - beta1)/eta = 10 and
+    rho2 = 0.1 held fixed), and a sweep runs both modes of both optimizers."""
+    import warnings
     from concurrent.futures import ThreadPoolExecutor
 
     from sdederive.validators import compare
 
     H, S = _dense(d=3, seed=4, scale=1.0)
     prob = sd.Quadratic(H=H, Sigma=S, x0=[1.5, -1.0, 1.0])
-    r = compare("lamb", prob, etas=(0.02, 0.01), paths=4000, horizon=0.5, n_points=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RegimeWarning)  # the balanced regime holds: no warning
+        r = compare("lamb", prob, etas=(0.02, 0.01), paths=4000, horizon=0.5, n_points=3,
+                    hyper=lambda eta: {"beta1": 1 - 10 * eta, "beta2": 1 - 0.1 * eta})
     assert "lamb" in str(r) and np.all(np.isfinite(r.weak_error["loss"]))
+    assert r.regime_check["holds"]
     assert r.resolved["loss"].all() and r.order_ci["loss"][0] > 0.7, r
     grid = sd.sweep.Grid(optimizer=["lamb", "sgd_nesterov"], eta=[0.02], mode=["discrete", "sde"])
     with ThreadPoolExecutor(1) as ex:
         res = sd.sweep.run(grid, prob, steps=20, paths=200, executor=ex, progress=False)
     assert len(res) == 4 and all(row["final_loss"] < row["initial_loss"] for row in res.rows)
+
+
+def test_compare_warns_when_lamb_keeps_its_decays_fixed():
+    """The balanced regime holds rho = (1 - beta)/eta fixed as eta -> 0; fixed betas across the step sizes leave it
+    (the SDE at each eta has another rho, and the comparison shows no limit): a RegimeWarning naming both decays
+    and how to hold them, the note in the report, and with strict=True a refusal before any run."""
+    from sdederive.validators import ValidationError, compare
+
+    H, S = _dense(d=3, seed=4, scale=1.0)
+    prob = sd.Quadratic(H=H, Sigma=S, x0=[1.5, -1.0, 1.0])
+    kw = dict(etas=(0.02, 0.01), paths=200, horizon=0.1, n_points=2, replicates=4)
+    with pytest.warns(RegimeWarning, match=r"1-beta1 ~ eta\*\*0\.00, regime 'balanced' needs eta\*\*1") as rec:
+        r = compare("lamb", prob, **kw)
+    assert "1-beta2" in str(rec[0].message) and "hyper=lambda eta" in str(rec[0].message)
+    assert not r.regime_check["holds"] and any("does not hold" in n for n in r.notes)
+    with pytest.raises(ValidationError, match="strict: refused"):
+        compare("lamb", prob, strict=True, **kw)
+    # SAM in regime 'rho-eta' needs rho ~ eta; a fixed rho is the regime 'sgd'
+    with pytest.warns(RegimeWarning, match=r"rho ~ eta\*\*0\.00, regime 'rho-eta' needs eta\*\*1.*fit: sgd"):
+        compare("sam", prob, regime="rho-eta", hyper={"rho": 0.05}, **kw)
 
 
 def test_noise_on_x_and_a_state_together_is_refused():

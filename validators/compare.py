@@ -921,14 +921,11 @@ def compare(optimizer, problem, etas: Sequence[float] = (0.04, 0.02, 0.01), path
     dt, q, save, grid_note = _grid(etas_a, taus, horizon, n_points)
 
     notes = []
-    if vector:
-        # the vector engine's regimes fix every hyperparameter but eta (nothing to check at eta); 'high-dim'
-        # records its concentration assumption in the SDE's notes
-        rc = None
-    else:
-        rc = _regime_check(sde_obj, disc0, problems, etas_a, hypers, svag_l, prob0, strict)
-        if not rc.holds:
-            notes.append(rc.message)
+    # the vector engine's regimes: every hyperparameter's scaling with eta (1 - beta ~ eta in 'balanced', rho ~ eta
+    # in 'rho-eta', the rest fixed); 'high-dim' records its concentration assumption in the SDE's notes
+    rc = _regime_check(sde_obj, disc0, problems, etas_a, hypers, svag_l, prob0, strict)
+    if not rc.holds:
+        notes.append(rc.message)
     if svag_l is not None:
         notes.append(f"SVAG (Malladi et al. 2022): the discrete side runs lr eta with multiplier l = "
                      f"{', '.join(f'{v:g}' for v in svag_l)} (noise l*sigma from r1*g1 + r2*g2, "

@@ -136,8 +136,15 @@ def regime_check(regime, problem: Problem, etas, hyper=None, *, decays: Sequence
         the thresholds of the criteria.
     """
     from sdederive.sde import SDE
+    from sdederive.sde_vector import VectorSDE
 
-    if isinstance(regime, SDE):
+    vector = None  # a vector SDE: (its regime's name, {hyperparameter: the power of eta it must scale with})
+    if isinstance(regime, VectorSDE):
+        vector = (regime.regime, _vector_powers(regime))
+        decays = []  # checked with the other hyperparameters (_vector_result)
+        # 'rho-eta' and 'high-dim' have sgd's time scale and fixed decays; their own scalings are in vector[1]
+        regime = regime.regime if regime.regime in _reg.REGIMES else "sgd"
+    elif isinstance(regime, SDE):
         if decays is None:
             decays = [n for n, kind, _ in regime.hypers if kind == "decay"]
         regime = regime.regime
@@ -188,6 +195,8 @@ def regime_check(regime, problem: Problem, etas, hyper=None, *, decays: Sequence
             held = (f"eta*{name}" if want == -1 else name if want == 0 else f"({name})/eta**{want:g}")
             crit[f"{held} fixed across etas: {name} ~ eta**{pw:.2f}, regime {rg.name!r} needs eta**{want:g} "
                  f"(+-{power_tol:g})"] = bool(math.isfinite(pw) and abs(pw - want) <= power_tol)
+    if vector is not None:
+        return _vector_result(vector, rg, etas_a, hyps, q, crit, powers, power_tol)
     fits = []
     for cand in _reg.REGIMES.values():
         ok = True
@@ -206,3 +215,64 @@ def regime_check(regime, problem: Problem, etas, hyper=None, *, decays: Sequence
             fits.append(cand.name)
     return RegimeCheck(rg.name, all(crit.values()), etas_a.tolist(), q, crit, fits)
 
+
+
+def _vector_powers(sde) -> dict:
+    """The power of `eta` each hyperparameter of a vector SDE scales with in its regime (`eta` itself left out):
+    `1 - beta` like `eta` in 'balanced' (a decay), `rho` like `eta` in 'rho-eta', everything else fixed."""
+    out = {}
+    for name, kind, _ in sde.hypers:
+        if kind == "lr":
+            continue
+        if kind == "decay":
+            out[f"1-{name}"] = 1.0 if sde.regime == "balanced" else 0.0
+        elif name == "rho" and sde.regime == "rho-eta":
+            out[name] = 1.0
+        else:
+            out[name] = 0.0
+    return out
+
+
+#: the vector engine's regimes and the scalings each holds (`decay`: the power of 1 - beta; `rho`: of rho)
+_VECTOR_FITS = {"sgd": (0.0, 0.0), "balanced": (1.0, 0.0), "rho-eta": (0.0, 1.0)}
+
+
+def _vector_result(vector, rg, etas_a, hyps, q, crit, powers, power_tol) -> RegimeCheck:
+    """The check of a vector SDE: with two or more step sizes, every hyperparameter's measured power of `eta`
+    (`1 - beta` for a decay) against its regime's (`_vector_powers`); the regimes of the vector engine that fit."""
+    name, want = vector
+    if etas_a.size >= 2:
+        for h, pw_want in want.items():
+            key = h[2:] if h.startswith("1-") else h
+            vals = [hp.get(key) for hp in hyps]
+            if any(v is None for v in vals):
+                continue
+            arr = 1.0 - np.asarray(vals, float) if h.startswith("1-") else np.asarray(vals, float)
+            pw = _power(etas_a, arr)
+            powers[h] = pw
+            held = h if pw_want == 0 else f"({h})/eta" if pw_want == 1 else f"({h})/eta**{pw_want:g}"
+            ok = bool(math.isfinite(pw) and abs(pw - pw_want) <= power_tol)
+            how = ""
+            if not ok:  # how to hold it (validators.compare takes hyper as a function of eta)
+                how = (f" (hold it with hyper=lambda eta: {{'{key}': 1 - r*eta}}, r = (1 - {key})/eta)"
+                       if h.startswith("1-") and pw_want == 1 else
+                       f" (hold it with hyper=lambda eta: {{'{key}': r*eta}})" if pw_want == 1 else
+                       f" (give {key} one value for every eta)")
+            crit[f"{held} fixed across etas: {h} ~ eta**{pw:.2f}, regime {name!r} needs eta**{pw_want:g} "
+                 f"(+-{power_tol:g}){how}"] = ok
+        q["powers"] = powers
+    fits = []
+    if etas_a.size >= 2:
+        for cand, (p_decay, p_rho) in _VECTOR_FITS.items():
+            # a regime that scales a hyperparameter the SDE does not have is not offered
+            ok = not ((cand == "balanced" and not any(h.startswith("1-") for h in want))
+                      or (cand == "rho-eta" and "rho" not in want))
+            for h, pw in powers.items():
+                target = p_decay if h.startswith("1-") else p_rho if h == "rho" else 0.0
+                if h != "sigma" and not (math.isfinite(pw) and abs(pw - target) <= power_tol):
+                    ok = False
+            if ok:
+                fits.append(cand)
+    else:
+        fits = [name]
+    return RegimeCheck(name, all(crit.values()), etas_a.tolist(), q, crit, fits)

@@ -25,7 +25,8 @@ def fmt_bytes(n: float) -> str:
 def _cgroup_limit() -> int | None:
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            text = open(path).read().strip()
+            with open(path) as fh:  # closed at once: run() reads it on every call (no ResourceWarning)
+                text = fh.read().strip()
         except OSError:
             continue
         if text.isdigit() and int(text) < 2**60:

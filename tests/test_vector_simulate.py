@@ -322,6 +322,29 @@ def test_float32_products_are_single_precision():
     assert 1e-6 < err < 1e-2, err  # single-precision products; a rounded double step would be below 1e-7
 
 
+def test_float32_coordinatewise_arithmetic_is_single_precision():
+    """A float32 step's coordinate-wise values are float32 as numba types them (numba_vector._Hoist): LAMB's
+    SDE step (bias corrections exp(-rho t), square roots, quotients, the trust ratio of two norms) compiled
+    afresh from the kernel's source gives every fused-loop local l_* and hoisted constant c_* the type
+    float32 (a Python float or int in them would make them float64, numpy's promotion), and the run tracks
+    float64 to float32 precision."""
+    import numba
+
+    H, S = _dense()
+    prob = sd.Quadratic(H=H, Sigma=S, x0=[1.0, -1.0, 0.5])
+    sde = sd.derive("lamb")
+    sim = sd.compile(sde, prob, dtype="float32")
+    k = sim.handle.kernel
+    sig = k.signatures[0]
+    fresh = numba.njit(sig, error_model="numpy")(k.py_func)  # not from the cache: with its type annotation
+    types = {n: str(t) for n, t in fresh.overloads[sig].type_annotation.typemap.items() if n[:2] in ("l_", "c_")}
+    assert len(types) > 10 and set(types.values()) == {"float32"}, types
+    hp = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01}
+    a = sd.compile(sde, prob).run(paths=400, steps=30, seed=1, hyper=hp)
+    b = sim.run(paths=400, steps=30, seed=1, hyper=hp)
+    np.testing.assert_allclose(b.mean["loss"], a.mean["loss"], rtol=2e-5)
+
+
 def test_nesterov_sde_with_its_eliminated_momentum_tracks_nesterov_sgd():
     """sgd_nesterov's SDE (the momentum eliminated: x stands for the slow variable x + eta mu/(mu - 1) m, which
     starts at x0 since m0 = 0) simulates, and tracks Nesterov SGD (the scalar chain trace(nesterov=True)) with an

@@ -24,6 +24,7 @@ atoms by name with their integrand; it is parsed back by `sdederive._safe_expr`,
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -40,7 +41,7 @@ from sdederive.spec.vector import dim
 from sdederive.symbols import KNOWN, sym
 
 __all__ = ["VectorSDE", "ExpectationAtom", "law_text", "SignMean", "SignSecond", "sign_mean", "sign_second_moment",
-           "isotropic_unit_mean", "isotropic_unit_second", "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom",
+           "isotropic_unit_mean", "isotropic_unit_second", "isotropic_radial", "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom",
            "GRAD", "HESS", "SIGMA", "XVEC", "IDENT", "NORM_G", "ONES", "state_vector"]
 
 
@@ -821,11 +822,93 @@ def isotropic_unit_second(grad, s2: float) -> np.ndarray:
     return a * (np.eye(d) - P) + b * P if lam > 0 else np.eye(d) / d
 
 
+def _ncx2_mean(h, k: int, lam: float, breaks=()) -> float:
+    """`E[h(Y)]` for `Y ~ chi2'_k(lam)` (noncentral chi-square, `k` degrees of freedom, noncentrality `lam`) by
+    adaptive quadrature of its density (`scipy.stats.ncx2`, the central `chi2` at `lam = 0`) over the window of
+    +-40 standard deviations around its mean `k + lam` (the mass outside is below 1e-300), split at the
+    integrand's kinks `breaks` (`Min(1, c/|g|)` at `|g| = c`); relative accuracy about 1e-10."""
+    from scipy import integrate, stats
+
+    law = stats.chi2(k) if lam == 0 else stats.ncx2(k, lam)
+    m, sd = k + lam, math.sqrt(2.0 * (k + 2.0 * lam))
+    lo, hi = max(0.0, m - 40.0 * sd), m + 40.0 * sd
+    cuts = sorted({lo, hi, *(b for b in breaks if lo < b < hi)})
+    if k <= 2:  # the density is unbounded or not smooth at 0: start there
+        cuts[0] = 0.0
+    total = 0.0
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        val, _err = integrate.quad(lambda y: h(y) * law.pdf(y), a, b, limit=200, epsabs=0.0, epsrel=1e-11)
+        total += val
+    return float(total)
+
+
+def _kinks(expr: sp.Expr, env: Mapping) -> list:
+    """The values of `|g|` where a radial integrand has a kink: the arguments of its `Min`/`Max` equal
+    (`Min(1, c/|g|)`: `|g| = c`), at the numeric hyperparameters `env`."""
+    out = []
+    for m in expr.atoms(sp.Min, sp.Max):
+        if len(m.args) != 2:
+            continue
+        try:
+            sols = sp.solve(sp.Eq(m.args[0].subs(env), m.args[1].subs(env)), NORM_G)
+        except (NotImplementedError, TypeError):
+            continue
+        out += [float(v) for v in sols if v.is_real and v > 0]
+    return out
+
+
+def isotropic_radial(atom: ExpectationAtom, grad, s2: float, hyper: Mapping | None = None) -> np.ndarray | None:
+    r"""`E[r(|g|) T(g)]` for `g ~ N(grad, s2*I)` and any radial integrand `r`, for `T = 1, g, g g^T, g o g`, by the
+    noncentral chi-square identities (Stein's lemma on the Poisson mixture; `lam = |grad|^2/s2`, `Y_k ~
+    chi2'_k(lam)`, `rho(y) = r(s sqrt(y))`):
+
+    $$
+    \mathbb E[r] = \mathbb E\,ho(Y_d),\quad \mathbb E[r\,g] = 
+abla f\;\mathbb E\,ho(Y_{d+2}),\quad
+    \mathbb E[r\,g g^	op] = s^2 I\;\mathbb E\,ho(Y_{d+2}) + 
+abla f 
+abla f^	op\;\mathbb E\,ho(Y_{d+4}),
+    $$
+
+    `E[r g o g]` the diagonal of the last.  Each one-dimensional expectation by quadrature (`_ncx2_mean`,
+    deterministic, relative accuracy about 1e-10): clipping's `Min(1, c/|g|)` and `Min(1, c/|g|)**2`, normalised
+    SGD's `1/|g|` and `1/|g|**2`, any user's `r(|g|)`.  `None` for the tensors of third and fourth order."""
+    if atom.tensor not in ("1", "g", "ggT", "gsq"):
+        return None
+    hyper = dict(hyper or {})
+    free = sorted(atom.integrand.free_symbols - {NORM_G}, key=str)
+    missing = [str(q) for q in free if str(q) not in hyper]
+    if missing:
+        raise SdederiveError(f"evaluate_atom: no value for {missing} in the integrand of {atom.display()}")
+    env = {q: sp.Float(float(hyper[str(q)])) for q in free}
+    r_num = atom.integrand.xreplace(env)
+    f = sp.lambdify([NORM_G], r_num, modules="math")
+    mu = np.asarray(grad, dtype=float).reshape(-1)
+    d, s = mu.size, math.sqrt(float(s2))
+    lam = float(mu @ mu) / float(s2)
+    breaks = [(k / s) ** 2 for k in _kinks(atom.integrand, env)]
+
+    def rho(y: float) -> float:
+        return float(f(s * math.sqrt(y))) if y > 0 else float(f(1e-300))
+
+    if atom.tensor == "1":
+        return np.array([[_ncx2_mean(rho, d, lam, breaks)]])
+    e2 = _ncx2_mean(rho, d + 2, lam, breaks)
+    if atom.tensor == "g":
+        return (mu * e2).reshape(-1, 1)
+    e4 = _ncx2_mean(rho, d + 4, lam, breaks)
+    if atom.tensor == "gsq":
+        return (s2 * e2 + mu**2 * e4).reshape(-1, 1)
+    return s2 * e2 * np.eye(d) + e4 * np.outer(mu, mu)
+
+
 def evaluate_atom(atom: ExpectationAtom, grad, Sigma, hyper: Mapping | None = None, n: int = 100_000,
                   rng: np.random.Generator | None = None) -> np.ndarray:
     """`atom` at `g ~ N(grad, Sigma)`: `E[g/|g|]` and `E[g g^T/|g|^2]` with an isotropic `Sigma = s2*I` in closed
-    form (`isotropic_unit_mean`, `isotropic_unit_second`), every other case by Monte Carlo with `n` samples (standard error
-    `O(n**-0.5)`; unbiased for every `n`).
+    form (`isotropic_unit_mean`, `isotropic_unit_second`), every other radial atom of order at most two with an
+    isotropic `Sigma` by the noncentral chi-square identities and quadrature (`isotropic_radial`: clipping's
+    atoms among them), every other case by Monte Carlo with `n` samples (standard error `O(n**-0.5)`; unbiased
+    for every `n`).
 
     An atom over the multivariate Student-t (`atom.nu`; a symbolic `nu` takes its value from `hyper["nu"]`) is
     sampled from that law, `g = grad + Sigma^(1/2) z sqrt(nu/W)` with `W ~ chi2_nu` independent of `z`: plain
@@ -842,6 +925,11 @@ def evaluate_atom(atom: ExpectationAtom, grad, Sigma, hyper: Mapping | None = No
     if (nu is None and atom.tensor == "ggT" and sp.simplify(atom.integrand - NORM_G ** -2) == 0 and S.ndim == 2
             and S[0, 0] > 0 and np.allclose(S, S[0, 0] * np.eye(S.shape[0]), rtol=1e-12, atol=0)):
         return isotropic_unit_second(grad, float(S[0, 0]))
+    if (nu is None and S.ndim == 2 and S[0, 0] > 0
+            and np.allclose(S, S[0, 0] * np.eye(S.shape[0]), rtol=1e-12, atol=0)):
+        iso = isotropic_radial(atom, grad, float(S[0, 0]), hyper)
+        if iso is not None:
+            return iso
     mu = np.asarray(grad, dtype=float).reshape(-1)
     L = _psd_sqrt(np.asarray(Sigma, dtype=float))
     if nu is None:

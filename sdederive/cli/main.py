@@ -482,7 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sdederive.simulate.backends.registry import backend_names  # light: no numpy, sympy or numba
 
     p.add_argument("--backend", choices=backend_names(), default="numba", help="numba (CPU) or cupy (GPU)")
-    p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="state precision")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="precision of the state (float32: rounded each step; a vector kernel on a dense quadratic "
+                        "computes in float32 too)")
     p.add_argument("--scheme", choices=("euler", "weak2"), default="euler",
                    help="SDE integrator: Euler-Maruyama or Platen's weak order-2 scheme")
     p.add_argument("--mask-diverged", action="store_true", help="drop diverged paths instead of stopping")

@@ -41,7 +41,8 @@ from sdederive.spec.vector import dim
 from sdederive.symbols import KNOWN, sym
 
 __all__ = ["VectorSDE", "ExpectationAtom", "law_text", "SignMean", "SignSecond", "sign_mean", "sign_second_moment",
-           "isotropic_unit_mean", "isotropic_unit_second", "isotropic_radial", "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom",
+           "isotropic_unit_mean", "isotropic_unit_second", "isotropic_radial",
+           "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom",
            "GRAD", "HESS", "SIGMA", "XVEC", "IDENT", "NORM_G", "ONES", "state_vector"]
 
 
@@ -863,11 +864,15 @@ def isotropic_radial(atom: ExpectationAtom, grad, s2: float, hyper: Mapping | No
     chi2'_k(lam)`, `rho(y) = r(s sqrt(y))`):
 
     $$
-    \mathbb E[r] = \mathbb E\,ho(Y_d),\quad \mathbb E[r\,g] = 
-abla f\;\mathbb E\,ho(Y_{d+2}),\quad
-    \mathbb E[r\,g g^	op] = s^2 I\;\mathbb E\,ho(Y_{d+2}) + 
+    \mathbb E[r] = \mathbb E\,
+ho(Y_d),\quad \mathbb E[r\,g] = 
+abla f\;\mathbb E\,
+ho(Y_{d+2}),\quad
+    \mathbb E[r\,g g^	op] = s^2 I\;\mathbb E\,
+ho(Y_{d+2}) + 
 abla f 
-abla f^	op\;\mathbb E\,ho(Y_{d+4}),
+abla f^	op\;\mathbb E\,
+ho(Y_{d+4}),
     $$
 
     `E[r g o g]` the diagonal of the last.  Each one-dimensional expectation by quadrature (`_ncx2_mean`,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import sympy as sp
 
 from sdederive.simulate.backends.cuda_printer import _CudaPrinter
+from sdederive.simulate.backends.single_precision import Hoist
 from sdederive.simulate.lower import CodegenError, expand_powers
 from sdederive.simulate.rng.philox_c import CUDA_SOURCE
 from sdederive.simulate.vector_lower import WEIGHT_STREAM, VOp, VProgram, index_stream
@@ -72,6 +73,9 @@ class _Writer:
     def __init__(self, prog: VProgram, problem, dtype: str):
         self.prog, self.problem = prog, problem
         self.f32 = dtype == "float32"
+        # float32 on a dense quadratic: float vectors (real = float) and float coordinate-wise arithmetic
+        self.f32_arith = self.f32 and problem.kind == "quadratic_dense"
+        self.nconst = 0  # the float locals c_j of the hoisted parts, numbered over the kernel
         self.factor = problem.has_noise_factor
         self.L: list[str] = []
         # x is held as X[0] (the state's dtype), written directly by the step's last operation; the auxiliary
@@ -96,7 +100,14 @@ class _Writer:
     def op(self, ind: int, o: VOp, in_inner: bool) -> None:
         w = self.w
         if o.kind == "cw":
-            val = self.expr(o.args[0])
+            e = o.args[0]
+            if self.f32_arith:  # float arithmetic: the element-free parts as float locals (single_precision.Hoist)
+                hoist = Hoist(self.nconst)
+                e = hoist.split(e)
+                self.nconst = hoist.count
+                for part, name in {**hoist.outer, **hoist.row}.items():
+                    w(ind, f"const float {name} = (float)({self.expr(part)});")
+            val = self.expr(e)
             if o.out in self.results:
                 w(ind, f"for (int i = 0; i < D; ++i) X[{self.results[o.out]}][i] = (sreal)({val});")
             else:
@@ -220,7 +231,7 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
     w(0, f"#define D {d}\n#define NS {ns}\n#define NEX {nex}\n#define NZ ({nz})\n#define NZ4 (((NZ) + 3) / 4 * 4)")
     # float32 on a dense quadratic: the vectors, scalars and the problem's helpers (H v, L z) are float, as the
     # numba kernel's float32 vectors and sgemm products; elsewhere only the state is a float
-    real = "float" if (W.f32 and problem.kind == "quadratic_dense") else "double"
+    real = "float" if W.f32_arith else "double"
     w(0, f"typedef {real} real;  /* the helpers, vectors and scalars */")
     w(0, f"typedef {'float' if W.f32 else 'double'} sreal;  /* the states */")
     W.L.append(CUDA_SOURCE)

@@ -19,7 +19,8 @@ Precision.  With `dtype="float32"` on a dense quadratic every `(PB, d)` array is
 `sgemm` on float32 copies of `H`, `L^T` and the folded matrices (made once per launch; the folded ones computed in
 double and rounded once); the reductions sum into a double `acc` and the scalars `S_NAME` are double; the
 coordinate-wise arithmetic is float32 as well, its element-free parts computed in double and rounded once
-(`_Hoist`).  On other problems the helpers are double: the state alone is float32 and they read its double copy `XD`.
+(`single_precision.Hoist`).  On other problems the helpers are double: the state alone is float32 and they read
+its double copy `XD`.
 
 Results do not depend on the thread count: blocks and row blocks are fixed by the paths alone.  The
 Gaussians are addressed by (step, coordinate block, path, stream) as in the scalar kernels
@@ -35,6 +36,7 @@ import sympy as sp
 from sdederive.simulate.backends import kernel_support
 from sdederive.simulate.backends.numba_backend import _PRELUDE, HOST_LOSS, _comment, _dtype
 from sdederive.simulate.backends.numba_printer import _NumbaPrinter
+from sdederive.simulate.backends.single_precision import Hoist
 from sdederive.simulate.lower import CodegenError
 from sdederive.simulate.rng import philox as rng
 from sdederive.simulate.vector_fold import fold_affine
@@ -47,7 +49,7 @@ ROW_BLOCK = 64
 #: whether consecutive coordinate-wise operations share one loop (`_Writer.ops`); the tests switch it off to
 #: compare the two forms
 FUSE = True
-#: whether a float32 step computes its coordinate-wise arithmetic in float32 (`_Hoist`); the benchmark
+#: whether a float32 step computes its coordinate-wise arithmetic in float32 (`single_precision.Hoist`); the benchmark
 #: (bench/bench_vector_f32.py) switches it off to compare with double arithmetic on float32 vectors
 F32_ARITH = True
 
@@ -83,65 +85,11 @@ def _expr(e: sp.Expr, printer: _Printer = _P) -> str:
     return printer.doprint(e)
 
 
-class _Hoist:
-    """Single-precision coordinate-wise arithmetic for a float32 step: the parts of an expression that read no
-    vector element (hyperparameters, the step counter, bias corrections such as `1 - beta2**(k+1)`, a row's
-    norms, numeric constants) are computed in double once, before the loop over coordinates, and rounded to a
-    float32 local `c_j`; what is left reads float32 elements and float32 locals only, so numba types it float32
-    and LLVM vectorises it 8 wide (AVX2) instead of 4.  (numba follows numpy's promotion: a float32 element times
-    a Python float or an int is a float64, so without this the arithmetic of a float32 step is double.)
-    Integer powers stay literal (`x**2` of a float32 is float32), and `1/x` becomes `c/x` with `c = 1` a float32.
-    `outer` holds the locals that read no row scalar (defined before the loop over rows), `row` those that do."""
-
-    def __init__(self, start: int = 0):
-        self.outer: dict = {}
-        self.row: dict = {}
-        self.start = start
-
-    @property
-    def count(self) -> int:
-        return self.start + len(self.outer) + len(self.row)
-
-    @staticmethod
-    def _element(e) -> bool:
-        return any(s.name.startswith("v_") for s in e.free_symbols)
-
-    def _const(self, e) -> sp.Symbol:
-        tab = self.row if any(s.name.startswith("s_") for s in e.free_symbols) else self.outer
-        if e not in self.outer and e not in self.row:
-            tab[e] = f"c_{self.count}"
-        return sp.Symbol(self.outer.get(e) or self.row[e])
-
-    def split(self, e):
-        if not self._element(e):
-            return self._const(e)
-        if e.is_Symbol:
-            return e
-        if e.is_Pow:
-            b, x = e.args
-            if x.is_Integer or x in (sp.S.Half, -sp.S.Half):
-                out = sp.Pow(self.split(b), x, evaluate=False)
-                # 1/b and 1/sqrt(b) print with an int 1: a float32 numerator keeps them float32
-                return sp.Mul(self._const(sp.S.One), out, evaluate=False) if x.is_negative else out
-            return sp.Pow(self.split(b), self.split(x), evaluate=False)
-        if e.is_Mul or e.is_Add:  # the element-free factors (terms) as one local, their product (sum) in double
-            free = [a for a in e.args if not self._element(a)]
-            args = [self.split(a) for a in e.args if self._element(a)]
-            if free:
-                c = e.func(*free)
-                args.insert(0, c if c == -1 else self._const(c))
-            return e.func(*args, evaluate=False)
-        if isinstance(e, (sp.Piecewise, sp.Relational)) or not e.args:  # printed as they are (double where mixed)
-            return e
-        args = [self.split(a) for a in e.args]
-        try:
-            return e.func(*args, evaluate=False)
-        except TypeError:
-            return e.func(*args)
-
-    def write(self, w, ind: int, which: dict, printer) -> None:
-        for e, name in which.items():
-            w(ind, f"{name} = DT({_expr(e, printer)})")
+def _write_consts(w, ind: int, consts: dict, printer: _Printer) -> None:
+    """The float32 locals of a float32 step's element-free parts (`single_precision.Hoist`), each computed in
+    double and rounded once."""
+    for e, name in consts.items():
+        w(ind, f"{name} = DT({_expr(e, printer)})")
 
 
 _MB_GRAD = '''
@@ -173,7 +121,7 @@ class _Writer:
         self.t_law = False  # the program draws multivariate Student-t noise (the module imports chi_square)
         self.fold_mats: dict = {}  # (input, polynomial) of a folded step's term -> its matrix's name (vector_fold)
         self.op_reads: list | None = None  # (operation, the names it reads) of the program (live_out)
-        self.nconst = 0  # float32 locals c_j of the hoisted element-free parts (_Hoist), numbered over the module
+        self.nconst = 0  # float32 locals c_j of the hoisted element-free parts (Hoist), numbered over the module
 
     def w(self, ind: int, text: str) -> None:
         self.L.append("    " * ind + text)
@@ -197,14 +145,14 @@ class _Writer:
         w = self.w
         out = out_override or self.arr(o.out)
         if o.kind == "cw":
-            hoist = _Hoist(self.nconst) if (self.f32 and F32_ARITH) else None
+            hoist = Hoist(self.nconst) if (self.f32 and F32_ARITH) else None
             val = _expr(hoist.split(o.args[0]) if hoist else o.args[0])
             if hoist:
                 self.nconst = hoist.count
-                hoist.write(w, ind, hoist.outer, _P)
+                _write_consts(w, ind, hoist.outer, _P)
             w(ind, "for r in range(nr):")
             if hoist:
-                hoist.write(w, ind + 1, hoist.row, _P)
+                _write_consts(w, ind + 1, hoist.row, _P)
             w(ind + 1, "for i in range(d):")
             w(ind + 2, f"{out}[r, i] = {'DT(' + val + ')' if out == 'XB' else val}")
         elif o.kind == "red":
@@ -230,7 +178,8 @@ class _Writer:
             w(ind + 1, f"prob_hvp({self.x_row()}, {self.src(o.args[0])}[r], {out}[r], PV, PM, PL, PY, WS)")
         elif o.kind in ("ltv", "lv"):  # L^T v and L v (z-space programs): one BLAS product of the row block
             if self.factor:
-                w(ind, f"np.dot({self.src(o.args[0])}[:nr], {self.mat('PL' if o.kind == 'ltv' else 'PLT')}, {out}[:nr])")
+                m = self.mat("PL" if o.kind == "ltv" else "PLT")
+                w(ind, f"np.dot({self.src(o.args[0])}[:nr], {m}, {out}[:nr])")
             else:  # L = diag(sigma)
                 w(ind, "for r in range(nr):")
                 w(ind + 1, "for i in range(d):")
@@ -311,14 +260,14 @@ class _Writer:
             if local:
                 printer = _Printer({"fully_qualified_modules": True, "standard": "python3"})
                 printer.local = local
-            hoist = _Hoist(self.nconst) if (self.f32 and F32_ARITH) else None
+            hoist = Hoist(self.nconst) if (self.f32 and F32_ARITH) else None
             vals = [_expr(hoist.split(o.args[0]) if hoist else o.args[0], printer) for o in run]
             if hoist:
                 self.nconst = hoist.count
-                hoist.write(self.w, ind, hoist.outer, printer)
+                _write_consts(self.w, ind, hoist.outer, printer)
             self.w(ind, "for r in range(nr):")
             if hoist:
-                hoist.write(self.w, ind + 1, hoist.row, printer)
+                _write_consts(self.w, ind + 1, hoist.row, printer)
             self.w(ind + 1, "for i in range(d):")
             for o, val in zip(run, vals):
                 last = o.out == self.prog.result

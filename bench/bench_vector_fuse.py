@@ -7,7 +7,12 @@ order alternating between kernels, so neither always pays the first compile), th
 times (4096 paths x 100 steps); the table gives the compile times, the best kernel rates and whether the final
 states are equal bit for bit.  Run it with fresh `SDEDERIVE_CACHE` and `NUMBA_CACHE_DIR` for the compile times.
 
-Options: --only KIND:NAME[,...] (KIND d = discrete, s = SDE; default eight kernels), --reps N (default 5).
+`--switch sums` compares instead the reductions over the coordinates as four partial sums
+(`sdederive.simulate.vector_lower.SPLIT_SUMS`, the default) against one sequential sum; their final states differ
+in the last bits (another order of the additions), so the table gives their largest relative difference too.
+
+Options: --only KIND:NAME[,...] (KIND d = discrete, s = SDE; default eight kernels), --reps N (default 5),
+--switch fuse|sums (default fuse).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 import numpy as np
 
 import sdederive as sd
+from sdederive.simulate import vector_lower
 from sdederive.simulate.backends import numba_vector
 
 HYPER = {"rho": 0.05, "c": 1.0, "mu": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01}
@@ -30,7 +36,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=DEFAULT)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--switch", choices=("fuse", "sums"), default="fuse")
     a = ap.parse_args()
+    mod, flag = (numba_vector, "FUSE") if a.switch == "fuse" else (vector_lower, "SPLIT_SUMS")
     d, paths, steps = 100, 4096, 100
     rng = np.random.default_rng(0)
     Q = rng.normal(size=(d, d))
@@ -41,8 +49,9 @@ def main() -> None:
     sd.compile("usam", prob).run(paths=8, steps=2)  # the process's first kernel (the shared helpers)
     cs = paths * steps * d
     print(f"d = {d}, {paths} paths, {steps} steps; compile s (empty caches) and best kernel coordinate-steps/s of {a.reps}")
-    print(f"{'kernel':16s} {'compile unfused':>15s} {'fused':>7s} {'cs/s unfused':>13s} {'fused':>9s} {'ratio':>6s} "
-          f"{'same bits':>9s}")
+    off, on = ("unfused", "fused") if a.switch == "fuse" else ("1 sum", "4 sums")
+    print(f"{'kernel':16s} {'compile ' + off:>15s} {on:>7s} {'cs/s ' + off:>13s} {on:>9s} {'ratio':>6s} "
+          f"{'same bits':>9s} {'max rel':>9s}")
     tot = [0.0, 0.0]
     for j, target in enumerate(a.only.split(",")):
         kind, name = target.split(":")
@@ -50,12 +59,12 @@ def main() -> None:
         obj = name if kind == "d" else sd.derive(name)
         sims, comp = {}, {}
         for f in ((False, True) if j % 2 == 0 else (True, False)):
-            numba_vector.FUSE = f
+            setattr(mod, flag, f)
             t0 = time.perf_counter()
             sims[f] = sd.compile(obj, prob)
             sims[f].run(paths=8, steps=2, hyper=hp)
             comp[f] = time.perf_counter() - t0
-        numba_vector.FUSE = True
+        setattr(mod, flag, True)
         best, final = {False: np.inf, True: np.inf}, {}
         for _ in range(a.reps):
             for f in (False, True):
@@ -65,8 +74,10 @@ def main() -> None:
                 final[f] = r.final["x"]
         tot[0] += comp[False]
         tot[1] += comp[True]
+        rel = float(np.max(np.abs(final[True] - final[False])) / np.max(np.abs(final[False])))
         print(f"{target:16s} {comp[False]:15.2f} {comp[True]:7.2f} {cs / best[False]:13.3g} {cs / best[True]:9.3g} "
-              f"{best[False] / best[True]:6.2f} {str(bool(np.array_equal(final[False], final[True]))):>9s}")
+              f"{best[False] / best[True]:6.2f} {str(bool(np.array_equal(final[False], final[True]))):>9s} "
+              f"{rel:9.1e}", flush=True)
     print(f"{'total compile':16s} {tot[0]:15.2f} {tot[1]:7.2f}")
 
 

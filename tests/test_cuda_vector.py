@@ -121,9 +121,11 @@ def test_matches_numba(fake_cupy, case):
 @needs_gxx
 def test_single_path_bit_for_bit(fake_cupy):
     """One path on a diagonal quadratic (no BLAS product on the numba side): mean = the state itself, var = 0,
-    equal bit for bit (the C and Python printers emit the same operations for NSGD's update)."""
-    for seed in (0, 2**40 + 3):
-        a, b = _both("nsgd", DIAG, fake_cupy, **dict(RUN, paths=1, save_every=1, seed=seed))
+    equal bit for bit (the C and Python printers emit the same operations for NSGD's update); at d = 37 the norm
+    |g| is four partial sums and a tail (vector_lower.SPLIT_SUMS), the same in both."""
+    wide = Quadratic(h=np.geomspace(0.2, 5.0, 37), sigma=np.linspace(0.3, 2.0, 37), x0=np.linspace(-1.0, 1.5, 37))
+    for prob, seed in ((DIAG, 0), (DIAG, 2**40 + 3), (wide, 7)):
+        a, b = _both("nsgd", prob, fake_cupy, **dict(RUN, paths=1, save_every=1, seed=seed))
         for k in a.mean:
             np.testing.assert_array_equal(b.mean[k], a.mean[k], err_msg=k)
             np.testing.assert_array_equal(b.var[k], a.var[k], err_msg=k)

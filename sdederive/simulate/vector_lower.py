@@ -591,6 +591,11 @@ def _check_increment(sde: VectorSDE, state: str = "x", blocks: tuple | None = No
 #: whether `lower_sde` may use the z-space form of the sampled noise (`zspace_applies`); the tests switch it off to
 #: compare the two forms on the same Gaussians
 ZSPACE = True
+#: how both printers sum a reduction over the coordinates (a norm, an inner product): four partial sums, coordinate
+#: `i` into sum `i mod 4` and the tail `i >= 4 floor(d/4)` into the first, added as `(a0 + a1) + (a2 + a3)`
+#: (four independent chains instead of one strict IEEE sum, which is latency-bound at one addition per 3 to 4
+#: cycles); the benchmark switches it off to compare with one sequential sum
+SPLIT_SUMS = True
 #: the kernels' names of the current inner sample's weight `w_k` and of `sum_k w_k`, and of the vector
 #: `lambda_j = (L^T L)_jj` (the squared column norms of the noise factor, `sigma_j**2` without one)
 WK, SW, LAM = sp.Symbol("s_WK", real=True), sp.Symbol("s__SW", real=True), sp.Symbol("v_LAM", real=True)

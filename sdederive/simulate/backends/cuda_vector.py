@@ -6,7 +6,8 @@ Layout.  One thread per path.  Every vector of the program is a per-thread array
 compile-time constant), every scalar a local `S_NAME`; `x` is `X[0][D]` (of the state's dtype) and an auxiliary
 state `m` the double vector `V_ST_m` (as in the numba kernel), loaded from `STATE` before the steps and stored
 after them; their new values are copied in at the end of each step (every update reads the old values).  A coordinate-wise
-operation is a loop over `i`, a reduction one sum in coordinate order (as the numba kernel's).  The
+operation is a loop over `i`, a reduction four partial sums in the numba kernel's order
+(`vector_lower.SPLIT_SUMS`).  The
 problem's generated helpers do the rest: `prob_grad` (also the dense `H x`), `prob_hvp` (also the dense
 `H v`), `prob_corr` (`L z`, or logistic regression's low-rank factor), and for minibatch gradients
 `prob_mb_accum` / `prob_mb_finish` over indices drawn from the streams `vector_lower.index_stream`.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from sdederive.simulate import vector_lower
 from sdederive.simulate.backends.cuda_printer import _CudaPrinter
 from sdederive.simulate.backends.single_precision import Hoist
 from sdederive.simulate.lower import CodegenError, expand_powers
@@ -112,6 +114,15 @@ class _Writer:
                 w(ind, f"for (int i = 0; i < D; ++i) X[{self.results[o.out]}][i] = (sreal)({val});")
             else:
                 w(ind, f"for (int i = 0; i < D; ++i) V_{o.out}[i] = {val};")
+        elif o.kind == "red" and vector_lower.SPLIT_SUMS:  # the numba kernel's four partial sums, in its order
+            val = self.expr(o.args[0])
+            w(ind, "{ double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;")
+            w(ind + 1, "for (int j = 0; j < D / 4; ++j) {")
+            for q in range(4):
+                w(ind + 2, f"{{ const int i = 4 * j + {q}; a{q} += {val}; }}")
+            w(ind + 1, "}")
+            w(ind + 1, f"for (int i = D - D % 4; i < D; ++i) a0 += {val};")
+            w(ind + 1, f"S_{o.out} = (a0 + a1) + (a2 + a3); }}")
         elif o.kind == "red":
             w(ind, f"{{ double acc = 0.0; for (int i = 0; i < D; ++i) acc += {self.expr(o.args[0])}; S_{o.out} = acc; }}")
         elif o.kind == "sc":

@@ -4,7 +4,7 @@ signature of the scalar kernels, so `Simulator.run` drives it unchanged.
 Layout.  A thread owns whole statistics blocks (as the scalar kernels); inside one it advances the live
 paths in *row blocks* of `PB` paths: every vector of the program is a `(PB, d)` array, a coordinate-wise
 operation is a loop over rows and coordinates (the coordinate loop vectorises; consecutive ones share one loop,
-their temporaries in locals: `_Writer.ops`), a reduction one sum per row.
+their temporaries in locals: `_Writer.ops`), a reduction four partial sums per row (`vector_lower.SPLIT_SUMS`).
 On a dense quadratic the products `H v` (gradient, Hessian-vector products) and `L z` (the noise) of a
 row block are one matrix product each, `np.dot` on contiguous blocks, which numba hands to BLAS `dgemm`:
 that is what reaches the machine's floating-point rate at d = 100 (a per-path loop of dot products is
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from sdederive.simulate import vector_lower
 from sdederive.simulate.backends import kernel_support
 from sdederive.simulate.backends.numba_backend import _PRELUDE, HOST_LOSS, _comment, _dtype
 from sdederive.simulate.backends.numba_printer import _NumbaPrinter
@@ -155,6 +156,23 @@ class _Writer:
                 _write_consts(w, ind + 1, hoist.row, _P)
             w(ind + 1, "for i in range(d):")
             w(ind + 2, f"{out}[r, i] = {'DT(' + val + ')' if out == 'XB' else val}")
+        elif o.kind == "red" and vector_lower.SPLIT_SUMS:
+            # four partial sums, coordinate i into sum i mod 4, the tail into the first: four independent chains
+            # instead of one (a strict IEEE sum is latency-bound, one addition per 3 to 4 cycles); the CUDA kernel
+            # sums in the same order (cuda_vector), so the two still agree to rounding
+            val = _expr(o.args[0])
+            w(ind, "for r in range(nr):")
+            w(ind + 1, "a0 = 0.0")
+            w(ind + 1, "a1 = 0.0")
+            w(ind + 1, "a2 = 0.0")
+            w(ind + 1, "a3 = 0.0")
+            w(ind + 1, "for j in range(d // 4):")
+            for q in range(4):
+                w(ind + 2, f"i = 4 * j + {q}")
+                w(ind + 2, f"a{q} += {val}")
+            w(ind + 1, "for i in range(d - d % 4, d):")
+            w(ind + 2, f"a0 += {val}")
+            w(ind + 1, f"S_{o.out}[r] = (a0 + a1) + (a2 + a3)")
         elif o.kind == "red":
             w(ind, "for r in range(nr):")
             w(ind + 1, "acc = 0.0")

@@ -10,6 +10,11 @@ process, on ``--cpu-paths`` paths.
 
     python bench/bench_gpu.py [--paths N] [--d D] [--steps T] [--save-every K] [--cpu-paths N]
 
+``--vector MODE:NAME[,...]`` (``MODE`` ``d`` discrete or ``s`` SDE, for example ``s:lamb,d:sam``) measures vector
+kernels instead: a dense quadratic with a full ``Sigma`` (as ``bench_vector.py``: random ``H`` with eigenvalues
+0.1 to about 4, ``Sigma = 0.5 A A^T + 0.1 I``), one thread per path, every vector a per-thread array; the numba
+baseline is the row-block BLAS kernel of the same program.
+
 Without CuPy or without a GPU it says so and exits with status 0 (nothing to measure).
 """
 
@@ -47,15 +52,39 @@ def gpu_name() -> str | None:
         return None
 
 
-def measure(backend: str, dtype: str, paths: int, d: int, steps: int, save_every: int) -> dict:
-    """One warm-up run (compiles), then the timed run; coordinate-steps/s from ``run_s``."""
-    sim = sd.compile(sd.derive("rmsprop"), problem(d), backend=backend, dtype=dtype)
-    sim.run(paths=min(paths, 1024), steps=2, eta=ETA, seed=1, save_every=1)
-    res = sim.run(paths=paths, steps=steps, eta=ETA, seed=0, save_every=save_every)
+#: the vector built-ins' hyperparameters other than eta in the vector benchmark (bench_vector.py's)
+VECTOR_HYPER = {"usam": {"rho": 0.05}, "sam": {"rho": 0.05}, "nsgd": {}, "clip_sgd": {"c": 1.0},
+                "sgd_nesterov": {"mu": 0.9}, "lamb": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01},
+                "adamw_clip": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01, "c": 1.0}}
+
+
+def dense_problem(d: int):
+    """The dense quadratic of bench_vector.py (seed 0)."""
+    rng = np.random.default_rng(0)
+    Q = rng.normal(size=(d, d))
+    H = Q @ Q.T / d + 0.1 * np.eye(d)
+    A = rng.normal(size=(d, d)) / np.sqrt(d)
+    return sd.Quadratic(H=(H + H.T) / 2, Sigma=0.5 * A @ A.T + 0.1 * np.eye(d), x0=np.ones(d))
+
+
+def measure(backend: str, dtype: str, paths: int, d: int, steps: int, save_every: int,
+            target: str | None = None) -> dict:
+    """One warm-up run (compiles), then the timed run; coordinate-steps/s from ``run_s``.  ``target`` ``"s:lamb"``
+    (a vector kernel on `dense_problem`) instead of the reference RMSprop SDE."""
+    hyper, eta = {}, ETA
+    if target is None:
+        sim = sd.compile(sd.derive("rmsprop"), problem(d), backend=backend, dtype=dtype)
+    else:
+        mode, name = target.split(":")
+        obj = name if mode == "d" else sd.derive(name)
+        sim = sd.compile(obj, dense_problem(d), backend=backend, dtype=dtype)
+        hyper, eta = VECTOR_HYPER[name], 0.01
+    sim.run(paths=min(paths, 1024), steps=2, eta=eta, seed=1, save_every=1, hyper=hyper)
+    res = sim.run(paths=paths, steps=steps, eta=eta, seed=0, save_every=save_every, hyper=hyper)
     run_s = res.timing["run_s"]
     loss = float(res.mean["loss"][-1])
     se = float(np.sqrt(res.var["loss"][-1] / paths))
-    return {"backend": backend, "dtype": dtype, "paths": paths, "run_s": run_s, "compile_s": sim.compile_s,
+    return {"target": target or "rmsprop SDE", "backend": backend, "dtype": dtype, "paths": paths, "run_s": run_s, "compile_s": sim.compile_s,
             "coord_steps_per_s": paths * d * steps / run_s, "loss": loss, "loss_se": se}
 
 
@@ -68,12 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-paths", type=int, default=1000)
     ap.add_argument("--only", choices=("float32", "float64"), default=None,
                     help="one GPU precision only (the numba baseline is still run)")
+    ap.add_argument("--vector", default="", help="vector kernels MODE:NAME[,...] (d discrete, s SDE) on a dense "
+                                                   "quadratic instead of the RMSprop SDE")
     a = ap.parse_args(argv)
     name = gpu_name()
     if name is None:
         print("# no CuPy or no CUDA GPU on this machine: nothing to measure")
         return 0
     dtypes = (a.only,) if a.only else ("float32", "float64")
+    if a.vector:
+        return _vector_table(a, name, dtypes)
     rows = [measure("cupy", dt, a.paths, a.d, a.steps, a.save_every) for dt in dtypes]
     rows.append(measure("numba", "float64", a.cpu_paths, a.d, a.steps, a.save_every))
     ref = rows[-1]["coord_steps_per_s"]
@@ -92,6 +125,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"float32 GPU: {r['coord_steps_per_s']:.3e} coordinate-steps/s (target on an H100/H200: >= 1e11: "
                   f"{'met' if r['coord_steps_per_s'] >= 1e11 else 'not met'}); {total:.1e} coordinate-steps in "
                   f"{r['run_s']:.2f} s")
+    return 0
+
+
+def _vector_table(a, name: str, dtypes) -> int:
+    print(f"# GPU: {name}; CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; vector kernels on "
+          f"a dense quadratic, full Sigma, d={a.d}, T={a.steps}, save_every={a.save_every}")
+    print(f"| {'kernel':<14} | {'backend':<7} | {'dtype':<7} | {'paths':>8} | {'run s':>8} | {'coord-steps/s':>13} "
+          f"| {'/ numba':>8} | {'E[loss] at T (se)':>22} |")
+    print(f"|{'-' * 16}|{'-' * 9}|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 15}|{'-' * 10}|{'-' * 24}|")
+    for target in a.vector.split(","):
+        rows = [measure("cupy", dt, a.paths, a.d, a.steps, a.save_every, target) for dt in dtypes]
+        rows.append(measure("numba", "float64", a.cpu_paths, a.d, a.steps, a.save_every, target))
+        ref = rows[-1]["coord_steps_per_s"]
+        for r in rows:
+            print(f"| {target:<14} | {r['backend']:<7} | {r['dtype']:<7} | {r['paths']:>8} | {r['run_s']:8.3f} | "
+                  f"{r['coord_steps_per_s']:13.3e} | {r['coord_steps_per_s'] / ref:8.1f} | "
+                  f"{r['loss']:.5f} ({r['loss_se']:.1e}) |", flush=True)
     return 0
 
 

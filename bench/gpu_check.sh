@@ -11,7 +11,8 @@
 #      GPU_CHECK_NO_INSTALL=1 skips the install);
 #   3. the `gpu`-marked tests (GPU kernels against numba, same seed; the scalar and the vector kernels);
 #   4. bench/bench_gpu.py: fp32 and fp64 at 2^20 paths, numba in the same process as the baseline;
-#   5. the sizing target of the kernels issue: 1e6 paths x d = 100 x 1e4 steps, fp32, <= 10 s.
+#   5. the sizing target of the kernels issue: 1e6 paths x d = 100 x 1e4 steps, fp32, <= 10 s;
+#   6. vector kernels (USAM's and LAMB's SDEs) on a dense d = 100 quadratic, fp32 and fp64.
 # Each step has its own time limit, so the whole check ends within 5 minutes on a working machine and
 # a hang in one step still leaves the others' figures.  The report is $OUT/gpu_report.md; the full log
 # is $OUT/gpu_check.log.  Exit status: 0 when every step ran and passed, else the first failing step's.
@@ -75,6 +76,9 @@ step "bench_gpu (fp32, fp64, 2^20 paths; numba baseline)" 90 \
     "$PY" bench/bench_gpu.py --paths 1048576 --d 100 --steps 1000 --save-every 100 --cpu-paths 2000
 step "sizing target: 1e6 paths x d=100 x 1e4 steps, fp32" 45 \
     "$PY" bench/bench_gpu.py --paths 1000000 --d 100 --steps 10000 --save-every 10000 --only float32
+step "vector kernels: d=100 dense, 2^16 paths x 200 steps, fp32 and fp64; numba baseline" 50 \
+    "$PY" bench/bench_gpu.py --vector s:usam,s:lamb --paths 65536 --d 100 --steps 200 --save-every 200 \
+    --cpu-paths 4096
 
 {
     echo "# sdederive GPU check report"

@@ -676,6 +676,13 @@ def test_gpu_benchmark_script_runs(fake_cupy, capsys):
                        "--only", "float32"]) == 0
     out = capsys.readouterr().out
     assert "| cupy    | float32 |" in out and "| cupy    | float64 |" not in out and "| numba   | float64 |" in out
+    assert bench.main(["--vector", "s:usam,d:lamb", "--paths", "64", "--cpu-paths", "64", "--d", "4", "--steps",
+                       "10", "--save-every", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "| s:usam         | cupy    | float32 |" in out and "| d:lamb         | numba   | float64 |" in out
+    gv = bench.measure("cupy", "float64", 64, 4, 10, 5, "d:lamb")
+    cv = bench.measure("numba", "float64", 64, 4, 10, 5, "d:lamb")
+    np.testing.assert_allclose(gv["loss"], cv["loss"], rtol=1e-10)  # the same simulation on both
     g = bench.measure("cupy", "float64", 128, 4, 20, 10)
     c = bench.measure("numba", "float64", 128, 4, 20, 10)
     assert g["coord_steps_per_s"] > 0 and g["run_s"] > 0

@@ -170,6 +170,29 @@ def reads(o: VOp) -> set:
     return out
 
 
+def op_reads(prog) -> list:
+    """`(operation, reads(operation))` for every operation of the program, in order."""
+    return [(o, reads(o)) for o in prog.pre + prog.inner + prog.post]
+
+
+def live_outside(prog, run: list, all_reads: list) -> set:
+    """The vectors of a run of consecutive coordinate-wise operations that something outside the run reads: another
+    operation of the program (any part, any step), the step's results, the sampled increments, or a write before a
+    read within the run (a value from the previous step).  The printers fuse a run into one loop and keep the
+    others in locals (`numba_vector`, `cuda_vector`); `all_reads` is `op_reads(prog)`."""
+    ids = {id(o) for o in run}
+    out = {prog.result, *prog.results.values(), *(n for n in (prog.fsample,) if n),
+           *(fs for fs, _sm in prog.msamples)}
+    for o, r in all_reads:
+        if id(o) not in ids:
+            out |= r
+    outs, written = {q.out for q in run}, set()
+    for o in run:
+        out |= {n for n in reads(o) if n in outs and n not in written}
+        written.add(o.out)
+    return out
+
+
 def _ordered(atoms: set) -> list:
     """`atoms` in sympy's canonical order: operations are emitted in the order a set is iterated, and a set of
     sympy objects iterates in the order of their hashes, which change with Python's hash seed from one process to

@@ -4,11 +4,10 @@ with the signatures of the scalar CUDA kernels (`sdederive.simulate.backends.cud
 
 Layout.  One thread per path.  Every vector of the program is a per-thread array `V_NAME[D]` (`D` a
 compile-time constant), every scalar a local `S_NAME`; `x` is `X[0][D]` (of the state's dtype) and an auxiliary
-state `m` the double vector `V_ST_m` (as in the numba kernel), loaded from `STATE` before the steps and stored
-after them; their new values are copied in at the end of each step (every update reads the old values).  A coordinate-wise
-operation is a loop over `i`, a reduction four partial sums in the numba kernel's order
-(`vector_lower.SPLIT_SUMS`).  The
-problem's generated helpers do the rest: `prob_grad` (also the dense `H x`), `prob_hvp` (also the dense
+state `m` the vector `V_ST_m` (as in the numba kernel), loaded from `STATE` before the steps and stored after
+them; their new values are copied in at the end of each step (every update reads the old values).  A
+coordinate-wise operation is a loop over `i` (a run of them one loop, `_Writer.ops`), a reduction four partial
+sums in the numba kernel's order (`vector_lower.SPLIT_SUMS`).  The problem's generated helpers do the rest: `prob_grad` (also the dense `H x`), `prob_hvp` (also the dense
 `H v`), `prob_corr` (`L z`, or logistic regression's low-rank factor), and for minibatch gradients
 `prob_mb_accum` / `prob_mb_finish` over indices drawn from the streams `vector_lower.index_stream`.
 
@@ -28,20 +27,27 @@ from sdederive.simulate.backends.cuda_printer import _CudaPrinter
 from sdederive.simulate.backends.single_precision import Hoist
 from sdederive.simulate.lower import CodegenError, expand_powers
 from sdederive.simulate.rng.philox_c import CUDA_SOURCE
-from sdederive.simulate.vector_lower import WEIGHT_STREAM, VOp, VProgram, index_stream
+from sdederive.simulate.vector_lower import WEIGHT_STREAM, VOp, VProgram, index_stream, live_outside, op_reads
 
-__all__ = ["generate_vector_cuda"]
+__all__ = ["generate_vector_cuda", "FUSE"]
+
+#: whether consecutive coordinate-wise operations share one loop (`_Writer.ops`), as in the numba kernel; the tests
+#: switch it off to compare the two forms bit for bit
+FUSE = True
 
 class _Printer(_CudaPrinter):
     """The CUDA backend's C printer with the program's names bound to the thread's arrays: `v_NAME` is
     `V_NAME[i]` (`X[j][i]` for the state `j`), `s_NAME` is `S_NAME`."""
 
-    def __init__(self, states: tuple):
+    def __init__(self, states: tuple, local: frozenset = frozenset()):
         super().__init__()
         self.states = states
+        self.local = local  # vectors held in locals l_NAME inside a fused loop (_Writer.ops)
 
     def _print_Symbol(self, e):
         n = e.name
+        if n.startswith("v_") and n[2:] in self.local:
+            return f"l_{n[2:]}"
         if n == "s_WK":  # the current inner sample's weight (z-space programs)
             return "WK[kin]"
         if n == "v_LAM":  # lambda_i = (L^T L)_ii, constant
@@ -78,6 +84,7 @@ class _Writer:
         # float32 on a dense quadratic: float vectors (real = float) and float coordinate-wise arithmetic
         self.f32_arith = self.f32 and problem.kind == "quadratic_dense"
         self.nconst = 0  # the float locals c_j of the hoisted parts, numbered over the kernel
+        self.op_reads: list | None = None  # vector_lower.op_reads of the program (the fused loops' locals)
         self.factor = problem.has_noise_factor
         self.L: list[str] = []
         # x is held as X[0] (the state's dtype), written directly by the step's last operation; the auxiliary
@@ -166,8 +173,49 @@ class _Writer:
             raise CodegenError(f"unknown vector operation {o.kind!r}")
 
     def ops(self, ind: int, ops, in_inner: bool = False) -> None:
+        """The operations in order; a run of consecutive coordinate-wise ones is one loop over `i` (`FUSE`), its
+        values that nothing outside the run reads (`vector_lower.live_outside`) in locals `l_NAME` instead of the
+        thread's arrays: fewer loads and stores of local memory, and arrays the compiler can drop.  The arithmetic
+        of each element is that of the separate loops, so the numbers are the same bit for bit."""
+        run: list = []
+
+        def flush() -> None:
+            if not run:
+                return
+            if self.op_reads is None:
+                self.op_reads = op_reads(self.prog)
+            live = live_outside(self.prog, run, self.op_reads)
+            local = frozenset(o.out for o in run if o.out not in live)
+            printer = _Printer(self.states, local)
+            lines = []
+            for o in run:
+                e = o.args[0]
+                if self.f32_arith:  # float arithmetic: the element-free parts as float locals (single_precision.Hoist)
+                    hoist = Hoist(self.nconst)
+                    e = hoist.split(e)
+                    self.nconst = hoist.count
+                    for part, name in {**hoist.outer, **hoist.row}.items():
+                        self.w(ind, f"const float {name} = (float)({self.expr(part)});")
+                val = printer.doprint(expand_powers(e))
+                if o.out in self.results:
+                    lines.append(f"X[{self.results[o.out]}][i] = (sreal)({val});")
+                elif o.out in local:
+                    lines.append(f"const real l_{o.out} = {val};")
+                else:
+                    lines.append(f"V_{o.out}[i] = {val};")
+            self.w(ind, "for (int i = 0; i < D; ++i) {")
+            for ln in lines:
+                self.w(ind + 1, ln)
+            self.w(ind, "}")
+            run.clear()
+
         for o in ops:
+            if o.kind == "cw" and FUSE:
+                run.append(o)
+                continue
+            flush()
             self.op(ind, o, in_inner)
+        flush()
 
     def step(self, ind: int) -> None:
         prog, w = self.prog, self.w

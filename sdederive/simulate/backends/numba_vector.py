@@ -41,7 +41,8 @@ from sdederive.simulate.backends.single_precision import Hoist
 from sdederive.simulate.lower import CodegenError
 from sdederive.simulate.rng import philox as rng
 from sdederive.simulate.vector_fold import fold_affine
-from sdederive.simulate.vector_lower import WEIGHT_STREAM, VOp, VProgram, index_stream, reads
+from sdederive.simulate.vector_lower import (WEIGHT_STREAM, VOp, VProgram, index_stream, live_outside,
+                                             op_reads)
 
 __all__ = ["generate_vector", "ROW_BLOCK"]
 
@@ -307,23 +308,10 @@ class _Writer:
         flush()
 
     def live_out(self, run: list) -> set:
-        """The vectors that something outside `run` reads: another operation of the program (any part, any
-        step), the step's results, the sampled increments, or a write before a read within the run (a value
-        from the previous step)."""
-        prog = self.prog
-        if self.op_reads is None:  # once per module: (operation, what it reads) for every operation
-            self.op_reads = [(o, reads(o)) for o in prog.pre + prog.inner + prog.post]
-        ids = {id(o) for o in run}
-        out = {prog.result, *prog.results.values(), *(n for n in (prog.fsample,) if n),
-               *(fs for fs, _sm in prog.msamples)}
-        for o, r in self.op_reads:
-            if id(o) not in ids:
-                out |= r
-        outs, written = {q.out for q in run}, set()
-        for o in run:
-            out |= {n for n in reads(o) if n in outs and n not in written}
-            written.add(o.out)
-        return out
+        """`vector_lower.live_outside` of the run (what it reads of the program computed once per module)."""
+        if self.op_reads is None:
+            self.op_reads = op_reads(self.prog)
+        return live_outside(self.prog, run, self.op_reads)
 
     # -- one step --------------------------------------------------------------------------------------------
     def step(self, ind: int) -> None:

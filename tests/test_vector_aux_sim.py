@@ -175,6 +175,36 @@ def test_compare_and_sweep_accept_lamb_and_nesterov():
     assert len(res) == 4 and all(row["final_loss"] < row["initial_loss"] for row in res.rows)
 
 
+def test_expected_first_step_is_computed_once_per_hyperparameters(monkeypatch):
+    """The SDE's start (the expected first discrete step, a Monte Carlo from a fixed seed) is kept by the simulator:
+    a second run at the same hyperparameters reuses it (the same numbers bit for bit), other values compute theirs."""
+    from sdederive.simulate import vector_sim
+
+    calls = []
+    real = vector_sim._expected_first_step
+
+    def counted(opt, problem, hv):
+        calls.append(dict(hv))
+        return real(opt, problem, hv)
+
+    monkeypatch.setattr(vector_sim, "_expected_first_step", counted)
+    H, S = _dense(d=3, seed=4, scale=1.0)
+    sim = sd.compile(sd.derive("lamb"), sd.Quadratic(H=H, Sigma=S, x0=[1.5, -1.0, 1.0]))
+    a = sim.run(paths=50, steps=5, eta=0.02, seed=3)
+    b = sim.run(paths=50, steps=5, eta=0.02, seed=3)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(a.mean["x"], b.mean["x"])
+    c = sim.run(paths=50, steps=5, eta=0.02, seed=3, hyper={"beta1": 0.8})
+    assert len(calls) == 2 and calls[1]["beta1"] == 0.8
+    # another start: LAMB's x_1 does not depend on beta1 (m_hat_1 = g), its m_1 = (1 - beta1) g does
+    m_a = sim.initial_state(sim.resolve_hyper(0.02, {}))[1]["m"]
+    m_c = sim.initial_state(sim.resolve_hyper(0.02, {"beta1": 0.8}))[1]["m"]
+    np.testing.assert_allclose(m_c, 2 * m_a, rtol=1e-12)
+    assert len(calls) == 2  # both from the cache
+    sim.run(paths=50, steps=5, eta=0.01, seed=3)  # eta enters the first step too
+    assert len(calls) == 3
+
+
 def test_compare_warns_when_lamb_keeps_its_decays_fixed():
     """The balanced regime holds rho = (1 - beta)/eta fixed as eta -> 0; fixed betas across the step sizes leave it
     (the SDE at each eta has another rho, and the comparison shows no limit): a RegimeWarning naming both decays

@@ -106,17 +106,21 @@ class _Writer:
         """The array a problem helper reads `name` from (the double copy of a float state)."""
         return "XD" if (name == "X" and self.f32) else self.arr(name)
 
+    def cw_value(self, ind: int, e: sp.Expr, printer: "_Printer") -> str:
+        """A coordinate-wise expression as C; in a float32 step its element-free parts first, as `const float`
+        locals written before the loop (`single_precision.Hoist`: float arithmetic)."""
+        if self.f32_arith:
+            hoist = Hoist(self.nconst)
+            e = hoist.split(e)
+            self.nconst = hoist.count
+            for part, name in {**hoist.outer, **hoist.row}.items():
+                self.w(ind, f"const float {name} = (float)({self.expr(part)});")
+        return printer.doprint(expand_powers(e))
+
     def op(self, ind: int, o: VOp, in_inner: bool) -> None:
         w = self.w
         if o.kind == "cw":
-            e = o.args[0]
-            if self.f32_arith:  # float arithmetic: the element-free parts as float locals (single_precision.Hoist)
-                hoist = Hoist(self.nconst)
-                e = hoist.split(e)
-                self.nconst = hoist.count
-                for part, name in {**hoist.outer, **hoist.row}.items():
-                    w(ind, f"const float {name} = (float)({self.expr(part)});")
-            val = self.expr(e)
+            val = self.cw_value(ind, o.args[0], self.printer)
             if o.out in self.results:
                 w(ind, f"for (int i = 0; i < D; ++i) X[{self.results[o.out]}][i] = (sreal)({val});")
             else:
@@ -189,14 +193,7 @@ class _Writer:
             printer = _Printer(self.states, local)
             lines = []
             for o in run:
-                e = o.args[0]
-                if self.f32_arith:  # float arithmetic: the element-free parts as float locals (single_precision.Hoist)
-                    hoist = Hoist(self.nconst)
-                    e = hoist.split(e)
-                    self.nconst = hoist.count
-                    for part, name in {**hoist.outer, **hoist.row}.items():
-                        self.w(ind, f"const float {name} = (float)({self.expr(part)});")
-                val = printer.doprint(expand_powers(e))
+                val = self.cw_value(ind, o.args[0], printer)
                 if o.out in self.results:
                     lines.append(f"X[{self.results[o.out]}][i] = (sreal)({val});")
                 elif o.out in local:

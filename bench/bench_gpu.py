@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 
 from bench_simulate import ETA, problem  # noqa: E402  (the reference case; beta, eps: RMSprop's defaults)
+from bench_vector import dense_problem  # noqa: E402  (the vector kernels' dense quadratic)
 
 import sdederive as sd  # noqa: E402
 
@@ -56,15 +57,6 @@ def gpu_name() -> str | None:
 VECTOR_HYPER = {"usam": {"rho": 0.05}, "sam": {"rho": 0.05}, "nsgd": {}, "clip_sgd": {"c": 1.0},
                 "sgd_nesterov": {"mu": 0.9}, "lamb": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01},
                 "adamw_clip": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01, "c": 1.0}}
-
-
-def dense_problem(d: int):
-    """The dense quadratic of bench_vector.py (seed 0)."""
-    rng = np.random.default_rng(0)
-    Q = rng.normal(size=(d, d))
-    H = Q @ Q.T / d + 0.1 * np.eye(d)
-    A = rng.normal(size=(d, d)) / np.sqrt(d)
-    return sd.Quadratic(H=(H + H.T) / 2, Sigma=0.5 * A @ A.T + 0.1 * np.eye(d), x0=np.ones(d))
 
 
 def measure(backend: str, dtype: str, paths: int, d: int, steps: int, save_every: int,

@@ -29,6 +29,17 @@ import sdederive as sd
 from sdederive.simulate import vector_lower
 
 
+def dense_problem(d: int) -> sd.Quadratic:
+    """The benchmarks' dense quadratic (seed 0): `H = Q Q^T/d + 0.1 I` (eigenvalues 0.1 to about 4) and
+    `Sigma = 0.5 A A^T + 0.1 I` with Gaussian `Q` and `A/sqrt(d)`, `x0 = 1` (bench_vector_fuse, bench_vector_f32 and
+    bench_gpu's vector kernels use it too)."""
+    rng = np.random.default_rng(0)
+    Q = rng.normal(size=(d, d))
+    H = Q @ Q.T / d + 0.1 * np.eye(d)
+    A = rng.normal(size=(d, d)) / np.sqrt(d)
+    return sd.Quadratic(H=(H + H.T) / 2, Sigma=0.5 * A @ A.T + 0.1 * np.eye(d), x0=np.ones(d))
+
+
 def numpy_discrete(name, H, L, x0, eta, hyper, paths, steps, seed=0, dtype="float64"):
     rng = np.random.default_rng(seed)
     H, L = H.astype(dtype), L.astype(dtype)
@@ -80,13 +91,8 @@ def main() -> None:
     a = ap.parse_args()
     only = set(filter(None, a.only.split(",")))
     d, paths, steps = a.d, a.paths, a.steps
-    rng = np.random.default_rng(0)
-    Q = rng.normal(size=(d, d))
-    H = Q @ Q.T / d + 0.1 * np.eye(d)
-    H = (H + H.T) / 2
-    A = rng.normal(size=(d, d)) / np.sqrt(d)
-    S = 0.5 * A @ A.T + 0.1 * np.eye(d)
-    prob = sd.Quadratic(H=H, Sigma=S, x0=np.ones(d))
+    prob = dense_problem(d)
+    H = prob.H
     x, g = sd.vectors("x g")
     vsgd = sd.from_update("vsgd", {"x": x - sd.sym("eta") * g}, hypers={"eta": (1e-2, "lr")})
     hyper = {"rho": 0.05, "c": 1.0, "mu": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01}

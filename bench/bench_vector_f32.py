@@ -17,6 +17,7 @@ import argparse
 import numpy as np
 
 import sdederive as sd
+from bench_vector import dense_problem
 from sdederive.simulate.backends import numba_vector
 
 HYPER = {"rho": 0.05, "c": 1.0, "mu": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01}
@@ -32,12 +33,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
     d, paths, steps = 100, 4096, 200
-    rng = np.random.default_rng(0)
-    Q = rng.normal(size=(d, d))
-    H = Q @ Q.T / d + 0.1 * np.eye(d)
-    H = (H + H.T) / 2
-    A = rng.normal(size=(d, d)) / np.sqrt(d)
-    prob = sd.Quadratic(H=H, Sigma=0.5 * A @ A.T + 0.1 * np.eye(d), x0=np.ones(d))
+    prob = dense_problem(d)
     cs = paths * steps * d
     print(f"d = {d}, {paths} paths, {steps} steps; best kernel coordinate-steps/s of {a.reps}, forms alternating")
     print(f"{'kernel':16s} {'float64':>9s} {'f32 vec':>9s} {'f32 all':>9s} {'vec/64':>7s} {'all/64':>7s} "

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 import sdederive as sd
+from bench_vector import dense_problem
 from sdederive.simulate import vector_lower
 from sdederive.simulate.backends import numba_vector
 
@@ -40,12 +41,7 @@ def main() -> None:
     a = ap.parse_args()
     mod, flag = (numba_vector, "FUSE") if a.switch == "fuse" else (vector_lower, "SPLIT_SUMS")
     d, paths, steps = 100, 4096, 100
-    rng = np.random.default_rng(0)
-    Q = rng.normal(size=(d, d))
-    H = Q @ Q.T / d + 0.1 * np.eye(d)
-    H = (H + H.T) / 2
-    A = rng.normal(size=(d, d)) / np.sqrt(d)
-    prob = sd.Quadratic(H=H, Sigma=0.5 * A @ A.T + 0.1 * np.eye(d), x0=np.ones(d))
+    prob = dense_problem(d)
     sd.compile("usam", prob).run(paths=8, steps=2)  # the process's first kernel (the shared helpers)
     cs = paths * steps * d
     print(f"d = {d}, {paths} paths, {steps} steps; compile s (empty caches) and best kernel coordinate-steps/s of {a.reps}")

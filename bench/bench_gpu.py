@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 
 from bench_simulate import ETA, problem  # noqa: E402  (the reference case; beta, eps: RMSprop's defaults)
-from bench_vector import dense_problem  # noqa: E402  (the vector kernels' dense quadratic)
+from bench_vector import BENCH_HYPER, dense_problem  # noqa: E402  (the vector kernels' dense quadratic, hypers)
 
 import sdederive as sd  # noqa: E402
 
@@ -53,12 +53,6 @@ def gpu_name() -> str | None:
         return None
 
 
-#: the vector built-ins' hyperparameters other than eta in the vector benchmark (bench_vector.py's)
-VECTOR_HYPER = {"usam": {"rho": 0.05}, "sam": {"rho": 0.05}, "nsgd": {}, "clip_sgd": {"c": 1.0},
-                "sgd_nesterov": {"mu": 0.9}, "lamb": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01},
-                "adamw_clip": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01, "c": 1.0}}
-
-
 def measure(backend: str, dtype: str, paths: int, d: int, steps: int, save_every: int,
             target: str | None = None) -> dict:
     """One warm-up run (compiles), then the timed run; coordinate-steps/s from ``run_s``.  ``target`` ``"s:lamb"``
@@ -70,7 +64,7 @@ def measure(backend: str, dtype: str, paths: int, d: int, steps: int, save_every
         mode, name = target.split(":")
         obj = name if mode == "d" else sd.derive(name)
         sim = sd.compile(obj, dense_problem(d), backend=backend, dtype=dtype)
-        hyper, eta = VECTOR_HYPER[name], 0.01
+        hyper, eta = BENCH_HYPER[name], 0.01
     sim.run(paths=min(paths, 1024), steps=2, eta=eta, seed=1, save_every=1, hyper=hyper)
     res = sim.run(paths=paths, steps=steps, eta=eta, seed=0, save_every=save_every, hyper=hyper)
     run_s = res.timing["run_s"]

@@ -29,6 +29,13 @@ import sdederive as sd
 from sdederive.simulate import vector_lower
 
 
+#: the vector built-ins' hyperparameters other than eta in every vector benchmark (bench_vector, bench_vector_fuse,
+#: bench_vector_f32 and bench_gpu's vector kernels); `vsgd` is bench_vector's SGD written with vectors
+BENCH_HYPER = {"vsgd": {}, "usam": {"rho": 0.05}, "sam": {"rho": 0.05}, "nsgd": {}, "clip_sgd": {"c": 1.0},
+               "sgd_nesterov": {"mu": 0.9}, "lamb": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01},
+               "adamw_clip": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01, "c": 1.0}}
+
+
 def dense_problem(d: int) -> sd.Quadratic:
     """The benchmarks' dense quadratic (seed 0): `H = Q Q^T/d + 0.1 I` (eigenvalues 0.1 to about 4) and
     `Sigma = 0.5 A A^T + 0.1 I` with Gaussian `Q` and `A/sqrt(d)`, `x0 = 1` (bench_vector_fuse, bench_vector_f32 and
@@ -95,7 +102,6 @@ def main() -> None:
     H = prob.H
     x, g = sd.vectors("x g")
     vsgd = sd.from_update("vsgd", {"x": x - sd.sym("eta") * g}, hypers={"eta": (1e-2, "lr")})
-    hyper = {"rho": 0.05, "c": 1.0, "mu": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01}
     cs = paths * steps * d
     print(f"d = {d}, {paths} paths, {steps} steps, dense H, full Sigma; coordinate-steps/s (paths*steps*d/s)")
     print(f"{'optimizer':12s} {'mode':8s} {'dtype':7s} {'compile s':>9s} {'e2e s':>7s} {'kernel s':>8s} "
@@ -105,11 +111,7 @@ def main() -> None:
                       ("sgd_nesterov", "sgd_nesterov"), ("lamb", "lamb"), ("adamw_clip", "adamw_clip")):
         if only and name not in only:
             continue
-        names = {"vsgd": ["eta"], "usam": ["eta", "rho"], "sam": ["eta", "rho"], "nsgd": ["eta"],
-                 "clip_sgd": ["eta", "c"], "sgd_nesterov": ["eta", "mu"],
-                 "lamb": ["eta", "beta1", "beta2", "eps", "wd"],
-                 "adamw_clip": ["eta", "beta1", "beta2", "eps", "wd", "c"]}[name]
-        hp = {k: v for k, v in hyper.items() if k in names}
+        hp = BENCH_HYPER[name]
         dtypes = a.dtype.split(",")
         t_np = {}
         for dtype in dtypes:

@@ -17,12 +17,9 @@ import argparse
 import numpy as np
 
 import sdederive as sd
-from bench_vector import dense_problem
+from bench_vector import BENCH_HYPER, dense_problem
 from sdederive.simulate.backends import numba_vector
 
-HYPER = {"rho": 0.05, "c": 1.0, "mu": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01}
-USES = {"usam": ["rho"], "sam": ["rho"], "nsgd": [], "clip_sgd": ["c"], "sgd_nesterov": ["mu"],
-        "lamb": ["beta1", "beta2", "eps", "wd"], "adamw_clip": ["beta1", "beta2", "eps", "wd", "c"]}
 DEFAULT = "d:sam,s:usam,d:lamb,s:lamb,d:adamw_clip,d:sgd_nesterov,d:clip_sgd,s:nsgd"
 FORMS = (("float64", True), ("float32", False), ("float32", True))
 
@@ -40,7 +37,7 @@ def main() -> None:
           f"{'all/vec':>7s} {'dE[loss]/E':>10s} {'MC se/E':>8s}")
     for target in a.only.split(","):
         kind, name = target.split(":")
-        hp = {k: HYPER[k] for k in USES[name]}
+        hp = BENCH_HYPER[name]
         obj = name if kind == "d" else sd.derive(name)
         sims = {}
         for dt, arith in FORMS:

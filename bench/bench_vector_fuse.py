@@ -23,13 +23,10 @@ import time
 import numpy as np
 
 import sdederive as sd
-from bench_vector import dense_problem
+from bench_vector import BENCH_HYPER, dense_problem
 from sdederive.simulate import vector_lower
 from sdederive.simulate.backends import numba_vector
 
-HYPER = {"rho": 0.05, "c": 1.0, "mu": 0.9, "beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01}
-USES = {"usam": ["rho"], "sam": ["rho"], "nsgd": [], "clip_sgd": ["c"], "sgd_nesterov": ["mu"],
-        "lamb": ["beta1", "beta2", "eps", "wd"], "adamw_clip": ["beta1", "beta2", "eps", "wd", "c"]}
 DEFAULT = "d:adamw_clip,s:lamb,d:lamb,s:adamw_clip,s:nsgd,d:sgd_nesterov,d:sam,d:clip_sgd"
 
 
@@ -51,7 +48,7 @@ def main() -> None:
     tot = [0.0, 0.0]
     for j, target in enumerate(a.only.split(",")):
         kind, name = target.split(":")
-        hp = {k: HYPER[k] for k in USES[name]}
+        hp = BENCH_HYPER[name]
         obj = name if kind == "d" else sd.derive(name)
         sims, comp = {}, {}
         for f in ((False, True) if j % 2 == 0 else (True, False)):

@@ -95,9 +95,11 @@ class VNorm(sp.Function):
 
 
 class VDot(sp.Function):
-    """`dot(a, b)`: the inner product of two deterministic vector expressions."""
+    """`dot(a, b)`: the inner product of two deterministic vector expressions (a real scalar, so it commutes with
+    the matrices it multiplies: `dot(x, x)*g`)."""
 
     nargs = 2
+    is_real = True
 
 
 class ExpectationAtom(sp.MatrixExpr):
@@ -165,6 +167,98 @@ class ExpectationAtom(sp.MatrixExpr):
         T = _T_DISPLAY[self.tensor]
         body = sp.latex(self.integrand.xreplace({NORM_G: _NORM_DISPLAY}) * T, symbol_names=names)
         return rf"{_law_latex(self.nu)}\left[{body}\right]"
+
+
+#: the power of |g| that bounds each atom's tensor: |g|, |g|**2, |g o g| <= |g|**2, ...
+_TENSOR_POWER = {"g": 1, "ggT": 2, "1": 0, "gsq": 2, "g_gsqT": 3, "gsq_gsqT": 4}
+
+
+def origin_exponent(atom: ExpectationAtom) -> float | None:
+    r"""`p` with $|r(|g|)|\,|g|^k \sim |g|^p$ as `|g| -> 0` (`k` the tensor's power: 1 for `g`, 2 for
+    `g g^T`, ...), `inf` when the integrand vanishes faster than any power there, `None` if it cannot be told.
+
+    The Gaussian and Student-t laws of `g` have a bounded density, positive at `g = 0` when `Sigma` is
+    nonsingular, so in polar coordinates $\mathbb E|g|^p$ is finite near the origin iff $p > -d$: the atom is
+    finite iff `p > -d` (`E[g/|g|**3]`, `p = -2`, needs `d >= 3`; `E[g g^T/|g|**6]`, `p = -4`, needs `d >= 5`).
+    Deterministic scalars of the integrand (`norm(x)`, hyperparameters) are taken positive.  Computed by
+    `sympy.limit` of `log|.|/log|g|` (each `Min`/`Max` first resolved to its winner as `|g| -> 0`), else (and
+    for piecewise integrands: `Heaviside`, `Piecewise`, on which `limit` can hang) from the numeric slope at
+    `|g| = 1e-4 ... 1e-8` with the other scalars set to 1."""
+    t = sp.Dummy("t", positive=True)
+    e = atom.integrand * NORM_G ** _TENSOR_POWER[atom.tensor]
+    pos = {a: sp.Dummy(positive=True) for a in e.atoms(VNorm, VDot, sp.Trace)}
+    e = e.xreplace(pos)
+    e = e.xreplace({s: sp.Dummy(s.name, positive=True) for s in e.free_symbols if s != NORM_G})
+    e = sp.Abs(e.xreplace({NORM_G: t}))
+
+    def pick(m):
+        args = list(m.args)
+        best = args[0]
+        for a in args[1:]:
+            lim = sp.limit(a / best, t, 0, "+")
+            if lim.is_extended_real is not True:
+                raise ValueError(m)
+            if (isinstance(m, sp.Min) and lim < 1) or (isinstance(m, sp.Max) and lim > 1):
+                best = a
+        return best
+
+    smooth = not e.has(sp.Heaviside, sp.Piecewise, sp.floor, sp.ceiling, sp.sign)  # sympy's limit can hang there
+    try:
+        if not smooth:
+            raise ValueError(e)
+        p = sp.limit(sp.log(e.replace(lambda a: isinstance(a, (sp.Min, sp.Max)) and a.has(t), pick)) / sp.log(t),
+                     t, 0, "+")
+        if p.is_extended_real:
+            return float(p)
+    except Exception:  # noqa: BLE001 - sympy's limit raises many types on what it cannot do
+        pass
+    try:  # the numeric slope of log|e| against log|g| near 0, every other scalar 1
+        f = sp.lambdify(t, e.xreplace({s: 1 for s in e.free_symbols if s != t}), modules="numpy")
+        ts = np.array([1e-4, 1e-6, 1e-8])
+        with np.errstate(all="ignore"):
+            v = np.abs(np.array([float(f(u)) for u in ts]))
+        if np.all(v == 0):
+            return math.inf
+        if not np.all(np.isfinite(v)) or np.any(v == 0):
+            return None
+        slopes = np.diff(np.log(v)) / np.diff(np.log(ts))
+        if abs(slopes[0] - slopes[1]) < 1e-3 * max(1.0, abs(slopes[1])):
+            return float(np.round(slopes[1], 6))
+    except Exception:  # noqa: BLE001 - lambdify/evaluation of an arbitrary integrand
+        pass
+    return None
+
+
+def check_origin(atoms, d: int, what: str, Sigma=None, grad=None) -> None:
+    """Refuse atoms that are infinite in dimension `d` (`origin_exponent(atom) <= -d`, a singularity at `g = 0`
+    that the noise density charges).  With a singular numeric `Sigma` the law of `g` lives on
+    `grad + range(Sigma)`: an atom is then finite where `0` is off that subspace (given `grad`), and otherwise
+    needs `p > -rank(Sigma)`."""
+    k = d
+    if Sigma is not None:
+        S = np.asarray(Sigma, dtype=float)
+        w = np.linalg.eigvalsh((S + S.T) / 2)
+        k = int(np.sum(w > 1e-12 * max(1.0, float(np.abs(w).max()))))
+    for a in atoms:
+        p = origin_exponent(a)
+        if p is None:
+            raise ExpectationError(
+                f"{what}: whether {a.display()} is finite near g = 0 (where the noise density is positive) cannot be "
+                "told: sympy found no power law |r(|g|)| ~ |g|**p there; supported: integrands behaving like a power "
+                "of |g| at 0 (powers of |g|, Min, Max, smooth functions)")
+        if p > -k:
+            continue
+        if k < d and grad is not None:
+            mu = np.asarray(grad, dtype=float).reshape(-1)
+            V = np.linalg.eigh((S + S.T) / 2)[1][:, -k:] if k else np.zeros((d, 0))
+            if np.linalg.norm(mu - V @ (V.T @ mu)) > 1e-9 * max(1.0, float(np.linalg.norm(mu))):
+                continue  # g = grad + Sigma^(1/2) z never comes near 0
+        raise ExpectationError(
+            f"{what}: {a.display()} is infinite in dimension {k}: its integrand behaves like |g|**{p:g} at g = 0, "
+            f"where the noise density is positive, and E|g|**p is finite near 0 only for p > -d; this moment of the "
+            f"update (a drift or the covariance of its diffusion) needs d > {-p:g}"
+            + ("" if k == d else f" (here the rank of Sigma, {k})") + ". Allowed: updates whose |g|-singularity "
+            "is integrable in the problem's dimension (g/|g| for d >= 2 for its covariance)")
 
 
 def _law_prefix(nu) -> str:
@@ -922,6 +1016,7 @@ def evaluate_atom(atom: ExpectationAtom, grad, Sigma, hyper: Mapping | None = No
     `nu > 2p`)."""
     rng = np.random.default_rng(0) if rng is None else rng
     S = np.asarray(Sigma, dtype=float)
+    check_origin([atom], int(np.asarray(grad).size), "evaluate_atom", S, grad)
     hyper = dict(hyper or {})
     nu = _atom_nu(atom, hyper)
     if (nu is None and atom.tensor == "g" and sp.simplify(atom.integrand - 1 / NORM_G) == 0 and S.ndim == 2
@@ -1009,7 +1104,12 @@ def evaluate(expr: sp.Basic, env: Mapping, atoms: Mapping | None = None) -> np.n
             if e not in atoms:
                 if "grad" not in mats or "Sigma" not in mats:
                     raise SdederiveError(f"evaluate: the atom {e.display()} needs grad and Sigma (or a value in atoms=)")
-                atoms[e] = evaluate_atom(e, mats["grad"], mats["Sigma"], {k: float(v) for k, v in scal.items()})
+                # the deterministic scalars of the integrand (norm(x), dot(x, m), traces: a clipping radius
+                # c*norm(x)) take their values at env's vectors; evaluate_atom sees |g| and hyperparameters only
+                r = e.integrand.replace(lambda a: isinstance(a, (VNorm, VDot)), lambda a: sp.Float(float(_vfun(a))))
+                r = r.replace(lambda a: isinstance(a, sp.Trace), lambda a: sp.Float(float(np.trace(M(a.arg)))))
+                num = e if r == e.integrand else ExpectationAtom(e.tensor, r, e.nu)
+                atoms[e] = evaluate_atom(num, mats["grad"], mats["Sigma"], {k: float(v) for k, v in scal.items()})
             return np.asarray(atoms[e], dtype=float).reshape([int(s) if s != dim else n for s in e.shape])
         if isinstance(e, SignMean):
             return sign_mean(M(e.mean), M(e.cov), None if e.nu is None else S(e.nu))

@@ -305,7 +305,13 @@ def _sources():
         "sde-adamw_clip-dense-f32": generate_vector_cuda(lower_sde(sd.derive("adamw_clip"), DENSE), DENSE, "float32"),
         "discrete-lamb-dense-f32": generate_vector_cuda(lower_discrete(V.get("lamb"), DENSE), DENSE, "float32"),
         "sde-nsgd-mvt": generate_vector_cuda(lower_sde(sd.derive("nsgd", noise="student-t", nu=5), DENSE_T), DENSE_T),
+        "sde-radius_x-dense": generate_vector_cuda(lower_sde(sd.derive(_RADIUS_X), DENSE), DENSE),  # norm(x) in an atom
     }
+
+
+_xv, _gv = sd.vectors("x g")
+_RADIUS_X = sd.from_update("radius_x", {"x": _xv - sd.sym("eta") * sp.Max(1, sd.sym("c") * sd.norm(_xv) / sd.norm(_gv))
+                                        * _gv}, hypers={"eta": 0.01, "c": 1.0})
 
 
 @pytest.mark.skipif(not cuda_backend.nvrtc_available() and shutil.which("nvcc") is None,

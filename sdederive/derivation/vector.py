@@ -17,8 +17,12 @@ For an update `x' = x + Delta` written with `sdederive.spec.vector`, with `g = g
    `sqrt(eta)`), with `E[g] = grad`, `E[g g^T] = grad grad^T + Sigma` in closed form and every other
    `E[r(|g|) g]`, `E[r(|g|) g g^T]`, `E[r(|g|)]` kept as a named `ExpectationAtom`.
 
-Since `F` does not depend on `eta` (`rho`, `c` fixed), the one-step moments are exact:
-`E[Delta]/eta = b` and `Cov[Delta]/eta = D D^T` for every `eta` (no O(eta) bias).
+Where `F` does not depend on `eta` (`rho`, `c` fixed), the one-step moments are exact:
+`E[Delta]/eta = b` and `Cov[Delta]/eta = D D^T` for every `eta` (no O(eta) bias).  Where it does (`eta/(1 + eta)`,
+`Min(eta, c/|g|)`, a look-ahead `grad_at(x - eta*g)`), the SDE has its `eta -> 0` limit, which must be
+`F0 + O(eta)` (a fractional power `eta**0.5` is refused); a function of `|g|` holding `eta` is replaced by its
+pointwise limit (`_eta_out_of_block`).  An atom with a singularity at `g = 0` (`g/|g|**3`) exists only in
+dimensions where it is integrable (`sde_vector.origin_exponent`; recorded in the notes, refused by evaluation).
 
 Coordinate-wise `sign(g)` (SignSGD with a full `Sigma`) uses the closed forms
 `SignMean` and `SignSecond`.
@@ -477,7 +481,7 @@ def _cov(k1: _Block, k2: _Block, law: _Law | None = None):
         # Gaussian: Cov[g_i, g_j**2] = 2 Sigma_ij grad_j, Cov[g_i**2, g_j**2] = 2 Sigma_ij**2 + 4 grad_i grad_j Sigma_ij
         t = (k1.tensor, k2.tensor)
         if "sign" in t:
-            raise ExpectationError(f"the covariance of g**2 with sign(g) is not available; supported: g**2 with g, "
+            raise ExpectationError("the covariance of g**2 with sign(g) is not available; supported: g**2 with g, "
                                    "with g**2 and with functions of |g|")
         if k1.r == 1 and k2.r == 1:  # the closed forms (the integrands of the blocks are 1)
             if t == ("gsq", "gsq"):
@@ -500,12 +504,17 @@ def _scaled(c: sp.MatrixExpr, s: sp.Expr) -> sp.MatrixExpr:
     return sp.MatMul(s, c).doit()
 
 
-def _leading(c: sp.MatrixExpr, what: str, ctx: _Ctx, state: str = "x", regime: str = "sgd") -> sp.MatrixExpr:
-    """`lim_{eta -> 0} c`, term by term (each scalar coefficient by `sympy.limit`); a divergent one is refused."""
+def _leading(c: sp.MatrixExpr, what: str, ctx: _Ctx, state: str = "x", regime: str = "sgd",
+             rate: bool = False) -> sp.MatrixExpr:
+    """`lim_{eta -> 0} c`, term by term (each scalar coefficient by `sympy.limit`); a divergent one is refused.
+
+    `rate=True` (order 1) also requires each coefficient to be `c0 + O(eta)`: a correction of lower order (the
+    `eta**0.5` of `eta + eta**1.5`) is larger than the `O(eta)` weak error of the order-1 SDE, so the SDE would
+    hold only at order 1/2; refused."""
     if not c.has(_eta):
         return c
     if isinstance(c, sp.MatAdd):
-        return sp.MatAdd(*[_leading(a, what, ctx, state, regime) for a in c.args]).doit()
+        return sp.MatAdd(*[_leading(a, what, ctx, state, regime, rate) for a in c.args]).doit()
     if isinstance(c, sp.MatMul):
         coeff, mats = c.as_coeff_mmul()
         lim = sp.limit(coeff, _eta, 0, "+") if coeff.has(_eta) else coeff
@@ -513,10 +522,78 @@ def _leading(c: sp.MatrixExpr, what: str, ctx: _Ctx, state: str = "x", regime: s
             raise RegimeMismatchError(
                 f"in regime {regime!r} (tau = eta) the increment of {state} in {ctx.name!r} is not O(eta): {what} has "
                 f"the coefficient {c}, which diverges as eta -> 0; no SDE limit in this regime")
+        if rate and coeff.has(_eta):
+            corr = sp.limit((coeff - lim) / _eta, _eta, 0, "+")
+            if corr.has(sp.zoo, sp.oo, -sp.oo, sp.nan) or isinstance(corr, sp.AccumBounds):
+                raise RegimeMismatchError(
+                    f"in regime {regime!r} (tau = eta) the increment of {state} in {ctx.name!r} is eta*(F0 + "
+                    f"corrections) with {what} having the coefficient {c} -> {lim}, whose correction {coeff - lim} "
+                    "is larger than O(eta) (a fractional power such as eta**0.5); the order-1 SDE is a weak order-1 "
+                    "approximation only when F = F0 + O(eta). Write the update as a power series in eta, or rescale "
+                    "the learning rate (tau = eta**q)")
         factors = mats.args if isinstance(mats, sp.MatMul) else (mats,)
-        return sp.MatMul(lim, *[_leading(f, what, ctx, state, regime) for f in factors]).doit()
+        return sp.MatMul(lim, *[_leading(f, what, ctx, state, regime, rate) for f in factors]).doit()
     raise RegimeMismatchError(f"{what} of {ctx.name!r}, {c}, depends on eta in a way the vector engine does not expand "
                               "(allowed: scalar coefficients of matrices)")
+
+
+def _resolve_minmax_eta(e: sp.Expr) -> sp.Expr:
+    """`e` with each `Min`/`Max` holding `eta` replaced by the argument that wins as `eta -> 0+` at fixed `|g|`
+    (inner ones first): `Min(eta, c/|g|) -> eta`."""
+    def pick(m):
+        args = list(m.args)
+        best = args[0]
+        for a in args[1:]:
+            lim = sp.limit(a / best, _eta, 0, "+")
+            if lim.is_extended_real is not True:
+                raise ValueError(m)
+            if (isinstance(m, sp.Min) and lim < 1) or (isinstance(m, sp.Max) and lim > 1):
+                best = a
+        return best
+
+    return e.replace(lambda a: isinstance(a, (sp.Min, sp.Max)) and a.has(_eta), pick)
+
+
+def _eta_out_of_block(k: _Block, c, ctx: _Ctx, law: _Law) -> tuple | None:
+    r"""A block whose integrand depends on `eta`, `r(eta, |g|)`, as `eta**q` times the pointwise limit
+    $r_0(|g|) = \lim_{\eta\to 0} r/\eta^q$ (`q` the least integer with a finite nonzero limit): `(block with r0,
+    c*eta**q)`, or `None` when `r = o(eta**3)` (beyond every order kept).  `Min(eta, c/|g|) g` (a clip at
+    `c/eta`) becomes `eta*g`: the clip acts only where `|g| > c/eta`, whose probability vanishes as `eta -> 0`.
+    The moments of `r0` are the limits of those of `r` when `r` is dominated by a power of `|g|` (dominated
+    convergence); under Student-t noise the discrete update's own moments at `eta > 0` are required as well
+    (recorded in `law.needs`).  A fractional order (`eta**0.5`) or a limit sympy cannot take is refused."""
+    where = f"the function {_canon(k.r, k.batch)} of |g| in {ctx.name!r}"
+    try:
+        r = _resolve_minmax_eta(k.r)
+        q, lim = None, None
+        for q_ in range(4):
+            lim = sp.simplify(sp.limit(r / _eta ** q_, _eta, 0, "+"))
+            if lim != 0:
+                q = q_
+                break
+    except Exception as exc:  # noqa: BLE001 - sympy's limit raises many types on what it cannot do
+        raise RegimeMismatchError(f"{where} depends on eta; its limit as eta -> 0 at fixed |g| could not be taken by "
+                                  f"sympy ({type(exc).__name__}); write the eta-dependence as a power of eta times a "
+                                  "function of |g|") from exc
+    if q is None:
+        return None
+    bad = lim.has(_eta, sp.zoo, sp.oo, -sp.oo, sp.nan) or isinstance(lim, sp.AccumBounds)
+    if not bad:  # r/eta**q = r0 + O(eta): a fractional correction (eta**0.5 |g|) exceeds the order kept
+        try:
+            corr = sp.limit((r / _eta ** q - lim) / _eta, _eta, 0, "+")
+        except Exception:  # noqa: BLE001
+            corr = sp.nan
+        bad = corr.has(sp.zoo, sp.oo, -sp.oo, sp.nan) or isinstance(corr, sp.AccumBounds)
+    if bad:
+        raise RegimeMismatchError(
+            f"{where} depends on eta and is not eta**q times a function of |g| at leading order for an integer q "
+            f"plus O(eta) for an integer q (r/eta**{q} -> {lim} as eta -> 0, with a correction of fractional order "
+            "such as eta**0.5); the vector engine expands updates whose eta-dependence is a power series in eta")
+    if law.nu is not None:
+        second = {"g": ("ggT", 2), "1": ("1", 2), "gsq": ("gsq_gsqT", 2)}.get(k.tensor)
+        if second is not None:
+            law._need(second[0], _canon(k.r, k.batch) ** 2, f"the second moment of {where} at eta > 0")
+    return _Block(k.tensor, lim, k.batch), c * _eta ** q
 
 
 # -- derive ---------------------------------------------------------------------------------------------------
@@ -630,6 +707,22 @@ def _noise_law(name: str, noise, params: dict) -> tuple[sp.Expr | None, dict]:
         f"the vector engine derives {name!r} under Gaussian noise g = grad + Sigma^(1/2) z or the multivariate "
         f"Student-t g = grad + Sigma^(1/2) z sqrt(nu/W) (noise='student-t', nu=... or sd.StudentT(nu=...)); got "
         f"noise={noise!r}")
+
+
+def _origin_condition(name: str, atoms) -> str | None:
+    """The condition on the dimension under which the atoms are finite near `g = 0` (`None` if they all are in
+    every dimension); an atom whose behaviour at `g = 0` cannot be told is refused (`origin_exponent`)."""
+    from sdederive.sde_vector import check_origin, origin_exponent
+
+    check_origin(atoms, 10**9, f"the SDE of {name!r}")  # refuses the undetermined ones only
+    worst = [(origin_exponent(a), a) for a in atoms]
+    worst = [(p, a) for p, a in worst if p <= -1]
+    if not worst:
+        return None
+    p, a = min(worst, key=lambda t: t[0])
+    return (f"the integrand of {a.display()} behaves like |g|**{p:g} at g = 0, where the noise density is positive: "
+            f"the SDE exists only in dimensions d > {-p:g} (an infinite moment for d <= {-p:g}; evaluation and the "
+            "simulators refuse those dimensions)")
 
 
 def _check_moments(name: str, law: _Law) -> str | None:
@@ -766,14 +859,27 @@ def _derive_law(opt: V.VectorOptimizer, regime: str, order: int, law: _Law) -> V
     if regime == "high-dim":
         lin = _mean_field(lin)
     lin[_DET] = lin.get(_DET, sp.ZeroMatrix(V.dim, 1)) - XVEC
+    # eta inside a function of |g| (Min(eta, c/|g|) g, (eta + eta**2 |g|) g): moved into the coefficient
+    eta_in_r = [k for k in lin if k != _DET and k.r.has(_eta)]
+    if eta_in_r and order == 2:
+        raise SdederiveError(
+            f"order=2 for {opt.name!r}: the function {_canon(eta_in_r[0].r, eta_in_r[0].batch)} of |g| depends on "
+            "eta, and its O(eta) correction would need the expansion of its expectation in eta (not done); "
+            "order 1 is available")
+    for k in eta_in_r:
+        moved = _eta_out_of_block(k, lin.pop(k), ctx, law)
+        if moved is not None:
+            _add(lin, *moved)
     # F = -Delta/eta at eta = 0 (and its eta-derivative F1 for order 2)
     F, F1 = {}, {}
+    eta_free = not eta_in_r
     for k, c in lin.items():
         if _is_zero_matrix(c):
             continue
         what = "the deterministic part" if k == _DET else f"the block {k}"
         full = _scaled(c, -1 / _eta)
-        c0 = _leading(full, what, ctx)
+        eta_free = eta_free and not full.has(_eta)
+        c0 = _leading(full, what, ctx, rate=order == 1)
         if not _is_zero_matrix(c0):
             F[k] = c0
         if order == 2 and full.has(_eta):
@@ -826,7 +932,8 @@ def _derive_law(opt: V.VectorOptimizer, regime: str, order: int, law: _Law) -> V
             if a not in atoms:
                 atoms.append(a)
     condition = _check_moments(opt.name, law)
-    exact = regime == "sgd" and order == 1
+    origin = _origin_condition(opt.name, atoms)
+    exact = regime == "sgd" and order == 1 and eta_free
     if nu is None:
         law_note = ("Gaussian gradient noise g = grad f + Sigma^(1/2) z with a full, constant covariance Sigma "
                     "(additive noise model)")
@@ -838,6 +945,12 @@ def _derive_law(opt: V.VectorOptimizer, regime: str, order: int, law: _Law) -> V
                     + (f"; valid for {condition}" if condition and not nu.is_number else ""))
     notes = [law_note + ("; the one-step moments E[dx]/eta and Cov[dx]/eta equal drift and D D^T exactly for "
                          "every eta (hyperparameters other than eta fixed)" if exact else "")]
+    if not eta_free:
+        notes.append("F = -dx/eta depends on eta: the SDE has its eta -> 0 limit F0, so the one-step moments "
+                     "E[dx]/eta and Cov[dx]/eta differ from drift and D D^T by O(eta)"
+                     + (" (a function of |g| holding eta, such as Min(eta, c/|g|), is replaced by its pointwise "
+                        "limit: a clip at a radius c/eta acts with a probability that vanishes as eta -> 0)"
+                        if eta_in_r else ""))
     if ctx.hessian and regime == "sgd":
         notes.append("the gradient at a perturbed point x + delta is grad f + H delta (H the Hessian at x): exact for "
                      "quadratic f; otherwise the dropped term (1/2) D^3 f[delta, delta] is O(|delta|**2) (O(rho**2) "
@@ -860,6 +973,8 @@ def _derive_law(opt: V.VectorOptimizer, regime: str, order: int, law: _Law) -> V
         notes.append(f"expectation atoms {over} have no closed form for a general Sigma; "
                      "they are kept by name and evaluated numerically (sdederive.sde_vector.evaluate_atom: Monte "
                      "Carlo, unbiased, standard error O(n**-0.5))")
+    if origin:
+        notes.append(origin)
     if regime == "high-dim":
         notes.append("regime 'high-dim': |g| is replaced by its concentration value sqrt(|grad f|^2 + tr Sigma) "
                      "(|g|^2 = |grad f|^2 + tr Sigma + O(sqrt(tr Sigma^2)) fluctuations); assumes tr(Sigma^2) << "

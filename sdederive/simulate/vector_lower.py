@@ -76,6 +76,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import sympy as sp
 
 from sdederive.sde_vector import (
@@ -647,7 +648,7 @@ def zspace_applies(sde: VectorSDE, problem) -> bool:
     return bool(np.allclose(G, np.diag(np.diag(G)), rtol=0, atol=1e-12 * max(1.0, float(np.abs(G).max()))))
 
 
-def _lower_zspace(b: _Builder, sde: VectorSDE, A, batches, student: bool, det: dict) -> None:
+def _lower_zspace(b: _Builder, sde: VectorSDE, A, batches, student: bool, det: dict, rdet: dict) -> None:
     r"""The sampled noise of `lower_sde` (inner samples `g_k = grad + L z_k`, weights `w_k`) with every sample's
     work `O(d)` instead of `O(d^2)`: the same Gaussians and the same numbers up to rounding.
 
@@ -693,7 +694,7 @@ def _lower_zspace(b: _Builder, sde: VectorSDE, A, batches, student: bool, det: d
     for j, (tensor, r, bt, coef) in enumerate(sde.increment):
         if tensor == "det":
             continue
-        rr = b.hyper(r.xreplace({NORM_G: ngs[bt]}))
+        rr = b.hyper(rdet[j].xreplace({NORM_G: ngs[bt]}))
         if tensor == "1":
             b.ops.append(VOp("sc", ones[j], (fold_numbers(_s(ones[j]) + e * rr),)))
         else:
@@ -736,6 +737,13 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
     if bad:  # pragma: no cover - the drift is -E[F], linear in g-blocks
         raise CodegenError(f"{sde.optimizer}: the drift holds the matrix atom {bad[0].display()}")
     sampled = [s_ for s_ in prog.states if factors[s_][1] == "cov" or drift_atoms[s_]]
+    if sde.atoms:  # an atom infinite in the problem's dimension (g/|g|**3 in d = 3) has no SDE to simulate
+        from sdederive.sde_vector import check_origin
+
+        L = problem.noise_factor() if hasattr(problem, "noise_factor") else None
+        sig = getattr(problem, "sigma", None)
+        S = L @ L.T if L is not None else (np.diag(np.asarray(sig, dtype=float) ** 2) if sig is not None else None)
+        check_origin(sde.atoms, int(problem.d), f"the SDE of {sde.optimizer} on a problem with d = {problem.d}", S)
     if sampled:
         incs = {"x": sde.increment, **dict(zip(sde.aux_states, sde.aux_increment or ((),) * len(sde.aux_states)))}
         if not all(incs[s_] for s_ in sampled):
@@ -765,8 +773,16 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
         prog.batches = max(batches) + 1
         # the deterministic vectors (a0, the coefficients of "1" blocks): once per step
         det = {(s_, j): b.vec(blk[3]) for s_ in sampled for j, blk in enumerate(incs[s_]) if blk[0] in ("1", "det")}
+        # the integrands with their deterministic scalars (norm(x) in a radius c*norm(x), dot(x, x)) as
+        # reductions once per step, not once per inner sample
+        rdet = {}
+        for s_ in sampled:
+            for j, blk in enumerate(incs[s_]):
+                subs = {a: b.scalar(a) for a in _ordered(blk[1].atoms(VNorm, VDot, sp.Trace))}
+                rdet[(s_, j)] = blk[1].xreplace(subs)
         if prog.states == ("x",) and zspace_applies(sde, problem):
-            _lower_zspace(b, sde, A, batches, student, {j: v for (_s_, j), v in det.items()})
+            _lower_zspace(b, sde, A, batches, student, {j: v for (_s_, j), v in det.items()},
+                          {j: r for (_s_, j), r in rdet.items()})
             return prog
         b.ops = prog.inner
         gs, ngs = {}, {}
@@ -782,7 +798,7 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
                 if tensor == "det":
                     a0[s_].append(det[(s_, j)])
                     continue
-                rr = b.hyper(r.xreplace({NORM_G: ngs[bt]}))
+                rr = b.hyper(rdet[(s_, j)].xreplace({NORM_G: ngs[bt]}))
                 if tensor == "1":
                     terms.append((rr, det[(s_, j)]))
                     continue

@@ -191,23 +191,11 @@ def origin_exponent(atom: ExpectationAtom) -> float | None:
     e = e.xreplace({s: sp.Dummy(s.name, positive=True) for s in e.free_symbols if s != NORM_G})
     e = sp.Abs(e.xreplace({NORM_G: t}))
 
-    def pick(m):
-        args = list(m.args)
-        best = args[0]
-        for a in args[1:]:
-            lim = sp.limit(a / best, t, 0, "+")
-            if lim.is_extended_real is not True:
-                raise ValueError(m)
-            if (isinstance(m, sp.Min) and lim < 1) or (isinstance(m, sp.Max) and lim > 1):
-                best = a
-        return best
-
     smooth = not e.has(sp.Heaviside, sp.Piecewise, sp.floor, sp.ceiling, sp.sign)  # sympy's limit can hang there
     try:
         if not smooth:
             raise ValueError(e)
-        p = sp.limit(sp.log(e.replace(lambda a: isinstance(a, (sp.Min, sp.Max)) and a.has(t), pick)) / sp.log(t),
-                     t, 0, "+")
+        p = sp.limit(sp.log(resolve_minmax(e, t, 0)) / sp.log(t), t, 0, "+")
         if p.is_extended_real:
             return float(p)
     except Exception:  # noqa: BLE001 - sympy's limit raises many types on what it cannot do
@@ -227,6 +215,23 @@ def origin_exponent(atom: ExpectationAtom) -> float | None:
     except Exception:  # noqa: BLE001 - lambdify/evaluation of an arbitrary integrand
         pass
     return None
+
+
+def resolve_minmax(e: sp.Expr, var: sp.Symbol, point) -> sp.Expr:
+    """`e` with each `Min`/`Max` holding `var` replaced by the argument that wins as `var -> point` (`0` from
+    above, or `oo`), inner ones first; `ValueError` where sympy cannot compare two arguments there."""
+    def pick(m):
+        args = list(m.args)
+        best = args[0]
+        for a in args[1:]:
+            lim = sp.limit(a / best, var, point, "+") if point == 0 else sp.limit(a / best, var, point)
+            if lim.is_extended_real is not True:
+                raise ValueError(m)
+            if (isinstance(m, sp.Min) and lim < 1) or (isinstance(m, sp.Max) and lim > 1):
+                best = a
+        return best
+
+    return e.replace(lambda a: isinstance(a, (sp.Min, sp.Max)) and a.has(var), pick)
 
 
 def check_origin(atoms, d: int, what: str, Sigma=None, grad=None) -> None:

@@ -72,6 +72,7 @@ from sdederive.sde_vector import (
     VectorSDE,
     VNorm,
     law_text,
+    resolve_minmax,
     state_vector,
 )
 from sdederive.spec import vector as V
@@ -406,18 +407,7 @@ _ACTIVE: contextvars.ContextVar[_Law] = contextvars.ContextVar("vector_noise_law
 
 def _resolve_minmax(e: sp.Expr) -> sp.Expr:
     """`e` with each `Min`/`Max` replaced by the argument that wins as `|g| -> oo` (inner ones first)."""
-    def pick(m):
-        args = list(m.args)
-        best = args[0]
-        for a in args[1:]:
-            lim = sp.limit(a / best, NORM_G, sp.oo)
-            if lim.is_extended_real is not True:
-                raise ValueError(m)
-            if (isinstance(m, sp.Min) and lim < 1) or (isinstance(m, sp.Max) and lim > 1):
-                best = a
-        return best
-
-    return e.replace(lambda a: isinstance(a, (sp.Min, sp.Max)) and a.has(NORM_G), pick)
+    return resolve_minmax(e, NORM_G, sp.oo)
 
 
 def _tail_exponent(e: sp.Expr) -> sp.Expr | None:
@@ -540,18 +530,7 @@ def _leading(c: sp.MatrixExpr, what: str, ctx: _Ctx, state: str = "x", regime: s
 def _resolve_minmax_eta(e: sp.Expr) -> sp.Expr:
     """`e` with each `Min`/`Max` holding `eta` replaced by the argument that wins as `eta -> 0+` at fixed `|g|`
     (inner ones first): `Min(eta, c/|g|) -> eta`."""
-    def pick(m):
-        args = list(m.args)
-        best = args[0]
-        for a in args[1:]:
-            lim = sp.limit(a / best, _eta, 0, "+")
-            if lim.is_extended_real is not True:
-                raise ValueError(m)
-            if (isinstance(m, sp.Min) and lim < 1) or (isinstance(m, sp.Max) and lim > 1):
-                best = a
-        return best
-
-    return e.replace(lambda a: isinstance(a, (sp.Min, sp.Max)) and a.has(_eta), pick)
+    return resolve_minmax(e, _eta, 0)
 
 
 def _eta_out_of_block(k: _Block, c, ctx: _Ctx, law: _Law) -> tuple | None:

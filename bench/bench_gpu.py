@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 
 from bench_simulate import ETA, problem  # noqa: E402  (the reference case; beta, eps: RMSprop's defaults)
-from bench_vector import BENCH_HYPER, dense_problem  # noqa: E402  (the vector kernels' dense quadratic, hypers)
+from bench_vector import bench_target, dense_problem  # noqa: E402  (the vector kernels' dense quadratic, hypers)
 
 import sdederive as sd  # noqa: E402
 
@@ -61,10 +61,9 @@ def measure(backend: str, dtype: str, paths: int, d: int, steps: int, save_every
     if target is None:
         sim = sd.compile(sd.derive("rmsprop"), problem(d), backend=backend, dtype=dtype)
     else:
-        mode, name = target.split(":")
-        obj = name if mode == "d" else sd.derive(name)
+        _, _, obj, hyper = bench_target(target)
         sim = sd.compile(obj, dense_problem(d), backend=backend, dtype=dtype)
-        hyper, eta = BENCH_HYPER[name], 0.01
+        eta = 0.01
     sim.run(paths=min(paths, 1024), steps=2, eta=eta, seed=1, save_every=1, hyper=hyper)
     res = sim.run(paths=paths, steps=steps, eta=eta, seed=0, save_every=save_every, hyper=hyper)
     run_s = res.timing["run_s"]

@@ -36,6 +36,13 @@ BENCH_HYPER = {"vsgd": {}, "usam": {"rho": 0.05}, "sam": {"rho": 0.05}, "nsgd": 
                "adamw_clip": {"beta1": 0.9, "beta2": 0.999, "eps": 1e-6, "wd": 0.01, "c": 1.0}}
 
 
+def bench_target(target: str) -> tuple:
+    """`(kind, name, obj, hyper)` of a benchmark target `KIND:NAME` (`d:sam`: the discrete optimizer, `s:sam`: its
+    derived SDE), with `BENCH_HYPER[name]`; shared by the vector benchmarks' `--only` lists."""
+    kind, name = target.split(":")
+    return kind, name, (name if kind == "d" else sd.derive(name)), BENCH_HYPER[name]
+
+
 def dense_problem(d: int) -> sd.Quadratic:
     """The benchmarks' dense quadratic (seed 0): `H = Q Q^T/d + 0.1 I` (eigenvalues 0.1 to about 4) and
     `Sigma = 0.5 A A^T + 0.1 I` with Gaussian `Q` and `A/sqrt(d)`, `x0 = 1` (bench_vector_fuse, bench_vector_f32 and

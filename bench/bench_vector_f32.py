@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 
 import sdederive as sd
-from bench_vector import BENCH_HYPER, dense_problem
+from bench_vector import bench_target, dense_problem
 from sdederive.simulate.backends import numba_vector
 
 DEFAULT = "d:sam,s:usam,d:lamb,s:lamb,d:adamw_clip,d:sgd_nesterov,d:clip_sgd,s:nsgd"
@@ -36,9 +36,7 @@ def main() -> None:
     print(f"{'kernel':16s} {'float64':>9s} {'f32 vec':>9s} {'f32 all':>9s} {'vec/64':>7s} {'all/64':>7s} "
           f"{'all/vec':>7s} {'dE[loss]/E':>10s} {'MC se/E':>8s}")
     for target in a.only.split(","):
-        kind, name = target.split(":")
-        hp = BENCH_HYPER[name]
-        obj = name if kind == "d" else sd.derive(name)
+        kind, name, obj, hp = bench_target(target)
         sims = {}
         for dt, arith in FORMS:
             numba_vector.F32_ARITH = arith

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 import sdederive as sd
-from bench_vector import BENCH_HYPER, dense_problem
+from bench_vector import bench_target, dense_problem
 from sdederive.simulate import vector_lower
 from sdederive.simulate.backends import numba_vector
 
@@ -47,9 +47,7 @@ def main() -> None:
           f"{'same bits':>9s} {'max rel':>9s}")
     tot = [0.0, 0.0]
     for j, target in enumerate(a.only.split(",")):
-        kind, name = target.split(":")
-        hp = BENCH_HYPER[name]
-        obj = name if kind == "d" else sd.derive(name)
+        kind, name, obj, hp = bench_target(target)
         sims, comp = {}, {}
         for f in ((False, True) if j % 2 == 0 else (True, False)):
             setattr(mod, flag, f)

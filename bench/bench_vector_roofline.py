@@ -3,19 +3,20 @@
 A vector kernel's step, for a row block of `PB = 64` paths, is a few BLAS products `(64, d) x (d, d)` (`H x`,
 `Sigma^(1/2) z`, SAM's `H v`, the z-space `L^T grad` and `L beta`, ...), a number of standard normals per row, and
 coordinate-wise loops.  The first two are the floor: this script counts them in each kernel's generated source
-(`np.dot` calls of the step before its snapshot, `fill_normals` calls and their sizes, a call inside `for kin in range(n)` counted `n`
-times) and measures their costs on this machine, in the same process and with as many threads at once as the
-kernels use:
+(`np.dot` calls of the step before its snapshot, `fill_normals` calls and their sizes, a call inside
+`for kin in range(n)` counted `n` times) and measures their costs on this machine, in the same process and with as
+many threads at once as the kernels use:
 
 - `t_prod`: one `np.dot(A, B, out)` of a `(64, d)` by a `(d, d)` matrix inside a numba function (the kernels'
   call), in the kernel's precision, BLAS limited to one thread per caller (as the kernels' launch does);
 - `t_norm`: one normal of `fill_normals` filling a `(64, d)` row block row by row (the kernels' call).
 
-The bound is then `threads * 64 * d / (products * t_prod + normals_per_row * 64 * t_norm)` coordinate-steps/s: what
+The estimate is then `threads * 64 * d / (products * t_prod + normals_per_row * 64 * t_norm)` coordinate-steps/s: what
 the kernel would reach if its coordinate-wise loops, reductions and bookkeeping took no time.  Each kernel runs
 `--reps` times (4096 paths x 200 steps, the benchmarks' dense quadratic and hyperparameters, `bench_vector`); the
-table gives the best rate, the bound and their ratio, so that a kernel far below its bound has slack in its own
-code and one near it can only go faster with fewer products or normals.
+table gives the best rate, the estimate and their ratio, so that a kernel far below its estimate has slack in its
+own code and one near it can only go faster with fewer products or normals.  It is not a strict bound: a kernel
+overlaps one thread's products with the other's normals, which the separate timings do not (benchmarks.md 6f).
 
 Options: --only KIND:NAME[,...] (KIND d = discrete, s = SDE; default every vector built-in in both modes),
 --dtype float64|float32 (default float64), --reps N (default 2), --inner N (the sampled SDEs' inner samples, 8).
@@ -33,9 +34,10 @@ from numba import njit
 from threadpoolctl import ThreadpoolController
 
 import sdederive as sd
-from bench_vector import BENCH_HYPER, dense_problem
+from bench_vector import bench_target, dense_problem
 from sdederive.simulate.backends.numba_backend import default_threads
 from sdederive.simulate.rng.philox import fill_normals
+from sdederive.simulate.vector_lower import sampled_noise
 
 DEFAULT = ",".join(f"{k}:{n}" for n in ("usam", "sam", "nsgd", "clip_sgd", "sgd_nesterov", "lamb", "adamw_clip")
                    for k in "ds")
@@ -45,8 +47,8 @@ PB = 64
 def step_costs(text: str) -> tuple[int, int, int]:
     """(products, normals per row, row fillers of `nz4` normals per row) of one step of the generated numba kernel
     `text`: the `np.dot` and `fill_normals` lines of the loop over steps before its snapshot (whose product is not
-    part of the step), those inside `for kin in range(n):` counted `n` times.  A filler's size is `nz4` (`nz4 // 4` blocks
-    of four: the step's Gaussians) or `4 k` (`np.int64(k)` blocks: the inner samples' weights)."""
+    part of the step), those inside `for kin in range(n):` counted `n` times.  A filler's size is `nz4` (`nz4 // 4`
+    blocks of four: the step's Gaussians) or `4 k` (`np.int64(k)` blocks: the inner samples' weights)."""
     lines = text.splitlines()
     start = next(j for j, ln in enumerate(lines) if ln.strip() == "for k in range(k_begin, k_end):")
     base = len(lines[start]) - len(lines[start].lstrip())
@@ -73,13 +75,6 @@ def step_costs(text: str) -> tuple[int, int, int]:
             else:
                 fixed += mult * 4 * int(m.group(2))
     return prods, fixed, fills
-
-
-def sim_is_sampled(sde) -> bool:
-    """Whether the SDE's simulator draws inner samples (a diffusion that is the root of a covariance with atoms)."""
-    from sdederive.simulate.vector_lower import sampled_noise
-
-    return sampled_noise(sde)
 
 
 @njit(nogil=True, cache=False)
@@ -139,24 +134,22 @@ def main() -> None:
     t_prod, t_norm = unit_costs(d, a.dtype, threads)
     print(f"d = {d}, {paths} paths, {steps} steps, {a.dtype}, {threads} threads; per thread, all at once: "
           f"product (64 x {d}) x ({d} x {d}) {t_prod * 1e6:.1f} us, normal {t_norm * 1e9:.2f} ns")
-    print(f"{'kernel':16s} {'products':>8s} {'normals/cs':>10s} {'bound cs/s':>10s} {'kernel cs/s':>11s} "
-          f"{'of bound':>8s}")
+    print(f"{'kernel':16s} {'products':>8s} {'normals/cs':>10s} {'estimate':>10s} {'kernel cs/s':>11s} "
+          f"{'of est.':>8s}")
     for target in a.only.split(","):
-        kind, name = target.split(":")
-        hp = BENCH_HYPER[name]
-        obj = name if kind == "d" else sd.derive(name)
-        sampled = kind == "s" and sim_is_sampled(obj)
+        kind, name, obj, hp = bench_target(target)
+        sampled = kind == "s" and sampled_noise(obj)
         sim = sd.compile(obj, prob, dtype=a.dtype, **({"inner": a.inner} if sampled else {}))
         prods, fixed, fills = step_costs(sim.source.text)
         normals = fixed + fills * nz4
-        bound = threads * PB * d / (prods * t_prod + normals * PB * t_norm)
+        est = threads * PB * d / (prods * t_prod + normals * PB * t_norm)
         sim.run(paths=64, steps=2, eta=0.01, hyper=hp)
         best = np.inf
         for _ in range(a.reps):
             r = sim.run(paths=paths, steps=steps, eta=0.01, hyper=hp, save_every=steps, seed=3)
             best = min(best, r.timing["run_s"])
         rate = paths * steps * d / best
-        print(f"{target:16s} {prods:8d} {normals / d:10.2f} {bound:10.3g} {rate:11.3g} {rate / bound:8.2f}",
+        print(f"{target:16s} {prods:8d} {normals / d:10.2f} {est:10.3g} {rate:11.3g} {rate / est:8.2f}",
               flush=True)
 
 

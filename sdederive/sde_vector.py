@@ -23,6 +23,7 @@ atoms by name with their integrand; it is parsed back by `sdederive._safe_expr`,
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -173,6 +174,7 @@ class ExpectationAtom(sp.MatrixExpr):
 _TENSOR_POWER = {"g": 1, "ggT": 2, "1": 0, "gsq": 2, "g_gsqT": 3, "gsq_gsqT": 4}
 
 
+@functools.lru_cache(maxsize=256)
 def origin_exponent(atom: ExpectationAtom) -> float | None:
     r"""`p` with $|r(|g|)|\,|g|^k \sim |g|^p$ as `|g| -> 0` (`k` the tensor's power: 1 for `g`, 2 for
     `g g^T`, ...), `inf` when the integrand vanishes faster than any power there, `None` if it cannot be told.
@@ -234,29 +236,35 @@ def resolve_minmax(e: sp.Expr, var: sp.Symbol, point) -> sp.Expr:
     return e.replace(lambda a: isinstance(a, (sp.Min, sp.Max)) and a.has(var), pick)
 
 
-def check_origin(atoms, d: int, what: str, Sigma=None, grad=None) -> None:
-    """Refuse atoms that are infinite in dimension `d` (`origin_exponent(atom) <= -d`, a singularity at `g = 0`
-    that the noise density charges).  With a singular numeric `Sigma` the law of `g` lives on
-    `grad + range(Sigma)`: an atom is then finite where `0` is off that subspace (given `grad`), and otherwise
-    needs `p > -rank(Sigma)`."""
-    k = d
-    if Sigma is not None:
-        S = np.asarray(Sigma, dtype=float)
-        w = np.linalg.eigvalsh((S + S.T) / 2)
-        k = int(np.sum(w > 1e-12 * max(1.0, float(np.abs(w).max()))))
-    for a in atoms:
-        p = origin_exponent(a)
+def origin_exponents(atoms, what: str) -> dict:
+    """`{atom: origin_exponent(atom)}`; an atom whose behaviour at `g = 0` cannot be told is refused."""
+    out = {a: origin_exponent(a) for a in atoms}
+    for a, p in out.items():
         if p is None:
             raise ExpectationError(
                 f"{what}: whether {a.display()} is finite near g = 0 (where the noise density is positive) cannot be "
                 "told: sympy found no power law |r(|g|)| ~ |g|**p there; supported: integrands behaving like a power "
                 "of |g| at 0 (powers of |g|, Min, Max, smooth functions)")
+    return out
+
+
+def check_origin(atoms, d: int, what: str, Sigma=None, grad=None) -> None:
+    """Refuse atoms that are infinite in dimension `d` (`origin_exponent(atom) <= -d`, a singularity at `g = 0`
+    that the noise density charges).  With a singular numeric `Sigma` the law of `g` lives on
+    `grad + range(Sigma)`: an atom is then finite where `0` is off that subspace (given `grad`), and otherwise
+    needs `p > -rank(Sigma)`."""
+    k, V = d, None
+    if Sigma is not None:
+        S = np.asarray(Sigma, dtype=float)
+        w, V = np.linalg.eigh((S + S.T) / 2)
+        k = int(np.sum(w > 1e-12 * max(1.0, float(np.abs(w).max()))))
+    for a, p in origin_exponents(atoms, what).items():
         if p > -k:
             continue
         if k < d and grad is not None:
             mu = np.asarray(grad, dtype=float).reshape(-1)
-            V = np.linalg.eigh((S + S.T) / 2)[1][:, -k:] if k else np.zeros((d, 0))
-            if np.linalg.norm(mu - V @ (V.T @ mu)) > 1e-9 * max(1.0, float(np.linalg.norm(mu))):
+            R = V[:, d - k:]  # range(Sigma): the eigenvectors of the k largest eigenvalues
+            if np.linalg.norm(mu - R @ (R.T @ mu)) > 1e-9 * max(1.0, float(np.linalg.norm(mu))):
                 continue  # g = grad + Sigma^(1/2) z never comes near 0
         raise ExpectationError(
             f"{what}: {a.display()} is infinite in dimension {k}: its integrand behaves like |g|**{p:g} at g = 0, "
@@ -1092,10 +1100,13 @@ def evaluate(expr: sp.Basic, env: Mapping, atoms: Mapping | None = None) -> np.n
     n = dims.pop()
     scal = {k: sp.Float(float(v)) for k, v in env.items() if np.ndim(v) == 0}
 
+    def dets(e: sp.Expr) -> sp.Expr:
+        """`e` with its norms, inner products and traces of deterministic matrices as numbers at env's values."""
+        e = e.replace(lambda a: isinstance(a, (VNorm, VDot)), lambda a: sp.Float(float(_vfun(a))))
+        return e.replace(lambda a: isinstance(a, sp.Trace), lambda a: sp.Float(float(np.trace(M(a.arg)))))
+
     def S(e) -> float:
-        e2 = e.xreplace({s: scal[str(s)] for s in e.free_symbols if str(s) in scal})
-        e2 = e2.replace(lambda a: isinstance(a, (VNorm, VDot)), lambda a: sp.Float(float(_vfun(a))))
-        e2 = e2.replace(lambda a: isinstance(a, sp.Trace), lambda a: sp.Float(float(np.trace(M(a.arg)))))
+        e2 = dets(e.xreplace({s: scal[str(s)] for s in e.free_symbols if str(s) in scal}))
         if e2.free_symbols:
             raise SdederiveError(f"evaluate: no value for {sorted(map(str, e2.free_symbols))}")
         return float(e2)
@@ -1111,8 +1122,7 @@ def evaluate(expr: sp.Basic, env: Mapping, atoms: Mapping | None = None) -> np.n
                     raise SdederiveError(f"evaluate: the atom {e.display()} needs grad and Sigma (or a value in atoms=)")
                 # the deterministic scalars of the integrand (norm(x), dot(x, m), traces: a clipping radius
                 # c*norm(x)) take their values at env's vectors; evaluate_atom sees |g| and hyperparameters only
-                r = e.integrand.replace(lambda a: isinstance(a, (VNorm, VDot)), lambda a: sp.Float(float(_vfun(a))))
-                r = r.replace(lambda a: isinstance(a, sp.Trace), lambda a: sp.Float(float(np.trace(M(a.arg)))))
+                r = dets(e.integrand)
                 num = e if r == e.integrand else ExpectationAtom(e.tensor, r, e.nu)
                 atoms[e] = evaluate_atom(num, mats["grad"], mats["Sigma"], {k: float(v) for k, v in scal.items()})
             return np.asarray(atoms[e], dtype=float).reshape([int(s) if s != dim else n for s in e.shape])

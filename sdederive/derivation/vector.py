@@ -565,9 +565,9 @@ def _eta_out_of_block(k: _Block, c, ctx: _Ctx, law: _Law) -> tuple | None:
         bad = corr.has(sp.zoo, sp.oo, -sp.oo, sp.nan) or isinstance(corr, sp.AccumBounds)
     if bad:
         raise RegimeMismatchError(
-            f"{where} depends on eta and is not eta**q times a function of |g| at leading order for an integer q "
-            f"plus O(eta) for an integer q (r/eta**{q} -> {lim} as eta -> 0, with a correction of fractional order "
-            "such as eta**0.5); the vector engine expands updates whose eta-dependence is a power series in eta")
+            f"{where} depends on eta and is not eta**q (r0(|g|) + O(eta)) for an integer q (r/eta**{q} -> {lim} as "
+            "eta -> 0, with a correction of fractional order such as eta**0.5); the vector engine expands updates "
+            "whose eta-dependence is a power series in eta")
     if law.nu is not None:
         second = {"g": ("ggT", 2), "1": ("1", 2), "gsq": ("gsq_gsqT", 2)}.get(k.tensor)
         if second is not None:
@@ -691,11 +691,9 @@ def _noise_law(name: str, noise, params: dict) -> tuple[sp.Expr | None, dict]:
 def _origin_condition(name: str, atoms) -> str | None:
     """The condition on the dimension under which the atoms are finite near `g = 0` (`None` if they all are in
     every dimension); an atom whose behaviour at `g = 0` cannot be told is refused (`origin_exponent`)."""
-    from sdederive.sde_vector import check_origin, origin_exponent
+    from sdederive.sde_vector import origin_exponents
 
-    check_origin(atoms, 10**9, f"the SDE of {name!r}")  # refuses the undetermined ones only
-    worst = [(origin_exponent(a), a) for a in atoms]
-    worst = [(p, a) for p, a in worst if p <= -1]
+    worst = [(p, a) for a, p in origin_exponents(atoms, f"the SDE of {name!r}").items() if p <= -1]
     if not worst:
         return None
     p, a = min(worst, key=lambda t: t[0])

@@ -691,7 +691,7 @@ def _lower_zspace(b: _Builder, sde: VectorSDE, A, batches, student: bool, det: d
     e = _s(b.sop("sc", fold_numbers(-dt / n + c * sp.sqrt(s2) * sdt * (WK - SW / n) / sp.sqrt(n - 1)), "e"))
     acc_a = {coef: [] for coef in groups}
     acc_b = {coef: [] for coef in groups}
-    for j, (tensor, r, bt, coef) in enumerate(sde.increment):
+    for j, (tensor, _r, bt, coef) in enumerate(sde.increment):
         if tensor == "det":
             continue
         rr = b.hyper(rdet[j].xreplace({NORM_G: ngs[bt]}))
@@ -794,7 +794,7 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
         sums: dict = {}
         for s_ in sampled:
             terms = []
-            for j, (tensor, r, bt, coef) in enumerate(incs[s_]):
+            for j, (tensor, _r, bt, coef) in enumerate(incs[s_]):
                 if tensor == "det":
                     a0[s_].append(det[(s_, j)])
                     continue

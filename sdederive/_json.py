@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-__all__ = ["finite_or_none", "has_nonfinite", "dumps"]
+__all__ = ["finite_or_none", "has_nonfinite", "dumps", "loads_strict", "JSONTextError"]
 
 
 def finite_or_none(obj, other=None):
@@ -47,6 +47,36 @@ def dumps(obj, **kw) -> str:
     """`json.dumps` of `finite_or_none` of `obj` with `allow_nan=False` (`default=str` for the rest)."""
     kw.setdefault("default", str)
     return json.dumps(finite_or_none(obj), allow_nan=False, **kw)
+
+
+class JSONTextError(ValueError):
+    """Text that `loads_strict` refuses; the message says what is wrong (the callers wrap it in their own
+    `SdederiveError` subclass, with the file or field it came from)."""
+
+
+def _unique_keys(pairs: list) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise JSONTextError(f"the key {k!r} appears twice in one object; allowed: each key once")
+        out[k] = v
+    return out
+
+
+def loads_strict(text: str):
+    """`json.loads` of a file users share, every failure a `JSONTextError`: invalid JSON, a key given twice
+    in one object (`json.loads` would keep the last one silently), nesting too deep for the parser, an
+    integer literal beyond Python's digit limit (a `ValueError` from deep inside `json`)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except JSONTextError:
+        raise
+    except json.JSONDecodeError as e:
+        raise JSONTextError(str(e)) from None
+    except RecursionError:
+        raise JSONTextError("nested too deeply") from None
+    except ValueError as e:  # int('9' * 5000): Python's limit on the digits of an integer
+        raise JSONTextError(f"a number has too many digits ({str(e).split(';')[0]})") from None
 
 
 def provenance(seed: int | None = None) -> dict:

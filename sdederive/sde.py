@@ -421,12 +421,12 @@ def _from_json(cls, data) -> SDE:
         except UnicodeDecodeError as e:
             raise _json_err(f"the text is not UTF-8 ({e})") from None
     if isinstance(data, str):
+        from sdederive._json import JSONTextError, loads_strict
+
         try:
-            d = json.loads(data)
-        except json.JSONDecodeError as e:
+            d = loads_strict(data)
+        except JSONTextError as e:
             raise _json_err(f"not valid JSON: {e}") from None
-        except RecursionError:
-            raise _json_err("not valid JSON: nested too deeply") from None
     elif isinstance(data, Mapping):
         d = data
     else:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -43,7 +44,7 @@ from sdederive.symbols import KNOWN, sym
 
 __all__ = ["VectorSDE", "ExpectationAtom", "law_text", "SignMean", "SignSecond", "sign_mean", "sign_second_moment",
            "isotropic_unit_mean", "isotropic_unit_second", "isotropic_radial",
-           "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom",
+           "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom", "infinite_variance",
            "GRAD", "HESS", "SIGMA", "XVEC", "IDENT", "NORM_G", "ONES", "state_vector"]
 
 
@@ -248,30 +249,51 @@ def origin_exponents(atoms, what: str) -> dict:
     return out
 
 
+def _charged_rank(d: int, Sigma=None, grad=None) -> int | None:
+    """The dimension `k` of the law of `g = grad + Sigma^(1/2) z` near `g = 0`: `d`, or `rank(Sigma)` for a
+    singular numeric `Sigma`; `None` where `0` is off `grad + range(Sigma)` (no singularity at 0 is charged)."""
+    if Sigma is None:
+        return d
+    S = np.asarray(Sigma, dtype=float)
+    w, V = np.linalg.eigh((S + S.T) / 2)
+    k = int(np.sum(w > 1e-12 * max(1.0, float(np.abs(w).max()))))
+    if k < d and grad is not None:
+        mu = np.asarray(grad, dtype=float).reshape(-1)
+        R = V[:, d - k:]  # range(Sigma): the eigenvectors of the k largest eigenvalues
+        if np.linalg.norm(mu - R @ (R.T @ mu)) > 1e-9 * max(1.0, float(np.linalg.norm(mu))):
+            return None  # g = grad + Sigma^(1/2) z never comes near 0
+    return k
+
+
 def check_origin(atoms, d: int, what: str, Sigma=None, grad=None) -> None:
     """Refuse atoms that are infinite in dimension `d` (`origin_exponent(atom) <= -d`, a singularity at `g = 0`
     that the noise density charges).  With a singular numeric `Sigma` the law of `g` lives on
     `grad + range(Sigma)`: an atom is then finite where `0` is off that subspace (given `grad`), and otherwise
     needs `p > -rank(Sigma)`."""
-    k, V = d, None
-    if Sigma is not None:
-        S = np.asarray(Sigma, dtype=float)
-        w, V = np.linalg.eigh((S + S.T) / 2)
-        k = int(np.sum(w > 1e-12 * max(1.0, float(np.abs(w).max()))))
+    k = _charged_rank(d, Sigma, grad)
+    if k is None:
+        return
     for a, p in origin_exponents(atoms, what).items():
         if p > -k:
             continue
-        if k < d and grad is not None:
-            mu = np.asarray(grad, dtype=float).reshape(-1)
-            R = V[:, d - k:]  # range(Sigma): the eigenvectors of the k largest eigenvalues
-            if np.linalg.norm(mu - R @ (R.T @ mu)) > 1e-9 * max(1.0, float(np.linalg.norm(mu))):
-                continue  # g = grad + Sigma^(1/2) z never comes near 0
         raise ExpectationError(
             f"{what}: {a.display()} is infinite in dimension {k}: its integrand behaves like |g|**{p:g} at g = 0, "
             f"where the noise density is positive, and E|g|**p is finite near 0 only for p > -d; this moment of the "
             f"update (a drift or the covariance of its diffusion) needs d > {-p:g}"
             + ("" if k == d else f" (here the rank of Sigma, {k})") + ". Allowed: updates whose |g|-singularity "
             "is integrable in the problem's dimension (g/|g| for d >= 2 for its covariance)")
+
+
+def infinite_variance(atoms, d: int, what: str, Sigma=None, grad=None) -> dict:
+    """`{atom: p}` for the finite atoms whose Monte Carlo estimate has an infinite variance because of the
+    singularity at `g = 0`: the integrand behaves like `|g|**p` there, so its square is integrable only for
+    `2 p > -k` (`k = d`, or the rank of a singular `Sigma`: `_charged_rank`).  There the sample mean still
+    converges (the strong law of large numbers needs the first moment only), but more slowly than `n**-0.5`,
+    and a standard error computed from the samples means nothing."""
+    k = _charged_rank(d, Sigma, grad)
+    if k is None:
+        return {}
+    return {a: p for a, p in origin_exponents(atoms, what).items() if -k < p and 2 * p <= -k}
 
 
 def _law_prefix(nu) -> str:
@@ -1044,6 +1066,12 @@ def evaluate_atom(atom: ExpectationAtom, grad, Sigma, hyper: Mapping | None = No
         if iso is not None:
             return iso
     mu = np.asarray(grad, dtype=float).reshape(-1)
+    for a, p in infinite_variance([atom], mu.size, "evaluate_atom", S, grad).items():
+        warnings.warn(
+            f"evaluate_atom: the Monte Carlo estimate of {a.display()} (n = {n}) has an infinite variance in "
+            f"dimension {mu.size}: its integrand behaves like |g|**{p:g} at g = 0, whose square is integrable only "
+            f"for d > {-2 * p:g}; the estimate converges more slowly than n**-0.5 (pass atoms= with a value "
+            "computed otherwise where its accuracy matters)", RuntimeWarning, stacklevel=2)
     L = _psd_sqrt(np.asarray(Sigma, dtype=float))
     if nu is None:
         gs = mu + rng.standard_normal((n, mu.size)) @ L.T
@@ -1245,9 +1273,11 @@ def _err(msg: str) -> SdederiveError:
 
 def _from_json(cls, data) -> VectorSDE:
     if isinstance(data, str):
+        from sdederive._json import JSONTextError, loads_strict
+
         try:
-            d = json.loads(data)
-        except (json.JSONDecodeError, RecursionError) as e:
+            d = loads_strict(data)
+        except JSONTextError as e:
             raise _err(f"not valid JSON: {e}") from None
     elif isinstance(data, Mapping):
         d = dict(data)

@@ -69,6 +69,27 @@ def test_singular_sigma_is_finite_where_g_avoids_zero():
         evaluate_atom(a, [1.0, 0.0, 0.0], S, n=100)
 
 
+def test_monte_carlo_of_an_atom_with_infinite_variance_warns():
+    """E[g/|g|**3] (|g|**-2 at 0) is finite for d > 2, but its Monte Carlo sample has a finite variance only where
+    the square |g|**-4 is integrable near 0: d > 4 (d = 4 diverges like the logarithm).  There evaluate_atom
+    warns; a singular Sigma whose support misses 0 charges no singularity and does not warn."""
+    import warnings
+
+    a = ExpectationAtom("g", NORM_G ** -3)
+    for d, warns in ((3, True), (4, True), (5, False), (8, False)):
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            v = evaluate_atom(a, np.r_[0.3, np.zeros(d - 1)], np.diag(np.linspace(0.5, 1.5, d)), n=2000)
+        assert np.isfinite(v).all()
+        hits = [w for w in got if "infinite variance" in str(w.message)]
+        assert bool(hits) == warns, d
+        if warns:
+            assert f"dimension {d}" in str(hits[0].message) and "d > 4" in str(hits[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate_atom(a, [0.0, 1.0, 0.0], np.diag([1.0, 0.0, 0.0]), n=2000)  # the line grad + span(e1) misses 0
+
+
 # -- 2. dot of deterministic vectors as a scalar coefficient --------------------------------------------------
 def test_dot_of_state_as_coefficient():
     """x' = x - eta (g/(1 + x.x) + x.x x/2): drift -(grad/(1 + q) + q x/2), Cov eta Sigma/(1 + q)**2, q = x.x.

@@ -105,15 +105,13 @@ def load_spec(text: str, what: str = "--spec", *, python: bool = True):
     text = text.strip()
     if text.lower().endswith(".json"):
         data = _read(text, what)
-        import json
+        from sdederive._json import JSONTextError, loads_strict
 
         try:
-            d = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            d = loads_strict(data.decode("utf-8"))
+        except (JSONTextError, UnicodeDecodeError) as e:
             raise SpecError(f"{what} {text}: not valid JSON ({e}); allowed: an optimizer JSON "
                             "(Optimizer.to_json())") from None
-        except RecursionError:
-            raise SpecError(f"{what} {text}: not valid JSON (nested too deeply)") from None
         if isinstance(d, dict) and "drift" in d and "source" in d:  # an SDE JSON: the optimizer it carries
             d = d["source"]
         try:

@@ -123,6 +123,17 @@ def _as_float_array(name: str, v) -> np.ndarray:
     return arr
 
 
+def _integer(name: str, v, lo: int, hi: int | None = None) -> int:
+    """`v` as an `int` if it is an integer in `[lo, hi]` (an integral float such as `8.0` included), else a
+    `ProblemError` naming it (also for text, booleans, NaN and infinities)."""
+    ok = not isinstance(v, (bool, np.bool_)) and (
+        isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()))
+    if not ok or v < lo or (hi is not None and v > hi):
+        allowed = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
+        raise ProblemError(f"{name}={_short(v)} is invalid; allowed: {allowed}")
+    return int(v)
+
+
 def _dim(d) -> int | None:
     """The dimension field `d`: `None` or an integer >= 1 (its memory is checked when vectors of that size
     are built)."""
@@ -215,6 +226,10 @@ def _noise_kind(noise: str, nu) -> tuple[str, float | None]:
     except UnknownNameError:
         key = None
     if key == "gaussian":
+        if nu is not None:  # it would have no effect
+            raise NoiseModelError(f"nu={_short(nu)} is given but the noise is Gaussian (noise={noise!r}), which has "
+                                  "no degrees of freedom; allowed: nu with noise='student-t' or 'multivariate-t', "
+                                  "or no nu")
         return "gaussian", None
     if key == "student-t":
         return "student-t", _check_problem_nu(nu, "Student-t")

@@ -18,7 +18,11 @@ from sdederive._safe_expr import OBJECTIVE_FUNCTIONS, parse_expr
 from sdederive.problems.base import Problem, ProblemError, _noise_kind, _vec
 from sdederive.problems.description import IX, Loop, ProblemCode, Unrolled, V, X, vec
 
-__all__ = ["Custom"]
+__all__ = ["Custom", "MAX_DIMENSION"]
+
+#: the largest `d` of a custom problem: its derivatives are unrolled per coordinate, so building it costs
+#: `d**2` symbolic differentiations (measured: about 1 s at d = 200, growing as d**2)
+MAX_DIMENSION = 256
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +42,10 @@ class Custom(Problem):
         d = x0v.size
         if d == 0:
             raise ProblemError("x0 of a custom problem is empty; allowed: a list of d >= 1 numbers")
+        if d > MAX_DIMENSION:
+            raise ProblemError(f"x0 of a custom problem has d = {d} coordinates; allowed: at most {MAX_DIMENSION} "
+                               "(its gradient, Hessian and kernels are unrolled per coordinate, d**2 symbolic Hessian "
+                               "entries; use a Quadratic or LogisticRegression for large d)")
         xs = sp.symbols(f"x_0:{d}", real=True)
         f = _objective(f, xs)
         nk, nuf = _noise_kind(noise, nu)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from sdederive._json import JSONTextError, loads_strict
 from sdederive.errors import UnknownNameError
 from sdederive.problems.base import Problem, ProblemError
 from sdederive.problems.custom import Custom
@@ -18,6 +18,8 @@ _KEYS = {
     "logistic": {"kind", "A", "y", "B", "l2", "x0", "synthetic", "data", "label"},
     "custom": {"kind", "f", "sigma", "noise", "nu", "x0"},
 }
+#: the fields of a logistic problem's ``synthetic`` object (`LogisticRegression.synthetic`)
+_SYNTHETIC_KEYS = ("n", "d", "seed", "l2", "scale")
 
 
 def from_dict(spec: dict, base_dir: str | Path | None = None) -> Problem:
@@ -29,7 +31,7 @@ def from_dict(spec: dict, base_dir: str | Path | None = None) -> Problem:
     if not isinstance(spec, dict):
         raise ProblemError(f"a problem is a JSON object; got {type(spec).__name__}")
     kind = spec.get("kind", "quadratic")
-    if kind not in _KEYS:
+    if not isinstance(kind, str) or kind not in _KEYS:
         raise UnknownNameError("problem kind", kind, _KEYS)
     unknown = sorted(set(spec) - _KEYS[kind])
     if unknown:
@@ -54,8 +56,25 @@ def from_dict(spec: dict, base_dir: str | Path | None = None) -> Problem:
         return LogisticRegression.from_file(path, label=label, **args)
     syn = args.pop("synthetic", None)
     if syn is not None:
-        base = LogisticRegression.synthetic(**{k: v for k, v in syn.items()}, B=args.get("B", 8))
+        if "A" in args or "y" in args:
+            raise ProblemError("'synthetic' draws the data A and labels y; give either 'synthetic' or 'A' and 'y', "
+                               "not both")
+        if not isinstance(syn, dict):
+            raise ProblemError(f"'synthetic' must be an object such as {{\"n\": 512, \"d\": 10, \"seed\": 0}}; got "
+                               f"{type(syn).__name__} {str(syn)[:60]}")
+        extra = sorted(str(k) for k in set(syn) - set(_SYNTHETIC_KEYS))
+        if extra:
+            raise ProblemError(f"unknown field(s) {extra} of 'synthetic'; allowed: {', '.join(_SYNTHETIC_KEYS)} (B, l2 "
+                               "and x0 are fields of the problem itself)")
+        if "l2" in syn and "l2" in args:
+            raise ProblemError(f"l2 is given twice, l2={args['l2']!r} and synthetic l2={syn['l2']!r}; allowed: one "
+                               "of them")
+        base = LogisticRegression.synthetic(**syn, B=args.get("B", 8))
         return LogisticRegression(base.A, base.y, B=args.get("B", 8), l2=args.get("l2", base.l2), x0=args.get("x0"))
+    missing = [k for k in ("A", "y") if k not in args]
+    if missing:
+        raise ProblemError(f"a logistic problem needs the field(s) {missing}, or 'synthetic' or 'data' instead; e.g. "
+                           '{"kind": "logistic", "A": [[1, 0], [0, 1]], "y": [1, -1], "B": 1}')
     return LogisticRegression(**args)
 
 
@@ -69,7 +88,7 @@ def load(path: str | Path) -> Problem:
     if p.is_dir():
         raise ProblemError(f"problem file {str(p)!r} is a directory; allowed: a JSON problem file")
     try:
-        spec = json.loads(p.read_bytes().decode("utf-8"))
+        spec = loads_strict(p.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ProblemError(f"problem file {str(p)!r} does not exist") from None
     except UnicodeDecodeError:
@@ -77,6 +96,6 @@ def load(path: str | Path) -> Problem:
                            ".npz cannot be a problem; allowed: a JSON problem file") from None
     except OSError as e:
         raise ProblemError(f"problem file {str(p)!r} cannot be read: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
+    except JSONTextError as e:
         raise ProblemError(f"problem file {str(p)!r} is not valid JSON: {e}") from None
     return from_dict(spec, base_dir=p.parent)

@@ -25,7 +25,7 @@ import numpy as np
 import sympy as sp
 from sympy.codegen.cfunctions import log1p
 
-from sdederive.problems.base import Problem, ProblemError, _as_float_array, _vec
+from sdederive.problems.base import Problem, ProblemError, _as_float_array, _integer, _vec
 from sdederive.problems.description import (
     EX,
     GRV,
@@ -147,9 +147,7 @@ class LogisticRegression(Problem):
         yv = _as_float_array("y", y).ravel()
         if yv.size != Am.shape[0] or not np.all(np.isin(yv, (-1.0, 1.0))):
             raise ProblemError(f"y must hold n={Am.shape[0]} labels in {{-1, +1}}; got {np.unique(yv)[:5]}")
-        if isinstance(B, (bool, np.bool_)) or not isinstance(B, (int, np.integer, float)) or not np.isfinite(B) \
-                or int(B) != B or B < 1:
-            raise ProblemError(f"batch size B={B!r} is invalid; allowed: an integer >= 1")
+        B = _integer("batch size B", B, 1, 2**31 - 1)  # the kernels hold B in an int
         if isinstance(l2, (bool, np.bool_)) or not isinstance(l2, (int, np.integer, float)) or not np.isfinite(l2) \
                 or l2 < 0:
             raise ProblemError(f"l2={l2!r} is invalid; allowed: a finite number >= 0")
@@ -180,9 +178,17 @@ class LogisticRegression(Problem):
     def synthetic(cls, n: int = 512, d: int = 10, B: int = 8, seed: int = 0, l2: float = 1e-3,
                   scale: np.ndarray | None = None) -> LogisticRegression:
         """Gaussian features (column scales `scale`, default `geomspace(0.3, 3, d)`), labels from a
-        logistic model with a random unit `w*`."""
+        logistic model with a random unit `w*`.  `n >= 2` and `d >= 1` integers, `seed` an integer >= 0;
+        an `n x d` matrix beyond the memory available is refused before it is drawn (`MemoryLimitError`)."""
+        from sdederive.simulate._memory import check_memory
+
+        n, d, seed = (_integer(f"synthetic logistic regression: {name}", v, lo)
+                      for name, v, lo in (("n", n, 2), ("d", d, 1), ("seed", seed, 0)))
+        # A, its product with w* and the labels, then the problem's own contiguous copy of A
+        check_memory(8.0 * (2 * n * d + 3 * n), f"a synthetic logistic regression with n={n}, d={d}",
+                     "lower n or d")
         rng = np.random.default_rng(seed)
-        sc = np.geomspace(0.3, 3.0, d) if scale is None else np.asarray(scale, float)
+        sc = np.geomspace(0.3, 3.0, d) if scale is None else _vec("scale", scale, d, nonneg=True)
         A = rng.standard_normal((n, d)) * sc
         w = rng.standard_normal(d)
         w /= np.linalg.norm(w)

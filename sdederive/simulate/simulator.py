@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -280,6 +281,9 @@ class Simulator:
     def resolve_hyper(self, eta=None, hyper=None) -> dict:
         table = self._hyper_table()
         values = {n: d for n, (_, d) in table.items() if d is not None}
+        if hyper is not None and not isinstance(hyper, Mapping):
+            raise HyperparameterError(f"hyper={str(hyper)[:60]} ({type(hyper).__name__}) is not allowed; allowed: a "
+                                      f"dict name -> value of the hyperparameters {', '.join(table)}")
         given = dict(hyper or {})
         if eta is not None:
             if "eta" in given and given["eta"] != eta:
@@ -452,6 +456,7 @@ class Simulator:
             raise SdederiveError(f"keep_final with paths={paths} and d={self.problem.d} needs "
                                  f"{paths * (self.problem.d + 1) * 8 / 2**30:.2f} GiB for the per-path final values; "
                                  f"allowed: at most {_FINAL_MAX_BYTES / 2**30:.0f} GiB (fewer paths)")
+        init = _check_init(init, self.problem.d)
         progress.stage("hyperparameters")
         hv = self.resolve_hyper(eta, hyper)
         if self.mode == "sde" and getattr(_reg.REGIMES.get(self.obj.regime), "scale_noise", False):
@@ -706,6 +711,51 @@ def check_run_args(paths=1, steps=1, save_every=1, substeps=1, seed=0, threads=N
         raise SdederiveError(f"chunk_seconds={chunk_seconds!r} is invalid; allowed: a finite number > 0")
 
 
+def _check_init(init, d: int) -> dict:
+    """`init` of `Simulator.run` as a dict of state name -> finite float vector of length `d` (a number is
+    broadcast); `SdederiveError` naming the state and value otherwise (a NaN start would only show up as a
+    divergence at step 1).  The names are checked against the states by `initial_state`."""
+    if init is None:
+        return {}
+    if not isinstance(init, Mapping):
+        raise SdederiveError(f"init={str(init)[:60]} ({type(init).__name__}) is not allowed; allowed: a dict state "
+                             "name -> a number or a list of d numbers")
+    out = {}
+    for k, v in init.items():
+        what = f"init of state {k!r} = {str(v)[:60]}"
+        if isinstance(v, (str, bytes, bool, np.bool_)) or v is None:
+            raise SdederiveError(f"{what} is not allowed; allowed: a finite number or a list of d = {d} of them")
+        try:
+            a = np.asarray(v, dtype=float)
+        except (TypeError, ValueError):
+            raise SdederiveError(f"{what} is not allowed; allowed: a finite number or a list of d = {d} of "
+                                 "them") from None
+        if a.ndim > 1 or (a.ndim == 1 and a.size != d):
+            raise SdederiveError(f"{what} has shape {a.shape}; allowed: a number or a vector of length d = {d}")
+        if not np.all(np.isfinite(a)):
+            raise SdederiveError(f"{what} is not finite; allowed: finite numbers")
+        out[k] = np.broadcast_to(a, (d,)).copy()
+    return out
+
+
+def _check_tau(sde) -> sp.Expr:
+    """The time per step of an SDE to simulate: `c*eta**q` with a number `c > 0` and a rational `q > 0`
+    (what every regime has), so that `t = k*tau` is a positive time once `eta` is given.  An SDE read from
+    JSON could hold any expression there (`0`, `-eta`, another symbol)."""
+    from sdederive.errors import RegimeMismatchError
+
+    tau, name = sde.tau, sde.optimizer
+    try:
+        c, _, _ = _reg._tau_form(str(sde.regime), tau)
+    except RegimeMismatchError as e:
+        raise SdederiveError(f"the SDE of {name!r} cannot be simulated: {e}") from None
+    if not c.is_number:
+        raise SdederiveError(f"the SDE of {name!r} cannot be simulated: its tau = {tau} has the symbol(s) "
+                             f"{sorted(map(str, c.free_symbols))} besides eta; allowed: tau = c*eta**q with a "
+                             "number c > 0")
+    return sp.sympify(tau)
+
+
 def _default_threads() -> int:
     """The numba backend's thread count for `threads=None` (`
     default_threads`), for the memory estimate."""
@@ -716,7 +766,8 @@ def _default_threads() -> int:
 
 def _tau_for(obj, regime) -> sp.Expr:
     if isinstance(obj, SDE):
-        return sp.sympify(obj.tau)
+        _check_regime_of_sde(obj, regime)
+        return _check_tau(obj)
     reg = _reg.get(regime if regime is not None else obj.natural_regime)
     return reg.tau
 
@@ -809,6 +860,14 @@ def compile(obj, problem: Problem, backend: str = "numba", dtype: str = "float64
     handle = impl.build(source)
     return Simulator(spec, problem, impl, dtype, scheme, source, obj, tau_expr, time.perf_counter() - t0,
                      handle=handle)
+
+
+def _check_regime_of_sde(sde, regime) -> None:
+    """`regime` of `compile` sets the time axis of a discrete run; an SDE has its own (it was derived in one),
+    so another regime given with it would be ignored: refused."""
+    if regime is not None and str(regime) != str(sde.regime):
+        raise SdederiveError(f"regime={regime!r} applies to discrete mode only; this SDE was derived in the regime "
+                             f"{sde.regime!r}, which fixes its time axis; derive it with regime={regime!r} instead")
 
 
 def _check_noise_match(sde: SDE, problem: Problem) -> None:

@@ -287,8 +287,11 @@ def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "
         _check_law(obj, problem)
     t0 = time.perf_counter()
     if isinstance(obj, VectorSDE):
+        from sdederive.simulate.simulator import _check_regime_of_sde, _check_tau
+
+        _check_regime_of_sde(obj, regime)
+        tau_expr = _check_tau(obj)
         prog = lower_sde(obj, problem, inner)
-        tau_expr = obj.tau
         notes = tuple(obj.notes)
         mode = "sde"
     else:

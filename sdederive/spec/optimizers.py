@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -205,11 +204,9 @@ class Optimizer:
         if len(text) > _MAX_TEXT:
             raise _spec_err(f"the text has {len(text)} characters; allowed: at most {_MAX_TEXT}")
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
+            data = _json.loads_strict(text)
+        except _json.JSONTextError as e:
             raise _spec_err(f"not valid JSON: {e}") from None
-        except RecursionError:
-            raise _spec_err("not valid JSON: nested too deeply") from None
         return _from_dict(cls, data)
 
     def numpy_step(self) -> Callable:

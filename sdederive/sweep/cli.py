@@ -100,6 +100,29 @@ def _specs(value, grid_file: str):
     return [load_spec(os.path.join(base, f), f"spec {f!r} in {grid_file}", python=False) for f in files]
 
 
+_ANALYSIS_KEYS = ("param", "by", "metric", "fit")
+
+
+def _analysis(an, grid_file: str) -> dict | None:
+    """The sweep file's `[analysis]` table, checked: a table of `param`, `by`, `metric` (names) and `fit`
+    (`"surge"` or `"mccandlish"`); any other key is refused, as at the top level."""
+    if an is None:
+        return None
+    if not isinstance(an, dict):
+        raise SdederiveError(f"[analysis] in {grid_file} must be a table; got {an!r}")
+    unknown = sorted(set(an) - set(_ANALYSIS_KEYS))
+    if unknown:
+        raise SdederiveError(f"unknown key(s) {unknown} in [analysis] of {grid_file}; allowed: "
+                             f"{', '.join(_ANALYSIS_KEYS)}")
+    for k in ("param", "by", "metric"):
+        if k in an and not isinstance(an[k], str):
+            raise SdederiveError(f"[analysis] {k} = {an[k]!r} in {grid_file} is not a name; allowed: a column name "
+                                 "such as \"eta\", \"B\" or \"final_loss\"")
+    if an.get("fit") not in (None, "surge", "mccandlish"):
+        raise SdederiveError(f"[analysis] fit={an['fit']!r}; allowed: 'surge', 'mccandlish'")
+    return an
+
+
 def add_sweep_parser(sub) -> None:
     from sdederive.cli._common import Formatter, examples
 
@@ -161,6 +184,7 @@ def run_sweep(args, out=None) -> int:
     if args.workers is not None and args.workers < 1:
         raise SdederiveError(f"--workers {args.workers} is invalid; allowed: an integer >= 1 (default: all cores)")
     grid = Grid.from_dict(spec["grid"])
+    an = _analysis(spec.get("analysis"), args.file)  # before the sweep: a typo found after hours of cells is late
     executor, client = None, None
     if args.scheduler:
         from distributed import Client
@@ -182,16 +206,13 @@ def run_sweep(args, out=None) -> int:
         if client is not None:
             client.close()
     print(f"{len(res)} cells in {args.out} ({res.wall:.1f} s this run)", file=out)
-    an = spec.get("analysis")
     if an:
         opt = res.optimal(an.get("param", "eta"), by=an.get("by", "B"), metric=an.get("metric", "final_loss"))
         print(opt.table(), file=out)
         fit = an.get("fit")
-        if fit in ("surge", "mccandlish"):
+        if fit is not None:
             f = opt.fit_surge() if fit == "surge" else opt.fit_mccandlish()
             print(f"{fit} fit: B_noise = {f['B_noise']:.4g}, eps_max = {f['eps_max']:.4g}", file=out)
-        elif fit is not None:
-            raise SdederiveError(f"[analysis] fit={fit!r}; allowed: 'surge', 'mccandlish'")
         opt.plot(f"{args.out}/optimal.png")
         print(f"plot: {args.out}/optimal.png", file=out)
     return 0

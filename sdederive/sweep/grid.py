@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -22,6 +23,10 @@ from sdederive.simulate.backends.registry import backend_names
 __all__ = ["Grid", "cell_id"]
 
 RESERVED = ("optimizer", "eta", "B", "seed", "mode", "backend")
+#: most values one generator may expand to, and most cells a grid may have (each cell is a simulation; the
+#: driver enumerates them all before the first one runs)
+MAX_AXIS = 100_000
+MAX_CELLS = 1_000_000
 
 
 def _plain(v):
@@ -43,6 +48,14 @@ _GENERATORS = {"geomspace": "[lo, hi, n] with 0 < lo, hi and n >= 1", "linspace"
                "pow2": "[lo, hi], integers with 1 <= lo <= hi"}
 
 
+def _finite(a) -> bool:
+    """Whether the number `a` is finite as a float (an integer beyond the float range is not)."""
+    try:
+        return bool(np.isfinite(float(a)))
+    except OverflowError:
+        return False
+
+
 def _gen_error(axis: str, kind: str, args, why: str) -> SdederiveError:
     return SdederiveError(f"grid axis {axis}: {{{kind} = {args!r}}} {why}; allowed: {{{kind} = {_GENERATORS[kind]}}}")
 
@@ -58,7 +71,7 @@ def _expand(axis: str, gen: dict) -> list:
                              "range, pow2")
     if not isinstance(args, (list, tuple)):
         raise _gen_error(axis, kind, args, "is not a list of arguments")
-    if any(isinstance(a, bool) or not isinstance(a, (int, float)) or not np.isfinite(a) for a in args):
+    if any(isinstance(a, bool) or not isinstance(a, (int, float)) or not _finite(a) for a in args):
         raise _gen_error(axis, kind, args, "has an argument that is not a finite number")
     n_ok = {"geomspace": (3,), "linspace": (3,), "range": (1, 2, 3), "pow2": (2,)}[kind]
     if len(args) not in n_ok:
@@ -67,6 +80,8 @@ def _expand(axis: str, gen: dict) -> list:
         lo, hi, n = args
         if not float(n).is_integer() or n < 1:
             raise _gen_error(axis, kind, args, f"has n = {n!r}, not an integer >= 1")
+        if n > MAX_AXIS:
+            raise _gen_error(axis, kind, args, f"has n = {n!r} values, more than the {MAX_AXIS} an axis may have")
         if kind == "geomspace" and (lo <= 0 or hi <= 0):
             raise _gen_error(axis, kind, args, "has a bound <= 0 (a geometric sequence needs positive bounds)")
         f = np.geomspace if kind == "geomspace" else np.linspace
@@ -77,6 +92,12 @@ def _expand(axis: str, gen: dict) -> list:
     if kind == "range":
         if len(ints) == 3 and ints[2] == 0:
             raise _gen_error(axis, kind, args, "has step 0")
+        try:
+            count = str(len(range(*ints)))
+        except OverflowError:  # more than sys.maxsize values
+            count = "more than 2**63"
+        if not count.isdigit() or int(count) > MAX_AXIS:
+            raise _gen_error(axis, kind, args, f"has {count} values, more than the {MAX_AXIS} an axis may have")
         vals = list(range(*ints))
         if not vals:
             raise _gen_error(axis, kind, args, "is empty")
@@ -84,7 +105,7 @@ def _expand(axis: str, gen: dict) -> list:
     lo, hi = ints
     if lo < 1 or hi < lo:
         raise _gen_error(axis, kind, args, "has lo < 1 or hi < lo")
-    return [lo * 2**j for j in range(int(np.log2(hi // lo)) + 1)]
+    return [lo * 2**j for j in range((hi // lo).bit_length())]  # exact: lo * 2**j <= hi
 
 
 class Grid:
@@ -116,10 +137,21 @@ class Grid:
                 raise SdederiveError(f"grid axis optimizer={vals!r} has a value that is not an optimizer name")
             if name not in RESERVED and any(not isinstance(v, (int, float)) for v in vals):
                 raise SdederiveError(f"grid axis {name}={vals!r} (a hyperparameter) has a value that is not a number")
+            if name == "cell_id":
+                raise SdederiveError("grid axis 'cell_id' is not allowed: every cell's cell_id is the hash of its "
+                                     "values; allowed: the axes optimizer, eta, B, seed, mode, backend and "
+                                     "hyperparameters")
+            dup = sorted({repr(v) for i, v in enumerate(vals) if v in vals[:i]})
+            if dup:  # the same cell twice: run twice, stored twice, counted twice by the analysis
+                raise SdederiveError(f"grid axis {name} has the value(s) {', '.join(dup)[:80]} more than once; "
+                                     "allowed: each value once")
             self.axes[name] = vals
+        if len(self) > MAX_CELLS:
+            sizes = " x ".join(str(len(v)) for v in self.axes.values())
+            raise SdederiveError(f"the grid has {len(self)} cells ({sizes}); allowed: at most {MAX_CELLS}")
 
     def __len__(self) -> int:
-        return int(np.prod([len(v) for v in self.axes.values()]))
+        return math.prod(len(v) for v in self.axes.values())  # exact (np.prod overflows int64)
 
     def cells(self) -> list[dict]:
         names = list(self.axes)

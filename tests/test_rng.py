@@ -4,6 +4,7 @@ distributions."""
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import subprocess
 
@@ -99,6 +100,69 @@ def test_fill_normals_is_normal_pair_block_by_block():
         want = [rng.normal_pair(17, j, 5, stream, 42, 7) for j in range(6)]
         np.testing.assert_array_equal(Z[1, :24], np.ravel(want))
     assert (Z[0] == -7.0).all() and (Z[2] == -7.0).all() and (Z[1, 24:] == -7.0).all()
+
+def _fresh_filler(width: int):
+    """A new, uncached dispatcher of `fill_normals`' code, compiled with `width` lanes (`wide_loops`)."""
+    from sdederive.simulate.rng.vector_width import wide_loops
+
+    return wide_loops(width)(njit(cache=False, nogil=True, error_model="numpy")(rng.fill_normals.py_func))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_wide_filler_same_bits_and_wider_registers(dtype):
+    """The filler compiled 8 lanes wide (`vector_width`) writes the same bits as LLVM's own choice and as
+    `normal_pair` block by block, for rows of 25 blocks (d = 100: 3 vector iterations and a remainder) and 3
+    (remainder only); on an AVX-512 host its machine code uses 512-bit registers, elsewhere it is left alone."""
+    from sdederive.simulate.rng.vector_width import forced_vector_width, host_width
+
+    wide = _fresh_filler(8)
+    plain = njit(cache=False, nogil=True, error_model="numpy")(rng.fill_normals.py_func)
+    with forced_vector_width(0):
+        plain.compile(f"({dtype}[:, ::1], int64, int64, int64, int64, int64, int64, int64)")
+    for nb in (25, 3):
+        A = np.zeros((2, 4 * nb), dtype)
+        B = np.zeros((2, 4 * nb), dtype)
+        wide(A, 1, nb, 9, 4, 2, 42, 7)
+        plain(B, 1, nb, 9, 4, 2, 42, 7)
+        want = np.ravel([rng.normal_pair(9, j, 4, 2, 42, 7) for j in range(nb)]).astype(dtype)
+        np.testing.assert_array_equal(A, B)
+        np.testing.assert_array_equal(A[1], want)
+    asm = "".join(wide.inspect_asm().values())
+    if host_width(8):  # packed float64 arithmetic on 512-bit registers; for float64 rows LLVM's own choice has none
+        assert re.search(r"v(mul|add|sub)pd\s.*zmm", asm)
+        if dtype == "float64":
+            assert not re.search(r"v(mul|add|sub)pd\s.*zmm", "".join(plain.inspect_asm().values()))
+    else:
+        assert wide.compile.__qualname__ == plain.compile.__qualname__  # not wrapped
+
+
+def test_wide_filler_covers_compiles_from_jitted_callers():
+    """A compile that a jitted caller triggers (the kernels' case: a new signature typed inside the kernel) goes
+    through the wrapper too, and LLVM's option is reset afterwards: a loop compiled later vectorises as before."""
+    from sdederive.simulate.rng.vector_width import forced_vector_width, host_width
+
+    def axpy(y, x, a):
+        for i in range(y.size):
+            y[i] += a * x[i]
+
+    sig = "(float64[::1], float64[::1], float64)"
+    wide = _fresh_filler(8)
+
+    @njit(cache=False)
+    def caller(Z):
+        wide(Z, np.int64(0), np.int64(25), np.int64(1), np.int64(2), np.int64(3), np.int64(4), np.int64(5))
+
+    caller(np.zeros((1, 100)))
+    (lib,) = [c.library for c in wide.overloads.values()]
+    packed = re.compile(r"v(mul|add|sub)pd\s.*zmm")  # float64 arithmetic on 512-bit registers
+    assert bool(packed.search(lib.get_asm_str())) == bool(host_width(8))
+    after = njit(cache=False)(axpy)
+    after.compile(sig)
+    assert not packed.search("".join(after.inspect_asm().values()))  # LLVM's choice again: 256 bits
+    with pytest.raises(ValueError, match="power of two"):
+        with forced_vector_width(12):  # LLVM would abort the process on it
+            pass
+
 
 @pytest.mark.parametrize("nu", [1.0, 2.5, 5.0])
 def test_student_t_distribution(nu):

@@ -48,11 +48,15 @@ import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros  # LLVM ctlz; vectorises (vplzcnt)
 
+from sdederive.simulate.rng.vector_width import wide_loops
+
 __all__ = ["philox4x32", "neg2log_u01", "sincos_2pi_u01", "normal_pair", "u01", "student_t",
            "fill_normals", "fill_student_t", "draw_indices", "chi_square", "CHI2_STREAM", "SOURCE_HASH"]
 
-#: SHA-256 of this file: part of every generated numba module, so editing it invalidates their caches.
-SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+#: SHA-256 of this file and `vector_width.py` (how the filler is compiled): part of every generated numba module,
+#: so editing either invalidates their caches.
+SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()
+                             + (Path(__file__).parent / "vector_width.py").read_bytes()).hexdigest()
 
 _M0 = np.uint64(0xD2511F53)
 _M1 = np.uint64(0xCD9E8D57)
@@ -92,6 +96,10 @@ _TWO_M30 = 9.313225746154785e-10  # 2**-30
 #: `chi_square`'s counter word c3 is `CHI2_STREAM + stream` (2**30 + stream): apart from every Gaussian, index and
 #: Student-t stream the kernels use (all below 2**17)
 CHI2_STREAM = 1 << 30
+#: the loop vectoriser's width for `fill_normals` on AVX-512 hosts (`vector_width`: 8 lanes ran the kernels' rows
+#: of d = 100 normals 1.3x faster than LLVM's 4 in float64, 16 lanes no faster); here, so that a change of it
+#: invalidates numba's cache of the filler and `SOURCE_HASH`
+FILLER_WIDTH = 8
 
 
 @njit(inline="always", cache=False)
@@ -204,16 +212,19 @@ def student_t(nu, c0, c1, c2, k0, k1):
 # not carry a ZeroDivisionError branch that would stop LLVM from vectorising the loop.
 
 
+@wide_loops(FILLER_WIDTH)
 @njit(cache=True, nogil=True, error_model="numpy")
 def fill_normals(Z, r, nb, c0, c2, c3, k0, k1):
     """`Z[r, 4 j + q] = normal_pair(c0, j, c2, c3)[q]` for the blocks `j < nb` (`4 nb <= Z.shape[1]`).
 
     Every kernel's Gaussians (`Z` is the kernel's row block, `r` the row; the scalar kernels pass a block
     of one row): a kernel fills a row of normals and reads it afterwards, so the call (one per row of
-    `4 nb` normals) costs nothing measurable (NSGD at d = 100, three alternating runs of each form: 8.2e7 to 1.05e8 coordinate-steps/s with the call, 7.6e7
-    to 8.9e7 with `normal_pair` inlined), and the kernel is spared numba's IR inlining of `normal_pair` at
-    each site: the SAM SDE kernel, with two sites, compiled in 5.0 s instead of 9.3 s.  The arguments are
-    int64 at every call (`np.int64(...)` around literals), so one signature serves every kernel."""
+    `4 nb` normals) costs nothing measurable (NSGD at d = 100, three alternating runs of each form: 8.2e7 to
+    1.05e8 coordinate-steps/s with the call, 7.6e7 to 8.9e7 with `normal_pair` inlined), and the kernel is spared
+    numba's IR inlining of `normal_pair` at each site: the SAM SDE kernel, with two sites, compiled in 5.0 s
+    instead of 9.3 s.  The arguments are int64 at every call (`np.int64(...)` around literals), so one signature
+    serves every kernel.  Every compile of it vectorises its loop `FILLER_WIDTH` lanes wide on AVX-512 hosts
+    (`vector_width.wide_loops`)."""
     for jb in range(nb):
         z0, z1, z2, z3 = normal_pair(c0, jb, c2, c3, k0, k1)
         Z[r, 4 * jb] = z0

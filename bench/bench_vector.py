@@ -8,7 +8,8 @@ way one writes it by hand.
 
 For the SDEs whose noise is sampled (SAM, NSGD, clipped SGD: `inner` samples of the increment per step), a
 second row `sde-ps` runs the per-sample form (`g_k = grad + L z_k` and `F_k` for every sample: a matrix product
-each) that the z-space form of `sdederive.simulate.vector_lower._lower_zspace` replaces, on the same Gaussians.
+each, independent samples) that the z-space form of `sdederive.simulate.vector_lower._lower_zspace`
+(antithetic pairs for an even `inner >= 4`) replaces.
 
 `--dtype float64,float32` runs both precisions in turn (a float64 row is then the same-process baseline of the
 float32 row below it; the numpy baseline runs in the row's precision: float32 normals and `sgemm`).

@@ -19,7 +19,9 @@ own code and one near it can only go faster with fewer products or normals.  It 
 overlaps one thread's products with the other's normals, which the separate timings do not (benchmarks.md 6f).
 
 Options: --only KIND:NAME[,...] (KIND d = discrete, s = SDE; default every vector built-in in both modes),
---dtype float64|float32 (default float64), --reps N (default 2), --inner N (the sampled SDEs' inner samples, 8).
+--dtype float64|float32 (default float64), --reps N (default 2), --inner N (the sampled SDEs' inner samples, 8),
+--pairs on|off|both (the z-space kernels' antithetic pairs, `vector_lower.ANTITHETIC`; `both` runs each sampled SDE
+with independent samples and then with pairs, in the same process, and prints the ratio).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import sdederive as sd
 from bench_vector import bench_target, dense_problem
 from sdederive.simulate.backends.numba_backend import default_threads
 from sdederive.simulate.rng.philox import fill_normals
+from sdederive.simulate import vector_lower
 from sdederive.simulate.vector_lower import sampled_noise
 
 DEFAULT = ",".join(f"{k}:{n}" for n in ("usam", "sam", "nsgd", "clip_sgd", "sgd_nesterov", "lamb", "adamw_clip")
@@ -126,6 +129,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--inner", type=int, default=8)
+    ap.add_argument("--pairs", default="on", choices=("on", "off", "both"))
     a = ap.parse_args()
     d, paths, steps = 100, 4096, 200
     threads = default_threads()
@@ -139,19 +143,27 @@ def main() -> None:
     for target in a.only.split(","):
         kind, name, obj, hp = bench_target(target)
         sampled = kind == "s" and sampled_noise(obj)
-        sim = sd.compile(obj, prob, dtype=a.dtype, **({"inner": a.inner} if sampled else {}))
-        prods, fixed, fills = step_costs(sim.source.text)
-        normals = fixed + fills * nz4
-        est = threads * PB * d / (prods * t_prod + normals * PB * t_norm)
-        sim.run(paths=64, steps=2, eta=0.01, hyper=hp)
-        best = np.inf
-        for _ in range(a.reps):
-            r = sim.run(paths=paths, steps=steps, eta=0.01, hyper=hp, save_every=steps, seed=3)
-            best = min(best, r.timing["run_s"])
-        rate = paths * steps * d / best
-        print(f"{target:16s} {prods:8d} {normals / d:10.2f} {est:10.3g} {rate:11.3g} {rate / est:8.2f}",
-              flush=True)
-
+        settings = {"on": (True,), "off": (False,), "both": (False, True)}[a.pairs] if sampled else (True,)
+        rates = []
+        for pairs in settings:
+            vector_lower.ANTITHETIC = pairs
+            sim = sd.compile(obj, prob, dtype=a.dtype, **({"inner": a.inner} if sampled else {}))
+            prods, fixed, fills = step_costs(sim.source.text)
+            normals = fixed + fills * nz4
+            est = threads * PB * d / (prods * t_prod + normals * PB * t_norm)
+            sim.run(paths=64, steps=2, eta=0.01, hyper=hp)
+            best = np.inf
+            for _ in range(a.reps):
+                r = sim.run(paths=paths, steps=steps, eta=0.01, hyper=hp, save_every=steps, seed=3)
+                best = min(best, r.timing["run_s"])
+            rate = paths * steps * d / best
+            rates.append(rate)
+            label = target + ("" if len(settings) == 1 else (" pairs" if pairs else " indep"))
+            print(f"{label:16s} {prods:8d} {normals / d:10.2f} {est:10.3g} {rate:11.3g} {rate / est:8.2f}",
+                  flush=True)
+        if len(rates) == 2:
+            print(f"{'':16s} antithetic pairs / independent samples: {rates[1] / rates[0]:.2f}x", flush=True)
+        vector_lower.ANTITHETIC = True
 
 if __name__ == "__main__":
     main()

@@ -394,6 +394,7 @@ def test_zspace_noise_is_the_sampled_noise_on_the_same_gaussians(name, kind, mon
     `test_vector_student_sim`."""
     from sdederive.simulate import vector_lower as VL
 
+    monkeypatch.setattr(VL, "ANTITHETIC", False)  # independent samples: the per-sample form's Gaussians
     H, S = _dense(seed=2)
     x0 = np.array([0.9, -0.6, 0.4])
     if kind == "custom":
@@ -500,3 +501,81 @@ def test_zspace_is_not_used_where_it_does_not_hold():
     assert not zspace_applies(sd.derive(vsign), dense)
     logi = sd.LogisticRegression.synthetic(n=30, d=3, B=4, seed=0)
     assert not zspace_applies(sd.derive("nsgd"), logi)
+
+
+def _one_step_check(sde, prob, x0, hv, paths=400_000, inner=8, seed=1):
+    """One SDE step from x0: the increment's mean and covariance against drift*dt and covariance*dt, the atoms
+    from an independent numpy Monte Carlo (as `test_sde_one_step_moments`)."""
+    res = sd.compile(sde, prob, inner=inner).run(paths=paths, steps=1, hyper=hv, seed=seed, keep_final=True)
+    dx = res.final["x"] - x0
+    dt = hv["eta"]
+    grad = prob.H @ x0
+    S = prob.noise_factor() @ prob.noise_factor().T
+    env = dict(grad=grad, H=prob.H, Sigma=S, x=x0, **hv)
+    atoms = _mc_atoms(sde, grad, S, {k: v for k, v in hv.items() if k != "eta"})
+    b = sde.evaluate("drift", atoms=atoms, **env).ravel()
+    C = sde.evaluate("covariance", atoms=atoms, **env)
+    mean, cov = dx.mean(0), np.cov(dx.T)
+    se_mean = np.sqrt(np.diag(cov) / paths)
+    assert np.all(np.abs(mean - b * dt) < 5 * se_mean + 1e-4 * np.abs(b * dt)), (mean, b * dt, se_mean)
+    se_cov = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov ** 2) / paths)
+    assert np.all(np.abs(cov - C * dt) < 5 * se_cov + 2e-3 * np.abs(C * dt).max()), (cov, C * dt)
+
+
+@pytest.mark.parametrize("case", ["norm_scale", "nsgd_near_minimum", "sam_fresh"])
+def test_antithetic_pairs_keep_the_one_step_moments(case):
+    """The z-space kernels draw their inner samples as antithetic pairs `(z, -z)` (`vector_lower._lower_zspace`):
+    the drift estimate is the mean of the pair means `P_j`, and the noise `s_P`-scaled deviations of the `P_j`
+    plus the weighted half-differences `D_j`.  The step's mean and covariance must still be `b dt` and `C dt`.
+    The cases are chosen where the even part `P` carries much of `Cov[F]`, so that a wrong `s_P`
+    (`1 - dt/(n eta)` for `1 - dt/(m eta)`, a 12.5 % error on `Cov[P]` at `dt = eta`) or a wrong weight of `D`
+    fails: `F = |g| x` with `|grad f| << |noise|` (`F` nearly even in `z`), NSGD where `|grad f|` is comparable
+    to the noise, and SAM with a fresh minibatch at the perturbed point (two streams flipped together)."""
+    from sdederive.simulate import vector_lower as VL
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(3, 3))
+    S = A @ A.T / 3 + 0.5 * np.eye(3)
+    x, g = sd.vectors("x g")
+    eta = sd.sym("eta")
+    if case == "norm_scale":
+        opt = sd.from_update("norm_scale", {"x": x - eta * sd.norm(g) * x}, hypers={"eta": (0.01, "lr")})
+        prob, x0, hv = sd.Quadratic(H=0.05 * np.eye(3), Sigma=S, x0=[0.9, -0.6, 0.4]), [0.9, -0.6, 0.4], {}
+    elif case == "nsgd_near_minimum":
+        opt, hv = "nsgd", {}
+        H, _ = _dense(seed=2)
+        x0 = np.linalg.solve(H, np.array([0.6, -0.5, 0.4]))  # |grad f| = 0.88, tr Sigma = 3.3
+        prob = sd.Quadratic(H=H, Sigma=S, x0=x0)
+    else:
+        rho = sd.sym("rho")
+        opt = sd.from_update("sam_fresh", {"x": x - eta * sd.grad_at(x + rho * g / sd.norm(g), fresh=True)},
+                             hypers={"eta": (0.01, "lr"), "rho": (0.05, "positive")})
+        H, _ = _dense(seed=2)
+        x0, hv = np.array([0.5, -0.4, 0.3]), {"rho": 0.5}
+        prob = sd.Quadratic(H=H, Sigma=S, x0=x0)
+    sde = sd.derive(opt)
+    x0 = np.asarray(x0, dtype=float)
+    prog = VL.lower_sde(sde, prob)
+    assert prog.zspace and prog.pairs and prog.n_loop == 4
+    _one_step_check(sde, prob, x0, {"eta": 0.05, **hv})
+
+
+def test_antithetic_pairs_halve_the_gaussians_and_fall_back_for_odd_inner():
+    """`inner = 2m` with `m >= 2` runs `m` pairs: the kernel's inner loop draws `m` rows of Gaussians a step; an
+    odd `inner`, or 2 (one pair has no sample covariance of its means), keeps independent samples, and so does
+    the per-sample form (logistic regression).  `inner = 5` and `6` still give the right moments."""
+    from sdederive.simulate import vector_lower as VL
+
+    H, S = _dense(seed=2)
+    x0 = np.array([0.9, -0.6, 0.4])
+    prob = sd.Quadratic(H=H, Sigma=S, x0=x0)
+    sde = sd.derive("nsgd")
+    for n, pairs in ((2, False), (5, False), (6, True), (8, True), (16, True)):
+        prog = VL.lower_sde(sde, prob, n)
+        assert (prog.pairs, prog.n_loop) == (pairs, n // 2 if pairs else n), n
+        src = sd.compile(sde, prob, inner=n).source.text
+        assert f"for kin in range({prog.n_loop}):" in src
+    logi = sd.LogisticRegression.synthetic(n=30, d=3, B=4, seed=0)
+    assert not VL.lower_sde(sde, logi).pairs
+    for n in (5, 6):
+        _one_step_check(sde, prob, x0, {"eta": 0.05}, inner=n, paths=300_000)

@@ -61,7 +61,10 @@ gradients over the same (or fresh) indices.
   Where the noise factor is constant with orthogonal columns (every `Quadratic`) and `F` has no `sign(g)`,
   the same step runs in *z-space* (`_lower_zspace`): the norms `|g_k|` from `L^T grad` and the Gaussians alone,
   the products by `L` and by `F`'s matrices once after the samples, so a sample costs `O(d)` instead of a
-  matrix product; the same Gaussians give the same paths up to rounding.
+  matrix product; the same Gaussians give the same paths up to rounding.  There, for an even `n >= 4`, the
+  samples are `n/2` antithetic pairs `(z_j, -z_j)` (`ANTITHETIC`): half the Gaussians, the pair means' sample
+  covariance and the half-differences' second moment making up the noise, so the step's mean and covariance
+  stay exact (`_lower_zspace`).
 
 **Student-t SDEs** (`VectorSDE.noise == "student-t"`, derived under the multivariate t) run on a problem with
 `noise="multivariate-t"` of the same `nu` (`compile_vector` checks it; a symbolic `nu` takes the problem's value
@@ -145,6 +148,9 @@ class VProgram:
     #: state carries the sampled noise): the printers accumulate `sum = sum_k F_k` as they do `_SF`
     msamples: tuple = ()
     zspace: bool = False
+    #: z-space programs with antithetic pairs (`_lower_zspace`): `inner` runs once per pair `(z_j, -z_j)`,
+    #: `n_inner / 2` times, and reads the weights `w_j = WK[j]` and `w'_j = WK[n/2 + j]`
+    pairs: bool = False
     result: str = "X"
     vectors: set = field(default_factory=set)
     scalars: set = field(default_factory=set)
@@ -153,6 +159,11 @@ class VProgram:
     notes: tuple = ()
     states: tuple = ("x",)
     results: dict = field(default_factory=dict)
+
+    @property
+    def n_loop(self) -> int:
+        """How many times `inner` runs per step: `n_inner`, or `n_inner / 2` antithetic pairs."""
+        return self.n_inner // 2 if self.pairs else self.n_inner
 
 
 def reads(o: VOp) -> set:
@@ -615,14 +626,20 @@ def _check_increment(sde: VectorSDE, state: str = "x", blocks: tuple | None = No
 #: whether `lower_sde` may use the z-space form of the sampled noise (`zspace_applies`); the tests switch it off to
 #: compare the two forms on the same Gaussians
 ZSPACE = True
+#: whether z-space programs draw their inner samples in antithetic pairs `(z_j, -z_j)` (`_lower_zspace`; for an
+#: even `n >= 4`): half the Gaussians per step; the tests switch it off to compare the z-space and per-sample forms
+#: on the same Gaussians
+ANTITHETIC = True
 #: how both printers sum a reduction over the coordinates (a norm, an inner product): four partial sums, coordinate
 #: `i` into sum `i mod 4` and the tail `i >= 4 floor(d/4)` into the first, added as `(a0 + a1) + (a2 + a3)`
 #: (four independent chains instead of one strict IEEE sum, which is latency-bound at one addition per 3 to 4
 #: cycles); the benchmark switches it off to compare with one sequential sum
 SPLIT_SUMS = True
-#: the kernels' names of the current inner sample's weight `w_k` and of `sum_k w_k`, and of the vector
-#: `lambda_j = (L^T L)_jj` (the squared column norms of the noise factor, `sigma_j**2` without one)
-WK, SW, LAM = sp.Symbol("s_WK", real=True), sp.Symbol("s__SW", real=True), sp.Symbol("v_LAM", real=True)
+#: the kernels' names of the current inner sample's weight `w_k` (of a pair's `w_j`; `WK2` its `w'_j`) and of
+#: `sum_k w_k` (over the pairs' `w_j`), and of the vector `lambda_j = (L^T L)_jj` (the squared column norms of the
+#: noise factor, `sigma_j**2` without one)
+WK, WK2 = sp.Symbol("s_WK", real=True), sp.Symbol("s_WK2", real=True)
+SW, LAM = sp.Symbol("s__SW", real=True), sp.Symbol("v_LAM", real=True)
 
 
 def zspace_applies(sde: VectorSDE, problem) -> bool:
@@ -650,26 +667,49 @@ def zspace_applies(sde: VectorSDE, problem) -> bool:
 
 def _lower_zspace(b: _Builder, sde: VectorSDE, A, batches, student: bool, det: dict, rdet: dict) -> None:
     r"""The sampled noise of `lower_sde` (inner samples `g_k = grad + L z_k`, weights `w_k`) with every sample's
-    work `O(d)` instead of `O(d^2)`: the same Gaussians and the same numbers up to rounding.
+    work `O(d)` instead of `O(d^2)`.
 
     With `L^T L = Lambda` diagonal, `|g_k|^2 = |grad|^2 + 2 (L^T grad) . z_k + sum_j lambda_j z_kj^2`, so the
     norms need one product `L^T grad` per step.  The step is linear in the samples,
-    $x' = x - a_0\,dt + \sum_k e_k F_k$ with $e_k = -dt/n + c s\,\sqrt{dt}\,(w_k - \bar w)/\sqrt{n-1}$
-    ($\bar w = n^{-1}\sum_k w_k$; it is `-(a_0 + mean_k F_k) dt + c s sqrt(dt) zeta` of the module docstring
-    written out), and a block `C r(|g|) g` of `F` contributes
+    $x' = x - a_0\,dt + \sum_k e_k F_k$, and a block `C r(|g|) g` of `F` contributes
     $C\,(\alpha\,\nabla f + L\beta)$, $\alpha = \sum_k e_k r_k$, $\beta = \sum_k e_k r_k z_k$: the inner loop
     accumulates the scalars `alpha` and the z-space vectors `beta` (one per matrix `C`), and the products by `L`
     and `C` come once, after it.  A block `r(|g|) v` adds `(sum_k e_k r_k) v`.  NSGD then costs three matrix
     products a step (`H x`, `L^T grad`, `L beta`) for any `n`, against `n + 1`; SAM (`C = rho H`) five
-    against `2n + 1`."""
+    against `2n + 1`.
+
+    **Independent samples** (`n` odd or 2, or `ANTITHETIC` off): the same Gaussians and the same numbers, up to
+    rounding, as the per-sample form, with
+    $e_k = -dt/n + c s\,\sqrt{dt}\,(w_k - \bar w)/\sqrt{n-1}$, $s^2 = 1 - dt/(n c^2)$ (the module docstring's
+    step written out).
+
+    **Antithetic pairs** (`n = 2m`, `m >= 2`): the samples are `m` pairs `z_j, -z_j` (all minibatches' `z`
+    flipped together), so a step draws `m d` Gaussians for the `n` samples instead of `n d`.  With the pair's
+    mean $P_j = (F(z_j) + F(-z_j))/2$ and half-difference $D_j = (F(z_j) - F(-z_j))/2$, and `z` symmetric
+    (Gaussian or multivariate t), `P` is even and `D` odd in `z`: $E[D] = 0$, $E[P D^T] = 0$ and
+    $\mathrm{Cov}[F] = \mathrm{Cov}[P] + E[D D^T]$.  The step takes the drift estimate $-(a_0 + \bar P)$, whose
+    error has the covariance `Cov[P]/m`, and the noise
+    $\zeta = s_P \sum_j w_j (P_j - \bar P)/\sqrt{m-1} + \sum_j w'_j D_j/\sqrt{m}$ (`w`, `w'` independent
+    normals, all `2m` of the `WEIGHT_STREAM`), with $s_P^2 = 1 - dt/(m c^2)$: conditionally Gaussian with mean
+    zero and covariance `s_P^2` times the sample covariance of the `P_j` plus `(1/m) sum_j D_j D_j^T`, whose
+    expectations are `Cov[P]` and `E[D D^T]`.  So the step's mean and covariance are again exactly `b dt` and
+    `D D^T dt`, and its odd moments of `zeta` vanish: weak order 1 as before.  Written out,
+    $e^\pm_j = \tfrac12[-dt/m + c\sqrt{dt}\,(s_P (w_j - \bar w)/\sqrt{m-1} \pm w'_j/\sqrt{m})]$ on
+    $F(\pm z_j)$, the pair's norms $|g^\pm_j|^2 = |\nabla f|^2 + \sum_i \lambda_i z_{ji}^2 \pm
+    2 (L^T\nabla f) \cdot z_j$ from two reductions, $\alpha \mathrel{+}= e^+ r^+ + e^- r^-$ and
+    $\beta \mathrel{+}= (e^+ r^+ - e^- r^-) z_j$.  The drift estimate is the mean of the `m` pair means: where
+    the odd part of `F` dominates (NSGD with `|grad| << |noise|`) it is far less noisy than `n` independent
+    samples; where the even part does it is as noisy as `m` (benchmarks.md 6h)."""
     prog = b.prog
     n = prog.n_inner
     prog.zspace = True
+    prog.pairs = pairs = ANTITHETIC and n % 2 == 0 and n >= 4
+    m = n // 2 if pairs else n
     dt, sdt = sp.Symbol("dt"), sp.Symbol("sdt")
     # once per step (pre; `det`, the deterministic vectors, are there already): L^T grad, |grad|^2 and the
     # zeroed accumulators
     c = b.scalar(sp.sympify(A))
-    s2 = 1 - dt / (n * c ** 2)
+    s2 = 1 - dt / (m * c ** 2)
     gl = b.vop("ltv", ("GR",), "gl")
     g2 = b.red(_v("GR") ** 2)
     groups: dict = {}  # the matrix C of "g" blocks -> (alpha, beta)
@@ -679,30 +719,44 @@ def _lower_zspace(b: _Builder, sde: VectorSDE, A, batches, student: bool, det: d
             groups[coef] = (b.sop("sc", sp.S.Zero, "al"), b.vop("cw", (sp.S.Zero,), "be"))
         elif tensor == "1":
             ones[j] = b.sop("sc", sp.S.Zero, "ga")
-    # once per inner sample: z_k of each minibatch's stream, |g_k|, e_k, the accumulations
+    # once per inner sample (pair): z of each minibatch's stream, |g|, e, the accumulations
     b.ops = prog.inner
     b.memo = {}
     zs, ngs = {}, {}
+    signs = (1, -1) if pairs else (1,)
     for bt in batches:
         z = b.vop("tnoise" if student else "noise", (NOISE_STREAM_INNER + bt, prog.batches, "z"), "z")
-        q = b.red(2 * _v(gl) * _v(z) + LAM * _v(z) ** 2)
+        zs[bt] = z
         # |g|^2 >= 0 exactly; the expanded form can round below 0 only where |g| << |grad|
-        zs[bt], ngs[bt] = z, _s(b.sop("sc", sp.sqrt(sp.Max(sp.S.Zero, g2 + q)), "ng"))
-    e = _s(b.sop("sc", fold_numbers(-dt / n + c * sp.sqrt(s2) * sdt * (WK - SW / n) / sp.sqrt(n - 1)), "e"))
+        if pairs:
+            q0, q1 = b.red(LAM * _v(z) ** 2), b.red(2 * _v(gl) * _v(z))
+            for sg in signs:
+                ngs[bt, sg] = _s(b.sop("sc", sp.sqrt(sp.Max(sp.S.Zero, g2 + q0 + sg * q1)), "ng"))
+        else:
+            q = b.red(2 * _v(gl) * _v(z) + LAM * _v(z) ** 2)
+            ngs[bt, 1] = _s(b.sop("sc", sp.sqrt(sp.Max(sp.S.Zero, g2 + q)), "ng"))
+    if pairs:
+        even = c * sp.sqrt(s2) * sdt * (WK - SW / m) / sp.sqrt(m - 1)
+        odd = c * sdt * WK2 / sp.sqrt(m)
+        es = {sg: _s(b.sop("sc", fold_numbers((-dt / m + even + sg * odd) / 2), "e")) for sg in signs}
+    else:
+        es = {1: _s(b.sop("sc", fold_numbers(-dt / n + c * sp.sqrt(s2) * sdt * (WK - SW / n) / sp.sqrt(n - 1)),
+                          "e"))}
     acc_a = {coef: [] for coef in groups}
     acc_b = {coef: [] for coef in groups}
     for j, (tensor, _r, bt, coef) in enumerate(sde.increment):
         if tensor == "det":
             continue
-        rr = b.hyper(rdet[j].xreplace({NORM_G: ngs[bt]}))
+        # e r of each sign: F(+z) and F(-z) of the block
+        ers = {sg: es[sg] * b.hyper(rdet[j].xreplace({NORM_G: ngs[bt, sg]})) for sg in signs}
         if tensor == "1":
-            b.ops.append(VOp("sc", ones[j], (fold_numbers(_s(ones[j]) + e * rr),)))
+            b.ops.append(VOp("sc", ones[j], (fold_numbers(_s(ones[j]) + sp.Add(*ers.values())),)))
         else:
-            acc_a[coef].append(rr)
-            acc_b[coef].append(rr * _v(zs[bt]))
+            acc_a[coef].append(sp.Add(*ers.values()))
+            acc_b[coef].append(sp.Add(*[sg * er for sg, er in ers.items()]) * _v(zs[bt]))
     for coef, (al, be) in groups.items():
-        b.ops.append(VOp("sc", al, (fold_numbers(_s(al) + e * sp.Add(*acc_a[coef])),)))
-        upd = fold_numbers(_v(be) + e * sp.Add(*acc_b[coef]))
+        b.ops.append(VOp("sc", al, (fold_numbers(_s(al) + sp.Add(*acc_a[coef])),)))
+        upd = fold_numbers(_v(be) + sp.Add(*acc_b[coef]))
         check_supported(upd, f"the vector kernel of {prog.name}")
         b.ops.append(VOp("cw", be, (upd,)))
     # once per step, after the samples (post): the products by L and C, the new x

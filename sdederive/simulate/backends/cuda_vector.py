@@ -48,8 +48,10 @@ class _Printer(_CudaPrinter):
         n = e.name
         if n.startswith("v_") and n[2:] in self.local:
             return f"l_{n[2:]}"
-        if n == "s_WK":  # the current inner sample's weight (z-space programs)
+        if n == "s_WK":  # the current inner sample's weight (z-space programs), of a pair its w_j
             return "WK[kin]"
+        if n == "s_WK2":  # a pair's w'_j (z-space programs with antithetic pairs; NPAIR = n/2)
+            return "WK[kin + NPAIR]"
         if n == "v_LAM":  # lambda_i = (L^T L)_ii, constant
             return "LAMV[i]"
         if n.startswith("v_"):
@@ -225,9 +227,10 @@ class _Writer:
             n = prog.n_inner
             w(ind, f"for (int jb = 0; jb < {(n + 3) // 4}; ++jb) sd_normal4(cstep, (sd_u32)jb, (sd_u32)p, "
                    f"{WEIGHT_STREAM}u, key0, key1, &WK[4 * jb]);")
-            if prog.zspace:  # the weights' sum first; the samples accumulate themselves
-                w(ind, f"{{ double acc = 0.0; for (int kin = 0; kin < {n}; ++kin) acc += WK[kin]; S__SW = acc; }}")
-                w(ind, f"for (int kin = 0; kin < {n}; ++kin) {{")
+            if prog.zspace:  # the weights' sum first (of the pairs' w_j); the samples accumulate themselves
+                nl = prog.n_loop
+                w(ind, f"{{ double acc = 0.0; for (int kin = 0; kin < {nl}; ++kin) acc += WK[kin]; S__SW = acc; }}")
+                w(ind, f"for (int kin = 0; kin < {nl}; ++kin) {{")
                 self.ops(ind + 1, prog.inner, in_inner=True)
                 w(ind, "}")
             else:
@@ -284,6 +287,8 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
     w(0, f"/* vector kernel: {prog.mode} {prog.name} on {problem.kind}, dtype {dtype}, inner samples {prog.n_inner} */")
     for note in prog.notes:
         w(0, f"/* note: {str(note).replace('*/', '* /')} */")
+    if prog.pairs:  # antithetic pairs (z-space): w'_j of pair j is WK[j + NPAIR]
+        w(0, f"#define NPAIR {prog.n_loop}")
     w(0, f"#define D {d}\n#define NS {ns}\n#define NEX {nex}\n#define NZ ({nz})\n#define NZ4 (((NZ) + 3) / 4 * 4)")
     # float32 on a dense quadratic: the vectors, scalars and the problem's helpers (H v, L z) are float, as the
     # numba kernel's float32 vectors and sgemm products; elsewhere only the state is a float

@@ -68,8 +68,10 @@ class _Printer(_NumbaPrinter):
         n = e.name  # kstep, tt, dt, sdt and hp_<h> are the kernel's own local names
         if n.startswith("v_") and n[2:] in self.local:
             return f"l_{n[2:]}"
-        if n == "s_WK":  # the current inner sample's weight (z-space programs)
+        if n == "s_WK":  # the current inner sample's weight (z-space programs), of a pair its w_j
             return "WK[r, kin]"
+        if n == "s_WK2":  # a pair's w'_j (z-space programs with antithetic pairs; NPAIR = n/2, a kernel constant)
+            return "WK[r, kin + NPAIR]"
         if n == "v_LAM":  # lambda_i = (L^T L)_ii, constant
             return "LAMV[i]"
         if n.startswith("v_"):
@@ -330,12 +332,12 @@ class _Writer:
             w(ind, "for r in range(nr):")
             nb = (n + 3) // 4
             w(ind + 1, f"fill_normals(WK, r, np.int64({nb}), cstep, ROWS[r], np.int64({WEIGHT_STREAM}), key0, key1)")
-            if prog.zspace:  # the weights' sum first; the samples accumulate themselves
+            if prog.zspace:  # the weights' sum first (of the pairs' w_j); the samples accumulate themselves
                 w(ind + 1, "acc = 0.0")
-                w(ind + 1, f"for kin in range({n}):")
+                w(ind + 1, f"for kin in range({prog.n_loop}):")
                 w(ind + 2, "acc += WK[r, kin]")
                 w(ind + 1, "S__SW[r] = acc")
-                w(ind, f"for kin in range({n}):")
+                w(ind, f"for kin in range({prog.n_loop}):")
                 self.ops(ind + 1, prog.inner, in_inner=True)
             else:
                 f = prog.fsample
@@ -482,6 +484,8 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
             w(2, "LAMV[j] = SG0[j] * SG0[j]")
     if prog.n_inner:
         w(1, f"WK = np.zeros((PB, {((prog.n_inner + 3) // 4) * 4}))")
+    if prog.pairs:  # antithetic pairs: w'_j of pair j is WK[r, j + NPAIR]
+        w(1, f"NPAIR = {prog.n_loop}")
     if problem.minibatch and prog.mode == "discrete":
         w(1, "n_ex = PM.shape[0]")
         w(1, "Bm = int(PV[P_B])")

@@ -522,16 +522,23 @@ def _one_step_check(sde, prob, x0, hv, paths=400_000, inner=8, seed=1):
     assert np.all(np.abs(cov - C * dt) < 5 * se_cov + 2e-3 * np.abs(C * dt).max()), (cov, C * dt)
 
 
-@pytest.mark.parametrize("case", ["norm_scale", "nsgd_near_minimum", "sam_fresh"])
-def test_antithetic_pairs_keep_the_one_step_moments(case):
+@pytest.mark.parametrize("case, form", [("norm_scale", "z"), ("nsgd_near_minimum", "z"), ("sam_fresh", "z"),
+                                        ("norm_scale", "per-sample"), ("sam_fresh", "per-sample"),
+                                        ("sign", "per-sample")])
+def test_antithetic_pairs_keep_the_one_step_moments(case, form, monkeypatch):
     """The z-space kernels draw their inner samples as antithetic pairs `(z, -z)` (`vector_lower._lower_zspace`):
     the drift estimate is the mean of the pair means `P_j`, and the noise `s_P`-scaled deviations of the `P_j`
     plus the weighted half-differences `D_j`.  The step's mean and covariance must still be `b dt` and `C dt`.
     The cases are chosen where the even part `P` carries much of `Cov[F]`, so that a wrong `s_P`
     (`1 - dt/(n eta)` for `1 - dt/(m eta)`, a 12.5 % error on `Cov[P]` at `dt = eta`) or a wrong weight of `D`
     fails: `F = |g| x` with `|grad f| << |noise|` (`F` nearly even in `z`), NSGD where `|grad f|` is comparable
-    to the noise, and SAM with a fresh minibatch at the perturbed point (two streams flipped together)."""
+    to the noise, and SAM with a fresh minibatch at the perturbed point (two streams flipped together).  The
+    per-sample form (`ZSPACE` off; the form of logistic regression and of `sign(g)`) pairs `xi, -xi` the same
+    way, with SignSGD under a full Sigma (`sign(g)`, even part `E[sign]`-like near `grad = 0`) added."""
     from sdederive.simulate import vector_lower as VL
+
+    if form == "per-sample":
+        monkeypatch.setattr(VL, "ZSPACE", False)
 
     rng = np.random.default_rng(0)
     A = rng.normal(size=(3, 3))
@@ -546,6 +553,12 @@ def test_antithetic_pairs_keep_the_one_step_moments(case):
         H, _ = _dense(seed=2)
         x0 = np.linalg.solve(H, np.array([0.6, -0.5, 0.4]))  # |grad f| = 0.88, tr Sigma = 3.3
         prob = sd.Quadratic(H=H, Sigma=S, x0=x0)
+    elif case == "sign":
+        opt, hv = sd.from_update("vsign_pairs", {"x": x - eta * sd.coordinatewise(sp.sign, g)},
+                                 hypers={"eta": (0.01, "lr")}), {}
+        H, _ = _dense(seed=2)
+        x0 = np.linalg.solve(H, np.array([0.5, -0.3, 0.2]))
+        prob = sd.Quadratic(H=H, Sigma=S, x0=x0)
     else:
         rho = sd.sym("rho")
         opt = sd.from_update("sam_fresh", {"x": x - eta * sd.grad_at(x + rho * g / sd.norm(g), fresh=True)},
@@ -556,14 +569,15 @@ def test_antithetic_pairs_keep_the_one_step_moments(case):
     sde = sd.derive(opt)
     x0 = np.asarray(x0, dtype=float)
     prog = VL.lower_sde(sde, prob)
-    assert prog.zspace and prog.pairs and prog.n_loop == 4
+    assert prog.zspace == (form == "z") and prog.pairs and prog.n_loop == 4
+    assert form == "z" or prog.fdiff
     _one_step_check(sde, prob, x0, {"eta": 0.05, **hv})
 
 
 def test_antithetic_pairs_halve_the_gaussians_and_fall_back_for_odd_inner():
-    """`inner = 2m` with `m >= 2` runs `m` pairs: the kernel's inner loop draws `m` rows of Gaussians a step; an
-    odd `inner`, or 2 (one pair has no sample covariance of its means), keeps independent samples, and so does
-    the per-sample form (logistic regression).  `inner = 5` and `6` still give the right moments."""
+    """`inner = 2m` with `m >= 2` runs `m` pairs: the kernel's inner loop draws `m` rows of Gaussians a step, in
+    z-space and in the per-sample form (logistic regression); an odd `inner`, or 2 (one pair has no sample
+    covariance of its means), keeps independent samples.  `inner = 5` and `6` still give the right moments."""
     from sdederive.simulate import vector_lower as VL
 
     H, S = _dense(seed=2)
@@ -576,6 +590,8 @@ def test_antithetic_pairs_halve_the_gaussians_and_fall_back_for_odd_inner():
         src = sd.compile(sde, prob, inner=n).source.text
         assert f"for kin in range({prog.n_loop}):" in src
     logi = sd.LogisticRegression.synthetic(n=30, d=3, B=4, seed=0)
-    assert not VL.lower_sde(sde, logi).pairs
+    prog = VL.lower_sde(sde, logi)  # the per-sample form: pairs (xi, -xi) of the minibatch noise
+    assert prog.pairs and not prog.zspace and prog.fdiff and prog.n_loop == 4
+    assert not VL.lower_sde(sde, logi, 5).pairs
     for n in (5, 6):
         _one_step_check(sde, prob, x0, {"eta": 0.05}, inner=n, paths=300_000)

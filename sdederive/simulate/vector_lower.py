@@ -64,7 +64,8 @@ gradients over the same (or fresh) indices.
   matrix product; the same Gaussians give the same paths up to rounding.  There, for an even `n >= 4`, the
   samples are `n/2` antithetic pairs `(z_j, -z_j)` (`ANTITHETIC`): half the Gaussians, the pair means' sample
   covariance and the half-differences' second moment making up the noise, so the step's mean and covariance
-  stay exact (`_lower_zspace`).
+  stay exact (`_lower_zspace`).  The per-sample form pairs `xi, -xi` the same way (`P_j` the sample its sums see,
+  the half-differences `D_j` weighted into `ZETAD`), except where a state's drift alone is sampled.
 
 **Student-t SDEs** (`VectorSDE.noise == "student-t"`, derived under the multivariate t) run on a problem with
 `noise="multivariate-t"` of the same `nu` (`compile_vector` checks it; a symbolic `nu` takes the problem's value
@@ -144,6 +145,9 @@ class VProgram:
     post: list = field(default_factory=list)
     n_inner: int = 0
     fsample: str | None = None
+    #: with antithetic pairs in the per-sample form: the pair's half-difference `D_j` (`fsample` is then its mean
+    #: `P_j`), whose `w'_j`-weighted sum the printers accumulate as `_SDF` and scale to `ZETAD`
+    fdiff: str | None = None
     #: `(F_k, sum)` for sampled increments whose samples estimate a drift only (an auxiliary state's, when another
     #: state carries the sampled noise): the printers accumulate `sum = sum_k F_k` as they do `_SF`
     msamples: tuple = ()
@@ -193,7 +197,7 @@ def live_outside(prog, run: list, all_reads: list) -> set:
     read within the run (a value from the previous step).  The printers fuse a run into one loop and keep the
     others in locals (`numba_vector`, `cuda_vector`); `all_reads` is `op_reads(prog)`."""
     ids = {id(o) for o in run}
-    out = {prog.result, *prog.results.values(), *(n for n in (prog.fsample,) if n),
+    out = {prog.result, *prog.results.values(), *(n for n in (prog.fsample, prog.fdiff) if n),
            *(fs for fs, _sm in prog.msamples)}
     for o, r in all_reads:
         if id(o) not in ids:
@@ -839,33 +843,53 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
                           {j: r for (_s_, j), r in rdet.items()})
             return prog
         b.ops = prog.inner
+        # antithetic pairs (xi, -xi), as in z-space (`_lower_zspace`): one noise draw and product for two samples.
+        # Not where a state's drift alone is sampled (adamw_clip's v): nothing makes up for the error of its drift
+        # estimate, dt**2 Cov[P]/m with pairs against dt**2 Cov[F]/n, up to twice as large where F is even in xi
+        prog.pairs = pairs = (ANTITHETIC and n_inner % 2 == 0 and n_inner >= 4
+                              and all(s_ in noisy for s_ in sampled))
+        m_eff = n_inner // 2 if pairs else n_inner
+        signs = (1, -1) if pairs else (1,)
         gs, ngs = {}, {}
         for bt in batches:
             xi = b.vop("tnoise" if student else "noise", (NOISE_STREAM_INNER + bt, prog.batches), "xi")
-            gs[bt] = b.cw(_v("GR") + _v(xi), "g")
-            ngs[bt] = b.norm(gs[bt])
+            for sg in signs:
+                gs[bt, sg] = b.cw(_v("GR") + sg * _v(xi), "g")
+                ngs[bt, sg] = b.norm(gs[bt, sg])
         a0: dict = {s_: [] for s_ in sampled}
         sums: dict = {}
         for s_ in sampled:
-            terms = []
-            for j, (tensor, _r, bt, coef) in enumerate(incs[s_]):
-                if tensor == "det":
-                    a0[s_].append(det[(s_, j)])
-                    continue
-                rr = b.hyper(rdet[(s_, j)].xreplace({NORM_G: ngs[bt]}))
-                if tensor == "1":
-                    terms.append((rr, det[(s_, j)]))
-                    continue
-                if tensor == "g":
-                    blk = b.cw(rr * _v(gs[bt]), "bk")
-                elif tensor == "gsq":
-                    blk = b.cw(rr * _v(gs[bt]) ** 2, "bk")
-                else:
-                    blk = b.cw(sp.sign(_v(gs[bt])), "bk")
-                terms.append((sp.S.One, b.apply(coef, blk)))
-            fs = b.sum_vec(terms)
+            fss = {}
+            for sg in signs:
+                terms = []
+                for j, (tensor, _r, bt, coef) in enumerate(incs[s_]):
+                    if tensor == "det":
+                        if sg == 1:
+                            a0[s_].append(det[(s_, j)])
+                        continue
+                    g_ = gs[bt, sg]
+                    rr = b.hyper(rdet[(s_, j)].xreplace({NORM_G: ngs[bt, sg]}))
+                    if tensor == "1":
+                        terms.append((rr, det[(s_, j)]))
+                        continue
+                    if tensor == "g":
+                        blk = b.cw(rr * _v(g_), "bk")
+                    elif tensor == "gsq":
+                        blk = b.cw(rr * _v(g_) ** 2, "bk")
+                    else:
+                        blk = b.cw(sp.sign(_v(g_)), "bk")
+                    terms.append((sp.S.One, b.apply(coef, blk)))
+                fss[sg] = b.sum_vec(terms)
+            if pairs:  # the pair's mean P_j (the sample the sums see) and half-difference D_j
+                fs = b.cw((_v(fss[1]) + _v(fss[-1])) / 2, "pm")
+                fd = b.cw((_v(fss[1]) - _v(fss[-1])) / 2, "pd") if s_ in noisy else None
+            else:
+                fs, fd = fss[1], None
             if s_ in noisy:  # its sum _SF and the weighted deviations ZETA (the printers' names)
                 prog.fsample, sums[s_] = fs, "_SF"
+                if fd is not None:
+                    prog.fdiff = fd
+                    prog.vectors |= {"_SDF", "ZETAD"}
             else:  # a drift estimate only: the sum of the samples
                 sums[s_] = f"_SF_{s_}"
                 prog.msamples += ((fs, sums[s_]),)
@@ -881,13 +905,16 @@ def lower_sde(sde: VectorSDE, problem, n_inner: int = DEFAULT_INNER) -> VProgram
         new = {}
         for s_ in prog.states[1:] + ("x",):  # x last: its Euler step is the step's last operation
             if s_ in sampled:
-                drift = -(sp.Add(*[_v(a) for a in a0[s_]]) + _v(sums[s_]) / n_inner)
+                drift = -(sp.Add(*[_v(a) for a in a0[s_]]) + _v(sums[s_]) / m_eff)
             else:
                 drift = _v(b.vec(sde.drift[s_]))
             step = _v(state_vec(s_)) + drift * dt
             if s_ in noisy:
+                # ZETA: the (pair) means' weighted deviations; with pairs ZETAD = sum_j w'_j D_j / sqrt(m) as well,
+                # and the drift estimate's error Cov[P]/m is made up for on the means' part alone
                 c = b.scalar(sp.sympify(factors[s_][0]))
-                step = step + c * sp.sqrt(1 - dt / (n_inner * c ** 2)) * sdt * _v("ZETA")
+                zeta = sp.sqrt(1 - dt / (m_eff * c ** 2)) * _v("ZETA") + (_v("ZETAD") if pairs else 0)
+                step = step + c * sdt * zeta
             new[s_] = b.cw(step, "nx" if s_ == "x" else "ns")
             if new[s_] in ("X", "GR") or new[s_].startswith("ST_"):  # a plain copy: a vector of its own
                 new[s_] = b.vop("cw", (_v(new[s_]),), "nx" if s_ == "x" else "ns")

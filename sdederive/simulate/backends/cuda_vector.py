@@ -234,10 +234,10 @@ class _Writer:
                 self.ops(ind + 1, prog.inner, in_inner=True)
                 w(ind, "}")
             else:
-                f = prog.fsample
+                f, fd, n = prog.fsample, prog.fdiff, prog.n_loop
                 w(ind, "S__SW = 0.0;")
-                zero = (["V__SF[i] = 0.0;", "V__SWF[i] = 0.0;"] if f else []) + [f"V_{sm}[i] = 0.0;"
-                                                                             for _fs, sm in prog.msamples]
+                zero = ((["V__SF[i] = 0.0;", "V__SWF[i] = 0.0;"] if f else []) + (["V__SDF[i] = 0.0;"] if fd else [])
+                        + [f"V_{sm}[i] = 0.0;" for _fs, sm in prog.msamples])
                 w(ind, f"for (int i = 0; i < D; ++i) {{ {' '.join(zero)} }}")
                 w(ind, f"for (int kin = 0; kin < {n}; ++kin) {{")
                 self.ops(ind + 1, prog.inner, in_inner=True)
@@ -246,6 +246,8 @@ class _Writer:
                 if f:
                     w(ind + 1, f"for (int i = 0; i < D; ++i) {{ const double fv = V_{f}[i]; V__SF[i] += fv; "
                                "V__SWF[i] += wk * fv; }")
+                if fd:  # antithetic pairs: w'_j of the pair's half-difference
+                    w(ind + 1, f"for (int i = 0; i < D; ++i) V__SDF[i] += WK[kin + NPAIR] * V_{fd}[i];")
                 for fs, sm in prog.msamples:  # drift estimates only
                     w(ind + 1, f"for (int i = 0; i < D; ++i) V_{sm}[i] += V_{fs}[i];")
                 w(ind, "}")
@@ -253,6 +255,8 @@ class _Writer:
                     # zeta = (n - 1)^(-1/2) sum_k w_k (F_k - Fbar), the numba kernel's formula and constants
                     w(ind, f"for (int i = 0; i < D; ++i) V_ZETA[i] = (V__SWF[i] - S__SW * (V__SF[i] / {n}.0)) * "
                            f"{(n - 1) ** -0.5!r};")
+                    if fd:
+                        w(ind, f"for (int i = 0; i < D; ++i) V_ZETAD[i] = V__SDF[i] * {n ** -0.5!r};")
         self.ops(ind, prog.post)
         for st, res in prog.results.items():
             w(ind, f"for (int i = 0; i < D; ++i) V_ST_{st}[i] = V_{res}[i];")

@@ -340,33 +340,41 @@ class _Writer:
                 w(ind, f"for kin in range({prog.n_loop}):")
                 self.ops(ind + 1, prog.inner, in_inner=True)
             else:
-                f = prog.fsample
+                f, fd, n = prog.fsample, prog.fdiff, prog.n_loop
                 w(ind + 1, "S__SW[r] = 0.0")
                 w(ind + 1, "for i in range(d):")
                 if f:
                     w(ind + 2, "V__SF[r, i] = 0.0")
                     w(ind + 2, "V__SWF[r, i] = 0.0")
+                if fd:
+                    w(ind + 2, "V__SDF[r, i] = 0.0")
                 for _fs, sm in prog.msamples:
                     w(ind + 2, f"V_{sm}[r, i] = 0.0")
                 w(ind, f"for kin in range({n}):")
                 self.ops(ind + 1, prog.inner, in_inner=True)
                 w(ind + 1, "for r in range(nr):")
                 w(ind + 2, "wk = WK[r, kin]")
+                if fd:  # antithetic pairs: w'_j of the pair's half-difference
+                    w(ind + 2, "wk2 = WK[r, kin + NPAIR]")
                 w(ind + 2, "S__SW[r] += wk")
                 w(ind + 2, "for i in range(d):")
                 if f:
                     w(ind + 3, f"fv = V_{f}[r, i]")
                     w(ind + 3, "V__SF[r, i] += fv")
                     w(ind + 3, "V__SWF[r, i] += wk * fv")
+                if fd:
+                    w(ind + 3, f"V__SDF[r, i] += wk2 * V_{fd}[r, i]")
                 for fs, sm in prog.msamples:  # drift estimates only
                     w(ind + 3, f"V_{sm}[r, i] += V_{fs}[r, i]")
                 if f:
                     # zeta = (n - 1)^(-1/2) sum_k w_k (F_k - Fbar): Gaussian given the samples, covariance their
-                    # sample one
+                    # sample one (with pairs, of the pair means; zetad = m^(-1/2) sum_j w'_j D_j)
                     w(ind, "for r in range(nr):")
                     w(ind + 1, "for i in range(d):")
                     w(ind + 2, f"V_ZETA[r, i] = (V__SWF[r, i] - S__SW[r] * (V__SF[r, i] / {n}.0)) * "
                                f"{(n - 1) ** -0.5!r}")
+                    if fd:
+                        w(ind + 2, f"V_ZETAD[r, i] = V__SDF[r, i] * {n ** -0.5!r}")
         self.ops(ind, prog.post)
         # the auxiliary states take their new values at the end of the step (every update read the old ones)
         # (one loop for all of them where the loops are fused: the results are vectors of their own, never a state)

@@ -318,3 +318,18 @@ def test_cli_catalog_matches_the_registries():
     assert list(live["VALIDATE_PROBLEMS"]) == _catalog.validate_problem_names()
     assert _catalog.optimizer_names() == sd.optimizers.names()
     assert _catalog.regime_names() == sd.regimes.names()
+
+
+def test_simulate_json_is_the_same_bytes_for_the_same_seed(capsys):
+    """`simulate --json` twice with one seed prints the same bytes (the wall-clock times, the one part that
+    differs, only with `--timing`); another seed prints other numbers."""
+    argv = ["simulate", "sgd", "--mode", "discrete", "--paths", "64", "--steps", "20", "--seed", "5", "--json"]
+    outs = []
+    for extra in ([], [], ["--timing"], ["--seed", "6"]):
+        rc, out, err = run(capsys, *argv, *extra)
+        assert rc == 0, err
+        outs.append(out)
+    assert outs[0] == outs[1] and "timing" not in json.loads(outs[0])
+    timed = json.loads(outs[2])
+    assert timed["timing"]["run_s"] > 0 and {k: v for k, v in timed.items() if k != "timing"} == json.loads(outs[0])
+    assert json.loads(outs[3])["mean"] != json.loads(outs[0])["mean"]

@@ -320,7 +320,7 @@ def cmd_simulate(args, out) -> int:
         print(f"{PROG}: interrupted: partial result, completed {res.steps_done} of {res.steps_total} steps",
               file=sys.stderr)
     if args.json:
-        out.write(json_dumps(res.to_dict()) + "\n")
+        out.write(json_dumps(res.to_dict(timing=args.timing)) + "\n")
         return status
     se = res.se
     done = (f"{args.steps} steps" if not res.partial else
@@ -489,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SDE integrator: Euler-Maruyama or Platen's weak order-2 scheme")
     p.add_argument("--mask-diverged", action="store_true", help="drop diverged paths instead of stopping")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON (the same seed gives the same bytes; add --timing for the times)")
+    p.add_argument("--timing", action="store_true", help="with --json: include the compile and run times")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser(

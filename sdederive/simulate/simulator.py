@@ -103,10 +103,12 @@ class SimulationResult:
         """Whether the run stopped before its last step (Ctrl-C)."""
         return bool(self.interrupted) or (0 <= self.steps_done < self.steps_total)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, timing: bool = True) -> dict:
         """Standard JSON-ready: `{"t", "mean", "var", "se", "count", "paths", "timing", ...}`.  A statistic
         without a value (a snapshot no path entered: `count` 0) is `null`, flagged by `"nonfinite": true`
-        and `"no_paths_left"`; `"partial"` and `"steps_done"` say whether the run was interrupted."""
+        and `"no_paths_left"`; `"partial"` and `"steps_done"` say whether the run was interrupted.
+        `timing=False` leaves out the wall-clock times, the one part that differs between two runs of the same
+        seed: the rest is then the same bytes under `json_dumps`."""
         from sdederive._json import finite_or_none, has_nonfinite
 
         se = self.se
@@ -117,8 +119,9 @@ class SimulationResult:
             "nonfinite": has_nonfinite(raw), "no_paths_left": bool(self.count.size and self.count[-1] == 0),
             "count": self.count.tolist(), "paths": self.paths, "diverged": self.diverged,
             "interrupted": self.interrupted, "partial": self.partial, "steps_done": self.steps_done,
-            "steps_total": self.steps_total, "timing": self.timing, "notes": list(self.notes),
+            "steps_total": self.steps_total, "notes": list(self.notes),
             "hyper": finite_or_none(self.hyper), "seed": self.seed,
+            **({"timing": self.timing} if timing else {}),
         }
 
 

@@ -38,6 +38,21 @@ def test_run_init_values_are_checked(adam_sim, init, match):
     assert not isinstance(e.value, DivergenceError)
 
 
+@pytest.mark.parametrize("make", ["adam", "adagrad", "rmsprop-sde", "adamw_clip-sde", "lamb"])
+def test_negative_start_of_a_second_moment_is_refused(make):
+    """A second moment or accumulator started below 0 is bad input, named as such (before: every path "diverged"
+    at step 1, with the advice to lower eta); 0 and positive starts still run."""
+    p = Quadratic(h=[1.0, 2.0], sigma=[1.0, 1.0], x0=[1.0, 1.0])
+    name, _, mode = make.partition("-")
+    sim = sd.compile(sd.derive(name) if mode else name, p)
+    warnings.simplefilter("ignore")  # the regime check of a short run on this small problem (pytest restores filters)
+    with pytest.raises(SdederiveError, match=r"init of state 'v' of '%s' has -0.5 \(coordinate 1\); state 'v' has "
+                                             r"kind '(second_moment|accumulator)'.*allowed: numbers >= 0" % name) as e:
+        sim.run(paths=4, steps=3, init={"v": [0.1, -0.5]})
+    assert not isinstance(e.value, DivergenceError)
+    assert np.isfinite(sim.run(paths=4, steps=3, init={"v": [0.0, 0.5]}).mean["loss"][-1])
+
+
 def test_run_hyper_must_be_a_dict(adam_sim):
     with pytest.raises(HyperparameterError, match=r"hyper=.* \(list\) is not allowed; allowed: a dict"):
         adam_sim.run(paths=4, steps=3, hyper=[0.9, 0.999])

@@ -51,7 +51,7 @@ from sdederive.spec.hyper import KINDS, check_value
 from sdederive.spec.kinds import StateKind
 from sdederive.symbols import sym
 
-__all__ = ["compile", "Simulator", "SimulationResult", "check_run_args"]
+__all__ = ["compile", "Simulator", "SimulationResult", "check_run_args", "check_nonnegative_init"]
 
 _SCHEMES = ("euler", "weak2")
 _DTYPES = ("float64", "float32")
@@ -342,6 +342,7 @@ class Simulator:
         init = dict(init or {})
         if self.mode == "discrete":
             st = self._discrete_init(self.obj)
+            check_nonnegative_init(init, {s.name: s.kind for s in self.obj.states}, self.obj.name)
             for k, v in init.items():
                 if k not in st:
                     raise UnknownNameError("state", k, st)
@@ -357,6 +358,7 @@ class Simulator:
         t = sym("t")
         singular_t = any(sp.sympify(e).has(t) for e in sde.drift.values())
         kinds = {s.name: s for s in opt.states} if opt else {}
+        check_nonnegative_init(init, {k: s.kind for k, s in kinds.items()}, sde.optimizer)
         singular_states = [
             outputs[s] for s in sde.states[1:]
             if outputs[s] in kinds and kinds[outputs[s]].kind in (StateKind.SECOND_MOMENT, StateKind.ACCUMULATOR)
@@ -739,6 +741,26 @@ def _check_init(init, d: int) -> dict:
             raise SdederiveError(f"{what} is not finite; allowed: finite numbers")
         out[k] = np.broadcast_to(a, (d,)).copy()
     return out
+
+
+def check_nonnegative_init(init: Mapping, kinds: Mapping, name: str) -> None:
+    """`SdederiveError` for an `init` value below 0 of a state whose declared kind is nonnegative (a second moment or
+    an accumulator of `g**2`, `StateKind.nonnegative`): such a start would be taken under a square root at the
+    first step and reported as a divergence of every path, with the advice to lower `eta`.  `kinds`: state name ->
+    its kind (states without one are not checked)."""
+    for k, v in init.items():
+        kind = kinds.get(k)
+        try:
+            nonneg = kind is not None and StateKind(kind).nonnegative
+        except ValueError:
+            nonneg = False
+        if nonneg:
+            a = np.asarray(v, float)
+            if np.any(a < 0):
+                i = int(np.flatnonzero(np.atleast_1d(a) < 0)[0])
+                raise SdederiveError(
+                    f"init of state {k!r} of {name!r} has {float(np.atleast_1d(a)[i])!r} (coordinate {i}); state {k!r} "
+                    f"has kind {StateKind(kind).value!r} (an average or a sum of g**2): allowed: numbers >= 0")
 
 
 def _check_tau(sde) -> sp.Expr:

@@ -36,7 +36,7 @@ from sdederive.sde_vector import VectorSDE
 from sdederive.simulate.backends.base import BackendUnavailableError, KernelSource
 from sdederive.simulate.backends.registry import get_backend
 from sdederive.simulate.lower import CodegenError
-from sdederive.simulate.simulator import Simulator
+from sdederive.simulate.simulator import Simulator, check_nonnegative_init
 from sdederive.simulate.vector_lower import DEFAULT_INNER, lower_discrete, lower_sde
 from sdederive.spec import vector as V
 from sdederive.symbols import sym
@@ -104,6 +104,8 @@ class VectorSimulator(Simulator):
         st["x"] = self.problem.x0.copy()
         k_start = 0
         opt = self._source()
+        if opt is not None:
+            check_nonnegative_init(init, {a[0]: a[2] for a in opt.aux}, opt.name)
         missing = [s for s in states if s not in init]
         if isinstance(self.obj, VectorSDE) and self.obj.aux_states and opt is None and missing:
             # without the optimizer neither the states' kinds (is v a second moment, singular at 0?) nor the first

@@ -823,7 +823,7 @@ class VectorSDE:
         """The JSON schema of docs/vector.md, every expression printed in the form the safe parser rebuilds: the
         dict is printed once, parsed and printed again (matrix sums such as `-(rho*H + I)*grad` come back as
         `(-I + (-rho)*H)*grad`), so that saving a loaded SDE gives the same bytes."""
-        return _from_json(type(self), self._raw_dict())._raw_dict()
+        return _from_json(type(self), self._raw_dict(), check=False)._raw_dict()
 
     def _raw_dict(self) -> dict:
         names = self._atom_names()
@@ -1271,7 +1271,9 @@ def _err(msg: str) -> SdederiveError:
     return SdederiveError(f"vector SDE JSON: {msg} (see docs/vector.md for the schema)")
 
 
-def _from_json(cls, data) -> VectorSDE:
+def _from_json(cls, data, check: bool = True) -> VectorSDE:
+    """`VectorSDE.from_json`; `check=False` skips `_check_diffusion_matches_covariance` (the round trip of
+    `to_dict`, whose expressions come from the engine)."""
     if isinstance(data, str):
         from sdederive._json import JSONTextError, loads_strict
 
@@ -1454,9 +1456,60 @@ def _from_json(cls, data) -> VectorSDE:
     for e in (drift, diff, cov, *aux_drift, *aux_diff, *[c for _, _, c in joint]):
         used |= set(e.atoms(ExpectationAtom))
     increment = increment_of(d.get("increment", []), "increment")
-    return cls(optimizer=d["optimizer"], noise=d["noise"], regime=d["regime"], tau=tau, drift_vector=drift,
-               diffusion_matrix_expr=diff, covariance_expr=cov, atoms=tuple(a for a in atoms.values() if a in used),
-               notes=tuple(notes), hypers=tuple(tuple(h) for h in hypers), order=order, nu=nu_top,
-               increment=increment, aux_states=tuple(states[1:]), aux_drift=tuple(aux_drift),
-               aux_diffusion=tuple(aux_diff), aux_increment=tuple(aux_inc) if any(aux_inc) else (),
-               joint_covariance=tuple(joint), eliminated=eliminated, sigma_x=sigma_x)
+    sde = cls(optimizer=d["optimizer"], noise=d["noise"], regime=d["regime"], tau=tau, drift_vector=drift,
+              diffusion_matrix_expr=diff, covariance_expr=cov, atoms=tuple(a for a in atoms.values() if a in used),
+              notes=tuple(notes), hypers=tuple(tuple(h) for h in hypers), order=order, nu=nu_top,
+              increment=increment, aux_states=tuple(states[1:]), aux_drift=tuple(aux_drift),
+              aux_diffusion=tuple(aux_diff), aux_increment=tuple(aux_inc) if any(aux_inc) else (),
+              joint_covariance=tuple(joint), eliminated=eliminated, sigma_x=sigma_x)
+    if check:
+        _check_diffusion_matches_covariance(sde)
+    return sde
+
+
+def _check_diffusion_matches_covariance(sde: VectorSDE) -> None:
+    r"""`SdederiveError` where a file's `diffusion` `D` and `covariance` `C` of `x` disagree (`D D^T != C`): the two
+    are written side by side, the simulators use one and `print` and `evaluate` show both, so a file edited in one
+    of them would simulate an SDE other than the one it displays.  (The auxiliary states' `joint_covariance` is the
+    full leading covariance, which a regime's diffusion may leave out, as `balanced` does for a second moment: it
+    is not checked against their diffusions.)
+
+    Checked numerically at a fixed point, `d = 3`: a dense PD `H` and `Sigma`, a `grad`, `x`, positive auxiliary
+    states, every hyperparameter at its default (0.3 without one, `eta = 0.01`, `t = 1`, a symbolic `nu` 7).  The
+    expectation atoms take the moments of one empirical law (400 draws of `g` of a fixed seed, each atom over the
+    same draws), so `C` is a covariance of that law and the identity `D D^T = C` of a derived SDE holds to rounding
+    (rtol 1e-8); a point where either cannot be evaluated (a root of a matrix that is not PSD there, a domain the
+    point leaves) checks nothing, and the file is accepted."""
+    dd = 3
+    r = np.random.default_rng(12345)
+    A = r.standard_normal((dd, dd))
+    B = r.standard_normal((dd, dd))
+    env: dict = {"grad": np.array([0.7, -0.4, 0.2]), "x": np.array([0.5, 1.0, -0.8]),
+                 "H": A @ A.T / dd + 0.5 * np.eye(dd), "Sigma": B @ B.T / dd + 0.3 * np.eye(dd)}
+    for n in sde.aux_states:
+        env[n] = np.array([0.4, 0.9, 0.25])
+    for h in sde.hypers:
+        env[str(h[0])] = float(h[2]) if isinstance(h[2], (int, float)) and not isinstance(h[2], bool) else 0.3
+    env["eta"], env["t"] = 0.01, 1.0
+    names = {str(s) for e in sde._all_exprs() for s in e.free_symbols if isinstance(s, sp.Symbol)}
+    for n in names - set(env) - {"d"}:
+        env[n] = 7.0 if n == "nu" else 0.3
+    hyper = {k: v for k, v in env.items() if np.ndim(v) == 0}
+    try:
+        vals = {a: evaluate_atom(a, env["grad"], env["Sigma"], hyper, n=400, rng=np.random.default_rng(7))
+                for a in sde.atoms}
+        with np.errstate(all="ignore"):
+            D = {"x": np.asarray(sde.evaluate("diffusion", atoms=vals, **env), float)}
+            C = {("x", "x"): np.asarray(sde.evaluate("covariance", atoms=vals, **env), float)}
+    except Exception:  # noqa: BLE001 - a point the expressions cannot be evaluated at tells nothing
+        return
+    for (a, b), c in C.items():
+        prod = D[a] @ D[b].T
+        if not (np.all(np.isfinite(prod)) and np.all(np.isfinite(c))) or prod.shape != c.shape:
+            continue
+        scale = max(np.abs(c).max(), np.abs(prod).max(), 1e-300)
+        err = np.abs(prod - c).max()
+        if err > 1e-8 * scale:
+            raise _err(f"diffusion D and covariance C of x disagree: D D^T - C has an entry of size "
+                       f"{err:.3g} against {scale:.3g} at a test point (d = 3, the hyperparameters' defaults); a file "
+                       "must give D D^T = C (the simulators use one of them, print and evaluate show both)")

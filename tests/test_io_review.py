@@ -195,3 +195,22 @@ def test_json_still_reads_ordinary_files(tmp_path):
     assert load(f).d == 2
     sde = sd.derive("sgd")
     assert sd.SDE.from_json(sde.to_json()) == sde
+
+
+@pytest.mark.parametrize("name", ["nsgd", "sam", "sgd_nesterov", "clip_sgd"])
+def test_vector_sde_json_whose_covariance_disagrees_with_its_diffusion_is_refused(name):
+    """A shared vector SDE whose `covariance` was edited apart from its `diffusion` (D D^T != C) is refused, naming
+    both; the file as written, and a covariance rewritten into an equal form, still load."""
+    import json as _json
+
+    from sdederive.sde_vector import VectorSDE
+
+    text = sd.derive(name).to_json()
+    assert VectorSDE.from_json(text).to_json() == text
+    d = _json.loads(text)
+    for bad in (f"(101/100)*({d['covariance']})", f"{d['covariance']} + eta*grad*transpose(grad)"):
+        e = dict(d, covariance=bad)
+        with pytest.raises(SdederiveError, match="diffusion D and covariance C of x disagree"):
+            VectorSDE.from_json(_json.dumps(e))
+    same = dict(d, covariance=f"({d['covariance']})/2 + ({d['covariance']})/2")
+    VectorSDE.from_json(_json.dumps(same))

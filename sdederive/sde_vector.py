@@ -43,7 +43,7 @@ from sdederive.spec.vector import dim
 from sdederive.symbols import KNOWN, sym
 
 __all__ = ["VectorSDE", "ExpectationAtom", "law_text", "SignMean", "SignSecond", "sign_mean", "sign_second_moment",
-           "isotropic_unit_mean", "isotropic_unit_second", "isotropic_radial",
+           "isotropic_unit_mean", "isotropic_unit_second", "isotropic_radial", "square_norm_moment",
            "SymmetricMatrixSymbol", "VNorm", "VDot", "evaluate", "evaluate_atom", "infinite_variance",
            "GRAD", "HESS", "SIGMA", "XVEC", "IDENT", "NORM_G", "ONES", "state_vector"]
 
@@ -891,6 +891,30 @@ class VectorSDE:
         if e is None:
             raise SdederiveError(f"evaluate: {what!r}; allowed: {', '.join(repr(k) for k in table)}")
         return evaluate(e, env, atoms)
+
+
+def square_norm_moment(tensor: str, r: sp.Expr) -> sp.MatrixExpr | None:
+    r"""The Gaussian moments whose integrand is `r = c |g|^2` (`c` free of `|g|`), in closed form by Isserlis'
+    theorem for `g = grad + xi`, `xi ~ N(0, Sigma)`, with $m_2 = |\nabla f|^2 + \operatorname{tr}\Sigma$:
+
+    $E[|g|^2 g] = m_2\,\nabla f + 2\Sigma\nabla f$ (tensor `"g"`) and
+    $E[|g|^2 g g^T] = m_2(\nabla f\nabla f^T + \Sigma) + 2(\nabla f\nabla f^T\Sigma + \Sigma\nabla f\nabla f^T)
+    + 2\Sigma^2$ (tensor `"ggT"`; the covariance of `|g| g`, clipping's region above its threshold, ...).
+
+    `None` (an atom) for every other integrand or tensor.  The scalar `E[|g|^2] = m_2` stays an atom: the
+    expressions, their JSON and the kernels hold a scalar expectation as a `(1, 1)` matrix, which sympy's
+    `Identity(1)` would not survive (JSON's `I` is the `d x d` identity).  The derivation (`_Law.vec`, Gaussian
+    noise) and the simulators' check of an increment against its drift both use this one function."""
+    if tensor not in ("g", "ggT"):
+        return None
+    c = sp.simplify(r / NORM_G ** 2)
+    if c.has(NORM_G) or c == 0:
+        return None
+    m2 = VNorm(GRAD) ** 2 + sp.Trace(SIGMA)
+    if tensor == "g":
+        return c * (m2 * GRAD + 2 * SIGMA * GRAD)
+    gg = GRAD * GRAD.T
+    return c * (m2 * (gg + SIGMA) + 2 * (gg * SIGMA + SIGMA * gg) + 2 * SIGMA * SIGMA)
 
 
 def _increment_json(P, blocks) -> list:

@@ -57,6 +57,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix, DiagonalOf
 from sdederive.errors import ExpectationError, NoiseModelError, RegimeMismatchError, SdederiveError
 from sdederive.regimes import scaled_name
 from sdederive.sde_vector import (
+    square_norm_moment,
     GRAD,
     GRAD_TRSIGMA,
     HESS,
@@ -388,9 +389,18 @@ class _Law:
             return GRAD * GRAD.T + self.second * SIGMA
         if r == 1 and tensor == "gsq" and self.nu is None:
             return sp.HadamardPower(GRAD, 2) + DiagonalOf(SIGMA)
+        closed = self._square_norm_moment(tensor, r)
+        if closed is not None:
+            return closed
         atom = ExpectationAtom(tensor, r, self.nu)
         self._need(tensor, r, atom.display())
         return atom
+
+    def _square_norm_moment(self, tensor: str, r: sp.Expr) -> sp.MatrixExpr | None:
+        """`square_norm_moment` under this law: Gaussian only (the t law keeps its atoms)."""
+        if self.nu is not None:
+            return None
+        return square_norm_moment(tensor, r)
 
     def sign_mean(self) -> sp.MatrixExpr:
         return SignMean() if self.nu is None else SignMean(GRAD, SIGMA, self.nu)

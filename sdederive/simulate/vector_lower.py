@@ -84,6 +84,7 @@ import numpy as np
 import sympy as sp
 
 from sdederive.sde_vector import (
+    square_norm_moment,
     GRAD,
     GRAD_TRSIGMA,
     HESS,
@@ -591,7 +592,8 @@ def _check_increment(sde: VectorSDE, state: str = "x", blocks: tuple | None = No
         elif tensor == "sign":
             mean = mean + coef * (_SM() if nu is None else _SM(GRAD, SIGMA, nu))
         elif tensor == "g":
-            mean = mean + coef * (GRAD if r == 1 else ExpectationAtom("g", r, nu))
+            closed = square_norm_moment("g", r) if nu is None else None
+            mean = mean + coef * (GRAD if r == 1 else closed if closed is not None else ExpectationAtom("g", r, nu))
         elif tensor == "gsq":
             mean = mean + coef * (sp.HadamardPower(GRAD, 2) + DiagonalOf(SIGMA) if r == 1
                                   else ExpectationAtom("gsq", r, nu))

@@ -272,7 +272,7 @@ def test_cli_simulate_json(tmp_path):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = main(["simulate", "adam", "--mode", "discrete", "--problem", str(f), "--paths", "100", "--steps", "50",
-                   "--eta", "0.01", "--hp", "beta1=0.9", "--seed", "0", "--save-every", "10", "--json"])
+                   "--eta", "0.01", "--hp", "beta1=0.9", "--seed", "0", "--save-every", "10", "--json", "--timing"])
     assert rc == 0
     d = json.loads(buf.getvalue())
     assert set(d) >= {"t", "mean", "se", "paths", "timing"} and d["paths"] == 100

@@ -1488,7 +1488,27 @@ def _from_json(cls, data, check: bool = True) -> VectorSDE:
               joint_covariance=tuple(joint), eliminated=eliminated, sigma_x=sigma_x)
     if check:
         _check_diffusion_matches_covariance(sde)
+        _check_increments_match_drifts(sde)
     return sde
+
+
+def _check_increments_match_drifts(sde: VectorSDE) -> None:
+    """`SdederiveError` where a file's `increment` (of `x`, or of an auxiliary state) is not the drift's `-E[F]`:
+    the simulators sample the noise from the increment, so a file edited in one of them would show one drift and
+    simulate another.  The check is the simulators' own (`vector_lower._check_increment`, at random values), run at
+    load, so that the file is refused when it is read and not only when a simulator is built."""
+    from sdederive.simulate.lower import CodegenError
+    from sdederive.simulate.vector_lower import _check_increment
+
+    if sde.order != 1:  # an order-2 drift carries O(eta) corrections that -E[F] does not
+        return
+    todo = [("x", sde.increment)] if sde.increment else []
+    todo += [(n, inc) for n, inc in zip(sde.aux_states, sde.aux_increment) if inc]
+    for state, blocks in todo:
+        try:
+            _check_increment(sde, state, blocks, lenient=True)
+        except CodegenError as e:
+            raise _err(f"the increment of {state} does not match its drift: {e}") from None
 
 
 def _check_diffusion_matches_covariance(sde: VectorSDE) -> None:

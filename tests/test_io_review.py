@@ -214,3 +214,20 @@ def test_vector_sde_json_whose_covariance_disagrees_with_its_diffusion_is_refuse
             VectorSDE.from_json(_json.dumps(e))
     same = dict(d, covariance=f"({d['covariance']})/2 + ({d['covariance']})/2")
     VectorSDE.from_json(_json.dumps(same))
+
+
+@pytest.mark.parametrize("name, where", [("nsgd", "x"), ("sam", "x"), ("adamw_clip", "m"), ("adamw_clip", "v")])
+def test_vector_sde_json_whose_increment_disagrees_with_its_drift_is_refused_at_load(name, where):
+    """The sampled noise comes from `increment` (of x, or of an auxiliary state): a file whose increment was edited
+    apart from the drift is refused when it is read (before: only when a simulator was built)."""
+    import json as _json
+
+    from sdederive.sde_vector import VectorSDE
+
+    d = _json.loads(sd.derive(name).to_json())
+    e = _json.loads(_json.dumps(d))
+    inc = e["increment"] if where == "x" else e["aux"][where]["increment"]
+    inc[0]["coefficient"] = f"(3/2)*({inc[0]['coefficient']})"
+    with pytest.raises(SdederiveError, match=f"the increment of {where} does not match its drift"):
+        VectorSDE.from_json(_json.dumps(e))
+    VectorSDE.from_json(_json.dumps(d))

@@ -893,28 +893,37 @@ class VectorSDE:
         return evaluate(e, env, atoms)
 
 
-def square_norm_moment(tensor: str, r: sp.Expr) -> sp.MatrixExpr | None:
-    r"""The Gaussian moments whose integrand is `r = c |g|^2` (`c` free of `|g|`), in closed form by Isserlis'
-    theorem for `g = grad + xi`, `xi ~ N(0, Sigma)`, with $m_2 = |\nabla f|^2 + \operatorname{tr}\Sigma$:
+def square_norm_moment(tensor: str, r: sp.Expr, nu: sp.Expr | None = None) -> sp.MatrixExpr | None:
+    r"""The moments whose integrand is `r = c |g|^2` (`c` free of `|g|`), in closed form by Isserlis' theorem for
+    `g = grad + xi`, with $m_2 = |\nabla f|^2 + s_2\operatorname{tr}\Sigma$:
 
-    $E[|g|^2 g] = m_2\,\nabla f + 2\Sigma\nabla f$ (tensor `"g"`) and
-    $E[|g|^2 g g^T] = m_2(\nabla f\nabla f^T + \Sigma) + 2(\nabla f\nabla f^T\Sigma + \Sigma\nabla f\nabla f^T)
-    + 2\Sigma^2$ (tensor `"ggT"`; the covariance of `|g| g`, clipping's region above its threshold, ...).
+    $E[|g|^2 g] = m_2\,\nabla f + 2 s_2\Sigma\nabla f$ (tensor `"g"`) and
+    $E[|g|^2 g g^T] = |\nabla f|^2\nabla f\nabla f^T + s_2(|\nabla f|^2\Sigma + \operatorname{tr}\Sigma\,
+    \nabla f\nabla f^T + 2\nabla f\nabla f^T\Sigma + 2\Sigma\nabla f\nabla f^T) + s_4(\operatorname{tr}\Sigma\,
+    \Sigma + 2\Sigma^2)$ (tensor `"ggT"`; the covariance of `|g| g`, ...).
+
+    Gaussian `xi ~ N(0, Sigma)` (`nu = None`): `s_2 = s_4 = 1`.  The multivariate t `xi = Sigma^(1/2) z
+    sqrt(nu/W)`: its moments are the Gaussian's times `E[(nu/W)^k]`, `s_2 = nu/(nu - 2)` and
+    `s_4 = nu^2/((nu - 2)(nu - 4))` (finite for `nu > 3` and `nu > 4`: the derivation records these through the
+    integrand's tail exponent).
 
     `None` (an atom) for every other integrand or tensor.  The scalar `E[|g|^2] = m_2` stays an atom: the
     expressions, their JSON and the kernels hold a scalar expectation as a `(1, 1)` matrix, which sympy's
-    `Identity(1)` would not survive (JSON's `I` is the `d x d` identity).  The derivation (`_Law.vec`, Gaussian
-    noise) and the simulators' check of an increment against its drift both use this one function."""
+    `Identity(1)` would not survive (JSON's `I` is the `d x d` identity).  The derivation (`_Law.vec`) and the
+    simulators' check of an increment against its drift both use this one function."""
     if tensor not in ("g", "ggT"):
         return None
     c = sp.simplify(r / NORM_G ** 2)
     if c.has(NORM_G) or c == 0:
         return None
-    m2 = VNorm(GRAD) ** 2 + sp.Trace(SIGMA)
+    s2 = sp.S.One if nu is None else nu / (nu - 2)
+    s4 = sp.S.One if nu is None else nu ** 2 / ((nu - 2) * (nu - 4))
+    n2, tr = VNorm(GRAD) ** 2, sp.Trace(SIGMA)
     if tensor == "g":
-        return c * (m2 * GRAD + 2 * SIGMA * GRAD)
+        return c * ((n2 + s2 * tr) * GRAD + 2 * s2 * SIGMA * GRAD)
     gg = GRAD * GRAD.T
-    return c * (m2 * (gg + SIGMA) + 2 * (gg * SIGMA + SIGMA * gg) + 2 * SIGMA * SIGMA)
+    return c * (n2 * gg + s2 * (n2 * SIGMA + tr * gg + 2 * (gg * SIGMA + SIGMA * gg))
+                + s4 * (tr * SIGMA + 2 * SIGMA * SIGMA))
 
 
 def _increment_json(P, blocks) -> list:

@@ -64,9 +64,34 @@ def test_derived_sdes_use_them_and_keep_the_rest_as_atoms():
     # |g| g: the covariance's E[|g|^2 g g^T] closed, E[|g| g] an atom
     sde = sd.derive(_opt("norm_g", lambda x, g: x - ETA * sd.norm(g) * g))
     assert [a.display() for a in sde.atoms] == ["E[g*|g|]"]
-    # the multivariate t keeps the atoms
+    # the multivariate t: E[|g|^2 g] closed too; its sixth moments, finite for nu > 6, stay an atom
     t = sd.derive(_opt("sqnorm_g_t", lambda x, g: x - ETA * sd.norm(g) ** 2 * g), "student-t", nu=9)
-    assert any(a.tensor == "g" for a in t.atoms)
+    assert [a.tensor for a in t.atoms] == ["ggT"]
+    with pytest.raises(sd.SdederiveError, match=r"finite only for nu > 4"):  # E[|g|^2 g g^T] of |g| g
+        sd.derive(_opt("norm_g_t", lambda x, g: x - ETA * sd.norm(g) * g), "student-t", nu=3.5)
+
+
+@pytest.mark.parametrize("nu", [7.0, 12.0])
+def test_student_t_closed_forms_match_a_monte_carlo(nu):
+    """`xi = Sigma^(1/2) z sqrt(nu/W)`: the Gaussian forms with `E[xi xi^T] = nu/(nu - 2) Sigma` and the fourth
+    moments times `nu^2/((nu - 2)(nu - 4))` (a numpy sample of the t law, not the library's)."""
+    r = np.random.default_rng(5)
+    n = 4_000_000
+    w = r.chisquare(nu, n)
+    g = GRAD + (r.standard_normal((n, D)) @ np.linalg.cholesky(SIGMA).T) * np.sqrt(nu / w)[:, None]
+    n2 = (g ** 2).sum(1)
+    env = {"grad": GRAD, "Sigma": SIGMA}
+    f = n2[:, None] * g  # E[|g|^2 g]: the MC variance needs sixth moments, finite for nu > 6
+    closed = evaluate(square_norm_moment("g", NORM_G ** 2, sp.Float(nu)), env).ravel()
+    assert np.all(np.abs(closed - f.mean(0)) < 5 * f.std(0) / np.sqrt(n)), (closed, f.mean(0))
+    if nu > 8:  # E[|g|^2 g g^T]: its MC variance needs eighth moments
+        v = np.sqrt(n2)[:, None] * g
+        want = (v.T @ v) / n
+        se = np.sqrt(((v[:, :, None] * v[:, None, :]) ** 2).mean(0) / n)
+        closed = evaluate(square_norm_moment("ggT", NORM_G ** 2, sp.Float(nu)), env)
+        assert np.all(np.abs(closed - want) < 5 * se), (closed, want, se)
+        gauss = evaluate(square_norm_moment("ggT", NORM_G ** 2), env)
+        assert np.abs(gauss - want).max() > 10 * se.max()  # the t law's correction is resolved
 
 
 @pytest.mark.parametrize("name, update", [("sqnorm_g", lambda x, g: x - ETA * sd.norm(g) ** 2 * g),

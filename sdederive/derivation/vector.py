@@ -397,10 +397,11 @@ class _Law:
         return atom
 
     def _square_norm_moment(self, tensor: str, r: sp.Expr) -> sp.MatrixExpr | None:
-        """`square_norm_moment` under this law: Gaussian only (the t law keeps its atoms)."""
-        if self.nu is not None:
-            return None
-        return square_norm_moment(tensor, r)
+        """`square_norm_moment` under this law, with the moment's finiteness recorded (`needs`) for the t law."""
+        closed = square_norm_moment(tensor, r, self.nu)
+        if closed is not None:
+            self._need(tensor, r, ExpectationAtom(tensor, r, self.nu).display() + " (in closed form)")
+        return closed
 
     def sign_mean(self) -> sp.MatrixExpr:
         return SignMean() if self.nu is None else SignMean(GRAD, SIGMA, self.nu)

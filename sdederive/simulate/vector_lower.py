@@ -593,7 +593,7 @@ def _check_increment(sde: VectorSDE, state: str = "x", blocks: tuple | None = No
         elif tensor == "sign":
             mean = mean + coef * (_SM() if nu is None else _SM(GRAD, SIGMA, nu))
         elif tensor == "g":
-            closed = square_norm_moment("g", r) if nu is None else None
+            closed = square_norm_moment("g", r, nu)
             mean = mean + coef * (GRAD if r == 1 else closed if closed is not None else ExpectationAtom("g", r, nu))
         elif tensor == "gsq":
             mean = mean + coef * (sp.HadamardPower(GRAD, 2) + DiagonalOf(SIGMA) if r == 1

@@ -57,7 +57,6 @@ from sympy.matrices.expressions.diagonal import DiagMatrix, DiagonalOf
 from sdederive.errors import ExpectationError, NoiseModelError, RegimeMismatchError, SdederiveError
 from sdederive.regimes import scaled_name
 from sdederive.sde_vector import (
-    square_norm_moment,
     GRAD,
     GRAD_TRSIGMA,
     HESS,
@@ -74,6 +73,7 @@ from sdederive.sde_vector import (
     VNorm,
     law_text,
     resolve_minmax,
+    square_norm_moment,
     state_vector,
 )
 from sdederive.spec import vector as V

@@ -755,11 +755,12 @@ def check_nonnegative_init(init: Mapping, kinds: Mapping, name: str) -> None:
         except ValueError:
             nonneg = False
         if nonneg:
-            a = np.asarray(v, float)
-            if np.any(a < 0):
-                i = int(np.flatnonzero(np.atleast_1d(a) < 0)[0])
+            a = np.atleast_1d(np.asarray(v, float))
+            bad = np.flatnonzero(a < 0)
+            if bad.size:
+                i = int(bad[0])
                 raise SdederiveError(
-                    f"init of state {k!r} of {name!r} has {float(np.atleast_1d(a)[i])!r} (coordinate {i}); state {k!r} "
+                    f"init of state {k!r} of {name!r} has {float(a[i])!r} (coordinate {i}); state {k!r} "
                     f"has kind {StateKind(kind).value!r} (an average or a sum of g**2): allowed: numbers >= 0")
 
 

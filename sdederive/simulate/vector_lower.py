@@ -84,7 +84,6 @@ import numpy as np
 import sympy as sp
 
 from sdederive.sde_vector import (
-    square_norm_moment,
     GRAD,
     GRAD_TRSIGMA,
     HESS,
@@ -97,6 +96,7 @@ from sdederive.sde_vector import (
     VDot,
     VectorSDE,
     VNorm,
+    square_norm_moment,
 )
 from sdederive.simulate.lower import CodegenError, check_supported, fold_numbers
 from sdederive.spec import vector as V

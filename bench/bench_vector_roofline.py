@@ -21,7 +21,9 @@ overlaps one thread's products with the other's normals, which the separate timi
 Options: --only KIND:NAME[,...] (KIND d = discrete, s = SDE; default every vector built-in in both modes),
 --dtype float64|float32 (default float64), --reps N (default 2), --inner N (the sampled SDEs' inner samples, 8),
 --pairs on|off|both (the z-space kernels' antithetic pairs, `vector_lower.ANTITHETIC`; `both` runs each sampled SDE
-with independent samples and then with pairs, in the same process, and prints the ratio).
+with independent samples and then with pairs, in the same process, and prints the ratio), --eigenbasis on|off|both
+(kernels that can run in the noise's eigenbasis, `sdederive.simulate.vector_eigenbasis`; `both` runs each such
+kernel as written and then rotated, in the same process, and prints the ratio).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import sdederive as sd
 from bench_vector import bench_target, dense_problem
 from sdederive.simulate.backends.numba_backend import default_threads
 from sdederive.simulate.rng.philox import fill_normals
-from sdederive.simulate import vector_lower
+from sdederive.simulate import vector_eigenbasis, vector_lower
 from sdederive.simulate.vector_lower import sampled_noise
 
 DEFAULT = ",".join(f"{k}:{n}" for n in ("usam", "sam", "nsgd", "clip_sgd", "sgd_nesterov", "lamb", "adamw_clip")
@@ -130,6 +132,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--inner", type=int, default=8)
     ap.add_argument("--pairs", default="on", choices=("on", "off", "both"))
+    ap.add_argument("--eigenbasis", default="on", choices=("on", "off", "both"))
     a = ap.parse_args()
     d, paths, steps = 100, 4096, 200
     threads = default_threads()
@@ -143,11 +146,17 @@ def main() -> None:
     for target in a.only.split(","):
         kind, name, obj, hp = bench_target(target)
         sampled = kind == "s" and sampled_noise(obj)
-        settings = {"on": (True,), "off": (False,), "both": (False, True)}[a.pairs] if sampled else (True,)
+        pair_set = {"on": (True,), "off": (False,), "both": (False, True)}[a.pairs] if sampled else (True,)
+        eig_set = {"on": (True,), "off": (False,), "both": (False, True)}[a.eigenbasis]
+        settings = [(p, e) for p in pair_set for e in eig_set]
         rates = []
-        for pairs in settings:
+        for pairs, eig in settings:
             vector_lower.ANTITHETIC = pairs
+            vector_eigenbasis.EIGENBASIS = eig
             sim = sd.compile(obj, prob, dtype=a.dtype, **({"inner": a.inner} if sampled else {}))
+            rotated = any("eigenbasis" in n for n in sim.spec.notes)
+            if a.eigenbasis == "both" and eig and not rotated:
+                continue  # the kernel runs as written either way: no second row
             prods, fixed, fills = step_costs(sim.source.text)
             normals = fixed + fills * nz4
             est = threads * PB * d / (prods * t_prod + normals * PB * t_norm)
@@ -158,11 +167,15 @@ def main() -> None:
                 best = min(best, r.timing["run_s"])
             rate = paths * steps * d / best
             rates.append(rate)
-            label = target + ("" if len(settings) == 1 else (" pairs" if pairs else " indep"))
+            label = target + ("" if len(pair_set) == 1 else (" pairs" if pairs else " indep"))
+            label += " eig" if rotated else ""
             print(f"{label:16s} {prods:8d} {normals / d:10.2f} {est:10.3g} {rate:11.3g} {rate / est:8.2f}",
                   flush=True)
         if len(rates) == 2:
-            print(f"{'':16s} antithetic pairs / independent samples: {rates[1] / rates[0]:.2f}x", flush=True)
+            what = ("antithetic pairs / independent samples" if len(pair_set) == 2 else
+                    "eigenbasis / as written")
+            print(f"{'':16s} {what}: {rates[1] / rates[0]:.2f}x", flush=True)
+        vector_eigenbasis.EIGENBASIS = True
         vector_lower.ANTITHETIC = True
 
 if __name__ == "__main__":

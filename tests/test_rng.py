@@ -128,10 +128,9 @@ def test_wide_filler_same_bits_and_wider_registers(dtype):
         np.testing.assert_array_equal(A, B)
         np.testing.assert_array_equal(A[1], want)
     asm = "".join(wide.inspect_asm().values())
-    if host_width(8):  # packed float64 arithmetic on 512-bit registers; for float64 rows LLVM's own choice has none
+    if host_width(8):  # packed float64 arithmetic on 512-bit registers (LLVM's own choice has none on the Intel
+        # Xeons, where it prefers 256 bits; on an AMD Zen 4 it picks 512 bits itself, and the width changes nothing)
         assert re.search(r"v(mul|add|sub)pd\s.*zmm", asm)
-        if dtype == "float64":
-            assert not re.search(r"v(mul|add|sub)pd\s.*zmm", "".join(plain.inspect_asm().values()))
     else:
         assert wide.compile.__qualname__ == plain.compile.__qualname__  # not wrapped
 
@@ -146,6 +145,8 @@ def test_wide_filler_covers_compiles_from_jitted_callers():
             y[i] += a * x[i]
 
     sig = "(float64[::1], float64[::1], float64)"
+    before = njit(cache=False)(axpy)
+    before.compile(sig)
     wide = _fresh_filler(8)
 
     @njit(cache=False)
@@ -158,7 +159,9 @@ def test_wide_filler_covers_compiles_from_jitted_callers():
     assert bool(packed.search(lib.get_asm_str())) == bool(host_width(8))
     after = njit(cache=False)(axpy)
     after.compile(sig)
-    assert not packed.search("".join(after.inspect_asm().values()))  # LLVM's choice again: 256 bits
+    # LLVM's choice again (256 bits on the Intel Xeons; 512 on a Zen 4, which prefers them itself)
+    assert bool(packed.search("".join(after.inspect_asm().values()))) == bool(
+        packed.search("".join(before.inspect_asm().values())))
     with pytest.raises(ValueError, match="power of two"):
         with forced_vector_width(12):  # LLVM would abort the process on it
             pass

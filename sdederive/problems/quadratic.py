@@ -53,6 +53,8 @@ class Quadratic(Problem):
     sigma: np.ndarray | None = None
     Sigma: np.ndarray | None = None
     L: np.ndarray | None = field(default=None, repr=False)
+    #: `(lambda, U)` of `Sigma = U diag(lambda) U^T` (`numpy.linalg.eigh`), whose `L = U diag(lambda)^(1/2)`
+    noise_eigen: tuple | None = field(default=None, repr=False)
 
     def __init__(self, h=None, H=None, sigma=None, Sigma=None, noise="gaussian", nu=None, x0=None, d=None):
         if (h is None) == (H is None):
@@ -70,6 +72,7 @@ class Quadratic(Problem):
         if (sigma is None) == (Sigma is None):
             raise ProblemError("give the gradient noise as exactly one of sigma (per coordinate) or Sigma (matrix)")
         L = None
+        eig = None
         if Sigma is not None:
             if nk == "student-t":
                 raise ProblemError("a full covariance Sigma is not supported with noise='student-t' (an independent t "
@@ -80,6 +83,7 @@ class Quadratic(Problem):
             # eigen-factor (works for singular Sigma, unlike Cholesky); L L^T = Sigma
             ww, Vm = np.linalg.eigh(S)
             L = Vm * np.sqrt(np.clip(ww, 0, None))
+            eig = (np.clip(ww, 0, None), Vm)
             sv = np.sqrt(np.diag(S))
         else:
             sv = _vec("sigma", sigma, dd, nonneg=True)
@@ -93,6 +97,7 @@ class Quadratic(Problem):
         object.__setattr__(self, "sigma", sv)
         object.__setattr__(self, "Sigma", S)
         object.__setattr__(self, "L", L)
+        object.__setattr__(self, "noise_eigen", eig)
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -135,6 +140,19 @@ class Quadratic(Problem):
     def noise_factor(self) -> np.ndarray | None:
         """`L` with `L L^T = Sigma` (`None` for per-coordinate noise)."""
         return self.L
+
+    def eigenbasis(self) -> tuple[np.ndarray, "Quadratic"]:
+        r"""`(U, Q)`: the eigenvectors `U` of a full `Sigma = U Lambda U^T` and the same problem in the coordinates
+        `y = U^T x`, `Q = Quadratic(H=U^T H U, sigma=sqrt(lambda), x0=U^T x0)` with the same noise law: its noise is
+        diagonal, `U^T L z = Lambda^(1/2) z` for the same Gaussians `z`, and its loss at `y` is this loss at `U y`
+        (`sdederive.simulate.vector_eigenbasis`).  Only for a dense `H` and a full `Sigma`."""
+        if self.H is None or self.noise_eigen is None:
+            raise ProblemError("the eigenbasis of the noise is that of a full Sigma on a dense quadratic; this one has "
+                               f"{'a diagonal h' if self.H is None else 'per-coordinate sigma'}")
+        lam, U = self.noise_eigen
+        Hy = U.T @ self.H @ U
+        Hy = 0.5 * (Hy + Hy.T)  # symmetric to the last bit (the product is symmetric up to rounding)
+        return U, Quadratic(H=Hy, sigma=np.sqrt(lam), noise=self.noise, nu=self.nu, x0=U.T @ self.x0)
 
     def to_dict(self) -> dict:
         out: dict = {"kind": "quadratic", "noise": self.noise, "x0": self.x0.tolist()}

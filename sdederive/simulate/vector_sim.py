@@ -160,9 +160,29 @@ class VectorSimulator(Simulator):
 
         return int(max(1, min(64, paths // ROW_BLOCK)))
 
+    #: `(U, rotated problem)` of a kernel that runs in the noise's eigenbasis (`vector_eigenbasis`), else None
+    _eigenbasis: tuple | None = None
+
+    def _problem_arrays(self):
+        """The kernel's arrays: the problem's own, or in the eigenbasis the rotated problem's with `U` as `PL`
+        (`numba_vector.generate_vector(rotate=True)`); the host functions take the problem's own (`_host_arrays`)."""
+        if self._eigenbasis is None:
+            return super()._problem_arrays()
+        U, rotated = self._eigenbasis
+        PV, PM, _PL, PY = rotated.kernel_arrays()
+        return PV, PM, np.ascontiguousarray(U, dtype=float), PY
+
+    def _host_arrays(self, arrays: tuple) -> tuple:
+        """The arrays of the host's `host_loss`, which reads `x` in the user's coordinates: the problem's own (the
+        rotated problem's module has the same loss code, `x^T PM x / 2`, and reads nothing else)."""
+        return arrays if self._eigenbasis is None else self.problem.kernel_arrays()
+
+    def _host_obs(self, st: dict, PV, PM, PL, PY, HP, discrete: bool) -> np.ndarray:
+        return super()._host_obs(st, *self._host_arrays((PV, PM, PL, PY)), HP, discrete)
+
     def _keep_final(self, res, state, DIV, PV, PM, PL, PY):
         """As `Simulator._keep_final`, plus every auxiliary state's final value per path (NaN for diverged paths)."""
-        res = super()._keep_final(res, state, DIV, PV, PM, PL, PY)
+        res = super()._keep_final(res, state, DIV, *self._host_arrays((PV, PM, PL, PY)))
         for j, s in enumerate(self.spec.states[1:], 1):
             v = np.array(state[:, j, :], dtype=np.float64)
             v[DIV >= 0] = np.nan
@@ -314,17 +334,27 @@ def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "
         raise BackendUnavailableError(why or f"backend {impl.name!r} cannot run here")
     from sdederive.simulate.backends.numba_vector import generate_vector
 
-    spec = VectorKernelSpec(mode, prog.name, prog.hypers, notes, prog.n_inner, states=tuple(prog.states))
+    eig = None
     if impl.name == "cupy":
         from sdederive.simulate.backends.cuda_vector import generate_vector_cuda
 
         text = generate_vector_cuda(prog, problem, dtype)
     else:
-        text = generate_vector(prog, problem, dtype)
+        from sdederive.simulate.vector_eigenbasis import eigenbasis_for, matrix_products
+
+        eig = eigenbasis_for(prog, problem)
+        if eig is not None:
+            n_rot, n_as = matrix_products(prog, eig[1]), matrix_products(prog, problem)
+            notes += (f"run in the eigenbasis of Sigma: {n_rot} matrix product{'s' * (n_rot != 1)} per step instead "
+                      f"of {n_as} (sdederive.simulate.vector_eigenbasis)",)
+        text = generate_vector(prog, eig[1] if eig else problem, dtype, rotate=eig is not None)
+    spec = VectorKernelSpec(mode, prog.name, prog.hypers, notes, prog.n_inner, states=tuple(prog.states))
     source = KernelSource(impl.name, text, spec, problem, scheme, dtype)
     handle = impl.build(source)
     sim = VectorSimulator(spec, problem, impl, dtype, scheme, source, obj, tau_expr, time.perf_counter() - t0,
                           handle=handle)
     if impl.name != "numba":  # the host's loss and observables: the float64 numba twin (Simulator.module)
         sim._host_text = generate_vector(prog, problem, "float64")
+    if eig is not None:
+        sim._eigenbasis = eig
     return sim

@@ -417,8 +417,23 @@ def _fold_matrices(W: _Writer, prog: VProgram) -> None:
         w(1, f"LT = np.zeros((PB, d){', DT' if W.f32 else ''})")
 
 
-def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
-    """The module source: the problem's fragment, the kernel, `host_loss` and `host_obs`."""
+def _rotate_back(w, ind: int, dtype: str) -> None:
+    """`RB = XB U^T` for the row block (`x = U y` row by row), through the double copy `RA` of a float32 block."""
+    src = "XB"
+    if dtype == "float32":
+        w(ind, "for r in range(nr):")
+        w(ind + 1, "for i in range(d):")
+        w(ind + 2, "RA[r, i] = XB[r, i]")
+        src = "RA"
+    w(ind, f"np.dot({src}[:nr], UT, RB[:nr])")
+
+
+def generate_vector(prog: VProgram, problem, dtype: str = "float64", rotate: bool = False) -> str:
+    """The module source: the problem's fragment, the kernel, `host_loss` and `host_obs`.
+
+    `rotate`: `problem` is the eigenbasis form of the user's problem (`sdederive.simulate.vector_eigenbasis`) and
+    the kernel's `PL` is the rotation `U`: a row block is loaded as `y = U^T x` (row form `x U`), stored as `x = U y`,
+    and its snapshots observe `x`; `STATE` and the statistics stay in the user's coordinates."""
     if problem.noise == "student-t":
         raise CodegenError("vector kernels draw Gaussian or multivariate Student-t noise; the problem has "
                            "noise='student-t', an independent t for each coordinate (the scalar engine's law). Give "
@@ -503,6 +518,12 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     blas_loss = W.dense
     if blas_loss:
         w(1, f"LB = np.zeros((PB, d){vdt})")
+    if rotate:  # U^T for the way back; the rotations in double (float32 steps too), as the host's state
+        if prog.states != ("x",) or W.factor:  # pragma: no cover - vector_eigenbasis rotates nothing else
+            raise CodegenError("the eigenbasis kernel rotates the state x alone, on a problem with diagonal noise")
+        w(1, "UT = np.ascontiguousarray(PL.T)")
+        w(1, "RA = np.zeros((PB, d))")
+        w(1, "RB = np.zeros((PB, d))")
     w(1, "OBS = np.empty(2 + d)")
     w(1, "ROWS = np.zeros(PB, np.int64)")
     w(1, "ALIVE = np.zeros(PB, np.bool_)")
@@ -523,10 +544,15 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     w(3, "for r in range(nr):")
     w(4, "ALIVE[r] = True")
     w(4, "for i in range(d):")
-    w(5, "XB[r, i] = STATE[ROWS[r], 0, i]")
+    w(5, f"{'RA' if rotate else 'XB'}[r, i] = STATE[ROWS[r], 0, i]")
     w(5, "V_SG[r, i] = SG0[i]")
     for j, st in enumerate(prog.states[1:], 1):
         w(5, f"V_ST_{st}[r, i] = STATE[ROWS[r], {j}, i]")
+    if rotate:  # y = U^T x, row form x U
+        w(3, "np.dot(RA[:nr], PL, RB[:nr])")
+        w(3, "for r in range(nr):")
+        w(4, "for i in range(d):")
+        w(5, "XB[r, i] = RB[r, i]")
     w(3, "for k in range(k_begin, k_end):")
     if prog.mode == "discrete":
         w(4, "cstep = k")
@@ -553,9 +579,11 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     w(5, "jsave = (k + 1) // save_every")
     if blas_loss:  # the row block's H x as one product, then prob_loss's sum (x^T H x / 2) row by row
         w(5, f"np.dot(XB[:nr], {W.mat('PM')}, LB[:nr])")
+    if rotate:  # the observed x = U y (row form y U^T); the loss x^T H x = y^T (U^T H U) y from XB
+        _rotate_back(w, 5, dtype)
     w(5, "for r in range(nr):")
     w(6, "if ALIVE[r]:")
-    w(7, "xrow = XB[r]")
+    w(7, "xrow = RB[r]" if rotate else "xrow = XB[r]")
     if blas_loss:
         w(7, "acc = 0.0")
         w(7, "for i in range(d):")
@@ -571,9 +599,11 @@ def generate_vector(prog: VProgram, problem, dtype: str = "float64") -> str:
     w(8, "nalive -= 1")
     w(4, "if nalive == 0:")
     w(5, "break")
+    if rotate:
+        _rotate_back(w, 3, dtype)
     w(3, "for r in range(nr):")
     w(4, "for i in range(d):")
-    w(5, "STATE[ROWS[r], 0, i] = XB[r, i]")
+    w(5, f"STATE[ROWS[r], 0, i] = {'RB' if rotate else 'XB'}[r, i]")
     for j, st in enumerate(prog.states[1:], 1):
         w(5, f"STATE[ROWS[r], {j}, i] = V_ST_{st}[r, i]")
     body = "\n".join(W.L)

@@ -244,6 +244,31 @@ def test_a_wrong_kernel_is_caught(fake_cupy, monkeypatch):
         assert_same(a, b)
 
 
+@needs_gxx
+@pytest.mark.parametrize("target,dtype", [("s:sam", "float64"), ("d:nsgd", "float64"), ("s:clip_sgd", "float32")])
+def test_eigenbasis_kernel_gives_the_paths_as_written(fake_cupy, target, dtype):
+    """The CUDA kernel in the noise's eigenbasis (`generate_vector_cuda(rotate=True)`: y = U^T x loaded, x = U y
+    stored, the loss of the snapshots at y) gives the statistics of the CUDA kernel as written (in float32 to
+    single precision)."""
+    from sdederive.simulate import vector_eigenbasis
+
+    kind, name = target.split(":")
+    obj = sd.derive(name) if kind == "s" else name
+    hyper = RHO if "sam" in name else ({"c": 0.8} if name == "clip_sgd" else None)
+    sims = {}
+    for rot in (True, False):
+        vector_eigenbasis.EIGENBASIS = rot
+        try:
+            sims[rot] = sd.compile(obj, DENSE, backend="cupy", dtype=dtype)
+        finally:
+            vector_eigenbasis.EIGENBASIS = True
+    assert sims[True]._eigenbasis is not None and sims[False]._eigenbasis is None
+    load = "acc += PL[j * D + i] * STATE[p * NS * D + j]"  # y = U^T x, coordinate by coordinate
+    assert load in sims[True].source.text and load not in sims[False].source.text
+    a, b = (sims[r].run(**dict(RUN, hyper=hyper)) for r in (True, False))
+    assert_same(a, b, rtol=2e-6 if dtype == "float32" else 1e-10)
+
+
 def test_diagonal_quadratic_full_sigma_beyond_one_philox_block():
     """d = 5 with a full Sigma on a diagonal quadratic: the noise L z needs 5 Gaussians.  The numba kernel drew
     4 (one Philox block, sized by the unused matrix slot) and read the fifth from the next path's row, so
@@ -306,6 +331,8 @@ def _sources():
         "discrete-lamb-dense-f32": generate_vector_cuda(lower_discrete(V.get("lamb"), DENSE), DENSE, "float32"),
         "sde-nsgd-mvt": generate_vector_cuda(lower_sde(sd.derive("nsgd", noise="student-t", nu=5), DENSE_T), DENSE_T),
         "sde-radius_x-dense": generate_vector_cuda(lower_sde(sd.derive(_RADIUS_X), DENSE), DENSE),  # norm(x) in an atom
+        "sde-sam-eigenbasis-f32": generate_vector_cuda(lower_sde(sd.derive("sam"), DENSE), DENSE.eigenbasis()[1],
+                                                       "float32", rotate=True),  # y = U^T x loaded, x = U y stored
     }
 
 

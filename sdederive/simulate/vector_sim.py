@@ -334,20 +334,20 @@ def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "
         raise BackendUnavailableError(why or f"backend {impl.name!r} cannot run here")
     from sdederive.simulate.backends.numba_vector import generate_vector
 
-    eig = None
+    from sdederive.simulate.vector_eigenbasis import eigenbasis_for, matrix_products
+
+    eig = eigenbasis_for(prog, problem)
+    if eig is not None:
+        n_rot, n_as = matrix_products(prog, eig[1]), matrix_products(prog, problem)
+        notes += (f"run in the eigenbasis of Sigma: {n_rot} matrix product{'s' * (n_rot != 1)} per step instead "
+                  f"of {n_as} (sdederive.simulate.vector_eigenbasis)",)
+    kprob = eig[1] if eig else problem
     if impl.name == "cupy":
         from sdederive.simulate.backends.cuda_vector import generate_vector_cuda
 
-        text = generate_vector_cuda(prog, problem, dtype)
+        text = generate_vector_cuda(prog, kprob, dtype, rotate=eig is not None)
     else:
-        from sdederive.simulate.vector_eigenbasis import eigenbasis_for, matrix_products
-
-        eig = eigenbasis_for(prog, problem)
-        if eig is not None:
-            n_rot, n_as = matrix_products(prog, eig[1]), matrix_products(prog, problem)
-            notes += (f"run in the eigenbasis of Sigma: {n_rot} matrix product{'s' * (n_rot != 1)} per step instead "
-                      f"of {n_as} (sdederive.simulate.vector_eigenbasis)",)
-        text = generate_vector(prog, eig[1] if eig else problem, dtype, rotate=eig is not None)
+        text = generate_vector(prog, kprob, dtype, rotate=eig is not None)
     spec = VectorKernelSpec(mode, prog.name, prog.hypers, notes, prog.n_inner, states=tuple(prog.states))
     source = KernelSource(impl.name, text, spec, problem, scheme, dtype)
     handle = impl.build(source)

@@ -15,7 +15,9 @@ Numbers as in `sdederive.simulate.backends.numba_vector`: the Gaussians are `sd_
 `normal_pair`) at the same (step, coordinate block, path, stream), the inner samples' streams
 `base + kin*stride` and their weights from `WEIGHT_STREAM`, the same `zeta`; every vector and scalar is a
 double, and with `dtype="float32"` only the state is a float (rounded when written, its double copy `XD`
-read by the helpers); a non-finite coordinate after step `k` ends the path at step `k + 1`.
+read by the helpers); a non-finite coordinate after step `k` ends the path at step `k + 1`.  In the noise's
+eigenbasis (`sdederive.simulate.vector_eigenbasis`) a thread loads `y = U^T x` and stores `x = U y`, and
+`obs_kernel` takes the loss at `y`, as the numba kernel does.
 """
 
 from __future__ import annotations
@@ -264,9 +266,13 @@ class _Writer:
             raise CodegenError("the vector program does not update x")
 
 
-def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str:
+def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64", rotate: bool = False) -> str:
     """CUDA C source of `step_kernel` and `obs_kernel` (`extern "C"`) for the vector program `prog` on
-    `problem` (see the module docstring)."""
+    `problem` (see the module docstring).
+
+    `rotate`: `problem` is the eigenbasis form of the user's problem (`sdederive.simulate.vector_eigenbasis`) and
+    `PL` is the rotation `U` (row-major): `step_kernel` loads `y = U^T x` and stores `x = U y`, `obs_kernel` reads
+    `x` and takes the loss at `y`; `STATE` stays in the user's coordinates (as the numba kernel's)."""
     if problem.noise == "student-t":
         raise CodegenError("vector kernels draw Gaussian or multivariate-t noise; the problem has the per-coordinate "
                            "Student-t (noise='student-t'). Use noise='multivariate-t' or a Gaussian problem")
@@ -274,6 +280,8 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
         raise CodegenError(f"dtype={dtype!r}; allowed: 'float32', 'float64'")
     W = _Writer(prog, problem, dtype)
     w = W.w
+    if rotate and (tuple(prog.states) != ("x",) or W.factor):  # pragma: no cover - vector_eigenbasis rotates no other
+        raise CodegenError("the eigenbasis kernel rotates the state x alone, on a problem with diagonal noise")
     d, ns = problem.d, len(prog.states)
     nex = problem.n if problem.minibatch else 1
     # the results are written into their states directly
@@ -322,7 +330,11 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
     w(1, "real WX[NEX + 1], WS[NEX + 1], HS1[D], SGS[D];  /* the per-example weights of prob_grad */")
     if prog.n_inner:
         w(1, f"double WK[{((prog.n_inner + 3) // 4) * 4}];")
-    w(1, "for (int i = 0; i < D; ++i) X[0][i] = (sreal)STATE[p * NS * D + i];")
+    if rotate:  # y = U^T x, in double
+        w(1, "for (int i = 0; i < D; ++i) { double acc = 0.0; for (int j = 0; j < D; ++j) acc += PL[j * D + i] * "
+             "STATE[p * NS * D + j]; X[0][i] = (sreal)acc; }")
+    else:
+        w(1, "for (int i = 0; i < D; ++i) X[0][i] = (sreal)STATE[p * NS * D + i];")
     for j, st in enumerate(prog.states[1:], 1):
         w(1, f"for (int i = 0; i < D; ++i) V_ST_{st}[i] = STATE[(p * NS + {j}) * D + i];")
     w(1, "prob_noise0(V_SG, PV, PM, PL, PY, WS);  // the noise scale constant in x (prob_grad updates a varying one)")
@@ -349,7 +361,11 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
         w(2, f"for (int i = 0; i < D; ++i) if (!(fabs(V_ST_{st}[i]) <= 1.7976931348623157e308)) bad = 1;")
     w(2, "if (bad) { DIV[p] = k + 1; break; }")
     w(1, "}")
-    w(1, "for (int i = 0; i < D; ++i) STATE[p * NS * D + i] = (double)X[0][i];")
+    if rotate:  # x = U y, in double
+        w(1, "for (int i = 0; i < D; ++i) { double acc = 0.0; for (int j = 0; j < D; ++j) acc += PL[i * D + j] * "
+             "(double)X[0][j]; STATE[p * NS * D + i] = acc; }")
+    else:
+        w(1, "for (int i = 0; i < D; ++i) STATE[p * NS * D + i] = (double)X[0][i];")
     for j, st in enumerate(prog.states[1:], 1):
         w(1, f"for (int i = 0; i < D; ++i) STATE[(p * NS + {j}) * D + i] = V_ST_{st}[i];")
     w(0, "}")
@@ -369,7 +385,13 @@ def generate_vector_cuda(prog: VProgram, problem, dtype: str = "float64") -> str
     w(2, "sq += (double)(xi * xi);")
     w(2, "o[2 + i] = (double)xi;")
     w(1, "}")
-    w(1, "o[0] = (double)prob_loss(XD, PV, PM, PL, PY, W);")
+    if rotate:  # the loss at y = U^T x (PM is U^T H U)
+        w(1, "real YD[D];")
+        w(1, "for (int i = 0; i < D; ++i) { double acc = 0.0; for (int j = 0; j < D; ++j) acc += PL[j * D + i] * "
+             "(double)XD[j]; YD[i] = (real)acc; }")
+        w(1, "o[0] = (double)prob_loss(YD, PV, PM, PL, PY, W);")
+    else:
+        w(1, "o[0] = (double)prob_loss(XD, PV, PM, PL, PY, W);")
     w(1, "o[1] = sq;")
     w(0, "}")
     return "\n".join(W.L) + "\n"

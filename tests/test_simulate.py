@@ -402,3 +402,15 @@ def test_progress_bar_covers_the_whole_run(capsys, monkeypatch, tqdm_present):
     assert start and start[0] < first_steps, err
     assert any("300/300" in ln and "done" in ln for ln in lines), err
     assert ("it/s" in err or "step/s" in err) == tqdm_present  # tqdm's rate column; the text bar has none
+
+
+def test_first_run_on_a_quadratic_does_not_import_scipy_special():
+    """The first `Simulator.run` of a process evaluates the problem's gradient (its regime check); the evaluator
+    imports `scipy.special` (50 to 60 ms) only for an expression that calls `erf`/`erfc`, which a quadratic has not.
+    A fresh process, since the test session has imported scipy.special long ago."""
+    code = ("import sys, warnings, numpy as np, sdederive as sd; warnings.simplefilter('ignore');"
+            "p = sd.Quadratic(h=np.geomspace(0.1, 10, 8), sigma=np.ones(8));"
+            "sd.compile(sd.derive('rmsprop'), p).run(paths=8, steps=3, eta=1e-2);"
+            "print('scipy.special' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

@@ -120,16 +120,25 @@ class _XP:
 
         self.mod, self.like = mod, like
         self.torch = getattr(mod, "__name__", "") == "torch"
-        if mod is np:
-            import scipy.special as special
-        elif self.torch:
-            special = mod.special
-        else:
-            import jax.scipy.special as special
         m = mod
         self.funcs = {sp.exp: m.exp, sp.log: m.log, sp.sin: m.sin, sp.cos: m.cos, sp.tanh: m.tanh, sp.atan: m.arctan,
-                      sp.erf: special.erf, sp.erfc: special.erfc, sp.Abs: m.abs, sp.sign: m.sign, sp.cosh: m.cosh,
-                      sp.sinh: m.sinh, sp.tan: m.tan, log1p: m.log1p}
+                      sp.erf: self._special("erf"), sp.erfc: self._special("erfc"), sp.Abs: m.abs, sp.sign: m.sign,
+                      sp.cosh: m.cosh, sp.sinh: m.sinh, sp.tan: m.tan, log1p: m.log1p}
+
+    def _special(self, name: str):
+        """`erf` or `erfc` of the library, imported at the first call: `scipy.special` takes 50 to 60 ms to import,
+        which the first `Simulator.run` of a process paid (its regime check evaluates the problem's gradient) for
+        problems that never call it."""
+        def f(a):
+            if self.mod is np:
+                import scipy.special as special
+            elif self.torch:
+                special = self.mod.special
+            else:
+                import jax.scipy.special as special
+            return getattr(special, name)(a)
+
+        return f
 
     def data(self, A):
         """A problem's data array (numpy) in this library, with the dtype of the evaluation point."""

@@ -1501,23 +1501,88 @@ def _from_json(cls, data, check: bool = True) -> VectorSDE:
     return sde
 
 
-def _check_increments_match_drifts(sde: VectorSDE) -> None:
-    """`SdederiveError` where a file's `increment` (of `x`, or of an auxiliary state) is not the drift's `-E[F]`:
-    the simulators sample the noise from the increment, so a file edited in one of them would show one drift and
-    simulate another.  The check is the simulators' own (`vector_lower._check_increment`, at random values), run at
-    load, so that the file is refused when it is read and not only when a simulator is built."""
-    from sdederive.simulate.lower import CodegenError
-    from sdederive.simulate.vector_lower import _check_increment
+def _test_point(sde: VectorSDE, generic: bool = False) -> dict:
+    """The fixed point, `d = 3`, at which a file's SDE is checked for consistency (`_check_diffusion_matches_covariance`,
+    `increment_matches_drift`): a dense positive definite `H` and `Sigma`, a `grad` and an `x`, positive auxiliary
+    states (roots of second moments), `eta = 0.01`, `t = 1`, a symbolic `nu` 7 and 0.3 for any other symbol.  The
+    hyperparameters take their defaults (0.3 without one), or with `generic` the distinct values 0.3, 0.4, ..., so
+    that no term vanishes at a default of 0 (a weight decay) and no two hyperparameters are confused."""
+    dd = 3
+    r = np.random.default_rng(12345)
+    A = r.standard_normal((dd, dd))
+    B = r.standard_normal((dd, dd))
+    env: dict = {"grad": np.array([0.7, -0.4, 0.2]), "x": np.array([0.5, 1.0, -0.8]),
+                 "H": A @ A.T / dd + 0.5 * np.eye(dd), "Sigma": B @ B.T / dd + 0.3 * np.eye(dd)}
+    for n in sde.aux_states:
+        env[n] = np.array([0.4, 0.9, 0.25])
+    for j, h in enumerate(sde.hypers):
+        default = h[2] if isinstance(h[2], (int, float)) and not isinstance(h[2], bool) else 0.3
+        env[str(h[0])] = 0.3 + 0.1 * j if generic else float(default)
+    env["eta"], env["t"] = 0.01, 1.0
+    names = {str(s) for e in sde._all_exprs() for s in e.free_symbols if isinstance(s, sp.Symbol)}
+    for n in names - set(env) - {"d"}:
+        env[n] = 7.0 if n == "nu" else 0.3
+    return env
 
+
+def increment_matches_drift(sde: VectorSDE, state: str = "x", blocks: tuple | None = None) -> tuple[bool | None, str]:
+    r"""Whether the drift of `state` is `-E[F]` of the increment `F` that the simulators sample (`blocks`;
+    `sde.increment` for `x`): `(True, "")`, `(False, "")`, or `(None, why)` where the pair cannot be evaluated.
+
+    `E[F]` is assembled from the blocks `C r(|g|) T(g)` with the closed forms where the engine has them
+    (`E[g] = grad f`, `E[g o g] = grad f^2 + diag Sigma`, `square_norm_moment`, the sign means) and an atom
+    otherwise, then both sides are evaluated at `_test_point(sde, generic=True)` with the same random value for
+    each atom (an identity in the atoms, not a property of one law) and compared to 1e-9.  A hand-edited JSON
+    could make them disagree: the SDE would show one drift and simulate another."""
+    blocks = sde.increment if blocks is None else blocks
+    drift = sde.drift[state]
+    mean = sp.ZeroMatrix(*drift.shape)
+    nu = sde.nu  # the atoms and sign moments of a Student-t SDE are over its law
+    for tensor, r, _bt, coef in blocks:
+        if tensor == "det":
+            mean = mean + coef
+        elif tensor == "sign":
+            mean = mean + coef * (SignMean() if nu is None else SignMean(GRAD, SIGMA, nu))
+        elif tensor == "g":
+            closed = square_norm_moment("g", r, nu)
+            mean = mean + coef * (GRAD if r == 1 else closed if closed is not None else ExpectationAtom("g", r, nu))
+        elif tensor == "gsq":
+            mean = mean + coef * (sp.HadamardPower(GRAD, 2) + DiagonalOf(SIGMA) if r == 1
+                                  else ExpectationAtom("gsq", r, nu))
+        else:
+            mean = mean + coef * (sp.S.One if r == 1 else ExpectationAtom("1", r, nu))
+    env = _test_point(sde, generic=True)
+    for s in drift.free_symbols | mean.free_symbols:
+        if isinstance(s, sp.Symbol) and s.name not in env:
+            env[s.name] = 0.7
+    rng = np.random.default_rng(12345)
+    atoms: dict = {}
+    for e in (drift, mean):
+        for a in e.atoms(ExpectationAtom):
+            atoms.setdefault(a, rng.normal(size=(3, 1)) if a.tensor in ("g", "gsq") else rng.normal(size=(1, 1)))
+    try:
+        got = evaluate(-mean, env, atoms)
+        want = evaluate(drift, env, atoms)
+    except Exception as e:  # noqa: BLE001 - any failure to evaluate is reported to the caller
+        return None, str(e)
+    return bool(np.allclose(got, want, rtol=1e-9, atol=1e-12)), ""
+
+
+def _check_increments_match_drifts(sde: VectorSDE) -> None:
+    """`SdederiveError` where a file's `increment` (of `x`, or of an auxiliary state) is not the drift's `-E[F]`
+    (`increment_matches_drift`): run at load, so that the file is refused when it is read and not only when a
+    simulator is built.  A pair that cannot be evaluated here passes; building a simulator checks it again
+    (`vector_lower`, with the problem's symbols), and refuses it there."""
     if sde.order != 1:  # an order-2 drift carries O(eta) corrections that -E[F] does not
         return
     todo = [("x", sde.increment)] if sde.increment else []
     todo += [(n, inc) for n, inc in zip(sde.aux_states, sde.aux_increment) if inc]
     for state, blocks in todo:
-        try:
-            _check_increment(sde, state, blocks, lenient=True)
-        except CodegenError as e:
-            raise _err(f"the increment of {state} does not match its drift: {e}") from None
+        ok, _why = increment_matches_drift(sde, state, blocks)
+        if ok is False:
+            where = "VectorSDE.increment" if state == "x" else f"VectorSDE.aux_increment, state {state}"
+            raise _err(f"the increment of {state} does not match its drift: the drift is not -E[F] of its increment "
+                       f"({where}), so the noise the simulators sample would not belong to this drift")
 
 
 def _check_diffusion_matches_covariance(sde: VectorSDE) -> None:
@@ -1533,20 +1598,7 @@ def _check_diffusion_matches_covariance(sde: VectorSDE) -> None:
     same draws), so `C` is a covariance of that law and the identity `D D^T = C` of a derived SDE holds to rounding
     (rtol 1e-8); a point where either cannot be evaluated (a root of a matrix that is not PSD there, a domain the
     point leaves) checks nothing, and the file is accepted."""
-    dd = 3
-    r = np.random.default_rng(12345)
-    A = r.standard_normal((dd, dd))
-    B = r.standard_normal((dd, dd))
-    env: dict = {"grad": np.array([0.7, -0.4, 0.2]), "x": np.array([0.5, 1.0, -0.8]),
-                 "H": A @ A.T / dd + 0.5 * np.eye(dd), "Sigma": B @ B.T / dd + 0.3 * np.eye(dd)}
-    for n in sde.aux_states:
-        env[n] = np.array([0.4, 0.9, 0.25])
-    for h in sde.hypers:
-        env[str(h[0])] = float(h[2]) if isinstance(h[2], (int, float)) and not isinstance(h[2], bool) else 0.3
-    env["eta"], env["t"] = 0.01, 1.0
-    names = {str(s) for e in sde._all_exprs() for s in e.free_symbols if isinstance(s, sp.Symbol)}
-    for n in names - set(env) - {"d"}:
-        env[n] = 7.0 if n == "nu" else 0.3
+    env = _test_point(sde)
     hyper = {k: v for k, v in env.items() if np.ndim(v) == 0}
     try:
         vals = {a: evaluate_atom(a, env["grad"], env["Sigma"], hyper, n=400, rng=np.random.default_rng(7))

@@ -91,12 +91,11 @@ from sdederive.sde_vector import (
     NORM_G,
     SIGMA,
     XVEC,
-    ExpectationAtom,
     SignMean,
     VDot,
     VectorSDE,
     VNorm,
-    square_norm_moment,
+    increment_matches_drift,
 )
 from sdederive.simulate.lower import CodegenError, check_supported, fold_numbers
 from sdederive.spec import vector as V
@@ -572,60 +571,15 @@ def sampled_noise(sde: VectorSDE) -> bool:
     return any(sde.drift[s].has(a) for s in sde.aux_states for a in sde.atoms)
 
 
-def _check_increment(sde: VectorSDE, state: str = "x", blocks: tuple | None = None, lenient: bool = False) -> None:
-    """The drift of `state` must be `-E[F]` of the increment the kernel samples (`blocks`; `sde.increment` for
-    `x`): a hand-edited JSON could make them disagree.  Both evaluated at random values (random atoms too) must
-    agree.  `lenient` (the check at load, `sde_vector._check_increments_match_drifts`): a pair that cannot be
-    evaluated here passes (building a simulator checks it again, with the problem's symbols)."""
-    import numpy as np
-
-    from sdederive.sde_vector import DiagonalOf
-    from sdederive.sde_vector import SignMean as _SM
-    from sdederive.sde_vector import evaluate
-
-    blocks = sde.increment if blocks is None else blocks
-    drift = sde.drift[state]
-    mean = sp.ZeroMatrix(*drift.shape)
-    nu = sde.nu  # the atoms and sign moments of a Student-t SDE are over its law
-    for tensor, r, _bt, coef in blocks:
-        if tensor == "det":
-            mean = mean + coef
-        elif tensor == "sign":
-            mean = mean + coef * (_SM() if nu is None else _SM(GRAD, SIGMA, nu))
-        elif tensor == "g":
-            closed = square_norm_moment("g", r, nu)
-            mean = mean + coef * (GRAD if r == 1 else closed if closed is not None else ExpectationAtom("g", r, nu))
-        elif tensor == "gsq":
-            mean = mean + coef * (sp.HadamardPower(GRAD, 2) + DiagonalOf(SIGMA) if r == 1
-                                  else ExpectationAtom("gsq", r, nu))
-        else:
-            mean = mean + coef * (sp.S.One if r == 1 else ExpectationAtom("1", r, nu))
-    rng = np.random.default_rng(12345)
-    n = 3
-    Q = rng.normal(size=(n, n))
-    S = Q @ Q.T + np.eye(n)
-    env = {"grad": rng.normal(size=n), "x": rng.normal(size=n), "H": (Q + Q.T) / 2, "Sigma": S}
-    env.update({s_: rng.uniform(0.2, 1.0, size=n) for s_ in sde.aux_states})  # > 0: roots of second moments
-    env.update({h[0]: 0.3 + 0.1 * j for j, h in enumerate(sde.hypers)})
-    env.setdefault("eta", 0.01)
-    if nu is not None and nu.free_symbols:
-        env["nu"] = 5.0
-    for s in drift.free_symbols | mean.free_symbols:
-        if isinstance(s, sp.Symbol) and s.name not in env:
-            env[s.name] = 0.7
-    atoms = {}
-    for e in (drift, mean):
-        for a in e.atoms(ExpectationAtom):
-            atoms.setdefault(a, rng.normal(size=(n, 1)) if a.tensor in ("g", "gsq") else rng.normal(size=(1, 1)))
-    try:
-        got = evaluate(-mean, env, atoms)
-        want = evaluate(drift, env, atoms)
-    except Exception as e:  # noqa: BLE001 - any failure to evaluate is an inconsistent SDE
-        if lenient:
-            return
+def _check_increment(sde: VectorSDE, state: str = "x", blocks: tuple | None = None) -> None:
+    """`CodegenError` unless the drift of `state` is `-E[F]` of the increment the kernel samples
+    (`sde_vector.increment_matches_drift`, which the JSON loader runs too); here a pair that cannot be evaluated is
+    refused as well."""
+    ok, why = increment_matches_drift(sde, state, blocks)
+    if ok is None:
         raise CodegenError(f"the SDE of {sde.optimizer}: the increment of {state} cannot be checked against its drift "
-                           f"({e})") from None
-    if not np.allclose(got, want, rtol=1e-9, atol=1e-12):
+                           f"({why})")
+    if not ok:
         where = "VectorSDE.increment" if state == "x" else f"VectorSDE.aux_increment, state {state}"
         raise CodegenError(f"the SDE of {sde.optimizer}: the drift of {state} is not -E[F] of its increment ({where}); "
                            "the two disagree (edited JSON?), so the noise the kernel samples would not belong to this "

@@ -1581,8 +1581,8 @@ def _check_increments_match_drifts(sde: VectorSDE) -> None:
         ok, _why = increment_matches_drift(sde, state, blocks)
         if ok is False:
             where = "VectorSDE.increment" if state == "x" else f"VectorSDE.aux_increment, state {state}"
-            raise _err(f"the increment of {state} does not match its drift: the drift is not -E[F] of its increment "
-                       f"({where}), so the noise the simulators sample would not belong to this drift")
+            raise _err(f"the increment of {state} does not match its drift: the drift of {state} is not -E[F] of its "
+                       f"increment ({where}), so the noise the simulators sample would not belong to this drift")
 
 
 def _check_diffusion_matches_covariance(sde: VectorSDE) -> None:

@@ -53,8 +53,8 @@ def assert_equiv(a, b, trials: int = 4, rel: float = 1e-10, overrides: dict | No
 
 
 # The device branch of the generated CUDA source (``__CUDACC__``) compiled for the host: qualifiers
-# defined away (``__forceinline__`` static, so a C build needs no external definition), ``__clzll``
-# and ``__dmul_rn`` with their device semantics.  ``__dmul_rn`` is a product
+# defined away (``__forceinline__`` static, so a C build needs no external definition), ``__clzll``,
+# ``__dmul_rn`` and ``__longlong_as_double`` (a bit cast) with their device semantics.  ``__dmul_rn`` is a product
 # the compiler must round (the empty asm makes the value opaque, so it cannot be fused into an FMA),
 # like the device intrinsic.  Valid C and C++.
 CUDA_BUILTINS_ON_HOST = r"""
@@ -65,4 +65,5 @@ CUDA_BUILTINS_ON_HOST = r"""
 #define __forceinline__ static inline __attribute__((always_inline))
 static inline int __clzll(long long v) { return v == 0 ? 64 : __builtin_clzll((unsigned long long)v); }
 static inline double __dmul_rn(double a, double b) { double r = a * b; __asm__("" : "+m"(r)); return r; }
+static inline double __longlong_as_double(long long u) { double v; __builtin_memcpy(&v, &u, sizeof v); return v; }
 """

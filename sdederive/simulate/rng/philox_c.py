@@ -2,8 +2,9 @@
 
 Pasted at the top of every generated CUDA kernel; it also compiles as host C/C++ (gcc, or nvcc's
 host pass), which is how CI checks it bit for bit against the numba version without a GPU.
-Every operation used is IEEE `+ - * / sqrt` or integer arithmetic; no libm call, so host and
-device agree.  An FMA-contracted polynomial would round differently from the numba twin, so on the
+Every operation of the Gaussians and of the Student-t is IEEE `+ - * / sqrt`, `floor` (exact), a bit cast or
+integer arithmetic; no libm call, so host and device agree (the chi-square of the multivariate t calls libm's
+`log` and `exp`, as its comment says).  An FMA-contracted polynomial would round differently from the numba twin, so on the
 device every product that feeds an addition is `__dmul_rn` (`SD_MUL`), which the compiler never
 contracts: the Gaussians stay bit-identical to the CPU's under NVRTC's default `--fmad=true`,
 while the rest of the generated kernel keeps its FMAs.  Host builds need `-ffp-contract=off`
@@ -19,10 +20,14 @@ CUDA_SOURCE = r"""
 #define SD_HD __host__ __device__ __forceinline__
 #define SD_CLZ64(v) __clzll((long long)(v))
 #define SD_MUL(a, b) __dmul_rn((a), (b))
+#define SD_BITS_DOUBLE(u) __longlong_as_double((long long)(u))
 #else
 #define SD_HD static inline
 #define SD_CLZ64(v) __builtin_clzll(v)
 #define SD_MUL(a, b) ((a) * (b))
+#include <string.h>
+static inline double sd_bits_double(unsigned long long u) { double v; memcpy(&v, &u, sizeof v); return v; }
+#define SD_BITS_DOUBLE(u) sd_bits_double(u)
 #endif
 typedef unsigned int sd_u32;
 typedef unsigned long long sd_u64;
@@ -40,13 +45,7 @@ SD_HD void sd_philox4x32(sd_u32 c[4], sd_u32 k0, sd_u32 k1) {
     }
 }
 
-SD_HD double sd_u01(sd_u32 a) { return ((double)a + 0.5) * 2.3283064365386963e-10; }
-
-SD_HD double sd_neg2log_u01(sd_u32 a) {
-    sd_u64 y = (sd_u64)a * 2ull + 1ull;
-    int n = SD_CLZ64(y);
-    double f = SD_MUL((double)(y << n), 5.421010862427522e-20);
-    double k = 31.0 - (double)n;
+SD_HD double sd_log_core(double f, double k) {  /* ln(f 2^k), f in [1/2, 1]: philox.log_core */
     if (f < 0.7071067811865476) { f = f * 2.0; k = k - 1.0; }
     double fm = f - 1.0;
     double s = fm / (2.0 + fm);
@@ -57,9 +56,63 @@ SD_HD double sd_neg2log_u01(sd_u32 a) {
     double t2 = SD_MUL(z, 6.666666666666735130e-01 + SD_MUL(w, 2.857142874366239149e-01
                 + SD_MUL(w, 1.818357216161805012e-01 + SD_MUL(w, 1.479819860511658591e-01))));
     double hfsq = SD_MUL(SD_MUL(0.5, fm), fm);
-    double lnu = SD_MUL(k, 6.93147180369123816490e-01) - ((hfsq - (SD_MUL(s, hfsq + (t2 + t1))
-                 + SD_MUL(k, 1.90821492927058770002e-10))) - fm);
-    return -2.0 * lnu;
+    return SD_MUL(k, 6.93147180369123816490e-01) - ((hfsq - (SD_MUL(s, hfsq + (t2 + t1))
+           + SD_MUL(k, 1.90821492927058770002e-10))) - fm);
+}
+
+SD_HD double sd_neg2log_u01(sd_u32 a) {
+    sd_u64 y = (sd_u64)a * 2ull + 1ull;
+    int n = SD_CLZ64(y);
+    double f = SD_MUL((double)(y << n), 5.421010862427522e-20);
+    double k = 31.0 - (double)n;
+    return -2.0 * sd_log_core(f, k);
+}
+
+/* e^x for x >= 0: philox.exp_nonneg (fdlibm e_exp.c; 2^(k-1) from its exponent bits; floor is exact) */
+SD_HD double sd_exp_nonneg(double x) {
+    const int big = x > 7.09782712893383973096e+02;
+    const double xs = big ? 0.0 : x;
+    const double kf = floor(SD_MUL(xs, 1.44269504088896338700e+00) + 0.5);
+    const double hi = xs - SD_MUL(kf, 6.93147180369123816490e-01);
+    const double lo = SD_MUL(kf, 1.90821492927058770002e-10);
+    const double r = hi - lo;
+    const double t = SD_MUL(r, r);
+    const double c = r - SD_MUL(t, 1.66666666666666019037e-01 + SD_MUL(t, -2.77777777770155933842e-03
+                     + SD_MUL(t, 6.61375632143793436117e-05 + SD_MUL(t, -1.65339022054652515390e-06
+                     + SD_MUL(t, 4.13813679705723846039e-08)))));
+    const double y = 1.0 - ((lo - SD_MUL(r, c) / (2.0 - c)) - hi);
+    const double half = SD_BITS_DOUBLE((sd_u64)((long long)kf + 1022) << 52);
+    const double out = SD_MUL(y, half) * 2.0;
+    return big ? SD_BITS_DOUBLE(0x7FF0000000000000ull) : out;  /* +inf */
+}
+
+/* one polar attempt from the words a, b: p = 2a + 1 - 2^32 (and q), N = p^2 + q^2; accepted when N < 2^64 */
+SD_HD sd_u64 sd_polar_square(sd_u32 a, sd_u32 b, long long *p, int *ok) {
+    const long long pv = (long long)a * 2 + 1 - 4294967296LL;
+    const long long qv = (long long)b * 2 + 1 - 4294967296LL;
+    const sd_u64 ap = (sd_u64)(pv >= 0 ? pv : -pv), aq = (sd_u64)(qv >= 0 ? qv : -qv);
+    const sd_u64 pp = ap * ap;
+    const sd_u64 nn = pp + aq * aq;
+    *p = pv;
+    *ok = nn >= pp;
+    return nn;
+}
+
+/* Bailey's polar method on one Philox block, (a, b) then (c, d): philox.student_t_block */
+SD_HD int sd_student_t_block(double nu, sd_u32 a, sd_u32 b, sd_u32 c, sd_u32 d, double *t) {
+    long long p1, p2;
+    int ok1, ok2;
+    const sd_u64 n1 = sd_polar_square(a, b, &p1, &ok1);
+    const sd_u64 n2 = sd_polar_square(c, d, &p2, &ok2);
+    const long long p = ok1 ? p1 : p2;
+    const sd_u64 ns = ok1 ? n1 : (ok2 ? n2 : 2ull);
+    const int lz = SD_CLZ64(ns);
+    const double f = SD_MUL((double)(ns << lz), 5.421010862427522e-20);
+    const double lnw = sd_log_core(f, -(double)lz);
+    const double w = SD_MUL((double)ns, 5.421010862427522e-20);
+    const double e = sd_exp_nonneg(SD_MUL(-2.0 / nu, lnw));
+    *t = SD_MUL((double)p, 2.3283064365386963e-10) * sqrt(nu * (e - 1.0) / w);
+    return ok1 || ok2;
 }
 
 SD_HD void sd_sincos_2pi_u01(sd_u32 b, double *sn_out, double *cs_out) {
@@ -115,14 +168,13 @@ SD_HD double sd_chi_square(double nu, sd_u32 step, sd_u32 path, sd_u32 stream, s
     }
 }
 
-/* Student-t (Bailey's polar method), attempt j on stream 0x10000 + j */
+/* Student-t (Bailey's polar method): block j of stream 0x10000 + j gives attempts 2j and 2j + 1 */
 SD_HD double sd_student_t(double nu, sd_u32 c0, sd_u32 c1, sd_u32 c2, sd_u32 k0, sd_u32 k1) {
     for (sd_u32 j = 0;; ++j) {
         sd_u32 c[4] = {c0, c1, c2, 0x10000u + j};
         sd_philox4x32(c, k0, k1);
-        double uu = SD_MUL(2.0, sd_u01(c[0])) - 1.0, vv = SD_MUL(2.0, sd_u01(c[1])) - 1.0;
-        double w = SD_MUL(uu, uu) + SD_MUL(vv, vv);
-        if (w < 1.0) return uu * sqrt(nu * (exp((-2.0 / nu) * log(w)) - 1.0) / w);
+        double t;
+        if (sd_student_t_block(nu, c[0], c[1], c[2], c[3], &t)) return t;
     }
 }
 """

@@ -1,4 +1,5 @@
-r"""The loop vectoriser's width for the Gaussian block filler, and the compile that applies it.
+r"""The loop vectoriser's width for the Gaussian block filler (and the Student-t filler's vectorised pass), and the
+compile that applies it.
 
 LLVM targets AVX-512 CPUs (Skylake-SP and later) with the tuning flag `prefer-256-bit`
 (https://reviews.llvm.org/D67259): its loop vectoriser then uses 256-bit `ymm` registers, four doubles a

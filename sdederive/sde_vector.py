@@ -269,9 +269,11 @@ def check_origin(atoms, d: int, what: str, Sigma=None, grad=None) -> None:
     """Refuse atoms that are infinite in dimension `d` (`origin_exponent(atom) <= -d`, a singularity at `g = 0`
     that the noise density charges).  With a singular numeric `Sigma` the law of `g` lives on
     `grad + range(Sigma)`: an atom is then finite where `0` is off that subspace (given `grad`), and otherwise
-    needs `p > -rank(Sigma)`."""
+    needs `p > -rank(Sigma)`.  A zero `Sigma` (rank 0) makes `g = grad` a point: no density charges the origin,
+    and nothing is refused (the value at `grad = 0` itself, `0/0` for `g/|g|`, is a non-finite state that the
+    simulators report as a divergence, with its path and step)."""
     k = _charged_rank(d, Sigma, grad)
-    if k is None:
+    if k is None or k == 0:
         return
     for a, p in origin_exponents(atoms, what).items():
         if p > -k:

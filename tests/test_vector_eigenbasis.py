@@ -209,3 +209,17 @@ def test_equivariance_check_on_hand_written_programs():
     assert "same value in every coordinate" in VE.equivariance_failure(
         _prog(VOp("cw", "C", (sp.Integer(1),)), VOp("cw", "R", (_v("X") + _v("C"),))))
     assert "no basis" in VE.equivariance_failure(_prog(VOp("cw", "R", (_v("X") * _v("SG"),))))
+
+
+def test_zero_sigma_is_the_deterministic_limit():
+    """`Sigma = 0` (rank 0: `g = grad f`, a point mass, so no singularity at `g = 0` is charged): NSGD's SDE is
+    normalised gradient descent's Euler scheme, path for path the discrete NSGD (once refused as "infinite in
+    dimension 0"); at the minimum itself, `g/|g| = 0/0`, the run reports the path and the step."""
+    prob = sd.Quadratic(H=np.diag([1.0, 2.0, 3.0, 4.0]), Sigma=np.zeros((4, 4)), x0=np.ones(4))
+    r = sd.compile(sd.derive("nsgd"), prob).run(paths=8, steps=50, eta=0.05, keep_final=True)
+    d = sd.compile("nsgd", prob).run(paths=8, steps=50, eta=0.05, keep_final=True)
+    np.testing.assert_allclose(r.final["x"], d.final["x"], rtol=1e-12, atol=1e-14)
+    assert np.abs(r.final["x"] - prob.x0).max() > 0.1 and r.var["x"][-1].max() < 1e-28
+    at_min = sd.Quadratic(H=prob.H, Sigma=np.zeros((4, 4)), x0=np.zeros(4))
+    with pytest.raises(DivergenceError, match="path 0 became non-finite at step 1"):
+        sd.compile(sd.derive("nsgd"), at_min).run(paths=8, steps=5, eta=0.05)

@@ -91,6 +91,21 @@ def test_rotated_sampled_noise_with_and_without_antithetic_pairs_and_float32(pai
     np.testing.assert_allclose(ra.final["x"], rb.final["x"], rtol=2e-4, atol=2e-4)  # float32 rounding only
 
 
+def test_rotated_kernel_on_a_diagonal_hessian():
+    """A diagonal `h` with a full `Sigma`: the rotated problem's `U^T diag(h) U` is dense, and the host's loss of the
+    user's `x` reads `diag(h)` (`VectorSimulator._host_arrays`): the start snapshot and `keep_final` check it."""
+    rng = np.random.default_rng(8)
+    A = rng.normal(size=(6, 6))
+    prob = sd.Quadratic(h=np.linspace(0.3, 2.0, 6), Sigma=A @ A.T / 6 + 0.1 * np.eye(6), x0=rng.normal(size=6))
+    for obj, hyper in ((sd.derive("nsgd"), None), (sd.derive("sam"), {"rho": 0.1})):
+        a, b = _pair(obj, prob)
+        assert _rotated(a) and not _rotated(b)
+        ra, rb = _run(a, hyper=hyper), _run(b, hyper=hyper)
+        _close(ra, rb, 1e-10)
+        np.testing.assert_allclose(ra.mean["loss"][0], prob.loss(prob.x0), rtol=1e-12)
+        np.testing.assert_allclose(ra.final["loss"], prob.loss(ra.final["x"]), rtol=1e-12)
+
+
 def test_rotated_kernel_multivariate_t_and_singular_sigma():
     prob_t = _dense(d=5, seed=3, noise="multivariate-t", nu=6.0)
     a, b = _pair(sd.derive("nsgd", noise="student-t", nu=6), prob_t)
@@ -139,11 +154,15 @@ def test_where_the_eigenbasis_applies():
     assert VE.matrix_products(nsgd, dense) == 3 and VE.matrix_products(nsgd, dense.eigenbasis()[1]) == 1
     sam = lower_sde(sd.derive("sam"), dense)
     assert VE.matrix_products(sam, dense) == 5 and VE.matrix_products(sam, dense.eigenbasis()[1]) == 2
-    # no full Sigma, or not a dense quadratic: nothing to rotate
+    # no full Sigma: nothing to rotate
     diag_noise = sd.Quadratic(H=dense.H, sigma=np.ones(dense.d))
     assert VE.eigenbasis_for(lower_sde(sd.derive("nsgd"), diag_noise), diag_noise) is None
-    diag_h = sd.Quadratic(h=np.ones(4), Sigma=np.eye(4) + 0.1)
-    assert VE.eigenbasis_for(lower_sde(sd.derive("nsgd"), diag_h), diag_h) is None
+    # a diagonal H with a full Sigma: H x is coordinate-wise, L^T grad f and L beta are not; rotated, H_y y is the one
+    # product. Discrete NSGD's L z against H_y y saves nothing and stays as written
+    diag_h = sd.Quadratic(h=np.linspace(0.5, 2.0, 4), Sigma=np.eye(4) + 0.1)
+    nsgd_d = lower_sde(sd.derive("nsgd"), diag_h)
+    assert VE.matrix_products(nsgd_d, diag_h) == 2 and VE.eigenbasis_for(nsgd_d, diag_h) is not None
+    assert VE.eigenbasis_for(lower_discrete(V.get("nsgd"), diag_h), diag_h) is None
 
 
 def test_rotated_problem_is_the_same_problem_in_other_coordinates():

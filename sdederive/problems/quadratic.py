@@ -145,12 +145,13 @@ class Quadratic(Problem):
         r"""`(U, Q)`: the eigenvectors `U` of a full `Sigma = U Lambda U^T` and the same problem in the coordinates
         `y = U^T x`, `Q = Quadratic(H=U^T H U, sigma=sqrt(lambda), x0=U^T x0)` with the same noise law: its noise is
         diagonal, `U^T L z = Lambda^(1/2) z` for the same Gaussians `z`, and its loss at `y` is this loss at `U y`
-        (`sdederive.simulate.vector_eigenbasis`).  Only for a dense `H` and a full `Sigma`."""
-        if self.H is None or self.noise_eigen is None:
-            raise ProblemError("the eigenbasis of the noise is that of a full Sigma on a dense quadratic; this one has "
-                               f"{'a diagonal h' if self.H is None else 'per-coordinate sigma'}")
+        (`sdederive.simulate.vector_eigenbasis`; `U^T H U` is dense for a diagonal `h` too).  Only for a full
+        `Sigma`."""
+        if self.noise_eigen is None:
+            raise ProblemError("the eigenbasis of the noise is that of a full Sigma; this quadratic has per-coordinate "
+                               "sigma")
         lam, U = self.noise_eigen
-        Hy = U.T @ self.H @ U
+        Hy = U.T @ self.hessian() @ U
         Hy = 0.5 * (Hy + Hy.T)  # symmetric to the last bit (the product is symmetric up to rounding)
         return U, Quadratic(H=Hy, sigma=np.sqrt(lam), noise=self.noise, nu=self.nu, x0=U.T @ self.x0)
 

@@ -18,7 +18,8 @@ problems).  A coordinate-wise operation on `x`-basis vectors must be linear in t
 vector (`a v + b w`, not `v_i^2`, `sign(v_i)` or `v_i w_i`), a reduction over them a quadratic form (`v . w`, not
 `sum_i v_i`), and no operation mixes the two bases.  Anything else keeps the program as it is, and so do programs
 where the rotation would not save a product (an affine step folded by `vector_fold`, a problem without a full
-`Sigma`).  The same Gaussians enter, so the paths are those of the unrotated kernel up to rounding
+`Sigma`).  A diagonal `H` with a full `Sigma` rotates too where that saves products (NSGD's SDE: `L^T grad f` and
+`L beta` against one `H_y y`; the rotated `H_y` is dense).  The same Gaussians enter, so the paths are those of the unrotated kernel up to rounding
 (`tests/test_vector_eigenbasis.py`).  The module flag `EIGENBASIS` switches it off (the tests and the benchmark
 compare the forms).
 """
@@ -138,17 +139,18 @@ def _coordinatewise(o, basis: dict, assign) -> str | None:
 
 
 def matrix_products(prog: VProgram, problem) -> int:
-    """The `d x d` matrix products one step of `prog` makes on `problem` (a dense quadratic), after the folding
+    """The `d x d` matrix products one step of `prog` makes on `problem` (a quadratic), after the folding
     that `numba_vector` applies: gradients and Hessian products, and products by the noise factor where there is
     one; inner operations count once per inner sample."""
     prog = fold_affine(prog, problem)
     factor = problem.has_noise_factor
+    dense = problem.kind == "quadratic_dense"  # a diagonal H's products are coordinate-wise
 
     def count(ops) -> int:
         n = 0
         for o in ops:
             if o.kind in ("grad", "hvp"):
-                n += 1
+                n += int(dense)
             elif o.kind in ("noise", "tnoise") and "z" not in o.args[2:] or o.kind in ("ltv", "lv"):
                 n += int(factor)
             elif o.kind == "lin":
@@ -160,8 +162,9 @@ def matrix_products(prog: VProgram, problem) -> int:
 
 def eigenbasis_for(prog: VProgram, problem) -> tuple[np.ndarray, object] | None:
     """`(U, rotated problem)` where `prog` runs on `problem` in the noise's eigenbasis (module docstring), else
-    `None`: a dense quadratic with a full `Sigma`, an equivariant step, and fewer matrix products."""
-    if not EIGENBASIS or problem.kind != "quadratic_dense" or getattr(problem, "noise_eigen", None) is None:
+    `None`: a quadratic with a full `Sigma`, an equivariant step, and fewer matrix products."""
+    if not EIGENBASIS or problem.kind not in ("quadratic_dense", "quadratic_diag") or \
+            getattr(problem, "noise_eigen", None) is None:
         return None
     if equivariance_failure(prog) is not None:
         return None

@@ -173,9 +173,13 @@ class VectorSimulator(Simulator):
         return PV, PM, np.ascontiguousarray(U, dtype=float), PY
 
     def _host_arrays(self, arrays: tuple) -> tuple:
-        """The arrays of the host's `host_loss`, which reads `x` in the user's coordinates: the problem's own (the
-        rotated problem's module has the same loss code, `x^T PM x / 2`, and reads nothing else)."""
-        return arrays if self._eigenbasis is None else self.problem.kernel_arrays()
+        """The arrays of the host's `host_loss`, which reads `x` in the user's coordinates: in the eigenbasis the
+        rotated (dense) problem's module computes `x^T PM x / 2`, so `PM` is the user's `H` there (`diag(h)` for a
+        diagonal quadratic), beside the rotated problem's other arrays."""
+        if self._eigenbasis is None:
+            return arrays
+        PV, _PM, PL, PY = self._eigenbasis[1].kernel_arrays()
+        return PV, np.ascontiguousarray(self.problem.hessian(), dtype=float), PL, PY
 
     def _host_obs(self, st: dict, PV, PM, PL, PY, HP, discrete: bool) -> np.ndarray:
         return super()._host_obs(st, *self._host_arrays((PV, PM, PL, PY)), HP, discrete)
@@ -354,7 +358,7 @@ def compile_vector(obj, problem: Problem, backend: str = "numba", dtype: str = "
     sim = VectorSimulator(spec, problem, impl, dtype, scheme, source, obj, tau_expr, time.perf_counter() - t0,
                           handle=handle)
     if impl.name != "numba":  # the host's loss and observables: the float64 numba twin (Simulator.module)
-        sim._host_text = generate_vector(prog, problem, "float64")
+        sim._host_text = generate_vector(prog, kprob, "float64", rotate=eig is not None)
     if eig is not None:
         sim._eigenbasis = eig
     return sim

@@ -242,3 +242,4 @@ def test_zero_sigma_is_the_deterministic_limit():
     at_min = sd.Quadratic(H=prob.H, Sigma=np.zeros((4, 4)), x0=np.zeros(4))
     with pytest.raises(DivergenceError, match="path 0 became non-finite at step 1"):
         sd.compile(sd.derive("nsgd"), at_min).run(paths=8, steps=5, eta=0.05)
+

@@ -595,3 +595,26 @@ def test_antithetic_pairs_halve_the_gaussians_and_fall_back_for_odd_inner():
     assert not VL.lower_sde(sde, logi, 5).pairs
     for n in (5, 6):
         _one_step_check(sde, prob, x0, {"eta": 0.05}, inner=n, paths=300_000)
+
+
+def test_the_gradient_skips_a_noise_scale_that_no_operation_reads():
+    """On logistic regression the noise scale depends on x (a pass over the data); the vector kernels' gradient at
+    x recomputes it only for a program that reads `SG` (`vector_lower.reads_noise_scale`): NSGD's SDE samples its
+    noise through the low-rank factor and does not (one pass of seven saved per step)."""
+    from sdederive.simulate.vector_lower import VOp, VProgram, reads_noise_scale
+
+    def _prog(*ops):
+        return VProgram("sde", "t", pre=list(ops), result="R")
+
+    def _v(n):
+        return sp.Symbol(f"v_{n}", real=True)
+
+    logi = sd.LogisticRegression.synthetic(n=64, d=5, B=8, seed=1)
+    text = sd.compile(sd.derive("nsgd"), logi).source.text
+    assert "prob_grad(XB[r], V_GR[r], HS1, SGS, PV, PM, PL, PY, WX[r], False, False)" in text
+    grad = VOp("grad", "G", ("X",))
+    assert reads_noise_scale(_prog(grad, VOp("cw", "R", (_v("X") * _v("SG"),))), factor=True)
+    assert reads_noise_scale(_prog(grad, VOp("noise", "N", (0, 0)), VOp("cw", "R", (_v("N"),))), factor=False)
+    assert not reads_noise_scale(_prog(grad, VOp("noise", "N", (0, 0)), VOp("cw", "R", (_v("N"),))), factor=True)
+    assert not reads_noise_scale(_prog(grad, VOp("noise", "Z", (1000, 1, "z")), VOp("cw", "R", (_v("Z"),))),
+                                 factor=False)

@@ -191,6 +191,17 @@ def op_reads(prog) -> list:
     return [(o, reads(o)) for o in prog.pre + prog.inner + prog.post]
 
 
+def reads_noise_scale(prog, factor: bool) -> bool:
+    """Whether a step of `prog` reads the per-coordinate noise scale `SG`: an expression with `v_SG`, or, on a
+    problem without a noise factor, the noise `sigma z` and the z-space `L^T v`, `L v` (`L = diag(sigma)`).  Where it
+    does not, the gradient at `x` need not recompute a state-dependent scale (logistic regression's: a pass over the
+    data per step that nothing reads)."""
+    for o, r in op_reads(prog):
+        if "SG" in r or (not factor and o.kind in ("noise", "tnoise", "ltv", "lv") and o.args[2:] != ("z",)):
+            return True
+    return False
+
+
 def live_outside(prog, run: list, all_reads: list) -> set:
     """The vectors of a run of consecutive coordinate-wise operations that something outside the run reads: another
     operation of the program (any part, any step), the step's results, the sampled increments, or a write before a

@@ -144,7 +144,7 @@ class _Writer:
             w(ind, f"S_{o.out} = {self.expr(o.args[0])};")
         elif o.kind == "grad":
             at_x = o.args[0] == "X"
-            varies = at_x and self.problem.noise_varies
+            varies = at_x and self.problem.noise_varies and vector_lower.reads_noise_scale(self.prog, self.factor)
             w(ind, f"prob_grad({self.src(o.args[0])}, V_{o.out}, HS1, {'V_SG' if varies else 'SGS'}, PV, PM, PL, PY, "
                    f"{'WX' if at_x else 'WS'}, false, {'true' if varies else 'false'});")
         elif o.kind == "hvp":

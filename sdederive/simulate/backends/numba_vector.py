@@ -189,8 +189,9 @@ class _Writer:
             w(ind, f"np.dot({self.src(o.args[0])}[:nr], {self.mat('PM')}, {out}[:nr])")
         elif o.kind == "grad":
             at_x = o.args[0] == "X"
-            sg = "V_SG[r]" if (at_x and self.problem.noise_varies) else "SGS"
-            need = "True" if (at_x and self.problem.noise_varies) else "False"
+            varies = at_x and self.problem.noise_varies and vector_lower.reads_noise_scale(self.prog, self.factor)
+            sg = "V_SG[r]" if varies else "SGS"
+            need = "True" if varies else "False"
             wk = "WX[r]" if at_x else "WS"
             w(ind, "for r in range(nr):")
             w(ind + 1, f"prob_grad({self.src(o.args[0])}[r], {out}[r], HS1, {sg}, PV, PM, PL, PY, {wk}, False, {need})")

@@ -414,3 +414,32 @@ def test_first_run_on_a_quadratic_does_not_import_scipy_special():
             "print('scipy.special' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+def test_state_map_inversion_is_sympys_solve():
+    """`spec.invert_state_map` (the reported discrete state from the SDE's state, without `sympy.solve` for a
+    linear map) gives `solve`'s answer for every built-in's state map in every regime it derives, and falls back
+    to `solve` for a map that is not linear."""
+    import sympy as sp
+
+    from sdederive.simulate.spec import invert_state_map
+
+    checked = 0
+    for name in sd.optimizers.names():
+        for regime in ("sgd", "balanced", "noise-dominated"):
+            try:
+                sde = sd.derive(name, regime=regime)
+            except sd.SdederiveError:
+                continue
+            hypers = {h[0] for h in sde.hypers}
+            for s, m in sde.state_map.items():
+                smap = sp.sympify(m)
+                (v,) = [f for f in smap.free_symbols if str(f) not in hypers]
+                u = sp.Symbol(s)
+                got = invert_state_map(u, smap, v)
+                assert sp.simplify(got - sp.solve(sp.Eq(u, smap), v)[0]) == 0, (name, regime, s)
+                assert sp.simplify(smap.xreplace({v: got}) - u) == 0
+                checked += 1
+    assert checked >= 5  # adam, rmsprop, adagrad, ... (a loop that checks nothing fails)
+    v, u, eta = sp.symbols("v u eta", positive=True)
+    assert sp.simplify(invert_state_map(u, eta * v**2, v) - sp.sqrt(u / eta)) == 0  # not linear: solve's root

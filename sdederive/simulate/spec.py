@@ -168,7 +168,6 @@ def _coupling_signs(sde: SDE, D: sp.Matrix) -> list[int]:
     if opt is None:  # a hand-built SDE (or old JSON) of an optimizer that is not a built-in: keep the derived sign
         return out
     upd = opt.updates
-    z = sym("z")
     point = {sym("grad"): 0.1, SIGMA: 1.0, sym("hess"): 1.0, sym("x"): 0.3, sym("k"): 5, sym("t"): 0.7}
     for h in opt.hypers:
         if h.default is not None:
@@ -191,7 +190,9 @@ def _coupling_signs(sde: SDE, D: sp.Matrix) -> list[int]:
         except (TypeError, ValueError):
             return 0.0
 
-    g_of_z = sym("grad") + SIGMA * z
+    # g = grad + sigma z at z = +1 and -1, as numbers (substituting the expression grad + sigma*z and then the
+    # numbers rebuilt the update symbolically first, 5 ms of a kernel's spec)
+    g_pm = {sgn: point[sym("grad")] + sgn * point[SIGMA] for sgn in (1.0, -1.0)}
     for j in range(r):
         for i, s in enumerate(sde.states):
             dv = num(D[i, j])
@@ -200,8 +201,8 @@ def _coupling_signs(sde: SDE, D: sp.Matrix) -> list[int]:
             dname = names.get(s)
             if dname is None or dname not in upd:
                 break
-            e = sp.sympify(upd[dname]).xreplace({sym("g"): g_of_z})
-            resp = num(e, {z: 1.0}) - num(e, {z: -1.0})
+            e = sp.sympify(upd[dname])
+            resp = num(e, {sym("g"): g_pm[1.0]}) - num(e, {sym("g"): g_pm[-1.0]})
             if resp * dv < 0:
                 out[j] = -1
             break

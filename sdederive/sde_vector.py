@@ -1504,11 +1504,12 @@ def _from_json(cls, data, check: bool = True) -> VectorSDE:
 
 
 def _test_point(sde: VectorSDE, generic: bool = False) -> dict:
-    """The fixed point, `d = 3`, at which a file's SDE is checked for consistency (`_check_diffusion_matches_covariance`,
-    `increment_matches_drift`): a dense positive definite `H` and `Sigma`, a `grad` and an `x`, positive auxiliary
-    states (roots of second moments), `eta = 0.01`, `t = 1`, a symbolic `nu` 7 and 0.3 for any other symbol.  The
-    hyperparameters take their defaults (0.3 without one), or with `generic` the distinct values 0.3, 0.4, ..., so
-    that no term vanishes at a default of 0 (a weight decay) and no two hyperparameters are confused."""
+    """The fixed point, `d = 3`, at which a file's SDE is checked for consistency
+    (`_check_diffusion_matches_covariance`, `increment_matches_drift`): a dense positive definite `H` and `Sigma`, a
+    `grad` and an `x`, positive auxiliary states (roots of second moments), `eta = 0.01`, `t = 1`, a symbolic `nu` 7
+    and 0.3 for any other symbol. The hyperparameters take their defaults (0.3 without one), or with `generic` the
+    distinct values 0.3, 0.4, ..., so that no term vanishes at a default of 0 (a weight decay) and no two
+    hyperparameters are confused."""
     dd = 3
     r = np.random.default_rng(12345)
     A = r.standard_normal((dd, dd))

@@ -2,10 +2,11 @@
 (issue "One pipeline") must not change a number for the same seed.
 
 ``python -m tests.golden_runs --write`` records tests/data/golden_runs.json from the code as it
-is; it was recorded once, on commit 4bfd680 (before the restructure), and is not rewritten by the
-test.  One entry was re-recorded since, on purpose: ``signsgd/disc/student`` on 2026-12-06, when the
-Student-t filler changed its variates (two polar attempts a Philox block, fdlibm's log and exp instead of
-libm's, so that it vectorises; the law is the same, tests/test_rng.py checks it and its C twin).  Each case is small (a few hundred paths, tens of steps) and reuses kernels other tests build.
+is; it was recorded once, on commit 4bfd680 (before the restructure), and is not rewritten by the test. One
+entry was re-recorded since, on purpose: ``signsgd/disc/student`` on 2026-12-06, when the Student-t filler
+changed its variates (two polar attempts a Philox block, fdlibm's log and exp instead of libm's, so that it
+vectorises; the law is the same, tests/test_rng.py checks it and its C twin). Each case is small (a few
+hundred paths, tens of steps) and reuses kernels other tests build.
 """
 
 from __future__ import annotations

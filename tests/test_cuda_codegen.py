@@ -62,7 +62,8 @@ def test_problem_and_scheme_kernels_compile(case):
 
 
 def test_broken_source_fails_with_the_compiler_log():
-    src = generate(discrete_spec(sd.optimizers.get("sgd")), DIAG).replace("sd_philox4x32(c, k0, k1);", "sd_philox4x32_typo(c, k0, k1);", 1)
+    src = generate(discrete_spec(sd.optimizers.get("sgd")), DIAG).replace("sd_philox4x32(c, k0, k1);",
+                                                                       "sd_philox4x32_typo(c, k0, k1);", 1)
     with pytest.raises(sd.SdederiveError, match="is undefined"):
         compile_check(src)
 

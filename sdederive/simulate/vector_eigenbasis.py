@@ -1,4 +1,5 @@
-r"""Running a vector program in the eigenbasis of the noise: fewer matrix products per step on a dense quadratic.
+r"""Running a vector program in the eigenbasis of the noise: fewer matrix products per step on a quadratic with a
+full `Sigma`.
 
 On `Quadratic(H=..., Sigma=...)` write `Sigma = U Lambda U^T` (the eigen-factor `L = U Lambda^(1/2)` the problem
 keeps) and `y = U^T x`.  A step built from gradients and Hessian-vector products, the noise, linear combinations
@@ -14,14 +15,14 @@ observables; the loss and `|x|^2` are the same in both coordinates): one product
 Whether a program is equivariant is decided from its operations (`equivariance_failure`), by the basis each vector
 lives in: `x` (the state, gradients, Hessian products, the noise `Sigma^(1/2) z`, `L v`) or `z` (the Gaussians of a
 z-space program, `L^T v`, and coordinate-wise functions of those alone, which are the same numbers in both
-problems).  A coordinate-wise operation on `x`-basis vectors must be linear in them with coefficients free of every
+problems). A coordinate-wise operation on `x`-basis vectors must be linear in them with coefficients free of every
 vector (`a v + b w`, not `v_i^2`, `sign(v_i)` or `v_i w_i`), a reduction over them a quadratic form (`v . w`, not
-`sum_i v_i`), and no operation mixes the two bases.  Anything else keeps the program as it is, and so do programs
+`sum_i v_i`), and no operation mixes the two bases. Anything else keeps the program as it is, and so do programs
 where the rotation would not save a product (an affine step folded by `vector_fold`, a problem without a full
-`Sigma`).  A diagonal `H` with a full `Sigma` rotates too where that saves products (NSGD's SDE: `L^T grad f` and
-`L beta` against one `H_y y`; the rotated `H_y` is dense).  The same Gaussians enter, so the paths are those of the unrotated kernel up to rounding
-(`tests/test_vector_eigenbasis.py`).  The module flag `EIGENBASIS` switches it off (the tests and the benchmark
-compare the forms).
+`Sigma`). A diagonal `H` with a full `Sigma` rotates too where that saves products (NSGD's SDE: `L^T grad f` and `L
+beta` against one `H_y y`; the rotated `H_y` is dense). The same Gaussians enter, so the paths are those of the
+unrotated kernel up to rounding (`tests/test_vector_eigenbasis.py`). The module flag `EIGENBASIS` switches it off
+(the tests and the benchmark compare the forms).
 """
 
 from __future__ import annotations

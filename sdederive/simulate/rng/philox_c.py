@@ -3,12 +3,11 @@
 Pasted at the top of every generated CUDA kernel; it also compiles as host C/C++ (gcc, or nvcc's
 host pass), which is how CI checks it bit for bit against the numba version without a GPU.
 Every operation of the Gaussians and of the Student-t is IEEE `+ - * / sqrt`, `floor` (exact), a bit cast or
-integer arithmetic; no libm call, so host and device agree (the chi-square of the multivariate t calls libm's
-`log` and `exp`, as its comment says).  An FMA-contracted polynomial would round differently from the numba twin, so on the
-device every product that feeds an addition is `__dmul_rn` (`SD_MUL`), which the compiler never
-contracts: the Gaussians stay bit-identical to the CPU's under NVRTC's default `--fmad=true`,
-while the rest of the generated kernel keeps its FMAs.  Host builds need `-ffp-contract=off`
-(gcc contracts across statements otherwise).
+integer arithmetic; no libm call, so host and device agree (the chi-square of the multivariate t calls libm's `log`
+and `exp`, as its comment says). An FMA-contracted polynomial would round differently from the numba twin, so on
+the device every product that feeds an addition is `__dmul_rn` (`SD_MUL`), which the compiler never contracts: the
+Gaussians stay bit-identical to the CPU's under NVRTC's default `--fmad=true`, while the rest of the generated
+kernel keeps its FMAs. Host builds need `-ffp-contract=off` (gcc contracts across statements otherwise).
 """
 
 from __future__ import annotations

@@ -187,3 +187,19 @@ def test_script_without_main_guard_gets_a_clear_error(tmp_path):
     script.write_text(body)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_compact_removes_the_temporary_files_of_killed_writes(tmp_path):
+    """A driver killed between `atomic_write`'s temporary file and its rename leaves `.part-<id>.parquet.<r>.tmp`
+    (seen once in CI on test_resume_after_a_killed_sweep); `compact` at the end of the resumed run removes it and
+    a stale `.results.parquet.<r>.tmp`, and keeps every finished cell."""
+    from sdederive.sweep import store
+
+    out = tmp_path / "res"
+    store.write_row(out, {"cell_id": "a1", "final_loss": 1.5})
+    store.write_row(out, {"cell_id": "b2", "final_loss": 2.5})
+    (out / ".part-c3.parquet.x1y2z3.tmp").write_bytes(b"half a parquet file")
+    (out / ".results.parquet.q9w8e7.tmp").write_bytes(b"")
+    table = store.compact(out)
+    assert sorted(table.column("cell_id").to_pylist()) == ["a1", "b2"]
+    assert sorted(p.name for p in out.iterdir()) == ["results.parquet"]

@@ -85,8 +85,13 @@ def load(out: str | Path) -> pa.Table:
 def compact(out: str | Path) -> pa.Table:
     """Merge the parts into `results.parquet` (one row per `cell_id`) and remove them; returns
     the merged table.  A crash in between only leaves duplicates of finished cells, which the next
-    `compact` drops."""
+    `compact` drops.  The temporary files of writes that never finished (a driver killed between
+    `atomic_write`'s temporary file and its rename: `.part-<id>.parquet.<random>.tmp`) are removed too:
+    every cell of the run is on disk by now, so no writer of this sweep is left to rename them."""
     out = Path(out)
+    for pattern in (".part-*.parquet.*.tmp", f".{MERGED}.*.tmp"):
+        for f in out.glob(pattern):
+            f.unlink(missing_ok=True)
     table = load(out)
     if table.num_rows:
         ids = table.column("cell_id").to_pylist()

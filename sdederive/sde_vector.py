@@ -251,12 +251,15 @@ def origin_exponents(atoms, what: str) -> dict:
 
 def _charged_rank(d: int, Sigma=None, grad=None) -> int | None:
     """The dimension `k` of the law of `g = grad + Sigma^(1/2) z` near `g = 0`: `d`, or `rank(Sigma)` for a
-    singular numeric `Sigma`; `None` where `0` is off `grad + range(Sigma)` (no singularity at 0 is charged)."""
+    singular numeric `Sigma`; `None` where no singularity at 0 is charged: `0` is off `grad + range(Sigma)`, or
+    `Sigma = 0` (rank 0: `g = grad` is a point, with no density)."""
     if Sigma is None:
         return d
     S = np.asarray(Sigma, dtype=float)
     w, V = np.linalg.eigh((S + S.T) / 2)
     k = int(np.sum(w > 1e-12 * max(1.0, float(np.abs(w).max()))))
+    if k == 0:
+        return None
     if k < d and grad is not None:
         mu = np.asarray(grad, dtype=float).reshape(-1)
         R = V[:, d - k:]  # range(Sigma): the eigenvectors of the k largest eigenvalues
@@ -273,7 +276,7 @@ def check_origin(atoms, d: int, what: str, Sigma=None, grad=None) -> None:
     and nothing is refused (the value at `grad = 0` itself, `0/0` for `g/|g|`, is a non-finite state that the
     simulators report as a divergence, with its path and step)."""
     k = _charged_rank(d, Sigma, grad)
-    if k is None or k == 0:
+    if k is None:
         return
     for a, p in origin_exponents(atoms, what).items():
         if p > -k:
@@ -1530,7 +1533,8 @@ def _test_point(sde: VectorSDE, generic: bool = False) -> dict:
 
 def increment_matches_drift(sde: VectorSDE, state: str = "x", blocks: tuple | None = None) -> tuple[bool | None, str]:
     r"""Whether the drift of `state` is `-E[F]` of the increment `F` that the simulators sample (`blocks`;
-    `sde.increment` for `x`): `(True, "")`, `(False, "")`, or `(None, why)` where the pair cannot be evaluated.
+    `sde.increment` for `x`): `(True, "")`, `(False, what disagrees)`, or `(None, why)` where the pair cannot be
+    evaluated.
 
     `E[F]` is assembled from the blocks `C r(|g|) T(g)` with the closed forms where the engine has them
     (`E[g] = grad f`, `E[g o g] = grad f^2 + diag Sigma`, `square_norm_moment`, the sign means) and an atom
@@ -1568,7 +1572,10 @@ def increment_matches_drift(sde: VectorSDE, state: str = "x", blocks: tuple | No
         want = evaluate(drift, env, atoms)
     except Exception as e:  # noqa: BLE001 - any failure to evaluate is reported to the caller
         return None, str(e)
-    return bool(np.allclose(got, want, rtol=1e-9, atol=1e-12)), ""
+    if np.allclose(got, want, rtol=1e-9, atol=1e-12):
+        return True, ""
+    where = "VectorSDE.increment" if state == "x" else f"VectorSDE.aux_increment, state {state}"
+    return False, f"the drift of {state} is not -E[F] of its increment ({where})"
 
 
 def _check_increments_match_drifts(sde: VectorSDE) -> None:
@@ -1581,11 +1588,10 @@ def _check_increments_match_drifts(sde: VectorSDE) -> None:
     todo = [("x", sde.increment)] if sde.increment else []
     todo += [(n, inc) for n, inc in zip(sde.aux_states, sde.aux_increment) if inc]
     for state, blocks in todo:
-        ok, _why = increment_matches_drift(sde, state, blocks)
+        ok, why = increment_matches_drift(sde, state, blocks)
         if ok is False:
-            where = "VectorSDE.increment" if state == "x" else f"VectorSDE.aux_increment, state {state}"
-            raise _err(f"the increment of {state} does not match its drift: the drift of {state} is not -E[F] of its "
-                       f"increment ({where}), so the noise the simulators sample would not belong to this drift")
+            raise _err(f"the increment of {state} does not match its drift: {why}, so the noise the simulators sample "
+                       "would not belong to this drift")
 
 
 def _check_diffusion_matches_covariance(sde: VectorSDE) -> None:

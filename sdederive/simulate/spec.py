@@ -192,7 +192,7 @@ def _coupling_signs(sde: SDE, D: sp.Matrix) -> list[int]:
 
     # g = grad + sigma z at z = +1 and -1, as numbers (substituting the expression grad + sigma*z and then the
     # numbers rebuilt the update symbolically first, 5 ms of a kernel's spec)
-    g_pm = {sgn: point[sym("grad")] + sgn * point[SIGMA] for sgn in (1.0, -1.0)}
+    g_up, g_down = point[sym("grad")] + point[SIGMA], point[sym("grad")] - point[SIGMA]
     for j in range(r):
         for i, s in enumerate(sde.states):
             dv = num(D[i, j])
@@ -202,7 +202,7 @@ def _coupling_signs(sde: SDE, D: sp.Matrix) -> list[int]:
             if dname is None or dname not in upd:
                 break
             e = sp.sympify(upd[dname])
-            resp = num(e, {sym("g"): g_pm[1.0]}) - num(e, {sym("g"): g_pm[-1.0]})
+            resp = num(e, {sym("g"): g_up}) - num(e, {sym("g"): g_down})
             if resp * dv < 0:
                 out[j] = -1
             break

@@ -591,10 +591,8 @@ def _check_increment(sde: VectorSDE, state: str = "x", blocks: tuple | None = No
         raise CodegenError(f"the SDE of {sde.optimizer}: the increment of {state} cannot be checked against its drift "
                            f"({why})")
     if not ok:
-        where = "VectorSDE.increment" if state == "x" else f"VectorSDE.aux_increment, state {state}"
-        raise CodegenError(f"the SDE of {sde.optimizer}: the drift of {state} is not -E[F] of its increment ({where}); "
-                           "the two disagree (edited JSON?), so the noise the kernel samples would not belong to this "
-                           "drift")
+        raise CodegenError(f"the SDE of {sde.optimizer}: {why}; the two disagree (edited JSON?), so the noise the "
+                           "kernel samples would not belong to this drift")
 
 
 #: whether `lower_sde` may use the z-space form of the sampled noise (`zspace_applies`); the tests switch it off to
